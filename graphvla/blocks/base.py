@@ -1,0 +1,162 @@
+"""The block contract: an nn.Module with declared ports, a JSON schema for its `with:` params,
+`forward` (training path, returns losses when targets are given) and `predict` (inference path).
+
+Blocks are built by the compiler in topological order. At construction a block sees the kind and
+shape of every wired input (`PortInfo`), so it infers its own dimensions (context width, action
+dim, horizon) from the graph instead of asking the user to repeat them.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+# Kinds of values that travel on edges. `any` on an input port accepts every kind.
+KINDS = {
+    "image": "float images in [0, 1], [B, views, C, H, W]",
+    "text": "list of B strings",
+    "state": "proprioceptive state, [B, dim] or [B, history, dim]",
+    "action": "action chunk, [B, horizon, dim]",
+    "mask": "boolean mask, [B, ...]",
+    "tokens": "integer token ids, [B, L]",
+    "hidden": "hidden states / features, [B, T, D] or [B, D]",
+    "layers": "hidden states of several layers, [B, layers, T, D]",
+    "latent": "latent observation codes, [B, ..., D]",
+    "loss": "scalar loss",
+    "any": "anything",
+}
+
+
+@dataclass(frozen=True)
+class InPort:
+    kinds: tuple  # accepted kinds
+    optional: bool = False
+    target: bool = False  # a training target: never wired in the inference graph
+    ndim: tuple | None = None  # accepted ranks including the batch dim (None: any)
+    doc: str = ""
+
+    def __post_init__(self):
+        if isinstance(self.kinds, str):
+            object.__setattr__(self, "kinds", (self.kinds,))
+        if isinstance(self.ndim, int):
+            object.__setattr__(self, "ndim", (self.ndim,))
+
+    def accepts(self, kind: str) -> bool:
+        return "any" in self.kinds or kind in self.kinds
+
+
+@dataclass(frozen=True)
+class OutPort:
+    kind: str
+    train_only: bool = False  # produced only by forward() with targets (losses, ...)
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class PortInfo:
+    """What a block knows, at construction, about a value wired into one of its ports."""
+
+    kind: str
+    shape: tuple | None  # probe shape, batch first; None for non-tensors (text)
+    dtype: Any = None
+    source: str = ""  # 'inputs.images' or 'vlm.hidden'
+    decl: dict = field(default_factory=dict)  # the spec's declaration when source is an input
+
+    @property
+    def dim(self) -> int:
+        """Width of the last axis (feature / action / state dim)."""
+        if not self.shape:
+            raise ValueError(f"{self.source} has no tensor shape")
+        return int(self.shape[-1])
+
+
+@dataclass
+class BuildContext:
+    block_id: str
+    meta: bool = False  # building on the meta device: never load weights from disk
+    spec_dir: Path = Path(".")  # relative paths in `with:` resolve against the spec's folder
+    device: Any = "cpu"
+
+    def resolve_path(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.spec_dir / p)
+
+
+class PortError(ValueError):
+    """Raised by a block's constructor when a wired input does not fit (names the port)."""
+
+    def __init__(self, port: str, message: str):
+        self.port = port
+        super().__init__(message)
+
+
+class ParamError(ValueError):
+    """Raised by a block's constructor when a `with:` value does not fit (names the key)."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(message)
+
+
+class Block(nn.Module):
+    type_name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    in_ports: ClassVar[dict] = {}
+    out_ports: ClassVar[dict] = {}
+    params_schema: ClassVar[dict] = {"type": "object", "properties": {}, "additionalProperties": False}
+    # Extra keyword arguments `predict` takes at run time (e.g. 'generator', 'num_steps'). The
+    # inference graph exposes them as optional arguments and passes them through.
+    predict_kwargs: ClassVar[tuple] = ()
+
+    def __init__(self, params: dict, inputs: dict, ctx: BuildContext):
+        super().__init__()
+        self.params = with_defaults(self.params_schema, params)
+        self.port_info = dict(inputs)
+        self.block_id = ctx.block_id
+
+    def forward(self, **ports) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict(self, **ports) -> dict:
+        """Inference path. Default: forward() without targets."""
+        return self.forward(**ports)
+
+    def meta_forward(self, **ports) -> dict:
+        """Shape probing on meta tensors. Override when forward() needs real values."""
+        return self.forward(**ports)
+
+    def extra_repr(self) -> str:
+        return f"type={self.type_name}"
+
+    @classmethod
+    def ports_for(cls, params: dict) -> tuple[dict, dict]:
+        """(in_ports, out_ports) for given params; override when ports depend on params."""
+        return cls.in_ports, cls.out_ports
+
+    # helpers for subclasses -------------------------------------------------------------
+    def expect_ndim(self, port: str, ndims):
+        info = self.port_info.get(port)
+        ndims = (ndims,) if isinstance(ndims, int) else tuple(ndims)
+        if info is not None and info.shape is not None and len(info.shape) not in ndims:
+            raise PortError(port, f"expects a tensor of rank {' or '.join(map(str, ndims))}, got shape {list(info.shape)}")
+
+
+def with_defaults(schema: dict, params: dict | None) -> dict:
+    """Fill top-level `default`s of a JSON schema into params (a copy)."""
+    out = copy.deepcopy(params or {})
+    for key, sub in (schema.get("properties") or {}).items():
+        if key not in out and isinstance(sub, dict) and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+    return out
+
+
+def device_of(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device("cpu")

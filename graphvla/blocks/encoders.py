@@ -1,0 +1,110 @@
+"""Small from-scratch encoders that train on CPU: a patch-CNN image encoder and a byte-level
+text encoder. They stand in for large backbones in tests and tiny graphs."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Block, InPort, OutPort, ParamError, PortError
+from .registry import register
+
+
+@register
+class ImageEncoder(Block):
+    type_name = "encoder.image"
+    description = "Patch-CNN image encoder: [B, V, C, H, W] -> tokens [B, V*N, D] and a pooled vector."
+    in_ports = {"images": InPort("image", ndim=5, doc="images [B, V, C, H, W]")}
+    out_ports = {"hidden": OutPort("hidden", doc="patch tokens [B, V*N, D]"), "pooled": OutPort("hidden", doc="[B, D]")}
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "width": {"type": "integer", "minimum": 1, "default": 128},
+            "patch": {"type": "integer", "minimum": 1, "default": 16},
+            "layers": {"type": "integer", "minimum": 0, "default": 2, "description": "3x3 conv layers after the patch embedding"},
+        },
+        "additionalProperties": False,
+    }
+
+    def __init__(self, params, inputs, ctx):
+        super().__init__(params, inputs, ctx)
+        self.expect_ndim("images", 5)
+        _, views, channels, h, w = inputs["images"].shape
+        p, d = self.params["patch"], self.params["width"]
+        if h % p or w % p:
+            raise PortError("images", f"image size {h}x{w} is not divisible by the patch size {p} (with.patch)")
+        self.patch_embed = nn.Conv2d(channels, d, kernel_size=p, stride=p)
+        self.convs = nn.ModuleList(nn.Conv2d(d, d, 3, padding=1) for _ in range(self.params["layers"]))
+        self.norm = nn.LayerNorm(d)
+        n = (h // p) * (w // p)
+        self.pos = nn.Parameter(torch.randn(1, views * n, d) * 0.02)
+
+    def forward(self, images):
+        b, v, c, h, w = images.shape
+        x = self.patch_embed(images.reshape(b * v, c, h, w) * 2 - 1)
+        for conv in self.convs:
+            x = x + F.gelu(conv(F.gelu(x)))
+        x = x.flatten(2).transpose(1, 2).reshape(b, -1, x.shape[1])  # [B, V*N, D]
+        x = self.norm(x + self.pos)
+        return {"hidden": x, "pooled": x.mean(dim=1)}
+
+
+def byte_tokenize(texts, max_len: int, device):
+    """UTF-8 bytes + 1 (0 is padding), truncated to max_len, padded to the longest."""
+    rows = [list(t.encode("utf-8")[:max_len]) for t in texts]
+    length = max([len(r) for r in rows] + [1])
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, : len(r)] = torch.tensor(r) + 1
+    return ids.to(device)
+
+
+@register
+class TextEncoder(Block):
+    type_name = "encoder.text"
+    description = "Byte-level text encoder (no tokenizer files): strings -> tokens [B, L, D], mask, pooled."
+    in_ports = {"text": InPort("text", doc="list of B strings")}
+    out_ports = {
+        "hidden": OutPort("hidden", doc="[B, L, D]"),
+        "mask": OutPort("mask", doc="[B, L], True on real bytes"),
+        "pooled": OutPort("hidden", doc="[B, D] masked mean"),
+    }
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "width": {"type": "integer", "minimum": 1, "default": 128},
+            "layers": {"type": "integer", "minimum": 0, "default": 1},
+            "heads": {"type": "integer", "minimum": 1, "default": 4},
+            "max_length": {"type": "integer", "minimum": 1, "default": 96},
+        },
+        "additionalProperties": False,
+    }
+
+    def __init__(self, params, inputs, ctx):
+        super().__init__(params, inputs, ctx)
+        d = self.params["width"]
+        if d % self.params["heads"]:
+            raise ParamError("heads", f"width {d} is not divisible by heads {self.params['heads']}")
+        self.embed = nn.Embedding(257, d, padding_idx=0)
+        self.pos = nn.Parameter(torch.randn(1, self.params["max_length"], d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, self.params["heads"], 2 * d, dropout=0.0, batch_first=True, norm_first=True)
+        self.layers = nn.ModuleList(_clone(layer) for _ in range(self.params["layers"]))
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, text):
+        ids = byte_tokenize(text, self.params["max_length"], self.embed.weight.device)
+        mask = ids != 0
+        x = self.embed(ids) + self.pos[:, : ids.shape[1]]
+        for layer in self.layers:
+            x = layer(x, src_key_padding_mask=~mask)
+        x = self.norm(x)
+        m = mask.unsqueeze(-1).to(x.dtype)
+        pooled = (x * m).sum(1) / m.sum(1).clamp(min=1)
+        return {"hidden": x, "mask": mask, "pooled": pooled}
+
+
+def _clone(module):
+    import copy
+
+    return copy.deepcopy(module)

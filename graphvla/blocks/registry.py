@@ -1,0 +1,70 @@
+"""Block types by registered name ('head.oft'). Built-in blocks register on import of their
+module; third-party packages add theirs through the `graphvla.blocks` entry-point group
+(an entry point names a module, which registers on import, or a Block subclass)."""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import re
+
+from .base import Block
+
+log = logging.getLogger(__name__)
+
+# Modules of the built-in block library; importing them registers their blocks.
+BUILTIN_MODULES = [
+    "graphvla.blocks.encoders",
+    "graphvla.blocks.glue",
+    "graphvla.blocks.heads.mlp",
+]
+
+_REGISTRY: dict[str, type[Block]] = {}
+_loaded = False
+TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+
+
+def register(cls: type[Block]) -> type[Block]:
+    """Class decorator: make a Block subclass available under its `type_name`."""
+    name = getattr(cls, "type_name", "")
+    if not (isinstance(cls, type) and issubclass(cls, Block)):
+        raise TypeError(f"{cls!r} is not a graphvla Block subclass")
+    if not TYPE_NAME.match(name or ""):
+        raise ValueError(f"block type name {name!r} of {cls.__qualname__} must look like 'family.name'")
+    other = _REGISTRY.get(name)
+    if other is not None and other is not cls and other.__qualname__ != cls.__qualname__:
+        raise ValueError(f"block type '{name}' registered twice: {other.__module__}.{other.__qualname__} and {cls.__module__}.{cls.__qualname__}")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def _load_all():
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in BUILTIN_MODULES:
+        importlib.import_module(mod)
+    for ep in importlib.metadata.entry_points(group="graphvla.blocks"):
+        try:
+            obj = ep.load()
+        except Exception as e:  # a broken plugin must not take the whole tool down
+            log.warning("could not load block plugin %s (%s): %s", ep.name, ep.value, e)
+            continue
+        if isinstance(obj, type) and issubclass(obj, Block):
+            register(obj)
+
+
+def registered() -> dict[str, type[Block]]:
+    _load_all()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_block_type(name: str) -> type[Block]:
+    types = registered()
+    if name not in types:
+        from ..errors import did_you_mean, known_list
+
+        hint = did_you_mean(name, types) or known_list(types)
+        raise KeyError(f"unknown block type '{name}' ({hint})")
+    return types[name]

@@ -1,0 +1,68 @@
+"""Spec commands: validate, compile, schema, blocks."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..cli import handles_errors, set_option
+
+
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@set_option
+@handles_errors
+def validate(spec, overrides):
+    """Check SPEC against the schema and as a graph; report every error at once."""
+    from ..spec.loader import load_spec
+
+    s = load_spec(spec, overrides)
+    for w in getattr(s, "warnings", []):
+        click.echo(w.format(), err=True)
+    click.echo(f"{spec}: ok ({s.name}, fingerprint {s.fingerprint[:16]})")
+
+
+@click.command(name="compile")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--code", is_flag=True, help="print the generated Python of each graph")
+@handles_errors
+def compile_cmd(spec, overrides, code):
+    """Check SPEC, compute shapes on meta tensors and lower it to torch.fx graphs."""
+    from ..compiler.compile import compile_graph
+
+    cg = compile_graph(spec, overrides)
+    click.echo(cg.summary())
+    if code:
+        for stream, gm in cg.train.items():
+            click.echo(f"\n# train graph, stream '{stream}'" + gm.code)
+        click.echo("\n# inference graph" + cg.infer.code)
+
+
+@click.command()
+def schema():
+    """Print the JSON schema of a spec, including every registered block's `with:`."""
+    from ..spec.schema import spec_schema
+
+    click.echo(json.dumps(spec_schema(), indent=2))
+
+
+@click.command()
+@click.option("-v", "--verbose", is_flag=True, help="also show ports and parameters")
+def blocks(verbose):
+    """List the registered block types."""
+    from ..blocks.registry import registered
+
+    for name, cls in registered().items():
+        click.echo(f"{name:24s} {cls.description}")
+        if verbose:
+            for p, d in cls.in_ports.items():
+                flags = ", ".join(f for f, on in (("optional", d.optional), ("target", d.target)) if on)
+                click.echo(f"    in  {p:12s} {'|'.join(d.kinds):14s} {flags}")
+            for p, d in cls.out_ports.items():
+                click.echo(f"    out {p:12s} {d.kind:14s} {'train only' if d.train_only else ''}")
+            for k, s in (cls.params_schema.get("properties") or {}).items():
+                click.echo(f"    with {k}: {s.get('type', s.get('enum', ''))} default={s.get('default', '-')}")
+
+
+commands = [validate, compile_cmd, schema, blocks]

@@ -1,0 +1,117 @@
+"""DAG -> torch.fx graphs. Blocks are leaves (call_module, or a call of `predict` on the block at
+inference); glue (getitem, loss weighting, the sum) becomes call_function nodes. The graphs are
+built directly from the DAG, never traced, so `gm.code` reads like the spec."""
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import fx, nn
+
+from ..blocks.base import Block
+from ..errors import SpecError, SpecIssue
+from . import dag as D
+
+
+class _Lowering:
+    def __init__(self, g, spec, inference):
+        self.g, self.spec, self.inference = g, spec, inference
+        self.graph = fx.Graph()
+        self.values = {}  # (node, port) -> fx.Node
+
+    def placeholder(self, name, optional):
+        kwargs = {"default_value": None} if optional else {}
+        node = self.graph.placeholder(name, **kwargs)
+        if node.name != name:
+            raise SpecError([SpecIssue(f"input name '{name}' clashes with a Python builtin; rename it", ("inputs", name),
+                                       self.spec.locate(("inputs", name)))])
+        return node
+
+    def add_inputs(self, needed_inputs):
+        for name, decl in self.spec.inputs.items():
+            node = D.INPUT_PREFIX + name
+            if node in needed_inputs:
+                optional = decl.get("optional", False)
+                self.values[(node, None)] = self.placeholder(name, optional)
+
+    def value(self, src, src_port):
+        key = (src, src_port)
+        if key not in self.values:
+            out = self.values[(src, "__call__")]
+            self.values[key] = self.graph.create_node("call_function", operator.getitem, (out, src_port), name=f"{src}_{src_port}")
+        return self.values[key]
+
+    def call_block(self, bid, extra=None):
+        data = self.g.nodes[bid]
+        kwargs = {p: self.value(s, sp) for p, s, sp, _ in D.in_edges(self.g, bid, inference=self.inference)}
+        kwargs.update(extra or {})
+        owner = data["owner"]
+        if self.inference and type_overrides_predict(data["cls"]):
+            attr = self.graph.get_attr(owner)
+            node = self.graph.create_node("call_method", "predict", (attr,), kwargs, name=bid)
+        else:
+            node = self.graph.create_node("call_module", owner, (), kwargs, name=bid)
+        self.values[(bid, "__call__")] = node
+
+
+def type_overrides_predict(cls) -> bool:
+    return getattr(cls, "predict", None) is not Block.predict
+
+
+def _needed_inputs(g, blocks, sinks, inference):
+    needed = set()
+    for n in list(blocks) + list(sinks):
+        for src, _, e in g.in_edges(n, data=True):
+            if g.nodes[src]["role"] == "input" and not (inference and e["train_only"]):
+                needed.add(src)
+    return needed
+
+
+def lower_train(g, spec, stream) -> fx.Graph:
+    blocks = D.train_blocks(g, stream)
+    losses = [n for n, d in g.nodes(data=True) if d["role"] == "loss" and d["stream"] == stream]
+    lw = _Lowering(g, spec, inference=False)
+    lw.add_inputs(_needed_inputs(g, blocks, losses, False))
+    for bid in blocks:
+        lw.call_block(bid)
+    total, named = None, {}
+    for node in losses:
+        (src, _, e), = g.in_edges(node, data=True)
+        value = lw.value(src, e["src_port"])
+        name = g.nodes[node]["name"]
+        named[name] = value
+        weight = g.nodes[node]["weight"]
+        term = value if weight == 1.0 else lw.graph.create_node("call_function", operator.mul, (value, weight), name=f"{name}_weighted")
+        total = term if total is None else lw.graph.create_node("call_function", operator.add, (total, term), name="total_loss")
+    lw.graph.output({"loss": total, "losses": named})
+    return lw.graph
+
+
+def lower_infer(g, spec) -> fx.Graph:
+    blocks = D.infer_blocks(g)
+    outputs = [n for n, d in g.nodes(data=True) if d["role"] == "output"]
+    lw = _Lowering(g, spec, inference=True)
+    lw.add_inputs(_needed_inputs(g, blocks, outputs, True))
+    extras = []
+    for bid in blocks:
+        for k in g.nodes[bid]["cls"].predict_kwargs:
+            if k not in extras:
+                extras.append(k)
+    extra_nodes = {k: lw.placeholder(k, optional=True) for k in extras}
+    for bid in blocks:
+        cls = g.nodes[bid]["cls"]
+        lw.call_block(bid, {k: extra_nodes[k] for k in cls.predict_kwargs})
+    result = {}
+    for node in outputs:
+        (src, _, e), = g.in_edges(node, data=True)
+        result[g.nodes[node]["name"]] = lw.value(src, e["src_port"]) if g.nodes[src]["role"] == "block" else lw.values[(src, None)]
+    lw.graph.output(result)
+    return lw.graph
+
+
+def graph_module(modules: dict, graph: fx.Graph, class_name: str) -> fx.GraphModule:
+    root = nn.Module()
+    for name, m in modules.items():
+        root.add_module(name, m)
+    graph.lint()
+    return fx.GraphModule(root, graph, class_name=class_name)

@@ -1,0 +1,136 @@
+"""The JSON schema of a graph spec. `spec_schema()` includes every registered block's `with:`
+schema (through if/then on `type`) so editors can autocomplete; `graphvla schema` prints it."""
+from __future__ import annotations
+
+import copy
+
+from . import sections
+
+SPEC_VERSION = 1
+IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
+REF = r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$"  # 'inputs.images' or 'block.port'
+
+INPUT_KINDS = ["image", "text", "state", "action", "mask", "tokens"]
+
+# Which fields each input kind takes, and which of them are required.
+INPUT_FIELDS = {
+    "image": ({"views", "size", "channels"}, {"size"}),
+    "text": ({"max_length"}, set()),
+    "state": ({"dim", "history"}, {"dim"}),
+    "action": ({"dim", "horizon"}, {"dim", "horizon"}),
+    "mask": ({"shape"}, {"shape"}),
+    "tokens": ({"shape", "vocab"}, {"shape"}),
+}
+COMMON_INPUT_FIELDS = {"kind", "optional", "train_only", "description"}
+
+_pos_int = {"type": "integer", "minimum": 1}
+
+INPUT_PORT = {
+    "type": "object",
+    "description": "A typed input port of the policy (an observation, the instruction, a target).",
+    "properties": {
+        "kind": {"enum": INPUT_KINDS, "description": "what flows in"},
+        "views": {**_pos_int, "default": 1, "description": "image: number of camera views"},
+        "size": {"type": "array", "items": _pos_int, "minItems": 2, "maxItems": 2, "description": "image: [height, width]"},
+        "channels": {**_pos_int, "default": 3, "description": "image: channels"},
+        "dim": {**_pos_int, "description": "state/action: width"},
+        "history": {**_pos_int, "default": 1, "description": "state: number of past steps (>1 adds an axis)"},
+        "horizon": {**_pos_int, "description": "action: chunk length"},
+        "shape": {"type": "array", "items": _pos_int, "minItems": 1, "description": "mask/tokens: shape without the batch axis"},
+        "vocab": {**_pos_int, "description": "tokens: vocabulary size"},
+        "max_length": {**_pos_int, "description": "text: maximum length in characters"},
+        "optional": {"type": "boolean", "default": False, "description": "may be absent in a batch (passed as None)"},
+        "train_only": {"type": "boolean", "default": False, "description": "only given in training (targets)"},
+        "description": {"type": "string"},
+    },
+    "required": ["kind"],
+    "additionalProperties": False,
+}
+
+TRAIN_SECTION = {
+    "type": "object",
+    "description": "Per-block training options.",
+    "properties": {
+        "lr": {"type": "number", "exclusiveMinimum": 0, "description": "learning rate of this block's parameters"},
+        "freeze": {"type": "boolean", "default": False, "description": "keep this block's parameters fixed"},
+        "weight_decay": {"type": "number", "minimum": 0},
+    },
+    "additionalProperties": False,
+}
+
+BLOCK = {
+    "type": "object",
+    "description": "A block: `type` names a registered block; `share` reuses another block's module (same weights) with other inputs.",
+    "properties": {
+        "type": {"type": "string", "description": "registered block type, e.g. head.oft (see `graphvla blocks`)"},
+        "share": {"type": "string", "pattern": IDENT, "description": "id of a block whose module (weights) this node calls"},
+        "in": {
+            "type": "object",
+            "description": "port -> source ('inputs.NAME' or 'BLOCK.PORT')",
+            "additionalProperties": {"type": "string", "pattern": REF},
+        },
+        "with": {"type": "object", "description": "parameters of the block type"},
+        "train": TRAIN_SECTION,
+        "description": {"type": "string"},
+    },
+    "additionalProperties": False,
+}
+
+LOSS = {
+    "type": "object",
+    "properties": {
+        "from": {"type": "string", "pattern": REF, "description": "a loss port, 'BLOCK.PORT'"},
+        "weight": {"type": "number", "minimum": 0, "default": 1.0},
+        "stream": {"type": "string", "pattern": IDENT, "default": "action", "description": "training stream (data source) this loss belongs to"},
+    },
+    "required": ["from"],
+    "additionalProperties": False,
+}
+
+
+def base_schema() -> dict:
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "GraphVLA graph spec",
+        "type": "object",
+        "properties": {
+            "graphvla": {"type": "integer", "description": f"spec format version (current: {SPEC_VERSION})"},
+            "name": {"type": "string", "minLength": 1},
+            "description": {"type": "string"},
+            "extends": {
+                "description": "base spec(s) merged under this one (maps deep-merge, lists replace, null removes a block/input/loss/output)",
+                "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+            },
+            "inputs": {"type": "object", "minProperties": 1, "propertyNames": {"pattern": IDENT}, "additionalProperties": INPUT_PORT},
+            "blocks": {"type": "object", "minProperties": 1, "propertyNames": {"pattern": IDENT}, "additionalProperties": BLOCK},
+            "losses": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": LOSS},
+            "outputs": {
+                "type": "object",
+                "minProperties": 1,
+                "propertyNames": {"pattern": IDENT},
+                "additionalProperties": {"type": "string", "pattern": REF},
+            },
+            **{name: copy.deepcopy(s) for name, s in sections.SECTIONS.items()},
+        },
+        "required": ["graphvla", "name", "inputs", "blocks", "outputs"],
+        "additionalProperties": False,
+    }
+
+
+def spec_schema(block_types: dict | None = None) -> dict:
+    """The whole schema, with each registered block's `with:` schema selected by `type`."""
+    if block_types is None:
+        from ..blocks.registry import registered
+
+        block_types = registered()
+    schema = base_schema()
+    block = schema["properties"]["blocks"]["additionalProperties"]
+    block["properties"]["type"]["enum"] = sorted(block_types)
+    block["allOf"] = [
+        {
+            "if": {"properties": {"type": {"const": name}}, "required": ["type"]},
+            "then": {"properties": {"with": cls.params_schema}},
+        }
+        for name, cls in sorted(block_types.items())
+    ]
+    return schema

@@ -1,0 +1,62 @@
+"""Schemas of the optional top-level sections that runners read (trainer, serve).
+
+They live beside the spec schema so that every key of a spec is checked in one place; the
+runners read the validated values (defaults filled with `section_defaults`)."""
+from __future__ import annotations
+
+from ..blocks.base import with_defaults
+
+TRAINER = {
+    "type": "object",
+    "description": "Training options read by `graphvla train` (override with --set trainer.KEY=VALUE).",
+    "properties": {
+        "max_steps": {"type": "integer", "minimum": 1, "default": 1000},
+        "batch_size": {"type": "integer", "minimum": 1, "default": 32},
+        "lr": {"type": "number", "exclusiveMinimum": 0, "default": 3.0e-4, "description": "learning rate of blocks without train.lr"},
+        "weight_decay": {"type": "number", "minimum": 0, "default": 0.01},
+        "betas": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2, "default": [0.9, 0.95]},
+        "warmup_steps": {"type": "integer", "minimum": 0, "default": 100},
+        "min_lr_ratio": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.1, "description": "cosine floor as a fraction of the peak"},
+        "grad_clip": {"type": "number", "minimum": 0, "default": 1.0, "description": "max gradient norm (0 disables)"},
+        "precision": {"enum": ["auto", "fp32", "bf16"], "default": "auto", "description": "auto: bf16 autocast where the hardware has it"},
+        "seed": {"type": "integer", "minimum": 0, "default": 0},
+        "log_every": {"type": "integer", "minimum": 1, "default": 10},
+        "save_every": {"type": "integer", "minimum": 1, "default": 500},
+        "keep_last": {"type": "integer", "minimum": 1, "default": 2, "description": "checkpoints kept on disk"},
+        "num_workers": {"type": "integer", "minimum": 0, "default": 0},
+        "streams": {
+            "type": "object",
+            "description": "co-training: stream name -> how often it is stepped relative to the others",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {"ratio": {"type": "integer", "minimum": 1, "default": 1}, "batch_size": {"type": "integer", "minimum": 1}},
+                "additionalProperties": False,
+            },
+        },
+        "normalization": {
+            "type": "object",
+            "description": "input/target port -> normalization mode",
+            "additionalProperties": {"enum": ["mean_std", "min_max", "q01_q99", "identity"]},
+        },
+    },
+    "additionalProperties": False,
+}
+
+SERVE = {
+    "type": "object",
+    "description": "Options read by `graphvla serve`.",
+    "properties": {
+        "key_map": {
+            "type": "object",
+            "description": "observation key sent by the client -> input port",
+            "additionalProperties": {"type": "string"},
+        },
+    },
+    "additionalProperties": False,
+}
+
+SECTIONS = {"trainer": TRAINER, "serve": SERVE}
+
+
+def section_defaults(name: str, values: dict | None) -> dict:
+    return with_defaults(SECTIONS[name], values)

@@ -1,0 +1,164 @@
+"""Checking a loaded spec: JSON schema (every key), input-port fields per kind, version, names.
+Graph checks (references, ports, kinds, cycles) live in compiler.dag and run from here too, so
+`graphvla validate` reports everything that can be known without building a block."""
+from __future__ import annotations
+
+import keyword
+
+import jsonschema
+
+from ..errors import IssueList, did_you_mean
+from .schema import COMMON_INPUT_FIELDS, INPUT_FIELDS, SPEC_VERSION, spec_schema
+
+RESERVED_BLOCK_IDS = {"inputs", "outputs", "losses", "loss", "self", "training", "generator"}
+
+
+def _is_reserved_attr(name: str) -> bool:
+    import torch.fx
+    import torch.nn
+
+    probe = torch.fx.GraphModule(torch.nn.Module(), torch.fx.Graph())
+    return hasattr(probe, name)
+
+
+def validate_spec(spec, issues: IssueList | None = None, graph_checks: bool = True) -> IssueList:
+    """Raise SpecError with every problem found; return the issues (warnings) otherwise."""
+    from ..blocks.registry import registered
+
+    issues = issues or spec.issues()
+    data = spec.data
+    types = registered()
+    _check_version(data, issues)
+    _check_schema(data, types, issues)
+    _check_inputs(data, issues)
+    _check_names(data, issues)
+    if graph_checks and isinstance(data, dict):
+        from ..compiler.dag import build_dag
+
+        build_dag(spec, issues)
+    spec.warnings = issues.warnings
+    issues.raise_if_errors()
+    return issues
+
+
+def _check_version(data, issues):
+    if not isinstance(data, dict):
+        return
+    v = data.get("graphvla")
+    if v is None or isinstance(v, bool) or not isinstance(v, int):
+        return  # reported by the schema (required / type)
+    if v > SPEC_VERSION:
+        issues.add(f"spec format version {v} is newer than this GraphVLA understands ({SPEC_VERSION}); upgrade graphvla", ("graphvla",))
+    elif v < SPEC_VERSION:
+        issues.add(f"spec format version {v} is not supported (only {SPEC_VERSION} exists; there is nothing to migrate from)", ("graphvla",))
+
+
+def _check_schema(data, types, issues):
+    schema = spec_schema(types)
+    validator = jsonschema.Draft202012Validator(schema)
+    for err in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
+        _report(err, schema, types, issues)
+
+
+def _block_of(path):
+    return path[1] if len(path) >= 2 and path[0] == "blocks" else None
+
+
+def _report(err, schema, types, issues):
+    path = tuple(err.absolute_path)
+    block = _block_of(path)
+    v, inst = err.validator, err.instance
+    if v == "additionalProperties":
+        allowed = list((err.schema.get("properties") or {}).keys())
+        for key in [k for k in inst if k not in allowed]:
+            hint = did_you_mean(key, allowed) or ("allowed: " + ", ".join(allowed) if allowed else "no keys allowed here")
+            issues.add(f"unknown key '{key}'", path + (key,), block=_block_of(path + (key,)), hint=hint,
+                       location=issues.locate(path + (key,), key=True) if issues.locate else None)
+    elif v == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else err.message
+        issues.add(f"missing required key '{missing}'", path, block=block)
+    elif v == "enum" and len(path) == 3 and path[0] == "blocks" and path[2] == "type":
+        from ..errors import known_list
+
+        issues.add(f"unknown block type '{inst}'", path, block=block, hint=did_you_mean(inst, types) or known_list(types))
+    elif v == "enum":
+        issues.add(f"{inst!r} is not one of {err.validator_value}", path, block=block, hint=did_you_mean(str(inst), map(str, err.validator_value)))
+    elif v == "type":
+        want = err.validator_value
+        want = " or ".join(want) if isinstance(want, list) else want
+        issues.add(f"expected {_article(want)}, got {_describe(inst)}", path, block=block)
+    elif v == "pattern" and err.validator_value.count(r"\.") == 1:
+        issues.add(f"'{inst}' is not a reference: write 'inputs.NAME' or 'BLOCK.PORT'", path, block=block)
+    elif v == "pattern" and err.parent is not None and err.parent.validator == "propertyNames":
+        issues.add(f"name '{inst}' must be an identifier (letters, digits, _)", path + (inst,), block=block,
+                   location=issues.locate(path + (inst,), key=True) if issues.locate else None)
+    elif v == "propertyNames":
+        for sub in err.context or []:
+            _report(sub, schema, types, issues)
+        if not err.context:
+            issues.add(err.message, path, block=block)
+    elif v in ("allOf", "anyOf", "oneOf") and err.context:
+        if v == "oneOf" and path and path[-1] == "extends":
+            issues.add("extends must be a file path or a list of file paths", path)
+        else:
+            for sub in err.context:
+                _report(sub, schema, types, issues)
+    elif v == "minProperties" and err.validator_value == 1:
+        issues.add("must not be empty", path, block=block)
+    else:
+        issues.add(err.message if len(err.message) < 200 else err.message[:200] + "...", path, block=block)
+
+
+def _article(word):
+    return ("an " if str(word)[:1] in "aeiou" else "a ") + str(word)
+
+
+def _describe(value):
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({value})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"a string ('{value[:40]}')"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _check_inputs(data, issues):
+    inputs = data.get("inputs") if isinstance(data, dict) else None
+    if not isinstance(inputs, dict):
+        return
+    for name, decl in inputs.items():
+        if not isinstance(decl, dict) or decl.get("kind") not in INPUT_FIELDS:
+            continue
+        allowed, required = INPUT_FIELDS[decl["kind"]]
+        for key in decl:
+            if key not in allowed and key not in COMMON_INPUT_FIELDS and key in (
+                "views", "size", "channels", "dim", "history", "horizon", "shape", "vocab", "max_length"):
+                issues.add(f"'{key}' does not apply to a {decl['kind']} input", ("inputs", name, key),
+                           hint="fields for this kind: " + ", ".join(sorted(allowed)) if allowed else "this kind takes no fields")
+        for key in sorted(required - set(decl)):
+            issues.add(f"a {decl['kind']} input needs '{key}'", ("inputs", name))
+
+
+def _check_names(data, issues):
+    if not isinstance(data, dict):
+        return
+    for section in ("blocks", "inputs"):
+        items = data.get(section)
+        if not isinstance(items, dict):
+            continue
+        for name in items:
+            if not isinstance(name, str):
+                continue
+            if keyword.iskeyword(name):
+                issues.add(f"'{name}' is a Python keyword and cannot name a {section[:-1]}", (section, name))
+            elif section == "blocks" and (name in RESERVED_BLOCK_IDS or _is_reserved_attr(name)):
+                issues.add(f"block id '{name}' is reserved (it clashes with a torch module attribute); rename the block", (section, name), block=name)
+            elif section == "inputs" and name in ("self", "generator"):
+                issues.add(f"input name '{name}' is reserved; rename the input", (section, name))
