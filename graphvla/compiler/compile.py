@@ -10,7 +10,7 @@ from torch import fx, nn
 from ..spec.loader import Spec, load_spec
 from . import dag as D
 from .build import build
-from .lower import graph_module, lower_infer, lower_train
+from .lower import EveryK, graph_module, lower_infer, lower_train
 
 
 @dataclass
@@ -54,6 +54,12 @@ class CompiledGraph:
             rows.append((e["ref"], dst, e["kind"], shape))
         return rows
 
+    def reset_caches(self):
+        """Forget outputs cached by `infer: {every: k}` blocks (call at each episode start)."""
+        for m in self.infer.modules():
+            if isinstance(m, EveryK):
+                m.reset()
+
     def to(self, *args, **kwargs):
         self.model.to(*args, **kwargs)
         return self
@@ -75,6 +81,10 @@ def compile_graph(source, overrides=(), device="meta", issues=None) -> CompiledG
     modules, shapes, infos = build(spec, g, device=device, issues=issues)
     cls_name = "".join(w.capitalize() for w in (spec.name or "graph").replace("-", "_").split("_") if w.isidentifier() or w.isalnum()) or "Graph"
     train = {s: graph_module(modules, lower_train(g, spec, s), f"{cls_name}Train") for s in D.streams(g)}
-    infer = graph_module(modules, lower_infer(g, spec), f"{cls_name}Infer")
+    infer_graph, cached = lower_infer(g, spec)
+    infer_modules = dict(modules)
+    for name, (owner, every, method) in cached.items():
+        infer_modules[name] = EveryK(modules[owner], every, method)
+    infer = graph_module(infer_modules, infer_graph, f"{cls_name}Infer")
     model = nn.ModuleDict(modules)
     return CompiledGraph(spec, g, model, train, infer, shapes, infos, [i for i in issues.issues if i.severity == "warning"])

@@ -89,8 +89,10 @@ def _add_block(g, bid, b, blocks, types, issues):
     except Exception as e:
         issues.add(f"{type_name}: {e}", path + ("with",), block=bid)
         return
+    infer = b.get("infer") if isinstance(b.get("infer"), dict) else {}
+    every = infer.get("every", 1) if isinstance(infer.get("every", 1), int) else 1
     g.add_node(bid, role="block", type=type_name, cls=cls, params=params, owner=owner,
-               train=decl.get("train") or {}, in_ports=in_ports, out_ports=out_ports)
+               train=decl.get("train") or {}, in_ports=in_ports, out_ports=out_ports, every=every)
 
 
 def _wire_block(g, bid, wiring, inputs, blocks, issues):

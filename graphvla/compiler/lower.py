@@ -13,11 +13,47 @@ from ..errors import SpecError, SpecIssue
 from . import dag as D
 
 
+class EveryK(nn.Module):
+    """Inference-time rate limiter: runs the wrapped block on the first call and every k-th call
+    after, returning the cached outputs in between (a slow System 2 beside a fast System 1).
+    The cache is also refreshed when the batch size changes. `reset()` starts over (new episode)."""
+
+    def __init__(self, block: nn.Module, every: int, method: str):
+        super().__init__()
+        self.block, self.every, self.method = block, every, method
+        self.reset()
+
+    def reset(self):
+        self.calls, self.cache, self.cache_batch = 0, None, None
+
+    def forward(self, **ports):
+        batch = _batch_size(ports)
+        if self.cache is None or self.calls % self.every == 0 or batch != self.cache_batch:
+            self.cache = getattr(self.block, self.method)(**ports)
+            self.cache_batch = batch
+            self.calls = 0
+        self.calls += 1
+        return self.cache
+
+    def extra_repr(self):
+        return f"every={self.every}, method={self.method}"
+
+
+def _batch_size(ports):
+    for v in ports.values():
+        if isinstance(v, torch.Tensor):
+            return v.shape[0]
+        if isinstance(v, list):
+            return len(v)
+    return None
+
+
 class _Lowering:
     def __init__(self, g, spec, inference):
         self.g, self.spec, self.inference = g, spec, inference
         self.graph = fx.Graph()
         self.values = {}  # (node, port) -> fx.Node
+        self.cached = {}  # submodule name -> EveryK, for inference caching
 
     def placeholder(self, name, optional):
         kwargs = {"default_value": None} if optional else {}
@@ -46,7 +82,12 @@ class _Lowering:
         kwargs = {p: self.value(s, sp) for p, s, sp, _ in D.in_edges(self.g, bid, inference=self.inference)}
         kwargs.update(extra or {})
         owner = data["owner"]
-        if self.inference and type_overrides_predict(data["cls"]):
+        method = "predict" if type_overrides_predict(data["cls"]) else "forward"
+        if self.inference and data.get("every", 1) > 1:
+            name = f"{bid}_every{data['every']}"
+            self.cached[name] = (owner, data["every"], method)
+            node = self.graph.create_node("call_module", name, (), kwargs, name=bid)
+        elif self.inference and method == "predict":
             attr = self.graph.get_attr(owner)
             node = self.graph.create_node("call_method", "predict", (attr,), kwargs, name=bid)
         else:
@@ -87,7 +128,8 @@ def lower_train(g, spec, stream) -> fx.Graph:
     return lw.graph
 
 
-def lower_infer(g, spec) -> fx.Graph:
+def lower_infer(g, spec):
+    """Returns (graph, cached) where cached maps extra submodule names to (owner, every, method)."""
     blocks = D.infer_blocks(g)
     outputs = [n for n, d in g.nodes(data=True) if d["role"] == "output"]
     lw = _Lowering(g, spec, inference=True)
@@ -106,7 +148,7 @@ def lower_infer(g, spec) -> fx.Graph:
         (src, _, e), = g.in_edges(node, data=True)
         result[g.nodes[node]["name"]] = lw.value(src, e["src_port"]) if g.nodes[src]["role"] == "block" else lw.values[(src, None)]
     lw.graph.output(result)
-    return lw.graph
+    return lw.graph, lw.cached
 
 
 def graph_module(modules: dict, graph: fx.Graph, class_name: str) -> fx.GraphModule:

@@ -58,6 +58,17 @@ TRAIN_SECTION = {
     "additionalProperties": False,
 }
 
+INFER_SECTION = {
+    "type": "object",
+    "description": "Inference options of a block.",
+    "properties": {
+        "every": {"type": "integer", "minimum": 1, "default": 1,
+                  "description": "recompute this block's outputs only every k inference calls and reuse them in between "
+                                 "(dual-system: a slow System 2); CompiledGraph.reset_caches() starts over"},
+    },
+    "additionalProperties": False,
+}
+
 BLOCK = {
     "type": "object",
     "description": "A block: `type` names a registered block; `share` reuses another block's module (same weights) with other inputs.",
@@ -71,6 +82,7 @@ BLOCK = {
         },
         "with": {"type": "object", "description": "parameters of the block type"},
         "train": TRAIN_SECTION,
+        "infer": INFER_SECTION,
         "description": {"type": "string"},
     },
     "additionalProperties": False,
