@@ -1,0 +1,123 @@
+"""Dynamic batching: concurrent requests are grouped into one Policy.infer_batch call.
+
+A batch is dispatched when it holds `max_batch` requests, when `max_wait_ms` has passed since
+its first request, or as soon as every connected client already has a request in it (an
+openpi client waits for its reply before it sends again, so nobody else can join; a single
+client therefore never pays the wait). Inference runs in one worker thread so the event loop
+keeps reading, decoding and answering other connections meanwhile."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+log = logging.getLogger("graphvla.serve")
+
+
+@dataclass
+class Outcome:
+    """What one request gets back: the policy's output or the exception it raised."""
+
+    output: dict | None
+    error: Exception | None
+    infer_ms: float
+    queue_ms: float
+    batch_size: int
+
+
+@dataclass
+class _Request:
+    obs: dict
+    future: asyncio.Future
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    def __init__(self, policy, max_batch: int = 8, max_wait_ms: float = 2.0, active_clients=lambda: 1 << 30):
+        if max_batch < 1:
+            raise ValueError(f"max batch must be >= 1, got {max_batch}")
+        self.policy = policy
+        self.max_batch = max_batch
+        self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
+        self.active_clients = active_clients
+        self.batches = 0
+        self.requests = 0
+        self._queue: asyncio.Queue[_Request] | None = None
+        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graphvla-infer")
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="graphvla-batcher")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, obs: dict) -> Outcome:
+        req = _Request(obs, asyncio.get_running_loop().create_future())
+        self._queue.put_nowait(req)
+        return await asyncio.shield(req.future)
+
+    async def _collect(self) -> list[_Request]:
+        loop = asyncio.get_running_loop()
+        batch = [await self._queue.get()]
+        deadline = loop.time() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0 or len(batch) >= self.active_clients():
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            started = time.perf_counter()
+            outputs, infer_ms = await loop.run_in_executor(self._executor, self._infer, [r.obs for r in batch])
+            self.batches += 1
+            self.requests += len(batch)
+            for req, out in zip(batch, outputs):
+                if req.future.done():
+                    continue
+                err = out if isinstance(out, Exception) else None
+                req.future.set_result(Outcome(None if err else out, err, infer_ms,
+                                              (started - req.queued_at) * 1000.0, len(batch)))
+
+    def _infer(self, obs_list: list[dict]) -> tuple[list, float]:
+        """Runs in the worker thread. A failing batch is retried one by one so that one bad
+        observation only fails its own request."""
+        t0 = time.perf_counter()
+        if len(obs_list) == 1:
+            outs = [self._one(obs_list[0])]
+        else:
+            try:
+                outs = list(self.policy.infer_batch(obs_list))
+                if len(outs) != len(obs_list):
+                    raise RuntimeError(f"infer_batch returned {len(outs)} results for {len(obs_list)} observations")
+            except Exception:  # noqa: BLE001 - isolate the culprit below
+                log.info("batched inference failed; retrying the %d requests one by one", len(obs_list))
+                outs = [self._one(o) for o in obs_list]
+        return outs, (time.perf_counter() - t0) * 1000.0
+
+    def _one(self, obs: dict):
+        try:
+            return self.policy.infer(obs)
+        except Exception as e:  # noqa: BLE001 - reported to the client that sent it
+            if not isinstance(e, ValueError):
+                log.exception("inference failed")
+            return e
