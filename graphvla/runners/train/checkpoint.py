@@ -1,0 +1,170 @@
+"""Checkpoints: RUN_DIR/checkpoints/step_XXXXXXX/ written atomically, `latest` pointer, pruning.
+
+A checkpoint directory is filled under a temporary name and renamed into place only when every
+file is written and flushed, so a crash mid-save never leaves a `step_*` directory that resume
+would pick up; the `latest` text file is replaced atomically after the rename."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STEP_DIR = re.compile(r"^step_(\d{7,})$")
+TMP_PREFIX = ".tmp-"
+FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json", "rng.pt", "spec.yaml",
+         "graph.json", "normalization.json")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def checkpoints_dir(run_dir) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def write_checkpoint(run_dir, step: int, write_files, keep_last: int | None = None) -> Path:
+    """Create checkpoints/step_XXXXXXX atomically. write_files(tmp_dir) writes the contents."""
+    root = checkpoints_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = root / f"{TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write_files(tmp)
+        _fsync_dir_files(tmp)
+        if final.exists():  # saving the same step again (e.g. after a resume): replace it
+            old = root / f"{TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_text_atomic(root / "latest", final.name + "\n")
+    if keep_last:
+        prune(root, keep_last)
+    return final
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir_files(d: Path) -> None:
+    for p in d.iterdir():
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def step_dirs(root: Path) -> list[Path]:
+    """Complete checkpoint directories, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def prune(root: Path, keep_last: int) -> None:
+    """Delete all but the newest keep_last checkpoints (never the one `latest` names)."""
+    latest = read_latest_name(root)
+    dirs = step_dirs(root)
+    for p in dirs[: max(len(dirs) - keep_last, 0)]:
+        if p.name != latest:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def clean_temporaries(root: Path) -> None:
+    """Remove leftovers of saves that crashed (never visible as checkpoints)."""
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(TMP_PREFIX):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def read_latest_name(root: Path) -> str | None:
+    f = root / "latest"
+    if f.is_file():
+        name = f.read_text().strip()
+        return name or None
+    return None
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    """The checkpoint `latest` names, else the newest complete step directory, else None."""
+    root = checkpoints_dir(run_dir)
+    name = read_latest_name(root)
+    if name and (root / name).is_dir():
+        return root / name
+    dirs = step_dirs(root)
+    return dirs[-1] if dirs else None
+
+
+def resolve_checkpoint(path) -> Path:
+    """A checkpoint directory from a run directory (its latest checkpoint) or a checkpoint dir."""
+    p = Path(path)
+    if (p / "model.safetensors").is_file():
+        return p
+    if p.is_dir():
+        found = latest_checkpoint(p)
+        if found is not None:
+            return found
+        raise FileNotFoundError(f"{p} has no checkpoint (expected {p}/checkpoints/step_*/ or a model.safetensors in it)")
+    raise FileNotFoundError(f"checkpoint {p} does not exist")
+
+
+# RNG state -------------------------------------------------------------------------------------
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def jsonable(x):
+    """Plain JSON data from states that may hold numpy/torch scalars or arrays."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (np.generic,)):
+        return x.item()
+    if isinstance(x, (np.ndarray, torch.Tensor)):
+        return x.tolist()
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    raise TypeError(f"cannot store {type(x).__name__} in a JSON checkpoint file: {x!r}")

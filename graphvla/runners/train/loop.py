@@ -1,0 +1,294 @@
+"""The training loop. It knows nothing about heads or backbones: each step it picks a stream,
+draws that stream's batch, runs `cg.train[stream](**batch)` and steps AdamW on the total loss.
+
+Accelerate places the model, wraps it for DDP / DeepSpeed and syncs gradients; on one CPU
+process it is a thin pass-through."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...compiler import dag as D
+from . import checkpoint as C
+from . import dataio
+from .optim import block_param_groups, build_optimizer, build_scheduler
+from .streams import StreamBatches, StreamSchedule
+
+HISTORY_TAIL = 1000  # loss records kept in trainer_state.json
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN/inf; raised before the optimizer step, so no bad weights are saved."""
+
+    def __init__(self, step: int, stream: str, term: str, value: float):
+        self.step, self.stream, self.term, self.value = step, stream, term, value
+        super().__init__(f"step {step}: loss '{term}' of stream '{stream}' is {value}; stopped before the optimizer "
+                         f"step (last good checkpoint kept). Check the data (NaN/inf values), lower the lr "
+                         f"or tighten trainer.grad_clip")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int  # optimizer steps completed in total
+    history: list = field(default_factory=list)  # this session's records {step, stream, loss, losses}
+    checkpoint: Path | None = None
+
+
+class GraphTrainModule(nn.Module):
+    """What Accelerate wraps: the blocks (all parameters) plus the per-stream train graphs,
+    which call the same block modules. The graphs are kept out of the module tree so each
+    parameter is registered once."""
+
+    def __init__(self, cg):
+        super().__init__()
+        self.blocks = cg.model
+        self._graphs = dict(cg.train)
+
+    def forward(self, stream: str, batch: dict) -> dict:
+        return self._graphs[stream](**batch)
+
+
+def stream_ratios(cg, trainer: dict) -> dict:
+    declared = trainer.get("streams") or {}
+    unknown = sorted(set(declared) - set(cg.streams))
+    if unknown:
+        raise ValueError(f"trainer.streams names {unknown}, but the graph's loss streams are {cg.streams}")
+    return {s: int((declared.get(s) or {}).get("ratio", 1)) for s in cg.streams}
+
+
+def mixed_precision(precision: str) -> str:
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return {"fp32": "no", "bf16": "bf16"}[precision]
+
+
+def needs_unused_search(cg) -> bool:
+    """DDP must look for unused parameters when some step leaves a trainable block out."""
+    trainable = {bid for bid, m in cg.model.items() if any(p.requires_grad for p in m.parameters())}
+    for s in cg.streams:
+        used = {cg.dag.nodes[b]["owner"] for b in D.train_blocks(cg.dag, s)}
+        if trainable - used:
+            return True
+    return False
+
+
+class Trainer:
+    """One training session: build everything, optionally resume, run until max_steps (or
+    stop_after steps of this session), checkpointing on the way."""
+
+    def __init__(self, spec, bundle, run_dir, *, resume=False, stop_after=None, normalizer=None, progress=True,
+                 collate=None):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+        from ...compiler.compile import compile_graph
+
+        self.spec, self.run_dir = spec, Path(run_dir)
+        self.cfg = spec.section("trainer")
+        self.stop_after, self.progress = stop_after, progress
+        set_seed(self.cfg["seed"])  # identical initial weights on every rank
+        self.cg = compile_graph(spec, device="cpu")
+        self.schedule = StreamSchedule(stream_ratios(self.cg, self.cfg))
+        self.accelerator = Accelerator(
+            mixed_precision=mixed_precision(self.cfg["precision"]),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=needs_unused_search(self.cg))])
+        acc = self.accelerator
+
+        if normalizer is None:
+            normalizer = dataio.normalizer_class()(bundle.stats, dict(self.cfg.get("normalization") or {}))
+        normalizer.check_compatible(spec)
+        self.normalizer = normalizer
+
+        collate = collate or dataio.collate_fn()
+        self.feeds, self.inputs = {}, {}
+        for s in self.schedule.ratios:
+            if s not in bundle.streams:
+                raise KeyError(f"the graph trains stream '{s}' but the data provides only {sorted(bundle.streams)}")
+            bs = (self.cfg.get("streams") or {}).get(s, {}).get("batch_size") or self.cfg["batch_size"]
+            sampler = bundle.sampler(s, seed=self.cfg["seed"], rank=acc.process_index, world_size=acc.num_processes)
+            self.feeds[s] = StreamBatches(bundle.streams[s], sampler, bs, collate, self.cfg["num_workers"])
+            self.inputs[s] = dataio.graph_inputs(self.cg.train[s])
+
+        self.module = GraphTrainModule(self.cg)
+        block_train = {bid: self.cg.dag.nodes[bid]["train"] for bid in self.cg.model}
+        self.optimizer = build_optimizer(block_param_groups(self.cg.model, block_train, self.cfg), self.cfg)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg)
+        self.step, self.history = 0, []
+        self.resumed_from = None
+        if resume:
+            self._load(resume)
+        # The scheduler is not handed to Accelerate: it would step it once per process.
+        self.model, self.optimizer = acc.prepare(self.module, self.optimizer)
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
+        if self.resumed_from is None:
+            set_seed(self.cfg["seed"] + acc.process_index)  # different dropout/noise per rank
+        else:
+            C.set_rng_state(self._rng_to_restore)
+
+    # resume -----------------------------------------------------------------------------------
+    def _load(self, resume):
+        ckpt = C.latest_checkpoint(self.run_dir) if resume is True else C.resolve_checkpoint(resume)
+        if ckpt is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {C.checkpoints_dir(self.run_dir)}")
+        from safetensors.torch import load_model
+
+        missing, unexpected = load_model(self.cg.model, str(ckpt / "model.safetensors"), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"checkpoint {ckpt} does not fit the graph: missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]}")
+        self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
+        sched = torch.load(ckpt / "scheduler.pt", map_location="cpu", weights_only=True)
+        sched.pop("lr_lambdas", None)  # the schedule's shape comes from the current trainer section
+        self.scheduler.load_state_dict(sched)
+        state = C.read_json(ckpt / "trainer_state.json")
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        if state.get("world_size", 1) != world:
+            raise ValueError(f"checkpoint {ckpt} was written by {state.get('world_size')} processes, this run has "
+                             f"{world}: the data order cannot be continued exactly")
+        for s, feed in self.feeds.items():
+            if s in state["samplers"][rank]:
+                feed.load_state_dict(state["samplers"][rank][s])
+        self.step = int(state["step"])
+        self.history_tail = state.get("history_tail", [])
+        self._rng_to_restore = torch.load(ckpt / "rng.pt", map_location="cpu", weights_only=False)[rank]
+        self.resumed_from = ckpt
+
+    # checkpoint -------------------------------------------------------------------------------
+    def save(self) -> Path:
+        from accelerate.utils import gather_object
+
+        acc = self.accelerator
+        samplers = gather_object([{s: f.state_dict() for s, f in self.feeds.items()}])
+        rngs = gather_object([C.rng_state()])
+        path = None
+        if acc.is_main_process:
+            tail = (getattr(self, "history_tail", []) + self.history)[-HISTORY_TAIL:]
+            state = {"step": self.step, "world_size": acc.num_processes, "seed": self.cfg["seed"],
+                     "samplers": samplers, "history_tail": tail}
+            optim_state = self.optimizer.state_dict()
+            sched_state = self.scheduler.state_dict()
+            norm = self.normalizer.to_dict()
+
+            def write(d: Path):
+                from safetensors.torch import save_model
+
+                save_model(self.cg.model, str(d / "model.safetensors"))
+                torch.save(optim_state, d / "optimizer.pt")
+                torch.save(sched_state, d / "scheduler.pt")
+                C.write_json(d / "trainer_state.json", C.jsonable(state))
+                torch.save(rngs, d / "rng.pt")
+                (d / "spec.yaml").write_text(self.spec.to_yaml())
+                C.write_json(d / "graph.json", {"name": self.cg.name, "fingerprint": self.cg.fingerprint,
+                                                "spec_file": str(Path(self.spec.file).resolve()) if self.spec.file else None})
+                C.write_json(d / "normalization.json", C.jsonable(norm))
+
+            path = C.write_checkpoint(self.run_dir, self.step, write, keep_last=self.cfg["keep_last"])
+        acc.wait_for_everyone()
+        return path
+
+    # loop -------------------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        """One optimizer step on the stream the schedule picks. Returns the step's record."""
+        stream = self.schedule.stream_at(self.step)
+        batch = self.feeds[stream].next()
+        batch = dataio.normalize(self.normalizer, batch)
+        batch = dataio.fit_batch(batch, *self.inputs[stream], stream)
+        batch = dataio.to_device(batch, self.accelerator.device)
+        out = self.model(stream, batch)
+        names = list(out["losses"])
+        values = torch.stack([out["loss"].detach().float()] + [out["losses"][n].detach().float() for n in names])
+        if self.accelerator.num_processes > 1:
+            values = self.accelerator.reduce(values, "mean")  # every rank then takes the same decision
+        values = values.tolist()
+        for name, v in zip(["total"] + names, values):
+            if not math.isfinite(v):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteLossError(self.step + 1, stream, name, v)
+        self.accelerator.backward(out["loss"])
+        if self.cfg["grad_clip"] > 0:
+            self.accelerator.clip_grad_norm_(self.params, self.cfg["grad_clip"])
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {"step": self.step, "stream": stream, "loss": values[0], "losses": dict(zip(names, values[1:])),
+                "samples": _batch_len(batch) * self.accelerator.num_processes}
+
+    def run(self) -> TrainResult:
+        acc, cfg = self.accelerator, self.cfg
+        main = acc.is_main_process
+        max_steps = cfg["max_steps"]
+        end = max_steps if self.stop_after is None else min(max_steps, self.step + self.stop_after)
+        writer = _summary_writer(self.run_dir / "logs") if main else None
+        bar = _progress(max_steps, self.step, enabled=main and self.progress)
+        last_ckpt, window, t0 = self.resumed_from, [], time.perf_counter()
+        try:
+            while self.step < end:
+                rec = self.train_step()
+                self.history.append({k: rec[k] for k in ("step", "stream", "loss", "losses")})
+                window.append(rec)
+                if self.step % cfg["log_every"] == 0 or self.step == end:
+                    dt = max(time.perf_counter() - t0, 1e-9)
+                    rate = sum(r["samples"] for r in window) / dt
+                    if writer is not None:
+                        _log(writer, window, rate, self.optimizer, self.step)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", samples_s=f"{rate:.1f}")
+                    window, t0 = [], time.perf_counter()
+                bar.update(1)
+                if self.step % cfg["save_every"] == 0 or self.step == end:
+                    last_ckpt = self.save()
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        return TrainResult(self.run_dir, self.step, self.history, last_ckpt)
+
+
+def _batch_len(batch: dict) -> int:
+    for v in batch.values():
+        if isinstance(v, torch.Tensor):
+            return int(v.shape[0])
+        if isinstance(v, list):
+            return len(v)
+    return 0
+
+
+def _summary_writer(path: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    path.mkdir(parents=True, exist_ok=True)
+    return SummaryWriter(str(path))
+
+
+def _log(writer, window, rate, optimizer, step):
+    by_name, by_stream = {}, {}
+    for r in window:
+        by_stream.setdefault(r["stream"], []).append(r["loss"])
+        for n, v in r["losses"].items():
+            by_name.setdefault(n, []).append(v)
+    for n, vs in by_name.items():
+        writer.add_scalar(f"loss/{n}", sum(vs) / len(vs), step)
+    for s, vs in by_stream.items():
+        writer.add_scalar(f"loss_total/{s}", sum(vs) / len(vs), step)
+    for g in optimizer.param_groups:
+        writer.add_scalar(f"lr/{g.get('name', 'group')}", g["lr"], step)
+    writer.add_scalar("throughput/samples_per_s", rate, step)
+
+
+def _progress(total, initial, enabled):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", dynamic_ncols=True)
+
+
+def train(spec, bundle, run_dir, **kwargs) -> TrainResult:
+    """Train `spec` (a Spec) on `bundle` (a graphvla.data DataBundle) into run_dir.
+    kwargs: resume (True: the run's latest checkpoint, or a checkpoint path), stop_after
+    (steps for this session), normalizer, progress, collate."""
+    return Trainer(spec, bundle, run_dir, **kwargs).run()
