@@ -1,0 +1,114 @@
+"""`graphvla data metaworld`: record Meta-World's scripted experts into a LeRobot v2.1 dataset.
+
+Only successful episodes are kept (the count of failures is reported and saved in info.json).
+Episode e of task k uses env seed `seed + 1000 * k + attempt`; the seeds are written to
+meta/episodes.jsonl so an evaluation can pick disjoint ones (see `recorded_seeds`)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SEED_STRIDE = 1000  # seeds of different tasks never overlap while episodes per task < 1000
+
+
+@dataclass
+class RecordSummary:
+    root: str
+    episodes: int = 0
+    frames: int = 0
+    failed: dict = field(default_factory=dict)  # task -> failed expert attempts
+    per_task: dict = field(default_factory=dict)  # task -> kept episodes
+
+
+def record_metaworld(out, tasks, episodes: int, size: int = 128, camera: str = "corner", seed: int = 0,
+                     max_attempts: int | None = None, progress=None) -> RecordSummary:
+    """Record `episodes` successful expert episodes of each task into `out`.
+
+    max_attempts: per task, give up after this many tries (default 3 x episodes + 5)."""
+    from ..sim import metaworld as mw
+    from .lerobot_write import LeRobotWriter
+
+    tasks = list(tasks)
+    for t in tasks:
+        mw._check_task(t)
+    if episodes < 1:
+        raise ValueError(f"--episodes must be at least 1, got {episodes}")
+    writer = LeRobotWriter(out, fps=80, robot_type="sawyer", features={
+        f"observation.images.{camera}": ("image", (size, size, 3)),
+        "observation.state": ("float32", (mw.STATE_DIM,)),
+        "observation.environment_state": ("float32", (mw.OBS_DIM,)),
+        "action": ("float32", (mw.ACTION_DIM,)),
+        "next.reward": ("float32", (1,)),
+        "next.success": ("bool", (1,)),
+    })
+    summary = RecordSummary(str(out))
+    max_attempts = max_attempts or 3 * episodes + 5
+    for k, task in enumerate(tasks):
+        env = mw.make_env(task, seed=seed + SEED_STRIDE * k, size=size, camera=camera)
+        kept = failed = attempt = 0
+        try:
+            while kept < episodes and attempt < max_attempts:
+                ep_seed = seed + SEED_STRIDE * k + attempt
+                attempt += 1
+                frames, success = _rollout(env, task, ep_seed, camera, mw)
+                if not success:
+                    failed += 1
+                    continue
+                writer.add_episode(frames, mw.INSTRUCTIONS[task], {"seed": ep_seed, "env_task": task, "success": True})
+                kept += 1
+                summary.frames += len(frames["action"])
+                if progress:
+                    progress(task, kept, len(frames["action"]))
+        finally:
+            env.close()
+        summary.failed[task] = failed
+        summary.per_task[task] = kept
+        summary.episodes += kept
+    if summary.episodes == 0:
+        raise RuntimeError(f"no successful expert episode in {sum(summary.failed.values())} attempts; nothing written")
+    writer.finalize({"graphvla": {"source": "metaworld", "camera": camera, "image_size": size, "seed": seed,
+                                  "tasks": tasks, "failed_episodes": summary.failed,
+                                  "state": "hand xyz + gripper opening (obs[0:4])"}})
+    return summary
+
+
+def _rollout(env, task, ep_seed, camera, mw):
+    """One expert episode; stops at the first successful step (the success frame is kept)."""
+    obs, _ = mw.reset_env(env, ep_seed)
+    cols = {k: [] for k in ("image", "state", "env", "action", "reward", "success")}
+    success = False
+    for _ in range(mw.max_steps(env)):
+        action = mw.expert_action(task, obs)
+        cols["image"].append(mw.render(env))
+        cols["state"].append(mw.robot_state(obs))
+        cols["env"].append(np.asarray(obs, dtype=np.float32))
+        cols["action"].append(action)
+        obs, reward, terminated, truncated, info = env.step(action)
+        success = bool(info.get("success", 0.0) >= 1.0)
+        cols["reward"].append(np.float32(reward))
+        cols["success"].append(success)
+        if success or truncated:
+            break
+    frames = {
+        f"observation.images.{camera}": np.stack(cols["image"]),
+        "observation.state": np.stack(cols["state"]),
+        "observation.environment_state": np.stack(cols["env"]),
+        "action": np.stack(cols["action"]),
+        "next.reward": np.asarray(cols["reward"], dtype=np.float32)[:, None],
+        "next.success": np.asarray(cols["success"], dtype=bool)[:, None],
+    }
+    return frames, success
+
+
+def recorded_seeds(root) -> dict[str, list[int]]:
+    """task -> env seeds used by the recorded episodes (evaluate on other seeds)."""
+    out: dict[str, list[int]] = {}
+    for line in (Path(root) / "meta" / "episodes.jsonl").read_text().splitlines():
+        if line.strip():
+            e = json.loads(line)
+            if "seed" in e:
+                out.setdefault(e.get("env_task", e["tasks"][0]), []).append(int(e["seed"]))
+    return out

@@ -1,0 +1,39 @@
+"""Normalization statistics: mean/std, min/max and the 1st/99th percentiles per key.
+
+Computed exactly from the frames (every numeric column is in memory anyway), so `graphvla data
+stats`, the trainer and the tests agree to the last digit."""
+from __future__ import annotations
+
+import numpy as np
+
+STAT_NAMES = ("mean", "std", "min", "max", "q01", "q99")
+
+
+def compute_stats(x: np.ndarray) -> dict[str, list[float]]:
+    """x: [N, D] -> {'mean','std','min','max','q01','q99'} each a list of D floats."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    if len(x) == 0:
+        raise ValueError("cannot compute statistics of zero frames")
+    q01, q99 = np.quantile(x, [0.01, 0.99], axis=0)
+    return {"mean": x.mean(0).tolist(), "std": x.std(0).tolist(), "min": x.min(0).tolist(),
+            "max": x.max(0).tolist(), "q01": q01.tolist(), "q99": q99.tolist()}
+
+
+def dataset_stats_from_episodes(episode_stats: list[dict]) -> dict:
+    """Aggregate LeRobot per-episode stats (min/max/mean/std/count) into dataset stats, the way
+    meta/stats.json holds them (pooled mean and variance)."""
+    out: dict = {}
+    keys = {k for e in episode_stats for k in e["stats"]}
+    for k in sorted(keys):
+        parts = [e["stats"][k] for e in episode_stats if k in e["stats"]]
+        n = np.array([p["count"][0] for p in parts], dtype=np.float64)[:, None]
+        mean = np.array([p["mean"] for p in parts])
+        var = np.array([p["std"] for p in parts]) ** 2
+        total = n.sum()
+        m = (n * mean).sum(0) / total
+        v = (n * (var + (mean - m) ** 2)).sum(0) / total
+        out[k] = {"min": np.min([p["min"] for p in parts], 0).tolist(), "max": np.max([p["max"] for p in parts], 0).tolist(),
+                  "mean": m.tolist(), "std": np.sqrt(v).tolist(), "count": [int(total)]}
+    return out

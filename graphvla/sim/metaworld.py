@@ -1,0 +1,135 @@
+"""Meta-World helpers shared by the recorder (`graphvla data metaworld`) and the evaluator.
+
+One place decides how an environment is made and seeded, how its camera image is oriented, which
+part of the 39-dim observation is the robot state and which instruction goes with a task, so that
+recorded demonstrations and evaluation episodes see exactly the same observations.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+# MuJoCo picks its GL backend at import time: EGL renders off-screen on CPU with Mesa.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+MT10 = [
+    "reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3",
+    "drawer-close-v3", "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3",
+]
+
+INSTRUCTIONS = {
+    "reach-v3": "reach the red goal position with the gripper",
+    "push-v3": "push the puck to the goal position",
+    "pick-place-v3": "pick up the puck and place it at the goal position",
+    "door-open-v3": "open the door",
+    "drawer-open-v3": "open the drawer",
+    "drawer-close-v3": "close the drawer",
+    "button-press-topdown-v3": "press the button from the top",
+    "peg-insert-side-v3": "insert the peg into the hole from the side",
+    "window-open-v3": "slide the window open",
+    "window-close-v3": "slide the window closed",
+}
+
+# Policy class names that do not follow the Sawyer<CamelTask>V3Policy pattern.
+_POLICY_NAMES = {"peg-insert-side-v3": "SawyerPegInsertionSideV3Policy"}
+
+STATE_DIM = 4  # hand xyz + gripper opening: obs[0:4]
+ACTION_DIM = 4  # end-effector delta xyz + gripper
+OBS_DIM = 39  # the full Meta-World observation (hand, gripper, objects, goal)
+CAMERAS = ("corner", "corner2", "corner3", "topview", "behindGripper", "gripperPOV")
+
+
+def _check_task(task: str) -> None:
+    import metaworld
+
+    known = sorted(metaworld.ALL_V3_ENVIRONMENTS)
+    if task not in known:
+        import difflib
+
+        hint = difflib.get_close_matches(task, known, n=1)
+        raise ValueError(f"unknown Meta-World task '{task}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                         + f"; MT10 tasks: {', '.join(MT10)}")
+
+
+def make_env(task: str, seed: int = 0, size: int = 128, camera: str = "corner"):
+    """A Meta-World MT1 environment for `task` rendering `size`x`size` RGB frames from `camera`.
+
+    Call `reset_env(env, seed)` to start an episode: the same seed gives the same initial scene."""
+    import gymnasium as gym
+    import metaworld  # noqa: F401  (registers the Meta-World/* environments)
+
+    _check_task(task)
+    if camera not in CAMERAS:
+        raise ValueError(f"unknown camera '{camera}'; choose one of {', '.join(CAMERAS)}")
+    env = gym.make("Meta-World/MT1", env_name=task, seed=seed, render_mode="rgb_array",
+                   camera_name=camera, width=size, height=size)
+    _plain_rendering(env)
+    return env
+
+
+def _plain_rendering(env) -> None:
+    """Render without multisampling, shadows and reflections: on Mesa's CPU rasterizer they
+    cost ~95% of the frame time (170 ms -> 10 ms at 64x64) and add little a policy needs.
+    Recording and evaluation both get this from `make_env`, so they see identical frames."""
+    import mujoco
+
+    u = env.unwrapped
+    u.model.vis.quality.offsamples = 0  # read when the off-screen buffer is created below
+    viewer = u.mujoco_renderer._get_viewer("rgb_array")
+    viewer.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+    viewer.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+
+
+def reset_env(env, seed: int):
+    """Start an episode whose goal/object placement is a function of `seed` only.
+
+    The task-sampling wrapper draws the task variant *before* seeding, so we seed first and
+    reset again: the second reset draws its variant from the freshly seeded generator."""
+    env.reset(seed=int(seed))
+    obs, info = env.reset()
+    return obs, info
+
+
+def render(env) -> np.ndarray:
+    """The camera frame, HxWx3 uint8, upright. MuJoCo reads the frame buffer bottom-row first,
+    so the raw image is upside down; flipping the rows fixes it (checked by projecting the robot
+    base through the camera: it sits left and above centre, as in the flipped frame)."""
+    return np.ascontiguousarray(env.render()[::-1])
+
+
+def robot_state(obs: np.ndarray) -> np.ndarray:
+    """hand xyz + gripper opening, float32[4]."""
+    return np.asarray(obs[:STATE_DIM], dtype=np.float32)
+
+
+_policies: dict = {}
+
+
+def expert_policy(task: str):
+    """Meta-World's scripted expert for `task` (cached; the policies are stateless)."""
+    if task not in _policies:
+        import metaworld.policies as P
+
+        _check_task(task)
+        base = task[: -len("-v3")] if task.endswith("-v3") else task
+        name = _POLICY_NAMES.get(task, "Sawyer" + "".join(w.capitalize() for w in base.split("-")) + "V3Policy")
+        if not hasattr(P, name):
+            raise ValueError(f"no scripted expert policy for '{task}' (looked for metaworld.policies.{name})")
+        _policies[task] = getattr(P, name)()
+    return _policies[task]
+
+
+def expert_action(task: str, obs: np.ndarray) -> np.ndarray:
+    """The expert's action for a full 39-dim observation, float32[4] clipped to [-1, 1]."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the policies warn that their gains exceed the action range
+        a = expert_policy(task).get_action(obs)
+    return np.clip(np.asarray(a, dtype=np.float32), -1.0, 1.0)
+
+
+def max_steps(env) -> int:
+    spec = getattr(env, "spec", None)
+    return int(getattr(spec, "max_episode_steps", None) or 500)
