@@ -14,6 +14,7 @@ from .errors import SpecError
 # Modules that define commands (each exposes `commands`: a list of click commands).
 COMMAND_MODULES = [
     "graphvla.commands.spec_cmds",
+    "graphvla.commands.check_cmds",
     "graphvla.commands.train_cmds",
 ]
 

@@ -17,6 +17,7 @@ BUILTIN_MODULES = [
     "graphvla.blocks.encoders",
     "graphvla.blocks.glue",
     "graphvla.blocks.heads.mlp",
+    "graphvla.blocks.backbones.hf_vlm",
 ]
 
 _REGISTRY: dict[str, type[Block]] = {}

@@ -1,0 +1,276 @@
+"""`backbone.hf_vlm`: any Hugging Face image-text-to-text model (Qwen3-VL, Qwen2.5-VL, SmolVLM /
+Idefics3, ...) through transformers' Auto classes, with the model's own processor and chat template.
+
+The instruction is the user turn, preceded by the image(s) of all views. Outputs follow the
+backbone contract: `hidden` (last layer), `layers` (the decoder layers chosen by `with.layers`),
+`mask` and, when `target_text` is wired, `lm_loss` on the answer tokens only (co-training).
+On the meta device (compile) no weight is read: the model is built from its config and
+`meta_forward` returns meta tensors whose token count comes from the real processor (or, when
+no tokenizer is on disk, from the image processor's resize rule).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..base import Block, InPort, OutPort, ParamError
+from ..registry import register
+from . import hf_config
+from .hf_processor import load_processor
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+VISION_TOWERS = ("visual", "vision_tower", "vision_model")
+IGNORE = -100  # label of tokens without loss (prompt, image, padding)
+
+
+@register
+class HFVLM(Block):
+    type_name = "backbone.hf_vlm"
+    description = "Hugging Face VLM (Qwen3-VL, Qwen2.5-VL, SmolVLM, ...): images + instruction -> hidden states of its layers."
+    in_ports = {
+        "images": InPort("image", ndim=5, doc="images [B, V, C, H, W] in [0, 1]"),
+        "text": InPort("text", doc="instruction, the user turn"),
+        "target_text": InPort("text", optional=True, target=True, doc="answers: the LM loss is taken on them"),
+    }
+    out_ports = {
+        "hidden": OutPort("hidden", doc="last layer [B, T, D]"),
+        "layers": OutPort("layers", doc="selected layers [B, L, T, D]"),
+        "mask": OutPort("mask", doc="[B, T] True on real tokens"),
+        "lm_loss": OutPort("loss", train_only=True, doc="next-token loss on the answer tokens"),
+        "logits": OutPort("hidden", train_only=True, doc="[B, T, vocab] with target_text (for aux.lm_loss)"),
+        "labels": OutPort("tokens", train_only=True, doc="[B, T] answer token ids, -100 elsewhere"),
+    }
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "model": {"type": "string", "description": "folder of a checkpoint (from_pretrained), relative to the spec's folder"},
+            "config": {"oneOf": [{"type": "string"}, {"type": "object"}],
+                       "description": "a config dict (with model_type) or the name of a bundled config "
+                                      "(qwen3_vl_4b, qwen2_5_vl_3b); used for compile when with.model has no weights on disk"},
+            "tiny": {"enum": ["qwen3_vl", "qwen2_5_vl", "smolvlm"], "description": "a tiny model built offline (tests, CPU)"},
+            "processor": {"type": "string", "description": "folder of the processor/tokenizer when it is not with.model"},
+            "layers": {"type": "array", "items": {"type": "integer"}, "minItems": 1,
+                       "description": "decoder layers exposed on `layers` (0 = first, -1 = last); default all"},
+            "dtype": {"enum": list(DTYPES), "default": "float32", "description": "dtype of the model's weights"},
+            "output_dtype": {"enum": list(DTYPES), "default": "float32", "description": "dtype of hidden/layers for the heads"},
+            "attn_implementation": {"type": "string", "description": "e.g. sdpa, eager, flash_attention_2 (passed only if set)"},
+            "gradient_checkpointing": {"type": "boolean", "default": False},
+            "freeze_vision": {"type": "boolean", "default": False, "description": "freeze the vision tower only"},
+            "seed": {"type": "integer", "default": 0, "description": "weight init seed of with.tiny / with.config models"},
+        },
+        "additionalProperties": False,
+    }
+
+    def __init__(self, params, inputs, ctx):
+        super().__init__(params, inputs, ctx)
+        self.expect_ndim("images", 5)
+        p = self.params
+        if sum(k in p for k in ("model", "tiny")) + (("config" in p) and "model" not in p) != 1:
+            raise ParamError("model", "give exactly one of with.model (a checkpoint folder, optionally with a config for "
+                                      "compile), with.config or with.tiny")
+        self.model_dir = ctx.resolve_path(p["model"]) if "model" in p else None
+        self.processor_dir = ctx.resolve_path(p["processor"]) if "processor" in p else None
+        self.model, self.processor, self.settings = self._load(ctx)
+        self.config = self.model.config
+        text_config = self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
+        self.width = text_config.hidden_size
+        self.num_layers = text_config.num_hidden_layers
+        self.layer_ids = self._layer_ids(p.get("layers"))
+        if p["freeze_vision"]:
+            vision_tower(self.model).requires_grad_(False)
+        if p["gradient_checkpointing"] and not ctx.meta:
+            self.model.gradient_checkpointing_enable()
+            self.model.config.use_cache = False
+
+    # loading -------------------------------------------------------------------------------
+    def _load(self, ctx):
+        p = self.params
+        dtype = DTYPES[p["dtype"]]
+        has_weights = self.model_dir is not None and (self.model_dir / "config.json").exists()
+        if "tiny" in p:
+            from ...testing.tiny_hf import build_tiny
+
+            model, processor = build_tiny(p["tiny"], seed=p["seed"])
+            return model.to(dtype), processor, {}
+        if self.model_dir is not None and not has_weights and ("config" not in p or not ctx.meta):
+            raise ParamError("model", f"no checkpoint at {self.model_dir} (config.json missing)"
+                             + ("" if ctx.meta else "; a config alone can compile the graph but not train it"))
+        if has_weights and not ctx.meta:
+            return self._from_pretrained(dtype)
+        # meta (compile) or an explicit config: build from the config, never read weights
+        source = self.model_dir if has_weights else _config_source(p["config"])
+        try:
+            config = hf_config.make_config(source)
+        except (ValueError, OSError) as e:
+            raise ParamError("config", str(e)) from None
+        from transformers import AutoModelForImageTextToText
+
+        kwargs = {"attn_implementation": p["attn_implementation"]} if "attn_implementation" in p else {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(p["seed"])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = AutoModelForImageTextToText.from_config(config, dtype=dtype, **kwargs)
+        processor, settings = self._processor_for(source, has_weights, ctx)
+        return model, processor, settings
+
+    def _from_pretrained(self, dtype):
+        from transformers import AutoModelForImageTextToText
+
+        kwargs = {"attn_implementation": self.params["attn_implementation"]} if "attn_implementation" in self.params else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = AutoModelForImageTextToText.from_pretrained(self.model_dir, dtype=dtype, **kwargs)
+        processor = load_processor(self.processor_dir or self.model_dir)
+        return model, processor, {}
+
+    def _processor_for(self, source, has_weights, ctx):
+        """The processor when its files exist; else only the image settings (meta shapes)."""
+        folder = self.processor_dir or (self.model_dir if has_weights else None)
+        if folder is not None and (folder / "tokenizer_config.json").exists():
+            return load_processor(folder), {}
+        if not ctx.meta:
+            raise ParamError("processor", "building from with.config needs a tokenizer: set with.processor to a folder "
+                                          "with one, or use with.model / with.tiny")
+        if isinstance(source, str):
+            source = hf_config.bundled_dir(source)
+        return None, hf_config.image_processor_settings(source) if isinstance(source, Path) else {}
+
+    def _layer_ids(self, layers):
+        if layers is None:
+            return list(range(self.num_layers))
+        out = []
+        for i in layers:
+            if not -self.num_layers <= i < self.num_layers:
+                raise ParamError("layers", f"layer {i} does not exist: the model has {self.num_layers} decoder layers")
+            out.append(i % self.num_layers)
+        return out
+
+    # inputs --------------------------------------------------------------------------------
+    def prompts(self, text, views: int) -> list[str]:
+        """The chat-template prompt of each sample: V images then the instruction, as the user turn."""
+        content = [{"type": "image"} for _ in range(views)]
+        out = []
+        for t in text:
+            messages = [{"role": "user", "content": content + [{"type": "text", "text": t}]}]
+            out.append(self.processor.tokenizer.apply_chat_template(
+                messages, chat_template=self.processor.chat_template, add_generation_prompt=True, tokenize=False))
+        return out
+
+    def encode(self, images, text, target_text=None) -> dict:
+        """Processor outputs (input_ids, attention_mask, pixel_values, ...) and, with target_text,
+        `labels` that supervise the answer tokens (and the end of turn) only."""
+        b, v = images.shape[:2]
+        if len(text) != b:
+            raise ValueError(f"{len(text)} instructions for a batch of {b} images")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            enc = self._encode_cpu(images.detach().float().cpu().clamp(0, 1), list(text), target_text)
+        device = self.model.device
+        dtype = self.model.dtype
+        return {k: (t.to(device, dtype) if torch.is_floating_point(t) else t.to(device)) if isinstance(t, torch.Tensor) else t
+                for k, t in enc.items()}
+
+    def _append_answers(self, enc, answers):
+        tok = self.processor.tokenizer
+        end = tok.eos_token_id
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        rows = []
+        for i, answer in enumerate(answers):
+            n = int(mask[i].sum())
+            if bool(mask[i, n:].any()) or (n and not bool(mask[i, :n].all())):
+                raise ValueError("the tokenizer must pad on the right to append answers")
+            a = tok(answer, add_special_tokens=False)["input_ids"] + ([end] if end is not None else [])
+            rows.append((ids[i, :n].tolist(), a))
+        length = max(len(p) + len(a) for p, a in rows)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        new_ids = torch.full((len(rows), length), pad, dtype=ids.dtype)
+        labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
+        new_mask = torch.zeros((len(rows), length), dtype=mask.dtype)
+        for i, (prompt, answer) in enumerate(rows):
+            n, m = len(prompt), len(answer)
+            new_ids[i, : n + m] = torch.tensor(prompt + answer, dtype=ids.dtype)
+            labels[i, n : n + m] = torch.tensor(answer)
+            new_mask[i, : n + m] = 1
+        enc["input_ids"], enc["attention_mask"], enc["labels"] = new_ids, new_mask, labels
+        for key in ("mm_token_type_ids", "token_type_ids"):
+            if key in enc:  # extra per-token columns: answers are text (0)
+                old = enc[key]
+                new = torch.zeros((len(rows), length), dtype=old.dtype)
+                for i, (prompt, _) in enumerate(rows):
+                    new[i, : len(prompt)] = old[i, : len(prompt)]
+                enc[key] = new
+        return enc
+
+    # forward -------------------------------------------------------------------------------
+    def forward(self, images, text, target_text=None):
+        enc = self.encode(images, text, target_text)
+        out = self.model(**enc, output_hidden_states=True, use_cache=False)
+        result = self._outputs(out.hidden_states, enc["attention_mask"])
+        if target_text is not None:
+            result["lm_loss"] = out.loss.float()
+            result["logits"] = out.logits
+            result["labels"] = enc["labels"]
+        return result
+
+    def predict(self, images, text):
+        return self.forward(images, text)
+
+    def _outputs(self, hidden_states, attention_mask):
+        dtype = DTYPES[self.params["output_dtype"]]
+        # hidden_states[0] is the embedding output; layer i's output is hidden_states[i + 1]
+        layers = torch.stack([hidden_states[i + 1] for i in self.layer_ids], dim=1).to(dtype)
+        return {"hidden": hidden_states[-1].to(dtype), "layers": layers, "mask": attention_mask.bool()}
+
+    def meta_forward(self, images, text, target_text=None):
+        b, v, _, h, w = images.shape
+        length = self.token_count(text, v, h, w, target_text)
+        dtype = DTYPES[self.params["output_dtype"]]
+        out = {
+            "hidden": torch.empty(b, length, self.width, dtype=dtype, device="meta"),
+            "layers": torch.empty(b, len(self.layer_ids), length, self.width, dtype=dtype, device="meta"),
+            "mask": torch.empty(b, length, dtype=torch.bool, device="meta"),
+        }
+        if target_text is not None:
+            out["lm_loss"] = torch.empty((), device="meta")
+            out["logits"] = torch.empty(b, length, self.config.get_text_config().vocab_size, device="meta")
+            out["labels"] = torch.empty(b, length, dtype=torch.long, device="meta")
+        return out
+
+    def token_count(self, text, views, height, width, target_text=None) -> int:
+        """Sequence length of the padded batch: from the real processor on dummy images when it is
+        available, else from the image processor's resize rule plus an estimate for the text."""
+        if self.processor is not None:
+            with torch.device("cpu"), warnings.catch_warnings():  # the processor makes real (CPU) tensors
+                warnings.simplefilter("ignore")
+                images = torch.zeros(len(text), views, 3, height, width)
+                enc = self._encode_cpu(images, list(text), target_text)
+            return int(enc["input_ids"].shape[1])
+        per_image = hf_config.tokens_per_image(self.settings, self.config, height, width)
+        template = 8 + 2 * views  # role markers, vision start/end tokens, generation prompt
+        longest = max(len(t.encode()) for t in text)
+        answers = max((len(t.encode()) for t in target_text), default=0) if target_text is not None else 0
+        return views * per_image + template + math.ceil(longest / 4) + math.ceil(answers / 4)
+
+    def _encode_cpu(self, images, text, target_text):
+        """Processor outputs on CPU, not moved to the model's device (which may be meta)."""
+        pictures = [[img for img in row] for row in images]
+        out = dict(self.processor(text=self.prompts(text, images.shape[1]), images=pictures, return_tensors="pt",
+                                  padding=True, do_rescale=False))
+        return self._append_answers(out, target_text) if target_text is not None else out
+
+
+def _config_source(value):
+    return value if isinstance(value, dict) else str(value)
+
+
+def vision_tower(model):
+    """The vision encoder (and its merger/projector when it lives inside it) of a HF VLM."""
+    for root in (getattr(model, "model", None), model):
+        for name in VISION_TOWERS:
+            if root is not None and isinstance(getattr(root, name, None), torch.nn.Module):
+                return getattr(root, name)
+    raise ValueError(f"cannot find the vision tower of {type(model).__name__} (looked for {', '.join(VISION_TOWERS)})")
