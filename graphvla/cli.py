@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "graphvla.commands.spec_cmds",
     "graphvla.commands.check_cmds",
     "graphvla.commands.train_cmds",
+    "graphvla.commands.serve_cmds",
 ]
 
 

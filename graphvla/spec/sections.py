@@ -48,9 +48,16 @@ SERVE = {
     "properties": {
         "key_map": {
             "type": "object",
-            "description": "observation key sent by the client -> input port",
-            "additionalProperties": {"type": "string"},
+            "description": "observation key sent by the client -> input port ('port', or 'port[i]' for view i of an "
+                           "image port; null accepts and drops the key). Unmapped ports keep their own name.",
+            "additionalProperties": {"type": ["string", "null"]},
         },
+        "max_batch": {"type": "integer", "minimum": 1, "default": 8,
+                      "description": "most concurrent requests run as one batched forward (1 disables batching)"},
+        "max_wait_ms": {"type": "number", "minimum": 0, "default": 2.0,
+                        "description": "how long a batch waits for more requests (never when every connected client is already in it)"},
+        "max_message_mb": {"type": "number", "exclusiveMinimum": 0, "default": 64,
+                           "description": "largest request accepted; a bigger one closes that connection (code 1009)"},
     },
     "additionalProperties": False,
 }

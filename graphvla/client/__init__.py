@@ -1,0 +1,6 @@
+"""Client side of the policy server: sync / async clients and per-benchmark adapters."""
+from .adapters import Adapter, ChunkExecutor, TemporalEnsembler, load_adapter
+from .client import AsyncPolicyClient, PolicyClient, ServerError
+
+__all__ = ["PolicyClient", "AsyncPolicyClient", "ServerError", "Adapter", "ChunkExecutor",
+           "TemporalEnsembler", "load_adapter"]

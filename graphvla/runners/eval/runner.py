@@ -1,0 +1,67 @@
+"""`graphvla eval`: run a suite through a policy client, summarize, write JSON and GIFs."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .stats import format_table, summarize
+
+SUITES = ("metaworld",)
+
+
+def write_gif(path: Path, frames: list, fps: int = 20, every: int = 2, max_frames: int = 120) -> None:
+    import imageio.v3 as iio
+
+    picked = [np.asarray(f) for f in frames[::every]][:max_frames]
+    if picked:  # pillow's GIF writer takes the frame duration in milliseconds
+        iio.imwrite(path, np.stack(picked), extension=".gif", duration=int(1000 * every / fps), loop=0)
+
+
+def evaluate_metaworld(query, metadata: dict, adapter, tasks: list[str], episodes: int, seed_offset: int,
+                       out_dir: Path | None, max_steps: int | None = None, gifs: bool = True, reset=None,
+                       log=print) -> dict:
+    """Run `episodes` episodes per task with seeds seed_offset .. seed_offset + episodes - 1."""
+    from ...sim import metaworld as mw
+    from .metaworld import RequestBuilder, run_episode
+
+    builder = RequestBuilder(metadata)
+    env_cfg = adapter.config.get("env") or {}
+    camera = env_cfg.get("camera", "corner")
+    max_steps = int(max_steps or env_cfg.get("max_steps", 300))
+    size = builder.image_size or 128
+    per_task, details = {}, {}
+    started = time.perf_counter()
+    for task in tasks:
+        env = mw.make_env(task, seed=seed_offset, size=size, camera=camera)
+        try:
+            results = []
+            for i in range(episodes):
+                if reset:
+                    reset()
+                r = run_episode(env, task, seed_offset + i, query, adapter, builder, max_steps,
+                                record=gifs and out_dir is not None and i == 0)
+                if r["frames"]:
+                    write_gif(out_dir / f"{task}.gif", r.pop("frames"))
+                r.pop("frames", None)
+                results.append(r)
+        finally:
+            env.close()
+        per_task[task] = [r["success"] for r in results]
+        details[task] = results
+        log(f"{task}: {sum(per_task[task])}/{episodes} successes")
+    summary = summarize(per_task)
+    summary["episodes"] = details
+    summary["config"] = {"suite": "metaworld", "tasks": tasks, "episodes_per_task": episodes,
+                         "seeds": [seed_offset, seed_offset + episodes - 1], "max_steps": max_steps,
+                         "camera": camera, "adapter": adapter.config, "graph": metadata.get("name"),
+                         "fingerprint": metadata.get("fingerprint"),
+                         "seconds": round(time.perf_counter() - started, 1)}
+    if out_dir is not None:
+        (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+__all__ = ["SUITES", "evaluate_metaworld", "format_table", "write_gif"]
