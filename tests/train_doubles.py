@@ -179,7 +179,7 @@ outputs:
 trainer:
   max_steps: 40
   batch_size: 8
-  lr: 1.0e-3
+  lr: 3.0e-3
   warmup_steps: 4
   log_every: 5
   save_every: 10

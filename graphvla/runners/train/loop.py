@@ -144,7 +144,8 @@ class Trainer:
                              f"unexpected {sorted(unexpected)[:5]}")
         self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
         sched = torch.load(ckpt / "scheduler.pt", map_location="cpu", weights_only=True)
-        sched.pop("lr_lambdas", None)  # the schedule's shape comes from the current trainer section
+        # the schedule's shape (warmup, max_steps, floor) comes from the current trainer section
+        sched["lr_lambdas"] = [None] * len(self.scheduler.lr_lambdas)
         self.scheduler.load_state_dict(sched)
         state = C.read_json(ckpt / "trainer_state.json")
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
@@ -206,7 +207,7 @@ class Trainer:
         if self.accelerator.num_processes > 1:
             values = self.accelerator.reduce(values, "mean")  # every rank then takes the same decision
         values = values.tolist()
-        for name, v in zip(["total"] + names, values):
+        for name, v in [*zip(names, values[1:]), ("total", values[0])]:  # name the term, not just the sum
             if not math.isfinite(v):
                 self.optimizer.zero_grad(set_to_none=True)
                 raise NonFiniteLossError(self.step + 1, stream, name, v)

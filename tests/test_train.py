@@ -1,0 +1,202 @@
+"""The trainer on tiny graphs and synthetic data (data-layer test doubles until graphvla.data
+lands): losses fall per stream, per-block lr/freeze, exact resume, NaN stop, atomic checkpoints."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from graphvla.runners.train import NonFiniteLossError, Trainer, train
+from graphvla.runners.train import checkpoint as C
+from graphvla.runners.train.optim import cosine_factor
+from graphvla.runners.train.streams import StreamSchedule
+from graphvla.spec.loader import load_spec
+from train_doubles import (TINY_SPEC, DataBundleDouble, NormalizerDouble, ShardedSampler, SyntheticActions, collate,
+                           compute_stats, real_data_layer)
+
+torch.set_num_threads(1)
+
+COTRAIN = TINY_SPEC.replace("""losses:
+  action: {from: head.loss, weight: 1.0}""", """  aux_head:
+    type: head.mlp
+    in: {context: fuse.hidden, state: inputs.state, target: inputs.aux_actions}
+    with: {hidden: 32}
+    train: {lr: 1.0e-2}
+losses:
+  action: {from: head.loss, weight: 1.0}
+  aux: {from: aux_head.loss, weight: 0.5, stream: aux}""").replace(
+    "  actions:     {kind: action, dim: 3, horizon: 4, train_only: true}",
+    "  actions:     {kind: action, dim: 3, horizon: 4, train_only: true}\n"
+    "  aux_actions: {kind: action, dim: 2, horizon: 2, train_only: true, optional: true}")
+
+
+def setup(tmp_path, text=TINY_SPEC, overrides=(), nan_at=None, aux=False):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    spec = load_spec(str(path), overrides)
+    ds = SyntheticActions(48, nan_at=nan_at)
+    streams = {"action": ds}
+    stats = compute_stats(ds, ["state", "actions"])
+    if aux:
+        streams["aux"] = SyntheticActions(48, horizon=2, action_dim=2, action_port="aux_actions", seed=1)
+        stats.update(compute_stats(streams["aux"], ["aux_actions"]))
+    bundle = DataBundleDouble(streams, stats)
+    real = real_data_layer()
+    norm_cls, coll = real if real else (NormalizerDouble, collate)
+    norm = norm_cls(stats, spec.section("trainer")["normalization"])
+    return spec, bundle, dict(normalizer=norm, collate=coll, progress=False)
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def test_cotraining_reduces_every_loss_and_logs_each(tmp_path):
+    torch.manual_seed(0)
+    spec, bundle, kw = setup(tmp_path, COTRAIN, ["trainer.max_steps=60", "trainer.streams={action: {ratio: 2}, aux: {ratio: 1}}",
+                                                 "trainer.save_every=100",
+                                                 "trainer.normalization.aux_actions=mean_std"], aux=True)
+    result = train(spec, bundle, tmp_path / "run", **kw)
+    streams = [r["stream"] for r in result.history]
+    assert streams[:6] == ["action", "aux", "action"] * 2  # 2:1, interleaved
+    assert streams.count("action") == 40 and streams.count("aux") == 20
+    for stream, term in (("action", "action"), ("aux", "aux")):
+        curve = [r["losses"][term] for r in result.history if r["stream"] == stream]
+        assert mean(curve[-5:]) < 0.75 * mean(curve[:5]), (term, curve)
+    # the stream total carries the spec's loss weight
+    aux = next(r for r in result.history if r["stream"] == "aux")
+    assert aux["loss"] == pytest.approx(0.5 * aux["losses"]["aux"], rel=1e-5)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ev = EventAccumulator(str(tmp_path / "run" / "logs"))
+    ev.Reload()
+    tags = set(ev.Tags()["scalars"])
+    assert {"loss/action", "loss/aux", "throughput/samples_per_s", "lr/head"} <= tags
+
+
+def test_param_groups_follow_block_train_and_freeze_is_bitwise(tmp_path):
+    torch.manual_seed(0)
+    text = TINY_SPEC.replace("    with: {width: 16, patch: 8, layers: 1}", "    with: {width: 16, patch: 8, layers: 1}\n    train: {freeze: true}")
+    spec, bundle, kw = setup(tmp_path, text, ["trainer.max_steps=5", "blocks.language.train={lr: 2.0e-4, weight_decay: 0.3}"])
+    t = Trainer(spec, bundle, tmp_path / "run", **kw)
+    groups = {g["name"]: g for g in t.optimizer.param_groups}
+    assert not any(n.startswith("vision") for n in groups)
+    assert groups["head"]["initial_lr"] == 3e-3 and groups["fuse"]["initial_lr"] == 3e-3
+    assert groups["language"]["initial_lr"] == 2e-4 and groups["language"]["weight_decay"] == 0.3
+    assert groups["language.no_decay"]["weight_decay"] == 0.0 and groups["head"]["weight_decay"] == 0.01
+    assert all(p.dim() < 2 for p in groups["head.no_decay"]["params"])
+    frozen = {k: v.clone() for k, v in t.cg.model["vision"].state_dict().items()}
+    head = {k: v.clone() for k, v in t.cg.model["head"].state_dict().items()}
+    t.run()
+    for k, v in t.cg.model["vision"].state_dict().items():
+        assert torch.equal(v, frozen[k]), k
+    assert any(not torch.equal(v, head[k]) for k, v in t.cg.model["head"].state_dict().items())
+
+
+def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
+    overrides = ["trainer.max_steps=16", "trainer.save_every=100", "trainer.warmup_steps=3"]
+    spec, bundle, kw = setup(tmp_path, TINY_SPEC, overrides)
+    full = train(spec, bundle, tmp_path / "full", **kw)
+    spec, bundle, kw = setup(tmp_path, TINY_SPEC, overrides)
+    first = train(spec, bundle, tmp_path / "split", stop_after=7, **kw)  # "killed" after 7 steps
+    assert first.step == 7 and first.checkpoint.name == "step_0000007"
+    spec, bundle, kw = setup(tmp_path, TINY_SPEC, overrides)
+    second = train(spec, bundle, tmp_path / "split", resume=True, **kw)
+    assert [r["step"] for r in second.history] == list(range(8, 17))
+    a = [r["loss"] for r in full.history]
+    b = [r["loss"] for r in first.history + second.history]
+    assert len(a) == len(b) == 16
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert x == pytest.approx(y, rel=1e-5, abs=1e-6), f"step {i + 1}: {x} vs {y}"
+    wa = load_file(str(tmp_path / "full/checkpoints/step_0000016/model.safetensors"))
+    wb = load_file(str(tmp_path / "split/checkpoints/step_0000016/model.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    state = json.loads((tmp_path / "split/checkpoints/step_0000016/trainer_state.json").read_text())
+    assert [r["step"] for r in state["history_tail"]] == list(range(1, 17))
+
+
+def first_step_drawing(index, n, batch_size, seed=0):
+    """1-based step whose batch contains dataset index `index` (replaying the sampler)."""
+    it = iter(ShardedSampler(n, seed=seed))
+    step = 0
+    while True:
+        step += 1
+        if index in [next(it) for _ in range(batch_size)]:
+            return step
+
+
+def test_nan_in_data_stops_naming_step_and_loss(tmp_path):
+    torch.manual_seed(0)
+    spec, bundle, kw = setup(tmp_path, TINY_SPEC, ["trainer.max_steps=40", "trainer.save_every=1"], nan_at=5)
+    expected = first_step_drawing(5, 48, 8)
+    with pytest.raises(NonFiniteLossError) as err:
+        train(spec, bundle, tmp_path / "run", **kw)
+    msg = str(err.value)
+    assert f"step {expected}:" in msg and "loss 'action'" in msg and "nan" in msg, msg
+    assert err.value.step == expected
+    latest = C.latest_checkpoint(tmp_path / "run")
+    if expected > 1:
+        assert latest.name == C.step_dir_name(expected - 1)
+        weights = load_file(str(latest / "model.safetensors"))
+        assert all(torch.isfinite(v).all() for v in weights.values())
+    assert not (tmp_path / "run/checkpoints" / C.step_dir_name(expected)).exists()
+
+
+def test_crash_during_save_leaves_previous_checkpoint_latest(tmp_path, monkeypatch):
+    spec, bundle, kw = setup(tmp_path, TINY_SPEC, ["trainer.max_steps=10", "trainer.save_every=5"])
+    real_write_json = C.write_json
+
+    def crashing(path, data):
+        if path.name == "graph.json" and "0000010" in str(path.parent):
+            raise OSError("disk full (simulated)")
+        real_write_json(path, data)
+
+    monkeypatch.setattr(C, "write_json", crashing)
+    with pytest.raises(OSError, match="simulated"):
+        train(spec, bundle, tmp_path / "run", **kw)
+    root = tmp_path / "run/checkpoints"
+    assert (root / "latest").read_text().strip() == "step_0000005"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000005"]  # no partial dir left
+    monkeypatch.setattr(C, "write_json", real_write_json)
+    spec, bundle, kw = setup(tmp_path, TINY_SPEC, ["trainer.max_steps=10", "trainer.save_every=5"])
+    resumed = train(spec, bundle, tmp_path / "run", resume=True, **kw)
+    assert resumed.history[0]["step"] == 6 and resumed.step == 10
+
+
+def test_keep_last_prunes_and_checkpoint_has_every_file(tmp_path):
+    spec, bundle, kw = setup(tmp_path, TINY_SPEC, ["trainer.max_steps=12", "trainer.save_every=3", "trainer.keep_last=2"])
+    result = train(spec, bundle, tmp_path / "run", **kw)
+    root = tmp_path / "run/checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000009", "step_0000012"]
+    assert result.checkpoint == root / "step_0000012"
+    assert sorted(p.name for p in result.checkpoint.iterdir()) == sorted(C.FILES)
+    graph = json.loads((result.checkpoint / "graph.json").read_text())
+    assert graph["fingerprint"] == spec.fingerprint and graph["name"] == "tiny-train"
+    norm = json.loads((result.checkpoint / "normalization.json").read_text())
+    assert json.dumps(norm)  # plain JSON
+    assert load_spec((result.checkpoint / "spec.yaml").read_text()).fingerprint == spec.fingerprint
+
+
+def test_stream_cycle_and_cosine_schedule():
+    assert StreamSchedule({"a": 3, "b": 1}).cycle == ["a", "a", "b", "a"]
+    assert StreamSchedule({"a": 1, "b": 1}).cycle == ["a", "b"]
+    assert [StreamSchedule({"a": 1, "b": 2}).stream_at(i) for i in range(6)] == ["b", "a", "b"] * 2
+    assert cosine_factor(0, 4, 100, 0.1) == pytest.approx(0.25)
+    assert cosine_factor(3, 4, 100, 0.1) == pytest.approx(1.0)
+    assert cosine_factor(52, 4, 100, 0.1) == pytest.approx(0.55)
+    assert cosine_factor(100, 4, 100, 0.1) == pytest.approx(0.1)
+    assert cosine_factor(500, 4, 100, 0.1) == pytest.approx(0.1)
+    values = [cosine_factor(s, 4, 100, 0.1) for s in range(4, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_unknown_stream_and_missing_stream_data_are_named(tmp_path):
+    spec, bundle, kw = setup(tmp_path, TINY_SPEC, ["trainer.streams={vlm: {ratio: 1}}"])
+    with pytest.raises(ValueError, match=r"trainer.streams names \['vlm'\]"):
+        Trainer(spec, bundle, tmp_path / "run", **kw)
+    spec, bundle, kw = setup(tmp_path, COTRAIN)
+    with pytest.raises(KeyError, match="stream 'aux'"):
+        Trainer(spec, bundle, tmp_path / "run", **kw)
