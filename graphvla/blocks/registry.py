@@ -18,6 +18,7 @@ BUILTIN_MODULES = [
     "graphvla.blocks.glue",
     "graphvla.blocks.heads.mlp",
     "graphvla.blocks.backbones.hf_vlm",
+    "graphvla.blocks.heads.oft", "graphvla.blocks.heads.flow_matching", "graphvla.blocks.heads.dual_system", "graphvla.blocks.heads.fast",
 ]
 
 _REGISTRY: dict[str, type[Block]] = {}

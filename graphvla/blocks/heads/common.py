@@ -1,0 +1,165 @@
+"""Pieces the action heads share: their ports, reading the context (one layer or several),
+the state token, and the attention layers (plain, cross-attending, adaLN-conditioned)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..base import Block, InPort, OutPort, ParamError, PortError
+from .mlp import ACTION_PARAMS, action_shape, masked_l1  # noqa: F401  (re-exported for the heads)
+
+# Every action head has these ports, so swapping heads is one line of YAML.
+HEAD_IN_PORTS = {
+    "context": InPort(("hidden", "layers", "latent"), ndim=(2, 3, 4),
+                      doc="[B, T, D] tokens, [B, L, T, D] hidden states of L backbone layers, or [B, D]"),
+    "context_mask": InPort("mask", optional=True, ndim=2, doc="[B, T], True on real tokens"),
+    "state": InPort("state", optional=True, doc="[B, D] or [B, history, D]"),
+    "target": InPort("action", optional=True, target=True, doc="action chunk [B, H, A]"),
+    "mask": InPort("mask", optional=True, target=True, doc="[B, H] valid action steps"),
+}
+HEAD_OUT_PORTS = {"actions": OutPort("action", doc="[B, H, A]"), "loss": OutPort("loss", train_only=True)}
+
+WIDTH_PARAMS = {
+    "width": {"type": "integer", "minimum": 8, "default": 256, "description": "hidden width of the head"},
+    "heads": {"type": "integer", "minimum": 1, "default": 4, "description": "attention heads"},
+}
+
+
+def context_geometry(block: Block) -> tuple[int, int]:
+    """(number of context layers, context width) from the wired `context` port."""
+    info = block.port_info["context"]
+    block.expect_ndim("context", (2, 3, 4))
+    return (int(info.shape[1]) if len(info.shape) == 4 else 1), int(info.shape[-1])
+
+
+def context_layers(context: torch.Tensor) -> torch.Tensor:
+    """Any accepted context as [B, L, T, D]."""
+    if context.dim() == 2:
+        return context[:, None, None]
+    if context.dim() == 3:
+        return context[:, None]
+    return context
+
+
+def resolve_layer(index: int | None, num_layers: int, key: str = "layer") -> int:
+    """A (possibly negative) layer index checked against the context; None is the last layer."""
+    if index is None:
+        return num_layers - 1
+    if not -num_layers <= index < num_layers:
+        raise ParamError(key, f"layer {index} is out of range: the context has {num_layers} layer(s)")
+    return index % num_layers
+
+
+def padding_mask(context_mask: torch.Tensor | None, tokens: int) -> torch.Tensor | None:
+    """nn.MultiheadAttention wants True on the positions to *ignore*."""
+    if context_mask is None:
+        return None
+    if context_mask.dim() != 2 or context_mask.shape[1] != tokens:
+        raise PortError("context_mask", f"expects [B, {tokens}] to match the context tokens, got {list(context_mask.shape)}")
+    return ~context_mask.bool()
+
+
+def check_width(block: Block):
+    w, h = block.params["width"], block.params["heads"]
+    if w % h:
+        raise ParamError("heads", f"width {w} is not divisible by heads {h}")
+
+
+def state_width(block: Block) -> int:
+    info = block.port_info.get("state")
+    if info is None:
+        return 0
+    n = 1
+    for d in info.shape[1:]:
+        n *= int(d)
+    return n
+
+
+class StateToken(nn.Module):
+    """Flattened state (with history) -> one token of the head's width."""
+
+    def __init__(self, state_dim: int, width: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(state_dim, width), nn.GELU(), nn.Linear(width, width))
+
+    def forward(self, state):
+        return self.net(state.flatten(1).to(self.net[0].weight.dtype)).unsqueeze(1)
+
+
+class ContextProjection(nn.Module):
+    """LayerNorm + Linear from the backbone width to the head width."""
+
+    def __init__(self, dim: int, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, width)
+
+    def forward(self, x):
+        return self.proj(self.norm(x.to(self.proj.weight.dtype)))
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, width: int, mult: int = 4):
+        super().__init__(nn.Linear(width, mult * width), nn.GELU(approximate="tanh"), nn.Linear(mult * width, width))
+
+
+def sinusoidal(t: torch.Tensor, dim: int, max_period: float = 100.0) -> torch.Tensor:
+    """[B] times in [0, 1] -> [B, dim] sin/cos features (periods up to `max_period` so that small
+    differences of t in [0, 1] are still resolved)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None] * 2 * math.pi
+    out = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(out, (0, dim - 2 * half))
+
+
+class AdaLNLayer(nn.Module):
+    """A DiT layer: self-attention over the action sequence, cross-attention to a memory (the
+    backbone's tokens), MLP; each sub-layer modulated by the conditioning vector (adaLN-Zero:
+    shift, scale and a gate that starts at 0, so a fresh layer is the identity)."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.mlp = FeedForward(width)
+        self.norms = nn.ModuleList(nn.LayerNorm(width, elementwise_affine=False) for _ in range(3))
+        self.memory_norm = nn.LayerNorm(width)
+        self.modulation = nn.Linear(width, 9 * width)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, x, cond, memory, memory_padding=None):
+        mods = self.modulation(F.silu(cond)).unsqueeze(1).chunk(9, dim=-1)
+        (s1, c1, g1), (s2, c2, g2), (s3, c3, g3) = mods[0:3], mods[3:6], mods[6:9]
+        h = self.norms[0](x) * (1 + c1) + s1
+        x = x + g1 * self.self_attn(h, h, h, need_weights=False)[0]
+        h = self.norms[1](x) * (1 + c2) + s2
+        m = self.memory_norm(memory)
+        x = x + g2 * self.cross_attn(h, m, m, key_padding_mask=memory_padding, need_weights=False)[0]
+        h = self.norms[2](x) * (1 + c3) + s3
+        return x + g3 * self.mlp(h)
+
+
+class MLPResNet(nn.Module):
+    """Residual MLP blocks then a linear read-out (OpenVLA-OFT's action decoder)."""
+
+    def __init__(self, width: int, out_dim: int, blocks: int = 2):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
+                                    for _ in range(blocks))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, out_dim))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = x + block(x)
+        return self.out(x)
+
+
+def encoder_stack(width: int, heads: int, layers: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True,
+                                       activation="gelu")
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)

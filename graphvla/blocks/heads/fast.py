@@ -1,0 +1,183 @@
+"""head.fast: autoregressive discrete action tokens. A fitted FAST tokenizer (fast_tokenizer.py,
+`graphvla fast-fit`) turns the target chunk into BPE tokens; a small transformer decoder that
+cross-attends to the context (and state token) learns them with teacher forcing and
+cross-entropy. This is the "small decoder for non-LM backbones" path.
+
+At inference it decodes greedily until EOS (or `max_tokens`), then the tokenizer turns tokens
+back into actions. A malformed sequence never crashes a rollout: that sample's actions are zeros,
+`decode_ok` is False for it, and a warning is logged.
+
+The `mask` port is accepted for a uniform head interface but not used: DCT tokens mix all steps
+of the chunk, so the chunk is learned as given (the data layer pads past the episode end).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..base import Block, OutPort, ParamError
+from ..registry import register
+from .common import (ACTION_PARAMS, HEAD_IN_PORTS, WIDTH_PARAMS, ContextProjection, StateToken, action_shape,
+                     check_width, context_geometry, context_layers, padding_mask, resolve_layer, state_width)
+from .fast_tokenizer import FASTTokenizer
+
+log = logging.getLogger(__name__)
+FIT_HINT = "fit one with `graphvla fast-fit DATA -o DIR` and point with.tokenizer at DIR"
+
+
+@register
+class FASTHead(Block):
+    type_name = "head.fast"
+    description = "FAST tokens (DCT + BPE) decoded autoregressively by a small transformer decoder over the context; cross-entropy."
+    in_ports = HEAD_IN_PORTS
+    out_ports = {
+        "actions": OutPort("action", doc="[B, H, A]; zeros where decode_ok is False"),
+        "decode_ok": OutPort("mask", doc="[B] True where the tokens decoded to a valid chunk"),
+        "loss": OutPort("loss", train_only=True),
+    }
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "tokenizer": {"type": ["string", "null"], "default": None,
+                          "description": "folder of a fitted FAST tokenizer (relative to the spec's folder)"},
+            "vocab_size": {"type": "integer", "minimum": 2, "default": 1024,
+                           "description": "BPE vocabulary the decoder is sized for; the tokenizer's must not exceed it"},
+            "max_tokens": {"type": ["integer", "null"], "minimum": 1, "default": None,
+                           "description": "longest token sequence (default horizon * action_dim, which BPE never exceeds)"},
+            **WIDTH_PARAMS,
+            "layers": {"type": "integer", "minimum": 1, "default": 2, "description": "decoder layers"},
+            "layer": {"type": ["integer", "null"], "default": None,
+                      "description": "which layer of a [B, L, T, D] context to attend to (default the last)"},
+            **ACTION_PARAMS,
+        },
+        "additionalProperties": False,
+    }
+
+    def __init__(self, params, inputs, ctx):
+        super().__init__(params, inputs, ctx)
+        check_width(self)
+        self.horizon, self.action_dim = action_shape(self)
+        num_layers, dim = context_geometry(self)
+        self.layer = resolve_layer(self.params["layer"], num_layers)
+        self.vocab = self.params["vocab_size"]
+        self.max_tokens = self.params["max_tokens"] or self.horizon * self.action_dim
+        self.eos, self.bos = self.vocab, self.vocab + 1
+        # On meta (compile) the head is sized from with.vocab_size and never touches the disk.
+        self.tokenizer = None if ctx.meta else self._load_tokenizer(ctx)
+        w = self.params["width"]
+        self.context_proj = ContextProjection(dim, w)
+        self.state_token = StateToken(state_width(self), w) if "state" in inputs else None
+        self.embed = nn.Embedding(self.vocab + 2, w)
+        self.positions = nn.Parameter(torch.randn(self.max_tokens + 1, w) * 0.02)
+        layer = nn.TransformerDecoderLayer(w, self.params["heads"], 4 * w, dropout=0.0, batch_first=True, norm_first=True,
+                                           activation="gelu")
+        self.decoder = nn.TransformerDecoder(layer, self.params["layers"])
+        self.norm = nn.LayerNorm(w)
+        self.logits = nn.Linear(w, self.vocab + 1)  # BPE tokens and EOS
+
+    def _load_tokenizer(self, ctx) -> FASTTokenizer:
+        path = self.params["tokenizer"]
+        if not path:
+            raise ParamError("tokenizer", f"is required to build head.fast: {FIT_HINT}")
+        folder = ctx.resolve_path(path)
+        try:
+            tok = FASTTokenizer.load(folder)
+        except (FileNotFoundError, ValueError) as e:
+            raise ParamError("tokenizer", f"{e}; {FIT_HINT}") from None
+        if (tok.horizon, tok.action_dim) != (self.horizon, self.action_dim):
+            raise ParamError("tokenizer", f"{folder} was fitted on chunks [{tok.horizon}, {tok.action_dim}] but this head "
+                                          f"predicts [{self.horizon}, {self.action_dim}]; {FIT_HINT}")
+        if tok.vocab_size > self.vocab:
+            raise ParamError("vocab_size", f"is {self.vocab} but the tokenizer in {folder} has {tok.vocab_size} tokens")
+        return tok
+
+    # --- the decoder ----------------------------------------------------------------------------
+    def memory(self, context, context_mask, state):
+        tokens = self.context_proj(context_layers(context)[:, self.layer])
+        pad = padding_mask(context_mask, tokens.shape[1])
+        if self.state_token is not None and state is not None:
+            tokens = torch.cat([tokens, self.state_token(state)], dim=1)
+            if pad is not None:
+                pad = torch.cat([pad, pad.new_zeros(pad.shape[0], 1)], dim=1)
+        return tokens, pad
+
+    def step_logits(self, ids, memory, memory_pad):
+        """ids [B, n] (starting with BOS) -> logits [B, n, vocab + 1] for the next token."""
+        n = ids.shape[1]
+        x = self.embed(ids) + self.positions[:n]
+        causal = torch.triu(torch.full((n, n), float("-inf"), device=ids.device), diagonal=1)
+        h = self.decoder(x, memory, tgt_mask=causal, tgt_is_causal=True, memory_key_padding_mask=memory_pad)
+        return self.logits(self.norm(h))
+
+    def teacher_forcing(self, target):
+        """Target chunks -> (decoder input ids, labels with -100 on padding)."""
+        seqs = self.tokenizer.encode(target.detach().float().cpu().numpy())
+        longest = max(len(s) for s in seqs)
+        if longest > self.max_tokens:
+            raise ValueError(f"{self.block_id}: a target chunk needs {longest} FAST tokens but with.max_tokens is {self.max_tokens}")
+        b, n = len(seqs), longest + 1
+        inputs = torch.full((b, n), self.eos, dtype=torch.long)
+        labels = torch.full((b, n), -100, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            inputs[i, 0] = self.bos
+            inputs[i, 1:len(s) + 1] = torch.tensor(s, dtype=torch.long)
+            labels[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+            labels[i, len(s)] = self.eos
+        return inputs.to(target.device), labels.to(target.device)
+
+    def forward(self, context, context_mask=None, state=None, target=None, mask=None):
+        if target is None:
+            return self.predict(context, context_mask, state)
+        memory, pad = self.memory(context, context_mask, state)
+        inputs, labels = self.teacher_forcing(target)
+        logits = self.step_logits(inputs, memory, pad)
+        return {"loss": F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)}
+
+    @torch.no_grad()
+    def generate(self, context, context_mask=None, state=None) -> list[list[int]]:
+        """Greedy decoding; each sample's tokens up to (not including) EOS."""
+        memory, pad = self.memory(context, context_mask, state)
+        b = memory.shape[0]
+        ids = torch.full((b, 1), self.bos, dtype=torch.long, device=memory.device)
+        done = torch.zeros(b, dtype=torch.bool, device=memory.device)
+        for _ in range(self.max_tokens + 1):
+            nxt = self.step_logits(ids, memory, pad)[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, self.eos), nxt)
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            done |= nxt == self.eos
+            if bool(done.all()):
+                break
+        out = []
+        for row in ids[:, 1:].tolist():
+            out.append(row[: row.index(self.eos)] if self.eos in row else row)
+        return out
+
+    def decode_tokens(self, token_lists, device=None):
+        """Token lists -> (actions [B, H, A], decode_ok [B]); warns about malformed samples."""
+        actions, ok = self.tokenizer.decode(token_lists)
+        bad = [i for i, good in enumerate(ok) if not good]
+        if bad:
+            log.warning("%s (head.fast): %d of %d samples decoded to malformed FAST tokens (samples %s); "
+                        "their actions are zeros and decode_ok is False", self.block_id, len(bad), len(ok), bad[:8])
+        return torch.from_numpy(actions).to(device), torch.from_numpy(ok).to(device)
+
+    def predict(self, context, context_mask=None, state=None):
+        if self.tokenizer is None:
+            raise RuntimeError(f"{self.block_id} (head.fast) has no tokenizer: built on meta? {FIT_HINT}")
+        tokens = self.generate(context, context_mask, state)
+        actions, ok = self.decode_tokens(tokens, context.device)
+        return {"actions": actions.to(self.logits.weight.dtype), "decode_ok": ok}
+
+    def meta_forward(self, context, context_mask=None, state=None, target=None, mask=None):
+        b = context.shape[0]
+        memory, pad = self.memory(context, context_mask, state)
+        ids = torch.zeros(b, self.max_tokens + 1, dtype=torch.long, device=context.device)
+        logits = self.step_logits(ids, memory, pad)
+        out = {"actions": torch.empty(b, self.horizon, self.action_dim, device=context.device),
+               "decode_ok": torch.empty(b, dtype=torch.bool, device=context.device)}
+        if target is not None:
+            out["loss"] = logits.float().sum() * 0
+        return out

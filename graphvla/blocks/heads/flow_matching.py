@@ -1,0 +1,177 @@
+"""head.flow_matching ("pi"): a small DiT denoises the action chunk, each of its layers
+cross-attending to one backbone layer (a configurable layer map), with a state token in front of
+the action tokens and adaLN time conditioning.
+
+Conventions (pi0's), used by every flow head here:
+  x_tau = tau * actions + (1 - tau) * noise     tau = 0 is pure noise, tau = 1 the data
+  velocity target u = actions - noise           (d x_tau / d tau)
+  tau = s * (1 - b), b ~ Beta(1.5, 1), s = 0.999  (more weight on noisy times; never exactly 1)
+  inference: Euler from tau = 0 to 1 in `num_steps` equal steps, x += v / num_steps.
+Beta(1.5, 1) has CDF x**1.5, so b = r**(2/3) with r ~ U(0, 1): no sampler needed, works on meta.
+
+`FlowDiT`, `flow_matching_loss` and `euler_sample` are also what head.dual_system runs.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..base import Block, ParamError
+from ..registry import register
+from .common import (ACTION_PARAMS, HEAD_IN_PORTS, HEAD_OUT_PORTS, WIDTH_PARAMS, AdaLNLayer, ContextProjection,
+                     StateToken, action_shape, check_width, context_geometry, context_layers, padding_mask,
+                     resolve_layer, sinusoidal, state_width)
+
+TIME_SCALE = 0.999  # s above
+
+
+class FlowDiT(nn.Module):
+    """Velocity network v(x_tau, tau | memories, state). `memories` holds one [B, T, width] tensor
+    per DiT layer (the layer map already applied)."""
+
+    def __init__(self, horizon: int, action_dim: int, width: int, heads: int, layers: int, state_dim: int = 0):
+        super().__init__()
+        self.width = width
+        self.action_in = nn.Linear(action_dim, width)
+        self.positions = nn.Parameter(torch.randn(horizon, width) * 0.02)
+        self.state_token = StateToken(state_dim, width) if state_dim else None
+        self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.layers = nn.ModuleList(AdaLNLayer(width, heads) for _ in range(layers))
+        self.final_norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.final_modulation = nn.Linear(width, 2 * width)
+        nn.init.zeros_(self.final_modulation.weight)
+        nn.init.zeros_(self.final_modulation.bias)
+        self.action_out = nn.Linear(width, action_dim)
+
+    def forward(self, x, tau, memories, memory_padding=None, state=None):
+        h = self.action_in(x) + self.positions
+        prefix = 0
+        if self.state_token is not None and state is not None:
+            h = torch.cat([self.state_token(state), h], dim=1)
+            prefix = 1
+        cond = self.time_mlp(sinusoidal(tau, self.width).to(h.dtype))
+        for layer, memory in zip(self.layers, memories):
+            h = layer(h, cond, memory, memory_padding)
+        shift, scale = self.final_modulation(F.silu(cond)).unsqueeze(1).chunk(2, dim=-1)
+        h = self.final_norm(h[:, prefix:]) * (1 + scale) + shift
+        return self.action_out(h)
+
+
+def sample_time(n: int, device, dtype=torch.float32) -> torch.Tensor:
+    beta = torch.rand(n, device=device, dtype=dtype) ** (2.0 / 3.0)  # Beta(1.5, 1)
+    return TIME_SCALE * (1 - beta)
+
+
+def _repeat(x, k):
+    return None if x is None else x.repeat_interleave(k, dim=0)
+
+
+def flow_matching_loss(dit: FlowDiT, memories, memory_padding, state, target, mask=None, noise_draws: int = 1):
+    """Mean squared velocity error over `noise_draws` (noise, tau) pairs per example; padded
+    action steps (mask False) do not count."""
+    k = noise_draws
+    actions = _repeat(target, k)
+    noise = torch.randn_like(actions)
+    tau = sample_time(actions.shape[0], actions.device, actions.dtype)
+    t = tau[:, None, None]
+    x = t * actions + (1 - t) * noise
+    v = dit(x, tau, [_repeat(m, k) for m in memories], _repeat(memory_padding, k), _repeat(state, k))
+    err = (v - (actions - noise)) ** 2
+    if mask is None:
+        return err.mean()
+    m = _repeat(mask, k).to(err.dtype)[:, :, None].expand_as(err)
+    return (err * m).sum() / m.sum().clamp(min=1)
+
+
+def euler_sample(dit: FlowDiT, memories, memory_padding, state, shape, generator=None, num_steps: int = 10):
+    """Integrate the learned velocity from noise (tau = 0) to actions (tau = 1). Deterministic
+    given `generator` (the noise is its only randomness)."""
+    device = memories[0].device
+    dtype = dit.action_in.weight.dtype
+    if device.type == "meta":
+        x = torch.empty(shape, device=device, dtype=dtype)
+    else:
+        x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    dt = 1.0 / num_steps
+    for i in range(num_steps):
+        tau = torch.full((shape[0],), i * dt, device=device, dtype=dtype)
+        x = x + dt * dit(x, tau, memories, memory_padding, state)
+    return x
+
+
+def default_layer_map(dit_layers: int, context_layers: int) -> list[int]:
+    """Spread the DiT layers evenly over the context layers, first to first and last to last."""
+    if dit_layers == 1:
+        return [context_layers - 1]
+    return [round(i * (context_layers - 1) / (dit_layers - 1)) for i in range(dit_layers)]
+
+
+FLOW_PARAMS = {
+    "layers": {"type": "integer", "minimum": 1, "default": 4, "description": "DiT layers"},
+    "noise_draws": {"type": "integer", "minimum": 1, "default": 1,
+                    "description": "noise samples (and times) per training example"},
+    "num_steps": {"type": "integer", "minimum": 1, "default": 10,
+                  "description": "Euler steps at inference (predict(num_steps=...) overrides)"},
+}
+
+
+@register
+class FlowMatchingHead(Block):
+    type_name = "head.flow_matching"
+    description = "pi0-style flow matching: a DiT over [state; actions] whose layers cross-attend to backbone layers; Euler sampling."
+    in_ports = HEAD_IN_PORTS
+    out_ports = HEAD_OUT_PORTS
+    predict_kwargs = ("generator", "num_steps")
+    params_schema = {
+        "type": "object",
+        "properties": {
+            **WIDTH_PARAMS,
+            **FLOW_PARAMS,
+            "layer_map": {"type": ["array", "null"], "items": {"type": "integer"}, "default": None,
+                          "description": "context layer each DiT layer cross-attends to (one entry per DiT layer, "
+                                         "negative counts from the end); default spreads them evenly"},
+            **ACTION_PARAMS,
+        },
+        "additionalProperties": False,
+    }
+
+    def __init__(self, params, inputs, ctx):
+        super().__init__(params, inputs, ctx)
+        check_width(self)
+        self.horizon, self.action_dim = action_shape(self)
+        num_layers, dim = context_geometry(self)
+        n = self.params["layers"]
+        layer_map = self.params["layer_map"]
+        if layer_map is None:
+            layer_map = default_layer_map(n, num_layers)
+        elif len(layer_map) != n:
+            raise ParamError("layer_map", f"has {len(layer_map)} entries but the DiT has {n} layers (with.layers)")
+        self.layer_map = [resolve_layer(i, num_layers, "layer_map") for i in layer_map]
+        w = self.params["width"]
+        # one projection per DiT layer: different backbone layers live in different spaces
+        self.context_proj = nn.ModuleList(ContextProjection(dim, w) for _ in range(n))
+        self.dit = FlowDiT(self.horizon, self.action_dim, w, self.params["heads"], n, state_width(self))
+
+    def memories(self, context, context_mask):
+        layers = context_layers(context)
+        memories = [proj(layers[:, i]) for proj, i in zip(self.context_proj, self.layer_map)]
+        return memories, padding_mask(context_mask, layers.shape[2])
+
+    def forward(self, context, context_mask=None, state=None, target=None, mask=None):
+        if target is None:
+            return self.predict(context, context_mask, state)
+        memories, pad = self.memories(context, context_mask)
+        return {"loss": flow_matching_loss(self.dit, memories, pad, state, target, mask, self.params["noise_draws"])}
+
+    def predict(self, context, context_mask=None, state=None, generator=None, num_steps=None):
+        memories, pad = self.memories(context, context_mask)
+        shape = (context.shape[0], self.horizon, self.action_dim)
+        steps = int(num_steps or self.params["num_steps"])
+        return {"actions": euler_sample(self.dit, memories, pad, state, shape, generator, steps)}
+
+    def meta_forward(self, context, context_mask=None, state=None, target=None, mask=None):
+        out = self.predict(context, context_mask, state, num_steps=1)
+        if target is not None:
+            out.update(self.forward(context, context_mask, state, target, mask))
+        return out

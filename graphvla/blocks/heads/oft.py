@@ -1,0 +1,65 @@
+"""head.oft: OpenVLA-OFT-style parallel decoding. H learned action query tokens attend, with the
+(projected) context and an optional state token, through a small transformer; an MLP-ResNet maps
+each query to one action step. All H steps come out of one pass; masked L1 loss."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..base import Block
+from ..registry import register
+from .common import (ACTION_PARAMS, HEAD_IN_PORTS, HEAD_OUT_PORTS, WIDTH_PARAMS, ContextProjection, MLPResNet,
+                     StateToken, action_shape, check_width, context_geometry, context_layers, encoder_stack,
+                     masked_l1, padding_mask, resolve_layer, state_width)
+
+
+@register
+class OFTHead(Block):
+    type_name = "head.oft"
+    description = "Learned action queries attend to the context; MLP-ResNet regresses all H steps in parallel, L1 loss."
+    in_ports = HEAD_IN_PORTS
+    out_ports = HEAD_OUT_PORTS
+    params_schema = {
+        "type": "object",
+        "properties": {
+            **WIDTH_PARAMS,
+            "layers": {"type": "integer", "minimum": 1, "default": 2, "description": "transformer layers over [context; state; queries]"},
+            "mlp_blocks": {"type": "integer", "minimum": 0, "default": 2, "description": "residual blocks of the action MLP-ResNet"},
+            "layer": {"type": ["integer", "null"], "default": None,
+                      "description": "which layer of a [B, L, T, D] context to read (negative counts from the end; default the last)"},
+            **ACTION_PARAMS,
+        },
+        "additionalProperties": False,
+    }
+
+    def __init__(self, params, inputs, ctx):
+        super().__init__(params, inputs, ctx)
+        check_width(self)
+        self.horizon, self.action_dim = action_shape(self)
+        num_layers, dim = context_geometry(self)
+        self.layer = resolve_layer(self.params["layer"], num_layers)
+        w = self.params["width"]
+        self.context_proj = ContextProjection(dim, w)
+        self.queries = nn.Parameter(torch.randn(self.horizon, w) * 0.02)
+        self.state_token = StateToken(state_width(self), w) if "state" in inputs else None
+        self.transformer = encoder_stack(w, self.params["heads"], self.params["layers"])
+        self.norm = nn.LayerNorm(w)
+        self.action_mlp = MLPResNet(w, self.action_dim, self.params["mlp_blocks"])
+
+    def forward(self, context, context_mask=None, state=None, target=None, mask=None):
+        tokens = self.context_proj(context_layers(context)[:, self.layer])
+        b = tokens.shape[0]
+        pad = padding_mask(context_mask, tokens.shape[1])
+        parts = [tokens]
+        if self.state_token is not None and state is not None:
+            parts.append(self.state_token(state))
+        parts.append(self.queries.unsqueeze(0).expand(b, -1, -1))
+        seq = torch.cat(parts, dim=1)
+        if pad is not None:
+            pad = torch.cat([pad, pad.new_zeros(b, seq.shape[1] - pad.shape[1])], dim=1)
+        out = self.norm(self.transformer(seq, src_key_padding_mask=pad))
+        actions = self.action_mlp(out[:, -self.horizon:])
+        result = {"actions": actions}
+        if target is not None:
+            result["loss"] = masked_l1(actions, target, mask)
+        return result
