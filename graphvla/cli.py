@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "graphvla.commands.check_cmds",
     "graphvla.commands.train_cmds",
     "graphvla.commands.serve_cmds",
+    "graphvla.commands.fast_cmds",
 ]
 
 
