@@ -18,7 +18,6 @@ BUILTIN_MODULES = [
     "graphvla.blocks.glue",
     "graphvla.blocks.heads.mlp",
     "graphvla.blocks.backbones.hf_vlm", "graphvla.blocks.backbones.world_model", "graphvla.blocks.aux.lm_loss", "graphvla.blocks.aux.future_obs", "graphvla.blocks.layers", "graphvla.blocks.projector",
-    "graphvla.blocks.backbones.hf_vlm",
     "graphvla.blocks.heads.oft", "graphvla.blocks.heads.flow_matching", "graphvla.blocks.heads.dual_system", "graphvla.blocks.heads.fast",
 ]
 
