@@ -96,6 +96,7 @@ class Trainer:
         self.cg = compile_graph(spec, device="cpu")
         self.schedule = StreamSchedule(stream_ratios(self.cg, self.cfg))
         self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),  # several CPU processes then join a gloo group (MULTI_CPU)
             mixed_precision=mixed_precision(self.cfg["precision"]),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=needs_unused_search(self.cg))])
         acc = self.accelerator

@@ -1,0 +1,34 @@
+"""Two CPU processes (gloo) under `accelerate launch --multi_gpu --num_processes 2` (on a machine
+without GPUs the trainer joins them as MULTI_CPU): each rank trains on its own shard of
+the data, and DDP keeps the weights identical across ranks."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+
+def test_two_processes_keep_weights_in_sync(tmp_path):
+    worker = Path(__file__).parent / "train_ddp_worker.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(worker), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert (r0["world"], r1["world"]) == (2, 2)
+    # each rank drew its own shard of the data
+    assert (r0["shard"], r1["shard"]) == ((0, 2), (1, 2))
+    changed = 0
+    for k, v in r0["final"].items():
+        assert torch.equal(r0["initial"][k], r1["initial"][k]), k  # same start
+        assert torch.allclose(v, r1["final"][k], rtol=0, atol=1e-6), k  # still the same after 6 steps
+        changed += not torch.equal(v, r0["initial"][k])
+    assert changed > len(r0["final"]) // 2
+    # logged losses are averaged over ranks, so both report the same curve
+    assert r0["losses"] == pytest.approx(r1["losses"], rel=1e-6)
+    assert len(r0["losses"]) == 6
+    assert (tmp_path / "run/checkpoints/step_0000006/model.safetensors").is_file()
