@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "graphvla.commands.train_cmds",
     "graphvla.commands.serve_cmds",
     "graphvla.commands.fast_cmds",
+    "graphvla.commands.data_cmds",
 ]
 
 

@@ -1,0 +1,100 @@
+"""`graphvla data metaworld|stats|pack|info`: record, inspect and convert datasets."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..cli import handles_errors
+
+
+@click.group()
+def data():
+    """Record, inspect and convert robot datasets (LeRobot v2.1/v3.0 folders, webdataset shards)."""
+
+
+@data.command()
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="new dataset folder")
+@click.option("--tasks", default="reach-v3,push-v3", show_default=True,
+              help="comma-separated Meta-World tasks, or 'MT10'")
+@click.option("--episodes", default=10, show_default=True, type=int, help="successful episodes per task")
+@click.option("--size", default=128, show_default=True, type=int, help="camera image side in pixels")
+@click.option("--camera", default="corner", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int, help="first env seed (task k uses seed + 1000k + attempt)")
+@handles_errors
+def metaworld(out, tasks, episodes, size, camera, seed):
+    """Record Meta-World scripted-expert demonstrations into a LeRobot v2.1 dataset."""
+    import warnings
+
+    warnings.filterwarnings("ignore", module="gymnasium")
+    from ..data.metaworld_record import record_metaworld
+    from ..sim.metaworld import MT10
+
+    names = MT10 if tasks.strip().upper() == "MT10" else [t.strip() for t in tasks.split(",") if t.strip()]
+
+    def progress(task, kept, length):
+        click.echo(f"  {task}: episode {kept}/{episodes} ({length} frames)", err=True)
+
+    s = record_metaworld(out, names, episodes, size=size, camera=camera, seed=seed, progress=progress)
+    failed = sum(s.failed.values())
+    click.echo(f"{out}: {s.episodes} episodes, {s.frames} frames from {len(names)} task(s); "
+               f"{failed} failed expert episode(s) discarded" + (f" {s.failed}" if failed else ""))
+
+
+@data.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False))
+@click.option("--keys", default=None, help="comma-separated keys (default: every numeric key)")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="also write the JSON to this file")
+@handles_errors
+def stats(dataset, keys, out):
+    """Print mean/std, min/max and q01/q99 of a dataset's numeric keys as JSON."""
+    from ..data.api import open_source
+    from ..data.stats import compute_stats
+
+    src = open_source(dataset)
+    want = [k.strip() for k in keys.split(",")] if keys else list(src.columns)
+    missing = [k for k in want if k not in src.columns]
+    if missing:
+        raise KeyError(f"{dataset}: no numeric key '{missing[0]}' (keys: {', '.join(src.columns)})")
+    result = {k: compute_stats(src.columns[k]) for k in want}
+    text = json.dumps(result, indent=2)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
+    click.echo(text)
+
+
+@data.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="new shard folder")
+@click.option("--frames-per-shard", default=2000, show_default=True, type=int)
+@handles_errors
+def pack(dataset, out, frames_per_shard):
+    """Write a LeRobot folder as webdataset tar shards (training reads either)."""
+    from ..data.api import open_source
+    from ..data.shards import pack as pack_shards
+
+    index = pack_shards(open_source(dataset), out, max_frames=frames_per_shard)
+    click.echo(f"{out}: {index['frames']} frames in {len(index['shards'])} shard(s)")
+
+
+@data.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False))
+@handles_errors
+def info(dataset):
+    """Summarize a dataset: format, episodes, frames, tasks, keys and widths."""
+    from ..data.api import open_source
+
+    src = open_source(dataset)
+    lengths = [e - s for s, e in src.episodes.values()]
+    click.echo(f"{dataset}: LeRobot {src.version}, {len(src.episodes)} episodes, {len(src)} frames, fps {src.fps:g}")
+    click.echo(f"  episode length: min {min(lengths)}, mean {sum(lengths) / len(lengths):.1f}, max {max(lengths)}")
+    for k, v in src.columns.items():
+        click.echo(f"  {k}: width {v.shape[1]}")
+    for k in src.image_keys:
+        click.echo(f"  {k}: camera {src.features.get(k, {}).get('shape')}")
+    for i, t in sorted(src.tasks.items()):
+        click.echo(f"  task {i}: {t}")
+
+
+commands = [data]
