@@ -12,4 +12,11 @@ def compile_graph(source, overrides=(), device="meta"):
     return _compile(source, overrides, device=device)
 
 
-__all__ = ["SpecError", "SpecIssue", "Spec", "load_spec", "compile_graph", "__version__"]
+def load_policy(path, device="cpu"):
+    """A ready inference policy from a run or checkpoint directory. See runners.policy.load_policy."""
+    from .runners.policy import load_policy as _load
+
+    return _load(path, device=device)
+
+
+__all__ = ["SpecError", "SpecIssue", "Spec", "load_spec", "compile_graph", "load_policy", "__version__"]

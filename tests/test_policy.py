@@ -1,0 +1,147 @@
+"""load_policy round trip and the Policy API the server uses: metadata, observation checks,
+image layouts, un-normalized outputs, refusal of inconsistent checkpoints."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import graphvla
+from graphvla.runners.policy import Policy, load_policy
+from graphvla.runners.train import Trainer
+from graphvla.runners.train import dataio
+from graphvla.spec.loader import load_spec
+from train_doubles import TINY_SPEC, DataBundleDouble, NormalizerDouble, SyntheticActions, collate, compute_stats, real_data_layer
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("policy")
+    (tmp / "spec.yaml").write_text(TINY_SPEC)
+    spec = load_spec(str(tmp / "spec.yaml"), ["trainer.max_steps=4", "trainer.save_every=2"])
+    ds = SyntheticActions(32)
+    stats = compute_stats(ds, ["state", "actions"])
+    real = real_data_layer()
+    norm_cls, coll = real if real else (NormalizerDouble, collate)
+    t = Trainer(spec, DataBundleDouble({"action": ds}, stats), tmp / "run",
+                normalizer=norm_cls(stats, spec.section("trainer")["normalization"]), collate=coll, progress=False)
+    t.run()
+    return t, tmp / "run", ds, norm_cls
+
+
+@pytest.fixture(autouse=True)
+def normalizer_impl(monkeypatch, trained):
+    monkeypatch.setattr(dataio, "normalizer_class", lambda: trained[3])
+
+
+def observation(ds, i):
+    img = (ds.images[i].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)  # [V, H, W, C]
+    return {"images": img[0], "instruction": ds[i]["instruction"], "state": ds.state[i].numpy()}
+
+
+def test_round_trip_predicts_like_the_in_memory_model(trained):
+    t, run, ds, _ = trained
+    obs = [observation(ds, i) for i in range(3)]
+    loaded = graphvla.load_policy(run)
+    in_memory = Policy.from_compiled(t.cg, t.normalizer)
+    a = loaded.infer_batch(obs)
+    b = in_memory.infer_batch(obs)
+    for x, y in zip(a, b):
+        assert x["actions"].dtype == np.float32 and x["actions"].shape == (4, 3)
+        np.testing.assert_allclose(x["actions"], y["actions"], rtol=0, atol=1e-6)
+    # independent of Policy: normalize by hand, run the inference graph, un-normalize by hand
+    stats = compute_stats(ds, ["state", "actions"])
+    s = torch.as_tensor(ds.state[:3])
+    mean, std = torch.tensor(stats["state"]["mean"]), torch.tensor(stats["state"]["std"])
+    images = torch.stack([torch.from_numpy(o["images"]).permute(2, 0, 1).float() / 255 for o in obs])[:, None]
+    t.cg.model.eval()
+    with torch.no_grad():
+        out = t.cg.infer(images=images, instruction=[o["instruction"] for o in obs], state=(s - mean) / std)["actions"]
+    am, asd = torch.tensor(stats["actions"]["mean"]), torch.tensor(stats["actions"]["std"])
+    expected = (out * asd + am).numpy()
+    for i in range(3):
+        np.testing.assert_allclose(a[i]["actions"], expected[i], rtol=1e-5, atol=1e-5)
+    single = loaded.infer(obs[1])
+    np.testing.assert_allclose(single["actions"], a[1]["actions"], atol=1e-5)
+
+
+def test_checkpoint_dir_and_metadata(trained):
+    t, run, ds, _ = trained
+    policy = load_policy(run / "checkpoints" / "step_0000002")
+    meta = policy.metadata
+    assert meta["name"] == "tiny-train" and meta["fingerprint"] == t.cg.fingerprint
+    assert (meta["action_horizon"], meta["action_dim"]) == (4, 3)
+    assert set(meta["inputs"]) == {"images", "instruction", "state"}  # no train-only targets
+    assert meta["inputs"]["state"]["dim"] == 4 and meta["outputs"] == ["actions"]
+    assert meta["normalization"] == {"state": "mean_std", "actions": "mean_std"}
+    assert not policy.cg.model.training
+    json.dumps(meta)
+    # weights differ from the final step's, so this is really the step-2 checkpoint
+    final = load_policy(run)
+    obs = observation(ds, 0)
+    assert not np.allclose(policy.infer(obs)["actions"], final.infer(obs)["actions"])
+
+
+def test_image_layouts_agree(trained):
+    _, run, ds, _ = trained
+    policy = load_policy(run)
+    obs = observation(ds, 2)
+    as_float_chw = dict(obs, images=obs["images"].transpose(2, 0, 1).astype(np.float32) / 255)
+    as_views = dict(obs, images=obs["images"][None])
+    base = policy.infer(obs)["actions"]
+    np.testing.assert_allclose(policy.infer(as_float_chw)["actions"], base, atol=1e-6)
+    np.testing.assert_allclose(policy.infer(as_views)["actions"], base, atol=1e-6)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda o: o.pop("state"), ["'state'", "[4]"]),
+    (lambda o: o.__setitem__("state", np.zeros(5, np.float32)), ["'state'", "expected shape [4]", "[5]"]),
+    (lambda o: o.__setitem__("images", np.zeros((16, 16), np.uint8)), ["'images'", "[1, 16, 16, 3]"]),
+    (lambda o: o.__setitem__("images", np.zeros((1, 3, 16, 16), np.int32)), ["'images'", "int32"]),
+    (lambda o: o.__setitem__("instruction", 3), ["'instruction'", "string"]),
+    (lambda o: o.__setitem__("state", np.array(["a"] * 4)), ["'state'", "dtype"]),
+])
+def test_bad_observations_name_key_and_expectation(trained, change, words):
+    _, run, ds, _ = trained
+    policy = load_policy(run)
+    obs = observation(ds, 0)
+    change(obs)
+    with pytest.raises(ValueError) as err:
+        policy.infer(obs)
+    for w in words:
+        assert w in str(err.value), str(err.value)
+
+
+def test_refuses_inconsistent_checkpoints(trained, tmp_path):
+    import shutil
+
+    _, run, _, _ = trained
+    src = run / "checkpoints" / "step_0000004"
+    edited = tmp_path / "edited"
+    shutil.copytree(src, edited)
+    (edited / "spec.yaml").write_text((edited / "spec.yaml").read_text().replace("hidden: 32", "hidden: 64"))
+    with pytest.raises(ValueError, match="fingerprint"):
+        load_policy(edited)
+    bad_norm = tmp_path / "bad_norm"
+    shutil.copytree(src, bad_norm)
+    norm = json.loads((bad_norm / "normalization.json").read_text())
+    norm["modes"]["gripper"] = "mean_std"
+    norm["stats"]["gripper"] = norm["stats"]["state"]
+    (bad_norm / "normalization.json").write_text(json.dumps(norm))
+    with pytest.raises(ValueError, match="normalization does not match.*gripper"):
+        load_policy(bad_norm)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_policy(tmp_path)
+
+
+def test_reset_clears_inference_caches(trained, monkeypatch):
+    _, run, _, _ = trained
+    policy = load_policy(run)
+    calls = []
+    monkeypatch.setattr(policy.cg, "reset_caches", lambda: calls.append(1))
+    policy.reset()
+    assert calls == [1]
