@@ -112,3 +112,14 @@ def recorded_seeds(root) -> dict[str, list[int]]:
             if "seed" in e:
                 out.setdefault(e.get("env_task", e["tasks"][0]), []).append(int(e["seed"]))
     return out
+
+
+def tiny_metaworld(base, tasks=("reach-v3", "push-v3"), episodes: int = 2, size: int = 64) -> Path:
+    """A small recorded dataset under `base`, recorded once and reused (tests, benchmarks)."""
+    root = Path(base) / f"metaworld-{'-'.join(tasks)}-{episodes}x{size}"
+    if not (root / "meta" / "info.json").exists():
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+        record_metaworld(root, list(tasks), episodes, size=size)
+    return root

@@ -133,3 +133,19 @@ def expert_action(task: str, obs: np.ndarray) -> np.ndarray:
 def max_steps(env) -> int:
     spec = getattr(env, "spec", None)
     return int(getattr(spec, "max_episode_steps", None) or 500)
+
+
+def render_problem() -> str | None:
+    """None when Meta-World renders here, else why not (tests skip with this reason)."""
+    try:
+        env = make_env("reach-v3", seed=0, size=32)
+        try:
+            reset_env(env, 0)
+            frame = render(env)
+        finally:
+            env.close()
+    except Exception as e:  # noqa: BLE001  (missing GL libraries surface as many error types)
+        return f"Meta-World cannot render with MUJOCO_GL={os.environ.get('MUJOCO_GL')}: {type(e).__name__}: {e}"
+    if frame.shape != (32, 32, 3) or frame.max() == 0:
+        return f"Meta-World rendered an empty frame {frame.shape} with MUJOCO_GL={os.environ.get('MUJOCO_GL')}"
+    return None
