@@ -4,7 +4,7 @@ frequency-major order (all dims of frequency 0, then frequency 1, ...) -> byte-p
 that integer sequence with the `tokenizers` library (each integer is one unicode character).
 
 Actions are expected normalized (e.g. to [-1, 1]); the tokenizer does not normalize. Integers
-outside the range seen in `fit` are clipped to it. Within that range the round-trip error of every
+outside the range seen in `fit` (widened by 10% on each side) are clipped to it. Within that range the round-trip error of every
 action value is at most `error_bound()` = 0.5 / scale * max_n sum_k |C[k, n]| (C the DCT matrix;
 at most 0.5 * sqrt(H) / scale).
 
@@ -22,6 +22,7 @@ CONFIG_FILE = "fast_config.json"
 BPE_FILE = "tokenizer.json"
 FORMAT_VERSION = 1
 BASE_CODEPOINT = 0x4E00  # a block of ordinary letters: no whitespace, no combining marks
+RANGE_MARGIN = 0.1  # the integer range is the fitted data's, widened by this fraction on each side
 
 
 def dct_matrix(n: int) -> np.ndarray:
@@ -79,7 +80,9 @@ class FASTTokenizer:
         from tokenizers import Tokenizer, models, trainers
 
         ints = self.to_ints(actions)
-        self.min_token, self.max_token = int(ints.min()), int(ints.max())
+        lo, hi = int(ints.min()), int(ints.max())
+        margin = int(np.ceil(RANGE_MARGIN * (hi - lo)))  # chunks a bit beyond the fitted data still round-trip
+        self.min_token, self.max_token = lo - margin, hi + margin
         alphabet = [chr(BASE_CODEPOINT + i) for i in range(self.max_token - self.min_token + 1)]
         if self.requested_vocab_size < len(alphabet):
             raise ValueError(f"vocab_size {self.requested_vocab_size} is smaller than the {len(alphabet)} distinct "
