@@ -1,0 +1,140 @@
+"""head.fast: overfits with teacher forcing and decodes the chunks back; malformed tokens give
+zeros + decode_ok False + a warning; a missing tokenizer is a ParamError naming `tokenizer`."""
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import graphvla
+from graphvla.blocks.base import BuildContext, ParamError, PortInfo
+from graphvla.blocks.heads.fast import FASTHead
+from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
+from graphvla.errors import SpecError
+
+N, T, D, H, A = 16, 6, 16, 8, 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls: a second thread only adds contention on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def smooth_chunks(n, seed):
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, H)[None, :, None]
+    return (rng.uniform(0.2, 0.9, (n, 1, A)) * np.sin(2 * np.pi * rng.uniform(0.2, 1.5, (n, 1, A)) * t
+                                                       + rng.uniform(0, 2 * np.pi, (n, 1, A)))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fast") / "tok"
+    FASTTokenizer(H, A, scale=10, vocab_size=128).fit(smooth_chunks(1000, 0)).save(d)
+    return d
+
+
+def make_head(params, spec_dir, meta=False, with_state=False):
+    infos = {"context": PortInfo("hidden", (N, T, D)), "target": PortInfo("action", (N, H, A))}
+    if with_state:
+        infos["state"] = PortInfo("state", (N, 4))
+    return FASTHead(params, infos, BuildContext("head", meta=meta, spec_dir=spec_dir))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_overfits_and_decodes_the_chunks(tokenizer_dir, seed):
+    torch.manual_seed(seed)
+    head = make_head({"tokenizer": "tok", "vocab_size": 128, "width": 32, "layers": 1}, tokenizer_dir.parent, with_state=True)
+    context, state = torch.randn(N, T, D), torch.randn(N, 4)
+    target = torch.from_numpy(smooth_chunks(N, 100 + seed))
+    opt = torch.optim.AdamW(head.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(150):
+        loss = head(context=context, state=state, target=target)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
+    head.eval()
+    out = head.predict(context=context, state=state)
+    err = (out["actions"] - target).abs().max().item()
+    print(f"fast cross-entropy {first:.3f} -> {last:.4f} ({first / last:.0f}x); greedy decode max error {err:.3f} "
+          f"(tokenizer bound {head.tokenizer.error_bound():.3f})")
+    assert first / last >= 10
+    assert out["actions"].shape == (N, H, A) and out["decode_ok"].all()
+    assert err <= head.tokenizer.error_bound() + 1e-5  # every token right: only the quantization error is left
+
+
+def test_malformed_tokens_never_crash(tokenizer_dir, caplog):
+    torch.manual_seed(0)
+    head = make_head({"tokenizer": "tok", "vocab_size": 128, "width": 32, "layers": 1}, tokenizer_dir.parent).eval()
+    tok = head.tokenizer
+    good = tok.encode(smooth_chunks(1, 5))[0]
+    garbage = [good, [127, 500, -3], good[:2], good + good, []]
+    with caplog.at_level(logging.WARNING):
+        actions, ok = head.decode_tokens(garbage)
+    assert ok.tolist() == [True, False, False, False, False]
+    assert not actions[1:].any() and actions[0].abs().max() > 0.05
+    assert "4 of 5 samples" in caplog.text
+    # a decoder that always emits a two-character token overruns H*A values in every sample
+    merged = next(i for i in range(tok.vocab_size) if len(tok.bpe.id_to_token(i)) >= 2)
+    with torch.no_grad():
+        head.logits.weight.zero_()
+        head.logits.bias.fill_(-10.0)
+        head.logits.bias[merged] = 10.0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        out = head.predict(context=torch.randn(3, T, D))
+    assert out["decode_ok"].tolist() == [False] * 3
+    assert out["actions"].shape == (3, H, A) and not out["actions"].any()
+    assert "malformed" in caplog.text
+
+
+def test_missing_or_mismatched_tokenizer_is_a_param_error(tokenizer_dir, tmp_path):
+    for params in ({}, {"tokenizer": "nowhere"}):
+        with pytest.raises(ParamError, match="graphvla fast-fit") as e:
+            make_head(params, tmp_path)
+        assert e.value.key == "tokenizer"
+    with pytest.raises(ParamError) as e:
+        make_head({"tokenizer": str(tokenizer_dir), "vocab_size": 64}, tmp_path)
+    assert e.value.key == "vocab_size"
+    other = tmp_path / "other"
+    FASTTokenizer(4, A, vocab_size=128).fit(smooth_chunks(200, 1)[:, :4]).save(other)
+    with pytest.raises(ParamError, match=r"\[4, 3\]") as e:
+        make_head({"tokenizer": str(other)}, tmp_path)
+    assert e.value.key == "tokenizer"
+
+
+def test_meta_build_needs_no_tokenizer_and_real_build_names_the_field(tmp_path):
+    spec = f"""
+graphvla: 1
+name: tiny-fast
+inputs:
+  images:      {{kind: image, views: 1, size: [32, 32]}}
+  instruction: {{kind: text}}
+  actions:     {{kind: action, dim: {A}, horizon: {H}, train_only: true}}
+blocks:
+  vision: {{type: encoder.image, in: {{images: inputs.images}}, with: {{width: 32, patch: 8, layers: 1}}}}
+  head:
+    type: head.fast
+    in: {{context: vision.hidden, target: inputs.actions}}
+    with: {{tokenizer: missing_dir, vocab_size: 300, width: 32}}
+losses:
+  action: {{from: head.loss}}
+outputs:
+  actions: head.actions
+"""
+    path = tmp_path / "fast.yaml"
+    path.write_text(spec)
+    cg = graphvla.compile_graph(path)  # meta: sized from with.vocab_size, the folder is not read
+    assert cg.model["head"].logits.out_features == 301
+    assert cg.shapes[("head", "actions")] == ("B", H, A)
+    with pytest.raises(SpecError) as e:
+        graphvla.compile_graph(path, device="cpu")
+    msg = e.value.format()
+    assert "blocks.head.with.tokenizer" in msg and "graphvla fast-fit" in msg
