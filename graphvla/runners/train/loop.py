@@ -124,6 +124,7 @@ class Trainer:
         self.resumed_from = None
         if resume:
             self._load(resume)
+        self._fill_deepspeed_config()
         # The scheduler is not handed to Accelerate: it would step it once per process.
         self.model, self.optimizer = acc.prepare(self.module, self.optimizer)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
@@ -131,6 +132,21 @@ class Trainer:
             set_seed(self.cfg["seed"] + acc.process_index)  # different dropout/noise per rank
         else:
             C.set_rng_state(self._rng_to_restore)
+
+    def _fill_deepspeed_config(self):
+        """Under DeepSpeed (configs/deepspeed_zero2.json), fill its "auto" values from the trainer
+        section: Accelerate cannot infer the micro-batch size without a prepared DataLoader."""
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is None:
+            return
+        conf = plugin.deepspeed_config
+        if conf.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+            conf["train_micro_batch_size_per_gpu"] = max(f.batch_size for f in self.feeds.values())
+        if conf.get("gradient_clipping", "auto") == "auto":
+            conf["gradient_clipping"] = float(self.cfg["grad_clip"])
+        if self.resumed_from is not None:
+            raise ValueError("--resume under DeepSpeed is not supported yet (ZeRO shards the optimizer state); "
+                             "resume with DDP (configs/accelerate_ddp.yaml) or start a new run from the weights")
 
     # resume -----------------------------------------------------------------------------------
     def _load(self, resume):
@@ -246,6 +262,8 @@ class Trainer:
                 if self.step % cfg["save_every"] == 0 or self.step == end:
                     last_ckpt = self.save()
         finally:
+            for feed in self.feeds.values():
+                feed.close()
             bar.close()
             if writer is not None:
                 writer.close()

@@ -44,41 +44,51 @@ class StreamBatches:
 
     def __init__(self, dataset, sampler, batch_size: int, collate, num_workers: int = 0):
         self.sampler, self.batch_size = sampler, batch_size
-        self._indices = iter(sampler)
-        self._pending = deque()  # sampler state before each drawn-but-unconsumed batch
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=_IndexFeed(self), collate_fn=collate, num_workers=num_workers,
-            persistent_workers=num_workers > 0)
-        self._loader = loader
+        self._feed = _IndexFeed(sampler, batch_size)
+        seed = torch.Generator().manual_seed(0)  # keeps DataLoader setup off the global RNG (exact resume)
+        self._loader = torch.utils.data.DataLoader(dataset, batch_sampler=self._feed, collate_fn=collate,
+                                                   num_workers=num_workers, generator=seed)
         self._batches = None
-
-    def _draw(self) -> list[int]:
-        self._pending.append(copy.deepcopy(self.sampler.state_dict()))
-        return [int(next(self._indices)) for _ in range(self.batch_size)]
 
     def next(self) -> dict:
         if self._batches is None:
             self._batches = iter(self._loader)
         batch = next(self._batches)
-        self._pending.popleft()
+        self._feed.pending.popleft()
         return batch
 
     def state_dict(self):
-        return copy.deepcopy(self._pending[0] if self._pending else self.sampler.state_dict())
+        return copy.deepcopy(self._feed.pending[0] if self._feed.pending else self.sampler.state_dict())
 
     def load_state_dict(self, state) -> None:
         if self._batches is not None:
             raise RuntimeError("load the data position before drawing the first batch")
         self.sampler.load_state_dict(state)
-        self._indices = iter(self.sampler)
+        self._feed.restart()
+
+    def close(self) -> None:
+        """Stop DataLoader workers now rather than at garbage collection; a later next()
+        continues from the first unconsumed batch."""
+        state = self.state_dict()
+        self._batches = None
+        self.load_state_dict(state)
 
 
 class _IndexFeed:
-    """batch_sampler for the DataLoader: endless lists of indices from a StreamBatches."""
+    """batch_sampler for the DataLoader: endless lists of indices, remembering the sampler's
+    state before each list (it holds no reference back to StreamBatches, so no cycle delays
+    the workers' shutdown)."""
 
-    def __init__(self, owner: StreamBatches):
-        self.owner = owner
+    def __init__(self, sampler, batch_size: int):
+        self.sampler, self.batch_size = sampler, batch_size
+        self.pending = deque()  # sampler state before each drawn-but-unconsumed batch
+        self.restart()
+
+    def restart(self):
+        self.indices = iter(self.sampler)
+        self.pending.clear()
 
     def __iter__(self):
         while True:
-            yield self.owner._draw()
+            self.pending.append(copy.deepcopy(self.sampler.state_dict()))
+            yield [int(next(self.indices)) for _ in range(self.batch_size)]
