@@ -74,17 +74,26 @@ def build(spec, g, device="meta", issues=None):
     issues = issues if issues is not None else spec.issues()
     values = [{} for _ in PROBE_BATCHES]
     shapes, infos, modules = {}, {}, {}
+    failed = set()  # nodes without probe values; blocks fed by them are skipped, not reported again
     for name, decl in spec.inputs.items():
         node = D.INPUT_PREFIX + name
         if node not in g:
             continue
-        for i, (b, texts) in enumerate(zip(PROBE_BATCHES, PROBE_TEXTS)):
-            values[i][(node, None)] = probe_input(decl, b, texts)
+        try:
+            for i, (b, texts) in enumerate(zip(PROBE_BATCHES, PROBE_TEXTS)):
+                values[i][(node, None)] = probe_input(decl, b, texts)
+        except (RuntimeError, ValueError, TypeError, OverflowError) as e:
+            issues.add(f"cannot make a tensor for this input: {_first_line(e)}", ("inputs", name))
+            failed.add(node)
+            continue
         shapes[(node, None)] = symbolic([shape_of(v[(node, None)]) for v in values])
 
-    for bid in D.used_blocks(g):
+    for bid in D.build_order(g):
         data = g.nodes[bid]
         wired = D.in_edges(g, bid)
+        if any(src in failed for _, src, _, _ in wired):
+            failed.add(bid)
+            continue
         port_info = {}
         for dst_port, src, src_port, e in wired:
             v = values[0].get((src, src_port))
@@ -95,13 +104,18 @@ def build(spec, g, device="meta", issues=None):
         if owner == bid:
             ctx = BuildContext(bid, meta=True, spec_dir=spec.dir, device="meta")
             try:
-                with torch.device("meta"):
+                with torch.device("meta"), ParameterBudget(bid, data["type"]):
                     modules[bid] = data["cls"](data["params"], port_info, ctx)
             except Exception as e:
                 _report_build_error(e, bid, data, wired, port_info, issues)
+                failed.add(bid)
                 continue
         elif owner not in modules:
-            continue  # the shared block failed to build and was reported
+            failed.add(bid)
+            if owner not in failed:
+                issues.add(f"share: '{owner}' is computed from this block's outputs, so its module cannot be shared here",
+                           ("blocks", bid, "share"), block=bid)
+            continue  # otherwise the shared block failed to build and was reported
         module = modules[owner]
         ok = True
         for i in range(len(PROBE_BATCHES)):
@@ -111,9 +125,11 @@ def build(spec, g, device="meta", issues=None):
                     out = module.meta_forward(**kwargs)
             except Exception as e:
                 _report_build_error(e, bid, data, wired, port_info, issues, probing=True)
+                failed.add(bid)
                 ok = False
                 break
             if not _check_outputs(out, bid, data, issues):
+                failed.add(bid)
                 ok = False
                 break
             for port, v in out.items():
@@ -125,7 +141,7 @@ def build(spec, g, device="meta", issues=None):
     issues.raise_if_errors()
 
     if str(device) != "meta":
-        for bid in D.used_blocks(g):
+        for bid in D.build_order(g):
             data = g.nodes[bid]
             if data["owner"] != bid:
                 continue
@@ -140,6 +156,54 @@ def build(spec, g, device="meta", issues=None):
         if g.nodes[bid]["train"].get("freeze"):
             module.requires_grad_(False)
     return modules, shapes, infos
+
+
+MAX_PARAMETER_TENSORS = 20_000  # a 70B-parameter LLM has about a thousand
+MAX_SUBMODULES = 10_000
+
+
+class ParameterBudget:
+    """Stops a block constructor that creates an absurd number of parameter tensors or
+    submodules (e.g. `layers: 100000000` from a typo) instead of letting compile run for hours."""
+
+    def __init__(self, bid, type_name):
+        self.bid, self.type_name = bid, type_name
+        self.params = self.modules = 0
+        self.handles = []
+
+    def _on_parameter(self, module, name, param):
+        self.params += 1
+        if self.params > MAX_PARAMETER_TENSORS:
+            self._stop(f"more than {MAX_PARAMETER_TENSORS} parameter tensors")
+
+    def _on_module(self, module, name, submodule):
+        self.modules += 1
+        if self.modules > MAX_SUBMODULES:
+            self._stop(f"more than {MAX_SUBMODULES} submodules")
+
+    def _stop(self, what):
+        raise BudgetExceeded(f"{self.type_name} creates {what}; is a size in `with:` (layers, ...) far too large?")
+
+    def __enter__(self):
+        hooks = torch.nn.modules.module
+        self.handles = [hooks.register_module_parameter_registration_hook(self._on_parameter),
+                        hooks.register_module_module_registration_hook(self._on_module)]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        return False
+
+
+class BudgetExceeded(RuntimeError):
+    pass
+
+
+def _first_line(e: BaseException) -> str:
+    """Torch errors can carry a C++ backtrace after the first line; users need the first line."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def _check_outputs(out, bid, data, issues) -> bool:
@@ -172,10 +236,12 @@ def _report_build_error(e, bid, data, wired, port_info, issues, probing=False):
     elif isinstance(e, SpecError):
         for i in e.issues:
             issues.add(i.message, ("blocks", bid) + tuple(i.path), block=bid, hint=i.hint)
+    elif isinstance(e, BudgetExceeded):
+        issues.add(str(e), ("blocks", bid, "with"), block=bid)
     else:
         inputs = ", ".join(f"{p}={list(i.shape) if i.shape is not None else i.kind} from {i.source}" for p, i in port_info.items())
         what = "shape check (meta tensors) failed" if probing else "could not build"
-        issues.add(f"{what} for {data['type']}: {type(e).__name__}: {e}", ("blocks", bid), block=bid,
+        issues.add(f"{what} for {data['type']}: {type(e).__name__}: {_first_line(e)}", ("blocks", bid), block=bid,
                    hint=f"inputs: {inputs}" if inputs else None)
         if getattr(issues, "debug", False):
             traceback.print_exc()

@@ -10,6 +10,7 @@ import networkx as nx
 from ..blocks.base import with_defaults
 from ..blocks.registry import registered
 from ..errors import IssueList, did_you_mean, known_list
+from ..spec.schema import INPUT_KINDS
 
 INPUT_PREFIX = "inputs."
 
@@ -26,7 +27,7 @@ def build_dag(spec, issues: IssueList | None = None) -> nx.MultiDiGraph:
     outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
 
     for name, decl in inputs.items():
-        if isinstance(decl, dict) and isinstance(decl.get("kind"), str):
+        if isinstance(decl, dict) and decl.get("kind") in INPUT_KINDS:  # a bad kind is reported by the schema
             g.add_node(INPUT_PREFIX + name, role="input", name=name, kind=decl["kind"], decl=decl,
                        train_only=bool(decl.get("train_only")), optional=bool(decl.get("optional")))
 
@@ -142,7 +143,7 @@ def _wire_ref(g, dst, dst_port, ref, path, inputs, blocks, issues, want_kind=Non
         train_only = outs[src_port].train_only
         src_node = src
     if want_kind and kind != want_kind:
-        issues.add(f"'{ref}' is a {kind} port, expected a {want_kind} port", path)
+        issues.add(f"'{ref}' is {_a(kind)} port, expected {_a(want_kind)} port", path)
         return
     if output and train_only:
         issues.add(f"'{ref}' only exists in training (it needs targets) and cannot be an output", path)
@@ -158,6 +159,10 @@ def _wire_ref(g, dst, dst_port, ref, path, inputs, blocks, issues, want_kind=Non
                        hint=f"make inputs.{src_port} non-optional or wire a required value")
     g.add_edge(src_node, dst, key=dst_port, src_port=src_port if src != "inputs" else None, dst_port=dst_port,
                kind=kind, ref=ref, train_only=train_only, path=path)
+
+
+def _a(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word
 
 
 def _check_cycles(g, issues) -> bool:
@@ -191,10 +196,7 @@ def _check_inference(g, issues):
 
 
 def _check_unused(g, losses, issues):
-    sinks = [n for n, d in g.nodes(data=True) if d["role"] in ("loss", "output")]
-    used = set(sinks)
-    for s in sinks:
-        used |= nx.ancestors(g, s)
+    used = _with_owners(g, _needed_by(g, [n for n, d in g.nodes(data=True) if d["role"] in ("loss", "output")]))
     for n, d in g.nodes(data=True):
         if n in used:
             continue
@@ -224,11 +226,37 @@ def train_blocks(g, stream) -> list[str]:
     return topo_blocks(g, need)
 
 
-def used_blocks(g) -> list[str]:
-    need = set()
-    for s in [n for n, d in g.nodes(data=True) if d["role"] in ("loss", "output")]:
+def _needed_by(g, sinks) -> set:
+    need = set(sinks)
+    for s in sinks:
         need |= nx.ancestors(g, s)
-    return topo_blocks(g, need)
+    return need
+
+
+def _with_owners(g, nodes) -> set:
+    """A block that shares another's module needs that module built, even when the owner's own
+    outputs feed nothing (the owner's inputs are then needed to size it, too)."""
+    nodes = set(nodes)
+    while True:
+        owners = {g.nodes[n]["owner"] for n in nodes if g.nodes[n].get("role") == "block"} - nodes
+        if not owners:
+            return nodes
+        nodes |= _needed_by(g, owners)
+
+
+def used_blocks(g) -> list[str]:
+    return topo_blocks(g, _with_owners(g, _needed_by(g, [n for n, d in g.nodes(data=True) if d["role"] in ("loss", "output")])))
+
+
+def build_order(g) -> list[str]:
+    """used_blocks in an order where a shared module's owner comes before the blocks sharing it."""
+    used = used_blocks(g)
+    order_graph = nx.DiGraph(g.subgraph(used))
+    order_graph.add_edges_from((g.nodes[b]["owner"], b) for b in used if g.nodes[b]["owner"] != b)
+    try:
+        return list(nx.lexicographical_topological_sort(order_graph, key=used.index))
+    except nx.NetworkXUnfeasible:
+        return used  # the owner is computed from the sharer's output; build() reports it
 
 
 def infer_blocks(g) -> list[str]:

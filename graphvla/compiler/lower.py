@@ -64,7 +64,10 @@ class _Lowering:
         return node
 
     def add_inputs(self, needed_inputs):
-        for name, decl in self.spec.inputs.items():
+        # Required inputs first: a Python signature cannot have a required argument after one
+        # with a default (optional inputs default to None).
+        ordered = sorted(self.spec.inputs.items(), key=lambda item: bool(item[1].get("optional", False)))
+        for name, decl in ordered:
             node = D.INPUT_PREFIX + name
             if node in needed_inputs:
                 optional = decl.get("optional", False)

@@ -95,7 +95,7 @@ def load_spec(source, overrides=(), validate: bool = True) -> Spec:
     else:
         data, smap, file = _load_with_extends(Path(source), [])
     if not isinstance(data, dict):
-        raise SpecError([SpecIssue(f"a spec must be a YAML mapping, got {_type_name(data)}", (), Location(file, 1, 1))])
+        raise SpecError([SpecIssue(f"a spec must be a YAML mapping, got {_type_name(data)}", (), Location(file or "<string>", 1, 1))])
     data.pop("extends", None)
     spec = Spec(data, smap, file)
     apply_overrides(spec, overrides)
@@ -183,30 +183,64 @@ def apply_overrides(spec: Spec, overrides) -> None:
             issues.append(SpecIssue(f"bad override path '{dotted}'", (), where))
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as e:
-            issues.append(SpecIssue(f"value '{raw}' is not valid YAML: {e}", tuple(keys), where))
+            value = _plain(yaml.safe_load(raw)) if raw.strip() else ""
+        except (yaml.YAMLError, ValueError, TypeError, RecursionError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            issues.append(SpecIssue(f"value '{raw}' is not valid YAML: {reason}", tuple(keys), where))
             continue
-        node = spec.data
-        for i, k in enumerate(keys[:-1]):
-            if isinstance(node, list) and k.isdigit() and int(k) < len(node):
-                node = node[int(k)]
-                continue
-            if not isinstance(node, dict):
-                issues.append(SpecIssue(f"cannot set '{dotted}': '{'.'.join(keys[:i])}' is not a mapping", tuple(keys[:i]), where))
-                break
-            node = node.setdefault(k, {})
-        else:
-            last = keys[-1]
-            if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-                node[int(last)] = value
-            elif isinstance(node, dict):
-                node[last] = value
-            else:
-                issues.append(SpecIssue(f"cannot set '{dotted}': parent is not a mapping", tuple(keys[:-1]), where))
-                continue
-            spec.source.drop(tuple(keys))
-            spec.source.values[tuple(keys)] = where
-            spec.source.keys[tuple(keys)] = where
+        problem = _set_path(spec.data, keys, value)
+        if problem:
+            issues.append(SpecIssue(f"cannot set '{dotted}': {problem}", tuple(keys), where))
+            continue
+        path = tuple(int(k) if k.isdigit() and _is_list_at(spec.data, keys[:i]) else k for i, k in enumerate(keys))
+        spec.source.drop(path)
+        spec.source.values[path] = where
+        spec.source.keys[path] = where
     if issues:
         raise SpecError(issues)
+
+
+def _is_list_at(data, keys) -> bool:
+    node = data
+    for k in keys:
+        node = node[int(k)] if isinstance(node, list) else node[k]
+    return isinstance(node, list)
+
+
+def _set_path(data: dict, keys: list, value) -> str | None:
+    """Set data[k0][k1]... = value, creating missing maps; list items are addressed by index.
+    Returns what went wrong, in the user's terms, or None."""
+    node = data
+    for i, k in enumerate(keys):
+        last = i == len(keys) - 1
+        where = ".".join(keys[:i]) or "<root>"
+        if isinstance(node, list):
+            if not k.isdigit():
+                return f"'{k}' is not a list index ('{where}' is a list)"
+            if int(k) >= len(node):
+                return f"'{where}' has no item {k} (it has {len(node)})"
+            if last:
+                node[int(k)] = value
+            else:
+                node = node[int(k)]
+        elif isinstance(node, dict):
+            if last:
+                node[k] = value
+            else:
+                if node.get(k) is None:
+                    node[k] = {}
+                node = node[k]
+        else:
+            return f"'{where}' is not a mapping"
+    return None
+
+
+def _plain(value):
+    """YAML values as the file loader gives them: string keys, dates as text."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if type(value).__name__ in ("date", "datetime") or isinstance(value, (bytes, bytearray, set)):
+        return str(value)
+    return value

@@ -4,12 +4,14 @@ Graph checks (references, ports, kinds, cycles) live in compiler.dag and run fro
 from __future__ import annotations
 
 import keyword
+import math
 
 import jsonschema
 
 from ..errors import IssueList, did_you_mean
 from .schema import COMMON_INPUT_FIELDS, INPUT_FIELDS, SPEC_VERSION, spec_schema
 
+MAX_INT = 2**63 - 1
 RESERVED_BLOCK_IDS = {"inputs", "outputs", "losses", "loss", "self", "training", "generator"}
 
 
@@ -32,13 +34,42 @@ def validate_spec(spec, issues: IssueList | None = None, graph_checks: bool = Tr
     _check_schema(data, types, issues)
     _check_inputs(data, issues)
     _check_names(data, issues)
+    _check_finite(data, (), issues)
     if graph_checks and isinstance(data, dict):
         from ..compiler.dag import build_dag
 
         build_dag(spec, issues)
+    _drop_repeats(issues)
     spec.warnings = issues.warnings
     issues.raise_if_errors()
     return issues
+
+
+def _drop_repeats(issues):
+    """The schema can report one fault through two routes (a block's base schema and its
+    type-specific `with:` schema); keep each message once per path."""
+    seen, unique = set(), []
+    for i in issues.issues:
+        key = (i.message, i.path, i.severity)
+        if key not in seen:
+            seen.add(key)
+            unique.append(i)
+    issues.issues[:] = unique
+
+
+def _check_finite(value, path, issues):
+    """NaN and infinity pass JSON-schema number checks (every comparison with NaN is false);
+    integers past 64 bits pass them too but overflow every tensor constructor."""
+    if isinstance(value, float) and not math.isfinite(value):
+        issues.add(f"{value} is not a finite number", path, block=_block_of(path))
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        issues.add(f"{value} is too large (more than 64 bits)", path, block=_block_of(path))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, path + (k,), issues)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, path + (i,), issues)
 
 
 def _check_version(data, issues):
@@ -89,7 +120,7 @@ def _report(err, schema, types, issues):
         issues.add(f"expected {_article(want)}, got {_describe(inst)}", path, block=block)
     elif v == "pattern" and err.validator_value.count(r"\.") == 1:
         issues.add(f"'{inst}' is not a reference: write 'inputs.NAME' or 'BLOCK.PORT'", path, block=block)
-    elif v == "pattern" and err.parent is not None and err.parent.validator == "propertyNames":
+    elif v == "pattern" and "propertyNames" in err.absolute_schema_path:
         issues.add(f"name '{inst}' must be an identifier (letters, digits, _)", path + (inst,), block=block,
                    location=issues.locate(path + (inst,), key=True) if issues.locate else None)
     elif v == "propertyNames":

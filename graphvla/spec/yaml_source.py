@@ -61,8 +61,9 @@ def load_yaml_text(text, filename: str = "<spec>"):
             raise SpecError([_issue(f"not UTF-8 text (byte {e.start}): is this a YAML file?", filename)]) from None
     if "\x00" in text:
         raise SpecError([_issue("contains NUL bytes: this is not a YAML text file", filename)])
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # the reader rejects control characters here already
         node = loader.get_single_node()
         smap = SourceMap()
         data = _walk(node, loader, (), smap, filename) if node is not None else None
@@ -71,13 +72,24 @@ def load_yaml_text(text, filename: str = "<spec>"):
         loc = _loc(mark, filename) if mark else Location(filename)
         msg = " ".join(str(x) for x in (e.context, e.problem) if x) or "invalid YAML"
         raise SpecError([_issue(f"invalid YAML: {msg}", filename, loc)]) from None
+    except yaml.reader.ReaderError as e:
+        line, col = _line_col(text, e.position)
+        raise SpecError([_issue(f"invalid YAML: control character U+{e.character:04X} is not allowed in a YAML file", filename,
+                                Location(filename, line, col))]) from None
     except yaml.YAMLError as e:
         raise SpecError([_issue(f"invalid YAML: {e}", filename)]) from None
     except RecursionError:
         raise SpecError([_issue("YAML nested too deeply", filename)]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, smap
+
+
+def _line_col(text: str, position: int):
+    """1-based line and column of a character offset."""
+    before = text[:position]
+    return before.count("\n") + 1, position - (before.rfind("\n") + 1) + 1
 
 
 def load_yaml_file(path):
@@ -97,15 +109,20 @@ def _issue(message, filename, loc=None):
     return SpecIssue(message, (), loc or Location(filename))
 
 
+MAX_DEPTH = 64  # far deeper than any spec; keeps recursion in the checks that follow bounded
+
+
 def _walk(node, loader, path, smap, filename):
     smap.values[path] = _loc(node.start_mark, filename)
+    if len(path) > MAX_DEPTH:
+        raise yaml.MarkedYAMLError(problem=f"nested deeper than {MAX_DEPTH} levels", problem_mark=node.start_mark)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # resolve YAML merge keys (<<)
         out = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise yaml.MarkedYAMLError(problem="mapping keys must be plain scalars", problem_mark=key_node.start_mark)
-            key = loader.construct_object(key_node)
+            key = _construct(loader, key_node)
             if not isinstance(key, (str, int, float, bool)) or key is None:
                 raise yaml.MarkedYAMLError(problem=f"unsupported key {key!r}", problem_mark=key_node.start_mark)
             key = str(key) if not isinstance(key, str) else key
@@ -119,7 +136,17 @@ def _walk(node, loader, path, smap, filename):
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_walk(v, loader, path + (i,), smap, filename) for i, v in enumerate(node.value)]
-    value = loader.construct_object(node, deep=True)
+    value = _construct(loader, node)
     if isinstance(value, (bytes, bytearray)) or type(value).__name__ in ("date", "datetime"):
         value = str(node.value)  # keep specs plain JSON-like data
     return value
+
+
+def _construct(loader, node):
+    """A scalar's value; a bad explicit tag (`!!int abc`) becomes a located YAML error."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.MarkedYAMLError:
+        raise
+    except (ValueError, TypeError, OverflowError, ArithmeticError) as e:
+        raise yaml.MarkedYAMLError(problem=f"cannot read {node.value!r} as {node.tag}: {e}", problem_mark=node.start_mark) from None

@@ -1,0 +1,37 @@
+"""Shared fixtures: the tiny example spec and helpers to write specs and catch spec errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_SPEC = REPO / "graphs" / "tiny" / "mlp.yaml"
+
+
+@pytest.fixture
+def tiny_text() -> str:
+    """The YAML text of graphs/tiny/mlp.yaml (small encoders + MLP head)."""
+    return TINY_SPEC.read_text()
+
+
+@pytest.fixture
+def write_spec(tmp_path):
+    """write_spec(name, text) -> path of a spec file written under tmp_path."""
+
+    def write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def spec_issues(fn, *args, **kwargs):
+    """Call fn, expect graphvla.SpecError, return its issues."""
+    from graphvla import SpecError
+
+    with pytest.raises(SpecError) as info:
+        fn(*args, **kwargs)
+    return info.value.issues
