@@ -43,7 +43,7 @@ class LeRobotWriter:
         self.episode_stats: list[dict] = []
         self.total_frames = 0
         if (self.root / "meta" / "info.json").exists():
-            raise FileExistsError(f"{self.root} already holds a dataset (meta/info.json); choose a new folder")
+            raise ValueError(f"{self.root} already holds a dataset (meta/info.json); choose a new folder")
         (self.root / "meta").mkdir(parents=True, exist_ok=True)
 
     @property

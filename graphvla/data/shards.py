@@ -37,7 +37,7 @@ def pack(source: FrameSource, out, *, max_frames: int = 2000) -> dict:
 
     out = Path(out)
     if (out / INDEX_FILE).exists():
-        raise FileExistsError(f"{out} already holds shards ({INDEX_FILE}); choose a new folder")
+        raise ValueError(f"{out} already holds shards ({INDEX_FILE}); choose a new folder")
     out.mkdir(parents=True, exist_ok=True)
     n = len(source)
     names = []

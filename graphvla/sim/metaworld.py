@@ -37,6 +37,7 @@ _POLICY_NAMES = {"peg-insert-side-v3": "SawyerPegInsertionSideV3Policy"}
 STATE_DIM = 4  # hand xyz + gripper opening: obs[0:4]
 ACTION_DIM = 4  # end-effector delta xyz + gripper
 OBS_DIM = 39  # the full Meta-World observation (hand, gripper, objects, goal)
+BENCHMARK_SEED = 0  # fixes MT1's list of task variants; episodes differ by their reset seed
 CAMERAS = ("corner", "corner2", "corner3", "topview", "behindGripper", "gripperPOV")
 
 
@@ -53,18 +54,21 @@ def _check_task(task: str) -> None:
 
 
 def make_env(task: str, seed: int = 0, size: int = 128, camera: str = "corner"):
-    """A Meta-World MT1 environment for `task` rendering `size`x`size` RGB frames from `camera`.
+    """A Meta-World MT1 environment for `task` rendering `size`x`size` RGB frames from `camera`,
+    already reset to episode `seed`.
 
-    Call `reset_env(env, seed)` to start an episode: the same seed gives the same initial scene."""
+    The benchmark's 50 goal/object variants are always drawn with BENCHMARK_SEED, so an episode
+    depends on its own seed only: `reset_env(env, s)` starts the same scene in any env of `task`."""
     import gymnasium as gym
     import metaworld  # noqa: F401  (registers the Meta-World/* environments)
 
     _check_task(task)
     if camera not in CAMERAS:
         raise ValueError(f"unknown camera '{camera}'; choose one of {', '.join(CAMERAS)}")
-    env = gym.make("Meta-World/MT1", env_name=task, seed=seed, render_mode="rgb_array",
+    env = gym.make("Meta-World/MT1", env_name=task, seed=BENCHMARK_SEED, render_mode="rgb_array",
                    camera_name=camera, width=size, height=size)
     _plain_rendering(env)
+    reset_env(env, seed)
     return env
 
 
@@ -79,22 +83,42 @@ def _plain_rendering(env) -> None:
     viewer = u.mujoco_renderer._get_viewer("rgb_array")
     viewer.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
     viewer.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+    viewer.free = _freeing_in_own_context(viewer)
+
+
+def _freeing_in_own_context(viewer):
+    """MuJoCo frees a render context's GL objects (framebuffers, textures) in whatever GL
+    context is current when it is garbage-collected, which blanks the frames of another live env
+    (ids collide). Free them while this viewer's own context is current, once."""
+    free_gl = viewer.free
+
+    def free():
+        con = getattr(viewer, "con", None)
+        if con is not None and getattr(viewer.opengl_context, "_context", True):
+            viewer.make_context_current()
+            con.free()
+        free_gl()
+
+    return free
 
 
 def reset_env(env, seed: int):
-    """Start an episode whose goal/object placement is a function of `seed` only.
-
-    The task-sampling wrapper draws the task variant *before* seeding, so we seed first and
-    reset again: the second reset draws its variant from the freshly seeded generator."""
-    env.reset(seed=int(seed))
-    obs, info = env.reset()
-    return obs, info
+    """Start an episode whose scene (which of the 50 goal/object variants) is a function of
+    `seed` only. Meta-World ignores `reset(seed=...)`; its own `seed()` re-seeds the generator
+    the task-sampling wrapper then draws the variant from."""
+    env.unwrapped.seed(int(seed))
+    return env.reset()
 
 
 def render(env) -> np.ndarray:
     """The camera frame, HxWx3 uint8, upright. MuJoCo reads the frame buffer bottom-row first,
     so the raw image is upside down; flipping the rows fixes it (checked by projecting the robot
-    base through the camera: it sits left and above centre, as in the flipped frame)."""
+    base through the camera: it sits left and above centre, as in the flipped frame).
+
+    The env's GL context is made current first: when another env is garbage-collected its
+    renderer releases whatever context is current, which would otherwise give black frames."""
+    viewer = env.unwrapped.mujoco_renderer._get_viewer("rgb_array")
+    viewer.make_context_current()
     return np.ascontiguousarray(env.render()[::-1])
 
 
