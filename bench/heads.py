@@ -1,0 +1,207 @@
+"""Per action head: CPU `predict` latency and training-step time, as ratios against head.mlp
+measured in the same run on the same backbone; for head.dual_system also the speed-up of running
+System 2 (the backbone) only every k-th call (`infer: {every: k}`).
+
+    python bench/heads.py                 # small from-scratch encoders (seconds)
+    python bench/heads.py --graph tiny    # graphs/tiny/*.yaml on the tiny Qwen3-VL (slower)
+
+Absolute times depend on the machine; only the ratios are meant to be compared.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import graphvla
+from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADS = ["head.mlp", "head.oft", "head.flow_matching", "head.dual_system", "head.fast"]
+
+SMALL = """
+graphvla: 1
+name: bench-{name}
+inputs:
+  images:      {{kind: image, views: 1, size: [64, 64]}}
+  instruction: {{kind: text}}
+  state:       {{kind: state, dim: 8}}
+  actions:     {{kind: action, dim: 7, horizon: 8, train_only: true}}
+blocks:
+  vision:   {{type: encoder.image, in: {{images: inputs.images}}, with: {{width: 128, patch: 8, layers: 2}}{every}}}
+  language: {{type: encoder.text, in: {{text: inputs.instruction}}, with: {{width: 128, layers: 2}}{every}}}
+  fuse:     {{type: glue.fuse, in: {{a: vision.hidden, b: language.hidden}}, with: {{width: 128}}{every}}}
+  head:
+    type: {head}
+    in: {{context: fuse.hidden, state: inputs.state, target: inputs.actions}}
+    with: {params}
+losses:
+  action: {{from: head.loss}}
+outputs:
+  actions: head.actions
+"""
+SMALL_PARAMS = {
+    "head.mlp": "{hidden: 256}",
+    "head.oft": "{width: 128, layers: 2}",
+    "head.flow_matching": "{width: 128, layers: 4, num_steps: 10}",
+    "head.dual_system": "{width: 128, layers: 4, num_steps: 10}",
+    "head.fast": "{tokenizer: tok, vocab_size: 512, width: 128, layers: 2}",
+}
+TINY_FILES = {"head.oft": "oft.yaml", "head.flow_matching": "pi.yaml", "head.dual_system": "gr00t.yaml", "head.fast": "fast.yaml"}
+TINY_MLP = ["blocks.head.type=head.mlp", "blocks.head.with={hidden: 256}",
+            "blocks.head.in={context: vlm.hidden, state: inputs.state, target: inputs.actions}"]
+
+
+def small_spec(folder: Path, head: str, every: int = 1) -> Path:
+    path = folder / f"{head}{'-every' if every > 1 else ''}.yaml"
+    infer = f", infer: {{every: {every}}}" if every > 1 else ""
+    path.write_text(SMALL.format(name=head.replace(".", "-").replace("_", "-"), head=head, params=SMALL_PARAMS[head], every=infer))
+    return path
+
+
+def batch_for(cg, b: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, decl in cg.spec.inputs.items():
+        kind = decl["kind"]
+        if kind == "image":
+            h, w = decl["size"]
+            out[name] = torch.rand(b, decl.get("views", 1), decl.get("channels", 3), h, w, generator=g)
+        elif kind == "text":
+            out[name] = [f"pick up the block number {i} and put it in the bin" for i in range(b)]
+        elif kind == "state":
+            out[name] = torch.randn(b, decl["dim"], generator=g)
+        elif kind == "action":
+            out[name] = torch.cumsum(torch.randn(b, decl["horizon"], decl["dim"], generator=g) * 0.1, dim=1).clamp(-1, 1)
+        elif kind == "mask":
+            out[name] = torch.ones(b, *decl["shape"], dtype=torch.bool)
+    return out
+
+
+def median_ms(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def placeholders(gm) -> set:
+    return {n.target for n in gm.graph.nodes if n.op == "placeholder"}
+
+
+def measure(cg, b: int, repeats: int) -> dict:
+    full = batch_for(cg, b)
+    batch = {k: v for k, v in full.items() if k in placeholders(cg.train["action"])}
+    obs = {k: v for k, v in full.items() if k in placeholders(cg.infer)}
+    opt = torch.optim.AdamW([p for p in cg.model.parameters() if p.requires_grad], lr=1e-4)
+
+    def train_step():
+        cg.model.train()
+        loss = cg.train["action"](**batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def predict():  # a full call: System 2 recomputed even where the spec caches it
+        cg.model.eval()
+        if hasattr(cg, "reset_caches"):
+            cg.reset_caches()
+        with torch.no_grad():
+            cg.infer(**obs)
+
+    head_params = sum(p.numel() for p in cg.model["head"].parameters())
+    return {"params": head_params, "train": median_ms(train_step, repeats), "predict": median_ms(predict, repeats)}
+
+
+def cached_speedup(cached, every: int, b: int, repeats: int) -> tuple[float, float]:
+    """(ms per call recomputing System 2 every call, ms per call with the cache), on k-call episodes."""
+    obs = {k: v for k, v in batch_for(cached, b).items() if k in placeholders(cached.infer)}
+    cached.model.eval()
+
+    def episode():
+        with torch.no_grad():
+            cached.reset_caches()  # each episode: 1 System-2 call, then every-1 cached calls
+            for _ in range(every):
+                cached.infer(**obs)
+
+    def recompute_every_call():
+        with torch.no_grad():
+            for _ in range(every):
+                cached.reset_caches()
+                cached.infer(**obs)
+
+    return median_ms(recompute_every_call, repeats) / every, median_ms(episode, repeats) / every
+
+
+def compile_variants(graph: str, folder: Path):
+    """head -> (compiled graph, cached dual-system graph or None, every)."""
+    out = {}
+    if graph == "small":
+        rng = np.random.default_rng(0)
+        chunks = np.clip(np.cumsum(rng.normal(size=(2000, 8, 7)) * 0.1, axis=1), -1, 1)
+        FASTTokenizer(8, 7, scale=10, vocab_size=512).fit(chunks).save(folder / "tok")
+        for head in HEADS:
+            torch.manual_seed(0)
+            out[head] = graphvla.compile_graph(small_spec(folder, head), device="cpu")
+        every = 4
+        torch.manual_seed(0)
+        cached = graphvla.compile_graph(small_spec(folder, "head.dual_system", every), device="cpu")
+    else:
+        tiny = ROOT / "graphs" / "tiny"
+        torch.manual_seed(0)
+        out["head.mlp"] = graphvla.compile_graph(tiny / "oft.yaml", TINY_MLP, device="cpu")
+        for head, name in TINY_FILES.items():
+            torch.manual_seed(0)
+            out[head] = graphvla.compile_graph(tiny / name, device="cpu")
+        torch.manual_seed(0)
+        cached = out["head.dual_system"]
+        every = int(cached.spec.blocks["vlm"].get("infer", {}).get("every", 1))
+        if every == 1:
+            every = 4
+            cached = graphvla.compile_graph(tiny / "gr00t.yaml", ["blocks.vlm.infer.every=4"], device="cpu")
+    return out, cached, every
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--graph", choices=["small", "tiny"], default="small")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    # an untrained head.fast decodes garbage: expected here, and its warnings would drown the table
+    logging.getLogger("graphvla.blocks.heads.fast").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        graphs, cached, every = compile_variants(args.graph, Path(tmp))
+        results = {head: measure(cg, args.batch, args.repeats) for head, cg in graphs.items()}
+        if hasattr(cached, "reset_caches"):
+            recompute, with_cache = cached_speedup(cached, every, args.batch, args.repeats)
+        else:
+            recompute = with_cache = None
+    base = results["head.mlp"]
+    print(f"graph: {args.graph}, batch {args.batch}, {args.threads} thread(s), torch {torch.__version__}, median of {args.repeats}")
+    print(f"{'head':20s} {'head params':>11s} {'train ms':>9s} {'x mlp':>6s} {'predict ms':>10s} {'x mlp':>6s}")
+    for head, r in results.items():
+        print(f"{head:20s} {r['params']:11,d} {r['train']:9.1f} {r['train'] / base['train']:6.2f} "
+              f"{r['predict']:10.1f} {r['predict'] / base['predict']:6.2f}")
+    if recompute is None:
+        print("head.dual_system cache: the compiler has no infer.every cache", file=sys.stderr)
+    else:
+        print(f"head.dual_system, System 2 every {every} calls: {with_cache:.1f} ms/call vs {recompute:.1f} ms/call "
+              f"recomputing ({recompute / with_cache:.2f}x faster)")
+
+
+if __name__ == "__main__":
+    main()
