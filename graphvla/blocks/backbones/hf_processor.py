@@ -51,7 +51,10 @@ def load_processor(directory: Path):
             raise ValueError(f"{directory}: cannot tell which processor class to build (no processor_class in "
                              "processor_config.json / preprocessor_config.json)")
         cls = getattr(transformers, name)
-        extra = {k: v for k, v in config.items() if k in _init_keywords(cls)}
+        keywords = _init_keywords(cls)
+        extra = {k: v for k, v in config.items() if k in keywords}
+        if "image_seq_len" in keywords and "image_seq_len" not in extra:
+            extra.update(_image_seq_len(directory))
         image_processor = AutoImageProcessor.from_pretrained(directory)
         tokenizer = AutoTokenizer.from_pretrained(directory)
         template = config.get("chat_template") or _chat_template(directory) or getattr(tokenizer, "chat_template", None)
@@ -63,6 +66,17 @@ def _init_keywords(cls) -> set:
 
     skip = {"self", "image_processor", "tokenizer", "video_processor", "chat_template", "args", "kwargs"}
     return set(inspect.signature(cls.__init__).parameters) - skip
+
+
+def _image_seq_len(directory: Path) -> dict:
+    """Idefics3/SmolVLM: image tokens per image, from the model config when the processor's
+    saved settings lack it: (image_size / patch_size)^2 / scale_factor^2."""
+    config = _read_json(directory / "config.json")
+    vision = config.get("vision_config") or {}
+    if not {"image_size", "patch_size"} <= set(vision):
+        return {}
+    scale = int(config.get("scale_factor", 1))
+    return {"image_seq_len": (vision["image_size"] // vision["patch_size"]) ** 2 // (scale * scale)}
 
 
 def _chat_template(directory: Path):

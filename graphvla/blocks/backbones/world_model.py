@@ -5,7 +5,8 @@ a separate `history` port) is cut into patches and encoded into latents. A causa
 runs over [instruction tokens; frame 1 latents; ...; frame K latents; future queries]: each
 frame sees the instruction and the frames before it (block-causal), and the future queries see
 everything. The heads read `hidden` / `layers` / `mask`; the future queries predict the next
-observation (its low-resolution pixels per patch, `future`), with `future_loss` when the
+observation (its low-resolution pixels per patch, `future`, predicted as a change from the last
+frame), with `future_loss` when the
 `future_images` target is wired: the auxiliary objective that makes a world-model VLA.
 """
 from __future__ import annotations
@@ -108,7 +109,9 @@ class WorldModel(Block):
         text_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=ids.device), ids != 0], dim=1)
         t = torch.cat([self.start.expand(b, -1, -1), self.text_embed(ids) + self.text_pos[:, : ids.shape[1]]], dim=1)
         n_text = t.shape[1]
-        x = torch.cat([t, latents.flatten(1, 2), self.future_queries.expand(b, -1, -1)], dim=1)
+        # future queries share the patch positions, so query i reads patch i's history
+        queries = (self.future_queries + self.patch_pos[:, 0]).expand(b, -1, -1)
+        x = torch.cat([t, latents.flatten(1, 2), queries], dim=1)
         attn = self.attention_mask(n_text, k, x.device)
         pad = torch.cat([~text_mask, torch.zeros(b, x.shape[1] - n_text, dtype=torch.bool, device=x.device)], dim=1)
         # a float mask (additive) for both, so padded instruction bytes and the causal structure combine
@@ -121,7 +124,8 @@ class WorldModel(Block):
         states[-1] = self.norm(states[-1])
         n_ctx = x.shape[1] - self.tokens_per_frame
         hidden = states[-1][:, :n_ctx]
-        future = self.future_head(states[-1][:, n_ctx:])
+        # predict the change from the last frame: "nothing moves" is the starting point
+        future = self.future_target(frames[:, -1:]).detach() + self.future_head(states[-1][:, n_ctx:])
         valid = torch.cat([text_mask, torch.ones(b, n_ctx - n_text, dtype=torch.bool, device=x.device)], dim=1)
         out = {
             "hidden": hidden,
