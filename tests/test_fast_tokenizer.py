@@ -121,3 +121,28 @@ def test_fast_fit_command(tmp_path):
     np.save(tmp_path / "flat.npy", chunks[:, :, 0])
     bad = CliRunner().invoke(main, ["fast-fit", str(tmp_path / "flat.npy"), "-o", str(tmp_path / "t2")])
     assert bad.exit_code == 1 and "flat.npy" in bad.output and "[N, horizon, action_dim]" in bad.output
+
+
+def test_fast_fit_from_lerobot_folder(tmp_path):
+    from graphvla.data.lerobot_write import LeRobotWriter
+
+    writer = LeRobotWriter(tmp_path / "ds", fps=10, features={"action": ("float32", (A,)), "observation.state": ("float32", (2,))})
+    rng = np.random.default_rng(0)
+    lengths = [30, 25, 40]
+    for n in lengths:
+        t = np.linspace(0, 3, n)[:, None]
+        actions = 5 * np.sin(t * rng.uniform(0.5, 2, (1, A)) + rng.uniform(0, 6, (1, A))) + 2  # raw units, not normalized
+        writer.add_episode({"action": actions.astype(np.float32), "observation.state": np.zeros((n, 2), np.float32)}, "reach")
+    writer.finalize()
+    out = tmp_path / "tok"
+    result = CliRunner().invoke(main, ["fast-fit", str(tmp_path / "ds"), "-o", str(out), "--horizon", "8", "--vocab-size", "128"])
+    assert result.exit_code == 0, result.output
+    assert f"on {sum(lengths)} chunks [8, {A}]" in result.output
+    tok = FASTTokenizer.load(out)
+    assert (tok.horizon, tok.action_dim) == (8, A)
+    # q01..q99 normalization maps the actions to about [-1, 1], so the DC coefficient stays within ~sqrt(8) * scale
+    assert -40 <= tok.min_token and tok.max_token <= 40
+    missing = CliRunner().invoke(main, ["fast-fit", str(tmp_path / "ds"), "-o", str(out)])
+    assert missing.exit_code == 1 and "--horizon" in missing.output
+    wrong_key = CliRunner().invoke(main, ["fast-fit", str(tmp_path / "ds"), "-o", str(out), "--horizon", "8", "--key", "act"])
+    assert wrong_key.exit_code == 1 and "no column 'act'" in wrong_key.output

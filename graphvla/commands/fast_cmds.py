@@ -1,4 +1,7 @@
-"""`graphvla fast-fit`: fit the FAST action tokenizer (head.fast) from a dataset's action chunks."""
+"""`graphvla fast-fit`: fit the FAST action tokenizer (head.fast) from a dataset's action chunks:
+a .npy/.npz of normalized chunks [N, H, A], or a LeRobot folder (every window of H frames of the
+action column inside an episode, padded past its end by repeating the last action, normalized
+with the dataset's own statistics as the trainer would)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,21 +35,52 @@ def load_chunks(path: Path):
     return arr
 
 
+def lerobot_chunks(root: Path, key: str, horizon: int, norm: str):
+    """Normalized action chunks [N, horizon, A] from a LeRobot (or packed shard) folder."""
+    import numpy as np
+
+    from ..data.api import open_source
+    from ..data.normalize import Normalizer
+    from ..data.stats import compute_stats
+
+    source = open_source(root)
+    if key not in source.columns:
+        raise UserError(f"{root}: no column '{key}'; numeric columns: {', '.join(sorted(source.columns))}")
+    actions = np.asarray(source.columns[key], dtype=np.float32)
+    actions = Normalizer({key: compute_stats(actions)}, {key: norm}).normalize_array(key, actions)
+    chunks = []
+    for start, end in source.episodes.values():
+        rows = np.arange(start, end)
+        windows = np.minimum(rows[:, None] + np.arange(horizon)[None, :], end - 1)
+        chunks.append(actions[windows])
+    return np.concatenate(chunks)
+
+
 @click.command(name="fast-fit")
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
               help="folder to write the tokenizer to (point head.fast's with.tokenizer at it)")
+@click.option("--horizon", type=int, default=None, help="chunk length (LeRobot folders; must match the head's horizon)")
+@click.option("--key", default="action", show_default=True, help="action column (LeRobot folders)")
+@click.option("--norm", default="q01_q99", show_default=True, type=click.Choice(["q01_q99", "min_max", "mean_std", "identity"]),
+              help="normalization of a LeRobot folder's actions (use the one the trainer uses)")
 @click.option("--vocab-size", default=1024, show_default=True, help="BPE vocabulary size")
 @click.option("--scale", default=10.0, show_default=True, help="DCT coefficients are multiplied by this before rounding")
 @handles_errors
-def fast_fit(data, output, vocab_size, scale):
-    """Fit the FAST action tokenizer (DCT + BPE) on the normalized action chunks in DATA
-    (.npy/.npz of shape [N, horizon, action_dim]) and save it to OUTPUT."""
+def fast_fit(data, output, horizon, key, norm, vocab_size, scale):
+    """Fit the FAST action tokenizer (DCT + BPE) on the action chunks in DATA and save it to OUTPUT.
+    DATA is a .npy/.npz of normalized chunks [N, horizon, action_dim] or a LeRobot folder
+    (then --horizon is required)."""
     import numpy as np
 
     from ..blocks.heads.fast_tokenizer import FASTTokenizer
 
-    chunks = load_chunks(data)
+    if data.is_dir():
+        if not horizon:
+            raise UserError(f"{data} is a dataset folder: give the chunk length with --horizon (the head's horizon)")
+        chunks = lerobot_chunks(data, key, horizon, norm)
+    else:
+        chunks = load_chunks(data)
     _, horizon, action_dim = chunks.shape
     tok = FASTTokenizer(horizon, action_dim, scale=scale, vocab_size=vocab_size).fit(chunks)
     tok.save(output)
