@@ -128,7 +128,7 @@ class ActionDataset(torch.utils.data.Dataset):
             if name in b.nones:
                 item[name] = None
             elif name in b.images:
-                item[name] = torch.stack([image_tensor(src.image(k, i), port.size) for k in b.images[name]])
+                item[name] = torch.from_numpy(np.stack([image_array(src.image(k, i), port.size) for k in b.images[name]]))
             elif name in b.texts:
                 item[name] = self._text(b.texts[name], i)
             elif name in b.vectors:
@@ -176,14 +176,21 @@ class ActionDataset(torch.utils.data.Dataset):
         return values[s + pos]
 
 
-def image_tensor(img: np.ndarray, size) -> torch.Tensor:
-    """HxWxC uint8 -> CxHxW float32 in [0, 1], resized (bilinear) to `size` = (H, W) if needed."""
+def image_array(img: np.ndarray, size) -> np.ndarray:
+    """HxWxC uint8 -> CxHxW float32 in [0, 1], resized (bilinear) to `size` = (H, W) if needed.
+    Plain numpy on purpose: per-sample work in loader workers should not spin up torch threads."""
     h, w = size
     if img.shape[0] != h or img.shape[1] != w:
         from PIL import Image
 
         img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
-    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)
+    out = np.empty((img.shape[2], h, w), dtype=np.float32)
+    np.divide(img.transpose(2, 0, 1), np.float32(255), out=out)
+    return out
+
+
+def image_tensor(img: np.ndarray, size) -> torch.Tensor:
+    return torch.from_numpy(image_array(img, size))
 
 
 def _pad_width(x: np.ndarray, dim: int) -> torch.Tensor:
