@@ -71,13 +71,13 @@ def flow_matching_loss(dit: FlowDiT, memories, memory_padding, state, target, ma
     """Mean squared velocity error over `noise_draws` (noise, tau) pairs per example; padded
     action steps (mask False) do not count."""
     k = noise_draws
-    actions = _repeat(target, k)
+    actions = _repeat(target, k).to(dit.action_in.weight.dtype)
     noise = torch.randn_like(actions)
     tau = sample_time(actions.shape[0], actions.device, actions.dtype)
     t = tau[:, None, None]
     x = t * actions + (1 - t) * noise
     v = dit(x, tau, [_repeat(m, k) for m in memories], _repeat(memory_padding, k), _repeat(state, k))
-    err = (v - (actions - noise)) ** 2
+    err = (v.float() - (actions - noise).float()) ** 2
     if mask is None:
         return err.mean()
     m = _repeat(mask, k).to(err.dtype)[:, :, None].expand_as(err)
