@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "graphvla.commands.serve_cmds",
     "graphvla.commands.fast_cmds",
     "graphvla.commands.data_cmds",
+    "graphvla.commands.quickstart_cmds",
 ]
 
 
