@@ -4,7 +4,6 @@ and print every loss and every output shape. Exit code 1 with a message naming t
 on any failure (exception, non-finite loss, no gradient, output shape not as declared)."""
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -59,11 +58,13 @@ class CheckReport:
     totals: dict = field(default_factory=dict)  # stream -> float
     outputs: dict = field(default_factory=dict)  # output -> shape
     seconds: dict = field(default_factory=dict)
+    changed: dict = field(default_factory=dict)  # stream -> parameter tensors the optimizer step changed
 
     def format(self) -> str:
         lines = [f"graph {self.name}: {self.params:,} parameters, built on cpu"]
         for stream, losses in self.losses.items():
-            lines.append(f"train step, stream '{stream}': total {self.totals[stream]:.4f}  ({self.seconds[stream]:.2f}s)")
+            lines.append(f"train step, stream '{stream}': total {self.totals[stream]:.4f}, "
+                         f"{self.changed.get(stream, 0)} weight tensors updated  ({self.seconds[stream]:.2f}s)")
             lines += [f"  loss {name:18s} {value:.4f}" for name, value in losses.items()]
         lines.append(f"predict  ({self.seconds['predict']:.2f}s)")
         lines += [f"  output {name:16s} {list(shape) if shape is not None else '-'}" for name, shape in self.outputs.items()]
@@ -130,7 +131,11 @@ def run_check(spec, overrides=(), batch: int = 2, seed: int = 0, lr: float = 1e-
             if any(not torch.isfinite(p.grad).all() for p in grads):
                 raise CheckFailed(f"stream '{stream}': non-finite gradients")
             if optimizer is not None:
+                before = [p.detach().clone() for p in grads]
                 optimizer.step()
+                report.changed[stream] = sum(not torch.equal(b, p) for b, p in zip(before, grads))
+                if not report.changed[stream]:
+                    raise CheckFailed(f"stream '{stream}': the optimizer step changed no weight")
             report.losses[stream], report.totals[stream] = losses, float(total.detach())
             report.seconds[stream] = time.perf_counter() - start
 
