@@ -453,3 +453,30 @@ def test_llava_stream_for_cotraining(mw_root, tmp_path):
     cfg.write_text(f"datasets:\n  - {{path: {mw_root}}}\n")
     with pytest.raises(DatasetError, match=r"no data for the graph's stream\(s\) vlm"):
         load_data(cfg, spec)
+
+
+# -- shipped data YAMLs ---------------------------------------------------------------------------------------
+
+def test_shipped_data_yamls(mw_root, tmp_path):
+    """data/*.yaml parse, and metaworld-mt10.yaml / mixture.yaml load for the tiny OFT graph once
+    their folders exist (relative paths resolve against the YAML's own folder)."""
+    from pathlib import Path
+
+    from graphvla.data.config import read_data_config
+
+    repo = Path(__file__).resolve().parents[1]
+    streams = {n: sorted({e.stream for e in read_data_config(repo / "data" / n)}) for n in
+               ("metaworld-mt10.yaml", "mixture.yaml", "cotrain.yaml")}
+    assert streams == {"metaworld-mt10.yaml": ["action"], "mixture.yaml": ["action"], "cotrain.yaml": ["action", "vlm"]}
+    (tmp_path / "data").mkdir()
+    (tmp_path / "runs" / "data").mkdir(parents=True)
+    (tmp_path / "runs" / "data" / "metaworld-mt10").symlink_to(mw_root)
+    narrow_dataset(tmp_path / "runs" / "data" / "other-robot")
+    for name in ("metaworld-mt10.yaml", "mixture.yaml"):
+        shutil.copy(repo / "data" / name, tmp_path / "data" / name)
+    tiny = repo / "graphs" / "tiny" / "oft.yaml"
+    single = load_data(tmp_path / "data" / "metaworld-mt10.yaml", tiny)
+    item = single.streams["action"][0]
+    assert item["images"].shape == (1, 3, 128, 128) and item["actions"].shape == (8, 4) and item["state"].shape == (4,)
+    mix = load_data(tmp_path / "data" / "mixture.yaml", tiny).streams["action"]
+    assert mix.weights == [3.0, 1.0] and mix[len(mix) - 1]["actions"][:, 2:].abs().sum() == 0
