@@ -185,3 +185,19 @@ def test_bundled_configs_build_on_meta_with_the_published_parameter_counts(name,
     with pytest.raises(ParamError) as e:
         make({"model": "weights/absent", "config": name}, spec_dir=tmp_path)
     assert e.value.key == "model" and "config.json missing" in str(e.value)
+
+
+def test_bfloat16_weights_give_float32_features_close_to_float32_weights():
+    torch.manual_seed(0)
+    half = make({"tiny": "qwen3_vl", "dtype": "bfloat16"}, target=True).eval()
+    full = make({"tiny": "qwen3_vl"}, target=True).eval()
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    imgs = images()
+    with torch.no_grad():
+        a = half(images=imgs, text=TEXTS, target_text=ANSWERS)
+        b = full(images=imgs, text=TEXTS, target_text=ANSWERS)
+    assert a["hidden"].dtype == torch.float32 and a["layers"].dtype == torch.float32
+    m = b["mask"]
+    rel = (a["hidden"][m] - b["hidden"][m]).norm() / b["hidden"][m].norm()
+    assert rel < 0.05, float(rel)
+    assert abs(float(a["lm_loss"]) - float(b["lm_loss"])) < 0.05 * float(b["lm_loss"])
