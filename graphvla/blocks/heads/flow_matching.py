@@ -45,7 +45,7 @@ class FlowDiT(nn.Module):
         self.action_out = nn.Linear(width, action_dim)
 
     def forward(self, x, tau, memories, memory_padding=None, state=None):
-        h = self.action_in(x) + self.positions
+        h = self.action_in(x.to(self.action_in.weight.dtype)) + self.positions
         prefix = 0
         if self.state_token is not None and state is not None:
             h = torch.cat([self.state_token(state), h], dim=1)
@@ -71,7 +71,7 @@ def flow_matching_loss(dit: FlowDiT, memories, memory_padding, state, target, ma
     """Mean squared velocity error over `noise_draws` (noise, tau) pairs per example; padded
     action steps (mask False) do not count."""
     k = noise_draws
-    actions = _repeat(target, k).to(dit.action_in.weight.dtype)
+    actions = _repeat(target, k)
     noise = torch.randn_like(actions)
     tau = sample_time(actions.shape[0], actions.device, actions.dtype)
     t = tau[:, None, None]
