@@ -1,0 +1,154 @@
+"""Training-step throughput of the GraphVLA trainer against a hand-written PyTorch loop over the
+same compiled model, the same samples, sampler, collate and normalization.
+
+    python bench/train_throughput.py [--spec graphs/tiny/mlp.yaml] [--steps 50] [--batch 32] [--rounds 5] [--threads 1]
+
+Prints samples/s of both and their ratio (trainer / hand-written; target >= 0.95). Rounds
+alternate the two so that load from other processes hits both alike; the median is reported.
+Synthetic samples shaped like the spec's input ports keep the data side cheap and identical.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from graphvla.compiler.compile import compile_graph
+from graphvla.data.api import DataBundle, collate
+from graphvla.data.normalize import Normalizer
+from graphvla.data.stats import compute_stats
+from graphvla.runners.train import Trainer
+from graphvla.runners.train.optim import block_param_groups, build_optimizer, build_scheduler
+from graphvla.spec.loader import load_spec
+
+
+class PortSamples(torch.utils.data.Dataset):
+    """n random samples for the spec's input ports (images in [0, 1], text, state, actions)."""
+
+    def __init__(self, spec, n=256, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.items = []
+        for i in range(n):
+            item = {}
+            for port, d in spec.inputs.items():
+                k = d["kind"]
+                if k == "image":
+                    item[port] = torch.rand(d.get("views", 1), d.get("channels", 3), *d["size"], generator=g)
+                elif k == "text":
+                    item[port] = ["pick up the cube", "open the drawer", "press the button"][i % 3]
+                elif k == "state":
+                    item[port] = torch.randn(d["dim"], generator=g)
+                elif k == "action":
+                    item[port] = torch.randn(d["horizon"], d["dim"], generator=g)
+            self.items.append(item)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def vector_stats(ds, spec):
+    ports = [p for p, d in spec.inputs.items() if d["kind"] in ("state", "action")]
+    return {p: compute_stats(torch.stack([ds[i][p] for i in range(len(ds))]).reshape(-1, ds[0][p].shape[-1]).numpy())
+            for p in ports}
+
+
+def bundle_for(spec, n):
+    ds = PortSamples(spec, n)
+    return DataBundle({s: ds for s in compile_graph(spec).streams}, vector_stats(ds, spec))
+
+
+class TrainerRunner:
+    """`Trainer.run()` as `graphvla train` runs it (progress bar off): each round continues the
+    same run for `steps` more steps, so a round includes its TensorBoard logging and the
+    checkpoint written at the end of the session."""
+
+    def __init__(self, spec, bundle, run_dir):
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (import once, outside timing)
+
+        self.t = Trainer(spec, bundle, run_dir, progress=False)
+        for _ in range(3):  # warm-up steps, not timed
+            self.t.train_step()
+
+    def __call__(self, steps):
+        self.t.cfg["max_steps"] = self.t.step + steps
+        start = time.perf_counter()
+        self.t.run()
+        return steps * self.t.cfg["batch_size"] / (time.perf_counter() - start)
+
+
+class HandWritten:
+    """What one would write by hand: DataLoader, normalize, forward, backward, clip, step."""
+
+    def __init__(self, spec, bundle):
+        cfg = self.cfg = spec.section("trainer")
+        torch.manual_seed(cfg["seed"])
+        cg = compile_graph(spec, device="cpu")
+        stream = cg.streams[0]
+        self.gm = cg.train[stream]
+        train_cfg = {bid: cg.dag.nodes[bid]["train"] for bid in cg.model}
+        self.opt = build_optimizer(block_param_groups(cg.model, train_cfg, cfg), cfg)
+        self.sched = build_scheduler(self.opt, cfg)
+        self.norm = Normalizer(bundle.stats, cfg.get("normalization") or {})
+        it = iter(bundle.sampler(stream, seed=cfg["seed"]))
+        batches = ([next(it) for _ in range(cfg["batch_size"])] for _ in iter(int, 1))
+        self.loader = iter(torch.utils.data.DataLoader(bundle.streams[stream], batch_sampler=batches, collate_fn=collate))
+        self.params = [p for p in cg.model.parameters() if p.requires_grad]
+        self.names = [n.target for n in self.gm.graph.nodes if n.op == "placeholder"]
+        for _ in range(3):
+            self.step()
+
+    def step(self):
+        batch = self.norm.normalize(next(self.loader))
+        out = self.gm(**{k: batch[k] for k in self.names if k in batch})
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg["grad_clip"])
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return out["loss"].item()
+
+    def __call__(self, steps):
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        return steps * self.cfg["batch_size"] / (time.perf_counter() - start)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spec", default=str(Path(__file__).parent.parent / "graphs" / "tiny" / "mlp.yaml"))
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: on a shared machine more threads make both sides erratic; 0 keeps torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = load_spec(args.spec, [f"trainer.batch_size={args.batch}", "trainer.save_every=1000000",
+                                 "trainer.log_every=10", "trainer.max_steps=1000000"])
+    bundle = bundle_for(spec, max(4 * args.batch, 128))
+    trainer_rates, hand_rates = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        hand, trainer = HandWritten(spec, bundle), TrainerRunner(spec, bundle, Path(tmp) / "run")
+        for r in range(args.rounds):
+            hand_rates.append(hand(args.steps))
+            trainer_rates.append(trainer(args.steps))
+            print(f"round {r + 1}: hand-written {hand_rates[-1]:8.1f} samples/s   trainer {trainer_rates[-1]:8.1f} samples/s")
+    ratios = [t / h for t, h in zip(trainer_rates, hand_rates)]
+    device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"\n{spec.name}, batch {args.batch}, {args.steps} steps x {args.rounds} rounds on {device}")
+    print(f"hand-written loop : {statistics.median(hand_rates):8.1f} samples/s (median)")
+    print(f"graphvla trainer  : {statistics.median(trainer_rates):8.1f} samples/s (median)")
+    print(f"ratio trainer/hand: {statistics.median(ratios):.3f} (median of per-round ratios; target >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()
