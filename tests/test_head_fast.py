@@ -138,3 +138,26 @@ outputs:
         graphvla.compile_graph(path, device="cpu")
     msg = e.value.format()
     assert "blocks.head.with.tokenizer" in msg and "graphvla fast-fit" in msg
+
+
+def test_cached_decoding_matches_full_recompute(tokenizer_dir):
+    """Greedy decoding reuses the earlier positions' states; the logits equal recomputing the
+    whole causal sequence."""
+    torch.manual_seed(0)
+    head = make_head({"tokenizer": "tok", "vocab_size": 128, "width": 32, "layers": 2}, tokenizer_dir.parent).eval()
+    context = torch.randn(2, T, D)
+    memory, pad = head.memory(context, None, None)
+    ids = torch.randint(0, 128, (2, 7))
+    with torch.no_grad():
+        full = head.step_logits(ids, memory, pad)
+        cache = [None] * len(head.decoder)
+        first = head.step_logits(ids[:, :3], memory, pad, cache)  # a prefix at once, then one token at a time
+        steps = [head.step_logits(ids[:, i:i + 1], memory, pad, cache) for i in range(3, 7)]
+    torch.testing.assert_close(torch.cat([first] + steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    # changing the token at position 5 never changes the logits before it (causality)
+    other = ids.clone()
+    other[:, 5] = (other[:, 5] + 1) % 128
+    with torch.no_grad():
+        changed = head.step_logits(other, memory, pad)
+    torch.testing.assert_close(changed[:, :5], full[:, :5])
+    assert (changed[:, 5:] - full[:, 5:]).abs().max() > 1e-4

@@ -20,12 +20,34 @@ from torch import nn
 
 from ..base import Block, OutPort, ParamError
 from ..registry import register
-from .common import (ACTION_PARAMS, HEAD_IN_PORTS, WIDTH_PARAMS, ContextProjection, StateToken, action_shape,
+from .common import (ACTION_PARAMS, HEAD_IN_PORTS, WIDTH_PARAMS, ContextProjection, FeedForward, StateToken, action_shape,
                      check_width, context_geometry, context_layers, padding_mask, resolve_layer, state_width)
 from .fast_tokenizer import FASTTokenizer
 
 log = logging.getLogger(__name__)
 FIT_HINT = "fit one with `graphvla fast-fit DATA -o DIR` and point with.tokenizer at DIR"
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm transformer decoder layer (causal self-attention, cross-attention to the
+    context, MLP) that can run on new positions only, given the normalized inputs of the earlier
+    ones (what the keys and values are computed from)."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.mlp = FeedForward(width)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
+
+    def forward(self, x, memory, memory_pad=None, causal=None, past=None):
+        """x [B, n, W] new positions; past [B, p, W] or None; causal [n, p + n] additive mask.
+        Returns (output [B, n, W], states [B, p + n, W] to pass as `past` next time)."""
+        h = self.norm1(x)
+        states = h if past is None else torch.cat([past, h], dim=1)
+        x = x + self.self_attn(h, states, states, attn_mask=causal, need_weights=False)[0]
+        x = x + self.cross_attn(self.norm2(x), memory, memory, key_padding_mask=memory_pad, need_weights=False)[0]
+        return x + self.mlp(self.norm3(x)), states
 
 
 @register
@@ -72,9 +94,7 @@ class FASTHead(Block):
         self.state_token = StateToken(state_width(self), w) if "state" in inputs else None
         self.embed = nn.Embedding(self.vocab + 2, w)
         self.positions = nn.Parameter(torch.randn(self.max_tokens + 1, w) * 0.02)
-        layer = nn.TransformerDecoderLayer(w, self.params["heads"], 4 * w, dropout=0.0, batch_first=True, norm_first=True,
-                                           activation="gelu")
-        self.decoder = nn.TransformerDecoder(layer, self.params["layers"])
+        self.decoder = nn.ModuleList(DecoderLayer(w, self.params["heads"]) for _ in range(self.params["layers"]))
         self.norm = nn.LayerNorm(w)
         self.logits = nn.Linear(w, self.vocab + 1)  # BPE tokens and EOS
 
@@ -104,13 +124,21 @@ class FASTHead(Block):
                 pad = torch.cat([pad, pad.new_zeros(pad.shape[0], 1)], dim=1)
         return tokens, pad
 
-    def step_logits(self, ids, memory, memory_pad):
-        """ids [B, n] (starting with BOS) -> logits [B, n, vocab + 1] for the next token."""
+    def step_logits(self, ids, memory, memory_pad, cache=None):
+        """ids [B, n] -> logits [B, n, vocab + 1] for the next token at every position. With a
+        `cache` (a list per layer, filled in place) `ids` are only the newest tokens and the
+        earlier ones are read from the cache: greedy decoding then costs O(n) per token."""
+        start = cache[0].shape[1] if cache and cache[0] is not None else 0
         n = ids.shape[1]
-        x = self.embed(ids) + self.positions[:n]
-        causal = torch.triu(torch.full((n, n), float("-inf"), device=ids.device), diagonal=1)
-        h = self.decoder(x, memory, tgt_mask=causal, tgt_is_causal=True, memory_key_padding_mask=memory_pad)
-        return self.logits(self.norm(h))
+        x = self.embed(ids) + self.positions[start:start + n]
+        causal = None
+        if n > 1:
+            causal = torch.triu(torch.full((n, start + n), float("-inf"), device=ids.device), diagonal=start + 1)
+        for i, layer in enumerate(self.decoder):
+            x, states = layer(x, memory, memory_pad, causal, None if cache is None else cache[i])
+            if cache is not None:
+                cache[i] = states
+        return self.logits(self.norm(x))
 
     def teacher_forcing(self, target):
         """Target chunks -> (decoder input ids, labels with -100 on padding)."""
@@ -143,8 +171,9 @@ class FASTHead(Block):
         b = memory.shape[0]
         ids = torch.full((b, 1), self.bos, dtype=torch.long, device=memory.device)
         done = torch.zeros(b, dtype=torch.bool, device=memory.device)
+        cache = [None] * len(self.decoder)
         for _ in range(self.max_tokens + 1):
-            nxt = self.step_logits(ids, memory, pad)[:, -1].argmax(-1)
+            nxt = self.step_logits(ids[:, -1:], memory, pad, cache)[:, -1].argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, self.eos), nxt)
             ids = torch.cat([ids, nxt[:, None]], dim=1)
             done |= nxt == self.eos
