@@ -98,8 +98,7 @@ def test_tiny_graphs_take_the_metaworld_ports(name):
     for port, want in METAWORLD_PORTS.items():
         got = {k: v for k, v in spec.inputs[port].items() if k != "description"}
         assert got == want, (port, got)
-    extra = set(spec.inputs) - set(METAWORLD_PORTS)
-    assert extra <= {"future_images"}, extra  # the world model's next-frame target
+    assert set(spec.inputs) == set(METAWORLD_PORTS)
 
 
 def test_tiny_heads_differ_only_in_the_head_block():
