@@ -47,7 +47,8 @@ class PolicyClient:
         while True:
             try:
                 self._ws = sync_connect(self.uri, compression=None, max_size=None,
-                                        additional_headers=_headers(api_key), open_timeout=connect_timeout_s)
+                                        additional_headers=_headers(api_key), open_timeout=connect_timeout_s,
+                                        legacy=True)  # a long-lived connection, closed by close()
                 break
             except ConnectionRefusedError:
                 if time.monotonic() > deadline:

@@ -183,7 +183,9 @@ class PolicyServer:
                 deadline = time.monotonic() + self.options.shutdown_timeout_s
                 while self.in_flight and time.monotonic() < deadline:
                     await asyncio.sleep(0.005)
-                server.close(close_connections=True)
+                # close() is idempotent, so the open connections are closed here ourselves
+                await asyncio.gather(*(c.close(1001, "server shutting down") for c in list(server.connections)),
+                                     return_exceptions=True)
                 await server.wait_closed()
         finally:
             await self.batcher.stop()
