@@ -13,11 +13,9 @@ from ..cli import UserError, handles_errors, set_option
 
 def checkpoint_spec(run: str) -> dict:
     """The resolved spec saved with RUN (a run folder's latest checkpoint, or a checkpoint)."""
-    path = Path(run)
-    latest = path / "checkpoints" / "latest"
-    if latest.exists():
-        path = path / "checkpoints" / latest.read_text().strip()
-    spec = path / "spec.yaml"
+    from ..runners.train.checkpoint import resolve_checkpoint
+
+    spec = resolve_checkpoint(run) / "spec.yaml"
     return (yaml.safe_load(spec.read_text()) or {}) if spec.exists() else {}
 
 

@@ -1,0 +1,68 @@
+"""The server in front of the real graphvla Policy (tiny graph, CPU): the actions that come
+over the wire equal Policy.infer on the same observation, batched or not."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+from graphvla import compile_graph
+from graphvla.runners.policy import Policy
+from graphvla.runners.serve import ServeOptions, ServerThread
+
+pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
+
+KEY_MAP = {"observation/image": "images[0]", "observation/state": "state", "prompt": "instruction"}
+
+
+@pytest.fixture(scope="module")
+def policy():
+    torch.manual_seed(0)
+    cg = compile_graph("graphs/tiny/mlp.yaml", device="cpu")
+    return Policy.from_compiled(cg)
+
+
+def obs(seed):
+    rng = np.random.default_rng(seed)
+    return {"observation/image": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+            "observation/state": rng.standard_normal(8).astype(np.float32), "prompt": f"task number {seed}"}
+
+
+def ports(o):
+    return {"images": o["observation/image"], "state": o["observation/state"], "instruction": o["prompt"]}
+
+
+def test_wire_actions_equal_direct_inference(policy):
+    with ServerThread(policy, ServeOptions(port=0, key_map=KEY_MAP)) as srv:
+        c = WebsocketClientPolicy("127.0.0.1", srv.port)
+        meta = c.get_server_metadata()
+        assert meta["name"] == "tiny-mlp" and meta["action_horizon"] == 8 and meta["action_dim"] == 4
+        assert meta["observation_keys"] == list(KEY_MAP)
+        for seed in range(3):
+            got = c.infer(obs(seed))["actions"]
+            np.testing.assert_allclose(got, policy.infer(ports(obs(seed)))["actions"], rtol=1e-5, atol=1e-6)
+        with pytest.raises(RuntimeError, match="observation/image"):
+            c.infer({**obs(0), "observation/image": np.zeros((32, 32, 3), np.uint8)})
+
+
+def test_batched_requests_equal_one_by_one(policy):
+    results = {}
+    with ServerThread(policy, ServeOptions(port=0, key_map=KEY_MAP, max_wait_ms=100)) as srv:
+        clients = [WebsocketClientPolicy("127.0.0.1", srv.port) for _ in range(4)]
+        barrier = threading.Barrier(4)
+
+        def work(i):
+            barrier.wait()
+            results[i] = clients[i].infer(obs(10 + i))
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert max(r["server_timing"]["batch_size"] for r in results.values()) > 1
+    for i, r in results.items():
+        np.testing.assert_allclose(r["actions"], policy.infer(ports(obs(10 + i)))["actions"], rtol=1e-4, atol=1e-5)
