@@ -5,12 +5,14 @@ Nodes: 'inputs.NAME' (role input), 'BLOCK' (role block), 'loss.NAME' (role loss)
 """
 from __future__ import annotations
 
+import re
+
 import networkx as nx
 
 from ..blocks.base import with_defaults
 from ..blocks.registry import registered
 from ..errors import IssueList, did_you_mean, known_list
-from ..spec.schema import INPUT_KINDS
+from ..spec.schema import INPUT_KINDS, REF
 
 INPUT_PREFIX = "inputs."
 
@@ -116,7 +118,7 @@ def _wire_block(g, bid, wiring, inputs, blocks, issues):
 
 def _wire_ref(g, dst, dst_port, ref, path, inputs, blocks, issues, want_kind=None, output=False):
     block = path[1] if path[0] == "blocks" else None
-    if "." not in ref:
+    if not re.fullmatch(REF, ref):
         return  # malformed reference: reported by the schema check
     src, src_port = ref.split(".", 1)
     if src == "inputs":

@@ -165,7 +165,7 @@ def _check_inputs(data, issues):
     if not isinstance(inputs, dict):
         return
     for name, decl in inputs.items():
-        if not isinstance(decl, dict) or decl.get("kind") not in INPUT_FIELDS:
+        if not isinstance(decl, dict) or not isinstance(decl.get("kind"), str) or decl["kind"] not in INPUT_FIELDS:
             continue
         allowed, required = INPUT_FIELDS[decl["kind"]]
         for key in decl:

@@ -58,9 +58,12 @@ def load_yaml_text(text, filename: str = "<spec>"):
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise SpecError([_issue(f"not UTF-8 text (byte {e.start}): is this a YAML file?", filename)]) from None
+            line, col = _line_col(text.decode("latin-1"), e.start)
+            raise SpecError([_issue(f"not UTF-8 text (byte {e.start}): is this a YAML file?", filename,
+                                    Location(filename, line, col))]) from None
     if "\x00" in text:
-        raise SpecError([_issue("contains NUL bytes: this is not a YAML text file", filename)])
+        line, col = _line_col(text, text.index("\x00"))
+        raise SpecError([_issue("contains NUL bytes: this is not a YAML text file", filename, Location(filename, line, col))])
     loader = None
     try:
         loader = yaml.SafeLoader(text)  # the reader rejects control characters here already
