@@ -263,6 +263,10 @@ def test_cli_errors_are_one_line(tmp_path, metaworld_data):
     assert res.exit_code == 1 and "no checkpoint under" in res.output
     res = CliRunner().invoke(main, base + fit + ["-o", str(tmp_path / "x"), "--set", "trainer.lr=-1"])
     assert res.exit_code == 1 and "trainer.lr" in res.output
+    used = tmp_path / "used"
+    (used / "checkpoints" / "step_0000005").mkdir(parents=True)
+    res = CliRunner().invoke(main, base + fit + ["-o", str(used)])
+    assert res.exit_code == 1 and "already holds checkpoints (step_0000005)" in res.output and "--resume" in res.output
     # the Meta-World actions are 4 wide, TINY_SPEC's 3
     res = CliRunner().invoke(main, base + ["--set", "inputs.state.dim=4", "-o", str(tmp_path / "y")])
     assert res.exit_code == 1 and "'actions' declares dim: 3" in res.output and "Traceback" not in res.output

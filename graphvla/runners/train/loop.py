@@ -122,8 +122,13 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.cfg)
         self.step, self.history = 0, []
         self.resumed_from = None
+        if acc.is_main_process:
+            C.clean_temporaries(C.checkpoints_dir(self.run_dir))  # leftovers of a crashed save
         if resume:
             self._load(resume)
+        elif C.latest_checkpoint(self.run_dir) is not None:
+            raise ValueError(f"{self.run_dir} already holds checkpoints ({C.latest_checkpoint(self.run_dir).name}); "
+                             "pass --resume to continue that run or choose a new run directory (-o)")
         self._fill_deepspeed_config()
         # The scheduler is not handed to Accelerate: it would step it once per process.
         self.model, self.optimizer = acc.prepare(self.module, self.optimizer)
