@@ -480,3 +480,17 @@ def test_shipped_data_yamls(mw_root, tmp_path):
     assert item["images"].shape == (1, 3, 128, 128) and item["actions"].shape == (8, 4) and item["state"].shape == (4,)
     mix = load_data(tmp_path / "data" / "mixture.yaml", tiny).streams["action"]
     assert mix.weights == [3.0, 1.0] and mix[len(mix) - 1]["actions"][:, 2:].abs().sum() == 0
+
+
+def test_dataloader_workers_give_the_same_batches(mw_root, spec, tmp_path):
+    """Folder and shard readers in DataLoader worker processes (file handles per process)."""
+    pack(open_source(mw_root), tmp_path / "shards")
+    for data in (mw_root, tmp_path / "shards"):
+        ds = load_data(data, spec).streams["action"]
+        idx = list(range(0, len(ds), 5))
+        batches = []
+        for workers in (0, 2):
+            loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=idx, num_workers=workers, collate_fn=collate)
+            batches.append(list(loader))
+        for a, b in zip(*batches):
+            assert_items_equal(a, b)

@@ -70,12 +70,24 @@ def collate(samples: list[dict]) -> dict:
         elif any(v is None for v in vals):
             raise ValueError(f"input '{k}' is missing in some samples of the batch but not in others")
         elif torch.is_tensor(vals[0]):
-            out[k] = torch.stack(vals)
+            out[k] = _stack(vals)
         elif isinstance(vals[0], np.ndarray):
             out[k] = torch.from_numpy(np.stack(vals))
         else:
             out[k] = list(vals)
     return out
+
+
+def _stack(vals: list) -> torch.Tensor:
+    """torch.stack, done by numpy for plain CPU tensors: torch's parallel copy spins its
+    intra-op threads, which on a busy machine made a [32, 1, 3, 128, 128] batch take ~0.8 s
+    instead of ~15 ms (measured with 2 cores shared by several processes)."""
+    if all(v.device.type == "cpu" and not v.requires_grad for v in vals):
+        try:
+            return torch.from_numpy(np.stack([v.numpy() for v in vals]))
+        except (TypeError, RuntimeError):  # dtypes numpy lacks (bfloat16)
+            pass
+    return torch.stack(vals)
 
 
 def open_source(path) -> FrameSource:

@@ -92,6 +92,10 @@ class FrameSource:
         Image.fromarray(self.image(key, row)).save(buf, format="PNG", compress_level=1)
         return buf.getvalue(), "png"
 
+    def __getstate__(self):
+        # Open video decoders stay behind when a DataLoader worker receives a pickled copy.
+        return {**self.__dict__, "_videos": {}}
+
     def _video(self, path: Path):
         # One decoder per file and process (DataLoader workers fork: reopen in each).
         k = (os.getpid(), str(path))
