@@ -102,8 +102,9 @@ def test_action_mask_excludes_padded_steps():
 
 
 def test_bimodal_targets_give_a_single_answer_between_the_modes():
-    """Same context, target +1 or -1 with p=0.5. L1 regression has one output per context, so
-    its samples can never cover both modes; it sits in [-1, 1] (every point there is an L1 minimizer)."""
+    """Same context, target chunk all +1 or all -1 with p=0.5. L1 regression has one output per
+    context, so it can never produce both modes; it sits in [-1, 1] (every point there is an L1
+    minimizer, so which one depends on the seed) at an L1 loss of 1."""
     torch.manual_seed(0)
     b = 32
     head = make_head({"width": 32, "layers": 1}, context_shape=(b, 4, 8))
@@ -112,9 +113,7 @@ def test_bimodal_targets_give_a_single_answer_between_the_modes():
     losses = fit(head, 150, 3e-3, context=context, target=sign)
     with torch.no_grad():
         pred = head.predict(context=context[:1])["actions"]
-    m = pred.mean().item()
-    print(f"oft on bimodal +-1 data predicts {m:+.3f}; final L1 {losses[-1]:.3f}")
-    assert -1.05 <= m <= 1.05
-    assert pred.std() < 0.2  # one chunk, not a mix of +1 and -1 steps
+    print(f"oft on bimodal +-1 data predicts {pred.flatten().tolist()}; final L1 {losses[-1]:.3f}")
+    assert pred.abs().max() <= 1.05  # every value between the modes (each is an L1 minimizer)
     # any single answer in [-1, 1] costs L1 = 1 on this data: regression cannot do better
     assert sum(losses[-10:]) / 10 > 0.95
