@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ def evaluate_metaworld(query, metadata: dict, adapter, tasks: list[str], episode
     per_task, details = {}, {}
     started = time.perf_counter()
     for task in tasks:
+        warnings.filterwarnings("ignore", message=".*(not within the observation space|maximum and minimum values are equal)")
         env = mw.make_env(task, seed=seed_offset, size=size, camera=camera)
         try:
             results = []
