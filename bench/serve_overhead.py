@@ -1,0 +1,156 @@
+"""Policy-server overhead and dynamic-batching throughput, measured in one run.
+
+(a) overhead = openpi-client round-trip time minus the policy's own inference time (the
+    server's `server_timing.infer_ms`), p50 / p99, for two 224x224 RGB images + state, with
+    the direct in-process `Policy.infer` time as the baseline;
+(b) throughput of 8 concurrent openpi clients with dynamic batching on (max batch 8) against
+    off (max batch 1).
+
+The server runs in its own process (as in deployment), the clients in this one.
+
+    python bench/serve_overhead.py [--requests 300] [--seconds 10]
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import threading
+import time
+import urllib.request
+import warnings
+
+import numpy as np
+
+OVERRIDES = ["inputs.images.views=2", "inputs.images.size=[224, 224]", "blocks.vision.with.patch=32"]
+KEY_MAP = {"observation/image": "images[0]", "observation/wrist_image": "images[1]",
+           "observation/state": "state", "prompt": "instruction"}
+
+
+def build_policy():
+    import torch
+
+    from graphvla import compile_graph
+    from graphvla.runners.policy import Policy
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    return Policy.from_compiled(compile_graph("graphs/tiny/mlp.yaml", OVERRIDES, device="cpu"))
+
+
+def serve(port: int, max_batch: int):
+    from graphvla.runners.serve import PolicyServer, ServeOptions
+
+    PolicyServer(build_policy(), ServeOptions(port=port, max_batch=max_batch, max_wait_ms=2.0, key_map=KEY_MAP)).run()
+
+
+def observation(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"observation/image": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+            "observation/wrist_image": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+            "observation/state": rng.standard_normal(8).astype(np.float32), "prompt": "pick up the red block"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, max_batch):
+        self.port = free_port()
+        self.proc = mp.get_context("spawn").Process(target=serve, args=(self.port, max_batch), daemon=True)
+
+    def __enter__(self):
+        self.proc.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1).read()
+                return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("server did not start")
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.join(30)
+
+
+def client(port):
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return WebsocketClientPolicy("127.0.0.1", port)
+
+
+def overhead(requests: int):
+    policy = build_policy()
+    ports = {"images": np.stack([observation()["observation/image"], observation()["observation/wrist_image"]]),
+             "state": observation()["observation/state"], "instruction": observation()["prompt"]}
+    direct = []
+    for i in range(requests):
+        t = time.perf_counter()
+        policy.infer(ports)
+        direct.append((time.perf_counter() - t) * 1000)
+    with Server(max_batch=8) as srv:
+        c = client(srv.port)
+        obs = observation()
+        rtt, infer, over = [], [], []
+        for i in range(requests + 20):
+            t = time.perf_counter()
+            out = c.infer(obs)
+            dt = (time.perf_counter() - t) * 1000
+            if i >= 20:  # warm-up
+                rtt.append(dt)
+                infer.append(out["server_timing"]["infer_ms"])
+                over.append(dt - out["server_timing"]["infer_ms"])
+    p = lambda xs, q: float(np.percentile(xs, q))  # noqa: E731
+    print(f"(a) {requests} requests, 2 x 224x224x3 uint8 + state[8] ({sum(v.nbytes for v in obs.values() if hasattr(v, 'nbytes')) / 1e6:.2f} MB)")
+    print(f"    direct Policy.infer (baseline)   p50 {p(direct, 50):7.3f} ms  p99 {p(direct, 99):7.3f} ms")
+    print(f"    policy time inside the server    p50 {p(infer, 50):7.3f} ms  p99 {p(infer, 99):7.3f} ms")
+    print(f"    openpi-client round trip         p50 {p(rtt, 50):7.3f} ms  p99 {p(rtt, 99):7.3f} ms")
+    print(f"    server overhead (rtt - infer)    p50 {p(over, 50):7.3f} ms  p99 {p(over, 99):7.3f} ms"
+          f"   (target p50 < 1 ms: {'met' if p(over, 50) < 1.0 else 'NOT met'})")
+    print(f"    round trip / direct inference    {p(rtt, 50) / p(direct, 50):.2f}x at p50")
+
+
+def throughput(seconds: float, clients: int = 8):
+    rates = {}
+    for label, max_batch in (("off", 1), ("on", 8)):
+        with Server(max_batch=max_batch) as srv:
+            cs = [client(srv.port) for _ in range(clients)]
+            obs = [observation(i) for i in range(clients)]
+            for c, o in zip(cs, obs):
+                c.infer(o)  # warm-up
+            counts = [0] * clients
+            batches = []
+            stop = time.monotonic() + seconds
+
+            def work(i):
+                while time.monotonic() < stop:
+                    batches.append(cs[i].infer(obs[i])["server_timing"]["batch_size"])
+                    counts[i] += 1
+
+            threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            rates[label] = sum(counts) / (time.perf_counter() - t0)
+            print(f"(b) batching {label:3s}: {rates[label]:7.1f} requests/s with {clients} clients "
+                  f"(mean batch {np.mean(batches):.2f})")
+    print(f"    batching on / off: {rates['on'] / rates['off']:.2f}x")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    args = ap.parse_args()
+    overhead(args.requests)
+    throughput(args.seconds)
