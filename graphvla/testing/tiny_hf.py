@@ -67,6 +67,11 @@ def make_tokenizer(specials, vocab_size: int = 400):
                                    bos_token=None, unk_token=None, padding_side="right")
 
 
+def _token_ids(tokenizer) -> dict:
+    """bos/eos/pad ids of the text model: the tokenizer's, not the full-size model's defaults."""
+    return {"bos_token_id": None, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+
+
 def _qwen3_vl(tokenizer):
     from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
 
@@ -75,7 +80,7 @@ def _qwen3_vl(tokenizer):
         text_config=dict(vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
-                                          "mrope_interleaved": True}),
+                                          "mrope_interleaved": True}, **_token_ids(tokenizer)),
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16, spatial_merge_size=2,
                            temporal_patch_size=2, out_hidden_size=TEXT_WIDTH, num_position_embeddings=64,
                            deepstack_visual_indexes=[0]),
@@ -98,7 +103,8 @@ def _qwen2_5_vl(tokenizer):
     config = Qwen2_5_VLConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+                         **_token_ids(tokenizer)),
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
                            temporal_patch_size=2, out_hidden_size=TEXT_WIDTH, window_size=56, fullatt_block_indexes=[1]),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
@@ -118,7 +124,7 @@ def _smolvlm(tokenizer):
     config = SmolVLMConfig(
         text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True),
+                         tie_word_embeddings=True, **_token_ids(tokenizer)),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                            image_size=image_size, patch_size=patch),
         scale_factor=scale, image_token_id=tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=True,
