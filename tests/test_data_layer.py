@@ -494,3 +494,46 @@ def test_dataloader_workers_give_the_same_batches(mw_root, spec, tmp_path):
             batches.append(list(loader))
         for a, b in zip(*batches):
             assert_items_equal(a, b)
+
+
+def test_time_shifted_image_ports_for_world_models(mw_root, tmp_path):
+    """`future_images` defaults to the frame after the action chunk, `history` to the frames
+    before t (both clamped to the episode); a data YAML can set the offsets."""
+    spec_path = tmp_path / "wm.yaml"
+    spec_path.write_text(textwrap.dedent(f"""\
+        graphvla: 1
+        name: wm-data
+        inputs:
+          images:        {{kind: image, views: 1, size: [64, 64]}}
+          history:       {{kind: image, views: 2, size: [64, 64]}}
+          future_images: {{kind: image, views: 1, size: [64, 64], train_only: true}}
+          instruction:   {{kind: text}}
+          actions:       {{kind: action, dim: 4, horizon: {H}, train_only: true}}
+        blocks:
+          wm:
+            type: backbone.world_model
+            in: {{images: inputs.images, text: inputs.instruction, history: inputs.history, future_images: inputs.future_images}}
+            with: {{width: 32, layers: 1, heads: 2, patch: 16, future_res: 4}}
+          head: {{type: head.mlp, in: {{context: wm.hidden, target: inputs.actions}}, with: {{hidden: 32}}}}
+        losses:
+          action: {{from: head.loss}}
+          future: {{from: wm.future_loss, weight: 0.5}}
+        outputs:
+          actions: head.actions
+        """))
+    ds = load_data(mw_root, spec_path).streams["action"]
+    src = open_lerobot(mw_root)
+    frame = lambda row: torch.from_numpy(src.image("observation.images.corner", row).transpose(2, 0, 1) / np.float32(255))  # noqa: E731
+    s, e = src.episodes[1]
+    for i in (s, s + 1, s + 20, e - 3, e - 1):
+        item = ds[i]
+        assert torch.equal(item["future_images"][0], frame(min(i + H, e - 1)))
+        assert torch.equal(item["history"][0], frame(max(i - 2, s))) and torch.equal(item["history"][1], frame(max(i - 1, s)))
+        assert torch.equal(item["images"][0], frame(i))
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text(f"datasets:\n  - path: {mw_root}\n    keys: {{history: {{camera: observation.images.corner, offsets: [-4, -2]}}}}\n")
+    item = load_data(cfg, spec_path).streams["action"][s + 10]
+    assert torch.equal(item["history"][0], frame(s + 6)) and torch.equal(item["history"][1], frame(s + 8))
+    cfg.write_text(f"datasets:\n  - path: {mw_root}\n    keys: {{history: {{camera: observation.images.corner, offsets: [-1]}}}}\n")
+    with pytest.raises(DatasetError, match=r"image port 'history' declares views: 2 but the dataset gives 1: observation.images.corner@-1"):
+        load_data(cfg, spec_path)

@@ -22,7 +22,7 @@ DEFAULT_KEYS = {"state": "observation.state", "action": "action", "text": "task"
 class Binding:
     """How one dataset fills one stream's ports."""
 
-    images: dict = field(default_factory=dict)  # image port -> [camera key per view]
+    images: dict = field(default_factory=dict)  # image port -> [(camera key, frame offset) per view]
     texts: dict = field(default_factory=dict)  # text port -> 'task' | 'embodiment' | constant text
     vectors: dict = field(default_factory=dict)  # state/action port -> dataset column
     widths: dict = field(default_factory=dict)  # state/action port -> dataset width (<= port dim)
@@ -44,31 +44,20 @@ def bind(source: FrameSource, ports: StreamPorts, keys: dict | None = None, *, p
                            f"(inputs: {', '.join(ports.ports)})")
     cameras = source.image_keys
     image_ports = ports.of_kind("image")
-    for p in image_ports:
-        want = keys.get(p.name)
-        if want is None:
-            exact = f"observation.images.{p.name}"
-            want = [exact] if exact in cameras else (cameras[: p.views] if len(image_ports) == 1 else None)
-            if want is None:
-                raise DatasetError(f"{where}: cannot tell which camera feeds image port '{p.name}' "
-                                   f"(cameras: {', '.join(cameras)}); set keys: {{{p.name}: [...]}} in the data YAML")
-        want = [want] if isinstance(want, str) else list(want)
-        missing = [k for k in want if k not in cameras]
-        if missing:
-            raise DatasetError(f"{where}: image port '{p.name}' wants camera '{missing[0]}', which the dataset does not "
-                               f"have (cameras: {', '.join(cameras) or 'none'})")
-        if len(want) != p.views:
-            if p.optional and not want:
-                b.nones.append(p.name)
-                continue
-            raise DatasetError(f"{where}: image port '{p.name}' declares views: {p.views} but the dataset gives "
-                               f"{len(want)} camera(s): {', '.join(want) or 'none'}")
-        for k in want:
+    plain = [p for p in image_ports if p.name not in TIME_SHIFTED]
+    actions = ports.of_kind("action")
+    horizon = actions[0].horizon if len(actions) == 1 else 1
+    for p in plain + [p for p in image_ports if p.name in TIME_SHIFTED]:
+        views = _image_views(p, keys.get(p.name), cameras, plain, b.images, horizon, where)
+        if views is None:
+            b.nones.append(p.name)
+            continue
+        for k, _ in views:
             shape = source.features.get(k, {}).get("shape") or []
             ch = _channels(shape, source.features.get(k, {}).get("names"))
             if ch is not None and ch != p.channels:
                 raise DatasetError(f"{where}: camera '{k}' has {ch} channels but image port '{p.name}' declares {p.channels}")
-        b.images[p.name] = want
+        b.images[p.name] = views
     for p in ports.of_kind("text"):
         want = keys.get(p.name, "embodiment" if p.name == "embodiment" else DEFAULT_KEYS["text"])
         b.texts[p.name] = want
@@ -94,6 +83,47 @@ def bind(source: FrameSource, ports: StreamPorts, keys: dict | None = None, *, p
             raise DatasetError(f"{where}: input '{p.name}' (kind {p.kind}) has no source in a robot dataset; "
                                "declare it optional: true")
     return b
+
+
+# Image ports filled from other times than t by default (world-model targets and context):
+# `future_images` <- the frame `horizon` steps ahead (after the action chunk), `history` <- the
+# `views` frames before t. A data YAML sets others: {camera: KEY, offsets: [-2, -1]}.
+TIME_SHIFTED = ("future_images", "history")
+
+
+def _image_views(p: Port, want, cameras, plain, bound, horizon, where):
+    """[(camera, frame offset)] per view of image port p, or None for an optional port left out."""
+    offsets = [0]
+    if isinstance(want, dict):
+        extra = set(want) - {"camera", "offsets"}
+        if extra or "camera" not in want:
+            raise DatasetError(f"{where}: keys: {p.name}: give {{camera: KEY, offsets: [..]}}"
+                               + (f" (unknown: {', '.join(sorted(extra))})" if extra else ""))
+        offsets = [int(o) for o in want.get("offsets", [0])]
+        want = want["camera"]
+    elif want is None:
+        if p.name in TIME_SHIFTED:
+            main = next((v[0][0] for v in bound.values() if v), cameras[0] if cameras else None)
+            want = [main] if main else []
+            offsets = [horizon] if p.name == "future_images" else list(range(-p.views, 0))
+        else:
+            exact = f"observation.images.{p.name}"
+            want = [exact] if exact in cameras else (cameras[: p.views] if len(plain) == 1 else None)
+            if want is None:
+                raise DatasetError(f"{where}: cannot tell which camera feeds image port '{p.name}' "
+                                   f"(cameras: {', '.join(cameras)}); set keys: {{{p.name}: [...]}} in the data YAML")
+    want = [want] if isinstance(want, str) else list(want)
+    missing = [k for k in want if k not in cameras]
+    if missing:
+        raise DatasetError(f"{where}: image port '{p.name}' wants camera '{missing[0]}', which the dataset does not "
+                           f"have (cameras: {', '.join(cameras) or 'none'})")
+    views = [(k, o) for k in want for o in offsets]
+    if len(views) != p.views:
+        if p.optional and not views:
+            return None
+        raise DatasetError(f"{where}: image port '{p.name}' declares views: {p.views} but the dataset gives "
+                           f"{len(views)}: " + (", ".join(f"{k}@{o:+d}" for k, o in views) or "none"))
+    return views
 
 
 def _channels(shape, names) -> int | None:
@@ -128,7 +158,8 @@ class ActionDataset(torch.utils.data.Dataset):
             if name in b.nones:
                 item[name] = None
             elif name in b.images:
-                item[name] = torch.from_numpy(np.stack([image_array(src.image(k, i), port.size) for k in b.images[name]]))
+                item[name] = torch.from_numpy(np.stack([image_array(src.image(k, self._shift(i, o)), port.size)
+                                                        for k, o in b.images[name]]))
             elif name in b.texts:
                 item[name] = self._text(b.texts[name], i)
             elif name in b.vectors:
@@ -148,6 +179,10 @@ class ActionDataset(torch.utils.data.Dataset):
         for name, port in self.ports.ports.items():
             item.setdefault(name, None)  # optional masks nobody fills
         return item
+
+    def _shift(self, i: int, offset: int) -> int:
+        """Row of the frame `offset` steps from i, clamped to i's episode."""
+        return int(min(max(i + offset, self._ep_start[i]), self._ep_end[i] - 1))
 
     def _text(self, how: str, i: int) -> str:
         if how == "task":
