@@ -1,4 +1,4 @@
-"""Spec commands: validate, compile, schema, blocks."""
+"""Spec commands: validate, compile, schema, blocks, viz, diff."""
 from __future__ import annotations
 
 import json
@@ -65,4 +65,27 @@ def blocks(verbose):
                 click.echo(f"    with {k}: {s.get('type', s.get('enum', ''))} default={s.get('default', '-')}")
 
 
-commands = [validate, compile_cmd, schema, blocks]
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="picture to write: .dot, .svg, .mmd (Mermaid) or .html (standalone page)")
+@set_option
+@handles_errors
+def viz(spec, output, overrides):
+    """Draw SPEC: blocks, edges with shapes (meta tensors), losses, the inference graph."""
+    from ..compiler.compile import compile_graph
+    from ..viz import FORMATS, render
+    from ..viz.svg import GraphvizMissing
+
+    suffix = output[output.rfind("."):].lower() if "." in output else ""
+    if suffix not in FORMATS:
+        raise click.UsageError(f"cannot tell the format of '{output}': end it in {', '.join(FORMATS)}")
+    cg = compile_graph(spec, overrides, device="meta")
+    try:
+        render(cg, output)
+    except GraphvizMissing as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {output}")
+
+
+commands = [validate, compile_cmd, schema, blocks, viz]
