@@ -91,9 +91,12 @@ def test_select_layers():
         SelectLayers({"layers": [0], "last": 1}, info, CTX)
 
 
-@pytest.mark.parametrize("kind,shape,port", [("hidden", (2, 5, 8), "hidden"), ("layers", (2, 3, 5, 8), "layers"),
-                                             ("state", (2, 8), "hidden")])
-def test_projector_keeps_the_kind_and_changes_the_width(kind, shape, port):
-    block = Projector({"width": 12, "depth": 2}, {"x": PortInfo(kind, shape)}, CTX)
-    out = block(x=torch.randn(*shape))
-    assert set(out) == {port} and out[port].shape == (*shape[:-1], 12)
+def test_projector_changes_the_width_and_offers_both_views():
+    tokens = Projector({"width": 12, "depth": 2}, {"x": PortInfo("hidden", (2, 5, 8))}, CTX)(x=torch.randn(2, 5, 8))
+    assert tokens["hidden"].shape == (2, 5, 12) and torch.equal(tokens["layers"][:, 0], tokens["hidden"])
+    stack = Projector({"width": 12}, {"x": PortInfo("layers", (2, 3, 5, 8))}, CTX)(x=torch.randn(2, 3, 5, 8))
+    assert stack["layers"].shape == (2, 3, 5, 12) and torch.equal(stack["hidden"], stack["layers"][:, -1])
+    linear = Projector({"width": 12, "depth": 1, "norm": False}, {"x": PortInfo("state", (2, 8))}, CTX)
+    x = torch.randn(2, 8)
+    out = linear(x=x)
+    assert set(out) == {"hidden"} and torch.allclose(out["hidden"], linear.net[0](x))

@@ -12,10 +12,10 @@ from .registry import register
 @register
 class Projector(Block):
     type_name = "glue.projector"
-    description = "Linear or MLP adapter to a new width; keeps the kind ([B, T, D] hidden, [B, L, T, D] layers, latents)."
+    description = "Linear or MLP adapter to a new width, for tokens, layer stacks or vectors; outputs both hidden and layers views."
     in_ports = {"x": InPort(("hidden", "layers", "latent", "state"), ndim=(2, 3, 4), doc="features, last axis projected")}
-    out_ports = {"hidden": OutPort("hidden", doc="projected [.., width] (for hidden/latent/state inputs)"),
-                 "layers": OutPort("layers", doc="projected [B, L, T, width] (for a layers input)")}
+    out_ports = {"hidden": OutPort("hidden", doc="projected [.., width]; for a layers input, its last layer [B, T, width]"),
+                 "layers": OutPort("layers", doc="projected [B, L, T, width]; for a [B, T, D] input, one layer [B, 1, T, width]")}
     params_schema = {
         "type": "object",
         "properties": {
@@ -42,4 +42,6 @@ class Projector(Block):
 
     def forward(self, x):
         y = self.net(x)
-        return {"layers": y} if self.is_layers else {"hidden": y}
+        if self.is_layers:
+            return {"layers": y, "hidden": y[:, -1]}
+        return {"hidden": y, "layers": y.unsqueeze(1)} if y.dim() == 3 else {"hidden": y}
