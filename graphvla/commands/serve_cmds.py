@@ -97,8 +97,11 @@ def serve(run, host, port, api_key, max_batch, max_wait_ms, max_message_mb, key_
 @click.option("--suite", type=click.Choice(["metaworld"]), default="metaworld", show_default=True)
 @click.option("--tasks", default="mt10", show_default=True, help="comma-separated task names, or 'mt10'")
 @click.option("--episodes", type=int, default=10, show_default=True, help="episodes per task")
-@click.option("--seed-offset", type=int, default=1000, show_default=True,
-              help="episode i uses seed OFFSET+i (keep it disjoint from the recording seeds)")
+@click.option("--seed-offset", type=int, default=100000, show_default=True,
+              help="episode i uses env seed OFFSET+i; the default lies above every seed `graphvla data metaworld` "
+                   "uses unless it was given --seed near it")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="the recorded dataset: refuse eval seeds that a demonstration of the same task used")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="folder for results.json and one GIF per task [RUN/eval-SUITE]")
 @click.option("--server", default=None, help="use a running server (ws://host:port) instead of starting one")
@@ -110,7 +113,7 @@ def serve(run, host, port, api_key, max_batch, max_wait_ms, max_message_mb, key_
 @_key_map_option
 @set_option
 @handles_errors
-def eval_cmd(run, suite, tasks, episodes, seed_offset, out, server, api_key, adapter, execute, max_steps, no_gif,
+def eval_cmd(run, suite, tasks, episodes, seed_offset, data_dir, out, server, api_key, adapter, execute, max_steps, no_gif,
              key_map, overrides):
     """Evaluate RUN in closed loop on a simulated suite through the policy server; print the
     success rate per task with a 95% Wilson interval and write results.json + GIFs."""
@@ -125,6 +128,10 @@ def eval_cmd(run, suite, tasks, episodes, seed_offset, out, server, api_key, ada
     from ..sim.metaworld import MT10
 
     task_list = MT10 if tasks.strip().lower() == "mt10" else [t.strip() for t in tasks.split(",") if t.strip()]
+    if data_dir:
+        from ..runners.eval.runner import check_disjoint_seeds
+
+        check_disjoint_seeds(data_dir, task_list, seed_offset, episodes)
     adapter_obj = load_adapter(adapter or suite, {"actions.execute": execute} if execute else None)
     out_dir = Path(out) if out else (Path(run) / f"eval-{suite}" if run and Path(run).is_dir() else Path(f"eval-{suite}"))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,19 @@ def write_gif(path: Path, frames: list, fps: int = 20, every: int = 2, max_frame
         iio.imwrite(path, np.stack(picked), extension=".gif", duration=int(1000 * every / fps), loop=0)
 
 
+def check_disjoint_seeds(data_dir, tasks: list[str], seed_offset: int, episodes: int) -> None:
+    """Refuse an evaluation that would replay the initial scene of a recorded demonstration."""
+    from ...data.metaworld_record import recorded_seeds
+
+    recorded = recorded_seeds(data_dir)
+    wanted = set(range(seed_offset, seed_offset + episodes))
+    for task in tasks:
+        clash = sorted(wanted & set(recorded.get(task, ())))
+        if clash:
+            raise ValueError(f"eval seeds {seed_offset}..{seed_offset + episodes - 1} of {task} include seeds its "
+                             f"demonstrations in {data_dir} used ({clash[:5]}...); pick another --seed-offset")
+
+
 def evaluate_metaworld(query, metadata: dict, adapter, tasks: list[str], episodes: int, seed_offset: int,
                        out_dir: Path | None, max_steps: int | None = None, gifs: bool = True, reset=None,
                        log=print) -> dict:
