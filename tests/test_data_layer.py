@@ -188,7 +188,7 @@ def test_stats_match_numpy(mw_root, spec):
         assert np.allclose(s["q01"], np.quantile(x, 0.01, axis=0)) and np.allclose(s["q99"], np.quantile(x, 0.99, axis=0))
 
 
-def test_stats_command_prints_json(mw_root):
+def test_stats_command_prints_json(mw_root, tmp_path):
     from click.testing import CliRunner
 
     from graphvla.cli import main
@@ -200,6 +200,11 @@ def test_stats_command_prints_json(mw_root):
     assert np.allclose(out["action"]["mean"], x.mean(0), atol=1e-6)
     r = CliRunner().invoke(main, ["data", "stats", str(mw_root), "--keys", "nope"])
     assert r.exit_code == 1 and "nope" in r.output
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(spec_text())
+    r = CliRunner().invoke(main, ["data", "stats", str(mw_root), "--spec", str(spec)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == json.loads(json.dumps(load_data(mw_root, load_spec(spec)).stats))
 
 
 def test_shards_yield_the_same_samples_as_the_folder(mw_root, spec, tmp_path):

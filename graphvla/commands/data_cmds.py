@@ -5,7 +5,7 @@ import json
 
 import click
 
-from ..cli import handles_errors
+from ..cli import handles_errors, set_option
 
 
 @click.group()
@@ -42,21 +42,36 @@ def metaworld(out, tasks, episodes, size, camera, seed):
 
 
 @data.command()
-@click.argument("dataset", type=click.Path(exists=True, file_okay=False))
-@click.option("--keys", default=None, help="comma-separated keys (default: every numeric key)")
+@click.argument("dataset", type=click.Path(exists=True))
+@click.option("--keys", default=None, help="comma-separated dataset keys (default: every numeric key)")
+@click.option("--spec", "spec", type=click.Path(exists=True, dir_okay=False),
+              help="instead: the statistics of SPEC's state/action ports, exactly as training computes them "
+                   "(DATASET may then be a data YAML)")
+@set_option
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="also write the JSON to this file")
 @handles_errors
-def stats(dataset, keys, out):
-    """Print mean/std, min/max and q01/q99 of a dataset's numeric keys as JSON."""
-    from ..data.api import open_source
+def stats(dataset, keys, spec, overrides, out):
+    """Print mean/std, min/max and q01/q99 per key (or per graph port with --spec) as JSON."""
     from ..data.stats import compute_stats
 
-    src = open_source(dataset)
-    want = [k.strip() for k in keys.split(",")] if keys else list(src.columns)
-    missing = [k for k in want if k not in src.columns]
-    if missing:
-        raise KeyError(f"{dataset}: no numeric key '{missing[0]}' (keys: {', '.join(src.columns)})")
-    result = {k: compute_stats(src.columns[k]) for k in want}
+    if spec:
+        from ..data.api import load_data
+        from ..spec.loader import load_spec
+
+        result = load_data(dataset, load_spec(spec, overrides)).stats
+    else:
+        from pathlib import Path
+
+        from ..data.api import open_source
+
+        if not Path(dataset).is_dir():
+            raise ValueError(f"{dataset} is a file: statistics of a data YAML need --spec SPEC (they are per graph port)")
+        src = open_source(dataset)
+        want = [k.strip() for k in keys.split(",")] if keys else list(src.columns)
+        missing = [k for k in want if k not in src.columns]
+        if missing:
+            raise KeyError(f"{dataset}: no numeric key '{missing[0]}' (keys: {', '.join(src.columns)})")
+        result = {k: compute_stats(src.columns[k]) for k in want}
     text = json.dumps(result, indent=2)
     if out:
         with open(out, "w") as f:
