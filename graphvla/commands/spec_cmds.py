@@ -88,4 +88,20 @@ def viz(spec, output, overrides):
     click.echo(f"wrote {output}")
 
 
-commands = [validate, compile_cmd, schema, blocks, viz]
+@click.command()
+@click.argument("spec_a", type=click.Path(dir_okay=False))
+@click.argument("spec_b", type=click.Path(dir_okay=False))
+@click.option("--params", is_flag=True, help="also compare parameter counts per block (compiles both on meta)")
+@set_option
+@handles_errors
+def diff(spec_a, spec_b, params, overrides):
+    """What differs from SPEC_A to SPEC_B: blocks, wiring, losses, outputs, edges (exit 0).
+    --set applies to both."""
+    from ..compiler.diff import diff_specs, format_diff
+    from ..spec.loader import load_spec
+
+    a, b = load_spec(spec_a, overrides), load_spec(spec_b, overrides)
+    click.echo(format_diff(a, b, diff_specs(a, b, params=params)))
+
+
+commands = [validate, compile_cmd, schema, blocks, viz, diff]
