@@ -116,30 +116,57 @@ def sinusoidal(t: torch.Tensor, dim: int, max_period: float = 100.0) -> torch.Te
     return F.pad(out, (0, dim - 2 * half))
 
 
+class CrossAttention(nn.Module):
+    """Multi-head attention from a sequence to a memory whose keys and values are computed once
+    (`keys_values`) and reused, e.g. across all Euler steps of a flow-matching sampler."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.memory_norm = nn.LayerNorm(width)
+        self.query = nn.Linear(width, width)
+        self.key_value = nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, width)
+
+    def _split(self, x):
+        b, n, w = x.shape
+        return x.view(b, n, self.heads, w // self.heads).transpose(1, 2)
+
+    def keys_values(self, memory):
+        """[B, T, W] -> (keys, values), each [B, heads, T, W / heads]."""
+        k, v = self.key_value(self.memory_norm(memory)).chunk(2, dim=-1)
+        return self._split(k), self._split(v)
+
+    def forward(self, x, keys_values, memory_padding=None):
+        k, v = keys_values
+        mask = None if memory_padding is None else ~memory_padding[:, None, None, :]  # True = attend
+        out = F.scaled_dot_product_attention(self._split(self.query(x)), k, v, attn_mask=mask)
+        return self.out(out.transpose(1, 2).flatten(2))
+
+
 class AdaLNLayer(nn.Module):
     """A DiT layer: self-attention over the action sequence, cross-attention to a memory (the
-    backbone's tokens), MLP; each sub-layer modulated by the conditioning vector (adaLN-Zero:
-    shift, scale and a gate that starts at 0, so a fresh layer is the identity)."""
+    backbone's tokens, as precomputed keys/values), MLP; each sub-layer modulated by the
+    conditioning vector (adaLN-Zero: shift, scale and a gate that starts at 0, so a fresh layer is
+    the identity)."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.cross_attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.cross_attn = CrossAttention(width, heads)
         self.mlp = FeedForward(width)
         self.norms = nn.ModuleList(nn.LayerNorm(width, elementwise_affine=False) for _ in range(3))
-        self.memory_norm = nn.LayerNorm(width)
         self.modulation = nn.Linear(width, 9 * width)
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x, cond, memory, memory_padding=None):
+    def forward(self, x, cond, memory_kv, memory_padding=None):
         mods = self.modulation(F.silu(cond)).unsqueeze(1).chunk(9, dim=-1)
         (s1, c1, g1), (s2, c2, g2), (s3, c3, g3) = mods[0:3], mods[3:6], mods[6:9]
         h = self.norms[0](x) * (1 + c1) + s1
         x = x + g1 * self.self_attn(h, h, h, need_weights=False)[0]
         h = self.norms[1](x) * (1 + c2) + s2
-        m = self.memory_norm(memory)
-        x = x + g2 * self.cross_attn(h, m, m, key_padding_mask=memory_padding, need_weights=False)[0]
+        x = x + g2 * self.cross_attn(h, memory_kv, memory_padding)
         h = self.norms[2](x) * (1 + c3) + s3
         return x + g3 * self.mlp(h)
 

@@ -44,15 +44,20 @@ class FlowDiT(nn.Module):
         nn.init.zeros_(self.final_modulation.bias)
         self.action_out = nn.Linear(width, action_dim)
 
-    def forward(self, x, tau, memories, memory_padding=None, state=None):
+    def memory_kv(self, memories):
+        """Per-layer cross-attention keys/values of the memories: computed once per sample, reused
+        by every noise draw and every Euler step."""
+        return [layer.cross_attn.keys_values(m) for layer, m in zip(self.layers, memories)]
+
+    def forward(self, x, tau, memory_kv, memory_padding=None, state=None):
         h = self.action_in(x.to(self.action_in.weight.dtype)) + self.positions
         prefix = 0
         if self.state_token is not None and state is not None:
             h = torch.cat([self.state_token(state), h], dim=1)
             prefix = 1
         cond = self.time_mlp(sinusoidal(tau, self.width).to(h.dtype))
-        for layer, memory in zip(self.layers, memories):
-            h = layer(h, cond, memory, memory_padding)
+        for layer, kv in zip(self.layers, memory_kv):
+            h = layer(h, cond, kv, memory_padding)
         shift, scale = self.final_modulation(F.silu(cond)).unsqueeze(1).chunk(2, dim=-1)
         h = self.final_norm(h[:, prefix:]) * (1 + scale) + shift
         return self.action_out(h)
@@ -76,7 +81,8 @@ def flow_matching_loss(dit: FlowDiT, memories, memory_padding, state, target, ma
     tau = sample_time(actions.shape[0], actions.device, actions.dtype)
     t = tau[:, None, None]
     x = t * actions + (1 - t) * noise
-    v = dit(x, tau, [_repeat(m, k) for m in memories], _repeat(memory_padding, k), _repeat(state, k))
+    kv = [(_repeat(keys, k), _repeat(values, k)) for keys, values in dit.memory_kv(memories)]
+    v = dit(x, tau, kv, _repeat(memory_padding, k), _repeat(state, k))
     err = (v.float() - (actions - noise).float()) ** 2
     if mask is None:
         return err.mean()
@@ -93,10 +99,11 @@ def euler_sample(dit: FlowDiT, memories, memory_padding, state, shape, generator
         x = torch.empty(shape, device=device, dtype=dtype)
     else:
         x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    kv = dit.memory_kv(memories)
     dt = 1.0 / num_steps
     for i in range(num_steps):
         tau = torch.full((shape[0],), i * dt, device=device, dtype=dtype)
-        x = x + dt * dit(x, tau, memories, memory_padding, state)
+        x = x + dt * dit(x, tau, kv, memory_padding, state)
     return x
 
 
