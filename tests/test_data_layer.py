@@ -542,3 +542,30 @@ def test_time_shifted_image_ports_for_world_models(mw_root, tmp_path):
     cfg.write_text(f"datasets:\n  - path: {mw_root}\n    keys: {{history: {{camera: observation.images.corner, offsets: [-1]}}}}\n")
     with pytest.raises(DatasetError, match=r"image port 'history' declares views: 2 but the dataset gives 1: observation.images.corner@-1"):
         load_data(cfg, spec_path)
+
+
+def test_text_ports_from_task_string_column_or_constant(tmp_path):
+    """A per-frame text column (dtype string) or a fixed text can feed a text port; anything
+    else is refused naming the port and the text keys there are."""
+    rng = np.random.default_rng(0)
+    w = LeRobotWriter(tmp_path / "ds", fps=10, features={
+        "observation.images.corner": ("image", (16, 16, 3)), "observation.state": ("float32", (4,)),
+        "action": ("float32", (4,)), "language_instruction": ("string", (1,))})
+    w.add_episode({"observation.images.corner": rng.integers(0, 255, (3, 16, 16, 3), dtype=np.uint8),
+                   "observation.state": rng.normal(size=(3, 4)), "action": rng.normal(size=(3, 4)),
+                   "language_instruction": ["lift", "lift it", "lift it up"]}, "the episode task")
+    w.finalize()
+    spec = make_spec(tmp_path, size=16)
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text("datasets:\n  - {path: ds, keys: {instruction: language_instruction}}\n")
+    ds = load_data(cfg, spec).streams["action"]
+    assert [ds[i]["instruction"] for i in range(3)] == ["lift", "lift it", "lift it up"]
+    pack(open_source(tmp_path / "ds"), tmp_path / "shards")
+    cfg.write_text("datasets:\n  - {path: shards, keys: {instruction: language_instruction}}\n")
+    assert load_data(cfg, spec).streams["action"][2]["instruction"] == "lift it up"
+    assert load_data(tmp_path / "ds", spec).streams["action"][1]["instruction"] == "the episode task"
+    cfg.write_text("datasets:\n  - {path: ds, keys: {instruction: {text: pick the cube}}}\n")
+    assert load_data(cfg, spec).streams["action"][0]["instruction"] == "pick the cube"
+    cfg.write_text("datasets:\n  - {path: ds, keys: {instruction: prompt}}\n")
+    with pytest.raises(DatasetError, match=r"text port 'instruction' wants 'prompt'.*text keys: language_instruction"):
+        load_data(cfg, spec)

@@ -121,7 +121,7 @@ def select_split(source: FrameSource, split: str | None) -> FrameSource:
                        timestamp=pick(source.timestamp), task_index=pick(source.task_index), tasks=source.tasks,
                        episodes=episodes, image_refs={k: [v[r] for r in rows] for k, v in source.image_refs.items()},
                        video_refs={k: ([f[r] for r in rows], o[rows]) for k, (f, o) in source.video_refs.items()},
-                       info=source.info)
+                       strings={k: [v[r] for r in rows] for k, v in source.strings.items()}, info=source.info)
 
 
 def load_data(data, spec, *, split: str = "train") -> DataBundle:

@@ -23,7 +23,7 @@ class Binding:
     """How one dataset fills one stream's ports."""
 
     images: dict = field(default_factory=dict)  # image port -> [(camera key, frame offset) per view]
-    texts: dict = field(default_factory=dict)  # text port -> 'task' | 'embodiment' | constant text
+    texts: dict = field(default_factory=dict)  # text port -> 'task' | 'embodiment' | string key | ('constant', text)
     vectors: dict = field(default_factory=dict)  # state/action port -> dataset column
     widths: dict = field(default_factory=dict)  # state/action port -> dataset width (<= port dim)
     embodiment: str = ""
@@ -60,6 +60,12 @@ def bind(source: FrameSource, ports: StreamPorts, keys: dict | None = None, *, p
         b.images[p.name] = views
     for p in ports.of_kind("text"):
         want = keys.get(p.name, "embodiment" if p.name == "embodiment" else DEFAULT_KEYS["text"])
+        if isinstance(want, dict) and set(want) == {"text"}:
+            want = ("constant", str(want["text"]))
+        elif want not in ("task", "embodiment") and want not in source.strings:
+            raise DatasetError(f"{where}: text port '{p.name}' wants '{want}', which is neither 'task', 'embodiment' nor a "
+                               f"text key of the dataset (text keys: {', '.join(source.strings) or 'none'}); "
+                               f"a fixed text is written {{text: ...}}")
         b.texts[p.name] = want
     for kind in ("state", "action"):
         for p in ports.of_kind(kind):
@@ -184,12 +190,14 @@ class ActionDataset(torch.utils.data.Dataset):
         """Row of the frame `offset` steps from i, clamped to i's episode."""
         return int(min(max(i + offset, self._ep_start[i]), self._ep_end[i] - 1))
 
-    def _text(self, how: str, i: int) -> str:
+    def _text(self, how, i: int) -> str:
         if how == "task":
             return self.source.task(i)
         if how == "embodiment":
             return self.binding.embodiment
-        return how  # a constant given in the data YAML
+        if isinstance(how, tuple):
+            return how[1]  # a fixed text from the data YAML
+        return self.source.strings[how][i]
 
     def _chunk(self, col: str, i: int, horizon: int):
         """Actions i..i+H-1 of i's episode; steps past the end repeat the last action, mask False."""

@@ -45,6 +45,7 @@ class FrameSource:
     episodes: dict  # episode index -> (start row, end row)
     image_refs: dict = field(default_factory=dict)  # image key -> list of bytes|path per row
     video_refs: dict = field(default_factory=dict)  # video key -> (list of file per row, offset seconds per row)
+    strings: dict = field(default_factory=dict)  # string key -> list of str per row (e.g. per-frame instructions)
     info: dict = field(default_factory=dict)
     _videos: dict = field(default_factory=dict, repr=False)
 
@@ -282,6 +283,8 @@ def _assemble(root, version, info, tables, eps, tasks, video_files) -> FrameSour
     features = info["features"]
     numeric = [k for k, f in features.items() if f.get("dtype") not in ("image", "video", "string") and k not in INDEX_COLUMNS]
     images = [k for k, f in features.items() if f.get("dtype") == "image"]
+    string_keys = [k for k, f in features.items() if f.get("dtype") == "string"]
+    strings = {k: [] for k in string_keys}
     cols = {k: [] for k in numeric}
     refs = {k: [] for k in images}
     idx = {k: [] for k in INDEX_COLUMNS}
@@ -300,6 +303,10 @@ def _assemble(root, version, info, tables, eps, tasks, video_files) -> FrameSour
                 bad = int(np.argwhere(~np.isfinite(arr))[0][0])
                 raise DatasetError(f"{path}: column '{k}' has a non-finite value (NaN/inf) at frame {bad}")
             cols[k].append(arr)
+        for k in string_keys:
+            if k not in names:
+                raise DatasetError(f"{path}: missing column '{k}' (declared in meta/info.json features)")
+            strings[k].extend("" if v is None else str(v) for v in t.column(k).to_pylist())
         for k in images:
             if k not in names:
                 raise DatasetError(f"{path}: missing image column '{k}'")
@@ -336,7 +343,8 @@ def _assemble(root, version, info, tables, eps, tasks, video_files) -> FrameSour
                        episode_index=np.concatenate(idx["episode_index"]).astype(np.int64),
                        frame_index=np.concatenate(idx["frame_index"]).astype(np.int64),
                        timestamp=np.concatenate(idx["timestamp"]).astype(np.float64),
-                       task_index=ti, tasks=tasks, episodes=episodes, image_refs=refs, video_refs=video_refs, info=info)
+                       task_index=ti, tasks=tasks, episodes=episodes, image_refs=refs, video_refs=video_refs,
+                       strings=strings, info=info)
 
 
 def _numeric(col, n, path, key) -> np.ndarray:

@@ -77,6 +77,8 @@ class LeRobotWriter:
                     Image.fromarray(np.asarray(img, dtype=np.uint8)).save(self.root / rel, compress_level=1)
                     paths.append({"bytes": None, "path": rel})
                 cols[key] = pa.array(paths, type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+            elif f["dtype"] == "string":
+                cols[key] = pa.array([str(v) for v in frames[key]], type=pa.string())
             else:
                 arr = np.asarray(frames[key], dtype=f["dtype"]).reshape(n, -1)
                 cols[key] = pa.array(list(arr), type=pa.list_(pa.from_numpy_dtype(arr.dtype)))
@@ -91,7 +93,7 @@ class LeRobotWriter:
         self.episodes.append({"episode_index": ep, "tasks": [task], "length": n, **(extra or {})})
         self.episode_stats.append({"episode_index": ep, "stats": {
             k: vector_stats(np.asarray(frames[k], dtype=np.float64).reshape(n, -1))
-            for k, f in self.features.items() if k in frames and f["dtype"] != "image"}})
+            for k, f in self.features.items() if k in frames and f["dtype"] not in ("image", "string")}})
         self.total_frames += n
         return ep
 

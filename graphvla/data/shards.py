@@ -4,6 +4,7 @@ A shard folder holds
     shard-000000.tar ...   one webdataset sample per frame: <key>.<camera>.png (the stored bytes,
                            not re-encoded) and <key>.frame.json (episode, frame, task, numeric values)
     columns.npz            every numeric column and the index arrays, for instant opening
+    strings.json           per-frame text columns (if the dataset has any)
     shards.json            dataset facts (fps, features, tasks, episodes) and where each frame's
                            image lies in which tar (offset, size), for random access
 Plain webdataset pipelines can stream the tars; `open_shards` gives the same `FrameSource` as
@@ -56,6 +57,7 @@ def pack(source: FrameSource, out, *, max_frames: int = 2000) -> dict:
              episode_index=source.episode_index, frame_index=source.frame_index,
              timestamp=source.timestamp, task_index=source.task_index,
              **{f"img:{k}:{f}": v for k, d in images.items() for f, v in d.items()})
+    (out / "strings.json").write_text(json.dumps(source.strings))
     index = {"format": "graphvla-shards", "version": 1, "source": str(source.root), "codebase_version": source.version,
              "fps": source.fps, "features": source.features, "frames": n, "shards": names,
              "tasks": {str(k): v for k, v in source.tasks.items()},
@@ -70,7 +72,7 @@ def pack(source: FrameSource, out, *, max_frames: int = 2000) -> dict:
 def _frame_facts(source: FrameSource, i: int) -> dict:
     return {"episode_index": int(source.episode_index[i]), "frame_index": int(source.frame_index[i]),
             "timestamp": float(source.timestamp[i]), "task": source.task(i),
-            **{k: v[i].tolist() for k, v in source.columns.items()}}
+            **{k: v[i].tolist() for k, v in source.columns.items()}, **{k: v[i] for k, v in source.strings.items()}}
 
 
 def _index_images(out: Path, names: list, cameras: list) -> dict:
@@ -116,12 +118,14 @@ def open_shards(root) -> FrameSource:
         paths = [str(root / n) for n in index["shards"]]
         refs[k] = [TarRef(paths[s], int(o), int(n)) for s, o, n in zip(shard.tolist(), off.tolist(), size.tolist())]
     columns = {k[4:]: z[k] for k in z.files if k.startswith("col:")}
+    strings_path = root / "strings.json"
+    strings = json.loads(strings_path.read_text()) if strings_path.exists() else {}
     return FrameSource(root=root, version=f"shards({index['codebase_version']})", fps=float(index["fps"]),
                        features=index["features"], columns=columns, episode_index=z["episode_index"],
                        frame_index=z["frame_index"], timestamp=z["timestamp"], task_index=z["task_index"],
                        tasks={int(k): v for k, v in index["tasks"].items()},
                        episodes={int(k): tuple(v) for k, v in index["episodes"].items()},
-                       image_refs=refs, info=index.get("info", {}))
+                       image_refs=refs, strings=strings, info=index.get("info", {}))
 
 
 _handles: dict = {}
