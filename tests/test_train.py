@@ -306,3 +306,54 @@ def test_data_position_is_exact_with_prefetching_workers():
     resumed.load_state_dict(state)
     for i in range(3, 8):  # crosses an epoch boundary (20 samples, batches of 6)
         assert torch.equal(resumed.next()["state"], expected[i])
+
+
+@pytest.mark.slow
+def test_cotraining_vlm_and_action_streams_on_real_data(tmp_path, metaworld_data):
+    """graphs/tiny/oft.yaml plus a node sharing its tiny Qwen3-VL on a LLaVA-JSON stream: steps
+    alternate 2:1, each loss is logged under its own name and both fall."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    import numpy as np
+
+    (tmp_path / "imgs").mkdir()
+    records = []
+    for i, (name, rgb) in enumerate([("red", (220, 30, 30)), ("green", (30, 200, 40)), ("blue", (30, 40, 220))] * 3):
+        Image.fromarray(np.full((32, 32, 3), rgb, np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+        records.append({"image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat color is the block?"}, {"from": "gpt", "value": f"The block is {name}."}]})
+    (tmp_path / "llava.json").write_text(json.dumps(records))
+    (tmp_path / "data.yaml").write_text(f"datasets:\n  - path: {metaworld_data}\n"
+                                        f"vlm:\n  - json: {tmp_path / 'llava.json'}\n    image_root: {tmp_path / 'imgs'}\n")
+    base = Path(__file__).parent.parent / "graphs" / "tiny" / "oft.yaml"
+    (tmp_path / "spec.yaml").write_text(f"""graphvla: 1
+extends: {base}
+name: tiny-oft-cotrain
+inputs:
+  vqa_images:   {{kind: image, views: 1, size: [128, 128]}}
+  vqa_question: {{kind: text}}
+  vqa_answer:   {{kind: text, train_only: true}}
+blocks:
+  vlm_cotrain:
+    share: vlm
+    in: {{images: inputs.vqa_images, text: inputs.vqa_question, target_text: inputs.vqa_answer}}
+losses:
+  vlm: {{from: vlm_cotrain.lm_loss, weight: 0.5, stream: vlm}}
+trainer:
+  streams: {{action: {{ratio: 2}}, vlm: {{ratio: 1}}}}
+""")
+    from graphvla.runners.train.dataio import load_bundle
+
+    spec = load_spec(str(tmp_path / "spec.yaml"), ["trainer.max_steps=24", "trainer.batch_size=4", "trainer.warmup_steps=2",
+                                                   "trainer.save_every=100"])
+    result = train(spec, load_bundle(str(tmp_path / "data.yaml"), spec), tmp_path / "run", progress=False)
+    assert [r["stream"] for r in result.history[:3]] == ["action", "vlm", "action"]
+    action = [r["losses"]["action"] for r in result.history if r["stream"] == "action"]
+    vlm = [r["losses"]["vlm"] for r in result.history if r["stream"] == "vlm"]
+    assert len(action) == 16 and len(vlm) == 8
+    assert mean(vlm[-3:]) < 0.97 * mean(vlm[:3]), vlm
+    assert mean(action[-6:]) < mean(action[:6]), action
+    vlm_step = next(r for r in result.history if r["stream"] == "vlm")
+    assert vlm_step["loss"] == pytest.approx(0.5 * vlm_step["losses"]["vlm"], rel=1e-5)
