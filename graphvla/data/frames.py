@@ -62,7 +62,7 @@ def bind(source: FrameSource, ports: StreamPorts, keys: dict | None = None, *, p
         want = keys.get(p.name, "embodiment" if p.name == "embodiment" else DEFAULT_KEYS["text"])
         if isinstance(want, dict) and set(want) == {"text"}:
             want = ("constant", str(want["text"]))
-        elif want not in ("task", "embodiment") and want not in source.strings:
+        elif not isinstance(want, str) or (want not in ("task", "embodiment") and want not in source.strings):
             raise DatasetError(f"{where}: text port '{p.name}' wants '{want}', which is neither 'task', 'embodiment' nor a "
                                f"text key of the dataset (text keys: {', '.join(source.strings) or 'none'}); "
                                f"a fixed text is written {{text: ...}}")
