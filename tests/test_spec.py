@@ -335,3 +335,29 @@ def test_fingerprint_same_through_extends_as_written_out(write_spec):
     flat = load_spec(BASE, ["blocks.head.with.hidden=32"])
     assert merged.fingerprint == flat.fingerprint
     assert load_spec(merged.to_yaml()).fingerprint == merged.fingerprint
+
+
+def test_docs_name_every_key_of_the_schema():
+    """docs/spec.md documents every key a spec can have (it fails when a key is added undocumented)."""
+    from pathlib import Path
+
+    from graphvla.spec.schema import base_schema
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "spec.md").read_text()
+    props = base_schema()["properties"]
+    sections = {
+        "top": props,
+        "input": props["inputs"]["additionalProperties"]["properties"],
+        "block": props["blocks"]["additionalProperties"]["properties"],
+        "train": props["blocks"]["additionalProperties"]["properties"]["train"]["properties"],
+        "infer": props["blocks"]["additionalProperties"]["properties"]["infer"]["properties"],
+        "loss": props["losses"]["additionalProperties"]["properties"],
+        "trainer": props["trainer"]["properties"],
+        "streams": props["trainer"]["properties"]["streams"]["additionalProperties"]["properties"],
+        "serve": props["serve"]["properties"],
+    }
+    missing = [f"{where}.{key}" for where, keys in sections.items() for key in keys if f"`{key}" not in doc]
+    assert not missing, f"undocumented keys in docs/spec.md: {missing}"
+    from graphvla.blocks.base import KINDS
+
+    assert not [k for k in KINDS if f"`{k}`" not in doc]
