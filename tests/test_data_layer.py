@@ -569,3 +569,26 @@ def test_text_ports_from_task_string_column_or_constant(tmp_path):
     cfg.write_text("datasets:\n  - {path: ds, keys: {instruction: prompt}}\n")
     with pytest.raises(DatasetError, match=r"text port 'instruction' wants 'prompt'.*text keys: language_instruction"):
         load_data(cfg, spec)
+
+
+class _Mix(_Sized):
+    def __init__(self, parts, weights):
+        super().__init__(sum(parts))
+        self.part_sizes, self.weights = parts, weights
+
+
+def test_mixture_sampler_weights_and_coverage():
+    ds = _Mix([10, 90], [1, 1])  # a small part weighted like a big one is repeated, in full passes
+    s = StreamSampler(ds, seed=2)
+    draws = np.array(take(s, 300))
+    small = draws[draws < 10]
+    assert len(small) == 150  # 50 per epoch of 100: the weights hold exactly per epoch
+    for p in range(15):  # every pass over the small part is a permutation of it
+        assert sorted(small[10 * p: 10 * p + 10]) == list(range(10))
+    big = draws[draws >= 10]
+    assert len(set(big[:90].tolist())) == 90  # the big part: no repeats before a full pass
+    s2 = StreamSampler(ds, seed=2)
+    take(s2, 137)
+    s3 = StreamSampler(ds, seed=2)
+    s3.load_state_dict(s2.state_dict())
+    assert take(s3, 163) == draws[137:].tolist()

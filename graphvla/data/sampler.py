@@ -1,8 +1,8 @@
 """StreamSampler: an endless, seeded, rank-sharded sequence of dataset indices.
 
-Epoch e is a fixed function of (seed, e): a permutation of all indices, or for a mixture a draw
-of len(dataset) (part, index) pairs with the parts' weights (each part walks its own shuffled
-order, so every frame of a part is seen before any repeats). Rank r of w takes positions
+Epoch e is a fixed function of (seed, e): a permutation of all indices, or for a mixture
+len(dataset) draws split between the parts by weight and shuffled together (each part walks its
+own sequence of shuffled passes, so every frame of a part is seen before any repeats). Rank r of w takes positions
 r, r+w, r+2w, ... of each epoch (the tail that does not divide evenly is dropped, so every rank
 yields the same number per epoch and no index is seen twice in an epoch). The state is just
 (epoch, position): resuming reproduces the rest of the sequence exactly.
@@ -47,16 +47,23 @@ class StreamSampler:
         rng = np.random.default_rng([self.seed, epoch])
         if not self.parts or len(self.parts) == 1:
             return rng.permutation(self.n) if self.shuffle else np.arange(self.n)
-        w = np.asarray(self.weights, dtype=np.float64)
-        choice = rng.choice(len(self.parts), size=self.n, p=w / w.sum())
+        counts = self.part_counts()
+        choice = rng.permutation(np.repeat(np.arange(len(self.parts)), counts))
         offsets = np.concatenate([[0], np.cumsum(self.parts)[:-1]])
         out = np.empty(self.n, dtype=np.int64)
         for k, size in enumerate(self.parts):
             slots = np.flatnonzero(choice == k)
-            # The part's own shuffled order continues across epochs (epoch-seeded cycles).
-            perm = _cycled_order(self.seed, k, size, epoch, len(slots), self.parts, w)
-            out[slots] = offsets[k] + perm
+            out[slots] = offsets[k] + _walk(self.seed, k, size, epoch * counts[k], counts[k])
         return out
+
+    def part_counts(self) -> np.ndarray:
+        """Draws per part in every epoch: n split by weight (largest remainder), so the mixture
+        proportions hold exactly per epoch and a part's position is a function of the epoch."""
+        w = np.asarray(self.weights, dtype=np.float64)
+        share = self.n * w / w.sum()
+        counts = np.floor(share).astype(np.int64)
+        counts[np.argsort(-(share - counts), kind="stable")[: self.n - counts.sum()]] += 1
+        return counts
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
@@ -74,11 +81,11 @@ class StreamSampler:
         self.epoch, self.position = int(d["epoch"]), int(d["position"])
 
 
-def _cycled_order(seed: int, part: int, size: int, epoch: int, count: int, parts, w) -> np.ndarray:
-    """`count` indices of part `part` for `epoch`: positions continue a per-part sequence of
-    shuffled passes, starting where the previous epochs' expected draws left off."""
-    start = int(round(epoch * sum(parts) * w[part] / w.sum()))
-    first, last = start // size, (start + count) // size + 1
+def _walk(seed: int, part: int, size: int, start: int, count: int) -> np.ndarray:
+    """Items start..start+count-1 of part `part`'s endless sequence of shuffled passes over its
+    `size` indices (pass c is a permutation seeded by (seed, part, c)): every index of a part is
+    drawn once before any is drawn again, across epoch boundaries too."""
+    first, last = start // size, (start + count) // size
     seq = np.concatenate([np.random.default_rng([seed, 7919, part, c]).permutation(size) for c in range(first, last + 1)])
     off = start - first * size
     return seq[off: off + count]
