@@ -357,3 +357,15 @@ trainer:
     assert mean(action[-6:]) < mean(action[:6]), action
     vlm_step = next(r for r in result.history if r["stream"] == "vlm")
     assert vlm_step["loss"] == pytest.approx(0.5 * vlm_step["losses"]["vlm"], rel=1e-5)
+
+
+def test_precision_bf16_autocasts_and_fp32_does_not(tmp_path):
+    losses = {}
+    for prec in ("fp32", "bf16", "fp32"):
+        spec, bundle, kw = setup(tmp_path, TINY_SPEC, ["trainer.max_steps=3", f"trainer.precision={prec}"])
+        t = Trainer(spec, bundle, tmp_path / f"run-{prec}-{len(losses)}", **kw)
+        assert t.accelerator.mixed_precision == ("bf16" if prec == "bf16" else "no")
+        losses.setdefault(prec, []).append([r["loss"] for r in t.run().history])
+    assert losses["fp32"][0] == losses["fp32"][1]  # deterministic
+    a, b = losses["fp32"][0], losses["bf16"][0]
+    assert a != b and all(abs(x - y) < 0.05 for x, y in zip(a, b))  # bf16 matmuls: close, not equal

@@ -68,6 +68,16 @@ def mixed_precision(precision: str) -> str:
     return {"fp32": "no", "bf16": "bf16"}[precision]
 
 
+def _allow_precision_change(precision: str) -> None:
+    """Accelerate keeps one process-wide state; a second trainer in the same process (tests,
+    notebooks) with another precision needs it reset. The process group is left alone."""
+    from accelerate.state import AcceleratorState
+
+    current = AcceleratorState._shared_state.get("_mixed_precision")
+    if current is not None and current != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 def needs_unused_search(cg) -> bool:
     """DDP must look for unused parameters when some step leaves a trainable block out."""
     trainable = {bid for bid, m in cg.model.items() if any(p.requires_grad for p in m.parameters())}
@@ -95,9 +105,11 @@ class Trainer:
         set_seed(self.cfg["seed"])  # identical initial weights on every rank
         self.cg = compile_graph(spec, device="cpu")
         self.schedule = StreamSchedule(stream_ratios(self.cg, self.cfg))
+        precision = mixed_precision(self.cfg["precision"])
+        _allow_precision_change(precision)
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(),  # several CPU processes then join a gloo group (MULTI_CPU)
-            mixed_precision=mixed_precision(self.cfg["precision"]),
+            mixed_precision=precision,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=needs_unused_search(self.cg))])
         acc = self.accelerator
 
