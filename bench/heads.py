@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 import tempfile
 import time
@@ -85,22 +84,27 @@ def batch_for(cg, b: int, seed: int = 0) -> dict:
     return out
 
 
-def median_ms(fn, repeats: int, warmup: int = 2) -> float:
+def interleaved_ms(fns: dict, repeats: int, warmup: int = 2) -> dict:
+    """name -> fastest time in ms. The functions run round-robin, so load from other processes
+    hits all of them alike, and the minimum is the least disturbed run."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: 1000 * min(ts) for name, ts in times.items()}
 
 
 def placeholders(gm) -> set:
     return {n.target for n in gm.graph.nodes if n.op == "placeholder"}
 
 
-def measure(cg, b: int, repeats: int) -> dict:
+def step_functions(cg, b: int) -> tuple:
+    """(train_step, predict) closures for one compiled graph."""
     full = batch_for(cg, b)
     batch = {k: v for k, v in full.items() if k in placeholders(cg.train["action"])}
     obs = {k: v for k, v in full.items() if k in placeholders(cg.infer)}
@@ -120,28 +124,28 @@ def measure(cg, b: int, repeats: int) -> dict:
         with torch.no_grad():
             cg.infer(**obs)
 
-    head_params = sum(p.numel() for p in cg.model["head"].parameters())
-    return {"params": head_params, "train": median_ms(train_step, repeats), "predict": median_ms(predict, repeats)}
+    return train_step, predict
 
 
-def cached_speedup(cached, every: int, b: int, repeats: int) -> tuple[float, float]:
-    """(ms per call recomputing System 2 every call, ms per call with the cache), on k-call episodes."""
+def cache_functions(cached, every: int, b: int) -> tuple:
+    """(k calls recomputing System 2 each time, one k-call episode with the cache)."""
     obs = {k: v for k, v in batch_for(cached, b).items() if k in placeholders(cached.infer)}
-    cached.model.eval()
 
     def episode():
+        cached.model.eval()
         with torch.no_grad():
             cached.reset_caches()  # each episode: 1 System-2 call, then every-1 cached calls
             for _ in range(every):
                 cached.infer(**obs)
 
     def recompute_every_call():
+        cached.model.eval()
         with torch.no_grad():
             for _ in range(every):
                 cached.reset_caches()
                 cached.infer(**obs)
 
-    return median_ms(recompute_every_call, repeats) / every, median_ms(episode, repeats) / every
+    return recompute_every_call, episode
 
 
 def compile_variants(graph: str, folder: Path):
@@ -185,13 +189,19 @@ def main(argv=None):
     logging.getLogger("graphvla.blocks.heads.fast").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         graphs, cached, every = compile_variants(args.graph, Path(tmp))
-        results = {head: measure(cg, args.batch, args.repeats) for head, cg in graphs.items()}
-        if hasattr(cached, "reset_caches"):
-            recompute, with_cache = cached_speedup(cached, every, args.batch, args.repeats)
-        else:
-            recompute = with_cache = None
+        fns = {}
+        for head, cg in graphs.items():
+            fns[(head, "train")], fns[(head, "predict")] = step_functions(cg, args.batch)
+        has_cache = hasattr(cached, "reset_caches")
+        if has_cache:
+            fns["recompute"], fns["cached"] = cache_functions(cached, every, args.batch)
+        ms = interleaved_ms(fns, args.repeats)
+    results = {head: {"params": sum(p.numel() for p in cg.model["head"].parameters()),
+                      "train": ms[(head, "train")], "predict": ms[(head, "predict")]} for head, cg in graphs.items()}
+    recompute, with_cache = (ms["recompute"] / every, ms["cached"] / every) if has_cache else (None, None)
     base = results["head.mlp"]
-    print(f"graph: {args.graph}, batch {args.batch}, {args.threads} thread(s), torch {torch.__version__}, median of {args.repeats}")
+    print(f"graph: {args.graph}, batch {args.batch}, {args.threads} thread(s), torch {torch.__version__}, "
+          f"fastest of {args.repeats} interleaved runs")
     print(f"{'head':20s} {'head params':>11s} {'train ms':>9s} {'x mlp':>6s} {'predict ms':>10s} {'x mlp':>6s}")
     for head, r in results.items():
         print(f"{head:20s} {r['params']:11,d} {r['train']:9.1f} {r['train'] / base['train']:6.2f} "
