@@ -176,11 +176,18 @@ class Trainer:
         if missing or unexpected:
             raise ValueError(f"checkpoint {ckpt} does not fit the graph: missing {sorted(missing)[:5]}, "
                              f"unexpected {sorted(unexpected)[:5]}")
-        self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
+        try:
+            self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
+        except ValueError as e:
+            raise ValueError(f"checkpoint {ckpt}: the optimizer state does not fit this spec's trainable blocks "
+                             f"(was a block frozen or unfrozen since?): {e}") from None
         sched = torch.load(ckpt / "scheduler.pt", map_location="cpu", weights_only=True)
-        # the schedule's shape (warmup, max_steps, floor) comes from the current trainer section
+        # the schedule's shape (warmup, max_steps, floor) comes from the current trainer section,
+        # so `--resume --set trainer.max_steps=...` extends a run smoothly
         sched["lr_lambdas"] = [None] * len(self.scheduler.lr_lambdas)
         self.scheduler.load_state_dict(sched)
+        for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * fn(self.scheduler.last_epoch)
         state = C.read_json(ckpt / "trainer_state.json")
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         if state.get("world_size", 1) != world:
