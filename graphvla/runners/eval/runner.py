@@ -34,12 +34,32 @@ def check_disjoint_seeds(data_dir, tasks: list[str], seed_offset: int, episodes:
                              f"demonstrations in {data_dir} used ({clash[:5]}...); pick another --seed-offset")
 
 
+def _run_task(mw, task, query, adapter, builder, episodes, seed_offset, size, camera, max_steps, gif_dir, reset):
+    from .metaworld import run_episode
+
+    env = mw.make_env(task, seed=seed_offset, size=size, camera=camera)
+    try:
+        results = []
+        for i in range(episodes):
+            if reset:
+                reset()
+            r = run_episode(env, task, seed_offset + i, query, adapter, builder, max_steps,
+                            record=gif_dir is not None and i == 0)
+            frames = r.pop("frames")
+            if frames:
+                write_gif(gif_dir / f"{task}.gif", frames)
+            results.append(r)
+        return results
+    finally:
+        env.close()
+
+
 def evaluate_metaworld(query, metadata: dict, adapter, tasks: list[str], episodes: int, seed_offset: int,
                        out_dir: Path | None, max_steps: int | None = None, gifs: bool = True, reset=None,
                        log=print) -> dict:
     """Run `episodes` episodes per task with seeds seed_offset .. seed_offset + episodes - 1."""
     from ...sim import metaworld as mw
-    from .metaworld import RequestBuilder, run_episode
+    from .metaworld import RequestBuilder
 
     builder = RequestBuilder(metadata)
     env_cfg = adapter.config.get("env") or {}
@@ -49,21 +69,10 @@ def evaluate_metaworld(query, metadata: dict, adapter, tasks: list[str], episode
     per_task, details = {}, {}
     started = time.perf_counter()
     for task in tasks:
-        warnings.filterwarnings("ignore", message=".*(not within the observation space|maximum and minimum values are equal)")
-        env = mw.make_env(task, seed=seed_offset, size=size, camera=camera)
-        try:
-            results = []
-            for i in range(episodes):
-                if reset:
-                    reset()
-                r = run_episode(env, task, seed_offset + i, query, adapter, builder, max_steps,
-                                record=gifs and out_dir is not None and i == 0)
-                if r["frames"]:
-                    write_gif(out_dir / f"{task}.gif", r.pop("frames"))
-                r.pop("frames", None)
-                results.append(r)
-        finally:
-            env.close()
+        with warnings.catch_warnings():  # gymnasium's checker warns about Meta-World's own spaces
+            warnings.filterwarnings("ignore", message=".*(not within the observation space|maximum and minimum)")
+            results = _run_task(mw, task, query, adapter, builder, episodes, seed_offset, size, camera, max_steps,
+                                out_dir if gifs else None, reset)
         per_task[task] = [r["success"] for r in results]
         details[task] = results
         log(f"{task}: {sum(per_task[task])}/{episodes} successes")
