@@ -94,10 +94,13 @@ def _freeing_in_own_context(viewer):
 
     def free():
         con = getattr(viewer, "con", None)
-        if con is not None and getattr(viewer.opengl_context, "_context", True):
-            viewer.make_context_current()
-            con.free()
-        free_gl()
+        try:
+            if con is not None and getattr(viewer.opengl_context, "_context", True):
+                viewer.make_context_current()
+                con.free()
+            free_gl()
+        except Exception:  # noqa: BLE001  (at interpreter exit EGL may already be torn down)
+            pass
 
     return free
 
