@@ -164,7 +164,8 @@ class ObservationMapper:
             frames = frames.astype(np.float32, copy=False)
             if not np.all(np.isfinite(frames)):
                 raise ObservationError(f"'{key}': image contains NaN or inf")
-        frames = np.ascontiguousarray(frames)
+        # arrays decoded from the wire are read-only views of the message; torch wants its own memory
+        frames = np.ascontiguousarray(frames) if frames.flags.writeable else np.array(frames, order="C")
         return frames if stacked else frames[0]
 
     def _text(self, key, value) -> str:
