@@ -66,3 +66,32 @@ def test_batched_requests_equal_one_by_one(policy):
     assert max(r["server_timing"]["batch_size"] for r in results.values()) > 1
     for i, r in results.items():
         np.testing.assert_allclose(r["actions"], policy.infer(ports(obs(10 + i)))["actions"], rtol=1e-4, atol=1e-5)
+
+
+def test_serve_section_from_checkpoint_and_command_line(tmp_path):
+    import click
+
+    import graphvla.cli  # noqa: F401  (command modules are imported through the CLI)
+    from graphvla.commands.serve_cmds import serve_section
+
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "spec.yaml").write_text("name: x\nserve:\n  key_map: {cam: 'images[0]'}\n  max_batch: 4\n")
+    section = serve_section(str(tmp_path), ["serve.max_wait_ms=5", "serve.key_map.prompt=instruction"],
+                            ["observation/state=state", "junk="])
+    assert section["key_map"] == {"cam": "images[0]", "prompt": "instruction", "observation/state": "state", "junk": None}
+    assert section["max_batch"] == 4 and section["max_wait_ms"] == 5 and section["max_message_mb"] == 64
+    with pytest.raises(click.ClickException, match="serve.max_bach: unknown key"):
+        serve_section(str(tmp_path), ["serve.max_bach=2"], [])
+    with pytest.raises(click.ClickException, match="only serve"):
+        serve_section(str(tmp_path), ["trainer.lr=2"], [])
+
+
+def test_bad_key_map_is_refused_with_the_port_names(policy):
+    from graphvla.runners.serve import PolicyServer
+
+    with pytest.raises(ValueError, match=r"serve.key_map.cam: 'imgs\[0\]' is not an input port \(ports: images"):
+        PolicyServer(policy, ServeOptions(key_map={"cam": "imgs[0]"}))
+    with pytest.raises(ValueError, match="has 1 views"):
+        PolicyServer(policy, ServeOptions(key_map={"cam": "images[1]"}))
+    with pytest.raises(ValueError, match="'state' has no views"):
+        PolicyServer(policy, ServeOptions(key_map={"s": "state[0]"}))
