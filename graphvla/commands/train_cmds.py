@@ -36,7 +36,8 @@ def train_cmd(spec, data, run_dir, overrides, resume, stop_after, no_progress):
     if trainer.accelerator.is_main_process:
         last = result.history[-1] if result.history else None
         loss = f", loss {last['loss']:.4f}" if last else ""
-        click.echo(f"trained {s.name} to step {result.step}{loss}; checkpoint {result.checkpoint}")
+        rate = f", {result.samples_per_s:.1f} samples/s" if result.samples else ""
+        click.echo(f"trained {s.name} to step {result.step}{loss}{rate}; checkpoint {result.checkpoint}")
 
 
 commands = [train_cmd]

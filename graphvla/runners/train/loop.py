@@ -38,6 +38,12 @@ class TrainResult:
     step: int  # optimizer steps completed in total
     history: list = field(default_factory=list)  # this session's records {step, stream, loss, losses}
     checkpoint: Path | None = None
+    samples: int = 0  # samples trained on in this session (all processes)
+    seconds: float = 0.0  # wall time of this session's steps (logging included, checkpoint writes not)
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
 
 
 class GraphTrainModule(nn.Module):
@@ -270,9 +276,11 @@ class Trainer:
         writer = _summary_writer(self.run_dir / "logs") if main else None
         bar = _progress(max_steps, self.step, enabled=main and self.progress)
         last_ckpt, window, t0 = self.resumed_from, [], time.perf_counter()
+        samples, saving, start = 0, 0.0, time.perf_counter()
         try:
             while self.step < end:
                 rec = self.train_step()
+                samples += rec["samples"]
                 self.history.append({k: rec[k] for k in ("step", "stream", "loss", "losses")})
                 window.append(rec)
                 if self.step % cfg["log_every"] == 0 or self.step == end:
@@ -284,14 +292,17 @@ class Trainer:
                     window, t0 = [], time.perf_counter()
                 bar.update(1)
                 if self.step % cfg["save_every"] == 0 or self.step == end:
+                    t_save = time.perf_counter()
                     last_ckpt = self.save()
+                    saving += time.perf_counter() - t_save
         finally:
             for feed in self.feeds.values():
                 feed.close()
             bar.close()
             if writer is not None:
                 writer.close()
-        return TrainResult(self.run_dir, self.step, self.history, last_ckpt)
+        return TrainResult(self.run_dir, self.step, self.history, last_ckpt, samples,
+                           time.perf_counter() - start - saving)
 
 
 def _batch_len(batch: dict) -> int:
