@@ -263,3 +263,23 @@ def test_summary_lists_blocks_edges_and_losses():
     text = compile_graph(TWO_HEADS).summary()
     assert "head2" in text and "inputs.actions      head.target" in text.replace("  ", "  ")
     assert "[B, 8, 4]" in text and "0.7" in text and "2.5" in text
+
+
+def test_example_specs_compile_and_run(tmp_path):
+    """graphs/examples/shared-cameras.yaml: share, a frozen block, an optional input, two streams."""
+    from conftest import REPO
+
+    torch.manual_seed(0)
+    cg = compile_graph(REPO / "graphs" / "examples" / "shared-cameras.yaml", device="cpu")
+    assert set(cg.train) == {"action", "wrist"} and "wrist_enc" not in cg.model
+    assert cg.param_counts()["language"][1] == 0
+    g = torch.Generator().manual_seed(1)
+    front, wrist = torch.rand(2, 1, 3, 64, 64, generator=g), torch.rand(2, 1, 3, 64, 64, generator=g)
+    actions = torch.randn(2, 8, 4, generator=g)
+    side = cg.train["wrist"](wrist=wrist, actions=actions)
+    own = cg.model["wrist_head"](context=cg.model["front_enc"](images=wrist)["pooled"], target=actions)["loss"]
+    torch.testing.assert_close(side["loss"], 0.2 * own)
+    out = cg.infer(front=front, wrist=wrist, instruction=["a", "b"])  # state is optional
+    assert out["actions"].shape == (2, 8, 4)
+    big = load_spec(REPO / "graphs" / "examples" / "big-4b.yaml")  # the benchmark's spec stays valid
+    assert big.blocks["language"]["with"]["width"] == 4096
