@@ -201,3 +201,17 @@ def test_bfloat16_weights_give_float32_features_close_to_float32_weights():
     rel = (a["hidden"][m] - b["hidden"][m]).norm() / b["hidden"][m].norm()
     assert rel < 0.05, float(rel)
     assert abs(float(a["lm_loss"]) - float(b["lm_loss"])) < 0.05 * float(b["lm_loss"])
+
+
+def test_attn_implementation_is_passed_only_when_set(tmp_path):
+    default = make({"tiny": "qwen2_5_vl"})
+    assert "attn_implementation" not in default.params
+    save_tiny("qwen2_5_vl", tmp_path / "ckpt")
+    eager = make({"model": "ckpt", "attn_implementation": "eager"}, spec_dir=tmp_path)
+    assert eager.model.config._attn_implementation == "eager"
+    imgs = images()
+    with torch.no_grad():
+        a = eager.eval()(images=imgs, text=TEXTS)
+        b = make({"tiny": "qwen2_5_vl"}).eval()(images=imgs, text=TEXTS)
+    assert torch.allclose(a["hidden"][a["mask"]], b["hidden"][b["mask"]], atol=1e-4)
+

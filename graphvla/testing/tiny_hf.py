@@ -67,13 +67,22 @@ def make_tokenizer(specials, vocab_size: int = 400):
                                    bos_token=None, unk_token=None, padding_side="right")
 
 
+def _image_processor_class(name: str):
+    """The PIL image processor (transformers 5 without torchvision), else the plain class."""
+    import transformers
+
+    return getattr(transformers, name + "Pil", None) or getattr(transformers, name)
+
+
 def _token_ids(tokenizer) -> dict:
     """bos/eos/pad ids of the text model: the tokenizer's, not the full-size model's defaults."""
     return {"bos_token_id": None, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
 
 
 def _qwen3_vl(tokenizer):
-    from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+
+    Qwen2VLImageProcessorPil = _image_processor_class("Qwen2VLImageProcessor")
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
     config = Qwen3VLConfig(
@@ -96,8 +105,9 @@ def _qwen3_vl(tokenizer):
 
 
 def _qwen2_5_vl(tokenizer):
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
-                              Qwen2VLImageProcessorPil)
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+    Qwen2VLImageProcessorPil = _image_processor_class("Qwen2VLImageProcessor")
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
     config = Qwen2_5_VLConfig(
@@ -118,7 +128,9 @@ def _qwen2_5_vl(tokenizer):
 
 
 def _smolvlm(tokenizer):
-    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil, SmolVLMProcessor
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMProcessor
+
+    SmolVLMImageProcessorPil = _image_processor_class("SmolVLMImageProcessor")
 
     image_size, patch, scale = 64, 16, 2
     config = SmolVLMConfig(
