@@ -361,3 +361,11 @@ def test_docs_name_every_key_of_the_schema():
     from graphvla.blocks.base import KINDS
 
     assert not [k for k in KINDS if f"`{k}`" not in doc]
+
+
+def test_dict_source_with_non_text_keys_is_reported_not_crashed():
+    data = yaml.safe_load(BASE)
+    data["inputs"][7] = {"kind": "text"}
+    data["blocks"]["head"]["with"][3] = 1
+    issues = spec_issues(load_spec, data)
+    assert {i.path for i in issues} == {("inputs", "7"), ("blocks", "head", "with", "3")}

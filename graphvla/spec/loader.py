@@ -88,7 +88,7 @@ def load_spec(source, overrides=(), validate: bool = True) -> Spec:
     if isinstance(source, Spec):
         data, smap, file = copy.deepcopy(source.data), source.source, source.file
     elif isinstance(source, dict):
-        data, smap, file = copy.deepcopy(source), SourceMap(), None
+        data, smap, file = _plain(copy.deepcopy(source)), SourceMap(), None  # keys as text, like a file
     elif isinstance(source, str) and "\n" in source:
         data, smap = load_yaml_text(source, "<string>")
         file = None
