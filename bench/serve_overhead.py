@@ -37,10 +37,28 @@ def build_policy():
     return Policy.from_compiled(compile_graph("graphs/tiny/mlp.yaml", OVERRIDES, device="cpu"))
 
 
-def serve(port: int, max_batch: int):
+class NullPolicy:
+    """Same inputs as the benchmark graph, no model: isolates the server's own cost."""
+
+    metadata = {"name": "null", "fingerprint": "0", "action_horizon": 8, "action_dim": 4, "outputs": ["actions"],
+                "normalization": {}, "inputs": {"images": {"kind": "image", "views": 2, "size": [224, 224]},
+                                                "instruction": {"kind": "text"}, "state": {"kind": "state", "dim": 8}}}
+
+    def infer(self, obs):
+        return {"actions": np.zeros((8, 4), np.float32)}
+
+    def infer_batch(self, observations):
+        return [self.infer(o) for o in observations]
+
+    def reset(self):
+        pass
+
+
+def serve(port: int, max_batch: int, null: bool = False):
     from graphvla.runners.serve import PolicyServer, ServeOptions
 
-    PolicyServer(build_policy(), ServeOptions(port=port, max_batch=max_batch, max_wait_ms=2.0, key_map=KEY_MAP)).run()
+    policy = NullPolicy() if null else build_policy()
+    PolicyServer(policy, ServeOptions(port=port, max_batch=max_batch, max_wait_ms=2.0, key_map=KEY_MAP)).run()
 
 
 def observation(seed=0):
@@ -59,9 +77,9 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, max_batch):
+    def __init__(self, max_batch, null=False):
         self.port = free_port()
-        self.proc = mp.get_context("spawn").Process(target=serve, args=(self.port, max_batch), daemon=True)
+        self.proc = mp.get_context("spawn").Process(target=serve, args=(self.port, max_batch, null), daemon=True)
 
     def __enter__(self):
         self.proc.start()
@@ -96,18 +114,22 @@ def overhead(requests: int):
         t = time.perf_counter()
         policy.infer(ports)
         direct.append((time.perf_counter() - t) * 1000)
-    with Server(max_batch=8) as srv:
-        c = client(srv.port)
-        obs = observation()
-        rtt, infer, over = [], [], []
-        for i in range(requests + 20):
-            t = time.perf_counter()
-            out = c.infer(obs)
-            dt = (time.perf_counter() - t) * 1000
-            if i >= 20:  # warm-up
-                rtt.append(dt)
-                infer.append(out["server_timing"]["infer_ms"])
-                over.append(dt - out["server_timing"]["infer_ms"])
+    measured = {}
+    for null in (False, True):
+        with Server(max_batch=8, null=null) as srv:
+            c = client(srv.port)
+            obs = observation()
+            rtt, infer, over = [], [], []
+            for i in range(requests + 20):
+                t = time.perf_counter()
+                out = c.infer(obs)
+                dt = (time.perf_counter() - t) * 1000
+                if i >= 20:  # warm-up
+                    rtt.append(dt)
+                    infer.append(out["server_timing"]["infer_ms"])
+                    over.append(dt - out["server_timing"]["infer_ms"])
+        measured[null] = (rtt, infer, over)
+    rtt, infer, over = measured[False]
     p = lambda xs, q: float(np.percentile(xs, q))  # noqa: E731
     print(f"(a) {requests} requests, 2 x 224x224x3 uint8 + state[8] ({sum(v.nbytes for v in obs.values() if hasattr(v, 'nbytes')) / 1e6:.2f} MB)")
     print(f"    direct Policy.infer (baseline)   p50 {p(direct, 50):7.3f} ms  p99 {p(direct, 99):7.3f} ms")
@@ -116,6 +138,9 @@ def overhead(requests: int):
     print(f"    server overhead (rtt - infer)    p50 {p(over, 50):7.3f} ms  p99 {p(over, 99):7.3f} ms"
           f"   (target p50 < 1 ms: {'met' if p(over, 50) < 1.0 else 'NOT met'})")
     print(f"    round trip / direct inference    {p(rtt, 50) / p(direct, 50):.2f}x at p50")
+    n_rtt, _, n_over = measured[True]
+    print(f"    same request to a no-op policy:  round trip p50 {p(n_rtt, 50):.3f} ms, "
+          f"overhead p50 {p(n_over, 50):.3f} ms  p99 {p(n_over, 99):.3f} ms")
 
 
 def throughput(seconds: float, clients: int = 8):

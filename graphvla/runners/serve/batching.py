@@ -61,6 +61,10 @@ class Batcher:
                 pass
         self._executor.shutdown(wait=True)
 
+    async def call(self, fn):
+        """Run fn() on the inference thread, between batches (e.g. Policy.reset)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
     async def submit(self, obs: dict) -> Outcome:
         req = _Request(obs, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(req)
@@ -88,7 +92,11 @@ class Batcher:
         while True:
             batch = await self._collect()
             started = time.perf_counter()
-            outputs, infer_ms = await loop.run_in_executor(self._executor, self._infer, [r.obs for r in batch])
+            try:
+                outputs, infer_ms = await loop.run_in_executor(self._executor, self._infer, [r.obs for r in batch])
+            except Exception as e:  # noqa: BLE001 - never let the batcher die: fail this batch only
+                log.exception("batch failed")
+                outputs, infer_ms = [e] * len(batch), 0.0
             self.batches += 1
             self.requests += len(batch)
             for req, out in zip(batch, outputs):

@@ -138,7 +138,7 @@ class PolicyServer:
         try:
             raw = unpackb(message)
             if isinstance(raw, dict) and set(raw) == {RESET_KEY}:
-                await asyncio.get_running_loop().run_in_executor(self.batcher._executor, self.policy.reset)
+                await self.batcher.call(self.policy.reset)
                 return packb({"reset": True})
             obs = self.mapper(raw)
         except (WireError, ObservationError) as e:
