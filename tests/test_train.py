@@ -15,7 +15,7 @@ from graphvla.runners.train.optim import cosine_factor
 from graphvla.runners.train.streams import StreamSchedule
 from graphvla.spec.loader import load_spec
 from train_doubles import (TINY_SPEC, DataBundleDouble, NormalizerDouble, ShardedSampler, SyntheticActions, collate,
-                           compute_stats, real_data_layer)
+                           compute_stats, metaworld_data, real_data_layer)  # noqa: F401  (metaworld_data: fixture)
 
 torch.set_num_threads(1)
 
@@ -200,20 +200,6 @@ def test_unknown_stream_and_missing_stream_data_are_named(tmp_path):
     spec, bundle, kw = setup(tmp_path, COTRAIN)
     with pytest.raises(KeyError, match="stream 'aux'"):
         Trainer(spec, bundle, tmp_path / "run", **kw)
-
-
-@pytest.fixture(scope="module")
-def metaworld_data(tmp_path_factory):
-    """A small Meta-World recording (1 task x 2 episodes, 64x64) made with graphvla.data."""
-    pytest.importorskip("graphvla.data.metaworld_record")
-    from graphvla.sim.metaworld import render_problem
-
-    problem = render_problem()
-    if problem:
-        pytest.skip(problem)
-    from graphvla.data.metaworld_record import tiny_metaworld
-
-    return tiny_metaworld(tmp_path_factory.mktemp("mw"), tasks=("reach-v3",), episodes=2, size=64)
 
 
 def test_cli_trains_tiny_graph_on_metaworld_resumes_and_serves(tmp_path, metaworld_data):

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from train_doubles import metaworld_data  # noqa: F401  (fixture)
+
 
 
 def test_two_processes_keep_weights_in_sync(tmp_path):
@@ -32,3 +34,26 @@ def test_two_processes_keep_weights_in_sync(tmp_path):
     assert r0["losses"] == pytest.approx(r1["losses"], rel=1e-6)
     assert len(r0["losses"]) == 6
     assert (tmp_path / "run/checkpoints/step_0000006/model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_cli_module_under_accelerate_launch_trains_and_resumes(tmp_path, metaworld_data):
+    """`accelerate launch --multi_gpu --num_processes 2 -m graphvla.runners.train ...` on
+    recorded Meta-World data, then --resume with the same launch."""
+    import json
+
+    spec = Path(__file__).parent.parent / "graphs" / "tiny" / "mlp.yaml"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "graphvla.runners.train", str(spec),
+           "--data", str(metaworld_data), "-o", str(tmp_path / "run"), "--no-progress", "--set", "inputs.state.dim=4",
+           "--set", "trainer.batch_size=4", "--set", "trainer.max_steps=6"]
+    first = subprocess.run(cmd + ["--stop-after", "3"], env=env, capture_output=True, text=True, timeout=170)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("trained tiny-mlp to step 3") == 1  # printed by the main process only
+    second = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=170)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "to step 6" in second.stdout
+    state = json.loads((tmp_path / "run/checkpoints/step_0000006/trainer_state.json").read_text())
+    assert state["world_size"] == 2 and [s["action"]["rank"] for s in state["samplers"]] == [0, 1]
+    assert [r["step"] for r in state["history_tail"]] == list(range(1, 7))

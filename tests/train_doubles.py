@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 TASKS = ["reach the red cube", "open the drawer", "push the button"]
@@ -186,3 +187,17 @@ trainer:
   keep_last: 2
   normalization: {state: mean_std, actions: mean_std}
 """
+
+
+@pytest.fixture(scope="session")
+def metaworld_data(tmp_path_factory):
+    """A small Meta-World recording (1 task x 2 episodes, 64x64) made with graphvla.data."""
+    pytest.importorskip("graphvla.data.metaworld_record")
+    from graphvla.sim.metaworld import render_problem
+
+    problem = render_problem()
+    if problem:
+        pytest.skip(problem)
+    from graphvla.data.metaworld_record import tiny_metaworld
+
+    return tiny_metaworld(tmp_path_factory.mktemp("mw"), tasks=("reach-v3",), episodes=2, size=64)
