@@ -260,6 +260,7 @@ def test_duplicate_keys_are_errors_with_both_lines(write_spec):
     path = write_spec("dup.yaml", BASE.replace("  head:\n", "  fuse:\n"))
     [issue] = spec_issues(load_spec, path)
     assert "duplicate key 'fuse'" in issue.message and "line 17" in issue.message
+    assert issue.path == ("blocks", "fuse") and issue.block == "fuse"
     assert issue.location.line == 21 and issue.location.file == str(path)
 
 

@@ -74,7 +74,9 @@ def load_yaml_text(text, filename: str = "<spec>"):
         mark = e.problem_mark or e.context_mark
         loc = _loc(mark, filename) if mark else Location(filename)
         msg = " ".join(str(x) for x in (e.context, e.problem) if x) or "invalid YAML"
-        raise SpecError([_issue(f"invalid YAML: {msg}", filename, loc)]) from None
+        path = getattr(e, "doc_path", ())
+        block = path[1] if len(path) >= 2 and path[0] == "blocks" else None
+        raise SpecError([SpecIssue(f"invalid YAML: {msg}", path, loc, block=block)]) from None
     except yaml.reader.ReaderError as e:
         line, col = _line_col(text, e.position)
         raise SpecError([_issue(f"invalid YAML: control character U+{e.character:04X} is not allowed in a YAML file", filename,
@@ -112,6 +114,14 @@ def _issue(message, filename, loc=None):
     return SpecIssue(message, (), loc or Location(filename))
 
 
+class DocumentError(yaml.MarkedYAMLError):
+    """A YAML fault found while walking the document: also knows the path it happened under."""
+
+    def __init__(self, problem, problem_mark, doc_path=()):
+        super().__init__(problem=problem, problem_mark=problem_mark)
+        self.doc_path = tuple(doc_path)
+
+
 MAX_DEPTH = 64  # far deeper than any spec; keeps recursion in the checks that follow bounded
 
 
@@ -124,15 +134,15 @@ def _walk(node, loader, path, smap, filename):
         out = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
-                raise yaml.MarkedYAMLError(problem="mapping keys must be plain scalars", problem_mark=key_node.start_mark)
+                raise DocumentError(problem="mapping keys must be plain scalars", problem_mark=key_node.start_mark, doc_path=path)
             key = _construct(loader, key_node)
             if not isinstance(key, (str, int, float, bool)) or key is None:
-                raise yaml.MarkedYAMLError(problem=f"unsupported key {key!r}", problem_mark=key_node.start_mark)
+                raise DocumentError(problem=f"unsupported key {key!r}", problem_mark=key_node.start_mark, doc_path=path)
             key = str(key) if not isinstance(key, str) else key
             if key in out:
-                raise yaml.MarkedYAMLError(
+                raise DocumentError(
                     problem=f"duplicate key '{key}' (first defined at line {smap.keys[path + (key,)].line})",
-                    problem_mark=key_node.start_mark,
+                    problem_mark=key_node.start_mark, doc_path=path + (key,),
                 )
             smap.keys[path + (key,)] = _loc(key_node.start_mark, filename)
             out[key] = _walk(value_node, loader, path + (key,), smap, filename)
