@@ -3,7 +3,6 @@ lands): losses fall per stream, per-block lr/freeze, exact resume, NaN stop, ato
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
