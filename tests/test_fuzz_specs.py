@@ -3,7 +3,7 @@ location (the file and a line), never another exception.
 
 A seeded mutation corpus starts from the valid specs in graphs/tiny (resolved, so each mutant is
 one standalone file) and applies one fault per mutant: typos in keys, wrong types, missing
-fields, cycles, dimension mismatches, duplicate keys, broken YAML, binary garbage, deep nesting,
+fields, cycles, dimension mismatches, duplicate keys and ids, broken YAML, binary garbage, deep nesting,
 huge numbers, unicode names, broken `extends`. Hypothesis adds random bytes/text and random values
 in random places. Everything goes through `compile_graph` (meta device), not only `load_spec`.
 """
@@ -259,6 +259,21 @@ def op_duplicate_key(text, rng):
     return "".join(lines), True
 
 
+def op_duplicate_id(text, rng):
+    """Copy a whole block (or input) under its own id right after itself: a duplicate id."""
+    lines = text.splitlines(keepends=True)
+    section = rng.choice(["blocks:\n", "inputs:\n"])
+    start = lines.index(section) + 1
+    ids = [i for i in range(start, len(lines)) if re.match(r"^  [A-Za-z_]\w*:", lines[i])]
+    ids = [i for i in ids if all(not re.match(r"^\S", line) for line in lines[start:i])]  # still inside the section
+    i = rng.choice(ids)
+    end = i + 1
+    while end < len(lines) and lines[end].startswith("   "):
+        end += 1
+    lines[end:end] = lines[i:end]
+    return "".join(lines), True
+
+
 def op_broken_yaml(text, rng):
     lines = text.splitlines(keepends=True)
     i = rng.randrange(len(lines))
@@ -284,7 +299,7 @@ def op_binary_garbage(text, rng):
 
 DATA_OPERATORS = [op_typo_key, op_wrong_type, op_missing_field, op_remove_block, op_cycle, op_dimension_mismatch,
                   op_unicode_name, op_unicode_ref, op_huge_number, op_deep_nesting]
-TEXT_OPERATORS = [op_duplicate_key, op_broken_yaml, op_truncate, op_binary_garbage]
+TEXT_OPERATORS = [op_duplicate_key, op_duplicate_id, op_broken_yaml, op_truncate, op_binary_garbage]
 
 
 def mutants(rng):
