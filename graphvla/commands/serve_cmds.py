@@ -128,6 +128,10 @@ def eval_cmd(run, suite, tasks, episodes, seed_offset, data_dir, out, server, ap
     from ..sim.metaworld import MT10
 
     task_list = MT10 if tasks.strip().lower() == "mt10" else [t.strip() for t in tasks.split(",") if t.strip()]
+    from ..sim.metaworld import _check_task
+
+    for task in task_list:  # fail before any episode runs
+        _check_task(task)
     if data_dir:
         from ..runners.eval.runner import check_disjoint_seeds
 
