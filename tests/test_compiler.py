@@ -95,7 +95,7 @@ def test_required_port_not_wired():
 
 def test_dimension_mismatch_names_both_ends_of_the_edge():
     [issue] = spec_issues(compile_graph, BASE, ["blocks.head.with.horizon=5"])
-    assert issue.message == "head.mlp: with.horizon=5 but inputs.actions has horizon 8"
+    assert issue.message == "head.mlp: with.horizon=5 but inputs.actions has horizon 8 (edge inputs.actions -> head.target)"
     assert issue.block == "head" and issue.path == ("blocks", "head", "with", "horizon")
     [issue] = spec_issues(compile_graph, BASE, ["blocks.vision.with.patch=7"])
     assert issue.message.startswith("edge inputs.images -> vision.images: image size 32x32 is not divisible by the patch size 7")

@@ -232,7 +232,10 @@ def _report_build_error(e, bid, data, wired, port_info, issues, probing=False):
             msg = f"port {bid}.{e.port}: {e}"
         issues.add(msg, ("blocks", bid, "in", e.port) if src else ("blocks", bid, "in"), block=bid)
     elif isinstance(e, ParamError):
-        issues.add(f"{data['type']}: {e}", ("blocks", bid, "with", e.key), block=bid)
+        # a `with:` value that disagrees with a wired input: name that edge too
+        edges = [f"{edge['ref']} -> {bid}.{p}" for p, _, _, edge in wired if edge["ref"] in str(e)]
+        where = f" (edge {', '.join(edges)})" if edges else ""
+        issues.add(f"{data['type']}: {e}{where}", ("blocks", bid, "with", e.key), block=bid)
     elif isinstance(e, SpecError):
         for i in e.issues:
             issues.add(i.message, ("blocks", bid) + tuple(i.path), block=bid, hint=i.hint)
