@@ -95,3 +95,6 @@ def test_bad_key_map_is_refused_with_the_port_names(policy):
         PolicyServer(policy, ServeOptions(key_map={"cam": "images[1]"}))
     with pytest.raises(ValueError, match="'state' has no views"):
         PolicyServer(policy, ServeOptions(key_map={"s": "state[0]"}))
+    with pytest.raises(ValueError, match="port 'state' is fed by several keys \\(a, b\\)"):
+        PolicyServer(policy, ServeOptions(key_map={"a": "state", "b": "state"}))
+

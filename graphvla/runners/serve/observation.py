@@ -64,7 +64,12 @@ class ObservationMapper:
 
     def _check_views(self):
         for port, decl in self.inputs.items():
+            whole = [k for k, r in self.routes.items() if r == (port, None)]
             views = sorted(r[1] for r in self.routes.values() if r and r[0] == port and r[1] is not None)
+            if len(whole) > 1 or (whole and views):
+                feeders = [k for k, r in self.routes.items() if r and r[0] == port]
+                raise ValueError(f"serve.key_map: port '{port}' is fed by several keys ({', '.join(feeders)}); "
+                                 f"map one key to it, or one key per view with '{port}[i]'")
             if views and views != list(range(int(decl.get("views", 1)))):
                 raise ValueError(f"serve.key_map: image port '{port}' has {decl.get('views', 1)} views "
                                  f"but the key map feeds views {views}")
