@@ -70,7 +70,8 @@ class MLPHead(Block):
         super().__init__(params, inputs, ctx)
         self.expect_ndim("context", (2, 3))
         self.horizon, self.action_dim = action_shape(self)
-        width = inputs["context"].dim + (_flat_dim(inputs["state"]) if "state" in inputs else 0)
+        self.state_width = _flat_dim(inputs["state"]) if "state" in inputs else 0
+        width = inputs["context"].dim + self.state_width
         layers, h = [], self.params["hidden"]
         for i in range(self.params["layers"]):
             layers += [nn.Linear(width if i == 0 else h, h), nn.GELU()]
@@ -79,8 +80,10 @@ class MLPHead(Block):
 
     def forward(self, context, state=None, target=None, mask=None):
         x = context.mean(dim=1) if context.dim() == 3 else context
-        if state is not None:
-            x = torch.cat([x, state.flatten(1)], dim=-1)
+        if self.state_width:
+            # an optional state that is absent in this batch counts as zeros (the layer was sized for it)
+            state = state.flatten(1) if state is not None else x.new_zeros(x.shape[0], self.state_width)
+            x = torch.cat([x, state], dim=-1)
         actions = self.net(x).view(-1, self.horizon, self.action_dim)
         out = {"actions": actions}
         if target is not None:
