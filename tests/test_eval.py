@@ -89,6 +89,19 @@ def test_eval_cli_against_a_running_server(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["config"]["episodes_per_task"] == 2
 
 
+def test_eval_cli_adapter_override_ensembles(tmp_path):
+    with ServerThread(ExpertPolicy(), ServeOptions(port=0)) as srv:
+        res = CliRunner().invoke(main, ["eval", "--server", srv.url, "--tasks", "reach-v3", "--episodes", "1",
+                                        "--adapter-set", "actions.ensemble={decay: 0.01}", "--max-steps", "150",
+                                        "--no-gif", "-o", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["config"]["adapter"]["actions"]["ensemble"] == {"decay": 0.01}
+    episode = saved["episodes"]["reach-v3"][0]
+    assert episode["queries"] == episode["steps"]  # ensembling asks for a chunk every step
+    assert not list(tmp_path.glob("*.gif"))
+
+
 def test_eval_cli_errors_are_clean(tmp_path):
     res = CliRunner().invoke(main, ["eval", "--tasks", "reach-v3"])
     assert res.exit_code != 0 and "RUN folder or --server" in res.output

@@ -108,13 +108,15 @@ def serve(run, host, port, api_key, max_batch, max_wait_ms, max_message_mb, key_
 @click.option("--api-key", envvar="GRAPHVLA_API_KEY", default=None)
 @click.option("--adapter", default=None, help="benchmark adapter: a name in configs/benchmarks or a YAML path [SUITE]")
 @click.option("--execute", type=int, default=None, help="execute K of the H predicted actions before re-querying")
+@click.option("--adapter-set", "adapter_sets", multiple=True, metavar="KEY=VALUE",
+              help="override an adapter key, e.g. actions.ensemble={decay: 0.01} (repeatable)")
 @click.option("--max-steps", type=int, default=None, help="episode length cap [from the adapter's env.max_steps]")
 @click.option("--no-gif", is_flag=True, help="do not record GIFs")
 @_key_map_option
 @set_option
 @handles_errors
-def eval_cmd(run, suite, tasks, episodes, seed_offset, data_dir, out, server, api_key, adapter, execute, max_steps, no_gif,
-             key_map, overrides):
+def eval_cmd(run, suite, tasks, episodes, seed_offset, data_dir, out, server, api_key, adapter, execute, adapter_sets,
+             max_steps, no_gif, key_map, overrides):
     """Evaluate RUN in closed loop on a simulated suite through the policy server; print the
     success rate per task with a 95% Wilson interval and write results.json + GIFs."""
     from ..client import PolicyClient, load_adapter
@@ -136,7 +138,13 @@ def eval_cmd(run, suite, tasks, episodes, seed_offset, data_dir, out, server, ap
         from ..runners.eval.runner import check_disjoint_seeds
 
         check_disjoint_seeds(data_dir, task_list, seed_offset, episodes)
-    adapter_obj = load_adapter(adapter or suite, {"actions.execute": execute} if execute else None)
+    adapter_overrides = {"actions.execute": execute} if execute else {}
+    for text in adapter_sets:
+        if "=" not in text:
+            raise UserError(f"--adapter-set {text}: expected KEY=VALUE, e.g. actions.clip=[-1, 1]")
+        key, raw = text.split("=", 1)
+        adapter_overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    adapter_obj = load_adapter(adapter or suite, adapter_overrides)
     out_dir = Path(out) if out else (Path(run) / f"eval-{suite}" if run and Path(run).is_dir() else Path(f"eval-{suite}"))
     out_dir.mkdir(parents=True, exist_ok=True)
 
