@@ -145,3 +145,22 @@ def test_reset_clears_inference_caches(trained, monkeypatch):
     monkeypatch.setattr(policy.cg, "reset_caches", lambda: calls.append(1))
     policy.reset()
     assert calls == [1]
+
+
+def test_read_only_observation_arrays_are_accepted_without_warnings(trained):
+    import warnings
+
+    _, run, ds, _ = trained
+    policy = load_policy(run)
+    obs = observation(ds, 1)
+    expected = policy.infer(obs)["actions"]
+    frozen = dict(obs)
+    for k in ("images", "state"):  # like frames decoded from msgpack: read-only views
+        frozen[k] = obs[k].copy()
+        frozen[k].setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(policy.infer(frozen)["actions"], expected, atol=1e-6)
+        as_float = (frozen["images"].transpose(2, 0, 1).astype(np.float32) / 255)
+        as_float.setflags(write=False)
+        np.testing.assert_allclose(policy.infer(dict(frozen, images=as_float))["actions"], expected, atol=1e-6)

@@ -175,7 +175,7 @@ def convert(port: str, decl: dict, value):
         arr = arr.astype(np.float32)
     if list(arr.shape) != want:
         raise ValueError(f"observation '{port}': expected shape {want}, got {list(arr.shape)}")
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    return torch.from_numpy(np.array(arr, order="C"))  # a copy: client arrays may be read-only views
 
 
 def _image(port, decl, arr, want):
@@ -185,15 +185,14 @@ def _image(port, decl, arr, want):
             arr = arr[None]
         if list(arr.shape) != [v, h, w, c]:
             raise ValueError(f"observation '{port}': expected {describe(decl)}, got uint8 {list(arr.shape)}")
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div_(255.0)
-        return x
+        return torch.from_numpy(np.array(arr, order="C")).permute(0, 3, 1, 2).float().div_(255.0)
     if arr.dtype.kind != "f":
         raise ValueError(f"observation '{port}': expected {describe(decl)}, got dtype {arr.dtype}")
     if arr.ndim == 3 and v == 1:
         arr = arr[None]
     if list(arr.shape) != [v, c, h, w]:
         raise ValueError(f"observation '{port}': expected {describe(decl)}, got float {list(arr.shape)}")
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    return torch.from_numpy(np.array(arr, dtype=np.float32, order="C"))
 
 
 # loading -------------------------------------------------------------------------------------
