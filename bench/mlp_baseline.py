@@ -7,6 +7,7 @@ server and driven through the same client, adapter and seeds as `graphvla eval`.
 
     python bench/mlp_baseline.py DATASET [--minutes 2] [--tasks mt10] [--episodes 10]
         [--compare RUN/eval-metaworld/results.json] [-o OUT]
+    python bench/mlp_baseline.py --from-results OUT/results.json --compare RUN/eval-metaworld/results.json
 
 With --compare, prints the baseline and a `graphvla eval` result side by side."""
 from __future__ import annotations
@@ -88,16 +89,20 @@ def train(states, chunks, masks, minutes: float, seed: int = 0):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("dataset", type=Path)
+    ap.add_argument("dataset", type=Path, nargs="?")
     ap.add_argument("--minutes", type=float, default=2.0)
     ap.add_argument("--tasks", default="mt10")
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--seed-offset", type=int, default=100000)
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--compare", type=Path, default=None, help="results.json of a `graphvla eval` run")
+    ap.add_argument("--from-results", type=Path, default=None,
+                    help="skip training: compare the results.json of an earlier baseline run")
     ap.add_argument("-o", "--out", type=Path, default=Path("runs/mlp-baseline"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (more only helps on an idle machine)")
     args = ap.parse_args()
+    if args.dataset is None and args.from_results is None:
+        ap.error("give a DATASET (or --from-results FILE)")
     torch.set_num_threads(args.threads)
 
     from graphvla.client import PolicyClient, load_adapter
@@ -105,18 +110,23 @@ def main():
     from graphvla.runners.serve import ServeOptions, ServerThread
     from graphvla.sim.metaworld import MT10
 
-    tasks = MT10 if args.tasks.lower() == "mt10" else args.tasks.split(",")
-    check_disjoint_seeds(args.dataset, tasks, args.seed_offset, args.episodes)
-    states, chunks, masks = load_chunks(args.dataset)
-    print(f"training a state-only MLP on {len(states)} frames for {args.minutes} min ...")
-    net, mean, std, info = train(states, chunks, masks, args.minutes)
-    print(f"  {info['steps']} steps in {info['seconds']:.0f} s, L1 {info['loss_first']:.3f} -> {info['loss_last']:.3f}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    with ServerThread(MLPPolicy(net, mean, std), ServeOptions(port=0)) as srv, PolicyClient(srv.url, None) as c:
-        summary = evaluate_metaworld(c.infer, c.metadata, load_adapter("metaworld"), tasks, args.episodes,
-                                     args.seed_offset, args.out, max_steps=args.max_steps, gifs=False, reset=c.reset)
-    summary["training"] = info
-    (args.out / "results.json").write_text(json.dumps(summary, indent=2))
+    if args.from_results:  # only print the comparison of an earlier run
+        summary = json.loads(args.from_results.read_text())
+        tasks, info = list(summary["tasks"]), summary["training"]
+    else:
+        tasks = MT10 if args.tasks.lower() == "mt10" else args.tasks.split(",")
+        check_disjoint_seeds(args.dataset, tasks, args.seed_offset, args.episodes)
+        states, chunks, masks = load_chunks(args.dataset)
+        print(f"training a state-only MLP on {len(states)} frames for {args.minutes} min ...")
+        net, mean, std, info = train(states, chunks, masks, args.minutes)
+        print(f"  {info['steps']} steps in {info['seconds']:.0f} s, L1 {info['loss_first']:.3f} -> {info['loss_last']:.3f}")
+        args.out.mkdir(parents=True, exist_ok=True)
+        with ServerThread(MLPPolicy(net, mean, std), ServeOptions(port=0)) as srv, PolicyClient(srv.url, None) as c:
+            summary = evaluate_metaworld(c.infer, c.metadata, load_adapter("metaworld"), tasks, args.episodes,
+                                         args.seed_offset, args.out, max_steps=args.max_steps, gifs=False,
+                                         reset=c.reset)
+        summary["training"] = info
+        (args.out / "results.json").write_text(json.dumps(summary, indent=2))
     print(format_table(summary))
     if args.compare:
         other = json.loads(args.compare.read_text())
