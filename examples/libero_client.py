@@ -57,7 +57,7 @@ def main():
     ap.add_argument("--episodes", type=int, default=10, help="trials per task")
     args = ap.parse_args()
 
-    from libero.libero import benchmark, get_libero_path  # noqa: F401  (needs LIBERO installed)
+    from libero.libero import benchmark  # needs LIBERO installed
     from libero.libero.envs import OffScreenRenderEnv
 
     suite = benchmark.get_benchmark_dict()[args.suite]()

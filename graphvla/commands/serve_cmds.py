@@ -1,7 +1,6 @@
 """Serving commands: `graphvla serve` (policy server) and `graphvla eval` (closed-loop evaluation)."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
