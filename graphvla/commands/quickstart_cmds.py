@@ -17,7 +17,7 @@ import click
 from ..cli import UserError
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_GRAPH = REPO / "graphs" / "metaworld" / "mt10-oft.yaml"
+DEFAULT_GRAPH = REPO / "graphs" / "metaworld" / "mt10-small.yaml"
 
 DATA_YAML = """# written by `graphvla quickstart`: the recorded demonstrations, bound to the graph's ports
 datasets:
