@@ -170,6 +170,10 @@ def test_client_vanishing_mid_request_does_not_hurt_others():
         ws.socket.close()  # vanish without a close handshake while the policy is busy
         time.sleep(0.1)
         assert_served(srv, seed=9)
+        # the vanished connection is dropped once its in-flight request finishes
+        deadline = time.monotonic() + 5.0
+        while srv.server.connections and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert srv.server.connections == 0
 
 
