@@ -62,6 +62,14 @@ def padding_mask(context_mask: torch.Tensor | None, tokens: int) -> torch.Tensor
     return ~context_mask.bool()
 
 
+def head_geometry(block: Block) -> tuple[int, int]:
+    """The preamble of every attention head: checks width/heads, sets `horizon` and `action_dim`
+    from the target port, and returns (number of context layers, context width)."""
+    check_width(block)
+    block.horizon, block.action_dim = action_shape(block)
+    return context_geometry(block)
+
+
 def check_width(block: Block):
     w, h = block.params["width"], block.params["heads"]
     if w % h:

@@ -8,23 +8,19 @@ head simply denoises against whatever features it is given (same features + same
 give the same actions). The flow-matching conventions are those of head.flow_matching."""
 from __future__ import annotations
 
-from torch import nn
 
-from ..base import Block
 from ..registry import register
-from .common import (ACTION_PARAMS, HEAD_IN_PORTS, HEAD_OUT_PORTS, WIDTH_PARAMS, ContextProjection, action_shape,
-                     check_width, context_geometry, context_layers, encoder_stack, padding_mask, resolve_layer,
-                     state_width)
-from .flow_matching import FLOW_PARAMS, FlowDiT, euler_sample, flow_matching_loss
+from .common import (ACTION_PARAMS, ContextProjection, HEAD_IN_PORTS, HEAD_OUT_PORTS, WIDTH_PARAMS,
+                     context_layers, encoder_stack, head_geometry, padding_mask, resolve_layer, state_width)
+from .flow_matching import FLOW_PARAMS, FlowDiT, FlowHead
 
 
 @register
-class DualSystemHead(Block):
+class DualSystemHead(FlowHead):
     type_name = "head.dual_system"
     description = "GR00T-style: System-2 features (backbone, projected) + a System-1 flow-matching DiT over [state; actions]."
     in_ports = HEAD_IN_PORTS
     out_ports = HEAD_OUT_PORTS
-    predict_kwargs = ("generator", "num_steps")
     params_schema = {
         "type": "object",
         "properties": {
@@ -41,15 +37,21 @@ class DualSystemHead(Block):
 
     def __init__(self, params, inputs, ctx):
         super().__init__(params, inputs, ctx)
-        check_width(self)
-        self.horizon, self.action_dim = action_shape(self)
-        num_layers, dim = context_geometry(self)
+        num_layers, dim = head_geometry(self)
         self.layer = resolve_layer(self.params["layer"], num_layers)
         w = self.params["width"]
         self.system2_proj = ContextProjection(dim, w)
         adapter_layers = self.params["adapter_layers"]
         self.system2_adapter = encoder_stack(w, self.params["heads"], adapter_layers) if adapter_layers else None
-        self.system1 = FlowDiT(self.horizon, self.action_dim, w, self.params["heads"], self.params["layers"], state_width(self))
+        self.dit = FlowDiT(self.horizon, self.action_dim, w, self.params["heads"], self.params["layers"], state_width(self))
+
+    @property
+    def system1(self):
+        """The fast flow-matching DiT (the shared FlowHead code calls it `dit`)."""
+        return self.dit
+
+    def memories(self, context, context_mask):
+        return self.system2(context, context_mask)
 
     def system2(self, context, context_mask):
         """Backbone features -> the tokens System 1 attends to (one memory shared by all DiT layers)."""
@@ -57,22 +59,4 @@ class DualSystemHead(Block):
         pad = padding_mask(context_mask, tokens.shape[1])
         if self.system2_adapter is not None:
             tokens = self.system2_adapter(tokens, src_key_padding_mask=pad)
-        return [tokens] * len(self.system1.layers), pad
-
-    def forward(self, context, context_mask=None, state=None, target=None, mask=None):
-        if target is None:
-            return self.predict(context, context_mask, state)
-        memories, pad = self.system2(context, context_mask)
-        return {"loss": flow_matching_loss(self.system1, memories, pad, state, target, mask, self.params["noise_draws"])}
-
-    def predict(self, context, context_mask=None, state=None, generator=None, num_steps=None):
-        memories, pad = self.system2(context, context_mask)
-        shape = (context.shape[0], self.horizon, self.action_dim)
-        steps = int(num_steps or self.params["num_steps"])
-        return {"actions": euler_sample(self.system1, memories, pad, state, shape, generator, steps)}
-
-    def meta_forward(self, context, context_mask=None, state=None, target=None, mask=None):
-        out = self.predict(context, context_mask, state, num_steps=1)
-        if target is not None:
-            out.update(self.forward(context, context_mask, state, target, mask))
-        return out
+        return [tokens] * len(self.dit.layers), pad

@@ -20,8 +20,8 @@ from torch import nn
 
 from ..base import Block, OutPort, ParamError
 from ..registry import register
-from .common import (ACTION_PARAMS, HEAD_IN_PORTS, WIDTH_PARAMS, ContextProjection, FeedForward, StateToken, action_shape,
-                     check_width, context_geometry, context_layers, padding_mask, resolve_layer, state_width)
+from .common import (ACTION_PARAMS, ContextProjection, FeedForward, HEAD_IN_PORTS, StateToken, WIDTH_PARAMS,
+                     context_layers, head_geometry, padding_mask, resolve_layer, state_width)
 from .fast_tokenizer import FASTTokenizer
 
 log = logging.getLogger(__name__)
@@ -80,9 +80,7 @@ class FASTHead(Block):
 
     def __init__(self, params, inputs, ctx):
         super().__init__(params, inputs, ctx)
-        check_width(self)
-        self.horizon, self.action_dim = action_shape(self)
-        num_layers, dim = context_geometry(self)
+        num_layers, dim = head_geometry(self)
         self.layer = resolve_layer(self.params["layer"], num_layers)
         self.vocab = self.params["vocab_size"]
         self.max_tokens = self.params["max_tokens"] or self.horizon * self.action_dim

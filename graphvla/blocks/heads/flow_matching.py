@@ -19,9 +19,9 @@ from torch import nn
 
 from ..base import Block, ParamError
 from ..registry import register
-from .common import (ACTION_PARAMS, HEAD_IN_PORTS, HEAD_OUT_PORTS, WIDTH_PARAMS, AdaLNLayer, ContextProjection,
-                     StateToken, action_shape, check_width, context_geometry, context_layers, padding_mask,
-                     resolve_layer, sinusoidal, state_width)
+from .common import (ACTION_PARAMS, AdaLNLayer, ContextProjection, HEAD_IN_PORTS, HEAD_OUT_PORTS, StateToken,
+                     WIDTH_PARAMS, context_layers, head_geometry, padding_mask, resolve_layer, sinusoidal,
+                     state_width)
 
 TIME_SCALE = 0.999  # s above
 
@@ -123,47 +123,15 @@ FLOW_PARAMS = {
 }
 
 
-@register
-class FlowMatchingHead(Block):
-    type_name = "head.flow_matching"
-    description = "pi0-style flow matching: a DiT over [state; actions] whose layers cross-attend to backbone layers; Euler sampling."
-    in_ports = HEAD_IN_PORTS
-    out_ports = HEAD_OUT_PORTS
+class FlowHead(Block):
+    """Training, sampling and shape probing shared by the flow-matching heads. A subclass sets
+    `self.dit` (a FlowDiT) and implements `memories(context, context_mask)` -> (one memory per
+    DiT layer, key padding mask)."""
+
     predict_kwargs = ("generator", "num_steps")
-    params_schema = {
-        "type": "object",
-        "properties": {
-            **WIDTH_PARAMS,
-            **FLOW_PARAMS,
-            "layer_map": {"type": ["array", "null"], "items": {"type": "integer"}, "default": None,
-                          "description": "context layer each DiT layer cross-attends to (one entry per DiT layer, "
-                                         "negative counts from the end); default spreads them evenly"},
-            **ACTION_PARAMS,
-        },
-        "additionalProperties": False,
-    }
 
-    def __init__(self, params, inputs, ctx):
-        super().__init__(params, inputs, ctx)
-        check_width(self)
-        self.horizon, self.action_dim = action_shape(self)
-        num_layers, dim = context_geometry(self)
-        n = self.params["layers"]
-        layer_map = self.params["layer_map"]
-        if layer_map is None:
-            layer_map = default_layer_map(n, num_layers)
-        elif len(layer_map) != n:
-            raise ParamError("layer_map", f"has {len(layer_map)} entries but the DiT has {n} layers (with.layers)")
-        self.layer_map = [resolve_layer(i, num_layers, "layer_map") for i in layer_map]
-        w = self.params["width"]
-        # one projection per DiT layer: different backbone layers live in different spaces
-        self.context_proj = nn.ModuleList(ContextProjection(dim, w) for _ in range(n))
-        self.dit = FlowDiT(self.horizon, self.action_dim, w, self.params["heads"], n, state_width(self))
-
-    def memories(self, context, context_mask):
-        layers = context_layers(context)
-        memories = [proj(layers[:, i]) for proj, i in zip(self.context_proj, self.layer_map)]
-        return memories, padding_mask(context_mask, layers.shape[2])
+    def memories(self, context, context_mask):  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def forward(self, context, context_mask=None, state=None, target=None, mask=None):
         if target is None:
@@ -182,3 +150,43 @@ class FlowMatchingHead(Block):
         if target is not None:
             out.update(self.forward(context, context_mask, state, target, mask))
         return out
+
+
+@register
+class FlowMatchingHead(FlowHead):
+    type_name = "head.flow_matching"
+    description = "pi0-style flow matching: a DiT over [state; actions] whose layers cross-attend to backbone layers; Euler sampling."
+    in_ports = HEAD_IN_PORTS
+    out_ports = HEAD_OUT_PORTS
+    params_schema = {
+        "type": "object",
+        "properties": {
+            **WIDTH_PARAMS,
+            **FLOW_PARAMS,
+            "layer_map": {"type": ["array", "null"], "items": {"type": "integer"}, "default": None,
+                          "description": "context layer each DiT layer cross-attends to (one entry per DiT layer, "
+                                         "negative counts from the end); default spreads them evenly"},
+            **ACTION_PARAMS,
+        },
+        "additionalProperties": False,
+    }
+
+    def __init__(self, params, inputs, ctx):
+        super().__init__(params, inputs, ctx)
+        num_layers, dim = head_geometry(self)
+        n = self.params["layers"]
+        layer_map = self.params["layer_map"]
+        if layer_map is None:
+            layer_map = default_layer_map(n, num_layers)
+        elif len(layer_map) != n:
+            raise ParamError("layer_map", f"has {len(layer_map)} entries but the DiT has {n} layers (with.layers)")
+        self.layer_map = [resolve_layer(i, num_layers, "layer_map") for i in layer_map]
+        w = self.params["width"]
+        # one projection per DiT layer: different backbone layers live in different spaces
+        self.context_proj = nn.ModuleList(ContextProjection(dim, w) for _ in range(n))
+        self.dit = FlowDiT(self.horizon, self.action_dim, w, self.params["heads"], n, state_width(self))
+
+    def memories(self, context, context_mask):
+        layers = context_layers(context)
+        memories = [proj(layers[:, i]) for proj, i in zip(self.context_proj, self.layer_map)]
+        return memories, padding_mask(context_mask, layers.shape[2])

@@ -3,7 +3,6 @@ head; the block library adds FAST, OFT, flow matching and dual-system heads."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..base import Block, InPort, OutPort, ParamError, PortError

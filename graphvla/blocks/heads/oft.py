@@ -8,9 +8,9 @@ from torch import nn
 
 from ..base import Block
 from ..registry import register
-from .common import (ACTION_PARAMS, HEAD_IN_PORTS, HEAD_OUT_PORTS, WIDTH_PARAMS, ContextProjection, MLPResNet,
-                     StateToken, action_shape, check_width, context_geometry, context_layers, encoder_stack,
-                     masked_l1, padding_mask, resolve_layer, state_width)
+from .common import (ACTION_PARAMS, ContextProjection, HEAD_IN_PORTS, HEAD_OUT_PORTS, MLPResNet, StateToken,
+                     WIDTH_PARAMS, context_layers, encoder_stack, head_geometry, masked_l1, padding_mask,
+                     resolve_layer, state_width)
 
 
 @register
@@ -34,9 +34,7 @@ class OFTHead(Block):
 
     def __init__(self, params, inputs, ctx):
         super().__init__(params, inputs, ctx)
-        check_width(self)
-        self.horizon, self.action_dim = action_shape(self)
-        num_layers, dim = context_geometry(self)
+        num_layers, dim = head_geometry(self)
         self.layer = resolve_layer(self.params["layer"], num_layers)
         w = self.params["width"]
         self.context_proj = ContextProjection(dim, w)
