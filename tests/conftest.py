@@ -9,6 +9,17 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_SPEC = REPO / "graphs" / "tiny" / "mlp.yaml"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """The test models are tiny: a second intra-op thread only adds contention on a 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_text() -> str:
     """The YAML text of graphs/tiny/mlp.yaml (small encoders + MLP head)."""

@@ -7,7 +7,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 
 from graphvla.compiler.compile import compile_graph
 from graphvla.spec.loader import load_spec

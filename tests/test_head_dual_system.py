@@ -11,14 +11,6 @@ from graphvla.compiler.compile import CompiledGraph
 N, T, D, H, A = 16, 6, 16, 4, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls: a second thread only adds contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def spec(every: int) -> str:
     infer = f"\n    infer: {{every: {every}}}" if every > 1 else ""

@@ -15,14 +15,6 @@ from graphvla.errors import SpecError
 N, T, D, H, A = 16, 6, 16, 8, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls: a second thread only adds contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def smooth_chunks(n, seed):
     rng = np.random.default_rng(seed)

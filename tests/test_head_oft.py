@@ -9,14 +9,6 @@ from graphvla.blocks.heads.oft import OFTHead
 N, T, D, H, A = 16, 6, 16, 4, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls: a second thread only adds contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make_head(params, context_shape=(N, T, D), with_state=False, with_mask=False):
     infos = {"context": PortInfo("layers" if len(context_shape) == 4 else "hidden", context_shape),

@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import networkx as nx
-import torch
 from torch import fx, nn
 
 from ..spec.loader import Spec, load_spec

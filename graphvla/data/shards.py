@@ -11,7 +11,6 @@ Plain webdataset pipelines can stream the tars; `open_shards` gives the same `Fr
 the folder (so shards and folder yield identical items) by seeking into the tars."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile

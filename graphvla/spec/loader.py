@@ -14,7 +14,6 @@ from pathlib import Path
 import yaml
 
 from ..errors import IssueList, Location, SpecError, SpecIssue
-from .schema import SPEC_VERSION
 from .yaml_source import SourceMap, load_yaml_file, load_yaml_text
 
 COLLECTIONS = ("inputs", "blocks", "losses", "outputs")
