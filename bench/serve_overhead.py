@@ -3,6 +3,10 @@
 (a) overhead = openpi-client round-trip time minus the policy's own inference time (the
     server's `server_timing.infer_ms`), p50 / p99, for two 224x224 RGB images + state, with
     the direct in-process `Policy.infer` time as the baseline;
+    Two controls isolate what the server itself costs: a no-op policy (the server's own path:
+    decode, key map, hand-off, encode, wire) and a policy that only sleeps as long as the real
+    one computes (on this VM, CPUs that idle for milliseconds take a while to wake: the cost
+    shows up as overhead for any policy that takes milliseconds, whatever the server does);
 (b) throughput of 8 concurrent openpi clients with dynamic batching on (max batch 8) against
     off (max batch 1).
 
@@ -54,10 +58,21 @@ class NullPolicy:
         pass
 
 
-def serve(port: int, max_batch: int, null: bool = False):
+class SleepPolicy(NullPolicy):
+    """Takes as long as the real policy but leaves the CPU idle meanwhile."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def infer(self, obs):
+        time.sleep(self.seconds)
+        return super().infer(obs)
+
+
+def serve(port: int, max_batch: int, kind: str = "torch", sleep_s: float = 0.003):
     from graphvla.runners.serve import PolicyServer, ServeOptions
 
-    policy = NullPolicy() if null else build_policy()
+    policy = {"torch": build_policy, "noop": NullPolicy, "sleep": lambda: SleepPolicy(sleep_s)}[kind]()
     PolicyServer(policy, ServeOptions(port=port, max_batch=max_batch, max_wait_ms=2.0, key_map=KEY_MAP)).run()
 
 
@@ -77,9 +92,9 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, max_batch, null=False):
+    def __init__(self, max_batch, kind="torch", sleep_s=0.003):
         self.port = free_port()
-        self.proc = mp.get_context("spawn").Process(target=serve, args=(self.port, max_batch, null), daemon=True)
+        self.proc = mp.get_context("spawn").Process(target=serve, args=(self.port, max_batch, kind, sleep_s), daemon=True)
 
     def __enter__(self):
         self.proc.start()
@@ -115,8 +130,9 @@ def overhead(requests: int):
         policy.infer(ports)
         direct.append((time.perf_counter() - t) * 1000)
     measured = {}
-    for null in (False, True):
-        with Server(max_batch=8, null=null) as srv:
+    for kind in ("torch", "noop", "sleep"):
+        infer_s = float(np.median(measured["torch"][1])) / 1000 if kind == "sleep" else 0.0
+        with Server(max_batch=8, kind=kind, sleep_s=infer_s) as srv:
             c = client(srv.port)
             obs = observation()
             rtt, infer, over = [], [], []
@@ -128,8 +144,8 @@ def overhead(requests: int):
                     rtt.append(dt)
                     infer.append(out["server_timing"]["infer_ms"])
                     over.append(dt - out["server_timing"]["infer_ms"])
-        measured[null] = (rtt, infer, over)
-    rtt, infer, over = measured[False]
+        measured[kind] = (rtt, infer, over)
+    rtt, infer, over = measured["torch"]
     p = lambda xs, q: float(np.percentile(xs, q))  # noqa: E731
     print(f"(a) {requests} requests, 2 x 224x224x3 uint8 + state[8] ({sum(v.nbytes for v in obs.values() if hasattr(v, 'nbytes')) / 1e6:.2f} MB)")
     print(f"    direct Policy.infer (baseline)   p50 {p(direct, 50):7.3f} ms  p99 {p(direct, 99):7.3f} ms")
@@ -138,9 +154,12 @@ def overhead(requests: int):
     print(f"    server overhead (rtt - infer)    p50 {p(over, 50):7.3f} ms  p99 {p(over, 99):7.3f} ms"
           f"   (target p50 < 1 ms: {'met' if p(over, 50) < 1.0 else 'NOT met'})")
     print(f"    round trip / direct inference    {p(rtt, 50) / p(direct, 50):.2f}x at p50")
-    n_rtt, _, n_over = measured[True]
+    n_rtt, _, n_over = measured["noop"]
     print(f"    same request to a no-op policy:  round trip p50 {p(n_rtt, 50):.3f} ms, "
-          f"overhead p50 {p(n_over, 50):.3f} ms  p99 {p(n_over, 99):.3f} ms")
+          f"overhead p50 {p(n_over, 50):.3f} ms  p99 {p(n_over, 99):.3f} ms   (the server's own path)")
+    s_rtt, s_infer, s_over = measured["sleep"]
+    print(f"    a policy sleeping {p(s_infer, 50):.1f} ms:     round trip p50 {p(s_rtt, 50):.3f} ms, "
+          f"overhead p50 {p(s_over, 50):.3f} ms  p99 {p(s_over, 99):.3f} ms   (idle-CPU wake-up included)")
 
 
 def throughput(seconds: float, clients: int = 8):
