@@ -20,7 +20,7 @@ def test_two_processes_keep_weights_in_sync(tmp_path):
            "--mixed_precision", "no", "--dynamo_backend", "no", str(worker), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert (r0["world"], r1["world"]) == (2, 2)
     # each rank drew its own shard of the data
     assert (r0["shard"], r1["shard"]) == ((0, 2), (1, 2))

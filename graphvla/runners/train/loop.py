@@ -204,7 +204,7 @@ class Trainer:
                 feed.load_state_dict(state["samplers"][rank][s])
         self.step = int(state["step"])
         self.history_tail = state.get("history_tail", [])
-        self._rng_to_restore = torch.load(ckpt / "rng.pt", map_location="cpu", weights_only=False)[rank]
+        self._rng_to_restore = torch.load(ckpt / "rng.pt", map_location="cpu", weights_only=True)[rank]
         self.resumed_from = ckpt
 
     # checkpoint -------------------------------------------------------------------------------
