@@ -75,6 +75,18 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     return None
 
 
+def article(word) -> str:
+    """'an image', 'a loss': for messages that name a kind or a type."""
+    word = str(word)
+    return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first line (torch errors carry a C++ backtrace after it), or its type."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
 def known_list(choices: Iterable[str], limit: int = 30) -> str:
     items = sorted(str(c) for c in choices)
     more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""

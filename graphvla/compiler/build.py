@@ -13,7 +13,7 @@ import traceback
 import torch
 
 from ..blocks.base import BuildContext, ParamError, PortError, PortInfo
-from ..errors import SpecError
+from ..errors import SpecError, first_line
 from . import dag as D
 
 PROBE_BATCHES = (2, 3)
@@ -83,7 +83,7 @@ def build(spec, g, device="meta", issues=None):
             for i, (b, texts) in enumerate(zip(PROBE_BATCHES, PROBE_TEXTS)):
                 values[i][(node, None)] = probe_input(decl, b, texts)
         except (RuntimeError, ValueError, TypeError, OverflowError) as e:
-            issues.add(f"cannot make a tensor for this input: {_first_line(e)}", ("inputs", name))
+            issues.add(f"cannot make a tensor for this input: {first_line(e)}", ("inputs", name))
             failed.add(node)
             continue
         shapes[(node, None)] = symbolic([shape_of(v[(node, None)]) for v in values])
@@ -200,12 +200,6 @@ class BudgetExceeded(RuntimeError):
     pass
 
 
-def _first_line(e: BaseException) -> str:
-    """Torch errors can carry a C++ backtrace after the first line; users need the first line."""
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 def _check_outputs(out, bid, data, issues) -> bool:
     if not isinstance(out, dict):
         issues.add(f"block type {data['type']} returned {type(out).__name__}, not a dict of output ports", ("blocks", bid), block=bid)
@@ -244,7 +238,7 @@ def _report_build_error(e, bid, data, wired, port_info, issues, probing=False):
     else:
         inputs = ", ".join(f"{p}={list(i.shape) if i.shape is not None else i.kind} from {i.source}" for p, i in port_info.items())
         what = "shape check (meta tensors) failed" if probing else "could not build"
-        issues.add(f"{what} for {data['type']}: {type(e).__name__}: {_first_line(e)}", ("blocks", bid), block=bid,
+        issues.add(f"{what} for {data['type']}: {type(e).__name__}: {first_line(e)}", ("blocks", bid), block=bid,
                    hint=f"inputs: {inputs}" if inputs else None)
         if getattr(issues, "debug", False):
             traceback.print_exc()

@@ -11,7 +11,7 @@ import networkx as nx
 
 from ..blocks.base import with_defaults
 from ..blocks.registry import registered
-from ..errors import IssueList, did_you_mean, known_list
+from ..errors import IssueList, article, did_you_mean, known_list
 from ..spec.schema import INPUT_KINDS, REF
 
 INPUT_PREFIX = "inputs."
@@ -145,7 +145,7 @@ def _wire_ref(g, dst, dst_port, ref, path, inputs, blocks, issues, want_kind=Non
         train_only = outs[src_port].train_only
         src_node = src
     if want_kind and kind != want_kind:
-        issues.add(f"'{ref}' is {_a(kind)} port, expected {_a(want_kind)} port", path)
+        issues.add(f"'{ref}' is {article(kind)} port, expected {article(want_kind)} port", path)
         return
     if output and train_only:
         issues.add(f"'{ref}' only exists in training (it needs targets) and cannot be an output", path)
@@ -161,10 +161,6 @@ def _wire_ref(g, dst, dst_port, ref, path, inputs, blocks, issues, want_kind=Non
                        hint=f"make inputs.{src_port} non-optional or wire a required value")
     g.add_edge(src_node, dst, key=dst_port, src_port=src_port if src != "inputs" else None, dst_port=dst_port,
                kind=kind, ref=ref, train_only=train_only, path=path)
-
-
-def _a(word: str) -> str:
-    return ("an " if word[:1] in "aeiou" else "a ") + word
 
 
 def _check_cycles(g, issues) -> bool:
@@ -198,7 +194,7 @@ def _check_inference(g, issues):
 
 
 def _check_unused(g, losses, issues):
-    used = _with_owners(g, _needed_by(g, [n for n, d in g.nodes(data=True) if d["role"] in ("loss", "output")]))
+    used = _used_nodes(g)
     for n, d in g.nodes(data=True):
         if n in used:
             continue
@@ -246,8 +242,13 @@ def _with_owners(g, nodes) -> set:
         nodes |= _needed_by(g, owners)
 
 
+def _used_nodes(g) -> set:
+    """Every node a loss or an output needs, shared modules' owners included."""
+    return _with_owners(g, _needed_by(g, [n for n, d in g.nodes(data=True) if d["role"] in ("loss", "output")]))
+
+
 def used_blocks(g) -> list[str]:
-    return topo_blocks(g, _with_owners(g, _needed_by(g, [n for n, d in g.nodes(data=True) if d["role"] in ("loss", "output")])))
+    return topo_blocks(g, _used_nodes(g))
 
 
 def build_order(g) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import IssueList, Location, SpecError, SpecIssue
+from ..errors import IssueList, Location, SpecError, SpecIssue, first_line
 from .yaml_source import SourceMap, load_yaml_file, load_yaml_text
 
 COLLECTIONS = ("inputs", "blocks", "losses", "outputs")
@@ -184,8 +184,7 @@ def apply_overrides(spec: Spec, overrides) -> None:
         try:
             value = _plain(yaml.safe_load(raw)) if raw.strip() else ""
         except (yaml.YAMLError, ValueError, TypeError, RecursionError) as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            issues.append(SpecIssue(f"value '{raw}' is not valid YAML: {reason}", tuple(keys), where))
+            issues.append(SpecIssue(f"value '{raw}' is not valid YAML: {first_line(e)}", tuple(keys), where))
             continue
         problem = _set_path(spec.data, keys, value)
         if problem:

@@ -8,7 +8,7 @@ import math
 
 import jsonschema
 
-from ..errors import IssueList, did_you_mean
+from ..errors import IssueList, article, did_you_mean
 from .schema import COMMON_INPUT_FIELDS, INPUT_FIELDS, SPEC_VERSION, spec_schema
 
 MAX_INT = 2**63 - 1
@@ -117,7 +117,7 @@ def _report(err, schema, types, issues):
     elif v == "type":
         want = err.validator_value
         want = " or ".join(want) if isinstance(want, list) else want
-        issues.add(f"expected {_article(want)}, got {_describe(inst)}", path, block=block)
+        issues.add(f"expected {article(want)}, got {_describe(inst)}", path, block=block)
     elif v == "pattern" and err.validator_value.count(r"\.") == 1:
         issues.add(f"'{inst}' is not a reference: write 'inputs.NAME' or 'BLOCK.PORT'", path, block=block)
     elif v == "pattern" and "propertyNames" in err.absolute_schema_path:
@@ -138,10 +138,6 @@ def _report(err, schema, types, issues):
         issues.add("must not be empty", path, block=block)
     else:
         issues.add(err.message if len(err.message) < 200 else err.message[:200] + "...", path, block=block)
-
-
-def _article(word):
-    return ("an " if str(word)[:1] in "aeiou" else "a ") + str(word)
 
 
 def _describe(value):
