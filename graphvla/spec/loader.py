@@ -186,11 +186,10 @@ def apply_overrides(spec: Spec, overrides) -> None:
         except (yaml.YAMLError, ValueError, TypeError, RecursionError) as e:
             issues.append(SpecIssue(f"value '{raw}' is not valid YAML: {first_line(e)}", tuple(keys), where))
             continue
-        problem = _set_path(spec.data, keys, value)
+        path, problem = _set_path(spec.data, keys, value)
         if problem:
             issues.append(SpecIssue(f"cannot set '{dotted}': {problem}", tuple(keys), where))
             continue
-        path = tuple(int(k) if k.isdigit() and _is_list_at(spec.data, keys[:i]) else k for i, k in enumerate(keys))
         spec.source.drop(path)
         spec.source.values[path] = where
         spec.source.keys[path] = where
@@ -198,30 +197,26 @@ def apply_overrides(spec: Spec, overrides) -> None:
         raise SpecError(issues)
 
 
-def _is_list_at(data, keys) -> bool:
-    node = data
-    for k in keys:
-        node = node[int(k)] if isinstance(node, list) else node[k]
-    return isinstance(node, list)
-
-
-def _set_path(data: dict, keys: list, value) -> str | None:
+def _set_path(data: dict, keys: list, value) -> tuple[tuple, str | None]:
     """Set data[k0][k1]... = value, creating missing maps; list items are addressed by index.
-    Returns what went wrong, in the user's terms, or None."""
-    node = data
+    Returns the document path it set (list indices as ints) and what went wrong, in the
+    user's terms, or None."""
+    node, path = data, []
     for i, k in enumerate(keys):
         last = i == len(keys) - 1
         where = ".".join(keys[:i]) or "<root>"
         if isinstance(node, list):
             if not k.isdigit():
-                return f"'{k}' is not a list index ('{where}' is a list)"
+                return tuple(path), f"'{k}' is not a list index ('{where}' is a list)"
             if int(k) >= len(node):
-                return f"'{where}' has no item {k} (it has {len(node)})"
+                return tuple(path), f"'{where}' has no item {k} (it has {len(node)})"
+            path.append(int(k))
             if last:
                 node[int(k)] = value
             else:
                 node = node[int(k)]
         elif isinstance(node, dict):
+            path.append(k)
             if last:
                 node[k] = value
             else:
@@ -229,8 +224,8 @@ def _set_path(data: dict, keys: list, value) -> str | None:
                     node[k] = {}
                 node = node[k]
         else:
-            return f"'{where}' is not a mapping"
-    return None
+            return tuple(path), f"'{where}' is not a mapping"
+    return tuple(path), None
 
 
 def _plain(value):
