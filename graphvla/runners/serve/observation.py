@@ -141,7 +141,8 @@ class ObservationMapper:
         return f"an array for input '{port}' ({kind})"
 
     def _image(self, key, value, decl, stacked: bool) -> np.ndarray:
-        """Canonical layouts the Policy accepts: uint8 [.., H, W, 3] or float [.., 3, H, W]."""
+        """Canonical layouts the Policy accepts: uint8 [.., H, W, 3] or float [.., 3, H, W].
+        Arrays may stay read-only views of the message: Policy.infer copies them into tensors."""
         def bad():
             return ObservationError(f"'{key}': expected {self._expect(key)}, got {_describe(value)}")
 
@@ -169,8 +170,6 @@ class ObservationMapper:
             frames = frames.astype(np.float32, copy=False)
             if not np.all(np.isfinite(frames)):
                 raise ObservationError(f"'{key}': image contains NaN or inf")
-        # arrays decoded from the wire are read-only views of the message; torch wants its own memory
-        frames = np.ascontiguousarray(frames) if frames.flags.writeable else np.array(frames, order="C")
         return frames if stacked else frames[0]
 
     def _text(self, key, value) -> str:
