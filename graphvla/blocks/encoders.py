@@ -2,6 +2,8 @@
 text encoder. They stand in for large backbones in tests and tiny graphs."""
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -89,7 +91,7 @@ class TextEncoder(Block):
         self.embed = nn.Embedding(257, d, padding_idx=0)
         self.pos = nn.Parameter(torch.randn(1, self.params["max_length"], d) * 0.02)
         layer = nn.TransformerEncoderLayer(d, self.params["heads"], 2 * d, dropout=0.0, batch_first=True, norm_first=True)
-        self.layers = nn.ModuleList(_clone(layer) for _ in range(self.params["layers"]))
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(self.params["layers"]))
         self.norm = nn.LayerNorm(d)
 
     def forward(self, text):
@@ -102,9 +104,3 @@ class TextEncoder(Block):
         m = mask.unsqueeze(-1).to(x.dtype)
         pooled = (x * m).sum(1) / m.sum(1).clamp(min=1)
         return {"hidden": x, "mask": mask, "pooled": pooled}
-
-
-def _clone(module):
-    import copy
-
-    return copy.deepcopy(module)

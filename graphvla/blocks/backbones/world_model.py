@@ -11,6 +11,8 @@ frame), with `future_loss` when the
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,7 +88,7 @@ class WorldModel(Block):
         self.future_queries = nn.Parameter(torch.randn(1, self.tokens_per_frame, d) * 0.02)
         layer = nn.TransformerEncoderLayer(d, p["heads"], 4 * d, dropout=0.0, batch_first=True, norm_first=True,
                                            activation="gelu")
-        self.blocks = nn.ModuleList(_clone(layer) for _ in range(p["layers"]))
+        self.blocks = nn.ModuleList(copy.deepcopy(layer) for _ in range(p["layers"]))
         self.norm = nn.LayerNorm(d)
         r = p["future_res"]
         self.future_head = nn.Linear(d, channels * r * r)
@@ -160,9 +162,3 @@ class WorldModel(Block):
 
     def predict(self, images, text, history=None):
         return self.forward(images, text, history)
-
-
-def _clone(module):
-    import copy
-
-    return copy.deepcopy(module)
