@@ -17,7 +17,7 @@ import torch
 from .config import Entry, read_data_config
 from .frames import ActionDataset, bind
 from .lerobot import DatasetError, FrameSource, open_lerobot
-from .ports import StreamPorts, as_spec, stream_ports
+from .ports import as_spec, stream_ports
 from .sampler import StreamSampler
 from .shards import is_shard_dir, open_shards
 from .stats import compute_stats
