@@ -53,6 +53,7 @@ class InPort:
 class OutPort:
     kind: str
     train_only: bool = False  # produced only by forward() with targets (losses, ...)
+    infer_only: bool = False  # produced only by predict() (e.g. generated tokens): no loss can use it
     doc: str = ""
 
 

@@ -55,6 +55,7 @@ def build_dag(spec, issues: IssueList | None = None) -> nx.MultiDiGraph:
 
     if not _check_cycles(g, issues):
         _check_inference(g, issues)
+        _check_training(g, issues)
         _check_unused(g, losses, issues)
     return g
 
@@ -130,6 +131,7 @@ def _wire_ref(g, dst, dst_port, ref, path, inputs, blocks, issues, want_kind=Non
             return  # the input's own declaration is broken and reported
         kind = g.nodes[src_node]["kind"]
         train_only = g.nodes[src_node]["train_only"]
+        infer_only = False
     else:
         if src not in blocks:
             issues.add(f"no block '{src}'", path, block=block, hint=did_you_mean(src, blocks) or known_list(blocks))
@@ -143,6 +145,7 @@ def _wire_ref(g, dst, dst_port, ref, path, inputs, blocks, issues, want_kind=Non
             return
         kind = outs[src_port].kind
         train_only = outs[src_port].train_only
+        infer_only = outs[src_port].infer_only
         src_node = src
     if want_kind and kind != want_kind:
         issues.add(f"'{ref}' is {article(kind)} port, expected {article(want_kind)} port", path)
@@ -160,7 +163,7 @@ def _wire_ref(g, dst, dst_port, ref, path, inputs, blocks, issues, want_kind=Non
             issues.add(f"'{ref}' is optional but port '{dst_port}' of {g.nodes[dst]['type']} is required", path, block=block,
                        hint=f"make inputs.{src_port} non-optional or wire a required value")
     g.add_edge(src_node, dst, key=dst_port, src_port=src_port if src != "inputs" else None, dst_port=dst_port,
-               kind=kind, ref=ref, train_only=train_only, path=path)
+               kind=kind, ref=ref, train_only=train_only, infer_only=infer_only, path=path)
 
 
 def _check_cycles(g, issues) -> bool:
@@ -193,6 +196,30 @@ def _check_inference(g, issues):
                                e["path"])
 
 
+def _check_training(g, issues):
+    """Mark which values exist in training and check that no loss needs a value only predict()
+    makes (generated tokens, ...), directly or through other blocks."""
+    for node in nx.topological_sort(g):
+        data = g.nodes[node]
+        data["at_training"], why = True, None
+        for src, _, e in g.in_edges(node, data=True):
+            if e.get("infer_only") or not g.nodes[src]["at_training"]:
+                data["at_training"] = False
+                why = why or (e["ref"] if e.get("infer_only") else g.nodes[src]["needs_predict"])
+                if data["role"] == "loss":
+                    via = "" if why == e["ref"] else f" (through {e['ref']})"
+                    issues.add(f"loss '{data['name']}' needs '{why}'{via}, which exists only at inference "
+                               "(predict), not in training", e["path"])
+        data["needs_predict"] = why
+
+
+def _skipped(g, src, e, inference) -> bool:
+    """An edge whose value does not exist in this mode (targets at inference, generated values in training)."""
+    if inference:
+        return e["train_only"] or not g.nodes[src].get("at_inference", True)
+    return e.get("infer_only", False) or not g.nodes[src].get("at_training", True)
+
+
 def _check_unused(g, losses, issues):
     used = _used_nodes(g)
     for n, d in g.nodes(data=True):
@@ -220,7 +247,7 @@ def train_blocks(g, stream) -> list[str]:
     sinks = [n for n, d in g.nodes(data=True) if d["role"] == "loss" and d["stream"] == stream]
     need = set()
     for s in sinks:
-        need |= nx.ancestors(g, s)
+        need |= _mode_ancestors(g, s, inference=False)
     return topo_blocks(g, need)
 
 
@@ -247,6 +274,11 @@ def _used_nodes(g) -> set:
     return _with_owners(g, _needed_by(g, [n for n, d in g.nodes(data=True) if d["role"] in ("loss", "output")]))
 
 
+def used_inputs(g) -> list[str]:
+    """Names of the inputs a loss or an output needs (declared but unused ones are left out)."""
+    return [g.nodes[n]["name"] for n in _used_nodes(g) if g.nodes[n].get("role") == "input"]
+
+
 def used_blocks(g) -> list[str]:
     return topo_blocks(g, _used_nodes(g))
 
@@ -265,26 +297,27 @@ def build_order(g) -> list[str]:
 def infer_blocks(g) -> list[str]:
     need = set()
     for s in [n for n, d in g.nodes(data=True) if d["role"] == "output"]:
-        need |= _infer_ancestors(g, s)
+        need |= _mode_ancestors(g, s, inference=True)
     return topo_blocks(g, need)
 
 
-def _infer_ancestors(g, node):
-    out = set()
-    for src, _, e in g.in_edges(node, data=True):
-        if e["train_only"] or not g.nodes[src].get("at_inference", True):
-            continue
-        if src not in out:
-            out.add(src)
-            out |= _infer_ancestors(g, src)
+def _mode_ancestors(g, node, inference):
+    """Ancestors of a node through the edges that exist in training (or at inference)."""
+    out, todo = set(), [node]
+    while todo:
+        for src, _, e in g.in_edges(todo.pop(), data=True):
+            if not _skipped(g, src, e, inference) and src not in out:
+                out.add(src)
+                todo.append(src)
     return out
 
 
-def in_edges(g, node, inference=False):
-    """(dst_port, src_node, src_port, edge data) of a node, skipping train-only ones at inference."""
+def in_edges(g, node, inference=None):
+    """(dst_port, src_node, src_port, edge data) of a node: all of them (inference=None), or without
+    the edges whose values do not exist in that mode (targets at inference, generated values in training)."""
     rows = []
     for src, _, e in g.in_edges(node, data=True):
-        if inference and (e["train_only"] or not g.nodes[src].get("at_inference", True)):
+        if inference is not None and _skipped(g, src, e, inference):
             continue
         rows.append((e["dst_port"], src, e["src_port"], e))
     return sorted(rows, key=lambda r: list(g.nodes[node].get("in_ports", {r[0]: 0})).index(r[0]) if g.nodes[node].get("in_ports") else 0)
