@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from train_doubles import metaworld_data  # noqa: F401  (a session fixture: one recording for every module)
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_SPEC = REPO / "graphs" / "tiny" / "mlp.yaml"

@@ -14,7 +14,7 @@ from graphvla.runners.train.optim import cosine_factor
 from graphvla.runners.train.streams import StreamSchedule
 from graphvla.spec.loader import load_spec
 from train_doubles import (TINY_SPEC, DataBundleDouble, NormalizerDouble, ShardedSampler, SyntheticActions, collate,
-                           compute_stats, metaworld_data, real_data_layer)  # noqa: F401  (metaworld_data: fixture)
+                           compute_stats, real_data_layer)
 
 torch.set_num_threads(1)
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from train_doubles import metaworld_data  # noqa: F401  (fixture)
 
 
 

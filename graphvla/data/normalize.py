@@ -105,9 +105,9 @@ class Normalizer:
     def check_compatible(self, spec) -> None:
         """Raise ValueError naming the port when statistics and the graph's state/action ports
         differ in names or widths."""
-        from .ports import all_ports
+        from .ports import used_ports
 
-        ports = {n: p for n, p in all_ports(spec).items() if p.kind in NORMALIZED_KINDS}
+        ports = {n: p for n, p in used_ports(spec).items() if p.kind in NORMALIZED_KINDS}
         problems = []
         for name, p in ports.items():
             if name not in self.stats:

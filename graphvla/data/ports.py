@@ -102,6 +102,15 @@ def all_ports(spec) -> dict[str, Port]:
     return {n: _port(n, d) for n, d in as_spec(spec).inputs.items()}
 
 
+def used_ports(spec) -> dict[str, Port]:
+    """The inputs a loss or an output of the graph needs; a declared but unused input is left out."""
+    from ..compiler.dag import build_dag, used_inputs
+
+    spec = as_spec(spec)
+    used = set(used_inputs(build_dag(spec)))
+    return {n: p for n, p in all_ports(spec).items() if n in used}
+
+
 def _port(name: str, decl: dict) -> Port:
     return Port(name, decl["kind"], dict(decl), bool(decl.get("optional")))
 
