@@ -19,7 +19,7 @@ warnings.filterwarnings("ignore")
 TINY = Path(__file__).resolve().parents[1] / "graphs" / "tiny"
 
 
-@pytest.mark.parametrize("name", ["oft", "pi", "gr00t", "fast", "worldmodel-pi"])
+@pytest.mark.parametrize("name", ["oft", "pi", "gr00t", "fast", "worldmodel-pi", "fast-lm"])
 def test_check_passes_on_every_tiny_graph(name):
     result = CliRunner().invoke(main, ["check", str(TINY / f"{name}.yaml")])
     assert result.exit_code == 0, result.output

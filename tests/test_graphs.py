@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1] / "graphs"
 BACKBONES = ["qwen3vl", "qwen25vl", "worldmodel"]
 HEADS = {"fast": "head.fast", "oft": "head.oft", "pi": "head.flow_matching", "gr00t": "head.dual_system"}
 STARVLA = [f"{b}-{h}" for b in BACKBONES for h in HEADS]
-TINY = ["fast", "oft", "pi", "gr00t", "worldmodel-pi"]
+TINY = ["fast", "oft", "pi", "gr00t", "worldmodel-pi", "fast-lm"]
 # backbone parameters: the published sizes of the checkpoints; the world model's is ours
 BACKBONE_PARAMS = {"qwen3vl": 4_437_815_808, "qwen25vl": 3_754_622_976}
 

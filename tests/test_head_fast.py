@@ -8,7 +8,7 @@ import torch
 
 import graphvla
 from graphvla.blocks.base import BuildContext, ParamError, PortInfo
-from graphvla.blocks.heads.fast import FASTHead
+from graphvla.blocks.heads.fast import FASTHead, decode_tokens
 from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
 from graphvla.errors import SpecError
 
@@ -69,7 +69,7 @@ def test_malformed_tokens_never_crash(tokenizer_dir, caplog):
     good = tok.encode(smooth_chunks(1, 5))[0]
     garbage = [good, [127, 500, -3], good[:2], good + good, []]
     with caplog.at_level(logging.WARNING):
-        actions, ok = head.decode_tokens(garbage)
+        actions, ok = decode_tokens(head, garbage)
     assert ok.tolist() == [True, False, False, False, False]
     assert not actions[1:].any() and actions[0].abs().max() > 0.05
     assert "4 of 5 samples" in caplog.text

@@ -19,6 +19,7 @@ BUILTIN_MODULES = [
     "graphvla.blocks.heads.mlp",
     "graphvla.blocks.backbones.hf_vlm", "graphvla.blocks.backbones.world_model", "graphvla.blocks.aux.lm_loss", "graphvla.blocks.aux.future_obs", "graphvla.blocks.layers", "graphvla.blocks.projector",
     "graphvla.blocks.heads.oft", "graphvla.blocks.heads.flow_matching", "graphvla.blocks.heads.dual_system", "graphvla.blocks.heads.fast",
+    "graphvla.blocks.heads.fast_lm",
 ]
 
 _REGISTRY: dict[str, type[Block]] = {}

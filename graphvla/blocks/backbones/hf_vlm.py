@@ -4,6 +4,12 @@ Idefics3, ...) through transformers' Auto classes, with the model's own processo
 The instruction is the user turn, preceded by the image(s) of all views. Outputs follow the
 backbone contract: `hidden` (last layer), `layers` (the decoder layers chosen by `with.layers`),
 `mask` and, when `target_text` is wired, `lm_loss` on the answer tokens only (co-training).
+
+With `with.action_vocab: N` the LM also speaks actions (pi0-FAST, starVLA's Qwen-FAST): N action
+tokens are appended to its vocabulary (the embeddings are resized; id = old vocabulary size + i),
+`target_tokens` (FAST ids from `fast.encode`) become the answer that `lm_loss` is taken on, and
+at inference `generated` holds the action tokens the LM decodes greedily after the prompt, with
+every other token masked out except the end of turn (for `fast.decode`).
 On the meta device (compile) no weight is read: the model is built from its config and
 `meta_forward` returns meta tensors whose token count comes from the real processor (or, when
 no tokenizer is on disk, from the image processor's resize rule).
@@ -16,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..base import Block, InPort, OutPort, ParamError
+from ..base import Block, InPort, OutPort, ParamError, PortError
 from ..registry import register
 from . import hf_config
 from .hf_processor import load_processor
@@ -60,13 +66,32 @@ class HFVLM(Block):
             "gradient_checkpointing": {"type": "boolean", "default": False},
             "freeze_vision": {"type": "boolean", "default": False, "description": "freeze the vision tower only"},
             "seed": {"type": "integer", "default": 0, "description": "weight init seed of with.tiny / with.config models"},
+            "action_vocab": {"type": "integer", "minimum": 1,
+                             "description": "add this many action tokens to the LM's vocabulary: enables the "
+                                            "target_tokens input and the generated output (FAST through the VLM)"},
+            "max_new_tokens": {"type": "integer", "minimum": 1, "default": 256,
+                               "description": "longest generated action-token sequence, the end token included"},
         },
         "additionalProperties": False,
     }
 
+    ACTION_IN = {"target_tokens": InPort("tokens", optional=True, target=True, ndim=2,
+                                         doc="[B, L] action-token ids in [0, action_vocab), -1 = padding: the answer")}
+    ACTION_OUT = {"generated": OutPort("tokens", infer_only=True,
+                                       doc="[B, max_new_tokens] generated action-token ids, -1 after the end")}
+
+    @classmethod
+    def ports_for(cls, params):
+        if params.get("action_vocab") is None:
+            return cls.in_ports, cls.out_ports
+        return {**cls.in_ports, **cls.ACTION_IN}, {**cls.out_ports, **cls.ACTION_OUT}
+
     def __init__(self, params, inputs, ctx):
         super().__init__(params, inputs, ctx)
         self.expect_ndim("images", 5)
+        if "target_text" in inputs and "target_tokens" in inputs:
+            raise PortError("target_tokens", "wire target_text (language answers) or target_tokens (actions) on one node, "
+                                             "not both; co-train with a second node that shares this one")
         p = self.params
         if sum(k in p for k in ("model", "tiny")) + (("config" in p) and "model" not in p) != 1:
             raise ParamError("model", "give exactly one of with.model (a checkpoint folder, optionally with a config for "
@@ -79,6 +104,7 @@ class HFVLM(Block):
         self.width = text_config.hidden_size
         self.num_layers = text_config.num_hidden_layers
         self.layer_ids = self._layer_ids(p.get("layers"))
+        self.action_base = self._add_action_tokens(p.get("action_vocab"), ctx.meta)
         if p["freeze_vision"]:
             vision_tower(self.model).requires_grad_(False)
         if p["gradient_checkpointing"] and not ctx.meta:
@@ -139,6 +165,25 @@ class HFVLM(Block):
             source = hf_config.bundled_dir(source)
         return None, hf_config.image_processor_settings(source) if isinstance(source, Path) else {}
 
+    def _add_action_tokens(self, count, meta) -> int | None:
+        """Resize the embeddings (and the tied LM head) for `count` action tokens placed after the
+        existing rows; returns the id of action token 0. New rows start at the old rows' mean and
+        covariance (transformers' mean_resizing), seeded; on meta nothing is sampled."""
+        if count is None:
+            return None
+        from transformers.utils import logging as hf_logging
+
+        base = self.model.get_input_embeddings().weight.shape[0]
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # transformers logs a note about mean_resizing on every call
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.params["seed"])
+                self.model.resize_token_embeddings(base + count, mean_resizing=not meta)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        return base
+
     def _layer_ids(self, layers):
         if layers is None:
             return list(range(self.num_layers))
@@ -160,19 +205,41 @@ class HFVLM(Block):
                 messages, chat_template=self.processor.chat_template, add_generation_prompt=True, tokenize=False))
         return out
 
-    def encode(self, images, text, target_text=None) -> dict:
-        """Processor outputs (input_ids, attention_mask, pixel_values, ...) and, with target_text,
-        `labels` that supervise the answer tokens (and the end of turn) only."""
+    def encode(self, images, text, answers=None, padding_side="right") -> dict:
+        """Processor outputs (input_ids, attention_mask, pixel_values, ...) and, with answers (a
+        list of token-id lists), `labels` that supervise the answer tokens (and the end of turn) only.
+        Generation pads on the left so that every prompt ends where decoding starts."""
         b, v = images.shape[:2]
         if len(text) != b:
             raise ValueError(f"{len(text)} instructions for a batch of {b} images")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            enc = self._encode_cpu(images.detach().float().cpu().clamp(0, 1), list(text), target_text)
+            enc = self._encode_cpu(images.detach().float().cpu().clamp(0, 1), list(text), answers, padding_side)
         device = self.model.device
         dtype = self.model.dtype
         return {k: (t.to(device, dtype) if torch.is_floating_point(t) else t.to(device)) if isinstance(t, torch.Tensor) else t
                 for k, t in enc.items()}
+
+    def answer_ids(self, target_text=None, target_tokens=None) -> list[list[int]] | None:
+        """Token ids of the answers: the tokenized text, or action tokens shifted into the LM's vocabulary."""
+        if target_text is not None:
+            if self.processor is None:  # meta compile without a tokenizer on disk: about 4 bytes per token
+                return [[0] * math.ceil(len(t.encode()) / 4) for t in target_text]
+            return [self.processor.tokenizer(t, add_special_tokens=False)["input_ids"] for t in target_text]
+        if target_tokens is None:
+            return None
+        if target_tokens.device.type == "meta":  # shape probing: the longest possible answer
+            return [[self.action_base] * target_tokens.shape[1]] * target_tokens.shape[0]
+        n, limit = self.params["action_vocab"], self.params["max_new_tokens"]
+        rows = [[i for i in row if i >= 0] for row in target_tokens.tolist()]
+        for row in rows:
+            if any(i >= n for i in row):
+                raise ValueError(f"{self.block_id}: target_tokens has id {max(row)} but with.action_vocab is {n}; "
+                                 "raise with.action_vocab to the FAST tokenizer's vocabulary size")
+            if len(row) + 1 > limit:
+                raise ValueError(f"{self.block_id}: a target needs {len(row)} action tokens plus the end token but "
+                                 f"with.max_new_tokens is {limit}, so it could never be generated; raise it")
+        return [[self.action_base + i for i in row] for row in rows]
 
     def _append_answers(self, enc, answers):
         tok = self.processor.tokenizer
@@ -183,8 +250,7 @@ class HFVLM(Block):
             n = int(mask[i].sum())
             if bool(mask[i, n:].any()) or (n and not bool(mask[i, :n].all())):
                 raise ValueError("the tokenizer must pad on the right to append answers")
-            a = tok(answer, add_special_tokens=False)["input_ids"] + ([end] if end is not None else [])
-            rows.append((ids[i, :n].tolist(), a))
+            rows.append((ids[i, :n].tolist(), list(answer) + ([end] if end is not None else [])))
         length = max(len(p) + len(a) for p, a in rows)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         new_ids = torch.full((len(rows), length), pad, dtype=ids.dtype)
@@ -206,18 +272,49 @@ class HFVLM(Block):
         return enc
 
     # forward -------------------------------------------------------------------------------
-    def forward(self, images, text, target_text=None):
-        enc = self.encode(images, text, target_text)
+    def forward(self, images, text, target_text=None, target_tokens=None):
+        answers = self.answer_ids(target_text, target_tokens)
+        enc = self.encode(images, text, answers)
         out = self.model(**enc, output_hidden_states=True, use_cache=False)
         result = self._outputs(out.hidden_states, enc["attention_mask"])
-        if target_text is not None:
+        if answers is not None:
             result["lm_loss"] = out.loss.float()
             result["logits"] = out.logits
             result["labels"] = enc["labels"]
         return result
 
     def predict(self, images, text):
-        return self.forward(images, text)
+        if self.action_base is None:
+            return self.forward(images, text)
+        return self.generate_actions(images, text)
+
+    @torch.no_grad()
+    def generate_actions(self, images, text) -> dict:
+        """Greedy decoding of action tokens after the prompt (transformers' generate, so the KV
+        cache and Qwen's multimodal rope positions are the model's own). Returns the usual outputs
+        of the prompt (from the prefill) plus `generated`."""
+        from transformers import LogitsProcessorList
+
+        tok = self.processor.tokenizer
+        enc = self.encode(images, text, padding_side="left")
+        n, limit = self.params["action_vocab"], self.params["max_new_tokens"]
+        allowed = torch.full((self.action_base + n,), float("-inf"))
+        allowed[self.action_base:] = 0
+        allowed[tok.eos_token_id] = 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # generation_config flags that greedy decoding ignores
+            out = self.model.generate(
+                **enc, max_new_tokens=limit, do_sample=False, use_cache=True, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                logits_processor=LogitsProcessorList([OnlyTokens(allowed)]),
+                return_dict_in_generate=True, output_hidden_states=True)
+        new = out.sequences[:, enc["input_ids"].shape[1]:]
+        ended = torch.cumsum((new == tok.eos_token_id).int(), dim=1) > 0
+        generated = torch.where(ended | (new < self.action_base), -1, new - self.action_base)
+        generated = torch.nn.functional.pad(generated, (0, limit - generated.shape[1]), value=-1)
+        result = self._outputs(out.hidden_states[0], enc["attention_mask"])
+        result["generated"] = generated
+        return result
 
     def _outputs(self, hidden_states, attention_mask):
         dtype = DTYPES[self.params["output_dtype"]]
@@ -225,42 +322,57 @@ class HFVLM(Block):
         layers = torch.stack([hidden_states[i + 1] for i in self.layer_ids], dim=1).to(dtype)
         return {"hidden": hidden_states[-1].to(dtype), "layers": layers, "mask": attention_mask.bool()}
 
-    def meta_forward(self, images, text, target_text=None):
+    def meta_forward(self, images, text, target_text=None, target_tokens=None):
         b, v, _, h, w = images.shape
-        length = self.token_count(text, v, h, w, target_text)
+        length = self.token_count(text, v, h, w, self.answer_ids(target_text, target_tokens))
         dtype = DTYPES[self.params["output_dtype"]]
         out = {
             "hidden": torch.empty(b, length, self.width, dtype=dtype, device="meta"),
             "layers": torch.empty(b, len(self.layer_ids), length, self.width, dtype=dtype, device="meta"),
             "mask": torch.empty(b, length, dtype=torch.bool, device="meta"),
         }
-        if target_text is not None:
+        if self.action_base is not None:
+            out["generated"] = torch.empty(b, self.params["max_new_tokens"], dtype=torch.long, device="meta")
+        if target_text is not None or target_tokens is not None:
             out["lm_loss"] = torch.empty((), device="meta")
             out["logits"] = torch.empty(b, length, self.config.get_text_config().vocab_size, device="meta")
             out["labels"] = torch.empty(b, length, dtype=torch.long, device="meta")
         return out
 
-    def token_count(self, text, views, height, width, target_text=None) -> int:
+    def token_count(self, text, views, height, width, answers=None) -> int:
         """Sequence length of the padded batch: from the real processor on dummy images when it is
         available, else from the image processor's resize rule plus an estimate for the text."""
         if self.processor is not None:
             with torch.device("cpu"), warnings.catch_warnings():  # the processor makes real (CPU) tensors
                 warnings.simplefilter("ignore")
                 images = torch.zeros(len(text), views, 3, height, width)
-                enc = self._encode_cpu(images, list(text), target_text)
+                enc = self._encode_cpu(images, list(text), answers)
             return int(enc["input_ids"].shape[1])
         per_image = hf_config.tokens_per_image(self.settings, self.config, height, width)
         template = 8 + 2 * views  # role markers, vision start/end tokens, generation prompt
         longest = max(len(t.encode()) for t in text)
-        answers = max((len(t.encode()) for t in target_text), default=0) if target_text is not None else 0
-        return views * per_image + template + math.ceil(longest / 4) + math.ceil(answers / 4)
+        answer = max((len(a) + 1 for a in answers), default=0) if answers is not None else 0
+        return views * per_image + template + math.ceil(longest / 4) + answer
 
-    def _encode_cpu(self, images, text, target_text):
+    def _encode_cpu(self, images, text, answers, padding_side="right"):
         """Processor outputs on CPU, not moved to the model's device (which may be meta)."""
         pictures = [[img for img in row] for row in images]
         out = dict(self.processor(text=self.prompts(text, images.shape[1]), images=pictures, return_tensors="pt",
-                                  padding=True, do_rescale=False))
-        return self._append_answers(out, target_text) if target_text is not None else out
+                                  padding=True, padding_side=padding_side, do_rescale=False))
+        return self._append_answers(out, answers) if answers is not None else out
+
+
+class OnlyTokens:
+    """A logits processor that keeps the scores where `allowed` is 0 and masks the rest (-inf)."""
+
+    def __init__(self, allowed: torch.Tensor):
+        self.allowed = allowed
+
+    def __call__(self, input_ids, scores):
+        allowed = self.allowed.to(scores.device, scores.dtype)
+        if scores.shape[-1] > allowed.shape[0]:  # logits wider than the vocabulary (padded LM heads)
+            allowed = torch.nn.functional.pad(allowed, (0, scores.shape[-1] - allowed.shape[0]), value=float("-inf"))
+        return scores + allowed
 
 
 def _config_source(value):

@@ -97,19 +97,10 @@ class FASTHead(Block):
         self.logits = nn.Linear(w, self.vocab + 1)  # BPE tokens and EOS
 
     def _load_tokenizer(self, ctx) -> FASTTokenizer:
-        path = self.params["tokenizer"]
-        if not path:
-            raise ParamError("tokenizer", f"is required to build head.fast: {FIT_HINT}")
-        folder = ctx.resolve_path(path)
-        try:
-            tok = FASTTokenizer.load(folder)
-        except (FileNotFoundError, ValueError) as e:
-            raise ParamError("tokenizer", f"{e}; {FIT_HINT}") from None
-        if (tok.horizon, tok.action_dim) != (self.horizon, self.action_dim):
-            raise ParamError("tokenizer", f"{folder} was fitted on chunks [{tok.horizon}, {tok.action_dim}] but this head "
-                                          f"predicts [{self.horizon}, {self.action_dim}]; {FIT_HINT}")
+        tok = load_tokenizer(self, ctx)
         if tok.vocab_size > self.vocab:
-            raise ParamError("vocab_size", f"is {self.vocab} but the tokenizer in {folder} has {tok.vocab_size} tokens")
+            raise ParamError("vocab_size", f"is {self.vocab} but the tokenizer in {self.params['tokenizer']} has "
+                                           f"{tok.vocab_size} tokens")
         return tok
 
     # --- the decoder ----------------------------------------------------------------------------
@@ -182,20 +173,11 @@ class FASTHead(Block):
             out.append(row[: row.index(self.eos)] if self.eos in row else row)
         return out
 
-    def decode_tokens(self, token_lists, device=None):
-        """Token lists -> (actions [B, H, A], decode_ok [B]); warns about malformed samples."""
-        actions, ok = self.tokenizer.decode(token_lists)
-        bad = [i for i, good in enumerate(ok) if not good]
-        if bad:
-            log.warning("%s (head.fast): %d of %d samples decoded to malformed FAST tokens (samples %s); "
-                        "their actions are zeros and decode_ok is False", self.block_id, len(bad), len(ok), bad[:8])
-        return torch.from_numpy(actions).to(device), torch.from_numpy(ok).to(device)
-
     def predict(self, context, context_mask=None, state=None):
         if self.tokenizer is None:
             raise RuntimeError(f"{self.block_id} (head.fast) has no tokenizer: built on meta? {FIT_HINT}")
         tokens = self.generate(context, context_mask, state)
-        actions, ok = self.decode_tokens(tokens, context.device)
+        actions, ok = decode_tokens(self, tokens, context.device)
         return {"actions": actions.to(self.logits.weight.dtype), "decode_ok": ok}
 
     def meta_forward(self, context, context_mask=None, state=None, target=None, mask=None):
@@ -208,3 +190,30 @@ class FASTHead(Block):
         if target is not None:
             out["loss"] = logits.float().sum() * 0
         return out
+
+
+def load_tokenizer(block: Block, ctx) -> FASTTokenizer:
+    """The fitted tokenizer of `with.tokenizer`, checked against the block's chunk shape."""
+    path = block.params["tokenizer"]
+    if not path:
+        raise ParamError("tokenizer", f"is required to build {block.type_name}: {FIT_HINT}")
+    folder = ctx.resolve_path(path)
+    try:
+        tok = FASTTokenizer.load(folder)
+    except (FileNotFoundError, ValueError) as e:
+        raise ParamError("tokenizer", f"{e}; {FIT_HINT}") from None
+    if (tok.horizon, tok.action_dim) != (block.horizon, block.action_dim):
+        raise ParamError("tokenizer", f"{folder} was fitted on chunks [{tok.horizon}, {tok.action_dim}] but this graph's "
+                                      f"chunks are [{block.horizon}, {block.action_dim}]; {FIT_HINT}")
+    return tok
+
+
+def decode_tokens(block: Block, token_lists, device=None):
+    """Token lists -> (actions [B, H, A], decode_ok [B]). A malformed sample decodes to zeros with
+    decode_ok False and a logged warning, never an exception (a rollout must go on)."""
+    actions, ok = block.tokenizer.decode(token_lists)
+    bad = [i for i, good in enumerate(ok) if not good]
+    if bad:
+        log.warning("%s (%s): %d of %d samples decoded to malformed FAST tokens (samples %s); "
+                    "their actions are zeros and decode_ok is False", block.block_id, block.type_name, len(bad), len(ok), bad[:8])
+    return torch.from_numpy(actions).to(device), torch.from_numpy(ok).to(device)
