@@ -228,3 +228,25 @@ def test_train_on_recorded_metaworld_then_load_and_infer(tmp_path, metaworld_dat
     out = policy.infer({"images": np.zeros((128, 128, 3), np.uint8), "instruction": "reach the goal", "state": np.zeros(4, np.float32)})
     assert out["actions"].shape == (8, 4) and np.isfinite(out["actions"]).all()
     assert out["decode_ok"].dtype == bool and out["decode_ok"].size == 1
+
+
+def test_state_goes_into_the_prompt_as_bins():
+    from graphvla.blocks.base import ParamError
+    from graphvla.blocks.glue import StateText
+
+    def make(**params):
+        return StateText(params, {"text": PortInfo("text", None), "state": PortInfo("state", (2, 3))}, BuildContext("prompt"))
+
+    block = make()
+    state = torch.tensor([[-1.0, 0.0, 1.0], [-5.0, 0.999, -0.0041]])
+    out = block(["reach", "push"], state)["text"]
+    # 256 bins over [-1, 1]: -1 -> 0, 0 -> 128, 1 -> 255 (the top edge is in the last bin); clipped outside
+    assert out == ["reach, State: 0 128 255;", "push, State: 0 255 127;"]
+    history = torch.stack([torch.zeros(2, 3), state], dim=1)  # [B, history, D]: the newest step is written
+    assert block(["reach", "push"], history)["text"] == out
+    assert make(bins=4, template="{state} | {text}")(["go"], torch.tensor([[-0.6, 0.2, 0.9]]))["text"] == ["0 2 3 | go"]
+    for params, key in [({"template": "{text} only"}, "template"), ({"template": "{text} {state} {x}"}, "template"),
+                        ({"low": 1.0, "high": 0.0}, "high")]:
+        with pytest.raises(ParamError) as e:
+            make(**params)
+        assert e.value.key == key

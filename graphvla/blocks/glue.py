@@ -1,10 +1,11 @@
-"""Glue blocks: fuse several token streams (image tokens, text tokens, state) into one."""
+"""Glue blocks: fuse several token streams (image tokens, text tokens, state) into one; write the
+state into a prompt as text."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .base import Block, InPort, OutPort
+from .base import Block, InPort, OutPort, ParamError
 from .registry import register
 
 FUSE_PORTS = ("a", "b", "c", "d")
@@ -40,3 +41,60 @@ class Fuse(Block):
                 x = x.unsqueeze(1)
             parts.append(self.proj[name](x) + self.kind_embed[i])
         return {"hidden": self.norm(torch.cat(parts, dim=1))}
+
+
+@register
+class StateText(Block):
+    """pi0-FAST's way of giving an LM the robot state: each (normalized) state value is clipped to
+    [low, high], cut into `bins` equal bins and written as the bin's integer in the prompt."""
+
+    type_name = "glue.state_text"
+    description = "Instruction + state -> one prompt with the state discretized into integer bins (pi0-FAST)."
+    in_ports = {
+        "text": InPort("text", doc="instruction"),
+        "state": InPort("state", ndim=(2, 3), doc="[B, D] (or [B, history, D]: the last step is used), normalized"),
+    }
+    out_ports = {"text": OutPort("text", doc="the prompt with the state in it")}
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "bins": {"type": "integer", "minimum": 2, "default": 256},
+            "low": {"type": "number", "default": -1.0, "description": "values below are clipped (normalized units)"},
+            "high": {"type": "number", "default": 1.0, "description": "values above are clipped (normalized units)"},
+            "template": {"type": "string", "default": "{text}, State: {state};",
+                         "description": "Python format string with {text} and {state}"},
+        },
+        "additionalProperties": False,
+    }
+
+    def __init__(self, params, inputs, ctx):
+        super().__init__(params, inputs, ctx)
+        self.expect_ndim("state", (2, 3))
+        p = self.params
+        if p["high"] <= p["low"]:
+            raise ParamError("high", f"must be above with.low ({p['low']}), got {p['high']}")
+        try:
+            p["template"].format(text="", state="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ParamError("template", f"{p['template']!r} is not a format string with only {{text}} and {{state}}: {e}") from None
+        for field in ("{text}", "{state}"):
+            if field not in p["template"]:
+                raise ParamError("template", f"{p['template']!r} has no {field}")
+
+    def discretize(self, state: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        if state.dim() == 3:
+            state = state[:, -1]
+        unit = (state.float().clamp(p["low"], p["high"]) - p["low"]) / (p["high"] - p["low"])
+        return (unit * p["bins"]).long().clamp(max=p["bins"] - 1)
+
+    def forward(self, text, state):
+        if len(text) != state.shape[0]:
+            raise ValueError(f"{len(text)} instructions for a batch of {state.shape[0]} states")
+        rows = self.discretize(state).tolist()
+        return {"text": [self.params["template"].format(text=t, state=" ".join(map(str, r))) for t, r in zip(text, rows)]}
+
+    def meta_forward(self, text, state):
+        width = len(str(self.params["bins"] - 1))
+        placeholder = " ".join(["0" * width] * state.shape[-1])  # the longest prompt: every bin at full width
+        return {"text": [self.params["template"].format(text=t, state=placeholder) for t in text]}
