@@ -3,7 +3,12 @@ measured in the same run on the same backbone; for head.dual_system also the spe
 System 2 (the backbone) only every k-th call (`infer: {every: k}`).
 
     python bench/heads.py                 # small from-scratch encoders (seconds)
-    python bench/heads.py --graph tiny    # graphs/tiny/*.yaml on the tiny Qwen3-VL (slower)
+    python bench/heads.py --graph tiny    # graphs/tiny/*.yaml on the tiny Qwen3-VL (slower), with
+                                          # fast-lm: FAST decoded by the VLM itself
+
+FAST decodes until its end token, so an untrained model's latency depends on where it happens to
+stop. The FAST variants are therefore first fitted to the benchmark batch (--fit-steps) so that
+they generate chunks of realistic length; the table says how many tokens each one generated.
 
 Absolute times depend on the machine; only the ratios are meant to be compared.
 """
@@ -53,7 +58,8 @@ SMALL_PARAMS = {
     "head.dual_system": "{width: 128, layers: 4, num_steps: 10}",
     "head.fast": "{tokenizer: tok, vocab_size: 512, width: 128, layers: 2}",
 }
-TINY_FILES = {"head.oft": "oft.yaml", "head.flow_matching": "pi.yaml", "head.dual_system": "gr00t.yaml", "head.fast": "fast.yaml"}
+TINY_FILES = {"head.oft": "oft.yaml", "head.flow_matching": "pi.yaml", "head.dual_system": "gr00t.yaml", "head.fast": "fast.yaml",
+              "fast-lm (VLM decodes)": "fast-lm.yaml"}
 TINY_MLP = ["blocks.head.type=head.mlp", "blocks.head.with={hidden: 256}",
             "blocks.head.in={context: vlm.hidden, state: inputs.state, target: inputs.actions}"]
 
@@ -127,6 +133,56 @@ def step_functions(cg, b: int) -> tuple:
     return train_step, predict
 
 
+def head_params(cg) -> int:
+    """Parameters of the head; for FAST through the VLM, the action-token embedding rows it added."""
+    vlm = cg.model["vlm"] if "vlm" in cg.model else None
+    if getattr(vlm, "action_base", None) is not None:
+        return vlm.params["action_vocab"] * vlm.width
+    return sum(p.numel() for p in cg.model["head"].parameters())
+
+
+def fit(cg, b: int, steps: int):
+    """Overfit a graph to the benchmark batch, so a FAST decoder stops where a trained one would."""
+    full = batch_for(cg, b)
+    batch = {k: v for k, v in full.items() if k in placeholders(cg.train["action"])}
+    opt = torch.optim.AdamW([p for p in cg.model.parameters() if p.requires_grad], lr=3e-3)
+    cg.model.train()
+    for _ in range(steps):
+        loss = cg.train["action"](**batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return loss.item()
+
+
+def generated_tokens(cg, b: int) -> float:
+    """Mean number of FAST tokens one predict call decodes per sample (before its end token),
+    counted where the tokens are turned into actions."""
+    obs = {k: v for k, v in batch_for(cg, b).items() if k in placeholders(cg.infer)}
+    head, counts = cg.model["head"], []
+    name = "generate" if hasattr(head, "generate") else "forward"  # head.fast's own decoder, or fast.decode
+    original = getattr(head, name)
+
+    def counting(*args, **kwargs):
+        if name == "generate":
+            rows = original(*args, **kwargs)
+            counts.append(sum(map(len, rows)) / len(rows))
+            return rows
+        tokens = kwargs["tokens"] if "tokens" in kwargs else args[0]
+        counts.append(float((tokens >= 0).sum()) / tokens.shape[0])
+        return original(*args, **kwargs)
+
+    setattr(head, name, counting)
+    try:
+        cg.model.eval()
+        cg.reset_caches()
+        with torch.no_grad():
+            cg.infer(**obs)
+    finally:
+        delattr(head, name)
+    return counts[0]
+
+
 def cache_functions(cached, every: int, b: int) -> tuple:
     """(k calls recomputing System 2 each time, one k-call episode with the cache)."""
     obs = {k: v for k, v in batch_for(cached, b).items() if k in placeholders(cached.infer)}
@@ -183,12 +239,15 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--fit-steps", type=int, default=100, help="steps fitting the FAST variants before timing")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     # an untrained head.fast decodes garbage: expected here, and its warnings would drown the table
     logging.getLogger("graphvla.blocks.heads.fast").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         graphs, cached, every = compile_variants(args.graph, Path(tmp))
+        fitted = {head: fit(cg, args.batch, args.fit_steps) for head, cg in graphs.items() if "fast" in head}
+        tokens = {head: generated_tokens(graphs[head], args.batch) for head in fitted}
         fns = {}
         for head, cg in graphs.items():
             fns[(head, "train")], fns[(head, "predict")] = step_functions(cg, args.batch)
@@ -196,16 +255,18 @@ def main(argv=None):
         if has_cache:
             fns["recompute"], fns["cached"] = cache_functions(cached, every, args.batch)
         ms = interleaved_ms(fns, args.repeats)
-    results = {head: {"params": sum(p.numel() for p in cg.model["head"].parameters()),
-                      "train": ms[(head, "train")], "predict": ms[(head, "predict")]} for head, cg in graphs.items()}
+    results = {head: {"params": head_params(cg), "train": ms[(head, "train")], "predict": ms[(head, "predict")]}
+               for head, cg in graphs.items()}
     recompute, with_cache = (ms["recompute"] / every, ms["cached"] / every) if has_cache else (None, None)
     base = results["head.mlp"]
     print(f"graph: {args.graph}, batch {args.batch}, {args.threads} thread(s), torch {torch.__version__}, "
           f"fastest of {args.repeats} interleaved runs")
-    print(f"{'head':20s} {'head params':>11s} {'train ms':>9s} {'x mlp':>6s} {'predict ms':>10s} {'x mlp':>6s}")
+    print(f"{'head':22s} {'head params':>11s} {'train ms':>9s} {'x mlp':>6s} {'predict ms':>10s} {'x mlp':>6s}")
     for head, r in results.items():
-        print(f"{head:20s} {r['params']:11,d} {r['train']:9.1f} {r['train'] / base['train']:6.2f} "
+        print(f"{head:22s} {r['params']:11,d} {r['train']:9.1f} {r['train'] / base['train']:6.2f} "
               f"{r['predict']:10.1f} {r['predict'] / base['predict']:6.2f}")
+    for head, loss in fitted.items():
+        print(f"{head}: fitted {args.fit_steps} steps (loss {loss:.3f}), then {tokens[head]:.1f} tokens generated per sample")
     if recompute is None:
         print("head.dual_system cache: the compiler has no infer.every cache", file=sys.stderr)
     else:
