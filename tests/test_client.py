@@ -63,12 +63,13 @@ def test_async_client_concurrent_requests(server):
 
 def test_wire_is_interchangeable_with_openpi():
     obs = {"a": np.arange(6, dtype=np.int16).reshape(2, 3), "b": np.float32(1.5), "c": "text",
-           "d": {"e": np.ones((2, 2), np.bool_)}, "f": np.zeros((0, 3), np.float64)}
+           "d": {"e": np.ones((2, 2), np.bool_)}, "f": np.zeros((0, 3), np.float64),
+           "g": np.array(True), "h": np.arange(12, dtype=np.float32).reshape(3, 4).T}  # 0-d; not C-contiguous
     for encoded in (packb(obs), msgpack_numpy.packb(obs)):
         for decode in (unpackb, msgpack_numpy.unpackb):
             back = decode(encoded)
-            for k in ("a", "f"):
-                assert back[k].dtype == obs[k].dtype
+            for k in ("a", "f", "g", "h"):
+                assert back[k].dtype == obs[k].dtype and back[k].shape == obs[k].shape
                 np.testing.assert_array_equal(back[k], obs[k])
             np.testing.assert_array_equal(back["d"]["e"], obs["d"]["e"])
             assert back["b"] == np.float32(1.5) and back["c"] == "text"

@@ -28,7 +28,7 @@ def _pack_default(obj):
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind not in ALLOWED_KINDS:
             raise TypeError(f"cannot send an array of dtype {obj.dtype} (numeric and bool only)")
-        arr = np.ascontiguousarray(obj)
+        arr = np.ascontiguousarray(obj).reshape(obj.shape)  # ascontiguousarray makes 0-d arrays 1-d
         return {b"__ndarray__": True, b"data": arr.tobytes(), b"dtype": arr.dtype.str, b"shape": list(arr.shape)}
     if isinstance(obj, np.generic):
         if obj.dtype.kind not in ALLOWED_KINDS:
