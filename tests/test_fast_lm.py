@@ -250,3 +250,26 @@ def test_state_goes_into_the_prompt_as_bins():
         with pytest.raises(ParamError) as e:
             make(**params)
         assert e.value.key == key
+
+
+def test_repair_cuts_or_pads_the_highest_frequencies(tokenizer_dir):
+    """on_malformed: repair turns a sequence with a wrong coefficient count into the chunk with its
+    highest frequencies cut or zeroed, not zeros; decode_ok still reports it."""
+    zeros = make_end(FASTDecode, tokenizer_dir)
+    repair = FASTDecode({"tokenizer": tokenizer_dir.name, "on_malformed": "repair"},
+                        {"target": PortInfo("action", (B, H, A)), "tokens": PortInfo("tokens", (B, 33), torch.long)},
+                        BuildContext("head", spec_dir=tokenizer_dir.parent))
+    chunk = smooth_chunks(1, H, A, seed=7).astype(np.float32)
+    good = zeros.tokenizer.encode(chunk)[0]
+    rows = [good, good[:-1], good + good[-1:], [127] * 3 + [-5]]  # exact, one short, one long, garbage
+    tokens = torch.full((len(rows), 40), -1)
+    for i, r in enumerate(rows):
+        tokens[i, :len(r)] = torch.tensor([t if t >= 0 else 10_000 for t in r])
+    plain, fixed = zeros(tokens), repair(tokens)
+    assert plain["decode_ok"].tolist() == fixed["decode_ok"].tolist() == [True, False, False, False]
+    assert not plain["actions"][1:].any()
+    target = torch.from_numpy(chunk[0])
+    errors = [(fixed["actions"][i] - target).abs().max().item() for i in range(3)]
+    assert errors[0] <= zeros.tokenizer.error_bound() + 1e-5
+    assert errors[1] < 0.5 * target.abs().max().item() and errors[2] < 0.5 * target.abs().max().item(), errors
+    assert not fixed["actions"][3].any()  # ids outside the vocabulary cannot be repaired

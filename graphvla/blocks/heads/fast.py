@@ -26,6 +26,9 @@ from .fast_tokenizer import FASTTokenizer
 
 log = logging.getLogger(__name__)
 FIT_HINT = "fit one with `graphvla fast-fit DATA -o DIR` and point with.tokenizer at DIR"
+ON_MALFORMED = {"enum": ["zeros", "repair"], "default": "zeros",
+                "description": "a sequence that is not exactly H*A coefficients: zero actions, or cut/pad its highest "
+                               "frequencies (decode_ok stays False either way)"}
 
 
 class DecoderLayer(nn.Module):
@@ -69,6 +72,7 @@ class FASTHead(Block):
                            "description": "BPE vocabulary the decoder is sized for; the tokenizer's must not exceed it"},
             "max_tokens": {"type": ["integer", "null"], "minimum": 1, "default": None,
                            "description": "longest token sequence (default horizon * action_dim, which BPE never exceeds)"},
+            "on_malformed": ON_MALFORMED,
             **WIDTH_PARAMS,
             "layers": {"type": "integer", "minimum": 1, "default": 2, "description": "decoder layers"},
             "layer": {"type": ["integer", "null"], "default": None,
@@ -209,11 +213,15 @@ def load_tokenizer(block: Block, ctx) -> FASTTokenizer:
 
 
 def decode_tokens(block: Block, token_lists, device=None):
-    """Token lists -> (actions [B, H, A], decode_ok [B]). A malformed sample decodes to zeros with
-    decode_ok False and a logged warning, never an exception (a rollout must go on)."""
-    actions, ok = block.tokenizer.decode(token_lists)
+    """Token lists -> (actions [B, H, A], decode_ok [B]). A malformed sample decodes to zeros (or,
+    with with.on_malformed: repair, a cut/padded chunk) with decode_ok False and a logged warning,
+    never an exception (a rollout must go on)."""
+    repair = block.params.get("on_malformed") == "repair"
+    actions, ok = block.tokenizer.decode(token_lists, repair=repair)
     bad = [i for i, good in enumerate(ok) if not good]
     if bad:
+        fate = "repaired where only their length was wrong (else zeros)" if repair else "zeros"
         log.warning("%s (%s): %d of %d samples decoded to malformed FAST tokens (samples %s); "
-                    "their actions are zeros and decode_ok is False", block.block_id, block.type_name, len(bad), len(ok), bad[:8])
+                    "their actions are %s and decode_ok is False", block.block_id, block.type_name, len(bad), len(ok),
+                    bad[:8], fate)
     return torch.from_numpy(actions).to(device), torch.from_numpy(ok).to(device)

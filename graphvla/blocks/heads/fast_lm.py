@@ -16,7 +16,7 @@ import torch
 from ..base import Block, InPort, OutPort
 from ..registry import register
 from .common import ACTION_PARAMS, action_shape
-from .fast import FIT_HINT, decode_tokens, load_tokenizer
+from .fast import FIT_HINT, ON_MALFORMED, decode_tokens, load_tokenizer
 
 TOKENIZER_PARAM = {"type": ["string", "null"], "default": None,
                    "description": "folder of a fitted FAST tokenizer (relative to the spec's folder)"}
@@ -68,6 +68,11 @@ class FASTEncode(_FASTEnd):
 @register
 class FASTDecode(_FASTEnd):
     type_name = "fast.decode"
+    params_schema = {
+        "type": "object",
+        "properties": {"tokenizer": TOKENIZER_PARAM, "on_malformed": ON_MALFORMED, **ACTION_PARAMS},
+        "additionalProperties": False,
+    }
     description = "Generated FAST token ids -> action chunk [B, H, A] and decode_ok; malformed rows are zeros, never a crash."
     in_ports = {
         "tokens": InPort("tokens", ndim=2, doc="[B, L] FAST ids, -1 = padding (e.g. vlm.generated)"),

@@ -112,20 +112,30 @@ class FASTTokenizer:
         self._need_fit()
         return [enc.ids for enc in self.bpe.encode_batch([self._text(row) for row in self.to_ints(actions)])]
 
-    def decode(self, token_lists) -> tuple[np.ndarray, np.ndarray]:
-        """N lists of token ids -> (actions [N, H, A] float32, ok [N] bool). Bad samples give zeros."""
+    def decode(self, token_lists, repair: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """N lists of token ids -> (actions [N, H, A] float32, ok [N] bool). Bad samples give zeros;
+        with `repair`, a sample whose only fault is its number of coefficients is cut or padded
+        with zero coefficients instead (the order is frequency-major, so what is missing or extra
+        are the highest frequencies). Repaired samples still have ok False."""
         self._need_fit()
         n = len(token_lists)
         out = np.zeros((n, self.horizon, self.action_dim), dtype=np.float32)
         ok = np.zeros(n, dtype=bool)
+        size = self.horizon * self.action_dim
         for i, ids in enumerate(token_lists):
             ints = self._ints_of(ids)
-            if ints is not None:
+            if ints is not None and len(ints) == size:
                 out[i] = self.from_ints(ints)[0]
                 ok[i] = True
+            elif ints is not None and repair:
+                fixed = np.zeros(size, dtype=np.int64)
+                fixed[: min(size, len(ints))] = ints[:size]
+                out[i] = self.from_ints(fixed)[0]
         return out, ok
 
     def _ints_of(self, ids):
+        """The integer coefficients of one id list (any count), or None for ids outside the
+        vocabulary or characters outside the fitted range."""
         vocab = self.bpe.get_vocab_size()
         pieces = []
         for i in ids:
@@ -135,7 +145,7 @@ class FASTTokenizer:
                 return None
             pieces.append(token)
         values = [ord(c) - BASE_CODEPOINT for c in "".join(pieces)]
-        if len(values) != self.horizon * self.action_dim or any(not 0 <= v <= self.max_token - self.min_token for v in values):
+        if any(not 0 <= v <= self.max_token - self.min_token for v in values):
             return None
         return np.asarray(values, dtype=np.int64) + self.min_token
 
