@@ -10,8 +10,6 @@ import pytest
 import torch
 
 
-
-
 def test_two_processes_keep_weights_in_sync(tmp_path):
     worker = Path(__file__).parent / "train_ddp_worker.py"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
