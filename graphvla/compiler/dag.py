@@ -197,27 +197,18 @@ def _check_inference(g, issues):
 
 
 def _check_training(g, issues):
-    """Mark which values exist in training and check that no loss needs a value only predict()
-    makes (generated tokens, ...), directly or through other blocks."""
+    """No loss may need a value that only predict() makes (generated tokens, ...), directly or
+    through other blocks; so every block a loss needs has all its inputs in training."""
+    needs = {}  # node -> the inference-only reference it depends on
     for node in nx.topological_sort(g):
-        data = g.nodes[node]
-        data["at_training"], why = True, None
         for src, _, e in g.in_edges(node, data=True):
-            if e.get("infer_only") or not g.nodes[src]["at_training"]:
-                data["at_training"] = False
-                why = why or (e["ref"] if e.get("infer_only") else g.nodes[src]["needs_predict"])
-                if data["role"] == "loss":
+            why = e["ref"] if e["infer_only"] else needs.get(src)
+            if why is not None and node not in needs:
+                needs[node] = why
+                if g.nodes[node]["role"] == "loss":
                     via = "" if why == e["ref"] else f" (through {e['ref']})"
-                    issues.add(f"loss '{data['name']}' needs '{why}'{via}, which exists only at inference "
+                    issues.add(f"loss '{g.nodes[node]['name']}' needs '{why}'{via}, which exists only at inference "
                                "(predict), not in training", e["path"])
-        data["needs_predict"] = why
-
-
-def _skipped(g, src, e, inference) -> bool:
-    """An edge whose value does not exist in this mode (targets at inference, generated values in training)."""
-    if inference:
-        return e["train_only"] or not g.nodes[src].get("at_inference", True)
-    return e.get("infer_only", False) or not g.nodes[src].get("at_training", True)
 
 
 def _check_unused(g, losses, issues):
@@ -247,7 +238,7 @@ def train_blocks(g, stream) -> list[str]:
     sinks = [n for n, d in g.nodes(data=True) if d["role"] == "loss" and d["stream"] == stream]
     need = set()
     for s in sinks:
-        need |= _mode_ancestors(g, s, inference=False)
+        need |= nx.ancestors(g, s)
     return topo_blocks(g, need)
 
 
@@ -297,27 +288,26 @@ def build_order(g) -> list[str]:
 def infer_blocks(g) -> list[str]:
     need = set()
     for s in [n for n, d in g.nodes(data=True) if d["role"] == "output"]:
-        need |= _mode_ancestors(g, s, inference=True)
+        need |= _infer_ancestors(g, s)
     return topo_blocks(g, need)
 
 
-def _mode_ancestors(g, node, inference):
-    """Ancestors of a node through the edges that exist in training (or at inference)."""
-    out, todo = set(), [node]
-    while todo:
-        for src, _, e in g.in_edges(todo.pop(), data=True):
-            if not _skipped(g, src, e, inference) and src not in out:
-                out.add(src)
-                todo.append(src)
+def _infer_ancestors(g, node):
+    out = set()
+    for src, _, e in g.in_edges(node, data=True):
+        if e["train_only"] or not g.nodes[src].get("at_inference", True):
+            continue
+        if src not in out:
+            out.add(src)
+            out |= _infer_ancestors(g, src)
     return out
 
 
-def in_edges(g, node, inference=None):
-    """(dst_port, src_node, src_port, edge data) of a node: all of them (inference=None), or without
-    the edges whose values do not exist in that mode (targets at inference, generated values in training)."""
+def in_edges(g, node, inference=False):
+    """(dst_port, src_node, src_port, edge data) of a node, skipping train-only ones at inference."""
     rows = []
     for src, _, e in g.in_edges(node, data=True):
-        if inference is not None and _skipped(g, src, e, inference):
+        if inference and (e["train_only"] or not g.nodes[src].get("at_inference", True)):
             continue
         rows.append((e["dst_port"], src, e["src_port"], e))
     return sorted(rows, key=lambda r: list(g.nodes[node].get("in_ports", {r[0]: 0})).index(r[0]) if g.nodes[node].get("in_ports") else 0)
