@@ -369,10 +369,15 @@ class OnlyTokens:
         self.allowed = allowed
 
     def __call__(self, input_ids, scores):
-        allowed = self.allowed.to(scores.device, scores.dtype)
-        if scores.shape[-1] > allowed.shape[0]:  # logits wider than the vocabulary (padded LM heads)
-            allowed = torch.nn.functional.pad(allowed, (0, scores.shape[-1] - allowed.shape[0]), value=float("-inf"))
-        return scores + allowed
+        a = self.allowed
+        if a.device != scores.device or a.dtype != scores.dtype or a.shape[0] != scores.shape[-1]:
+            # once per generation, not per token: move to the logits' device and dtype, and mask
+            # the columns of LM heads wider than the vocabulary
+            a = a.to(scores.device, scores.dtype)
+            if scores.shape[-1] > a.shape[0]:
+                a = torch.nn.functional.pad(a, (0, scores.shape[-1] - a.shape[0]), value=float("-inf"))
+            self.allowed = a
+        return scores + a
 
 
 def _config_source(value):
