@@ -22,15 +22,9 @@ from graphvla.errors import SpecError
 from graphvla.spec.loader import load_spec
 from graphvla.spec.validate import validate_spec
 from graphvla.testing.fast_fixture import smooth_chunks
+from test_backbone_hf import FAMILIES  # SmolVLM skips without num2words
 
 warnings.filterwarnings("ignore")
-try:  # SmolVLM's processor needs num2words (a small pure-Python package)
-    import num2words  # noqa: F401
-
-    SMOL = "smolvlm"
-except ImportError:
-    SMOL = pytest.param("smolvlm", marks=pytest.mark.skip(reason="SmolVLM's processor needs num2words: pip install num2words"))
-FAMILIES = ["qwen3_vl", "qwen2_5_vl", SMOL]
 ROOT = Path(__file__).resolve().parents[1] / "graphs"
 H, A, B = 8, 4, 4
 TEXTS = ["pick up the red cube", "open the drawer", "reach", "press the button now"]  # prompts of different lengths
@@ -124,8 +118,11 @@ def test_decoding_is_constrained_to_action_tokens_and_the_end():
     allowed[[3, 7, 8]] = 0
     scores = torch.randn(5, 12) * 10
     scores[:, 11] = 1e4  # a padded LM head column beyond the vocabulary must never win either
-    picked = OnlyTokens(allowed)(None, scores).argmax(-1)
+    only = OnlyTokens(allowed)
+    picked = only(None, scores).argmax(-1)
     assert set(picked.tolist()) <= {3, 7, 8}
+    # the mask widened and moved for the first call serves every later token
+    assert torch.equal(only(None, scores * -1).argmax(-1), (-scores[:, [3, 7, 8]]).argmax(-1).apply_(lambda j: [3, 7, 8][j]))
 
 
 def test_malformed_generations_decode_to_zeros_with_a_warning(tokenizer_dir, caplog):
