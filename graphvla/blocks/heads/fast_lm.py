@@ -68,11 +68,8 @@ class FASTEncode(_FASTEnd):
 @register
 class FASTDecode(_FASTEnd):
     type_name = "fast.decode"
-    params_schema = {
-        "type": "object",
-        "properties": {"tokenizer": TOKENIZER_PARAM, "on_malformed": ON_MALFORMED, **ACTION_PARAMS},
-        "additionalProperties": False,
-    }
+    params_schema = {**_FASTEnd.params_schema,
+                     "properties": {**_FASTEnd.params_schema["properties"], "on_malformed": ON_MALFORMED}}
     description = "Generated FAST token ids -> action chunk [B, H, A] and decode_ok; malformed rows are zeros, never a crash."
     in_ports = {
         "tokens": InPort("tokens", ndim=2, doc="[B, L] FAST ids, -1 = padding (e.g. vlm.generated)"),
