@@ -1,10 +1,10 @@
 """What the graph compiler costs, measured in one run:
 
-(a) forward+backward of the compiled train graph of graphs/tiny/mlp.yaml divided by a
+(a) forward+backward of the compiled train graph of graphvla/graphs/tiny/mlp.yaml divided by a
     hand-written eager nn.Module that calls the same block modules in the same order
     (target <= 1.02). Both share the same weights; the two are timed in interleaved rounds,
     alternating which goes first, and the ratio of the medians is reported.
-(b) the time to validate and compile a ~4B-parameter spec (graphs/examples/big-4b.yaml) on the
+(b) the time to validate and compile a ~4B-parameter spec (graphvla/graphs/examples/big-4b.yaml) on the
     meta device (target < 1 s), with its parameter count.
 
 Both are reported in CPU time of this process (what a free core would take; a shared machine's
@@ -27,12 +27,12 @@ import graphvla
 from graphvla.spec.validate import validate_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "graphs" / "tiny" / "mlp.yaml"
-BIG = ROOT / "graphs" / "examples" / "big-4b.yaml"
+TINY = ROOT / "graphvla" / "graphs" / "tiny" / "mlp.yaml"
+BIG = ROOT / "graphvla" / "graphs" / "examples" / "big-4b.yaml"
 
 
 class EagerTinyMLP(nn.Module):
-    """graphs/tiny/mlp.yaml written by hand: the same block modules, called in the same order."""
+    """graphvla/graphs/tiny/mlp.yaml written by hand: the same block modules, called in the same order."""
 
     def __init__(self, blocks: nn.ModuleDict):
         super().__init__()

@@ -3,7 +3,7 @@ measured in the same run on the same backbone; for head.dual_system also the spe
 System 2 (the backbone) only every k-th call (`infer: {every: k}`).
 
     python bench/heads.py                 # small from-scratch encoders (seconds)
-    python bench/heads.py --graph tiny    # graphs/tiny/*.yaml on the tiny Qwen3-VL (slower), with
+    python bench/heads.py --graph tiny    # graphvla/graphs/tiny/*.yaml on the tiny Qwen3-VL (slower), with
                                           # fast-lm: FAST decoded by the VLM itself
 
 FAST decodes until its end token, so an untrained model's latency depends on where it happens to
@@ -218,7 +218,7 @@ def compile_variants(graph: str, folder: Path):
         torch.manual_seed(0)
         cached = graphvla.compile_graph(small_spec(folder, "head.dual_system", every), device="cpu")
     else:
-        tiny = ROOT / "graphs" / "tiny"
+        tiny = ROOT / "graphvla" / "graphs" / "tiny"
         torch.manual_seed(0)
         out["head.mlp"] = graphvla.compile_graph(tiny / "oft.yaml", TINY_MLP, device="cpu")
         for head, name in TINY_FILES.items():

@@ -38,7 +38,7 @@ def build_policy():
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    return Policy.from_compiled(compile_graph("graphs/tiny/mlp.yaml", OVERRIDES, device="cpu"))
+    return Policy.from_compiled(compile_graph("graphvla/graphs/tiny/mlp.yaml", OVERRIDES, device="cpu"))
 
 
 class NullPolicy:

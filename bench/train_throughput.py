@@ -1,7 +1,7 @@
 """Training-step throughput of the GraphVLA trainer against a hand-written PyTorch loop over the
 same compiled model, the same samples, sampler, collate and normalization.
 
-    python bench/train_throughput.py [--spec graphs/tiny/mlp.yaml] [--steps 200] [--batch 32] [--rounds 5] [--threads 1]
+    python bench/train_throughput.py [--spec graphvla/graphs/tiny/mlp.yaml] [--steps 200] [--batch 32] [--rounds 5] [--threads 1]
 
 Prints samples/s of both and their ratio (trainer / hand-written; target >= 0.95). Rounds
 alternate the two so that load from other processes hits both alike; the median is reported.
@@ -127,7 +127,7 @@ class HandWritten:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--spec", default=str(Path(__file__).parent.parent / "graphs" / "tiny" / "mlp.yaml"))
+    ap.add_argument("--spec", default=str(Path(__file__).parent.parent / "graphvla" / "graphs" / "tiny" / "mlp.yaml"))
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=5)

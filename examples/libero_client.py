@@ -15,7 +15,7 @@ LIBERO client is. The observation layout is openpi's, so the server needs a key 
     graphvla serve runs/libero --port 8000
     python examples/libero_client.py --suite libero_spatial --host 127.0.0.1 --port 8000
 
-The benchmark adapter (configs/benchmarks/libero.yaml) rotates the images by 180 degrees
+The benchmark adapter (graphvla/configs/benchmarks/libero.yaml) rotates the images by 180 degrees
 (robosuite renders them upside down), resizes them to 224x224, executes 5 of the H predicted
 actions before asking again, binarizes the gripper to -1 (open) / +1 (close) and clips.
 """

@@ -8,7 +8,7 @@ example is written against its public API (`simpler_env.make`,
         --key-map observation/state=state --key-map prompt=instruction
     python examples/simplerenv_client.py --task widowx_spoon_on_towel
 
-The adapter (configs/benchmarks/simplerenv.yaml) resizes the image to 224x224, queries every
+The adapter (graphvla/configs/benchmarks/simplerenv.yaml) resizes the image to 224x224, queries every
 step and averages overlapping chunks with ACT-style exponential weights, and maps the gripper
 from the [0, 1] (1 = open) of Bridge data to the [-1, 1] SimplerEnv expects, binarized.
 """

@@ -7,7 +7,7 @@ import pytest
 from train_doubles import metaworld_data  # noqa: F401  (a session fixture: one recording for every module)
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_SPEC = REPO / "graphs" / "tiny" / "mlp.yaml"
+TINY_SPEC = REPO / "graphvla" / "graphs" / "tiny" / "mlp.yaml"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -23,7 +23,7 @@ def one_torch_thread():
 
 @pytest.fixture
 def tiny_text() -> str:
-    """The YAML text of graphs/tiny/mlp.yaml (small encoders + MLP head)."""
+    """The YAML text of graphvla/graphs/tiny/mlp.yaml (small encoders + MLP head)."""
     return TINY_SPEC.read_text()
 
 

@@ -16,7 +16,7 @@ from graphvla.commands.check_cmds import CheckFailed, run_check, synthetic_batch
 from graphvla.spec.loader import load_spec
 
 warnings.filterwarnings("ignore")
-TINY = Path(__file__).resolve().parents[1] / "graphs" / "tiny"
+TINY = Path(__file__).resolve().parents[1] / "graphvla" / "graphs" / "tiny"
 
 
 @pytest.mark.parametrize("name", ["oft", "pi", "gr00t", "fast", "worldmodel-pi", "fast-lm"])

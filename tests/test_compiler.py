@@ -266,11 +266,11 @@ def test_summary_lists_blocks_edges_and_losses():
 
 
 def test_example_specs_compile_and_run(tmp_path):
-    """graphs/examples/shared-cameras.yaml: share, a frozen block, an optional input, two streams."""
+    """graphvla/graphs/examples/shared-cameras.yaml: share, a frozen block, an optional input, two streams."""
     from conftest import REPO
 
     torch.manual_seed(0)
-    cg = compile_graph(REPO / "graphs" / "examples" / "shared-cameras.yaml", device="cpu")
+    cg = compile_graph(REPO / "graphvla" / "graphs" / "examples" / "shared-cameras.yaml", device="cpu")
     assert set(cg.train) == {"action", "wrist"} and "wrist_enc" not in cg.model
     assert cg.param_counts()["language"][1] == 0
     g = torch.Generator().manual_seed(1)
@@ -281,5 +281,5 @@ def test_example_specs_compile_and_run(tmp_path):
     torch.testing.assert_close(side["loss"], 0.2 * own)
     out = cg.infer(front=front, wrist=wrist, instruction=["a", "b"])  # state is optional
     assert out["actions"].shape == (2, 8, 4)
-    big = load_spec(REPO / "graphs" / "examples" / "big-4b.yaml")  # the benchmark's spec stays valid
+    big = load_spec(REPO / "graphvla" / "graphs" / "examples" / "big-4b.yaml")  # the benchmark's spec stays valid
     assert big.blocks["language"]["with"]["width"] == 4096

@@ -479,7 +479,7 @@ def test_shipped_data_yamls(mw_root, tmp_path):
     narrow_dataset(tmp_path / "runs" / "data" / "other-robot")
     for name in ("metaworld-mt10.yaml", "mixture.yaml"):
         shutil.copy(repo / "data" / name, tmp_path / "data" / name)
-    tiny = repo / "graphs" / "tiny" / "oft.yaml"
+    tiny = repo / "graphvla" / "graphs" / "tiny" / "oft.yaml"
     single = load_data(tmp_path / "data" / "metaworld-mt10.yaml", tiny)
     item = single.streams["action"][0]
     assert item["images"].shape == (1, 3, 128, 128) and item["actions"].shape == (8, 4) and item["state"].shape == (4,)

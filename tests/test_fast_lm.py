@@ -25,7 +25,7 @@ from graphvla.testing.fast_fixture import smooth_chunks
 from test_backbone_hf import FAMILIES  # SmolVLM skips without num2words
 
 warnings.filterwarnings("ignore")
-ROOT = Path(__file__).resolve().parents[1] / "graphs"
+ROOT = Path(__file__).resolve().parents[1] / "graphvla" / "graphs"
 H, A, B = 8, 4, 4
 TEXTS = ["pick up the red cube", "open the drawer", "reach", "press the button now"]  # prompts of different lengths
 
@@ -204,7 +204,7 @@ def test_full_size_graphs_compile_with_the_added_tokens():
 
 
 def test_train_on_recorded_metaworld_then_load_and_infer(tmp_path, metaworld_data):
-    """graphvla train on graphs/tiny/fast-lm.yaml with recorded data; the LM loss falls and the
+    """graphvla train on graphvla/graphs/tiny/fast-lm.yaml with recorded data; the LM loss falls and the
     loaded policy returns a chunk and decode_ok for an observation."""
     import json
 

@@ -1,7 +1,7 @@
 """Malformed specs never crash the compiler: each yields graphvla.SpecError whose every issue has a
 location (the file and a line), never another exception.
 
-A seeded mutation corpus starts from the valid specs in graphs/tiny (resolved, so each mutant is
+A seeded mutation corpus starts from the valid specs in graphvla/graphs/tiny (resolved, so each mutant is
 one standalone file) and applies one fault per mutant: typos in keys, wrong types, missing
 fields, cycles, dimension mismatches, duplicate keys and ids, broken YAML, binary garbage, deep nesting,
 huge numbers, unicode names, broken `extends`. Hypothesis adds random bytes/text and random values
@@ -30,7 +30,7 @@ LAYER_LIKE = re.compile(r"layers|depth|draws|steps|tokens|max_|vocab|history|vie
 
 
 def seed_specs():
-    return {name: load_spec(REPO / "graphs" / "tiny" / name).data for name in SEEDS}
+    return {name: load_spec(REPO / "graphvla" / "graphs" / "tiny" / name).data for name in SEEDS}
 
 
 # --- paths into a spec -----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The graphs/ library: every spec validates, the full-size graphs compile on meta tensors with
+"""The graphvla/graphs/ library: every spec validates, the full-size graphs compile on meta tensors with
 the right parameter counts and no weights on disk, switching the head changes one block (and its
 losses), and the tiny graphs take the ports `graphvla data metaworld` records."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from graphvla.compiler.compile import compile_graph
 from graphvla.spec.loader import load_spec
 
 warnings.filterwarnings("ignore")
-ROOT = Path(__file__).resolve().parents[1] / "graphs"
+ROOT = Path(__file__).resolve().parents[1] / "graphvla" / "graphs"
 BACKBONES = ["qwen3vl", "qwen25vl", "worldmodel"]
 HEADS = {"fast": "head.fast", "oft": "head.oft", "pi": "head.flow_matching", "gr00t": "head.dual_system"}
 STARVLA = [f"{b}-{h}" for b in BACKBONES for h in HEADS]

@@ -21,7 +21,7 @@ KEY_MAP = {"observation/image": "images[0]", "observation/state": "state", "prom
 @pytest.fixture(scope="module")
 def policy():
     torch.manual_seed(0)
-    cg = compile_graph("graphs/tiny/mlp.yaml", device="cpu")
+    cg = compile_graph("graphvla/graphs/tiny/mlp.yaml", device="cpu")
     return Policy.from_compiled(cg)
 
 

@@ -202,7 +202,7 @@ def test_unknown_stream_and_missing_stream_data_are_named(tmp_path):
 
 
 def test_cli_trains_tiny_graph_on_metaworld_resumes_and_serves(tmp_path, metaworld_data):
-    """graphvla train on graphs/tiny/mlp.yaml with real recorded data, stopped and resumed,
+    """graphvla train on graphvla/graphs/tiny/mlp.yaml with real recorded data, stopped and resumed,
     then load_policy on the run."""
     from pathlib import Path
 
@@ -212,7 +212,7 @@ def test_cli_trains_tiny_graph_on_metaworld_resumes_and_serves(tmp_path, metawor
     import graphvla
     from graphvla.cli import main
 
-    spec = Path(__file__).parent.parent / "graphs" / "tiny" / "mlp.yaml"
+    spec = Path(__file__).parent.parent / "graphvla" / "graphs" / "tiny" / "mlp.yaml"
     run = tmp_path / "run"
     sets = ["inputs.state.dim=4", "trainer.max_steps=40", "trainer.batch_size=8", "trainer.warmup_steps=3",
             "trainer.save_every=100", "trainer.lr=1.0e-3"]
@@ -263,11 +263,11 @@ def test_shipped_accelerate_and_deepspeed_configs_load():
     import yaml
     from accelerate.utils import DeepSpeedPlugin
 
-    root = Path(__file__).parent.parent / "configs"
+    root = Path(__file__).parent.parent / "graphvla" / "configs"
     plugin = DeepSpeedPlugin(hf_ds_config=str(root / "deepspeed_zero2.json"))
     assert plugin.zero_stage == 2
     ds = yaml.safe_load((root / "accelerate_deepspeed_zero2.yaml").read_text())
-    assert ds["distributed_type"] == "DEEPSPEED" and ds["deepspeed_config"]["deepspeed_config_file"] == "configs/deepspeed_zero2.json"
+    assert ds["distributed_type"] == "DEEPSPEED" and ds["deepspeed_config"]["deepspeed_config_file"] == "graphvla/configs/deepspeed_zero2.json"
     ddp = yaml.safe_load((root / "accelerate_ddp.yaml").read_text())
     assert ddp["distributed_type"] == "MULTI_GPU"
 
@@ -295,7 +295,7 @@ def test_data_position_is_exact_with_prefetching_workers():
 
 @pytest.mark.slow
 def test_cotraining_vlm_and_action_streams_on_real_data(tmp_path, metaworld_data):
-    """graphs/tiny/oft.yaml plus a node sharing its tiny Qwen3-VL on a LLaVA-JSON stream: steps
+    """graphvla/graphs/tiny/oft.yaml plus a node sharing its tiny Qwen3-VL on a LLaVA-JSON stream: steps
     alternate 2:1, each loss is logged under its own name and both fall."""
     from pathlib import Path
 
@@ -312,7 +312,7 @@ def test_cotraining_vlm_and_action_streams_on_real_data(tmp_path, metaworld_data
     (tmp_path / "llava.json").write_text(json.dumps(records))
     (tmp_path / "data.yaml").write_text(f"datasets:\n  - path: {metaworld_data}\n"
                                         f"vlm:\n  - json: {tmp_path / 'llava.json'}\n    image_root: {tmp_path / 'imgs'}\n")
-    base = Path(__file__).parent.parent / "graphs" / "tiny" / "oft.yaml"
+    base = Path(__file__).parent.parent / "graphvla" / "graphs" / "tiny" / "oft.yaml"
     (tmp_path / "spec.yaml").write_text(f"""graphvla: 1
 extends: {base}
 name: tiny-oft-cotrain

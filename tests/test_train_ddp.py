@@ -39,7 +39,7 @@ def test_cli_module_under_accelerate_launch_trains_and_resumes(tmp_path, metawor
     recorded Meta-World data, then --resume with the same launch."""
     import json
 
-    spec = Path(__file__).parent.parent / "graphs" / "tiny" / "mlp.yaml"
+    spec = Path(__file__).parent.parent / "graphvla" / "graphs" / "tiny" / "mlp.yaml"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "graphvla.runners.train", str(spec),

@@ -1,6 +1,6 @@
 """Benchmark adapters: what sits between a simulator and the policy server.
 
-Declared per benchmark in YAML (configs/benchmarks/NAME.yaml):
+Declared per benchmark in YAML (graphvla/configs/benchmarks/NAME.yaml):
 
     images:                      # client key -> transform applied before sending
       observation/image: {flip: both, resize: [224, 224]}
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-BENCHMARK_DIR = Path(__file__).resolve().parents[2] / "configs" / "benchmarks"
+BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "configs" / "benchmarks"
 
 _TOP_KEYS = {"benchmark", "description", "images", "actions", "env"}
 _IMAGE_KEYS = {"flip", "resize"}
@@ -259,7 +259,7 @@ class Adapter:
 
 
 def load_adapter(name_or_path: str, overrides: dict | None = None) -> Adapter:
-    """A benchmark name (configs/benchmarks/NAME.yaml) or a YAML path."""
+    """A benchmark name (graphvla/configs/benchmarks/NAME.yaml) or a YAML path."""
     path = Path(name_or_path)
     if not path.suffix:
         path = BENCHMARK_DIR / f"{name_or_path}.yaml"

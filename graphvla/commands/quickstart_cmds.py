@@ -17,7 +17,7 @@ import click
 from ..cli import UserError
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_GRAPH = REPO / "graphs" / "metaworld" / "mt10-small.yaml"
+DEFAULT_GRAPH = REPO / "graphvla" / "graphs" / "metaworld" / "mt10-small.yaml"
 
 DATA_YAML = """# written by `graphvla quickstart`: the recorded demonstrations, bound to the graph's ports
 datasets:
@@ -49,7 +49,7 @@ def quickstart(out, graph, tasks, episodes, steps, eval_episodes, size, override
     out = Path(out).resolve()
     graph = Path(graph)
     if not graph.exists():
-        raise UserError(f"graph '{graph}' not found (the quickstart graphs ship in the repository's graphs/ folder)")
+        raise UserError(f"graph '{graph}' not found (the quickstart graphs ship in the repository's graphvla/graphs/ folder)")
     out.mkdir(parents=True, exist_ok=True)
     data_dir = out / "data"
     started = time.time()

@@ -105,7 +105,7 @@ def serve(run, host, port, api_key, max_batch, max_wait_ms, max_message_mb, key_
               help="folder for results.json and one GIF per task [RUN/eval-SUITE]")
 @click.option("--server", default=None, help="use a running server (ws://host:port) instead of starting one")
 @click.option("--api-key", envvar="GRAPHVLA_API_KEY", default=None)
-@click.option("--adapter", default=None, help="benchmark adapter: a name in configs/benchmarks or a YAML path [SUITE]")
+@click.option("--adapter", default=None, help="benchmark adapter: a name in graphvla/configs/benchmarks or a YAML path [SUITE]")
 @click.option("--execute", type=int, default=None, help="execute K of the H predicted actions before re-querying")
 @click.option("--adapter-set", "adapter_sets", multiple=True, metavar="KEY=VALUE",
               help="override an adapter key, e.g. actions.ensemble={decay: 0.01} (repeatable)")

@@ -1,5 +1,5 @@
 """A FAST tokenizer fitted on synthetic smooth action chunks, for the tiny FAST graph
-(graphs/tiny/fast_tokenizer) and tests: `python -m graphvla.testing.fast_fixture DIR`."""
+(graphvla/graphs/tiny/fast_tokenizer) and tests: `python -m graphvla.testing.fast_fixture DIR`."""
 from __future__ import annotations
 
 import sys

@@ -1,5 +1,5 @@
 """Where a Hugging Face VLM comes from: a local checkpoint folder, a config (a dict or one bundled
-with the package under configs/), or a tiny model built offline. Also: the number of tokens an
+with the package under graphvla/configs/), or a tiny model built offline. Also: the number of tokens an
 image becomes, computed from the image processor's settings (no tokenizer needed), for shape
 probing of full-size graphs whose weights and tokenizer are not on disk.
 """

@@ -157,7 +157,7 @@ class Trainer:
             C.set_rng_state(self._rng_to_restore)
 
     def _fill_deepspeed_config(self):
-        """Under DeepSpeed (configs/deepspeed_zero2.json), fill its "auto" values from the trainer
+        """Under DeepSpeed (graphvla/configs/deepspeed_zero2.json), fill its "auto" values from the trainer
         section: Accelerate cannot infer the micro-batch size without a prepared DataLoader."""
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         if plugin is None:
@@ -169,7 +169,7 @@ class Trainer:
             conf["gradient_clipping"] = float(self.cfg["grad_clip"])
         if self.resumed_from is not None:
             raise ValueError("--resume under DeepSpeed is not supported yet (ZeRO shards the optimizer state); "
-                             "resume with DDP (configs/accelerate_ddp.yaml) or start a new run from the weights")
+                             "resume with DDP (graphvla/configs/accelerate_ddp.yaml) or start a new run from the weights")
 
     # resume -----------------------------------------------------------------------------------
     def _load(self, resume):
