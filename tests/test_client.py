@@ -14,7 +14,7 @@ from test_serve_doubles import DoublePolicy, expected_actions  # noqa: E402
 
 from graphvla.client import AsyncPolicyClient, PolicyClient, ServerError  # noqa: E402
 from graphvla.runners.serve import ServeOptions, ServerThread  # noqa: E402
-from graphvla.runners.serve.wire import WireError, packb, unpackb  # noqa: E402
+from graphvla.protocol import WireError, packb, unpackb  # noqa: E402
 
 
 def port_obs(seed=0):

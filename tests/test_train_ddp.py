@@ -35,14 +35,14 @@ def test_two_processes_keep_weights_in_sync(tmp_path):
 
 @pytest.mark.slow
 def test_cli_module_under_accelerate_launch_trains_and_resumes(tmp_path, metaworld_data):
-    """`accelerate launch --multi_gpu --num_processes 2 -m graphvla.runners.train ...` on
+    """`accelerate launch --multi_gpu --num_processes 2 -m graphvla train ...` on
     recorded Meta-World data, then --resume with the same launch."""
     import json
 
     spec = Path(__file__).parent.parent / "graphvla" / "graphs" / "tiny" / "mlp.yaml"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "graphvla.runners.train", str(spec),
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "graphvla", "train", str(spec),
            "--data", str(metaworld_data), "-o", str(tmp_path / "run"), "--no-progress", "--set", "inputs.state.dim=4",
            "--set", "trainer.batch_size=4", "--set", "trainer.max_steps=6"]
     first = subprocess.run(cmd + ["--stop-after", "3"], env=env, capture_output=True, text=True, timeout=170)

@@ -9,8 +9,7 @@ import time
 from websockets.asyncio.client import connect as async_connect
 from websockets.sync.client import connect as sync_connect
 
-from ..runners.serve.server import RESET_KEY
-from ..runners.serve.wire import packb, unpackb
+from ..protocol import RESET_KEY, packb, unpackb
 
 
 class ServerError(RuntimeError):

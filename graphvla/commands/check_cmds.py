@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import click
 import torch
 
-from ..cli import UserError, handles_errors, set_option
+from .options import UserError, handles_errors, set_option
 
 SENTENCES = ["pick up the red cube", "open the top drawer and push it", "press the green button",
              "put the bowl on the plate", "reach the goal position"]

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from ..cli import handles_errors, set_option
+from .options import handles_errors, set_option
 
 
 @click.group()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..cli import UserError, handles_errors
+from .options import UserError, handles_errors
 
 
 def load_chunks(path: Path):

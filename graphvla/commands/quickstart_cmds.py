@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from ..cli import UserError
+from .options import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_GRAPH = REPO / "graphvla" / "graphs" / "metaworld" / "mt10-small.yaml"

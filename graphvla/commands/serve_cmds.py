@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import yaml
 
-from ..cli import UserError, handles_errors, set_option
+from .options import UserError, handles_errors, set_option
 
 
 def checkpoint_spec(run: str) -> dict:

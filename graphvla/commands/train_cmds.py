@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli import handles_errors, set_option
+from .options import handles_errors, set_option
 
 
 @click.command(name="train")

@@ -24,14 +24,11 @@ import numpy as np
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
+from ...protocol import RESET_KEY, WireError, packb, unpackb
 from .batching import Batcher
 from .observation import ObservationError, ObservationMapper
-from .wire import WireError, packb, unpackb
 
 log = logging.getLogger("graphvla.serve")
-
-# A request map holding only this key resets the policy's caches (episode start).
-RESET_KEY = "__graphvla_reset__"
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The wire format spoken by openpi-client: msgpack with numpy arrays as maps.
+"""What the policy server and its clients share: the openpi-client wire format (msgpack with
+numpy arrays as maps) and the protocol's constants. Neither side imports the other.
 
 An array travels as {"__ndarray__": True, "data": raw bytes, "dtype": dtype.str, "shape": [...]},
 a numpy scalar as {"__npgeneric__": True, "data": value, "dtype": dtype.str}. openpi's packer
@@ -13,6 +14,11 @@ import math
 
 import msgpack
 import numpy as np
+
+# A request that is exactly {RESET_KEY: True} starts a new episode instead of asking for actions.
+RESET_KEY = "__graphvla_reset__"
+# Keys of the metadata frame the server sends on connect (openpi clients read it as a plain map).
+METADATA_KEYS = ("name", "fingerprint", "action_horizon", "action_dim", "inputs", "outputs", "normalization")
 
 # dtype kinds a client may send: bool, signed/unsigned ints, floats. Object ('O'), void ('V'),
 # complex ('c'), strings ('U', 'S') and datetimes are refused.
