@@ -13,8 +13,8 @@ def compile_graph(source, overrides=(), device="meta"):
 
 
 def load_policy(path, device="cpu"):
-    """A ready inference policy from a run or checkpoint directory. See runners.policy.load_policy."""
-    from .runners.policy import load_policy as _load
+    """A ready inference policy from a run or checkpoint directory. See runners.loading.load_policy."""
+    from .runners.loading import load_policy as _load
 
     return _load(path, device=device)
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import graphvla
-from graphvla.runners.policy import Policy, load_policy
+from graphvla.runners.loading import load_policy
+from graphvla.runners.policy import Policy
 from graphvla.runners.train import Trainer
 from graphvla.runners.train import dataio
 from graphvla.spec.loader import load_spec

@@ -44,7 +44,7 @@ def serve_section(run: str | None, overrides, key_map_options) -> dict:
 
 
 def _load_policy(run: str):
-    from ..runners.policy import load_policy
+    from ..runners.loading import load_policy
 
     return load_policy(run)
 

@@ -1,0 +1,44 @@
+"""Loading a trained policy: `load_policy(RUN_OR_CHECKPOINT)` -> a ready `Policy`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..compiler.compile import compile_graph
+from ..spec.loader import load_spec
+from .policy import Policy
+from .train import dataio
+from .train.checkpoint import resolve_checkpoint
+
+
+def load_policy(path, device="cpu") -> Policy:
+    """A Policy from a run directory (its latest checkpoint) or a checkpoint directory.
+
+    Compiles the checkpoint's resolved spec for real, loads the safetensors weights strictly and
+    the normalization. Refuses a checkpoint whose spec.yaml does not match the fingerprint in its
+    graph.json, whose weights do not fit the graph, or whose normalization does not fit its ports."""
+    from safetensors.torch import load_model
+
+    ckpt = resolve_checkpoint(path)
+    graph = json.loads((ckpt / "graph.json").read_text())
+    spec = load_spec(str(ckpt / "spec.yaml"))
+    if spec.fingerprint != graph.get("fingerprint"):
+        raise ValueError(f"checkpoint {ckpt}: spec.yaml has fingerprint {spec.fingerprint[:16]}, but graph.json says "
+                         f"{str(graph.get('fingerprint'))[:16]}; the spec was edited after training")
+    origin = graph.get("spec_file")
+    if origin and Path(origin).parent.is_dir():
+        spec.file = origin  # relative paths in `with:` (local weights) resolve where the spec lived
+    cg = compile_graph(spec, device=device)
+    try:
+        load_model(cg.model, str(ckpt / "model.safetensors"), strict=True, device=str(device))
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {ckpt}: weights do not fit graph {spec.name}: {e}") from None
+    normalizer = None
+    norm_file = ckpt / "normalization.json"
+    if norm_file.is_file():
+        normalizer = dataio.normalizer_class().from_dict(json.loads(norm_file.read_text()))
+        try:
+            normalizer.check_compatible(spec)
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"checkpoint {ckpt}: normalization does not match the graph's ports: {e}") from None
+    return Policy.from_compiled(cg, normalizer)
