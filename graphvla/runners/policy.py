@@ -6,7 +6,6 @@ eval mode and returns un-normalized numpy outputs ({'actions': float32 [H, A], .
 The policy server and the eval clients use exactly this API."""
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
