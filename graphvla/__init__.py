@@ -12,6 +12,13 @@ def compile_graph(source, overrides=(), device="meta"):
     return _compile(source, overrides, device=device)
 
 
+def validate_graph(source, overrides=()):
+    """Check a spec as a document and as a graph, every error at once. See compiler.validate."""
+    from .compiler.validate import validate_graph as _validate
+
+    return _validate(source, overrides)
+
+
 def load_policy(path, device="cpu"):
     """A ready inference policy from a run or checkpoint directory. See runners.loading.load_policy."""
     from .runners.loading import load_policy as _load
@@ -19,4 +26,4 @@ def load_policy(path, device="cpu"):
     return _load(path, device=device)
 
 
-__all__ = ["SpecError", "SpecIssue", "Spec", "load_spec", "compile_graph", "load_policy", "__version__"]
+__all__ = ["SpecError", "SpecIssue", "Spec", "load_spec", "validate_graph", "compile_graph", "load_policy", "__version__"]

@@ -7,7 +7,7 @@ import torch
 from conftest import spec_issues
 from test_spec import BASE
 
-from graphvla import compile_graph, load_spec
+from graphvla import compile_graph, load_spec, validate_graph
 
 TWO_HEADS = BASE.replace("losses:\n  action: {from: head.loss, weight: 1.0}\n", """\
   head2:
@@ -34,14 +34,14 @@ def _batch(b=3, seed=0):
 
 def test_cycle_is_reported_as_its_path():
     text = BASE.replace("blocks:\n", "blocks:\n  f1:\n    type: glue.fuse\n    in: {a: f2.hidden}\n  f2:\n    type: glue.fuse\n    in: {a: f1.hidden}\n")
-    issues = spec_issues(load_spec, text)
+    issues = spec_issues(validate_graph, text)
     [cycle] = [i for i in issues if "cycle" in i.message]
     assert cycle.message in ("the graph has a cycle: f1 -> f2 -> f1", "the graph has a cycle: f2 -> f1 -> f2")
     assert cycle.block in ("f1", "f2") and cycle.location.line in (11, 14)
 
 
 def test_self_loop_is_a_cycle():
-    issues = spec_issues(load_spec, BASE.replace("in: {a: vision.hidden, b: language.pooled}", "in: {a: fuse.hidden}"))
+    issues = spec_issues(validate_graph, BASE.replace("in: {a: vision.hidden, b: language.pooled}", "in: {a: fuse.hidden}"))
     assert any(i.message == "the graph has a cycle: fuse -> fuse" for i in issues)
 
 
@@ -52,7 +52,7 @@ def test_self_loop_is_a_cycle():
     ("visionhidden", "is not a reference"),
 ])
 def test_dangling_references(ref, words):
-    issues = spec_issues(load_spec, BASE.replace("context: fuse.hidden", f"context: {ref}"))
+    issues = spec_issues(validate_graph, BASE.replace("context: fuse.hidden", f"context: {ref}"))
     [issue] = [i for i in issues if words in i.message]
     assert issue.path == ("blocks", "head", "in", "context") and issue.block == "head" and issue.location.line == 23
 
@@ -60,7 +60,7 @@ def test_dangling_references(ref, words):
 def test_unused_blocks_and_inputs_are_warnings_not_errors():
     text = BASE.replace("blocks:\n", "blocks:\n  spare:\n    type: encoder.text\n    in: {text: inputs.instruction}\n")
     text = text.replace("  state: {kind: state, dim: 8}\n", "  state: {kind: state, dim: 8}\n  depth: {kind: state, dim: 2}\n")
-    spec = load_spec(text)
+    spec = validate_graph(text)
     warnings = {i.message: i for i in spec.warnings}
     assert "block 'spare' feeds no loss and no output; it will not be built" in warnings
     assert "input 'depth' is not used" in warnings
@@ -70,25 +70,25 @@ def test_unused_blocks_and_inputs_are_warnings_not_errors():
 
 
 def test_no_losses_is_a_warning():
-    spec = load_spec(BASE.replace("losses:\n  action: {from: head.loss, weight: 1.0}\n", ""))
+    spec = validate_graph(BASE.replace("losses:\n  action: {from: head.loss, weight: 1.0}\n", ""))
     assert any("no losses" in w.message for w in spec.warnings)
 
 
 def test_port_kind_mismatch_names_both_kinds():
-    [issue] = spec_issues(load_spec, BASE.replace("context: fuse.hidden", "context: inputs.actions"))
+    [issue] = spec_issues(validate_graph, BASE.replace("context: fuse.hidden", "context: inputs.actions"))
     assert issue.message == "port 'context' of head.mlp takes hidden or latent, but 'inputs.actions' is action"
     assert issue.block == "head"
 
 
 def test_loss_must_come_from_a_loss_port_and_outputs_cannot_need_targets():
-    issues = spec_issues(load_spec, BASE.replace("from: head.loss", "from: head.actions").replace("actions: head.actions", "actions: head.loss"))
+    issues = spec_issues(validate_graph, BASE.replace("from: head.loss", "from: head.actions").replace("actions: head.actions", "actions: head.loss"))
     messages = {i.path: i.message for i in issues}
     assert messages[("losses", "action", "from")] == "'head.actions' is an action port, expected a loss port"
     assert "only exists in training" in messages[("outputs", "actions")]
 
 
 def test_required_port_not_wired():
-    [issue] = spec_issues(load_spec, BASE.replace("in: {context: fuse.hidden, state: inputs.state, target: inputs.actions}",
+    [issue] = spec_issues(validate_graph, BASE.replace("in: {context: fuse.hidden, state: inputs.state, target: inputs.actions}",
                                                   "in: {state: inputs.state, target: inputs.actions}"))
     assert "required input port 'context' of head.mlp is not wired" in issue.message and issue.block == "head"
 
@@ -222,9 +222,9 @@ def test_share_of_a_block_that_feeds_nothing_itself():
 
 
 def test_share_errors():
-    issues = spec_issues(load_spec, SHARED.replace("share: vision", "share: visoin"))
+    issues = spec_issues(validate_graph, SHARED.replace("share: vision", "share: visoin"))
     assert any(i.message == "share: no block 'visoin'" and i.hint == "did you mean 'vision'?" for i in issues)
-    issues = spec_issues(load_spec, SHARED.replace("share: vision\n", "share: vision\n    with: {width: 8}\n"))
+    issues = spec_issues(validate_graph, SHARED.replace("share: vision\n", "share: vision\n    with: {width: 8}\n"))
     assert any("'with' is taken from the shared block 'vision'" in i.message for i in issues)
 
 
@@ -248,7 +248,7 @@ def test_optional_input_is_none_when_absent():
 
 def test_optional_input_into_a_required_port_is_an_error():
     text = BASE.replace("{kind: image, views: 1, size: [32, 32]}", "{kind: image, views: 1, size: [32, 32], optional: true}")
-    [issue] = spec_issues(load_spec, text)
+    [issue] = spec_issues(validate_graph, text)
     assert "'inputs.images' is optional but port 'images' of encoder.image is required" in issue.message
 
 

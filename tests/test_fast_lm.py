@@ -20,7 +20,7 @@ from graphvla.blocks.heads.fast_lm import FASTDecode, FASTEncode
 from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
 from graphvla.errors import SpecError
 from graphvla.spec.loader import load_spec
-from graphvla.spec.validate import validate_spec
+from graphvla.compiler.validate import validate_graph
 from graphvla.testing.fast_fixture import smooth_chunks
 from test_backbone_hf import FAMILIES  # SmolVLM skips without num2words
 
@@ -174,19 +174,19 @@ def test_a_loss_cannot_use_what_only_inference_generates(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(SPEC.replace("LOSS", "vlm.generated"))
     with pytest.raises(SpecError, match="is a tokens port, expected a loss port"):
-        validate_spec(load_spec(path))
+        validate_graph(path)
     # a loss from a block that is fed the generated tokens: named with the edge it comes through
     text = SPEC.replace("LOSS", "judge.loss").replace(
         "losses:", "  judge: {type: head.mlp, in: {context: vlm.hidden, target: head.actions}}\nlosses:")
     path.write_text(text)
     with pytest.raises(SpecError) as e:
-        validate_spec(load_spec(path))
+        validate_graph(path)
     msg = e.value.format()
     assert "loss 'action' needs 'vlm.generated' (through judge.loss)" in msg and "only at inference" in msg and "losses.action.from" in msg
     # without action_vocab the VLM has no generated port: the error lists the ones it has
     path.write_text(SPEC.replace("LOSS", "vlm.lm_loss").replace(", action_vocab: 16", ""))
     with pytest.raises(SpecError, match="has no output port 'generated'"):
-        validate_spec(load_spec(path))
+        validate_graph(path)
 
 
 def test_full_size_graphs_compile_with_the_added_tokens():

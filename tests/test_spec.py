@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import spec_issues
 
-from graphvla import SpecError, load_spec
+from graphvla import SpecError, load_spec, validate_graph
 
 BASE = """\
 graphvla: 1
@@ -95,7 +95,7 @@ def test_extends_null_removes_entries_of_collections(write_spec):
           action: null
         """))
     # `null` deep inside a block is a value, not a removal: in.state: null is a schema error
-    issues = spec_issues(load_spec, child)
+    issues = spec_issues(validate_graph, child)
     assert any(i.path == ("blocks", "head", "in", "state") for i in issues)
 
     child.write_text("extends: base.yaml\ninputs: {instruction: null}\nblocks: {language: null, head: {in: {context: fuse.hidden}}}\n"
@@ -110,7 +110,7 @@ def test_extends_null_removes_entries_of_collections(write_spec):
 def test_extends_null_removal_of_a_wired_input_is_reported(write_spec):
     write_spec("base.yaml", BASE)
     child = write_spec("child.yaml", "extends: base.yaml\ninputs: {state: null}\n")
-    issues = spec_issues(load_spec, child)
+    issues = spec_issues(validate_graph, child)
     [issue] = issues
     assert issue.path == ("blocks", "head", "in", "state") and "no input 'state'" in issue.message
     assert issue.location.file.endswith("base.yaml") and issue.location.line == 23
@@ -133,27 +133,27 @@ def test_extends_in_subfolder_resolves_relative_to_the_child(write_spec):
 def test_extends_cycle_is_reported_with_the_chain(write_spec):
     a = write_spec("a.yaml", "extends: b.yaml\nname: a\n")
     write_spec("b.yaml", "extends: a.yaml\nname: b\n")
-    [issue] = spec_issues(load_spec, a)
+    [issue] = spec_issues(validate_graph, a)
     assert "cycle" in issue.message and "a.yaml -> " in issue.message and "b.yaml" in issue.message
     assert issue.location.line == 1 and issue.location.file.endswith("b.yaml")
 
 
 def test_extends_self_is_a_cycle(write_spec):
     a = write_spec("a.yaml", "extends: a.yaml\nname: a\n")
-    [issue] = spec_issues(load_spec, a)
+    [issue] = spec_issues(validate_graph, a)
     assert "cycle" in issue.message
 
 
 def test_extends_missing_base_names_the_file(write_spec):
     child = write_spec("child.yaml", "name: c\nextends: nothere.yaml\n")
-    [issue] = spec_issues(load_spec, child)
+    [issue] = spec_issues(validate_graph, child)
     assert "nothere.yaml" in issue.message and "not found" in issue.message
     assert (issue.location.file, issue.location.line, issue.location.col) == (str(child), 2, 10)
 
 
 def test_extends_bad_value(write_spec):
     child = write_spec("child.yaml", "name: c\nextends: {a: 1}\n")
-    [issue] = spec_issues(load_spec, child)
+    [issue] = spec_issues(validate_graph, child)
     assert "extends must be a file path" in issue.message and issue.location.line == 2
 
 
@@ -187,13 +187,13 @@ def test_set_creates_missing_maps():
     ("name=[1, 2", "not valid YAML"),
 ])
 def test_set_bad_overrides_are_spec_errors(override, words):
-    issues = spec_issues(load_spec, BASE, [override])
+    issues = spec_issues(validate_graph, BASE, [override])
     assert any(words in i.message for i in issues), [i.message for i in issues]
     assert all(str(i.location).startswith("--set ") for i in issues)
 
 
 def test_set_value_is_validated_like_the_file():
-    [issue] = spec_issues(load_spec, BASE, ["blocks.head.with.hidden=wide"])
+    [issue] = spec_issues(validate_graph, BASE, ["blocks.head.with.hidden=wide"])
     assert issue.path == ("blocks", "head", "with", "hidden") and issue.block == "head"
     assert str(issue.location) == "--set blocks.head.with.hidden=wide"
 
@@ -203,7 +203,7 @@ def test_set_value_is_validated_like_the_file():
 def test_every_error_has_file_line_column_path_and_block(write_spec):
     bad = BASE.replace("    with: {hidden: 64}", "    wiht: {hidden: 64}").replace("type: glue.fuse", "type: glue.fusion")
     path = write_spec("bad.yaml", bad)
-    issues = spec_issues(load_spec, path)
+    issues = spec_issues(validate_graph, path)
     by_path = {i.path: i for i in issues}
     typo = by_path[("blocks", "head", "wiht")]
     assert (typo.location.file, typo.location.line, typo.location.col) == (str(path), 24, 5)
@@ -218,7 +218,7 @@ def test_all_errors_are_reported_at_once():
     bad = (BASE.replace("size: [32, 32]", "size: [32, 32], colour: rgb")
            .replace("name: base", "nmae: base")
            .replace("weight: 1.0", "weight: -1"))
-    issues = spec_issues(load_spec, bad)
+    issues = spec_issues(validate_graph, bad)
     messages = " | ".join(i.message for i in issues)
     assert "unknown key 'colour'" in messages and "unknown key 'nmae'" in messages
     assert "missing required key 'name'" in messages and "minimum" in messages
@@ -237,19 +237,19 @@ def test_all_errors_are_reported_at_once():
     ("from: head.loss", "from: head.los", "no output port 'los'", "did you mean 'loss'?"),
 ])
 def test_did_you_mean(old, new, words, hint):
-    issues = spec_issues(load_spec, BASE.replace(old, new))
+    issues = spec_issues(validate_graph, BASE.replace(old, new))
     match = [i for i in issues if words in i.message]
     assert match, [i.message for i in issues]
     assert match[0].hint == hint and match[0].location.line is not None
 
 
 def test_unknown_type_far_from_everything_lists_the_registered_types():
-    [issue] = spec_issues(load_spec, BASE.replace("type: head.mlp", "type: zzz.qqq"))
+    [issue] = spec_issues(validate_graph, BASE.replace("type: head.mlp", "type: zzz.qqq"))
     assert issue.hint.startswith("known: ") and "head.mlp" in issue.hint
 
 
 def test_input_fields_are_checked_per_kind():
-    issues = spec_issues(load_spec, BASE.replace("{kind: state, dim: 8}", "{kind: state, horizon: 3}"))
+    issues = spec_issues(validate_graph, BASE.replace("{kind: state, dim: 8}", "{kind: state, horizon: 3}"))
     messages = [i.message for i in issues]
     assert "'horizon' does not apply to a state input" in messages and "a state input needs 'dim'" in messages
 
@@ -258,7 +258,7 @@ def test_input_fields_are_checked_per_kind():
 
 def test_duplicate_keys_are_errors_with_both_lines(write_spec):
     path = write_spec("dup.yaml", BASE.replace("  head:\n", "  fuse:\n"))
-    [issue] = spec_issues(load_spec, path)
+    [issue] = spec_issues(validate_graph, path)
     assert "duplicate key 'fuse'" in issue.message and "line 17" in issue.message
     assert issue.path == ("blocks", "fuse") and issue.block == "fuse"
     assert issue.location.line == 21 and issue.location.file == str(path)
@@ -275,21 +275,21 @@ def test_duplicate_keys_are_errors_with_both_lines(write_spec):
     ("a: " + "[" * 100 + "]" * 100 + "\n", "nested deeper"),
 ])
 def test_bad_yaml_text_is_located(text, words):
-    [issue] = spec_issues(load_spec, text)
+    [issue] = spec_issues(validate_graph, text)
     assert words in issue.message and issue.location.line is not None
 
 
 def test_binary_file_and_missing_file(write_spec, tmp_path):
     path = tmp_path / "garbage.yaml"
     path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
-    [issue] = spec_issues(load_spec, path)
+    [issue] = spec_issues(validate_graph, path)
     assert issue.location.file == str(path) and "not UTF-8" in issue.message
-    [issue] = spec_issues(load_spec, tmp_path / "missing.yaml")
+    [issue] = spec_issues(validate_graph, tmp_path / "missing.yaml")
     assert issue.message == "file not found"
 
 
 def test_nan_inf_and_oversized_numbers_are_errors():
-    issues = spec_issues(load_spec, BASE, ["losses.action.weight=.nan", "blocks.head.with.hidden=100000000000000000000",
+    issues = spec_issues(validate_graph, BASE, ["losses.action.weight=.nan", "blocks.head.with.hidden=100000000000000000000",
                                            "blocks.head.train.lr=.inf"])
     messages = sorted(i.message for i in issues)
     assert messages == ["100000000000000000000 is too large (more than 64 bits)", "inf is not a finite number",
@@ -297,9 +297,9 @@ def test_nan_inf_and_oversized_numbers_are_errors():
 
 
 def test_names_must_be_identifiers_and_not_reserved():
-    issues = spec_issues(load_spec, BASE.replace("  head:\n", "  héad:\n"))
+    issues = spec_issues(validate_graph, BASE.replace("  head:\n", "  héad:\n"))
     assert any(i.message == "name 'héad' must be an identifier (letters, digits, _)" and i.location.line == 21 for i in issues)
-    issues = spec_issues(load_spec, BASE.replace("  head:\n", "  training:\n").replace("head.", "training."))
+    issues = spec_issues(validate_graph, BASE.replace("  head:\n", "  training:\n").replace("head.", "training."))
     assert any("reserved" in i.message and i.block == "training" for i in issues)
 
 
@@ -311,12 +311,12 @@ def test_names_must_be_identifiers_and_not_reserved():
     ("'1'", "expected an integer"),
 ])
 def test_version_field(value, words):
-    [issue] = spec_issues(load_spec, BASE.replace("graphvla: 1", f"graphvla: {value}"))
+    [issue] = spec_issues(validate_graph, BASE.replace("graphvla: 1", f"graphvla: {value}"))
     assert words in issue.message and issue.path == ("graphvla",) and issue.location.line == 1
 
 
 def test_version_is_required():
-    [issue] = spec_issues(load_spec, BASE.replace("graphvla: 1\n", ""))
+    [issue] = spec_issues(validate_graph, BASE.replace("graphvla: 1\n", ""))
     assert issue.message == "missing required key 'graphvla'"
 
 
@@ -368,5 +368,5 @@ def test_dict_source_with_non_text_keys_is_reported_not_crashed():
     data = yaml.safe_load(BASE)
     data["inputs"][7] = {"kind": "text"}
     data["blocks"]["head"]["with"][3] = 1
-    issues = spec_issues(load_spec, data)
+    issues = spec_issues(validate_graph, data)
     assert {i.path for i in issues} == {("inputs", "7"), ("blocks", "head", "with", "3")}

@@ -14,9 +14,9 @@ from .options import handles_errors, set_option
 @handles_errors
 def validate(spec, overrides):
     """Check SPEC against the schema and as a graph; report every error at once."""
-    from ..spec.loader import load_spec
+    from ..compiler.validate import validate_graph
 
-    s = load_spec(spec, overrides)
+    s = validate_graph(spec, overrides)
     for w in getattr(s, "warnings", []):
         click.echo(w.format(), err=True)
     click.echo(f"{spec}: ok ({s.name}, fingerprint {s.fingerprint[:16]})")

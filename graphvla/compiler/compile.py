@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 import networkx as nx
 from torch import fx, nn
 
-from ..spec.loader import Spec, load_spec
+from ..spec.loader import Spec
 from . import dag as D
 from .build import build
 from .lower import EveryK, graph_module, lower_infer, lower_train
+from .validate import checked_dag
 
 
 @dataclass
@@ -69,14 +70,11 @@ class CompiledGraph:
         return summarize(self)
 
 
-def compile_graph(source, overrides=(), device="meta", issues=None) -> CompiledGraph:
+def compile_graph(source, overrides=(), device="meta") -> CompiledGraph:
     """Compile a spec (path, YAML text, dict or Spec). device='meta' (default) allocates no
     weights: shapes, parameter counts and the fx code are all available; pass 'cpu'/'cuda' to
     build real weights for training or serving. Raises SpecError on any problem."""
-    spec = source if isinstance(source, Spec) and not overrides else load_spec(source, overrides)
-    issues = issues if issues is not None else spec.issues()
-    g = D.build_dag(spec, issues)
-    issues.raise_if_errors()
+    spec, g, issues = checked_dag(source, overrides)
     modules, shapes, infos = build(spec, g, device=device, issues=issues)
     cls_name = "".join(w.capitalize() for w in (spec.name or "graph").replace("-", "_").split("_") if w.isidentifier() or w.isalnum()) or "Graph"
     train = {s: graph_module(modules, lower_train(g, spec, s), f"{cls_name}Train") for s in D.streams(g)}

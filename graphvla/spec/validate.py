@@ -1,6 +1,6 @@
-"""Checking a loaded spec: JSON schema (every key), input-port fields per kind, version, names.
-Graph checks (references, ports, kinds, cycles) live in compiler.dag and run from here too, so
-`graphvla validate` reports everything that can be known without building a block."""
+"""Checking a loaded spec as a document: JSON schema (every key), input-port fields per kind,
+version, names. Graph checks (references, ports, kinds, cycles) need the DAG and live one layer
+up, in the compiler; `compiler.validate.validate_graph` runs both and reports every error at once."""
 from __future__ import annotations
 
 import keyword
@@ -23,8 +23,10 @@ def _is_reserved_attr(name: str) -> bool:
     return hasattr(probe, name)
 
 
-def validate_spec(spec, issues: IssueList | None = None, graph_checks: bool = True) -> IssueList:
-    """Raise SpecError with every problem found; return the issues (warnings) otherwise."""
+def validate_spec(spec, issues: IssueList | None = None, finish: bool = True) -> IssueList:
+    """Check the document. With finish (the default) raise SpecError with every problem found and
+    return the issues (warnings) otherwise; without it only collect, so that a caller can add the
+    graph checks to the same list and report everything at once (`finish_issues`)."""
     from ..blocks.registry import registered
 
     issues = issues or spec.issues()
@@ -35,10 +37,13 @@ def validate_spec(spec, issues: IssueList | None = None, graph_checks: bool = Tr
     _check_inputs(data, issues)
     _check_names(data, issues)
     _check_finite(data, (), issues)
-    if graph_checks and isinstance(data, dict):
-        from ..compiler.dag import build_dag
+    if finish:
+        finish_issues(spec, issues)
+    return issues
 
-        build_dag(spec, issues)
+
+def finish_issues(spec, issues: IssueList) -> IssueList:
+    """Report each problem once, keep the warnings on the spec, raise if any error was found."""
     _drop_repeats(issues)
     spec.warnings = issues.warnings
     issues.raise_if_errors()
