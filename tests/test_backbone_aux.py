@@ -10,8 +10,8 @@ import torch
 from graphvla.blocks.aux.future_obs import FutureObs
 from graphvla.blocks.aux.lm_loss import LMLoss, next_token_loss
 from graphvla.blocks.base import BuildContext, ParamError, PortInfo
-from graphvla.blocks.layers import SelectLayers
-from graphvla.blocks.projector import Projector
+from graphvla.blocks.glue.select_layers import SelectLayers
+from graphvla.blocks.glue.projector import Projector
 
 warnings.filterwarnings("ignore")
 CTX = BuildContext("b")

@@ -10,7 +10,7 @@ import torch
 
 from graphvla.blocks.backbones.hf_vlm import HFVLM, vision_tower
 from graphvla.blocks.base import BuildContext, ParamError, PortInfo
-from graphvla.testing.tiny_hf import build_tiny, save_tiny
+from graphvla.blocks.backbones.tiny_hf import build_tiny, save_tiny
 
 warnings.filterwarnings("ignore")
 try:  # SmolVLM's processor needs num2words (a small pure-Python package)

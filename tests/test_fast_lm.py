@@ -16,12 +16,12 @@ import torch.nn.functional as F
 import graphvla
 from graphvla.blocks.backbones.hf_vlm import HFVLM, OnlyTokens
 from graphvla.blocks.base import BuildContext, PortError, PortInfo
-from graphvla.blocks.heads.fast_lm import FASTDecode, FASTEncode
+from graphvla.blocks.fast import FASTDecode, FASTEncode
 from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
 from graphvla.errors import SpecError
 from graphvla.spec.loader import load_spec
 from graphvla.compiler.validate import validate_graph
-from graphvla.testing.fast_fixture import smooth_chunks
+from fast_fixture import smooth_chunks
 from test_backbone_hf import FAMILIES  # SmolVLM skips without num2words
 
 warnings.filterwarnings("ignore")
@@ -229,7 +229,7 @@ def test_train_on_recorded_metaworld_then_load_and_infer(tmp_path, metaworld_dat
 
 def test_state_goes_into_the_prompt_as_bins():
     from graphvla.blocks.base import ParamError
-    from graphvla.blocks.glue import StateText
+    from graphvla.blocks.glue.state_text import StateText
 
     def make(**params):
         return StateText(params, {"text": PortInfo("text", None), "state": PortInfo("state", (2, 3))}, BuildContext("prompt"))

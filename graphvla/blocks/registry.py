@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import logging
 import re
+from pathlib import Path
 
 from .base import Block
 
@@ -14,12 +16,21 @@ log = logging.getLogger(__name__)
 
 # Modules of the built-in block library; importing them registers their blocks.
 BUILTIN_MODULES = [
+    "graphvla.blocks.aux.future_obs",
+    "graphvla.blocks.aux.lm_loss",
+    "graphvla.blocks.backbones.hf_vlm",
+    "graphvla.blocks.backbones.world_model",
     "graphvla.blocks.encoders",
-    "graphvla.blocks.glue",
+    "graphvla.blocks.fast",
+    "graphvla.blocks.glue.fuse",
+    "graphvla.blocks.glue.projector",
+    "graphvla.blocks.glue.select_layers",
+    "graphvla.blocks.glue.state_text",
+    "graphvla.blocks.heads.dual_system",
+    "graphvla.blocks.heads.fast",
+    "graphvla.blocks.heads.flow_matching",
     "graphvla.blocks.heads.mlp",
-    "graphvla.blocks.backbones.hf_vlm", "graphvla.blocks.backbones.world_model", "graphvla.blocks.aux.lm_loss", "graphvla.blocks.aux.future_obs", "graphvla.blocks.layers", "graphvla.blocks.projector",
-    "graphvla.blocks.heads.oft", "graphvla.blocks.heads.flow_matching", "graphvla.blocks.heads.dual_system", "graphvla.blocks.heads.fast",
-    "graphvla.blocks.heads.fast_lm",
+    "graphvla.blocks.heads.oft",
 ]
 
 _REGISTRY: dict[str, type[Block]] = {}
@@ -61,6 +72,14 @@ def _load_all():
 def registered() -> dict[str, type[Block]]:
     _load_all()
     return dict(sorted(_REGISTRY.items()))
+
+
+def defining_file(cls: type[Block]) -> str:
+    """Where a block type is defined: 'graphvla/blocks/heads/oft.py' for a built-in (relative to the
+    installed package's parent), the absolute path of its module for a plugin."""
+    path = Path(inspect.getsourcefile(cls) or inspect.getfile(cls)).resolve()
+    package_parent = Path(__file__).resolve().parents[2]
+    return path.relative_to(package_parent).as_posix() if path.is_relative_to(package_parent) else str(path)
 
 
 def get_block_type(name: str) -> type[Block]:

@@ -48,14 +48,15 @@ def schema():
 
 
 @click.command()
-@click.option("-v", "--verbose", is_flag=True, help="also show ports and parameters")
+@click.option("-v", "--verbose", is_flag=True, help="also show the defining file, ports and parameters")
 def blocks(verbose):
     """List the registered block types."""
-    from ..blocks.registry import registered
+    from ..blocks.registry import defining_file, registered
 
     for name, cls in registered().items():
         click.echo(f"{name:24s} {cls.description}")
         if verbose:
+            click.echo(f"    file {defining_file(cls)}")
             for p, d in cls.in_ports.items():
                 flags = ", ".join(f for f, on in (("optional", d.optional), ("target", d.target)) if on)
                 click.echo(f"    in  {p:12s} {'|'.join(d.kinds):14s} {flags}")

@@ -117,7 +117,7 @@ class HFVLM(Block):
         dtype = DTYPES[p["dtype"]]
         has_weights = self.model_dir is not None and (self.model_dir / "config.json").exists()
         if "tiny" in p:
-            from ...testing.tiny_hf import build_tiny
+            from .tiny_hf import build_tiny
 
             model, processor = build_tiny(p["tiny"], seed=p["seed"])
             return model.to(dtype), processor, {}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Block, InPort, OutPort, ParamError
-from .registry import register
+from ..base import Block, InPort, OutPort, ParamError
+from ..registry import register
 
 
 @register

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Block, InPort, OutPort
-from .registry import register
+from ..base import Block, InPort, OutPort
+from ..registry import register
 
 
 @register

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from ..base import Block, InPort, OutPort
-from ..registry import register
-from .common import ACTION_PARAMS, action_shape
-from .fast import FIT_HINT, ON_MALFORMED, decode_tokens, load_tokenizer
+from .base import Block, InPort, OutPort
+from .registry import register
+from .heads.common import ACTION_PARAMS, action_shape
+from .heads.fast import FIT_HINT, ON_MALFORMED, decode_tokens, load_tokenizer
 
 TOKENIZER_PARAM = {"type": ["string", "null"], "default": None,
                    "description": "folder of a fitted FAST tokenizer (relative to the spec's folder)"}

@@ -1,5 +1,5 @@
 """A FAST tokenizer fitted on synthetic smooth action chunks, for the tiny FAST graph
-(graphvla/graphs/tiny/fast_tokenizer) and tests: `python -m graphvla.testing.fast_fixture DIR`."""
+(graphvla/graphs/tiny/fast_tokenizer) and tests: `python tests/fast_fixture.py DIR`."""
 from __future__ import annotations
 
 import sys
@@ -17,7 +17,7 @@ def smooth_chunks(n: int, horizon: int, action_dim: int, seed: int = 0) -> np.nd
 
 
 def fit_tiny_fast(directory, horizon: int = 8, action_dim: int = 4, vocab_size: int = 256, scale: float = 10.0):
-    from ..blocks.heads.fast_tokenizer import FASTTokenizer
+    from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
 
     # wide enough that N(0, 1)-ish synthetic targets (graphvla check) stay inside the fitted range
     data = np.concatenate([smooth_chunks(2000, horizon, action_dim), np.clip(np.random.default_rng(1).normal(

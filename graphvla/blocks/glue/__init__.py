@@ -1,0 +1,1 @@
+"""Glue blocks (`glue.*`): the small adapters between backbones and heads, one module per type."""
