@@ -80,10 +80,8 @@ class FrameSource:
             ref = self.image_refs[key][row]
             if isinstance(ref, (bytes, bytearray)):
                 return bytes(ref), _sniff_ext(ref)
-            if not isinstance(ref, str):
-                from .shards import read_ref
-
-                data = read_ref(ref)
+            if not isinstance(ref, str):  # a frame inside a webdataset shard (shards.TarRef)
+                data = ref.read()
                 return data, _sniff_ext(data)
             path = self.root / ref
             return path.read_bytes(), path.suffix.lstrip(".").lower() or "png"
@@ -111,10 +109,8 @@ def decode_image(ref, root: Path, key: str) -> np.ndarray:
     if isinstance(ref, (bytes, bytearray)):
         src = io.BytesIO(ref)
         where = f"{root}: {key} (embedded image)"
-    elif not isinstance(ref, str):  # a frame inside a webdataset shard
-        from .shards import read_ref
-
-        src = io.BytesIO(read_ref(ref))
+    elif not isinstance(ref, str):  # a frame inside a webdataset shard (shards.TarRef)
+        src = io.BytesIO(ref.read())
         where = f"{ref.shard} at offset {ref.offset} ({key})"
     else:
         src = root / ref

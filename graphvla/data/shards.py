@@ -26,9 +26,15 @@ INDEX_FILE = "shards.json"
 
 @dataclass(frozen=True)
 class TarRef:
+    """A frame stored as one member of a shard. FrameSource reads it through `read()`, so the
+    LeRobot reader needs no import of this module."""
+
     shard: str  # absolute path of the tar
     offset: int
     size: int
+
+    def read(self) -> bytes:
+        return read_ref(self)
 
 
 def pack(source: FrameSource, out, *, max_frames: int = 2000) -> dict:
