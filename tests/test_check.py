@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from graphvla.blocks.base import Block, InPort, OutPort
 from graphvla.blocks.registry import register
 from graphvla.cli import main
-from graphvla.commands.check_cmds import CheckFailed, run_check, synthetic_batch
+from graphvla.runners.check import CheckFailed, run_check, synthetic_batch
 from graphvla.spec.loader import load_spec
 
 warnings.filterwarnings("ignore")
