@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import difflib
 from collections import deque
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "configs" / "benchmarks"
+BENCHMARK_DIR = resources.files("graphvla") / "configs" / "benchmarks"  # ships in the package
 
 _TOP_KEYS = {"benchmark", "description", "images", "actions", "env"}
 _IMAGE_KEYS = {"flip", "resize"}
@@ -263,8 +264,8 @@ def load_adapter(name_or_path: str, overrides: dict | None = None) -> Adapter:
     path = Path(name_or_path)
     if not path.suffix:
         path = BENCHMARK_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in BENCHMARK_DIR.glob("*.yaml"))
+    if not path.is_file():
+        known = sorted(p.name[: -len(".yaml")] for p in BENCHMARK_DIR.iterdir() if p.name.endswith(".yaml"))
         raise FileNotFoundError(f"no adapter config '{name_or_path}' (benchmarks: {', '.join(known)})")
     config = yaml.safe_load(path.read_text()) or {}
     for key, value in (overrides or {}).items():

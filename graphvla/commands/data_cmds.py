@@ -44,7 +44,7 @@ def metaworld(out, tasks, episodes, size, camera, seed):
 @data.command()
 @click.argument("dataset", type=click.Path(exists=True))
 @click.option("--keys", default=None, help="comma-separated dataset keys (default: every numeric key)")
-@click.option("--spec", "spec", type=click.Path(exists=True, dir_okay=False),
+@click.option("--spec", "spec", type=click.Path(dir_okay=False),
               help="instead: the statistics of SPEC's state/action ports, exactly as training computes them "
                    "(DATASET may then be a data YAML)")
 @set_option

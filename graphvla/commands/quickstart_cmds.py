@@ -14,10 +14,11 @@ from pathlib import Path
 
 import click
 
+from ..errors import SpecError
+from ..spec.library import resolve_graph
 from .options import UserError
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_GRAPH = REPO / "graphvla" / "graphs" / "metaworld" / "mt10-small.yaml"
+DEFAULT_GRAPH = "metaworld/mt10-small"  # a packaged graph (`graphvla graphs` lists them)
 
 DATA_YAML = """# written by `graphvla quickstart`: the recorded demonstrations, bound to the graph's ports
 datasets:
@@ -37,7 +38,8 @@ def _run(args: list, log: Path | None = None) -> None:
 @click.command()
 @click.option("-o", "--out", default="runs/quickstart", show_default=True, type=click.Path(file_okay=False),
               help="folder for the data, the run and the evaluation")
-@click.option("--graph", default=str(DEFAULT_GRAPH), show_default=True, type=click.Path(dir_okay=False))
+@click.option("--graph", default=DEFAULT_GRAPH, show_default=True, metavar="GRAPH",
+              help="the graph to train: a packaged name (`graphvla graphs`) or a YAML path")
 @click.option("--tasks", default="MT10", show_default=True, help="comma-separated Meta-World tasks, or MT10")
 @click.option("--episodes", default=20, show_default=True, help="demonstrations recorded per task")
 @click.option("--steps", type=int, default=None, help="training steps (default: the graph's trainer.max_steps)")
@@ -47,9 +49,11 @@ def _run(args: list, log: Path | None = None) -> None:
 def quickstart(out, graph, tasks, episodes, steps, eval_episodes, size, overrides):
     """Record demos, train, serve and evaluate a policy on Meta-World with one command."""
     out = Path(out).resolve()
-    graph = Path(graph)
-    if not graph.exists():
-        raise UserError(f"graph '{graph}' not found (the quickstart graphs ship in the repository's graphvla/graphs/ folder)")
+    try:
+        resolve_graph(graph)  # fail before recording, not after
+    except SpecError as e:
+        issue = e.issues[0]
+        raise UserError(f"graph '{graph}': {issue.message}" + (f" ({issue.hint})" if issue.hint else "")) from None
     out.mkdir(parents=True, exist_ok=True)
     data_dir = out / "data"
     started = time.time()

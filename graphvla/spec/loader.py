@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import IssueList, Location, SpecError, SpecIssue, first_line
+from .library import resolve_graph
 from .yaml_source import SourceMap, load_yaml_file, load_yaml_text
 
 COLLECTIONS = ("inputs", "blocks", "losses", "outputs")
@@ -80,7 +81,8 @@ def fingerprint(data: dict) -> str:
 
 
 def load_spec(source, overrides=(), validate: bool = True) -> Spec:
-    """Load a spec from a path, a YAML string (containing a newline) or a dict.
+    """Load a spec from a path, a packaged graph name ('tiny/oft', see spec/library.py), a YAML
+    string (containing a newline) or a dict.
 
     overrides: 'a.b.c=value' strings (value parsed as YAML), applied after `extends`.
     Raises SpecError listing every problem with its location."""
@@ -92,7 +94,7 @@ def load_spec(source, overrides=(), validate: bool = True) -> Spec:
         data, smap = load_yaml_text(source, "<string>")
         file = None
     else:
-        data, smap, file = _load_with_extends(Path(source), [])
+        data, smap, file = _load_with_extends(resolve_graph(source), [])
     if not isinstance(data, dict):
         raise SpecError([SpecIssue(f"a spec must be a YAML mapping, got {_type_name(data)}", (), Location(file or "<string>", 1, 1))])
     data.pop("extends", None)

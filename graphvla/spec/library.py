@@ -1,0 +1,187 @@
+"""The graph library that ships inside the package (graphvla/graphs): every command that takes a
+graph also takes a packaged name such as `tiny/oft` or `metaworld/mt10-small` (`.yaml` optional).
+
+A path that exists always wins; a name is looked up only when no such file exists. `base/` folders
+hold the shared halves that graphs `extends:`; they are not graphs of their own, so they are neither
+listed nor resolved by name."""
+from __future__ import annotations
+
+import os
+import shutil
+from importlib import resources
+from pathlib import Path, PurePosixPath
+
+import yaml
+
+from ..errors import Location, SpecError, SpecIssue, did_you_mean
+
+SUFFIXES = (".yaml", ".yml")
+HIDDEN = "base"  # folders of shared bases: not user-facing graphs
+LEGACY_PREFIX = "graphvla/graphs/"  # a path into a source checkout, typed where there is none
+
+
+def graphs_root() -> Path:
+    """The folder of packaged graphs, on disk."""
+    root = resources.files("graphvla") / "graphs"
+    if not os.path.isdir(str(root)):
+        raise RuntimeError(f"the packaged graphs are not on disk ({root}); install graphvla from a wheel or a "
+                           "source checkout, not a zip")
+    return Path(str(root))
+
+
+def packaged_graphs() -> list[str]:
+    """Every packaged graph's name ('tiny/oft'), sorted; bases are left out."""
+    root = graphs_root()
+    names = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if path.suffix in SUFFIXES and path.is_file() and HIDDEN not in rel.parts[:-1]:
+            names.append(rel.with_suffix("").as_posix())
+    return sorted(names)
+
+
+def _as_name(source) -> str | None:
+    """What `source` would be as a packaged name, or None if it can only be a path."""
+    text = str(source).replace("\\", "/")
+    if not text or PurePosixPath(text).is_absolute() or text.startswith(("./", "../", "~")):
+        return None
+    if text.startswith(LEGACY_PREFIX):
+        text = text[len(LEGACY_PREFIX):]
+    for suffix in SUFFIXES:
+        if text.endswith(suffix):
+            return text[: -len(suffix)]
+    return text
+
+
+def packaged_path(name) -> Path | None:
+    """The YAML file of packaged graph `name`, or None when there is no such graph."""
+    name = _as_name(name)
+    if name is None or name not in packaged_graphs():
+        return None
+    root = graphs_root()
+    for suffix in SUFFIXES:
+        if (root / (name + suffix)).is_file():
+            return root / (name + suffix)
+    return None
+
+
+def resolve_graph(source) -> Path:
+    """The file a command's graph argument means: an existing path, else a packaged graph.
+    Raises SpecError ('file not found', with a did-you-mean over the packaged names) otherwise."""
+    path = Path(source)
+    if path.exists():
+        return path
+    found = packaged_path(source)
+    if found is not None:
+        return found
+    name, hint = _as_name(source), None
+    if name is not None:
+        close = did_you_mean(name, packaged_graphs())
+        hint = "and no packaged graph of that name; " + (close or "`graphvla graphs` lists them")
+    raise SpecError([SpecIssue("file not found", (), Location(str(source)), hint=hint)])
+
+
+def describe(name: str) -> str:
+    """One line about packaged graph `name`: its `description:` (first line), else its first comment."""
+    path = packaged_path(name)
+    text = path.read_text(encoding="utf-8") if path else ""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        data = None
+    desc = data.get("description") if isinstance(data, dict) else None
+    if isinstance(desc, str) and desc.strip():
+        line = desc.strip().splitlines()[0].strip()
+        if len(line) > 100:  # a folded paragraph: its first sentence, or a cut
+            end = line.find(". ")
+            line = line[: end + 1] if 0 < end < 100 else line[:97].rstrip() + "..."
+        return line
+    for line in text.splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+    return ""
+
+
+def graph_files(name: str) -> tuple[Path, list[Path]]:
+    """Packaged graph `name` and everything it needs to load from another folder: (its YAML file,
+    every file and folder needed, itself included): its `extends:` chain and the relative paths its
+    blocks' `with:` name (a fitted tokenizer, say) that exist next to it."""
+    from .loader import load_spec
+
+    graph = packaged_path(name)
+    if graph is None:
+        _raise_unknown(name)
+    root = graphs_root().resolve()
+    graph = graph.resolve()
+    needed = [graph]
+    _extends_chain(graph, needed)
+    spec = load_spec(graph, validate=False)
+    for block in spec.blocks.values():
+        if isinstance(block, dict):
+            for value in _strings(block.get("with")):
+                candidate = (graph.parent / value).resolve()
+                if (_inside(candidate, root) and not _inside(graph, candidate) and candidate.exists()
+                        and candidate not in needed):
+                    needed.append(candidate)
+    return graph, needed
+
+
+def _raise_unknown(name):
+    close = did_you_mean(_as_name(name) or str(name), packaged_graphs())
+    raise SpecError([SpecIssue("no packaged graph of that name", (), Location(str(name)),
+                               hint=close or "`graphvla graphs` lists them")])
+
+
+def copy_graph(name: str, dest) -> tuple[Path, list[Path]]:
+    """Copy packaged graph `name` into folder `dest` with what it needs to validate there, at the
+    same paths relative to each other. Returns (the copied graph, every file written). Refuses
+    (FileExistsError naming them) when any of those files already exists; writes nothing then."""
+    graph, needed = graph_files(name)
+    base = Path(os.path.commonpath([graph.parent] + [p if p.is_dir() else p.parent for p in needed]))
+    dest = Path(dest)
+    plan = []  # (source file, destination file)
+    for item in needed:
+        files = sorted(p for p in item.rglob("*") if p.is_file()) if item.is_dir() else [item]
+        plan += [(f, dest / f.relative_to(base)) for f in files]
+    clash = [str(d) for _, d in plan if d.exists() or d.is_symlink()]
+    if clash:
+        raise FileExistsError("will not overwrite existing file" + ("s" if len(clash) > 1 else "") + ": "
+                              + ", ".join(clash))
+    for src, dst in plan:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    return dest / graph.relative_to(base), [d for _, d in plan]
+
+
+def _extends_chain(path: Path, out: list) -> None:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return
+    parents = data.get("extends") if isinstance(data, dict) else None
+    for rel in [parents] if isinstance(parents, str) else parents or []:
+        if isinstance(rel, str):
+            parent = (path.parent / rel).resolve()
+            if parent.is_file() and parent not in out:
+                out.append(parent)
+                _extends_chain(parent, out)
+
+
+def _strings(value):
+    if isinstance(value, str):
+        if value and "\n" not in value and not os.path.isabs(value):
+            yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True

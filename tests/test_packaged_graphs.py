@@ -1,0 +1,195 @@
+"""Packaged graph names (`tiny/oft` for graphvla/graphs/tiny/oft.yaml) wherever a command takes a
+graph, `graphvla graphs` (the list) and `graphvla graphs copy NAME DIR` (a copy to edit that still
+validates from DIR, never overwriting)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import spec_issues
+
+import graphvla
+from graphvla.cli import main
+from graphvla.spec.library import describe, graphs_root, packaged_graphs, resolve_graph
+from graphvla.spec.loader import load_spec
+
+PACKAGE = Path(graphvla.__file__).resolve().parent
+ROOT = PACKAGE / "graphs"
+OFT = ROOT / "tiny" / "oft.yaml"
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(map(str, args)))
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """Run from an empty folder, as a user of the installed package would."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return cwd
+
+
+# --- the names -------------------------------------------------------------------------------------
+
+def test_names_are_every_graph_in_the_package_but_not_the_bases():
+    on_disk = sorted(p.relative_to(ROOT).with_suffix("").as_posix() for p in ROOT.rglob("*.yaml")
+                     if "base" not in p.relative_to(ROOT).parts)
+    names = packaged_graphs()
+    assert names == on_disk and names == sorted(names)
+    assert {"tiny/oft", "tiny/mlp", "metaworld/mt10-small", "starvla/qwen3vl-oft"} <= set(names)
+    assert not [n for n in names if "base" in n.split("/")]
+    assert graphs_root().resolve() == ROOT
+
+
+def test_a_name_with_or_without_yaml_or_as_a_checkout_path_is_the_packaged_file(elsewhere):
+    for given in ("tiny/oft", "tiny/oft.yaml", "graphvla/graphs/tiny/oft.yaml"):
+        assert resolve_graph(given).resolve() == OFT, given
+    spec = load_spec("tiny/oft")
+    assert spec.name == "tiny-qwen3vl-oft" and Path(spec.file).resolve() == OFT
+    # its `extends: base/qwen3vl.yaml` still resolves next to the packaged file
+    assert spec.blocks["vlm"]["type"] == "backbone.hf_vlm" and spec.dir == OFT.parent
+    assert spec.fingerprint == load_spec(OFT).fingerprint
+
+
+def test_an_existing_path_wins_over_a_packaged_name(elsewhere):
+    mine = elsewhere / "tiny" / "oft.yaml"
+    mine.parent.mkdir()
+    mine.write_text((ROOT / "tiny" / "mlp.yaml").read_text().replace("name: tiny-mlp", "name: my-own-oft"))
+    assert load_spec("tiny/oft.yaml").name == "my-own-oft"
+    result = run("validate", "tiny/oft.yaml")
+    assert result.exit_code == 0 and "ok (my-own-oft" in result.output
+    # no file of that exact path here: the packaged graph
+    assert load_spec("tiny/oft").name == "tiny-qwen3vl-oft"
+    assert load_spec("tiny/mlp.yaml").name == "tiny-mlp"
+
+
+def test_an_unknown_name_says_did_you_mean_over_the_packaged_names(elsewhere):
+    [issue] = spec_issues(load_spec, "tiny/otf")
+    assert issue.location.file == "tiny/otf" and issue.message == "file not found"
+    assert "did you mean 'tiny/oft'?" in issue.hint
+    [issue] = spec_issues(load_spec, "metaworld/mt10-smal.yaml")
+    assert "did you mean 'metaworld/mt10-small'?" in issue.hint
+    [issue] = spec_issues(load_spec, "zzz/qqq")
+    assert "did you mean" not in issue.hint and "`graphvla graphs` lists them" in issue.hint
+
+
+def test_bases_are_not_names_but_a_missing_absolute_path_is_just_missing(elsewhere, tmp_path):
+    [issue] = spec_issues(load_spec, "tiny/base/qwen3vl")
+    assert issue.message == "file not found" and "no packaged graph" in issue.hint
+    [issue] = spec_issues(load_spec, tmp_path / "nope.yaml")
+    assert issue.message == "file not found" and issue.hint is None
+
+
+def test_commands_take_names(elsewhere):
+    result = run("validate", "tiny/oft")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("tiny/oft: ok (tiny-qwen3vl-oft, fingerprint ")
+    result = run("validate", "--set", "blocks.head.with.layers=3", "tiny/oft.yaml")
+    assert result.exit_code == 0 and "ok (tiny-qwen3vl-oft" in result.output
+    result = run("diff", "tiny/oft", "tiny/pi")
+    assert result.exit_code == 0, result.output
+    assert "head" in result.output and "head.oft" in result.output and "head.flow_matching" in result.output
+    result = run("validate", "tiny/otf")
+    assert result.exit_code == 1
+    assert "tiny/otf: error: <root>: file not found (and no packaged graph of that name; did you mean 'tiny/oft'?)" \
+        in result.output
+    assert "Traceback" not in result.output
+
+
+def test_quickstart_takes_a_name_and_stops_before_recording_on_a_bad_one(elsewhere):
+    from graphvla.commands.quickstart_cmds import DEFAULT_GRAPH
+
+    assert DEFAULT_GRAPH == "metaworld/mt10-small"
+    assert resolve_graph(DEFAULT_GRAPH).resolve() == ROOT / "metaworld" / "mt10-small.yaml"
+    result = run("quickstart", "--graph", "metaworld/mt10-smal", "-o", elsewhere / "qs")
+    assert result.exit_code == 1
+    assert "graph 'metaworld/mt10-smal': file not found" in result.output
+    assert "did you mean 'metaworld/mt10-small'?" in result.output
+    assert not (elsewhere / "qs").exists()
+
+
+def test_benchmark_adapters_come_from_the_package(elsewhere):
+    from graphvla.client.adapters import BENCHMARK_DIR, load_adapter
+
+    assert Path(str(BENCHMARK_DIR)).resolve() == PACKAGE / "configs" / "benchmarks"
+    assert Path(load_adapter("metaworld").name).resolve() == PACKAGE / "configs" / "benchmarks" / "metaworld.yaml"
+    with pytest.raises(FileNotFoundError, match="benchmarks: libero, metaworld, simplerenv"):
+        load_adapter("nosuchbench")
+
+
+# --- graphvla graphs -------------------------------------------------------------------------------
+
+def test_graphs_lists_every_name_with_its_description():
+    result = run("graphs")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [line.split()[0] for line in lines] == packaged_graphs()
+    oft = next(line for line in lines if line.startswith("tiny/oft "))
+    assert oft.split(None, 1)[1] == "OpenVLA-OFT-style parallel regression on the tiny Qwen3-VL."
+    assert describe("tiny/mlp") == "Small from-scratch encoders and an MLP head; trains in seconds on CPU."
+    assert all(len(line) < 160 for line in lines)  # folded descriptions are cut to a line
+    assert "base" not in result.output.split()
+    paths = run("graphs", "--paths")
+    assert str(OFT) in paths.output
+
+
+def test_copy_writes_the_graph_its_base_and_its_tokenizer(tmp_path):
+    dest = tmp_path / "mine"
+    result = run("graphs", "copy", "tiny/fast", dest)
+    assert result.exit_code == 0, result.output
+    assert f"copied tiny/fast to {dest / 'fast.yaml'}" in result.output
+    written = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert written == ["base/qwen3vl.yaml", "fast.yaml", "fast_tokenizer/fast_config.json",
+                       "fast_tokenizer/tokenizer.json"]
+    for rel in written:
+        assert (dest / rel).read_bytes() == (ROOT / "tiny" / rel).read_bytes(), rel
+    copied = load_spec(dest / "fast.yaml")
+    assert copied.fingerprint == load_spec("tiny/fast").fingerprint and copied.dir == dest.resolve()
+    # the tokenizer the head names resolves inside the copy
+    assert (copied.dir / copied.blocks["head"]["with"]["tokenizer"] / "tokenizer.json").is_file()
+    # the copy reads its own base, not the package's: an edit there shows
+    base = dest / "base" / "qwen3vl.yaml"
+    base.write_text(base.read_text().replace("lr: 3.0e-4", "lr: 1.0e-4"))
+    assert load_spec(dest / "fast.yaml").blocks["vlm"]["train"]["lr"] == 1.0e-4
+    result = run("validate", dest / "fast.yaml")
+    assert result.exit_code == 0 and "ok (tiny-qwen3vl-fast" in result.output
+
+
+def test_copy_keeps_a_chain_that_leaves_its_folder_at_the_same_relative_paths(tmp_path):
+    dest = tmp_path / "mt10"
+    result = run("graphs", "copy", "metaworld/mt10-oft.yaml", dest)
+    assert result.exit_code == 0, result.output
+    written = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert written == ["metaworld/mt10-oft.yaml", "tiny/base/qwen3vl.yaml", "tiny/oft.yaml"]
+    assert load_spec(dest / "metaworld" / "mt10-oft.yaml").fingerprint == load_spec("metaworld/mt10-oft").fingerprint
+
+
+def test_copy_refuses_to_overwrite_and_writes_nothing_then(tmp_path):
+    dest = tmp_path / "mine"
+    (dest / "base").mkdir(parents=True)
+    (dest / "base" / "qwen3vl.yaml").write_text("# my own base\n")
+    result = run("graphs", "copy", "tiny/oft", dest)
+    assert result.exit_code == 1
+    assert f"will not overwrite existing file: {dest / 'base' / 'qwen3vl.yaml'}" in result.output
+    assert (dest / "base" / "qwen3vl.yaml").read_text() == "# my own base\n"
+    assert not (dest / "oft.yaml").exists()
+    # a second copy of the same graph is refused too, and the first is kept as edited
+    again = tmp_path / "again"
+    assert run("graphs", "copy", "tiny/mlp", again).exit_code == 0
+    (again / "mlp.yaml").write_text((again / "mlp.yaml").read_text() + "# edited\n")
+    result = run("graphs", "copy", "tiny/mlp", again)
+    assert result.exit_code == 1 and "will not overwrite" in result.output
+    assert (again / "mlp.yaml").read_text().endswith("# edited\n")
+
+
+def test_copy_of_an_unknown_name_says_did_you_mean(tmp_path):
+    result = run("graphs", "copy", "starvla/qwen3vl-ofd", tmp_path / "x")
+    assert result.exit_code == 1
+    assert "starvla/qwen3vl-ofd: error: <root>: no packaged graph of that name (did you mean 'starvla/qwen3vl-oft'?)" \
+        in result.output
+    assert not (tmp_path / "x").exists()
+    result = run("graphs", "copy", "tiny/base/qwen3vl", tmp_path / "x")
+    assert result.exit_code == 1 and "no packaged graph of that name" in result.output
