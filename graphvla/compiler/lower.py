@@ -27,7 +27,7 @@ class EveryK(nn.Module):
         self.calls, self.cache, self.cache_batch = 0, None, None
 
     def forward(self, **ports):
-        batch = _batch_size(ports)
+        batch = batch_size(ports)
         if self.cache is None or self.calls % self.every == 0 or batch != self.cache_batch:
             self.cache = getattr(self.block, self.method)(**ports)
             self.cache_batch = batch
@@ -39,10 +39,12 @@ class EveryK(nn.Module):
         return f"every={self.every}, method={self.method}"
 
 
-def _batch_size(ports):
-    for v in ports.values():
+def batch_size(values: dict) -> int | None:
+    """Batch size of a map of port values: the first tensor's leading dimension or the first list's
+    length (a text port); None when there is neither."""
+    for v in values.values():
         if isinstance(v, torch.Tensor):
-            return v.shape[0]
+            return int(v.shape[0])
         if isinstance(v, list):
             return len(v)
     return None

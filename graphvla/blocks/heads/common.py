@@ -1,5 +1,6 @@
-"""Pieces the action heads share: their ports, reading the context (one layer or several),
-the state token, and the attention layers (plain, cross-attending, adaLN-conditioned)."""
+"""Pieces the action heads share: their ports, the action chunk's shape and the L1 loss, reading
+the context (one layer or several), the state's width and token, and the attention layers (plain,
+cross-attending, adaLN-conditioned)."""
 from __future__ import annotations
 
 import math
@@ -9,7 +10,42 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import Block, InPort, OutPort, ParamError, PortError
-from .mlp import ACTION_PARAMS, action_shape, masked_l1  # noqa: F401  (re-exported for the heads)
+
+
+def action_shape(block: Block, target_port="target"):
+    """(horizon, action_dim) from the target port, with `with:` values as fallback/check."""
+    info = block.port_info.get(target_port)
+    h, a = block.params.get("horizon"), block.params.get("action_dim")
+    if info is not None:
+        if info.shape is None or len(info.shape) != 3:
+            raise PortError(target_port, f"expects an action chunk [B, horizon, dim], got {info.shape}")
+        th, ta = int(info.shape[1]), int(info.shape[2])
+        if h is not None and h != th:
+            raise ParamError("horizon", f"with.horizon={h} but {info.source} has horizon {th}")
+        if a is not None and a != ta:
+            raise ParamError("action_dim", f"with.action_dim={a} but {info.source} has dim {ta}")
+        return th, ta
+    if h is None or a is None:
+        raise PortError(target_port, "not wired, so with.horizon and with.action_dim are required")
+    return h, a
+
+
+def masked_l1(pred, target, mask=None):
+    err = (pred - target).abs()
+    if mask is None:
+        return err.mean()
+    m = mask.to(err.dtype)
+    while m.dim() < err.dim():
+        m = m.unsqueeze(-1)
+    m = m.expand_as(err)
+    return (err * m).sum() / m.sum().clamp(min=1)
+
+
+ACTION_PARAMS = {
+    "horizon": {"type": "integer", "minimum": 1, "description": "inferred from the target port when wired"},
+    "action_dim": {"type": "integer", "minimum": 1, "description": "inferred from the target port when wired"},
+}
+
 
 # Every action head has these ports, so swapping heads is one line of YAML.
 HEAD_IN_PORTS = {
@@ -77,6 +113,8 @@ def check_width(block: Block):
 
 
 def state_width(block: Block) -> int:
+    """Width of the wired `state` port flattened per sample ([B, D] -> D, [B, history, D] -> history*D);
+    0 when it is not wired."""
     info = block.port_info.get("state")
     if info is None:
         return 0

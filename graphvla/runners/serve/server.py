@@ -25,6 +25,7 @@ from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
 from ...protocol import RESET_KEY, WireError, packb, unpackb
+from ..plain_data import plain_data
 from .batching import Batcher
 from .observation import ObservationError, ObservationMapper
 
@@ -43,28 +44,13 @@ class ServeOptions:
     shutdown_timeout_s: float = 30.0
 
 
-def _plain(value):
-    """Metadata as msgpack-friendly plain data (tuples -> lists, numpy -> python)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
-
-
 class PolicyServer:
     def __init__(self, policy, options: ServeOptions | None = None):
         self.policy = policy
         self.options = options or ServeOptions()
         meta = dict(policy.metadata)
         self.mapper = ObservationMapper(meta.get("inputs") or {}, self.options.key_map or None)
-        self.metadata = _plain({
+        self.metadata = plain_data({
             **meta,
             "server": "graphvla",
             "observation_keys": self.mapper.expected_keys(),

@@ -6,7 +6,6 @@ would pick up; the `latest` text file is replaced atomically after the rename.""
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import re
@@ -156,20 +155,3 @@ def write_json(path: Path, data) -> None:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
-
-
-def jsonable(x):
-    """Plain JSON data from states that may hold numpy/torch scalars or arrays."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, (np.generic,)):
-        return x.item()
-    if isinstance(x, (np.ndarray, torch.Tensor)):
-        return x.tolist()
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    if x is None or isinstance(x, (str, int, float, bool)):
-        return x
-    raise TypeError(f"cannot store {type(x).__name__} in a JSON checkpoint file: {x!r}")

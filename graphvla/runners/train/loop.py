@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from ...compiler import dag as D
+from ...compiler.lower import batch_size
+from ..plain_data import plain_data
 from . import checkpoint as C
 from . import dataio
 from .optim import block_param_groups, build_optimizer, build_scheduler
@@ -229,12 +231,12 @@ class Trainer:
                 save_model(self.cg.model, str(d / "model.safetensors"))
                 torch.save(optim_state, d / "optimizer.pt")
                 torch.save(sched_state, d / "scheduler.pt")
-                C.write_json(d / "trainer_state.json", C.jsonable(state))
+                C.write_json(d / "trainer_state.json", plain_data(state, for_json=True))
                 torch.save(rngs, d / "rng.pt")
                 (d / "spec.yaml").write_text(self.spec.to_yaml())
                 C.write_json(d / "graph.json", {"name": self.cg.name, "fingerprint": self.cg.fingerprint,
                                                 "spec_file": str(Path(self.spec.file).resolve()) if self.spec.file else None})
-                C.write_json(d / "normalization.json", C.jsonable(norm))
+                C.write_json(d / "normalization.json", plain_data(norm, for_json=True))
 
             path = C.write_checkpoint(self.run_dir, self.step, write, keep_last=self.cfg["keep_last"])
         acc.wait_for_everyone()
@@ -266,7 +268,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return {"step": self.step, "stream": stream, "loss": values[0], "losses": dict(zip(names, values[1:])),
-                "samples": _batch_len(batch) * self.accelerator.num_processes}
+                "samples": (batch_size(batch) or 0) * self.accelerator.num_processes}
 
     def run(self) -> TrainResult:
         acc, cfg = self.accelerator, self.cfg
@@ -303,15 +305,6 @@ class Trainer:
                 writer.close()
         return TrainResult(self.run_dir, self.step, self.history, last_ckpt, samples,
                            time.perf_counter() - start - saving)
-
-
-def _batch_len(batch: dict) -> int:
-    for v in batch.values():
-        if isinstance(v, torch.Tensor):
-            return int(v.shape[0])
-        if isinstance(v, list):
-            return len(v)
-    return 0
 
 
 def _summary_writer(path: Path):
