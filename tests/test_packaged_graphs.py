@@ -193,3 +193,12 @@ def test_copy_of_an_unknown_name_says_did_you_mean(tmp_path):
     assert not (tmp_path / "x").exists()
     result = run("graphs", "copy", "tiny/base/qwen3vl", tmp_path / "x")
     assert result.exit_code == 1 and "no packaged graph of that name" in result.output
+
+
+def test_every_packaged_graph_copies_out_to_the_same_resolved_spec(tmp_path):
+    from graphvla.spec.library import copy_graph
+
+    for i, name in enumerate(packaged_graphs()):
+        graph, written = copy_graph(name, tmp_path / str(i))
+        assert graph in written and all(p.is_relative_to(tmp_path / str(i)) for p in written)
+        assert load_spec(graph).fingerprint == load_spec(name).fingerprint, name

@@ -104,25 +104,26 @@ def describe(name: str) -> str:
 
 def graph_files(name: str) -> tuple[Path, list[Path]]:
     """Packaged graph `name` and everything it needs to load from another folder: (its YAML file,
-    every file and folder needed, itself included): its `extends:` chain and the relative paths its
-    blocks' `with:` name (a fitted tokenizer, say) that exist next to it."""
-    from .loader import load_spec
-
+    every file and folder needed, itself included): its `extends:` chain and the relative paths the
+    blocks' `with:` of that chain name (a fitted tokenizer, say) that exist next to the graph, since
+    they resolve against the graph's own folder."""
     graph = packaged_path(name)
     if graph is None:
         _raise_unknown(name)
     root = graphs_root().resolve()
     graph = graph.resolve()
-    needed = [graph]
-    _extends_chain(graph, needed)
-    spec = load_spec(graph, validate=False)
-    for block in spec.blocks.values():
-        if isinstance(block, dict):
-            for value in _strings(block.get("with")):
-                candidate = (graph.parent / value).resolve()
-                if (_inside(candidate, root) and not _inside(graph, candidate) and candidate.exists()
-                        and candidate not in needed):
-                    needed.append(candidate)
+    chain = []
+    _extends_chain(graph, chain)
+    needed = [path for path, _ in chain]
+    for _, data in chain:
+        blocks = data.get("blocks") if isinstance(data.get("blocks"), dict) else {}
+        for block in blocks.values():
+            if isinstance(block, dict):
+                for value in _strings(block.get("with")):
+                    candidate = (graph.parent / value).resolve()
+                    if (_inside(candidate, root) and not _inside(graph, candidate) and candidate.exists()
+                            and candidate not in needed):
+                        needed.append(candidate)
     return graph, needed
 
 
@@ -154,16 +155,18 @@ def copy_graph(name: str, dest) -> tuple[Path, list[Path]]:
 
 
 def _extends_chain(path: Path, out: list) -> None:
+    """Append (file, its YAML data) for `path` and, depth first, every base it extends."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
-        return
-    parents = data.get("extends") if isinstance(data, dict) else None
-    for rel in [parents] if isinstance(parents, str) else parents or []:
+        data = None
+    data = data if isinstance(data, dict) else {}
+    out.append((path, data))
+    parents = data.get("extends")
+    for rel in [parents] if isinstance(parents, str) else parents if isinstance(parents, list) else []:
         if isinstance(rel, str):
             parent = (path.parent / rel).resolve()
-            if parent.is_file() and parent not in out:
-                out.append(parent)
+            if parent.is_file() and parent not in [p for p, _ in out]:
                 _extends_chain(parent, out)
 
 
