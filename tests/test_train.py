@@ -74,6 +74,11 @@ def test_cotraining_reduces_every_loss_and_logs_each(tmp_path):
     ev.Reload()
     tags = set(ev.Tags()["scalars"])
     assert {"loss/action", "loss/aux", "throughput/samples_per_s", "lr/head"} <= tags
+    assert list((tmp_path / "run" / "logs").glob("events.out.tfevents.*"))  # right in RUN_DIR/logs
+    assert [e.step for e in ev.Scalars("loss/action")] == list(range(5, 61, 5))  # every log_every steps
+    window = [r["losses"]["action"] for r in result.history[:5] if r["stream"] == "action"]
+    assert ev.Scalars("loss/action")[0].value == pytest.approx(mean(window), rel=1e-5)  # the window's mean
+    assert ev.Scalars("lr/aux_head")[-1].value == pytest.approx(0.1 * 1e-2)  # its own lr's floor at max_steps
 
 
 def test_param_groups_follow_block_train_and_freeze_is_bitwise(tmp_path):

@@ -118,6 +118,7 @@ class Trainer:
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(),  # several CPU processes then join a gloo group (MULTI_CPU)
             mixed_precision=precision,
+            log_with="tensorboard", project_dir=str(self.run_dir),  # TensorBoard events go to RUN_DIR/logs
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=needs_unused_search(self.cg))])
         acc = self.accelerator
 
@@ -275,7 +276,7 @@ class Trainer:
         main = acc.is_main_process
         max_steps = cfg["max_steps"]
         end = max_steps if self.stop_after is None else min(max_steps, self.step + self.stop_after)
-        writer = _summary_writer(self.run_dir / "logs") if main else None
+        acc.init_trackers("logs")  # the main process only
         bar = _progress(max_steps, self.step, enabled=main and self.progress)
         last_ckpt, window, t0 = self.resumed_from, [], time.perf_counter()
         samples, saving, start = 0, 0.0, time.perf_counter()
@@ -288,8 +289,7 @@ class Trainer:
                 if self.step % cfg["log_every"] == 0 or self.step == end:
                     dt = max(time.perf_counter() - t0, 1e-9)
                     rate = sum(r["samples"] for r in window) / dt
-                    if writer is not None:
-                        _log(writer, window, rate, self.optimizer, self.step)
+                    acc.log(_scalars(window, rate, self.optimizer), step=self.step)  # the main process only
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", samples_s=f"{rate:.1f}")
                     window, t0 = [], time.perf_counter()
                 bar.update(1)
@@ -301,32 +301,27 @@ class Trainer:
             for feed in self.feeds.values():
                 feed.close()
             bar.close()
-            if writer is not None:
-                writer.close()
+            # not acc.end_training(): it would also destroy the process group, which outlives this run
+            for tracker in acc.trackers:
+                tracker.finish()
+            acc.trackers.clear()  # a later run() starts its own
         return TrainResult(self.run_dir, self.step, self.history, last_ckpt, samples,
                            time.perf_counter() - start - saving)
 
 
-def _summary_writer(path: Path):
-    from torch.utils.tensorboard import SummaryWriter
-
-    path.mkdir(parents=True, exist_ok=True)
-    return SummaryWriter(str(path))
-
-
-def _log(writer, window, rate, optimizer, step):
+def _scalars(window, rate, optimizer) -> dict:
+    """TensorBoard scalars of the steps since the last log: each loss term and each stream's total
+    (means), each param group's lr, samples/s."""
     by_name, by_stream = {}, {}
     for r in window:
         by_stream.setdefault(r["stream"], []).append(r["loss"])
         for n, v in r["losses"].items():
             by_name.setdefault(n, []).append(v)
-    for n, vs in by_name.items():
-        writer.add_scalar(f"loss/{n}", sum(vs) / len(vs), step)
-    for s, vs in by_stream.items():
-        writer.add_scalar(f"loss_total/{s}", sum(vs) / len(vs), step)
-    for g in optimizer.param_groups:
-        writer.add_scalar(f"lr/{g.get('name', 'group')}", g["lr"], step)
-    writer.add_scalar("throughput/samples_per_s", rate, step)
+    scalars = {f"loss/{n}": sum(vs) / len(vs) for n, vs in by_name.items()}
+    scalars.update({f"loss_total/{s}": sum(vs) / len(vs) for s, vs in by_stream.items()})
+    scalars.update({f"lr/{g.get('name', 'group')}": g["lr"] for g in optimizer.param_groups})
+    scalars["throughput/samples_per_s"] = rate
+    return scalars
 
 
 def _progress(total, initial, enabled):

@@ -42,7 +42,11 @@ def build_optimizer(groups: list[dict], trainer: dict) -> torch.optim.AdamW:
 
 def cosine_factor(step: int, warmup: int, total: int, floor: float) -> float:
     """LR multiplier at optimizer step `step` (0-based): linear warmup to 1 over `warmup` steps,
-    then half a cosine down to `floor` at `total`, flat after."""
+    then half a cosine down to `floor` at `total`, flat after.
+
+    transformers' get_cosine_with_min_lr_schedule_with_warmup(min_lr_rate=floor) draws the same
+    cosine, but its warmup is one step behind (step / warmup: the first step trains at lr 0), so it
+    would change the first `warmup` lrs of every run and the runs' losses."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     span = max(total - warmup, 1)
