@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from graphvla.client.adapters import (BENCHMARK_DIR, Adapter, AdapterConfigError, ChunkExecutor, TemporalEnsembler,
-                                      delta_to_absolute, flip_image, load_adapter, map_gripper, resize_image)
+                                      delta_to_absolute, load_adapter, map_gripper)
 
 
 def recorded_trajectory(T=40, A=7, seed=0):
@@ -96,30 +96,43 @@ def test_gripper_mapping(g, kw, expected):
     np.testing.assert_array_equal(out[:2], a[:2])
 
 
+def _prepared(img, **spec):
+    return Adapter({"images": {"cam": spec}}).prepare({"cam": img})["cam"]
+
+
 def test_image_flips_and_resize():
+    """Adapters transform images with graphvla.data.images.prepare_frame: Pillow bilinear, the
+    resampling training uses (tests/test_image_path.py checks every path gives the same pixels)."""
+    from PIL import Image
+
     rng = np.random.default_rng(2)
     img = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(flip_image(img, "vertical"), img[::-1])
-    np.testing.assert_array_equal(flip_image(img, "horizontal"), img[:, ::-1])
-    np.testing.assert_array_equal(flip_image(img, "both"), np.rot90(img, 2))
-    small = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
-    big = small.repeat(3, axis=0).repeat(3, axis=1)
-    np.testing.assert_array_equal(resize_image(big, (4, 5)), small)  # area average undoes a 3x upsample
+    np.testing.assert_array_equal(_prepared(img, flip="vertical"), img[::-1])
+    np.testing.assert_array_equal(_prepared(img, flip="horizontal"), img[:, ::-1])
+    np.testing.assert_array_equal(_prepared(img, flip="both"), np.rot90(img, 2))
+    np.testing.assert_array_equal(_prepared(img, crop=[1, 2, 3, 4]), img[1:4, 2:6])
+    big = rng.integers(0, 256, (12, 15, 3), dtype=np.uint8)
+    pil = np.asarray(Image.fromarray(big).resize((5, 4), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(_prepared(big, resize=[4, 5]), pil)
     const = np.full((7, 9, 3), 77, np.uint8)
-    np.testing.assert_array_equal(resize_image(const, (224, 224)), np.full((224, 224, 3), 77, np.uint8))
-    ramp = np.tile(np.arange(10, dtype=np.float32)[None, :, None], (4, 1, 1))
-    up = resize_image(ramp, (4, 20))  # bilinear keeps a linear ramp linear inside the border
-    np.testing.assert_allclose(np.diff(up[0, 1:-1, 0]), 0.5, atol=1e-5)
+    np.testing.assert_array_equal(_prepared(const, resize=[224, 224]), np.full((224, 224, 3), 77, np.uint8))
+    ramp = np.tile((20 * np.arange(10)).astype(np.uint8)[None, :, None], (4, 1, 3))
+    up = _prepared(ramp, resize=[4, 20])  # bilinear keeps a linear ramp linear inside the border
+    np.testing.assert_array_equal(np.diff(up[0, 1:-1, 0].astype(int)), 10)
     with pytest.raises(AdapterConfigError, match="flip"):
-        flip_image(img, "upside")
+        Adapter({"images": {"cam": {"flip": "upside"}}})
+    with pytest.raises(ValueError, match=r"images.cam: crop \[5, 0, 3, 3\].*does not fit in a 6x8 frame"):
+        _prepared(img, crop=[5, 0, 3, 3])
 
 
 def test_prepare_transforms_only_declared_images():
+    from PIL import Image
+
     adapter = Adapter({"images": {"observation/image": {"flip": "both", "resize": [2, 2]}}})
     img = np.arange(16 * 3, dtype=np.uint8).reshape(4, 4, 3)
     out = adapter.prepare({"observation/image": img, "observation/wrist_image": img, "prompt": "x"})
-    expected = img[::-1, ::-1].astype(np.float32).reshape(2, 2, 2, 2, 3).mean((1, 3))
-    np.testing.assert_array_equal(out["observation/image"], np.rint(expected).astype(np.uint8))
+    expected = np.asarray(Image.fromarray(np.ascontiguousarray(img[::-1, ::-1])).resize((2, 2), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(out["observation/image"], expected)
     assert out["observation/wrist_image"] is img and out["prompt"] == "x"
 
 

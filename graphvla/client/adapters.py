@@ -3,13 +3,17 @@
 Declared per benchmark in YAML (graphvla/configs/benchmarks/NAME.yaml):
 
     images:                      # client key -> transform applied before sending
-      observation/image: {flip: both, resize: [224, 224]}
+      observation/image: {flip: both, resize: [224, 224]}   # also crop: [top, left, height, width]
     actions:
       execute: 5                 # execute k of the H predicted steps, then query again
       ensemble: null             # or {decay: 0.01}: ACT temporal ensembling, query every step
       delta: null                # or {state_key: observation/state, dims: [0, 1, 2], mode: relative|cumulative}
       gripper: null              # or {index: -1, from: [-1, 1], to: [0, 1], binarize: false, invert: false}
       clip: null                 # or [low, high]
+
+Images are flipped, then cropped, then resized by graphvla.data.images.prepare_frame, the
+function that also prepares training and evaluation frames, so a resized client frame has the
+pixels training would have made of it.
 
 Order applied to a chunk: delta -> absolute (with the state at query time), then chunk
 execution or ensembling, then gripper mapping and clipping of the one action executed."""
@@ -23,15 +27,16 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ..data.images import FLIPS, prepare_frame
+
 BENCHMARK_DIR = resources.files("graphvla") / "configs" / "benchmarks"  # ships in the package
 
 _TOP_KEYS = {"benchmark", "description", "images", "actions", "env"}
-_IMAGE_KEYS = {"flip", "resize"}
+_IMAGE_KEYS = {"flip", "resize", "crop"}
 _ACTION_KEYS = {"execute", "ensemble", "delta", "gripper", "clip"}
 _DELTA_KEYS = {"state_key", "dims", "state_dims", "mode"}
 _GRIPPER_KEYS = {"index", "from", "to", "binarize", "threshold", "invert"}
 _ENSEMBLE_KEYS = {"decay"}
-FLIPS = ("none", "vertical", "horizontal", "both")
 
 
 class AdapterConfigError(ValueError):
@@ -46,47 +51,6 @@ def _check_keys(where: str, given: dict, allowed: set) -> None:
             hint = difflib.get_close_matches(str(k), sorted(allowed), n=1)
             raise AdapterConfigError(f"{where}: unknown key '{k}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
                                      + f"; allowed: {', '.join(sorted(allowed))}")
-
-
-# --- images ----------------------------------------------------------------------------------------
-
-def flip_image(img: np.ndarray, flip: str) -> np.ndarray:
-    """Flip an HWC image: 'vertical' (rows), 'horizontal' (columns), 'both' (= rotate 180)."""
-    if flip == "none":
-        return img
-    if flip == "vertical":
-        return img[::-1]
-    if flip == "horizontal":
-        return img[:, ::-1]
-    if flip == "both":
-        return img[::-1, ::-1]
-    raise AdapterConfigError(f"flip must be one of {', '.join(FLIPS)}, got '{flip}'")
-
-
-def resize_image(img: np.ndarray, size) -> np.ndarray:
-    """Resize an HWC uint8 image to size = [H, W] with area averaging (downscale by an integer
-    factor) or bilinear interpolation (any other size). Pure numpy, exact for constant images."""
-    h, w = int(size[0]), int(size[1])
-    H, W = img.shape[:2]
-    if (H, W) == (h, w):
-        return img
-    src = img.astype(np.float32)
-    if H % h == 0 and W % w == 0:
-        fy, fx = H // h, W // w
-        out = src.reshape(h, fy, w, fx, *img.shape[2:]).mean(axis=(1, 3))
-    else:  # bilinear with pixel centres aligned (align_corners=False)
-        ys = np.clip((np.arange(h) + 0.5) * H / h - 0.5, 0, H - 1)
-        xs = np.clip((np.arange(w) + 0.5) * W / w - 0.5, 0, W - 1)
-        y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
-        y1, x1 = np.minimum(y0 + 1, H - 1), np.minimum(x0 + 1, W - 1)
-        wy = (ys - y0).reshape(-1, 1, *([1] * (img.ndim - 2)))
-        wx = (xs - x0).reshape(1, -1, *([1] * (img.ndim - 2)))
-        top = src[y0][:, x0] * (1 - wx) + src[y0][:, x1] * wx
-        bottom = src[y1][:, x0] * (1 - wx) + src[y1][:, x1] * wx
-        out = top * (1 - wy) + bottom * wy
-    if img.dtype == np.uint8:
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return out.astype(img.dtype)
 
 
 # --- actions -------------------------------------------------------------------------------------
@@ -197,6 +161,8 @@ class Adapter:
             if flip not in FLIPS:
                 raise AdapterConfigError(f"{name}: images.{key}.flip must be one of {', '.join(FLIPS)}, got '{flip}'")
             self.images[key] = {"flip": flip, "resize": spec.get("resize")}
+            if spec.get("crop") is not None:
+                self.images[key]["crop"] = spec["crop"]
         act = config.get("actions") or {}
         _check_keys(f"{name}: actions", act, _ACTION_KEYS)
         self.delta = act.get("delta")
@@ -222,14 +188,15 @@ class Adapter:
         self.queries = 0
 
     def prepare(self, obs: dict) -> dict:
-        """Apply the declared image transforms; other keys pass through."""
+        """Apply the declared image transforms (flip, crop, resize: `prepare_frame`); other keys
+        pass through."""
         out = dict(obs)
         for key, spec in self.images.items():
             if key in out:
-                img = flip_image(np.asarray(out[key]), spec["flip"])
-                if spec["resize"]:
-                    img = resize_image(img, spec["resize"])
-                out[key] = np.ascontiguousarray(img)
+                try:
+                    out[key] = prepare_frame(out[key], spec["resize"] or None, flip=spec["flip"], crop=spec.get("crop"))
+                except ValueError as e:
+                    raise ValueError(f"{self.name}: images.{key}: {e}") from None
         return out
 
     def absolute(self, chunk: np.ndarray, obs: dict) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 `bind` matches a dataset's keys to the stream's ports (from the data YAML's `keys:` or defaults
 by kind) and refuses what does not fit, naming both sides. `ActionDataset` then builds one item
-per frame: camera views resized to the port size, the instruction, the state (with history), an
-action chunk of the port's horizon padded past the episode end, and the masks the spec declares.
+per frame: camera views at the port size (through the one image path, `images.image_array`, as
+evaluation and serving do), the instruction, the state (with history), an action chunk of the
+port's horizon padded past the episode end, and the masks the spec declares.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .images import image_array, image_tensor  # noqa: F401  (image_tensor: still imported from here by data/vlm.py)
 from .lerobot import DatasetError, FrameSource
 from .ports import Port, StreamPorts
 
@@ -217,23 +219,6 @@ class ActionDataset(torch.utils.data.Dataset):
         want = self.source.timestamp[i] - np.arange(history - 1, -1, -1) / self.source.fps
         pos = np.clip(np.searchsorted(ts, want - 1e-6), 0, e - s - 1)
         return values[s + pos]
-
-
-def image_array(img: np.ndarray, size) -> np.ndarray:
-    """HxWxC uint8 -> CxHxW float32 in [0, 1], resized (bilinear) to `size` = (H, W) if needed.
-    Plain numpy on purpose: per-sample work in loader workers should not spin up torch threads."""
-    h, w = size
-    if img.shape[0] != h or img.shape[1] != w:
-        from PIL import Image
-
-        img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
-    out = np.empty((img.shape[2], h, w), dtype=np.float32)
-    np.divide(img.transpose(2, 0, 1), np.float32(255), out=out)
-    return out
-
-
-def image_tensor(img: np.ndarray, size) -> torch.Tensor:
-    return torch.from_numpy(image_array(img, size))
 
 
 def _pad_width(x: np.ndarray, dim: int) -> torch.Tensor:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .images import prepare_frame
+
 SEED_STRIDE = 1000  # seeds of different tasks never overlap while episodes per task < 1000
 
 
@@ -53,7 +55,7 @@ def record_metaworld(out, tasks, episodes: int, size: int = 128, camera: str = "
             while kept < episodes and attempt < max_attempts:
                 ep_seed = seed + SEED_STRIDE * k + attempt
                 attempt += 1
-                frames, success = _rollout(env, task, ep_seed, camera, mw)
+                frames, success = _rollout(env, task, ep_seed, camera, mw, size)
                 if not success:
                     failed += 1
                     continue
@@ -75,14 +77,16 @@ def record_metaworld(out, tasks, episodes: int, size: int = 128, camera: str = "
     return summary
 
 
-def _rollout(env, task, ep_seed, camera, mw):
-    """One expert episode; stops at the first successful step (the success frame is kept)."""
+def _rollout(env, task, ep_seed, camera, mw, size: int):
+    """One expert episode; stops at the first successful step (the success frame is kept).
+    Frames go through the one image path at the recorded size (the env renders at that size,
+    so this only guarantees what info.json declares)."""
     obs, _ = mw.reset_env(env, ep_seed)
     cols = {k: [] for k in ("image", "state", "env", "action", "reward", "success")}
     success = False
     for _ in range(mw.max_steps(env)):
         action = mw.expert_action(task, obs)
-        cols["image"].append(mw.render(env))
+        cols["image"].append(prepare_frame(mw.render(env), (size, size)))
         cols["state"].append(mw.robot_state(obs))
         cols["env"].append(np.asarray(obs, dtype=np.float32))
         cols["action"].append(action)

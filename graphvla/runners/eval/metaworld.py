@@ -2,15 +2,16 @@
 
 The request is built from the server's metadata, so any graph over Meta-World data is
 evaluated without code changes: each client key the server expects is filled by the kind of
-the input port it feeds (image: the camera frame at the port's size; text: the task's
-instruction; state: hand xyz + gripper for 4 dims, the full 39-dim observation for 39)."""
+the input port it feeds (image: the camera frame at the port's size, through the same
+`prepare_frame` the training data goes through; text: the task's instruction; state: hand
+xyz + gripper for 4 dims, the full 39-dim observation for 39)."""
 from __future__ import annotations
 
 import re
 
 import numpy as np
 
-from ...client.adapters import resize_image
+from ...data.images import prepare_frame
 from ...sim import metaworld as mw
 
 _ROUTE = re.compile(r"^(?P<port>[^\[]+)(\[(?P<view>\d+)\])?$")
@@ -55,7 +56,7 @@ class RequestBuilder:
         request = {}
         for key, kind, detail, views in self.fields:
             if kind == "image":
-                img = resize_image(frame, detail)
+                img = prepare_frame(frame, detail)  # the one image path, as training resizes
                 # one camera: a multi-view port sees the same frame in every view
                 request[key] = img if views == 1 else np.stack([img] * views)
             elif kind == "text":
