@@ -1,8 +1,9 @@
 """A ready inference policy: `Policy.from_compiled(cg, normalizer)`, or `load_policy(RUN)` (runners/loading.py).
 
 `infer(obs)` takes one observation keyed by input port (numpy arrays / str, unbatched), checks
-it against the graph's inference inputs, batches, normalizes, runs `cg.infer` under no_grad in
-eval mode and returns un-normalized numpy outputs ({'actions': float32 [H, A], ...}).
+it against the graph's inference inputs (runners/observation.py: the checks the server makes
+too), batches, normalizes, runs `cg.infer` under no_grad in eval mode and returns
+un-normalized numpy outputs ({'actions': float32 [H, A], ...}).
 The policy server and the eval clients use exactly this API."""
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 
 from ..blocks.base import device_of
+from .observation import convert, describe
 
 
 class Policy:
@@ -114,79 +116,3 @@ def _item(value, i):
     if isinstance(value, (list, tuple)):
         return value[i]
     return value
-
-
-# observation checks --------------------------------------------------------------------------
-def expected_shape(decl: dict) -> list:
-    kind = decl["kind"]
-    if kind == "image":
-        h, w = decl["size"]
-        return [decl.get("views", 1), decl.get("channels", 3), h, w]
-    if kind == "state":
-        return [decl["dim"]] if decl.get("history", 1) == 1 else [decl["history"], decl["dim"]]
-    if kind == "action":
-        return [decl["horizon"], decl["dim"]]
-    if kind in ("mask", "tokens"):
-        return list(decl["shape"])
-    return []
-
-
-def describe(decl: dict) -> str:
-    kind = decl["kind"]
-    if kind == "text":
-        return "a string"
-    if kind == "image":
-        v, c, h, w = expected_shape(decl)
-        return f"uint8 [{v}, {h}, {w}, {c}] (or [{h}, {w}, {c}] for one view) or float [{v}, {c}, {h}, {w}] in [0, 1]"
-    return f"{kind} of shape {expected_shape(decl)}"
-
-
-def convert(port: str, decl: dict, value):
-    """One unbatched observation value -> the tensor (or str) the graph takes."""
-    kind = decl["kind"]
-    if kind == "text":
-        if isinstance(value, bytes):
-            value = value.decode()
-        if isinstance(value, np.ndarray) and value.shape == ():
-            value = value.item()
-        if not isinstance(value, str):
-            raise ValueError(f"observation '{port}': expected a string, got {type(value).__name__}")
-        return value
-    arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-    if arr.dtype == object or arr.dtype.kind in "USV":
-        raise ValueError(f"observation '{port}': expected {describe(decl)}, got dtype {arr.dtype}")
-    want = expected_shape(decl)
-    if kind == "image":
-        return _image(port, decl, arr, want)
-    if kind == "mask":
-        if arr.dtype != np.bool_ and arr.dtype.kind not in "iu":
-            raise ValueError(f"observation '{port}': expected a boolean mask of shape {want}, got dtype {arr.dtype}")
-        arr = arr.astype(bool)
-    elif kind == "tokens":
-        if arr.dtype.kind not in "iu":
-            raise ValueError(f"observation '{port}': expected integer tokens of shape {want}, got dtype {arr.dtype}")
-        arr = arr.astype(np.int64)
-    else:
-        if arr.dtype.kind not in "fiub":
-            raise ValueError(f"observation '{port}': expected numbers of shape {want}, got dtype {arr.dtype}")
-        arr = arr.astype(np.float32)
-    if list(arr.shape) != want:
-        raise ValueError(f"observation '{port}': expected shape {want}, got {list(arr.shape)}")
-    return torch.from_numpy(np.array(arr, order="C"))  # a copy: client arrays may be read-only views
-
-
-def _image(port, decl, arr, want):
-    v, c, h, w = want
-    if arr.dtype == np.uint8:
-        if arr.ndim == 3 and v == 1:
-            arr = arr[None]
-        if list(arr.shape) != [v, h, w, c]:
-            raise ValueError(f"observation '{port}': expected {describe(decl)}, got uint8 {list(arr.shape)}")
-        return torch.from_numpy(np.array(arr, order="C")).permute(0, 3, 1, 2).float().div_(255.0)
-    if arr.dtype.kind != "f":
-        raise ValueError(f"observation '{port}': expected {describe(decl)}, got dtype {arr.dtype}")
-    if arr.ndim == 3 and v == 1:
-        arr = arr[None]
-    if list(arr.shape) != [v, c, h, w]:
-        raise ValueError(f"observation '{port}': expected {describe(decl)}, got float {list(arr.shape)}")
-    return torch.from_numpy(np.array(arr, dtype=np.float32, order="C"))
