@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import require_metaworld
 
 from graphvla.data.api import collate, load_data, open_source
 from graphvla.data.lerobot import DatasetError, open_lerobot
@@ -57,11 +58,7 @@ def make_spec(tmp_path, name="spec.yaml", **kw):
 
 @pytest.fixture(scope="session")
 def mw_root(tmp_path_factory):
-    from graphvla.sim.metaworld import render_problem
-
-    problem = render_problem()
-    if problem:
-        pytest.skip(problem)
+    require_metaworld()
     from graphvla.data.metaworld_record import tiny_metaworld
 
     return tiny_metaworld(tmp_path_factory.getbasetemp())

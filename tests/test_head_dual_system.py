@@ -6,7 +6,6 @@ import torch
 import graphvla
 from graphvla.blocks.base import BuildContext, PortInfo
 from graphvla.blocks.heads.dual_system import DualSystemHead
-from graphvla.compiler.compile import CompiledGraph
 
 N, T, D, H, A = 16, 6, 16, 4, 2
 
@@ -96,7 +95,6 @@ def test_same_system2_features_same_actions():
     assert (other_seed - runs[0]).abs().max() > 1e-4
 
 
-@pytest.mark.skipif(not hasattr(CompiledGraph, "reset_caches"), reason="compiler has no infer.every cache yet")
 def test_cached_system2_matches_recomputed():
     torch.manual_seed(0)
     cached = graphvla.compile_graph(spec(3), device="cpu")

@@ -7,15 +7,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import require_metaworld
 
 from graphvla.sim import metaworld as mw
 
 
 @pytest.fixture(scope="session")
 def mw_root(tmp_path_factory):
-    problem = mw.render_problem()
-    if problem:
-        pytest.skip(problem)
+    require_metaworld()
     from graphvla.data.metaworld_record import tiny_metaworld
 
     return tiny_metaworld(tmp_path_factory.getbasetemp())
@@ -94,8 +93,7 @@ def test_frames_are_upright(mw_root):
 
 
 def test_cli_records_and_reports(tmp_path):
-    if mw.render_problem():
-        pytest.skip(mw.render_problem())
+    require_metaworld()
     from click.testing import CliRunner
 
     from graphvla.cli import main
@@ -120,3 +118,22 @@ def test_every_mt10_task_has_an_expert_and_instruction():
     for task in mw.MT10:
         assert mw.INSTRUCTIONS[task]
         assert hasattr(mw.expert_policy(task), "get_action")
+
+
+def test_require_metaworld_fails_under_ci_and_skips_elsewhere(monkeypatch):
+    """The gate every Meta-World test goes through: a simulator that cannot render is a skip on a
+    workstation but a failure (with the reason) when CI=true."""
+    monkeypatch.setattr(mw, "render_problem", lambda: "Meta-World cannot render with MUJOCO_GL=egl: no EGL (simulated)")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"CI=true and Meta-World cannot render .*no EGL \(simulated\)"):
+        require_metaworld()
+    for elsewhere in ("false", "1", None):  # only CI=true, as CI services set it, fails
+        if elsewhere is None:
+            monkeypatch.delenv("CI")
+        else:
+            monkeypatch.setenv("CI", elsewhere)
+        with pytest.raises(pytest.skip.Exception, match=r"no EGL \(simulated\)"):
+            require_metaworld()
+    monkeypatch.setattr(mw, "render_problem", lambda: None)
+    monkeypatch.setenv("CI", "true")
+    assert require_metaworld() is None  # renders: neither skips nor fails

@@ -4,15 +4,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import require_metaworld
 
 
 @pytest.mark.slow
 def test_quickstart_records_trains_serves_and_evaluates(tmp_path):
-    from graphvla.sim.metaworld import render_problem
-
-    problem = render_problem()
-    if problem:
-        pytest.skip(f"Meta-World cannot render here: {problem}")
+    require_metaworld()
     out = tmp_path / "qs"
     cmd = [sys.executable, "-m", "graphvla", "quickstart", "-o", str(out), "--tasks", "reach-v3",
            "--episodes", "2", "--steps", "20", "--eval-episodes", "2", "--set", "trainer.batch_size=16"]

@@ -1,5 +1,6 @@
-"""The trainer on tiny graphs and synthetic data (data-layer test doubles until graphvla.data
-lands): losses fall per stream, per-block lr/freeze, exact resume, NaN stop, atomic checkpoints."""
+"""The trainer on tiny graphs and synthetic data (fed through the real graphvla.data bundle, sampler,
+normalizer and collate): losses fall per stream, per-block lr/freeze, exact resume, NaN stop,
+atomic checkpoints."""
 from __future__ import annotations
 
 import json
@@ -8,13 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from graphvla.data.api import DataBundle, collate
+from graphvla.data.normalize import Normalizer
+from graphvla.data.sampler import StreamSampler
 from graphvla.runners.train import NonFiniteLossError, Trainer, train
 from graphvla.runners.train import checkpoint as C
 from graphvla.runners.train.optim import cosine_factor
 from graphvla.runners.train.streams import StreamSchedule
 from graphvla.spec.loader import load_spec
-from train_doubles import (TINY_SPEC, DataBundleDouble, NormalizerDouble, ShardedSampler, SyntheticActions, collate,
-                           compute_stats, real_data_layer)
+from train_doubles import TINY_SPEC, SyntheticActions, port_stats
 
 torch.set_num_threads(1)
 
@@ -38,15 +41,12 @@ def setup(tmp_path, text=TINY_SPEC, overrides=(), nan_at=None, aux=False):
     spec = load_spec(str(path), overrides)
     ds = SyntheticActions(48, nan_at=nan_at)
     streams = {"action": ds}
-    stats = compute_stats(ds, ["state", "actions"])
+    stats = port_stats(ds, ["state", "actions"])
     if aux:
         streams["aux"] = SyntheticActions(48, horizon=2, action_dim=2, action_port="aux_actions", seed=1)
-        stats.update(compute_stats(streams["aux"], ["aux_actions"]))
-    bundle = DataBundleDouble(streams, stats)
-    real = real_data_layer()
-    norm_cls, coll = real if real else (NormalizerDouble, collate)
-    norm = norm_cls(stats, spec.section("trainer")["normalization"])
-    return spec, bundle, dict(normalizer=norm, collate=coll, progress=False)
+        stats.update(port_stats(streams["aux"], ["aux_actions"]))
+    norm = Normalizer(stats, spec.section("trainer")["normalization"])
+    return spec, DataBundle(streams, stats), dict(normalizer=norm, collate=collate, progress=False)
 
 
 def mean(xs):
@@ -122,9 +122,9 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
     assert [r["step"] for r in state["history_tail"]] == list(range(1, 17))
 
 
-def first_step_drawing(index, n, batch_size, seed=0):
-    """1-based step whose batch contains dataset index `index` (replaying the sampler)."""
-    it = iter(ShardedSampler(n, seed=seed))
+def first_step_drawing(index, dataset, batch_size, seed=0):
+    """1-based step whose batch contains dataset index `index` (replaying the data layer's sampler)."""
+    it = iter(StreamSampler(dataset, seed=seed))
     step = 0
     while True:
         step += 1
@@ -135,7 +135,7 @@ def first_step_drawing(index, n, batch_size, seed=0):
 def test_nan_in_data_stops_naming_step_and_loss(tmp_path):
     torch.manual_seed(0)
     spec, bundle, kw = setup(tmp_path, TINY_SPEC, ["trainer.max_steps=40", "trainer.save_every=1"], nan_at=5)
-    expected = first_step_drawing(5, 48, 8)
+    expected = first_step_drawing(5, bundle.streams["action"], 8)
     with pytest.raises(NonFiniteLossError) as err:
         train(spec, bundle, tmp_path / "run", **kw)
     msg = str(err.value)
@@ -282,17 +282,13 @@ def test_data_position_is_exact_with_prefetching_workers():
     from graphvla.runners.train.streams import StreamBatches
 
     ds = SyntheticActions(20)
-    real = real_data_layer()
-    coll = real[1] if real else collate
-    make_sampler = (lambda: __import__("graphvla.data.sampler", fromlist=["StreamSampler"]).StreamSampler(ds, seed=3)) \
-        if real else (lambda: ShardedSampler(20, seed=3))
-    reference = StreamBatches(ds, make_sampler(), 6, coll, num_workers=0)
+    reference = StreamBatches(ds, StreamSampler(ds, seed=3), 6, collate, num_workers=0)
     expected = [reference.next()["state"] for _ in range(8)]
-    feed = StreamBatches(ds, make_sampler(), 6, coll, num_workers=2)
+    feed = StreamBatches(ds, StreamSampler(ds, seed=3), 6, collate, num_workers=2)
     for i in range(3):
         assert torch.equal(feed.next()["state"], expected[i])
     state = json.loads(json.dumps(feed.state_dict()))  # as stored in trainer_state.json
-    resumed = StreamBatches(ds, make_sampler(), 6, coll, num_workers=2)
+    resumed = StreamBatches(ds, StreamSampler(ds, seed=3), 6, collate, num_workers=2)
     resumed.load_state_dict(state)
     for i in range(3, 8):  # crosses an epoch boundary (20 samples, batches of 6)
         assert torch.equal(resumed.next()["state"], expected[i])

@@ -19,8 +19,13 @@ def test_two_processes_keep_weights_in_sync(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert (r0["world"], r1["world"]) == (2, 2)
-    # each rank drew its own shard of the data
+    # each rank drew its own shard of the data: within an epoch (24 samples a rank) the ranks
+    # load disjoint samples that together cover the dataset once
     assert (r0["shard"], r1["shard"]) == ((0, 2), (1, 2))
+    assert len(r0["loaded"]) == len(r1["loaded"]) == 6 * 8
+    for epoch in range(2):
+        a, b = (set(r["loaded"][24 * epoch: 24 * (epoch + 1)]) for r in (r0, r1))
+        assert len(a) == len(b) == 24 and not a & b and a | b == set(range(48)), epoch
     changed = 0
     for k, v in r0["final"].items():
         assert torch.equal(r0["initial"][k], r1["initial"][k]), k  # same start

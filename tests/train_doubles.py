@@ -1,20 +1,25 @@
-"""Test doubles for the data layer (graphvla.data), shaped like its contract: a DataBundle of
-synthetic map-style datasets keyed by port name, a deterministic sharded sampler with
-state_dict/load_state_dict, collate, and a mean/std Normalizer. The trainer tests use the
-real graphvla.data classes when they exist and these otherwise."""
+"""Synthetic training data for the trainer tests: a map-style dataset shaped for TINY_SPEC whose
+actions are a learnable function of state and task, and its normalization statistics.
+
+Nothing here stands in for graphvla.data: the tests build the real DataBundle, StreamSampler,
+Normalizer and collate, and an import error in the data layer fails them."""
 from __future__ import annotations
 
 import math
 
-import pytest
+import numpy as np
 import torch
+
+from graphvla.data.api import DataBundle, collate
+from graphvla.data.normalize import Normalizer
+from graphvla.data.stats import compute_stats as stats_of_rows
 
 TASKS = ["reach the red cube", "open the drawer", "push the button"]
 
 
 class SyntheticActions(torch.utils.data.Dataset):
     """Samples whose action chunk is a fixed smooth function of the state and the task, so a
-    model can learn it (losses must fall). action_port/extra name the ports to fill."""
+    model can learn it (losses must fall). action_port names the port the chunk fills."""
 
     def __init__(self, n=64, *, views=1, size=16, state_dim=4, horizon=4, action_dim=3, action_port="actions",
                  seed=0, nan_at=None):
@@ -38,113 +43,27 @@ class SyntheticActions(torch.utils.data.Dataset):
                 self.action_port: actions}
 
 
-class ShardedSampler:
-    """Infinite, deterministic for a seed, sharded by rank: epoch e visits a permutation of
-    the dataset and rank r takes every world_size-th index of it."""
-
-    def __init__(self, n, *, seed, rank=0, world_size=1):
-        self.n, self.seed, self.rank, self.world = n, seed, rank, world_size
-        self.epoch, self.pos = 0, 0
-
-    def _order(self):
-        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        return torch.randperm(self.n, generator=g)[self.rank:: self.world].tolist()
-
-    def __iter__(self):
-        while True:
-            order = self._order()
-            while self.pos < len(order):
-                i = order[self.pos]
-                self.pos += 1
-                yield i
-            self.epoch, self.pos = self.epoch + 1, 0
-
-    def state_dict(self):
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, state):
-        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
-
-
-def collate(samples):
-    out = {}
-    for k in samples[0]:
-        vals = [s[k] for s in samples]
-        out[k] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else list(vals)
-    return out
-
-
-def compute_stats(dataset, ports):
+def port_stats(dataset, ports) -> dict:
+    """Normalization statistics of `ports` over every sample of `dataset`, by the data layer's
+    compute_stats. Rows holding a NaN (SyntheticActions(nan_at=...)) are left out, as a recorder
+    would never write them: the NaN must reach the loss, not the statistics."""
     stats = {}
     for p in ports:
-        x = torch.stack([dataset[i][p] for i in range(len(dataset))]).flatten(0, -2)
-        x = x[torch.isfinite(x).all(-1)]
-        stats[p] = {"mean": x.mean(0).tolist(), "std": x.std(0).tolist(), "min": x.amin(0).tolist(),
-                    "max": x.amax(0).tolist(), "q01": x.quantile(0.01, 0).tolist(), "q99": x.quantile(0.99, 0).tolist()}
+        x = torch.stack([dataset[i][p] for i in range(len(dataset))]).flatten(0, -2).double().numpy()
+        stats[p] = stats_of_rows(x[np.isfinite(x).all(-1)])
     return stats
 
 
-class DataBundleDouble:
-    def __init__(self, streams: dict, stats: dict):
-        self.streams, self.stats = streams, stats
-
-    def sampler(self, stream, *, seed, rank=0, world_size=1):
-        return ShardedSampler(len(self.streams[stream]), seed=seed, rank=rank, world_size=world_size)
-
-
-class NormalizerDouble:
-    """mean_std / identity normalization of the ports named in modes."""
-
-    def __init__(self, stats, modes):
-        self.stats, self.modes = stats, dict(modes)
-        for port, mode in self.modes.items():
-            if mode != "identity" and port not in stats:
-                raise ValueError(f"normalization: no statistics for port '{port}'")
-
-    def _ms(self, port, x):
-        s = self.stats[port]
-        return torch.as_tensor(s["mean"], dtype=x.dtype), torch.as_tensor(s["std"], dtype=x.dtype).clamp(min=1e-6)
-
-    def normalize(self, batch):
-        out = dict(batch)
-        for port, mode in self.modes.items():
-            if mode == "mean_std" and port in out and out[port] is not None:
-                mean, std = self._ms(port, out[port])
-                out[port] = (out[port] - mean) / std
-        return out
-
-    def unnormalize(self, port, x):
-        if self.modes.get(port) != "mean_std":
-            return x
-        mean, std = self._ms(port, torch.as_tensor(x))
-        return torch.as_tensor(x) * std + mean
-
-    def to_dict(self):
-        return {"stats": self.stats, "modes": self.modes}
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(d["stats"], d["modes"])
-
-    def check_compatible(self, spec):
-        for port in self.modes:
-            decl = spec.inputs.get(port)
-            if decl is None:
-                raise ValueError(f"normalization names port '{port}', which the graph does not declare")
-            width = decl.get("dim")
-            if width is not None and port in self.stats and len(self.stats[port]["mean"]) != width:
-                raise ValueError(f"normalization statistics of '{port}' have width {len(self.stats[port]['mean'])}, "
-                                 f"the graph's port has dim {width}")
+# Names test_policy.py still imports (another engineer's file). They are the real data-layer
+# objects, not doubles; drop them once test_policy.py imports graphvla.data directly.
+DataBundleDouble = DataBundle
+NormalizerDouble = Normalizer
+compute_stats = port_stats
 
 
 def real_data_layer():
-    """(Normalizer, collate) from graphvla.data when it exists, else None."""
-    try:
-        from graphvla.data.api import collate as real_collate
-        from graphvla.data.normalize import Normalizer
-    except ImportError:
-        return None
-    return Normalizer, real_collate
+    """(Normalizer, collate) of graphvla.data: there is no fallback."""
+    return Normalizer, collate
 
 
 TINY_SPEC = """
@@ -187,17 +106,3 @@ trainer:
   keep_last: 2
   normalization: {state: mean_std, actions: mean_std}
 """
-
-
-@pytest.fixture(scope="session")
-def metaworld_data(tmp_path_factory):
-    """A small Meta-World recording (1 task x 2 episodes, 64x64) made with graphvla.data."""
-    pytest.importorskip("graphvla.data.metaworld_record")
-    from graphvla.sim.metaworld import render_problem
-
-    problem = render_problem()
-    if problem:
-        pytest.skip(problem)
-    from graphvla.data.metaworld_record import tiny_metaworld
-
-    return tiny_metaworld(tmp_path_factory.mktemp("mw"), tasks=("reach-v3",), episodes=2, size=64)
