@@ -1,8 +1,11 @@
-"""The graphvla/graphs/ library: every spec validates, the full-size graphs compile on meta tensors with
-the right parameter counts and no weights on disk, switching the head changes one block (and its
-losses), and the tiny graphs take the ports `graphvla data metaworld` records."""
+"""The graphvla/graphs/ library: every graph in it (found by globbing, so a new one cannot be left
+out) validates and compiles on meta tensors with its action output shaped like its action port,
+the full-size graphs have the right parameter counts and need no weights on disk, switching the
+head changes one block (and its losses), and the tiny and Meta-World graphs take the ports
+`graphvla data metaworld` records."""
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -19,6 +22,24 @@ STARVLA = [f"{b}-{h}" for b in BACKBONES for h in HEADS]
 TINY = ["fast", "oft", "pi", "gr00t", "worldmodel-pi", "fast-lm"]
 # backbone parameters: the published sizes of the checkpoints; the world model's is ours
 BACKBONE_PARAMS = {"qwen3vl": 4_437_815_808, "qwen25vl": 3_754_622_976}
+# every user-facing graph: all YAML under graphvla/graphs/ except the base/ files they extend
+LIBRARY = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*")
+                 if p.suffix in (".yaml", ".yml") and "base" not in p.relative_to(ROOT).parts)
+
+
+# compiling a full-size graph on meta takes a second or two; the fast run (-m "not slow") keeps
+# the ones other tests here compile anyway, the whole library runs without the filter
+FAST_FULL_SIZE = {"starvla/qwen3vl-oft.yaml", "starvla/qwen25vl-pi.yaml", "starvla/worldmodel-gr00t.yaml",
+                  "starvla/qwen3vl-oft-cotrain.yaml"}
+LIBRARY_PARAMS = [pytest.param(rel, marks=pytest.mark.slow)
+                  if (rel.startswith("starvla/") or rel == "examples/big-4b.yaml") and rel not in FAST_FULL_SIZE
+                  else rel for rel in LIBRARY]
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(rel: str):
+    """compile_graph on meta tensors, once per graph for the whole module."""
+    return compile_graph(ROOT / rel)
 
 
 def test_the_library_has_every_variant():
@@ -26,6 +47,33 @@ def test_the_library_has_every_variant():
         assert (ROOT / "starvla" / f"{name}.yaml").exists(), name
     for name in TINY:
         assert (ROOT / "tiny" / f"{name}.yaml").exists(), name
+    # the discovery below reaches every folder of the library, and no base/ file
+    assert {rel.split("/")[0] for rel in LIBRARY} == {"examples", "metaworld", "starvla", "tiny"}
+    assert {"metaworld/mt10-oft.yaml", "metaworld/mt10-small.yaml", "tiny/mlp.yaml"} <= set(LIBRARY)
+    assert not [rel for rel in LIBRARY if "/base/" in rel]
+    names = [load_spec(ROOT / rel).name for rel in LIBRARY]
+    assert len(set(names)) == len(names), sorted(n for n in names if names.count(n) > 1)
+
+
+@pytest.mark.parametrize("rel", LIBRARY_PARAMS)
+def test_every_library_graph_validates_and_compiles_on_meta(rel):
+    spec = load_spec(ROOT / rel)  # raises SpecError with every issue if it does not validate
+    assert spec.name
+    actions = [p for p, d in spec.inputs.items() if d["kind"] == "action"]
+    assert len(actions) == 1, actions
+    port = spec.inputs[actions[0]]
+    cg = compiled(rel)
+    assert all(p.device.type == "meta" for p in cg.model.parameters())  # no weights allocated
+    total, trainable = (sum(c[i] for c in cg.param_counts().values()) for i in (0, 1))
+    assert total > 0 and trainable > 0, (total, trainable)
+    # the inference graph returns every declared output, needs no training-only input, and its
+    # actions are [B, horizon, dim] of the action port
+    out = next(n for n in cg.infer.graph.nodes if n.op == "output")
+    assert set(out.args[0]) == set(spec.outputs)
+    placeholders = {n.target for n in cg.infer.graph.nodes if n.op == "placeholder"}
+    assert placeholders and not placeholders & {p for p, d in spec.inputs.items() if d.get("train_only")}
+    block, _, out_port = spec.outputs["actions"].partition(".")
+    assert cg.shapes[(block, out_port)] == ("B", port["horizon"], port["dim"])
 
 
 @pytest.mark.parametrize("name", STARVLA)
@@ -34,12 +82,13 @@ def test_starvla_graph_validates_with_its_head(name):
     assert spec.name == name
     assert spec.blocks["head"]["type"] == HEADS[name.split("-")[1]]
     assert spec.outputs == {"actions": "head.actions"}
+    assert (spec.inputs["actions"]["horizon"], spec.inputs["actions"]["dim"]) == (8, 7)
 
 
 @pytest.mark.parametrize("backbone,head", [("qwen3vl", "oft"), ("qwen25vl", "pi"), ("worldmodel", "gr00t")])
 def test_full_size_graph_compiles_on_meta_without_weights(backbone, head):
     assert not (ROOT / "starvla" / "weights").exists()  # nothing on disk: compile must not need it
-    cg = compile_graph(ROOT / "starvla" / f"{backbone}-{head}.yaml")
+    cg = compiled(f"starvla/{backbone}-{head}.yaml")
     counts = cg.param_counts()
     if backbone in BACKBONE_PARAMS:
         assert counts["vlm"][0] == BACKBONE_PARAMS[backbone]
@@ -50,13 +99,6 @@ def test_full_size_graph_compiles_on_meta_without_weights(backbone, head):
     if backbone != "worldmodel":
         layers = cg.shapes[("vlm", "layers")]
         assert layers[0] == "B" and layers[1] == 36 and layers[3] in (2560, 2048)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", STARVLA)
-def test_every_full_size_graph_compiles(name):
-    cg = compile_graph(ROOT / "starvla" / f"{name}.yaml")
-    assert cg.shapes[("head", "actions")] == ("B", 8, 7)
 
 
 def _differences(a, b, path=()):
@@ -116,8 +158,45 @@ def test_tiny_heads_differ_only_in_the_head_block():
 
 
 def test_cotraining_example_shares_the_vlm_module():
-    cg = compile_graph(ROOT / "starvla" / "qwen3vl-oft-cotrain.yaml")
+    cg = compiled("starvla/qwen3vl-oft-cotrain.yaml")
     assert sorted(cg.train) == ["action", "vlm"]
     assert "vlm_cotrain" not in cg.model  # the shared node calls the same module
     code = cg.train["vlm"].code
     assert "self.vlm(images = vqa_images, text = vqa_question, target_text = vqa_answer)" in code
+
+
+def test_metaworld_graphs_train_and_infer_on_what_the_quickstart_records(tmp_path, metaworld_data):
+    """Both graphs/metaworld graphs, bound to a Meta-World recording by the quickstart's own
+    data.yaml: the data layer fills every port, one train step gives a finite loss, and inference
+    returns [B, 8, 4] actions, the Meta-World action width."""
+    import torch
+
+    from graphvla.commands.quickstart_cmds import DATA_YAML, quickstart
+    from graphvla.data.api import collate, load_data
+    from graphvla.data.normalize import Normalizer
+    from graphvla.runners.train import dataio
+    from graphvla.sim import metaworld as mw
+
+    graphs = [rel for rel in LIBRARY if rel.startswith("metaworld/")]
+    assert graphs == ["metaworld/mt10-oft.yaml", "metaworld/mt10-small.yaml"]
+    size = next(p.default for p in quickstart.params if p.name == "size")  # what the quickstart records
+    data_yaml = tmp_path / "data.yaml"
+    data_yaml.write_text(DATA_YAML.format(data=metaworld_data))  # metaworld_data is recorded at 64x64
+    for rel in graphs:
+        spec = load_spec(ROOT / rel)
+        assert spec.inputs["images"]["size"] == [size, size] == [64, 64], rel
+        assert spec.inputs["state"]["dim"] == mw.OBS_DIM and spec.inputs["actions"]["dim"] == mw.ACTION_DIM, rel
+        bundle = load_data(data_yaml, spec)
+        ds = bundle.streams["action"]
+        raw = collate([ds[i] for i in range(4)])
+        assert raw["state"].shape == (4, mw.OBS_DIM) and raw["actions"].shape == (4, 8, mw.ACTION_DIM)
+        assert raw["images"].shape == (4, 1, 3, 64, 64) and raw["instruction"][0] == mw.INSTRUCTIONS["reach-v3"]
+        torch.manual_seed(0)
+        cg = compile_graph(spec, device="cpu")
+        batch = dataio.normalize(Normalizer.from_spec(bundle.stats, spec), raw)
+        out = cg.train["action"](**dataio.fit_batch(batch, *dataio.graph_inputs(cg.train["action"]), "action"))
+        assert torch.isfinite(out["loss"]) and out["loss"] > 0, rel
+        cg.model.eval()
+        with torch.no_grad():
+            actions = cg.infer(**dataio.fit_batch(batch, *dataio.graph_inputs(cg.infer), "infer"))["actions"]
+        assert actions.shape == (4, 8, mw.ACTION_DIM) and torch.isfinite(actions).all(), rel
