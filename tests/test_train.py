@@ -14,7 +14,6 @@ from graphvla.data.normalize import Normalizer
 from graphvla.data.sampler import StreamSampler
 from graphvla.runners.train import NonFiniteLossError, Trainer, train
 from graphvla.runners.train import checkpoint as C
-from graphvla.runners.train.optim import cosine_factor
 from graphvla.runners.train.streams import StreamSchedule
 from graphvla.spec.loader import load_spec
 from train_doubles import TINY_SPEC, SyntheticActions, port_stats
@@ -184,17 +183,10 @@ def test_keep_last_prunes_and_checkpoint_has_every_file(tmp_path):
     assert load_spec((result.checkpoint / "spec.yaml").read_text()).fingerprint == spec.fingerprint
 
 
-def test_stream_cycle_and_cosine_schedule():
+def test_stream_cycle():  # the learning-rate schedule is tested in test_schedule.py
     assert StreamSchedule({"a": 3, "b": 1}).cycle == ["a", "a", "b", "a"]
     assert StreamSchedule({"a": 1, "b": 1}).cycle == ["a", "b"]
     assert [StreamSchedule({"a": 1, "b": 2}).stream_at(i) for i in range(6)] == ["b", "a", "b"] * 2
-    assert cosine_factor(0, 4, 100, 0.1) == pytest.approx(0.25)
-    assert cosine_factor(3, 4, 100, 0.1) == pytest.approx(1.0)
-    assert cosine_factor(52, 4, 100, 0.1) == pytest.approx(0.55)
-    assert cosine_factor(100, 4, 100, 0.1) == pytest.approx(0.1)
-    assert cosine_factor(500, 4, 100, 0.1) == pytest.approx(0.1)
-    values = [cosine_factor(s, 4, 100, 0.1) for s in range(4, 101)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
 
 
 def test_unknown_stream_and_missing_stream_data_are_named(tmp_path):

@@ -264,12 +264,13 @@ class Trainer:
         self.accelerator.backward(out["loss"])
         if self.cfg["grad_clip"] > 0:
             self.accelerator.clip_grad_norm_(self.params, self.cfg["grad_clip"])
+        lrs = {g.get("name", "group"): g["lr"] for g in self.optimizer.param_groups}  # what this step trains with
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return {"step": self.step, "stream": stream, "loss": values[0], "losses": dict(zip(names, values[1:])),
-                "samples": (batch_size(batch) or 0) * self.accelerator.num_processes}
+                "samples": (batch_size(batch) or 0) * self.accelerator.num_processes, "lrs": lrs}
 
     def run(self) -> TrainResult:
         acc, cfg = self.accelerator, self.cfg
@@ -289,7 +290,7 @@ class Trainer:
                 if self.step % cfg["log_every"] == 0 or self.step == end:
                     dt = max(time.perf_counter() - t0, 1e-9)
                     rate = sum(r["samples"] for r in window) / dt
-                    acc.log(_scalars(window, rate, self.optimizer), step=self.step)  # the main process only
+                    acc.log(_scalars(window, rate), step=self.step)  # the main process only
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", samples_s=f"{rate:.1f}")
                     window, t0 = [], time.perf_counter()
                 bar.update(1)
@@ -309,9 +310,9 @@ class Trainer:
                            time.perf_counter() - start - saving)
 
 
-def _scalars(window, rate, optimizer) -> dict:
+def _scalars(window, rate) -> dict:
     """TensorBoard scalars of the steps since the last log: each loss term and each stream's total
-    (means), each param group's lr, samples/s."""
+    (means), the lr each param group trained the last step with, samples/s."""
     by_name, by_stream = {}, {}
     for r in window:
         by_stream.setdefault(r["stream"], []).append(r["loss"])
@@ -319,7 +320,7 @@ def _scalars(window, rate, optimizer) -> dict:
             by_name.setdefault(n, []).append(v)
     scalars = {f"loss/{n}": sum(vs) / len(vs) for n, vs in by_name.items()}
     scalars.update({f"loss_total/{s}": sum(vs) / len(vs) for s, vs in by_stream.items()})
-    scalars.update({f"lr/{g.get('name', 'group')}": g["lr"] for g in optimizer.param_groups})
+    scalars.update({f"lr/{name}": lr for name, lr in window[-1]["lrs"].items()})
     scalars["throughput/samples_per_s"] = rate
     return scalars
 

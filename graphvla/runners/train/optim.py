@@ -2,8 +2,6 @@
 left out) and a cosine learning-rate schedule with linear warmup and a floor."""
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -40,30 +38,18 @@ def build_optimizer(groups: list[dict], trainer: dict) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=trainer["lr"], betas=tuple(trainer["betas"]), weight_decay=trainer["weight_decay"])
 
 
-def cosine_factor(step: int, warmup: int, total: int, floor: float) -> float:
-    """LR multiplier at optimizer step `step` (0-based): linear warmup to 1 over `warmup` steps,
-    then half a cosine down to `floor` at `total`, flat after.
-
-    transformers' get_cosine_with_min_lr_schedule_with_warmup(min_lr_rate=floor) draws the same
-    cosine, but its warmup is one step behind (step / warmup: the first step trains at lr 0), so it
-    would change the first `warmup` lrs of every run and the runs' losses."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    span = max(total - warmup, 1)
-    progress = min(max(step - warmup, 0) / span, 1.0)
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-class CosineSchedule:
-    """A picklable lr lambda (LambdaLR saves callable objects' state, not closures)."""
-
-    def __init__(self, warmup: int, total: int, floor: float):
-        self.warmup, self.total, self.floor = warmup, total, floor
-
-    def __call__(self, step: int) -> float:
-        return cosine_factor(step, self.warmup, self.total, self.floor)
-
-
 def build_scheduler(optimizer, trainer: dict) -> torch.optim.lr_scheduler.LambdaLR:
-    fn = CosineSchedule(trainer["warmup_steps"], trainer["max_steps"], trainer["min_lr_ratio"])
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+    """transformers' cosine schedule with warmup and a floor: linear warmup over `warmup_steps`, then
+    half a cosine down to `min_lr_ratio` times each group's own lr. A ratio (not an absolute floor)
+    keeps every group's floor in proportion to its peak. Its state resumes with LambdaLR's.
+
+    transformers counts warmup from 0, so its first step would train at lr 0. The schedule is
+    started one step in instead: optimizer step s (0-based) trains at the schedule's value for s + 1,
+    warmup gives (s + 1) / warmup_steps, and the last step (max_steps - 1) trains at the floor."""
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+    for group in optimizer.param_groups:  # what LambdaLR needs to start past step 0
+        group.setdefault("initial_lr", group["lr"])
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=trainer["warmup_steps"], num_training_steps=trainer["max_steps"],
+        min_lr_rate=trainer["min_lr_ratio"], last_epoch=0)
