@@ -58,7 +58,7 @@ class NaiveDataset(torch.utils.data.Dataset):
         import pandas as pd
         from PIL import Image
 
-        from graphvla.data.frames import image_array
+        from graphvla.data.images import image_array
 
         ep, t = self.index[i]
         df = pd.read_parquet(self.root / f"data/chunk-{ep // 1000:03d}/episode_{ep:06d}.parquet")

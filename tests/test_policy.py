@@ -9,12 +9,14 @@ import pytest
 import torch
 
 import graphvla
+from graphvla.compiler.compile import compile_graph
+from graphvla.data.api import DataBundle, collate
+from graphvla.data.normalize import Normalizer
 from graphvla.runners.loading import load_policy
 from graphvla.runners.policy import Policy
 from graphvla.runners.train import Trainer
-from graphvla.runners.train import dataio
 from graphvla.spec.loader import load_spec
-from train_doubles import TINY_SPEC, DataBundleDouble, NormalizerDouble, SyntheticActions, collate, compute_stats, real_data_layer
+from train_doubles import TINY_SPEC, SyntheticActions, port_stats
 
 torch.set_num_threads(1)
 
@@ -25,18 +27,11 @@ def trained(tmp_path_factory):
     (tmp / "spec.yaml").write_text(TINY_SPEC)
     spec = load_spec(str(tmp / "spec.yaml"), ["trainer.max_steps=4", "trainer.save_every=2"])
     ds = SyntheticActions(32)
-    stats = compute_stats(ds, ["state", "actions"])
-    real = real_data_layer()
-    norm_cls, coll = real if real else (NormalizerDouble, collate)
-    t = Trainer(spec, DataBundleDouble({"action": ds}, stats), tmp / "run",
-                normalizer=norm_cls(stats, spec.section("trainer")["normalization"]), collate=coll, progress=False)
+    stats = port_stats(ds, ["state", "actions"])
+    t = Trainer(spec, DataBundle({"action": ds}, stats), tmp / "run",
+                normalizer=Normalizer(stats, spec.section("trainer")["normalization"]), collate=collate, progress=False)
     t.run()
-    return t, tmp / "run", ds, norm_cls
-
-
-@pytest.fixture(autouse=True)
-def normalizer_impl(monkeypatch, trained):
-    monkeypatch.setattr(dataio, "normalizer_class", lambda: trained[3])
+    return t, tmp / "run", ds, Normalizer
 
 
 def observation(ds, i):
@@ -55,7 +50,7 @@ def test_round_trip_predicts_like_the_in_memory_model(trained):
         assert x["actions"].dtype == np.float32 and x["actions"].shape == (4, 3)
         np.testing.assert_allclose(x["actions"], y["actions"], rtol=0, atol=1e-6)
     # independent of Policy: normalize by hand, run the inference graph, un-normalize by hand
-    stats = compute_stats(ds, ["state", "actions"])
+    stats = port_stats(ds, ["state", "actions"])
     s = torch.as_tensor(ds.state[:3])
     mean, std = torch.tensor(stats["state"]["mean"]), torch.tensor(stats["state"]["std"])
     images = torch.stack([torch.from_numpy(o["images"]).permute(2, 0, 1).float() / 255 for o in obs])[:, None]
@@ -139,13 +134,20 @@ def test_refuses_inconsistent_checkpoints(trained, tmp_path):
         load_policy(tmp_path)
 
 
-def test_reset_clears_inference_caches(trained, monkeypatch):
-    _, run, _, _ = trained
-    policy = load_policy(run)
-    calls = []
-    monkeypatch.setattr(policy.cg, "reset_caches", lambda: calls.append(1))
-    policy.reset()
-    assert calls == [1]
+def test_reset_clears_inference_caches(trained):
+    """With the vision encoder cached (`infer: {every: 4}`), a second observation reuses the first
+    one's image features until reset() starts a new episode."""
+    _, _, ds, _ = trained
+    cached = Policy.from_compiled(compile_graph(TINY_SPEC, ["blocks.vision.infer={every: 4}"], device="cpu"))
+    fresh = Policy.from_compiled(compile_graph(TINY_SPEC, device="cpu"))
+    fresh.cg.model.load_state_dict(cached.cg.model.state_dict())
+    first, second = observation(ds, 1), observation(ds, 2)
+    cached.infer(first)
+    stale = cached.infer(second)["actions"]  # the image features are still those of `first`
+    expected = fresh.infer(second)["actions"]
+    assert not np.allclose(stale, expected, atol=1e-6)
+    cached.reset()
+    np.testing.assert_allclose(cached.infer(second)["actions"], expected, rtol=0, atol=1e-6)
 
 
 def test_read_only_observation_arrays_are_accepted_without_warnings(trained):

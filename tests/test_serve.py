@@ -265,15 +265,6 @@ def test_api_key_is_required_at_the_handshake():
             assert r.status == 200  # health checks need no key
 
 
-def test_reset_request_reaches_the_policy(server):
-    from graphvla.client import PolicyClient
-
-    with PolicyClient("127.0.0.1", server.port) as c:
-        c.reset()
-        c.reset()
-    assert server.policy.resets == 2
-
-
 def test_stop_finishes_the_in_flight_request():
     policy = DoublePolicy(delay_s=0.5)
     srv = ServerThread(policy, ServeOptions(port=0, key_map=LIBERO)).start()

@@ -98,3 +98,22 @@ def test_bad_key_map_is_refused_with_the_port_names(policy):
     with pytest.raises(ValueError, match="port 'state' is fed by several keys \\(a, b\\)"):
         PolicyServer(policy, ServeOptions(key_map={"a": "state", "b": "state"}))
 
+
+
+def test_a_reset_request_starts_a_new_episode_in_the_policy():
+    """With the image encoder cached for 4 calls, the second observation is answered from the first
+    one's image features; a reset through the wire makes the next answer see the new image."""
+    from graphvla.client import PolicyClient
+
+    torch.manual_seed(0)
+    cached = Policy.from_compiled(compile_graph("tiny/mlp", ["blocks.vision.infer={every: 4}"], device="cpu"))
+    fresh = Policy.from_compiled(compile_graph("tiny/mlp", device="cpu"))
+    fresh.cg.model.load_state_dict(cached.cg.model.state_dict())
+    expected = fresh.infer(ports(obs(2)))["actions"]
+    with ServerThread(cached, ServeOptions(port=0, key_map=KEY_MAP)) as srv, PolicyClient("127.0.0.1", srv.port) as c:
+        c.infer(obs(1))
+        stale = c.infer(obs(2))["actions"]
+        c.reset()
+        renewed = c.infer(obs(2))["actions"]
+    assert not np.allclose(stale, expected, atol=1e-5)
+    np.testing.assert_allclose(renewed, expected, rtol=1e-5, atol=1e-5)

@@ -10,8 +10,6 @@ import math
 import numpy as np
 import torch
 
-from graphvla.data.api import DataBundle, collate
-from graphvla.data.normalize import Normalizer
 from graphvla.data.stats import compute_stats as stats_of_rows
 
 TASKS = ["reach the red cube", "open the drawer", "push the button"]
@@ -52,18 +50,6 @@ def port_stats(dataset, ports) -> dict:
         x = torch.stack([dataset[i][p] for i in range(len(dataset))]).flatten(0, -2).double().numpy()
         stats[p] = stats_of_rows(x[np.isfinite(x).all(-1)])
     return stats
-
-
-# Names test_policy.py still imports (another engineer's file). They are the real data-layer
-# objects, not doubles; drop them once test_policy.py imports graphvla.data directly.
-DataBundleDouble = DataBundle
-NormalizerDouble = Normalizer
-compute_stats = port_stats
-
-
-def real_data_layer():
-    """(Normalizer, collate) of graphvla.data: there is no fallback."""
-    return Normalizer, collate
 
 
 TINY_SPEC = """

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import inspect
 import logging
 import re
+import sys
 from pathlib import Path
 
 from .base import Block
@@ -76,8 +76,12 @@ def registered() -> dict[str, type[Block]]:
 
 def defining_file(cls: type[Block]) -> str:
     """Where a block type is defined: 'graphvla/blocks/heads/oft.py' for a built-in (relative to the
-    installed package's parent), the absolute path of its module for a plugin."""
-    path = Path(inspect.getsourcefile(cls) or inspect.getfile(cls)).resolve()
+    installed package's parent), the absolute path of its module for a plugin, or the module's
+    name when it has no file (a class made at run time)."""
+    module = sys.modules.get(cls.__module__)
+    if getattr(module, "__file__", None) is None:
+        return f"<module {cls.__module__}>"
+    path = Path(module.__file__).resolve()
     package_parent = Path(__file__).resolve().parents[2]
     return path.relative_to(package_parent).as_posix() if path.is_relative_to(package_parent) else str(path)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .images import image_array, image_tensor  # noqa: F401  (image_tensor: still imported from here by data/vlm.py)
+from .images import image_array
 from .lerobot import DatasetError, FrameSource
 from .ports import Port, StreamPorts
 

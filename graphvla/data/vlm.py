@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .frames import image_tensor
+from .images import image_tensor
 from .lerobot import DatasetError
 from .ports import StreamPorts
 

@@ -106,6 +106,18 @@ def head_geometry(block: Block) -> tuple[int, int]:
     return context_geometry(block)
 
 
+def read_layer(block: Block) -> tuple[int, int]:
+    """head_geometry for a head that reads one layer of its context (`with.layer`): returns
+    (that layer's index, context width)."""
+    num_layers, dim = head_geometry(block)
+    return resolve_layer(block.params["layer"], num_layers), dim
+
+
+def layer_param(description: str) -> dict:
+    """The `with.layer` entry of a head that reads one layer of a [B, L, T, D] context."""
+    return {"type": ["integer", "null"], "default": None, "description": description}
+
+
 def check_width(block: Block):
     w, h = block.params["width"], block.params["heads"]
     if w % h:

@@ -8,10 +8,9 @@ head simply denoises against whatever features it is given (same features + same
 give the same actions). The flow-matching conventions are those of head.flow_matching."""
 from __future__ import annotations
 
-
 from ..registry import register
-from .common import (ACTION_PARAMS, ContextProjection, HEAD_IN_PORTS, HEAD_OUT_PORTS, WIDTH_PARAMS,
-                     context_layers, encoder_stack, head_geometry, padding_mask, resolve_layer, state_width)
+from .common import (ACTION_PARAMS, HEAD_IN_PORTS, HEAD_OUT_PORTS, WIDTH_PARAMS, ContextProjection, context_layers,
+                     encoder_stack, layer_param, padding_mask, read_layer, state_width)
 from .flow_matching import FLOW_PARAMS, FlowDiT, FlowHead
 
 
@@ -28,8 +27,7 @@ class DualSystemHead(FlowHead):
             **FLOW_PARAMS,
             "adapter_layers": {"type": "integer", "minimum": 0, "default": 1,
                                "description": "self-attention layers adapting the System-2 features before System 1 reads them"},
-            "layer": {"type": ["integer", "null"], "default": None,
-                      "description": "which layer of a [B, L, T, D] context is System 2's output (default the last; GR00T uses a middle one)"},
+            "layer": layer_param("which layer of a [B, L, T, D] context is System 2's output (default the last; GR00T uses a middle one)"),
             **ACTION_PARAMS,
         },
         "additionalProperties": False,
@@ -37,8 +35,7 @@ class DualSystemHead(FlowHead):
 
     def __init__(self, params, inputs, ctx):
         super().__init__(params, inputs, ctx)
-        num_layers, dim = head_geometry(self)
-        self.layer = resolve_layer(self.params["layer"], num_layers)
+        self.layer, dim = read_layer(self)
         w = self.params["width"]
         self.system2_proj = ContextProjection(dim, w)
         adapter_layers = self.params["adapter_layers"]

@@ -20,8 +20,8 @@ from torch import nn
 
 from ..base import Block, OutPort, ParamError
 from ..registry import register
-from .common import (ACTION_PARAMS, ContextProjection, FeedForward, HEAD_IN_PORTS, StateToken, WIDTH_PARAMS,
-                     context_layers, head_geometry, padding_mask, resolve_layer, state_width)
+from .common import (ACTION_PARAMS, HEAD_IN_PORTS, WIDTH_PARAMS, ContextProjection, FeedForward, StateToken,
+                     context_layers, layer_param, padding_mask, read_layer, state_width)
 from .fast_tokenizer import FASTTokenizer
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,7 @@ class FASTHead(Block):
             "on_malformed": ON_MALFORMED,
             **WIDTH_PARAMS,
             "layers": {"type": "integer", "minimum": 1, "default": 2, "description": "decoder layers"},
-            "layer": {"type": ["integer", "null"], "default": None,
-                      "description": "which layer of a [B, L, T, D] context to attend to (default the last)"},
+            "layer": layer_param("which layer of a [B, L, T, D] context to attend to (default the last)"),
             **ACTION_PARAMS,
         },
         "additionalProperties": False,
@@ -84,8 +83,7 @@ class FASTHead(Block):
 
     def __init__(self, params, inputs, ctx):
         super().__init__(params, inputs, ctx)
-        num_layers, dim = head_geometry(self)
-        self.layer = resolve_layer(self.params["layer"], num_layers)
+        self.layer, dim = read_layer(self)
         self.vocab = self.params["vocab_size"]
         self.max_tokens = self.params["max_tokens"] or self.horizon * self.action_dim
         self.eos, self.bos = self.vocab, self.vocab + 1

@@ -8,9 +8,9 @@ from torch import nn
 
 from ..base import Block
 from ..registry import register
-from .common import (ACTION_PARAMS, ContextProjection, HEAD_IN_PORTS, HEAD_OUT_PORTS, MLPResNet, StateToken,
-                     WIDTH_PARAMS, context_layers, encoder_stack, head_geometry, masked_l1, padding_mask,
-                     resolve_layer, state_width)
+from .common import (ACTION_PARAMS, HEAD_IN_PORTS, HEAD_OUT_PORTS, WIDTH_PARAMS, ContextProjection, MLPResNet,
+                     StateToken, context_layers, encoder_stack, layer_param, masked_l1, padding_mask, read_layer,
+                     state_width)
 
 
 @register
@@ -25,8 +25,7 @@ class OFTHead(Block):
             **WIDTH_PARAMS,
             "layers": {"type": "integer", "minimum": 1, "default": 2, "description": "transformer layers over [context; state; queries]"},
             "mlp_blocks": {"type": "integer", "minimum": 0, "default": 2, "description": "residual blocks of the action MLP-ResNet"},
-            "layer": {"type": ["integer", "null"], "default": None,
-                      "description": "which layer of a [B, L, T, D] context to read (negative counts from the end; default the last)"},
+            "layer": layer_param("which layer of a [B, L, T, D] context to read (negative counts from the end; default the last)"),
             **ACTION_PARAMS,
         },
         "additionalProperties": False,
@@ -34,8 +33,7 @@ class OFTHead(Block):
 
     def __init__(self, params, inputs, ctx):
         super().__init__(params, inputs, ctx)
-        num_layers, dim = head_geometry(self)
-        self.layer = resolve_layer(self.params["layer"], num_layers)
+        self.layer, dim = read_layer(self)
         w = self.params["width"]
         self.context_proj = ContextProjection(dim, w)
         self.queries = nn.Parameter(torch.randn(self.horizon, w) * 0.02)
