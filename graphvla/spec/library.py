@@ -54,9 +54,11 @@ def _as_name(source) -> str | None:
 
 
 def packaged_path(name) -> Path | None:
-    """The YAML file of packaged graph `name`, or None when there is no such graph."""
+    """The YAML file of packaged graph `name`, or None when there is no such graph (names that
+    leave the library or point into a `base/` folder are none: the rule `packaged_graphs` lists by)."""
     name = _as_name(name)
-    if name is None or name not in packaged_graphs():
+    parts = PurePosixPath(name).parts if name else ()
+    if not parts or ".." in parts or HIDDEN in parts[:-1]:
         return None
     root = graphs_root()
     for suffix in SUFFIXES:
