@@ -19,7 +19,6 @@ from graphvla.blocks.base import BuildContext, PortError, PortInfo
 from graphvla.blocks.fast import FASTDecode, FASTEncode
 from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
 from graphvla.errors import SpecError
-from graphvla.spec.loader import load_spec
 from graphvla.compiler.validate import validate_graph
 from fast_fixture import smooth_chunks
 from test_backbone_hf import FAMILIES  # SmolVLM skips without num2words

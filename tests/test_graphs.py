@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from graphvla.compiler.compile import compile_graph
+from graphvla.spec.library import packaged_graphs
 from graphvla.spec.loader import load_spec
 
 warnings.filterwarnings("ignore")
@@ -22,9 +23,9 @@ STARVLA = [f"{b}-{h}" for b in BACKBONES for h in HEADS]
 TINY = ["fast", "oft", "pi", "gr00t", "worldmodel-pi", "fast-lm"]
 # backbone parameters: the published sizes of the checkpoints; the world model's is ours
 BACKBONE_PARAMS = {"qwen3vl": 4_437_815_808, "qwen25vl": 3_754_622_976}
-# every user-facing graph: all YAML under graphvla/graphs/ except the base/ files they extend
-LIBRARY = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*")
-                 if p.suffix in (".yaml", ".yml") and "base" not in p.relative_to(ROOT).parts)
+# every user-facing graph: all YAML under graphvla/graphs/ except the base/ files they extend,
+# as `graphvla graphs` lists them
+LIBRARY = [f"{name}.yaml" for name in packaged_graphs()]
 
 
 # compiling a full-size graph on meta takes a second or two; the fast run (-m "not slow") keeps

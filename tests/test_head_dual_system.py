@@ -1,6 +1,5 @@
 """head.dual_system (GR00T): overfits; through a compiled small-block graph, System-2 features
 cached with `infer: {every: k}` give exactly the actions that recomputing them gives."""
-import pytest
 import torch
 
 import graphvla
