@@ -26,6 +26,6 @@ def checked_dag(source, overrides=()) -> tuple[Spec, nx.MultiDiGraph, IssueList]
     else:
         spec = load_spec(source, overrides, validate=False)
         issues = validate_spec(spec, finish=False)
-    dag = build_dag(spec, issues) if isinstance(spec.data, dict) else nx.MultiDiGraph()
+    dag = build_dag(spec, issues)  # load_spec refuses a document that is not a mapping
     finish_issues(spec, issues)
     return spec, dag, issues
