@@ -46,6 +46,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from graphvla.runners.eval.stats import mcnemar_exact
+
 HORIZON = 8
 STATE_KEYS = {"observation.state": 4, "observation.environment_state": 39}
 PRIVILEGED = "observation.environment_state"
@@ -187,15 +189,6 @@ def protocol_scenes(root: Path) -> dict | None:
     if not (root / "meta" / "episodes.jsonl").is_file():
         return None
     return recorded_scene_vectors(root) or None
-
-
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value: b and c discordant pairs, binomial(b + c, 1/2)."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
 
 
 def two_proportion(s1: int, n1: int, s2: int, n2: int) -> tuple[float, float]:

@@ -53,7 +53,6 @@ def _run(args: list, log: Path | None = None) -> None:
 def quickstart(out, graph, tasks, episodes, workers, steps, eval_episodes, overrides):
     """Record demos, train, serve and evaluate a vision-only policy on Meta-World with one command."""
     from ..spec.loader import load_spec
-    from ..spec.schema import privileged_ports
 
     out = Path(out).resolve()
     try:
@@ -61,17 +60,8 @@ def quickstart(out, graph, tasks, episodes, workers, steps, eval_episodes, overr
     except SpecError as e:
         issue = e.issues[0]
         raise UserError(f"graph '{graph}': {issue.message}" + (f" ({issue.hint})" if issue.hint else "")) from None
-    size = _image_size(spec, graph)
-    state_key = "observation.environment_state" if privileged_ports(spec) else "observation.state"
-    out.mkdir(parents=True, exist_ok=True)
-    data_dir = out / "data"
     started = time.time()
-
-    if not (data_dir / "meta" / "info.json").exists():
-        _run(["data", "metaworld", "--protocol", PROTOCOL, "-o", data_dir, "--tasks", tasks, "--episodes", episodes,
-              "--size", size, "--workers", workers])
-    data_yaml = out / "data.yaml"
-    data_yaml.write_text(DATA_YAML.format(data=data_dir, state=state_key))
+    data_yaml = record_protocol_data(out, spec, graph, tasks, episodes, workers)
 
     run_dir = out / "run"
     train_args = ["train", graph, "--data", data_yaml, "-o", run_dir]
@@ -89,6 +79,23 @@ def quickstart(out, graph, tasks, episodes, workers, steps, eval_episodes, overr
           "--workers", workers, "-o", out / "eval"])
     click.echo(f"\ntraining took {train_minutes:.1f} min; whole quickstart {(time.time() - started) / 60:.1f} min; "
                f"results in {out / 'eval'}")
+
+
+def record_protocol_data(out: Path, spec, graph: str, tasks: str, episodes: int, workers: int) -> Path:
+    """Record the protocol's demonstrations of `tasks` into OUT/data at the graph's image size
+    (skipped when already recorded) and bind them to the graph's ports in OUT/data.yaml."""
+    from ..spec.schema import privileged_ports
+
+    size = _image_size(spec, graph)
+    state_key = "observation.environment_state" if privileged_ports(spec) else "observation.state"
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = out / "data"
+    if not (data_dir / "meta" / "info.json").exists():
+        _run(["data", "metaworld", "--protocol", PROTOCOL, "-o", data_dir, "--tasks", tasks, "--episodes", episodes,
+              "--size", size, "--workers", workers])
+    data_yaml = out / "data.yaml"
+    data_yaml.write_text(DATA_YAML.format(data=data_dir, state=state_key))
+    return data_yaml
 
 
 def _image_size(spec, graph) -> int:

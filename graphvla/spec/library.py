@@ -17,6 +17,7 @@ from ..errors import Location, SpecError, SpecIssue, did_you_mean
 
 SUFFIXES = (".yaml", ".yml")
 HIDDEN = "base"  # folders of shared bases: not user-facing graphs
+SWEEPS = "sweeps"  # sweep files, not graphs (see is_sweep_file)
 LEGACY_PREFIX = "graphvla/graphs/"  # a path into a source checkout, typed where there is none
 
 
@@ -35,9 +36,16 @@ def packaged_graphs() -> list[str]:
     names = []
     for path in root.rglob("*"):
         rel = path.relative_to(root)
-        if path.suffix in SUFFIXES and path.is_file() and HIDDEN not in rel.parts[:-1]:
+        if path.suffix in SUFFIXES and path.is_file() and HIDDEN not in rel.parts[:-1] and not is_sweep_file(rel):
             names.append(rel.with_suffix("").as_posix())
     return sorted(names)
+
+
+def is_sweep_file(rel) -> bool:
+    """graphs/sweeps/NAME.yaml is a sweep file (`graphvla sweep`), not a graph; the graphs its
+    variants use live in folders below it."""
+    parts = PurePosixPath(rel).parts
+    return len(parts) == 2 and parts[0] == SWEEPS
 
 
 def _as_name(source) -> str | None:
@@ -58,7 +66,7 @@ def packaged_path(name) -> Path | None:
     leave the library or point into a `base/` folder are none: the rule `packaged_graphs` lists by)."""
     name = _as_name(name)
     parts = PurePosixPath(name).parts if name else ()
-    if not parts or ".." in parts or HIDDEN in parts[:-1]:
+    if not parts or ".." in parts or HIDDEN in parts[:-1] or is_sweep_file(PurePosixPath(*parts)):
         return None
     root = graphs_root()
     for suffix in SUFFIXES:

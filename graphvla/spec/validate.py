@@ -90,7 +90,12 @@ def _check_version(data, issues):
 
 
 def _check_schema(data, types, issues):
-    schema = spec_schema(types)
+    report_schema_errors(data, spec_schema(types), issues, types)
+
+
+def report_schema_errors(data, schema, issues, types=()):
+    """Every JSON-schema violation of `data`, in the user's terms (unknown keys with "did you
+    mean", wrong types described), added to `issues` in document order. Also used for sweep files."""
     validator = jsonschema.Draft202012Validator(schema)
     for err in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
         _report(err, schema, types, issues)

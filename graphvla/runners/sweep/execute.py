@@ -1,0 +1,201 @@
+"""Running a sweep's cells: each run is the public `graphvla train` then `graphvla eval --protocol`
+(in a child process, so cells share nothing), with its state in OUT/cells/CELL/seedN/:
+
+    cell.json     what the run is: axes, seed, graph, overrides, fingerprint, diff, parameters
+    run/          the training run (checkpoints/, logs/) - an interrupted run resumes from it
+    eval/         results.json of the protocol evaluation
+    state.json    training sessions (seconds, steps), the loss curve, eval seconds, finished
+    train.log, eval.log
+
+A finished run is never redone; one whose training stopped resumes from its last checkpoint;
+one whose evaluation stopped evaluates again (evaluation is deterministic)."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from ...errors import SpecError, SpecIssue
+from ...spec.loader import load_spec
+from ..train.checkpoint import latest_checkpoint, write_text_atomic
+from .config import Run, Sweep
+from .control import describe_refusal, uncontrolled
+
+
+class SweepRefused(ValueError):
+    """A cell changes more than its axes declare; nothing was trained."""
+
+
+def run_dir(out, run: Run) -> Path:
+    return Path(out) / "cells" / run.cell / f"seed{run.seed}"
+
+
+def load_run_spec(sweep: Sweep, graph: str, overrides) -> object:
+    """The spec of a run; an error in an override points at the sweep file's line, not at `--set`."""
+    where = {f"--set {o.text}": o.path for o in overrides}
+    try:
+        return load_spec(graph, [o.text for o in overrides])
+    except SpecError as e:
+        issues = []
+        for i in e.issues:
+            loc = i.location
+            if loc is not None and str(loc.file) in where:
+                loc = sweep.locate(where[str(loc.file)]) or loc
+            issues.append(SpecIssue(i.message, i.path, loc, i.block, i.hint, i.severity))
+        raise SpecError(issues) from None
+
+
+def check_controls(sweep: Sweep, runs: list[Run]) -> dict:
+    """Load every run's spec and refuse the sweep if any cell changes more than its axes declare.
+    Returns run.key -> (base spec, cell spec)."""
+    specs, refusals = {}, []
+    for run in runs:
+        base = load_run_spec(sweep, sweep.base, sweep.base_overrides(run.seed))
+        cell = load_run_spec(sweep, run.graph, run.overrides)
+        rows = uncontrolled(base, cell, run.allowed)
+        if rows:
+            refusals.append(describe_refusal(run, base, cell, rows))
+        specs[run.key] = (base, cell)
+    if refusals:
+        raise SweepRefused(f"{sweep.file}: the sweep is not controlled; nothing was trained.\n" + "\n\n".join(refusals))
+    return specs
+
+
+def train_command(run: Run, data: str, out_dir: Path) -> list[str]:
+    args = ["train", run.graph, "--data", str(data), "-o", str(out_dir), "--no-progress"]
+    for s in run.sets:
+        args += ["--set", s]
+    return args
+
+
+def eval_command(sweep: Sweep, train_dir: Path, eval_dir: Path) -> list[str]:
+    e = sweep.eval
+    args = ["eval", str(train_dir), "--protocol", e["protocol"], "--episodes", str(e["episodes"]),
+            "--workers", str(e["workers"]), "-o", str(eval_dir), "--no-gif"]
+    if e.get("tasks"):
+        args += ["--tasks", e["tasks"]]
+    if e.get("buckets"):
+        args += ["--buckets", e["buckets"]]
+    return args
+
+
+def shell_line(args: list[str]) -> str:
+    return "graphvla " + " ".join(shlex.quote(a) for a in args)
+
+
+def read_state(d: Path) -> dict:
+    path = d / "state.json"
+    return json.loads(path.read_text()) if path.is_file() else {"train_sessions": [], "finished": False}
+
+
+def write_state(d: Path, state: dict) -> None:
+    write_text_atomic(d / "state.json", json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def describe_run(sweep: Sweep, run: Run, base_spec, cell_spec, data: str, d: Path) -> dict:
+    from ...compiler.compile import compile_graph
+    from ...compiler.diff import diff_specs, format_diff
+
+    counts = compile_graph(cell_spec).param_counts()  # on the meta device: no weights allocated
+    return {"cell": run.cell, "axes": run.axes, "seed": run.seed, "graph": run.graph, "overrides": run.sets,
+            "fingerprint": cell_spec.fingerprint, "name": cell_spec.name,
+            "diff": format_diff(base_spec, cell_spec, diff_specs(base_spec, cell_spec)),
+            "params_total": sum(t for t, _ in counts.values()), "params_trainable": sum(t for _, t in counts.values()),
+            "batch_size": int(cell_spec.section("trainer")["batch_size"]),
+            "max_steps": int(cell_spec.section("trainer")["max_steps"]),
+            "train_command": shell_line(train_command(run, data, d / "run")),
+            "eval_command": shell_line(eval_command(sweep, d / "run", d / "eval"))}
+
+
+def _checkpoint_step(train_dir: Path) -> int:
+    ckpt = latest_checkpoint(train_dir)
+    if ckpt is None:
+        return 0
+    return int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+
+
+def _graphvla(args: list[str], log: Path, what: str) -> float:
+    """Run `graphvla ARGS` with its output appended to LOG; seconds it took. Raises with the log's tail."""
+    t0 = time.perf_counter()
+    with open(log, "a") as f:
+        f.write(f"$ {shell_line(args)}\n")
+        f.flush()
+        rc = subprocess.run([sys.executable, "-m", "graphvla", *args], stdout=f, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+    if rc != 0:
+        tail = "\n".join(log.read_text().splitlines()[-15:])
+        raise RuntimeError(f"{what} failed (exit {rc}); log {log}:\n{tail}")
+    return time.perf_counter() - t0
+
+
+def loss_curve(train_dir: Path) -> dict:
+    """tag -> [[step, value], ...] from the run's TensorBoard logs (every session, the last value
+    of a step kept: a resumed session may re-log steps an interrupted one had logged)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves: dict[str, dict] = {}
+    for events in sorted((train_dir / "logs").rglob("events.out.tfevents.*"), key=lambda p: (p.stat().st_mtime, p.name)):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            if tag.startswith(("loss/", "loss_total/")):
+                for ev in acc.Scalars(tag):
+                    curves.setdefault(tag, {})[int(ev.step)] = float(ev.value)
+    return {tag: [[s, v] for s, v in sorted(points.items())] for tag, points in sorted(curves.items())}
+
+
+def execute_run(sweep: Sweep, run: Run, specs: tuple, data: str, out) -> dict:
+    """Train (or resume) and evaluate one run; returns its state. A finished run is left as is."""
+    d = run_dir(out, run)
+    d.mkdir(parents=True, exist_ok=True)
+    state = read_state(d)
+    if state.get("finished"):
+        return state
+    write_text_atomic(d / "cell.json", json.dumps(describe_run(sweep, run, *specs, data, d), indent=2) + "\n")
+    train_dir = d / "run"
+    before = _checkpoint_step(train_dir)
+    if before < int(specs[1].section("trainer")["max_steps"]):
+        args = train_command(run, data, train_dir) + (["--resume"] if before > 0 else [])
+        seconds = _graphvla(args, d / "train.log", f"training {run.key}")
+        state["train_sessions"].append({"from_step": before, "to_step": _checkpoint_step(train_dir),
+                                        "seconds": round(seconds, 1)})
+        state["losses"] = loss_curve(train_dir)
+        write_state(d, state)
+    if "losses" not in state:
+        state["losses"] = loss_curve(train_dir)
+    seconds = _graphvla(eval_command(sweep, train_dir, d / "eval"), d / "eval.log", f"evaluating {run.key}")
+    state["eval_seconds"] = round(seconds, 1)
+    state["finished"] = True
+    write_state(d, state)
+    return state
+
+
+def execute_sweep(sweep: Sweep, runs: list[Run], specs: dict, data: str, out, workers: int = 1,
+                  progress: bool = True, log=print) -> list[str]:
+    """Run every unfinished run (`workers` side by side); returns the keys of runs that failed."""
+    from tqdm.auto import tqdm
+
+    todo = [r for r in runs if not read_state(run_dir(out, r)).get("finished")]
+    failed = []
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"sweep {sweep.name}", unit="run",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            futures = {pool.submit(execute_run, sweep, r, specs[r.key], data, out): r for r in todo}
+            for fut in as_completed(futures):
+                run = futures[fut]
+                try:
+                    fut.result()
+                except RuntimeError as e:
+                    failed.append(run.key)
+                    log(f"error: {e}")
+                bar.set_postfix_str(run.key)
+                bar.update(1)
+    finally:
+        bar.close()
+    return failed
