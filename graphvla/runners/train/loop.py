@@ -18,7 +18,9 @@ from ...compiler.lower import batch_size
 from ..plain_data import plain_data
 from . import checkpoint as C
 from . import dataio
+from . import engine as E
 from .optim import block_param_groups, build_optimizer, build_scheduler
+from .precision import TrainModes, keep_fp32_masters
 from .streams import StreamBatches, StreamSchedule
 
 HISTORY_TAIL = 1000  # loss records kept in trainer_state.json
@@ -112,15 +114,27 @@ class Trainer:
         self.stop_after, self.progress = stop_after, progress
         set_seed(self.cfg["seed"])  # identical initial weights on every rank
         self.cg = compile_graph(spec, device="cpu")
+        # fp32 masters for blocks loaded in bf16 (before the optimizer and a resume see them)
+        self.low_precision = keep_fp32_masters(self.cg.model)
+        self.modes = TrainModes(self.cg.model)
         self.schedule = StreamSchedule(stream_ratios(self.cg, self.cfg))
         precision = mixed_precision(self.cfg["precision"])
         _allow_precision_change(precision)
+        self.engine = E.requested_engine()  # chosen by the launcher's config (configs/accelerate/*.yaml)
+        E.check_available(self.engine)
+        accum = E.launcher_grad_accum()
         self.accelerator = Accelerator(
-            cpu=not torch.cuda.is_available(),  # several CPU processes then join a gloo group (MULTI_CPU)
-            mixed_precision=precision,
+            cpu=E.accelerator_cpu_flag(self.engine),  # DDP without GPUs: a gloo group (MULTI_CPU)
+            mixed_precision=precision, gradient_accumulation_steps=accum,
             log_with="tensorboard", project_dir=str(self.run_dir),  # TensorBoard events go to RUN_DIR/logs
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=needs_unused_search(self.cg))])
         acc = self.accelerator
+        E.fix_process_counts(acc)
+        streams_cfg = self.cfg.get("streams") or {}
+        batches = {s: streams_cfg.get(s, {}).get("batch_size") or self.cfg["batch_size"] for s in self.schedule.ratios}
+        keys = {s: f"trainer.streams.{s}.batch_size" if streams_cfg.get(s, {}).get("batch_size") else "trainer.batch_size"
+                for s in batches}
+        self.layout = E.derive_layout(batches, keys, self.engine, acc.num_processes, accum, E.machine_count())
 
         if normalizer is None:
             normalizer = dataio.normalizer_class()(bundle.stats, dict(self.cfg.get("normalization") or {}))
@@ -132,7 +146,7 @@ class Trainer:
         for s in self.schedule.ratios:
             if s not in bundle.streams:
                 raise KeyError(f"the graph trains stream '{s}' but the data provides only {sorted(bundle.streams)}")
-            bs = (self.cfg.get("streams") or {}).get(s, {}).get("batch_size") or self.cfg["batch_size"]
+            bs = self.layout.per_device[s]  # trainer batch sizes are global: split over processes and accumulation
             sampler = bundle.sampler(s, seed=self.cfg["seed"], rank=acc.process_index, world_size=acc.num_processes)
             self.feeds[s] = StreamBatches(bundle.streams[s], sampler, bs, collate, self.cfg["num_workers"])
             self.inputs[s] = dataio.graph_inputs(self.cg.train[s])
@@ -154,25 +168,19 @@ class Trainer:
         # The scheduler is not handed to Accelerate: it would step it once per process.
         self.model, self.optimizer = acc.prepare(self.module, self.optimizer)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
+        if self.resumed_from is not None and E.sharded(self.engine):
+            C.load_engine_state(acc, self.resumed_from)  # the shards of weights and optimizer state
         if self.resumed_from is None:
             set_seed(self.cfg["seed"] + acc.process_index)  # different dropout/noise per rank
         else:
             C.set_rng_state(self._rng_to_restore)
 
     def _fill_deepspeed_config(self):
-        """Under DeepSpeed (graphvla/configs/deepspeed_zero2.json), fill its "auto" values from the trainer
-        section: Accelerate cannot infer the micro-batch size without a prepared DataLoader."""
+        """Under DeepSpeed (configs/accelerate/deepspeed_zero*.yaml), fill its "auto" values from the trainer
+        section and the derived layout: Accelerate cannot infer them without a prepared DataLoader."""
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
-        if plugin is None:
-            return
-        conf = plugin.deepspeed_config
-        if conf.get("train_micro_batch_size_per_gpu", "auto") == "auto":
-            conf["train_micro_batch_size_per_gpu"] = max(f.batch_size for f in self.feeds.values())
-        if conf.get("gradient_clipping", "auto") == "auto":
-            conf["gradient_clipping"] = float(self.cfg["grad_clip"])
-        if self.resumed_from is not None:
-            raise ValueError("--resume under DeepSpeed is not supported yet (ZeRO shards the optimizer state); "
-                             "resume with DDP (graphvla/configs/accelerate_ddp.yaml) or start a new run from the weights")
+        if plugin is not None:
+            E.fill_deepspeed_config(plugin.deepspeed_config, self.layout, float(self.cfg["grad_clip"]))
 
     # resume -----------------------------------------------------------------------------------
     def _load(self, resume):
@@ -181,12 +189,18 @@ class Trainer:
             raise FileNotFoundError(f"--resume: no checkpoint under {C.checkpoints_dir(self.run_dir)}")
         from safetensors.torch import load_model
 
+        state = C.read_json(ckpt / "trainer_state.json")
+        saved_engine = state.get("engine", "ddp")
+        if saved_engine != self.engine:
+            raise ValueError(f"checkpoint {ckpt} was trained under {saved_engine}, this run is {self.engine}: "
+                             "resume with the same accelerate config (its optimizer state is laid out per engine)")
         missing, unexpected = load_model(self.cg.model, str(ckpt / "model.safetensors"), strict=False)
         if missing or unexpected:
             raise ValueError(f"checkpoint {ckpt} does not fit the graph: missing {sorted(missing)[:5]}, "
                              f"unexpected {sorted(unexpected)[:5]}")
         try:
-            self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
+            if not E.sharded(self.engine):  # sharded engines load theirs after prepare (C.load_engine_state)
+                self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
         except ValueError as e:
             raise ValueError(f"checkpoint {ckpt}: the optimizer state does not fit this spec's trainable blocks "
                              f"(was a block frozen or unfrozen since?): {e}") from None
@@ -197,7 +211,6 @@ class Trainer:
         self.scheduler.load_state_dict(sched)
         for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             group["lr"] = base * fn(self.scheduler.last_epoch)
-        state = C.read_json(ckpt / "trainer_state.json")
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         if state.get("world_size", 1) != world:
             raise ValueError(f"checkpoint {ckpt} was written by {state.get('world_size')} processes, this run has "
@@ -217,20 +230,30 @@ class Trainer:
         acc = self.accelerator
         samplers = gather_object([{s: f.state_dict() for s, f in self.feeds.items()}])
         rngs = gather_object([C.rng_state()])
+        sharded = E.sharded(self.engine)
+        # ZeRO-3 / FSDP: every process takes part in gathering the full weights and in writing its shards
+        weights = C.full_state_dict(acc, self.model) if sharded else None
+        tmp = C.begin_checkpoint(self.run_dir, self.step) if acc.is_main_process else None
+        tmp = C.broadcast_path(tmp, acc.num_processes)
+        if sharded:
+            acc.save_state(str(tmp / C.ENGINE_DIR))  # weights and optimizer shards, for --resume
         path = None
         if acc.is_main_process:
             tail = (getattr(self, "history_tail", []) + self.history)[-HISTORY_TAIL:]
             state = {"step": self.step, "world_size": acc.num_processes, "seed": self.cfg["seed"],
-                     "samplers": samplers, "history_tail": tail}
-            optim_state = self.optimizer.state_dict()
+                     "engine": self.engine, "samplers": samplers, "history_tail": tail}
+            optim_state = None if sharded else self.optimizer.state_dict()
             sched_state = self.scheduler.state_dict()
             norm = self.normalizer.to_dict()
 
             def write(d: Path):
                 from safetensors.torch import save_model
 
-                save_model(self.cg.model, str(d / "model.safetensors"))
-                torch.save(optim_state, d / "optimizer.pt")
+                if sharded:
+                    C.save_full_state_dict(weights, self.cg.model, d / "model.safetensors")
+                else:
+                    save_model(self.cg.model, str(d / "model.safetensors"))
+                    torch.save(optim_state, d / "optimizer.pt")
                 torch.save(sched_state, d / "scheduler.pt")
                 C.write_json(d / "trainer_state.json", plain_data(state, for_json=True))
                 torch.save(rngs, d / "rng.pt")
@@ -239,38 +262,46 @@ class Trainer:
                                                 "spec_file": str(Path(self.spec.file).resolve()) if self.spec.file else None})
                 C.write_json(d / "normalization.json", plain_data(norm, for_json=True))
 
-            path = C.write_checkpoint(self.run_dir, self.step, write, keep_last=self.cfg["keep_last"])
+            path = C.write_checkpoint(self.run_dir, self.step, write, keep_last=self.cfg["keep_last"], tmp=tmp)
         acc.wait_for_everyone()
         return path
 
     # loop -------------------------------------------------------------------------------------
     def train_step(self) -> dict:
         """One optimizer step on the stream the schedule picks. Returns the step's record."""
+        self.modes.apply()  # every step: an inference (Policy) in between leaves blocks in eval
         stream = self.schedule.stream_at(self.step)
-        batch = self.feeds[stream].next()
-        batch = dataio.normalize(self.normalizer, batch)
-        batch = dataio.fit_batch(batch, *self.inputs[stream], stream)
-        batch = dataio.to_device(batch, self.accelerator.device)
-        out = self.model(stream, batch)
-        names = list(out["losses"])
-        values = torch.stack([out["loss"].detach().float()] + [out["losses"][n].detach().float() for n in names])
-        if self.accelerator.num_processes > 1:
-            values = self.accelerator.reduce(values, "mean")  # every rank then takes the same decision
-        values = values.tolist()
-        for name, v in [*zip(names, values[1:]), ("total", values[0])]:  # name the term, not just the sum
-            if not math.isfinite(v):
-                self.optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteLossError(self.step + 1, stream, name, v)
-        self.accelerator.backward(out["loss"])
-        if self.cfg["grad_clip"] > 0:
-            self.accelerator.clip_grad_norm_(self.params, self.cfg["grad_clip"])
+        acc, accum = self.accelerator, self.layout.grad_accum
         lrs = {g.get("name", "group"): g["lr"] for g in self.optimizer.param_groups}  # what this step trains with
-        self.optimizer.step()
+        mean, samples = None, 0
+        for _ in range(accum):  # micro-batches; Accelerate syncs gradients and steps on the last one only
+            with acc.accumulate(self.model):
+                batch = self.feeds[stream].next()
+                batch = dataio.normalize(self.normalizer, batch)
+                batch = dataio.fit_batch(batch, *self.inputs[stream], stream)
+                batch = dataio.to_device(batch, acc.device)
+                out = self.model(stream, batch)
+                names = list(out["losses"])
+                values = torch.stack([out["loss"].detach().float()] + [out["losses"][n].detach().float() for n in names])
+                if acc.num_processes > 1:
+                    values = acc.reduce(values, "mean")  # every rank then takes the same decision
+                values = values.tolist()
+                for name, v in [*zip(names, values[1:]), ("total", values[0])]:  # name the term, not just the sum
+                    if not math.isfinite(v):
+                        self.optimizer.zero_grad(set_to_none=True)
+                        raise NonFiniteLossError(self.step + 1, stream, name, v)
+                acc.backward(out["loss"])
+                if acc.sync_gradients and self.cfg["grad_clip"] > 0:
+                    acc.clip_grad_norm_(self.params, self.cfg["grad_clip"])
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            samples += (batch_size(batch) or 0) * acc.num_processes
+            mean = values if mean is None else [m + v for m, v in zip(mean, values)]
+        values = [m / accum for m in mean]
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return {"step": self.step, "stream": stream, "loss": values[0], "losses": dict(zip(names, values[1:])),
-                "samples": (batch_size(batch) or 0) * self.accelerator.num_processes, "lrs": lrs}
+                "samples": samples, "lrs": lrs}
 
     def run(self) -> TrainResult:
         acc, cfg = self.accelerator, self.cfg
