@@ -20,6 +20,7 @@ STEP_DIR = re.compile(r"^step_(\d{7,})$")
 TMP_PREFIX = ".tmp-"
 FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json", "rng.pt", "spec.yaml",
          "graph.json", "normalization.json")
+ENGINE_DIR = "engine"  # DeepSpeed / FSDP: Accelerate's save_state (weight and optimizer shards), for --resume
 
 
 def step_dir_name(step: int) -> str:
@@ -30,13 +31,21 @@ def checkpoints_dir(run_dir) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def write_checkpoint(run_dir, step: int, write_files, keep_last: int | None = None) -> Path:
-    """Create checkpoints/step_XXXXXXX atomically. write_files(tmp_dir) writes the contents."""
+def begin_checkpoint(run_dir, step: int) -> Path:
+    """The temporary folder a checkpoint is written into (every process may write its shards there)."""
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / step_dir_name(step)
-    tmp = root / f"{TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp = root / f"{TMP_PREFIX}{step_dir_name(step)}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    return tmp
+
+
+def write_checkpoint(run_dir, step: int, write_files, keep_last: int | None = None, tmp: Path | None = None) -> Path:
+    """Create checkpoints/step_XXXXXXX atomically. write_files(tmp_dir) writes the contents; `tmp`
+    (from begin_checkpoint) may already hold files other processes wrote."""
+    root = checkpoints_dir(run_dir)
+    final = root / step_dir_name(step)
+    tmp = tmp or begin_checkpoint(run_dir, step)
     try:
         write_files(tmp)
         _fsync_dir_files(tmp)
@@ -66,10 +75,56 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def _fsync_dir_files(d: Path) -> None:
-    for p in d.iterdir():
+    for p in d.rglob("*"):
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
+
+
+# sharded engines (DeepSpeed ZeRO, FSDP) -------------------------------------------------------
+def broadcast_path(path: Path | None, processes: int) -> Path:
+    """The main process's temporary checkpoint folder, on every process."""
+    if processes == 1:
+        return path
+    from accelerate.utils import broadcast_object_list
+
+    return Path(broadcast_object_list([str(path) if path else None], from_process=0)[0])
+
+
+def full_state_dict(accelerator, model) -> dict | None:
+    """The whole model's weights on the main process (None elsewhere), gathered from the shards
+    under ZeRO-3 / FSDP. Every process must call it. Keys are those of `cg.model` (block ids)."""
+    state = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process or state is None:
+        return None
+    prefix = "blocks."  # GraphTrainModule holds the blocks under .blocks
+    return {k[len(prefix):]: v.detach().cpu().contiguous() for k, v in state.items() if k.startswith(prefix)}
+
+
+def save_full_state_dict(state: dict, model, path: Path) -> None:
+    """Write gathered weights as safetensors, one entry per parameter: names that `model` ties to
+    the same parameter (e.g. tied embeddings) keep only the first, as safetensors' save_model
+    does, so `load_model(strict=True)` accepts the file."""
+    from safetensors.torch import save_file
+
+    seen, keep = set(), {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        if name not in state:
+            raise KeyError(f"the gathered weights lack '{name}'")
+        keep[name] = state[name].clone() if any(state[name] is t for t in keep.values()) else state[name]
+    save_file(keep, str(path), metadata={"format": "pt"})
+
+
+def load_engine_state(accelerator, ckpt: Path) -> None:
+    """Load the weight and optimizer shards a DeepSpeed / FSDP checkpoint saved (after prepare)."""
+    folder = Path(ckpt) / ENGINE_DIR
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint {ckpt} has no {ENGINE_DIR}/ folder: it was not written by a sharded "
+                                "engine (DeepSpeed / FSDP); resume it with the accelerate config it was trained with")
+    accelerator.load_state(str(folder))
 
 
 def step_dirs(root: Path) -> list[Path]:

@@ -130,6 +130,7 @@ class Trainer:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=needs_unused_search(self.cg))])
         acc = self.accelerator
         E.fix_process_counts(acc)
+        E.enable_fsdp_without_gpus(acc, self.engine)
         streams_cfg = self.cfg.get("streams") or {}
         batches = {s: streams_cfg.get(s, {}).get("batch_size") or self.cfg["batch_size"] for s in self.schedule.ratios}
         keys = {s: f"trainer.streams.{s}.batch_size" if streams_cfg.get(s, {}).get("batch_size") else "trainer.batch_size"
