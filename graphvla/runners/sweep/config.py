@@ -29,7 +29,11 @@ SCHEMA = {
         "sweep": {"enum": [1], "description": "sweep file format version"},
         "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+$"},
         "description": {"type": "string"},
-        "base": {"type": "string", "description": "the base graph: a path (relative to this file) or a packaged name"},
+        "base": {"oneOf": [
+            {"type": "string", "description": "the base graph: a path (relative to this file) or a packaged name"},
+            {"type": "object", "additionalProperties": False, "required": ["graph"], "properties": {
+                "graph": {"type": "string"},
+                "set": {"type": "object", "description": "overrides of the base graph (not of variants' own graphs)"}}}]},
         "data": {"oneOf": [
             {"type": "string", "description": "a data YAML or dataset folder (relative to this file)"},
             {"type": "object", "additionalProperties": False, "required": ["record"], "properties": {
@@ -101,6 +105,7 @@ class Sweep:
     name: str
     description: str
     base: str  # resolved graph path
+    base_set: dict  # overrides of the base graph, in `--set` form (a variant's own graph does not get them)
     data: str | dict  # resolved data path, or {'record': {...}}
     axes: dict  # axis -> {'changes': [...], 'variants': {name: {'graph', 'set'}}}
     seeds: list
@@ -109,6 +114,12 @@ class Sweep:
     source: object = field(default=None, repr=False)  # SourceMap of the file
 
     def base_overrides(self, seed: int) -> tuple:
+        return self._graph_sets() + self._trainer_sets(seed)
+
+    def _graph_sets(self) -> tuple:
+        return tuple(Override.of(k, v, ("base", "set", k)) for k, v in self.base_set.items())
+
+    def _trainer_sets(self, seed: int) -> tuple:
         trainer = tuple(Override.of(f"trainer.{k}", v, ("trainer", k)) for k, v in self.trainer.items())
         return trainer + (Override.of("trainer.seed", seed, ("seeds",)),)
 
@@ -127,9 +138,10 @@ class Sweep:
                 allowed += self.axes[axis]["changes"]
             cell = "_".join(combo)
             for seed in self.seeds:
-                trainer = self.base_overrides(seed)
+                own = () if graph != self.base else self._graph_sets()
+                trainer = self._trainer_sets(seed)
                 out.append(Run(cell, dict(zip(names, combo)), seed, graph,
-                               trainer[:-1] + tuple(sets) + trainer[-1:], tuple(allowed)))
+                               own + trainer[:-1] + tuple(sets) + trainer[-1:], tuple(allowed)))
         return out
 
     def cells(self) -> list[str]:
@@ -145,12 +157,12 @@ class Sweep:
     def to_dict(self) -> dict:
         """Plain data (OUT/sweep.json), enough to rebuild the report without the sweep file."""
         return {"file": self.file, "name": self.name, "description": self.description, "base": self.base,
-                "data": self.data, "axes": self.axes, "seeds": self.seeds, "trainer": self.trainer, "eval": self.eval}
+                "base_set": self.base_set, "data": self.data, "axes": self.axes, "seeds": self.seeds, "trainer": self.trainer, "eval": self.eval}
 
     @staticmethod
     def from_dict(d: dict) -> "Sweep":
-        return Sweep(**{k: d[k] for k in ("file", "name", "description", "base", "data", "axes", "seeds", "trainer",
-                                          "eval")})
+        return Sweep(**{k: d[k] for k in ("file", "name", "description", "base", "base_set", "data", "axes", "seeds",
+                                          "trainer", "eval")})
 
 
 def resolve_sweep(source) -> Path:
@@ -185,7 +197,8 @@ def load_sweep(source, data_override: str | None = None) -> Sweep:
             issues.add(f"graph '{text}' not found", where, hint=e.issues[0].hint)
             return text
 
-    base = graph_path(doc["base"], ("base",))
+    base_doc = doc["base"] if isinstance(doc["base"], dict) else {"graph": doc["base"]}
+    base = graph_path(base_doc["graph"], ("base", "graph") if isinstance(doc["base"], dict) else ("base",))
     axes = {}
     for axis, decl in doc["axes"].items():
         variants = {}
@@ -209,7 +222,7 @@ def load_sweep(source, data_override: str | None = None) -> Sweep:
     _check_eval(evaluation, issues)
     issues.raise_if_errors()
     return Sweep(file=str(path), name=doc.get("name") or path.stem, description=doc.get("description", ""),
-                 base=base, data=data, axes=axes, seeds=list(doc.get("seeds") or [0]),
+                 base=base, base_set=dict(base_doc.get("set") or {}), data=data, axes=axes, seeds=list(doc.get("seeds") or [0]),
                  trainer=dict(doc.get("trainer") or {}), eval=evaluation, source=smap)
 
 

@@ -119,14 +119,23 @@ def _checkpoint_step(train_dir: Path) -> int:
     return int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
 
 
-def _graphvla(args: list[str], log: Path, what: str) -> float:
+def threads_per_run(workers: int) -> int:
+    """CPU threads each run may use: the cores shared out between the runs side by side (more
+    threads than cores slows every run down)."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def _graphvla(args: list[str], log: Path, what: str, threads: int | None = None) -> float:
     """Run `graphvla ARGS` with its output appended to LOG; seconds it took. Raises with the log's tail."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t0 = time.perf_counter()
     with open(log, "a") as f:
         f.write(f"$ {shell_line(args)}\n")
         f.flush()
         rc = subprocess.run([sys.executable, "-m", "graphvla", *args], stdout=f, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+                            env=env).returncode
     if rc != 0:
         tail = "\n".join(log.read_text().splitlines()[-15:])
         raise RuntimeError(f"{what} failed (exit {rc}); log {log}:\n{tail}")
@@ -149,7 +158,7 @@ def loss_curve(train_dir: Path) -> dict:
     return {tag: [[s, v] for s, v in sorted(points.items())] for tag, points in sorted(curves.items())}
 
 
-def execute_run(sweep: Sweep, run: Run, specs: tuple, data: str, out) -> dict:
+def execute_run(sweep: Sweep, run: Run, specs: tuple, data: str, out, threads: int | None = None) -> dict:
     """Train (or resume) and evaluate one run; returns its state. A finished run is left as is."""
     d = run_dir(out, run)
     d.mkdir(parents=True, exist_ok=True)
@@ -161,14 +170,14 @@ def execute_run(sweep: Sweep, run: Run, specs: tuple, data: str, out) -> dict:
     before = _checkpoint_step(train_dir)
     if before < int(specs[1].section("trainer")["max_steps"]):
         args = train_command(run, data, train_dir) + (["--resume"] if before > 0 else [])
-        seconds = _graphvla(args, d / "train.log", f"training {run.key}")
+        seconds = _graphvla(args, d / "train.log", f"training {run.key}", threads)
         state["train_sessions"].append({"from_step": before, "to_step": _checkpoint_step(train_dir),
                                         "seconds": round(seconds, 1)})
         state["losses"] = loss_curve(train_dir)
         write_state(d, state)
     if "losses" not in state:
         state["losses"] = loss_curve(train_dir)
-    seconds = _graphvla(eval_command(sweep, train_dir, d / "eval"), d / "eval.log", f"evaluating {run.key}")
+    seconds = _graphvla(eval_command(sweep, train_dir, d / "eval"), d / "eval.log", f"evaluating {run.key}", threads)
     state["eval_seconds"] = round(seconds, 1)
     state["finished"] = True
     write_state(d, state)
@@ -186,7 +195,8 @@ def execute_sweep(sweep: Sweep, runs: list[Run], specs: dict, data: str, out, wo
                disable=not progress, dynamic_ncols=True)
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = {pool.submit(execute_run, sweep, r, specs[r.key], data, out): r for r in todo}
+            threads = threads_per_run(workers)
+            futures = {pool.submit(execute_run, sweep, r, specs[r.key], data, out, threads): r for r in todo}
             for fut in as_completed(futures):
                 run = futures[fut]
                 try:
