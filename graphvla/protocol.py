@@ -19,6 +19,14 @@ import numpy as np
 # for actions; it may also carry {SESSION_SEED_KEY: int} to re-seed the session's noise generator.
 RESET_KEY = "__graphvla_reset__"
 SESSION_SEED_KEY = "session_seed"
+# An observation may also carry {RTC_KEY: {RTC_DELAY_KEY: d, RTC_REMAINING_KEY: [R, A] actions}} (or
+# {RTC_EXECUTED_KEY: n} instead of the actions: the session's previous chunk from step n on): real-time
+# chunking of the new chunk against the actions that have not run yet (runners/rtc.py). Without it a
+# request is a plain openpi observation.
+RTC_KEY = "__graphvla_rtc__"
+RTC_DELAY_KEY = "delay"
+RTC_REMAINING_KEY = "remaining_actions"
+RTC_EXECUTED_KEY = "executed"
 # Keys of the metadata frame the server sends on connect (openpi clients read it as a plain map).
 METADATA_KEYS = ("name", "fingerprint", "action_horizon", "action_dim", "inputs", "outputs", "normalization",
                  "privileged")

@@ -12,15 +12,23 @@ process, `reset()` clears them) and sampling heads draw from torch's global gene
 each at most once per batch; the policy server gives each connection one) every row reads and
 advances only its own session: its cached blocks, its call counter, its noise generator, so a
 row gets what its session would get alone in the batch. A batch is all or nothing: when the
-forward fails, no session has moved."""
+forward fails, no session has moved.
+
+Real-time chunking (runners/rtc.py): an observation may carry {RTC_KEY: {...}} (the delay and the
+previous chunk's actions not yet run, or how many of the session's previous chunk ran); its row is
+then inpainted (flow heads: guided sampling) or prefix-blended (other heads), and its output gets
+an "rtc" entry saying what was done. A session keeps the last chunk it returned for this."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from ..blocks.base import device_of
+from ..blocks.heads.flow_matching import Inpainting
 from ..compiler.lower import RaggedRows
+from ..protocol import RTC_KEY
 from ..spec.schema import privileged_ports
+from . import rtc as R
 from .observation import convert, describe
 from .session import Session
 
@@ -31,6 +39,10 @@ class Policy:
         self.device = device_of(cg.model)
         cg.model.eval()
         cg.infer.eval()
+        for block in cg.model.values():  # e.g. FAST's hold action, declared in dataset units
+            bind = getattr(block, "bind_normalizer", None)
+            if bind is not None:
+                bind(normalizer)
         extras = {k for n in cg.dag.nodes if cg.dag.nodes[n]["role"] == "block" for k in cg.dag.nodes[n]["cls"].predict_kwargs}
         self.samples = "generator" in {n.target for n in cg.infer.graph.nodes if n.op == "placeholder"}
         self.inputs, self.optional = {}, set()
@@ -41,6 +53,14 @@ class Policy:
                     self.optional.add(node.target)
         self.outputs = list(cg.spec.outputs)
         self._norm_port = {name: self._normalized_port(name) for name in self.outputs}
+        self.rtc = R.RTCConfig.from_spec(cg.spec)
+        self._action_output = "actions" if "actions" in self.outputs else next(
+            (o for o in self.outputs if self._output_source(o)[1]["kind"] == "action"), None)
+        # a head that samples with guidance (head.flow_matching, head.dual_system) inpaints; others get blended
+        self._guided = False
+        if self._action_output is not None:
+            node = cg.dag.nodes[self._output_source(self._action_output)[0]]
+            self._guided = node["role"] == "block" and "rtc" in node["cls"].predict_kwargs
 
     @classmethod
     def from_compiled(cls, cg, normalizer=None) -> "Policy":
@@ -71,8 +91,7 @@ class Policy:
     @property
     def metadata(self) -> dict:
         horizon = dim = None
-        action_out = "actions" if "actions" in self.outputs else next(
-            (o for o in self.outputs if self._output_source(o)[1]["kind"] == "action"), None)
+        action_out = self._action_output
         if action_out is not None:
             src, e = self._output_source(action_out)
             shape = self.cg.shapes.get((src, e["src_port"]))
@@ -82,7 +101,11 @@ class Policy:
                 "action_dim": dim, "inputs": {k: dict(v) for k, v in self.inputs.items()},
                 "outputs": list(self.outputs), "normalization": self.normalization_modes(),
                 # the graph reads simulator state no robot has: its results are a privileged upper bound
-                "privileged": bool(privileged_ports(self.cg.spec))}
+                "privileged": bool(privileged_ports(self.cg.spec)),
+                # real-time chunking: how a request's remaining actions shape the next chunk (runners/rtc.py)
+                "rtc": {"enabled": self.rtc.enabled, "method": "guidance" if self._guided else "blend",
+                        "max_delay": None if horizon is None else self.rtc.delay_limit(horizon),
+                        "schedule": self.rtc.schedule, "max_guidance": self.rtc.max_guidance}}
 
     # inference --------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -103,22 +126,91 @@ class Policy:
     def infer_batch(self, observations: list, sessions: list | None = None, **options) -> list[dict]:
         if not observations:
             return []
-        if sessions is None:
-            return self._forward(observations, options)
-        if len(sessions) != len(observations):
+        if sessions is not None and len(sessions) != len(observations):
             raise ValueError(f"{len(sessions)} sessions for {len(observations)} observations")
+        observations, rows = self._rtc_rows(observations, sessions)
+        if sessions is None:
+            return self._forward(observations, options, rows)
         if len({id(s) for s in sessions}) != len(sessions):
             raise ValueError("a session can have only one observation in a batch")
         computed = [{} for _ in sessions]
         try:
-            return self._session_forward(observations, sessions, computed, options)
+            return self._session_forward(observations, sessions, computed, options, rows)
         except RaggedRows:
             # the cached blocks' per-session outputs differ in shape (e.g. instructions of different
             # token lengths): run the rows one by one, reusing the outputs already computed for them
-            return [self._session_forward([o], [s], [c], options)[0]
-                    for o, s, c in zip(observations, sessions, computed)]
+            return [self._session_forward([o], [s], [c], options, [r])[0]
+                    for o, s, c, r in zip(observations, sessions, computed, rows)]
 
-    def _session_forward(self, observations, sessions, computed, options) -> list[dict]:
+    # real-time chunking ---------------------------------------------------------------------------
+    def check_rtc_request(self, value) -> R.RTCRequest:
+        """Check the value of an observation's RTC_KEY (raises RTCRequestError naming the key);
+        the policy server calls this before a request joins a batch."""
+        if not self.rtc.enabled:
+            raise R.RTCRequestError(f"'{RTC_KEY}': real-time chunking is disabled for this graph (infer.rtc.enabled)")
+        meta = self.metadata
+        horizon, dim = meta["action_horizon"], meta["action_dim"]
+        if horizon is None or self._action_output is None:
+            raise R.RTCRequestError(f"'{RTC_KEY}': graph {self.cg.name} has no action chunk output to continue")
+        if isinstance(value, R.RTCRequest):
+            return value
+        return R.parse_request(value, horizon, dim, self.rtc.delay_limit(horizon))
+
+    def _rtc_rows(self, observations, sessions):
+        """The observations without RTC_KEY, and per row (delay, remaining [R, A]) or None: rows
+        with no request, with delay 0 (nothing committed) or with nothing to continue."""
+        if not any(RTC_KEY in o for o in observations):
+            return observations, [None] * len(observations)
+        plain, rows = [], []
+        for i, obs in enumerate(observations):
+            obs = dict(obs)
+            value = obs.pop(RTC_KEY, None)
+            plain.append(obs)
+            if value is None:
+                rows.append(None)
+                continue
+            request = self.check_rtc_request(value)
+            if request.executed is not None and sessions is None:
+                raise R.RTCRequestError(f"'{RTC_KEY}.executed' needs a session (it refers to the session's previous "
+                                        f"chunk); send 'remaining_actions' instead")
+            previous = None if sessions is None else sessions[i].previous_actions
+            remaining = R.remaining_actions(request, previous)
+            rows.append({"delay": request.delay, "remaining": remaining})
+        return plain, rows
+
+    def _inpainting(self, rows, horizon, dim) -> Inpainting | None:
+        """Guidance for the rows that ask for it (weights 0 elsewhere); None when no row does."""
+        active = [r is not None and r["remaining"] is not None and r["delay"] > 0 for r in rows]
+        if not any(active):
+            return None
+        target = np.zeros((len(rows), horizon, dim), dtype=np.float32)
+        weights = np.zeros((len(rows), horizon), dtype=np.float32)
+        port = self._norm_port.get(self._action_output)
+        for i, (row, on) in enumerate(zip(rows, active)):
+            if not on:
+                continue
+            remaining = row["remaining"][:horizon]
+            if port is not None:
+                remaining = self.normalizer.normalize_array(port, remaining)
+            target[i, :len(remaining)] = remaining
+            weights[i] = R.guidance_weights(horizon, row["delay"], len(remaining), self.rtc.schedule)
+        return Inpainting(torch.from_numpy(target).to(self.device), torch.from_numpy(weights).to(self.device),
+                          float(self.rtc.max_guidance))
+
+    def _finish_rtc(self, outs, rows) -> None:
+        """Blend the rows of a head that does not sample; say per row what was done."""
+        name = self._action_output
+        for out, row in zip(outs, rows):
+            if row is None:
+                continue
+            remaining, delay = row["remaining"], row["delay"]
+            applied = remaining is not None and delay > 0
+            if applied and not self._guided:
+                out[name] = R.blend_prefix(out[name], remaining, delay)
+            out["rtc"] = {"applied": bool(applied), "method": "guidance" if self._guided else "blend",
+                          "delay": int(delay), "overlap": 0 if remaining is None else int(len(remaining))}
+
+    def _session_forward(self, observations, sessions, computed, options, rows=None) -> list[dict]:
         """One forward pass with per-session caches and generators; the sessions advance only
         when it succeeds."""
         generator_states = [s.generator.get_state() for s in sessions]
@@ -127,17 +219,19 @@ class Policy:
             options = {**options, "generator": [s.generator for s in sessions]}
         try:
             with self.cg.row_caches(caches, computed):
-                outs = self._forward(observations, options)
+                outs = self._forward(observations, options, rows)
         except BaseException:
             for s, state in zip(sessions, generator_states):
                 s.generator.set_state(state)
             raise
-        for s, c in zip(sessions, caches):
+        for s, c, out in zip(sessions, caches, outs):
             s.caches = c
             s.steps += 1
+            if self._action_output in out:  # what a later request's `executed` refers to
+                s.previous_actions = np.array(out[self._action_output], dtype=np.float32)
         return outs
 
-    def _forward(self, observations: list, options: dict) -> list[dict]:
+    def _forward(self, observations: list, options: dict, rows=None) -> list[dict]:
         batch = {}
         for port, decl in self.inputs.items():
             present = [port in o and o[port] is not None for o in observations]
@@ -151,6 +245,12 @@ class Policy:
         if self.normalizer is not None:
             out = self.normalizer.normalize(batch)
             batch = batch if out is None else out
+        rows = rows or [None] * len(observations)
+        if self._guided and any(r is not None for r in rows):
+            meta = self.metadata
+            guidance = self._inpainting(rows, meta["action_horizon"], meta["action_dim"])
+            if guidance is not None:
+                options = {**options, "rtc": guidance}
         result = self.cg.infer(**batch, **options)
         per_output = {}
         for name, value in result.items():
@@ -158,7 +258,9 @@ class Policy:
             if port is not None and isinstance(value, torch.Tensor):
                 value = self.normalizer.unnormalize(port, value.float())
             per_output[name] = value
-        return [{name: _item(value, i) for name, value in per_output.items()} for i in range(len(observations))]
+        outs = [{name: _item(value, i) for name, value in per_output.items()} for i in range(len(observations))]
+        self._finish_rtc(outs, rows)
+        return outs
 
 
 def _item(value, i):

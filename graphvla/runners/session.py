@@ -6,7 +6,9 @@ A Session holds, for one client (one connection of the policy server):
   after, whoever else shares the batch;
 - its noise generator (a CPU torch.Generator seeded with `seed`): the sampling heads draw this
   session's rows from it alone;
-- `steps`: how many observations it has been answered.
+- `steps`: how many observations it has been answered;
+- `previous_actions`: the last action chunk it returned ([H, A], None before the first), which a
+  real-time chunking request may continue from (runners/rtc.py: `executed`).
 
 `reset()` starts a new episode: empty caches, steps 0, the generator re-seeded with `seed` (or a
 new one). A session after reset() is exactly a fresh session with that seed, so an episode
@@ -52,6 +54,7 @@ class Session:
         self.generator.manual_seed(self.seed)
         self.caches: dict = {}
         self.steps = 0
+        self.previous_actions = None
 
     def __repr__(self):
         return f"Session(seed={self.seed}, steps={self.steps})"

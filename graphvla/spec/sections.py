@@ -1,4 +1,4 @@
-"""Schemas of the optional top-level sections that runners read (trainer, serve).
+"""Schemas of the optional top-level sections that runners read (trainer, serve, infer).
 
 They live beside the spec schema so that every key of a spec is checked in one place; the
 runners read the validated values (defaults filled with `section_defaults`)."""
@@ -69,7 +69,32 @@ SERVE = {
     "additionalProperties": False,
 }
 
-SECTIONS = {"trainer": TRAINER, "serve": SERVE}
+INFER = {
+    "type": "object",
+    "description": "Inference options of the whole graph, read by the policy (runners/policy.py).",
+    "properties": {
+        "rtc": {
+            "type": "object",
+            "description": "real-time chunking: a request may send the actions of its previous chunk that have not run "
+                           "yet and the inference delay d; flow heads inpaint the new chunk from them (guided sampling), "
+                           "other heads take the first d actions from them and blend over the rest of the overlap",
+            "properties": {
+                "enabled": {"type": "boolean", "default": True, "description": "false: requests asking for it are refused"},
+                "max_guidance": {"type": "number", "exclusiveMinimum": 0, "default": 5.0,
+                                 "description": "beta, the clip of the guidance weight (flow heads)"},
+                "schedule": {"enum": ["exp", "linear", "ones", "hard"], "default": "exp",
+                             "description": "weights over the overlap after the first d steps (which weigh 1): exp and "
+                                            "linear decay to 0 at its end, ones keeps 1, hard is 0 (only the first d)"},
+                "max_delay": {"type": ["integer", "null"], "minimum": 0, "default": None,
+                              "description": "largest delay d a request may ask for (default: horizon - 1)"},
+            },
+            "additionalProperties": False,
+        },
+    },
+    "additionalProperties": False,
+}
+
+SECTIONS = {"trainer": TRAINER, "serve": SERVE, "infer": INFER}
 
 
 def section_defaults(name: str, values: dict | None) -> dict:

@@ -10,8 +10,19 @@ Conventions (pi0's), used by every flow head here:
 Beta(1.5, 1) has CDF x**1.5, so b = r**(2/3) with r ~ U(0, 1): no sampler needed, works on meta.
 
 `FlowDiT`, `flow_matching_loss` and `euler_sample` are also what head.dual_system runs.
+
+Real-time chunking (Black et al. 2025, "Real-Time Execution of Action Chunking Flow Policies"):
+`predict(..., rtc=Inpainting(target, weights, max_guidance))` inpaints the new chunk from the
+part of the previous one that has not run yet. At each Euler step the predicted clean chunk
+A1 = x + (1 - tau) v is pulled towards `target` by the vector-Jacobian product
+((target - A1) * weights)^T dA1/dx, scaled by min(max_guidance, (1 - tau) / (tau r^2)) with
+r^2 = (1 - tau)^2 / (tau^2 + (1 - tau)^2) (their Pi-GDM weight, clipped at beta). The weights come
+from the runner (runners/rtc.py): 1 on the steps that run before the new chunk arrives, decaying
+over the rest of the overlap, 0 after. Rows whose weights are all 0 are sampled as without it.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +130,62 @@ def euler_sample(dit: FlowDiT, memories, memory_padding, state, shape, generator
     return x
 
 
+@dataclass
+class Inpainting:
+    """Real-time chunking guidance for one batch (see the module docstring): `target` [B, H, A]
+    the previous chunk's remaining actions aligned with the new chunk's steps (normalized as the
+    head's actions are; any value where `weights` is 0), `weights` [B, H] in [0, 1], and
+    `max_guidance` the clip beta of the guidance weight."""
+
+    target: torch.Tensor
+    weights: torch.Tensor
+    max_guidance: float = 5.0
+
+
+def guidance_scale(tau: float, max_guidance: float) -> float:
+    """min(beta, (1 - tau) / (tau * r_tau^2)), r_tau^2 = (1 - tau)^2 / (tau^2 + (1 - tau)^2): the
+    weight is infinite at pure noise (tau = 0), so beta is what bounds it there."""
+    if tau <= 0.0:
+        return float(max_guidance)
+    r2 = (1 - tau) ** 2 / (tau ** 2 + (1 - tau) ** 2)
+    return float(min(max_guidance, (1 - tau) / (tau * r2))) if r2 > 0 else 0.0
+
+
+def _check_inpainting(rtc: Inpainting, shape):
+    b, h, a = shape
+    if tuple(rtc.target.shape) != (b, h, a):
+        raise ValueError(f"rtc.target: expected [{b}, {h}, {a}] (batch, horizon, action dim), got {list(rtc.target.shape)}")
+    if tuple(rtc.weights.shape) != (b, h):
+        raise ValueError(f"rtc.weights: expected [{b}, {h}] (batch, horizon), got {list(rtc.weights.shape)}")
+
+
+def guided_euler_sample(dit: FlowDiT, memories, memory_padding, state, shape, rtc: Inpainting, generator=None,
+                        num_steps: int = 10):
+    """euler_sample with real-time chunking guidance. The same noise as euler_sample for the same
+    generator; with all weights 0 it returns euler_sample's result exactly (no guidance is run)."""
+    _check_inpainting(rtc, shape)
+    if not bool((rtc.weights != 0).any()):
+        return euler_sample(dit, memories, memory_padding, state, shape, generator, num_steps)
+    device = memories[0].device
+    dtype = dit.action_in.weight.dtype
+    x = initial_noise(shape, generator, device, dtype)
+    kv = [(k.detach(), v.detach()) for k, v in dit.memory_kv(memories)]
+    state = None if state is None else state.detach()
+    target = rtc.target.to(device=device, dtype=dtype)
+    weights = rtc.weights.to(device=device, dtype=dtype)[:, :, None]
+    dt = 1.0 / num_steps
+    for i in range(num_steps):
+        t = i * dt
+        tau = torch.full((shape[0],), t, device=device, dtype=dtype)
+        with torch.enable_grad():  # the guidance needs d A1 / d x, also under the server's no_grad
+            xg = x.detach().requires_grad_(True)
+            v = dit(xg, tau, kv, memory_padding, state)
+            clean = xg + (1 - t) * v
+            (pull,) = torch.autograd.grad(clean, xg, grad_outputs=(target - clean.detach()) * weights)
+        x = x + dt * (v.detach() + guidance_scale(t, rtc.max_guidance) * pull)
+    return x.detach()
+
+
 def default_layer_map(dit_layers: int, context_layers: int) -> list[int]:
     """Spread the DiT layers evenly over the context layers, first to first and last to last."""
     if dit_layers == 1:
@@ -140,7 +207,7 @@ class FlowHead(Block):
     `self.dit` (a FlowDiT) and implements `memories(context, context_mask)` -> (one memory per
     DiT layer, key padding mask)."""
 
-    predict_kwargs = ("generator", "num_steps")
+    predict_kwargs = ("generator", "num_steps", "rtc")
 
     def memories(self, context, context_mask):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -151,10 +218,13 @@ class FlowHead(Block):
         memories, pad = self.memories(context, context_mask)
         return {"loss": flow_matching_loss(self.dit, memories, pad, state, target, mask, self.params["noise_draws"])}
 
-    def predict(self, context, context_mask=None, state=None, generator=None, num_steps=None):
+    def predict(self, context, context_mask=None, state=None, generator=None, num_steps=None, rtc=None):
+        """rtc: an Inpainting (real-time chunking) or None (plain sampling)."""
         memories, pad = self.memories(context, context_mask)
         shape = (context.shape[0], self.horizon, self.action_dim)
         steps = int(num_steps or self.params["num_steps"])
+        if rtc is not None:
+            return {"actions": guided_euler_sample(self.dit, memories, pad, state, shape, rtc, generator, steps)}
         return {"actions": euler_sample(self.dit, memories, pad, state, shape, generator, steps)}
 
     def meta_forward(self, context, context_mask=None, state=None, target=None, mask=None):

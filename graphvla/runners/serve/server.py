@@ -9,7 +9,9 @@ Protocol (what openpi-client's WebsocketClientPolicy expects):
 Each connection is one session (runners/session.py): its own `every: k` caches, call counter and
 noise generator, seeded with the server's `seed` (or, after a reset request carrying
 `session_seed`, a mix of both). A reset request {"__graphvla_reset__": true[, "session_seed": n]}
-starts a new episode of that session only.
+starts a new episode of that session only. An observation may carry a real-time chunking request
+{"__graphvla_rtc__": {"delay": d, "remaining_actions": [R, A] | "executed": n}} (runners/rtc.py),
+checked before it joins a batch.
 Plain HTTP `GET /healthz` answers 200 with JSON. With an API key, the handshake requires
 `Authorization: Api-Key KEY` and is refused with 401 otherwise."""
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
-from ...protocol import RESET_KEY, SESSION_SEED_KEY, WireError, packb, unpackb
+from ...protocol import RESET_KEY, RTC_KEY, SESSION_SEED_KEY, WireError, packb, unpackb
 from ..plain_data import plain_data
 from ..session import check_seed, session_seed
 from .batching import Batcher
@@ -140,7 +142,10 @@ class PolicyServer:
             raw = unpackb(message)
             if isinstance(raw, dict) and RESET_KEY in raw:
                 return await self._reset(reset_seed(raw), session)
+            rtc = raw.pop(RTC_KEY, None) if isinstance(raw, dict) else None
             obs = self.mapper(raw)
+            if rtc is not None:  # real-time chunking: checked here so a bad one never joins a batch
+                obs[RTC_KEY] = self._rtc_request(rtc)
         except (WireError, ObservationError) as e:
             self.errors += 1
             return f"error: {e}"
@@ -162,6 +167,15 @@ class PolicyServer:
         except TypeError as e:
             self.errors += 1
             return f"error: the policy returned an output that cannot be sent: {e}"
+
+    def _rtc_request(self, value):
+        check = getattr(self.policy, "check_rtc_request", None)
+        if check is None:
+            raise ObservationError(f"'{RTC_KEY}': this policy does not do real-time chunking")
+        try:
+            return check(value)
+        except ValueError as e:
+            raise ObservationError(str(e)) from None
 
     async def _reset(self, client_seed, session) -> bytes:
         """A new episode for this connection's session alone. No request of this connection is in
