@@ -52,7 +52,11 @@ class ImageEncoder(Block):
 
 
 def byte_tokenize(texts, max_len: int, device):
-    """UTF-8 bytes + 1 (0 is padding), truncated to max_len, padded to the longest."""
+    """UTF-8 bytes + 1 (0 is padding), truncated to max_len, padded to the longest. Ids already
+    made by this function (a [B, L] integer tensor, as an exported graph takes them: strings cannot
+    pass through torch.export) are passed through."""
+    if isinstance(texts, torch.Tensor):
+        return texts.to(device)
     rows = [list(t.encode("utf-8")[:max_len]) for t in texts]
     length = max([len(r) for r in rows] + [1])
     ids = torch.zeros(len(rows), length, dtype=torch.long)

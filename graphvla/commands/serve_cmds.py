@@ -10,10 +10,14 @@ from .options import UserError, handles_errors, set_option
 
 
 def checkpoint_spec(run: str) -> dict:
-    """The resolved spec saved with RUN (a run folder's latest checkpoint, or a checkpoint)."""
+    """The resolved spec saved with RUN (a run folder's latest checkpoint, a checkpoint, or a
+    folder written by `graphvla export`, which keeps the checkpoint's spec.yaml)."""
+    from pathlib import Path
+
+    from ..runners.export import is_export_folder
     from ..runners.train.checkpoint import resolve_checkpoint
 
-    spec = resolve_checkpoint(run) / "spec.yaml"
+    spec = (Path(run) if is_export_folder(run) else resolve_checkpoint(run)) / "spec.yaml"
     return (yaml.safe_load(spec.read_text()) or {}) if spec.exists() else {}
 
 
@@ -43,6 +47,13 @@ def serve_section(run: str | None, overrides, key_map_options) -> dict:
 
 
 def load_run_policy(run: str):
+    """The checkpoint's Policy, or the ExportedPolicy of an export folder (it holds the manifest)."""
+    from ..runners.export import is_export_folder
+
+    if is_export_folder(run):
+        from ..runners.exported import load_exported
+
+        return load_exported(run)
     from ..runners.loading import load_policy
 
     return load_policy(run)
@@ -78,8 +89,8 @@ key_map_option = click.option("--key-map", "key_map", multiple=True, metavar="CL
 @set_option
 @handles_errors
 def serve(run, host, port, api_key, max_batch, max_wait_ms, max_message_mb, seed, key_map, overrides):
-    """Serve the policy in RUN (a run folder: its latest checkpoint; or a checkpoint folder) over
-    WebSocket + msgpack, wire-compatible with openpi-client."""
+    """Serve the policy in RUN (a run folder: its latest checkpoint; a checkpoint folder; or a folder
+    written by `graphvla export`) over WebSocket + msgpack, wire-compatible with openpi-client."""
     from ..runners.serve import PolicyServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -1,0 +1,159 @@
+"""A policy folder written by `graphvla export` (runners/export.py), ready to serve:
+`load_exported(DIR)` -> ExportedPolicy.
+
+It speaks the Policy API the server and the eval clients use (`metadata`, `infer`,
+`infer_batch(observations, sessions=...)`, `new_session`, `reset`) with the metadata saved at
+export time, so `graphvla serve DIR` publishes the same metadata and answers the same actions as
+`graphvla serve RUN`. Each observation value is checked by the checkpoint's own validator
+(runners/observation.py); text is tokenized here, in Python, into the token ids the graph takes.
+An exported graph keeps no state between calls (export refuses `every: k` caches). A flow head's
+starting noise is a graph input: it is drawn here, for each row from its session's generator (or
+from torch's global generator without sessions), exactly as the checkpoint's head draws it
+(blocks/heads/flow_matching.initial_noise), so a session replays and its actions equal those of
+`graphvla serve RUN` with the same seed."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..blocks.encoders import byte_tokenize
+from ..blocks.heads.flow_matching import initial_noise
+from .export import FORMATS, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, NOISE
+from .observation import convert, describe
+from .session import Session
+
+TOKENIZERS = {"bytes": lambda texts, t: byte_tokenize(texts, int(t["max_length"]), "cpu")}
+
+
+def read_manifest(folder) -> dict:
+    """The manifest of an export folder, checked (format, version, graph file and its hash)."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no {MANIFEST}; not a folder written by graphvla export")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON: {e}") from None
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{path}: format is {manifest.get('format')!r}, expected '{MANIFEST_FORMAT}'")
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise ValueError(f"{path}: version {manifest.get('version')!r} is not supported (this graphvla reads "
+                         f"version {MANIFEST_VERSION}); export the checkpoint again")
+    if manifest.get("graph_format") not in FORMATS:
+        raise ValueError(f"{path}: graph_format {manifest.get('graph_format')!r} is not one of {', '.join(FORMATS)}")
+    graph = folder / str(manifest.get("graph_file"))
+    if not graph.is_file():
+        raise FileNotFoundError(f"{path}: graph_file {graph.name} is missing from {folder}")
+    if hashlib.sha256(graph.read_bytes()).hexdigest() != manifest.get("graph_sha256"):
+        raise ValueError(f"{graph}: its sha256 differs from the manifest's graph_sha256; the file was changed "
+                         "after export")
+    return manifest
+
+
+class _TorchRunner:
+    def __init__(self, path: Path):
+        self.module = torch.export.load(str(path)).module()
+
+    def __call__(self, tensors: list) -> list:
+        with torch.no_grad():
+            return [t.detach() for t in self.module(*tensors)]
+
+
+class _OnnxRunner:
+    def __init__(self, path: Path):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise RuntimeError(f"{path} is an ONNX graph: serving it needs onnxruntime "
+                               "(pip install 'graphvla[export]')") from None
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, tensors: list) -> list:
+        feeds = {n: t.numpy() for n, t in zip(self.names, tensors)}
+        return [torch.from_numpy(np.asarray(v)) for v in self.session.run(None, feeds)]
+
+
+class ExportedPolicy:
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        graph = self.folder / self.manifest["graph_file"]
+        self.runner = (_TorchRunner if self.manifest["graph_format"] == "torch-export" else _OnnxRunner)(graph)
+        meta = self.manifest["metadata"]
+        self.inputs = {d["port"]: dict(meta["inputs"][d["port"]]) for d in self.manifest["inputs"] if "port" in d}
+        self.noise = next((d for d in self.manifest["inputs"] if d["name"] == NOISE), None)
+        self.outputs = list(self.manifest["outputs"])
+        self.tokenizers = dict(self.manifest.get("tokenizers") or {})
+        for port, t in self.tokenizers.items():
+            if t.get("tokenizer") not in TOKENIZERS:
+                raise ValueError(f"{self.folder / MANIFEST}: tokenizers.{port}: unknown tokenizer "
+                                 f"{t.get('tokenizer')!r} (known: {', '.join(TOKENIZERS)})")
+
+    @property
+    def metadata(self) -> dict:
+        return {**self.manifest["metadata"], "exported": self.manifest["graph_format"]}
+
+    def new_session(self, seed: int = 0) -> Session:
+        return Session(seed)
+
+    def reset(self) -> None:
+        """Nothing to forget: an exported graph keeps no state between calls."""
+
+    def infer(self, obs: dict, session: Session | None = None, **options) -> dict:
+        return self.infer_batch([obs], None if session is None else [session], **options)[0]
+
+    def infer_batch(self, observations: list, sessions: list | None = None, **options) -> list[dict]:
+        if options:
+            raise ValueError(f"an exported policy takes no inference options (got {', '.join(sorted(options))})")
+        if not observations:
+            return []
+        if sessions is not None and len(sessions) != len(observations):
+            raise ValueError(f"{len(sessions)} sessions for {len(observations)} observations")
+        tensors = self.tensors(observations)
+        states = [s.generator.get_state() for s in sessions] if sessions is not None else None
+        if self.noise is not None:
+            shape = (len(observations), *self.noise["shape"][1:])
+            generators = [s.generator for s in sessions] if sessions is not None else None
+            tensors.append(initial_noise(shape, generators, torch.device("cpu"), torch.float32))
+        try:
+            outs = self.runner(tensors)
+        except BaseException:  # as Policy: a failed batch moves no session
+            for s, state in zip(sessions or [], states or []):
+                s.generator.set_state(state)
+            raise
+        for s in sessions or []:
+            s.steps += 1
+        per_output = dict(zip(self.outputs, outs))
+        return [{name: _row(value, i) for name, value in per_output.items()} for i in range(len(observations))]
+
+    def tensors(self, observations: list) -> list:
+        """The graph's inputs for a batch, in the manifest's order (the checks Policy makes)."""
+        out = []
+        for port, decl in self.inputs.items():
+            missing = [i for i, o in enumerate(observations) if o.get(port) is None]
+            if missing:
+                raise ValueError(f"observation {missing[0]} lacks '{port}' (expected {describe(decl)})")
+            values = [convert(port, decl, o[port]) for o in observations]
+            if decl["kind"] == "text":
+                t = self.tokenizers[port]
+                out.append(TOKENIZERS[t["tokenizer"]](values, t))
+            else:
+                out.append(torch.stack(values))
+        return out
+
+
+def _row(value: torch.Tensor, i: int):
+    value = value[i]
+    return value.float().numpy() if value.is_floating_point() else value.numpy()
+
+
+def load_exported(folder) -> ExportedPolicy:
+    return ExportedPolicy(folder)

@@ -1,0 +1,250 @@
+"""graphvla export: the exported inference graph (normalization folded in, text tokenized in
+Python) answers what the checkpoint's Policy answers (max |diff| <= 1e-5 in fp32), in both
+formats; `graphvla serve DIR` speaks the same protocol with the same metadata; graphs that cannot
+be exported are refused naming the graph, block, type and why, and nothing is written.
+
+The runs are untrained checkpoints (random weights, made-up statistics): parity needs no training,
+and the mean/std statistics make the folded normalization matter."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+from graphvla import compile_graph
+from graphvla.data.normalize import Normalizer
+from graphvla.runners.export import MANIFEST, ExportError, export_policy, is_export_folder
+from graphvla.runners.exported import load_exported
+from graphvla.runners.loading import load_policy
+from graphvla.runners.serve import ServeOptions, ServerThread
+from graphvla.runners.train import checkpoint as C
+
+pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
+
+MT10 = "graphvla/graphs/metaworld/mt10.yaml"
+STATS = {"state": {"mean": [0.1, -0.2, 0.3, 0.5], "std": [0.5, 2.0, 1.5, 0.25]},
+         "actions": {"mean": [0.2, -0.1, 0.0, 0.4], "std": [1.5, 0.5, 2.0, 1.0]}}
+PROMPTS = ["reach the goal", "push the puck into the goal", "x", "open the drawer " * 10]  # the last is truncated
+
+
+def make_run(spec, run_dir, stats=STATS, modes=None, seed=0):
+    """A checkpoint of `spec` with random weights and `stats`, written as the trainer writes one.
+    Parameters initialized to all zeros (a DiT's adaLN gates) are filled too, so that every input
+    reaches the actions."""
+    from safetensors.torch import save_model
+
+    torch.manual_seed(seed)
+    cg = compile_graph(spec, device="cpu")
+    with torch.no_grad():
+        for p in cg.model.parameters():
+            if not p.any():
+                p.normal_(0, 0.2)
+    norm = Normalizer(stats, modes or {"state": "mean_std", "actions": "mean_std"})
+
+    def write(d):
+        save_model(cg.model, str(d / "model.safetensors"))
+        (d / "spec.yaml").write_text(cg.spec.to_yaml())
+        C.write_json(d / "graph.json", {"name": cg.name, "fingerprint": cg.fingerprint, "spec_file": None})
+        C.write_json(d / "normalization.json", norm.to_dict())
+
+    return C.write_checkpoint(run_dir, 1, write)
+
+
+def observations(n=len(PROMPTS), size=64, state_dim=4):
+    rng = np.random.default_rng(7)
+    return [{"images": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+             "state": rng.standard_normal(state_dim).astype(np.float32) * 2, "instruction": PROMPTS[i % len(PROMPTS)]}
+            for i in range(n)]
+
+
+def max_diff(a: list, b: list) -> float:
+    return max(float(np.abs(x["actions"] - y["actions"]).max()) for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def mt10(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    make_run(MT10, root / "run")
+    return root, load_policy(root / "run")
+
+
+@pytest.fixture(scope="module")
+def exported(mt10):
+    root, _ = mt10
+    return export_policy(root / "run", root / "exported")
+
+
+def test_torch_export_answers_what_the_checkpoint_answers(mt10, exported):
+    _, policy = mt10
+    ex = load_exported(exported)
+    obs = observations()
+    eager = policy.infer_batch(obs)
+    assert max(float(np.abs(o["actions"]).max()) for o in eager) > 0.1  # not a trivial output
+    assert max_diff(ex.infer_batch(obs), eager) <= 1e-5  # a batch whose instructions differ in length
+    for o in obs[:2]:  # and one at a time (batch 1, shorter token axis)
+        assert max_diff([ex.infer(o)], [policy.infer(o)]) <= 1e-5
+    # the normalization is in the graph: a changed state changes the actions as it does eagerly
+    moved = [{**o, "state": o["state"] + 3.0} for o in obs]
+    assert max_diff(ex.infer_batch(moved), policy.infer_batch(moved)) <= 1e-5
+    assert max_diff(ex.infer_batch(moved), eager) > 1e-3
+
+
+def test_the_folder_holds_what_a_server_needs(mt10, exported):
+    _, policy = mt10
+    assert is_export_folder(exported)
+    manifest = json.loads((exported / MANIFEST).read_text())
+    assert manifest["metadata"]["fingerprint"] == policy.cg.fingerprint
+    assert manifest["metadata"]["inputs"] == policy.metadata["inputs"]
+    assert manifest["serve"]["execute_steps"] == 4
+    assert manifest["tokenizers"]["instruction"] == {"tokenizer": "bytes", "max_length": 96, "blocks": ["language"]}
+    assert [d["name"] for d in manifest["inputs"]] == ["images", "instruction", "state"]
+    for name in ("spec.yaml", "graph.json", "normalization.json", "policy.pt2"):
+        assert (exported / name).is_file()
+    assert not [p for p in exported.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_changed_graph_file_is_refused(mt10, exported, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    with open(copy / "policy.pt2", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match="sha256"):
+        load_exported(copy)
+
+
+def test_onnx_answers_what_the_checkpoint_answers(mt10):
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    root, policy = mt10
+    folder = export_policy(root / "run", root / "onnx", "onnx")
+    ex = load_exported(folder)
+    assert ex.manifest["graph_format"] == "onnx" and (folder / "policy.onnx").is_file()
+    obs = observations()
+    assert max_diff(ex.infer_batch(obs), policy.infer_batch(obs)) <= 1e-5
+    assert max_diff([ex.infer(obs[2])], [policy.infer(obs[2])]) <= 1e-5
+
+
+def test_serve_dir_speaks_the_same_protocol(mt10, exported):
+    _, policy = mt10
+    obs = observations(3)
+    with ServerThread(policy, ServeOptions(port=0)) as eager_srv, \
+            ServerThread(load_exported(exported), ServeOptions(port=0)) as srv:
+        eager = WebsocketClientPolicy("127.0.0.1", eager_srv.port)
+        client = WebsocketClientPolicy("127.0.0.1", srv.port)
+        want, got = eager.get_server_metadata(), client.get_server_metadata()
+        assert got.pop("exported") == "torch-export"
+        assert got == want
+        for o in obs:
+            assert np.abs(client.infer(o)["actions"] - eager.infer(o)["actions"]).max() <= 1e-5
+        assert client.infer({"__graphvla_reset__": True}) == {"reset": True, "seed": 0}
+        with pytest.raises(RuntimeError, match="'state': expected shape \\[4\\]"):
+            client.infer({**obs[0], "state": np.zeros(5, np.float32)})
+        assert np.abs(client.infer(obs[0])["actions"] - eager.infer(obs[0])["actions"]).max() <= 1e-5
+
+
+def test_cli_export_and_its_errors(mt10, tmp_path):
+    from graphvla.cli import main
+
+    root, _ = mt10
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(main, ["export", str(root / "run"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "graph inputs: images float32" in result.output and f"graphvla serve {out}" in result.output
+    again = CliRunner().invoke(main, ["export", str(root / "run"), "-o", str(out)])
+    assert again.exit_code == 1 and "is not an empty folder" in again.output
+    bad = CliRunner().invoke(main, ["export", str(root / "run"), "-o", str(tmp_path / "x"), "--format", "tflite"])
+    assert bad.exit_code != 0 and "tflite" in bad.output
+
+
+FLOW_SPEC = """
+graphvla: 1
+name: tiny-flow
+inputs:
+  images:      {kind: image, views: 1, size: [16, 16]}
+  instruction: {kind: text}
+  state:       {kind: state, dim: 4}
+  actions:     {kind: action, dim: 3, horizon: 4, train_only: true}
+blocks:
+  vision:
+    type: encoder.image
+    in: {images: inputs.images}
+    with: {width: 16, patch: 8, layers: 0}
+  language:
+    type: encoder.text
+    in: {text: inputs.instruction}
+    with: {width: 16, layers: 1, heads: 2, max_length: 32}
+  fuse:
+    type: glue.fuse
+    in: {a: vision.hidden, b: language.pooled, c: inputs.state}
+    with: {width: 16}
+  head:
+    type: HEAD
+    in: {context: fuse.hidden, state: inputs.state, target: inputs.actions}
+    with: WITH
+losses:
+  action: {from: head.loss, weight: 1.0}
+outputs:
+  actions: head.actions
+"""
+SMALL_STATS = {"state": {"mean": [0.0] * 4, "std": [2.0] * 4}, "actions": {"mean": [0.0] * 3, "std": [1.0] * 3}}
+
+
+def test_a_small_graph_with_a_text_transformer_exports_exactly(tmp_path):
+    """encoder.text with an attention layer: padding to the batch's longest instruction must not
+    change any row (the same padding the checkpoint's policy applies)."""
+    spec = FLOW_SPEC.replace("HEAD", "head.mlp").replace("WITH", "{hidden: 32}")
+    make_run(spec, tmp_path / "run", SMALL_STATS)
+    policy = load_policy(tmp_path / "run")
+    ex = load_exported(export_policy(tmp_path / "run", tmp_path / "out"))
+    obs = observations(size=16)
+    assert max_diff(ex.infer_batch(obs), policy.infer_batch(obs)) <= 1e-5
+    assert max_diff([ex.infer(obs[3])], [policy.infer(obs[3])]) <= 1e-5
+
+
+@pytest.mark.parametrize("head", ["head.flow_matching"])  # head.dual_system shares its sampler (FlowHead)
+def test_a_flow_head_takes_its_noise_as_an_input_and_replays_sessions(tmp_path, head):
+    """The Euler loop is unrolled; the starting noise is a graph input drawn from each session's
+    generator as the checkpoint's head draws it, so seeded sessions get the checkpoint's actions."""
+    spec = FLOW_SPEC.replace("HEAD", head).replace("WITH", "{width: 16, heads: 2, layers: 1, num_steps: 3}")
+    make_run(spec, tmp_path / "run", SMALL_STATS)
+    policy = load_policy(tmp_path / "run")
+    ex = load_exported(export_policy(tmp_path / "run", tmp_path / "out"))
+    noise = [d for d in ex.manifest["inputs"] if d["name"] == "noise"]
+    assert noise == [{"name": "noise", "kind": "noise", "dtype": "float32", "shape": ["batch", 4, 3], "block": "head",
+                      "num_steps": 3}]
+    assert "noise" not in ex.metadata["inputs"]
+    obs = observations(size=16)
+    eager_sessions = [policy.new_session(10 + i) for i in range(len(obs))]
+    sessions = [ex.new_session(10 + i) for i in range(len(obs))]
+    for _ in range(2):  # two steps of each episode: the generators advance alike
+        eager = policy.infer_batch(obs, sessions=eager_sessions)
+        assert max_diff(ex.infer_batch(obs, sessions=sessions), eager) <= 1e-5
+    first = ex.infer(obs[0], session=ex.new_session(10))
+    assert max_diff([first], [policy.infer(obs[0], session=policy.new_session(10))]) <= 1e-5
+    assert max_diff([first], [ex.infer(obs[0], session=ex.new_session(11))]) > 1e-3  # the noise matters
+    with pytest.raises(ValueError, match="takes no inference options \\(got num_steps\\)"):
+        ex.infer(obs[0], num_steps=5)
+
+
+def test_a_cached_block_is_refused_by_name(tmp_path):
+    spec = FLOW_SPEC.replace("HEAD", "head.mlp").replace("WITH", "{hidden: 32}").replace(
+        "    with: {width: 16, patch: 8, layers: 0}", "    with: {width: 16, patch: 8, layers: 0}\n    infer: {every: 2}")
+    make_run(spec, tmp_path / "run", SMALL_STATS)
+    with pytest.raises(ExportError, match="block 'vision' \\(encoder.image\\) cannot be exported: infer.every=2"):
+        export_policy(tmp_path / "run", tmp_path / "out")
+
+
+def test_tiny_oft_vlm_is_refused_by_name(tmp_path):
+    """The tiny Qwen3-VL cannot be traced (docs/serving.md, Export): the refusal names the block."""
+    stats = {"state": {"mean": [0.0] * 4, "std": [1.0] * 4}, "actions": {"mean": [0.0] * 4, "std": [1.0] * 4}}
+    make_run("graphvla/graphs/tiny/oft.yaml", tmp_path / "run", stats)
+    with pytest.raises(ExportError, match="graph 'tiny-qwen3vl-oft': block 'vlm' \\(backbone.hf_vlm\\) cannot be "
+                                          "exported: its processor"):
+        export_policy(tmp_path / "run", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
