@@ -4,9 +4,11 @@
     inputs.actions -> fast.encode -> vlm.target_tokens   (training: the LM loss on action tokens)
     vlm.generated  -> fast.decode -> actions, decode_ok  (inference: greedy, constrained decoding)
 
-`fast.encode` turns each target chunk into FAST ids with the fitted tokenizer; `fast.decode`
-turns generated ids back into a chunk. A malformed sequence decodes to zeros with decode_ok False
-and a logged warning, never an exception. Both only read the tokenizer when built for real: on
+`fast.encode` turns each target chunk into FAST ids with the fitted tokenizer, its steps past the
+episode's end (`mask` False) filled with the last valid action first (heads/common.py
+hold_last_valid); `fast.decode` turns generated ids back into a chunk. A malformed sequence
+decodes to the action input's hold action (heads/fast.py HoldFallback) with decode_ok False and a
+logged warning, never an exception. Both only read the tokenizer when built for real: on
 meta (compile) they are shaped from the graph, so full-size graphs compile without one.
 """
 from __future__ import annotations
@@ -15,8 +17,8 @@ import torch
 
 from .base import Block, InPort, OutPort
 from .registry import register
-from .heads.common import ACTION_PARAMS, action_shape
-from .heads.fast import FIT_HINT, ON_MALFORMED, decode_tokens, load_tokenizer
+from .heads.common import ACTION_PARAMS, action_shape, hold_last_valid
+from .heads.fast import FIT_HINT, ON_MALFORMED, HoldFallback, decode_tokens, load_tokenizer
 
 TOKENIZER_PARAM = {"type": ["string", "null"], "default": None,
                    "description": "folder of a fitted FAST tokenizer (relative to the spec's folder)"}
@@ -45,44 +47,48 @@ class _FASTEnd(Block):
 class FASTEncode(_FASTEnd):
     type_name = "fast.encode"
     description = "Action chunk -> FAST token ids [B, L] (-1 padded): the answer a VLM with action_vocab learns."
-    in_ports = {"actions": InPort("action", ndim=3, doc="normalized action chunk [B, H, A]")}
+    in_ports = {"actions": InPort("action", ndim=3, doc="normalized action chunk [B, H, A]"),
+                "mask": InPort("mask", optional=True, ndim=2,
+                               doc="[B, H] valid steps: the others are filled with the last valid action")}
     out_ports = {"tokens": OutPort("tokens", doc="[B, L] FAST ids, -1 after each chunk's last token")}
 
     def __init__(self, params, inputs, ctx):
         super().__init__(params, inputs, ctx)
         self._setup(ctx, "actions")
 
-    def forward(self, actions):
+    def forward(self, actions, mask=None):
         self._need_tokenizer()
-        rows = self.tokenizer.encode(actions.detach().float().cpu().numpy())
+        rows = self.tokenizer.encode(hold_last_valid(actions, mask).detach().float().cpu().numpy())
         out = torch.full((len(rows), max(map(len, rows))), PAD, dtype=torch.long)
         for i, row in enumerate(rows):
             out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         return {"tokens": out.to(actions.device)}
 
-    def meta_forward(self, actions):
+    def meta_forward(self, actions, mask=None):
         # BPE never makes more tokens than there are coefficients
         return {"tokens": torch.empty(actions.shape[0], self.horizon * self.action_dim, dtype=torch.long, device="meta")}
 
 
 @register
-class FASTDecode(_FASTEnd):
+class FASTDecode(HoldFallback, _FASTEnd):
     type_name = "fast.decode"
     params_schema = {**_FASTEnd.params_schema,
                      "properties": {**_FASTEnd.params_schema["properties"], "on_malformed": ON_MALFORMED}}
-    description = "Generated FAST token ids -> action chunk [B, H, A] and decode_ok; malformed rows are zeros, never a crash."
+    description = "Generated FAST token ids -> action chunk [B, H, A] and decode_ok; malformed rows hold still, never a crash."
     in_ports = {
         "tokens": InPort("tokens", ndim=2, doc="[B, L] FAST ids, -1 = padding (e.g. vlm.generated)"),
-        "target": InPort("action", optional=True, target=True, doc="the action chunk input: only its shape is used"),
+        "target": InPort("action", optional=True, target=True,
+                         doc="the action chunk input: its shape, and its `hold` for malformed rows"),
     }
     out_ports = {
-        "actions": OutPort("action", doc="[B, H, A]; zeros where decode_ok is False"),
+        "actions": OutPort("action", doc="[B, H, A]; the hold action where decode_ok is False"),
         "decode_ok": OutPort("mask", doc="[B] True where the tokens decoded to a valid chunk"),
     }
 
     def __init__(self, params, inputs, ctx):
         super().__init__(params, inputs, ctx)
         self._setup(ctx, "target")
+        self._setup_hold("target")
 
     def forward(self, tokens, target=None):
         self._need_tokenizer()

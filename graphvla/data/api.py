@@ -20,7 +20,7 @@ from .lerobot import DatasetError, FrameSource, open_lerobot
 from .ports import as_spec, stream_ports
 from .sampler import StreamSampler
 from .shards import is_shard_dir, open_shards
-from .stats import compute_stats
+from .stats import pooled_stats
 
 
 @dataclass
@@ -161,14 +161,12 @@ def load_data(data, spec, *, split: str = "train") -> DataBundle:
 
 
 def port_stats(parts: list[ActionDataset]) -> dict:
-    """Statistics per state/action port over every robot dataset, each zero-padded to the port
-    width (so a mixture's statistics line up with its padded batches)."""
+    """Statistics per state/action port over every robot dataset, each dimension over the datasets
+    that have it (data/stats.py pooled_stats): a narrower robot's zero padding is not data."""
     values: dict = {}
+    widths: dict = {}
     for ds in parts:
         for port, col in ds.binding.vectors.items():
-            x = ds.source.columns[col]
-            dim = ds.ports.ports[port].dim
-            if x.shape[1] < dim:
-                x = np.pad(x, ((0, 0), (0, dim - x.shape[1])))
-            values.setdefault(port, []).append(x)
-    return {port: compute_stats(np.concatenate(v)) for port, v in values.items()}
+            values.setdefault(port, []).append(ds.source.columns[col])
+            widths[port] = ds.ports.ports[port].dim
+    return {port: pooled_stats(v, widths[port]) for port, v in values.items()}

@@ -21,6 +21,35 @@ def compute_stats(x: np.ndarray) -> dict[str, list[float]]:
             "max": x.max(0).tolist(), "q01": q01.tolist(), "q99": q99.tolist()}
 
 
+def pooled_stats(parts: list, width: int) -> dict[str, list[float]]:
+    """Statistics of one port of width `width` over several datasets, parts[i] [N_i, D_i] with
+    D_i <= width (a narrower robot's vector fills the first D_i dims; the batches zero-pad the rest
+    and mark them with a dim mask). Dimension d is computed over the datasets that have it, never
+    over zero-padded columns, which would pull the mean to 0 and shrink or widen the spread; a
+    dimension no dataset has gets zeros (the normalizer then leaves it alone). When every dataset
+    has the full width this is compute_stats of them all, to the last digit."""
+    parts = [np.asarray(x, dtype=np.float64).reshape(len(x), -1) for x in parts]
+    if any(x.shape[1] > width for x in parts):
+        raise ValueError(f"a dataset has {max(x.shape[1] for x in parts)} dims but the port has {width}")
+    if all(x.shape[1] == width for x in parts):
+        return compute_stats(np.concatenate(parts))
+    out = {k: [0.0] * width for k in STAT_NAMES}
+    for lo, hi in _spans({x.shape[1] for x in parts}, width):
+        having = [x[:, lo:hi] for x in parts if x.shape[1] >= hi]
+        if not having:
+            continue
+        part = compute_stats(np.concatenate(having))
+        for k in STAT_NAMES:
+            out[k][lo:hi] = part[k]
+    return out
+
+
+def _spans(widths: set, width: int) -> list[tuple[int, int]]:
+    """[0, width) cut at every dataset's width: within a span the same datasets have every dim."""
+    cuts = sorted({0, width} | {w for w in widths if 0 < w < width})
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
 def dataset_stats_from_episodes(episode_stats: list[dict]) -> dict:
     """Aggregate LeRobot per-episode stats (min/max/mean/std/count) into dataset stats, the way
     meta/stats.json holds them (pooled mean and variance)."""

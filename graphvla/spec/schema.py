@@ -17,7 +17,7 @@ INPUT_FIELDS = {
     "image": ({"views", "size", "channels"}, {"size"}),
     "text": ({"max_length"}, set()),
     "state": ({"dim", "history", "privileged"}, {"dim"}),
-    "action": ({"dim", "horizon"}, {"dim", "horizon"}),
+    "action": ({"dim", "horizon", "hold"}, {"dim", "horizon"}),
     "mask": ({"shape"}, {"shape"}),
     "tokens": ({"shape", "vocab"}, {"shape"}),
 }
@@ -45,6 +45,10 @@ INPUT_PORT = {
                                       "observation.environment_state); results of the graph are labelled "
                                       "privileged upper bound. Name such a graph *-privileged.yaml"},
         "horizon": {**_pos_int, "description": "action: chunk length"},
+        "hold": {"type": "array", "items": {"type": "number"}, "minItems": 1,
+                 "description": "action: the action that holds the robot still, in the dataset's (unnormalized) units, "
+                                "one value per dim; a FAST decode that fails returns it for the whole chunk "
+                                "(default: zeros, which is no motion for delta actions such as Meta-World's)"},
         "shape": {"type": "array", "items": _pos_int, "minItems": 1, "description": "mask/tokens: shape without the batch axis"},
         "vocab": {**_pos_int, "description": "tokens: vocabulary size"},
         "max_length": {**_pos_int, "description": "text: maximum length in characters"},

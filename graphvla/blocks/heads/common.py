@@ -41,6 +41,38 @@ def masked_l1(pred, target, mask=None):
     return (err * m).sum() / m.sum().clamp(min=1)
 
 
+def hold_last_valid(actions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """[B, H, A] chunks whose steps where `mask` [B, H] is False (past the episode's end) repeat the
+    last valid step (steps before the first valid one take the first valid one), as `graphvla
+    fast-fit` pads its chunks. The normalizer zeroes padded steps; a tokenizer that mixes all steps
+    (FAST's DCT) would otherwise learn a jump to the middle of the action range. Rows without any
+    valid step are returned as they are."""
+    if mask is None:
+        return actions
+    m = mask.bool()
+    if m.dim() != 2 or tuple(m.shape) != tuple(actions.shape[:2]):
+        raise PortError("mask", f"expects [B, {actions.shape[1]}] to match the action chunk, got {list(m.shape)}")
+    if bool(m.all()):
+        return actions
+    steps = torch.arange(m.shape[1], device=m.device).expand_as(m)
+    first = m.int().argmax(dim=1, keepdim=True)  # first valid step (0 when there is none)
+    last = torch.cummax(torch.where(m, steps, 0), dim=1).values
+    index = torch.maximum(last, first)
+    return torch.gather(actions, 1, index.unsqueeze(-1).expand_as(actions))
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """[B, T, D] -> [B, D]: the mean over the tokens where mask [B, T] is True, so a sample's
+    result does not depend on how far the batch padded it (x.mean(1) without a mask)."""
+    if mask is None:
+        return x.mean(dim=1)
+    if mask.dim() != 2 or tuple(mask.shape) != tuple(x.shape[:2]):
+        raise PortError("context_mask", f"expects [B, {x.shape[1]}] to match the context tokens, got {list(mask.shape)}")
+    m = mask.bool().unsqueeze(-1)
+    # masked_fill, not a product: padding may hold anything, even inf
+    return x.masked_fill(~m, 0).sum(dim=1) / m.sum(dim=1).clamp(min=1).to(x.dtype)
+
+
 ACTION_PARAMS = {
     "horizon": {"type": "integer", "minimum": 1, "description": "inferred from the target port when wired"},
     "action_dim": {"type": "integer", "minimum": 1, "description": "inferred from the target port when wired"},

@@ -4,31 +4,59 @@ cross-attends to the context (and state token) learns them with teacher forcing 
 cross-entropy. This is the "small decoder for non-LM backbones" path.
 
 At inference it decodes greedily until EOS (or `max_tokens`), then the tokenizer turns tokens
-back into actions. A malformed sequence never crashes a rollout: that sample's actions are zeros,
-`decode_ok` is False for it, and a warning is logged.
+back into actions. A malformed sequence never crashes a rollout: that sample's chunk is the hold
+action declared on the action input (`inputs.<actions>.hold`, dataset units, default zeros; see
+`HoldFallback`), `decode_ok` is False for it, and a warning is logged. Never a normalized zero,
+which un-normalizes to the middle of the action range.
 
-The `mask` port is accepted for a uniform head interface but not used: DCT tokens mix all steps
-of the chunk, so the chunk is learned as given (the data layer pads past the episode end).
+The `mask` port marks the steps past the episode's end. DCT tokens mix all steps of the chunk,
+so those steps cannot be left out of the loss; they are filled with the last valid action
+(`hold_last_valid`, as `graphvla fast-fit` pads) instead of the normalizer's zeros, which would
+teach a jump to the middle of the action range at every episode end.
 """
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import Block, OutPort, ParamError
+from ..base import Block, OutPort, ParamError, PortError
 from ..registry import register
 from .common import (ACTION_PARAMS, HEAD_IN_PORTS, WIDTH_PARAMS, ContextProjection, FeedForward, StateToken,
-                     context_layers, layer_param, padding_mask, read_layer, state_width)
+                     context_layers, hold_last_valid, layer_param, padding_mask, read_layer, state_width)
 from .fast_tokenizer import FASTTokenizer
 
 log = logging.getLogger(__name__)
 FIT_HINT = "fit one with `graphvla fast-fit DATA -o DIR` and point with.tokenizer at DIR"
 ON_MALFORMED = {"enum": ["zeros", "repair"], "default": "zeros",
-                "description": "a sequence that is not exactly H*A coefficients: zero actions, or cut/pad its highest "
-                               "frequencies (decode_ok stays False either way)"}
+                "description": "a sequence that is not exactly H*A coefficients: the hold action (the action input's "
+                               "`hold`, default zeros in dataset units; the name 'zeros' is kept for old specs), or "
+                               "cut/pad its highest frequencies (decode_ok stays False either way)"}
+
+
+class HoldFallback:
+    """What a FAST block returns for a chunk it cannot decode: the action input's declared `hold`
+    (dataset units; zeros when not declared: no motion for delta actions), held over the chunk.
+    The block predicts normalized actions, so `bind_normalizer` (called by `Policy`) converts it
+    with the statistics of that input; without a normalizer it is used as declared."""
+
+    def _setup_hold(self, port: str):
+        info = self.port_info.get(port)
+        source = info.source if info is not None else ""
+        self.hold_port = source.split(".", 1)[1] if source.startswith("inputs.") else None
+        hold = (info.decl or {}).get("hold") if info is not None else None
+        if hold is not None and len(hold) != self.action_dim:
+            raise PortError(port, f"{source}.hold has {len(hold)} values but the action dim is {self.action_dim}")
+        self.hold = np.zeros(self.action_dim) if hold is None else np.asarray(hold, dtype=np.float64)
+        self.fallback = self.hold.astype(np.float32)
+
+    def bind_normalizer(self, normalizer) -> None:
+        stats = getattr(normalizer, "stats", None) or {}
+        if normalizer is not None and self.hold_port in stats:
+            self.fallback = np.asarray(normalizer.normalize_array(self.hold_port, self.hold), dtype=np.float32)
 
 
 class DecoderLayer(nn.Module):
@@ -54,12 +82,12 @@ class DecoderLayer(nn.Module):
 
 
 @register
-class FASTHead(Block):
+class FASTHead(HoldFallback, Block):
     type_name = "head.fast"
     description = "FAST tokens (DCT + BPE) decoded autoregressively by a small transformer decoder over the context; cross-entropy."
     in_ports = HEAD_IN_PORTS
     out_ports = {
-        "actions": OutPort("action", doc="[B, H, A]; zeros where decode_ok is False"),
+        "actions": OutPort("action", doc="[B, H, A]; the hold action where decode_ok is False"),
         "decode_ok": OutPort("mask", doc="[B] True where the tokens decoded to a valid chunk"),
         "loss": OutPort("loss", train_only=True),
     }
@@ -86,6 +114,7 @@ class FASTHead(Block):
         self.layer, dim = read_layer(self)
         self.vocab = self.params["vocab_size"]
         self.max_tokens = self.params["max_tokens"] or self.horizon * self.action_dim
+        self._setup_hold("target")
         self.eos, self.bos = self.vocab, self.vocab + 1
         # On meta (compile) the head is sized from with.vocab_size and never touches the disk.
         self.tokenizer = None if ctx.meta else self._load_tokenizer(ctx)
@@ -151,7 +180,7 @@ class FASTHead(Block):
         if target is None:
             return self.predict(context, context_mask, state)
         memory, pad = self.memory(context, context_mask, state)
-        inputs, labels = self.teacher_forcing(target)
+        inputs, labels = self.teacher_forcing(hold_last_valid(target, mask))
         logits = self.step_logits(inputs, memory, pad)
         return {"loss": F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)}
 
@@ -211,14 +240,14 @@ def load_tokenizer(block: Block, ctx) -> FASTTokenizer:
 
 
 def decode_tokens(block: Block, token_lists, device=None):
-    """Token lists -> (actions [B, H, A], decode_ok [B]). A malformed sample decodes to zeros (or,
-    with with.on_malformed: repair, a cut/padded chunk) with decode_ok False and a logged warning,
-    never an exception (a rollout must go on)."""
+    """Token lists -> (actions [B, H, A], decode_ok [B]). A malformed sample decodes to the block's
+    hold action (HoldFallback; or, with with.on_malformed: repair, a cut/padded chunk) with
+    decode_ok False and a logged warning, never an exception (a rollout must go on)."""
     repair = block.params.get("on_malformed") == "repair"
-    actions, ok = block.tokenizer.decode(token_lists, repair=repair)
+    actions, ok = block.tokenizer.decode(token_lists, repair=repair, fallback=getattr(block, "fallback", None))
     bad = [i for i, good in enumerate(ok) if not good]
     if bad:
-        fate = "repaired where only their length was wrong (else zeros)" if repair else "zeros"
+        fate = "repaired where only their length was wrong (else the hold action)" if repair else "the hold action"
         log.warning("%s (%s): %d of %d samples decoded to malformed FAST tokens (samples %s); "
                     "their actions are %s and decode_ok is False", block.block_id, block.type_name, len(bad), len(ok),
                     bad[:8], fate)

@@ -9,7 +9,8 @@ action value is at most `error_bound()` = 0.5 / scale * max_n sum_k |C[k, n]| (C
 at most 0.5 * sqrt(H) / scale).
 
 `decode` never raises on bad tokens: a sample whose ids are not in the vocabulary, or whose
-characters do not make exactly H*A coefficients, decodes to zeros with its flag set to False.
+characters do not make exactly H*A coefficients, decodes to `fallback` (the blocks pass the
+action input's declared hold action, normalized; zeros without one) with its flag set to False.
 """
 from __future__ import annotations
 
@@ -112,14 +113,17 @@ class FASTTokenizer:
         self._need_fit()
         return [enc.ids for enc in self.bpe.encode_batch([self._text(row) for row in self.to_ints(actions)])]
 
-    def decode(self, token_lists, repair: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """N lists of token ids -> (actions [N, H, A] float32, ok [N] bool). Bad samples give zeros;
-        with `repair`, a sample whose only fault is its number of coefficients is cut or padded
-        with zero coefficients instead (the order is frequency-major, so what is missing or extra
-        are the highest frequencies). Repaired samples still have ok False."""
+    def decode(self, token_lists, repair: bool = False, fallback=None) -> tuple[np.ndarray, np.ndarray]:
+        """N lists of token ids -> (actions [N, H, A] float32, ok [N] bool). Bad samples give
+        `fallback` (an [A] action held over the chunk, or an [H, A] chunk; default zeros); with
+        `repair`, a sample whose only fault is its number of coefficients is cut or padded with
+        zero coefficients instead (the order is frequency-major, so what is missing or extra are
+        the highest frequencies). Repaired samples still have ok False."""
         self._need_fit()
         n = len(token_lists)
         out = np.zeros((n, self.horizon, self.action_dim), dtype=np.float32)
+        if fallback is not None:
+            out[:] = np.broadcast_to(np.asarray(fallback, dtype=np.float32), (self.horizon, self.action_dim))
         ok = np.zeros(n, dtype=bool)
         size = self.horizon * self.action_dim
         for i, ids in enumerate(token_lists):

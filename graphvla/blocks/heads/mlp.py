@@ -1,5 +1,8 @@
 """A small MLP action head: pooled context (+ state) -> action chunk, L1 loss. The simplest
-head; the block library adds FAST, OFT, flow matching and dual-system heads."""
+head; the block library adds FAST, OFT, flow matching and dual-system heads.
+
+With `context_mask` wired, `pool: mean` averages the real tokens only, so a sample's actions do
+not depend on what else is in the batch (how far it was padded)."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +10,7 @@ from torch import nn
 
 from ..base import Block, InPort, OutPort
 from ..registry import register
-from .common import ACTION_PARAMS, action_shape, masked_l1, state_width
+from .common import ACTION_PARAMS, action_shape, masked_l1, masked_mean, state_width
 
 
 @register
@@ -16,6 +19,8 @@ class MLPHead(Block):
     description = "MLP over the pooled context (+ state) regressing the whole action chunk, L1 loss."
     in_ports = {
         "context": InPort(("hidden", "latent"), ndim=(2, 3), doc="[B, T, D] or [B, D]"),
+        "context_mask": InPort("mask", optional=True, ndim=2,
+                               doc="[B, T] True on real tokens: pool: mean averages those only"),
         "state": InPort("state", optional=True),
         "target": InPort("action", optional=True, target=True, doc="action chunk [B, H, A]"),
         "mask": InPort("mask", optional=True, target=True, doc="[B, H] valid steps"),
@@ -48,9 +53,10 @@ class MLPHead(Block):
         layers.append(nn.Linear(h, self.horizon * self.action_dim))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, context, state=None, target=None, mask=None):
+    def forward(self, context, context_mask=None, state=None, target=None, mask=None):
         if context.dim() == 3:
-            x = context.flatten(1) if self.params["pool"] == "flatten" else context.mean(dim=1)
+            # flatten: T is fixed by the graph, so there is no padding to leave out
+            x = context.flatten(1) if self.params["pool"] == "flatten" else masked_mean(context, context_mask)
         else:
             x = context
         if self.state_width:
