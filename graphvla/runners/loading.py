@@ -8,6 +8,7 @@ from ..compiler.compile import compile_graph
 from ..spec.loader import load_spec
 from .policy import Policy
 from .train import dataio
+from .train.assets import localized_values
 from .train.checkpoint import resolve_checkpoint
 
 
@@ -15,7 +16,9 @@ def load_policy(path, device="cpu") -> Policy:
     """A Policy from a run directory (its latest checkpoint) or a checkpoint directory.
 
     Compiles the checkpoint's resolved spec for real, loads the safetensors weights strictly and
-    the normalization. Refuses a checkpoint whose spec.yaml does not match the fingerprint in its
+    the normalization. Files the blocks read (tokenizers, processors, configs) come from the
+    checkpoint's own copies (assets/), so a moved run loads; referenced base weights are checked
+    (path, size, sha256) and a missing one is named. Refuses a checkpoint whose spec.yaml does not match the fingerprint in its
     graph.json, whose weights do not fit the graph, or whose normalization does not fit its ports."""
     from safetensors.torch import load_model
 
@@ -27,8 +30,9 @@ def load_policy(path, device="cpu") -> Policy:
                          f"{str(graph.get('fingerprint'))[:16]}; the spec was edited after training")
     origin = graph.get("spec_file")
     if origin and Path(origin).parent.is_dir():
-        spec.file = origin  # relative paths in `with:` (local weights) resolve where the spec lived
-    cg = compile_graph(spec, device=device)
+        spec.file = origin  # files the checkpoint has no copy of resolve where the spec lived
+    cg = compile_graph(_with_copied_assets(spec, ckpt), device=device)
+    cg.spec = spec  # the graph's identity (name, fingerprint) is the trained spec's, wherever its files are now
     try:
         load_model(cg.model, str(ckpt / "model.safetensors"), strict=True, device=str(device))
     except RuntimeError as e:
@@ -42,3 +46,17 @@ def load_policy(path, device="cpu") -> Policy:
         except (ValueError, KeyError) as e:
             raise ValueError(f"checkpoint {ckpt}: normalization does not match the graph's ports: {e}") from None
     return Policy.from_compiled(cg, normalizer)
+
+
+def _with_copied_assets(spec, ckpt: Path):
+    """A copy of `spec` whose `with:` paths point at the checkpoint's copies of those files."""
+    import copy
+
+    values = localized_values(ckpt)
+    if not values:
+        return spec
+    local = copy.copy(spec)
+    local.data = copy.deepcopy(spec.data)
+    for (bid, key), path in values.items():
+        local.data["blocks"][bid]["with"][key] = path
+    return local

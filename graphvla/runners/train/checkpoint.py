@@ -76,7 +76,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def _fsync_dir_files(d: Path) -> None:
     for p in d.rglob("*"):
-        if p.is_file():
+        if p.is_file() and not p.is_symlink():  # symlinks: referenced base weights, not ours to flush
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
 

@@ -19,6 +19,7 @@ from ..plain_data import plain_data
 from . import checkpoint as C
 from . import dataio
 from . import engine as E
+from .assets import write_assets
 from .optim import block_param_groups, build_optimizer, build_scheduler
 from .precision import TrainModes, keep_fp32_masters
 from .streams import StreamBatches, StreamSchedule
@@ -157,6 +158,7 @@ class Trainer:
         self.optimizer = build_optimizer(block_param_groups(self.cg.model, block_train, self.cfg), self.cfg)
         self.scheduler = build_scheduler(self.optimizer, self.cfg)
         self.step, self.history = 0, []
+        self._asset_hashes = {}  # sha256 of referenced base weights, computed once per run
         self.resumed_from = None
         if acc.is_main_process:
             C.clean_temporaries(C.checkpoints_dir(self.run_dir))  # leftovers of a crashed save
@@ -262,6 +264,7 @@ class Trainer:
                 C.write_json(d / "graph.json", {"name": self.cg.name, "fingerprint": self.cg.fingerprint,
                                                 "spec_file": str(Path(self.spec.file).resolve()) if self.spec.file else None})
                 C.write_json(d / "normalization.json", plain_data(norm, for_json=True))
+                write_assets(self.spec, d, self._asset_hashes)  # tokenizers, processors, configs: self-contained
 
             path = C.write_checkpoint(self.run_dir, self.step, write, keep_last=self.cfg["keep_last"], tmp=tmp)
         acc.wait_for_everyone()

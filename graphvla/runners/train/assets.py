@@ -1,0 +1,117 @@
+"""Self-contained checkpoints: the files a spec's blocks read from disk travel with the run.
+
+Every `with:` value of a block that names an existing file or folder (relative to the spec's
+folder, or absolute) - a VLM's `model` / `processor` folder (config, tokenizer, processor, chat
+template), a FAST `tokenizer` folder, a config file - is copied into the checkpoint under
+`assets/<block>/<key>/`, and `assets.json` records where each came from. `load_policy` reads the
+copies, so a run folder moved to another machine, or whose spec folder is gone, still loads.
+
+Large weight files (a base model's *.safetensors / *.bin above REFERENCE_ABOVE_BYTES, 256 MiB
+unless GRAPHVLA_REFERENCE_WEIGHTS_ABOVE_MB says otherwise) are not copied: they are referenced by
+absolute path, byte size and sha256 (a symlink stands in their place in the copied folder). The
+checkpoint's own model.safetensors holds every trained weight; the base files are only read
+again to rebuild the block. When one is missing or changed, loading fails naming the file, the
+block key and the expected sha256."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+ASSETS_DIR = "assets"
+MANIFEST = "assets.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
+REFERENCE_ABOVE_BYTES = int(float(os.environ.get("GRAPHVLA_REFERENCE_WEIGHTS_ABOVE_MB", 256)) * 2**20)
+
+
+def path_params(spec):
+    """(block id, key, value, resolved path) of every `with:` string that names a file or folder."""
+    for bid, block in (spec.blocks or {}).items():
+        for key, value in ((block or {}).get("with") or {}).items():
+            if not isinstance(value, str) or not value.strip():
+                continue
+            p = Path(value).expanduser()
+            p = p if p.is_absolute() else spec.dir / p
+            if p.exists():
+                yield bid, key, value, p.resolve()
+
+
+def _referenced(f: Path) -> bool:
+    return f.suffix in WEIGHT_SUFFIXES and f.stat().st_size > REFERENCE_ABOVE_BYTES
+
+
+def sha256_of(path: Path, cache: dict | None = None) -> str:
+    """sha256 of a file; `cache` (path, size, mtime) -> digest saves re-reading a base model at every save."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if cache is not None and key in cache:
+        return cache[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    if cache is not None:
+        cache[key] = digest
+    return digest
+
+
+def write_assets(spec, ckpt_dir: Path, cache: dict | None = None) -> dict:
+    """Copy the spec's files into ckpt_dir/assets and return the manifest (also written as assets.json)."""
+    from .checkpoint import write_json
+
+    manifest = {}
+    for bid, key, value, src in path_params(spec):
+        dest = Path(ASSETS_DIR) / bid / key
+        entry = {"value": value, "source": str(src), "referenced": []}
+        root = ckpt_dir / dest
+        if src.is_file():
+            root.mkdir(parents=True, exist_ok=True)
+            files, entry["path"] = [(src, src.name)], str(dest / src.name)
+        else:
+            files = [(f, f.relative_to(src).as_posix()) for f in sorted(src.rglob("*")) if f.is_file()]
+            root.mkdir(parents=True, exist_ok=True)
+            entry["path"] = str(dest)
+        for f, rel in files:
+            target = root / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if _referenced(f):
+                entry["referenced"].append({"file": rel, "source": str(f), "bytes": f.stat().st_size,
+                                            "sha256": sha256_of(f, cache)})
+                os.symlink(f, target)
+            else:
+                shutil.copy2(f, target)
+        manifest.setdefault(bid, {})[key] = entry
+    write_json(ckpt_dir / MANIFEST, manifest)
+    return manifest
+
+
+def localized_values(ckpt: Path) -> dict:
+    """{(block id, key): absolute path of its copy} from a checkpoint's assets.json (empty for
+    checkpoints written before assets were copied). Checks every referenced weight file."""
+    from .checkpoint import read_json
+
+    ckpt = Path(ckpt)
+    if not (ckpt / MANIFEST).is_file():
+        return {}
+    out = {}
+    for bid, keys in read_json(ckpt / MANIFEST).items():
+        for key, entry in keys.items():
+            for ref in entry.get("referenced", []):
+                _check_reference(ckpt, bid, key, ref)
+            out[(bid, key)] = str((ckpt / entry["path"]).resolve())
+    return out
+
+
+def _check_reference(ckpt: Path, bid: str, key: str, ref: dict) -> None:
+    src = Path(ref["source"])
+    where = f"blocks.{bid}.with.{key}"
+    if not src.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {ckpt}: the base weights {src} (sha256 {ref['sha256']}, {ref['bytes']} bytes) that {where} "
+            "references are missing. The run keeps large base weights by path and hash instead of copying them: "
+            "restore that file (same content) or set GRAPHVLA_REFERENCE_WEIGHTS_ABOVE_MB higher when training to copy them")
+    if src.stat().st_size != ref["bytes"] or sha256_of(src) != ref["sha256"]:
+        raise ValueError(f"checkpoint {ckpt}: the base weights {src} that {where} references have changed since "
+                         f"training (expected sha256 {ref['sha256']}, {ref['bytes']} bytes); restore the original file")
