@@ -254,19 +254,21 @@ def test_cli_errors_are_one_line(tmp_path, metaworld_data):
     assert res.exit_code == 1 and "'actions' declares dim: 3" in res.output and "Traceback" not in res.output
 
 
-def test_shipped_accelerate_and_deepspeed_configs_load():
+def test_shipped_accelerate_configs_load():
+    """The launcher configs (configs/accelerate/, packaged as graphvla/configs/accelerate/) build
+    the plugins Accelerate makes from them; tests/test_engines.py runs each."""
     from pathlib import Path
 
     import yaml
     from accelerate.utils import DeepSpeedPlugin
 
-    root = Path(__file__).parent.parent / "graphvla" / "configs"
-    plugin = DeepSpeedPlugin(hf_ds_config=str(root / "deepspeed_zero2.json"))
-    assert plugin.zero_stage == 2
-    ds = yaml.safe_load((root / "accelerate_deepspeed_zero2.yaml").read_text())
-    assert ds["distributed_type"] == "DEEPSPEED" and ds["deepspeed_config"]["deepspeed_config_file"] == "graphvla/configs/deepspeed_zero2.json"
-    ddp = yaml.safe_load((root / "accelerate_ddp.yaml").read_text())
-    assert ddp["distributed_type"] == "MULTI_GPU"
+    root = Path(__file__).parent.parent / "graphvla" / "configs" / "accelerate"
+    for stage in (2, 3):
+        ds = yaml.safe_load((root / f"deepspeed_zero{stage}.yaml").read_text())
+        assert ds["distributed_type"] == "DEEPSPEED"
+        assert DeepSpeedPlugin(zero_stage=ds["deepspeed_config"]["zero_stage"]).zero_stage == stage
+    assert yaml.safe_load((root / "ddp.yaml").read_text())["distributed_type"] == "MULTI_GPU"
+    assert yaml.safe_load((root / "fsdp.yaml").read_text())["distributed_type"] == "FSDP"
 
 
 def test_data_position_is_exact_with_prefetching_workers():

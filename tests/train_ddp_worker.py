@@ -15,7 +15,8 @@ from graphvla.spec.loader import load_spec  # noqa: E402
 
 torch.set_num_threads(1)
 out = Path(sys.argv[1])
-spec = load_spec(TINY_SPEC, ["trainer.max_steps=6", "trainer.save_every=100", "trainer.warmup_steps=1"])
+spec = load_spec(TINY_SPEC, ["trainer.max_steps=6", "trainer.save_every=100", "trainer.warmup_steps=1",
+                             "trainer.batch_size=16"] + sys.argv[2:])  # global: 8 per process
 
 
 class Recorded(SyntheticActions):
