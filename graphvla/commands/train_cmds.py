@@ -24,6 +24,7 @@ def train_cmd(spec, data, run_dir, overrides, resume, stop_after, no_progress):
     (e.g. --set trainer.max_steps=2000). Under `accelerate launch --config_file
     configs/accelerate/{ddp,deepspeed_zero2,deepspeed_zero3,fsdp}.yaml --num_processes N` each process
     trains on its shard of the data; trainer.batch_size is the global batch."""
+    from ..blocks.lora import describe as describe_parameters
     from ..runners.train import Trainer
     from ..runners.train.dataio import load_bundle
     from ..spec.loader import load_spec
@@ -33,6 +34,8 @@ def train_cmd(spec, data, run_dir, overrides, resume, stop_after, no_progress):
     trainer = Trainer(s, bundle, run_dir, resume=resume, stop_after=stop_after, progress=not no_progress)
     if trainer.accelerator.is_main_process:  # users of per-GPU batch sizes see what one step trains on
         click.echo(trainer.layout.describe(), err=True)
+        for line in describe_parameters(trainer.cg.model):  # trainable of total, and the LoRA adapters
+            click.echo(line, err=True)
     if trainer.resumed_from is not None and trainer.accelerator.is_main_process:
         click.echo(f"resumed from {trainer.resumed_from} (step {trainer.step})", err=True)
     if trainer.accelerator.is_main_process:

@@ -13,7 +13,8 @@ import traceback
 import torch
 
 from ..blocks.base import BuildContext, ParamError, PortError, PortInfo
-from ..errors import SpecError, first_line
+from ..blocks.lora import LoraSpecError, apply_lora
+from ..errors import SpecError, SpecIssue, first_line
 from . import dag as D
 
 PROBE_BATCHES = (2, 3)
@@ -106,6 +107,7 @@ def build(spec, g, device="meta", issues=None):
             try:
                 with torch.device("meta"), ParameterBudget(bid, data["type"]):
                     modules[bid] = data["cls"](data["params"], port_info, ctx)
+                    with_lora(modules[bid], bid, data)
             except Exception as e:
                 _report_build_error(e, bid, data, wired, port_info, issues)
                 failed.add(bid)
@@ -149,6 +151,7 @@ def build(spec, g, device="meta", issues=None):
             try:
                 with torch.device(device):
                     modules[bid] = data["cls"](data["params"], infos[bid], ctx)
+                    with_lora(modules[bid], bid, data)
             except Exception as e:
                 _report_build_error(e, bid, data, D.in_edges(g, bid), infos[bid], issues)
         issues.raise_if_errors()
@@ -156,6 +159,18 @@ def build(spec, g, device="meta", issues=None):
         if g.nodes[bid]["train"].get("freeze"):
             module.requires_grad_(False)
     return modules, shapes, infos
+
+
+def with_lora(module, bid, data):
+    """LoRA adapters where the block's spec asks for them (train.lora; blocks/lora.py)."""
+    opts = data["train"].get("lora")
+    if opts is None:
+        return
+    try:
+        apply_lora(module, opts, data["train"])
+    except LoraSpecError as e:
+        path = ("train",) + (("freeze",) if e.key == "freeze" else ("lora", e.key))  # under blocks.<id>
+        raise SpecError([SpecIssue(str(e), path)]) from None
 
 
 MAX_PARAMETER_TENSORS = 20_000  # a 70B-parameter LLM has about a thousand

@@ -67,6 +67,24 @@ TRAIN_SECTION = {
         "lr": {"type": "number", "exclusiveMinimum": 0, "description": "learning rate of this block's parameters"},
         "freeze": {"type": "boolean", "default": False, "description": "keep this block's parameters fixed"},
         "weight_decay": {"type": "number", "minimum": 0},
+        "lora": {
+            "type": "object",
+            "description": "train LoRA adapters (peft) instead of the block's weights, which are frozen; serving merges "
+                           "them (graphvla/blocks/lora.py)",
+            "properties": {
+                "r": {"type": "integer", "minimum": 1, "description": "rank of the adapters (required)"},
+                "alpha": {"type": "number", "exclusiveMinimum": 0, "description": "scale alpha / r of the update (default 2 * r)"},
+                "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1,
+                            "description": "dropout on the adapters' input (default 0.05)"},
+                "target_modules": {"oneOf": [{"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+                                             {"type": "string", "minLength": 1}],
+                                   "description": "module name suffixes, or a regular expression on full names (default: "
+                                                  "the LM's attention/MLP projections for backbone.hf_vlm, every Linear "
+                                                  "otherwise)"},
+            },
+            "required": ["r"],
+            "additionalProperties": False,
+        },
     },
     "additionalProperties": False,
 }

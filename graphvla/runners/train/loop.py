@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ...blocks.lora import save_adapters
 from ...compiler import dag as D
 from ...compiler.lower import batch_size
 from ..plain_data import plain_data
@@ -257,6 +258,7 @@ class Trainer:
                 else:
                     save_model(self.cg.model, str(d / "model.safetensors"))
                     torch.save(optim_state, d / "optimizer.pt")
+                    save_adapters(self.cg.model, d)  # LoRA adapters alone too (model.safetensors has them)
                 torch.save(sched_state, d / "scheduler.pt")
                 C.write_json(d / "trainer_state.json", plain_data(state, for_json=True))
                 torch.save(rngs, d / "rng.pt")
