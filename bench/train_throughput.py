@@ -1,12 +1,24 @@
-"""Training-step throughput of the GraphVLA trainer against a hand-written PyTorch loop over the
-same compiled model, the same samples, sampler, collate and normalization.
+"""Training-step throughput of the GraphVLA trainer.
+
+Two comparisons, each against a baseline measured in the same run:
 
     python bench/train_throughput.py [--spec graphvla/graphs/tiny/mlp.yaml] [--steps 200] [--batch 32] [--rounds 5] [--threads 1]
 
-Prints samples/s of both and their ratio (trainer / hand-written; target >= 0.95). Rounds
-alternate the two so that load from other processes hits both alike; the median is reported.
-Each trainer round is one `run()` session; its rate leaves out the checkpoint written at the
-end of the session (a one-off cost, printed separately).
+the trainer against a hand-written PyTorch loop over the same compiled model, the same samples,
+sampler, collate and normalization. Prints samples/s of both and their ratio (trainer /
+hand-written; target >= 0.95). Rounds alternate the two so that load from other processes hits
+both alike; the median is reported. Each trainer round is one `run()` session; its rate leaves out
+the checkpoint written at the end of the session (a one-off cost, printed separately).
+
+    python bench/train_throughput.py --engines [--processes 2] [--steps 60] [--batch 32] [--rounds 3] [--repeat 2]
+
+the distributed engines (DDP, DeepSpeed ZeRO-2, ZeRO-3, FSDP), each launched with `accelerate
+launch --config_file configs/accelerate/<engine>.yaml --num_processes P` on this machine (CPU
+processes over gloo without GPUs), as ratios of samples/s against DDP. `--batch` is the global
+batch. Each launch times `--rounds` trainer sessions after 3 warm-up steps and reports their
+median; the engine list is run `--repeat` times in turn, so drifting load hits every engine, and
+each engine's figure is the median over its launches.
+
 Synthetic samples shaped like the spec's input ports keep the data side cheap and identical.
 """
 from __future__ import annotations
@@ -125,17 +137,76 @@ class HandWritten:
         return steps * self.cfg["batch_size"] / (time.perf_counter() - start)
 
 
+ENGINES = ["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]
+REPO = Path(__file__).parent.parent
+
+
+def engine_worker(args):
+    """Inside `accelerate launch`: time `rounds` trainer sessions, the main process writes JSON."""
+    import json
+
+    spec = load_spec(args.spec, [f"trainer.batch_size={args.batch}", "trainer.save_every=1000000",
+                                 "trainer.log_every=10", "trainer.max_steps=1000000"])
+    bundle = bundle_for(spec, max(4 * args.batch, 128))
+    with tempfile.TemporaryDirectory() as tmp:
+        runner = TrainerRunner(spec, bundle, Path(tmp) / "run")
+        rates = [runner(args.steps) for _ in range(args.rounds)]
+        t = runner.t
+        if t.accelerator.is_main_process:
+            Path(args.out).write_text(json.dumps({"engine": t.engine, "processes": t.accelerator.num_processes,
+                                                  "layout": t.layout.describe(), "rates": rates}))
+
+
+def compare_engines(args):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads or 1), DS_ACCELERATOR="cpu")
+    results = {e: [] for e in ENGINES}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.repeat):
+            for engine in ENGINES:
+                out = Path(tmp) / f"{engine}-{rep}.json"
+                cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                       str(REPO / "configs" / "accelerate" / f"{engine}.yaml"), "--num_processes", str(args.processes),
+                       __file__, "--engine-worker", "--spec", args.spec, "--steps", str(args.steps),
+                       "--batch", str(args.batch), "--rounds", str(args.rounds), "--out", str(out)]
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+                if proc.returncode != 0:
+                    sys.exit(f"{engine} failed:\n{proc.stderr[-3000:]}")
+                r = json.loads(out.read_text())
+                assert r["engine"] == engine and r["processes"] == args.processes, r
+                results[engine].append(statistics.median(r["rates"]))
+                print(f"pass {rep + 1} {engine:16s} {results[engine][-1]:8.1f} samples/s   ({r['layout']})")
+    rates = {e: statistics.median(v) for e, v in results.items()}
+    print(f"\n{Path(args.spec).stem}, global batch {args.batch}, {args.processes} processes, {args.steps} steps x "
+          f"{args.rounds} rounds per launch, {args.repeat} launches per engine")
+    for e in ENGINES:
+        print(f"{e:16s} {rates[e]:8.1f} samples/s   ratio vs DDP {rates[e] / rates['ddp']:.3f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spec", default=str(Path(__file__).parent.parent / "graphvla" / "graphs" / "tiny" / "mlp.yaml"))
-    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=None, help="steps per timed session (default 200; 60 with --engines)")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=None, help="timed sessions (default 5; 3 per launch with --engines)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: on a shared machine more threads make both sides erratic; 0 keeps torch's default)")
+    ap.add_argument("--engines", action="store_true", help="compare DDP, ZeRO-2, ZeRO-3 and FSDP (ratios against DDP)")
+    ap.add_argument("--processes", type=int, default=2, help="with --engines: processes per launch")
+    ap.add_argument("--repeat", type=int, default=2, help="with --engines: launches per engine, taken in turn")
+    ap.add_argument("--engine-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.engine_worker or args.engines:
+        args.steps, args.rounds = args.steps or 60, args.rounds or 3
+        return engine_worker(args) if args.engine_worker else compare_engines(args)
+    args.steps, args.rounds = args.steps or 200, args.rounds or 5
     spec = load_spec(args.spec, [f"trainer.batch_size={args.batch}", "trainer.save_every=1000000",
                                  "trainer.log_every=10", "trainer.max_steps=1000000"])
     bundle = bundle_for(spec, max(4 * args.batch, 128))

@@ -19,6 +19,8 @@ REPO = Path(__file__).parent.parent
 CONFIGS = REPO / "configs" / "accelerate"
 WORKER = Path(__file__).parent / "train_engine_worker.py"
 ENGINES = ["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]
+# the DeepSpeed launches are the heaviest (~40-60 s each on 2 busy cores): marked slow, CI still runs them
+SLOW = {"deepspeed_zero2", "deepspeed_zero3"}
 _runs = {}
 
 
@@ -42,8 +44,7 @@ def engine_run(engine, tmp_path_factory):
     return _runs[engine]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", [pytest.param(e, marks=pytest.mark.slow) if e in SLOW else e for e in ENGINES])
 def test_engine_follows_the_ddp_curve_and_resumes_exactly(engine, tmp_path_factory):
     r0, r1 = engine_run(engine, tmp_path_factory)
     # the engine the launcher asked for, over 2 processes (not Accelerate's 0-of-1 under DeepSpeed)
@@ -100,7 +101,6 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_machines_on_loopback_end_with_identical_weights(tmp_path):
     """Two `accelerate launch` calls, machine ranks 0 and 1, one process each, joined over
     127.0.0.1 as two nodes would be."""
@@ -118,7 +118,7 @@ def test_two_machines_on_loopback_end_with_identical_weights(tmp_path):
         assert p.returncode == 0, err[-4000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert (r0["world"], r1["world"]) == (2, 2) and (r0["shard"], r1["shard"]) == ((0, 2), (1, 2))
-    assert set(r0["loaded"]).isdisjoint(r1["loaded"][:24])  # each machine trained on its own shard
+    assert set(r0["loaded"][:24]).isdisjoint(r1["loaded"][:24])  # each machine trained on its own shard of the epoch
     for k, v in r0["final"].items():
         assert torch.equal(v, r1["final"][k]), k
     assert any(not torch.equal(v, r0["initial"][k]) for k, v in r0["final"].items())
