@@ -11,8 +11,7 @@ import torch
 import yaml
 
 import graphvla
-from graphvla.data.api import DataBundle, collate
-from graphvla.data.normalize import Normalizer
+from graphvla.data.api import DataBundle
 from graphvla.data.stats import compute_stats
 from graphvla.runners.policy import Policy
 from graphvla.runners.train import Trainer, assets
