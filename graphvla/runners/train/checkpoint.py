@@ -19,7 +19,7 @@ import torch
 STEP_DIR = re.compile(r"^step_(\d{7,})$")
 TMP_PREFIX = ".tmp-"
 FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json", "rng.pt", "spec.yaml",
-         "graph.json", "normalization.json")
+         "graph.json", "normalization.json", "assets.json")
 ENGINE_DIR = "engine"  # DeepSpeed / FSDP: Accelerate's save_state (weight and optimizer shards), for --resume
 
 

@@ -29,13 +29,17 @@ HISTORY_TAIL = 1000  # loss records kept in trainer_state.json
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss became NaN/inf; raised before the optimizer step, so no bad weights are saved."""
+    """A loss became NaN/inf. Raised before the optimizer step of a checked step; `run()` checks
+    every trainer.log_every steps and before every save (checked_at), so no bad weights are saved."""
 
-    def __init__(self, step: int, stream: str, term: str, value: float):
+    def __init__(self, step: int, stream: str, term: str, value: float, checked_at: int | None = None):
         self.step, self.stream, self.term, self.value = step, stream, term, value
-        super().__init__(f"step {step}: loss '{term}' of stream '{stream}' is {value}; stopped before the optimizer "
-                         f"step (last good checkpoint kept). Check the data (NaN/inf values), lower the lr "
-                         f"or tighten trainer.grad_clip")
+        self.checked_at = checked_at
+        when = ("stopped before the optimizer step" if checked_at is None else
+                f"found by the check before step {checked_at} (losses are read every trainer.log_every steps "
+                f"and before every save, so no checkpoint after step {step - 1} is written)")
+        super().__init__(f"step {step}: loss '{term}' of stream '{stream}' is {value}; {when} (last good checkpoint "
+                         f"kept). Check the data (NaN/inf values), lower the lr or tighten trainer.grad_clip")
 
 
 @dataclass
@@ -160,6 +164,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.cfg)
         self.step, self.history = 0, []
         self._asset_hashes = {}  # sha256 of referenced base weights, computed once per run
+        self._pending = []  # (record, loss names, device tensor) of steps whose losses are not read yet
         self.resumed_from = None
         if acc.is_main_process:
             C.clean_temporaries(C.checkpoints_dir(self.run_dir))  # leftovers of a crashed save
@@ -273,8 +278,14 @@ class Trainer:
         return path
 
     # loop -------------------------------------------------------------------------------------
-    def train_step(self) -> dict:
-        """One optimizer step on the stream the schedule picks. Returns the step's record."""
+    def train_step(self, check: bool = True) -> dict:
+        """One optimizer step on the stream the schedule picks. Returns the step's record.
+
+        check=True reads the losses on the host (a sync) and raises NonFiniteLossError before the
+        optimizer step; check=False keeps them on the device (the record's loss is filled, and
+        checked, by the next checked step: `check_pending()`), so the accelerator never waits."""
+        if check:
+            self.check_pending(checked_at=self.step + 1)  # steps trained unchecked since the last check
         self.modes.apply()  # every step: an inference (Policy) in between leaves blocks in eval
         stream = self.schedule.stream_at(self.step)
         acc, accum = self.accelerator, self.layout.grad_accum
@@ -291,23 +302,38 @@ class Trainer:
                 values = torch.stack([out["loss"].detach().float()] + [out["losses"][n].detach().float() for n in names])
                 if acc.num_processes > 1:
                     values = acc.reduce(values, "mean")  # every rank then takes the same decision
-                values = values.tolist()
-                for name, v in [*zip(names, values[1:]), ("total", values[0])]:  # name the term, not just the sum
-                    if not math.isfinite(v):
-                        self.optimizer.zero_grad(set_to_none=True)
-                        raise NonFiniteLossError(self.step + 1, stream, name, v)
+                if check:
+                    _raise_if_non_finite(values.tolist(), names, self.step + 1, stream, self.optimizer)
                 acc.backward(out["loss"])
                 if acc.sync_gradients and self.cfg["grad_clip"] > 0:
                     acc.clip_grad_norm_(self.params, self.cfg["grad_clip"])
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             samples += (batch_size(batch) or 0) * acc.num_processes
-            mean = values if mean is None else [m + v for m, v in zip(mean, values)]
-        values = [m / accum for m in mean]
+            mean = values if mean is None else mean + values
+        mean = mean / accum
         self.scheduler.step()
         self.step += 1
-        return {"step": self.step, "stream": stream, "loss": values[0], "losses": dict(zip(names, values[1:])),
-                "samples": samples, "lrs": lrs}
+        rec = {"step": self.step, "stream": stream, "loss": None, "losses": None, "samples": samples, "lrs": lrs}
+        self._pending.append((rec, names, mean))
+        if check:
+            self.check_pending()
+        return rec
+
+    def check_pending(self, checked_at: int | None = None) -> None:
+        """Read the losses of the steps not read yet (one host sync for all of them), fill their
+        records and raise NonFiniteLossError naming the first bad one. checked_at: the step about
+        to train (None: only the step just checked before its optimizer step is pending)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        rows = torch.stack([v.float() for _, _, v in pending]).tolist()
+        for (rec, names, _), values in zip(pending, rows):
+            rec["loss"], rec["losses"] = values[0], dict(zip(names, values[1:]))
+            entry = rec.get("entry")
+            if entry is not None:
+                entry["loss"], entry["losses"] = rec["loss"], rec["losses"]
+            _raise_if_non_finite(values, names, rec["step"], rec["stream"], self.optimizer, checked_at)
 
     def run(self) -> TrainResult:
         acc, cfg = self.accelerator, self.cfg
@@ -320,9 +346,11 @@ class Trainer:
         samples, saving, start = 0, 0.0, time.perf_counter()
         try:
             while self.step < end:
-                rec = self.train_step()
+                nxt = self.step + 1  # losses are read on the host only where they are logged or saved
+                rec = self.train_step(check=nxt % cfg["log_every"] == 0 or nxt % cfg["save_every"] == 0 or nxt == end)
                 samples += rec["samples"]
-                self.history.append({k: rec[k] for k in ("step", "stream", "loss", "losses")})
+                rec["entry"] = {k: rec[k] for k in ("step", "stream", "loss", "losses")}  # filled when checked
+                self.history.append(rec["entry"])
                 window.append(rec)
                 if self.step % cfg["log_every"] == 0 or self.step == end:
                     dt = max(time.perf_counter() - t0, 1e-9)
@@ -345,6 +373,13 @@ class Trainer:
             acc.trackers.clear()  # a later run() starts its own
         return TrainResult(self.run_dir, self.step, self.history, last_ckpt, samples,
                            time.perf_counter() - start - saving)
+
+
+def _raise_if_non_finite(values, names, step, stream, optimizer, checked_at=None) -> None:
+    for name, v in [*zip(names, values[1:]), ("total", values[0])]:  # name the term, not just the sum
+        if not math.isfinite(v):
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(step, stream, name, v, checked_at)
 
 
 def _scalars(window, rate) -> dict:
