@@ -10,6 +10,11 @@ from ...compiler.diff import Change, diff_specs, format_diff
 IGNORED = {("graph", "name")}  # a variant graph's own name is not a difference in behaviour
 
 
+def documentation_only(path: str) -> bool:
+    """`description:` texts document a port or block; changing one changes no behaviour."""
+    return path.endswith(".description")
+
+
 def change_path(row: Change) -> str:
     """The spec path a diff row touches: 'blocks.head.with.hidden', 'losses.future.weight', ..."""
     if row.section == "edges":  # 'src -> dst': the consumer's input (or the loss / output) changed
@@ -40,7 +45,8 @@ def within(path: str, allowed) -> bool:
 def uncontrolled(base_spec, cell_spec, allowed) -> list[Change]:
     """The rows of the cell's diff against the base that its axes do not declare."""
     return [r for r in diff_specs(base_spec, cell_spec)
-            if (r.section, r.item) not in IGNORED and not within(change_path(r), allowed)]
+            if (r.section, r.item) not in IGNORED and not documentation_only(change_path(r))
+            and not within(change_path(r), allowed)]
 
 
 def describe_refusal(run, base_spec, cell_spec, rows) -> str:
