@@ -7,41 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 import graphvla
-from graphvla.data.api import DataBundle
-from graphvla.data.stats import compute_stats
 from graphvla.runners.policy import Policy
 from graphvla.runners.train import Trainer, assets
 from graphvla.spec.loader import load_spec
+from vlm_samples import VLMSamples as Samples
+from vlm_samples import vlm_bundle as _bundle
 
 TINY = Path(__file__).parent.parent / "graphvla" / "graphs" / "tiny"
-TASKS = ["reach the goal", "push the puck"]
-
-
-class Samples(torch.utils.data.Dataset):
-    """Samples for the tiny Qwen3-VL graphs' ports (1 view of 128 x 128, state 4, actions 8 x 4)."""
-
-    def __init__(self, n=8):
-        g = torch.Generator().manual_seed(0)
-        self.images = torch.rand(n, 1, 3, 128, 128, generator=g)
-        self.state = torch.randn(n, 4, generator=g)
-        self.actions = torch.tanh(torch.randn(n, 8, 4, generator=g))
-
-    def __len__(self):
-        return len(self.state)
-
-    def __getitem__(self, i):
-        return {"images": self.images[i], "instruction": TASKS[i % 2], "state": self.state[i],
-                "actions": self.actions[i], "actions_mask": torch.ones(8, dtype=torch.bool)}
-
-
-def _bundle(ds):
-    stats = {p: compute_stats(torch.stack([ds[i][p] for i in range(len(ds))]).reshape(-1, 4).double().numpy())
-             for p in ("state", "actions")}
-    return DataBundle({"action": ds}, stats)
 
 
 def _obs():

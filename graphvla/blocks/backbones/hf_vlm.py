@@ -197,13 +197,7 @@ class HFVLM(Block):
     # inputs --------------------------------------------------------------------------------
     def prompts(self, text, views: int) -> list[str]:
         """The chat-template prompt of each sample: V images then the instruction, as the user turn."""
-        content = [{"type": "image"} for _ in range(views)]
-        out = []
-        for t in text:
-            messages = [{"role": "user", "content": content + [{"type": "text", "text": t}]}]
-            out.append(self.processor.tokenizer.apply_chat_template(
-                messages, chat_template=self.processor.chat_template, add_generation_prompt=True, tokenize=False))
-        return out
+        return chat_prompts(self.processor, text, views)
 
     def encode(self, images, text, answers=None, padding_side="right") -> dict:
         """Processor outputs (input_ids, attention_mask, pixel_values, ...) and, with answers (a
@@ -212,9 +206,14 @@ class HFVLM(Block):
         b, v = images.shape[:2]
         if len(text) != b:
             raise ValueError(f"{len(text)} instructions for a batch of {b} images")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            enc = self._encode_cpu(images.detach().float().cpu().clamp(0, 1), list(text), answers, padding_side)
+        prepared = self._prepared
+        if prepared is not None and prepared[0] is text and padding_side == "right":
+            self._prepared = None
+            enc = dict(prepared[1])  # encoded in a DataLoader worker (VLMBatchEncoder) for this very batch
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                enc = self._encode_cpu(images.detach().float().cpu().clamp(0, 1), list(text), answers, padding_side)
         device = self.model.device
         dtype = self.model.dtype
         return {k: (t.to(device, dtype) if torch.is_floating_point(t) else t.to(device)) if isinstance(t, torch.Tensor) else t
@@ -242,34 +241,22 @@ class HFVLM(Block):
         return [[self.action_base + i for i in row] for row in rows]
 
     def _append_answers(self, enc, answers):
-        tok = self.processor.tokenizer
-        end = tok.eos_token_id
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        rows = []
-        for i, answer in enumerate(answers):
-            n = int(mask[i].sum())
-            if bool(mask[i, n:].any()) or (n and not bool(mask[i, :n].all())):
-                raise ValueError("the tokenizer must pad on the right to append answers")
-            rows.append((ids[i, :n].tolist(), list(answer) + ([end] if end is not None else [])))
-        length = max(len(p) + len(a) for p, a in rows)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        new_ids = torch.full((len(rows), length), pad, dtype=ids.dtype)
-        labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
-        new_mask = torch.zeros((len(rows), length), dtype=mask.dtype)
-        for i, (prompt, answer) in enumerate(rows):
-            n, m = len(prompt), len(answer)
-            new_ids[i, : n + m] = torch.tensor(prompt + answer, dtype=ids.dtype)
-            labels[i, n : n + m] = torch.tensor(answer)
-            new_mask[i, : n + m] = 1
-        enc["input_ids"], enc["attention_mask"], enc["labels"] = new_ids, new_mask, labels
-        for key in ("mm_token_type_ids", "token_type_ids"):
-            if key in enc:  # extra per-token columns: answers are text (0)
-                old = enc[key]
-                new = torch.zeros((len(rows), length), dtype=old.dtype)
-                for i, (prompt, _) in enumerate(rows):
-                    new[i, : len(prompt)] = old[i, : len(prompt)]
-                enc[key] = new
-        return enc
+        return append_answers(self.processor, enc, answers)
+
+    # encoding in DataLoader workers ---------------------------------------------------------
+    _prepared = None  # (text list, encoding) handed over by the trainer for the next forward
+
+    def batch_encoder(self):
+        """A picklable encoder of (images, text[, target_text]) batches that DataLoader workers run,
+        so the step receives tensors; None where the inputs need the model (action tokens) or
+        there is no processor (meta)."""
+        if self.processor is None or self.action_base is not None:
+            return None
+        return VLMBatchEncoder(self.processor)
+
+    def use_prepared(self, text, encoding: dict) -> None:
+        """Use `encoding` (VLMBatchEncoder's output) in the next forward whose text is this very object."""
+        self._prepared = (text, encoding)
 
     # forward -------------------------------------------------------------------------------
     def forward(self, images, text, target_text=None, target_tokens=None):
@@ -356,10 +343,75 @@ class HFVLM(Block):
 
     def _encode_cpu(self, images, text, answers, padding_side="right"):
         """Processor outputs on CPU, not moved to the model's device (which may be meta)."""
-        pictures = [[img for img in row] for row in images]
-        out = dict(self.processor(text=self.prompts(text, images.shape[1]), images=pictures, return_tensors="pt",
-                                  padding=True, padding_side=padding_side, do_rescale=False))
-        return self._append_answers(out, answers) if answers is not None else out
+        return encode_cpu(self.processor, images, text, answers, padding_side)
+
+
+def chat_prompts(processor, text, views: int) -> list[str]:
+    """The chat-template prompt of each sample: V images then the instruction, as the user turn."""
+    content = [{"type": "image"} for _ in range(views)]
+    out = []
+    for t in text:
+        messages = [{"role": "user", "content": content + [{"type": "text", "text": t}]}]
+        out.append(processor.tokenizer.apply_chat_template(
+            messages, chat_template=processor.chat_template, add_generation_prompt=True, tokenize=False))
+    return out
+
+
+def encode_cpu(processor, images, text, answers=None, padding_side="right") -> dict:
+    """The processor's outputs (chat template, image tokens, pixel values) on CPU, with the answers appended."""
+    pictures = [[img for img in row] for row in images]
+    out = dict(processor(text=chat_prompts(processor, text, images.shape[1]), images=pictures, return_tensors="pt",
+                         padding=True, padding_side=padding_side, do_rescale=False))
+    return append_answers(processor, out, answers) if answers is not None else out
+
+
+class VLMBatchEncoder:
+    """What a DataLoader worker runs for a backbone.hf_vlm: the processor and chat template on a
+    collated batch (images [B, V, C, H, W] in [0, 1], instructions, optional answer texts), giving
+    exactly the tensors the block would make in its forward. Holds the processor only, never the model."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, images, text, target_text=None) -> dict:
+        answers = None
+        if target_text is not None:
+            answers = [self.processor.tokenizer(t, add_special_tokens=False)["input_ids"] for t in target_text]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return encode_cpu(self.processor, images.detach().float().cpu().clamp(0, 1), list(text), answers)
+
+
+def append_answers(processor, enc, answers):
+    """`enc` with the answers (token-id lists) appended after each prompt and `labels` on them only."""
+    tok = processor.tokenizer
+    end = tok.eos_token_id
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    rows = []
+    for i, answer in enumerate(answers):
+        n = int(mask[i].sum())
+        if bool(mask[i, n:].any()) or (n and not bool(mask[i, :n].all())):
+            raise ValueError("the tokenizer must pad on the right to append answers")
+        rows.append((ids[i, :n].tolist(), list(answer) + ([end] if end is not None else [])))
+    length = max(len(p) + len(a) for p, a in rows)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    new_ids = torch.full((len(rows), length), pad, dtype=ids.dtype)
+    labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
+    new_mask = torch.zeros((len(rows), length), dtype=mask.dtype)
+    for i, (prompt, answer) in enumerate(rows):
+        n, m = len(prompt), len(answer)
+        new_ids[i, : n + m] = torch.tensor(prompt + answer, dtype=ids.dtype)
+        labels[i, n : n + m] = torch.tensor(answer)
+        new_mask[i, : n + m] = 1
+    enc["input_ids"], enc["attention_mask"], enc["labels"] = new_ids, new_mask, labels
+    for key in ("mm_token_type_ids", "token_type_ids"):
+        if key in enc:  # extra per-token columns: answers are text (0)
+            old = enc[key]
+            new = torch.zeros((len(rows), length), dtype=old.dtype)
+            for i, (prompt, _) in enumerate(rows):
+                new[i, : len(prompt)] = old[i, : len(prompt)]
+            enc[key] = new
+    return enc
 
 
 class OnlyTokens:

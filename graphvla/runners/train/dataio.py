@@ -51,3 +51,51 @@ def normalize(normalizer, batch: dict) -> dict:
         return batch
     out = normalizer.normalize(batch)
     return batch if out is None else out
+
+
+# data work in the DataLoader workers ------------------------------------------------------------
+PREPARED = "__prepared__/"  # batch keys of encodings made in the workers, one per block node
+
+
+def worker_encoders(cg, stream: str) -> list:
+    """(node, block id, {block port: batch key}, encoder) for each block of the stream's train
+    graph that can encode its inputs in a DataLoader worker (a `batch_encoder()`, e.g.
+    backbone.hf_vlm's processor and chat template) and whose inputs are all graph inputs."""
+    from ...compiler import dag as D
+
+    out = []
+    for node in D.train_blocks(cg.dag, stream):
+        owner = cg.dag.nodes[node]["owner"]
+        make = getattr(cg.model[owner], "batch_encoder", None)
+        if make is None:
+            continue
+        refs = {e["dst_port"]: e["ref"] for _, _, e in cg.dag.in_edges(node, data=True)}
+        if not all(r.startswith(D.INPUT_PREFIX) for r in refs.values()):
+            continue  # an input made by another block (e.g. FAST tokens) exists only in the step
+        encoder = make()
+        if encoder is not None:
+            out.append((node, owner, {p: r[len(D.INPUT_PREFIX):] for p, r in refs.items()}, encoder))
+    return out
+
+
+class EncodingCollate:
+    """collate, then the workers' encodings (tensors) of each encoder's block under PREPARED + node."""
+
+    def __init__(self, collate, encoders: list):
+        self.collate, self.encoders = collate, [(n, ports, enc) for n, _, ports, enc in encoders]
+
+    def __call__(self, samples):
+        batch = self.collate(samples)
+        for node, ports, encoder in self.encoders:
+            batch[PREPARED + node] = encoder(**{p: batch[k] for p, k in ports.items() if k in batch})
+        return batch
+
+
+def hand_over_encodings(batch: dict, model, encoders: list) -> dict:
+    """Give each block the encoding its worker made, tied to the very text object its forward will
+    receive (a block that gets other text encodes in the step, as without workers)."""
+    for node, owner, ports, _ in encoders:
+        encoding = batch.pop(PREPARED + node, None)
+        if encoding is not None and ports.get("text") in batch:
+            model[owner].use_prepared(batch[ports["text"]], encoding)
+    return batch

@@ -109,7 +109,7 @@ class Trainer:
     stop_after steps of this session), checkpointing on the way."""
 
     def __init__(self, spec, bundle, run_dir, *, resume=False, stop_after=None, normalizer=None, progress=True,
-                 collate=None):
+                 collate=None, encode_in_workers=True):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
@@ -149,13 +149,16 @@ class Trainer:
         self.normalizer = normalizer
 
         collate = collate or dataio.collate_fn()
-        self.feeds, self.inputs = {}, {}
+        self.feeds, self.inputs, self.encoders = {}, {}, {}
         for s in self.schedule.ratios:
             if s not in bundle.streams:
                 raise KeyError(f"the graph trains stream '{s}' but the data provides only {sorted(bundle.streams)}")
             bs = self.layout.per_device[s]  # trainer batch sizes are global: split over processes and accumulation
             sampler = bundle.sampler(s, seed=self.cfg["seed"], rank=acc.process_index, world_size=acc.num_processes)
-            self.feeds[s] = StreamBatches(bundle.streams[s], sampler, bs, collate, self.cfg["num_workers"])
+            # processors / chat templates run where the batch is collated (DataLoader workers with num_workers > 0)
+            self.encoders[s] = dataio.worker_encoders(self.cg, s) if encode_in_workers else []
+            feed_collate = dataio.EncodingCollate(collate, self.encoders[s]) if self.encoders[s] else collate
+            self.feeds[s] = StreamBatches(bundle.streams[s], sampler, bs, feed_collate, self.cfg["num_workers"])
             self.inputs[s] = dataio.graph_inputs(self.cg.train[s])
 
         self.module = GraphTrainModule(self.cg)
@@ -294,6 +297,7 @@ class Trainer:
         for _ in range(accum):  # micro-batches; Accelerate syncs gradients and steps on the last one only
             with acc.accumulate(self.model):
                 batch = self.feeds[stream].next()
+                batch = dataio.hand_over_encodings(batch, self.cg.model, self.encoders[stream])
                 batch = dataio.normalize(self.normalizer, batch)
                 batch = dataio.fit_batch(batch, *self.inputs[stream], stream)
                 batch = dataio.to_device(batch, acc.device)
