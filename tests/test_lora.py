@@ -136,3 +136,33 @@ def test_checkpoint_holds_the_adapters_and_serving_merges_them(lora_run):
     obs = {"images": sample["images"].numpy(), "instruction": sample["instruction"], "state": sample["state"].numpy()}
     torch.testing.assert_close(torch.as_tensor(served.infer(obs)["actions"]), torch.as_tensor(live.infer(obs)["actions"]),
                                rtol=0, atol=1e-5)
+
+
+def test_graphvla_train_with_r_alone_prints_parameters_and_adapters(tmp_path):
+    """`graphvla train tiny/oft --set blocks.vlm.train.lora.r=8` on a small LeRobot folder: the run
+    starts with trainable/total parameters and the adapters, and writes them into its checkpoint."""
+    import numpy as np
+    from click.testing import CliRunner
+
+    from graphvla.cli import main
+    from graphvla.data.lerobot_write import LeRobotWriter
+
+    camera = "observation.images.cam"
+    writer = LeRobotWriter(tmp_path / "data", fps=10, features={camera: ("image", (128, 128, 3)),
+                                                               "observation.state": ("float32", (4,)),
+                                                               "action": ("float32", (4,))})
+    rng = np.random.default_rng(0)
+    for task in ("reach the goal", "push the button"):
+        n = 12
+        writer.add_episode({camera: rng.integers(0, 255, (n, 128, 128, 3), dtype=np.uint8),
+                            "observation.state": rng.normal(size=(n, 4)).astype(np.float32),
+                            "action": rng.normal(size=(n, 4)).astype(np.float32)}, task)
+    writer.finalize()
+    args = ["train", str(TINY / "oft.yaml"), "--data", str(tmp_path / "data"), "-o", str(tmp_path / "run"),
+            "--no-progress", "--set", "blocks.vlm.train.lora.r=8", "--set", "trainer.max_steps=2",
+            "--set", "trainer.batch_size=2", "--set", "trainer.warmup_steps=1"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "trainable of" in res.output and "LoRA adapters on vlm: r=8, alpha=16" in res.output
+    ckpt = tmp_path / "run" / "checkpoints" / "step_0000002"
+    assert (ckpt / "adapters.safetensors").is_file() and (ckpt / "lora.json").is_file()
