@@ -59,10 +59,10 @@ def load_run_policy(run: str):
     return load_policy(run)
 
 
-def serve_options(section, host, port, api_key, max_batch, max_wait_ms, max_message_mb, seed=None):
+def serve_options(section, host, port, api_key, max_batch, max_wait_ms, max_message_mb, seed=None, infer_workers=1):
     from ..runners.serve import ServeOptions
 
-    return ServeOptions(host=host, port=port, api_key=api_key,
+    return ServeOptions(host=host, port=port, api_key=api_key, infer_workers=infer_workers,
                         seed=seed if seed is not None else section.get("seed", 0),
                         max_batch=max_batch if max_batch is not None else section["max_batch"],
                         max_wait_ms=max_wait_ms if max_wait_ms is not None else section["max_wait_ms"],
@@ -85,10 +85,12 @@ key_map_option = click.option("--key-map", "key_map", multiple=True, metavar="CL
 @click.option("--max-message-mb", type=float, default=None, help="largest accepted request [64]")
 @click.option("--seed", type=click.IntRange(0, 2 ** 64 - 1), default=None,
               help="seed of every client session's noise generator [serve.seed, 0]")
+@click.option("--infer-workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="batches computed at once (2: the next batch is collected and runs while one computes)")
 @key_map_option
 @set_option
 @handles_errors
-def serve(run, host, port, api_key, max_batch, max_wait_ms, max_message_mb, seed, key_map, overrides):
+def serve(run, host, port, api_key, max_batch, max_wait_ms, max_message_mb, seed, infer_workers, key_map, overrides):
     """Serve the policy in RUN (a run folder: its latest checkpoint; a checkpoint folder; or a folder
     written by `graphvla export`) over WebSocket + msgpack, wire-compatible with openpi-client."""
     from ..runners.serve import PolicyServer
@@ -97,7 +99,7 @@ def serve(run, host, port, api_key, max_batch, max_wait_ms, max_message_mb, seed
     section = serve_section(run, overrides, key_map)
     policy = load_run_policy(run)
     server = PolicyServer(policy, serve_options(section, host, port, api_key, max_batch, max_wait_ms, max_message_mb,
-                                                seed))
+                                                seed, infer_workers))
     meta = server.metadata
     click.echo(f"serving {meta.get('name')} (fingerprint {str(meta.get('fingerprint'))[:16]}) on ws://{host}:{port}")
     click.echo(f"observation keys: {', '.join(meta['observation_keys'])}; health: http://{host}:{port}/healthz")

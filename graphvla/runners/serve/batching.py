@@ -3,8 +3,10 @@
 A batch is dispatched when it holds `max_batch` requests, when `max_wait_ms` has passed since
 its first request, or as soon as every connected client already has a request in it (an
 openpi client waits for its reply before it sends again, so nobody else can join; a single
-client therefore never pays the wait). Inference runs in one worker thread so the event loop
-keeps reading, decoding and answering other connections meanwhile.
+client therefore never pays the wait; clients whose request is in a batch still computing do
+not count). Inference runs in `workers` threads (default 1) so the event loop keeps reading,
+decoding and answering other connections meanwhile; with 2, the next batch is collected and
+computed while one computes (a client is in at most one batch: it waits for its reply).
 
 Each request may carry its client's session (runners/session.py): the batch is then run as
 `policy.infer_batch(observations, sessions=[...])`, and every row reads and advances only its own
@@ -41,22 +43,30 @@ class _Request:
 
 
 class Batcher:
-    def __init__(self, policy, max_batch: int = 8, max_wait_ms: float = 2.0, active_clients=lambda: 1 << 30):
+    def __init__(self, policy, max_batch: int = 8, max_wait_ms: float = 2.0, active_clients=lambda: 1 << 30,
+                 workers: int = 1):
         if max_batch < 1:
             raise ValueError(f"max batch must be >= 1, got {max_batch}")
+        if workers < 1:
+            raise ValueError(f"inference workers must be >= 1, got {workers}")
         self.policy = policy
         self.max_batch = max_batch
         self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
         self.active_clients = active_clients
+        self.workers = workers
         self.batches = 0
         self.requests = 0
         self.batch_sizes: Counter = Counter()  # batch size -> how many batches had it
         self._queue: asyncio.Queue[_Request] | None = None
         self._task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graphvla-infer")
+        self._slots: asyncio.Semaphore | None = None  # one per inference worker
+        self._running: set = set()  # batches being computed
+        self._in_batches = 0  # requests in those batches
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="graphvla-infer")
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
+        self._slots = asyncio.Semaphore(self.workers)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="graphvla-batcher")
 
     async def stop(self) -> None:
@@ -66,11 +76,19 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
     async def call(self, fn):
-        """Run fn() on the inference thread, between batches (e.g. Policy.reset)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        """Run fn() on an inference thread while no batch runs (e.g. Policy.reset)."""
+        for _ in range(self.workers):
+            await self._slots.acquire()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        finally:
+            for _ in range(self.workers):
+                self._slots.release()
 
     async def submit(self, obs: dict, session=None) -> Outcome:
         req = _Request(obs, asyncio.get_running_loop().create_future(), session)
@@ -86,7 +104,8 @@ class Batcher:
                 batch.append(self._queue.get_nowait())
                 continue
             remaining = deadline - loop.time()
-            if remaining <= 0 or len(batch) >= self.active_clients():
+            # clients whose request is in a running batch cannot join this one
+            if remaining <= 0 or len(batch) >= self.active_clients() - self._in_batches:
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
@@ -95,25 +114,41 @@ class Batcher:
         return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Collect a batch while a worker is free; with several workers the next batch is
+        collected, and runs, while the previous ones compute."""
         while True:
-            batch = await self._collect()
-            started = time.perf_counter()
+            await self._slots.acquire()
             try:
-                outputs, infer_ms = await loop.run_in_executor(self._executor, self._infer, [r.obs for r in batch],
-                                                               [r.session for r in batch])
-            except Exception as e:  # noqa: BLE001 - never let the batcher die: fail this batch only
-                log.exception("batch failed")
-                outputs, infer_ms = [e] * len(batch), 0.0
-            self.batches += 1
-            self.requests += len(batch)
-            self.batch_sizes[len(batch)] += 1
-            for req, out in zip(batch, outputs):
-                if req.future.done():
-                    continue
-                err = out if isinstance(out, Exception) else None
-                req.future.set_result(Outcome(None if err else out, err, infer_ms,
-                                              (started - req.queued_at) * 1000.0, len(batch)))
+                batch = await self._collect()
+            except BaseException:
+                self._slots.release()
+                raise
+            self._in_batches += len(batch)
+            task = asyncio.get_running_loop().create_task(self._dispatch(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _dispatch(self, batch: list[_Request]) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            outputs, infer_ms = await loop.run_in_executor(self._executor, self._infer, [r.obs for r in batch],
+                                                           [r.session for r in batch])
+        except Exception as e:  # noqa: BLE001 - never let the batcher die: fail this batch only
+            log.exception("batch failed")
+            outputs, infer_ms = [e] * len(batch), 0.0
+        finally:
+            self._in_batches -= len(batch)
+            self._slots.release()
+        self.batches += 1
+        self.requests += len(batch)
+        self.batch_sizes[len(batch)] += 1
+        for req, out in zip(batch, outputs):
+            if req.future.done():
+                continue
+            err = out if isinstance(out, Exception) else None
+            req.future.set_result(Outcome(None if err else out, err, infer_ms,
+                                          (started - req.queued_at) * 1000.0, len(batch)))
 
     def _infer(self, obs_list: list[dict], sessions: list | None = None) -> tuple[list, float]:
         """Runs in the worker thread. A failing batch is retried one by one so that one bad

@@ -51,6 +51,9 @@ class ServeOptions:
     execute_steps: int | None = None  # the graph's serve.execute_steps (None: the whole chunk)
     seed: int = 0  # every session's noise generator starts from it (see session_seed)
     shutdown_timeout_s: float = 30.0
+    # batches computed at once: with 2, the next batch is collected and runs while one computes
+    # (serve/batching.py); the policy must then be safe to call from two threads (Policy with sessions is)
+    infer_workers: int = 1
 
 
 class PolicyServer:
@@ -84,7 +87,7 @@ class PolicyServer:
         self.draining = False
         self.port: int | None = None
         self.batcher = Batcher(policy, self.options.max_batch, self.options.max_wait_ms,
-                               active_clients=lambda: self.connections)
+                               active_clients=lambda: self.connections, workers=self.options.infer_workers)
 
     # --- HTTP side: health check and authentication -------------------------------------------
 

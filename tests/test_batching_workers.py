@@ -1,0 +1,133 @@
+"""Two inference workers (ServeOptions.infer_workers=2): the next batch is collected and computed
+while another computes, and every client still gets what its session gets alone. The graph
+samples (a flow head draws noise from each session's generator) and caches a block per session
+(`infer: {every: 2}`), so a batch that read or moved another batch's session state would show."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from graphvla import compile_graph
+from graphvla.client import PolicyClient
+from graphvla.runners.policy import Policy
+from graphvla.runners.serve import ServeOptions, ServerThread
+
+SPEC = """
+graphvla: 1
+name: tiny-flow-cached
+inputs:
+  images:      {kind: image, views: 1, size: [16, 16]}
+  instruction: {kind: text}
+  state:       {kind: state, dim: 4}
+  actions:     {kind: action, dim: 3, horizon: 4, train_only: true}
+blocks:
+  vision:
+    type: encoder.image
+    in: {images: inputs.images}
+    with: {width: 16, patch: 8, layers: 0}
+    infer: {every: 2}
+  language:
+    type: encoder.text
+    in: {text: inputs.instruction}
+    with: {width: 16, layers: 0, max_length: 32}
+  fuse:
+    type: glue.fuse
+    in: {a: vision.pooled, b: language.pooled, c: inputs.state}
+    with: {width: 16}
+  head:
+    type: head.flow_matching
+    in: {context: fuse.hidden, state: inputs.state, target: inputs.actions}
+    with: {width: 16, heads: 2, layers: 1, num_steps: 2}
+losses:
+  action: {from: head.loss, weight: 1.0}
+outputs:
+  actions: head.actions
+"""
+CLIENTS, STEPS, SEED = 6, 4, 99
+
+
+class Overlapping:
+    """The policy, each batch held for 40 ms, counting how many batches compute at once."""
+
+    def __init__(self, policy):
+        self.policy, self.now, self.most = policy, 0, 0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self.policy, name)
+
+    def infer_batch(self, observations, sessions=None, **options):
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.04)
+            return self.policy.infer_batch(observations, sessions=sessions, **options)
+        finally:
+            with self._lock:
+                self.now -= 1
+
+    def infer(self, obs, session=None, **options):
+        return self.infer_batch([obs], None if session is None else [session], **options)[0]
+
+
+@pytest.fixture(scope="module")
+def policy():
+    torch.manual_seed(0)
+    policy = Policy.from_compiled(compile_graph(SPEC, device="cpu"))
+    with torch.no_grad():  # the untrained DiT's zero adaLN gates would make it ignore its context
+        for p in policy.cg.model.parameters():
+            if not p.any():
+                p.normal_(0, 0.2)
+    return policy
+
+
+def obs(client: int, t: int) -> dict:
+    rng = np.random.default_rng(100 * client + t)
+    return {"images": rng.integers(0, 256, (16, 16, 3), dtype=np.uint8),
+            "state": rng.standard_normal(4).astype(np.float32), "instruction": f"task {client % 3}"}
+
+
+def alone(policy, client: int) -> np.ndarray:
+    session = policy.new_session(SEED)
+    return np.stack([policy.infer(obs(client, t), session=session)["actions"] for t in range(STEPS)])
+
+
+def serve_clients(wrapped, workers: int) -> dict:
+    got, errors = {}, []
+    with ServerThread(wrapped, ServeOptions(port=0, seed=SEED, max_batch=3, max_wait_ms=5,
+                                            infer_workers=workers)) as srv:
+        def work(i):
+            try:
+                client = PolicyClient("127.0.0.1", srv.port)
+                got[i] = np.stack([client.infer(obs(i, t))["actions"] for t in range(STEPS)])
+                client.close()
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(CLIENTS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert not errors, errors
+    return got
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_concurrent_batches_keep_every_session_apart(policy, workers):
+    wrapped = Overlapping(policy)
+    got = serve_clients(wrapped, workers)
+    assert wrapped.most == workers  # 2: two batches really computed at once
+    for i in range(CLIENTS):
+        np.testing.assert_allclose(got[i], alone(policy, i), rtol=1e-5, atol=1e-5)
+    assert np.abs(got[0] - got[3]).max() > 1e-3  # same instruction, other observations: other actions
+
+
+def test_bad_worker_count_is_refused(policy):
+    with pytest.raises(ValueError, match="inference workers must be >= 1, got 0"):
+        ServerThread(policy, ServeOptions(port=0, infer_workers=0))
