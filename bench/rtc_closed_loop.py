@@ -73,6 +73,7 @@ def run_episode(policy, session, env, builder, task, episode, mode, delay, execu
 
     horizon = policy.metadata["action_horizon"]
     obs, _ = P.start_episode(env, episode)
+    scene = P.scene_of(env)
     session.reset()
 
     def query(extra=None):
@@ -113,7 +114,7 @@ def run_episode(policy, session, env, builder, task, episode, mode, delay, execu
             break
         if terminated or truncated:
             break
-    return {"episode": episode, "success": success, "steps": steps, "queries": queries, "stalls": stalls,
+    return {"episode": episode, "scene": scene, "success": success, "steps": steps, "queries": queries, "stalls": stalls,
             "jerk": episode_jerk(executed)}
 
 
@@ -129,11 +130,15 @@ def run_job(job: dict) -> dict:
     session = policy.new_session(0)
     started = time.perf_counter()
     try:
+        # the protocol resets a task's env in episode order: episodes before `first` are reset through
+        start_episodes = range(job["first"], job["first"] + job["episodes"])
+        for ep in range(job["first"]):
+            P.start_episode(env, ep)
         rows = [run_episode(policy, session, env, builder, job["task"], ep, job["mode"], job["delay"],
-                            job["execute"], size) for ep in range(job["episodes"])]
+                            job["execute"], size) for ep in start_episodes]
     finally:
         env.close()
-    out = {**{k: job[k] for k in ("task", "mode", "delay", "execute", "episodes")}, "episodes_run": rows,
+    out = {**{k: job[k] for k in ("task", "mode", "delay", "execute", "episodes", "first")}, "episodes_run": rows,
            "seconds": round(time.perf_counter() - started, 1)}
     path = Path(job["path"])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,9 +153,9 @@ def summarize(label_dir: Path, tasks: list[str]) -> dict:
 
     summary = {}
     for cond_dir in sorted(p for p in label_dir.iterdir() if p.is_dir()):
-        files = [cond_dir / f"{t}.json" for t in tasks]
-        if not all(f.is_file() for f in files):
+        if not all((cond_dir / f"{t}.json").is_file() for t in tasks):
             continue
+        files = [f for t in tasks for f in sorted(cond_dir.glob(f"{t}*.json"))]  # TASK.json + top-ups TASK.fromN.json
         parts = [json.loads(f.read_text()) for f in files]
         rows = [r for p in parts for r in p["episodes_run"]]
         wins = sum(r["success"] for r in rows)
@@ -161,7 +166,7 @@ def summarize(label_dir: Path, tasks: list[str]) -> dict:
             "ci95": list(wilson_interval(wins, len(rows))), "mean_jerk": float(np.mean(jerks)),
             "stalls_per_episode": float(np.mean([r["stalls"] for r in rows])),
             "queries_per_episode": float(np.mean([r["queries"] for r in rows])),
-            "per_task": {p["task"]: sum(r["success"] for r in p["episodes_run"]) for p in parts}}
+            "per_task": {t: sum(r["success"] for p in parts if p["task"] == t for r in p["episodes_run"]) for t in tasks}}
     return summary
 
 
@@ -188,6 +193,8 @@ def main():
     ap.add_argument("-o", "--out", default="docs/results/rtc")
     ap.add_argument("--tasks", default="MT10", help="starvla-mt50 tasks, MT10 or bucket names")
     ap.add_argument("--episodes", type=int, default=10, help="per task and condition")
+    ap.add_argument("--first-episode", type=int, default=0,
+                    help="top up: run the protocol's episodes from this one on (written beside the first ones)")
     ap.add_argument("--delays", default="0,2,4", help="simulated inference delays in control steps")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--execute", type=int, default=None, help="actions per chunk (default: the graph's serve.execute_steps)")
@@ -225,10 +232,11 @@ def main():
     jobs = []
     for mode, d in conditions:
         for t in tasks:
-            path = label_dir / condition_name(mode, d) / f"{t}.json"
+            suffix = "" if args.first_episode == 0 else f".from{args.first_episode}"
+            path = label_dir / condition_name(mode, d) / f"{t}{suffix}.json"
             if not path.is_file():
                 jobs.append({"run": args.run, "task": t, "mode": mode, "delay": d, "execute": execute,
-                             "episodes": args.episodes, "path": str(path)})
+                             "episodes": args.episodes, "first": args.first_episode, "path": str(path)})
     print(f"{args.label}: {len(conditions)} conditions x {len(tasks)} tasks, {len(jobs)} (condition, task) jobs to run, "
           f"{args.episodes} episodes each", flush=True)
     P._benchmark()  # the scene cache, built once before any worker reads it
@@ -247,7 +255,7 @@ def main():
         for job in jobs:
             log(run_job(job))
     summary = {"label": args.label, "run": args.run, "graph": meta["name"], "fingerprint": meta["fingerprint"],
-               "rtc_method": meta["rtc"]["method"], "tasks": tasks, "episodes_per_task": args.episodes,
+               "rtc_method": meta["rtc"]["method"], "tasks": tasks, "episodes_per_task": args.first_episode + args.episodes,
                "horizon": meta["action_horizon"], "execute": execute, "conditions": summarize(label_dir, tasks)}
     (label_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(markdown(Path(args.out)), end="")
