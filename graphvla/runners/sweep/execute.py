@@ -143,8 +143,28 @@ def _graphvla(args: list[str], log: Path, what: str, threads: int | None = None)
 
 
 def loss_curve(train_dir: Path) -> dict:
-    """tag -> [[step, value], ...] from the run's TensorBoard logs (every session, the last value
-    of a step kept: a resumed session may re-log steps an interrupted one had logged)."""
+    """tag -> [[step, value], ...]: each step's losses ('loss/TERM', 'loss_total/STREAM') from the
+    last checkpoint's history, which a resumed run carries on, so an interrupted run gives the
+    uninterrupted curve. Steps older than that history (it keeps the last 1000) come from the
+    TensorBoard logs, which hold means over each logging window instead."""
+    ckpt = latest_checkpoint(train_dir)
+    history = json.loads((ckpt / "trainer_state.json").read_text()).get("history_tail", []) if ckpt else []
+    curves: dict[str, dict] = {}
+    for rec in history:
+        curves.setdefault(f"loss_total/{rec['stream']}", {})[int(rec["step"])] = float(rec["loss"])
+        for term, v in (rec.get("losses") or {}).items():
+            curves.setdefault(f"loss/{term}", {})[int(rec["step"])] = float(v)
+    first = min((int(r["step"]) for r in history), default=None)
+    if first is None or first > 1:
+        for tag, points in _logged_means(train_dir).items():
+            for step, v in points.items():
+                if first is None or step < first:
+                    curves.setdefault(tag, {})[step] = v
+    return {tag: [[s, v] for s, v in sorted(points.items())] for tag, points in sorted(curves.items())}
+
+
+def _logged_means(train_dir: Path) -> dict:
+    """tag -> {step: value} from the run's TensorBoard logs (the last value of a step kept)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     curves: dict[str, dict] = {}
@@ -155,7 +175,7 @@ def loss_curve(train_dir: Path) -> dict:
             if tag.startswith(("loss/", "loss_total/")):
                 for ev in acc.Scalars(tag):
                     curves.setdefault(tag, {})[int(ev.step)] = float(ev.value)
-    return {tag: [[s, v] for s, v in sorted(points.items())] for tag, points in sorted(curves.items())}
+    return curves
 
 
 def execute_run(sweep: Sweep, run: Run, specs: tuple, data: str, out, threads: int | None = None) -> dict:

@@ -223,7 +223,8 @@ def format_markdown(report: dict) -> str:
             lines += ["not run yet", ""]
             continue
         r0 = done[0]
-        lines += [f"- fingerprint `{r0['fingerprint'][:16]}`; rerun seed {r0['seed']} with:", "",
+        lines += [f"- rerun the cell (every seed): `graphvla sweep {_short(report['file'])} -o DIR --only {c['cell']}`",
+                  f"- fingerprint `{r0['fingerprint'][:16]}`; its seed {r0['seed']} alone is:", "",
                   "```", r0["train_command"], r0["eval_command"], "```", "", "Diff against the base:", "",
                   "```", *_relative_diff(r0["diff"]), "```", ""]
     return "\n".join(lines).rstrip() + "\n"

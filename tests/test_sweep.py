@@ -1,0 +1,204 @@
+"""`graphvla sweep`: the smoke sweep end to end, resume after an interruption, the control that
+refuses a cell changing more than its axis, the report rebuilt byte for byte, and the statistics
+on constructed counts."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import require_metaworld
+
+from graphvla.cli import main
+from graphvla.runners.eval.stats import holm_adjust, mcnemar_exact
+from graphvla.runners.sweep import load_sweep
+from graphvla.runners.sweep.control import change_path, uncontrolled
+from graphvla.runners.sweep.execute import load_run_spec, run_dir, train_command
+from graphvla.runners.sweep.report import _compare, format_markdown
+
+
+
+def sweep(*args) -> object:
+    result = CliRunner().invoke(main, ["sweep", *map(str, args)], catch_exceptions=False)
+    return result
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The smoke sweep, run once without interruption (it records its own data)."""
+    require_metaworld()
+    out = tmp_path_factory.mktemp("sweep") / "smoke"
+    result = sweep("smoke", "-o", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def test_smoke_sweep_reports_every_cell_with_intervals_and_plots(finished):
+    report = results(finished)
+    cells = {c["cell"]: c for c in report["cells"]}
+    assert list(cells) == ["mlp", "oft"]
+    for c in cells.values():
+        assert c["complete"] and c["pooled"]["episodes"] == 1
+        lo, hi = c["pooled"]["ci95"]
+        assert 0.0 <= lo <= c["pooled"]["rate"] <= hi <= 1.0
+        assert c["params_total"] > 0 and c["params_trainable"] == c["params_total"]
+        assert c["final_losses"]["loss/action"]["mean"] > 0
+        run = c["runs"][0]
+        assert run["fingerprint"] and "head" in run["diff"] or c["cell"] == "mlp"
+    assert cells["oft"]["params_total"] != cells["mlp"]["params_total"]  # the head really changed
+    assert "no differences (same fingerprint)" in cells["mlp"]["runs"][0]["diff"]
+    assert "head.mlp -> head.oft" in cells["oft"]["runs"][0]["diff"]
+    csv_rows = (finished / "results.csv").read_text().splitlines()
+    assert len(csv_rows) == 3 and csv_rows[0].startswith("cell,head,seeds,params_total")
+    for stem in ("success", "buckets", "losses"):
+        png, svg = finished / f"{stem}.png", finished / f"{stem}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+        assert b"<svg" in svg.read_bytes()[:500]
+    md = (finished / "results.md").read_text()
+    assert "| mlp | mlp |" in md and "| oft | oft |" in md and "graphvla train" in md
+
+
+def test_report_rebuilds_the_same_markdown(finished, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(finished, copy, ignore=shutil.ignore_patterns("data"))
+    before = (copy / "results.md").read_bytes()
+    (copy / "results.md").unlink()
+    result = sweep("--report", copy)
+    assert result.exit_code == 0, result.output
+    assert (copy / "results.md").read_bytes() == before
+
+
+def test_interrupted_sweep_resumes_to_the_same_results(finished, tmp_path):
+    out = tmp_path / "resumed"
+    data = finished / "data.yaml"
+    # first session: only one cell
+    assert sweep("smoke", "-o", out, "--data", data, "--only", "mlp", "--no-progress").exit_code == 0
+    mlp_state = (out / "cells/mlp/seed0/state.json").read_text()
+    # the other cell's training is interrupted half way (as a killed job leaves it: a checkpoint, no eval)
+    s = load_sweep("smoke", str(data))
+    oft = next(r for r in s.runs() if r.cell == "oft")
+    d = run_dir(out, oft)
+    d.mkdir(parents=True)
+    args = train_command(oft, str(data), d / "run") + ["--stop-after", "2"]
+    subprocess.run([sys.executable, "-m", "graphvla", *args], check=True, capture_output=True)
+    result = sweep("smoke", "-o", out, "--data", data, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert (out / "cells/mlp/seed0/state.json").read_text() == mlp_state  # finished: not redone
+    sessions = json.loads((d / "state.json").read_text())["train_sessions"]
+    assert [(x["from_step"], x["to_step"]) for x in sessions] == [(2, 4)]  # resumed, not restarted
+    a, b = results(finished), results(out)
+    for ca, cb in zip(a["cells"], b["cells"]):
+        assert ca["cell"] == cb["cell"] and ca["pooled"] == cb["pooled"] and ca["buckets"] == cb["buckets"]
+        ra, rb = ca["runs"][0], cb["runs"][0]
+        assert ra["fingerprint"] == rb["fingerprint"]
+        assert ra["final_losses"] == pytest.approx(rb["final_losses"], rel=1e-6)
+    la = json.loads((run_dir(finished, oft) / "state.json").read_text())["losses"]["loss/action"]
+    lb = json.loads((d / "state.json").read_text())["losses"]["loss/action"]
+    assert [s for s, _ in la] == [s for s, _ in lb]
+    assert [v for _, v in la] == pytest.approx([v for _, v in lb], rel=1e-6)
+
+
+def _write_sweep(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_a_variant_changing_more_than_its_axis_is_refused_with_its_diff(tmp_path):
+    path = _write_sweep(tmp_path, """\
+        base: sweeps/smoke/tiny
+        data: {record: {protocol: starvla-mt50, tasks: reach-v3, episodes: 1}}
+        axes:
+          head:
+            changes: [blocks.head]
+            variants:
+              mlp: {}
+              wider:
+                set: {blocks.head.with.hidden: 64, blocks.vision.with.keypoints: 4}
+        eval: {protocol: starvla-mt50, tasks: reach-v3, episodes: 1}
+        """)
+    result = sweep(path, "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert "not controlled; nothing was trained" in result.output
+    assert "changes blocks.vision.with.keypoints" in result.output
+    assert "~ vision: with.keypoints 8 -> 4" in result.output  # the offending diff, printed
+    assert not (tmp_path / "out" / "cells").exists()
+
+
+def test_sweep_file_errors_all_at_once_with_locations(tmp_path):
+    path = _write_sweep(tmp_path, """\
+        base: metaworld/mt10
+        data: nowhere.yaml
+        seed: [0]
+        axes:
+          head:
+            changes: [blocks.head]
+            variants:
+              mlp: {sett: {}}
+        trainer: {max_stepz: 3}
+        eval: {protocol: starvla-mt50, tasks: no-such-task, episodes: 1}
+        """)
+    result = sweep(path, "--check")
+    assert result.exit_code == 1
+    out = result.output
+    assert f"{path}:3:1: error: seed: unknown key 'seed' (did you mean 'seeds'?)" in out
+    assert f"{path}:8:13: error: axes.head.variants.mlp.sett: unknown key 'sett' (did you mean 'set'?)" in out
+    # the file's shape is fixed first; then what it names
+    path.write_text(path.read_text().replace("seed: [0]\n", "").replace("sett", "set"))
+    out = sweep(path, "--check").output
+    assert "data: data 'nowhere.yaml' not found" in out and "eval.tasks" in out and "no-such-task" in out
+    path.write_text(path.read_text().replace("nowhere.yaml", "s.yaml").replace("no-such-task", "reach-v3"))
+    out = sweep(path, "--check").output
+    assert f"{path}:8:22: error: trainer.max_stepz: unknown key 'max_stepz' (did you mean 'max_steps'?)" in out
+
+
+def test_change_paths_name_what_a_diff_touches():
+    s = load_sweep("smoke")
+    base = load_run_spec(s, s.base, s.base_overrides(0))
+    from graphvla.spec.loader import load_spec
+
+    cell = load_spec(s.base, [o.text for o in s.base_overrides(0)] + [
+        "blocks.vision.with.keypoints=4", "losses.action.weight=2", "trainer.lr=0.1"])
+    paths = sorted(change_path(r) for r in uncontrolled(base, cell, ["blocks.head"]))
+    assert paths == ["blocks.vision.with.keypoints", "losses.action.weight", "trainer.lr"]
+    assert uncontrolled(base, cell, ["blocks.vision", "losses", "trainer.lr"]) == []
+
+
+def test_exact_mcnemar_and_holm_on_known_counts():
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(5, 0) == pytest.approx(2 / 32)
+    assert mcnemar_exact(10, 2) == pytest.approx(0.03857421875)
+    assert mcnemar_exact(3, 3) == 1.0
+    assert holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+def _cell(name: str, outcomes: list[bool]) -> dict:
+    eps = {f"t/{i}": w for i, w in enumerate(outcomes)}
+    s = sum(outcomes)
+    return {"cell": name, "runs": [{"seed": 0, "finished": True, "outcomes": eps}],
+            "pooled": {"rate": s / len(outcomes), "successes": s, "episodes": len(outcomes)}}
+
+
+def test_the_report_calls_a_difference_only_when_the_paired_test_holds():
+    best = [True] * 30 + [False] * 10
+    clearly_worse = [True] * 8 + [False] * 32  # 22 episodes only the best won, 0 the other way
+    barely_worse = [True] * 28 + [False] * 12  # 2 discordant pairs: no evidence
+    comp = _compare({"a": _cell("a", best), "b": _cell("b", clearly_worse), "c": _cell("c", barely_worse)})
+    rows = {r["cell"]: r for r in comp["rows"]}
+    assert comp["best"] == "a"
+    assert (rows["b"]["only_best"], rows["b"]["only_other"]) == (22, 0) and rows["b"]["significant"]
+    assert (rows["c"]["only_best"], rows["c"]["only_other"]) == (2, 0) and not rows["c"]["significant"]
+    assert rows["b"]["p_holm"] == pytest.approx(min(1.0, 2 * mcnemar_exact(22, 0)))
+    md = format_markdown({"sweep": "x", "description": "", "base": "g", "axes": {}, "seeds": [0], "trainer": {},
+                          "eval": {"protocol": "starvla-mt50", "episodes": 1}, "cells": [], "comparisons": comp})
+    assert "| b | 40 | 22 | 0 |" in md and "a higher, significant at 95%" in md
+    assert "| c | 40 | 2 | 0 | 0.5000 | 0.5000 | no significant difference at 95% |" in md
