@@ -131,3 +131,22 @@ def test_concurrent_batches_keep_every_session_apart(policy, workers):
 def test_bad_worker_count_is_refused(policy):
     with pytest.raises(ValueError, match="inference workers must be >= 1, got 0"):
         ServerThread(policy, ServeOptions(port=0, infer_workers=0))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_call_while_the_batcher_idles_runs_at_once(workers):
+    """Policy.reset for a policy without sessions goes through Batcher.call; the idle collector
+    holds a worker slot while it waits for a request, so call() must not wait for every slot."""
+    import asyncio
+
+    from graphvla.runners.serve.batching import Batcher
+
+    async def main():
+        batcher = Batcher(object(), workers=workers)
+        batcher.start()
+        try:
+            return await asyncio.wait_for(batcher.call(lambda: "reset"), 10)
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(main()) == "reset"

@@ -60,6 +60,7 @@ class Batcher:
         self._queue: asyncio.Queue[_Request] | None = None
         self._task: asyncio.Task | None = None
         self._slots: asyncio.Semaphore | None = None  # one per inference worker
+        self._exclusive: asyncio.Lock | None = None
         self._running: set = set()  # batches being computed
         self._in_batches = 0  # requests in those batches
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="graphvla-infer")
@@ -67,6 +68,7 @@ class Batcher:
     def start(self) -> None:
         self._queue = asyncio.Queue()
         self._slots = asyncio.Semaphore(self.workers)
+        self._exclusive = asyncio.Lock()  # held by call(): no batch starts while it runs
         self._task = asyncio.get_running_loop().create_task(self._run(), name="graphvla-batcher")
 
     async def stop(self) -> None:
@@ -81,14 +83,13 @@ class Batcher:
         self._executor.shutdown(wait=True)
 
     async def call(self, fn):
-        """Run fn() on an inference thread while no batch runs (e.g. Policy.reset)."""
-        for _ in range(self.workers):
-            await self._slots.acquire()
-        try:
+        """Run fn() on an inference thread while no batch runs (e.g. Policy.reset). It waits for
+        the running batches, and no new one starts meanwhile. (It cannot take every worker slot:
+        the idle collector holds one while it waits for a request.)"""
+        async with self._exclusive:
+            while self._running:
+                await asyncio.gather(*list(self._running), return_exceptions=True)
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-        finally:
-            for _ in range(self.workers):
-                self._slots.release()
 
     async def submit(self, obs: dict, session=None) -> Outcome:
         req = _Request(obs, asyncio.get_running_loop().create_future(), session)
@@ -123,6 +124,8 @@ class Batcher:
             except BaseException:
                 self._slots.release()
                 raise
+            async with self._exclusive:  # a call() in progress runs alone
+                pass
             self._in_batches += len(batch)
             task = asyncio.get_running_loop().create_task(self._dispatch(batch))
             self._running.add(task)
