@@ -1,52 +1,121 @@
-"""The HF processor and chat template of backbone.hf_vlm run where batches are collated (the
-DataLoader workers), so the step receives tensors: the same losses as encoding in the step, and
-no processor call in the training process while it trains."""
+"""Normalization and the blocks' data work (backbone.hf_vlm's processor and chat template,
+fast.encode's and head.fast's FAST BPE, glue.state_text's prompt) run where batches are collated
+(the DataLoader workers), chained in graph order, so the step receives tensors: the same losses
+and weights as encoding in the step, and no processor or BPE call in the training process."""
+import pickle
 from pathlib import Path
 
 import pytest
 import torch
 
 from graphvla.blocks.backbones import hf_vlm
+from graphvla.blocks.glue.state_text import StateText
+from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
+from graphvla.compiler.compile import compile_graph
+from graphvla.data.normalize import Normalizer
 from graphvla.runners.train import Trainer
-from graphvla.runners.train.dataio import PREPARED, worker_encoders
+from graphvla.runners.train.dataio import worker_encoders
 from graphvla.spec.loader import load_spec
 from vlm_samples import VLMSamples, vlm_bundle
 
 TINY = Path(__file__).parent.parent / "graphvla" / "graphs" / "tiny"
+STEPS = 3
+VLM_SOURCES = {"images": "images", "text": "instruction"}
+ENCODERS = {  # node -> its encoder's sources: a batch key, or (node, port) made by an earlier encoder
+    "oft": {"vlm": VLM_SOURCES},
+    "fast": {"vlm": VLM_SOURCES, "head": {"target": "actions", "mask": "actions_mask"}},
+    "fast-lm": {"action_tokens": {"actions": "actions", "mask": "actions_mask"},
+                "prompt": {"text": "instruction", "state": "state"},
+                "vlm": {"images": "images", "text": ("prompt", "text"), "target_tokens": ("action_tokens", "tokens")}},
+}
 
 
-def _losses_and_main_process_encodings(tmp_path, name, monkeypatch, in_workers):
-    spec = load_spec(str(TINY / "oft.yaml"), ["trainer.max_steps=3", "trainer.batch_size=2", "trainer.warmup_steps=1",
-                                              "trainer.num_workers=1", "trainer.save_every=100"])
-    t = Trainer(spec, vlm_bundle(VLMSamples()), tmp_path / name, progress=False, encode_in_workers=in_workers)
-    calls = []
-    real = hf_vlm.encode_cpu
+class TailSamples(VLMSamples):
+    """Some chunks end early (mask False on their last steps): FAST must see them held at the last
+    valid action, after the normalizer zeroed them."""
 
-    def counting(*args, **kwargs):
-        calls.append(1)  # counted in this process only: a worker's calls happen in its own
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(hf_vlm, "encode_cpu", counting)
-    history = t.run().history
-    monkeypatch.setattr(hf_vlm, "encode_cpu", real)
-    return [r["loss"] for r in history], len(calls), t
+    def __getitem__(self, i):
+        sample = super().__getitem__(i)
+        sample["actions_mask"] = torch.arange(8) < 8 - 3 * (i % 3)
+        return sample
 
 
-def test_processor_runs_in_the_workers_with_the_same_losses(tmp_path, monkeypatch):
+def _spec(graph):
+    return load_spec(str(TINY / f"{graph}.yaml"), [f"trainer.max_steps={STEPS}", "trainer.batch_size=2",
+                                                   "trainer.warmup_steps=1", "trainer.num_workers=1",
+                                                   "trainer.save_every=100"])
+
+
+def _train_counting_main_process_calls(tmp_path, graph, monkeypatch, in_workers):
     torch.manual_seed(0)
-    before, in_step, _ = _losses_and_main_process_encodings(tmp_path, "step", monkeypatch, in_workers=False)
-    torch.manual_seed(0)
-    after, in_main, t = _losses_and_main_process_encodings(tmp_path, "workers", monkeypatch, in_workers=True)
-    assert in_step == 3 and in_main == 0  # the step no longer runs the processor
-    assert [(n, o, ports) for n, o, ports, _ in t.encoders["action"]] == [
-        ("vlm", "vlm", {"images": "images", "text": "instruction"})]
-    assert after == pytest.approx(before, rel=1e-6, abs=1e-7)
+    t = Trainer(_spec(graph), vlm_bundle(TailSamples()), tmp_path / f"{graph}-{in_workers}", progress=False,
+                encode_in_workers=in_workers)
+    calls = {"processor": 0, "bpe": 0}  # counted in this process only: a worker's calls happen in its own
+    processor, bpe = hf_vlm.encode_cpu, FASTTokenizer.encode
+
+    def counting_processor(*args, **kwargs):
+        calls["processor"] += 1
+        return processor(*args, **kwargs)
+
+    def counting_bpe(*args, **kwargs):
+        calls["bpe"] += 1
+        return bpe(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(hf_vlm, "encode_cpu", counting_processor)
+        m.setattr(FASTTokenizer, "encode", counting_bpe)
+        history = t.run().history
+    return [r["loss"] for r in history], calls, t
 
 
-def test_blocks_fed_by_other_blocks_encode_in_the_step():
-    """tiny/fast-lm's VLM takes FAST tokens and a prompt made by other blocks: nothing to do in workers."""
-    from graphvla.compiler.compile import compile_graph
+@pytest.mark.parametrize("graph", ["oft", "fast", "fast-lm"])
+def test_data_work_runs_in_the_workers_with_the_same_losses_and_weights(tmp_path, monkeypatch, graph):
+    before, in_step, t0 = _train_counting_main_process_calls(tmp_path, graph, monkeypatch, in_workers=False)
+    after, in_main, t1 = _train_counting_main_process_calls(tmp_path, graph, monkeypatch, in_workers=True)
+    fast = graph != "oft"
+    assert in_step == {"processor": STEPS, "bpe": STEPS if fast else 0}  # what the step did before
+    assert in_main == {"processor": 0, "bpe": 0}  # the step receives tensors
+    assert t0.encoders["action"] == []
+    assert {w.node: w.sources for w in t1.encoders["action"]} == ENCODERS[graph]
+    assert after == before  # the same computation, wherever it runs: exactly equal
+    w0, w1 = t0.cg.model.state_dict(), t1.cg.model.state_dict()
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)  # so were the gradients
 
-    cg = compile_graph(load_spec(str(TINY / "fast-lm.yaml")), device="cpu")
-    assert worker_encoders(cg, "action") == []
-    assert PREPARED.endswith("/")
+
+def test_encoders_run_in_graph_order():
+    """fast-lm: the VLM's answers are fast.encode's tokens and its prompt glue.state_text's, made earlier in the worker."""
+    cg = compile_graph(_spec("fast-lm"), device="cpu")
+    nodes = [w.node for w in worker_encoders(cg, "action")]
+    assert sorted(nodes[:2]) == ["action_tokens", "prompt"] and nodes[2] == "vlm"
+
+
+def test_blocks_fed_by_blocks_that_run_in_the_step_encode_in_the_step(monkeypatch):
+    """Without a worker prompt, fast-lm's VLM takes its text from a block of the step: it encodes
+    there, while fast.encode (fed by graph inputs only) still runs in the worker."""
+    monkeypatch.setattr(StateText, "batch_encoder", lambda self: None)
+    cg = compile_graph(_spec("fast-lm"), device="cpu")
+    assert [(w.node, w.sources) for w in worker_encoders(cg, "action")] == [
+        ("action_tokens", ENCODERS["fast-lm"]["action_tokens"])]
+
+
+def test_an_encoding_is_used_only_for_the_object_it_was_made_from():
+    cg = compile_graph(_spec("fast-lm"), device="cpu")
+    block = cg.model["action_tokens"]
+    chunk = torch.tanh(torch.randn(2, 8, 4))
+    wrong = {"tokens": torch.zeros(2, 3, dtype=torch.long)}
+    block.use_prepared(chunk.clone(), wrong)  # an equal chunk, but another object
+    assert torch.equal(block(chunk)["tokens"], block.batch_encoder()(chunk)["tokens"])
+    block.use_prepared(chunk, wrong)
+    assert block(chunk)["tokens"] is wrong["tokens"]  # the very chunk: the worker's tokens
+    assert not torch.equal(block(chunk)["tokens"], wrong["tokens"])  # taken once
+
+
+def test_the_normalizer_pickles_with_the_same_numerics():
+    ds = TailSamples()
+    norm = Normalizer(vlm_bundle(ds).stats, {"actions": "q01_q99"})
+    batch = {"actions": torch.stack([ds[i]["actions"] for i in range(4)]),
+             "actions_mask": torch.stack([ds[i]["actions_mask"] for i in range(4)]),
+             "state": torch.stack([ds[i]["state"] for i in range(4)])}
+    a, b = norm.normalize(batch), pickle.loads(pickle.dumps(norm)).normalize(batch)
+    assert all(torch.equal(a[k], b[k]) for k in batch)
+    assert not torch.equal(a["actions"], batch["actions"])

@@ -10,12 +10,16 @@ hold_last_valid); `fast.decode` turns generated ids back into a chunk. A malform
 decodes to the action input's hold action (heads/fast.py HoldFallback) with decode_ok False and a
 logged warning, never an exception. Both only read the tokenizer when built for real: on
 meta (compile) they are shaped from the graph, so full-size graphs compile without one.
+
+In training, `fast.encode`'s BPE runs in the DataLoader workers (`FASTTokensEncoder`, on the
+normalized chunk), and its tokens feed the VLM's encoder there too (blocks/prepared.py).
 """
 from __future__ import annotations
 
 import torch
 
 from .base import Block, InPort, OutPort
+from .prepared import BatchEncoder, Prepared
 from .registry import register
 from .heads.common import ACTION_PARAMS, action_shape, hold_last_valid
 from .heads.fast import FIT_HINT, ON_MALFORMED, HoldFallback, decode_tokens, load_tokenizer
@@ -43,8 +47,30 @@ class _FASTEnd(Block):
             raise RuntimeError(f"{self.block_id} ({self.type_name}) has no tokenizer: built on meta? {FIT_HINT}")
 
 
+def chunk_tokens(tokenizer, actions, mask=None) -> torch.Tensor:
+    """[B, H, A] normalized chunks (tails past `mask` held at the last valid action) -> [B, L] FAST
+    ids on the CPU, PAD after each row's last token."""
+    rows = tokenizer.encode(hold_last_valid(actions, mask).detach().float().cpu().numpy())
+    out = torch.full((len(rows), max(map(len, rows))), PAD, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
+
+
+class FASTTokensEncoder(BatchEncoder):
+    """fast.encode in a DataLoader worker: the tokens of the batch's (normalized) chunks."""
+
+    reads, tie, outputs = ("actions", "mask"), "actions", ("tokens",)
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer  # picklable: its BPE model travels as JSON
+
+    def __call__(self, actions, mask=None) -> dict:
+        return {"tokens": chunk_tokens(self.tokenizer, actions, mask)}
+
+
 @register
-class FASTEncode(_FASTEnd):
+class FASTEncode(Prepared, _FASTEnd):
     type_name = "fast.encode"
     description = "Action chunk -> FAST token ids [B, L] (-1 padded): the answer a VLM with action_vocab learns."
     in_ports = {"actions": InPort("action", ndim=3, doc="normalized action chunk [B, H, A]"),
@@ -57,12 +83,14 @@ class FASTEncode(_FASTEnd):
         self._setup(ctx, "actions")
 
     def forward(self, actions, mask=None):
+        prepared = self.take_prepared(actions)
+        if prepared is not None:  # made by FASTTokensEncoder in a worker from this very chunk
+            return {"tokens": prepared["tokens"].to(actions.device)}
         self._need_tokenizer()
-        rows = self.tokenizer.encode(hold_last_valid(actions, mask).detach().float().cpu().numpy())
-        out = torch.full((len(rows), max(map(len, rows))), PAD, dtype=torch.long)
-        for i, row in enumerate(rows):
-            out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        return {"tokens": out.to(actions.device)}
+        return {"tokens": chunk_tokens(self.tokenizer, actions, mask).to(actions.device)}
+
+    def batch_encoder(self):
+        return None if self.tokenizer is None else FASTTokensEncoder(self.tokenizer)
 
     def meta_forward(self, actions, mask=None):
         # BPE never makes more tokens than there are coefficients

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..base import Block, InPort, OutPort, ParamError, PortError
+from ..prepared import BatchEncoder, Prepared
 from ..registry import register
 from . import hf_config
 from .hf_processor import load_processor
@@ -33,7 +34,7 @@ IGNORE = -100  # label of tokens without loss (prompt, image, padding)
 
 
 @register
-class HFVLM(Block):
+class HFVLM(Prepared, Block):
     type_name = "backbone.hf_vlm"
     description = "Hugging Face VLM (Qwen3-VL, Qwen2.5-VL, SmolVLM, ...): images + instruction -> hidden states of its layers."
     in_ports = {
@@ -206,14 +207,12 @@ class HFVLM(Block):
         b, v = images.shape[:2]
         if len(text) != b:
             raise ValueError(f"{len(text)} instructions for a batch of {b} images")
-        prepared = self._prepared
-        if prepared is not None and prepared[0] is text and padding_side == "right":
-            self._prepared = None
-            enc = dict(prepared[1])  # encoded in a DataLoader worker (VLMBatchEncoder) for this very batch
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                enc = self._encode_cpu(images.detach().float().cpu().clamp(0, 1), list(text), answers, padding_side)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            enc = self._encode_cpu(images.detach().float().cpu().clamp(0, 1), list(text), answers, padding_side)
+        return self._on_model(enc)
+
+    def _on_model(self, enc: dict) -> dict:
         device = self.model.device
         dtype = self.model.dtype
         return {k: (t.to(device, dtype) if torch.is_floating_point(t) else t.to(device)) if isinstance(t, torch.Tensor) else t
@@ -229,42 +228,34 @@ class HFVLM(Block):
             return None
         if target_tokens.device.type == "meta":  # shape probing: the longest possible answer
             return [[self.action_base] * target_tokens.shape[1]] * target_tokens.shape[0]
-        n, limit = self.params["action_vocab"], self.params["max_new_tokens"]
-        rows = [[i for i in row if i >= 0] for row in target_tokens.tolist()]
-        for row in rows:
-            if any(i >= n for i in row):
-                raise ValueError(f"{self.block_id}: target_tokens has id {max(row)} but with.action_vocab is {n}; "
-                                 "raise with.action_vocab to the FAST tokenizer's vocabulary size")
-            if len(row) + 1 > limit:
-                raise ValueError(f"{self.block_id}: a target needs {len(row)} action tokens plus the end token but "
-                                 f"with.max_new_tokens is {limit}, so it could never be generated; raise it")
-        return [[self.action_base + i for i in row] for row in rows]
+        return action_answer_ids(target_tokens, *self._action_answers())
+
+    def _action_answers(self) -> tuple:
+        """(block id, id of action token 0, action_vocab, max_new_tokens): what action_answer_ids needs."""
+        return self.block_id, self.action_base, self.params["action_vocab"], self.params["max_new_tokens"]
 
     def _append_answers(self, enc, answers):
         return append_answers(self.processor, enc, answers)
 
     # encoding in DataLoader workers ---------------------------------------------------------
-    _prepared = None  # (text list, encoding) handed over by the trainer for the next forward
-
     def batch_encoder(self):
-        """A picklable encoder of (images, text[, target_text]) batches that DataLoader workers run,
-        so the step receives tensors; None where the inputs need the model (action tokens) or
-        there is no processor (meta)."""
-        if self.processor is None or self.action_base is not None:
+        """A picklable encoder of (images, text[, target_text or target_tokens]) batches that
+        DataLoader workers run, so the step receives tensors; None without a processor (meta).
+        The forward uses its encoding for the very text object it was made from (blocks/prepared.py)."""
+        if self.processor is None:
             return None
-        return VLMBatchEncoder(self.processor)
-
-    def use_prepared(self, text, encoding: dict) -> None:
-        """Use `encoding` (VLMBatchEncoder's output) in the next forward whose text is this very object."""
-        self._prepared = (text, encoding)
+        return VLMBatchEncoder(self.processor, None if self.action_base is None else self._action_answers())
 
     # forward -------------------------------------------------------------------------------
     def forward(self, images, text, target_text=None, target_tokens=None):
-        answers = self.answer_ids(target_text, target_tokens)
-        enc = self.encode(images, text, answers)
+        prepared = self.take_prepared(text)  # encoded in a DataLoader worker (VLMBatchEncoder) for this very batch
+        if prepared is not None:
+            enc = self._on_model(dict(prepared))
+        else:
+            enc = self.encode(images, text, self.answer_ids(target_text, target_tokens))
         out = self.model(**enc, output_hidden_states=True, use_cache=False)
         result = self._outputs(out.hidden_states, enc["attention_mask"])
-        if answers is not None:
+        if target_text is not None or target_tokens is not None:
             result["lm_loss"] = out.loss.float()
             result["logits"] = out.logits
             result["labels"] = enc["labels"]
@@ -365,18 +356,37 @@ def encode_cpu(processor, images, text, answers=None, padding_side="right") -> d
     return append_answers(processor, out, answers) if answers is not None else out
 
 
-class VLMBatchEncoder:
+def action_answer_ids(target_tokens, block_id, base, vocab, limit) -> list[list[int]]:
+    """FAST ids [B, L] (-1 padded) -> answer token ids in the LM's vocabulary (action token i is
+    base + i), checked against with.action_vocab and with.max_new_tokens."""
+    rows = [[i for i in row if i >= 0] for row in target_tokens.tolist()]
+    for row in rows:
+        if any(i >= vocab for i in row):
+            raise ValueError(f"{block_id}: target_tokens has id {max(row)} but with.action_vocab is {vocab}; "
+                             "raise with.action_vocab to the FAST tokenizer's vocabulary size")
+        if len(row) + 1 > limit:
+            raise ValueError(f"{block_id}: a target needs {len(row)} action tokens plus the end token but "
+                             f"with.max_new_tokens is {limit}, so it could never be generated; raise it")
+    return [[base + i for i in row] for row in rows]
+
+
+class VLMBatchEncoder(BatchEncoder):
     """What a DataLoader worker runs for a backbone.hf_vlm: the processor and chat template on a
-    collated batch (images [B, V, C, H, W] in [0, 1], instructions, optional answer texts), giving
-    exactly the tensors the block would make in its forward. Holds the processor only, never the model."""
+    collated batch (images [B, V, C, H, W] in [0, 1], instructions, optional answer texts or FAST
+    ids), giving exactly the tensors the block would make in its forward. Holds the processor (and
+    for action answers, `action`: the arguments of action_answer_ids after the ids), never the model."""
 
-    def __init__(self, processor):
-        self.processor = processor
+    reads, tie = ("images", "text", "target_text", "target_tokens"), "text"
 
-    def __call__(self, images, text, target_text=None) -> dict:
+    def __init__(self, processor, action: tuple | None = None):
+        self.processor, self.action = processor, action
+
+    def __call__(self, images, text, target_text=None, target_tokens=None) -> dict:
         answers = None
         if target_text is not None:
             answers = [self.processor.tokenizer(t, add_special_tokens=False)["input_ids"] for t in target_text]
+        elif target_tokens is not None:  # the port exists only with with.action_vocab, so self.action is set
+            answers = action_answer_ids(target_tokens, *self.action)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return encode_cpu(self.processor, images.detach().float().cpu().clamp(0, 1), list(text), answers)

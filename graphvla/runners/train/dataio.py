@@ -1,6 +1,11 @@
 """The trainer's side of the data contract (graphvla.data): loading a DataBundle, the
-Normalizer class, and fitting a collated batch to a train graph's inputs."""
+Normalizer class, fitting a collated batch to a train graph's inputs, and the data work that runs
+where batches are collated (DataLoader workers): normalization and the blocks' batch encoders
+(blocks/prepared.py), handed back to the blocks in the step."""
 from __future__ import annotations
+
+from collections import Counter
+from typing import NamedTuple
 
 import torch
 
@@ -57,45 +62,93 @@ def normalize(normalizer, batch: dict) -> dict:
 PREPARED = "__prepared__/"  # batch keys of encodings made in the workers, one per block node
 
 
-def worker_encoders(cg, stream: str) -> list:
-    """(node, block id, {block port: batch key}, encoder) for each block of the stream's train
-    graph that can encode its inputs in a DataLoader worker (a `batch_encoder()`, e.g.
-    backbone.hf_vlm's processor and chat template) and whose inputs are all graph inputs."""
+class WorkerEncoding(NamedTuple):
+    """One block node whose data work runs in the workers. sources: block port -> the batch key of
+    a graph input, or (node, port) of an output that an earlier encoder in the same worker makes."""
+    node: str
+    owner: str
+    sources: dict
+    encoder: object  # a blocks.prepared.BatchEncoder
+
+
+def worker_encoders(cg, stream: str) -> list[WorkerEncoding]:
+    """The blocks of the stream's train graph, in graph order, that encode in a DataLoader worker
+    (a `batch_encoder()`: backbone.hf_vlm's processor and chat template, fast.encode's and
+    head.fast's BPE, glue.state_text's prompt): those whose encoder reads only graph inputs or
+    outputs that an earlier encoder makes (fast.encode's tokens feeding the VLM's answers)."""
     from ...compiler import dag as D
 
-    out = []
-    for node in D.train_blocks(cg.dag, stream):
+    blocks = D.train_blocks(cg.dag, stream)
+    calls = Counter(cg.dag.nodes[n]["owner"] for n in blocks)
+    made, out = {}, []  # node -> output ports its encoding holds
+    for node in blocks:
         owner = cg.dag.nodes[node]["owner"]
         make = getattr(cg.model[owner], "batch_encoder", None)
-        if make is None:
-            continue
-        refs = {e["dst_port"]: e["ref"] for _, _, e in cg.dag.in_edges(node, data=True)}
-        if not all(r.startswith(D.INPUT_PREFIX) for r in refs.values()):
-            continue  # an input made by another block (e.g. FAST tokens) exists only in the step
+        if make is None or calls[owner] > 1:
+            continue  # a module called twice in a step would mix the encodings of its calls
         encoder = make()
-        if encoder is not None:
-            out.append((node, owner, {p: r[len(D.INPUT_PREFIX):] for p, r in refs.items()}, encoder))
+        if encoder is None:
+            continue
+        edges = {port: (src, src_port) for port, src, src_port, _ in D.in_edges(cg.dag, node)}
+        sources = {}
+        for port in encoder.reads:
+            if port not in edges:
+                continue
+            src, src_port = edges[port]
+            if src.startswith(D.INPUT_PREFIX):
+                sources[port] = src[len(D.INPUT_PREFIX):]
+            elif src_port in made.get(src, ()):
+                sources[port] = (src, src_port)
+            else:
+                break  # made by a block that runs only in the step (e.g. a backbone's features)
+        else:
+            if encoder.tie in sources:
+                out.append(WorkerEncoding(node, owner, sources, encoder))
+                made[node] = encoder.outputs
     return out
 
 
-class EncodingCollate:
-    """collate, then the workers' encodings (tensors) of each encoder's block under PREPARED + node."""
+_ABSENT = object()
 
-    def __init__(self, collate, encoders: list):
-        self.collate, self.encoders = collate, [(n, ports, enc) for n, _, ports, enc in encoders]
+
+def _source(batch: dict, encodings: dict, source):
+    if isinstance(source, tuple):
+        encoding = encodings.get(source[0])
+        return _ABSENT if encoding is None else encoding[source[1]]
+    return batch.get(source, _ABSENT)
+
+
+class WorkerCollate:
+    """collate, normalize (the normalizer is plain data: it pickles, and the numerics are those of
+    the step), then each encoder in graph order; its encoding goes under PREPARED + node. An encoder
+    whose inputs the batch lacks is skipped: its block encodes in the step (or fit_batch names the
+    missing port)."""
+
+    def __init__(self, collate, normalizer, encoders: list[WorkerEncoding]):
+        self.collate, self.normalizer, self.encoders = collate, normalizer, encoders
 
     def __call__(self, samples):
-        batch = self.collate(samples)
-        for node, ports, encoder in self.encoders:
-            batch[PREPARED + node] = encoder(**{p: batch[k] for p, k in ports.items() if k in batch})
+        batch = normalize(self.normalizer, self.collate(samples))
+        encodings = {}
+        for w in self.encoders:
+            inputs = {port: _source(batch, encodings, s) for port, s in w.sources.items()}
+            if _ABSENT not in inputs.values():
+                encodings[w.node] = batch[PREPARED + w.node] = w.encoder(**inputs)
         return batch
 
 
-def hand_over_encodings(batch: dict, model, encoders: list) -> dict:
-    """Give each block the encoding its worker made, tied to the very text object its forward will
-    receive (a block that gets other text encodes in the step, as without workers)."""
-    for node, owner, ports, _ in encoders:
-        encoding = batch.pop(PREPARED + node, None)
-        if encoding is not None and ports.get("text") in batch:
-            model[owner].use_prepared(batch[ports["text"]], encoding)
-    return batch
+def take_encodings(batch: dict, encoders: list[WorkerEncoding]) -> dict:
+    """Remove the workers' encodings from the batch: node -> encoding."""
+    return {w.node: batch.pop(PREPARED + w.node) for w in encoders if PREPARED + w.node in batch}
+
+
+def hand_over_encodings(batch: dict, encodings: dict, model, encoders: list[WorkerEncoding]) -> None:
+    """Give each block its worker's encoding, tied to the very object its forward will receive on
+    the encoder's tie port: the batch's value as the graph gets it (after to_device), or the value
+    an upstream block returns from its own encoding. A block that gets anything else encodes in
+    the step, as without workers."""
+    for w in encoders:
+        if w.node in encodings:
+            tie = _source(batch, encodings, w.sources[w.encoder.tie])
+            if tie is not _ABSENT:
+                model[w.owner].use_prepared(tie, encodings[w.node])

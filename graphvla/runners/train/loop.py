@@ -149,15 +149,17 @@ class Trainer:
         self.normalizer = normalizer
 
         collate = collate or dataio.collate_fn()
+        # normalization and the blocks' encoders run where batches are collated (DataLoader workers
+        # with num_workers > 0), so the step receives tensors; encode_in_workers=False keeps them in the step
+        self.normalize_in_step = not encode_in_workers
         self.feeds, self.inputs, self.encoders = {}, {}, {}
         for s in self.schedule.ratios:
             if s not in bundle.streams:
                 raise KeyError(f"the graph trains stream '{s}' but the data provides only {sorted(bundle.streams)}")
             bs = self.layout.per_device[s]  # trainer batch sizes are global: split over processes and accumulation
             sampler = bundle.sampler(s, seed=self.cfg["seed"], rank=acc.process_index, world_size=acc.num_processes)
-            # processors / chat templates run where the batch is collated (DataLoader workers with num_workers > 0)
             self.encoders[s] = dataio.worker_encoders(self.cg, s) if encode_in_workers else []
-            feed_collate = dataio.EncodingCollate(collate, self.encoders[s]) if self.encoders[s] else collate
+            feed_collate = collate if self.normalize_in_step else dataio.WorkerCollate(collate, normalizer, self.encoders[s])
             self.feeds[s] = StreamBatches(bundle.streams[s], sampler, bs, feed_collate, self.cfg["num_workers"])
             self.inputs[s] = dataio.graph_inputs(self.cg.train[s])
 
@@ -297,10 +299,12 @@ class Trainer:
         for _ in range(accum):  # micro-batches; Accelerate syncs gradients and steps on the last one only
             with acc.accumulate(self.model):
                 batch = self.feeds[stream].next()
-                batch = dataio.hand_over_encodings(batch, self.cg.model, self.encoders[stream])
-                batch = dataio.normalize(self.normalizer, batch)
+                encodings = dataio.take_encodings(batch, self.encoders[stream])
+                if self.normalize_in_step:
+                    batch = dataio.normalize(self.normalizer, batch)
                 batch = dataio.fit_batch(batch, *self.inputs[stream], stream)
                 batch = dataio.to_device(batch, acc.device)
+                dataio.hand_over_encodings(batch, encodings, self.cg.model, self.encoders[stream])
                 out = self.model(stream, batch)
                 names = list(out["losses"])
                 values = torch.stack([out["loss"].detach().float()] + [out["losses"][n].detach().float() for n in names])
