@@ -264,6 +264,16 @@ def test_duplicate_keys_are_errors_with_both_lines(write_spec):
     assert issue.location.line == 21 and issue.location.file == str(path)
 
 
+def test_mapping_keys_keep_their_text():
+    """`off:`, `yes:` and `1.50:` are keys as written (YAML 1.1 would make them False, True, 1.5):
+    names of blocks, ports and sweep variants become folder names and report rows."""
+    from graphvla.spec.yaml_source import load_yaml_text
+
+    data, smap = load_yaml_text("off: 1\nyes: 2\n1.50: 3\nx: off\n")
+    assert data == {"off": 1, "yes": 2, "1.50": 3, "x": False}  # values are still typed
+    assert smap.locate(("1.50",)).line == 3
+
+
 @pytest.mark.parametrize("text, words", [
     ("a: [1, 2\n", "invalid YAML"),
     ("a: 1\n\tb: 2\n", "invalid YAML"),

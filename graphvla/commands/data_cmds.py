@@ -110,6 +110,33 @@ def pack(dataset, out, frames_per_shard):
 
 
 @data.command()
+@click.argument("data_yaml", type=click.Path(exists=True))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
+              help="folder for llava.json and a data YAML with both streams")
+@click.option("--every", default=4, show_default=True, type=int, help="one image-text record per this many frames")
+@click.option("--horizon", default=8, show_default=True, type=int,
+              help="frames ahead the motion answer describes (the action chunk's length)")
+@click.option("--hand-dims", default="0,1,2", show_default=True, help="state dims of the hand's x,y,z")
+@click.option("--gripper-dim", default=3, show_default=True, type=int, help="state dim of the gripper (-1: none)")
+@click.option("--no-motion", is_flag=True, help="only the task question (for data without a hand state)")
+@handles_errors
+def vqa(data_yaml, out, every, horizon, hand_dims, gripper_dim, no_motion):
+    """Make image-text co-training data (LLaVA JSON) from the frames of robot demonstrations."""
+    from ..data.demo_vqa import MotionWords, write_demo_vqa
+
+    try:
+        dims = tuple(int(d) for d in hand_dims.split(","))
+    except ValueError:
+        raise ValueError(f"--hand-dims: expected three comma-separated integers, got '{hand_dims}'") from None
+    if len(dims) != 3:
+        raise ValueError(f"--hand-dims: expected three dims (x,y,z), got '{hand_dims}'")
+    motion = None if no_motion else MotionWords(dims, None if gripper_dim < 0 else gripper_dim)
+    s = write_demo_vqa(data_yaml, out, every, horizon, motion, log=lambda m: click.echo(m, err=True))
+    click.echo(f"{out}: {s['records']} image-text records from {s['frames']} frames of {s['datasets']} dataset(s); "
+               f"train with --data {s['data_yaml']}")
+
+
+@data.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 @handles_errors
 def info(dataset):

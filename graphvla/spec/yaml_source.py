@@ -34,7 +34,7 @@ class SourceMap:
                 return None
             path = path[:-1]
 
-    def update(self, other: "SourceMap", prefix=()):
+    def update(self, other: SourceMap, prefix=()):
         for p, loc in other.values.items():
             self.values[tuple(prefix) + p] = loc
         for p, loc in other.keys.items():
@@ -138,7 +138,7 @@ def _walk(node, loader, path, smap, filename):
             key = _construct(loader, key_node)
             if not isinstance(key, (str, int, float, bool)) or key is None:
                 raise DocumentError(problem=f"unsupported key {key!r}", problem_mark=key_node.start_mark, doc_path=path)
-            key = str(key) if not isinstance(key, str) else key
+            key = key if isinstance(key, str) else key_node.value  # as written: `off:` is the key 'off', not 'False'
             if key in out:
                 raise DocumentError(
                     problem=f"duplicate key '{key}' (first defined at line {smap.keys[path + (key,)].line})",
