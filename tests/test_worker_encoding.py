@@ -14,6 +14,7 @@ from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
 from graphvla.compiler.compile import compile_graph
 from graphvla.data.normalize import Normalizer
 from graphvla.runners.train import Trainer
+from graphvla.runners.train import dataio
 from graphvla.runners.train.dataio import worker_encoders
 from graphvla.spec.loader import load_spec
 from vlm_samples import VLMSamples, vlm_bundle
@@ -96,6 +97,28 @@ def test_blocks_fed_by_blocks_that_run_in_the_step_encode_in_the_step(monkeypatc
     cg = compile_graph(_spec("fast-lm"), device="cpu")
     assert [(w.node, w.sources) for w in worker_encoders(cg, "action")] == [
         ("action_tokens", ENCODERS["fast-lm"]["action_tokens"])]
+
+
+def _rebuilt(value):
+    """What DDP's and FSDP's input move does on the device the tensors are on: new lists and dicts, the same tensors."""
+    if isinstance(value, dict):
+        return {k: _rebuilt(v) for k, v in value.items()}
+    return [_rebuilt(v) for v in value] if isinstance(value, list) else value
+
+
+def test_the_encodings_hold_after_an_input_move_that_rebuilds_lists(tmp_path, monkeypatch):
+    """The trainer hands the encodings over inside the wrapped module's forward, so a wrapper that
+    rebuilds the batch's lists (the instructions) still gets the workers' encodings used."""
+    spec = load_spec(str(TINY / "fast-lm.yaml"), ["trainer.batch_size=2", "trainer.num_workers=0"])
+    t = Trainer(spec, vlm_bundle(TailSamples()), tmp_path / "run", progress=False)
+    batch = t.feeds["action"].next()
+    encodings = dataio.take_encodings(batch, t.encoders["action"])
+    batch = dataio.fit_batch(batch, *t.inputs["action"], "action")
+    calls = []
+    monkeypatch.setattr(hf_vlm, "encode_cpu", lambda *a, **k: calls.append(1))  # would fail the forward if called
+    monkeypatch.setattr(FASTTokenizer, "encode", lambda *a, **k: calls.append(1))
+    out = t.module("action", _rebuilt(batch), _rebuilt(encodings))
+    assert calls == [] and torch.isfinite(out["loss"])
 
 
 def test_an_encoding_is_used_only_for_the_object_it_was_made_from():

@@ -61,12 +61,17 @@ class GraphTrainModule(nn.Module):
     which call the same block modules. The graphs are kept out of the module tree so each
     parameter is registered once."""
 
-    def __init__(self, cg):
+    def __init__(self, cg, encoders: dict | None = None):
         super().__init__()
         self.blocks = cg.model
         self._graphs = dict(cg.train)
+        self._encoders = dict(encoders or {})  # stream -> dataio.worker_encoders
 
-    def forward(self, stream: str, batch: dict) -> dict:
+    def forward(self, stream: str, batch: dict, encodings: dict | None = None) -> dict:
+        if encodings:
+            # handed over here, after DDP / FSDP moved the inputs (which rebuilds lists), so that each
+            # encoding is tied to the very object its block receives
+            dataio.hand_over_encodings(batch, encodings, self.blocks, self._encoders[stream])
         return self._graphs[stream](**batch)
 
 
@@ -163,7 +168,7 @@ class Trainer:
             self.feeds[s] = StreamBatches(bundle.streams[s], sampler, bs, feed_collate, self.cfg["num_workers"])
             self.inputs[s] = dataio.graph_inputs(self.cg.train[s])
 
-        self.module = GraphTrainModule(self.cg)
+        self.module = GraphTrainModule(self.cg, self.encoders)
         block_train = {bid: self.cg.dag.nodes[bid]["train"] for bid in self.cg.model}
         self.optimizer = build_optimizer(block_param_groups(self.cg.model, block_train, self.cfg), self.cfg)
         self.scheduler = build_scheduler(self.optimizer, self.cfg)
@@ -304,8 +309,7 @@ class Trainer:
                     batch = dataio.normalize(self.normalizer, batch)
                 batch = dataio.fit_batch(batch, *self.inputs[stream], stream)
                 batch = dataio.to_device(batch, acc.device)
-                dataio.hand_over_encodings(batch, encodings, self.cg.model, self.encoders[stream])
-                out = self.model(stream, batch)
+                out = self.model(stream, batch, encodings)
                 names = list(out["losses"])
                 values = torch.stack([out["loss"].detach().float()] + [out["losses"][n].detach().float() for n in names])
                 if acc.num_processes > 1:
