@@ -132,7 +132,7 @@ class WorkerCollate:
         encodings = {}
         for w in self.encoders:
             inputs = {port: _source(batch, encodings, s) for port, s in w.sources.items()}
-            if _ABSENT not in inputs.values():
+            if all(v is not _ABSENT for v in inputs.values()):
                 encodings[w.node] = batch[PREPARED + w.node] = w.encoder(**inputs)
         return batch
 
@@ -144,9 +144,9 @@ def take_encodings(batch: dict, encoders: list[WorkerEncoding]) -> dict:
 
 def hand_over_encodings(batch: dict, encodings: dict, model, encoders: list[WorkerEncoding]) -> None:
     """Give each block its worker's encoding, tied to the very object its forward will receive on
-    the encoder's tie port: the batch's value as the graph gets it (after to_device), or the value
-    an upstream block returns from its own encoding. A block that gets anything else encodes in
-    the step, as without workers."""
+    the encoder's tie port: the batch's value as the graph gets it (called in the wrapped module's
+    forward, after any input move), or the value an upstream block returns from its own encoding.
+    A block that gets anything else encodes in the step, as without workers."""
     for w in encoders:
         if w.node in encodings:
             tie = _source(batch, encodings, w.sources[w.encoder.tie])
