@@ -22,7 +22,6 @@ from graphvla.runners.sweep.execute import load_run_spec, run_dir, train_command
 from graphvla.runners.sweep.report import _compare, format_markdown
 
 
-
 def sweep(*args) -> object:
     result = CliRunner().invoke(main, ["sweep", *map(str, args)], catch_exceptions=False)
     return result
@@ -65,6 +64,8 @@ def test_smoke_sweep_reports_every_cell_with_intervals_and_plots(finished):
         assert b"<svg" in svg.read_bytes()[:500]
     md = (finished / "results.md").read_text()
     assert "| mlp | mlp |" in md and "| oft | oft |" in md and "graphvla train" in md
+    # rerun commands name the packaged graph, not this checkout's path to it
+    assert "graphvla train sweeps/smoke/tiny --data" in md and "graphvla/graphs/" not in md
 
 
 def test_report_rebuilds_the_same_markdown(finished, tmp_path):

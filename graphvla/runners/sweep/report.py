@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -20,6 +21,15 @@ from .execute import read_state, run_dir
 
 ALPHA = 0.05
 FINAL_FRACTION = 0.1  # the final loss: the mean of the last 10% of logged steps
+
+
+PACKAGED_GRAPH = re.compile(r"(?:[^\s']*/)?graphvla/graphs/([^\s']+?)\.ya?ml(?=\s|'|$)")
+
+
+def portable(text: str) -> str:
+    """A packaged graph's path (in whichever checkout or install the run used) as its packaged
+    name, which `graphvla train` resolves on any machine: the report's rerun commands travel."""
+    return PACKAGED_GRAPH.sub(r"\1", text)
 
 
 def _final(points: list) -> float | None:
@@ -71,8 +81,8 @@ def collect(sweep: Sweep, runs: list[Run], out) -> dict:
             "final_losses": {tag: _final(points) for tag, points in state.get("losses", {}).items()},
             "losses": state.get("losses", {}), "eval_seconds": state.get("eval_seconds"),
             "fingerprint": meta["fingerprint"], "diff": meta["diff"], "params_total": meta["params_total"],
-            "params_trainable": meta["params_trainable"], "train_command": meta["train_command"],
-            "eval_command": meta["eval_command"], "overrides": meta["overrides"], "graph": meta["graph"]})
+            "params_trainable": meta["params_trainable"], "train_command": portable(meta["train_command"]),
+            "eval_command": meta["eval_command"], "overrides": meta["overrides"], "graph": portable(meta["graph"])})
     for cell in cells.values():
         _aggregate(cell)
     comparisons = _compare(cells)
@@ -185,9 +195,9 @@ def format_markdown(report: dict) -> str:
               + "; ".join(f"{a} = {', '.join(v)}" for a, v in report["axes"].items()),
               f"- Training seeds: {', '.join(map(str, report['seeds']))}; every cell: "
               + (", ".join(f"trainer.{k}={v}" for k, v in report["trainer"].items()) or "the graphs' own trainer"),
-              f"- Evaluation: protocol {e['protocol']}, {where}, {e['episodes']} episodes per task per seed; "
+              (f"- Evaluation: protocol {e['protocol']}, {where}, {e['episodes']} episodes per task per seed; "
               "success = mean over tasks (or the protocol's overall when all its tasks ran); "
-              "± is the std over seeds, [ ] the Wilson 95% interval of the pooled episodes", ""]
+              "± is the std over seeds, [ ] the Wilson 95% interval of the pooled episodes"), ""]
     head = ["cell", *axes, "params (trainable)", "train min", "samples/s", "final loss", "success ± std",
             "pooled [95% CI]", *buckets]
     rows = [head]
@@ -206,8 +216,8 @@ def format_markdown(report: dict) -> str:
     comp = report["comparisons"]
     if comp["rows"]:
         lines += [f"## Against the best cell, `{comp['best']}`", "",
-                  f"Paired over the same episodes (same seed, task and episode); {comp['test']}; "
-                  f"a difference is called only when the adjusted p < {comp['alpha']}.", ""]
+                  (f"Paired over the same episodes (same seed, task and episode); {comp['test']}; "
+                  f"a difference is called only when the adjusted p < {comp['alpha']}."), ""]
         rows = [["cell", "pairs", f"only {comp['best']}", "only cell", "McNemar p", "Holm p", "verdict"]]
         for r in comp["rows"]:
             verdict = (f"{comp['best']} higher, significant at 95%" if r["significant"]
