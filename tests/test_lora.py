@@ -60,6 +60,10 @@ def test_lora_on_a_plain_block_adapts_its_linear_layers():
     assert head.lora_modules == ["net.0", "net.2", "net.4"]
     assert {n for n, p in head.named_parameters() if p.requires_grad} == {
         f"net.{i}.lora_{ab}.default.weight" for i in (0, 2, 4) for ab in "AB"}
+    from graphvla.compiler.summary import summarize
+
+    [row] = [line for line in summarize(cg).splitlines() if line.startswith("head ")]
+    assert row.rstrip().endswith("LoRA r 2"), row  # the summary says why so few parameters train
 
 
 @pytest.fixture(scope="module")

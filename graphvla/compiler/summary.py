@@ -39,6 +39,8 @@ def summarize(cg) -> str:
         total += t
         trainable += tr
         state = "frozen" if data["train"].get("freeze") or (t and not tr) else ("lr " + str(data["train"]["lr"]) if "lr" in data["train"] else "")
+        if data["train"].get("lora"):  # only the adapters of this block train: say so beside its count
+            state = ", ".join(x for x in (state, f"LoRA r {data['train']['lora'].get('r')}") if x)
         rows.append([bid, data["type"], fmt_count(t), fmt_count(tr), state])
     rows.append(["total", "", fmt_count(total), fmt_count(trainable), ""])
     out += ["", "blocks", _table(rows, ["id", "type", "params", "trainable", "train"])]
