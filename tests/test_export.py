@@ -3,11 +3,14 @@ Python) answers what the checkpoint's Policy answers (max |diff| <= 1e-5 in fp32
 formats; `graphvla serve DIR` speaks the same protocol with the same metadata; graphs that cannot
 be exported are refused naming the graph, block, type and why, and nothing is written.
 
-The runs are untrained checkpoints (random weights, made-up statistics): parity needs no training,
-and the mean/std statistics make the folded normalization matter."""
+The small-encoder runs are untrained checkpoints (random weights, made-up statistics): parity needs
+no training, and the mean/std statistics make the folded normalization matter. tiny/oft (a tiny
+Qwen3-VL + head.oft) is trained two steps by the trainer: its processor runs in Python before the
+exported graph."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -54,7 +57,8 @@ def make_run(spec, run_dir, stats=STATS, modes=None, seed=0):
     return C.write_checkpoint(run_dir, 1, write)
 
 
-def observations(n=len(PROMPTS), size=64, state_dim=4):
+def observations(n=None, size=64, state_dim=4):
+    n = len(PROMPTS) if n is None else n
     rng = np.random.default_rng(7)
     return [{"images": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
              "state": rng.standard_normal(state_dim).astype(np.float32) * 2, "instruction": PROMPTS[i % len(PROMPTS)]}
@@ -130,16 +134,24 @@ def test_onnx_answers_what_the_checkpoint_answers(mt10):
     assert max_diff([ex.infer(obs[2])], [policy.infer(obs[2])]) <= 1e-5
 
 
-def test_serve_dir_speaks_the_same_protocol(mt10, exported):
-    _, policy = mt10
-    obs = observations(3)
+@contextmanager
+def served_side_by_side(policy, folder):
+    """Clients of `graphvla serve RUN` and `graphvla serve DIR` (their metadata checked equal but
+    for `exported`)."""
     with ServerThread(policy, ServeOptions(port=0)) as eager_srv, \
-            ServerThread(load_exported(exported), ServeOptions(port=0)) as srv:
+            ServerThread(load_exported(folder), ServeOptions(port=0)) as srv:
         eager = WebsocketClientPolicy("127.0.0.1", eager_srv.port)
         client = WebsocketClientPolicy("127.0.0.1", srv.port)
         want, got = eager.get_server_metadata(), client.get_server_metadata()
         assert got.pop("exported") == "torch-export"
         assert got == want
+        yield eager, client
+
+
+def test_serve_dir_speaks_the_same_protocol(mt10, exported):
+    _, policy = mt10
+    obs = observations(3)
+    with served_side_by_side(policy, exported) as (eager, client):
         for o in obs:
             assert np.abs(client.infer(o)["actions"] - eager.infer(o)["actions"]).max() <= 1e-5
         assert client.infer({"__graphvla_reset__": True}) == {"reset": True, "seed": 0}
@@ -240,11 +252,154 @@ def test_a_cached_block_is_refused_by_name(tmp_path):
         export_policy(tmp_path / "run", tmp_path / "out")
 
 
-def test_tiny_oft_vlm_is_refused_by_name(tmp_path):
-    """The tiny Qwen3-VL cannot be traced (docs/serving.md, Export): the refusal names the block."""
-    stats = {"state": {"mean": [0.0] * 4, "std": [1.0] * 4}, "actions": {"mean": [0.0] * 4, "std": [1.0] * 4}}
-    make_run("graphvla/graphs/tiny/oft.yaml", tmp_path / "run", stats)
-    with pytest.raises(ExportError, match="graph 'tiny-qwen3vl-oft': block 'vlm' \\(backbone.hf_vlm\\) cannot be "
-                                          "exported: its processor"):
+# --- backbone.hf_vlm (tiny Qwen3-VL): the processor runs in Python, the model in the graph ------------
+
+TINY_OFT = "graphvla/graphs/tiny/oft.yaml"
+VLM_STATS = {"state": {"mean": [0.0] * 4, "std": [1.0] * 4}, "actions": {"mean": [0.0] * 4, "std": [1.0] * 4}}
+
+
+@pytest.fixture(scope="module")
+def tiny_oft(tmp_path_factory):
+    """tiny/oft trained two steps (the trainer's own checkpoint) and its checkpoint policy."""
+    from vlm_samples import VLMSamples, vlm_bundle
+
+    from graphvla.runners.train import Trainer
+    from graphvla.spec.loader import load_spec
+
+    root = tmp_path_factory.mktemp("vlm-export")
+    torch.manual_seed(0)
+    spec = load_spec(TINY_OFT, ["trainer.max_steps=2", "trainer.batch_size=2", "trainer.warmup_steps=1",
+                                "trainer.num_workers=0", "trainer.save_every=100"])
+    Trainer(spec, vlm_bundle(VLMSamples()), root / "run", progress=False).run()
+    return root, load_policy(root / "run")
+
+
+@pytest.fixture(scope="module")
+def tiny_oft_exported(tiny_oft):
+    root, _ = tiny_oft
+    return export_policy(root / "run", root / "exported")
+
+
+def test_the_traceable_qwen3vl_equals_the_eager_block():
+    """hf_vlm_export.TensorQwen3VL (per-image attention by reshaping, static grid, gathers instead
+    of boolean masks, rope positions from counts) against the block's own predict: two views of a
+    non-square size (rows != cols moves the text after each image by max(rows, cols)), padded rows,
+    every layer selected; and its rope positions against transformers' get_rope_index."""
+    from graphvla.blocks.backbones.hf_vlm import encode_cpu
+    from graphvla.blocks.backbones.hf_vlm_export import TensorQwen3VL, processor_tensors, static_grid
+
+    cg = compile_graph(TINY_OFT, ["inputs.images.views=2", "inputs.images.size=[96, 160]",
+                                  "blocks.vlm.with.layers=[0, 1]"], device="cpu")
+    block = cg.model["vlm"].eval()
+    grid = static_grid(block, 2, 96, 160)
+    assert (grid.views, grid.t, grid.h, grid.w, grid.tokens) == (2, 1, 6, 10, 15)
+    tensors = TensorQwen3VL(block, grid).eval()
+    images = torch.rand(3, 2, 3, 96, 160, generator=torch.Generator().manual_seed(3))
+    texts = ["reach the goal", "push the puck into the goal, then reach the goal again", "x"]
+    made = processor_tensors(block.processor, images, texts, grid)
+    assert made["pixel_values"].shape == (3, 2 * 60, 1536) and not made["attention_mask"].all()  # rows are padded
+    with torch.no_grad():
+        want, got = block.predict(images, texts), tensors(**made)
+    for name in ("hidden", "layers", "mask"):
+        assert got[name].shape == want[name].shape
+        assert float((got[name].float() - want[name].float()).abs().max()) <= 1e-5, name
+    assert float(want["hidden"].abs().max()) > 0.1
+    enc = encode_cpu(block.processor, images, texts)
+    rope, _ = block.model.model.get_rope_index(enc["input_ids"], enc["mm_token_type_ids"], enc["image_grid_thw"],
+                                               attention_mask=enc["attention_mask"])
+    assert torch.equal(tensors.rope_positions(made["input_ids"] == tensors.image_token_id, made["attention_mask"]), rope)
+
+
+def vlm_observations(n=None):
+    return observations(n, size=128)
+
+
+def test_tiny_oft_exports_exactly(tiny_oft, tiny_oft_exported):
+    """The trained tiny/oft through torch.export answers the checkpoint's actions; the processor
+    is saved in the folder and named in the manifest, and the graph takes its tensors."""
+    _, policy = tiny_oft
+    folder = tiny_oft_exported
+    ex = load_exported(folder)
+    obs = vlm_observations()
+    eager = policy.infer_batch(obs)
+    assert max(float(np.abs(o["actions"]).max()) for o in eager) > 0.1
+    assert max_diff(ex.infer_batch(obs), eager) <= 1e-5  # instructions of different lengths: padded rows
+    for o in obs[:2]:  # one at a time: other token lengths than at export
+        assert max_diff([ex.infer(o)], [policy.infer(o)]) <= 1e-5
+    # the image and the instruction reach the actions through the graph as they do eagerly
+    other = [{**o, "images": 255 - o["images"], "instruction": PROMPTS[(i + 1) % len(PROMPTS)]} for i, o in enumerate(obs)]
+    assert max_diff(ex.infer_batch(other), policy.infer_batch(other)) <= 1e-5
+    assert max_diff(ex.infer_batch(other), eager) > 1e-4
+    manifest = ex.manifest
+    assert [d["name"] for d in manifest["inputs"]] == ["vlm.pixel_values", "vlm.input_ids", "vlm.attention_mask",
+                                                        "state"]
+    assert manifest["inputs"][0]["shape"] == ["batch", 64, 1536]
+    assert manifest["tokenizers"]["instruction"] == {"tokenizer": "processor", "processor": "vlm",
+                                                     "max_length": 2048, "blocks": ["vlm"]}
+    about = manifest["processors"]["vlm"]
+    assert (about["files"], about["images"], about["text"], about["image_grid_thw"], about["image_tokens"]) == \
+        ("processor-vlm", "images", "instruction", [1, 8, 8], 16)
+    assert (folder / "processor-vlm" / "tokenizer_config.json").is_file()
+
+
+def test_a_vlm_export_refuses_what_the_checkpoint_refuses(tiny_oft, tiny_oft_exported):
+    """The processor runs before the graph as it runs in the block: an instruction holding the
+    image placeholder is refused by both with the processor's message."""
+    _, policy = tiny_oft
+    bad = {**vlm_observations(1)[0], "instruction": "look <|image_pad|> here"}
+    exported = load_exported(tiny_oft_exported)
+    for p in (policy, exported):
+        with pytest.raises(ValueError, match="Found total 2 <\\|image_pad\\|> tokens and 1 images"):
+            p.infer(bad)
+    # the graph's token axis ends at the text model's context; a longer prompt is refused by name
+    with pytest.raises(ValueError, match="'instruction': the prompt is [0-9]+ tokens long; block 'vlm' takes at most "
+                                         "2048"):
+        exported.infer({**bad, "instruction": "zq " * 2100})
+
+
+def test_tiny_oft_onnx_exports_exactly(tiny_oft):
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    root, policy = tiny_oft
+    ex = load_exported(export_policy(root / "run", root / "onnx", "onnx"))
+    obs = vlm_observations()
+    assert max_diff(ex.infer_batch(obs), policy.infer_batch(obs)) <= 1e-5
+    assert max_diff([ex.infer(obs[2])], [policy.infer(obs[2])]) <= 1e-5
+
+
+def test_serve_dir_of_a_vlm_export_answers_the_checkpoints_actions(tiny_oft, tiny_oft_exported):
+    _, policy = tiny_oft
+    with served_side_by_side(policy, tiny_oft_exported) as (eager, client):
+        for o in vlm_observations(3):
+            assert np.abs(client.infer(o)["actions"] - eager.infer(o)["actions"]).max() <= 1e-5
+
+
+def test_a_bfloat16_vlm_exports_for_torch_only(tmp_path):
+    """bfloat16 weights trace as float32 ones do (the actions, float32 after the head, match);
+    --format onnx is refused by name: onnxruntime's CPU Conv has no bfloat16 kernel."""
+    from graphvla.spec.loader import load_spec
+
+    make_run(load_spec(TINY_OFT, ["blocks.vlm.with.dtype=bfloat16"]), tmp_path / "run", VLM_STATS)
+    with pytest.raises(ExportError, match="block 'vlm' \\(backbone.hf_vlm\\) cannot be exported: --format onnx: "
+                                          "with.dtype=bfloat16: onnxruntime's CPU kernels have no bfloat16 Conv"):
+        export_policy(tmp_path / "run", tmp_path / "onnx", "onnx")
+    assert not (tmp_path / "onnx").exists()
+    ex, policy = load_exported(export_policy(tmp_path / "run", tmp_path / "out")), load_policy(tmp_path / "run")
+    obs = vlm_observations(2)
+    assert max_diff(ex.infer_batch(obs), policy.infer_batch(obs)) <= 1e-5
+
+
+@pytest.mark.parametrize("change, why", [
+    ("blocks.vlm.with.tiny=qwen2_5_vl", "its model is 'qwen2_5_vl'; only Qwen3-VL"),
+    ("blocks.vlm.with.action_vocab=16", "with.action_vocab: it decodes action tokens autoregressively"),
+])
+def test_other_vlms_are_refused_by_name(tmp_path, change, why):
+    """Only what is exact is exported: another model family, or FAST through the VLM, is refused
+    naming the block, and nothing is written."""
+    from graphvla.spec.loader import load_spec
+
+    make_run(load_spec(TINY_OFT, [change]), tmp_path / "run", VLM_STATS)
+    with pytest.raises(ExportError, match=f"graph 'tiny-qwen3vl-oft': block 'vlm' \\(backbone.hf_vlm\\) cannot be "
+                                          f"exported: {why}"):
         export_policy(tmp_path / "run", tmp_path / "out")
     assert not (tmp_path / "out").exists()

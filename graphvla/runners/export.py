@@ -12,20 +12,26 @@ What stays in Python, before the graph (runners/exported.py does it when serving
 - tokenization: strings cannot pass through torch.export, so each text port becomes a tensor
   input `PORT` of token ids [B, L] (int64, 0 = padding, L <= the encoder's max_length), made by the
   tokenizer named in the manifest. encoder.text's byte-level tokenizer has no files: its
-  vocabulary is the 256 UTF-8 byte values + 1 (0 pads).
+  vocabulary is the 256 UTF-8 byte values + 1 (0 pads);
+- a backbone.hf_vlm's processor (chat template, tokenization, image resizing and patching;
+  runners/export_vlm.py): its images and instruction become the graph inputs `BLOCK.pixel_values`,
+  `BLOCK.input_ids` and `BLOCK.attention_mask`, and its files are saved in the folder
+  (`processor-BLOCK/`, the manifest's `processors` section). Only Qwen3-VL is traced, through
+  blocks/backbones/hf_vlm_export.py, for the graph's one declared image size.
 
 The folder holds `graphvla-export.json` (the manifest: format, graph file and its sha256, the
 graph inputs in order with dtype and shape, the tokenizers, the outputs, the metadata the server
-publishes, the `serve:` section and the source checkpoint's fingerprint), the graph file, and the
-checkpoint's spec.yaml, graph.json and normalization.json (for reference: the graph already
-applies the statistics). It is written under a temporary name and renamed into place, so a
-failed export leaves no half-written folder.
+publishes, the `serve:` section and the source checkpoint's fingerprint), the graph file, the
+VLMs' processor folders and the checkpoint's spec.yaml, graph.json and normalization.json (for
+reference: the graph already applies the statistics). It is written under a temporary name and
+renamed into place, so a failed export leaves no half-written folder.
 
 A graph is refused, before anything is written, with an ExportError naming the graph, the block
 id, its type and why, when a block keeps state between calls (`infer: {every: k}`), draws noise
 inside predict (flow matching, dual system: a generator per session, which an exported graph
-cannot hold), decodes autoregressively (FAST), takes text it cannot tokenize outside the graph, or
-makes text inside the graph; a block torch.export fails on is named the same way."""
+cannot hold), decodes autoregressively (FAST, or a VLM with action tokens), is a VLM other than
+Qwen3-VL (export_vlm.refusal), takes text it cannot tokenize outside the graph, or makes text
+inside the graph; a block torch.export fails on is named the same way."""
 from __future__ import annotations
 
 import copy
@@ -46,6 +52,7 @@ from ..blocks.base import Block
 from ..blocks.encoders import byte_tokenize
 from ..blocks.heads.flow_matching import FlowHead
 from ..compiler import dag as D
+from .export_vlm import VLM_TYPE, ProcessorInputVLM, onnx_refusal, refusal, vlm_exports
 from .loading import load_policy
 from .plain_data import plain_data
 from .train.checkpoint import resolve_checkpoint
@@ -59,9 +66,6 @@ EXAMPLE_TEXTS = ("pick up the red block and place it", "open")  # two lengths: t
 
 # Block types an exported graph cannot hold, and why (checked before tracing).
 NOT_EXPORTABLE = {
-    "backbone.hf_vlm": ("its processor (chat template, image patching) runs in Python inside the block, and "
-                        "transformers' vision towers (e.g. Qwen3-VL's) split patches by data-dependent lengths "
-                        "and merge features through boolean masks, which torch.export cannot trace"),
     "head.fast": "it decodes action tokens autoregressively until an end token (a data-dependent loop)",
 }
 SAMPLING_REASON = "it draws sampling noise in a way an export cannot take as an input (only flow heads can)"
@@ -84,9 +88,10 @@ BYTE_TEXT = {"encoder.text": "max_length", "backbone.world_model": "max_text"}
 NOISE = "noise"  # the graph input that holds a sampling head's starting noise
 
 
-def text_tokenizers(cg, inputs: dict) -> dict:
+def text_tokenizers(cg, inputs: dict, vlms: dict) -> dict:
     """{text port: tokenizer description} for the manifest; ExportError when a text port feeds a
-    block that cannot take token ids, or blocks that tokenize differently."""
+    block that cannot take token ids, or blocks that tokenize differently. A backbone.hf_vlm's
+    text is tokenized by its processor (`vlms`, runners/export_vlm.py)."""
     out = {}
     infer = set(D.infer_blocks(cg.dag))
     for port, decl in inputs.items():
@@ -97,9 +102,13 @@ def text_tokenizers(cg, inputs: dict) -> dict:
             if bid not in infer:
                 continue
             kind = cg.dag.nodes[bid]["cls"].type_name
+            if bid in vlms:
+                found[bid] = vlms[bid].tokenizer()
+                continue
             if kind not in BYTE_TEXT:
                 raise block_error(cg, bid, f"it takes the text input '{port}' itself; an exported graph takes token "
-                                           f"ids, made in Python only for {', '.join(BYTE_TEXT)} (byte ids)")
+                                           f"ids, made in Python only for {', '.join(BYTE_TEXT)} (byte ids) and "
+                                           f"{VLM_TYPE} (its processor)")
             found[bid] = {"tokenizer": "bytes", "max_length": int(cg.model[bid].params[BYTE_TEXT[kind]])}
         if len({v["max_length"] for v in found.values()}) > 1:
             lengths = ", ".join(f"{b}: {v['max_length']} bytes" for b, v in found.items())
@@ -133,6 +142,9 @@ def check_blocks(cg) -> None:
                                        "session; an exported graph is stateless")
         if cls.type_name in NOT_EXPORTABLE:
             raise block_error(cg, bid, NOT_EXPORTABLE[cls.type_name])
+        why = refusal(cg, bid) if cls.type_name == VLM_TYPE else None
+        if why is not None:
+            raise block_error(cg, bid, why)
         for port, spec in cls.out_ports.items():
             if spec.kind == "text" and any(e["src_port"] == port for _, _, e in g.out_edges(bid, data=True)):
                 raise block_error(cg, bid, f"it makes text ('{port}') inside the graph; strings cannot pass "
@@ -172,22 +184,33 @@ class NoiseInputHead(nn.Module):
             return self.head.predict(**ports)
 
 
-def tensor_graph(cg, sampler: str | None) -> fx.GraphModule:
-    """cg.infer with the sampling head (if any) taking its noise as an input (same weights, same fx code)."""
+def tensor_graph(cg, sampler: str | None, vlms: dict) -> fx.GraphModule:
+    """cg.infer with the sampling head (if any) taking its noise as an input and each
+    backbone.hf_vlm its processor's tensors (same weights, same fx code)."""
     owner = cg.dag.nodes[sampler]["owner"] if sampler else None
+    vlm_owners = {cg.dag.nodes[bid]["owner"]: vlm for bid, vlm in vlms.items()}
     root = nn.Module()
     for name, module in cg.infer.named_children():
-        root.add_module(name, NoiseInputHead(module) if name == owner else module)
+        if name in vlm_owners:
+            module = vlm_owners[name].module()
+        elif name == owner:
+            module = NoiseInputHead(module)
+        root.add_module(name, module)
     return fx.GraphModule(root, copy.deepcopy(cg.infer.graph), class_name=type(cg.infer).__name__ + "Tensors")
 
 
 class FoldedPolicy(nn.Module):
     """The exported function: graph inputs in `names` order (raw state, float images, token ids,
-    noise) -> the outputs in `outputs` order, with the saved normalization applied in and out."""
+    a VLM's processor tensors, noise) -> the outputs in `outputs` order, with the saved
+    normalization applied in and out. `packed` maps a port to the graph inputs that stand for it,
+    {argument: input name}: a backbone.hf_vlm's images are {pixel_values}, its text
+    {input_ids, attention_mask}."""
 
-    def __init__(self, graph: fx.GraphModule, names: list, outputs: list, norm_in: dict, norm_out: dict):
+    def __init__(self, graph: fx.GraphModule, names: list, outputs: list, norm_in: dict, norm_out: dict,
+                 packed: dict | None = None):
         super().__init__()
         self.inner, self.names, self.outputs = graph, list(names), list(outputs)
+        self.packed = dict(packed or {})
         self.norm_in, self.norm_out = list(norm_in), list(norm_out)
         for port, (shift, scale) in norm_in.items():
             self.register_buffer(f"in_shift_{port}", shift)
@@ -200,6 +223,8 @@ class FoldedPolicy(nn.Module):
         batch = dict(zip(self.names, tensors))
         for port in self.norm_in:  # as Normalizer.normalize: (x - shift) / scale
             batch[port] = (batch[port] - getattr(self, f"in_shift_{port}")) / getattr(self, f"in_scale_{port}")
+        for port, parts in self.packed.items():
+            batch[port] = {arg: batch.pop(name) for arg, name in parts.items()}
         if NOISE in batch:
             batch["generator"] = batch.pop(NOISE)  # NoiseInputHead reads it there
         result = self.inner(**batch)
@@ -217,11 +242,21 @@ def _shift_scale(normalizer, port, like: torch.Tensor):
     return shift.clone(), scale.clone()
 
 
-def folded_policy(policy, tokenizers: dict, sampler: str | None) -> tuple[FoldedPolicy, list, list]:
+def folded_policy(policy, tokenizers: dict, sampler: str | None, vlms: dict) -> tuple[FoldedPolicy, list, list]:
     """(module, example inputs, input descriptions) for `policy`."""
     cg, inputs = policy.cg, policy.inputs
-    names, example, described = [], [], []
+    names, example, described, packed = [], [], [], {}
+    made = {bid: vlm.tensors(vlm.block.processor, *vlm.example(EXAMPLE_TEXTS)) for bid, vlm in vlms.items()}
     for port, decl in inputs.items():
+        vlm = next((v for v in vlms.values() if port in (v.images, v.text)), None)
+        if vlm is not None:  # the processor's tensors stand for the port (runners/export_vlm.py)
+            packed[port] = vlm.parts(port)
+            about = vlm.described(made[vlm.bid])
+            for field, name in packed[port].items():
+                names.append(name)
+                example.append(made[vlm.bid][field])
+                described.append(about[field])
+            continue
         names.append(port)
         if decl["kind"] == "text":
             t = tokenizers[port]
@@ -254,7 +289,7 @@ def folded_policy(policy, tokenizers: dict, sampler: str | None) -> tuple[Folded
             if port is not None:
                 width = int(cg.spec.inputs[port]["dim"])
                 norm_out[name] = _shift_scale(policy.normalizer, port, torch.zeros(1, width))
-    module = FoldedPolicy(tensor_graph(cg, sampler), names, policy.outputs, norm_in, norm_out).eval()
+    module = FoldedPolicy(tensor_graph(cg, sampler, vlms), names, policy.outputs, norm_in, norm_out, packed).eval()
     return module, example, described
 
 
@@ -265,16 +300,18 @@ def _port_shape(decl) -> list:
 
 
 def dynamic_shapes(described: list, tokenizers: dict):
-    """The batch axis of every input, and the token axis of token ids, stay dynamic."""
+    """The batch axis of every input, and the token axis of token ids (and of a VLM's attention
+    mask, which has its ids' length), stay dynamic. The token axes are Dim.DYNAMIC within the
+    tokenizer's range: a named Dim's range check cannot prove guards that hold for every length,
+    e.g. min(L + 9, 4 * (L + 9)) == L + 9 from head.oft's attention over a VLM's tokens."""
     from torch.export import Dim
 
     batch = Dim("batch", min=1, max=4096)
-    tokens = {p: Dim(f"tokens_{p}", min=1, max=t["max_length"]) for p, t in tokenizers.items()}
     shapes = []
     for d in described:
         axes = {0: batch}
-        if d["kind"] == "text":
-            axes[1] = tokens[d["port"]]
+        if d["kind"] in ("text", "text_mask"):
+            axes[1] = Dim.DYNAMIC(min=1, max=int(tokenizers[d["port"]]["max_length"]))
         shapes.append(axes)
     return (tuple(shapes),)  # one entry: forward's *tensors
 
@@ -289,6 +326,8 @@ def _blamed_block(cg, tb):
         owner = tb.tb_frame.f_locals.get("self")
         if isinstance(owner, Block) and id(owner) in modules:
             found = modules[id(owner)]
+        elif isinstance(owner, ProcessorInputVLM):
+            found = owner.block_id
         tb = tb.tb_next
     return found
 
@@ -299,7 +338,7 @@ def trace(cg, module, example, described, tokenizers):
         with torch.no_grad():
             return torch.export.export(module, tuple(example), dynamic_shapes=dynamic_shapes(described, tokenizers),
                                        strict=False)
-    except Exception as e:  # noqa: BLE001 - reported in the user's terms below
+    except Exception as e:  # reported in the user's terms below
         bid = _blamed_block(cg, sys.exc_info()[2])
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         why = f"torch.export failed: {type(e).__name__}: {first}"
@@ -334,9 +373,14 @@ def export_policy(run, out_dir, fmt: str = "torch-export") -> Path:
     policy = load_policy(ckpt)
     cg = policy.cg
     check_blocks(cg)
-    tokenizers = text_tokenizers(cg, policy.inputs)
+    vlms = vlm_exports(cg)
+    for bid in vlms if fmt == "onnx" else ():
+        why = onnx_refusal(cg, bid)
+        if why is not None:
+            raise block_error(cg, bid, why)
+    tokenizers = text_tokenizers(cg, policy.inputs, vlms)
     sampler = sampling_block(cg)
-    module, example, described = folded_policy(policy, tokenizers, sampler)
+    module, example, described = folded_policy(policy, tokenizers, sampler, vlms)
     for name in policy.outputs:
         if not isinstance(module(*example)[policy.outputs.index(name)], torch.Tensor):
             raise ExportError(f"graph '{cg.name}': output '{name}' is not a tensor; an exported graph returns tensors")
@@ -354,10 +398,16 @@ def export_policy(run, out_dir, fmt: str = "torch-export") -> Path:
         for name in ("spec.yaml", "graph.json", "normalization.json"):
             if (ckpt / name).is_file():
                 shutil.copy2(ckpt / name, tmp / name)
+        for vlm in vlms.values():
+            try:
+                vlm.save(tmp, list(EXAMPLE_TEXTS))
+            except ValueError as e:
+                raise block_error(cg, vlm.bid, str(e)) from e
         manifest = {
             "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "graph_format": fmt, "graph_file": graph_file.name,
             "graph_sha256": hashlib.sha256(graph_file.read_bytes()).hexdigest(),
             "inputs": described, "tokenizers": tokenizers, "outputs": list(policy.outputs),
+            "processors": {bid: vlm.manifest() for bid, vlm in vlms.items()},
             "metadata": plain_data(policy.metadata, for_json=True),
             "serve": plain_data(dict(cg.spec.section("serve") or {}), for_json=True),
             "source": {"checkpoint": str(ckpt.resolve()), "fingerprint": cg.fingerprint, "torch": torch.__version__},

@@ -5,7 +5,9 @@ It speaks the Policy API the server and the eval clients use (`metadata`, `infer
 `infer_batch(observations, sessions=...)`, `new_session`, `reset`) with the metadata saved at
 export time, so `graphvla serve DIR` publishes the same metadata and answers the same actions as
 `graphvla serve RUN`. Each observation value is checked by the checkpoint's own validator
-(runners/observation.py); text is tokenized here, in Python, into the token ids the graph takes.
+(runners/observation.py); text is tokenized here, in Python, into the token ids the graph takes,
+and a backbone.hf_vlm's processor (saved in the folder, named in the manifest's `processors`) turns
+its images and instruction into the pixel values, token ids and attention mask its graph takes.
 An exported graph keeps no state between calls (export refuses `every: k` caches). A flow head's
 starting noise is a graph input: it is drawn here, for each row from its session's generator (or
 from torch's global generator without sessions), exactly as the checkpoint's head draws it
@@ -23,6 +25,7 @@ import torch
 from ..blocks.encoders import byte_tokenize
 from ..blocks.heads.flow_matching import initial_noise
 from .export import FORMATS, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, NOISE
+from .export_vlm import SavedProcessor
 from .observation import convert, describe
 from .session import Session
 
@@ -92,10 +95,16 @@ class ExportedPolicy:
         self.noise = next((d for d in self.manifest["inputs"] if d["name"] == NOISE), None)
         self.outputs = list(self.manifest["outputs"])
         self.tokenizers = dict(self.manifest.get("tokenizers") or {})
+        self.processors = {bid: SavedProcessor(self.folder, bid, about)
+                           for bid, about in (self.manifest.get("processors") or {}).items()}
         for port, t in self.tokenizers.items():
-            if t.get("tokenizer") not in TOKENIZERS:
+            if t.get("tokenizer") == "processor":
+                if t.get("processor") not in self.processors:
+                    raise ValueError(f"{self.folder / MANIFEST}: tokenizers.{port}: processor {t.get('processor')!r} "
+                                     f"is not in the manifest's processors ({', '.join(self.processors) or 'none'})")
+            elif t.get("tokenizer") not in TOKENIZERS:
                 raise ValueError(f"{self.folder / MANIFEST}: tokenizers.{port}: unknown tokenizer "
-                                 f"{t.get('tokenizer')!r} (known: {', '.join(TOKENIZERS)})")
+                                 f"{t.get('tokenizer')!r} (known: {', '.join([*TOKENIZERS, 'processor'])})")
 
     @property
     def metadata(self) -> dict:
@@ -135,18 +144,28 @@ class ExportedPolicy:
         return [{name: _row(value, i) for name, value in per_output.items()} for i in range(len(observations))]
 
     def tensors(self, observations: list) -> list:
-        """The graph's inputs for a batch, in the manifest's order (the checks Policy makes)."""
-        out = []
+        """The graph's inputs for a batch, in the manifest's order (the checks Policy makes), the
+        noise excepted (infer_batch draws it)."""
+        values = {}
         for port, decl in self.inputs.items():
             missing = [i for i, o in enumerate(observations) if o.get(port) is None]
             if missing:
                 raise ValueError(f"observation {missing[0]} lacks '{port}' (expected {describe(decl)})")
-            values = [convert(port, decl, o[port]) for o in observations]
-            if decl["kind"] == "text":
-                t = self.tokenizers[port]
-                out.append(TOKENIZERS[t["tokenizer"]](values, t))
+            values[port] = [convert(port, decl, o[port]) for o in observations]
+        made = {}
+        for processor in self.processors.values():
+            made.update(processor(values))
+        out = []
+        for d in self.manifest["inputs"]:
+            if d["name"] in made:
+                out.append(made[d["name"]])
+            elif d["name"] == NOISE:
+                continue
+            elif d["kind"] == "text":
+                t = self.tokenizers[d["port"]]
+                out.append(TOKENIZERS[t["tokenizer"]](values[d["port"]], t))
             else:
-                out.append(torch.stack(values))
+                out.append(torch.stack(values[d["port"]]))
         return out
 
 
