@@ -62,17 +62,17 @@ def test_engine_follows_the_ddp_curve_and_resumes_exactly(engine, tmp_path_facto
 @pytest.mark.slow
 def test_zero3_cli_trains_resumes_and_exports_what_load_policy_serves(tmp_path, metaworld_data):
     """`accelerate launch --config_file configs/accelerate/deepspeed_zero3.yaml -m graphvla train`,
-    stopped and resumed in new processes; the checkpoint's model.safetensors is gathered from the
-    ZeRO-3 shards (real weights, not the empty placeholders) and load_policy serves it."""
+    stopped and resumed in new processes, on the quickstart graph; the checkpoint's model.safetensors
+    is gathered from the ZeRO-3 shards (real weights, not the empty placeholders) and load_policy serves it."""
     import numpy as np
     from safetensors.torch import load_file
 
     import graphvla
 
-    spec = REPO / "graphvla" / "graphs" / "tiny" / "mlp.yaml"
+    spec = REPO / "graphvla" / "graphs" / "metaworld" / "mt10.yaml"  # the quickstart graph (keypoint CNN)
     run = tmp_path / "run"
     args = ["-m", "graphvla", "train", spec, "--data", metaworld_data, "-o", run, "--no-progress",
-            "--set", "inputs.state.dim=4", "--set", "trainer.batch_size=4", "--set", "trainer.max_steps=4"]
+            "--set", "trainer.batch_size=4", "--set", "trainer.max_steps=4", "--set", "trainer.warmup_steps=1"]
     first = _launch("deepspeed_zero3", args + ["--stop-after", "2"])
     assert first.returncode == 0, first.stderr[-4000:]
     assert first.stderr.count("engine DeepSpeed ZeRO-3, 2 process(es)") == 1  # printed once, at start
@@ -155,6 +155,42 @@ def test_deepspeed_requested_but_missing_fails_naming_the_key(monkeypatch):
     assert engine.requested_engine() == "deepspeed_zero3"
     with pytest.raises(RuntimeError, match="distributed_type: DEEPSPEED.*pip install deepspeed"):
         engine.check_available("deepspeed_zero3")
+
+
+@pytest.mark.parametrize("engine_id, key", [("deepspeed_zero3", "distributed_type: DEEPSPEED"),
+                                             ("deepspeed_zero2", "distributed_type: DEEPSPEED"),
+                                             ("fsdp", "distributed_type: FSDP")])
+def test_a_block_the_engine_cannot_shard_fails_at_start_naming_it(engine_id, key):
+    """ZeRO and FSDP die in the first step on a 0-d parameter with a message naming no block;
+    the check names the block, its type and the parameter before anything is launched."""
+    from types import SimpleNamespace
+
+    from graphvla.runners.train import engine
+
+    block = torch.nn.Module()
+    block.scale = torch.nn.Parameter(torch.zeros(()))
+    block.proj = torch.nn.Linear(2, 2)
+    cg = SimpleNamespace(model={"head": torch.nn.Linear(2, 2), "gate": block},
+                         spec=SimpleNamespace(blocks={"head": {"type": "head.mlp"}, "gate": {"type": "my.gate"}}))
+    with pytest.raises(ValueError) as err:
+        engine.check_shardable(engine_id, cg)
+    text = str(err.value)
+    assert key in text and "blocks.gate (my.gate): parameter 'scale'" in text and "blocks.head" not in text
+    engine.check_shardable("ddp", cg)  # DDP replicates: nothing to shard
+
+
+def test_packaged_blocks_have_no_scalar_parameters_and_old_checkpoints_load():
+    """The keypoint encoder's temperature is [1] (it was 0-d, which no sharded engine takes);
+    a checkpoint from before still loads, with the same value."""
+    from graphvla.compiler.compile import compile_graph
+    from graphvla.runners.train import engine
+
+    cg = compile_graph(str(REPO / "graphvla" / "graphs" / "metaworld" / "mt10.yaml"), device="cpu")
+    engine.check_shardable("deepspeed_zero3", cg)
+    old = {k: v.clone() for k, v in cg.model["vision"].state_dict().items()}
+    old["log_temperature"] = torch.tensor(0.25)  # as written before: 0-d
+    cg.model["vision"].load_state_dict(old)
+    assert cg.model["vision"].log_temperature.shape == (1,) and cg.model["vision"].log_temperature.item() == 0.25
 
 
 def test_configs_are_where_the_docs_say_and_need_no_working_directory():

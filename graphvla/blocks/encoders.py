@@ -157,7 +157,9 @@ class KeypointEncoder(Block):
             nn.init.zeros_(self.film.bias)
         k = self.params["keypoints"]
         self.to_keypoints = nn.Conv2d(c_in, k, 1)
-        self.log_temperature = nn.Parameter(torch.zeros(()))
+        # shape [1], not a 0-d scalar: ZeRO and FSDP cannot shard 0-d parameters
+        self.log_temperature = nn.Parameter(torch.zeros(1))
+        self._register_load_state_dict_pre_hook(_scalar_temperature_as_1d)
         fh, fw = h // 4, w // 4
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, fh), torch.linspace(-1, 1, fw), indexing="ij")
         self.register_buffer("grid", torch.stack([xs.flatten(), ys.flatten()], dim=-1), persistent=False)  # [N, 2]
@@ -192,3 +194,10 @@ class KeypointEncoder(Block):
         tokens = x.flatten(2).transpose(1, 2)  # [B*V, N, C]
         pooled = torch.cat([keypoints.flatten(1), tokens.mean(dim=1)], dim=-1).reshape(b, -1)
         return {"hidden": tokens.reshape(b, -1, self.width), "pooled": pooled}
+
+
+def _scalar_temperature_as_1d(state_dict, prefix, *args):
+    """Checkpoints written before log_temperature became [1] hold it as a 0-d tensor."""
+    key = prefix + "log_temperature"
+    if key in state_dict and state_dict[key].dim() == 0:
+        state_dict[key] = state_dict[key].reshape(1)

@@ -39,6 +39,25 @@ def check_available(engine: str) -> None:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator (gloo), as in CI
 
 
+def engine_name(engine: str) -> str:
+    return {"ddp": "DDP", "fsdp": "FSDP"}.get(engine) or engine.replace("deepspeed_zero", "DeepSpeed ZeRO-")
+
+
+def check_shardable(engine: str, cg) -> None:
+    """Fail at start, naming the block, when the engine could not shard its weights: DeepSpeed's
+    ZeRO flattens parameters into byte buffers and FSDP's fully_shard splits dim 0, and neither
+    takes a 0-d (scalar) parameter; the run would die in its first step on every rank."""
+    if not sharded(engine):
+        return
+    scalars = [(bid, name) for bid, block in cg.model.items() for name, p in block.named_parameters() if p.dim() == 0]
+    if scalars:
+        listed = ", ".join(f"blocks.{bid} ({cg.spec.blocks[bid]['type']}): parameter '{name}'" for bid, name in scalars)
+        key = FSDP_KEY if engine == "fsdp" else DEEPSPEED_KEY
+        raise ValueError(f"the launcher asks for {engine_name(engine)} ({key}), which cannot shard 0-d (scalar) "
+                         f"parameters: {listed}; give the parameter shape [1] in the block, or launch with "
+                         "configs/accelerate/ddp.yaml")
+
+
 def _has_cuda() -> bool:
     import torch
 
@@ -101,8 +120,7 @@ class Layout:
     def describe(self) -> str:
         streams = ", ".join(f"{s}: {self.global_batch[s]} = {self.processes} x {self.per_device[s]}"
                             + (f" x {self.grad_accum}" if self.grad_accum > 1 else "") for s in self.global_batch)
-        names = {"ddp": "DDP" if self.processes > 1 else "single process"}
-        name = names.get(self.engine) or self.engine.replace("deepspeed_zero", "DeepSpeed ZeRO-").replace("fsdp", "FSDP")
+        name = "single process" if self.engine == "ddp" and self.processes == 1 else engine_name(self.engine)
         return (f"engine {name}, {self.processes} process(es) on {self.machines} machine(s), gradient accumulation "
                 f"{self.grad_accum}; global batch = processes x per-device batch"
                 + (" x accumulation" if self.grad_accum > 1 else "") + f" ({streams})")

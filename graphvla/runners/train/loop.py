@@ -133,6 +133,7 @@ class Trainer:
         _allow_precision_change(precision)
         self.engine = E.requested_engine()  # chosen by the launcher's config (configs/accelerate/*.yaml)
         E.check_available(self.engine)
+        E.check_shardable(self.engine, self.cg)
         accum = E.launcher_grad_accum()
         self.accelerator = Accelerator(
             cpu=E.accelerator_cpu_flag(self.engine),  # DDP without GPUs: a gloo group (MULTI_CPU)
