@@ -7,6 +7,7 @@ after 3 steps and resumed must reproduce its uninterrupted curve (1e-6 relative)
 loopback end with identical weights."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -72,10 +73,14 @@ def test_zero3_cli_trains_resumes_and_exports_what_load_policy_serves(tmp_path, 
     spec = REPO / "graphvla" / "graphs" / "metaworld" / "mt10.yaml"  # the quickstart graph (keypoint CNN)
     run = tmp_path / "run"
     args = ["-m", "graphvla", "train", spec, "--data", metaworld_data, "-o", run, "--no-progress",
-            "--set", "trainer.batch_size=4", "--set", "trainer.max_steps=4", "--set", "trainer.warmup_steps=1"]
+            "--set", "trainer.batch_size=4", "--set", "trainer.max_steps=4", "--set", "trainer.warmup_steps=1",
+            "--set", "blocks.head.train.lora.r=2"]  # LoRA under ZeRO-3 too
     first = _launch("deepspeed_zero3", args + ["--stop-after", "2"])
     assert first.returncode == 0, first.stderr[-4000:]
     assert first.stderr.count("engine DeepSpeed ZeRO-3, 2 process(es)") == 1  # printed once, at start
+    # the real counts, not those of ZeRO-3's empty per-process placeholders
+    assert re.search(r"parameters: [1-9][\d,]* trainable of [1-9][\d,]*", first.stderr), first.stderr[-2000:]
+    assert re.search(r"LoRA adapters on head: r=2, .*, [1-9][\d,]* parameters", first.stderr), first.stderr[-2000:]
     second = _launch("deepspeed_zero3", args + ["--resume"])
     assert second.returncode == 0, second.stderr[-4000:]
     assert "to step 4" in second.stdout

@@ -159,17 +159,21 @@ def is_merged(block: nn.Module) -> bool:
     return bool(layers) and all(layer.merged for layer in layers)
 
 
+def _numel(p) -> int:
+    return getattr(p, "ds_numel", None) or p.numel()  # ZeRO-3 leaves each process an empty placeholder
+
+
 def describe(blocks: nn.ModuleDict) -> list[str]:
     """Lines for the start of a run: trainable and total parameters, and each block's adapters."""
-    total = sum(p.numel() for p in blocks.parameters())
-    trainable = sum(p.numel() for p in blocks.parameters() if p.requires_grad)
+    total = sum(_numel(p) for p in blocks.parameters())
+    trainable = sum(_numel(p) for p in blocks.parameters() if p.requires_grad)
     lines = [f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)"]
     for bid, block in blocks.items():
         modules = getattr(block, "lora_modules", None)
         if not modules:
             continue
         s = block.lora_settings
-        n = sum(p.numel() for name, p in block.named_parameters() if "lora_" in name)
+        n = sum(_numel(p) for name, p in block.named_parameters() if "lora_" in name)
         kinds = sorted({m.rsplit(".", 1)[-1] for m in modules})
         lines.append(f"LoRA adapters on {bid}: r={s['r']}, alpha={s['alpha']:g}, dropout={s['dropout']:g}, "
                      f"{len(modules)} modules ({', '.join(kinds)}), {n:,} parameters")
