@@ -203,3 +203,23 @@ def test_the_report_calls_a_difference_only_when_the_paired_test_holds():
                           "eval": {"protocol": "starvla-mt50", "episodes": 1}, "cells": [], "comparisons": comp})
     assert "| b | 40 | 22 | 0 |" in md and "a higher, significant at 95%" in md
     assert "| c | 40 | 2 | 0 | 0.5000 | 0.5000 | no significant difference at 95% |" in md
+
+
+def test_every_cell_is_described_before_any_run_starts(tmp_path, monkeypatch):
+    """Describing a cell compiles its graph; done from the run threads, two first imports of
+    transformers' lazy modules raced ("cannot import name ...") and killed a sweep. All cell.json
+    files are written in one thread before the first run starts."""
+    from graphvla.runners.sweep import check_controls, execute
+
+    s = load_sweep("smoke", data_override=str(tmp_path))
+    runs = s.runs()
+    specs = check_controls(s, runs)
+    seen = []
+
+    def run_once(sweep_, run, specs_, data, out, threads=None):
+        seen.append(all((run_dir(out, r) / "cell.json").is_file() for r in runs))
+        return {}
+
+    monkeypatch.setattr(execute, "execute_run", run_once)
+    assert execute.execute_sweep(s, runs, specs, str(tmp_path), tmp_path / "out", workers=2, progress=False) == []
+    assert seen == [True] * len(runs)

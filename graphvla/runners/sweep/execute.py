@@ -178,14 +178,21 @@ def _logged_means(train_dir: Path) -> dict:
     return curves
 
 
-def execute_run(sweep: Sweep, run: Run, specs: tuple, data: str, out, threads: int | None = None) -> dict:
-    """Train (or resume) and evaluate one run; returns its state. A finished run is left as is."""
+def write_cell(sweep: Sweep, run: Run, specs: tuple, data: str, out) -> None:
+    """OUT/cells/CELL/seedN/cell.json. Called from one thread only: describing a run compiles its
+    graph, and concurrent first imports of transformers' lazy modules fail ("cannot import name")."""
     d = run_dir(out, run)
     d.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(d / "cell.json", json.dumps(describe_run(sweep, run, *specs, data, d), indent=2) + "\n")
+
+
+def execute_run(sweep: Sweep, run: Run, specs: tuple, data: str, out, threads: int | None = None) -> dict:
+    """Train (or resume) and evaluate one run whose cell.json is written; returns its state. A
+    finished run is left as is."""
+    d = run_dir(out, run)
     state = read_state(d)
     if state.get("finished"):
         return state
-    write_text_atomic(d / "cell.json", json.dumps(describe_run(sweep, run, *specs, data, d), indent=2) + "\n")
     train_dir = d / "run"
     before = _checkpoint_step(train_dir)
     if before < int(specs[1].section("trainer")["max_steps"]):
@@ -210,6 +217,8 @@ def execute_sweep(sweep: Sweep, runs: list[Run], specs: dict, data: str, out, wo
     from tqdm.auto import tqdm
 
     todo = [r for r in runs if not read_state(run_dir(out, r)).get("finished")]
+    for r in todo:
+        write_cell(sweep, r, specs[r.key], data, out)
     failed = []
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"sweep {sweep.name}", unit="run",
                disable=not progress, dynamic_ncols=True)
@@ -221,7 +230,7 @@ def execute_sweep(sweep: Sweep, runs: list[Run], specs: dict, data: str, out, wo
                 run = futures[fut]
                 try:
                     fut.result()
-                except RuntimeError as e:
+                except (RuntimeError, ValueError, OSError) as e:  # one run's failure stops no other run
                     failed.append(run.key)
                     log(f"error: {e}")
                 bar.set_postfix_str(run.key)
