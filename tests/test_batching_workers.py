@@ -15,38 +15,13 @@ from graphvla import compile_graph
 from graphvla.client import PolicyClient
 from graphvla.runners.policy import Policy
 from graphvla.runners.serve import ServeOptions, ServerThread
+from train_doubles import tiny_spec
 
-SPEC = """
-graphvla: 1
-name: tiny-flow-cached
-inputs:
-  images:      {kind: image, views: 1, size: [16, 16]}
-  instruction: {kind: text}
-  state:       {kind: state, dim: 4}
-  actions:     {kind: action, dim: 3, horizon: 4, train_only: true}
-blocks:
-  vision:
-    type: encoder.image
-    in: {images: inputs.images}
-    with: {width: 16, patch: 8, layers: 0}
-    infer: {every: 2}
-  language:
-    type: encoder.text
-    in: {text: inputs.instruction}
-    with: {width: 16, layers: 0, max_length: 32}
-  fuse:
-    type: glue.fuse
-    in: {a: vision.pooled, b: language.pooled, c: inputs.state}
-    with: {width: 16}
-  head:
-    type: head.flow_matching
-    in: {context: fuse.hidden, state: inputs.state, target: inputs.actions}
-    with: {width: 16, heads: 2, layers: 1, num_steps: 2}
-losses:
-  action: {from: head.loss, weight: 1.0}
-outputs:
-  actions: head.actions
-"""
+VISION = "    with: {width: 16, patch: 8, layers: 1}\n"
+SPEC = tiny_spec(  # a sampling head and a block cached per session
+    (VISION, VISION + "    infer: {every: 2}\n"),
+    ("type: head.mlp", "type: head.flow_matching"),
+    ("with: {hidden: 32}", "with: {width: 16, heads: 2, layers: 1, num_steps: 2}"))
 CLIENTS, STEPS, SEED = 6, 4, 99
 
 

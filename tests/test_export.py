@@ -25,6 +25,7 @@ from graphvla.runners.exported import load_exported
 from graphvla.runners.loading import load_policy
 from graphvla.runners.serve import ServeOptions, ServerThread
 from graphvla.runners.train import checkpoint as C
+from train_doubles import tiny_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
 
@@ -174,36 +175,8 @@ def test_cli_export_and_its_errors(mt10, tmp_path):
     assert bad.exit_code != 0 and "tflite" in bad.output
 
 
-FLOW_SPEC = """
-graphvla: 1
-name: tiny-flow
-inputs:
-  images:      {kind: image, views: 1, size: [16, 16]}
-  instruction: {kind: text}
-  state:       {kind: state, dim: 4}
-  actions:     {kind: action, dim: 3, horizon: 4, train_only: true}
-blocks:
-  vision:
-    type: encoder.image
-    in: {images: inputs.images}
-    with: {width: 16, patch: 8, layers: 0}
-  language:
-    type: encoder.text
-    in: {text: inputs.instruction}
-    with: {width: 16, layers: 1, heads: 2, max_length: 32}
-  fuse:
-    type: glue.fuse
-    in: {a: vision.hidden, b: language.pooled, c: inputs.state}
-    with: {width: 16}
-  head:
-    type: HEAD
-    in: {context: fuse.hidden, state: inputs.state, target: inputs.actions}
-    with: WITH
-losses:
-  action: {from: head.loss, weight: 1.0}
-outputs:
-  actions: head.actions
-"""
+VISION = "    with: {width: 16, patch: 8, layers: 1}"
+FLOW_SPEC = tiny_spec(("type: head.mlp", "type: HEAD"), ("with: {hidden: 32}", "with: WITH"))  # HEAD, WITH: per test
 SMALL_STATS = {"state": {"mean": [0.0] * 4, "std": [2.0] * 4}, "actions": {"mean": [0.0] * 3, "std": [1.0] * 3}}
 
 
@@ -245,8 +218,8 @@ def test_a_flow_head_takes_its_noise_as_an_input_and_replays_sessions(tmp_path, 
 
 
 def test_a_cached_block_is_refused_by_name(tmp_path):
-    spec = FLOW_SPEC.replace("HEAD", "head.mlp").replace("WITH", "{hidden: 32}").replace(
-        "    with: {width: 16, patch: 8, layers: 0}", "    with: {width: 16, patch: 8, layers: 0}\n    infer: {every: 2}")
+    spec = FLOW_SPEC.replace("HEAD", "head.mlp").replace("WITH", "{hidden: 32}")
+    spec = spec.replace(VISION, VISION + "\n    infer: {every: 2}")
     make_run(spec, tmp_path / "run", SMALL_STATS)
     with pytest.raises(ExportError, match="block 'vision' \\(encoder.image\\) cannot be exported: infer.every=2"):
         export_policy(tmp_path / "run", tmp_path / "out")

@@ -92,3 +92,14 @@ trainer:
   keep_last: 2
   normalization: {state: mean_std, actions: mean_std}
 """
+
+
+def tiny_spec(*edits: tuple[str, str]) -> str:
+    """TINY_SPEC with each (old, new) text edit applied, so a test's graph shows only how it
+    differs from the shared one; an edit whose text is not there fails instead of doing nothing."""
+    text = TINY_SPEC
+    for old, new in edits:
+        if old not in text:
+            raise ValueError(f"tiny_spec: {old!r} is not in TINY_SPEC")
+        text = text.replace(old, new)
+    return text
