@@ -19,13 +19,13 @@ Frames stored as files are referenced in place; others are written once under im
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from ..fileio import write_text_atomic
 from .api import open_source
 from .config import read_data_config
 from .lerobot import DatasetError
@@ -101,13 +101,13 @@ def write_demo_vqa(data_yaml, out, every: int = 4, horizon: int = 8, motion: Mot
                 records.append({"id": rid, "image": image, "conversations": turns})
                 frames += 1
         log(f"{entry.where}: {frames} frames so far")
-    _write_atomic(out / "llava.json", json.dumps(records, indent=0))
+    write_text_atomic(out / "llava.json", json.dumps(records, indent=0))
     data = {"datasets": [_robot_entry(e) for e in entries],
             "vlm": [{"json": "llava.json", "image_root": "/",
                      "keys": {ports.image: "image", ports.question: "prompt", ports.answer: "answer"}}]}
     header = (f"# written by `graphvla data vqa {data_yaml}`: the robot datasets (action stream) and image-text\n"
               f"# exchanges made from their frames every {every} (vlm stream)\n")
-    _write_atomic(out / "data.yaml", header + yaml.safe_dump(data, sort_keys=False))
+    write_text_atomic(out / "data.yaml", header + yaml.safe_dump(data, sort_keys=False))
     return {"records": len(records), "frames": frames, "datasets": len(entries), "data_yaml": str(out / "data.yaml")}
 
 
@@ -154,8 +154,3 @@ def _robot_entry(e) -> dict:
         d["stream"] = e.stream
     return d
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import write_text_atomic
 from .lerobot import DatasetError, FrameSource
 
 INDEX_FILE = "shards.json"
@@ -68,9 +69,7 @@ def pack(source: FrameSource, out, *, max_frames: int = 2000) -> dict:
              "tasks": {str(k): v for k, v in source.tasks.items()},
              "episodes": {str(k): list(v) for k, v in source.episodes.items()},
              "cameras": source.image_keys, "info": source.info}
-    tmp = out / (INDEX_FILE + ".tmp")
-    tmp.write_text(json.dumps(index, indent=1))
-    tmp.replace(out / INDEX_FILE)
+    write_text_atomic(out / INDEX_FILE, json.dumps(index, indent=1))
     return index
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...fileio import TMP_PREFIX, write_text_atomic
+
 STEP_DIR = re.compile(r"^step_(\d{7,})$")
-TMP_PREFIX = ".tmp-"
 FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json", "rng.pt", "spec.yaml",
          "graph.json", "normalization.json", "assets.json")
 ENGINE_DIR = "engine"  # DeepSpeed / FSDP: Accelerate's save_state (weight and optimizer shards), for --resume
@@ -63,15 +64,6 @@ def write_checkpoint(run_dir, step: int, write_files, keep_last: int | None = No
     if keep_last:
         prune(root, keep_last)
     return final
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _fsync_dir_files(d: Path) -> None:
