@@ -131,7 +131,8 @@ def _check_motion_dims(entry, key, state, motion: MotionWords) -> None:
 
 def _image_path(src, camera: str, row: int, out: Path, n: int) -> str:
     """An absolute path to the frame: the dataset's own file when it stores one, else a PNG under OUT."""
-    ref = src.image_refs.get(camera, [None] * (row + 1))[row]
+    refs = src.image_refs.get(camera)  # None for a camera stored as video
+    ref = refs[row] if refs is not None else None
     if isinstance(ref, str) and (src.root / ref).exists():
         return str((src.root / ref).resolve())
     data, ext = src.image_bytes(camera, row)
