@@ -55,7 +55,7 @@ def bench_graph(graph: str, tmp: Path, args) -> None:
 
     from graphvla.runners.export import export_policy
     from graphvla.runners.exported import load_exported
-    from graphvla.runners.loading import load_policy
+    from graphvla.policy.loading import load_policy
     from graphvla.spec.library import resolve_graph
 
     make_run(str(resolve_graph(graph)), tmp / "run", STATS)  # metaworld/mt10 and tiny/oft: 4-d state and actions

@@ -151,7 +151,7 @@ def train(states, task_ids, chunks, masks, n_tasks: int, steps: int | None, batc
 
 def compared_spec(graph, compare: Path | None, default: str = DEFAULT_GRAPH):
     """(where the graph came from, its spec): the graph the baseline is compared with."""
-    from graphvla.runners.train.checkpoint import resolve_checkpoint
+    from graphvla.policy.checkpoint import resolve_checkpoint
     from graphvla.spec.loader import load_spec
 
     source = graph

@@ -59,7 +59,7 @@ def _policy(run: str):
     if run not in _POLICY:
         import torch
 
-        from graphvla.runners.loading import load_policy
+        from graphvla.policy.loading import load_policy
 
         torch.set_num_threads(1)
         _POLICY[run] = load_policy(run)

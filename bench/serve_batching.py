@@ -31,7 +31,7 @@ def build_policy(threads: int, overrides=()):
     import torch
 
     from graphvla import compile_graph
-    from graphvla.runners.policy import Policy
+    from graphvla.policy.policy import Policy
 
     torch.manual_seed(0)
     torch.set_num_threads(threads)

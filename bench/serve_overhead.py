@@ -34,7 +34,7 @@ def build_policy():
     import torch
 
     from graphvla import compile_graph
-    from graphvla.runners.policy import Policy
+    from graphvla.policy.policy import Policy
 
     torch.manual_seed(0)
     torch.set_num_threads(1)

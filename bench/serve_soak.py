@@ -39,7 +39,7 @@ def build_policy(seed: int = 0):
     import torch
 
     from graphvla import compile_graph
-    from graphvla.runners.policy import Policy
+    from graphvla.policy.policy import Policy
 
     torch.manual_seed(seed)
     return Policy.from_compiled(compile_graph(GRAPH, device="cpu"))

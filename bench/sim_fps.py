@@ -98,7 +98,7 @@ def build_policy(run, graph, size):
         policy = MLPStandIn(size)
         return policy, policy.label
     import graphvla
-    from graphvla.runners.policy import Policy
+    from graphvla.policy.policy import Policy
 
     if run is not None:
         policy, label = graphvla.load_policy(run), f"graphvla.load_policy({run})"

@@ -13,7 +13,7 @@ import torch
 
 from graphvla import compile_graph
 from graphvla.client import PolicyClient
-from graphvla.runners.policy import Policy
+from graphvla.policy.policy import Policy
 from graphvla.runners.serve import ServeOptions, ServerThread
 from train_doubles import tiny_spec
 

@@ -22,9 +22,9 @@ from graphvla import compile_graph
 from graphvla.data.normalize import Normalizer
 from graphvla.runners.export import MANIFEST, ExportError, export_policy, is_export_folder
 from graphvla.runners.exported import load_exported
-from graphvla.runners.loading import load_policy
+from graphvla.policy.loading import load_policy
 from graphvla.runners.serve import ServeOptions, ServerThread
-from graphvla.runners.train import checkpoint as C
+from graphvla.policy import checkpoint as C
 from train_doubles import tiny_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")

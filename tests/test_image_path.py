@@ -21,8 +21,8 @@ from graphvla.data.lerobot_write import LeRobotWriter
 from graphvla.data.metaworld_record import _rollout
 from graphvla.data.ports import stream_ports
 from graphvla.runners.eval.metaworld import RequestBuilder
-from graphvla.runners.observation import ObservationError, check, convert
-from graphvla.runners.policy import Policy
+from graphvla.policy.observation import ObservationError, check, convert
+from graphvla.policy.policy import Policy
 from graphvla.runners.serve.observation import ObservationMapper
 
 torch.set_num_threads(1)

@@ -15,8 +15,8 @@ from graphvla.compiler.compile import compile_graph
 from graphvla.data.api import DataBundle, collate
 from graphvla.data.normalize import Normalizer
 from graphvla.errors import SpecError
-from graphvla.runners.loading import load_policy
-from graphvla.runners.policy import Policy
+from graphvla.policy.loading import load_policy
+from graphvla.policy.policy import Policy
 from graphvla.runners.train import Trainer
 from graphvla.spec.loader import load_spec
 from train_doubles import SyntheticActions, port_stats

@@ -13,7 +13,7 @@ from graphvla.blocks.heads.common import hold_last_valid
 from graphvla.compiler.compile import compile_graph
 from graphvla.data.normalize import Normalizer
 from graphvla.data.stats import compute_stats, pooled_stats
-from graphvla.runners.policy import Policy
+from graphvla.policy.policy import Policy
 
 
 def test_hold_last_valid_repeats_the_last_valid_step():

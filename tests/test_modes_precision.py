@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from graphvla.blocks.backbones.hf_vlm import vision_tower
 from graphvla.data.api import DataBundle, collate
 from graphvla.data.normalize import Normalizer
-from graphvla.runners.policy import Policy
+from graphvla.policy.policy import Policy
 from graphvla.runners.train import Trainer
 from graphvla.spec.loader import load_spec
 from train_doubles import TINY_SPEC, SyntheticActions, port_stats

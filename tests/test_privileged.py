@@ -124,7 +124,7 @@ def test_a_privileged_port_reads_the_environment_state(tmp_path, dataset):
 
 def test_policy_metadata_says_privileged(tmp_path):
     from graphvla.compiler.compile import compile_graph
-    from graphvla.runners.policy import Policy
+    from graphvla.policy.policy import Policy
 
     for text, privileged in ((spec_text(PRIVILEGED_STATE), True), (spec_text(), False)):
         meta = Policy.from_compiled(compile_graph(load_spec(write(tmp_path, "g.yaml", text)), device="cpu")).metadata

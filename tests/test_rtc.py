@@ -13,8 +13,8 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from graphvla import compile_graph
 from graphvla.client import PolicyClient, ServerError
 from graphvla.protocol import RTC_KEY
-from graphvla.runners import rtc as R
-from graphvla.runners.policy import Policy
+from graphvla.policy import rtc as R
+from graphvla.policy.policy import Policy
 from graphvla.runners.serve import ServeOptions, ServerThread
 from graphvla.spec.loader import load_spec
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import graphvla
-from graphvla.runners.policy import Policy
+from graphvla.policy.policy import Policy
 from graphvla.runners.train import Trainer, assets
 from graphvla.spec.loader import load_spec
 from vlm_samples import VLMSamples as Samples

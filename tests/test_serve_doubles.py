@@ -1,4 +1,4 @@
-"""A test double of graphvla.runners.policy.Policy for the server tests: same API, with
+"""A test double of graphvla.policy.policy.Policy for the server tests: same API, with
 actions that are an exact function of the observation so round trips can be checked."""
 from __future__ import annotations
 

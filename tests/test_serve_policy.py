@@ -10,7 +10,7 @@ import torch
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
 from graphvla import compile_graph
-from graphvla.runners.policy import Policy
+from graphvla.policy.policy import Policy
 from graphvla.runners.serve import ServeOptions, ServerThread
 
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")

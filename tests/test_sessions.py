@@ -17,9 +17,9 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from graphvla import compile_graph
 from graphvla.client import PolicyClient, ServerError
 from graphvla.protocol import RESET_KEY, SESSION_SEED_KEY
-from graphvla.runners.policy import Policy
+from graphvla.policy.policy import Policy
 from graphvla.runners.serve import ServeOptions, ServerThread
-from graphvla.runners.session import session_seed
+from graphvla.policy.session import session_seed
 
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
 

@@ -13,7 +13,7 @@ from graphvla.data.api import DataBundle, collate
 from graphvla.data.normalize import Normalizer
 from graphvla.data.sampler import StreamSampler
 from graphvla.runners.train import NonFiniteLossError, Trainer, train
-from graphvla.runners.train import checkpoint as C
+from graphvla.policy import checkpoint as C
 from graphvla.runners.train.streams import StreamSchedule
 from graphvla.spec.loader import load_spec
 from train_doubles import TINY_SPEC, SyntheticActions, port_stats

@@ -15,7 +15,7 @@ def checkpoint_spec(run: str) -> dict:
     from pathlib import Path
 
     from ..runners.export import is_export_folder
-    from ..runners.train.checkpoint import resolve_checkpoint
+    from ..policy.checkpoint import resolve_checkpoint
 
     spec = (Path(run) if is_export_folder(run) else resolve_checkpoint(run)) / "spec.yaml"
     return (yaml.safe_load(spec.read_text()) or {}) if spec.exists() else {}
@@ -54,7 +54,7 @@ def load_run_policy(run: str):
         from ..runners.exported import load_exported
 
         return load_exported(run)
-    from ..runners.loading import load_policy
+    from ..policy.loading import load_policy
 
     return load_policy(run)
 

@@ -13,6 +13,33 @@ from .lower import EveryK, graph_module, lower_infer, lower_train, row_caches
 from .validate import checked_dag
 
 
+@dataclass(frozen=True)
+class BlockNode:
+    """What the compiled graph knows of one block node (the typed view of its DAG node)."""
+
+    id: str
+    type_name: str
+    cls: type
+    owner: str  # the module id in `model` (a shared block's owner)
+    params: dict
+    train: dict
+    every: int  # infer.every: the block runs on every k-th inference call
+
+    @property
+    def predict_kwargs(self) -> tuple:
+        return tuple(self.cls.predict_kwargs)
+
+
+@dataclass(frozen=True)
+class OutputSource:
+    """Where a declared output comes from: a block's port, or a graph input passed through."""
+
+    node: str  # block id, or 'inputs.PORT'
+    port: str | None
+    kind: str
+    is_block: bool
+
+
 @dataclass
 class CompiledGraph:
     spec: Spec
@@ -35,6 +62,38 @@ class CompiledGraph:
     @property
     def streams(self) -> list:
         return list(self.train)
+
+    # typed queries on the DAG: what code outside the compiler reads instead of raw node dicts ----
+    def block(self, bid: str) -> BlockNode:
+        d = self.dag.nodes[bid]
+        if d.get("role") != "block":
+            raise KeyError(f"'{bid}' is not a block of graph {self.name}")
+        return BlockNode(bid, d["cls"].type_name, d["cls"], d["owner"], d["params"], d["train"], d.get("every", 1))
+
+    def block_ids(self) -> list[str]:
+        """Every block node, in topological order."""
+        return D.topo_blocks(self.dag, [n for n, d in self.dag.nodes(data=True) if d["role"] == "block"])
+
+    def infer_block_ids(self) -> list[str]:
+        """The blocks the inference graph runs, in order."""
+        return D.infer_blocks(self.dag)
+
+    def train_block_ids(self, stream: str) -> list[str]:
+        """The blocks a stream's train graph runs, in order."""
+        return D.train_blocks(self.dag, stream)
+
+    def output_source(self, name: str) -> OutputSource:
+        ((src, _, e),) = self.dag.in_edges(D.OUTPUT_PREFIX + name, data=True)
+        return OutputSource(src, e["src_port"], e["kind"], self.dag.nodes[src]["role"] == "block")
+
+    def input_consumers(self, port: str, inference: bool = True) -> list[str]:
+        """Blocks that read graph input `port` (only those the inference graph runs, by default)."""
+        among = set(self.infer_block_ids()) if inference else None
+        return [b for _, b in self.dag.out_edges(D.INPUT_PREFIX + port) if among is None or b in among]
+
+    def in_edges(self, bid: str, inference: bool = False) -> list:
+        """(port, source node, source port, edge data) wired into block `bid`."""
+        return list(D.in_edges(self.dag, bid, inference=inference))
 
     def param_counts(self) -> dict:
         """block id -> (total, trainable)."""

@@ -15,6 +15,7 @@ from ..errors import IssueList, article, did_you_mean, known_list
 from ..spec.schema import INPUT_KINDS, REF
 
 INPUT_PREFIX = "inputs."
+OUTPUT_PREFIX = "output."
 
 
 def build_dag(spec, issues: IssueList | None = None) -> nx.MultiDiGraph:
@@ -49,7 +50,7 @@ def build_dag(spec, issues: IssueList | None = None) -> nx.MultiDiGraph:
             _wire_ref(g, node, "value", loss["from"], ("losses", name, "from"), inputs, blocks, issues, want_kind="loss")
     for name, ref in outputs.items():
         if isinstance(ref, str):
-            node = "output." + name
+            node = OUTPUT_PREFIX + name
             g.add_node(node, role="output", name=name)
             _wire_ref(g, node, "value", ref, ("outputs", name), inputs, blocks, issues, output=True)
 

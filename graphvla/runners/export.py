@@ -53,9 +53,9 @@ from ..blocks.encoders import byte_tokenize
 from ..blocks.heads.flow_matching import FlowHead
 from ..compiler import dag as D
 from .export_vlm import VLM_TYPE, ProcessorInputVLM, onnx_refusal, refusal, vlm_exports
-from .loading import load_policy
-from .plain_data import plain_data
-from .train.checkpoint import resolve_checkpoint
+from ..policy.loading import load_policy
+from ..policy.plain_data import plain_data
+from ..policy.checkpoint import resolve_checkpoint
 
 FORMATS = {"torch-export": "policy.pt2", "onnx": "policy.onnx"}
 MANIFEST = "graphvla-export.json"
@@ -294,7 +294,7 @@ def folded_policy(policy, tokenizers: dict, sampler: str | None, vlms: dict) -> 
 
 
 def _port_shape(decl) -> list:
-    from .observation import expected_shape
+    from ..policy.observation import expected_shape
 
     return [int(x) for x in expected_shape(decl)]
 

@@ -33,7 +33,7 @@ from ..blocks.backbones.hf_vlm_export import (
     static_grid,
 )
 from ..compiler import dag as D
-from .observation import expected_shape
+from ..policy.observation import expected_shape
 
 VLM_TYPE = "backbone.hf_vlm"
 FIELDS = ("pixel_values", "input_ids", "attention_mask")  # the graph inputs a processor makes, in order

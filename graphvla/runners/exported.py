@@ -26,8 +26,8 @@ from ..blocks.encoders import byte_tokenize
 from ..blocks.heads.flow_matching import initial_noise
 from .export import FORMATS, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, NOISE
 from .export_vlm import SavedProcessor
-from .observation import convert, describe
-from .session import Session
+from ..policy.observation import convert, describe
+from ..policy.session import Session
 
 TOKENIZERS = {"bytes": lambda texts, t: byte_tokenize(texts, int(t["max_length"]), "cpu")}
 

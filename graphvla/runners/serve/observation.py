@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from ..observation import ObservationError, check, describe
+from ...policy.observation import ObservationError, check, describe
 
 __all__ = ["ObservationError", "ObservationMapper", "flatten"]
 

@@ -31,8 +31,8 @@ from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
 from ...protocol import RESET_KEY, RTC_KEY, SESSION_SEED_KEY, WireError, packb, unpackb
-from ..plain_data import plain_data
-from ..session import check_seed, session_seed
+from ...policy.plain_data import plain_data
+from ...policy.session import check_seed, session_seed
 from .batching import Batcher
 from .observation import ObservationError, ObservationMapper
 

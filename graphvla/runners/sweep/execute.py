@@ -22,7 +22,8 @@ from pathlib import Path
 
 from ...errors import SpecError, SpecIssue
 from ...spec.loader import load_spec
-from ..train.checkpoint import latest_checkpoint, write_text_atomic
+from ...fileio import write_text_atomic
+from ...policy.checkpoint import latest_checkpoint
 from .config import Run, Sweep
 from .control import describe_refusal, uncontrolled
 

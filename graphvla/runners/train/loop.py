@@ -16,11 +16,12 @@ from torch import nn
 from ...blocks.lora import save_adapters
 from ...compiler import dag as D
 from ...compiler.lower import batch_size
-from ..plain_data import plain_data
-from . import checkpoint as C
+from ...policy.plain_data import plain_data
+from ...policy import checkpoint as C
+from . import sharded as S
 from . import dataio
 from . import engine as E
-from .assets import write_assets
+from ...policy.assets import write_assets
 from .optim import block_param_groups, build_optimizer, build_scheduler
 from .precision import TrainModes, keep_fp32_masters
 from .streams import StreamBatches, StreamSchedule
@@ -189,11 +190,11 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(self.module, self.optimizer)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         if self.resumed_from is not None and E.sharded(self.engine):
-            C.load_engine_state(acc, self.resumed_from)  # the shards of weights and optimizer state
+            S.load_engine_state(acc, self.resumed_from)  # the shards of weights and optimizer state
         if self.resumed_from is None:
             set_seed(self.cfg["seed"] + acc.process_index)  # different dropout/noise per rank
         else:
-            C.set_rng_state(self._rng_to_restore)
+            S.set_rng_state(self._rng_to_restore)
 
     def _fill_deepspeed_config(self):
         """Under DeepSpeed (configs/accelerate/deepspeed_zero*.yaml), fill its "auto" values from the trainer
@@ -219,7 +220,7 @@ class Trainer:
             raise ValueError(f"checkpoint {ckpt} does not fit the graph: missing {sorted(missing)[:5]}, "
                              f"unexpected {sorted(unexpected)[:5]}")
         try:
-            if not E.sharded(self.engine):  # sharded engines load theirs after prepare (C.load_engine_state)
+            if not E.sharded(self.engine):  # sharded engines load theirs after prepare (S.load_engine_state)
                 self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
         except ValueError as e:
             raise ValueError(f"checkpoint {ckpt}: the optimizer state does not fit this spec's trainable blocks "
@@ -249,14 +250,14 @@ class Trainer:
 
         acc = self.accelerator
         samplers = gather_object([{s: f.state_dict() for s, f in self.feeds.items()}])
-        rngs = gather_object([C.rng_state()])
+        rngs = gather_object([S.rng_state()])
         sharded = E.sharded(self.engine)
         # ZeRO-3 / FSDP: every process takes part in gathering the full weights and in writing its shards
-        weights = C.full_state_dict(acc, self.model) if sharded else None
+        weights = S.full_state_dict(acc, self.model) if sharded else None
         tmp = C.begin_checkpoint(self.run_dir, self.step) if acc.is_main_process else None
-        tmp = C.broadcast_path(tmp, acc.num_processes)
+        tmp = S.broadcast_path(tmp, acc.num_processes)
         if sharded:
-            acc.save_state(str(tmp / C.ENGINE_DIR))  # weights and optimizer shards, for --resume
+            acc.save_state(str(tmp / S.ENGINE_DIR))  # weights and optimizer shards, for --resume
         path = None
         if acc.is_main_process:
             tail = (getattr(self, "history_tail", []) + self.history)[-HISTORY_TAIL:]
@@ -270,7 +271,7 @@ class Trainer:
                 from safetensors.torch import save_model
 
                 if sharded:
-                    C.save_full_state_dict(weights, self.cg.model, d / "model.safetensors")
+                    S.save_full_state_dict(weights, self.cg.model, d / "model.safetensors")
                 else:
                     save_model(self.cg.model, str(d / "model.safetensors"))
                     torch.save(optim_state, d / "optimizer.pt")

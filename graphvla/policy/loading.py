@@ -5,11 +5,11 @@ import json
 from pathlib import Path
 
 from ..compiler.compile import compile_graph
+from ..data.normalize import Normalizer
 from ..spec.loader import load_spec
 from .policy import Policy
-from .train import dataio
-from .train.assets import localized_values
-from .train.checkpoint import resolve_checkpoint
+from .assets import localized_values
+from .checkpoint import resolve_checkpoint
 
 
 def load_policy(path, device="cpu") -> Policy:
@@ -40,7 +40,7 @@ def load_policy(path, device="cpu") -> Policy:
     normalizer = None
     norm_file = ckpt / "normalization.json"
     if norm_file.is_file():
-        normalizer = dataio.normalizer_class().from_dict(json.loads(norm_file.read_text()))
+        normalizer = Normalizer.from_dict(json.loads(norm_file.read_text()))
         try:
             normalizer.check_compatible(spec)
         except (ValueError, KeyError) as e:
