@@ -1,0 +1,124 @@
+"""The processor-step contract and the pipeline that runs steps in graph order.
+
+A step reads named values of a batch and writes named values back: a collated batch is a dict
+key -> value (tensors batch first, lists of B strings for text). Keys are graph input ports
+(`images`, `state`, `actions`) or the ports a block's step makes, named `BLOCK.PORT`
+(`vlm.input_ids`), which the compiled graph takes as declared inputs of that block.
+
+Every step is picklable (it runs in DataLoader workers), knows its configuration as JSON
+(`config()`), may own files (tokenizers, processors, statistics: `save_assets(folder)`), and is
+rebuilt from the two without the training code (`Step.load(config, folder)`). `tensor_only` steps
+are pure torch on tensors, so an export can fold them into the exported graph; the others
+(tokenizers, processors) run in Python before it.
+
+A Pipeline is the ordered steps of one direction: `preprocess` (raw observation / sample ->
+block inputs) or `postprocess` (graph outputs -> actions in dataset units). It is saved as
+`NAME.json` (the steps' kinds and configs) plus `NAME/<index>-<kind>/` asset folders."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar
+
+STEP_KINDS: dict[str, type] = {}
+FORMAT = "graphvla-pipeline"
+VERSION = 1
+
+
+def register_step(cls):
+    """Class decorator: make a step kind loadable by name."""
+    if not cls.kind:
+        raise TypeError(f"{cls.__name__} has no kind")
+    STEP_KINDS[cls.kind] = cls
+    return cls
+
+
+class StepError(ValueError):
+    """A step that failed on a sample: names the block (or 'normalize'), the port and the sample."""
+
+
+class ProcessorStep:
+    kind: ClassVar[str] = ""
+    tensor_only: ClassVar[bool] = False
+
+    # set by subclasses' constructors
+    block: str = ""  # the block that declared it ('' for the graph's own steps: normalization)
+    reads: tuple = ()  # batch keys it takes
+    writes: tuple = ()  # batch keys it makes (or replaces)
+
+    def __call__(self, batch: dict) -> dict:
+        """A new batch: `batch` with this step's `writes` set. Never mutates `batch`."""
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """JSON-able description; with the asset folder it rebuilds the step (`load`)."""
+        raise NotImplementedError
+
+    def save_assets(self, folder: Path) -> None:
+        """Write the files the step needs (tokenizer, processor, statistics); default: none."""
+
+    @classmethod
+    def load(cls, config: dict, folder: Path) -> "ProcessorStep":
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for `graphvla compile`: what it reads and writes."""
+        who = f"{self.block}: " if self.block else ""
+        return f"{who}{self.kind}  {', '.join(self.reads)} -> {', '.join(self.writes)}"
+
+
+class Pipeline:
+    """Steps in order; calling it runs each on the batch the previous one returned."""
+
+    def __init__(self, name: str, steps: list):
+        self.name, self.steps = name, list(steps)
+
+    def __call__(self, batch: dict) -> dict:
+        for step in self.steps:
+            batch = step(batch)
+        return batch
+
+    def __len__(self):
+        return len(self.steps)
+
+    def __iter__(self):
+        return iter(self.steps)
+
+    def describe(self) -> list[str]:
+        return [f"{i}. {s.describe()}" for i, s in enumerate(self.steps)]
+
+    def save(self, folder) -> Path:
+        """NAME.json plus NAME/<i>-<kind>/ asset folders under `folder`."""
+        folder = Path(folder)
+        entries = []
+        for i, step in enumerate(self.steps):
+            assets = folder / self.name / f"{i}-{step.kind}"
+            assets.mkdir(parents=True, exist_ok=True)
+            step.save_assets(assets)
+            if not any(assets.iterdir()):
+                assets.rmdir()
+            entries.append({"kind": step.kind, "block": step.block, "reads": list(step.reads),
+                            "writes": list(step.writes), "config": step.config()})
+        if (folder / self.name).is_dir() and not any((folder / self.name).iterdir()):
+            (folder / self.name).rmdir()
+        path = folder / f"{self.name}.json"
+        path.write_text(json.dumps({"format": FORMAT, "version": VERSION, "steps": entries}, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder, name: str) -> "Pipeline":
+        """Rebuild a saved pipeline; an unknown step kind or format is named with the file."""
+        folder = Path(folder)
+        path = folder / f"{name}.json"
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT or data.get("version") != VERSION:
+            raise ValueError(f"{path}: not a {FORMAT} v{VERSION} file (format {data.get('format')!r}, "
+                             f"version {data.get('version')!r})")
+        steps = []
+        for i, entry in enumerate(data["steps"]):
+            kind = entry.get("kind")
+            if kind not in STEP_KINDS:
+                raise ValueError(f"{path}: steps[{i}].kind '{kind}' is not a known processor step "
+                                 f"({', '.join(sorted(STEP_KINDS)) or 'none registered'})")
+            steps.append(STEP_KINDS[kind].load(entry["config"], folder / name / f"{i}-{kind}"))
+        return cls(name, steps)
