@@ -5,9 +5,14 @@ import torch
 import graphvla
 from graphvla.blocks.base import BuildContext, PortInfo
 from graphvla.blocks.heads.dual_system import DualSystemHead
+from graphvla.blocks.heads.flow_matching import initial_noise
 
 N, T, D, H, A = 16, 6, 16, 4, 2
 
+
+def seeded_noise(seed, batch=2):
+    """The head's starting noise [batch, H, A], drawn from a generator seeded with `seed`."""
+    return initial_noise((batch, H, A), torch.Generator().manual_seed(seed), torch.device("cpu"), torch.float32)
 
 
 def spec(every: int) -> str:
@@ -68,7 +73,7 @@ def test_overfits_fixed_dataset():
     first, last = sum(losses[:10]) / 10, sum(losses[-20:]) / 20
     head.eval()
     with torch.no_grad():
-        pred = head.predict(context=context, state=state, generator=torch.Generator().manual_seed(0))["actions"]
+        pred = head.predict(context=context, state=state, noise=seeded_noise(0, N))["actions"]
     err = (pred - target).abs().mean().item()
     print(f"dual system velocity MSE {first:.3f} -> {last:.4f} ({first / last:.0f}x); sampled chunk L1 error {err:.3f}")
     assert first / last >= 10
@@ -76,7 +81,7 @@ def test_overfits_fixed_dataset():
 
 
 def test_same_system2_features_same_actions():
-    """The head is stateless: given the same System-2 features and generator seed it returns the
+    """The head is stateless: given the same System-2 features and starting noise it returns the
     same actions, however often it is called."""
     torch.manual_seed(0)
     cg = graphvla.compile_graph(spec(1), device="cpu")
@@ -86,8 +91,8 @@ def test_same_system2_features_same_actions():
             p.add_(torch.randn_like(p) * 0.05)
     obs = observation(0)
     with torch.no_grad():
-        runs = [cg.infer(**obs, generator=torch.Generator().manual_seed(7))["actions"] for _ in range(3)]
-        other_seed = cg.infer(**obs, generator=torch.Generator().manual_seed(8))["actions"]
+        runs = [cg.infer(**obs, noise=seeded_noise(7))["actions"] for _ in range(3)]
+        other_seed = cg.infer(**obs, noise=seeded_noise(8))["actions"]
     assert runs[0].shape == (2, H, A)
     for r in runs[1:]:
         torch.testing.assert_close(r, runs[0], rtol=0, atol=0)
@@ -105,22 +110,21 @@ def test_cached_system2_matches_recomputed():
     cached.model.eval()
     fresh.model.eval()
     obs, other = observation(0), observation(1)
-    gen = lambda: torch.Generator().manual_seed(11)  # noqa: E731
     with torch.no_grad():
         cached.reset_caches()
-        with_cache = [cached.infer(**obs, generator=gen())["actions"] for _ in range(3)]
-        recomputed = fresh.infer(**obs, generator=gen())["actions"]
+        with_cache = [cached.infer(**obs, noise=seeded_noise(11))["actions"] for _ in range(3)]
+        recomputed = fresh.infer(**obs, noise=seeded_noise(11))["actions"]
         for a in with_cache:
             torch.testing.assert_close(a, recomputed, rtol=0, atol=0)
         # inside the cache window System 2 is not rerun: a new image/instruction is not seen yet ...
         cached.reset_caches()
-        cached.infer(**obs, generator=gen())
-        stale = cached.infer(**{**other, "state": obs["state"]}, generator=gen())["actions"]
+        cached.infer(**obs, noise=seeded_noise(11))
+        stale = cached.infer(**{**other, "state": obs["state"]}, noise=seeded_noise(11))["actions"]
         torch.testing.assert_close(stale, recomputed, rtol=0, atol=0)
         # ... while the state goes straight to System 1 on every call
-        new_state = cached.infer(**{**obs, "state": other["state"]}, generator=gen())["actions"]
+        new_state = cached.infer(**{**obs, "state": other["state"]}, noise=seeded_noise(11))["actions"]
         assert (new_state - recomputed).abs().max() > 1e-5
         # after k calls (or a reset) System 2 sees the new observation
         cached.reset_caches()
-        torch.testing.assert_close(cached.infer(**other, generator=gen())["actions"],
-                                   fresh.infer(**other, generator=gen())["actions"], rtol=0, atol=0)
+        torch.testing.assert_close(cached.infer(**other, noise=seeded_noise(11))["actions"],
+                                   fresh.infer(**other, noise=seeded_noise(11))["actions"], rtol=0, atol=0)

@@ -1,14 +1,20 @@
 """head.flow_matching: overfits, recovers a bimodal action distribution (where L1 regression
-cannot), is deterministic given a generator, maps DiT layers onto context layers."""
+cannot), is deterministic given its starting noise, maps DiT layers onto context layers."""
 import pytest
 import torch
 
 from graphvla.blocks.base import BuildContext, ParamError, PortInfo
-from graphvla.blocks.heads.flow_matching import FlowMatchingHead, default_layer_map, flow_matching_loss, sample_time
+from graphvla.blocks.heads.flow_matching import (FlowMatchingHead, default_layer_map, flow_matching_loss, initial_noise,
+                                                 sample_time)
 from graphvla.blocks.heads.mlp import MLPHead
 
 N, T, D, H, A = 16, 6, 16, 4, 2
 
+
+def seeded_noise(head, context, seed):
+    """predict's starting noise for `context`'s batch, drawn from a generator seeded with `seed`."""
+    return initial_noise(head.noise_shape(context.shape[0]), torch.Generator().manual_seed(seed), context.device,
+                         torch.float32)
 
 
 def make_head(params, context_shape=(N, T, D), horizon=H, action_dim=A, state_dim=None, cls=FlowMatchingHead):
@@ -50,7 +56,7 @@ def test_overfits_fixed_dataset(seed):
     first, last = sum(losses[:10]) / 10, sum(losses[-20:]) / 20
     head.eval()
     with torch.no_grad():
-        pred = head.predict(context=context, state=state, generator=torch.Generator().manual_seed(0))["actions"]
+        pred = head.predict(context=context, state=state, noise=seeded_noise(head, context, 0))["actions"]
     err = (pred - target).abs().mean().item()
     print(f"flow matching velocity MSE {first:.3f} -> {last:.4f} ({first / last:.0f}x); sampled chunk L1 error {err:.3f}")
     assert first / last >= 10
@@ -73,7 +79,8 @@ def test_recovers_bimodal_distribution_where_regression_averages():
     fit(flow, 300, 3e-3, batch)
     flow.eval()
     with torch.no_grad():
-        samples = flow.predict(context=one_context.expand(400, -1, -1), generator=torch.Generator().manual_seed(1))["actions"]
+        many = one_context.expand(400, -1, -1)
+        samples = flow.predict(context=many, noise=seeded_noise(flow, many, 1))["actions"]
     m = samples.mean(dim=(1, 2))
     near_plus, near_minus = ((m - 1).abs() < 0.3).float().mean().item(), ((m + 1).abs() < 0.3).float().mean().item()
     between = (m.abs() < 0.5).float().mean().item()
@@ -90,15 +97,15 @@ def test_recovers_bimodal_distribution_where_regression_averages():
     assert -1.05 < reg < 1.05
 
 
-def test_deterministic_given_generator_and_steps_matter():
+def test_deterministic_given_noise_and_steps_matter():
     torch.manual_seed(0)
     head = make_head({"width": 32, "layers": 2}).eval()
     context = torch.randn(N, T, D)
     with torch.no_grad():
-        a = head.predict(context=context, generator=torch.Generator().manual_seed(3))["actions"]
-        b = head.predict(context=context, generator=torch.Generator().manual_seed(3))["actions"]
-        c = head.predict(context=context, generator=torch.Generator().manual_seed(4))["actions"]
-        d = head.predict(context=context, generator=torch.Generator().manual_seed(3), num_steps=2)["actions"]
+        a = head.predict(context=context, noise=seeded_noise(head, context, 3))["actions"]
+        b = head.predict(context=context, noise=seeded_noise(head, context, 3))["actions"]
+        c = head.predict(context=context, noise=seeded_noise(head, context, 4))["actions"]
+        d = head.predict(context=context, noise=seeded_noise(head, context, 3), num_steps=2)["actions"]
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (a - c).abs().max() > 1e-3
     assert (a - d).abs().max() > 1e-6  # a different number of Euler steps is a different integration
@@ -118,11 +125,10 @@ def test_layer_map():
     with torch.no_grad():
         for p in head.dit.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-        gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-        a = head.predict(context=context, generator=gen())["actions"]
-        b = head.predict(context=other, generator=gen())["actions"]
+        a = head.predict(context=context, noise=seeded_noise(head, context, 0))["actions"]
+        b = head.predict(context=other, noise=seeded_noise(head, other, 0))["actions"]
         other[:, 3] += torch.randn(N, T, D)
-        c = head.predict(context=other, generator=gen())["actions"]
+        c = head.predict(context=other, noise=seeded_noise(head, other, 0))["actions"]
     torch.testing.assert_close(a, b)  # unmapped layers 1 and 2 do not matter
     assert (a - c).abs().max() > 1e-4
     for bad in ([0], [0, 4]):

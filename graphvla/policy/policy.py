@@ -7,7 +7,8 @@ un-normalized numpy outputs ({'actions': float32 [H, A], ...}).
 The policy server and the eval clients use exactly this API.
 
 Episode state. Without sessions, the `infer: {every: k}` caches are the policy's own (one per
-process, `reset()` clears them) and sampling heads draw from torch's global generator. With
+process, `reset()` clears them) and the sampling heads' starting noise (`draw_noise`) comes from
+torch's global generator. With
 `infer_batch(observations, sessions=[...])` (one runners/session.py Session per observation,
 each at most once per batch; the policy server gives each connection one) every row reads and
 advances only its own session: its cached blocks, its call counter, its noise generator, so a
@@ -24,8 +25,8 @@ import numpy as np
 import torch
 
 from ..blocks.base import device_of
-from ..blocks.heads.flow_matching import Inpainting
-from ..compiler.lower import RaggedRows
+from ..blocks.heads.flow_matching import Inpainting, initial_noise
+from .caches import CallRows, RaggedRows, cached_infer, has_caches, reset_caches
 from ..protocol import RTC_KEY
 from ..spec.schema import privileged_ports
 from . import rtc as R
@@ -39,12 +40,18 @@ class Policy:
         self.device = device_of(cg.model)
         cg.model.eval()
         cg.infer.eval()
+        # every-k blocks run behind caches this policy owns; _rows says whose caches a call uses
+        self._rows = CallRows()
+        self._infer = cached_infer(cg, self._rows).eval()
         for block in cg.model.values():  # e.g. FAST's hold action, declared in dataset units
             bind = getattr(block, "bind_normalizer", None)
             if bind is not None:
                 bind(normalizer)
         extras = {k for n in cg.dag.nodes if cg.dag.nodes[n]["role"] == "block" for k in cg.dag.nodes[n]["cls"].predict_kwargs}
-        self.samples = "generator" in {n.target for n in cg.infer.graph.nodes if n.op == "placeholder"}
+        # the blocks whose predict takes starting noise (flow heads): the policy draws it (draw_noise)
+        takes_noise = "noise" in {n.target for n in cg.infer.graph.nodes if n.op == "placeholder"}
+        self._samplers = [b for b in cg.infer_block_ids() if takes_noise and "noise" in cg.block(b).predict_kwargs]
+        self.samples = bool(self._samplers)
         self.inputs, self.optional = {}, set()
         for node in cg.infer.graph.nodes:
             if node.op == "placeholder" and node.target not in extras:
@@ -111,9 +118,12 @@ class Policy:
     def reset(self) -> None:
         """Start a new episode: forget cached slow-system outputs (the policy's own caches, used
         by calls without a session; sessions reset themselves: Session.reset)."""
-        reset = getattr(self.cg, "reset_caches", None)
-        if reset is not None:
-            reset()
+        reset_caches(self._infer)
+
+    @property
+    def has_caches(self) -> bool:
+        """Whether inference keeps state between calls (an `infer: {every: k}` block)."""
+        return has_caches(self._infer)
 
     def new_session(self, seed: int = 0) -> Session:
         """The episode state of one client (see the module docstring)."""
@@ -210,15 +220,22 @@ class Policy:
             out["rtc"] = {"applied": bool(applied), "method": "guidance" if self._guided else "blend",
                           "delay": int(delay), "overlap": 0 if remaining is None else int(len(remaining))}
 
+    def draw_noise(self, batch: int, generators=None) -> torch.Tensor:
+        """The sampling head's starting noise for a batch: row i from generators[i] (one session's
+        generator per row), or all rows from torch's global generator (None), in the head's dtype
+        on its device, exactly as blocks/heads/flow_matching.initial_noise draws it."""
+        head = self.cg.model[self.cg.block(self._samplers[0]).owner]
+        return initial_noise(head.noise_shape(batch), generators, self.device, head.noise_dtype)
+
     def _session_forward(self, observations, sessions, computed, options, rows=None) -> list[dict]:
         """One forward pass with per-session caches and generators; the sessions advance only
         when it succeeds."""
         generator_states = [s.generator.get_state() for s in sessions]
         caches = [dict(s.caches) for s in sessions]
-        if self.samples and "generator" not in options:
-            options = {**options, "generator": [s.generator for s in sessions]}
         try:
-            with self.cg.row_caches(caches, computed):
+            if self.samples and "noise" not in options:
+                options = {**options, "noise": self.draw_noise(len(observations), [s.generator for s in sessions])}
+            with self._rows.use(caches, computed):
                 outs = self._forward(observations, options, rows)
         except BaseException:
             for s, state in zip(sessions, generator_states):
@@ -251,7 +268,9 @@ class Policy:
             guidance = self._inpainting(rows, meta["action_horizon"], meta["action_dim"])
             if guidance is not None:
                 options = {**options, "rtc": guidance}
-        result = self.cg.infer(**batch, **options)
+        if self.samples and "noise" not in options:  # no session: torch's global generator
+            options = {**options, "noise": self.draw_noise(len(observations), None)}
+        result = self._infer(**batch, **options)
         per_output = {}
         for name, value in result.items():
             port = self._norm_port.get(name)

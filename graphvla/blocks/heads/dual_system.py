@@ -4,8 +4,8 @@ adapted here by a projection and a few self-attention layers; System 1 is a flow
 
 The head keeps no state between calls. Running System 2 at a lower rate than System 1 is the
 compiler's job: `infer: {every: k}` on the backbone block reuses its outputs for k calls, and this
-head simply denoises against whatever features it is given (same features + same generator seed
-give the same actions). The flow-matching conventions are those of head.flow_matching, and so is
+head simply denoises against whatever features it is given (same features + same `noise` give
+the same actions). The flow-matching conventions are those of head.flow_matching, and so is
 real-time chunking (`predict(..., rtc=Inpainting(...))` guides System 1's Euler steps)."""
 from __future__ import annotations
 

@@ -9,6 +9,12 @@ Conventions (pi0's), used by every flow head here:
   inference: Euler from tau = 0 to 1 in `num_steps` equal steps, x += v / num_steps.
 Beta(1.5, 1) has CDF x**1.5, so b = r**(2/3) with r ~ U(0, 1): no sampler needed, works on meta.
 
+The starting noise is an input of `predict` (`noise`, [B, H, A]): the caller draws it
+(`initial_noise`; graphvla.policy.Policy from each row's session generator), so the sampler itself is
+deterministic and an exported graph takes the noise as a plain tensor input. Called without it
+(a direct `cg.infer(...)`), predict draws it from torch's global generator as Policy does without
+sessions.
+
 `FlowDiT`, `flow_matching_loss` and `euler_sample` are also what head.dual_system runs.
 
 Real-time chunking (Black et al. 2025, "Real-Time Execution of Action Chunking Flow Policies"):
@@ -116,16 +122,16 @@ def initial_noise(shape, generator, device, dtype) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
-def euler_sample(dit: FlowDiT, memories, memory_padding, state, shape, generator=None, num_steps: int = 10):
-    """Integrate the learned velocity from noise (tau = 0) to actions (tau = 1). Deterministic
-    given `generator` (the noise is its only randomness; see initial_noise)."""
+def euler_sample(dit: FlowDiT, memories, memory_padding, state, noise, num_steps: int = 10):
+    """Integrate the learned velocity from `noise` (tau = 0, [B, H, A]) to actions (tau = 1).
+    Deterministic: the noise is the only randomness."""
     device = memories[0].device
     dtype = dit.action_in.weight.dtype
-    x = initial_noise(shape, generator, device, dtype)
+    x = noise.to(device=device, dtype=dtype)
     kv = dit.memory_kv(memories)
     dt = 1.0 / num_steps
     for i in range(num_steps):
-        tau = torch.full((shape[0],), i * dt, device=device, dtype=dtype)
+        tau = torch.full((x.shape[0],), i * dt, device=device, dtype=dtype)
         x = x + dt * dit(x, tau, kv, memory_padding, state)
     return x
 
@@ -159,16 +165,15 @@ def _check_inpainting(rtc: Inpainting, shape):
         raise ValueError(f"rtc.weights: expected [{b}, {h}] (batch, horizon), got {list(rtc.weights.shape)}")
 
 
-def guided_euler_sample(dit: FlowDiT, memories, memory_padding, state, shape, rtc: Inpainting, generator=None,
-                        num_steps: int = 10):
-    """euler_sample with real-time chunking guidance. The same noise as euler_sample for the same
-    generator; with all weights 0 it returns euler_sample's result exactly (no guidance is run)."""
-    _check_inpainting(rtc, shape)
+def guided_euler_sample(dit: FlowDiT, memories, memory_padding, state, noise, rtc: Inpainting, num_steps: int = 10):
+    """euler_sample from the same `noise` with real-time chunking guidance; with all weights 0 it
+    returns euler_sample's result exactly (no guidance is run)."""
+    _check_inpainting(rtc, tuple(noise.shape))
     if not bool((rtc.weights != 0).any()):
-        return euler_sample(dit, memories, memory_padding, state, shape, generator, num_steps)
+        return euler_sample(dit, memories, memory_padding, state, noise, num_steps)
     device = memories[0].device
     dtype = dit.action_in.weight.dtype
-    x = initial_noise(shape, generator, device, dtype)
+    x = noise.to(device=device, dtype=dtype)
     kv = [(k.detach(), v.detach()) for k, v in dit.memory_kv(memories)]
     state = None if state is None else state.detach()
     target = rtc.target.to(device=device, dtype=dtype)
@@ -176,7 +181,7 @@ def guided_euler_sample(dit: FlowDiT, memories, memory_padding, state, shape, rt
     dt = 1.0 / num_steps
     for i in range(num_steps):
         t = i * dt
-        tau = torch.full((shape[0],), t, device=device, dtype=dtype)
+        tau = torch.full((x.shape[0],), t, device=device, dtype=dtype)
         with torch.enable_grad():  # the guidance needs d A1 / d x, also under the server's no_grad
             xg = x.detach().requires_grad_(True)
             v = dit(xg, tau, kv, memory_padding, state)
@@ -207,7 +212,7 @@ class FlowHead(Block):
     `self.dit` (a FlowDiT) and implements `memories(context, context_mask)` -> (one memory per
     DiT layer, key padding mask)."""
 
-    predict_kwargs = ("generator", "num_steps", "rtc")
+    predict_kwargs = ("noise", "num_steps", "rtc")
 
     def memories(self, context, context_mask):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -218,14 +223,29 @@ class FlowHead(Block):
         memories, pad = self.memories(context, context_mask)
         return {"loss": flow_matching_loss(self.dit, memories, pad, state, target, mask, self.params["noise_draws"])}
 
-    def predict(self, context, context_mask=None, state=None, generator=None, num_steps=None, rtc=None):
-        """rtc: an Inpainting (real-time chunking) or None (plain sampling)."""
+    def noise_shape(self, batch: int) -> tuple:
+        """The shape of predict's `noise` for a batch: [batch, horizon, action dim]."""
+        return (int(batch), int(self.horizon), int(self.action_dim))
+
+    @property
+    def noise_dtype(self) -> torch.dtype:
+        """The dtype the sampler runs in (noise of another dtype is cast to it)."""
+        return self.dit.action_in.weight.dtype
+
+    def predict(self, context, context_mask=None, state=None, noise=None, num_steps=None, rtc=None):
+        """noise: the starting noise [B, H, A] (module docstring; None: drawn from torch's global
+        generator); rtc: an Inpainting (real-time chunking) or None (plain sampling)."""
         memories, pad = self.memories(context, context_mask)
-        shape = (context.shape[0], self.horizon, self.action_dim)
+        shape = self.noise_shape(context.shape[0])
+        if noise is None:
+            noise = initial_noise(shape, None, context.device, self.noise_dtype)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"{self.type_name}: noise must be [batch, horizon, action dim] = {list(shape)}, "
+                             f"got {list(noise.shape)}")
         steps = int(num_steps or self.params["num_steps"])
         if rtc is not None:
-            return {"actions": guided_euler_sample(self.dit, memories, pad, state, shape, rtc, generator, steps)}
-        return {"actions": euler_sample(self.dit, memories, pad, state, shape, generator, steps)}
+            return {"actions": guided_euler_sample(self.dit, memories, pad, state, noise, rtc, steps)}
+        return {"actions": euler_sample(self.dit, memories, pad, state, noise, steps)}
 
     def meta_forward(self, context, context_mask=None, state=None, target=None, mask=None):
         out = self.predict(context, context_mask, state, num_steps=1)
