@@ -26,6 +26,7 @@ import torch
 
 import graphvla
 from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
+from graphvla.policy.caches import CallRows, cached_infer, reset_caches
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADS = ["head.mlp", "head.oft", "head.flow_matching", "head.dual_system", "head.fast"]
@@ -123,10 +124,8 @@ def step_functions(cg, b: int) -> tuple:
         loss.backward()
         opt.step()
 
-    def predict():  # a full call: System 2 recomputed even where the spec caches it
+    def predict():  # a full call: cg.infer keeps no cache, so System 2 is recomputed even where the spec caches it
         cg.model.eval()
-        if hasattr(cg, "reset_caches"):
-            cg.reset_caches()
         with torch.no_grad():
             cg.infer(**obs)
 
@@ -175,7 +174,6 @@ def generated_tokens(cg, b: int) -> float:
     setattr(head, name, counting)
     try:
         cg.model.eval()
-        cg.reset_caches()
         with torch.no_grad():
             cg.infer(**obs)
     finally:
@@ -186,20 +184,20 @@ def generated_tokens(cg, b: int) -> float:
 def cache_functions(cached, every: int, b: int) -> tuple:
     """(k calls recomputing System 2 each time, one k-call episode with the cache)."""
     obs = {k: v for k, v in batch_for(cached, b).items() if k in placeholders(cached.infer)}
+    with_cache = cached_infer(cached, CallRows())  # the runtime's every-k caches, as a Policy runs them
 
     def episode():
         cached.model.eval()
         with torch.no_grad():
-            cached.reset_caches()  # each episode: 1 System-2 call, then every-1 cached calls
+            reset_caches(with_cache)  # each episode: 1 System-2 call, then every-1 cached calls
             for _ in range(every):
-                cached.infer(**obs)
+                with_cache(**obs)
 
     def recompute_every_call():
         cached.model.eval()
         with torch.no_grad():
             for _ in range(every):
-                cached.reset_caches()
-                cached.infer(**obs)
+                cached.infer(**obs)  # cg.infer keeps no cache
 
     return recompute_every_call, episode
 
@@ -251,7 +249,7 @@ def main(argv=None):
         fns = {}
         for head, cg in graphs.items():
             fns[(head, "train")], fns[(head, "predict")] = step_functions(cg, args.batch)
-        has_cache = hasattr(cached, "reset_caches")
+        has_cache = bool(cached.every_k)
         if has_cache:
             fns["recompute"], fns["cached"] = cache_functions(cached, every, args.batch)
         ms = interleaved_ms(fns, args.repeats)

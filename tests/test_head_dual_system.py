@@ -6,6 +6,7 @@ import graphvla
 from graphvla.blocks.base import BuildContext, PortInfo
 from graphvla.blocks.heads.dual_system import DualSystemHead
 from graphvla.blocks.heads.flow_matching import initial_noise
+from graphvla.policy.caches import CallRows, cached_infer, reset_caches
 
 N, T, D, H, A = 16, 6, 16, 4, 2
 
@@ -109,22 +110,27 @@ def test_cached_system2_matches_recomputed():
     fresh.model.load_state_dict(cached.model.state_dict())
     cached.model.eval()
     fresh.model.eval()
+    runtime = cached_infer(cached, CallRows())  # the every-k caches as the Policy runs them
     obs, other = observation(0), observation(1)
     with torch.no_grad():
-        cached.reset_caches()
-        with_cache = [cached.infer(**obs, noise=seeded_noise(11))["actions"] for _ in range(3)]
+        reset_caches(runtime)
+        with_cache = [runtime(**obs, noise=seeded_noise(11))["actions"] for _ in range(3)]
         recomputed = fresh.infer(**obs, noise=seeded_noise(11))["actions"]
         for a in with_cache:
             torch.testing.assert_close(a, recomputed, rtol=0, atol=0)
         # inside the cache window System 2 is not rerun: a new image/instruction is not seen yet ...
-        cached.reset_caches()
-        cached.infer(**obs, noise=seeded_noise(11))
-        stale = cached.infer(**{**other, "state": obs["state"]}, noise=seeded_noise(11))["actions"]
+        reset_caches(runtime)
+        runtime(**obs, noise=seeded_noise(11))
+        stale = runtime(**{**other, "state": obs["state"]}, noise=seeded_noise(11))["actions"]
         torch.testing.assert_close(stale, recomputed, rtol=0, atol=0)
         # ... while the state goes straight to System 1 on every call
-        new_state = cached.infer(**{**obs, "state": other["state"]}, noise=seeded_noise(11))["actions"]
+        new_state = runtime(**{**obs, "state": other["state"]}, noise=seeded_noise(11))["actions"]
         assert (new_state - recomputed).abs().max() > 1e-5
         # after k calls (or a reset) System 2 sees the new observation
-        cached.reset_caches()
+        reset_caches(runtime)
+        torch.testing.assert_close(runtime(**other, noise=seeded_noise(11))["actions"],
+                                   fresh.infer(**other, noise=seeded_noise(11))["actions"], rtol=0, atol=0)
+        # the compiled graph itself keeps no state: cached.infer reruns System 2 on every call
+        cached.infer(**obs, noise=seeded_noise(11))
         torch.testing.assert_close(cached.infer(**other, noise=seeded_noise(11))["actions"],
                                    fresh.infer(**other, noise=seeded_noise(11))["actions"], rtol=0, atol=0)

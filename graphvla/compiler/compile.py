@@ -9,7 +9,7 @@ from torch import fx, nn
 from ..spec.loader import Spec
 from . import dag as D
 from .build import build
-from .lower import EveryK, graph_module, lower_infer, lower_train, row_caches
+from .lower import graph_module, lower_infer, lower_train
 from .validate import checked_dag
 
 
@@ -50,6 +50,9 @@ class CompiledGraph:
     shapes: dict  # (node, port) -> symbolic shape, e.g. ('B', 8, 7)
     port_info: dict  # block id -> {port: PortInfo}
     warnings: list = field(default_factory=list)
+    # block id -> (owner, every, method) of each `infer: {every: k}` block. `infer` runs it on every
+    # call; the runtime (graphvla/policy/caches.py) keeps its outputs between calls
+    every_k: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -113,23 +116,6 @@ class CompiledGraph:
             rows.append((e["ref"], dst, e["kind"], shape))
         return rows
 
-    def reset_caches(self):
-        """Forget outputs cached by `infer: {every: k}` blocks (call at each episode start).
-        Per-row caches (row_caches) belong to their callers and are not touched."""
-        for m in self.infer.modules():
-            if isinstance(m, EveryK):
-                m.reset()
-
-    @property
-    def has_caches(self) -> bool:
-        """Whether inference keeps state between calls (an `infer: {every: k}` block)."""
-        return any(isinstance(m, EveryK) for m in self.infer.modules())
-
-    def row_caches(self, caches: list, computed: list | None = None):
-        """Context manager: within it, `infer` keeps the `every: k` caches per row, in the dict
-        caches[i] of row i's episode (compiler/lower.py row_caches)."""
-        return row_caches(caches, computed)
-
     def to(self, *args, **kwargs):
         self.model.to(*args, **kwargs)
         return self
@@ -149,9 +135,7 @@ def compile_graph(source, overrides=(), device="meta") -> CompiledGraph:
     cls_name = "".join(w.capitalize() for w in (spec.name or "graph").replace("-", "_").split("_") if w.isidentifier() or w.isalnum()) or "Graph"
     train = {s: graph_module(modules, lower_train(g, spec, s), f"{cls_name}Train") for s in D.streams(g)}
     infer_graph, cached = lower_infer(g, spec)
-    infer_modules = dict(modules)
-    for name, (owner, every, method) in cached.items():
-        infer_modules[name] = EveryK(modules[owner], every, method)
-    infer = graph_module(infer_modules, infer_graph, f"{cls_name}Infer")
+    infer = graph_module(modules, infer_graph, f"{cls_name}Infer")
     model = nn.ModuleDict(modules)
-    return CompiledGraph(spec, g, model, train, infer, shapes, infos, [i for i in issues.issues if i.severity == "warning"])
+    return CompiledGraph(spec, g, model, train, infer, shapes, infos, [i for i in issues.issues if i.severity == "warning"],
+                         every_k=cached)

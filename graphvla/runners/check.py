@@ -136,9 +136,7 @@ def run_check(spec, overrides=(), batch: int = 2, seed: int = 0, lr: float = 1e-
             report.losses[stream], report.totals[stream] = losses, float(total.detach())
             report.seconds[stream] = time.perf_counter() - start
 
-        cg.model.eval()
-        if hasattr(cg, "reset_caches"):
-            cg.reset_caches()
+        cg.model.eval()  # cg.infer keeps no every-k cache (the Policy does): each call runs every block
         names = graph_arguments(cg.infer)
         args = {k: data[k] for k in names if k in data}
         if "generator" in names:

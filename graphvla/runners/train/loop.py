@@ -15,7 +15,7 @@ from torch import nn
 
 from ...blocks.lora import save_adapters
 from ...compiler import dag as D
-from ...compiler.lower import batch_size
+from ...policy.caches import batch_size
 from ...policy.plain_data import plain_data
 from ...policy import checkpoint as C
 from . import sharded as S
