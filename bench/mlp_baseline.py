@@ -293,7 +293,7 @@ def evaluate_on_protocol(policy, args, tasks: list[str], execute_steps: int | No
     from functools import partial
 
     from graphvla.client import PolicyClient
-    from graphvla.commands.eval_cmds import ProtocolAdapter
+    from graphvla.runners.eval.evaluate import ProtocolAdapter
     from graphvla.runners.eval.protocol import evaluate_protocol
     from graphvla.runners.serve import ServeOptions, ServerThread
 

@@ -253,7 +253,7 @@ def test_an_independent_client_following_the_metadata_gets_evals_actions(tiny_pr
     from functools import partial
 
     from graphvla.client import PolicyClient
-    from graphvla.commands.eval_cmds import ProtocolAdapter
+    from graphvla.runners.eval.evaluate import ProtocolAdapter
     from graphvla.runners.eval.protocol import evaluate_protocol
     from graphvla.policy.loading import load_policy
     from graphvla.runners.serve import ServeOptions, ServerThread

@@ -7,43 +7,13 @@ import click
 import yaml
 
 from .options import UserError, handles_errors, set_option
-from .serve_cmds import key_map_option, load_run_policy, serve_options, serve_section
-
-
-class ProtocolAdapter:
-    """Builds a protocol worker's benchmark adapter from the server's metadata (picklable, so
-    worker processes get it): --execute if given, else the graph's serve.execute_steps if it
-    declares one, else the adapter's own `actions.execute`."""
-
-    def __init__(self, name: str, overrides: dict, execute: int | None, declared: bool):
-        self.name, self.overrides, self.execute, self.declared = name, dict(overrides), execute, declared
-
-    def __call__(self, metadata: dict):
-        from ..client import load_adapter
-
-        overrides = dict(self.overrides)
-        steps = self.execute or (metadata.get("execute_steps") if self.declared else None)
-        if steps:
-            overrides["actions.execute"] = int(steps)
-        return load_adapter(self.name, overrides)
-
-
-def _run_datasets(run) -> list[str]:
-    """The dataset folders a run was trained on (RUN/data.json, written by `graphvla train`)."""
-    import json
-
-    path = Path(run) / "data.json"
-    return list(json.loads(path.read_text()).get("datasets") or []) if path.is_file() else []
+from .serve_cmds import key_map_option, serve_section
 
 
 def eval_protocol(run, protocol, tasks, buckets, episodes, workers, data_dir, out, server, api_key, adapter,
                   execute, adapter_overrides, no_gif, key_map, overrides):
-    from functools import partial
-
-    from ..client import PolicyClient
-    from ..data.protocol_record import recorded_scene_vectors
-    from ..runners.eval.protocol import evaluate_protocol, format_protocol_markdown, format_protocol_table
-    from ..runners.serve import ServerThread
+    from ..runners.eval.evaluate import default_out_dir, evaluate_run_protocol, protocol_label
+    from ..runners.eval.protocol import format_protocol_table
     from ..sim import starvla_mt50 as P
 
     names = [t.strip() for t in (tasks or "").split(",") if t.strip()]
@@ -55,39 +25,12 @@ def eval_protocol(run, protocol, tasks, buckets, episodes, workers, data_dir, ou
     if workers < 1:
         raise UserError("--workers must be >= 1")
     section = serve_section(run, overrides, key_map) if run else {}
-    declared = bool(section.get("execute_steps")) or (run is None)
-    make_adapter = ProtocolAdapter(adapter or "metaworld", adapter_overrides, execute, declared)
-    out_dir = Path(out) if out else (Path(run) / f"eval-{protocol}" if run and Path(run).is_dir() else Path(f"eval-{protocol}"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    datasets = [data_dir] if data_dir else (_run_datasets(run) if run else [])
-    scenes = None  # unknown unless some dataset lists its episodes
-    for d in datasets:
-        if (Path(d) / "meta" / "episodes.jsonl").is_file():
-            scenes = scenes or {}
-            for task, vectors in recorded_scene_vectors(d).items():
-                scenes.setdefault(task, []).extend(vectors)
-    thread = None
-    if server is None:
-        # one request at a time: batched forwards may round differently, and results must not
-        # depend on how many workers' requests happened to meet
-        opts = serve_options(section, "127.0.0.1", 0, None, 1, None, None)
-        thread = ServerThread(load_run_policy(run), opts).start()
-        server = thread.url
-    try:
-        connect = partial(PolicyClient, server, None, api_key=api_key if thread is None else None)
-        with connect() as probe:
-            meta = probe.metadata
-        graph = {"graph": meta.get("name"), "fingerprint": meta.get("fingerprint"),
-                 "privileged": bool(meta.get("privileged")),
-                 "execute_steps": getattr(make_adapter(meta).scheduler, "execute", None)}
-        summary = evaluate_protocol(connect, make_adapter, task_list, episodes, workers, out_dir, gifs=not no_gif,
-                                    training_scenes=scenes, graph=graph, log=lambda m: click.echo(m, err=True))
-    finally:
-        if thread is not None:
-            thread.stop()
-    label = "GraphVLA (privileged upper bound)" if graph["privileged"] else "GraphVLA"
-    click.echo(format_protocol_table(summary, label=label))
-    (out_dir / "results.md").write_text(format_protocol_markdown(summary, label=f"{label} {graph['graph']}"))
+    out_dir = Path(out) if out else default_out_dir(run, protocol)
+    summary = evaluate_run_protocol(run, task_list, episodes, workers, out_dir, data_dir=data_dir, server=server,
+                                    api_key=api_key, adapter=adapter, execute=execute,
+                                    adapter_overrides=adapter_overrides, gifs=not no_gif, section=section,
+                                    log=lambda m: click.echo(m, err=True))
+    click.echo(format_protocol_table(summary, label=protocol_label(summary)))
     click.echo(f"wrote {out_dir / 'results.json'}, results.md" + ("" if no_gif else f" and {len(task_list)} GIFs"))
 
 
@@ -125,10 +68,10 @@ def eval_cmd(run, protocol, suite, tasks, buckets, episodes, workers, seed_offse
     """Evaluate RUN in closed loop through the policy server: on a published protocol
     (--protocol starvla-mt50: per task, per bucket and overall beside the peer's published rows)
     or on GraphVLA's own suite; success rates with Wilson 95% intervals, results.json + GIFs."""
-    from ..client import PolicyClient, load_adapter
+    from ..client import load_adapter
+    from ..runners.eval.evaluate import default_out_dir, evaluate_run_suite
     from ..runners.eval.protocol import PROTOCOLS
-    from ..runners.eval.runner import evaluate_metaworld, format_table
-    from ..runners.serve import ServerThread
+    from ..runners.eval.runner import format_table
 
     if protocol == "list":
         for name, about in PROTOCOLS.items():
@@ -169,24 +112,12 @@ def eval_cmd(run, protocol, suite, tasks, buckets, episodes, workers, seed_offse
     if execute:
         adapter_overrides["actions.execute"] = execute
     adapter_obj = load_adapter(adapter or suite, adapter_overrides)
-    out_dir = Path(out) if out else (Path(run) / f"eval-{suite}" if run and Path(run).is_dir() else Path(f"eval-{suite}"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    thread = None
-    if server is None:
-        section = serve_section(run, overrides, key_map)
-        thread = ServerThread(load_run_policy(run), serve_options(section, "127.0.0.1", 0, None, None, None, None)).start()
-        server = thread.url
-    try:
-        with PolicyClient(server, None, api_key=api_key if thread is None else None) as client:
-            reset = client.reset if client.metadata.get("server") == "graphvla" else None
-            summary = evaluate_metaworld(client.infer, client.metadata, adapter_obj, task_list, episodes, seed_offset,
-                                         out_dir, max_steps=max_steps, gifs=not no_gif, reset=reset,
-                                         log=lambda m: click.echo(m, err=True))
-            privileged = bool(client.metadata.get("privileged"))
-    finally:
-        if thread is not None:
-            thread.stop()
+    out_dir = Path(out) if out else default_out_dir(run, suite)
+    section = serve_section(run, overrides, key_map) if server is None else None
+    summary = evaluate_run_suite(run, task_list, episodes, seed_offset, out_dir, adapter=adapter_obj, server=server,
+                                 api_key=api_key, section=section, max_steps=max_steps, gifs=not no_gif,
+                                 log=lambda m: click.echo(m, err=True))
+    privileged = summary["config"]["privileged"]
     click.echo(format_table(summary))
     if privileged:
         click.echo(f"privileged upper bound: {summary['config']['graph']} reads the simulator's state (objects, goal), "

@@ -25,6 +25,7 @@ def train_cmd(spec, data, run_dir, overrides, resume, stop_after, no_progress):
     configs/accelerate/{ddp,deepspeed_zero2,deepspeed_zero3,fsdp}.yaml --num_processes N` each process
     trains on its shard of the data; trainer.batch_size is the global batch."""
     from ..blocks.lora import describe as describe_parameters
+    from ..policy.run_data import write_run_data
     from ..runners.train import Trainer
     from ..runners.train.dataio import load_bundle
     from ..spec.loader import load_spec
@@ -38,8 +39,8 @@ def train_cmd(spec, data, run_dir, overrides, resume, stop_after, no_progress):
             click.echo(line, err=True)
     if trainer.resumed_from is not None and trainer.accelerator.is_main_process:
         click.echo(f"resumed from {trainer.resumed_from} (step {trainer.step})", err=True)
-    if trainer.accelerator.is_main_process:
-        _note_data(run_dir, data)
+    if trainer.accelerator.is_main_process:  # RUN/data.json, for `graphvla eval` to count training scenes
+        write_run_data(run_dir, data)
     result = trainer.run()
     if trainer.accelerator.is_main_process:
         last = result.history[-1] if result.history else None
@@ -49,23 +50,4 @@ def train_cmd(spec, data, run_dir, overrides, resume, stop_after, no_progress):
 
 
 commands = [train_cmd]
-
-
-def _note_data(run_dir, data) -> None:
-    """RUN/data.json: which datasets the run trained on, so `graphvla eval` can count evaluation
-    episodes that start from a training scene without being told the data again."""
-    import json
-    from pathlib import Path
-
-    import yaml
-
-    data = Path(data).resolve()
-    roots = [str(data)]
-    if data.is_file():
-        doc = yaml.safe_load(data.read_text()) or {}
-        roots = [str((data.parent / d["path"]).resolve()) for d in doc.get("datasets") or []
-                 if isinstance(d, dict) and d.get("path")]
-    path = Path(run_dir) / "data.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"data": str(data), "datasets": roots}, indent=2) + "\n")
 
