@@ -42,16 +42,25 @@ def build_policy():
 
 
 class NullPolicy:
-    """Same inputs as the benchmark graph, no model: isolates the server's own cost."""
+    """Same inputs as the benchmark graph, no model: isolates the server's own cost. It has the
+    part of Policy's interface the server calls (a session per connection, which it ignores)."""
 
     metadata = {"name": "null", "fingerprint": "0", "action_horizon": 8, "action_dim": 4, "outputs": ["actions"],
                 "normalization": {}, "inputs": {"images": {"kind": "image", "views": 2, "size": [224, 224]},
                                                 "instruction": {"kind": "text"}, "state": {"kind": "state", "dim": 8}}}
 
-    def infer(self, obs):
+    def new_session(self, seed: int = 0):
+        from graphvla.policy.session import Session
+
+        return Session(seed)
+
+    def check_rtc_request(self, value):
+        raise ValueError("the benchmark's policies do no real-time chunking")
+
+    def infer(self, obs, session=None, **options):
         return {"actions": np.zeros((8, 4), np.float32)}
 
-    def infer_batch(self, observations):
+    def infer_batch(self, observations, sessions=None, **options):
         return [self.infer(o) for o in observations]
 
     def reset(self):
@@ -64,7 +73,7 @@ class SleepPolicy(NullPolicy):
     def __init__(self, seconds: float):
         self.seconds = seconds
 
-    def infer(self, obs):
+    def infer(self, obs, session=None, **options):
         time.sleep(self.seconds)
         return super().infer(obs)
 

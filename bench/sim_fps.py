@@ -60,7 +60,7 @@ def recording(tasks, episodes, size, workers):
 # --- (b) one evaluation episode -----------------------------------------------------------------
 
 class MLPStandIn:
-    """The Policy API (metadata / infer / infer_batch / reset) around a plain MLP the size of
+    """The Policy API (metadata / new_session / infer / infer_batch / reset) around a plain MLP the size of
     metaworld/mt50's head (fused 256 + state 4 -> 3 x 512 -> 8 x 4). It declares the MT50 graph's
     inputs (so evaluation renders the image and sends the instruction) but reads only the state."""
 
@@ -79,13 +79,18 @@ class MLPStandIn:
         self.label = (f"plain torch MLP 260-512-512-512-32 ({sum(p.numel() for p in self.net.parameters()):,} "
                       f"params; no image encoder: a lower bound on a policy's time)")
 
-    def infer_batch(self, observations):
+    def new_session(self, seed: int = 0):  # the server gives each connection one; the MLP keeps no state
+        from graphvla.policy.session import Session
+
+        return Session(seed)
+
+    def infer_batch(self, observations, sessions=None, **options):
         with self.torch.no_grad():
             x = self.torch.zeros(len(observations), 260)
             x[:, :4] = self.torch.from_numpy(np.stack([np.asarray(o["state"], np.float32) for o in observations]))
             return [{"actions": a.numpy()} for a in self.net(x).view(-1, 8, 4)]
 
-    def infer(self, obs):
+    def infer(self, obs, session=None, **options):
         return self.infer_batch([obs])[0]
 
     def reset(self):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from graphvla.client import ActionQueue, AsyncPolicyClient, AsyncRealtimeClient, PolicyClient, RealtimeClient
 from graphvla.protocol import RTC_KEY
 from graphvla.runners.serve import ServeOptions, ServerThread
+from test_serve_doubles import PolicyDouble
 
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
 
@@ -86,39 +86,29 @@ def test_queue_checks_its_use():
 
 # --- the clients against a server -------------------------------------------------------------------
 
-class GatedPolicy:
-    """Answers request i with chunk(i); request i waits until gates[i] is set (if there is one)."""
-
-    metadata = {"name": "gated", "fingerprint": "0", "action_horizon": H, "action_dim": 2,
-                "inputs": {"state": {"kind": "state", "dim": 2}}, "outputs": ["actions"]}
+class GatedPolicy(PolicyDouble):
+    """Answers request i with chunk(i); request i waits until gates[i] is set (if there is one).
+    `requests` holds what the server handed the policy (an RTC request already checked)."""
 
     def __init__(self):
+        super().__init__(H, 2, {"state": {"kind": "state", "dim": 2}}, name="gated")
         self.requests, self.gates = [], {}
-        self.lock = threading.Lock()
+        self.arrival = threading.Condition()
 
-    def check_rtc_request(self, value):
-        return value
-
-    def infer(self, obs):
-        with self.lock:
+    def compute(self, obs, session):
+        with self.arrival:
             i = len(self.requests)
             self.requests.append(obs)
+            self.arrival.notify_all()
         gate = self.gates.get(i)
         if gate is not None:
             assert gate.wait(30), f"request {i} was never released"
         return {"actions": chunk(i)}
 
-    def infer_batch(self, observations):
-        return [self.infer(o) for o in observations]
-
-    def reset(self):
-        pass
-
     def arrived(self, n: int) -> None:
-        deadline = time.monotonic() + 30
-        while len(self.requests) < n:  # synchronisation only: what is asserted is the order of events
-            assert time.monotonic() < deadline, f"request {n - 1} never reached the server"
-            time.sleep(0.005)
+        """Wait until n requests have reached the policy."""
+        with self.arrival:
+            assert self.arrival.wait_for(lambda: len(self.requests) >= n, 30), f"request {n - 1} never reached the server"
 
 
 OBS = {"state": np.zeros(2, np.float32)}
@@ -134,7 +124,7 @@ def test_realtime_client_runs_from_its_queue_while_the_next_chunk_is_computed():
             assert rt.step(OBS).tolist() == [0, 4]  # queue at the threshold: request 1 goes out...
             policy.arrived(2)
             sent = policy.requests[1][RTC_KEY]
-            assert sent["delay"] == 0 and np.array_equal(sent["remaining_actions"], chunk(0)[4:])
+            assert sent.delay == 0 and np.array_equal(sent.remaining, chunk(0)[4:])
             assert rt.step(OBS).tolist() == [0, 5]  # ...and is held, while the robot keeps running
             assert rt.step(OBS).tolist() == [0, 6]
             policy.gates[1].set()
@@ -144,7 +134,7 @@ def test_realtime_client_runs_from_its_queue_while_the_next_chunk_is_computed():
             assert rt.step(OBS).tolist() == [1, 4]  # queue of 4: request 2 goes out with the measured delay
             policy.arrived(3)
             sent = policy.requests[2][RTC_KEY]
-            assert sent["delay"] == 3 and np.array_equal(sent["remaining_actions"], chunk(1)[4:])
+            assert sent.delay == 3 and np.array_equal(sent.remaining, chunk(1)[4:])
             rt.wait()
             rt.reset()
             assert len(rt.queue) == 0 and rt.queue.t == 0
@@ -171,7 +161,7 @@ def test_async_realtime_client():
             ran = [(await rt.step(OBS)).tolist() for _ in range(5)]
             assert ran == [[0, j] for j in range(5)] and rt.waits == 1
             await asyncio.get_running_loop().run_in_executor(None, policy.arrived, 2)
-            assert np.array_equal(policy.requests[1][RTC_KEY]["remaining_actions"], chunk(0)[4:])
+            assert np.array_equal(policy.requests[1][RTC_KEY].remaining, chunk(0)[4:])
             assert (await rt.step(OBS)).tolist() == [0, 5]  # held on the server; the loop keeps running
             policy.gates[1].set()
             await rt.wait()

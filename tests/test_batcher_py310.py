@@ -20,18 +20,18 @@ batching = importlib.util.module_from_spec(spec)
 sys.modules["batching"] = batching
 spec.loader.exec_module(batching)
 
-class Echo:
-    def infer(self, obs):
+class Echo:  # the part of Policy's interface the batcher calls
+    def infer(self, obs, session=None):
         return {"n": obs["n"]}
-    def infer_batch(self, obs_list):
+    def infer_batch(self, obs_list, sessions=None):
         return [self.infer(o) for o in obs_list]
 
 async def main():
     # two clients connected, only one sends: collecting the batch times out after 5 ms
     b = batching.Batcher(Echo(), max_batch=4, max_wait_ms=5, active_clients=lambda: 2)
     b.start()
-    first = await asyncio.wait_for(b.submit({"n": 1}), 5)
-    second = await asyncio.wait_for(b.submit({"n": 2}), 5)  # hangs if the batcher task died
+    first = await asyncio.wait_for(b.submit({"n": 1}, None), 5)
+    second = await asyncio.wait_for(b.submit({"n": 2}, None), 5)  # hangs if the batcher task died
     await b.stop()
     print(first.output["n"], second.output["n"], first.batch_size)
 

@@ -5,7 +5,6 @@ samples (a flow head draws noise from each session's generator) and caches a blo
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -26,24 +25,27 @@ CLIENTS, STEPS, SEED = 6, 4, 99
 
 
 class Overlapping:
-    """The policy, each batch held for 40 ms, counting how many batches compute at once."""
+    """The policy, counting how many batches compute at once. With `overlap` n, the first batches
+    wait until n compute together (a signal, not a delay): the test then knows that n batches
+    really were in flight at once."""
 
-    def __init__(self, policy):
-        self.policy, self.now, self.most = policy, 0, 0
-        self._lock = threading.Lock()
+    def __init__(self, policy, overlap: int = 1):
+        self.policy, self.overlap, self.now, self.most = policy, overlap, 0, 0
+        self._changed = threading.Condition()
 
     def __getattr__(self, name):
         return getattr(self.policy, name)
 
     def infer_batch(self, observations, sessions=None, **options):
-        with self._lock:
+        with self._changed:
             self.now += 1
             self.most = max(self.most, self.now)
+            self._changed.notify_all()
+            assert self._changed.wait_for(lambda: self.most >= self.overlap, 60), "no second batch came"
         try:
-            time.sleep(0.04)
             return self.policy.infer_batch(observations, sessions=sessions, **options)
         finally:
-            with self._lock:
+            with self._changed:
                 self.now -= 1
 
     def infer(self, obs, session=None, **options):
@@ -95,7 +97,7 @@ def serve_clients(wrapped, workers: int) -> dict:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_concurrent_batches_keep_every_session_apart(policy, workers):
-    wrapped = Overlapping(policy)
+    wrapped = Overlapping(policy, overlap=workers)
     got = serve_clients(wrapped, workers)
     assert wrapped.most == workers  # 2: two batches really computed at once
     for i in range(CLIENTS):
@@ -107,21 +109,3 @@ def test_bad_worker_count_is_refused(policy):
     with pytest.raises(ValueError, match="inference workers must be >= 1, got 0"):
         ServerThread(policy, ServeOptions(port=0, infer_workers=0))
 
-
-@pytest.mark.parametrize("workers", [1, 2])
-def test_a_call_while_the_batcher_idles_runs_at_once(workers):
-    """Policy.reset for a policy without sessions goes through Batcher.call; the idle collector
-    holds a worker slot while it waits for a request, so call() must not wait for every slot."""
-    import asyncio
-
-    from graphvla.runners.serve.batching import Batcher
-
-    async def main():
-        batcher = Batcher(object(), workers=workers)
-        batcher.start()
-        try:
-            return await asyncio.wait_for(batcher.call(lambda: "reset"), 10)
-        finally:
-            await batcher.stop()
-
-    assert asyncio.run(main()) == "reset"

@@ -15,33 +15,27 @@ from graphvla.runners.eval.runner import evaluate_metaworld
 from graphvla.runners.eval.stats import format_table, summarize, wilson_interval
 from graphvla.runners.serve import ServeOptions, ServerThread
 from graphvla.sim import metaworld as mw
+from test_serve_doubles import PolicyDouble
 
 TASK_OF = {v: k for k, v in mw.INSTRUCTIONS.items()}
 
 
-class ExpertPolicy:
-    """Policy API double: image + instruction + full 39-dim state in, the expert's action out."""
+class ExpertPolicy(PolicyDouble):
+    """Image + instruction + full 39-dim state in, the expert's action out."""
 
     def __init__(self, zero=False, horizon=4):
-        self.zero, self.horizon = zero, horizon
+        super().__init__(horizon, 4, {"images": {"kind": "image", "views": 1, "size": [32, 32]},
+                                      "instruction": {"kind": "text"},
+                                      "state": {"kind": "state", "dim": 39, "privileged": True}},  # the expert reads it all
+                         name="expert-double")
+        self.zero = zero
         self.seen_images = []
-        self.metadata = {"name": "expert-double", "fingerprint": "e" * 64, "action_horizon": horizon, "action_dim": 4,
-                         "inputs": {"images": {"kind": "image", "views": 1, "size": [32, 32]},
-                                    "instruction": {"kind": "text"},
-                                    "state": {"kind": "state", "dim": 39, "privileged": True}},  # the expert reads it all
-                         "outputs": ["actions"], "normalization": {}}
 
-    def infer(self, obs):
+    def compute(self, obs, session):
         assert obs["images"].shape == (1, 32, 32, 3) and obs["images"].dtype == np.uint8
         self.seen_images.append(float(obs["images"].std()))
         a = np.zeros(4, np.float32) if self.zero else mw.expert_action(TASK_OF[obs["instruction"]], obs["state"])
         return {"actions": np.repeat(a[None], self.horizon, axis=0)}
-
-    def infer_batch(self, obs_list):
-        return [self.infer(o) for o in obs_list]
-
-    def reset(self):
-        pass
 
 
 def test_wilson_interval_known_values():

@@ -1,5 +1,7 @@
 """Policy server: openpi-client as the real client, every kind of bad input, batching, auth,
-health check, graceful shutdown. Loopback only, tiny arrays, a test-double policy."""
+health check, graceful shutdown. Loopback only, tiny arrays, a test double with the real policy
+interface (test_serve_doubles.py). No sleeps: a test that must act while a request is inside the
+policy holds it there (the double's `hold`) and waits for it (`entered`, the server's `changed`)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -162,25 +163,33 @@ def test_oversized_message_closes_only_that_connection(server):
     assert_served(server)
 
 
+def wait_for(srv, condition, timeout=30):
+    """Wait until condition(server) holds; the server notifies `changed` on every change."""
+    with srv.server.changed:
+        assert srv.server.changed.wait_for(lambda: condition(srv.server), timeout), "the server never got there"
+
+
 def test_client_vanishing_mid_request_does_not_hurt_others():
-    policy = DoublePolicy(delay_s=0.3)
+    gate = threading.Event()
+    policy = DoublePolicy(hold=lambda: gate.wait(30))
     with ServerThread(policy, ServeOptions(port=0, key_map=LIBERO)) as srv:
         ws = _raw(srv)
         ws.send(msgpack_numpy.packb(libero_obs(0)))
+        assert policy.entered.get(timeout=30) == 1  # the request is inside the policy
         ws.socket.close()  # vanish without a close handshake while the policy is busy
-        time.sleep(0.1)
+        gate.set()
         assert_served(srv, seed=9)
-        # the vanished connection is dropped once its in-flight request finishes
-        deadline = time.monotonic() + 5.0
-        while srv.server.connections and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert srv.server.connections == 0
+        # the vanished connection is dropped once its in-flight request finishes (and the
+        # served client's once it closed)
+        wait_for(srv, lambda s: s.connections == 0)
 
 
 def test_concurrent_clients_are_batched_and_each_gets_its_own_actions():
-    policy = DoublePolicy(delay_s=0.05)
+    policy = DoublePolicy()
     results, errors = {}, []
-    with ServerThread(policy, ServeOptions(port=0, key_map=LIBERO, max_batch=8, max_wait_ms=50)) as srv:
+    # a batch goes as soon as every connected client has a request in it; the long wait only
+    # makes sure no batch leaves early on a slow machine
+    with ServerThread(policy, ServeOptions(port=0, key_map=LIBERO, max_batch=8, max_wait_ms=30_000)) as srv:
         clients = [client(srv) for _ in range(8)]
         barrier = threading.Barrier(8)
 
@@ -203,12 +212,12 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_actions():
     assert len(results) == 24
     for out, exp in results.values():
         np.testing.assert_array_equal(out["actions"], exp)
-    assert max(policy.batch_sizes) > 1 and len(policy.batch_sizes) < 24
-    assert max(o["server_timing"]["batch_size"] for o, _ in results.values()) > 1
+    assert policy.batch_sizes == [8, 8, 8]  # each round of the 8 clients is one forward
+    assert {o["server_timing"]["batch_size"] for o, _ in results.values()} == {8}
 
 
 def test_batching_off_runs_one_request_per_forward():
-    policy = DoublePolicy(delay_s=0.01)
+    policy = DoublePolicy()
     with ServerThread(policy, ServeOptions(port=0, key_map=LIBERO, max_batch=1)) as srv:
         clients = [client(srv) for _ in range(4)]
         threads = [threading.Thread(target=lambda c=c, i=i: c.infer(libero_obs(i))) for i, c in enumerate(clients)]
@@ -220,9 +229,10 @@ def test_batching_off_runs_one_request_per_forward():
 
 
 def test_one_bad_observation_in_a_batch_fails_alone():
-    policy = DoublePolicy(delay_s=0.05)
+    policy = DoublePolicy()
     outs = {}
-    with ServerThread(policy, ServeOptions(port=0, key_map=LIBERO, max_wait_ms=200)) as srv:
+    # the three requests form one batch: it goes when every connected client has a request in it
+    with ServerThread(policy, ServeOptions(port=0, key_map=LIBERO, max_wait_ms=30_000)) as srv:
         clients = [client(srv) for _ in range(3)]
         prompts = ["a", "invalid", "c"]
 
@@ -240,7 +250,7 @@ def test_one_bad_observation_in_a_batch_fails_alone():
     assert isinstance(outs[1], RuntimeError) and "not allowed" in str(outs[1])
     for i in (0, 2):
         np.testing.assert_array_equal(outs[i]["actions"], expected_actions(as_ports(libero_obs(i, prompt=prompts[i]))))
-    assert 3 in policy.batch_sizes  # the batch was tried whole first, then one by one
+    assert policy.batch_sizes == [3, 1, 1, 1]  # the batch was tried whole first, then one by one
 
 
 def test_healthz(server):
@@ -266,15 +276,20 @@ def test_api_key_is_required_at_the_handshake():
 
 
 def test_stop_finishes_the_in_flight_request():
-    policy = DoublePolicy(delay_s=0.5)
+    gate = threading.Event()
+    policy = DoublePolicy(hold=lambda: gate.wait(30))
     srv = ServerThread(policy, ServeOptions(port=0, key_map=LIBERO)).start()
     c = client(srv)
     obs = libero_obs(3)
     got = {}
     t = threading.Thread(target=lambda: got.setdefault("out", c.infer(obs)))
     t.start()
-    time.sleep(0.15)  # the request is now inside the policy
-    srv.stop()
+    assert policy.entered.get(timeout=30) == 1  # the request is inside the policy
+    stopper = threading.Thread(target=srv.stop)
+    stopper.start()
+    wait_for(srv, lambda s: s.draining)  # the server is shutting down with the request in flight
+    gate.set()
+    stopper.join(30)
     t.join(10)
     np.testing.assert_array_equal(got["out"]["actions"], expected_actions(as_ports(obs)))
     with pytest.raises(ConnectionRefusedError):
@@ -286,36 +301,30 @@ import sys
 sys.path.insert(0, {tests!r})
 from test_serve_doubles import DoublePolicy
 from graphvla.runners.serve import PolicyServer, ServeOptions
-server = PolicyServer(DoublePolicy(delay_s=0.5), ServeOptions(port={port}, key_map={key_map!r}))
-server.run()
+
+def hold():  # the request stays in the policy until SIGTERM has started the shutdown
+    print("entered", flush=True)
+    with server.changed:
+        server.changed.wait_for(lambda: server.draining, 30)
+
+server = PolicyServer(DoublePolicy(hold=hold), ServeOptions(port=0, key_map={key_map!r}))
+server.run(ready=lambda port: print("ready", port, flush=True))
 print("clean exit", server.served, flush=True)
 """
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sigterm_is_graceful():
-    port = _free_port()
-    script = SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent), port=port, key_map=LIBERO)
+    script = SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent), key_map=LIBERO)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        c = None
-        while c is None and time.monotonic() < deadline:
-            try:
-                c = WebsocketClientPolicy("127.0.0.1", port)
-            except OSError:
-                time.sleep(0.2)
-        assert c is not None, proc.stderr.read() if proc.poll() is not None else "server did not start"
+        ready = proc.stdout.readline().split()
+        assert ready[:1] == ["ready"], proc.stderr.read()
+        c = WebsocketClientPolicy("127.0.0.1", int(ready[1]))
         obs = libero_obs(4)
         got = {}
         t = threading.Thread(target=lambda: got.setdefault("out", c.infer(obs)))
         t.start()
-        time.sleep(0.2)
+        assert proc.stdout.readline().strip() == "entered"  # the request is inside the policy
         os.kill(proc.pid, signal.SIGTERM)
         t.join(10)
         out, _ = proc.communicate(timeout=20)

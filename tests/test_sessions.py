@@ -133,7 +133,7 @@ def test_interleaved_clients_get_what_each_gets_alone(policy):
     for i, script in SCRIPTS.items():
         alone, _ = run(policy, {i: script})
         assert all(r["server_timing"]["batch_size"] == 1 for r in alone[i])
-        # same noise, same System-2 features: equal up to batched float arithmetic (bitwise here)
+        # same noise, same System-2 features: equal up to batched float arithmetic
         np.testing.assert_allclose(actions(together[i]), actions(alone[i]), rtol=1e-5, atol=1e-6)
     # client 1's second episode (after its reset, same seed) replays its first. Not bitwise: its
     # step 1 ran in a batch of 2 the first time (client 2 was resetting) and of 3 the second, and

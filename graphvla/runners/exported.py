@@ -27,6 +27,8 @@ from ..blocks.heads.flow_matching import initial_noise
 from .export import FORMATS, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, NOISE
 from .export_vlm import SavedProcessor
 from ..policy.observation import convert, describe
+from ..policy.rtc import RTCRequestError
+from ..protocol import RTC_KEY
 from ..policy.session import Session
 
 TOKENIZERS = {"bytes": lambda texts, t: byte_tokenize(texts, int(t["max_length"]), "cpu")}
@@ -115,6 +117,10 @@ class ExportedPolicy:
 
     def reset(self) -> None:
         """Nothing to forget: an exported graph keeps no state between calls."""
+
+    def check_rtc_request(self, value):
+        """The server checks an observation's RTC_KEY here: an exported graph does no real-time chunking."""
+        raise RTCRequestError(f"'{RTC_KEY}': an exported policy does not do real-time chunking")
 
     def infer(self, obs: dict, session: Session | None = None, **options) -> dict:
         return self.infer_batch([obs], None if session is None else [session], **options)[0]

@@ -8,7 +8,7 @@ not count). Inference runs in `workers` threads (default 1) so the event loop ke
 decoding and answering other connections meanwhile; with 2, the next batch is collected and
 computed while one computes (a client is in at most one batch: it waits for its reply).
 
-Each request may carry its client's session (runners/session.py): the batch is then run as
+Each request carries its client's session (policy/session.py): a batch is run as
 `policy.infer_batch(observations, sessions=[...])`, and every row reads and advances only its own
 session, so batching changes no client's answers."""
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Outcome:
 class _Request:
     obs: dict
     future: asyncio.Future
-    session: object = None
+    session: object
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -60,7 +60,6 @@ class Batcher:
         self._queue: asyncio.Queue[_Request] | None = None
         self._task: asyncio.Task | None = None
         self._slots: asyncio.Semaphore | None = None  # one per inference worker
-        self._exclusive: asyncio.Lock | None = None
         self._running: set = set()  # batches being computed
         self._in_batches = 0  # requests in those batches
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="graphvla-infer")
@@ -68,7 +67,6 @@ class Batcher:
     def start(self) -> None:
         self._queue = asyncio.Queue()
         self._slots = asyncio.Semaphore(self.workers)
-        self._exclusive = asyncio.Lock()  # held by call(): no batch starts while it runs
         self._task = asyncio.get_running_loop().create_task(self._run(), name="graphvla-batcher")
 
     async def stop(self) -> None:
@@ -82,16 +80,7 @@ class Batcher:
             await asyncio.gather(*self._running, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
-    async def call(self, fn):
-        """Run fn() on an inference thread while no batch runs (e.g. Policy.reset). It waits for
-        the running batches, and no new one starts meanwhile. (It cannot take every worker slot:
-        the idle collector holds one while it waits for a request.)"""
-        async with self._exclusive:
-            while self._running:
-                await asyncio.gather(*list(self._running), return_exceptions=True)
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
-    async def submit(self, obs: dict, session=None) -> Outcome:
+    async def submit(self, obs: dict, session) -> Outcome:
         req = _Request(obs, asyncio.get_running_loop().create_future(), session)
         self._queue.put_nowait(req)
         return await asyncio.shield(req.future)
@@ -124,8 +113,6 @@ class Batcher:
             except BaseException:
                 self._slots.release()
                 raise
-            async with self._exclusive:  # a call() in progress runs alone
-                pass
             self._in_batches += len(batch)
             task = asyncio.get_running_loop().create_task(self._dispatch(batch))
             self._running.add(task)
@@ -153,29 +140,25 @@ class Batcher:
             req.future.set_result(Outcome(None if err else out, err, infer_ms,
                                           (started - req.queued_at) * 1000.0, len(batch)))
 
-    def _infer(self, obs_list: list[dict], sessions: list | None = None) -> tuple[list, float]:
+    def _infer(self, obs_list: list[dict], sessions: list) -> tuple[list, float]:
         """Runs in the worker thread. A failing batch is retried one by one so that one bad
         observation only fails its own request (a failed batched forward moves no session)."""
         t0 = time.perf_counter()
-        sessions = sessions if sessions and all(s is not None for s in sessions) else None
         if len(obs_list) == 1:
-            outs = [self._one(obs_list[0], sessions[0] if sessions else None)]
+            outs = [self._one(obs_list[0], sessions[0])]
         else:
             try:
-                if sessions:
-                    outs = list(self.policy.infer_batch(obs_list, sessions=sessions))
-                else:
-                    outs = list(self.policy.infer_batch(obs_list))
+                outs = list(self.policy.infer_batch(obs_list, sessions=sessions))
                 if len(outs) != len(obs_list):
                     raise RuntimeError(f"infer_batch returned {len(outs)} results for {len(obs_list)} observations")
             except Exception:  # noqa: BLE001 - isolate the culprit below
                 log.info("batched inference failed; retrying the %d requests one by one", len(obs_list))
-                outs = [self._one(o, s) for o, s in zip(obs_list, sessions or [None] * len(obs_list))]
+                outs = [self._one(o, s) for o, s in zip(obs_list, sessions)]
         return outs, (time.perf_counter() - t0) * 1000.0
 
-    def _one(self, obs: dict, session=None):
+    def _one(self, obs: dict, session):
         try:
-            return self.policy.infer(obs) if session is None else self.policy.infer(obs, session=session)
+            return self.policy.infer(obs, session=session)
         except Exception as e:  # noqa: BLE001 - reported to the client that sent it
             if not isinstance(e, ValueError):
                 log.exception("inference failed")

@@ -6,11 +6,11 @@ Protocol (what openpi-client's WebsocketClientPolicy expects):
   {"actions": float32 [H, A], ..., "server_timing": {"infer_ms": ..., ...}};
 - a request that cannot be served is answered with a text frame naming the key and what was
   expected, and the connection stays open for the next request.
-Each connection is one session (runners/session.py): its own `every: k` caches, call counter and
+Each connection is one session (policy/session.py): its own `every: k` caches, call counter and
 noise generator, seeded with the server's `seed` (or, after a reset request carrying
 `session_seed`, a mix of both). A reset request {"__graphvla_reset__": true[, "session_seed": n]}
 starts a new episode of that session only. An observation may carry a real-time chunking request
-{"__graphvla_rtc__": {"delay": d, "remaining_actions": [R, A] | "executed": n}} (runners/rtc.py),
+{"__graphvla_rtc__": {"delay": d, "remaining_actions": [R, A] | "executed": n}} (policy/rtc.py),
 checked before it joins a batch.
 Plain HTTP `GET /healthz` answers 200 with JSON. With an API key, the handshake requires
 `Authorization: Api-Key KEY` and is refused with 401 otherwise."""
@@ -57,13 +57,14 @@ class ServeOptions:
 
 
 class PolicyServer:
+    """Serves `policy`, an object with graphvla.policy.Policy's interface (metadata, new_session,
+    infer(obs, session=), infer_batch(observations, sessions=), check_rtc_request): every
+    connection gets its own session, and every request is answered through it."""
+
     def __init__(self, policy, options: ServeOptions | None = None):
         self.policy = policy
         self.options = options or ServeOptions()
         self.options.seed = check_seed(self.options.seed, "serve.seed")
-        # a policy with sessions (graphvla's Policy) keeps each connection's episode state apart;
-        # one without (a test double, a plain callable) shares one state, reset for everyone
-        self.sessions = callable(getattr(policy, "new_session", None))
         meta = dict(policy.metadata)
         self.mapper = ObservationMapper(meta.get("inputs") or {}, self.options.key_map or None)
         self.metadata = plain_data({
@@ -77,7 +78,7 @@ class PolicyServer:
             "execute_steps": self.options.execute_steps or meta.get("action_horizon"),
             # each connection's noise generator starts from this seed (a reset may add session_seed)
             "seed": self.options.seed,
-            "sessions": self.sessions,
+            "sessions": True,  # every connection has its own episode state (kept for older clients)
         })
         self._metadata_frame = packb(self.metadata)
         self.connections = 0
@@ -85,6 +86,9 @@ class PolicyServer:
         self.served = 0
         self.errors = 0
         self.draining = False
+        # notified whenever connections, in_flight or draining change: a thread that must wait for
+        # one of them (a test, `graphvla eval`) waits on it instead of polling
+        self.changed = threading.Condition()
         self.port: int | None = None
         self.batcher = Batcher(policy, self.options.max_batch, self.options.max_wait_ms,
                                active_clients=lambda: self.connections, workers=self.options.infer_workers)
@@ -114,26 +118,31 @@ class PolicyServer:
     # --- WebSocket side ------------------------------------------------------------------------
 
     async def _handle(self, ws) -> None:
-        self.connections += 1
-        session = self.policy.new_session(self.options.seed) if self.sessions else None
+        self._count("connections", +1)
+        session = self.policy.new_session(self.options.seed)
         try:
             await ws.send(self._metadata_frame)
             prev_total_ms = None
             async for message in ws:
                 started = time.perf_counter()
-                self.in_flight += 1
+                self._count("in_flight", +1)
                 try:
                     reply = await self._answer(message, prev_total_ms, session)
                     await ws.send(reply)
                 finally:
-                    self.in_flight -= 1
+                    self._count("in_flight", -1)
                 prev_total_ms = (time.perf_counter() - started) * 1000.0
         except ConnectionClosed as e:
             log.debug("connection closed: %s", e)
         finally:
-            self.connections -= 1
+            self._count("connections", -1)
 
-    async def _answer(self, message, prev_total_ms, session=None) -> bytes | str:
+    def _count(self, name: str, delta: int) -> None:
+        with self.changed:
+            setattr(self, name, getattr(self, name) + delta)
+            self.changed.notify_all()
+
+    async def _answer(self, message, prev_total_ms, session) -> bytes | str:
         """The reply frame for one request: bytes on success, an error text otherwise."""
         if isinstance(message, str):
             self.errors += 1
@@ -172,11 +181,8 @@ class PolicyServer:
             return f"error: the policy returned an output that cannot be sent: {e}"
 
     def _rtc_request(self, value):
-        check = getattr(self.policy, "check_rtc_request", None)
-        if check is None:
-            raise ObservationError(f"'{RTC_KEY}': this policy does not do real-time chunking")
         try:
-            return check(value)
+            return self.policy.check_rtc_request(value)
         except ValueError as e:
             raise ObservationError(str(e)) from None
 
@@ -184,9 +190,6 @@ class PolicyServer:
         """A new episode for this connection's session alone. No request of this connection is in
         a batch now (a connection's requests are answered one at a time), so its session is
         changed here, on the event loop."""
-        if session is None:  # a policy without sessions: its one shared state
-            await self.batcher.call(self.policy.reset)
-            return packb({"reset": True})
         session.reset(None if client_seed is None else session_seed(self.options.seed, client_seed))
         return packb({"reset": True, "seed": session.seed})
 
@@ -205,7 +208,9 @@ class PolicyServer:
                 if ready:
                     ready(self.port)
                 await stop.wait()
-                self.draining = True
+                with self.changed:
+                    self.draining = True
+                    self.changed.notify_all()
                 server.close(close_connections=False)  # stop accepting; keep open connections
                 deadline = time.monotonic() + self.options.shutdown_timeout_s
                 while self.in_flight and time.monotonic() < deadline:
@@ -217,15 +222,16 @@ class PolicyServer:
         finally:
             await self.batcher.stop()
 
-    def run(self) -> None:
-        """Blocking entry point for the CLI: SIGINT / SIGTERM shut down gracefully."""
+    def run(self, ready=None) -> None:
+        """Blocking entry point for the CLI: SIGINT / SIGTERM shut down gracefully. `ready(port)`
+        is called once the server listens."""
 
         async def main():
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            await self.serve(stop)
+            await self.serve(stop, ready)
 
         asyncio.run(main())
 
