@@ -36,7 +36,7 @@ from graphvla.data.api import DataBundle, collate
 from graphvla.data.normalize import Normalizer
 from graphvla.data.stats import compute_stats
 from graphvla.runners.train import Trainer
-from graphvla.runners.train.optim import block_param_groups, build_optimizer, build_scheduler
+from graphvla.runners.train.optim import block_param_groups, build_optimizer, set_lrs
 from graphvla.spec.loader import load_spec
 
 
@@ -87,7 +87,7 @@ class TrainerRunner:
     def __init__(self, spec, bundle, run_dir):
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (import once, outside timing)
 
-        self.t = Trainer(spec, bundle, run_dir, progress=False)
+        self.t = Trainer.from_spec(spec, bundle, run_dir, progress=False)
         for _ in range(3):  # warm-up steps, not timed
             self.t.train_step()
 
@@ -108,9 +108,9 @@ class HandWritten:
         cg = compile_graph(spec, device="cpu")
         stream = cg.streams[0]
         self.gm = cg.train[stream]
-        train_cfg = {bid: cg.dag.nodes[bid]["train"] for bid in cg.model}
+        train_cfg = {bid: cg.block(bid).train for bid in cg.model}
         self.opt = build_optimizer(block_param_groups(cg.model, train_cfg, cfg), cfg)
-        self.sched = build_scheduler(self.opt, cfg)
+        self.steps = 0
         self.norm = Normalizer(bundle.stats, cfg.get("normalization") or {})
         it = iter(bundle.sampler(stream, seed=cfg["seed"]))
         batches = ([next(it) for _ in range(cfg["batch_size"])] for _ in iter(int, 1))
@@ -125,8 +125,9 @@ class HandWritten:
         out = self.gm(**{k: batch[k] for k in self.names if k in batch})
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg["grad_clip"])
+        set_lrs(self.opt, self.steps, self.cfg)
         self.opt.step()
-        self.sched.step()
+        self.steps += 1
         self.opt.zero_grad(set_to_none=True)
         return out["loss"].item()
 

@@ -37,7 +37,7 @@ from graphvla.spec.loader import load_spec  # noqa: E402
 
 def session_seconds_per_step(spec, bundle, run_dir, steps, in_workers) -> tuple[float, float]:
     """(wall seconds, CPU seconds of the training process) per step."""
-    t = Trainer(spec, bundle, run_dir, progress=False, encode_in_workers=in_workers)
+    t = Trainer.from_spec(spec, bundle, run_dir, progress=False, encode_in_workers=in_workers)
     try:
         for _ in range(2):  # warm-up: workers start, first allocations
             t.train_step()

@@ -95,7 +95,7 @@ def test_cotrain_graph_trains_both_streams(tmp_path, metaworld_data):
     spec = load_spec(COTRAIN, ["trainer.max_steps=4", "trainer.batch_size=4", "trainer.warmup_steps=1",
                                "trainer.save_every=100"])
     bundle = load_data(out / "data.yaml", spec)
-    trainer = Trainer(spec, bundle, tmp_path / "run", progress=False)
+    trainer = Trainer.from_spec(spec, bundle, tmp_path / "run", progress=False)
     vlm = trainer.cg.model["vlm"]
     records, before = [], None
     for _ in range(4):

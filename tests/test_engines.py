@@ -232,8 +232,8 @@ def test_gradient_accumulation_trains_what_one_big_batch_trains(tmp_path, monkey
         stats = port_stats(ds, ["state", "actions"])
         norm = Normalizer(stats, spec.section("trainer")["normalization"])
         torch.manual_seed(0)
-        t = Trainer(spec, DataBundle({"action": ds}, stats), tmp_path / name, normalizer=norm, collate=collate,
-                    progress=False)
+        t = Trainer.from_spec(spec, DataBundle({"action": ds}, stats), tmp_path / name, normalizer=norm, collate=collate,
+                              progress=False)
         result = t.run()
         return t, [r["loss"] for r in result.history], result.samples
 

@@ -243,7 +243,7 @@ def tiny_oft(tmp_path_factory):
     torch.manual_seed(0)
     spec = load_spec(TINY_OFT, ["trainer.max_steps=2", "trainer.batch_size=2", "trainer.warmup_steps=1",
                                 "trainer.num_workers=0", "trainer.save_every=100"])
-    Trainer(spec, vlm_bundle(VLMSamples()), root / "run", progress=False).run()
+    Trainer.from_spec(spec, vlm_bundle(VLMSamples()), root / "run", progress=False).run()
     return root, load_policy(root / "run")
 
 

@@ -76,8 +76,8 @@ def lora_run(tmp_path_factory):
                                                      "trainer.save_every=100"])
     ds = SyntheticActions(16, size=128, state_dim=4, horizon=8, action_dim=4)
     stats = port_stats(ds, ["state", "actions"])
-    t = Trainer(spec, DataBundle({"action": ds}, stats), tmp / "run", normalizer=Normalizer(stats, {}),
-                collate=collate, progress=False)
+    t = Trainer.from_spec(spec, DataBundle({"action": ds}, stats), tmp / "run", normalizer=Normalizer(stats, {}),
+                          collate=collate, progress=False)
     before = {k: v.clone() for k, v in t.cg.model.state_dict().items()}
     result = t.run()
     return t, result, before, ds

@@ -21,8 +21,8 @@ def _trainer(tmp_path, overrides, nan_at=None):
     ds = SyntheticActions(48, nan_at=nan_at)
     stats = port_stats(ds, ["state", "actions"])
     norm = Normalizer(stats, spec.section("trainer")["normalization"])
-    return Trainer(spec, DataBundle({"action": ds}, stats), tmp_path / "run", normalizer=norm, collate=collate,
-                   progress=False), ds
+    return Trainer.from_spec(spec, DataBundle({"action": ds}, stats), tmp_path / "run", normalizer=norm, collate=collate,
+                             progress=False), ds
 
 
 def test_losses_are_read_once_per_log_interval_and_fill_every_record(tmp_path, monkeypatch):

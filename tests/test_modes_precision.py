@@ -23,8 +23,8 @@ def trainer(tmp_path, spec_path, overrides=(), vlm_data=False):
     ds = (SyntheticActions(8, size=128, state_dim=4, horizon=8, action_dim=4) if vlm_data else SyntheticActions(16))
     stats = port_stats(ds, ["state", "actions"])
     norm = Normalizer(stats, spec.section("trainer").get("normalization") or {})
-    return Trainer(spec, DataBundle({"action": ds}, stats), tmp_path / "run", normalizer=norm, collate=collate,
-                   progress=False)
+    return Trainer.from_spec(spec, DataBundle({"action": ds}, stats), tmp_path / "run", normalizer=norm, collate=collate,
+                             progress=False)
 
 
 def modes(module):

@@ -28,8 +28,8 @@ def trained(tmp_path_factory):
     spec = load_spec(str(tmp / "spec.yaml"), ["trainer.max_steps=4", "trainer.save_every=2"])
     ds = SyntheticActions(32)
     stats = port_stats(ds, ["state", "actions"])
-    t = Trainer(spec, DataBundle({"action": ds}, stats), tmp / "run",
-                normalizer=Normalizer(stats, spec.section("trainer")["normalization"]), collate=collate, progress=False)
+    t = Trainer.from_spec(spec, DataBundle({"action": ds}, stats), tmp / "run",
+                          normalizer=Normalizer(stats, spec.section("trainer")["normalization"]), collate=collate, progress=False)
     t.run()
     return t, tmp / "run", ds, Normalizer
 

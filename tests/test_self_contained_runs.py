@@ -29,7 +29,7 @@ def _train_move_and_reload(spec_file, inputs, tmp_path):
     """Train 2 steps, predict, delete the inputs, move the run, load it, predict again."""
     spec = load_spec(str(spec_file), ["trainer.max_steps=2", "trainer.batch_size=2", "trainer.warmup_steps=1"])
     bundle = _bundle(Samples())
-    trainer = Trainer(spec, bundle, tmp_path / "run", progress=False)
+    trainer = Trainer.from_spec(spec, bundle, tmp_path / "run", progress=False)
     trainer.run()
     expected = Policy.from_compiled(trainer.cg, trainer.normalizer).infer(_obs())["actions"]
     shutil.rmtree(inputs)  # the spec folder, its tokenizer and model folders: gone
@@ -86,7 +86,7 @@ def test_large_base_weights_are_referenced_by_path_and_hash(tmp_path, monkeypatc
     spec_file = _vlm_from_folder_spec(inputs)
     weights = inputs / "tiny-qwen3vl" / "model.safetensors"
     spec = load_spec(str(spec_file), ["trainer.max_steps=1", "trainer.batch_size=2", "trainer.warmup_steps=1"])
-    Trainer(spec, _bundle(Samples(4)), tmp_path / "run", progress=False).run()
+    Trainer.from_spec(spec, _bundle(Samples(4)), tmp_path / "run", progress=False).run()
     ckpt = tmp_path / "run" / "checkpoints" / "step_0000001"
     entry = yaml.safe_load((ckpt / "assets.json").read_text())["vlm"]["model"]
     (ref,) = entry["referenced"]

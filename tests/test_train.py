@@ -84,7 +84,7 @@ def test_param_groups_follow_block_train_and_freeze_is_bitwise(tmp_path):
     torch.manual_seed(0)
     text = TINY_SPEC.replace("    with: {width: 16, patch: 8, layers: 1}", "    with: {width: 16, patch: 8, layers: 1}\n    train: {freeze: true}")
     spec, bundle, kw = setup(tmp_path, text, ["trainer.max_steps=5", "blocks.language.train={lr: 2.0e-4, weight_decay: 0.3}"])
-    t = Trainer(spec, bundle, tmp_path / "run", **kw)
+    t = Trainer.from_spec(spec, bundle, tmp_path / "run", **kw)
     groups = {g["name"]: g for g in t.optimizer.param_groups}
     assert not any(n.startswith("vision") for n in groups)
     assert groups["head"]["initial_lr"] == 3e-3 and groups["fuse"]["initial_lr"] == 3e-3
@@ -192,10 +192,10 @@ def test_stream_cycle():  # the learning-rate schedule is tested in test_schedul
 def test_unknown_stream_and_missing_stream_data_are_named(tmp_path):
     spec, bundle, kw = setup(tmp_path, TINY_SPEC, ["trainer.streams={vlm: {ratio: 1}}"])
     with pytest.raises(ValueError, match=r"trainer.streams names \['vlm'\]"):
-        Trainer(spec, bundle, tmp_path / "run", **kw)
+        Trainer.from_spec(spec, bundle, tmp_path / "run", **kw)
     spec, bundle, kw = setup(tmp_path, COTRAIN)
     with pytest.raises(KeyError, match="stream 'aux'"):
-        Trainer(spec, bundle, tmp_path / "run", **kw)
+        Trainer.from_spec(spec, bundle, tmp_path / "run", **kw)
 
 
 def test_cli_trains_tiny_graph_on_metaworld_resumes_and_serves(tmp_path, metaworld_data):
@@ -343,7 +343,7 @@ def test_precision_bf16_autocasts_and_fp32_does_not(tmp_path):
     losses = {}
     for prec in ("fp32", "bf16", "fp32"):
         spec, bundle, kw = setup(tmp_path, TINY_SPEC, ["trainer.max_steps=3", f"trainer.precision={prec}"])
-        t = Trainer(spec, bundle, tmp_path / f"run-{prec}-{len(losses)}", **kw)
+        t = Trainer.from_spec(spec, bundle, tmp_path / f"run-{prec}-{len(losses)}", **kw)
         assert t.accelerator.mixed_precision == ("bf16" if prec == "bf16" else "no")
         losses.setdefault(prec, []).append([r["loss"] for r in t.run().history])
     assert losses["fp32"][0] == losses["fp32"][1]  # deterministic

@@ -49,8 +49,8 @@ def _spec(graph):
 
 def _train_counting_main_process_calls(tmp_path, graph, monkeypatch, in_workers):
     torch.manual_seed(0)
-    t = Trainer(_spec(graph), vlm_bundle(TailSamples()), tmp_path / f"{graph}-{in_workers}", progress=False,
-                encode_in_workers=in_workers)
+    t = Trainer.from_spec(_spec(graph), vlm_bundle(TailSamples()), tmp_path / f"{graph}-{in_workers}", progress=False,
+                          encode_in_workers=in_workers)
     calls = {"processor": 0, "bpe": 0}  # counted in this process only: a worker's calls happen in its own
     processor, bpe = hf_vlm.encode_cpu, FASTTokenizer.encode
 
@@ -110,7 +110,7 @@ def test_the_encodings_hold_after_an_input_move_that_rebuilds_lists(tmp_path, mo
     """The trainer hands the encodings over inside the wrapped module's forward, so a wrapper that
     rebuilds the batch's lists (the instructions) still gets the workers' encodings used."""
     spec = load_spec(str(TINY / "fast-lm.yaml"), ["trainer.batch_size=2", "trainer.num_workers=0"])
-    t = Trainer(spec, vlm_bundle(TailSamples()), tmp_path / "run", progress=False)
+    t = Trainer.from_spec(spec, vlm_bundle(TailSamples()), tmp_path / "run", progress=False)
     batch = t.feeds["action"].next()
     encodings = dataio.take_encodings(batch, t.encoders["action"])
     batch = dataio.fit_batch(batch, *t.inputs["action"], "action")

@@ -32,7 +32,7 @@ ds.loaded = []
 stats = port_stats(ds, ["state", "actions"])
 ds.loaded = []  # the statistics read every sample; count only what training draws
 norm = Normalizer(stats, spec.section("trainer")["normalization"])
-trainer = Trainer(spec, DataBundle({"action": ds}, stats), out / "run", normalizer=norm, collate=collate, progress=False)
+trainer = Trainer.from_spec(spec, DataBundle({"action": ds}, stats), out / "run", normalizer=norm, collate=collate, progress=False)
 rank = trainer.accelerator.process_index
 initial = {k: v.clone() for k, v in trainer.cg.model.state_dict().items()}
 result = trainer.run()

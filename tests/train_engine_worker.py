@@ -27,8 +27,8 @@ stats = port_stats(ds, ["state", "actions"])
 
 def trainer(run, **kw):
     norm = Normalizer(stats, spec.section("trainer")["normalization"])
-    return Trainer(spec, DataBundle({"action": ds}, stats), out / run, normalizer=norm, collate=collate,
-                   progress=False, **kw)
+    return Trainer.from_spec(spec, DataBundle({"action": ds}, stats), out / run, normalizer=norm, collate=collate,
+                             progress=False, **kw)
 
 
 whole = trainer("run_a")

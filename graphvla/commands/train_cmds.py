@@ -14,7 +14,7 @@ from .options import handles_errors, set_option
               help="run directory: checkpoints/ and logs/ (TensorBoard) go here")
 @set_option
 @click.option("--resume", is_flag=True, help="continue from RUN_DIR's latest checkpoint (weights, optimizer, "
-                                             "scheduler, data position, RNG)")
+                                             "data position, RNG)")
 @click.option("--stop-after", type=click.IntRange(min=1), default=None, metavar="N",
               help="stop after N steps of this session and checkpoint (for time-limited jobs; --resume continues)")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
@@ -32,7 +32,7 @@ def train_cmd(spec, data, run_dir, overrides, resume, stop_after, no_progress):
 
     s = load_spec(spec, overrides)
     bundle = load_bundle(data, s)
-    trainer = Trainer(s, bundle, run_dir, resume=resume, stop_after=stop_after, progress=not no_progress)
+    trainer = Trainer.from_spec(s, bundle, run_dir, resume=resume, stop_after=stop_after, progress=not no_progress)
     if trainer.accelerator.is_main_process:  # users of per-GPU batch sizes see what one step trains on
         click.echo(trainer.layout.describe(), err=True)
         for line in describe_parameters(trainer.cg.model):  # trainable of total, and the LoRA adapters

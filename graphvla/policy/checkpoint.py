@@ -15,7 +15,8 @@ from pathlib import Path
 from ..fileio import TMP_PREFIX, write_text_atomic
 
 STEP_DIR = re.compile(r"^step_(\d{7,})$")
-FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json", "rng.pt", "spec.yaml",
+# runs written before the lr became a function of the step also hold scheduler.pt, which nothing reads
+FILES = ("model.safetensors", "optimizer.pt", "trainer_state.json", "rng.pt", "spec.yaml",
          "graph.json", "normalization.json", "assets.json")
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from . import compat
+
 DEEPSPEED_KEY = "distributed_type: DEEPSPEED (the accelerate config) / ACCELERATE_USE_DEEPSPEED"
 FSDP_KEY = "distributed_type: FSDP (the accelerate config) / ACCELERATE_USE_FSDP"
 
@@ -35,8 +37,7 @@ def check_available(engine: str) -> None:
         except ImportError as e:
             raise RuntimeError(f"the launcher asks for DeepSpeed ({DEEPSPEED_KEY}) but it cannot be imported ({e}); "
                                "`pip install deepspeed`, or launch with configs/accelerate/ddp.yaml") from None
-        if not _has_cuda():
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator (gloo), as in CI
+        compat.deepspeed_on_cpu()
 
 
 def engine_name(engine: str) -> str:
@@ -56,54 +57,6 @@ def check_shardable(engine: str, cg) -> None:
         raise ValueError(f"the launcher asks for {engine_name(engine)} ({key}), which cannot shard 0-d (scalar) "
                          f"parameters: {listed}; give the parameter shape [1] in the block, or launch with "
                          "configs/accelerate/ddp.yaml")
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def accelerator_cpu_flag(engine: str) -> bool:
-    """Accelerator(cpu=...): without GPUs, DDP and FSDP join the processes as MULTI_CPU (gloo).
-    DeepSpeed must not get cpu=True: Accelerate would silently fall back to DDP."""
-    return not engine.startswith("deepspeed") and not _has_cuda()
-
-
-def enable_fsdp_without_gpus(accelerator, engine: str) -> None:
-    """Accelerate 1.15 turns FSDP on only for GPU-like backends; on CPU processes (gloo, as in CI)
-    it would silently train plain DDP. torch's FSDP2 runs on CPU, so the state is switched to FSDP
-    with the plugin the launcher's config describes (fsdp_config: ...)."""
-    if engine != "fsdp" or _has_cuda():
-        return
-    from accelerate.state import AcceleratorState, PartialState
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-
-    if accelerator.state.distributed_type == DistributedType.FSDP:
-        return
-    AcceleratorState._shared_state.update(distributed_type=DistributedType.FSDP,
-                                          fsdp_plugin=FullyShardedDataParallelPlugin())
-    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-
-
-def fix_process_counts(accelerator) -> None:
-    """Accelerate 1.15 under DeepSpeed without a GPU backend leaves its counters at process 0 of 1
-    on every process, although DeepSpeed has joined all of them in a torch.distributed group.
-    Data sharding, "main process only" writes, loss averaging and DeepSpeed's own batch
-    arithmetic all read these counters, so they are set from the process group."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    rank, world = dist.get_rank(), dist.get_world_size()
-    state = accelerator.state
-    if (state.process_index, state.num_processes) == (rank, world):
-        return
-    from accelerate.state import PartialState
-
-    local = int(os.environ.get("LOCAL_RANK", rank))
-    for shared in (PartialState._shared_state, state.__dict__):
-        shared.update(process_index=rank, num_processes=world, local_process_index=local)
 
 
 @dataclass
