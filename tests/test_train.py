@@ -121,6 +121,47 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
     assert [r["step"] for r in state["history_tail"]] == list(range(1, 17))
 
 
+def test_a_resumed_run_trains_every_step_at_the_uninterrupted_lr(tmp_path):
+    """The lr is a function of the step: a run resumed at step 5 trains steps 6-12 at the lrs the
+    uninterrupted run used, per param group, also from a checkpoint written before that (it holds
+    a scheduler.pt, and its optimizer state the next step's lr), and the first of them by hand."""
+    overrides = ["trainer.max_steps=12", "trainer.save_every=100", "trainer.warmup_steps=4",
+                 "blocks.language.train={lr: 2.0e-4}"]
+    spec, bundle, kw = setup(tmp_path, TINY_SPEC, overrides)
+    whole = Trainer.from_spec(spec, bundle, tmp_path / "full", **kw)
+    full = [whole.train_step()["lrs"] for _ in range(12)]
+    assert full[3]["head"] == 3e-3 and full[3]["language.no_decay"] == 2e-4  # step 4 ends the warmup at the peak
+    assert full[0]["head"] == 3e-3 / 4  # the first step trains at 1/warmup of it, not 0
+    spec, bundle, kw = setup(tmp_path, TINY_SPEC, overrides)
+    train(spec, bundle, tmp_path / "split", stop_after=5, **kw)
+    ckpt = C.latest_checkpoint(tmp_path / "split")
+    assert not (ckpt / "scheduler.pt").exists()
+
+    def resumed_lrs(run):
+        spec, bundle, kw = setup(tmp_path, TINY_SPEC, overrides)
+        t = Trainer.from_spec(spec, bundle, run, resume=True, **kw)
+        return [t.train_step()["lrs"] for _ in range(7)]
+
+    assert resumed_lrs(tmp_path / "split") == full[5:]
+    # as written before: LambdaLR's state beside the optimizer's, whose lr is the one it set for the next step
+    import shutil
+
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+    shutil.copytree(tmp_path / "split", tmp_path / "old")
+    ckpt = C.latest_checkpoint(tmp_path / "old")
+    optim = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    for group in optim["param_groups"]:
+        group["lr"] = 123.0  # whatever it holds, the step decides
+    torch.save(optim, ckpt / "optimizer.pt")
+    old = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=3e-3)
+    old.param_groups[0]["initial_lr"] = 3e-3
+    sched = get_cosine_with_min_lr_schedule_with_warmup(old, num_warmup_steps=4, num_training_steps=12,
+                                                        min_lr_rate=0.1, last_epoch=0)
+    torch.save(sched.state_dict(), ckpt / "scheduler.pt")
+    assert resumed_lrs(tmp_path / "old") == full[5:]
+
+
 def first_step_drawing(index, dataset, batch_size, seed=0):
     """1-based step whose batch contains dataset index `index` (replaying the data layer's sampler)."""
     it = iter(StreamSampler(dataset, seed=seed))
