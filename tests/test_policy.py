@@ -124,6 +124,15 @@ def test_refuses_inconsistent_checkpoints(trained, tmp_path):
         load_policy(edited)
     bad_norm = tmp_path / "bad_norm"
     shutil.copytree(src, bad_norm)
+    stats_file = bad_norm / "preprocess" / "0-normalize" / "statistics.json"  # the saved pipeline's statistics
+    stats = json.loads(stats_file.read_text())
+    stats["gripper"] = stats["state"]
+    stats_file.write_text(json.dumps(stats))
+    with pytest.raises(ValueError, match="normalization does not match.*gripper"):
+        load_policy(bad_norm)
+    # a run from before pipelines were saved (normalization.json only) is checked the same way
+    for name in ("preprocess.json", "postprocess.json"):
+        (bad_norm / name).unlink()
     norm = json.loads((bad_norm / "normalization.json").read_text())
     norm["modes"]["gripper"] = "mean_std"
     norm["stats"]["gripper"] = norm["stats"]["state"]

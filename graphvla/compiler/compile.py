@@ -9,7 +9,9 @@ from torch import fx, nn
 from ..spec.loader import Spec
 from . import dag as D
 from .build import build
+from ..processors.base import Pipeline
 from .lower import graph_module, lower_infer, lower_train
+from .pipelines import build_pipelines
 from .validate import checked_dag
 
 
@@ -53,6 +55,10 @@ class CompiledGraph:
     # block id -> (owner, every, method) of each `infer: {every: k}` block. `infer` runs it on every
     # call; the runtime (graphvla/policy/caches.py) keeps its outputs between calls
     every_k: dict = field(default_factory=dict)
+    # the processing pipelines (compiler/pipelines.py): normalization unbound until the data's
+    # statistics are known (`cg.preprocess.with_statistics(stats)`), then the blocks' own steps
+    preprocess: Pipeline = field(default_factory=lambda: Pipeline("preprocess", []))
+    postprocess: Pipeline = field(default_factory=lambda: Pipeline("postprocess", []))
 
     @property
     def name(self) -> str:
@@ -137,5 +143,6 @@ def compile_graph(source, overrides=(), device="meta") -> CompiledGraph:
     infer_graph, cached = lower_infer(g, spec)
     infer = graph_module(modules, infer_graph, f"{cls_name}Infer")
     model = nn.ModuleDict(modules)
+    preprocess, postprocess = build_pipelines(spec, g, modules)
     return CompiledGraph(spec, g, model, train, infer, shapes, infos, [i for i in issues.issues if i.severity == "warning"],
-                         every_k=cached)
+                         every_k=cached, preprocess=preprocess, postprocess=postprocess)

@@ -1,4 +1,5 @@
-"""Human-readable compile summary: blocks with parameter counts, edges with shapes, losses."""
+"""Human-readable compile summary: blocks with parameter counts, edges with shapes, losses, and the
+processing pipelines (what runs before the inference graph and after it)."""
 from __future__ import annotations
 
 
@@ -49,9 +50,19 @@ def summarize(cg) -> str:
     if loss_rows:
         out += ["", "losses", _table(loss_rows, ["name", "from", "weight", "stream"])]
     out += ["", "graphs: " + ", ".join([f"train[{s}]" for s in cg.train] + ["infer"])]
+    out += ["", *format_pipelines(cg)]
     for w in cg.warnings:
         out.append(w.format())
     return "\n".join(out)
+
+
+def format_pipelines(cg) -> list[str]:
+    """The preprocess and postprocess pipelines, one line per step in the order they run."""
+    out = []
+    for pipeline in (cg.preprocess, cg.postprocess):
+        out.append(f"{pipeline.name}" + ("" if len(pipeline) else ": nothing"))
+        out += ["  " + line for line in pipeline.describe()]
+    return out
 
 
 def _src(g, node):

@@ -132,3 +132,47 @@ def write_json(path: Path, data) -> None:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+# processing pipelines ---------------------------------------------------------------------------
+PIPELINES = ("preprocess", "postprocess")
+
+
+def write_pipelines(d: Path, preprocess, postprocess) -> None:
+    """preprocess.json, postprocess.json and their asset folders (statistics, tokenizers,
+    processors) in checkpoint folder `d`: what serving, export and `graphvla check` run, as data."""
+    for name, pipeline in zip(PIPELINES, (preprocess, postprocess)):
+        if pipeline.name != name:
+            raise ValueError(f"write_pipelines: got pipeline '{pipeline.name}' where '{name}' belongs")
+        pipeline.save(d)
+
+
+def read_pipelines(ckpt: Path, cg):
+    """(preprocess, postprocess) of a checkpoint, bound as they were saved. A checkpoint written
+    before pipelines were saved (only normalization.json) is migrated on read: the compiled graph's
+    pipelines bound to its normalization.json (statistics and modes), checked against the graph."""
+    from ..data.normalize import Normalizer
+    from ..processors.base import Pipeline
+    from ..processors.normalize import Normalize
+
+    ckpt = Path(ckpt)
+    normalizer = None
+    if (ckpt / "preprocess.json").is_file():
+        try:
+            pipelines = tuple(Pipeline.load(ckpt, name) for name in PIPELINES)
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"checkpoint {ckpt}: its pipelines do not load: {e}") from None
+        step = pipelines[0].find(Normalize)
+        normalizer = None if step is None else Normalizer.from_step(step)
+    elif (ckpt / "normalization.json").is_file():
+        normalizer = Normalizer.from_dict(read_json(ckpt / "normalization.json"))
+    if normalizer is not None:
+        try:
+            normalizer.check_compatible(cg.spec)
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"checkpoint {ckpt}: normalization does not match the graph's ports: {e}") from None
+    if (ckpt / "preprocess.json").is_file():
+        return pipelines
+    stats = None if normalizer is None else normalizer.stats
+    modes = None if normalizer is None else normalizer.modes
+    return cg.preprocess.with_statistics(stats, modes), cg.postprocess.with_statistics(stats, modes)

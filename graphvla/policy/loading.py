@@ -5,18 +5,17 @@ import json
 from pathlib import Path
 
 from ..compiler.compile import compile_graph
-from ..data.normalize import Normalizer
 from ..spec.loader import load_spec
 from .policy import Policy
 from .assets import localized_values
-from .checkpoint import resolve_checkpoint
+from .checkpoint import read_pipelines, resolve_checkpoint
 
 
 def load_policy(path, device="cpu") -> Policy:
     """A Policy from a run directory (its latest checkpoint) or a checkpoint directory.
 
     Compiles the checkpoint's resolved spec for real, loads the safetensors weights strictly and
-    the normalization. Files the blocks read (tokenizers, processors, configs) come from the
+    the pipelines (preprocess.json, postprocess.json). Files the blocks read (tokenizers, processors, configs) come from the
     checkpoint's own copies (assets/), so a moved run loads; referenced base weights are checked
     (path, size, sha256) and a missing one is named. Refuses a checkpoint whose spec.yaml does not match the fingerprint in its
     graph.json, whose weights do not fit the graph, or whose normalization does not fit its ports."""
@@ -37,15 +36,9 @@ def load_policy(path, device="cpu") -> Policy:
         load_model(cg.model, str(ckpt / "model.safetensors"), strict=True, device=str(device))
     except RuntimeError as e:
         raise ValueError(f"checkpoint {ckpt}: weights do not fit graph {spec.name}: {e}") from None
-    normalizer = None
-    norm_file = ckpt / "normalization.json"
-    if norm_file.is_file():
-        normalizer = Normalizer.from_dict(json.loads(norm_file.read_text()))
-        try:
-            normalizer.check_compatible(spec)
-        except (ValueError, KeyError) as e:
-            raise ValueError(f"checkpoint {ckpt}: normalization does not match the graph's ports: {e}") from None
-    return Policy.from_compiled(cg, normalizer)
+    # the checkpoint's pipelines as saved (a run from before they were saved: migrated from normalization.json)
+    preprocess, postprocess = read_pipelines(ckpt, cg)
+    return Policy.from_compiled(cg, preprocess=preprocess, postprocess=postprocess)
 
 
 def _with_copied_assets(spec, ckpt: Path):

@@ -1,9 +1,10 @@
-"""A ready inference policy: `Policy.from_compiled(cg, normalizer)`, or `load_policy(RUN)` (runners/loading.py).
+"""A ready inference policy: `Policy.from_compiled(cg, normalizer)`, or `load_policy(RUN)` (policy/loading.py).
 
 `infer(obs)` takes one observation keyed by input port (numpy arrays / str, unbatched), checks
 it against the graph's inference inputs (runners/observation.py: the checks the server makes
-too), batches, normalizes, runs `cg.infer` under no_grad in eval mode and returns
-un-normalized numpy outputs ({'actions': float32 [H, A], ...}).
+too), batches, runs the `preprocess` pipeline (normalization, the blocks' processor steps), runs
+`cg.infer` under no_grad in eval mode, then the `postprocess` pipeline (un-normalization), and
+returns numpy outputs in dataset units ({'actions': float32 [H, A], ...}).
 The policy server and the eval clients use exactly this API.
 
 Episode state. Without sessions, the `infer: {every: k}` caches are the policy's own (one per
@@ -30,23 +31,33 @@ from .caches import CallRows, RaggedRows, cached_infer, has_caches, reset_caches
 from ..protocol import RTC_KEY
 from ..spec.schema import privileged_ports
 from . import rtc as R
+from ..data.normalize import Normalizer
+from ..processors.normalize import normalization_steps
 from .observation import convert, describe
 from .session import Session
 
 
 class Policy:
-    def __init__(self, cg, normalizer=None):
-        self.cg, self.normalizer = cg, normalizer
+    def __init__(self, cg, normalizer=None, preprocess=None, postprocess=None):
+        self.cg = cg
+        # the processing pipelines: a checkpoint's as saved (policy/checkpoint.py read_pipelines), or
+        # the compiled graph's bound to `normalizer`'s statistics (without one: no normalization)
+        stats, modes = (None, None) if normalizer is None else (normalizer.stats, normalizer.modes)
+        self.preprocess = cg.preprocess.with_statistics(stats, modes) if preprocess is None else preprocess
+        self.postprocess = cg.postprocess.with_statistics(stats, modes) if postprocess is None else postprocess
+        self._normalize, self._unnormalize = normalization_steps([self.preprocess, self.postprocess])
+        # the statistics as a Normalizer, for readers of the old attribute
+        self.normalizer = normalizer if normalizer is not None or self._normalize is None else \
+            Normalizer.from_step(self._normalize)
         self.device = device_of(cg.model)
         cg.model.eval()
         cg.infer.eval()
         # every-k blocks run behind caches this policy owns; _rows says whose caches a call uses
         self._rows = CallRows()
         self._infer = cached_infer(cg, self._rows).eval()
-        for block in cg.model.values():  # e.g. FAST's hold action, declared in dataset units
-            bind = getattr(block, "bind_normalizer", None)
-            if bind is not None:
-                bind(normalizer)
+        for block in cg.model.values():  # FAST's hold action: declared in dataset units, predicted normalized
+            if getattr(block, "hold_port", None) is not None:
+                block.fallback = self._hold_in_graph_units(block.hold_port, block.hold)
         extras = {k for n in cg.dag.nodes if cg.dag.nodes[n]["role"] == "block" for k in cg.dag.nodes[n]["cls"].predict_kwargs}
         # the blocks whose predict takes starting noise (flow heads): the policy draws it (draw_noise)
         takes_noise = "noise" in {n.target for n in cg.infer.graph.nodes if n.op == "placeholder"}
@@ -59,7 +70,9 @@ class Policy:
                 if node.args:
                     self.optional.add(node.target)
         self.outputs = list(cg.spec.outputs)
-        self._norm_port = {name: self._normalized_port(name) for name in self.outputs}
+        # output -> the input port whose statistics un-normalize it (the postprocess step's choice)
+        self._norm_port = {name: None if self._unnormalize is None else self._unnormalize.port_of(name)
+                           for name in self.outputs}
         self.rtc = R.RTCConfig.from_spec(cg.spec)
         self._action_output = "actions" if "actions" in self.outputs else next(
             (o for o in self.outputs if self._output_source(o)[1]["kind"] == "action"), None)
@@ -70,30 +83,22 @@ class Policy:
             self._guided = node["role"] == "block" and "rtc" in node["cls"].predict_kwargs
 
     @classmethod
-    def from_compiled(cls, cg, normalizer=None) -> "Policy":
-        return cls(cg, normalizer)
+    def from_compiled(cls, cg, normalizer=None, preprocess=None, postprocess=None) -> "Policy":
+        return cls(cg, normalizer, preprocess, postprocess)
 
     # metadata ---------------------------------------------------------------------------------
     def _output_source(self, name):
         ((src, _, e),) = self.cg.dag.in_edges("output." + name, data=True)
         return src, e
 
-    def _normalized_port(self, output: str) -> str | None:
-        """The input port whose statistics un-normalize this output (the action port it predicts)."""
-        modes = self.normalization_modes()
-        if output in self.cg.spec.inputs:
-            return output if output in modes else None
-        _, e = self._output_source(output)
-        same_kind = [p for p, d in self.cg.spec.inputs.items() if d.get("kind") == e["kind"] and p in modes]
-        return same_kind[0] if len(same_kind) == 1 else None
+    def _hold_in_graph_units(self, port: str, hold):
+        """A value in dataset units as the graph sees it: normalized by the preprocess step."""
+        if self._normalize is not None and port in self._normalize.stats:
+            return np.asarray(self._normalize.normalize_value(port, hold), dtype=np.float32)
+        return np.asarray(hold, dtype=np.float32)
 
     def normalization_modes(self) -> dict:
-        if self.normalizer is None:
-            return {}
-        modes = getattr(self.normalizer, "modes", None)
-        if modes is None:
-            modes = (self.normalizer.to_dict() or {}).get("modes", {})
-        return dict(modes)
+        return {} if self._normalize is None else dict(self._normalize.modes)
 
     @property
     def metadata(self) -> dict:
@@ -201,7 +206,7 @@ class Policy:
                 continue
             remaining = row["remaining"][:horizon]
             if port is not None:
-                remaining = self.normalizer.normalize_array(port, remaining)
+                remaining = self._unnormalize.normalize_array(self._action_output, remaining)
             target[i, :len(remaining)] = remaining
             weights[i] = R.guidance_weights(horizon, row["delay"], len(remaining), self.rtc.schedule)
         return Inpainting(torch.from_numpy(target).to(self.device), torch.from_numpy(weights).to(self.device),
@@ -259,9 +264,8 @@ class Policy:
                 raise ValueError(f"observation {i} lacks '{port}' (expected {describe(decl)})")
             values = [convert(port, decl, o[port]) for o in observations]
             batch[port] = values if decl["kind"] == "text" else torch.stack(values).to(self.device)
-        if self.normalizer is not None:
-            out = self.normalizer.normalize(batch)
-            batch = batch if out is None else out
+        batch = self.preprocess(batch)  # normalization, then the blocks' processor steps
+        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         rows = rows or [None] * len(observations)
         if self._guided and any(r is not None for r in rows):
             meta = self.metadata
@@ -271,12 +275,7 @@ class Policy:
         if self.samples and "noise" not in options:  # no session: torch's global generator
             options = {**options, "noise": self.draw_noise(len(observations), None)}
         result = self._infer(**batch, **options)
-        per_output = {}
-        for name, value in result.items():
-            port = self._norm_port.get(name)
-            if port is not None and isinstance(value, torch.Tensor):
-                value = self.normalizer.unnormalize(port, value.float())
-            per_output[name] = value
+        per_output = self.postprocess(dict(result))  # un-normalization of the action outputs
         outs = [{name: _item(value, i) for name, value in per_output.items()} for i in range(len(observations))]
         self._finish_rtc(outs, rows)
         return outs

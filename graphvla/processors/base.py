@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import ClassVar
 
 STEP_KINDS: dict[str, type] = {}
+# modules whose import registers step kinds a saved pipeline may name (blocks' steps register when
+# their block module is imported; these are the ones no block module imports)
+STEP_MODULES = ["graphvla.processors.normalize"]
 FORMAT = "graphvla-pipeline"
 VERSION = 1
 
@@ -35,6 +38,52 @@ def register_step(cls):
 
 class StepError(ValueError):
     """A step that failed on a sample: names the block (or 'normalize'), the port and the sample."""
+
+
+def step_error(step, port, sample, why) -> StepError:
+    """StepError 'BLOCK (kind): port P, sample I: why' (block 'normalize' for the graph's own steps)."""
+    who = step.block or step.kind
+    where = ", ".join(x for x in (f"port {port}" if port else "", f"sample {sample}" if sample is not None else "") if x)
+    return StepError(f"{who} ({step.kind} step): {where}: {why}" if where else f"{who} ({step.kind} step): {why}")
+
+
+def batch_rows(batch: dict) -> int | None:
+    """The batch size: the leading size of its tensors / lengths of its lists (None if it has none)."""
+    for v in batch.values():
+        if hasattr(v, "shape") and len(getattr(v, "shape", ())) > 0:
+            return int(v.shape[0])
+        if isinstance(v, (list, tuple)):
+            return len(v)
+    return None
+
+
+def row_of(batch: dict, i: int, rows: int) -> dict:
+    """Sample i of a batch, still batched (size 1): values with `rows` leading entries are cut."""
+    out = {}
+    for k, v in batch.items():
+        if hasattr(v, "shape") and len(getattr(v, "shape", ())) > 0 and v.shape[0] == rows:
+            out[k] = v[i:i + 1]
+        elif isinstance(v, (list, tuple)) and len(v) == rows:
+            out[k] = v[i:i + 1]
+        else:
+            out[k] = v
+    return out
+
+
+def locate_failure(step, batch: dict, error: Exception) -> StepError:
+    """The StepError for a step that raised on a batch: run it sample by sample to name the first
+    sample it fails on (the whole batch when each sample alone passes)."""
+    ports = ", ".join(p for p in step.reads if p in batch) or ", ".join(step.reads)
+    why = f"{type(error).__name__}: {error}"
+    rows = batch_rows({k: batch[k] for k in step.reads if k in batch}) or batch_rows(batch)
+    if rows and rows > 1:
+        for i in range(rows):
+            try:
+                step(row_of(batch, i, rows))
+            except Exception:  # noqa: BLE001 - any failure of this sample alone names it
+                return step_error(step, ports, i, why)
+        return step_error(step, ports, f"0-{rows - 1} together (each alone passes)", why)
+    return step_error(step, ports, 0 if rows else None, why)
 
 
 class ProcessorStep:
@@ -75,8 +124,34 @@ class Pipeline:
 
     def __call__(self, batch: dict) -> dict:
         for step in self.steps:
-            batch = step(batch)
+            try:
+                batch = step(batch)
+            except StepError:
+                raise
+            except Exception as e:  # noqa: BLE001 - re-raised naming the block, the port and the sample
+                raise locate_failure(step, batch, e) from e
         return batch
+
+    def with_statistics(self, stats: dict | None, modes: dict | None = None) -> "Pipeline":
+        """The pipeline with its statistics steps (normalization) bound to `stats` (port ->
+        {'mean', 'std', ...}) and `modes` (port -> mode; default: the spec's); with stats None they
+        are left out (a graph without normalization). Other steps are shared, not copied."""
+        steps = []
+        for step in self.steps:
+            bind = getattr(step, "with_statistics", None)
+            step = step if bind is None else bind(stats, modes)
+            if step is not None:
+                steps.append(step)
+        return Pipeline(self.name, steps)
+
+    def find(self, cls):
+        """The first step that is an instance of `cls`, or None."""
+        return next((s for s in self.steps if isinstance(s, cls)), None)
+
+    def __eq__(self, other):
+        return isinstance(other, Pipeline) and self.name == other.name and self.steps == other.steps
+
+    __hash__ = None
 
     def __len__(self):
         return len(self.steps)
@@ -108,6 +183,7 @@ class Pipeline:
     @classmethod
     def load(cls, folder, name: str) -> "Pipeline":
         """Rebuild a saved pipeline; an unknown step kind or format is named with the file."""
+        import_step_modules()
         folder = Path(folder)
         path = folder / f"{name}.json"
         data = json.loads(path.read_text())
@@ -122,3 +198,10 @@ class Pipeline:
                                  f"({', '.join(sorted(STEP_KINDS)) or 'none registered'})")
             steps.append(STEP_KINDS[kind].load(entry["config"], folder / name / f"{i}-{kind}"))
         return cls(name, steps)
+
+
+def import_step_modules() -> None:
+    import importlib
+
+    for module in STEP_MODULES:
+        importlib.import_module(module)

@@ -41,8 +41,8 @@ ON_MALFORMED = {"enum": ["zeros", "repair"], "default": "zeros",
 class HoldFallback:
     """What a FAST block returns for a chunk it cannot decode: the action input's declared `hold`
     (dataset units; zeros when not declared: no motion for delta actions), held over the chunk.
-    The block predicts normalized actions, so `bind_normalizer` (called by `Policy`) converts it
-    with the statistics of that input; without a normalizer it is used as declared."""
+    The block predicts normalized actions, so `Policy` sets `fallback` to `hold` normalized by
+    its preprocess pipeline's step for `hold_port`; without normalization it is used as declared."""
 
     def _setup_hold(self, port: str):
         info = self.port_info.get(port)
@@ -53,11 +53,6 @@ class HoldFallback:
             raise PortError(port, f"{source}.hold has {len(hold)} values but the action dim is {self.action_dim}")
         self.hold = np.zeros(self.action_dim) if hold is None else np.asarray(hold, dtype=np.float64)
         self.fallback = self.hold.astype(np.float32)
-
-    def bind_normalizer(self, normalizer) -> None:
-        stats = getattr(normalizer, "stats", None) or {}
-        if normalizer is not None and self.hold_port in stats:
-            self.fallback = np.asarray(normalizer.normalize_array(self.hold_port, self.hold), dtype=np.float32)
 
 
 class DecoderLayer(nn.Module):

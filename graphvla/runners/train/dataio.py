@@ -1,7 +1,8 @@
 """The trainer's side of the data contract (graphvla.data): loading a DataBundle, the
-Normalizer class, fitting a collated batch to a train graph's inputs, and the data work that runs
-where batches are collated (DataLoader workers): normalization and the blocks' batch encoders
-(blocks/prepared.py), handed back to the blocks in the step."""
+Normalizer class, the graph's pipelines bound to the data's statistics (`pipelines`), fitting a
+collated batch to a train graph's inputs, and the data work that runs where batches are collated
+(DataLoader workers): the `preprocess` pipeline (normalization, the blocks' processor steps) and
+the blocks' batch encoders (blocks/prepared.py), handed back to the blocks in the step."""
 from __future__ import annotations
 
 from collections import Counter
@@ -29,6 +30,15 @@ def normalizer_class():
     return Normalizer
 
 
+def pipelines(cg, normalizer):
+    """(preprocess, postprocess) of the compiled graph with the normalizer's statistics and modes
+    bound: what the training collate runs and what every checkpoint saves (policy/checkpoint.py
+    write_pipelines). Without a normalizer the normalization steps are left out."""
+    stats = None if normalizer is None else normalizer.stats
+    modes = None if normalizer is None else normalizer.modes
+    return cg.preprocess.with_statistics(stats, modes), cg.postprocess.with_statistics(stats, modes)
+
+
 def graph_inputs(gm) -> tuple[list[str], list[str]]:
     """(required, optional) placeholder names of an fx graph."""
     required, optional = [], []
@@ -52,10 +62,19 @@ def to_device(batch: dict, device) -> dict:
 
 
 def normalize(normalizer, batch: dict) -> dict:
-    if normalizer is None:
-        return batch
-    out = normalizer.normalize(batch)
-    return batch if out is None else out
+    """Run a preprocess pipeline (or a Normalizer's step) on a collated batch."""
+    return _preprocess_of(normalizer)(batch)
+
+
+def _preprocess_of(preprocess):
+    """A callable batch -> batch: a Pipeline as it is, a Normalizer's Normalize step, or no-op."""
+    if preprocess is None:
+        return _unchanged
+    return getattr(preprocess, "step", preprocess)
+
+
+def _unchanged(batch):
+    return batch
 
 
 # data work in the DataLoader workers ------------------------------------------------------------
@@ -78,18 +97,18 @@ def worker_encoders(cg, stream: str) -> list[WorkerEncoding]:
     outputs that an earlier encoder makes (fast.encode's tokens feeding the VLM's answers)."""
     from ...compiler import dag as D
 
-    blocks = D.train_blocks(cg.dag, stream)
-    calls = Counter(cg.dag.nodes[n]["owner"] for n in blocks)
+    blocks = cg.train_block_ids(stream)
+    calls = Counter(cg.block(n).owner for n in blocks)
     made, out = {}, []  # node -> output ports its encoding holds
     for node in blocks:
-        owner = cg.dag.nodes[node]["owner"]
+        owner = cg.block(node).owner
         make = getattr(cg.model[owner], "batch_encoder", None)
         if make is None or calls[owner] > 1:
             continue  # a module called twice in a step would mix the encodings of its calls
         encoder = make()
         if encoder is None:
             continue
-        edges = {port: (src, src_port) for port, src, src_port, _ in D.in_edges(cg.dag, node)}
+        edges = {port: (src, src_port) for port, src, src_port, _ in cg.in_edges(node)}
         sources = {}
         for port in encoder.reads:
             if port not in edges:
@@ -119,16 +138,16 @@ def _source(batch: dict, encodings: dict, source):
 
 
 class WorkerCollate:
-    """collate, normalize (the normalizer is plain data: it pickles, and the numerics are those of
-    the step), then each encoder in graph order; its encoding goes under PREPARED + node. An encoder
-    whose inputs the batch lacks is skipped: its block encodes in the step (or fit_batch names the
-    missing port)."""
+    """collate, the preprocess pipeline (normalization, blocks' processor steps: plain data that
+    pickles, the same steps `Policy` runs), then each encoder in graph order; its encoding goes
+    under PREPARED + node. An encoder whose inputs the batch lacks is skipped: its block encodes in
+    the step (or fit_batch names the missing port)."""
 
-    def __init__(self, collate, normalizer, encoders: list[WorkerEncoding]):
-        self.collate, self.normalizer, self.encoders = collate, normalizer, encoders
+    def __init__(self, collate, preprocess, encoders: list[WorkerEncoding]):
+        self.collate, self.preprocess, self.encoders = collate, _preprocess_of(preprocess), encoders
 
     def __call__(self, samples):
-        batch = normalize(self.normalizer, self.collate(samples))
+        batch = self.preprocess(self.collate(samples))
         encodings = {}
         for w in self.encoders:
             inputs = {port: _source(batch, encodings, s) for port, s in w.sources.items()}
