@@ -177,7 +177,7 @@ def test_metaworld_graphs_train_and_infer_on_what_graphvla_data_metaworld_record
     import torch
 
     from graphvla.commands.quickstart_cmds import DEFAULT_GRAPH
-    from graphvla.commands.quickstart_cmds import _image_size as quickstart_size
+    from graphvla.runners.protocol_data import image_size as quickstart_size
     from graphvla.spec.library import resolve_graph
     from graphvla.data.api import collate, load_data
     from graphvla.data.normalize import Normalizer

@@ -66,6 +66,12 @@ def test_smoke_sweep_reports_every_cell_with_intervals_and_plots(finished):
     assert "| mlp | mlp |" in md and "| oft | oft |" in md and "graphvla train" in md
     # rerun commands name the packaged graph, not this checkout's path to it
     assert "graphvla train sweeps/smoke/tiny --data" in md and "graphvla/graphs/" not in md
+    # each stage ran the runner functions in a child process; its log starts with the equivalent command
+    cell = finished / "cells" / "oft" / "seed0"
+    train_log, eval_log = (cell / "train.log").read_text(), (cell / "eval.log").read_text()
+    assert train_log.startswith("$ graphvla train ") and "trained " in train_log and "; checkpoint " in train_log
+    assert eval_log.startswith("$ graphvla eval ") and "reach-v3: " in eval_log
+    assert json.loads((cell / "run" / "data.json").read_text())["datasets"] == [str(finished / "data")]
 
 
 def test_report_rebuilds_the_same_markdown(finished, tmp_path):

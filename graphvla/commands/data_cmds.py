@@ -1,8 +1,6 @@
 """`graphvla data metaworld|stats|pack|info`: record, inspect and convert datasets."""
 from __future__ import annotations
 
-import json
-
 import click
 
 from .options import handles_errors, set_option
@@ -68,30 +66,16 @@ def metaworld(out, protocol, tasks, episodes, size, camera, seed, workers):
 @handles_errors
 def stats(dataset, keys, spec, overrides, out):
     """Print mean/std, min/max and q01/q99 per key (or per graph port with --spec) as JSON."""
-    from ..data.stats import compute_stats
+    from ..data.stats_report import format_report, stats_report, write_report
 
     if spec:
-        from ..data.api import load_data
         from ..spec.loader import load_spec
 
-        result = load_data(dataset, load_spec(spec, overrides)).stats
-    else:
-        from pathlib import Path
-
-        from ..data.api import open_source
-
-        if not Path(dataset).is_dir():
-            raise ValueError(f"{dataset} is a file: statistics of a data YAML need --spec SPEC (they are per graph port)")
-        src = open_source(dataset)
-        want = [k.strip() for k in keys.split(",")] if keys else list(src.columns)
-        missing = [k for k in want if k not in src.columns]
-        if missing:
-            raise KeyError(f"{dataset}: no numeric key '{missing[0]}' (keys: {', '.join(src.columns)})")
-        result = {k: compute_stats(src.columns[k]) for k in want}
-    text = json.dumps(result, indent=2)
+        spec = load_spec(spec, overrides)
+    result = stats_report(dataset, [k.strip() for k in keys.split(",")] if keys else None, spec)
+    text = format_report(result)
     if out:
-        with open(out, "w") as f:
-            f.write(text + "\n")
+        write_report(out, result)
     click.echo(text)
 
 

@@ -17,20 +17,19 @@ from pathlib import Path
 import click
 
 from ..errors import SpecError
+from ..runners.protocol_data import PROTOCOL, record_protocol_data
 from ..spec.library import resolve_graph
 from .options import UserError
 
 DEFAULT_GRAPH = "metaworld/mt10"  # a packaged graph (`graphvla graphs` lists them)
-PROTOCOL = "starvla-mt50"
-
-DATA_YAML = """# written by `graphvla quickstart`: the recorded demonstrations, bound to the graph's ports
-datasets:
-  - path: {data}
-    keys: {{images: [observation.images.corner2], state: {state}, actions: action, instruction: task}}
-"""
 
 
-def _run(args: list, log: Path | None = None) -> None:
+def _log(message: str) -> None:
+    """A stage's command line in cyan (as `_run` shows it), its messages plain; all on stderr."""
+    click.secho(message, fg="cyan" if message.startswith("$ ") else None, err=True)
+
+
+def _run(args: list) -> None:
     cmd = [sys.executable, "-m", "graphvla", *map(str, args)]
     click.secho("$ graphvla " + " ".join(shlex.quote(str(a)) for a in args), fg="cyan", err=True)
     result = subprocess.run(cmd)
@@ -61,7 +60,10 @@ def quickstart(out, graph, tasks, episodes, workers, steps, eval_episodes, overr
         issue = e.issues[0]
         raise UserError(f"graph '{graph}': {issue.message}" + (f" ({issue.hint})" if issue.hint else "")) from None
     started = time.time()
-    data_yaml = record_protocol_data(out, spec, graph, tasks, episodes, workers)
+    try:
+        data_yaml = record_protocol_data(out, spec, graph, tasks, episodes, workers, log=_log)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
     run_dir = out / "run"
     train_args = ["train", graph, "--data", data_yaml, "-o", run_dir]
@@ -79,32 +81,6 @@ def quickstart(out, graph, tasks, episodes, workers, steps, eval_episodes, overr
           "--workers", workers, "-o", out / "eval"])
     click.echo(f"\ntraining took {train_minutes:.1f} min; whole quickstart {(time.time() - started) / 60:.1f} min; "
                f"results in {out / 'eval'}")
-
-
-def record_protocol_data(out: Path, spec, graph: str, tasks: str, episodes: int, workers: int) -> Path:
-    """Record the protocol's demonstrations of `tasks` into OUT/data at the graph's image size
-    (skipped when already recorded) and bind them to the graph's ports in OUT/data.yaml."""
-    from ..spec.schema import privileged_ports
-
-    size = _image_size(spec, graph)
-    state_key = "observation.environment_state" if privileged_ports(spec) else "observation.state"
-    out.mkdir(parents=True, exist_ok=True)
-    data_dir = out / "data"
-    if not (data_dir / "meta" / "info.json").exists():
-        _run(["data", "metaworld", "--protocol", PROTOCOL, "-o", data_dir, "--tasks", tasks, "--episodes", episodes,
-              "--size", size, "--workers", workers])
-    data_yaml = out / "data.yaml"
-    data_yaml.write_text(DATA_YAML.format(data=data_dir, state=state_key))
-    return data_yaml
-
-
-def _image_size(spec, graph) -> int:
-    """The side of the graph's one square image port: what the recorder renders."""
-    sizes = {tuple(p.get("size") or ()) for p in spec.inputs.values() if p.get("kind") == "image"}
-    if len(sizes) != 1 or len(next(iter(sizes))) != 2 or len(set(next(iter(sizes)))) != 1:
-        raise UserError(f"graph '{graph}': the quickstart records one square camera; the graph's image inputs "
-                        f"have sizes {sorted(sizes)}")
-    return int(next(iter(sizes))[0])
 
 
 commands = [quickstart]

@@ -3,15 +3,12 @@ evaluated on the same data, sample order, schedule and episodes, refused when a 
 than its axes declare, reported with intervals and paired tests (resumable; --report rebuilds)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from ..errors import did_you_mean
 from .options import UserError, handles_errors
-
-SWEEP_JSON = "sweep.json"  # the resolved sweep, so --report needs only the output folder
 
 
 @click.command(name="sweep")
@@ -30,15 +27,15 @@ SWEEP_JSON = "sweep.json"  # the resolved sweep, so --report needs only the outp
 def sweep_cmd(sweep_file, out, data, only, workers, report_dir, check, no_progress):
     """Train and evaluate every cell of SWEEP.yaml (a path or a packaged sweep: `smoke`, `heads-mt10`, ...)
     into OUT; finished runs are skipped and an interrupted one resumes from its last checkpoint."""
-    from ..runners.sweep import Sweep, check_controls, execute_sweep, load_sweep, write_report
+    from ..runners.sweep import check_controls, execute_sweep, load_sweep, write_report
+    from ..runners.sweep.execute import SWEEP_JSON, read_output, start_output
 
     if report_dir:
         if sweep_file or out:
             raise UserError("--report DIR rebuilds a finished sweep's report: give neither SWEEP.yaml nor -o")
-        path = Path(report_dir) / SWEEP_JSON
-        if not path.is_file():
+        if not (Path(report_dir) / SWEEP_JSON).is_file():
             raise UserError(f"--report {report_dir}: no {SWEEP_JSON} there (not a `graphvla sweep` output folder)")
-        sweep = Sweep.from_dict(json.loads(path.read_text()))
+        sweep = read_output(report_dir)
         write_report(sweep, sweep.runs(), report_dir)
         click.echo(f"wrote {Path(report_dir) / 'results.md'} (and .json, .csv, plots)")
         return
@@ -59,29 +56,16 @@ def sweep_cmd(sweep_file, out, data, only, workers, report_dir, check, no_progre
         return
     if not out:
         raise UserError("give -o OUT, the sweep's output folder")
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    if isinstance(sweep.data, dict):
-        sweep.data = str(_record(sweep, specs[runs[0].key][0], out))
-    (out / SWEEP_JSON).write_text(json.dumps(sweep.to_dict(), indent=2) + "\n")
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    out = start_output(sweep, specs[runs[0].key][0], Path(out).resolve(), log=log)
     todo = [r for r in runs if not only or r.cell in only]
     failed = execute_sweep(sweep, todo, specs, sweep.data, out, workers=workers, progress=not no_progress,
-                           log=lambda m: click.echo(m, err=True))
+                           log=log)
     write_report(sweep, runs, out)
     click.echo((out / "results.md").read_text())
     if failed:
         raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)}; the others are reported. "
                         f"Fix and run the same command again: finished runs are kept")
-
-
-def _record(sweep, base_spec, out: Path) -> Path:
-    """`data: {record: ...}`: the protocol's demonstrations recorded into OUT/data once."""
-    from .quickstart_cmds import record_protocol_data
-
-    rec = sweep.data["record"]
-    tasks = rec.get("tasks") or sweep.eval.get("tasks") or "MT50"
-    return record_protocol_data(out, base_spec, sweep.base, tasks, int(rec.get("episodes", 20)),
-                                int(rec.get("workers", 1)))
 
 
 commands = [sweep_cmd]

@@ -1,5 +1,7 @@
-"""Running a sweep's cells: each run is the public `graphvla train` then `graphvla eval --protocol`
-(in a child process, so cells share nothing), with its state in OUT/cells/CELL/seedN/:
+"""Running a sweep's cells: each run is trained and then evaluated on the sweep's protocol by the
+runner functions behind `graphvla train` and `graphvla eval --protocol`, each stage in a child
+process (child.py), so runs share nothing; cell.json keeps the equivalent commands to rerun a run
+by hand. A run's state is in OUT/cells/CELL/seedN/:
 
     cell.json     what the run is: axes, seed, graph, overrides, fingerprint, diff, parameters
     run/          the training run (checkpoints/, logs/) - an interrupted run resumes from it
@@ -126,17 +128,21 @@ def threads_per_run(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def _graphvla(args: list[str], log: Path, what: str, threads: int | None = None) -> float:
-    """Run `graphvla ARGS` with its output appended to LOG; seconds it took. Raises with the log's tail."""
+def _run_stage(stage: str, kwargs: dict, shown: list[str], log: Path, what: str, threads: int | None = None) -> float:
+    """Run one stage of a run (runners/sweep/child.py) in a child process with its output appended
+    to LOG, headed by SHOWN, the `graphvla` command that does the same; seconds it took. Raises
+    with the log's tail."""
+    from .child import CHILD
+
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t0 = time.perf_counter()
     with open(log, "a") as f:
-        f.write(f"$ {shell_line(args)}\n")
+        f.write(f"$ {shell_line(shown)}\n")
         f.flush()
-        rc = subprocess.run([sys.executable, "-m", "graphvla", *args], stdout=f, stderr=subprocess.STDOUT,
-                            env=env).returncode
+        rc = subprocess.run([sys.executable, "-c", CHILD, stage, json.dumps(kwargs)], stdout=f,
+                            stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0:
         tail = "\n".join(log.read_text().splitlines()[-15:])
         raise RuntimeError(f"{what} failed (exit {rc}); log {log}:\n{tail}")
@@ -197,15 +203,23 @@ def execute_run(sweep: Sweep, run: Run, specs: tuple, data: str, out, threads: i
     train_dir = d / "run"
     before = _checkpoint_step(train_dir)
     if before < int(specs[1].section("trainer")["max_steps"]):
-        args = train_command(run, data, train_dir) + (["--resume"] if before > 0 else [])
-        seconds = _graphvla(args, d / "train.log", f"training {run.key}", threads)
+        resume = before > 0
+        shown = train_command(run, data, train_dir) + (["--resume"] if resume else [])
+        stage = {"graph": run.graph, "sets": list(run.sets), "data": str(data), "run_dir": str(train_dir),
+                 "resume": resume}
+        seconds = _run_stage("train", stage, shown, d / "train.log", f"training {run.key}", threads)
         state["train_sessions"].append({"from_step": before, "to_step": _checkpoint_step(train_dir),
                                         "seconds": round(seconds, 1)})
         state["losses"] = loss_curve(train_dir)
         write_state(d, state)
     if "losses" not in state:
         state["losses"] = loss_curve(train_dir)
-    seconds = _graphvla(eval_command(sweep, train_dir, d / "eval"), d / "eval.log", f"evaluating {run.key}", threads)
+    e = sweep.eval
+    stage = {"run_dir": str(train_dir), "eval_dir": str(d / "eval"), "protocol": e["protocol"],
+             "episodes": int(e["episodes"]), "workers": int(e["workers"]), "tasks": e.get("tasks"),
+             "buckets": e.get("buckets")}
+    seconds = _run_stage("eval", stage, eval_command(sweep, train_dir, d / "eval"), d / "eval.log",
+                         f"evaluating {run.key}", threads)
     state["eval_seconds"] = round(seconds, 1)
     state["finished"] = True
     write_state(d, state)
@@ -239,3 +253,31 @@ def execute_sweep(sweep: Sweep, runs: list[Run], specs: dict, data: str, out, wo
     finally:
         bar.close()
     return failed
+
+
+SWEEP_JSON = "sweep.json"  # the resolved sweep, so `graphvla sweep --report DIR` needs only the output folder
+
+
+def start_output(sweep: Sweep, base_spec, out, log=print) -> Path:
+    """Make the sweep's output folder OUT: a `data: {record: ...}` sweep records the protocol's
+    demonstrations into OUT/data once (and trains on OUT/data.yaml from then on), and OUT/sweep.json
+    keeps the resolved sweep. Returns OUT."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(sweep.data, dict):
+        from ..protocol_data import record_protocol_data
+
+        rec = sweep.data["record"]
+        tasks = rec.get("tasks") or sweep.eval.get("tasks") or "MT50"
+        sweep.data = str(record_protocol_data(out, base_spec, sweep.base, tasks, int(rec.get("episodes", 20)),
+                                              int(rec.get("workers", 1)), log=log))
+    write_text_atomic(out / SWEEP_JSON, json.dumps(sweep.to_dict(), indent=2) + "\n")
+    return out
+
+
+def read_output(out) -> Sweep:
+    """The sweep whose output folder OUT is (its sweep.json)."""
+    path = Path(out) / SWEEP_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"{out}: no {SWEEP_JSON} there (not a `graphvla sweep` output folder)")
+    return Sweep.from_dict(json.loads(path.read_text()))
