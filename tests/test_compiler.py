@@ -128,13 +128,13 @@ def test_shapes_are_computed_on_meta_without_weights():
 def test_train_graph_returns_weighted_total_and_every_loss():
     torch.manual_seed(0)
     cg = compile_graph(TWO_HEADS, device="cpu")
-    out = cg.train["action"](**_batch())
+    out = cg.train["action"](**cg.feed(_batch(), "action"))
     assert set(out["losses"]) == {"action", "aux"}
     # recompute each loss by calling the block modules by hand
     b = _batch()
     m = cg.model
     vis = m["vision"](images=b["images"])
-    lang = m["language"](text=b["instruction"])
+    lang = m["language"](ids=cg.feed(b)["language_ids"])  # the bytes its processor step makes
     fused = m["fuse"](a=vis["hidden"], b=lang["pooled"])
     l1 = m["head"](context=fused["hidden"], state=b["state"], target=b["actions"])["loss"]
     l2 = m["head2"](context=vis["hidden"], target=b["actions"])["loss"]
@@ -158,13 +158,13 @@ def test_inference_graph_has_no_targets_and_runs():
     torch.manual_seed(0)
     cg = compile_graph(TWO_HEADS, device="cpu")
     placeholders = [n.target for n in cg.infer.graph.nodes if n.op == "placeholder"]
-    assert placeholders == ["images", "instruction", "state"]
+    assert placeholders == ["images", "state", "language_ids"]  # the text encoder takes its step's bytes
     assert "loss" not in cg.infer.code and "head2" not in cg.infer.code
     b = _batch()
-    out = cg.infer(images=b["images"], instruction=b["instruction"], state=b["state"])
+    out = cg.infer(**cg.feed(b))
     assert set(out) == {"actions"} and out["actions"].shape == (3, 8, 4)
     train_out = cg.model["head"](context=cg.model["fuse"](a=cg.model["vision"](images=b["images"])["hidden"],
-                                                       b=cg.model["language"](text=b["instruction"])["pooled"])["hidden"],
+                                                       b=cg.model["language"](ids=cg.feed(b)["language_ids"])["pooled"])["hidden"],
                                  state=b["state"])
     torch.testing.assert_close(out["actions"], train_out["actions"])
 
@@ -176,7 +176,7 @@ def test_compiled_train_graph_learns():
     batch = _batch(b=2)
     first = None
     for _ in range(25):
-        loss = cg.train["action"](**batch)["loss"]
+        loss = cg.train["action"](**cg.feed(batch, "action"))["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -208,8 +208,8 @@ def test_share_calls_one_module_twice_and_counts_parameters_once():
     b = _batch()
     vis = cg.model["vision"](images=b["images"])["pooled"]
     fused = cg.model["fuse"](a=cg.model["vision"](images=b["images"])["hidden"],
-                             b=cg.model["language"](text=b["instruction"])["pooled"], c=vis)
-    out = cg.infer(images=b["images"], wrist_cam=b["images"], instruction=b["instruction"], state=b["state"])
+                             b=cg.model["language"](ids=cg.feed(b)["language_ids"])["pooled"], c=vis)
+    out = cg.infer(**cg.feed({**b, "wrist_cam": b["images"]}))
     torch.testing.assert_close(out["actions"], cg.model["head"](context=fused["hidden"], state=b["state"])["actions"])
 
 
@@ -236,13 +236,13 @@ def test_optional_input_is_none_when_absent():
             .replace("state: inputs.state, target", "target"))
     cg = compile_graph(text, device="cpu")
     sig = [(n.target, n.args) for n in cg.infer.graph.nodes if n.op == "placeholder"]
-    assert sig == [("images", ()), ("instruction", ()), ("state", (None,))]
+    assert sig == [("images", ()), ("language_ids", ()), ("state", (None,))]
     b = _batch()
-    with_state = cg.infer(images=b["images"], instruction=b["instruction"], state=b["state"])["actions"]
-    without = cg.infer(images=b["images"], instruction=b["instruction"])["actions"]
+    with_state = cg.infer(**cg.feed(b))["actions"]
+    without = cg.infer(**cg.feed({k: v for k, v in b.items() if k != "state"}))["actions"]
     assert without.shape == with_state.shape == (3, 8, 4)
     assert not torch.allclose(with_state, without)
-    loss = cg.train["action"](images=b["images"], instruction=b["instruction"], actions=b["actions"])["loss"]
+    loss = cg.train["action"](**cg.feed({k: v for k, v in b.items() if k != "state"}, "action"))["loss"]
     assert torch.isfinite(loss)
 
 
@@ -279,7 +279,7 @@ def test_example_specs_compile_and_run(tmp_path):
     side = cg.train["wrist"](wrist=wrist, actions=actions)
     own = cg.model["wrist_head"](context=cg.model["front_enc"](images=wrist)["pooled"], target=actions)["loss"]
     torch.testing.assert_close(side["loss"], 0.2 * own)
-    out = cg.infer(front=front, wrist=wrist, instruction=["a", "b"])  # state is optional
+    out = cg.infer(**cg.feed({"front": front, "wrist": wrist, "instruction": ["a", "b"]}))  # state is optional
     assert out["actions"].shape == (2, 8, 4)
     big = load_spec(REPO / "graphvla" / "graphs" / "examples" / "big-4b.yaml")  # the benchmark's spec stays valid
     assert big.blocks["language"]["with"]["width"] == 4096

@@ -70,7 +70,7 @@ def test_head_trains_and_predicts_through_compiled_graph(head_type, spec_dir):
     b = 3
     batch = {"images": torch.rand(b, 2, 3, 32, 32), "instruction": ["pick", "place the cup", "open"],
              "state": torch.randn(b, 5), "actions": torch.cumsum(torch.randn(b, H, A) * 0.1, dim=1)}
-    out = cg.train["action"](**batch)
+    out = cg.train["action"](**cg.feed(batch, "action"))
     assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
     out["loss"].backward()
     grads = [p.grad for p in cg.model["head"].parameters() if p.grad is not None]
@@ -79,5 +79,5 @@ def test_head_trains_and_predicts_through_compiled_graph(head_type, spec_dir):
     cg.model.eval()
     with torch.no_grad():
         obs = {k: v for k, v in batch.items() if k != "actions"}
-        pred = cg.infer(**obs)["actions"]
+        pred = cg.infer(**cg.feed(obs))["actions"]
     assert pred.shape == (b, H, A) and torch.isfinite(pred).all()

@@ -92,8 +92,8 @@ def test_same_system2_features_same_actions():
             p.add_(torch.randn_like(p) * 0.05)
     obs = observation(0)
     with torch.no_grad():
-        runs = [cg.infer(**obs, noise=seeded_noise(7))["actions"] for _ in range(3)]
-        other_seed = cg.infer(**obs, noise=seeded_noise(8))["actions"]
+        runs = [cg.infer(**cg.feed(obs), noise=seeded_noise(7))["actions"] for _ in range(3)]
+        other_seed = cg.infer(**cg.feed(obs), noise=seeded_noise(8))["actions"]
     assert runs[0].shape == (2, H, A)
     for r in runs[1:]:
         torch.testing.assert_close(r, runs[0], rtol=0, atol=0)
@@ -111,7 +111,7 @@ def test_cached_system2_matches_recomputed():
     cached.model.eval()
     fresh.model.eval()
     runtime = cached_infer(cached, CallRows())  # the every-k caches as the Policy runs them
-    obs, other = observation(0), observation(1)
+    obs, other = cached.feed(observation(0)), cached.feed(observation(1))  # the graph's arguments
     with torch.no_grad():
         reset_caches(runtime)
         with_cache = [runtime(**obs, noise=seeded_noise(11))["actions"] for _ in range(3)]

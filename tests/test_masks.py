@@ -167,8 +167,8 @@ def test_fuse_carries_masks_and_mlp_outputs_do_not_depend_on_the_batch():
                              c=state)
     assert fused["mask"].tolist() == [[True, True, False, False, False, True], [True] * 6]  # the state token is real
     with torch.no_grad():
-        alone = cg.infer(instruction=[short], state=state[:1])["actions"]
-        batched = cg.infer(instruction=[short, long], state=state)["actions"]
+        alone = cg.infer(**cg.feed({"instruction": [short], "state": state[:1]}))["actions"]
+        batched = cg.infer(**cg.feed({"instruction": [short, long], "state": state}))["actions"]
     # tolerance: the same sums over 4 vs 48 positions (zeros added) may round differently in the last bit
     torch.testing.assert_close(batched[:1], alone, rtol=0, atol=1e-6)
     # without the mask the padded tokens leak into the mean
@@ -176,8 +176,8 @@ def test_fuse_carries_masks_and_mlp_outputs_do_not_depend_on_the_batch():
     loose.model.load_state_dict(cg.model.state_dict())
     loose.model.eval()
     with torch.no_grad():
-        a = loose.infer(instruction=[short], state=state[:1])["actions"]
-        b = loose.infer(instruction=[short, long], state=state)["actions"]
+        a = loose.infer(**loose.feed({"instruction": [short], "state": state[:1]}))["actions"]
+        b = loose.infer(**loose.feed({"instruction": [short, long], "state": state}))["actions"]
     assert (a - b[:1]).abs().max() > 1e-3
 
 

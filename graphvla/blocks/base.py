@@ -87,6 +87,16 @@ class BuildContext:
         return p if p.is_absolute() else (self.spec_dir / p)
 
 
+@dataclass(frozen=True)
+class StepPorts:
+    """What a block's processor step does for one node: `reads` are raw input ports the step takes
+    instead of forward/predict; `makes` the ports it makes ({port: OutPort}, train_only ones only
+    when their targets are in the batch), passed to forward/predict by the same name."""
+
+    reads: tuple
+    makes: dict
+
+
 class PortError(ValueError):
     """Raised by a block's constructor when a wired input does not fit (names the port)."""
 
@@ -129,6 +139,21 @@ class Block(nn.Module):
     def meta_forward(self, **ports) -> dict:
         """Shape probing on meta tensors. Override when forward() needs real values."""
         return self.forward(**ports)
+
+    # Data work (tokenizers, processors, prompts) is declared, not done in forward: a block with a
+    # processor step says which raw input ports its step reads instead of forward (`step_ports`)
+    # and which tensor ports it makes for forward/predict; the compiled graphs take those as
+    # inputs named BLOCK_PORT, made by the step as BLOCK.PORT in `cg.preprocess` (processors/block.py).
+    def step_ports(self, wired) -> "StepPorts | None":
+        """The step's ports for a node of this block whose wired input ports are `wired` (a shared
+        block's nodes differ); None: the block has no step."""
+        return None
+
+    def processor_step(self, node: str | None = None, sources: dict | None = None):
+        """The block's processor step (processors.base.ProcessorStep) bound to node `node` (default
+        this block) reading `sources` (port -> batch key; default from this block's wiring), or
+        None: no step, or it cannot run (built on meta without its tokenizer)."""
+        return None
 
     def extra_repr(self) -> str:
         return f"type={self.type_name}"

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Block, InPort, OutPort, ParamError, PortError
+from ..processors.block import bind
+from ..processors.text import ByteTokens, byte_tokenize as bytes_of
+from .base import Block, InPort, OutPort, ParamError, PortError, StepPorts
 from .registry import register
 
 
@@ -52,18 +54,12 @@ class ImageEncoder(Block):
 
 
 def byte_tokenize(texts, max_len: int, device):
-    """UTF-8 bytes + 1 (0 is padding), truncated to max_len, padded to the longest. Ids already
-    made by this function (a [B, L] integer tensor, as an exported graph takes them: strings cannot
-    pass through torch.export) are passed through."""
+    """processors.text.byte_tokenize on `device`, for blocks that still tokenize in forward
+    (backbone.world_model); ids already made (a [B, L] integer tensor, as an exported graph takes
+    them) pass through."""
     if isinstance(texts, torch.Tensor):
         return texts.to(device)
-    rows = [list(t.encode("utf-8")[:max_len]) for t in texts]
-    length = max([len(r) for r in rows] + [1])
-    ids = torch.zeros(len(rows), length, dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, : len(r)] = torch.tensor(r) + 1
-    return ids.to(device)
+    return bytes_of(texts, max_len).to(device)
 
 
 @register
@@ -98,8 +94,19 @@ class TextEncoder(Block):
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(self.params["layers"]))
         self.norm = nn.LayerNorm(d)
 
-    def forward(self, text):
-        ids = byte_tokenize(text, self.params["max_length"], self.embed.weight.device)
+    # the bytes are made by the processor step (processors/text.py ByteTokens), in the DataLoader
+    # workers and in front of the policy; forward takes them as `ids`
+    def step_ports(self, wired):
+        return StepPorts(("text",), {"ids": OutPort("tokens", doc="[B, L] UTF-8 bytes + 1, 0 = padding")})
+
+    def processor_step(self, node=None, sources=None):
+        return bind(ByteTokens, self, node, sources, ("text",), ("ids",), self.params["max_length"])
+
+    def meta_forward(self, text):
+        return self.forward(bytes_of(text, self.params["max_length"]))
+
+    def forward(self, ids):
+        ids = ids.to(self.embed.weight.device)
         mask = ids != 0
         x = self.embed(ids) + self.pos[:, : ids.shape[1]]
         for layer in self.layers:

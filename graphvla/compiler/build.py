@@ -158,7 +158,32 @@ def build(spec, g, device="meta", issues=None):
     for bid, module in modules.items():
         if g.nodes[bid]["train"].get("freeze"):
             module.requires_grad_(False)
+    record_step_ports(g, modules, issues)
+    issues.raise_if_errors()
     return modules, shapes, infos
+
+
+def record_step_ports(g, modules, issues):
+    """Each block node's processor-step ports (Block.step_ports for its wiring) as node data
+    'step_ports', which the lowering reads. A step reads graph inputs, or ports an earlier step
+    makes (NODE.PORT); a value the graph computes does not exist before the graph runs."""
+    for bid in D.build_order(g):
+        owner = g.nodes[bid]["owner"]
+        if owner not in modules:
+            continue
+        wired = D.in_edges(g, bid)
+        ports = modules[owner].step_ports(frozenset(p for p, _, _, _ in wired))
+        g.nodes[bid]["step_ports"] = ports
+        if ports is None:
+            continue
+        for port, src, src_port, e in wired:
+            if port not in ports.reads or g.nodes[src]["role"] == "input":
+                continue
+            made = g.nodes[src].get("step_ports")
+            if made is None or src_port not in made.makes:
+                issues.add(f"edge {e['ref']} -> {bid}.{port}: {g.nodes[bid]['type']}'s processor step reads '{port}' "
+                           f"before the graph runs, but {e['ref']} is computed in the graph; wire a graph input (or a "
+                           "port a processor step makes, e.g. glue.state_text's text)", ("blocks", bid, "in", port), block=bid)
 
 
 def with_lora(module, bid, data):

@@ -27,15 +27,30 @@ class _Lowering:
                                        self.spec.locate(("inputs", name)))])
         return node
 
-    def add_inputs(self, needed_inputs):
+    def add_inputs(self, needed_inputs, blocks=()):
         # Required inputs first: a Python signature cannot have a required argument after one
-        # with a default (optional inputs default to None).
+        # with a default (optional inputs default to None). The ports the blocks' processor steps
+        # make are inputs too (NODE_PORT, made as NODE.PORT: placeholder meta 'batch_key').
         ordered = sorted(self.spec.inputs.items(), key=lambda item: bool(item[1].get("optional", False)))
-        for name, decl in ordered:
-            node = D.INPUT_PREFIX + name
-            if node in needed_inputs:
-                optional = decl.get("optional", False)
-                self.values[(node, None)] = self.placeholder(name, optional)
+        made = step_inputs(self.g, blocks, self.inference)
+        for optional in (False, True):
+            for name, decl in ordered:
+                node = D.INPUT_PREFIX + name
+                if node in needed_inputs and bool(decl.get("optional", False)) == optional:
+                    self.values[(node, None)] = self.placeholder(name, optional)
+            for (bid, port), opt in made.items():
+                if opt == optional:
+                    self.values[(bid, "step:" + port)] = self.step_placeholder(bid, port, optional)
+
+    def step_placeholder(self, bid, port, optional):
+        name = f"{bid}_{port}"
+        node = self.graph.placeholder(name, **({"default_value": None} if optional else {}))
+        if node.name != name:
+            raise SpecError([SpecIssue(f"the input '{name}' that block '{bid}' takes from its processor step clashes "
+                                       "with another input or a Python builtin; rename the block", ("blocks", bid),
+                                       self.spec.locate(("blocks", bid)))])
+        node.meta["batch_key"] = f"{bid}.{port}"
+        return node
 
     def value(self, src, src_port):
         key = (src, src_port)
@@ -46,7 +61,11 @@ class _Lowering:
 
     def call_block(self, bid, extra=None):
         data = self.g.nodes[bid]
-        kwargs = {p: self.value(s, sp) for p, s, sp, _ in D.in_edges(self.g, bid, inference=self.inference)}
+        steps = data.get("step_ports")
+        kwargs = {p: self.value(s, sp) for p, s, sp, _ in D.in_edges(self.g, bid, inference=self.inference)
+                  if steps is None or p not in steps.reads}
+        kwargs.update({port: self.values[(bid, "step:" + port)] for port in steps.makes
+                       if (bid, "step:" + port) in self.values} if steps is not None else {})
         kwargs.update(extra or {})
         owner = data["owner"]
         method = "predict" if type_overrides_predict(data["cls"]) else "forward"
@@ -69,17 +88,37 @@ def type_overrides_predict(cls) -> bool:
 def _needed_inputs(g, blocks, sinks, inference):
     needed = set()
     for n in list(blocks) + list(sinks):
+        steps = g.nodes[n].get("step_ports")
         for src, _, e in g.in_edges(n, data=True):
+            if steps is not None and e["dst_port"] in steps.reads:
+                continue  # read by the block's processor step, which makes the graph's inputs
             if g.nodes[src]["role"] == "input" and not (inference and e["train_only"]):
                 needed.add(src)
     return needed
+
+
+def graph_argument(key: str) -> str:
+    """The graph's argument for a batch key: NODE.PORT (a port a processor step makes) is NODE_PORT."""
+    return key.replace(".", "_", 1)
+
+
+def step_inputs(g, blocks, inference) -> dict:
+    """{(node, port): optional} of the ports the blocks' processor steps make that the graph takes:
+    in the inference graph, none that only training targets make."""
+    out = {}
+    for bid in blocks:
+        steps = g.nodes[bid].get("step_ports")
+        for port, decl in (steps.makes.items() if steps is not None else ()):
+            if not (inference and decl.train_only):
+                out[(bid, port)] = False
+    return out
 
 
 def lower_train(g, spec, stream) -> fx.Graph:
     blocks = D.train_blocks(g, stream)
     losses = [n for n, d in g.nodes(data=True) if d["role"] == "loss" and d["stream"] == stream]
     lw = _Lowering(g, spec, inference=False)
-    lw.add_inputs(_needed_inputs(g, blocks, losses, False))
+    lw.add_inputs(_needed_inputs(g, blocks, losses, False), blocks)
     for bid in blocks:
         lw.call_block(bid)
     total, named = None, {}
@@ -101,7 +140,7 @@ def lower_infer(g, spec):
     blocks = D.infer_blocks(g)
     outputs = [n for n, d in g.nodes(data=True) if d["role"] == "output"]
     lw = _Lowering(g, spec, inference=True)
-    lw.add_inputs(_needed_inputs(g, blocks, outputs, True))
+    lw.add_inputs(_needed_inputs(g, blocks, outputs, True), blocks)
     extras = []
     for bid in blocks:
         for k in g.nodes[bid]["cls"].predict_kwargs:

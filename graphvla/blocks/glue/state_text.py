@@ -1,40 +1,19 @@
 """`glue.state_text`: write the (normalized) robot state into the prompt as text, as pi0-FAST does.
-In training it writes the prompts in the DataLoader workers (`StatePromptEncoder`), where a VLM's
-encoder downstream reads them (blocks/prepared.py)."""
+The prompts are written by its processor step (processors/text.py StatePrompt) in the
+preprocess pipeline, where a VLM's step downstream reads them (as `NODE.text`); the block passes
+them on in the graph."""
 from __future__ import annotations
 
 import torch
 
-from ..base import Block, InPort, OutPort, ParamError
-from ..prepared import BatchEncoder, Prepared
+from ...processors.block import bind
+from ...processors.text import StatePrompt, state_prompts  # noqa: F401 - state_prompts: its home moved
+from ..base import Block, InPort, OutPort, ParamError, StepPorts
 from ..registry import register
 
 
-def state_prompts(params: dict, text, state: torch.Tensor) -> list[str]:
-    """The instruction of each sample with its state written as integer bins (the last step of a history)."""
-    if len(text) != state.shape[0]:
-        raise ValueError(f"{len(text)} instructions for a batch of {state.shape[0]} states")
-    if state.dim() == 3:
-        state = state[:, -1]
-    unit = (state.float().clamp(params["low"], params["high"]) - params["low"]) / (params["high"] - params["low"])
-    rows = (unit * params["bins"]).long().clamp(max=params["bins"] - 1).tolist()
-    return [params["template"].format(text=t, state=" ".join(map(str, r))) for t, r in zip(text, rows)]
-
-
-class StatePromptEncoder(BatchEncoder):
-    """glue.state_text in a DataLoader worker: the prompts of the batch (its normalized state)."""
-
-    reads, tie, outputs = ("text", "state"), "text", ("text",)
-
-    def __init__(self, params: dict):
-        self.params = dict(params)
-
-    def __call__(self, text, state) -> dict:
-        return {"text": state_prompts(self.params, text, state)}
-
-
 @register
-class StateText(Prepared, Block):
+class StateText(Block):
     """pi0-FAST's way of giving an LM the robot state: each (normalized) state value is clipped to
     [low, high], cut into `bins` equal bins and written as the bin's integer in the prompt."""
 
@@ -71,12 +50,14 @@ class StateText(Prepared, Block):
             if field not in p["template"]:
                 raise ParamError("template", f"{p['template']!r} has no {field}")
 
-    def forward(self, text, state):
-        prepared = self.take_prepared(text)  # the very list a worker wrote, which the VLM's own encoding is tied to
-        return {"text": prepared["text"] if prepared is not None else state_prompts(self.params, text, state)}
+    def step_ports(self, wired):
+        return StepPorts(("text", "state"), {"text": OutPort("text", doc="the prompts")})
 
-    def batch_encoder(self):
-        return StatePromptEncoder(self.params)
+    def processor_step(self, node=None, sources=None):
+        return bind(StatePrompt, self, node, sources, ("text", "state"), ("text",), self.params)
+
+    def forward(self, text):
+        return {"text": text}  # written by the step: the graph passes them on to the blocks that read them
 
     def meta_forward(self, text, state):
         width = len(str(self.params["bins"] - 1))

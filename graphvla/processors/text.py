@@ -1,0 +1,74 @@
+"""Text steps: the byte tokenizer of encoder.text and glue.state_text's prompts (the robot state
+written into the instruction as integer bins, as pi0-FAST does). Plain Python and torch: no files."""
+from __future__ import annotations
+
+import torch
+
+from .base import register_step
+from .block import BlockStep
+
+
+def byte_tokenize(texts, max_len: int) -> torch.Tensor:
+    """UTF-8 bytes + 1 (0 is padding), truncated to max_len, padded to the longest: [B, L] int64."""
+    rows = [list(t.encode("utf-8")[:max_len]) for t in texts]
+    length = max([len(r) for r in rows] + [1])
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, : len(r)] = torch.tensor(r) + 1
+    return ids
+
+
+@register_step
+class ByteTokens(BlockStep):
+    """encoder.text: `text` (B strings) -> `ids` [B, L] (bytes + 1, 0 = padding)."""
+
+    kind = "byte_tokens"
+
+    def __init__(self, block, sources, makes=("ids",), max_length: int = 96):
+        super().__init__(block, sources, makes)
+        self.max_length = int(max_length)
+
+    def run(self, text):
+        return {"ids": byte_tokenize(text, self.max_length)}
+
+    def settings(self):
+        return {"max_length": self.max_length}
+
+    @classmethod
+    def from_settings(cls, config, folder, block, sources, makes):
+        return cls(block, sources, makes, config["max_length"])
+
+
+def state_prompts(params: dict, text, state: torch.Tensor) -> list[str]:
+    """The instruction of each sample with its (normalized) state written as integer bins (the last
+    step of a history): each value clipped to [low, high] and cut into `bins` equal bins."""
+    if len(text) != state.shape[0]:
+        raise ValueError(f"{len(text)} instructions for a batch of {state.shape[0]} states")
+    if state.dim() == 3:
+        state = state[:, -1]
+    unit = (state.float().clamp(params["low"], params["high"]) - params["low"]) / (params["high"] - params["low"])
+    rows = (unit * params["bins"]).long().clamp(max=params["bins"] - 1).tolist()
+    return [params["template"].format(text=t, state=" ".join(map(str, r))) for t, r in zip(text, rows)]
+
+
+@register_step
+class StatePrompt(BlockStep):
+    """glue.state_text: `text` + normalized `state` -> the prompts `text` (B strings)."""
+
+    kind = "state_prompt"
+    PARAMS = ("bins", "low", "high", "template")
+
+    def __init__(self, block, sources, makes=("text",), params: dict | None = None):
+        super().__init__(block, sources, makes)
+        self.params = {k: params[k] for k in self.PARAMS}
+
+    def run(self, text, state):
+        return {"text": state_prompts(self.params, list(text), state)}
+
+    def settings(self):
+        return {"params": dict(self.params)}
+
+    @classmethod
+    def from_settings(cls, config, folder, block, sources, makes):
+        return cls(block, sources, makes, config["params"])
