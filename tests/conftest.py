@@ -1,5 +1,5 @@
-"""Shared fixtures: the tiny example spec, helpers to write specs and catch spec errors, and the
-Meta-World gate (require_metaworld) with one small recording for every module."""
+"""Shared fixtures: the tiny example spec, packaged graphs with overrides as spec text
+(graph_text), helpers to write specs and catch spec errors, and the Meta-World gate (require_metaworld) with one small recording for every module."""
 from __future__ import annotations
 
 import os
@@ -20,6 +20,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def graph_text(graph: str = "tiny/mlp", *overrides: str) -> str:
+    """The YAML text of a packaged graph with `--set` overrides applied, for a test that needs a
+    spec file: a test's graph then shows only how it differs from a packaged one. Not validated,
+    so a test may set a bad value on purpose and find the error located in the file it writes."""
+    from graphvla.spec.loader import load_spec
+
+    return load_spec(graph, list(overrides), validate=False).to_yaml()
 
 
 @pytest.fixture

@@ -110,30 +110,17 @@ def test_a_non_finite_loss_fails(tmp_path):
         run_check(_spec(tmp_path, "testcheck.not_finite"))
 
 
-def test_cotraining_stream_shares_the_backbone_and_trains_its_lm_loss(tmp_path):
+def test_cotraining_stream_shares_the_backbone_and_trains_its_lm_loss():
     """A second node `share:`s the VLM with image-text inputs; its LM loss is a second stream."""
-    spec = tmp_path / "cotrain.yaml"
-    spec.write_text(f"""
-graphvla: 1
-extends: {TINY / 'oft.yaml'}
-name: tiny-cotrain
-inputs:
-  vqa_images:   {{kind: image, views: 1, size: [64, 64]}}
-  vqa_question: {{kind: text}}
-  vqa_answer:   {{kind: text, train_only: true}}
-blocks:
-  vlm_cotrain:
-    share: vlm
-    in: {{images: inputs.vqa_images, text: inputs.vqa_question, target_text: inputs.vqa_answer}}
-  lm:
-    type: aux.lm_loss
-    in: {{logits: vlm_cotrain.logits, labels: vlm_cotrain.labels}}
-    with: {{label_smoothing: 0.0}}
-losses:
-  vlm: {{from: vlm_cotrain.lm_loss, weight: 0.1, stream: vlm}}
-  vlm_again: {{from: lm.loss, weight: 0.0, stream: vlm}}
-""")
-    report = run_check(spec)
+    report = run_check("tiny/oft", [
+        "inputs.vqa_images={kind: image, views: 1, size: [64, 64]}", "inputs.vqa_question={kind: text}",
+        "inputs.vqa_answer={kind: text, train_only: true}",
+        "blocks.vlm_cotrain={share: vlm, in: {images: inputs.vqa_images, text: inputs.vqa_question, "
+        "target_text: inputs.vqa_answer}}",
+        "blocks.lm={type: aux.lm_loss, in: {logits: vlm_cotrain.logits, labels: vlm_cotrain.labels}, "
+        "with: {label_smoothing: 0.0}}",
+        "losses.vlm={from: vlm_cotrain.lm_loss, weight: 0.1, stream: vlm}",
+        "losses.vlm_again={from: lm.loss, weight: 0.0, stream: vlm}"])
     assert sorted(report.losses) == ["action", "vlm"]
     vlm = report.losses["vlm"]
     assert abs(vlm["vlm"] - vlm["vlm_again"]) < 1e-4  # aux.lm_loss recomputes the backbone's own loss

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import require_metaworld
+from conftest import graph_text, require_metaworld
 
 from graphvla.data.api import collate, load_data, open_source
 from graphvla.data.lerobot import DatasetError, open_lerobot
@@ -26,33 +26,19 @@ from graphvla.spec.loader import load_spec
 H = 8
 
 
-def spec_text(state_dim=4, action_dim=4, extra_inputs="", size=64, history=None, fuse_extra=""):
-    hist = f", history: {history}" if history else ""
-    extra = "".join(f"  {line}\n" for line in extra_inputs.splitlines() if line.strip())
-    return (
-        "graphvla: 1\nname: data-test\ninputs:\n"
-        f"  images:       {{kind: image, views: 1, size: [{size}, {size}]}}\n"
-        "  instruction:  {kind: text}\n"
-        f"  state:        {{kind: state, dim: {state_dim}{hist}}}\n"
-        f"  actions:      {{kind: action, dim: {action_dim}, horizon: {H}, train_only: true}}\n"
-        f"  actions_mask: {{kind: mask, shape: [{H}], train_only: true, optional: true}}\n"
-        + extra +
-        "blocks:\n"
-        "  vision: {type: encoder.image, in: {images: inputs.images}, with: {width: 32, patch: 16}}\n"
-        "  language: {type: encoder.text, in: {text: inputs.instruction}, with: {width: 32}}\n"
-        "  fuse: {type: glue.fuse, in: {a: vision.hidden, b: language.pooled, c: inputs.state" + fuse_extra + "}, with: {width: 32}}\n"
-        "  head: {type: head.mlp, in: {context: fuse.hidden, target: inputs.actions}, with: {hidden: 32}}\n"
-        + ("  tag: {type: encoder.text, in: {text: inputs.embodiment}, with: {width: 32}}\n" if fuse_extra else "")
-        + "losses:\n"
-        "  action: {from: head.loss}\n"
-        "outputs:\n"
-        "  actions: head.actions\n"
-    )
+def spec_text(*overrides, state_dim=4, action_dim=4, size=64, history=None):
+    """tiny/mlp at these sizes, with an optional action mask input, plus `overrides`."""
+    return graph_text("tiny/mlp", "name=data-test", f"inputs.images.size=[{size}, {size}]",
+                      f"inputs.state={{kind: state, dim: {state_dim}{f', history: {history}' if history else ''}}}",
+                      f"inputs.actions={{kind: action, dim: {action_dim}, horizon: {H}, train_only: true}}",
+                      f"inputs.actions_mask={{kind: mask, shape: [{H}], train_only: true, optional: true}}",
+                      "blocks.vision.with.width=32", "blocks.language.with.width=32", "blocks.fuse.with.width=32",
+                      "blocks.head.with.hidden=32", *overrides)
 
 
-def make_spec(tmp_path, name="spec.yaml", **kw):
+def make_spec(tmp_path, *overrides, name="spec.yaml", **kw):
     p = tmp_path / name
-    p.write_text(spec_text(**kw))
+    p.write_text(spec_text(*overrides, **kw))
     return load_spec(p)
 
 
@@ -237,8 +223,9 @@ def narrow_dataset(root, episodes=3, length=12, state_dim=3, action_dim=2, size=
 
 def test_mixture_pads_widths_with_masks(mw_root, tmp_path):
     other = narrow_dataset(tmp_path / "other")
-    spec = make_spec(tmp_path, extra_inputs="actions_dim_mask: {kind: mask, shape: [4], train_only: true, optional: true}\n"
-                                            "embodiment: {kind: text}", fuse_extra=", d: tag.pooled")
+    spec = make_spec(tmp_path, "inputs.actions_dim_mask={kind: mask, shape: [4], train_only: true, optional: true}",
+                     "inputs.embodiment={kind: text}", "blocks.fuse.in.d=tag.pooled",
+                     "blocks.tag={type: encoder.text, in: {text: inputs.embodiment}, with: {width: 32}}")
     mix = tmp_path / "mix.yaml"
     mix.write_text(textwrap.dedent(f"""\
         datasets:
@@ -406,20 +393,17 @@ def test_normalizer_modes_round_trip_and_checks(mw_root, spec, tmp_path):
 
 # -- co-training (LLaVA JSON) ------------------------------------------------------------------------------
 
-COTRAIN_INPUTS = """\
-vlm_images: {kind: image, views: 1, size: [32, 32]}
-vlm_prompt: {kind: text}
-vlm_answer: {kind: text, train_only: true}"""
+COTRAIN = ("inputs.vlm_images={kind: image, views: 1, size: [32, 32]}", "inputs.vlm_prompt={kind: text}",
+           "inputs.vlm_answer={kind: text, train_only: true}",
+           "blocks.vlm={type: backbone.hf_vlm, in: {images: inputs.vlm_images, text: inputs.vlm_prompt, "
+           "target_text: inputs.vlm_answer}, with: {tiny: qwen3_vl}}",
+           "losses.vlm={from: vlm.lm_loss, stream: vlm}")
 
 
 def test_llava_stream_for_cotraining(mw_root, tmp_path):
     from PIL import Image
 
-    base = spec_text(extra_inputs=COTRAIN_INPUTS)
-    base = base.replace("losses:\n", "  vlm: {type: backbone.hf_vlm, in: {images: inputs.vlm_images, text: inputs.vlm_prompt, "
-                                     "target_text: inputs.vlm_answer}, with: {tiny: qwen3_vl}}\n"
-                                     "losses:\n")
-    base = base.replace("  action: {from: head.loss}", "  action: {from: head.loss}\n  vlm: {from: vlm.lm_loss, stream: vlm}")
+    base = spec_text(*COTRAIN)
     spec_path = tmp_path / "cotrain.yaml"
     spec_path.write_text(base)
     spec = load_spec(spec_path)
@@ -503,27 +487,10 @@ def test_time_shifted_image_ports_for_world_models(mw_root, tmp_path):
     """`future_images` defaults to the frame after the action chunk, `history` to the frames
     before t (both clamped to the episode); a data YAML can set the offsets."""
     spec_path = tmp_path / "wm.yaml"
-    spec_path.write_text(textwrap.dedent(f"""\
-        graphvla: 1
-        name: wm-data
-        inputs:
-          images:        {{kind: image, views: 1, size: [64, 64]}}
-          history:       {{kind: image, views: 2, size: [64, 64]}}
-          future_images: {{kind: image, views: 1, size: [64, 64], train_only: true}}
-          instruction:   {{kind: text}}
-          actions:       {{kind: action, dim: 4, horizon: {H}, train_only: true}}
-        blocks:
-          wm:
-            type: backbone.world_model
-            in: {{images: inputs.images, text: inputs.instruction, history: inputs.history, future_images: inputs.future_images}}
-            with: {{width: 32, layers: 1, heads: 2, patch: 16, future_res: 4}}
-          head: {{type: head.mlp, in: {{context: wm.hidden, target: inputs.actions}}, with: {{hidden: 32}}}}
-        losses:
-          action: {{from: head.loss}}
-          future: {{from: wm.future_loss, weight: 0.5}}
-        outputs:
-          actions: head.actions
-        """))
+    spec_path.write_text(graph_text(  # tiny/worldmodel-pi at 64x64 with a two-frame history port
+        "tiny/worldmodel-pi", "name=wm-data", "inputs.images.size=[64, 64]", "inputs.future_images.size=[64, 64]",
+        "inputs.history={kind: image, views: 2, size: [64, 64]}", "blocks.wm.in.history=inputs.history",
+        "blocks.wm.with={width: 32, layers: 1, heads: 2, patch: 16, future_res: 4}"))
     ds = load_data(mw_root, spec_path).streams["action"]
     src = open_lerobot(mw_root)
     frame = lambda row: torch.from_numpy(src.image("observation.images.corner", row).transpose(2, 0, 1) / np.float32(255))  # noqa: E731

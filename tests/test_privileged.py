@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import spec_issues
+from conftest import graph_text, spec_issues
 
 from graphvla.data.api import load_data
 from graphvla.data.lerobot import DatasetError
@@ -18,21 +18,11 @@ ENV = "observation.environment_state"
 
 
 def spec_text(state: str = "{kind: state, dim: 4}", image_extra: str = "") -> str:
-    return (
-        "graphvla: 1\nname: privileged-test\ninputs:\n"
-        f"  images:      {{kind: image, views: 1, size: [16, 16]{image_extra}}}\n"
-        "  instruction: {kind: text}\n"
-        f"  state:       {state}\n"
-        "  actions:     {kind: action, dim: 4, horizon: 2, train_only: true}\n"
-        "blocks:\n"
-        "  vision: {type: encoder.image, in: {images: inputs.images}, with: {width: 16, patch: 8}}\n"
-        "  language: {type: encoder.text, in: {text: inputs.instruction}, with: {width: 16}}\n"
-        "  fuse: {type: glue.fuse, in: {a: vision.pooled, b: language.pooled}, with: {width: 16}}\n"
-        "  head: {type: head.mlp, in: {context: fuse.hidden, state: inputs.state, target: inputs.actions},"
-        " with: {hidden: 16}}\n"
-        "losses:\n  action: {from: head.loss}\n"
-        "outputs:\n  actions: head.actions\n"
-    )
+    """tiny/mlp, smaller, with this state input (and extra fields on the image input)."""
+    return graph_text("tiny/mlp", "name=privileged-test", f"inputs.state={state}",
+                      f"inputs.images={{kind: image, views: 1, size: [16, 16]{image_extra}}}",
+                      "inputs.actions.horizon=2", "blocks.vision.with={width: 16, patch: 8}",
+                      "blocks.language.with.width=16", "blocks.fuse.with.width=16", "blocks.head.with.hidden=16")
 
 
 PRIVILEGED_STATE = "{kind: state, dim: 39, privileged: true, description: the full Meta-World observation}"
@@ -77,11 +67,13 @@ def test_privileged_is_a_state_field_and_privileged_ports_lists_it(tmp_path):
 
 
 def test_privileged_on_another_kind_is_a_located_error(tmp_path):
-    path = write(tmp_path, "bad.yaml", spec_text(image_extra=", privileged: true"))
+    text = spec_text(image_extra=", privileged: true")
+    path = write(tmp_path, "bad.yaml", text)
     [issue] = spec_issues(load_spec, path)
     assert issue.message == "'privileged' does not apply to an image input"
     assert issue.path == ("inputs", "images", "privileged")
-    assert (issue.location.file, issue.location.line) == (str(path), 4) and issue.location.col > 1
+    line = text.splitlines().index("    privileged: true") + 1  # the image's own field (the state has none)
+    assert (issue.location.file, issue.location.line) == (str(path), line) and issue.location.col > 1
     assert "only a state input may be privileged" in issue.hint
     [issue] = spec_issues(load_spec, write(tmp_path, "bad2.yaml", spec_text("{kind: state, dim: 4, privileged: 1}")))
     assert issue.path == ("inputs", "state", "privileged")
