@@ -35,7 +35,7 @@ def dot_edges(text):
 
 def test_view_marks_train_only_and_inference_parts(cg):
     v = view(cg)
-    nodes = {n.name: n for n in v.nodes}
+    nodes = {n.name: n for n in v.nodes if n.role != "step"}  # the pipelines' steps: test_pipeline_steps_...
     assert set(nodes) == {"inputs.images", "inputs.instruction", "inputs.state", "inputs.actions", "vision", "language",
                           "fuse", "head", "head2", "loss.action", "loss.aux", "output.actions"}
     assert nodes["head2"].train_only and not nodes["head2"].inference  # feeds only a loss
@@ -90,14 +90,27 @@ def test_mermaid_defines_every_node_and_edge(cg):
     text = render_text(cg, ".mmd")
     lines = text.splitlines()
     assert lines[0] == "flowchart LR"
-    defined = set(re.findall(r"^\s*(n_\w+)[\[\(\{]", text, flags=re.M))
+    defined = set(re.findall(r"^\s*([np]_\w+)[\[\(\{]", text, flags=re.M))
     assert defined == {n.id for n in view(cg).nodes}
     edges = re.findall(r"^\s*(n_\w+) (-->|-\.->)\|\"([^\"]*)\"\| (n_\w+)$", text, flags=re.M)
     assert len(edges) == len(cg.dag.edges)
     assert ("n_inputs_actions", "-.->", "target [B, 8, 4]", "n_head") in edges
     assert ("n_fuse", "-->", "context [B, 5, 32]", "n_head") in edges
     assert "  class n_language frozen" in lines and "  class n_loss_aux trainonly" in lines
-    assert text.count("subgraph") == 1 and "  end" in lines
+    assert text.count("subgraph") == 3 and "  end" in lines  # the inference graph, preprocess, postprocess
+
+
+def test_pipeline_steps_are_drawn_apart_reading_inputs_and_outputs(cg):
+    steps = [n for n in view(cg).nodes if n.role == "step"]
+    assert [(n.pipeline, n.title) for n in steps][0] == ("preprocess", "normalize")
+    assert ("postprocess", "unnormalize") in [(n.pipeline, n.title) for n in steps]
+    assert len(steps) == len(cg.preprocess) + len(cg.postprocess)
+    text = render_text(cg, ".dot")
+    cluster = text[text.index("subgraph cluster_preprocess"):]
+    assert cluster.index("p_preprocess_0 [") < cluster.index("\n  }\n")
+    edges = re.findall(r"^\s*([np]_\w+) -> ([np]_\w+) \[(.*)\];$", text, flags=re.M)
+    assert ("n_inputs_state", "p_preprocess_0", 'label="state"') in edges
+    assert ("n_output_actions", "p_postprocess_0", 'label="actions"') in edges
 
 
 @needs_dot

@@ -1,13 +1,14 @@
 """Graphviz DOT text of a graph view: blocks as boxes coloured by trainable/frozen/shared, inputs
 as ellipses, losses as octagons with their weights, train-only parts dashed, the inference graph
-inside a highlighted cluster with bold blue edges."""
+inside a highlighted cluster with bold blue edges, the pipelines' steps in a cluster each."""
 from __future__ import annotations
 
 import json
 
 from .model import COLOURS, INFERENCE_COLOUR, VizGraph
 
-SHAPES = {"input": "ellipse", "block": "box", "loss": "octagon", "output": "box"}
+SHAPES = {"input": "ellipse", "block": "box", "loss": "octagon", "output": "box", "step": "cds"}
+PIPELINES = ("preprocess", "postprocess")
 
 
 def quote(text: str) -> str:
@@ -52,7 +53,14 @@ def render_dot(v: VizGraph) -> str:
     ]
     out += [_node(n, "    ") for n in v.nodes if n.inference]
     out.append("  }")
-    out += [_node(n, "  ") for n in v.nodes if not n.inference]
+    for name in PIPELINES:
+        steps = [n for n in v.nodes if n.role == "step" and n.pipeline == name]
+        if steps:
+            out.append(f"  subgraph cluster_{name} {{")
+            out.append(f'    label={quote(name)}; style="rounded,dotted"; color="#7a5aa6"; fontcolor="#7a5aa6";')
+            out += [_node(n, "    ") for n in steps]
+            out.append("  }")
+    out += [_node(n, "  ") for n in v.nodes if not n.inference and n.role != "step"]
     for e in v.edges:
         attrs = {"label": e.label}
         if e.train_only:

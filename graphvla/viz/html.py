@@ -62,7 +62,7 @@ def render_html(v: VizGraph) -> str:
     data = json.dumps(details, default=str).replace("</", "<\\/")  # never close the script tag early
     legend = ("<div class='legend'><span style='background:#d4edda'>trainable</span><span style='background:#dcdcdc'>frozen</span>"
               "<span style='background:#d6e9f8'>shared</span><span style='background:#fff4cc'>input</span>"
-              "<span style='background:#fde2cf'>loss</span><span style='border-style:dashed'>train only</span>"
+              "<span style='background:#fde2cf'>loss</span><span style='background:#ede3f7'>pipeline step</span><span style='border-style:dashed'>train only</span>"
               "<span style='border-color:#1f6feb;color:#1f6feb'>inference graph</span></div>")
     title = html.escape(f"{v.name} — GraphVLA graph")
     return f"""<!DOCTYPE html>

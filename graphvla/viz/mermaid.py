@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from .model import COLOURS, INFERENCE_COLOUR, VizGraph
 
-OPEN_CLOSE = {"input": ("([", "])"), "block": ("[", "]"), "loss": ("{{", "}}"), "output": ("[[", "]]")}
+OPEN_CLOSE = {"input": ("([", "])"), "block": ("[", "]"), "loss": ("{{", "}}"), "output": ("[[", "]]"),
+              "step": ("[/", "/]")}
 
 
 def _text(s: str) -> str:
@@ -25,7 +26,13 @@ def render_mermaid(v: VizGraph) -> str:
     out += ["    " + _node(n) for n in v.nodes if n.inference]
     out.append("  end")
     out.append(f"  style inference fill:none,stroke:{INFERENCE_COLOUR},stroke-dasharray:6 3")
-    out += ["  " + _node(n) for n in v.nodes if not n.inference]
+    for name in ("preprocess", "postprocess"):  # the pipelines' steps, one subgraph each
+        steps = [n for n in v.nodes if n.role == "step" and n.pipeline == name]
+        if steps:
+            out.append(f'  subgraph {name}["{name}"]')
+            out += ["    " + _node(n) for n in steps]
+            out.append("  end")
+    out += ["  " + _node(n) for n in v.nodes if not n.inference and n.role != "step"]
     for n in v.nodes:
         out.append(f"  class {n.id} {n.state}")
         if n.train_only:

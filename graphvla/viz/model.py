@@ -1,6 +1,8 @@
 """What a picture of a compiled graph shows, as plain data every renderer reads: nodes (inputs,
 blocks, losses, outputs) and edges with their meta-tensor shapes, which parts exist only in
-training, and which form the inference graph."""
+training, which form the inference graph, and the processing pipelines' steps (role 'step':
+`preprocess` before the inputs' consumers, `postprocess` after the outputs), drawn apart from
+the graph's own nodes (their ids start with 'p_', not 'n_')."""
 from __future__ import annotations
 
 import re
@@ -17,6 +19,7 @@ COLOURS = {
     "shared": "#d6e9f8",
     "loss": "#fde2cf",
     "output": "#ffffff",
+    "step": "#ede3f7",
 }
 INFERENCE_COLOUR = "#1f6feb"
 
@@ -25,13 +28,14 @@ INFERENCE_COLOUR = "#1f6feb"
 class VizNode:
     id: str  # a safe identifier for every format
     name: str  # what the user calls it: 'head', 'inputs.images', 'loss.action'
-    role: str  # input | block | loss | output
+    role: str  # input | block | loss | output | step
     title: str
     lines: list  # label lines under the title
     state: str  # key of COLOURS
     train_only: bool = False
     inference: bool = False
     details: dict = field(default_factory=dict)  # shown on hover in .html
+    pipeline: str = ""  # a step's pipeline: preprocess | postprocess
 
 
 @dataclass
@@ -138,7 +142,34 @@ def view(cg) -> VizGraph:
             label = f"{e['dst_port']} {label}" if label != "-" else e["dst_port"]
         edges.append(VizEdge(safe_id(u), safe_id(v), label, e["kind"], train_only=train_only,
                              inference=(u, v, e["dst_port"]) in infer_edges))
-    return VizGraph(cg.name, cg.fingerprint, nodes, edges)
+    step_nodes, step_edges = _pipeline_parts(cg, {n.name: n for n in nodes})
+    return VizGraph(cg.name, cg.fingerprint, nodes + step_nodes, edges + step_edges)
+
+
+def _pipeline_parts(cg, shown: dict) -> tuple[list, list]:
+    """A node per pipeline step, with edges from the graph inputs it reads (preprocess) or the
+    outputs it reads (postprocess), and to the block whose BLOCK.PORT inputs it makes."""
+    nodes, edges = [], []
+    for pipeline in (cg.preprocess, cg.postprocess):
+        for i, step in enumerate(pipeline):
+            sid = f"p_{pipeline.name}_{i}"
+            what = step.describe().split("  ", 1)
+            prefix = D.INPUT_PREFIX if pipeline.name == "preprocess" else D.OUTPUT_PREFIX
+            sources = [shown[prefix + key] for key in step.reads if prefix + key in shown]
+            train_only = bool(sources) and all(n.train_only for n in sources)
+            nodes.append(VizNode(safe_id(sid)[2:], f"{pipeline.name}[{i}]", "step",
+                                 f"{step.block}: {step.kind}" if step.block else step.kind,
+                                 [what[1].strip()] if len(what) > 1 else [], "step", train_only=train_only,
+                                 details={"pipeline": pipeline.name, "index": i, "kind": step.kind,
+                                          "block": step.block, "reads": list(step.reads), "writes": list(step.writes),
+                                          "tensor_only": step.tensor_only}, pipeline=pipeline.name))
+            for src in sources:
+                edges.append(VizEdge(src.id, nodes[-1].id, src.name[len(prefix):], "step", train_only=src.train_only))
+            for key in step.writes:
+                block, _, port = key.partition(".")
+                if port and block in shown and shown[block].role == "block":
+                    edges.append(VizEdge(nodes[-1].id, shown[block].id, port, "step", train_only=train_only))
+    return nodes, edges
 
 
 def _shape_of(cg, node) -> str:
