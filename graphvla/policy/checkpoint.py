@@ -17,7 +17,9 @@ from ..fileio import TMP_PREFIX, write_text_atomic
 STEP_DIR = re.compile(r"^step_(\d{7,})$")
 # runs written before the lr became a function of the step also hold scheduler.pt, which nothing reads
 FILES = ("model.safetensors", "optimizer.pt", "trainer_state.json", "rng.pt", "spec.yaml",
-         "graph.json", "normalization.json", "assets.json")
+         "graph.json", "normalization.json", "assets.json",
+         # the processing pipelines (write_pipelines) and their steps' asset folders (statistics, tokenizers)
+         "preprocess.json", "postprocess.json", "preprocess", "postprocess")
 
 
 def step_dir_name(step: int) -> str:
