@@ -5,6 +5,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import graph_text
 
 import graphvla
 from graphvla.blocks.base import BuildContext, ParamError, PortInfo
@@ -45,8 +46,9 @@ def test_overfits_and_decodes_the_chunks(tokenizer_dir, seed):
     target = torch.from_numpy(smooth_chunks(N, 100 + seed))
     opt = torch.optim.AdamW(head.parameters(), lr=3e-3)
     losses = []
+    tokens = head.processor_step("head", {"target": "actions"}).run(target=target)  # the teacher-forcing ids
     for _ in range(150):
-        loss = head(context=context, state=state, target=target)["loss"]
+        loss = head(context=context, state=state, **tokens)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -103,26 +105,10 @@ def test_missing_or_mismatched_tokenizer_is_a_param_error(tokenizer_dir, tmp_pat
 
 
 def test_meta_build_needs_no_tokenizer_and_real_build_names_the_field(tmp_path):
-    spec = f"""
-graphvla: 1
-name: tiny-fast
-inputs:
-  images:      {{kind: image, views: 1, size: [32, 32]}}
-  instruction: {{kind: text}}
-  actions:     {{kind: action, dim: {A}, horizon: {H}, train_only: true}}
-blocks:
-  vision: {{type: encoder.image, in: {{images: inputs.images}}, with: {{width: 32, patch: 8, layers: 1}}}}
-  head:
-    type: head.fast
-    in: {{context: vision.hidden, target: inputs.actions}}
-    with: {{tokenizer: missing_dir, vocab_size: 300, width: 32}}
-losses:
-  action: {{from: head.loss}}
-outputs:
-  actions: head.actions
-"""
     path = tmp_path / "fast.yaml"
-    path.write_text(spec)
+    path.write_text(graph_text("tiny/mlp", f"inputs.actions={{kind: action, dim: {A}, horizon: {H}, train_only: true}}",
+                               "blocks.head={type: head.fast, in: {context: fuse.hidden, target: inputs.actions}, "
+                               "with: {tokenizer: missing_dir, vocab_size: 300, width: 32}}"))
     cg = graphvla.compile_graph(path)  # meta: sized from with.vocab_size, the folder is not read
     assert cg.model["head"].logits.out_features == 301
     assert cg.shapes[("head", "actions")] == ("B", H, A)
