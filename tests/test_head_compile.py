@@ -3,6 +3,7 @@ on meta, trains one step through the compiled train graph and predicts [B, H, A]
 import numpy as np
 import pytest
 import torch
+from conftest import graph_text
 
 import graphvla
 from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
@@ -19,27 +20,15 @@ HEADS = {
 
 
 def spec(head_type):
-    return f"""
-graphvla: 1
-name: tiny-{head_type.replace('.', '-').replace('_', '-')}
-inputs:
-  images:      {{kind: image, views: 2, size: [32, 32]}}
-  instruction: {{kind: text}}
-  state:       {{kind: state, dim: 5}}
-  actions:     {{kind: action, dim: {A}, horizon: {H}, train_only: true}}
-blocks:
-  vision:   {{type: encoder.image, in: {{images: inputs.images}}, with: {{width: 32, patch: 8, layers: 1}}}}
-  language: {{type: encoder.text, in: {{text: inputs.instruction}}, with: {{width: 32}}}}
-  fuse:     {{type: glue.fuse, in: {{a: vision.hidden, b: language.hidden, c: inputs.state}}, with: {{width: 32}}}}
-  head:
-    type: {head_type}
-    in: {{context: fuse.hidden, state: inputs.state, target: inputs.actions}}
-    with: {HEADS[head_type]}
-losses:
-  action: {{from: head.loss}}
-outputs:
-  actions: head.actions
-"""
+    """tiny/mlp, smaller, with two camera views, a 5-d state and `head_type` as its head."""
+    return graph_text(
+        "tiny/mlp", f"name=tiny-{head_type.replace('.', '-').replace('_', '-')}",
+        "inputs.images={kind: image, views: 2, size: [32, 32]}", "inputs.state.dim=5",
+        f"inputs.actions={{kind: action, dim: {A}, horizon: {H}, train_only: true}}",
+        "blocks.vision.with={width: 32, patch: 8, layers: 1}", "blocks.language.with.width=32",
+        "blocks.fuse.in.b=language.hidden", "blocks.fuse.with.width=32",
+        f"blocks.head={{type: {head_type}, in: {{context: fuse.hidden, state: inputs.state, target: inputs.actions}}, "
+        f"with: {HEADS[head_type]}}}")
 
 
 @pytest.fixture(scope="module")
