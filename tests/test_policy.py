@@ -10,6 +10,7 @@ import torch
 
 import graphvla
 from graphvla.compiler.compile import compile_graph
+from graphvla.compiler.lower import graph_argument
 from graphvla.data.api import DataBundle, collate
 from graphvla.data.normalize import Normalizer
 from graphvla.policy.loading import load_policy
@@ -54,9 +55,13 @@ def test_round_trip_predicts_like_the_in_memory_model(trained):
     s = torch.as_tensor(ds.state[:3])
     mean, std = torch.tensor(stats["state"]["mean"]), torch.tensor(stats["state"]["std"])
     images = torch.stack([torch.from_numpy(o["images"]).permute(2, 0, 1).float() / 255 for o in obs])[:, None]
+    # the text encoder's processor step (no statistics: no normalization) makes its token input
+    made = t.cg.preprocess.with_statistics(None)({"instruction": [o["instruction"] for o in obs]})
+    takes = {n.target for n in t.cg.infer.graph.nodes if n.op == "placeholder"}
+    text = {graph_argument(k): v for k, v in made.items() if graph_argument(k) in takes}
     t.cg.model.eval()
     with torch.no_grad():
-        out = t.cg.infer(images=images, instruction=[o["instruction"] for o in obs], state=(s - mean) / std)["actions"]
+        out = t.cg.infer(images=images, state=(s - mean) / std, **text)["actions"]
     am, asd = torch.tensor(stats["actions"]["mean"]), torch.tensor(stats["actions"]["std"])
     expected = (out * asd + am).numpy()
     for i in range(3):

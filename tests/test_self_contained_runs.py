@@ -1,7 +1,9 @@
 """A run folder carries every file its blocks read: train a graph whose inputs (spec folder, FAST
 tokenizer, a VLM's model folder with its processor and tokenizer) live in a temporary folder,
 delete that folder, move the run, and load_policy must predict the same actions. Large base
-weights may be referenced instead of copied; then a missing or changed file is named."""
+weights may be referenced instead of copied: a checkpoint holding every weight loads without them
+(bit-identical actions); one that keeps a block's base by reference reads it, and names a missing
+or changed file with its sha256."""
 import shutil
 from pathlib import Path
 
@@ -10,8 +12,9 @@ import pytest
 import yaml
 
 import graphvla
+from graphvla.policy import assets
 from graphvla.policy.policy import Policy
-from graphvla.runners.train import Trainer, assets
+from graphvla.runners.train import Trainer
 from graphvla.spec.loader import load_spec
 from vlm_samples import VLMSamples as Samples
 from vlm_samples import vlm_bundle as _bundle
@@ -80,25 +83,74 @@ def test_a_vlm_graph_loads_without_its_model_processor_or_tokenizer_folder(tmp_p
     assert not any(p.is_symlink() for p in folder.iterdir())  # small weights are copied
 
 
-def test_large_base_weights_are_referenced_by_path_and_hash(tmp_path, monkeypatch):
-    monkeypatch.setattr(assets, "REFERENCE_ABOVE_BYTES", 0)  # reference every weight file, as for a 4B model
-    inputs = tmp_path / "inputs"
-    spec_file = _vlm_from_folder_spec(inputs)
-    weights = inputs / "tiny-qwen3vl" / "model.safetensors"
-    spec = load_spec(str(spec_file), ["trainer.max_steps=1", "trainer.batch_size=2", "trainer.warmup_steps=1"])
-    Trainer.from_spec(spec, _bundle(Samples(4)), tmp_path / "run", progress=False).run()
+def _referenced_run(tmp_path, monkeypatch, overrides=()):
+    """Train tiny/oft from a model folder whose weight file is referenced (as for a 4B model);
+    returns (checkpoint, the base weights file, its manifest entry, the in-memory actions)."""
+    monkeypatch.setattr(assets, "REFERENCE_ABOVE_BYTES", 0)  # reference every weight file
+    spec_file = _vlm_from_folder_spec(tmp_path / "inputs")
+    weights = tmp_path / "inputs" / "tiny-qwen3vl" / "model.safetensors"
+    spec = load_spec(str(spec_file), ["trainer.max_steps=1", "trainer.batch_size=2", "trainer.warmup_steps=1", *overrides])
+    trainer = Trainer.from_spec(spec, _bundle(Samples(4)), tmp_path / "run", progress=False)
+    trainer.run()
+    expected = Policy.from_compiled(trainer.cg, trainer.normalizer).infer(_obs())["actions"]
     ckpt = tmp_path / "run" / "checkpoints" / "step_0000001"
-    entry = yaml.safe_load((ckpt / "assets.json").read_text())["vlm"]["model"]
-    (ref,) = entry["referenced"]
+    (ref,) = yaml.safe_load((ckpt / "assets.json").read_text())["vlm"]["model"]["referenced"]
+    return ckpt, weights, ref, expected
+
+
+@pytest.mark.slow
+def test_a_checkpoint_with_every_weight_loads_without_its_referenced_base_weights(tmp_path, monkeypatch):
+    ckpt, weights, ref, expected = _referenced_run(tmp_path, monkeypatch)
     assert ref["file"] == "model.safetensors" and ref["source"] == str(weights.resolve())
     assert ref["sha256"] == assets.sha256_of(weights) and ref["bytes"] == weights.stat().st_size
     assert (ckpt / "assets" / "vlm" / "model" / "model.safetensors").is_symlink()
     assert (ckpt / "assets" / "vlm" / "model" / "tokenizer_config.json").is_file()  # the small files are copied
-    graphvla.load_policy(tmp_path / "run").infer(_obs())  # the referenced file is there: loads
+    weights.unlink()  # model.safetensors holds every weight: the base file is never read
+    policy = graphvla.load_policy(ckpt)
+    np.testing.assert_array_equal(policy.infer(_obs())["actions"], expected)  # bit-identical to the trained model
+    assert not [n for n, t in policy.cg.model.state_dict().items() if t.is_meta]
+
+
+def _keep_base_by_reference(ckpt, adapters_only: bool):
+    """Drop from model.safetensors the VLM weights its base file holds, as a checkpoint that keeps a
+    frozen base by reference stores it (all of vlm.*, or all but the LoRA adapters)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(ckpt / "model.safetensors"))
+    kept = {k: v for k, v in state.items() if not k.startswith("vlm.") or (adapters_only and ".lora_" in k)}
+    assert len(kept) < len(state)
+    save_file(kept, str(ckpt / "model.safetensors"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides,adapters_only", [(["blocks.vlm.train.freeze=true"], False),
+                                                     (["blocks.vlm.train.lora.r=4"], True)], ids=["frozen", "lora"])
+def test_a_base_kept_by_reference_is_read_checked_and_named_when_missing(tmp_path, monkeypatch, overrides, adapters_only):
+    ckpt, weights, ref, expected = _referenced_run(tmp_path, monkeypatch, overrides)
+    _keep_base_by_reference(ckpt, adapters_only)
+    # the base file is there: the block's missing weights come from it, the rest from the checkpoint
+    np.testing.assert_allclose(graphvla.load_policy(ckpt).infer(_obs())["actions"], expected, rtol=0, atol=1e-6)
     original = weights.read_bytes()
     weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
     with pytest.raises(ValueError, match=rf"{weights.resolve()}.*changed.*{ref['sha256']}"):
-        graphvla.load_policy(tmp_path / "run")
+        graphvla.load_policy(ckpt)
     weights.unlink()
     with pytest.raises(FileNotFoundError, match=rf"{weights.resolve()} \(sha256 {ref['sha256']}.*blocks.vlm.with.model"):
-        graphvla.load_policy(tmp_path / "run")
+        graphvla.load_policy(ckpt)
+
+
+def test_a_checkpoint_missing_weights_of_a_block_without_references_does_not_fit(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    inputs = tmp_path / "inputs"
+    shutil.copytree(TINY / "base", inputs / "base")
+    shutil.copytree(TINY / "fast_tokenizer", inputs / "fast_tokenizer")
+    shutil.copy(TINY / "fast.yaml", inputs / "fast.yaml")
+    spec = load_spec(str(inputs / "fast.yaml"), ["trainer.max_steps=1", "trainer.batch_size=2", "trainer.warmup_steps=1"])
+    Trainer.from_spec(spec, _bundle(Samples(4)), tmp_path / "run", progress=False).run()
+    ckpt = tmp_path / "run" / "checkpoints" / "step_0000001"
+    state = load_file(str(ckpt / "model.safetensors"))
+    dropped = sorted(k for k in state if k.startswith("head."))[0]
+    save_file({k: v for k, v in state.items() if k != dropped}, str(ckpt / "model.safetensors"))
+    with pytest.raises(ValueError, match=rf"weights do not fit graph .*missing {dropped}"):
+        graphvla.load_policy(ckpt)

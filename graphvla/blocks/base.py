@@ -87,6 +87,39 @@ class BuildContext:
         return p if p.is_absolute() else (self.spec_dir / p)
 
 
+_PLACEHOLDERS = [0]  # depth of parameters_on_meta() blocks in progress
+
+
+class parameters_on_meta:
+    """Within it, every parameter a module registers is moved to the meta device while buffers stay
+    where they are made: blocks build for real (tokenizers, processors, rotary tables) without
+    allocating, initializing or reading weights, which the caller then assigns from a checkpoint
+    (graphvla/policy/loading.py). Patches nn.Module.register_parameter for its duration."""
+
+    def __enter__(self):
+        self._original = nn.Module.register_parameter
+        original = self._original
+
+        def register(module, name, param):
+            if param is not None and not param.is_meta:
+                param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+            original(module, name, param)
+
+        nn.Module.register_parameter = register
+        _PLACEHOLDERS[0] += 1
+        return self
+
+    def __exit__(self, *exc):
+        nn.Module.register_parameter = self._original
+        _PLACEHOLDERS[0] -= 1
+        return False
+
+
+def parameters_are_placeholders() -> bool:
+    """Whether a block being built should read no weight file (inside parameters_on_meta)."""
+    return _PLACEHOLDERS[0] > 0
+
+
 @dataclass(frozen=True)
 class StepPorts:
     """What a block's processor step does for one node: `reads` are raw input ports the step takes

@@ -8,10 +8,11 @@ copies, so a run folder moved to another machine, or whose spec folder is gone, 
 
 Large weight files (a base model's *.safetensors / *.bin above REFERENCE_ABOVE_BYTES, 256 MiB
 unless GRAPHVLA_REFERENCE_WEIGHTS_ABOVE_MB says otherwise) are not copied: they are referenced by
-absolute path, byte size and sha256 (a symlink stands in their place in the copied folder). The
-checkpoint's own model.safetensors holds every trained weight; the base files are only read
-again to rebuild the block. When one is missing or changed, loading fails naming the file, the
-block key and the expected sha256."""
+absolute path, byte size and sha256 (a symlink stands in their place in the copied folder). A
+checkpoint whose model.safetensors holds every weight of the block never reads them (load_policy
+builds on meta and takes every tensor from the checkpoint). One that lacks some of a block's weights
+(a frozen base kept by reference) rebuilds that block from them: when one is missing or changed,
+loading fails naming the file, the block key and the expected sha256."""
 from __future__ import annotations
 
 import hashlib
@@ -87,21 +88,33 @@ def write_assets(spec, ckpt_dir: Path, cache: dict | None = None) -> dict:
     return manifest
 
 
-def localized_values(ckpt: Path) -> dict:
-    """{(block id, key): absolute path of its copy} from a checkpoint's assets.json (empty for
-    checkpoints written before assets were copied). Checks every referenced weight file."""
+def _manifest(ckpt: Path) -> dict:
     from .checkpoint import read_json
 
+    return read_json(ckpt / MANIFEST) if (ckpt / MANIFEST).is_file() else {}
+
+
+def localized_values(ckpt: Path) -> dict:
+    """{(block id, key): absolute path of its copy} from a checkpoint's assets.json (empty for
+    checkpoints written before assets were copied). Referenced weight files are not read here:
+    a checkpoint that holds every weight loads without them (check_references when it does not)."""
     ckpt = Path(ckpt)
-    if not (ckpt / MANIFEST).is_file():
-        return {}
-    out = {}
-    for bid, keys in read_json(ckpt / MANIFEST).items():
-        for key, entry in keys.items():
-            for ref in entry.get("referenced", []):
-                _check_reference(ckpt, bid, key, ref)
-            out[(bid, key)] = str((ckpt / entry["path"]).resolve())
-    return out
+    return {(bid, key): str((ckpt / entry["path"]).resolve())
+            for bid, keys in _manifest(ckpt).items() for key, entry in keys.items()}
+
+
+def has_references(ckpt: Path, bid: str) -> bool:
+    """Whether block `bid`'s files in the checkpoint reference base weights kept outside it."""
+    return any(entry.get("referenced") for entry in _manifest(Path(ckpt)).get(bid, {}).values())
+
+
+def check_references(ckpt: Path, bid: str) -> None:
+    """Check (path, size, sha256) every base weight file block `bid` references; raises naming the
+    file, the block key and the expected sha256 when one is missing or changed."""
+    ckpt = Path(ckpt)
+    for key, entry in _manifest(ckpt).get(bid, {}).items():
+        for ref in entry.get("referenced", []):
+            _check_reference(ckpt, bid, key, ref)
 
 
 def _check_reference(ckpt: Path, bid: str, key: str, ref: dict) -> None:

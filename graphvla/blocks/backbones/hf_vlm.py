@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..base import Block, InPort, OutPort, ParamError, PortError
+from ..base import Block, InPort, OutPort, ParamError, PortError, parameters_are_placeholders
 from ..prepared import BatchEncoder, Prepared
 from ..registry import register
 from . import hf_config
@@ -105,7 +105,7 @@ class HFVLM(Prepared, Block):
         self.width = text_config.hidden_size
         self.num_layers = text_config.num_hidden_layers
         self.layer_ids = self._layer_ids(p.get("layers"))
-        self.action_base = self._add_action_tokens(p.get("action_vocab"), ctx.meta)
+        self.action_base = self._add_action_tokens(p.get("action_vocab"), ctx.meta or parameters_are_placeholders())
         if p["freeze_vision"]:
             vision_tower(self.model).requires_grad_(False)
         if p["gradient_checkpointing"] and not ctx.meta:
@@ -125,9 +125,10 @@ class HFVLM(Prepared, Block):
         if self.model_dir is not None and not has_weights and ("config" not in p or not ctx.meta):
             raise ParamError("model", f"no checkpoint at {self.model_dir} (config.json missing)"
                              + ("" if ctx.meta else "; a config alone can compile the graph but not train it"))
-        if has_weights and not ctx.meta:
+        if has_weights and not ctx.meta and not parameters_are_placeholders():
             return self._from_pretrained(dtype)
-        # meta (compile) or an explicit config: build from the config, never read weights
+        # meta (compile), a checkpoint's weights to come (load_policy) or an explicit config: build
+        # from the config, never read weights
         source = self.model_dir if has_weights else _config_source(p["config"])
         try:
             config = hf_config.make_config(source)
