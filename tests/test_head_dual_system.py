@@ -1,6 +1,7 @@
 """head.dual_system (GR00T): overfits; through a compiled small-block graph, System-2 features
 cached with `infer: {every: k}` give exactly the actions that recomputing them gives."""
 import torch
+from conftest import graph_text
 
 import graphvla
 from graphvla.blocks.base import BuildContext, PortInfo
@@ -17,37 +18,16 @@ def seeded_noise(seed, batch=2):
 
 
 def spec(every: int) -> str:
-    infer = f"\n    infer: {{every: {every}}}" if every > 1 else ""
-    return f"""
-graphvla: 1
-name: tiny-dual
-inputs:
-  images:      {{kind: image, views: 1, size: [32, 32]}}
-  instruction: {{kind: text}}
-  state:       {{kind: state, dim: 5}}
-  actions:     {{kind: action, dim: {A}, horizon: {H}, train_only: true}}
-blocks:
-  vision:
-    type: encoder.image
-    in: {{images: inputs.images}}
-    with: {{width: 32, patch: 8, layers: 1}}{infer}
-  language:
-    type: encoder.text
-    in: {{text: inputs.instruction}}
-    with: {{width: 32}}{infer}
-  fuse:
-    type: glue.fuse
-    in: {{a: vision.hidden, b: language.pooled}}
-    with: {{width: 32}}{infer}
-  head:
-    type: head.dual_system
-    in: {{context: fuse.hidden, state: inputs.state, target: inputs.actions}}
-    with: {{width: 32, heads: 4, layers: 2, num_steps: 4}}
-losses:
-  action: {{from: head.loss}}
-outputs:
-  actions: head.actions
-"""
+    """tiny/mlp, smaller, with a 5-d state and a head.dual_system; System 2 (the encoders and the
+    fusion) runs every `every` calls."""
+    infer = [f"blocks.{b}.infer={{every: {every}}}" for b in ("vision", "language", "fuse")] if every > 1 else []
+    return graph_text(
+        "tiny/mlp", "name=tiny-dual", "inputs.images.size=[32, 32]", "inputs.state.dim=5",
+        f"inputs.actions={{kind: action, dim: {A}, horizon: {H}, train_only: true}}",
+        "blocks.vision.with={width: 32, patch: 8, layers: 1}", "blocks.language.with.width=32",
+        "blocks.fuse.in={a: vision.hidden, b: language.pooled}", "blocks.fuse.with.width=32",
+        "blocks.head={type: head.dual_system, in: {context: fuse.hidden, state: inputs.state, target: inputs.actions}, "
+        "with: {width: 32, heads: 4, layers: 2, num_steps: 4}}", *infer)
 
 
 def observation(seed, b=2):
