@@ -105,8 +105,16 @@ def test_the_folder_holds_what_a_server_needs(mt10, exported):
     assert manifest["metadata"]["fingerprint"] == policy.cg.fingerprint
     assert manifest["metadata"]["inputs"] == policy.metadata["inputs"]
     assert manifest["serve"]["execute_steps"] == 4
-    assert manifest["tokenizers"]["instruction"] == {"tokenizer": "bytes", "max_length": 96, "blocks": ["language"]}
-    assert [d["name"] for d in manifest["inputs"]] == ["images", "instruction", "state"]
+    # the instruction is tokenized by the checkpoint's own processor step, saved in the folder and run
+    # before the graph; the normalization steps are folded into the graph
+    assert manifest["tokenizers"] == {}
+    assert [d["name"] for d in manifest["inputs"]] == ["images", "state", "language.ids"]
+    assert manifest["inputs"][2] == {"name": "language.ids", "kind": "step", "dtype": "int64",
+                                     "shape": ["batch", "tokens"], "step": "language", "max_length": 96}
+    assert manifest["preprocess"]["steps"] == ["language: byte_tokens  instruction as text -> language.ids"]
+    assert manifest["preprocess"]["folded"] == ["normalize  state (mean_std), actions (mean_std)"]
+    steps = json.loads((exported / "preprocess.json").read_text())["steps"]
+    assert [(s["kind"], s["config"]["max_length"]) for s in steps] == [("byte_tokens", 96)]
     for name in ("spec.yaml", "graph.json", "normalization.json", "policy.pt2"):
         assert (exported / name).is_file()
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(".tmp-")]
@@ -176,7 +184,7 @@ def test_cli_export_and_its_errors(mt10, tmp_path):
 
 
 VISION = "    with: {width: 16, patch: 8, layers: 1}"
-FLOW_SPEC = tiny_spec(("type: head.mlp", "type: HEAD"), ("with: {hidden: 32}", "with: WITH"))  # HEAD, WITH: per test
+FLOW_SPEC = tiny_spec("blocks.head.type=HEAD", "blocks.head.with=WITH")  # HEAD, WITH: per test
 SMALL_STATS = {"state": {"mean": [0.0] * 4, "std": [2.0] * 4}, "actions": {"mean": [0.0] * 3, "std": [1.0] * 3}}
 
 

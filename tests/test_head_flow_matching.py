@@ -157,3 +157,13 @@ def test_loss_masks_padded_steps_and_repeats_noise_draws():
     noise = torch.randn(6, H, A)
     err = (target.repeat_interleave(2, 0) - noise) ** 2
     torch.testing.assert_close(loss, err[:, :-1].mean())
+
+
+def test_noise_of_the_wrong_shape_is_refused():
+    torch.manual_seed(0)
+    head = make_head({"width": 32, "layers": 1}).eval()
+    context = torch.randn(N, T, D)
+    with torch.no_grad():
+        for bad in (torch.zeros(N, H, A + 1), torch.zeros(N - 1, H, A), torch.zeros(N, H * A)):
+            with pytest.raises(ValueError, match=f"noise must be \\[batch, horizon, action dim\\] = \\[{N}, {H}, {A}\\]"):
+                head.predict(context=context, noise=bad)

@@ -8,8 +8,10 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
+from ..blocks.heads.flow_matching import initial_noise
 from ..compiler.compile import compile_graph
 from ..spec.loader import load_spec
 
@@ -84,7 +86,7 @@ class _BlockTracker:
     def where(self, cg) -> str:
         if self.current is None:
             return ""
-        return f" in block '{self.current}' ({cg.dag.nodes[self.current]['type']})"
+        return f" in block '{self.current}' ({cg.block(self.current).type_name})"
 
     def close(self):
         for h in self.handles:
@@ -104,7 +106,9 @@ def run_check(spec, overrides=(), batch: int = 2, seed: int = 0, lr: float = 1e-
     try:
         cg.model.train()
         for stream, gm in cg.train.items():
-            args = {k: data.get(k) for k in graph_arguments(gm)}
+            # the blocks' processor steps make what the graph takes from the (already normalized) batch
+            fed = cg.feed(dict(data), stream)
+            args = {k: fed.get(k) for k in graph_arguments(gm)}
             start = time.perf_counter()
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
@@ -138,9 +142,12 @@ def run_check(spec, overrides=(), batch: int = 2, seed: int = 0, lr: float = 1e-
 
         cg.model.eval()  # cg.infer keeps no every-k cache (the Policy does): each call runs every block
         names = graph_arguments(cg.infer)
-        args = {k: data[k] for k in names if k in data}
-        if "generator" in names:
-            args["generator"] = torch.Generator().manual_seed(seed)
+        fed = cg.feed({k: v for k, v in data.items() if k in cg.spec.inputs and not cg.spec.inputs[k].get("train_only")})
+        args = {k: fed[k] for k in names if k in fed}
+        if "noise" in names:  # the sampling head's starting noise, as Policy draws it for a seeded session
+            head = cg.model[next(cg.block(b).owner for b in cg.infer_block_ids() if "noise" in cg.block(b).predict_kwargs)]
+            args["noise"] = initial_noise(head.noise_shape(batch), torch.Generator().manual_seed(seed),
+                                          torch.device("cpu"), head.noise_dtype)
         start = time.perf_counter()
         try:
             with torch.no_grad():
@@ -172,3 +179,290 @@ def _check_output(cg, name, value, batch):
         if isinstance(want, int) and want != got:
             raise CheckFailed(f"output '{name}' ({ref}) has shape {list(value.shape)}, the compiled graph says "
                               f"{list(declared)} (axis {axis})")
+
+
+# --- graphvla check RUN --parity ------------------------------------------------------------------
+# The same frames through the three paths a trained graph meets: (a) the trainer's collate (its
+# DataLoader feed with normalization and the blocks' processor work) and its train graph, (b)
+# Policy.infer_batch, (c) an exported graph (runners/exported.py). What each inference block receives
+# is recorded in (a) and (b) (the keyword arguments of its module's outermost forward/predict call)
+# and compared port by port; the actions of (b) and (c) are compared with the same noise (a session
+# seeded seed + i for frame i in both). Everything runs in eval mode, so dropout and training-time
+# augmentation do not count as differences.
+
+SAMPLING_ARGS = ("noise", "num_steps", "rtc")  # predict's run-time arguments, not ports
+
+
+@dataclass
+class ParityReport:
+    run: str
+    data: str
+    stream: str
+    frames: list  # dataset indices of the frames compared
+    inputs: dict = field(default_factory=dict)  # 'BLOCK.PORT' -> (max |diff|, frame of the max or None)
+    actions: dict = field(default_factory=dict)  # output -> (max |diff|, frame)
+    export: str | None = None
+    atol: float = 1e-5
+    mismatches: list = field(default_factory=list)  # messages naming the port and the frame
+
+    def format(self) -> str:
+        lines = [f"parity of {self.run} on {self.data}: {len(self.frames)} frames of stream '{self.stream}' "
+                 f"(max |diff| per port, tolerance {self.atol:g})",
+                 "block inputs, training collate vs Policy:"]
+        lines += [f"  {port:32s} {_fmt(d)}" for port, (d, _) in self.inputs.items()]
+        if self.export is not None:
+            lines.append(f"actions, Policy vs export {self.export}:")
+            lines += [f"  {name:32s} {_fmt(d)}" for name, (d, _) in self.actions.items()]
+        lines += [f"mismatch: {m}" for m in self.mismatches]
+        lines.append("ok" if not self.mismatches else f"{len(self.mismatches)} mismatch(es)")
+        return "\n".join(lines)
+
+
+def _fmt(d: float) -> str:
+    return "0" if d == 0 else f"{d:.3g}"
+
+
+class _CallRecorder:
+    """Records, for each module of `owners`, the keyword arguments of each outermost call of
+    forward (a pre-hook) or predict (an instance attribute wrapping it), in call order."""
+
+    def __init__(self, model, owners):
+        self.calls = {o: [] for o in owners}
+        self._depth = {o: 0 for o in owners}
+        self._undo = []
+        for owner in owners:
+            module = model[owner]
+            self._undo.append(module.register_forward_pre_hook(
+                lambda m, args, kwargs, o=owner: self._enter(o, kwargs), with_kwargs=True).remove)
+            self._undo.append(module.register_forward_hook(lambda m, a, out, o=owner: self._leave(o)).remove)
+            predict = module.predict
+
+            def wrapped(*args, _o=owner, _predict=predict, **kwargs):
+                self._enter(_o, kwargs)
+                try:
+                    return _predict(*args, **kwargs)
+                finally:
+                    self._leave(_o)
+
+            module.predict = wrapped
+            self._undo.append(lambda m=module: m.__dict__.pop("predict", None))
+
+    def _enter(self, owner, kwargs):
+        if self._depth[owner] == 0:
+            self.calls[owner].append({k: _snapshot(v) for k, v in kwargs.items()})
+        self._depth[owner] += 1
+
+    def _leave(self, owner):
+        self._depth[owner] -= 1
+
+    def by_block(self, cg, block_ids) -> dict:
+        """block id -> its recorded kwargs (the k-th call of a module is its k-th block in order)."""
+        seen, out = {}, {}
+        for bid in block_ids:
+            owner = cg.block(bid).owner
+            if owner not in self.calls:
+                continue
+            k = seen.get(owner, 0)
+            seen[owner] = k + 1
+            if k < len(self.calls[owner]):
+                out[bid] = self.calls[owner][k]
+        return out
+
+    def close(self):
+        for undo in self._undo:
+            undo()
+        self._undo = []
+
+
+def _snapshot(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _snapshot(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_snapshot(v) for v in value)
+    return value
+
+
+def _row_diffs(a, b, rows: int, where: str) -> list:
+    """(name, per-frame max |a - b| list) for every tensor or text leaf of two recorded values;
+    float('inf') marks a frame whose values differ in kind, shape or text."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            if k not in a or k not in b:
+                out.append((f"{where}.{k}", [float("inf")] * rows))
+            else:
+                out += _row_diffs(a[k], b[k], rows, f"{where}.{k}")
+        return out
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.shape != b.shape or a.dtype.is_floating_point != b.dtype.is_floating_point:
+            return [(where, [float("inf")] * rows)]
+        if a.dim() == 0 or a.shape[0] != rows:
+            d = float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+            return [(where, [d] * rows)]
+        d = (a.double() - b.double()).abs().reshape(rows, -1)
+        return [(where, d.max(dim=1).values.tolist() if d.shape[1] else [0.0] * rows)]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b) == rows:
+        return [(where, [0.0 if x == y else float("inf") for x, y in zip(a, b)])]
+    same = type(a) is type(b) and (a is None or a == b)
+    return [(where, [0.0 if same else float("inf")] * rows)]
+
+
+def _recorded_data(run) -> str | None:
+    """The --data a run was trained on (RUN/data.json, written by policy/run_data.py), if noted."""
+    import json
+    from pathlib import Path
+
+    for folder in (Path(run), *Path(run).parents[:2]):  # a run, or one of its checkpoints
+        path = folder / "data.json"
+        if path.is_file():
+            return json.loads(path.read_text()).get("data")
+    return None
+
+
+def _action_stream(cg) -> str:
+    """The training stream whose graph runs the block the action output comes from."""
+    name = "actions" if "actions" in cg.spec.outputs else next(iter(cg.spec.outputs))
+    source = cg.output_source(name).node
+    for stream in cg.streams:
+        if source in cg.train_block_ids(stream):
+            return stream
+    return cg.streams[0]
+
+
+class _Sequential:
+    """A sampler of the frames to compare, in order, endlessly (what the trainer's feed draws)."""
+
+    def __init__(self, indices):
+        self.indices = list(indices)
+
+    def __iter__(self):
+        while True:
+            yield from self.indices
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+class _FixedFrames:
+    """The run's DataBundle whose sampler yields the chosen frames in order."""
+
+    def __init__(self, bundle, stream, indices):
+        self.streams, self.stats, self.warnings = {stream: bundle.streams[stream]}, bundle.stats, bundle.warnings
+        self._indices = indices
+
+    def sampler(self, stream, **_):
+        return _Sequential(self._indices)
+
+
+def _training_inputs(ckpt, policy, bundle, stream, indices, infer_ids) -> dict:
+    """(a): the frames through the trainer's own feed (collate, normalization, the blocks' data work
+    where the trainer does it) and its train graph, with the checkpoint's weights, in eval mode.
+    Returns block id -> recorded kwargs."""
+    import tempfile
+
+    from ..spec.loader import load_spec
+    from .train.loop import Trainer, compile_for_training
+
+    n = len(indices)
+    spec = load_spec(str(ckpt / "spec.yaml"))
+    overrides = [f"trainer.batch_size={n}", "trainer.num_workers=0"]
+    if ((spec.section("trainer").get("streams") or {}).get(stream) or {}).get("batch_size"):
+        overrides.append(f"trainer.streams.{stream}.batch_size={n}")
+    spec = load_spec(str(ckpt / "spec.yaml"), overrides)
+    cg = compile_for_training(spec)
+    cg.model.load_state_dict(policy.cg.model.state_dict())
+    with tempfile.TemporaryDirectory(prefix="graphvla-parity-") as run_dir:
+        trainer = Trainer(cg, _FixedFrames(bundle, stream, indices), run_dir, progress=False)
+        model = cg.model
+        trainer.modes.apply = model.eval  # compare data paths, not dropout or augmentation
+        trainer.schedule.stream_at = lambda step: stream
+        recorder = _CallRecorder(model, sorted({cg.block(b).owner for b in infer_ids}))
+        try:
+            trainer.train_step(check=False)
+        finally:
+            recorder.close()
+            for feed in trainer.feeds.values():
+                feed.close()
+    return recorder.by_block(cg, cg.train_block_ids(stream))
+
+
+def _observations(policy, dataset, indices) -> list:
+    """The frames as observations: the values of the policy's input ports, as the dataset has them."""
+    return [{port: sample[port] for port in policy.inputs if port in sample}
+            for sample in (dataset[i] for i in indices)]
+
+
+def run_parity(run, data=None, export=None, frames: int = 4, seed: int = 0, atol: float = 1e-5) -> ParityReport:
+    """`graphvla check RUN --parity` (see above). Returns the report; its `mismatches` name the port
+    and the frame of every difference above `atol`."""
+    from ..policy.checkpoint import resolve_checkpoint
+    from ..policy.loading import load_policy
+    from .train import dataio
+
+    ckpt = resolve_checkpoint(run)
+    data = data or _recorded_data(run)
+    if data is None:
+        raise CheckFailed(f"{run}: no data.json says what it was trained on; pass --data DATA")
+    policy = load_policy(ckpt)
+    cg = policy.cg
+    bundle = dataio.load_bundle(data, cg.spec, split="train")
+    stream = _action_stream(cg)
+    if stream not in bundle.streams:
+        raise CheckFailed(f"--data {data}: has no stream '{stream}' (streams: {', '.join(bundle.streams)})")
+    dataset = bundle.streams[stream]
+    indices = list(range(min(int(frames), len(dataset))))
+    if not indices:
+        raise CheckFailed(f"--data {data}: stream '{stream}' has no frames")
+    report = ParityReport(str(run), str(data), stream, indices, export=None if export is None else str(export),
+                          atol=float(atol))
+    infer_ids = cg.infer_block_ids()
+
+    # (a) the trainer's path and (b) the policy's, recorded block by block
+    trained = _training_inputs(ckpt, policy, bundle, stream, indices, infer_ids)
+    observations = _observations(policy, dataset, indices)
+    recorder = _CallRecorder(cg.model, sorted({cg.block(b).owner for b in infer_ids}))
+    try:
+        served = policy.infer_batch(observations, sessions=[policy.new_session(seed + i) for i in indices])
+    finally:
+        recorder.close()
+    inferred = recorder.by_block(cg, infer_ids)
+    for bid in infer_ids:
+        if bid not in inferred or bid not in trained:
+            continue
+        a, b = trained[bid], inferred[bid]
+        for port in [p for p in b if p not in SAMPLING_ARGS]:
+            if port not in a:
+                report.mismatches.append(f"block input '{bid}.{port}': the policy passes it, training does not")
+                continue
+            for name, diffs in _row_diffs(a[port], b[port], len(indices), f"{bid}.{port}"):
+                _note(report, report.inputs, name, diffs, indices, "block input", "training collate", "Policy")
+
+    # (c) the export, with the policy's noise (the same session seeds)
+    if export is not None:
+        from .exported import load_exported
+
+        exported = load_exported(export)
+        got = exported.infer_batch(observations, sessions=[exported.new_session(seed + i) for i in indices])
+        for name in policy.outputs:
+            if name not in got[0]:
+                report.mismatches.append(f"output '{name}': the export does not return it")
+                continue
+            diffs = [float(np.abs(np.asarray(s[name], np.float64) - np.asarray(g[name], np.float64)).max())
+                     if np.shape(s[name]) == np.shape(g[name]) else float("inf") for s, g in zip(served, got)]
+            _note(report, report.actions, name, diffs, indices, "output", "Policy", "export")
+    return report
+
+
+def _note(report, table, name, diffs, indices, what, left, right):
+    worst = max(range(len(diffs)), key=lambda i: diffs[i])
+    table[name] = (diffs[worst], indices[worst])
+    bad = [i for i, d in enumerate(diffs) if not d <= report.atol]  # NaN counts as a mismatch
+    if bad:
+        i = bad[0]
+        report.mismatches.append(f"{what} '{name}' differs at frame {indices[i]}: max |{left} - {right}| = "
+                                 f"{diffs[i]:.3g} > {report.atol:g}")

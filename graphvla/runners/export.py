@@ -26,10 +26,15 @@ VLMs' processor folders and the checkpoint's spec.yaml, graph.json and normaliza
 reference: the graph already applies the statistics). It is written under a temporary name and
 renamed into place, so a failed export leaves no half-written folder.
 
+A sampling head (head.flow_matching, head.dual_system) takes its starting noise as an input of
+predict; in the exported graph that is the graph input `noise` [batch, H, A], which the server draws
+from each session's generator as Policy does (runners/exported.py). The Euler loop is unrolled
+(with.num_steps steps).
+
 A graph is refused, before anything is written, with an ExportError naming the graph, the block
 id, its type and why, when a block keeps state between calls (`infer: {every: k}`), draws noise
-inside predict (flow matching, dual system: a generator per session, which an exported graph
-cannot hold), decodes autoregressively (FAST, or a VLM with action tokens), is a VLM other than
+inside predict (a `generator` argument: a generator per session, which an exported graph cannot
+hold), several blocks sample, decodes autoregressively (FAST, or a VLM with action tokens), is a VLM other than
 Qwen3-VL (export_vlm.refusal), takes text it cannot tokenize outside the graph, or makes text
 inside the graph; a block torch.export fails on is named the same way."""
 from __future__ import annotations
@@ -46,12 +51,11 @@ from pathlib import Path
 
 import torch
 from torch import fx, nn
-from torch.overrides import TorchFunctionMode
 
 from ..blocks.base import Block
 from ..blocks.encoders import byte_tokenize
-from ..blocks.heads.flow_matching import FlowHead
-from ..compiler import dag as D
+from ..compiler.lower import graph_argument
+from ..processors.base import Pipeline
 from .export_vlm import VLM_TYPE, ProcessorInputVLM, onnx_refusal, refusal, vlm_exports
 from ..policy.loading import load_policy
 from ..policy.plain_data import plain_data
@@ -68,7 +72,8 @@ EXAMPLE_TEXTS = ("pick up the red block and place it", "open")  # two lengths: t
 NOT_EXPORTABLE = {
     "head.fast": "it decodes action tokens autoregressively until an end token (a data-dependent loop)",
 }
-SAMPLING_REASON = "it draws sampling noise in a way an export cannot take as an input (only flow heads can)"
+SAMPLING_REASON = ("it draws sampling noise inside predict (a generator argument), which an export cannot take as "
+                   "an input (a sampling head takes `noise`)")
 
 
 class ExportError(ValueError):
@@ -76,7 +81,7 @@ class ExportError(ValueError):
 
 
 def block_error(cg, bid: str, why: str) -> ExportError:
-    kind = cg.dag.nodes[bid]["cls"].type_name
+    kind = cg.block(bid).type_name
     return ExportError(f"graph '{cg.name}': block '{bid}' ({kind}) cannot be exported: {why}")
 
 
@@ -85,7 +90,8 @@ def block_error(cg, bid: str, why: str) -> ExportError:
 # Block types that turn their text into byte ids with blocks/encoders.byte_tokenize (which passes
 # ids through), and the `with:` key of their longest kept instruction.
 BYTE_TEXT = {"encoder.text": "max_length", "backbone.world_model": "max_text"}
-NOISE = "noise"  # the graph input that holds a sampling head's starting noise
+PYTHON_STEPS = "preprocess"  # the saved pipeline of the processor steps run before the graph
+NOISE = "noise"  # the graph input that holds a sampling head's starting noise (its predict argument)
 
 
 def text_tokenizers(cg, inputs: dict, vlms: dict) -> dict:
@@ -93,15 +99,13 @@ def text_tokenizers(cg, inputs: dict, vlms: dict) -> dict:
     block that cannot take token ids, or blocks that tokenize differently. A backbone.hf_vlm's
     text is tokenized by its processor (`vlms`, runners/export_vlm.py)."""
     out = {}
-    infer = set(D.infer_blocks(cg.dag))
+    arguments = {n.target for n in cg.infer.graph.nodes if n.op == "placeholder"}
     for port, decl in inputs.items():
-        if decl["kind"] != "text":
-            continue
+        if decl["kind"] != "text" or port not in arguments:
+            continue  # a processor step tokenizes it (preprocess, run before the graph)
         found = {}
-        for _, bid in cg.dag.out_edges(D.INPUT_PREFIX + port):
-            if bid not in infer:
-                continue
-            kind = cg.dag.nodes[bid]["cls"].type_name
+        for bid in cg.input_consumers(port):
+            kind = cg.block(bid).type_name
             if bid in vlms:
                 found[bid] = vlms[bid].tokenizer()
                 continue
@@ -120,25 +124,28 @@ def text_tokenizers(cg, inputs: dict, vlms: dict) -> dict:
 
 
 def sampling_block(cg) -> str | None:
-    """The one block that samples (draws noise in predict), or None; ExportError for several."""
-    found = [b for b in D.infer_blocks(cg.dag) if "generator" in cg.dag.nodes[b]["cls"].predict_kwargs]
-    if len(found) > 1:
-        raise ExportError(f"graph '{cg.name}': blocks {', '.join(found)} all draw sampling noise; an export takes "
-                          "the noise of one block as its input")
-    for bid in found:
-        if not isinstance(cg.model[bid], FlowHead):
+    """The one block that samples (takes `noise` in predict), or None; ExportError for several, or
+    for a block that draws its noise itself (a `generator` argument)."""
+    for bid in cg.infer_block_ids():
+        if "generator" in cg.block(bid).predict_kwargs:
             raise block_error(cg, bid, SAMPLING_REASON)
+    found = [b for b in cg.infer_block_ids() if "noise" in cg.block(b).predict_kwargs]
+    if len(found) > 1:
+        raise ExportError(f"graph '{cg.name}': blocks {', '.join(found)} all sample; an export takes the noise of "
+                          "one block as its input")
+    for bid in found:
+        if not callable(getattr(cg.model[bid], "noise_shape", None)):
+            raise block_error(cg, bid, "it takes `noise` but does not say its shape (noise_shape)")
     return found[0] if found else None
 
 
 def check_blocks(cg) -> None:
     """Refuse what an exported graph cannot hold (module docstring), naming the block."""
-    g = cg.dag
-    for bid in D.infer_blocks(g):
-        data = g.nodes[bid]
-        cls = data["cls"]
-        if data.get("every", 1) > 1:
-            raise block_error(cg, bid, f"infer.every={data['every']} keeps its outputs between calls for each "
+    for bid in cg.infer_block_ids():
+        node = cg.block(bid)
+        cls = node.cls
+        if node.every > 1:
+            raise block_error(cg, bid, f"infer.every={node.every} keeps its outputs between calls for each "
                                        "session; an exported graph is stateless")
         if cls.type_name in NOT_EXPORTABLE:
             raise block_error(cg, bid, NOT_EXPORTABLE[cls.type_name])
@@ -146,150 +153,152 @@ def check_blocks(cg) -> None:
         if why is not None:
             raise block_error(cg, bid, why)
         for port, spec in cls.out_ports.items():
-            if spec.kind == "text" and any(e["src_port"] == port for _, _, e in g.out_edges(bid, data=True)):
+            if spec.kind == "text" and any(e["src_port"] == port for _, _, e in cg.dag.out_edges(bid, data=True)):
                 raise block_error(cg, bid, f"it makes text ('{port}') inside the graph; strings cannot pass "
                                            "through torch.export")
 
 
-class GivenNoise(TorchFunctionMode):
-    """Within it, torch.randn (the flow heads' one draw of starting noise, initial_noise) returns
-    the graph's noise input instead of drawing; a draw of another shape is an error."""
-
-    def __init__(self, noise: torch.Tensor):
-        super().__init__()
-        self.noise = noise
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.randn:
-            shape = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)) else args
-            if len(shape) != self.noise.dim() or list(shape[1:]) != list(self.noise.shape[1:]):
-                raise RuntimeError(f"the head drew noise of shape {list(shape)}, not the noise input's "
-                                   f"{['batch', *self.noise.shape[1:]]}")
-            return self.noise.to(kwargs.get("dtype") or self.noise.dtype)
-        return func(*args, **kwargs)
-
-
-class NoiseInputHead(nn.Module):
-    """A flow head whose starting noise is a graph input: the graph's `generator` argument carries
-    the noise tensor here (the head's predict draws it with torch.randn, which GivenNoise answers).
-    The Euler loop runs with.num_steps steps, unrolled by torch.export."""
-
-    def __init__(self, head: nn.Module):
-        super().__init__()
-        self.head = head
-
-    def predict(self, generator=None, num_steps=None, **ports):
-        with GivenNoise(generator):
-            return self.head.predict(**ports)
-
-
-def tensor_graph(cg, sampler: str | None, vlms: dict) -> fx.GraphModule:
-    """cg.infer with the sampling head (if any) taking its noise as an input and each
-    backbone.hf_vlm its processor's tensors (same weights, same fx code)."""
-    owner = cg.dag.nodes[sampler]["owner"] if sampler else None
-    vlm_owners = {cg.dag.nodes[bid]["owner"]: vlm for bid, vlm in vlms.items()}
+def tensor_graph(cg, vlms: dict) -> fx.GraphModule:
+    """cg.infer with each backbone.hf_vlm taking its processor's tensors (same weights, same fx
+    code); the sampling head's `noise` is already a graph input."""
+    vlm_owners = {cg.block(bid).owner: vlm for bid, vlm in vlms.items()}
     root = nn.Module()
     for name, module in cg.infer.named_children():
         if name in vlm_owners:
             module = vlm_owners[name].module()
-        elif name == owner:
-            module = NoiseInputHead(module)
         root.add_module(name, module)
     return fx.GraphModule(root, copy.deepcopy(cg.infer.graph), class_name=type(cg.infer).__name__ + "Tensors")
 
 
-class FoldedPolicy(nn.Module):
-    """The exported function: graph inputs in `names` order (raw state, float images, token ids,
-    a VLM's processor tensors, noise) -> the outputs in `outputs` order, with the saved
-    normalization applied in and out. `packed` maps a port to the graph inputs that stand for it,
-    {argument: input name}: a backbone.hf_vlm's images are {pixel_values}, its text
-    {input_ids, attention_mask}."""
+def split_preprocess(pipeline) -> tuple[list, list]:
+    """(Python steps, folded steps) of a preprocess pipeline. The Python steps (tokenizers,
+    processors, and any tensor step a later one of them reads) run before the graph, in their
+    order; the other tensor steps (normalization) are folded into the exported graph after them,
+    in their order, which is the pipeline's result as long as no folded step reads or writes what
+    a Python step after it reads or writes; such a step stays in Python."""
+    python, folded = [], []
+    needed, written = set(), set()  # keys the Python steps after this one read / write
+    for step in reversed(list(pipeline or [])):
+        keys = set(step.reads) | set(step.writes)
+        if step.tensor_only and not (set(step.writes) & needed) and not (keys & written):
+            folded.insert(0, step)
+        else:
+            python.insert(0, step)
+            needed |= set(step.reads)
+            written |= set(step.writes)
+    return python, folded
 
-    def __init__(self, graph: fx.GraphModule, names: list, outputs: list, norm_in: dict, norm_out: dict,
+
+class FoldedPolicy(nn.Module):
+    """The exported function: graph inputs in `names` order (batch keys: raw state, float images,
+    what the Python steps made such as token ids, a VLM's processor tensors, noise) -> the outputs
+    in `outputs` order. It runs the folded preprocess steps (normalization), the inference graph and
+    the postprocess steps (un-normalization): the checkpoint's own steps, called as Policy calls
+    them. `packed` maps a port to the graph inputs that stand for it, {argument: input name}: a
+    backbone.hf_vlm's images are {pixel_values}, its text {input_ids, attention_mask}."""
+
+    def __init__(self, graph: fx.GraphModule, names: list, outputs: list, preprocess: list, postprocess: list,
                  packed: dict | None = None):
         super().__init__()
         self.inner, self.names, self.outputs = graph, list(names), list(outputs)
+        self.preprocess, self.postprocess = Pipeline("folded-preprocess", preprocess), Pipeline("postprocess", postprocess)
         self.packed = dict(packed or {})
-        self.norm_in, self.norm_out = list(norm_in), list(norm_out)
-        for port, (shift, scale) in norm_in.items():
-            self.register_buffer(f"in_shift_{port}", shift)
-            self.register_buffer(f"in_scale_{port}", scale)
-        for name, (shift, scale) in norm_out.items():
-            self.register_buffer(f"out_shift_{name}", shift)
-            self.register_buffer(f"out_scale_{name}", scale)
+        self.arguments = {n.target for n in graph.graph.nodes if n.op == "placeholder"}
 
     def forward(self, *tensors):
-        batch = dict(zip(self.names, tensors))
-        for port in self.norm_in:  # as Normalizer.normalize: (x - shift) / scale
-            batch[port] = (batch[port] - getattr(self, f"in_shift_{port}")) / getattr(self, f"in_scale_{port}")
+        batch = self.preprocess(dict(zip(self.names, tensors)))
         for port, parts in self.packed.items():
             batch[port] = {arg: batch.pop(name) for arg, name in parts.items()}
-        if NOISE in batch:
-            batch["generator"] = batch.pop(NOISE)  # NoiseInputHead reads it there
-        result = self.inner(**batch)
-        outs = []
-        for name in self.outputs:
-            value = result[name]
-            if name in self.norm_out:  # as Normalizer.unnormalize on value.float()
-                value = value.float() * getattr(self, f"out_scale_{name}") + getattr(self, f"out_shift_{name}")
-            outs.append(value)
-        return tuple(outs)
+        result = self.inner(**{graph_argument(k): v for k, v in batch.items() if graph_argument(k) in self.arguments})
+        result = self.postprocess(dict(result))
+        return tuple(result[name] for name in self.outputs)
 
 
-def _shift_scale(normalizer, port, like: torch.Tensor):
-    shift, scale = normalizer._torch(port, like)  # the very tensors Normalizer.normalize uses
-    return shift.clone(), scale.clone()
+def _example_port(port, decl, texts):
+    """An example batch value of one graph input port (random, the declared shape)."""
+    if decl["kind"] == "text":
+        return list(texts)
+    shape = _port_shape(decl)
+    dtype = {"mask": torch.bool, "tokens": torch.int64}.get(decl["kind"], torch.float32)
+    if dtype == torch.float32:
+        return torch.rand(len(texts), *shape)
+    return torch.zeros(len(texts), *shape, dtype=dtype)
 
 
-def folded_policy(policy, tokenizers: dict, sampler: str | None, vlms: dict) -> tuple[FoldedPolicy, list, list]:
-    """(module, example inputs, input descriptions) for `policy`."""
-    cg, inputs = policy.cg, policy.inputs
-    names, example, described, packed = [], [], [], {}
+def _varying_axes(python: Pipeline, raw: dict, other: dict) -> dict:
+    """{key: axes whose length depends on the batch's contents} of the Python steps' tensors
+    (token axes: the longest instruction sets them), found by running them on two batches."""
+    a, b = python(dict(raw)), python(dict(other))
+    out = {}
+    for key, value in a.items():
+        if isinstance(value, torch.Tensor) and isinstance(b.get(key), torch.Tensor):
+            out[key] = [i for i in range(1, value.dim()) if value.shape[i] != b[key].shape[i]]
+    return out
+
+
+def folded_policy(policy, tokenizers: dict, sampler: str | None, vlms: dict, python: list, folded: list):
+    """(module, example inputs, input descriptions) for `policy`: the graph takes what the Python
+    steps `python` leave in the batch that the folded steps or the inference graph read."""
+    cg = policy.cg
+    arguments = {n.target for n in cg.infer.graph.nodes if n.op == "placeholder"}
+    steps = Pipeline("preprocess", python)
+    raw = {port: _example_port(port, decl, EXAMPLE_TEXTS) for port, decl in policy.inputs.items()}
+    batch = steps(dict(raw))
+    short = {port: _example_port(port, decl, ("x", "o")) for port, decl in policy.inputs.items()}
+    varying = _varying_axes(steps, raw, short)
+    folded_reads = {k for step in folded for k in step.reads}
+    folded_writes = {k for step in folded for k in step.writes} - folded_reads
     made = {bid: vlm.tensors(vlm.block.processor, *vlm.example(EXAMPLE_TEXTS)) for bid, vlm in vlms.items()}
-    for port, decl in inputs.items():
-        vlm = next((v for v in vlms.values() if port in (v.images, v.text)), None)
+    names, example, described, packed = [], [], [], {}
+    for key, value in batch.items():
+        wanted = key in folded_reads or (graph_argument(key) in arguments and key not in folded_writes)
+        if not wanted or key == NOISE:
+            continue
+        vlm = next((v for v in vlms.values() if key in (v.images, v.text)), None)
         if vlm is not None:  # the processor's tensors stand for the port (runners/export_vlm.py)
-            packed[port] = vlm.parts(port)
+            packed[key] = vlm.parts(key)
             about = vlm.described(made[vlm.bid])
-            for field, name in packed[port].items():
+            for field, name in packed[key].items():
                 names.append(name)
                 example.append(made[vlm.bid][field])
                 described.append(about[field])
             continue
-        names.append(port)
-        if decl["kind"] == "text":
-            t = tokenizers[port]
-            ids = byte_tokenize(list(EXAMPLE_TEXTS), t["max_length"], "cpu")
-            example.append(ids)
-            described.append({"name": port, "port": port, "kind": "text", "dtype": "int64",
-                              "shape": ["batch", "tokens"], "tokenizer": port})
+        if key in policy.inputs and policy.inputs[key]["kind"] == "text":  # a block takes the text itself
+            t = tokenizers[key]
+            names.append(key)
+            example.append(byte_tokenize(list(value), t["max_length"], "cpu"))
+            described.append({"name": key, "port": key, "kind": "text", "dtype": "int64",
+                              "shape": ["batch", "tokens"], "tokenizer": key})
             continue
-        shape = _port_shape(decl)
-        dtype = {"mask": torch.bool, "tokens": torch.int64}.get(decl["kind"], torch.float32)
-        value = (torch.rand(EXAMPLE_BATCH, *shape) if dtype == torch.float32
-                 else torch.zeros(EXAMPLE_BATCH, *shape, dtype=dtype))
+        if not isinstance(value, torch.Tensor):
+            raise ExportError(f"graph '{cg.name}': the graph input '{key}' is made as {type(value).__name__} by the "
+                              "processor steps; an exported graph takes tensors")
+        names.append(key)
         example.append(value)
-        described.append({"name": port, "port": port, "kind": decl["kind"], "dtype": str(dtype).split(".")[-1],
-                          "shape": ["batch", *shape]})
+        about = {"name": key, "kind": policy.inputs[key]["kind"] if key in policy.inputs else "step",
+                 "dtype": str(value.dtype).split(".")[-1],
+                 "shape": ["batch", *[("tokens" if i in varying.get(key, ()) else int(n))
+                                      for i, n in enumerate(value.shape) if i > 0]]}
+        if key in policy.inputs:
+            about["port"] = key
+        else:
+            about["step"] = next(s.block for s in python if key in s.writes)
+            if varying.get(key):
+                about["max_length"] = int(getattr(next(s for s in python if key in s.writes), "max_length", 1 << 16))
+        described.append(about)
     if sampler is not None:
-        head = cg.model[sampler]
-        shape = [int(head.horizon), int(head.action_dim)]
+        head = cg.model[cg.block(sampler).owner]
+        shape = list(head.noise_shape(EXAMPLE_BATCH)[1:])
         names.append(NOISE)
         example.append(torch.randn(EXAMPLE_BATCH, *shape))
         described.append({"name": NOISE, "kind": "noise", "dtype": "float32", "shape": ["batch", *shape],
                           "block": sampler, "num_steps": int(head.params["num_steps"])})
-    norm_in, norm_out = {}, {}
-    if policy.normalizer is not None:
-        stats = set(getattr(policy.normalizer, "stats", {}))
-        for port, value in zip(names, example):
-            if port in stats and port in inputs and value.is_floating_point():
-                norm_in[port] = _shift_scale(policy.normalizer, port, value)
-        for name, port in policy._norm_port.items():
-            if port is not None:
-                width = int(cg.spec.inputs[port]["dim"])
-                norm_out[name] = _shift_scale(policy.normalizer, port, torch.zeros(1, width))
-    module = FoldedPolicy(tensor_graph(cg, sampler, vlms), names, policy.outputs, norm_in, norm_out, packed).eval()
+    post = list(policy.postprocess or [])
+    for step in post:
+        if not step.tensor_only:
+            raise ExportError(f"graph '{cg.name}': the postprocess step {step.describe()} runs Python after the "
+                              "graph; an exported graph folds only tensor steps")
+    module = FoldedPolicy(tensor_graph(cg, vlms), names, policy.outputs, folded, post, packed).eval()
     return module, example, described
 
 
@@ -312,6 +321,9 @@ def dynamic_shapes(described: list, tokenizers: dict):
         axes = {0: batch}
         if d["kind"] in ("text", "text_mask"):
             axes[1] = Dim.DYNAMIC(min=1, max=int(tokenizers[d["port"]]["max_length"]))
+        for i, n in enumerate(d["shape"][1:], start=1):  # a processor step's token axes
+            if n == "tokens" and i not in axes:
+                axes[i] = Dim.DYNAMIC(min=1, max=int(d.get("max_length", 1 << 16)))
         shapes.append(axes)
     return (tuple(shapes),)  # one entry: forward's *tensors
 
@@ -380,7 +392,8 @@ def export_policy(run, out_dir, fmt: str = "torch-export") -> Path:
             raise block_error(cg, bid, why)
     tokenizers = text_tokenizers(cg, policy.inputs, vlms)
     sampler = sampling_block(cg)
-    module, example, described = folded_policy(policy, tokenizers, sampler, vlms)
+    python, folded = split_preprocess(policy.preprocess)
+    module, example, described = folded_policy(policy, tokenizers, sampler, vlms, python, folded)
     for name in policy.outputs:
         if not isinstance(module(*example)[policy.outputs.index(name)], torch.Tensor):
             raise ExportError(f"graph '{cg.name}': output '{name}' is not a tensor; an exported graph returns tensors")
@@ -398,6 +411,8 @@ def export_policy(run, out_dir, fmt: str = "torch-export") -> Path:
         for name in ("spec.yaml", "graph.json", "normalization.json"):
             if (ckpt / name).is_file():
                 shutil.copy2(ckpt / name, tmp / name)
+        if python:  # the steps the server runs before the graph, with their files
+            Pipeline(PYTHON_STEPS, python).save(tmp)
         for vlm in vlms.values():
             try:
                 vlm.save(tmp, list(EXAMPLE_TEXTS))
@@ -407,6 +422,10 @@ def export_policy(run, out_dir, fmt: str = "torch-export") -> Path:
             "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "graph_format": fmt, "graph_file": graph_file.name,
             "graph_sha256": hashlib.sha256(graph_file.read_bytes()).hexdigest(),
             "inputs": described, "tokenizers": tokenizers, "outputs": list(policy.outputs),
+            "preprocess": {"file": f"{PYTHON_STEPS}.json" if python else None,
+                           "steps": [step.describe() for step in python],
+                           "folded": [step.describe() for step in folded]},
+            "postprocess": {"folded": [step.describe() for step in policy.postprocess or []]},
             "processors": {bid: vlm.manifest() for bid, vlm in vlms.items()},
             "metadata": plain_data(policy.metadata, for_json=True),
             "serve": plain_data(dict(cg.spec.section("serve") or {}), for_json=True),

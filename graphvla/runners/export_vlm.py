@@ -41,8 +41,8 @@ FIELDS = ("pixel_values", "input_ids", "attention_mask")  # the graph inputs a p
 
 def _ports(cg, bid) -> dict:
     """{block port: graph input} of the block's images and text."""
-    return {e["dst_port"]: src[len(D.INPUT_PREFIX):] for src, _, e in cg.dag.in_edges(bid, data=True)
-            if e["dst_port"] in ("images", "text") and src.startswith(D.INPUT_PREFIX)}
+    return {port: src[len(D.INPUT_PREFIX):] for port, src, _, _ in cg.in_edges(bid)
+            if port in ("images", "text") and src.startswith(D.INPUT_PREFIX)}
 
 
 def refusal(cg, bid) -> str | None:
@@ -67,9 +67,8 @@ def refusal(cg, bid) -> str | None:
         if port not in ports:
             return (f"its '{port}' comes from another block; an exported VLM takes its processor's tensors, made "
                     "from graph inputs")
-    infer = set(D.infer_blocks(cg.dag))
     for port, name in ports.items():
-        others = sorted({b for _, b in cg.dag.out_edges(D.INPUT_PREFIX + name) if b in infer and b != bid})
+        others = sorted({b for b in cg.input_consumers(name) if b != bid})
         if others:
             return (f"the input '{name}' also feeds {', '.join(others)}; in an exported graph it is replaced by the "
                     "processor's tensors, which only this block takes")
@@ -182,8 +181,8 @@ def vlm_exports(cg) -> dict[str, VLMExport]:
     """{block id: VLMExport} of the graph's inference backbone.hf_vlm blocks; each must have
     passed refusal() (check_blocks calls it first)."""
     out = {}
-    for bid in D.infer_blocks(cg.dag):
-        if cg.dag.nodes[bid]["cls"].type_name != VLM_TYPE:
+    for bid in cg.infer_block_ids():
+        if cg.block(bid).type_name != VLM_TYPE:
             continue
         ports = _ports(cg, bid)
         shape = tuple(int(x) for x in expected_shape(cg.spec.inputs[ports["images"]]))

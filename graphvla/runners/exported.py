@@ -5,8 +5,10 @@ It speaks the Policy API the server and the eval clients use (`metadata`, `infer
 `infer_batch(observations, sessions=...)`, `new_session`, `reset`) with the metadata saved at
 export time, so `graphvla serve DIR` publishes the same metadata and answers the same actions as
 `graphvla serve RUN`. Each observation value is checked by the checkpoint's own validator
-(runners/observation.py); text is tokenized here, in Python, into the token ids the graph takes,
-and a backbone.hf_vlm's processor (saved in the folder, named in the manifest's `processors`) turns
+(runners/observation.py); the checkpoint's processor steps that are not folded into the graph
+(tokenizers: saved in the folder as `preprocess.json` + `preprocess/`, loaded without the training
+code) run here, in Python, and make the token ids the graph takes; text a block takes itself is
+tokenized by the manifest's `tokenizers`; a backbone.hf_vlm's processor (saved in the folder, named in the manifest's `processors`) turns
 its images and instruction into the pixel values, token ids and attention mask its graph takes.
 An exported graph keeps no state between calls (export refuses `every: k` caches). A flow head's
 starting noise is a graph input: it is drawn here, for each row from its session's generator (or
@@ -24,7 +26,8 @@ import torch
 
 from ..blocks.encoders import byte_tokenize
 from ..blocks.heads.flow_matching import initial_noise
-from .export import FORMATS, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, NOISE
+from ..processors.base import Pipeline
+from .export import FORMATS, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, NOISE, PYTHON_STEPS
 from .export_vlm import SavedProcessor
 from ..policy.observation import convert, describe
 from ..policy.rtc import RTCRequestError
@@ -93,12 +96,15 @@ class ExportedPolicy:
         graph = self.folder / self.manifest["graph_file"]
         self.runner = (_TorchRunner if self.manifest["graph_format"] == "torch-export" else _OnnxRunner)(graph)
         meta = self.manifest["metadata"]
-        self.inputs = {d["port"]: dict(meta["inputs"][d["port"]]) for d in self.manifest["inputs"] if "port" in d}
+        self.inputs = {port: dict(decl) for port, decl in meta["inputs"].items()}  # what an observation holds
         self.noise = next((d for d in self.manifest["inputs"] if d["name"] == NOISE), None)
         self.outputs = list(self.manifest["outputs"])
         self.tokenizers = dict(self.manifest.get("tokenizers") or {})
         self.processors = {bid: SavedProcessor(self.folder, bid, about)
                            for bid, about in (self.manifest.get("processors") or {}).items()}
+        # the checkpoint's processor steps that run before the graph (tokenizers), saved in the folder
+        steps = (self.manifest.get("preprocess") or {}).get("file")
+        self.preprocess = Pipeline.load(self.folder, PYTHON_STEPS) if steps else Pipeline(PYTHON_STEPS, [])
         for port, t in self.tokenizers.items():
             if t.get("tokenizer") == "processor":
                 if t.get("processor") not in self.processors:
@@ -161,6 +167,8 @@ class ExportedPolicy:
         made = {}
         for processor in self.processors.values():
             made.update(processor(values))
+        batch = self.preprocess({port: v if self.inputs[port]["kind"] == "text" else torch.stack(v)
+                                 for port, v in values.items()})
         out = []
         for d in self.manifest["inputs"]:
             if d["name"] in made:
@@ -171,7 +179,7 @@ class ExportedPolicy:
                 t = self.tokenizers[d["port"]]
                 out.append(TOKENIZERS[t["tokenizer"]](values[d["port"]], t))
             else:
-                out.append(torch.stack(values[d["port"]]))
+                out.append(batch[d["name"]])
         return out
 
 

@@ -201,5 +201,5 @@ def _check_names(data, issues):
                 issues.add(f"'{name}' is a Python keyword and cannot name a {section[:-1]}", (section, name))
             elif section == "blocks" and (name in RESERVED_BLOCK_IDS or _is_reserved_attr(name)):
                 issues.add(f"block id '{name}' is reserved (it clashes with a torch module attribute); rename the block", (section, name), block=name)
-            elif section == "inputs" and name in ("self", "generator"):
+            elif section == "inputs" and name in ("self", "generator", "noise"):  # noise: a sampling head's argument
                 issues.add(f"input name '{name}' is reserved; rename the input", (section, name))

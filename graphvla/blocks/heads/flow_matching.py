@@ -191,6 +191,11 @@ def guided_euler_sample(dit: FlowDiT, memories, memory_padding, state, noise, rt
     return x.detach()
 
 
+def _differ(a, b) -> bool:
+    """Two batch sizes that differ; symbolic ones (torch.export's batch axis) are not compared."""
+    return isinstance(a, int) and isinstance(b, int) and a != b
+
+
 def default_layer_map(dit_layers: int, context_layers: int) -> list[int]:
     """Spread the DiT layers evenly over the context layers, first to first and last to last."""
     if dit_layers == 1:
@@ -225,7 +230,7 @@ class FlowHead(Block):
 
     def noise_shape(self, batch: int) -> tuple:
         """The shape of predict's `noise` for a batch: [batch, horizon, action dim]."""
-        return (int(batch), int(self.horizon), int(self.action_dim))
+        return (batch, int(self.horizon), int(self.action_dim))  # batch stays symbolic under torch.export
 
     @property
     def noise_dtype(self) -> torch.dtype:
@@ -239,7 +244,7 @@ class FlowHead(Block):
         shape = self.noise_shape(context.shape[0])
         if noise is None:
             noise = initial_noise(shape, None, context.device, self.noise_dtype)
-        elif tuple(noise.shape) != shape:
+        elif noise.dim() != 3 or tuple(noise.shape[1:]) != shape[1:] or _differ(noise.shape[0], shape[0]):
             raise ValueError(f"{self.type_name}: noise must be [batch, horizon, action dim] = {list(shape)}, "
                              f"got {list(noise.shape)}")
         steps = int(num_steps or self.params["num_steps"])
