@@ -51,6 +51,11 @@ def make_end(cls, tokenizer_dir):
     return cls({"tokenizer": tokenizer_dir.name}, infos, BuildContext(cls.type_name, spec_dir=tokenizer_dir.parent))
 
 
+def fast_tokens(encode, chunks):
+    """fast.encode's tokens of the chunks: made by its processor step."""
+    return encode.processor_step("action_tokens", {"actions": "actions"}).run(actions=chunks)["tokens"]
+
+
 def batch(seed=0):
     images = torch.rand(B, 1, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
     return images, list(TEXTS), torch.from_numpy(smooth_chunks(B, H, A, seed=5 + seed).astype(np.float32))
@@ -63,7 +68,7 @@ def test_lm_loss_is_the_transformers_loss_on_the_action_tokens(family, tokenizer
     assert vlm.model.get_input_embeddings().weight.shape[0] == base + 128
     assert vlm.model.get_output_embeddings().weight.shape[0] == base + 128  # the tied LM head grew too
     images, texts, chunks = batch()
-    tokens = make_end(FASTEncode, tokenizer_dir)(chunks)["tokens"]
+    tokens = fast_tokens(make_end(FASTEncode, tokenizer_dir), chunks)
     with torch.no_grad():
         out = vlm(images, texts, target_tokens=tokens)
     eos = vlm.processor.tokenizer.eos_token_id
@@ -81,7 +86,7 @@ def test_overfits_then_generates_every_token_and_decodes_the_chunks(family, toke
     encode, decode = make_end(FASTEncode, tokenizer_dir), make_end(FASTDecode, tokenizer_dir)
     vlm = make_vlm(family, 128)
     images, texts, chunks = batch()
-    tokens = encode(chunks)["tokens"]
+    tokens = fast_tokens(encode, chunks)
     opt = torch.optim.AdamW(vlm.parameters(), lr=3e-3)
     losses = []
     for _ in range(120):
@@ -210,7 +215,9 @@ def test_state_goes_into_the_prompt_as_bins():
     from graphvla.blocks.glue.state_text import StateText
 
     def make(**params):
-        return StateText(params, {"text": PortInfo("text", None), "state": PortInfo("state", (2, 3))}, BuildContext("prompt"))
+        block = StateText(params, {"text": PortInfo("text", None), "state": PortInfo("state", (2, 3))}, BuildContext("prompt"))
+        step = block.processor_step("prompt", {"text": "instruction", "state": "state"})  # the prompts are its step's
+        return lambda text, state: step.run(text=text, state=state)
 
     block = make()
     state = torch.tensor([[-1.0, 0.0, 1.0], [-5.0, 0.999, -0.0041]])

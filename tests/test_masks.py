@@ -79,8 +79,9 @@ def test_fast_encode_sees_the_tail_padded_with_the_last_valid_action(tmp_path):
     fit_tiny_fast(tmp_path / "tok")
     enc = build(FASTEncode, {"tokenizer": "tok"}, {"actions": ("action", (2, 8, 4)), "mask": ("mask", (2, 8))}, tmp_path)
     zeroed, held, mask = chunk_with_tail()
-    assert torch.equal(enc(actions=zeroed, mask=mask)["tokens"], enc(actions=held)["tokens"])
-    assert not torch.equal(enc(actions=zeroed)["tokens"], enc(actions=held)["tokens"])  # zeros are other tokens
+    step = enc.processor_step("enc", {"actions": "actions", "mask": "actions_mask"}).run  # fast.encode's BPE
+    assert torch.equal(step(actions=zeroed, mask=mask)["tokens"], step(actions=held)["tokens"])
+    assert not torch.equal(step(actions=zeroed)["tokens"], step(actions=held)["tokens"])  # zeros are other tokens
 
 
 def test_head_fast_learns_the_held_tail_not_the_zeros(tmp_path):
@@ -92,9 +93,10 @@ def test_head_fast_learns_the_held_tail_not_the_zeros(tmp_path):
                  {"context": ("hidden", (2, 3, 8)), "target": ("action", (2, 8, 4)), "mask": ("mask", (2, 8))}, tmp_path)
     zeroed, held, mask = chunk_with_tail()
     context = torch.randn(1, 3, 8)
-    masked = head(context=context, target=zeroed, mask=mask)["loss"]
-    assert torch.equal(masked, head(context=context, target=held)["loss"])
-    assert not torch.equal(masked, head(context=context, target=zeroed)["loss"])
+    step = head.processor_step("head", {"target": "actions", "mask": "actions_mask"}).run  # its teacher-forcing ids
+    masked = head(context=context, **step(target=zeroed, mask=mask))["loss"]
+    assert torch.equal(masked, head(context=context, **step(target=held))["loss"])
+    assert not torch.equal(masked, head(context=context, **step(target=zeroed))["loss"])
 
 
 def test_a_malformed_decode_holds_the_declared_action_in_dataset_units(fast_graph):

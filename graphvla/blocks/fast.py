@@ -11,22 +11,23 @@ decodes to the action input's hold action (heads/fast.py HoldFallback) with deco
 logged warning, never an exception. Both only read the tokenizer when built for real: on
 meta (compile) they are shaped from the graph, so full-size graphs compile without one.
 
-In training, `fast.encode`'s BPE runs in the DataLoader workers (`FASTTokensEncoder`, on the
-normalized chunk), and its tokens feed the VLM's encoder there too (blocks/prepared.py).
+`fast.encode`'s BPE is its processor step (processors/fast.py FASTTokens, on the normalized
+chunk): the preprocess pipeline makes `NODE.tokens`, which the train graph passes through the
+block to the VLM's `target_tokens`. It is a training target: the inference graph never runs it.
 """
 from __future__ import annotations
 
 import torch
 
-from .base import Block, InPort, OutPort
-from .prepared import BatchEncoder, Prepared
+from ..processors.block import bind
+from ..processors.fast import PAD, FASTTokens, chunk_tokens  # noqa: F401 - chunk_tokens: its home moved
+from .base import Block, InPort, OutPort, StepPorts
 from .registry import register
-from .heads.common import ACTION_PARAMS, action_shape, hold_last_valid
+from .heads.common import ACTION_PARAMS, action_shape
 from .heads.fast import FIT_HINT, ON_MALFORMED, HoldFallback, decode_tokens, load_tokenizer
 
 TOKENIZER_PARAM = {"type": ["string", "null"], "default": None,
                    "description": "folder of a fitted FAST tokenizer (relative to the spec's folder)"}
-PAD = -1  # padding of token rows: FAST ids are >= 0
 
 
 class _FASTEnd(Block):
@@ -47,30 +48,8 @@ class _FASTEnd(Block):
             raise RuntimeError(f"{self.block_id} ({self.type_name}) has no tokenizer: built on meta? {FIT_HINT}")
 
 
-def chunk_tokens(tokenizer, actions, mask=None) -> torch.Tensor:
-    """[B, H, A] normalized chunks (tails past `mask` held at the last valid action) -> [B, L] FAST
-    ids on the CPU, PAD after each row's last token."""
-    rows = tokenizer.encode(hold_last_valid(actions, mask).detach().float().cpu().numpy())
-    out = torch.full((len(rows), max(map(len, rows))), PAD, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return out
-
-
-class FASTTokensEncoder(BatchEncoder):
-    """fast.encode in a DataLoader worker: the tokens of the batch's (normalized) chunks."""
-
-    reads, tie, outputs = ("actions", "mask"), "actions", ("tokens",)
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer  # picklable: its BPE model travels as JSON
-
-    def __call__(self, actions, mask=None) -> dict:
-        return {"tokens": chunk_tokens(self.tokenizer, actions, mask)}
-
-
 @register
-class FASTEncode(Prepared, _FASTEnd):
+class FASTEncode(_FASTEnd):
     type_name = "fast.encode"
     description = "Action chunk -> FAST token ids [B, L] (-1 padded): the answer a VLM with action_vocab learns."
     in_ports = {"actions": InPort("action", ndim=3, doc="normalized action chunk [B, H, A]"),
@@ -82,15 +61,19 @@ class FASTEncode(Prepared, _FASTEnd):
         super().__init__(params, inputs, ctx)
         self._setup(ctx, "actions")
 
-    def forward(self, actions, mask=None):
-        prepared = self.take_prepared(actions)
-        if prepared is not None:  # made by FASTTokensEncoder in a worker from this very chunk
-            return {"tokens": prepared["tokens"].to(actions.device)}
-        self._need_tokenizer()
-        return {"tokens": chunk_tokens(self.tokenizer, actions, mask).to(actions.device)}
+    def step_ports(self, wired):
+        info = self.port_info.get("actions")
+        train_only = bool(info is not None and (info.decl or {}).get("train_only"))
+        return StepPorts(("actions", "mask"), {"tokens": OutPort("tokens", train_only=train_only,
+                                                                 doc="[B, L] FAST ids, -1 padded")})
 
-    def batch_encoder(self):
-        return None if self.tokenizer is None else FASTTokensEncoder(self.tokenizer)
+    def processor_step(self, node=None, sources=None):
+        if self.tokenizer is None:
+            return None  # built on meta: the graph compiles, but nothing can be tokenized
+        return bind(FASTTokens, self, node, sources, ("actions", "mask"), ("tokens",), self.tokenizer)
+
+    def forward(self, tokens):
+        return {"tokens": tokens}  # made by the step; the graph passes them on (to a VLM's target_tokens)
 
     def meta_forward(self, actions, mask=None):
         # BPE never makes more tokens than there are coefficients

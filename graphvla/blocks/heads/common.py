@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import Block, InPort, OutPort, ParamError, PortError
+from ...processors.fast import MaskShapeError, hold_last_valid as _hold_last_valid
 
 
 def action_shape(block: Block, target_port="target"):
@@ -42,23 +43,12 @@ def masked_l1(pred, target, mask=None):
 
 
 def hold_last_valid(actions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """[B, H, A] chunks whose steps where `mask` [B, H] is False (past the episode's end) repeat the
-    last valid step (steps before the first valid one take the first valid one), as `graphvla
-    fast-fit` pads its chunks. The normalizer zeroes padded steps; a tokenizer that mixes all steps
-    (FAST's DCT) would otherwise learn a jump to the middle of the action range. Rows without any
-    valid step are returned as they are."""
-    if mask is None:
-        return actions
-    m = mask.bool()
-    if m.dim() != 2 or tuple(m.shape) != tuple(actions.shape[:2]):
-        raise PortError("mask", f"expects [B, {actions.shape[1]}] to match the action chunk, got {list(m.shape)}")
-    if bool(m.all()):
-        return actions
-    steps = torch.arange(m.shape[1], device=m.device).expand_as(m)
-    first = m.int().argmax(dim=1, keepdim=True)  # first valid step (0 when there is none)
-    last = torch.cummax(torch.where(m, steps, 0), dim=1).values
-    index = torch.maximum(last, first)
-    return torch.gather(actions, 1, index.unsqueeze(-1).expand_as(actions))
+    """processors/fast.py hold_last_valid (FAST's steps pad chunks with it); a mask that does not fit
+    the chunk is a PortError naming `mask`."""
+    try:
+        return _hold_last_valid(actions, mask)
+    except MaskShapeError as e:
+        raise PortError(e.port, str(e)) from None
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import Block, OutPort, ParamError, PortError
-from ..prepared import BatchEncoder, Prepared
+from ...processors.block import bind
+from ...processors.fast import FASTTeacherForcing, teacher_forcing_ids  # noqa: F401 - teacher_forcing_ids: its home moved
+from ..base import Block, OutPort, ParamError, PortError, StepPorts
 from ..registry import register
 from .common import (ACTION_PARAMS, HEAD_IN_PORTS, WIDTH_PARAMS, ContextProjection, FeedForward, StateToken,
-                     context_layers, hold_last_valid, layer_param, padding_mask, read_layer, state_width)
+                     context_layers, layer_param, padding_mask, read_layer, state_width)
 from .fast_tokenizer import FASTTokenizer
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class DecoderLayer(nn.Module):
 
 
 @register
-class FASTHead(Prepared, HoldFallback, Block):
+class FASTHead(HoldFallback, Block):
     type_name = "head.fast"
     description = "FAST tokens (DCT + BPE) decoded autoregressively by a small transformer decoder over the context; cross-entropy."
     in_ports = HEAD_IN_PORTS
@@ -156,28 +157,26 @@ class FASTHead(Prepared, HoldFallback, Block):
                 cache[i] = states
         return self.logits(self.norm(x))
 
-    def teacher_forcing(self, target):
-        """Target chunks -> (decoder input ids, labels with -100 on padding)."""
-        inputs, labels = teacher_forcing_ids(self.tokenizer, target, self.eos, self.bos, self.max_tokens, self.block_id)
-        return inputs.to(target.device), labels.to(target.device)
+    # the targets' tokens are made by the processor step (processors/fast.py FASTTeacherForcing) in
+    # the preprocess pipeline; the train graph passes them as decoder_inputs and labels
+    def step_ports(self, wired):
+        made = {"decoder_inputs": OutPort("tokens", train_only=True, doc="[B, n] BOS then the target's FAST ids"),
+                "labels": OutPort("tokens", train_only=True, doc="[B, n] the FAST ids then EOS, -100 on padding")}
+        return StepPorts(("target", "mask"), made if "target" in wired else {})
 
-    def batch_encoder(self):
-        """The target tokenization in a DataLoader worker (the decoder itself stays in the step)."""
+    def processor_step(self, node=None, sources=None):
         if self.tokenizer is None:
-            return None
-        return FASTTargetEncoder(self.tokenizer, self.eos, self.bos, self.max_tokens, self.block_id)
+            return None  # built on meta: the graph compiles, but nothing can be tokenized
+        step = bind(FASTTeacherForcing, self, node, sources, ("target", "mask"), ("decoder_inputs", "labels"),
+                    self.tokenizer, self.eos, self.bos, self.max_tokens)
+        return step if "target" in step.sources else None
 
-    def forward(self, context, context_mask=None, state=None, target=None, mask=None):
-        if target is None:
+    def forward(self, context, context_mask=None, state=None, decoder_inputs=None, labels=None):
+        if labels is None:
             return self.predict(context, context_mask, state)
         memory, pad = self.memory(context, context_mask, state)
-        prepared = self.take_prepared(target)  # FASTTargetEncoder's ids of this very chunk
-        if prepared is not None:
-            inputs, labels = prepared["inputs"].to(target.device), prepared["labels"].to(target.device)
-        else:
-            inputs, labels = self.teacher_forcing(hold_last_valid(target, mask))
-        logits = self.step_logits(inputs, memory, pad)
-        return {"loss": F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)}
+        logits = self.step_logits(decoder_inputs.to(context.device), memory, pad)
+        return {"loss": F.cross_entropy(logits.flatten(0, 1).float(), labels.to(context.device).flatten(), ignore_index=-100)}
 
     @torch.no_grad()
     def generate(self, context, context_mask=None, state=None) -> list[list[int]]:
@@ -216,39 +215,6 @@ class FASTHead(Prepared, HoldFallback, Block):
         if target is not None:
             out["loss"] = logits.float().sum() * 0
         return out
-
-
-def teacher_forcing_ids(tokenizer, target, eos: int, bos: int, max_tokens: int, block_id: str):
-    """Target chunks [B, H, A] -> (decoder input ids: BOS then the tokens, labels: the tokens then
-    EOS, -100 on padding), both [B, longest + 1] on the CPU."""
-    seqs = tokenizer.encode(target.detach().float().cpu().numpy())
-    longest = max(len(s) for s in seqs)
-    if longest > max_tokens:
-        raise ValueError(f"{block_id}: a target chunk needs {longest} FAST tokens but with.max_tokens is {max_tokens}")
-    b, n = len(seqs), longest + 1
-    inputs = torch.full((b, n), eos, dtype=torch.long)
-    labels = torch.full((b, n), -100, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        inputs[i, 0] = bos
-        inputs[i, 1:len(s) + 1] = torch.tensor(s, dtype=torch.long)
-        labels[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        labels[i, len(s)] = eos
-    return inputs, labels
-
-
-class FASTTargetEncoder(BatchEncoder):
-    """head.fast in a DataLoader worker: the teacher-forcing ids of the batch's (normalized) target
-    chunks, tails past `mask` held at the last valid action."""
-
-    reads, tie = ("target", "mask"), "target"
-
-    def __init__(self, tokenizer, eos, bos, max_tokens, block_id):
-        self.tokenizer, self.eos, self.bos, self.max_tokens, self.block_id = tokenizer, eos, bos, max_tokens, block_id
-
-    def __call__(self, target, mask=None) -> dict:
-        inputs, labels = teacher_forcing_ids(self.tokenizer, hold_last_valid(target, mask), self.eos, self.bos,
-                                             self.max_tokens, self.block_id)
-        return {"inputs": inputs, "labels": labels}
 
 
 def load_tokenizer(block: Block, ctx) -> FASTTokenizer:
