@@ -58,7 +58,7 @@ class Policy:
         for block in cg.model.values():  # FAST's hold action: declared in dataset units, predicted normalized
             if getattr(block, "hold_port", None) is not None:
                 block.fallback = self._hold_in_graph_units(block.hold_port, block.hold)
-        extras = {k for n in cg.dag.nodes if cg.dag.nodes[n]["role"] == "block" for k in cg.dag.nodes[n]["cls"].predict_kwargs}
+        extras = {k for b in cg.block_ids() for k in cg.block(b).predict_kwargs}
         # the blocks whose predict takes starting noise (flow heads): the policy draws it (draw_noise)
         takes_noise = "noise" in {n.target for n in cg.infer.graph.nodes if n.op == "placeholder"}
         self._samplers = [b for b in cg.infer_block_ids() if takes_noise and "noise" in cg.block(b).predict_kwargs]
@@ -79,8 +79,8 @@ class Policy:
         # a head that samples with guidance (head.flow_matching, head.dual_system) inpaints; others get blended
         self._guided = False
         if self._action_output is not None:
-            node = cg.dag.nodes[self._output_source(self._action_output)[0]]
-            self._guided = node["role"] == "block" and "rtc" in node["cls"].predict_kwargs
+            src = cg.output_source(self._action_output)
+            self._guided = src.is_block and "rtc" in cg.block(src.node).predict_kwargs
 
     @classmethod
     def from_compiled(cls, cg, normalizer=None, preprocess=None, postprocess=None) -> "Policy":
