@@ -16,11 +16,9 @@ from graphvla.policy.policy import Policy
 from graphvla.runners.serve import ServeOptions, ServerThread
 from train_doubles import tiny_spec
 
-VISION = "    with: {width: 16, patch: 8, layers: 1}\n"
 SPEC = tiny_spec(  # a sampling head and a block cached per session
-    (VISION, VISION + "    infer: {every: 2}\n"),
-    ("type: head.mlp", "type: head.flow_matching"),
-    ("with: {hidden: 32}", "with: {width: 16, heads: 2, layers: 1, num_steps: 2}"))
+    "blocks.vision.infer={every: 2}", "blocks.head.type=head.flow_matching",
+    "blocks.head.with={width: 16, heads: 2, layers: 1, num_steps: 2}")
 CLIENTS, STEPS, SEED = 6, 4, 99
 
 

@@ -16,22 +16,15 @@ from graphvla.runners.train import NonFiniteLossError, Trainer, train
 from graphvla.policy import checkpoint as C
 from graphvla.runners.train.streams import StreamSchedule
 from graphvla.spec.loader import load_spec
-from train_doubles import TINY_SPEC, SyntheticActions, port_stats
+from train_doubles import TINY_SPEC, SyntheticActions, port_stats, tiny_spec
 
 torch.set_num_threads(1)
 
-COTRAIN = TINY_SPEC.replace("""losses:
-  action: {from: head.loss, weight: 1.0}""", """  aux_head:
-    type: head.mlp
-    in: {context: fuse.hidden, state: inputs.state, target: inputs.aux_actions}
-    with: {hidden: 32}
-    train: {lr: 1.0e-2}
-losses:
-  action: {from: head.loss, weight: 1.0}
-  aux: {from: aux_head.loss, weight: 0.5, stream: aux}""").replace(
-    "  actions:     {kind: action, dim: 3, horizon: 4, train_only: true}",
-    "  actions:     {kind: action, dim: 3, horizon: 4, train_only: true}\n"
-    "  aux_actions: {kind: action, dim: 2, horizon: 2, train_only: true, optional: true}")
+COTRAIN = tiny_spec(
+    "inputs.aux_actions={kind: action, dim: 2, horizon: 2, train_only: true, optional: true}",
+    "blocks.aux_head={type: head.mlp, in: {context: fuse.hidden, state: inputs.state, target: inputs.aux_actions}, "
+    "with: {hidden: 32}, train: {lr: 1.0e-2}}",
+    "losses.aux={from: aux_head.loss, weight: 0.5, stream: aux}")
 
 
 def setup(tmp_path, text=TINY_SPEC, overrides=(), nan_at=None, aux=False):
@@ -82,7 +75,7 @@ def test_cotraining_reduces_every_loss_and_logs_each(tmp_path):
 
 def test_param_groups_follow_block_train_and_freeze_is_bitwise(tmp_path):
     torch.manual_seed(0)
-    text = TINY_SPEC.replace("    with: {width: 16, patch: 8, layers: 1}", "    with: {width: 16, patch: 8, layers: 1}\n    train: {freeze: true}")
+    text = tiny_spec("blocks.vision.train={freeze: true}")
     spec, bundle, kw = setup(tmp_path, text, ["trainer.max_steps=5", "blocks.language.train={lr: 2.0e-4, weight_decay: 0.3}"])
     t = Trainer.from_spec(spec, bundle, tmp_path / "run", **kw)
     groups = {g["name"]: g for g in t.optimizer.param_groups}

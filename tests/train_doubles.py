@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import torch
+import yaml
 
 from graphvla.data.stats import compute_stats as stats_of_rows
 
@@ -52,54 +53,28 @@ def port_stats(dataset, ports) -> dict:
     return stats
 
 
-TINY_SPEC = """
-graphvla: 1
-name: tiny-train
-inputs:
-  images:      {kind: image, views: 1, size: [16, 16]}
-  instruction: {kind: text}
-  state:       {kind: state, dim: 4}
-  actions:     {kind: action, dim: 3, horizon: 4, train_only: true}
-blocks:
-  vision:
-    type: encoder.image
-    in: {images: inputs.images}
-    with: {width: 16, patch: 8, layers: 1}
-  language:
-    type: encoder.text
-    in: {text: inputs.instruction}
-    with: {width: 16, layers: 1, heads: 2, max_length: 32}
-  fuse:
-    type: glue.fuse
-    in: {a: vision.hidden, b: language.pooled, c: inputs.state}
-    with: {width: 16}
-  head:
-    type: head.mlp
-    in: {context: fuse.hidden, state: inputs.state, target: inputs.actions}
-    with: {hidden: 32}
-    train: {lr: 3.0e-3}
-losses:
-  action: {from: head.loss, weight: 1.0}
-outputs:
-  actions: head.actions
-trainer:
-  max_steps: 40
-  batch_size: 8
-  lr: 3.0e-3
-  warmup_steps: 4
-  log_every: 5
-  save_every: 10
-  keep_last: 2
-  normalization: {state: mean_std, actions: mean_std}
-"""
+# The trainer tests' graph: tiny/mlp, made small enough to train 40 steps in seconds, with a
+# trainer section. Its text (TINY_SPEC) is what tests write into run folders and spec files.
+TINY_OVERRIDES = (
+    "name=tiny-train", "inputs.images.size=[16, 16]", "inputs.state.dim=4",
+    "inputs.actions={kind: action, dim: 3, horizon: 4, train_only: true}",
+    "blocks.vision.with={width: 16, patch: 8, layers: 1}",
+    "blocks.language.with={width: 16, layers: 1, heads: 2, max_length: 32}",
+    "blocks.fuse.with.width=16", "blocks.head.with.hidden=32", "blocks.head.train.lr=3.0e-3",
+    "trainer={max_steps: 40, batch_size: 8, lr: 3.0e-3, warmup_steps: 4, log_every: 5, save_every: 10, "
+    "keep_last: 2, normalization: {state: mean_std, actions: mean_std}}",
+)
 
 
-def tiny_spec(*edits: tuple[str, str]) -> str:
-    """TINY_SPEC with each (old, new) text edit applied, so a test's graph shows only how it
-    differs from the shared one; an edit whose text is not there fails instead of doing nothing."""
-    text = TINY_SPEC
-    for old, new in edits:
-        if old not in text:
-            raise ValueError(f"tiny_spec: {old!r} is not in TINY_SPEC")
-        text = text.replace(old, new)
-    return text
+def tiny_spec(*overrides: str) -> str:
+    """The YAML text of the trainer tests' graph (tiny/mlp + TINY_OVERRIDES) with more `--set`
+    overrides applied, so a test's graph shows only how it differs from the shared one. Leaf maps
+    are written in flow style ("with: {hidden: 32}"), so a test may also fill in a placeholder
+    it set (blocks.head.type=HEAD) by text."""
+    from graphvla.spec.loader import load_spec
+
+    data = load_spec("tiny/mlp", [*TINY_OVERRIDES, *overrides], validate=False).data
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+TINY_SPEC = tiny_spec()
