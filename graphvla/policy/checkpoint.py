@@ -136,6 +136,29 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
+# what load_policy reads ---------------------------------------------------------------------------
+def write_policy_files(d: Path, spec, preprocess, postprocess, normalization: dict | None = None,
+                       asset_hashes: dict | None = None, model=None) -> None:
+    """The inference half of a checkpoint, into folder `d`: model.safetensors (from `model`; a
+    sharded engine gathers and writes its own), spec.yaml, graph.json (name, fingerprint, where the
+    spec lived), normalization.json (when given), the pipelines and the files the blocks read
+    (assets.py). Training writes its runs through this; load_policy reads them back."""
+    from .assets import write_assets
+
+    d = Path(d)
+    if model is not None:
+        from safetensors.torch import save_model
+
+        save_model(model, str(d / "model.safetensors"))  # tied tensors once; load_policy ties them again
+    (d / "spec.yaml").write_text(spec.to_yaml())
+    write_json(d / "graph.json", {"name": spec.name, "fingerprint": spec.fingerprint,
+                                  "spec_file": str(Path(spec.file).resolve()) if spec.file else None})
+    if normalization is not None:
+        write_json(d / "normalization.json", normalization)
+    write_pipelines(d, preprocess, postprocess)
+    write_assets(spec, d, asset_hashes)  # tokenizers, processors, configs: the run is self-contained
+
+
 # processing pipelines ---------------------------------------------------------------------------
 PIPELINES = ("preprocess", "postprocess")
 

@@ -25,7 +25,6 @@ from . import compat
 from . import sharded as S
 from . import dataio
 from . import engine as E
-from ...policy.assets import write_assets
 from .optim import block_param_groups, build_optimizer, set_lrs
 from .precision import TrainModes, keep_fp32_masters
 from .streams import StreamBatches, StreamSchedule
@@ -264,22 +263,16 @@ class Trainer:
             norm = self.normalizer.to_dict()
 
             def write(d: Path):
-                from safetensors.torch import save_model
-
                 if sharded:
                     S.save_full_state_dict(weights, self.cg.model, d / "model.safetensors")
                 else:
-                    save_model(self.cg.model, str(d / "model.safetensors"))
                     torch.save(optim_state, d / "optimizer.pt")
                     save_adapters(self.cg.model, d)  # LoRA adapters alone too (model.safetensors has them)
                 C.write_json(d / "trainer_state.json", plain_data(state, for_json=True))
                 torch.save(rngs, d / "rng.pt")
-                (d / "spec.yaml").write_text(self.spec.to_yaml())
-                C.write_json(d / "graph.json", {"name": self.cg.name, "fingerprint": self.cg.fingerprint,
-                                                "spec_file": str(Path(self.spec.file).resolve()) if self.spec.file else None})
-                C.write_json(d / "normalization.json", plain_data(norm, for_json=True))
-                C.write_pipelines(d, self.preprocess, self.postprocess)
-                write_assets(self.spec, d, self._asset_hashes)  # tokenizers, processors, configs: self-contained
+                # the inference half (weights, spec, pipelines, assets), through the runtime's run format
+                C.write_policy_files(d, self.spec, self.preprocess, self.postprocess, plain_data(norm, for_json=True),
+                                     self._asset_hashes, model=None if sharded else self.cg.model)
 
             path = C.write_checkpoint(self.run_dir, self.step, write, keep_last=self.cfg["keep_last"], tmp=tmp)
         acc.wait_for_everyone()
