@@ -31,6 +31,18 @@ def graph_text(graph: str = "tiny/mlp", *overrides: str) -> str:
     return load_spec(graph, list(overrides), validate=False).to_yaml()
 
 
+def state_graph(dim: int, blocks: dict, outputs: dict, losses: dict | None = None) -> str:
+    """The YAML text of a graph of one state input and `blocks`: for block types only a test
+    registers, which no packaged graph holds. The one definition of such a graph."""
+    import yaml
+
+    data = {"graphvla": 1, "name": "state-only", "inputs": {"state": {"kind": "state", "dim": dim}},
+            "blocks": blocks, "outputs": outputs}
+    if losses:
+        data["losses"] = losses
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 @pytest.fixture
 def tiny_text() -> str:
     """The YAML text of graphvla/graphs/tiny/mlp.yaml (small encoders + MLP head)."""

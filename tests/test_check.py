@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import state_graph
 
 from graphvla.blocks.base import Block, InPort, OutPort
 from graphvla.blocks.registry import register
@@ -77,22 +78,9 @@ class NotFinite(Exploding):
 
 
 def _spec(tmp_path, block_type):
-    text = f"""
-graphvla: 1
-name: broken
-inputs:
-  state: {{kind: state, dim: 4}}
-blocks:
-  bad:
-    type: {block_type}
-    in: {{x: inputs.state}}
-losses:
-  main: {{from: bad.loss}}
-outputs:
-  y: bad.y
-"""
     path = tmp_path / "broken.yaml"
-    path.write_text(text)
+    path.write_text(state_graph(4, {"bad": {"type": block_type, "in": {"x": "inputs.state"}}}, {"y": "bad.y"},
+                                losses={"main": {"from": "bad.loss"}}))
     return path
 
 

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import state_graph
 
 import graphvla
 from graphvla.blocks import registry
@@ -67,15 +68,8 @@ def test_entry_point_blocks_are_registered_and_compile(plugin_dist, caplog):
     assert "demo.doubler" in types and "demo.negate" in types
     assert "head.oft" in types  # built-ins still there
     assert any("demo_plugin_broken" in r.getMessage() or "broken" in r.getMessage() for r in caplog.records)
-    spec = """
-graphvla: 1
-name: plugin
-inputs: {state: {kind: state, dim: 3}}
-blocks:
-  twice: {type: demo.doubler, in: {x: inputs.state}}
-  neg: {type: demo.negate, in: {x: twice.y}}
-outputs: {y: neg.y}
-"""
+    spec = state_graph(3, {"twice": {"type": "demo.doubler", "in": {"x": "inputs.state"}},
+                           "neg": {"type": "demo.negate", "in": {"x": "twice.y"}}}, {"y": "neg.y"})
     cg = graphvla.compile_graph(spec, device="cpu")
     x = torch.tensor([[1.0, 2.0, 3.0]])
     assert torch.equal(cg.infer(state=x)["y"], -2 * x)
