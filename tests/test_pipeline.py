@@ -213,3 +213,23 @@ def test_a_run_without_saved_pipelines_is_migrated_with_equal_actions(tmp_path):
     normalized = plain.infer_batch([{**o, "state": (o["state"] - s_shift) / s_scale} for o in obs])
     for x, y in zip(a, normalized):
         np.testing.assert_allclose(x["actions"], y["actions"] * a_scale + a_shift, rtol=1e-6, atol=1e-6)
+
+
+def test_the_training_collate_runs_the_bound_preprocess_and_pickles_for_workers():
+    from graphvla.data.api import collate
+    from graphvla.runners.train import dataio
+
+    cg = compile_graph("tiny/mlp")
+    stats = {"state": {k: v[:1] * 8 for k, v in STATS["state"].items()},
+             "actions": {k: v[:1] * 4 for k, v in STATS["actions"].items()}}
+    norm = Normalizer.from_spec(stats, cg.spec)
+    pre, post = dataio.pipelines(cg, norm)
+    assert pre.find(Normalize) == Normalize(stats=stats) and post.find(Unnormalize).port_of("actions") == "actions"
+    worker = pickle.loads(pickle.dumps(dataio.WorkerCollate(collate, pre, [])))  # as a DataLoader worker gets it
+    g = torch.Generator().manual_seed(2)
+    samples = [{"images": torch.rand(1, 3, 64, 64, generator=g), "instruction": "open", "state": torch.randn(8, generator=g),
+                "actions": torch.randn(8, 4, generator=g)} for _ in range(3)]
+    batch = worker(samples)
+    expected = (torch.stack([s["state"] for s in samples]) - 1.0) / 2.0  # every dim: mean 1, std 2
+    assert torch.equal(batch["state"], expected)
+    assert torch.equal(batch["state"], dataio.WorkerCollate(collate, norm, [])(samples)["state"])  # a Normalizer: its step
