@@ -233,3 +233,23 @@ def test_the_training_collate_runs_the_bound_preprocess_and_pickles_for_workers(
     expected = (torch.stack([s["state"] for s in samples]) - 1.0) / 2.0  # every dim: mean 1, std 2
     assert torch.equal(batch["state"], expected)
     assert torch.equal(batch["state"], dataio.WorkerCollate(collate, norm, [])(samples)["state"])  # a Normalizer: its step
+
+
+def test_a_checkpoints_pipelines_load_without_the_training_code(tmp_path):
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    cg = compile_graph("tiny/mlp", device="cpu")
+    stats = {"state": {k: v[:1] * 8 for k, v in STATS["state"].items()},
+             "actions": {k: v[:1] * 4 for k, v in STATS["actions"].items()}}
+    run, _ = _run_folder(tmp_path, "run", cg, stats, pipelines=True)
+    code = ("import sys, numpy as np\n"
+            "from graphvla.policy.loading import load_policy\n"
+            f"p = load_policy({str(run)!r})\n"
+            "out = p.infer({'images': np.zeros((64, 64, 3), np.uint8), 'instruction': 'go', 'state': np.zeros(8, np.float32)})\n"
+            "assert out['actions'].shape == (8, 4)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('graphvla.runners')))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
