@@ -245,3 +245,21 @@ def test_gradient_accumulation_trains_what_one_big_batch_trains(tmp_path, monkey
     diffs = {k: (v - two.cg.model.state_dict()[k]).abs().max().item() for k, v in one.cg.model.state_dict().items()}
     # weights move by ~1e-2 in 4 steps; AdamW magnifies float noise on near-zero gradients to ~3e-6
     assert max(diffs.values()) < 1e-5, diffs
+
+
+def test_cpu_workarounds_keep_the_engine_the_launcher_asked_for(monkeypatch):
+    """Without GPUs: DDP and FSDP need Accelerator(cpu=True) to join over gloo, DeepSpeed must not get
+    it (Accelerate would train DDP instead); DeepSpeed is pointed at its CPU accelerator unless the
+    user chose one."""
+    from graphvla.runners.train import compat
+
+    monkeypatch.setattr(compat, "has_cuda", lambda: False)
+    assert [compat.accelerator_cpu_flag(e) for e in ENGINES] == [True, False, False, True]
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    compat.deepspeed_on_cpu()
+    assert os.environ["DS_ACCELERATOR"] == "cpu"
+    monkeypatch.setenv("DS_ACCELERATOR", "xpu")
+    compat.deepspeed_on_cpu()
+    assert os.environ["DS_ACCELERATOR"] == "xpu"
+    monkeypatch.setattr(compat, "has_cuda", lambda: True)  # with GPUs every engine takes them
+    assert not any(compat.accelerator_cpu_flag(e) for e in ENGINES)
