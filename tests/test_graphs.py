@@ -207,7 +207,7 @@ def test_metaworld_graphs_train_and_infer_on_what_graphvla_data_metaworld_record
         assert raw["images"].shape == (4, 1, 3, 64, 64) and raw["instruction"][0] == mw.INSTRUCTIONS["reach-v3"]
         torch.manual_seed(0)
         cg = compile_graph(spec, device="cpu")
-        batch = dataio.normalize(Normalizer.from_spec(bundle.stats, spec), raw)
+        batch = dataio.pipelines(cg, Normalizer.from_spec(bundle.stats, spec))[0](raw)  # the preprocess pipeline
         out = cg.train["action"](**dataio.fit_batch(batch, *dataio.graph_inputs(cg.train["action"]), "action"))
         assert torch.isfinite(out["loss"]) and out["loss"] > 0, rel
         cg.model.eval()
