@@ -12,6 +12,7 @@ from graphvla.blocks.aux.lm_loss import LMLoss, next_token_loss
 from graphvla.blocks.base import BuildContext, ParamError, PortInfo
 from graphvla.blocks.glue.select_layers import SelectLayers
 from graphvla.blocks.glue.projector import Projector
+from vlm_samples import through_step
 
 warnings.filterwarnings("ignore")
 CTX = BuildContext("b")
@@ -25,7 +26,7 @@ def test_lm_loss_block_equals_the_backbones_lm_loss():
             "target_text": PortInfo("text", None)}
     vlm = HFVLM({"tiny": "qwen2_5_vl"}, info, CTX).eval()
     with torch.no_grad():
-        out = vlm(images=torch.rand(2, 1, 3, 64, 64), text=["pick the cube", "open it"], target_text=["yes", "the drawer"])
+        out = through_step(vlm, images=torch.rand(2, 1, 3, 64, 64), text=["pick the cube", "open it"], target_text=["yes", "the drawer"])
     block = LMLoss({}, {"logits": PortInfo("hidden", tuple(out["logits"].shape)),
                         "labels": PortInfo("tokens", tuple(out["labels"].shape))}, CTX)
     loss = block(logits=out["logits"], labels=out["labels"])["loss"]

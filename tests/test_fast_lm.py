@@ -21,6 +21,7 @@ from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
 from graphvla.errors import SpecError
 from graphvla.compiler.validate import validate_graph
 from fast_fixture import smooth_chunks
+from vlm_samples import through_step
 from test_backbone_hf import FAMILIES  # SmolVLM skips without num2words
 
 warnings.filterwarnings("ignore")
@@ -70,7 +71,7 @@ def test_lm_loss_is_the_transformers_loss_on_the_action_tokens(family, tokenizer
     images, texts, chunks = batch()
     tokens = fast_tokens(make_end(FASTEncode, tokenizer_dir), chunks)
     with torch.no_grad():
-        out = vlm(images, texts, target_tokens=tokens)
+        out = through_step(vlm, images=images, text=texts, target_tokens=tokens)
     eos = vlm.processor.tokenizer.eos_token_id
     for i, row in enumerate(tokens.tolist()):
         want = [base + t for t in row if t >= 0] + [eos]
@@ -90,14 +91,14 @@ def test_overfits_then_generates_every_token_and_decodes_the_chunks(family, toke
     opt = torch.optim.AdamW(vlm.parameters(), lr=3e-3)
     losses = []
     for _ in range(120):
-        loss = vlm(images, texts, target_tokens=tokens)["lm_loss"]
+        loss = through_step(vlm, images=images, text=texts, target_tokens=tokens)["lm_loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     first, last = np.mean(losses[:3]), np.mean(losses[-5:])
     vlm.eval()
-    out = vlm.predict(images, texts)
+    out = through_step(vlm, "predict", images=images, text=texts)
     generated = out["generated"]
     assert generated.shape == (B, H * A + 1) and generated.dtype == torch.long
     assert ((generated >= -1) & (generated < 128)).all()
@@ -105,7 +106,7 @@ def test_overfits_then_generates_every_token_and_decodes_the_chunks(family, toke
         assert [t for t in row if t >= 0] == [t for t in want if t >= 0]
     # one by one (no padding) equals the left-padded batch
     for i in range(B):
-        alone = vlm.predict(images[i:i + 1], texts[i:i + 1])["generated"]
+        alone = through_step(vlm, "predict", images=images[i:i + 1], text=texts[i:i + 1])["generated"]
         assert torch.equal(alone[0], generated[i]), i
     decoded = decode(generated)
     err = (decoded["actions"] - chunks).abs().max().item()
@@ -147,9 +148,9 @@ def test_bad_targets_name_the_field(tokenizer_dir):
     vlm = make_vlm("qwen3_vl", 16, max_new_tokens=5)
     images, texts, _ = batch()
     with pytest.raises(ValueError, match="with.action_vocab is 16"):
-        vlm(images, texts, target_tokens=torch.tensor([[3, 40, -1]] * B))
+        through_step(vlm, images=images, text=texts, target_tokens=torch.tensor([[3, 40, -1]] * B))
     with pytest.raises(ValueError, match="with.max_new_tokens is 5"):
-        vlm(images, texts, target_tokens=torch.tensor([[1, 2, 3, 4, 5]] * B))
+        through_step(vlm, images=images, text=texts, target_tokens=torch.tensor([[1, 2, 3, 4, 5]] * B))
     infos = {"images": PortInfo("image", (B, 1, 3, 32, 32)), "text": PortInfo("text", None),
              "target_text": PortInfo("text", None), "target_tokens": PortInfo("tokens", (B, 4), torch.long)}
     with pytest.raises(PortError) as e:

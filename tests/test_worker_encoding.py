@@ -1,34 +1,30 @@
-"""Normalization and the blocks' data work (backbone.hf_vlm's processor and chat template,
-fast.encode's and head.fast's FAST BPE, glue.state_text's prompt) run where batches are collated
-(the DataLoader workers), chained in graph order, so the step receives tensors: the same losses
-and weights as encoding in the step, and no processor or BPE call in the training process."""
+"""The blocks' data work (backbone.hf_vlm's processor and chat template, fast.encode's and
+head.fast's FAST BPE, glue.state_text's prompt, encoder.text's bytes) is declared as processor
+steps: the preprocess pipeline makes the tensors, in the DataLoader workers and in `Policy`, and
+the compiled graphs take them as inputs. What the pipeline makes equals the tokenizer/processor
+called directly on the same samples; training gives the same losses and weights wherever the
+pipeline runs, with no processor or BPE call in the training process when it runs in workers."""
 import pickle
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from graphvla.blocks.backbones import hf_vlm
-from graphvla.blocks.glue.state_text import StateText
 from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
 from graphvla.compiler.compile import compile_graph
+from graphvla.data.api import collate
 from graphvla.data.normalize import Normalizer
+from graphvla.processors import hf_vlm as vlm_step
+from graphvla.processors.base import Pipeline, StepError
 from graphvla.runners.train import Trainer
 from graphvla.runners.train import dataio
-from graphvla.runners.train.dataio import worker_encoders
 from graphvla.spec.loader import load_spec
 from vlm_samples import VLMSamples, vlm_bundle
 
 TINY = Path(__file__).parent.parent / "graphvla" / "graphs" / "tiny"
 STEPS = 3
-VLM_SOURCES = {"images": "images", "text": "instruction"}
-ENCODERS = {  # node -> its encoder's sources: a batch key, or (node, port) made by an earlier encoder
-    "oft": {"vlm": VLM_SOURCES},
-    "fast": {"vlm": VLM_SOURCES, "head": {"target": "actions", "mask": "actions_mask"}},
-    "fast-lm": {"action_tokens": {"actions": "actions", "mask": "actions_mask"},
-                "prompt": {"text": "instruction", "state": "state"},
-                "vlm": {"images": "images", "text": ("prompt", "text"), "target_tokens": ("action_tokens", "tokens")}},
-}
+warnings.filterwarnings("ignore")
 
 
 class TailSamples(VLMSamples):
@@ -41,10 +37,10 @@ class TailSamples(VLMSamples):
         return sample
 
 
-def _spec(graph):
+def _spec(graph, *more):
     return load_spec(str(TINY / f"{graph}.yaml"), [f"trainer.max_steps={STEPS}", "trainer.batch_size=2",
                                                    "trainer.warmup_steps=1", "trainer.num_workers=1",
-                                                   "trainer.save_every=100"])
+                                                   "trainer.save_every=100", *more])
 
 
 def _train_counting_main_process_calls(tmp_path, graph, monkeypatch, in_workers):
@@ -52,7 +48,7 @@ def _train_counting_main_process_calls(tmp_path, graph, monkeypatch, in_workers)
     t = Trainer.from_spec(_spec(graph), vlm_bundle(TailSamples()), tmp_path / f"{graph}-{in_workers}", progress=False,
                           encode_in_workers=in_workers)
     calls = {"processor": 0, "bpe": 0}  # counted in this process only: a worker's calls happen in its own
-    processor, bpe = hf_vlm.encode_cpu, FASTTokenizer.encode
+    processor, bpe = vlm_step.encode_cpu, FASTTokenizer.encode
 
     def counting_processor(*args, **kwargs):
         calls["processor"] += 1
@@ -63,7 +59,7 @@ def _train_counting_main_process_calls(tmp_path, graph, monkeypatch, in_workers)
         return bpe(*args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(hf_vlm, "encode_cpu", counting_processor)
+        m.setattr(vlm_step, "encode_cpu", counting_processor)
         m.setattr(FASTTokenizer, "encode", counting_bpe)
         history = t.run().history
     return [r["loss"] for r in history], calls, t
@@ -74,71 +70,148 @@ def test_data_work_runs_in_the_workers_with_the_same_losses_and_weights(tmp_path
     before, in_step, t0 = _train_counting_main_process_calls(tmp_path, graph, monkeypatch, in_workers=False)
     after, in_main, t1 = _train_counting_main_process_calls(tmp_path, graph, monkeypatch, in_workers=True)
     fast = graph != "oft"
-    assert in_step == {"processor": STEPS, "bpe": STEPS if fast else 0}  # what the step did before
+    assert in_step == {"processor": STEPS, "bpe": STEPS if fast else 0}  # the pipeline ran in the step
     assert in_main == {"processor": 0, "bpe": 0}  # the step receives tensors
-    assert t0.encoders["action"] == []
-    assert {w.node: w.sources for w in t1.encoders["action"]} == ENCODERS[graph]
     assert after == before  # the same computation, wherever it runs: exactly equal
     w0, w1 = t0.cg.model.state_dict(), t1.cg.model.state_dict()
     assert all(torch.equal(w0[k], w1[k]) for k in w0)  # so were the gradients
 
 
-def test_encoders_run_in_graph_order():
-    """fast-lm: the VLM's answers are fast.encode's tokens and its prompt glue.state_text's, made earlier in the worker."""
-    cg = compile_graph(_spec("fast-lm"), device="cpu")
-    nodes = [w.node for w in worker_encoders(cg, "action")]
-    assert sorted(nodes[:2]) == ["action_tokens", "prompt"] and nodes[2] == "vlm"
+def _collated(cg, ds, n=3):
+    """The training collate's batch (normalization, then the blocks' steps) of samples 0..n-1."""
+    norm = Normalizer(vlm_bundle(ds).stats, dict(cg.spec.section("trainer").get("normalization") or {}))
+    preprocess, _ = dataio.pipelines(cg, norm)
+    samples = [ds[i] for i in range(n)]
+    return dataio.WorkerCollate(collate, preprocess)(samples), samples, norm, preprocess
 
 
-def test_blocks_fed_by_blocks_that_run_in_the_step_encode_in_the_step(monkeypatch):
-    """Without a worker prompt, fast-lm's VLM takes its text from a block of the step: it encodes
-    there, while fast.encode (fed by graph inputs only) still runs in the worker."""
-    monkeypatch.setattr(StateText, "batch_encoder", lambda self: None)
-    cg = compile_graph(_spec("fast-lm"), device="cpu")
-    assert [(w.node, w.sources) for w in worker_encoders(cg, "action")] == [
-        ("action_tokens", ENCODERS["fast-lm"]["action_tokens"])]
+def _bins(state, lo, hi, bins=256):
+    """glue.state_text's rule, by hand: clip to [-1, 1] after q01_q99 scaling, 256 equal bins."""
+    unit = ((state - (lo + hi) / 2) / ((hi - lo) / 2)).clamp(-1, 1)
+    return [" ".join(str(min(int((float(v) + 1) / 2 * bins), bins - 1)) for v in row) for row in unit]
 
 
-def _rebuilt(value):
-    """What DDP's and FSDP's input move does on the device the tensors are on: new lists and dicts, the same tensors."""
-    if isinstance(value, dict):
-        return {k: _rebuilt(v) for k, v in value.items()}
-    return [_rebuilt(v) for v in value] if isinstance(value, list) else value
-
-
-def test_the_encodings_hold_after_an_input_move_that_rebuilds_lists(tmp_path, monkeypatch):
-    """The trainer hands the encodings over inside the wrapped module's forward, so a wrapper that
-    rebuilds the batch's lists (the instructions) still gets the workers' encodings used."""
-    spec = load_spec(str(TINY / "fast-lm.yaml"), ["trainer.batch_size=2", "trainer.num_workers=0"])
-    t = Trainer.from_spec(spec, vlm_bundle(TailSamples()), tmp_path / "run", progress=False)
-    batch = t.feeds["action"].next()
-    encodings = dataio.take_encodings(batch, t.encoders["action"])
-    batch = dataio.fit_batch(batch, *t.inputs["action"], "action")
-    calls = []
-    monkeypatch.setattr(hf_vlm, "encode_cpu", lambda *a, **k: calls.append(1))  # would fail the forward if called
-    monkeypatch.setattr(FASTTokenizer, "encode", lambda *a, **k: calls.append(1))
-    out = t.module("action", _rebuilt(batch), _rebuilt(encodings))
-    assert calls == [] and torch.isfinite(out["loss"])
-
-
-def test_an_encoding_is_used_only_for_the_object_it_was_made_from():
-    cg = compile_graph(_spec("fast-lm"), device="cpu")
-    block = cg.model["action_tokens"]
-    chunk = torch.tanh(torch.randn(2, 8, 4))
-    wrong = {"tokens": torch.zeros(2, 3, dtype=torch.long)}
-    block.use_prepared(chunk.clone(), wrong)  # an equal chunk, but another object
-    assert torch.equal(block(chunk)["tokens"], block.batch_encoder()(chunk)["tokens"])
-    block.use_prepared(chunk, wrong)
-    assert block(chunk)["tokens"] is wrong["tokens"]  # the very chunk: the worker's tokens
-    assert not torch.equal(block(chunk)["tokens"], wrong["tokens"])  # taken once
-
-
-def test_the_normalizer_pickles_with_the_same_numerics():
+def test_the_pipeline_makes_what_the_tokenizer_and_processor_make_called_directly():
+    """tiny/fast-lm: the prompt with the state's bins, the processor's tensors of that prompt and
+    the image, and fast.encode's tokens of the held chunk, each against a direct call."""
     ds = TailSamples()
-    norm = Normalizer(vlm_bundle(ds).stats, {"actions": "q01_q99"})
-    batch = {"actions": torch.stack([ds[i]["actions"] for i in range(4)]),
-             "actions_mask": torch.stack([ds[i]["actions_mask"] for i in range(4)]),
-             "state": torch.stack([ds[i]["state"] for i in range(4)])}
-    a, b = norm.normalize(batch), pickle.loads(pickle.dumps(norm)).normalize(batch)
-    assert all(torch.equal(a[k], b[k]) for k in batch)
-    assert not torch.equal(a["actions"], batch["actions"])
+    cg = compile_graph(_spec("fast-lm"), device="cpu")
+    batch, samples, norm, _ = _collated(cg, ds)
+    stats = norm.stats["state"]
+    lo, hi = torch.tensor(stats["q01"]).float(), torch.tensor(stats["q99"]).float()
+    state = torch.stack([s["state"] for s in samples])
+    prompts = [f"{s['instruction']}, State: {b};" for s, b in zip(samples, _bins(state, lo, hi))]
+    assert batch["prompt.text"] == prompts
+
+    processor = cg.model["vlm"].processor
+    chats = [processor.tokenizer.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p}]}],
+        chat_template=processor.chat_template, add_generation_prompt=True, tokenize=False) for p in prompts]
+    images = torch.stack([s["images"] for s in samples])
+    direct = processor(text=chats, images=[list(row) for row in images], return_tensors="pt", padding=True,
+                       do_rescale=False)
+    for key in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw"):
+        made = batch[f"vlm.{key}"]
+        assert made.shape[0] == len(samples)  # batch first, so rows can be cut and stacked
+        assert torch.equal(made.reshape(direct[key].shape), direct[key]), key
+
+    tokenizer = cg.model["action_tokens"].tokenizer
+    actions = norm.normalize({"actions": torch.stack([s["actions"] for s in samples])})["actions"]
+    for i, s in enumerate(samples):
+        valid = int(s["actions_mask"].sum())
+        held = torch.cat([actions[i, :valid], actions[i, valid - 1:valid].expand(8 - valid, -1)])
+        want = tokenizer.encode(held[None].numpy())[0]
+        row = batch["action_tokens.tokens"][i].tolist()
+        assert row[:len(want)] == want and all(t == -1 for t in row[len(want):])
+
+
+def test_graphs_take_the_step_made_tensors_and_inference_needs_no_targets():
+    cg = compile_graph(_spec("fast-lm"), device="cpu")
+    train = [n.target for n in cg.train["action"].graph.nodes if n.op == "placeholder"]
+    infer = [n.target for n in cg.infer.graph.nodes if n.op == "placeholder"]
+    assert "action_tokens_tokens" in train and "vlm_input_ids" in train and "vlm_pixel_values" in train
+    assert "vlm(target_tokens = action_tokens_tokens_1, input_ids = vlm_input_ids" in cg.train["action"].code
+    assert not [p for p in infer if p.startswith("action_tokens")] and "vlm_input_ids" in infer
+    assert "images" not in infer and "instruction" not in infer  # the steps read them, the graph does not
+    # steps in graph order: the VLM's step reads the prompt that glue.state_text's step makes
+    blocks = [s.block for s in cg.preprocess if s.block]
+    assert blocks.index("prompt") < blocks.index("vlm") and cg.preprocess.steps[-1].sources["text"] == "prompt.text"
+
+
+def test_training_collate_and_policy_give_the_vlm_the_same_tensors(tmp_path):
+    """The same frames through the training collate and through Policy's preprocess: identical
+    inputs of the inference graph (oft: the VLM's processor tensors and the state)."""
+    from graphvla.policy.policy import Policy
+
+    ds = TailSamples()
+    cg = compile_graph(_spec("oft"), device="cpu")
+    batch, samples, norm, _ = _collated(cg, ds)
+    seen = {}
+    policy = Policy(cg, norm)
+    original = policy._infer
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return original(**kwargs)
+
+    policy._infer = spy
+    policy.infer_batch([{k: v for k, v in s.items() if k not in ("actions", "actions_mask")} for s in samples])
+    assert {"vlm_input_ids", "vlm_pixel_values", "state"} <= set(seen)
+    for name, value in seen.items():
+        if name.startswith("vlm_") or name == "state":
+            key = name.replace("_", ".", 1) if name.startswith("vlm_") else name
+            assert torch.equal(value.cpu(), batch[key]), name
+
+
+def test_saved_steps_load_without_the_blocks_and_make_the_same_tensors(tmp_path):
+    ds = TailSamples()
+    cg = compile_graph(_spec("fast-lm"), device="cpu")
+    _, samples, _, preprocess = _collated(cg, ds)
+    preprocess.save(tmp_path)
+    assert (tmp_path / "preprocess" / "3-hf_vlm_processor" / "tokenizer_config.json").exists()
+    assert (tmp_path / "preprocess" / "2-fast_tokens" / "tokenizer.json").exists()
+    loaded = Pipeline.load(tmp_path, "preprocess")
+    assert [s.kind for s in loaded] == [s.kind for s in preprocess]
+    a, b = preprocess(collate(samples)), loaded(collate(samples))
+    assert set(a) == set(b)
+    for k in a:
+        assert (torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]), k
+    step = pickle.loads(pickle.dumps(preprocess.steps[2]))  # what a DataLoader worker gets
+    assert step == preprocess.steps[2] and torch.equal(step(a)["action_tokens.tokens"], a["action_tokens.tokens"])
+
+
+def test_a_failing_step_names_its_block_port_and_sample():
+    ds = TailSamples()
+    cg = compile_graph(_spec("fast"), device="cpu")
+    _, samples, _, preprocess = _collated(cg, ds)
+    samples[1] = {**samples[1], "actions": samples[1]["actions"].clone()}
+    samples[1]["actions"][2, 1] = float("nan")
+    with pytest.raises(StepError) as e:
+        preprocess(collate(samples))
+    msg = str(e.value)
+    assert "head" in msg and "actions" in msg and "sample 1" in msg and "NaN" in msg
+
+
+def test_a_row_cut_from_a_batch_gives_the_vlm_what_it_gets_alone():
+    """Every port the VLM's step makes is batch first, and the block cuts the token columns to the
+    longest row: row i of a batch gives exactly the outputs of sample i encoded alone (what the
+    every-k caches rely on). Generation pads on the left as the processor would."""
+    from graphvla.blocks.backbones.hf_vlm import left_padded
+
+    cg = compile_graph(_spec("oft"), device="cpu")
+    vlm = cg.model["vlm"].eval()
+    step = cg.preprocess.steps[-1]
+    images = torch.rand(2, 1, 3, 128, 128, generator=torch.Generator().manual_seed(3))
+    texts = ["reach", "push the puck to the goal slowly"]
+    both = step.run(images=images, text=texts)
+    alone = step.run(images=images[:1], text=texts[:1])
+    row = {k: v[:1] for k, v in both.items()}
+    assert row["input_ids"].shape[1] > alone["input_ids"].shape[1]  # padded in the batch
+    with torch.no_grad():
+        a, b = vlm(**row), vlm(**alone)
+    assert torch.equal(a["hidden"], b["hidden"]) and torch.equal(a["mask"], b["mask"])
+    processor = vlm.processor
+    left = vlm_step.encode_cpu(processor, images, texts, padding_side="left")
+    made = left_padded(vlm.model_inputs(both))
+    for key in ("input_ids", "attention_mask"):
+        assert torch.equal(made[key], left[key]), key

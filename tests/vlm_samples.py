@@ -27,3 +27,12 @@ def vlm_bundle(ds) -> DataBundle:
     stats = {p: compute_stats(torch.stack([ds[i][p] for i in range(len(ds))]).reshape(-1, 4).double().numpy())
              for p in ("state", "actions")}
     return DataBundle({"action": ds}, stats)
+
+
+def through_step(block, method="forward", **ports):
+    """Call a block as the compiled graphs do: its processor step on the raw ports it reads (by
+    name), then forward (or predict) on what the step makes and the other ports."""
+    reads = set(block.step_ports(frozenset(ports)).reads)
+    step = block.processor_step(block.block_id, {p: p for p in ports if p in reads})
+    made = step.run(**{p: v for p, v in ports.items() if p in reads})
+    return getattr(block, method)(**made, **{p: v for p, v in ports.items() if p not in reads})

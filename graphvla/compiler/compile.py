@@ -100,6 +100,32 @@ class CompiledGraph:
         among = set(self.infer_block_ids()) if inference else None
         return [b for _, b in self.dag.out_edges(D.INPUT_PREFIX + port) if among is None or b in among]
 
+    def feed(self, batch: dict, stream: str | None = None) -> dict:
+        """The arguments of `infer` (or of `train[stream]`) for a batch of graph-input values that
+        are already normalized: the blocks' processor steps run on it (the preprocess pipeline
+        without its normalization), and each made NODE.PORT goes to the argument NODE_PORT."""
+        from .lower import graph_argument
+
+        for step in self.preprocess:
+            if getattr(step, "block", ""):
+                batch = step(batch)
+        gm = self.infer if stream is None else self.train[stream]
+        names = {n.target for n in gm.graph.nodes if n.op == "placeholder"}
+        return {graph_argument(k): v for k, v in batch.items() if graph_argument(k) in names}
+
+    def step_read_inputs(self, inference: bool = True) -> list[str]:
+        """Graph inputs that only blocks' processor steps read (an instruction a tokenizer takes):
+        the graph takes what the steps make instead; of the inference graph's blocks by default."""
+        blocks = self.infer_block_ids() if inference else self.block_ids()
+        out = []
+        for bid in blocks:
+            steps = self.dag.nodes[bid].get("step_ports")
+            for port, src, _, e in D.in_edges(self.dag, bid, inference=inference):
+                name = src[len(D.INPUT_PREFIX):]
+                if steps is not None and port in steps.reads and src.startswith(D.INPUT_PREFIX) and name not in out:
+                    out.append(name)
+        return out
+
     def in_edges(self, bid: str, inference: bool = False) -> list:
         """(port, source node, source port, edge data) wired into block `bid`."""
         return list(D.in_edges(self.dag, bid, inference=inference))

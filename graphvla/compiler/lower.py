@@ -102,6 +102,16 @@ def graph_argument(key: str) -> str:
     return key.replace(".", "_", 1)
 
 
+def in_graph(g, blocks) -> list:
+    """The blocks a graph calls: not those whose every output only feeds processor steps (e.g.
+    glue.state_text's prompts, read by a VLM's step): their work is done before the graph runs."""
+    def steps_only(bid):
+        edges = list(g.out_edges(bid, data=True))
+        return bool(edges) and all(g.nodes[dst].get("role") == "block" and g.nodes[dst].get("step_ports") is not None
+                                   and e["dst_port"] in g.nodes[dst]["step_ports"].reads for _, dst, e in edges)
+    return [b for b in blocks if not steps_only(b)]
+
+
 def step_inputs(g, blocks, inference) -> dict:
     """{(node, port): optional} of the ports the blocks' processor steps make that the graph takes:
     in the inference graph, none that only training targets make."""
@@ -115,7 +125,7 @@ def step_inputs(g, blocks, inference) -> dict:
 
 
 def lower_train(g, spec, stream) -> fx.Graph:
-    blocks = D.train_blocks(g, stream)
+    blocks = in_graph(g, D.train_blocks(g, stream))
     losses = [n for n, d in g.nodes(data=True) if d["role"] == "loss" and d["stream"] == stream]
     lw = _Lowering(g, spec, inference=False)
     lw.add_inputs(_needed_inputs(g, blocks, losses, False), blocks)
@@ -137,7 +147,7 @@ def lower_train(g, spec, stream) -> fx.Graph:
 def lower_infer(g, spec):
     """Returns (graph, cached) where cached maps the id of each `infer: {every: k}` block to
     (owner, every, method); the graph calls it like any block (fx node meta 'block' = its id)."""
-    blocks = D.infer_blocks(g)
+    blocks = in_graph(g, D.infer_blocks(g))
     outputs = [n for n, d in g.nodes(data=True) if d["role"] == "output"]
     lw = _Lowering(g, spec, inference=True)
     lw.add_inputs(_needed_inputs(g, blocks, outputs, True), blocks)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..blocks.base import device_of
+from ..compiler.lower import graph_argument
 from ..blocks.heads.flow_matching import Inpainting, initial_noise
 from .caches import CallRows, RaggedRows, cached_infer, has_caches, reset_caches
 from ..protocol import RTC_KEY
@@ -64,11 +65,16 @@ class Policy:
         self._samplers = [b for b in cg.infer_block_ids() if takes_noise and "noise" in cg.block(b).predict_kwargs]
         self.samples = bool(self._samplers)
         self.inputs, self.optional = {}, set()
+        self._arguments = {n.target for n in cg.infer.graph.nodes if n.op == "placeholder"}
         for node in cg.infer.graph.nodes:
-            if node.op == "placeholder" and node.target not in extras:
+            if node.op == "placeholder" and node.target not in extras and "batch_key" not in node.meta:
                 self.inputs[node.target] = dict(cg.spec.inputs[node.target])
                 if node.args:
                     self.optional.add(node.target)
+        for name in cg.step_read_inputs():  # read by blocks' processor steps (a tokenizer's text)
+            self.inputs.setdefault(name, dict(cg.spec.inputs[name]))
+            if cg.spec.inputs[name].get("optional"):
+                self.optional.add(name)
         self.outputs = list(cg.spec.outputs)
         # output -> the input port whose statistics un-normalize it (the postprocess step's choice)
         self._norm_port = {name: None if self._unnormalize is None else self._unnormalize.port_of(name)
@@ -265,6 +271,8 @@ class Policy:
             values = [convert(port, decl, o[port]) for o in observations]
             batch[port] = values if decl["kind"] == "text" else torch.stack(values).to(self.device)
         batch = self.preprocess(batch)  # normalization, then the blocks' processor steps
+        # the graph's arguments: a step's NODE.PORT is NODE_PORT; raw inputs only steps read are left out
+        batch = {graph_argument(k): v for k, v in batch.items() if graph_argument(k) in self._arguments}
         batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         rows = rows or [None] * len(observations)
         if self._guided and any(r is not None for r in rows):

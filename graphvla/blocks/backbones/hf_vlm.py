@@ -10,6 +10,11 @@ tokens are appended to its vocabulary (the embeddings are resized; id = old voca
 `target_tokens` (FAST ids from `fast.encode`) become the answer that `lm_loss` is taken on, and
 at inference `generated` holds the action tokens the LM decodes greedily after the prompt, with
 every other token masked out except the end of turn (for `fast.decode`).
+The processor and chat template run in the block's processor step (processors/hf_vlm.py
+VLMProcessor) in the preprocess pipeline: the compiled graphs take its tensors (NODE_input_ids,
+NODE_attention_mask, NODE_pixel_values, ...; NODE_answers for co-training text) in place of the
+images and the instruction, and forward/predict run the model on them; action-token answers are
+appended in forward (from target_tokens), generation re-pads the prompts on the left.
 On the meta device (compile) no weight is read: the model is built from its config and
 `meta_forward` returns meta tensors whose token count comes from the real processor (or, when
 no tokenizer is on disk, from the image processor's resize rule).
@@ -22,19 +27,22 @@ from pathlib import Path
 
 import torch
 
-from ..base import Block, InPort, OutPort, ParamError, PortError, parameters_are_placeholders
-from ..prepared import BatchEncoder, Prepared
+from ...processors.block import bind
+from ...processors.hf_vlm import (  # noqa: F401 - chat_prompts, encode_cpu: their home moved
+    IGNORE, VLMProcessor, append_answers, batch_first, chat_prompts, encode_cpu, text_answers)
+from ..base import Block, InPort, OutPort, ParamError, PortError, StepPorts, parameters_are_placeholders
 from ..registry import register
 from . import hf_config
 from .hf_processor import load_processor
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 VISION_TOWERS = ("visual", "vision_tower", "vision_model")
-IGNORE = -100  # label of tokens without loss (prompt, image, padding)
+TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")  # per-token columns
+STEP_READS = ("images", "text", "target_text")
 
 
 @register
-class HFVLM(Prepared, Block):
+class HFVLM(Block):
     type_name = "backbone.hf_vlm"
     description = "Hugging Face VLM (Qwen3-VL, Qwen2.5-VL, SmolVLM, ...): images + instruction -> hidden states of its layers."
     in_ports = {
@@ -105,6 +113,7 @@ class HFVLM(Prepared, Block):
         self.width = text_config.hidden_size
         self.num_layers = text_config.num_hidden_layers
         self.layer_ids = self._layer_ids(p.get("layers"))
+        self.encoding_keys, self.flat_keys = self._encoding_layout()
         self.action_base = self._add_action_tokens(p.get("action_vocab"), ctx.meta or parameters_are_placeholders())
         if p["freeze_vision"]:
             vision_tower(self.model).requires_grad_(False)
@@ -224,7 +233,7 @@ class HFVLM(Prepared, Block):
         if target_text is not None:
             if self.processor is None:  # meta compile without a tokenizer on disk: about 4 bytes per token
                 return [[0] * math.ceil(len(t.encode()) / 4) for t in target_text]
-            return [self.processor.tokenizer(t, add_special_tokens=False)["input_ids"] for t in target_text]
+            return text_answers(self.processor.tokenizer, target_text)
         if target_tokens is None:
             return None
         if target_tokens.device.type == "meta":  # shape probing: the longest possible answer
@@ -235,47 +244,83 @@ class HFVLM(Prepared, Block):
         """(block id, id of action token 0, action_vocab, max_new_tokens): what action_answer_ids needs."""
         return self.block_id, self.action_base, self.params["action_vocab"], self.params["max_new_tokens"]
 
-    def _append_answers(self, enc, answers):
-        return append_answers(self.processor, enc, answers)
-
-    # encoding in DataLoader workers ---------------------------------------------------------
-    def batch_encoder(self):
-        """A picklable encoder of (images, text[, target_text or target_tokens]) batches that
-        DataLoader workers run, so the step receives tensors; None without a processor (meta).
-        The forward uses its encoding for the very text object it was made from (blocks/prepared.py)."""
+    # the processor step -------------------------------------------------------------------
+    def _encoding_layout(self) -> tuple[tuple, tuple]:
+        """(the processor's output keys, those that are flat per image, not batch first): from the
+        processor on two blank images of the graph's size, or by model family without one (meta)."""
         if self.processor is None:
-            return None
-        return VLMBatchEncoder(self.processor, None if self.action_base is None else self._action_answers())
+            qwen = str(getattr(self.config, "model_type", "")).startswith("qwen")
+            if qwen:
+                return ("input_ids", "attention_mask", "pixel_values", "image_grid_thw"), ("pixel_values", "image_grid_thw")
+            return ("input_ids", "attention_mask", "pixel_values"), ()
+        shape = self.port_info["images"].shape if "images" in self.port_info else None
+        _, views, _, h, w = shape if shape is not None and len(shape) == 5 else (2, 1, 3, 32, 32)
+        with torch.device("cpu"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            enc = encode_cpu(self.processor, torch.zeros(2, views, 3, h, w), ["a", "b"])
+        return tuple(enc), tuple(k for k, v in enc.items() if v.shape[0] != 2)
+
+    def step_ports(self, wired):
+        """The step reads images, text and target_text; the processor's tensors (and with
+        target_text the answers) are what forward and predict take. target_tokens stays an edge:
+        fast.encode's tokens, shifted into the vocabulary in forward."""
+        made = {k: OutPort("any", doc=f"the processor's {k}, batch first") for k in self.encoding_keys}
+        if "target_text" in wired:
+            made["answers"] = OutPort("tokens", train_only=True, doc="[B, L] answer token ids, -1 padded")
+        return StepPorts(STEP_READS, made)
+
+    def processor_step(self, node=None, sources=None):
+        if self.processor is None:
+            return None  # built on meta without a tokenizer: the graph compiles, nothing can be encoded
+        step = bind(VLMProcessor, self, node, sources, STEP_READS, self.encoding_keys, self.processor, self.flat_keys)
+        if "target_text" in step.sources:
+            step = VLMProcessor(step.block, step.sources, self.encoding_keys + ("answers",), self.processor, self.flat_keys)
+        return step
+
+    def model_inputs(self, encoding: dict) -> dict:
+        """The step's tensors as the model takes them: flat per-image tensors flattened back, token
+        columns cut to the longest row (a row cut from a batch is then exactly what the processor
+        makes for it alone), on the model's device and dtype."""
+        enc = {k: (v.reshape(-1, *v.shape[2:]) if k in self.flat_keys else v) for k, v in encoding.items() if v is not None}
+        longest = int(enc["attention_mask"].sum(dim=1).max()) if enc["attention_mask"].numel() else 0
+        if longest < enc["attention_mask"].shape[1]:
+            enc = {k: (v[:, :longest] if k in TOKEN_KEYS else v) for k, v in enc.items()}
+        return enc
 
     # forward -------------------------------------------------------------------------------
-    def forward(self, images, text, target_text=None, target_tokens=None):
-        prepared = self.take_prepared(text)  # encoded in a DataLoader worker (VLMBatchEncoder) for this very batch
-        if prepared is not None:
-            enc = self._on_model(dict(prepared))
-        else:
-            enc = self.encode(images, text, self.answer_ids(target_text, target_tokens))
+    def forward(self, answers=None, target_tokens=None, **encoding):
+        enc = self.model_inputs(encoding)
+        answer_ids = None
+        if answers is not None:
+            answer_ids = [[i for i in row if i >= 0] for row in answers.tolist()]
+        elif target_tokens is not None:
+            answer_ids = action_answer_ids(target_tokens, *self._action_answers())
+        if answer_ids is not None:
+            enc = append_answers(self.processor.tokenizer, enc, answer_ids)
+        enc = self._on_model(enc)
         out = self.model(**enc, output_hidden_states=True, use_cache=False)
         result = self._outputs(out.hidden_states, enc["attention_mask"])
-        if target_text is not None or target_tokens is not None:
+        if answer_ids is not None:
             result["lm_loss"] = out.loss.float()
             result["logits"] = out.logits
             result["labels"] = enc["labels"]
         return result
 
-    def predict(self, images, text):
+    def predict(self, **encoding):
         if self.action_base is None:
-            return self.forward(images, text)
-        return self.generate_actions(images, text)
+            return self.forward(**encoding)
+        return self.generate_actions(encoding)
 
     @torch.no_grad()
-    def generate_actions(self, images, text) -> dict:
+    def generate_actions(self, encoding: dict) -> dict:
         """Greedy decoding of action tokens after the prompt (transformers' generate, so the KV
-        cache and Qwen's multimodal rope positions are the model's own). Returns the usual outputs
-        of the prompt (from the prefill) plus `generated`."""
+        cache and Qwen's multimodal rope positions are the model's own), the prompts padded on the
+        left so that each ends where decoding starts. Returns the usual outputs of the prompt (from
+        the prefill) plus `generated`."""
         from transformers import LogitsProcessorList
 
         tok = self.processor.tokenizer
-        enc = self.encode(images, text, padding_side="left")
+        enc = self._on_model(left_padded(self.model_inputs(encoding)))
         n, limit = self.params["action_vocab"], self.params["max_new_tokens"]
         allowed = torch.full((self.action_base + n,), float("-inf"))
         allowed[self.action_base:] = 0
@@ -338,25 +383,6 @@ class HFVLM(Prepared, Block):
         return encode_cpu(self.processor, images, text, answers, padding_side)
 
 
-def chat_prompts(processor, text, views: int) -> list[str]:
-    """The chat-template prompt of each sample: V images then the instruction, as the user turn."""
-    content = [{"type": "image"} for _ in range(views)]
-    out = []
-    for t in text:
-        messages = [{"role": "user", "content": content + [{"type": "text", "text": t}]}]
-        out.append(processor.tokenizer.apply_chat_template(
-            messages, chat_template=processor.chat_template, add_generation_prompt=True, tokenize=False))
-    return out
-
-
-def encode_cpu(processor, images, text, answers=None, padding_side="right") -> dict:
-    """The processor's outputs (chat template, image tokens, pixel values) on CPU, with the answers appended."""
-    pictures = [[img for img in row] for row in images]
-    out = dict(processor(text=chat_prompts(processor, text, images.shape[1]), images=pictures, return_tensors="pt",
-                         padding=True, padding_side=padding_side, do_rescale=False))
-    return append_answers(processor, out, answers) if answers is not None else out
-
-
 def action_answer_ids(target_tokens, block_id, base, vocab, limit) -> list[list[int]]:
     """FAST ids [B, L] (-1 padded) -> answer token ids in the LM's vocabulary (action token i is
     base + i), checked against with.action_vocab and with.max_new_tokens."""
@@ -371,58 +397,16 @@ def action_answer_ids(target_tokens, block_id, base, vocab, limit) -> list[list[
     return [[base + i for i in row] for row in rows]
 
 
-class VLMBatchEncoder(BatchEncoder):
-    """What a DataLoader worker runs for a backbone.hf_vlm: the processor and chat template on a
-    collated batch (images [B, V, C, H, W] in [0, 1], instructions, optional answer texts or FAST
-    ids), giving exactly the tensors the block would make in its forward. Holds the processor (and
-    for action answers, `action`: the arguments of action_answer_ids after the ids), never the model."""
-
-    reads, tie = ("images", "text", "target_text", "target_tokens"), "text"
-
-    def __init__(self, processor, action: tuple | None = None):
-        self.processor, self.action = processor, action
-
-    def __call__(self, images, text, target_text=None, target_tokens=None) -> dict:
-        answers = None
-        if target_text is not None:
-            answers = [self.processor.tokenizer(t, add_special_tokens=False)["input_ids"] for t in target_text]
-        elif target_tokens is not None:  # the port exists only with with.action_vocab, so self.action is set
-            answers = action_answer_ids(target_tokens, *self.action)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return encode_cpu(self.processor, images.detach().float().cpu().clamp(0, 1), list(text), answers)
-
-
-def append_answers(processor, enc, answers):
-    """`enc` with the answers (token-id lists) appended after each prompt and `labels` on them only."""
-    tok = processor.tokenizer
-    end = tok.eos_token_id
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    rows = []
-    for i, answer in enumerate(answers):
-        n = int(mask[i].sum())
-        if bool(mask[i, n:].any()) or (n and not bool(mask[i, :n].all())):
-            raise ValueError("the tokenizer must pad on the right to append answers")
-        rows.append((ids[i, :n].tolist(), list(answer) + ([end] if end is not None else [])))
-    length = max(len(p) + len(a) for p, a in rows)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    new_ids = torch.full((len(rows), length), pad, dtype=ids.dtype)
-    labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
-    new_mask = torch.zeros((len(rows), length), dtype=mask.dtype)
-    for i, (prompt, answer) in enumerate(rows):
-        n, m = len(prompt), len(answer)
-        new_ids[i, : n + m] = torch.tensor(prompt + answer, dtype=ids.dtype)
-        labels[i, n : n + m] = torch.tensor(answer)
-        new_mask[i, : n + m] = 1
-    enc["input_ids"], enc["attention_mask"], enc["labels"] = new_ids, new_mask, labels
-    for key in ("mm_token_type_ids", "token_type_ids"):
-        if key in enc:  # extra per-token columns: answers are text (0)
-            old = enc[key]
-            new = torch.zeros((len(rows), length), dtype=old.dtype)
-            for i, (prompt, _) in enumerate(rows):
-                new[i, : len(prompt)] = old[i, : len(prompt)]
-            enc[key] = new
-    return enc
+def left_padded(enc: dict) -> dict:
+    """Right-padded processor tensors padded on the left instead (what the processor makes with
+    padding_side='left': each row's pad columns, which hold the pad values already, moved first)."""
+    mask = enc["attention_mask"]
+    shifts = (mask.shape[1] - mask.sum(dim=1)).tolist()
+    out = dict(enc)
+    for key in TOKEN_KEYS:
+        if key in enc:
+            out[key] = torch.stack([torch.roll(row, int(k)) for row, k in zip(enc[key], shifts)])
+    return out
 
 
 class OnlyTokens:

@@ -82,17 +82,12 @@ class GraphTrainModule(nn.Module):
     which call the same block modules. The graphs are kept out of the module tree so each
     parameter is registered once."""
 
-    def __init__(self, cg, encoders: dict | None = None):
+    def __init__(self, cg):
         super().__init__()
         self.blocks = cg.model
         self._graphs = dict(cg.train)
-        self._encoders = dict(encoders or {})  # stream -> dataio.worker_encoders
 
-    def forward(self, stream: str, batch: dict, encodings: dict | None = None) -> dict:
-        if encodings:
-            # handed over here, after DDP / FSDP moved the inputs (which rebuilds lists), so that each
-            # encoding is tied to the very object its block receives
-            dataio.hand_over_encodings(batch, encodings, self.blocks, self._encoders[stream])
+    def forward(self, stream: str, batch: dict) -> dict:
         return self._graphs[stream](**batch)
 
 
@@ -118,12 +113,13 @@ class Trainer:
         self.normalizer = normalizer if normalizer is not None else default_normalizer(bundle, self.cfg)
         self.normalizer.check_compatible(self.spec)
         self.preprocess, self.postprocess = dataio.pipelines(cg, self.normalizer)  # collate runs; checkpoints save
-        # normalization and the blocks' encoders run where batches are collated (DataLoader workers
-        # with num_workers > 0), so the step receives tensors; encode_in_workers=False keeps them in the step
+        # the preprocess pipeline (normalization, the blocks' processor steps) runs where batches are
+        # collated (DataLoader workers with num_workers > 0), so the step receives the graph's tensors;
+        # encode_in_workers=False runs it in the step
         self.normalize_in_step = not encode_in_workers
-        self.feeds, self.inputs, self.encoders = stream_feeds(cg, bundle, self.cfg, self.layout, self.accelerator,
-                                                              self.preprocess, collate, encode_in_workers)
-        self.module = GraphTrainModule(cg, self.encoders)
+        self.feeds, self.inputs = stream_feeds(cg, bundle, self.cfg, self.layout, self.accelerator,
+                                               self.preprocess, collate, encode_in_workers)
+        self.module = GraphTrainModule(cg)
         self.optimizer = block_optimizer(cg, self.cfg)
         self._lr_target = self.optimizer  # the torch optimizer whose groups set_lrs sets (under any engine)
         self.step, self.history, self.history_tail = 0, [], []
@@ -198,12 +194,11 @@ class Trainer:
         for _ in range(accum):  # micro-batches; Accelerate syncs gradients and steps on the last one only
             with acc.accumulate(self.model):
                 batch = self.feeds[stream].next()
-                encodings = dataio.take_encodings(batch, self.encoders[stream])
                 if self.normalize_in_step:
                     batch = self.preprocess(batch)
                 batch = dataio.fit_batch(batch, *self.inputs[stream], stream)
                 batch = dataio.to_device(batch, acc.device)
-                out = self.model(stream, batch, encodings)
+                out = self.model(stream, batch)
                 names = list(out["losses"])
                 values = torch.stack([out["loss"].detach().float()] + [out["losses"][n].detach().float() for n in names])
                 if acc.num_processes > 1:
@@ -342,19 +337,18 @@ def default_normalizer(bundle, trainer: dict):
 
 def stream_feeds(cg, bundle, trainer: dict, layout, acc, preprocess, collate, encode_in_workers: bool):
     """Per stream: its endless batches (this process's shard, per-device batch size), the train
-    graph's inputs, and the encoders run in the workers. Returns (feeds, inputs, encoders)."""
+    graph's inputs (the preprocess pipeline runs in the workers). Returns (feeds, inputs)."""
     collate = collate or dataio.collate_fn()
-    feeds, inputs, encoders = {}, {}, {}
+    feeds, inputs = {}, {}
     for s in layout.per_device:
         if s not in bundle.streams:
             raise KeyError(f"the graph trains stream '{s}' but the data provides only {sorted(bundle.streams)}")
         bs = layout.per_device[s]  # trainer batch sizes are global: split over processes and accumulation
         sampler = bundle.sampler(s, seed=trainer["seed"], rank=acc.process_index, world_size=acc.num_processes)
-        encoders[s] = dataio.worker_encoders(cg, s) if encode_in_workers else []
-        feed_collate = dataio.WorkerCollate(collate, preprocess, encoders[s]) if encode_in_workers else collate
+        feed_collate = dataio.WorkerCollate(collate, preprocess) if encode_in_workers else collate
         feeds[s] = StreamBatches(bundle.streams[s], sampler, bs, feed_collate, trainer["num_workers"])
         inputs[s] = dataio.graph_inputs(cg.train[s])
-    return feeds, inputs, encoders
+    return feeds, inputs
 
 
 def block_optimizer(cg, trainer: dict) -> torch.optim.AdamW:

@@ -1,0 +1,127 @@
+"""backbone.hf_vlm's processor step: the model's own processor and chat template (the images of
+all views, then the instruction, as the user turn) on a batch of images in [0, 1] and texts, and
+the answers of co-training text tokenized (`answers`: [B, L] ids, -1 padded; a training target).
+
+Every port it makes is batch first, so a batch can be cut into rows (the every-k caches run a
+row alone) and rows stacked (the server batches clients): the processor's flat per-image tensors
+(Qwen's pixel_values [B x patches, D], image_grid_thw [B x V, 3]) are reshaped to [B, ..., D] and
+the block flattens them back (`flat`). Token rows are padded on the right. The processor's files
+are the step's assets (save_pretrained), loaded back with processors/hf_processor.load_processor."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .base import register_step
+from .block import BlockStep
+from .hf_processor import load_processor
+
+IGNORE = -100  # label of tokens without loss (prompt, image, padding)
+PAD = -1  # padding of answer rows
+
+
+def chat_prompts(processor, text, views: int) -> list[str]:
+    """The chat-template prompt of each sample: V images then the instruction, as the user turn."""
+    content = [{"type": "image"} for _ in range(views)]
+    out = []
+    for t in text:
+        messages = [{"role": "user", "content": content + [{"type": "text", "text": t}]}]
+        out.append(processor.tokenizer.apply_chat_template(
+            messages, chat_template=processor.chat_template, add_generation_prompt=True, tokenize=False))
+    return out
+
+
+def encode_cpu(processor, images, text, answers=None, padding_side="right") -> dict:
+    """The processor's outputs (chat template, image tokens, pixel values) on CPU, with the answers appended."""
+    pictures = [[img for img in row] for row in images]
+    out = dict(processor(text=chat_prompts(processor, text, images.shape[1]), images=pictures, return_tensors="pt",
+                         padding=True, padding_side=padding_side, do_rescale=False))
+    return append_answers(processor.tokenizer, out, answers) if answers is not None else out
+
+
+def text_answers(tokenizer, texts) -> list[list[int]]:
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def append_answers(tokenizer, enc, answers):
+    """`enc` (right-padded) with the answers (token-id lists) appended after each prompt, then the
+    end token, and `labels` on them only."""
+    end = tokenizer.eos_token_id
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    rows = []
+    for i, answer in enumerate(answers):
+        n = int(mask[i].sum())
+        if bool(mask[i, n:].any()) or (n and not bool(mask[i, :n].all())):
+            raise ValueError("the tokenizer must pad on the right to append answers")
+        rows.append((ids[i, :n].tolist(), list(answer) + ([end] if end is not None else [])))
+    length = max(len(p) + len(a) for p, a in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    new_ids = torch.full((len(rows), length), pad, dtype=ids.dtype)
+    labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
+    new_mask = torch.zeros((len(rows), length), dtype=mask.dtype)
+    for i, (prompt, answer) in enumerate(rows):
+        n, m = len(prompt), len(answer)
+        new_ids[i, : n + m] = torch.tensor(prompt + answer, dtype=ids.dtype)
+        labels[i, n : n + m] = torch.tensor(answer)
+        new_mask[i, : n + m] = 1
+    enc = dict(enc)
+    enc["input_ids"], enc["attention_mask"], enc["labels"] = new_ids, new_mask, labels
+    for key in ("mm_token_type_ids", "token_type_ids"):
+        if key in enc:  # extra per-token columns: answers are text (0)
+            old = enc[key]
+            new = torch.zeros((len(rows), length), dtype=old.dtype)
+            for i, (prompt, _) in enumerate(rows):
+                new[i, : len(prompt)] = old[i, : len(prompt)]
+            enc[key] = new
+    return enc
+
+
+def padded_rows(rows, pad: int = PAD) -> torch.Tensor:
+    """Lists of ids -> [B, longest] int64, `pad` after each row."""
+    out = torch.full((len(rows), max([len(r) for r in rows] + [1])), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
+def batch_first(enc: dict, batch: int, flat) -> dict:
+    """The processor's tensors with the flat per-image ones (`flat`) reshaped to [B, ...]."""
+    return {k: (v.reshape(batch, v.shape[0] // batch, *v.shape[1:]) if k in flat else v) for k, v in enc.items()}
+
+
+@register_step
+class VLMProcessor(BlockStep):
+    """backbone.hf_vlm: `images` [B, V, C, H, W] in [0, 1] and `text` (B instructions) -> the
+    processor's tensors (input_ids, attention_mask, pixel_values, ...: `makes`), and with
+    `target_text` the answers' token ids `answers` [B, L] (-1 padded)."""
+
+    kind = "hf_vlm_processor"
+    optional = ("target_text",)
+
+    def __init__(self, block, sources, makes, processor, flat=()):
+        super().__init__(block, sources, makes)
+        self.processor, self.flat = processor, tuple(flat)
+
+    def run(self, images, text, target_text=None):
+        if len(text) != images.shape[0]:
+            raise ValueError(f"{len(text)} instructions for a batch of {images.shape[0]} images")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            enc = encode_cpu(self.processor, images.detach().float().cpu().clamp(0, 1), list(text))
+        out = batch_first(enc, images.shape[0], self.flat)
+        if target_text is not None:
+            out["answers"] = padded_rows(text_answers(self.processor.tokenizer, target_text))
+        return out
+
+    def settings(self):
+        return {"flat": list(self.flat), "class": type(self.processor).__name__}
+
+    def save_assets(self, folder):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.processor.save_pretrained(str(folder))
+
+    @classmethod
+    def from_settings(cls, config, folder, block, sources, makes):
+        return cls(block, sources, makes, load_processor(folder), config.get("flat", ()))
