@@ -28,6 +28,7 @@ def test_layers_import_in_one_direction():
                           "no_logo=True))"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "graphvla layers KEPT" in run.stdout
+    assert "the client needs only the wire format and the image path KEPT" in run.stdout
 
 
 def _import_graph() -> nx.DiGraph:
@@ -44,6 +45,13 @@ def test_no_import_cycles_between_modules():
     cycles = [sorted(c) for c in nx.strongly_connected_components(_import_graph()) if len(c) > 1]
     assert not cycles, "modules that import each other (directly or through others): " + "; ".join(
         " <-> ".join(c) for c in cycles)
+
+
+def test_the_client_needs_only_the_wire_format_and_the_image_path():
+    """What a robot-side install of the client imports from graphvla, through any chain of imports."""
+    graph = grimp.build_graph("graphvla", cache_dir=None)
+    upstream = graph.find_upstream_modules("graphvla.client", as_package=True)
+    assert upstream == {"graphvla.protocol", "graphvla.data.images"}, sorted(upstream)
 
 
 def test_the_cycle_check_sees_a_cycle():

@@ -3,21 +3,17 @@ for the starVLA MT50 protocol's MT10 tasks, train a vision-only policy (camera i
 the robot's 4-d state) on CPU, serve it and evaluate it on the protocol's episodes of those tasks,
 then print the success table beside starVLA's published rows for the same tasks.
 
-Each stage is the public command a user would type (printed before it runs), so the quickstart
-doubles as a worked example; a stage whose output already exists is skipped, so an interrupted
-quickstart continues where it stopped (training resumes from its last checkpoint)."""
+Each stage is shown as the public command a user would type before it runs (runners/quickstart.py
+runs it), so the quickstart doubles as a worked example; a stage whose output already exists is
+skipped, so an interrupted quickstart continues where it stopped (training resumes from its last
+checkpoint)."""
 from __future__ import annotations
 
-import shlex
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import click
 
 from ..errors import SpecError
-from ..runners.protocol_data import PROTOCOL, record_protocol_data
 from ..spec.library import resolve_graph
 from .options import UserError
 
@@ -25,16 +21,8 @@ DEFAULT_GRAPH = "metaworld/mt10"  # a packaged graph (`graphvla graphs` lists th
 
 
 def _log(message: str) -> None:
-    """A stage's command line in cyan (as `_run` shows it), its messages plain; all on stderr."""
+    """A stage's command line in cyan, other messages plain; all on stderr."""
     click.secho(message, fg="cyan" if message.startswith("$ ") else None, err=True)
-
-
-def _run(args: list) -> None:
-    cmd = [sys.executable, "-m", "graphvla", *map(str, args)]
-    click.secho("$ graphvla " + " ".join(shlex.quote(str(a)) for a in args), fg="cyan", err=True)
-    result = subprocess.run(cmd)
-    if result.returncode != 0:
-        raise UserError(f"stage failed (exit {result.returncode}): graphvla {' '.join(map(str, args))}")
 
 
 @click.command()
@@ -51,6 +39,7 @@ def _run(args: list) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a key of the graph spec")
 def quickstart(out, graph, tasks, episodes, workers, steps, eval_episodes, overrides):
     """Record demos, train, serve and evaluate a vision-only policy on Meta-World with one command."""
+    from ..runners.quickstart import run_quickstart
     from ..spec.loader import load_spec
 
     out = Path(out).resolve()
@@ -59,28 +48,12 @@ def quickstart(out, graph, tasks, episodes, workers, steps, eval_episodes, overr
     except SpecError as e:
         issue = e.issues[0]
         raise UserError(f"graph '{graph}': {issue.message}" + (f" ({issue.hint})" if issue.hint else "")) from None
-    started = time.time()
     try:
-        data_yaml = record_protocol_data(out, spec, graph, tasks, episodes, workers, log=_log)
-    except ValueError as e:
+        done = run_quickstart(out, graph, spec, tasks, episodes, workers, steps, eval_episodes, overrides, log=_log)
+    except (ValueError, RuntimeError) as e:
         raise UserError(str(e)) from None
-
-    run_dir = out / "run"
-    train_args = ["train", graph, "--data", data_yaml, "-o", run_dir]
-    for o in overrides:
-        train_args += ["--set", o]
-    if steps:
-        train_args += ["--set", f"trainer.max_steps={steps}"]
-    if (run_dir / "checkpoints" / "latest").exists():
-        train_args.append("--resume")
-    t0 = time.time()
-    _run(train_args)
-    train_minutes = (time.time() - t0) / 60
-
-    _run(["eval", run_dir, "--protocol", PROTOCOL, "--tasks", tasks, "--episodes", eval_episodes,
-          "--workers", workers, "-o", out / "eval"])
-    click.echo(f"\ntraining took {train_minutes:.1f} min; whole quickstart {(time.time() - started) / 60:.1f} min; "
-               f"results in {out / 'eval'}")
+    click.echo(f"\ntraining took {done['train_minutes']:.1f} min; whole quickstart {done['minutes']:.1f} min; "
+               f"results in {done['eval_dir']}")
 
 
 commands = [quickstart]

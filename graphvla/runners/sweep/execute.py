@@ -1,6 +1,6 @@
 """Running a sweep's cells: each run is trained and then evaluated on the sweep's protocol by the
 runner functions behind `graphvla train` and `graphvla eval --protocol`, each stage in a child
-process (child.py), so runs share nothing; cell.json keeps the equivalent commands to rerun a run
+process (runners/stages.py), so runs share nothing; cell.json keeps the equivalent commands to rerun a run
 by hand. A run's state is in OUT/cells/CELL/seedN/:
 
     cell.json     what the run is: axes, seed, graph, overrides, fingerprint, diff, parameters
@@ -17,7 +17,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -129,10 +128,10 @@ def threads_per_run(workers: int) -> int:
 
 
 def _run_stage(stage: str, kwargs: dict, shown: list[str], log: Path, what: str, threads: int | None = None) -> float:
-    """Run one stage of a run (runners/sweep/child.py) in a child process with its output appended
-    to LOG, headed by SHOWN, the `graphvla` command that does the same; seconds it took. Raises
-    with the log's tail."""
-    from .child import CHILD
+    """Run one stage of a run (runners/stages.py) in a child process with its output appended to
+    LOG, headed by SHOWN, the `graphvla` command that does the same; seconds it took. Raises with
+    the log's tail."""
+    from ..stages import stage_process
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if threads:
@@ -141,8 +140,7 @@ def _run_stage(stage: str, kwargs: dict, shown: list[str], log: Path, what: str,
     with open(log, "a") as f:
         f.write(f"$ {shell_line(shown)}\n")
         f.flush()
-        rc = subprocess.run([sys.executable, "-c", CHILD, stage, json.dumps(kwargs)], stdout=f,
-                            stderr=subprocess.STDOUT, env=env).returncode
+        rc = stage_process(stage, kwargs, env=env, stdout=f, stderr=subprocess.STDOUT)
     if rc != 0:
         tail = "\n".join(log.read_text().splitlines()[-15:])
         raise RuntimeError(f"{what} failed (exit {rc}); log {log}:\n{tail}")
@@ -206,7 +204,7 @@ def execute_run(sweep: Sweep, run: Run, specs: tuple, data: str, out, threads: i
         resume = before > 0
         shown = train_command(run, data, train_dir) + (["--resume"] if resume else [])
         stage = {"graph": run.graph, "sets": list(run.sets), "data": str(data), "run_dir": str(train_dir),
-                 "resume": resume}
+                 "resume": resume, "progress": False}
         seconds = _run_stage("train", stage, shown, d / "train.log", f"training {run.key}", threads)
         state["train_sessions"].append({"from_step": before, "to_step": _checkpoint_step(train_dir),
                                         "seconds": round(seconds, 1)})
