@@ -74,20 +74,45 @@ def spec_issues(fn, *args, **kwargs):
 _RENDER_PROBLEMS: dict = {}  # render_problem function -> its answer (making an env takes seconds)
 
 
+def missing(problem: str, remedy: str) -> None:
+    """Skip the calling test or fixture because something it needs is missing here, or, under
+    CI=true, fail it: a CI run must not pass with tests skipped hollow. Every skip goes through here."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true and {problem}; {remedy} rather than skip", pytrace=False)
+    pytest.skip(problem)
+
+
+def require_module(name: str, remedy: str):
+    """The module `name` (a declared test dependency), or a skip (a failure under CI=true)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        missing(f"{name} is not installed ({e})", remedy)
+
+
+def require_program(name: str, remedy: str) -> str:
+    """The path of the program `name`, or a skip (a failure under CI=true)."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        missing(f"'{name}' is not on PATH", remedy)
+    return path
+
+
 def require_metaworld() -> None:
     """Return when Meta-World renders here. Otherwise skip the calling test or fixture, or, under
-    CI=true, fail it: a CI run must not pass with the simulator tests skipped hollow."""
+    CI=true, fail it."""
     from graphvla.sim import metaworld as mw
 
     check = mw.render_problem  # looked up per call, so a test can patch it
     if check not in _RENDER_PROBLEMS:
         _RENDER_PROBLEMS[check] = check()
     problem = _RENDER_PROBLEMS[check]
-    if problem is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and {problem}; install the GL libraries (MUJOCO_GL=egl) rather than skip", pytrace=False)
-    pytest.skip(problem)
+    if problem is not None:
+        missing(problem, "install the GL libraries (MUJOCO_GL=egl)")
 
 
 @pytest.fixture(scope="session")

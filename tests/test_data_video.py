@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import require_module
 
 from graphvla.data.api import load_data
 from graphvla.data.lerobot import DatasetError, open_lerobot
@@ -90,7 +91,7 @@ def to_v30_video(src_root, out):
 
 @pytest.mark.parametrize("convert", [to_v21_video, to_v30_video], ids=["v2.1", "v3.0"])
 def test_video_frames_match_the_pngs(mw_root, tmp_path, convert):  # noqa: F811
-    pytest.importorskip("av", reason="PyAV not installed (pip install av)")
+    require_module("av", "pip install av (a test dependency: pip install -e .[test])")
     out = tmp_path / "video"
     convert(mw_root, out)
     spec = make_spec(tmp_path)
@@ -102,7 +103,7 @@ def test_video_frames_match_the_pngs(mw_root, tmp_path, convert):  # noqa: F811
 
 
 def test_video_without_pyav_is_a_clear_error(mw_root, tmp_path, monkeypatch):  # noqa: F811
-    pytest.importorskip("av")
+    require_module("av", "pip install av (a test dependency: pip install -e .[test])")
     out = tmp_path / "video"
     to_v21_video(mw_root, out)
     import builtins

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import require_metaworld
 
 import graphvla
 from graphvla.client.adapters import Adapter
@@ -45,9 +46,9 @@ def policy():
 
     def probe(**batch):
         p.seen.append(batch)
-        return {"actions": torch.zeros(len(batch["instruction"]), 8, 4)}
+        return {"actions": torch.zeros(len(batch["images"]), 8, 4)}
 
-    cg.infer = probe
+    cg.infer.forward = probe  # the module the Policy calls stays; only what it computes is replaced
     return p
 
 
@@ -155,9 +156,7 @@ def test_every_path_gives_the_same_pixels(policy, tmp_path, shape, flip):
 def test_a_real_render_takes_the_same_path(policy, tmp_path):
     from graphvla.sim import metaworld as mw
 
-    problem = mw.render_problem()
-    if problem:
-        pytest.skip(problem)
+    require_metaworld()  # under CI=true a simulator that cannot render fails this test
     env = mw.make_env("reach-v3", seed=3, size=80)
     try:
         f = mw.render(env)
