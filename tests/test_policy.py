@@ -181,3 +181,52 @@ def test_read_only_observation_arrays_are_accepted_without_warnings(trained):
         as_float = (frozen["images"].transpose(2, 0, 1).astype(np.float32) / 255)
         as_float.setflags(write=False)
         np.testing.assert_allclose(policy.infer(dict(frozen, images=as_float))["actions"], expected, atol=1e-6)
+
+
+STATS = {"state": {"mean": [0.1, -0.2, 0.3, 0.5], "std": [0.5, 2.0, 1.5, 0.25]},
+         "actions": {"mean": [0.2, -0.1, 0.0, 0.4], "std": [1.5, 0.5, 2.0, 1.0]}}
+SMALL_MT10 = ["blocks.vision.with={channels: [8, 8], keypoints: 8}", "blocks.fuse.with={width: 32}"]
+
+
+@pytest.mark.parametrize("graph, overrides", [
+    ("tiny/oft", []),  # tied LM head, rotary tables (non-persistent buffers)
+    ("tiny/oft", ["blocks.vlm.with.dtype=bfloat16"]),
+    ("tiny/fast-lm", []),  # action tokens added to the VLM's vocabulary
+    ("tiny/pi", []),  # a flow head: the session's noise
+    ("metaworld/mt10", SMALL_MT10),  # the keypoint encoder's grid (a non-persistent buffer)
+], ids=["tiny-oft", "tiny-oft-bf16", "tiny-fast-lm", "tiny-pi", "mt10"])
+def test_a_run_in_the_earlier_format_loads_on_meta_with_the_in_memory_actions(tmp_path, graph, overrides):
+    """A checkpoint as runs were written before pipelines and assets were saved (model.safetensors,
+    spec.yaml, graph.json, normalization.json) loads: the blocks built with parameters on meta get
+    every tensor from the checkpoint and their buffers from their constructors, bit-identical to
+    the model built for real in memory."""
+    from safetensors.torch import save_model
+
+    from graphvla.policy import checkpoint as C
+
+    torch.manual_seed(0)
+    cg = compile_graph(load_spec(graph, overrides), device="cpu")
+    modes = {"state": "mean_std", "actions": "mean_std"}
+
+    def write(d):
+        save_model(cg.model, str(d / "model.safetensors"))
+        (d / "spec.yaml").write_text(cg.spec.to_yaml())
+        C.write_json(d / "graph.json", {"name": cg.name, "fingerprint": cg.fingerprint, "spec_file": str(cg.spec.file)})
+        C.write_json(d / "normalization.json", {"stats": STATS, "modes": modes})
+
+    C.write_checkpoint(tmp_path / "run", 1, write)
+    loaded = load_policy(tmp_path / "run")
+    in_memory = Policy.from_compiled(cg, Normalizer(STATS, modes))
+    state = loaded.cg.model.state_dict()
+    assert not [k for k, t in state.items() if t.is_meta]
+    for name, t in cg.model.state_dict().items():
+        assert state[name].dtype == t.dtype and torch.equal(state[name], t), name
+    buffers = dict(loaded.cg.model.named_buffers(remove_duplicate=False))
+    for name, b in cg.model.named_buffers(remove_duplicate=False):  # non-persistent ones too
+        assert torch.equal(buffers[name], b), name
+    rng = np.random.default_rng(0)
+    size = loaded.inputs["images"]["size"]
+    obs = {"images": rng.integers(0, 255, (size[0], size[1], 3), dtype=np.uint8), "instruction": "reach the goal",
+           "state": rng.standard_normal(4).astype(np.float32)}
+    np.testing.assert_array_equal(loaded.infer(obs, loaded.new_session(3))["actions"],
+                                  in_memory.infer(obs, in_memory.new_session(3))["actions"])
