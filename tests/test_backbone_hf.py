@@ -23,11 +23,11 @@ ANSWERS = ["a red cube", "the top drawer is open"]
 
 @pytest.fixture(autouse=True)
 def smolvlm_needs_num2words(request):
-    """SmolVLM's processor imports num2words, a declared test dependency: a skip without it, a
-    failure under CI=true."""
+    """SmolVLM's processor imports num2words (a dependency of graphvla): a skip without it (an
+    install with --no-deps), a failure under CI=true."""
     callspec = getattr(request.node, "callspec", None)
     if callspec is not None and callspec.params.get("family") == SMOL:
-        require_module("num2words", "pip install num2words (a test dependency: pip install -e .[test])")
+        require_module("num2words", "pip install num2words (a dependency of graphvla)")
 
 
 def ports(views=1, size=128, target=False):

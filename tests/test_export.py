@@ -25,7 +25,14 @@ from graphvla.runners.exported import load_exported
 from graphvla.policy.loading import load_policy
 from graphvla.runners.serve import ServeOptions, ServerThread
 from graphvla.policy import checkpoint as C
+from conftest import require_module
 from train_doubles import tiny_spec
+
+
+def require_onnx():
+    """The ONNX exporter and runtime (the export extra, also a test dependency), or a skip (a failure under CI=true)."""
+    for name in ("onnxscript", "onnxruntime"):
+        require_module(name, "pip install -e .[export] (also in the test extra)")
 
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
 
@@ -132,8 +139,7 @@ def test_a_changed_graph_file_is_refused(mt10, exported, tmp_path):
 
 
 def test_onnx_answers_what_the_checkpoint_answers(mt10):
-    pytest.importorskip("onnxscript")
-    pytest.importorskip("onnxruntime")
+    require_onnx()
     root, policy = mt10
     folder = export_policy(root / "run", root / "onnx", "onnx")
     ex = load_exported(folder)
@@ -339,8 +345,7 @@ def test_a_vlm_export_refuses_what_the_checkpoint_refuses(tiny_oft, tiny_oft_exp
 
 
 def test_tiny_oft_onnx_exports_exactly(tiny_oft):
-    pytest.importorskip("onnxscript")
-    pytest.importorskip("onnxruntime")
+    require_onnx()
     root, policy = tiny_oft
     ex = load_exported(export_policy(root / "run", root / "onnx", "onnx"))
     obs = vlm_observations()
