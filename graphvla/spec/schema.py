@@ -95,7 +95,7 @@ INFER_SECTION = {
     "properties": {
         "every": {"type": "integer", "minimum": 1, "default": 1,
                   "description": "recompute this block's outputs only every k inference calls and reuse them in between "
-                                 "(dual-system: a slow System 2); CompiledGraph.reset_caches() starts over"},
+                                 "(dual-system: a slow System 2); kept by the Policy, whose reset() starts over"},
     },
     "additionalProperties": False,
 }
