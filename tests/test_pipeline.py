@@ -225,14 +225,14 @@ def test_the_training_collate_runs_the_bound_preprocess_and_pickles_for_workers(
     norm = Normalizer.from_spec(stats, cg.spec)
     pre, post = dataio.pipelines(cg, norm)
     assert pre.find(Normalize) == Normalize(stats=stats) and post.find(Unnormalize).port_of("actions") == "actions"
-    worker = pickle.loads(pickle.dumps(dataio.WorkerCollate(collate, pre, [])))  # as a DataLoader worker gets it
+    worker = pickle.loads(pickle.dumps(dataio.WorkerCollate(collate, pre)))  # as a DataLoader worker gets it
     g = torch.Generator().manual_seed(2)
     samples = [{"images": torch.rand(1, 3, 64, 64, generator=g), "instruction": "open", "state": torch.randn(8, generator=g),
                 "actions": torch.randn(8, 4, generator=g)} for _ in range(3)]
     batch = worker(samples)
     expected = (torch.stack([s["state"] for s in samples]) - 1.0) / 2.0  # every dim: mean 1, std 2
     assert torch.equal(batch["state"], expected)
-    assert torch.equal(batch["state"], dataio.WorkerCollate(collate, norm, [])(samples)["state"])  # a Normalizer: its step
+    assert torch.equal(batch["state"], dataio.WorkerCollate(collate, norm)(samples)["state"])  # a Normalizer: its step
 
 
 def test_a_checkpoints_pipelines_load_without_the_training_code(tmp_path):
@@ -253,3 +253,13 @@ def test_a_checkpoints_pipelines_load_without_the_training_code(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_policy_given_only_the_preprocess_derives_its_postprocess():
+    cg = compile_graph("tiny/mlp")
+    stats = {"state": {k: v[:1] * 8 for k, v in STATS["state"].items()},
+             "actions": {k: v[:1] * 4 for k, v in STATS["actions"].items()}}
+    pre = cg.preprocess.with_statistics(stats)
+    policy = Policy(cg, preprocess=pre)
+    assert policy.postprocess == cg.postprocess.with_statistics(stats) and policy.postprocess.find(Unnormalize)
+    assert policy.metadata["normalization"] == {"state": "mean_std", "actions": "mean_std"}

@@ -44,6 +44,9 @@ class Policy:
         # the processing pipelines: a checkpoint's as saved (policy/checkpoint.py read_pipelines), or
         # the compiled graph's bound to `normalizer`'s statistics (without one: no normalization)
         stats, modes = (None, None) if normalizer is None else (normalizer.stats, normalizer.modes)
+        given = None if preprocess is None else normalization_steps(preprocess)[0]
+        if normalizer is None and given is not None:  # a postprocess to derive: the given statistics
+            stats, modes = given.stats, given.modes
         self.preprocess = cg.preprocess.with_statistics(stats, modes) if preprocess is None else preprocess
         self.postprocess = cg.postprocess.with_statistics(stats, modes) if postprocess is None else postprocess
         self._normalize, self._unnormalize = normalization_steps([self.preprocess, self.postprocess])
