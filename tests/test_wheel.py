@@ -3,12 +3,16 @@ its `graphvla` command, installed in a fresh virtual environment and run from an
 lists blocks, validates and compiles packaged graphs by name.
 
 The wheel is built from a copy of the package sources (so a stale build/ folder in the checkout
-cannot leak into it) and installed with --no-deps into a venv that sees the system's torch and
-transformers; the test checks that the venv imports its own graphvla, not the editable checkout."""
+cannot leak into it) and installed with --no-deps into a venv that sees the packages of the
+environment running the tests (its torch and transformers): a .pth file adds that environment's
+site folders. (`venv --system-site-packages` would not do: it sees the base interpreter's site,
+which lacks them when the tests run in a virtual environment.) The test checks that the venv
+imports its own graphvla, not the editable checkout."""
 from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
@@ -18,6 +22,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
+
+
+def running_site_dirs() -> list[str]:
+    """The site folders of the interpreter running the tests, in its sys.path order: its own
+    environment's (a virtual environment's, when it runs in one) and any it sees beyond them."""
+    candidates = [*site.getsitepackages(), site.getusersitepackages()]
+    dirs = [p for p in sys.path if p in candidates or Path(p).name in ("site-packages", "dist-packages")]
+    return [p for p in dict.fromkeys(dirs) if Path(p).is_dir()]
 
 
 def _sh(args, cwd, env=None, timeout=300):
@@ -41,12 +53,17 @@ def installed(tmp_path_factory):
     [wheel] = (tmp / "dist").glob("graphvla-*.whl")
 
     venv = tmp / "venv"
-    _sh([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], cwd=tmp)
+    _sh([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp)
     bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
-    # the system's pip (seen through --system-site-packages) installs into the venv it runs in;
-    # --ignore-installed: the editable graphvla of the system site must not count as installed
+    purelib = _sh([bin_dir / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                  cwd=tmp, env=env).stdout.strip()
+    # after the venv's own site: the running environment's site folders, their .pth files processed
+    lines = [f"import site; site.addsitedir({d!r})" for d in running_site_dirs()]
+    (Path(purelib) / "_running_environment.pth").write_text("\n".join(lines) + "\n")
+    # the running environment's pip installs into the venv it runs in; --ignore-installed: the
+    # editable graphvla of the running environment must not count as installed
     _sh([bin_dir / "python", "-m", "pip", "install", "--no-deps", "--ignore-installed", "--no-index",
          "--disable-pip-version-check", "-q", wheel], cwd=tmp, env=env)
     empty = tmp / "empty"
@@ -66,6 +83,19 @@ def test_the_wheel_carries_the_graphs_and_configs(installed):
     data = {p.relative_to(REPO).as_posix() for p in (REPO / "graphvla").rglob("*")
             if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
     assert data and data <= names, sorted(data - names)
+
+
+def test_the_venv_sees_the_running_environment(installed):
+    """Every site folder of the interpreter running the tests is on the venv's path, after the
+    venv's own, so the venv imports the same torch this interpreter does."""
+    _, bin_dir, empty, env = installed
+    code = "import sys, sysconfig, torch; print(sysconfig.get_paths()['purelib']); print(torch.__file__); print(*sys.path, sep='\\n')"
+    purelib, torch_file, *path = _sh([bin_dir / "python", "-c", code], cwd=empty, env=env).stdout.splitlines()
+    import torch
+
+    assert Path(torch_file).resolve() == Path(torch.__file__).resolve()
+    for d in running_site_dirs():
+        assert d in path and path.index(d) > path.index(purelib), d
 
 
 def test_the_venv_imports_its_own_graphvla(installed):
