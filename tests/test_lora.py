@@ -12,6 +12,7 @@ import torch
 
 from graphvla.blocks.lora import describe, is_merged, lora_layers
 from graphvla.compiler.compile import compile_graph
+from graphvla.compiler.lower import graph_argument
 from graphvla.data.api import DataBundle, collate
 from graphvla.data.normalize import Normalizer
 from graphvla.errors import SpecError
@@ -104,8 +105,10 @@ def test_lora_vlm_loss_falls_and_only_adapters_and_head_change(lora_run):
 
 def test_merged_and_unmerged_outputs_are_equal(lora_run):
     t, _, _, ds = lora_run
-    batch = collate([ds[i] for i in range(3)])
-    inputs = {"images": batch["images"], "instruction": batch["instruction"], "state": batch["state"]}
+    # the graph's inputs as training makes them: the trainer's preprocess pipeline (the VLM's processor step)
+    made = t.preprocess(collate([ds[i] for i in range(3)]))
+    takes = {n.target for n in t.cg.infer.graph.nodes if n.op == "placeholder"}
+    inputs = {graph_argument(k): v for k, v in made.items() if graph_argument(k) in takes}
     vlm = t.cg.model["vlm"]
     base = vlm.model.model.language_model.layers[0].self_attn.q_proj.base_layer.weight
     unmerged_weight = base.detach().clone()

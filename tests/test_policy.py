@@ -230,3 +230,38 @@ def test_a_run_in_the_earlier_format_loads_on_meta_with_the_in_memory_actions(tm
            "state": rng.standard_normal(4).astype(np.float32)}
     np.testing.assert_array_equal(loaded.infer(obs, loaded.new_session(3))["actions"],
                                   in_memory.infer(obs, in_memory.new_session(3))["actions"])
+
+
+def test_parameters_on_meta_moves_only_this_threads_parameters_and_keeps_buffers():
+    """load_policy builds under parameters_on_meta: parameters land on meta, buffers are computed for
+    real, and a module another thread builds meanwhile (a trainer, a server) is untouched."""
+    import threading
+
+    from graphvla.blocks.base import parameters_are_placeholders, parameters_on_meta
+
+    class WithTable(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2)
+            self.register_buffer("table", torch.arange(4.0) * 2, persistent=False)
+
+    inside, done, seen = threading.Event(), threading.Event(), {}
+
+    def other_thread():
+        inside.wait(10)
+        seen["other"] = WithTable().lin.weight.is_meta
+        done.set()
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    original = torch.nn.Module.register_parameter
+    with parameters_on_meta():
+        built = WithTable()
+        assert parameters_are_placeholders()
+        inside.set()
+        assert done.wait(10)
+    thread.join()
+    assert built.lin.weight.is_meta and built.lin.bias.is_meta and not built.lin.weight.requires_grad is False
+    torch.testing.assert_close(built.table, torch.tensor([0.0, 2.0, 4.0, 6.0]))
+    assert seen["other"] is False and not parameters_are_placeholders()
+    assert torch.nn.Module.register_parameter is original and not WithTable().lin.weight.is_meta

@@ -8,6 +8,7 @@ dim, horizon) from the graph instead of asking the user to repeat them.
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -87,37 +88,47 @@ class BuildContext:
         return p if p.is_absolute() else (self.spec_dir / p)
 
 
-_PLACEHOLDERS = [0]  # depth of parameters_on_meta() blocks in progress
-
-
 class parameters_on_meta:
-    """Within it, every parameter a module registers is moved to the meta device while buffers stay
-    where they are made: blocks build for real (tokenizers, processors, rotary tables) without
-    allocating, initializing or reading weights, which the caller then assigns from a checkpoint
-    (graphvla/policy/loading.py). Patches nn.Module.register_parameter for its duration."""
+    """Within it, every parameter a module registers in this thread is moved to the meta device
+    while buffers stay where they are made: blocks build for real (tokenizers, processors, rotary
+    tables) without allocating, initializing or reading weights, which the caller then assigns
+    from a checkpoint (graphvla/policy/loading.py). nn.Module.register_parameter is patched while
+    any thread is inside one; other threads' modules are left alone."""
+
+    _local = threading.local()  # this thread's depth of parameters_on_meta blocks
+    _lock = threading.Lock()
+    _entered = 0  # all threads'
+    _original = None
 
     def __enter__(self):
-        self._original = nn.Module.register_parameter
-        original = self._original
-
-        def register(module, name, param):
-            if param is not None and not param.is_meta:
-                param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
-            original(module, name, param)
-
-        nn.Module.register_parameter = register
-        _PLACEHOLDERS[0] += 1
+        cls = type(self)
+        with cls._lock:
+            if cls._entered == 0:
+                cls._original = nn.Module.register_parameter
+                nn.Module.register_parameter = _register_placeholder
+            cls._entered += 1
+        cls._local.depth = getattr(cls._local, "depth", 0) + 1
         return self
 
     def __exit__(self, *exc):
-        nn.Module.register_parameter = self._original
-        _PLACEHOLDERS[0] -= 1
+        cls = type(self)
+        cls._local.depth -= 1
+        with cls._lock:
+            cls._entered -= 1
+            if cls._entered == 0:
+                nn.Module.register_parameter = cls._original
         return False
 
 
+def _register_placeholder(module, name, param):
+    if parameters_are_placeholders() and param is not None and not param.is_meta:
+        param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+    parameters_on_meta._original(module, name, param)
+
+
 def parameters_are_placeholders() -> bool:
-    """Whether a block being built should read no weight file (inside parameters_on_meta)."""
-    return _PLACEHOLDERS[0] > 0
+    """Whether a block being built in this thread should read no weight file (inside parameters_on_meta)."""
+    return getattr(parameters_on_meta._local, "depth", 0) > 0
 
 
 @dataclass(frozen=True)
