@@ -263,3 +263,25 @@ def test_a_policy_given_only_the_preprocess_derives_its_postprocess():
     policy = Policy(cg, preprocess=pre)
     assert policy.postprocess == cg.postprocess.with_statistics(stats) and policy.postprocess.find(Unnormalize)
     assert policy.metadata["normalization"] == {"state": "mean_std", "actions": "mean_std"}
+
+
+def test_an_export_folds_the_tensor_steps_that_commute_with_the_python_ones():
+    class Tokens(ProcessorStep):
+        kind, block = "tokens", "lm"
+
+        def __init__(self, reads):
+            self.reads, self.writes = tuple(reads), ("lm.ids",)
+
+        def __call__(self, batch):
+            return {**batch, "lm.ids": [str(v) for v in batch[self.reads[0]]]}
+
+    norm = Normalize(stats=STATS)
+    before, folded = Pipeline("preprocess", [norm, Tokens(["instruction"])]).split_for_export()
+    assert before.steps[0].kind == "tokens" and folded.steps == [norm]
+    batch = {"state": torch.randn(2, 3), "instruction": ["a", "b"]}
+    whole = Pipeline("preprocess", [norm, Tokens(["instruction"])])(batch)
+    split = folded(before(batch))
+    assert torch.equal(whole["state"], split["state"]) and whole["lm.ids"] == split["lm.ids"]
+    # a prompt made from the normalized state: normalization must run before it, in Python
+    before, folded = Pipeline("preprocess", [norm, Tokens(["state"])]).split_for_export()
+    assert [s.kind for s in before] == ["normalize", "tokens"] and not len(folded)

@@ -144,6 +144,28 @@ class Pipeline:
                 steps.append(step)
         return Pipeline(self.name, steps)
 
+    def split_for_export(self) -> tuple["Pipeline", "Pipeline"]:
+        """(the steps that run in Python before an exported graph, the `tensor_only` steps it can
+        fold in): running the first, then the second, equals running this pipeline. A tensor step
+        is folded only when it commutes with every step after it that stays in Python (neither
+        reads or writes what the other writes), so a prompt made from the normalized state keeps
+        the normalization in Python, while a tokenizer of the instruction lets it fold."""
+        def commute(x, y):
+            wx, wy = set(x.writes), set(y.writes)
+            return not (wx & (set(y.reads) | wy) or wy & set(x.reads))
+
+        folded = {i for i, step in enumerate(self.steps) if step.tensor_only}
+        changed = True
+        while changed:  # moving a step to Python only adds constraints: this ends
+            changed = False
+            for i in sorted(folded):
+                if any(j > i and j not in folded and not commute(self.steps[i], self.steps[j])
+                       for j in range(len(self.steps))):
+                    folded.discard(i)
+                    changed = True
+        return (Pipeline(self.name, [s for i, s in enumerate(self.steps) if i not in folded]),
+                Pipeline(self.name, [s for i, s in enumerate(self.steps) if i in folded]))
+
     def find(self, cls):
         """The first step that is an instance of `cls`, or None."""
         return next((s for s in self.steps if isinstance(s, cls)), None)
