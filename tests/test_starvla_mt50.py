@@ -205,6 +205,27 @@ def test_tiny_graph_trains_on_protocol_data_and_workers_change_nothing(tmp_path,
     assert "| reach-v3 | easy | " in (tmp_path / "w1" / "results.md").read_text()
 
 
+def test_suite_eval_of_a_run_serves_it_locally_and_refuses_other_set_keys(tmp_path, tiny_protocol_run):
+    """`graphvla eval RUN` without --protocol: the run is served from a thread of the command with its
+    serve section, evaluated on GraphVLA's own suite, and the server is gone afterwards."""
+    import threading
+
+    from graphvla.cli import main
+    from graphvla.policy.checkpoint import resolve_checkpoint
+
+    run, _ = tiny_protocol_run
+    args = ["eval", str(run), "--tasks", "reach-v3", "--episodes", "1", "--max-steps", "20", "--no-gif"]
+    result = CliRunner().invoke(main, args + ["-o", str(tmp_path / "suite"), "--set", "serve.max_batch=1"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "suite" / "results.json").read_text())
+    fingerprint = json.loads((resolve_checkpoint(run) / "graph.json").read_text())["fingerprint"]
+    assert saved["config"]["fingerprint"] == fingerprint and saved["config"]["seeds"] == [100000, 100000]
+    assert 1 <= saved["episodes"]["reach-v3"][0]["steps"] <= 20 and "reach-v3" in result.output
+    assert not [t for t in threading.enumerate() if t.name == "graphvla-serve"]  # the server thread stopped
+    bad = CliRunner().invoke(main, args + ["--set", "trainer.lr=1"])
+    assert bad.exit_code == 1 and "Error: --set trainer.lr=1: here only serve.* keys can be set" in bad.output
+
+
 def test_protocol_list_and_bad_names():
     from graphvla.cli import main
 
