@@ -43,6 +43,17 @@ def state_graph(dim: int, blocks: dict, outputs: dict, losses: dict | None = Non
     return yaml.safe_dump(data, sort_keys=False)
 
 
+def vqa_cotraining(size: int, weight: float) -> list[str]:
+    """--set overrides that add a co-training stream to a packaged VLM graph (tiny/oft): image,
+    question and answer ports, a node that `share:`s the VLM on them, and its LM loss as the
+    stream 'vlm' (a weight of `weight`)."""
+    return [f"inputs.vqa_images={{kind: image, views: 1, size: [{size}, {size}]}}", "inputs.vqa_question={kind: text}",
+            "inputs.vqa_answer={kind: text, train_only: true}",
+            "blocks.vlm_cotrain={share: vlm, in: {images: inputs.vqa_images, text: inputs.vqa_question, "
+            "target_text: inputs.vqa_answer}}",
+            f"losses.vlm={{from: vlm_cotrain.lm_loss, weight: {weight}, stream: vlm}}"]
+
+
 @pytest.fixture
 def tiny_text() -> str:
     """The YAML text of graphvla/graphs/tiny/mlp.yaml (small encoders + MLP head)."""

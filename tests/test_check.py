@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import state_graph
+from conftest import state_graph, vqa_cotraining
 
 from graphvla.blocks.base import Block, InPort, OutPort
 from graphvla.blocks.registry import register
@@ -101,13 +101,9 @@ def test_a_non_finite_loss_fails(tmp_path):
 def test_cotraining_stream_shares_the_backbone_and_trains_its_lm_loss():
     """A second node `share:`s the VLM with image-text inputs; its LM loss is a second stream."""
     report = run_check("tiny/oft", [
-        "inputs.vqa_images={kind: image, views: 1, size: [64, 64]}", "inputs.vqa_question={kind: text}",
-        "inputs.vqa_answer={kind: text, train_only: true}",
-        "blocks.vlm_cotrain={share: vlm, in: {images: inputs.vqa_images, text: inputs.vqa_question, "
-        "target_text: inputs.vqa_answer}}",
+        *vqa_cotraining(64, 0.1),
         "blocks.lm={type: aux.lm_loss, in: {logits: vlm_cotrain.logits, labels: vlm_cotrain.labels}, "
         "with: {label_smoothing: 0.0}}",
-        "losses.vlm={from: vlm_cotrain.lm_loss, weight: 0.1, stream: vlm}",
         "losses.vlm_again={from: lm.loss, weight: 0.0, stream: vlm}"])
     assert sorted(report.losses) == ["action", "vlm"]
     vlm = report.losses["vlm"]

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from conftest import vqa_cotraining
 
 from graphvla.data.api import DataBundle, collate
 from graphvla.data.normalize import Normalizer
@@ -326,8 +327,6 @@ def test_data_position_is_exact_with_prefetching_workers():
 def test_cotraining_vlm_and_action_streams_on_real_data(tmp_path, metaworld_data):
     """graphvla/graphs/tiny/oft.yaml plus a node sharing its tiny Qwen3-VL on a LLaVA-JSON stream: steps
     alternate 2:1, each loss is logged under its own name and both fall."""
-    from pathlib import Path
-
     from PIL import Image
 
     import numpy as np
@@ -341,27 +340,11 @@ def test_cotraining_vlm_and_action_streams_on_real_data(tmp_path, metaworld_data
     (tmp_path / "llava.json").write_text(json.dumps(records))
     (tmp_path / "data.yaml").write_text(f"datasets:\n  - path: {metaworld_data}\n"
                                         f"vlm:\n  - json: {tmp_path / 'llava.json'}\n    image_root: {tmp_path / 'imgs'}\n")
-    base = Path(__file__).parent.parent / "graphvla" / "graphs" / "tiny" / "oft.yaml"
-    (tmp_path / "spec.yaml").write_text(f"""graphvla: 1
-extends: {base}
-name: tiny-oft-cotrain
-inputs:
-  vqa_images:   {{kind: image, views: 1, size: [128, 128]}}
-  vqa_question: {{kind: text}}
-  vqa_answer:   {{kind: text, train_only: true}}
-blocks:
-  vlm_cotrain:
-    share: vlm
-    in: {{images: inputs.vqa_images, text: inputs.vqa_question, target_text: inputs.vqa_answer}}
-losses:
-  vlm: {{from: vlm_cotrain.lm_loss, weight: 0.5, stream: vlm}}
-trainer:
-  streams: {{action: {{ratio: 2}}, vlm: {{ratio: 1}}}}
-""")
     from graphvla.runners.train.dataio import load_bundle
 
-    spec = load_spec(str(tmp_path / "spec.yaml"), ["trainer.max_steps=24", "trainer.batch_size=4", "trainer.warmup_steps=2",
-                                                   "trainer.save_every=100"])
+    spec = load_spec("tiny/oft", [*vqa_cotraining(128, 0.5), "name=tiny-oft-cotrain",
+                                  "trainer.streams={action: {ratio: 2}, vlm: {ratio: 1}}", "trainer.max_steps=24",
+                                  "trainer.batch_size=4", "trainer.warmup_steps=2", "trainer.save_every=100"])
     result = train(spec, load_bundle(str(tmp_path / "data.yaml"), spec), tmp_path / "run", progress=False)
     assert [r["stream"] for r in result.history[:3]] == ["action", "vlm", "action"]
     action = [r["losses"]["action"] for r in result.history if r["stream"] == "action"]
