@@ -8,7 +8,7 @@ VLM's answers in tiny/fast-lm, head.fast's targets in tiny/fast) and glue.state_
 
 Both sides are `Trainer` sessions over the same synthetic samples with `trainer.num_workers`
 DataLoader workers, their steps timed as `run()` takes them (waiting for data included, starting
-and stopping the workers not); "before" passes encode_in_workers=False (the blocks encode in their forward),
+and stopping the workers not); "before" passes encode_in_workers=False (the preprocess pipeline runs in the step),
 "after" the default. Rounds alternate the two; the median seconds per step and their ratio
 (after / before; below 1 is faster) are printed per graph, with the training process's CPU time
 per step (the work that left it, which a loaded machine blurs less than the wall time), and a

@@ -165,7 +165,8 @@ def test_cotraining_example_shares_the_vlm_module():
     assert sorted(cg.train) == ["action", "vlm"]
     assert "vlm_cotrain" not in cg.model  # the shared node calls the same module
     code = cg.train["vlm"].code
-    assert "self.vlm(images = vqa_images, text = vqa_question, target_text = vqa_answer)" in code
+    # the shared module takes the VQA node's own processor-step tensors and answers
+    assert "self.vlm(input_ids = vlm_cotrain_input_ids" in code and "answers = vlm_cotrain_answers)" in code
 
 
 def test_metaworld_graphs_train_and_infer_on_what_graphvla_data_metaworld_records(tmp_path, metaworld_data):

@@ -47,7 +47,7 @@ def policy():
         return wrapped
 
     head.predict = spy(head.predict, policy.head_batches, "context")
-    vlm.predict = spy(vlm.predict, policy.vlm_batches, "images")
+    vlm.predict = spy(vlm.predict, policy.vlm_batches, "input_ids")  # its processor step's tokens
     return policy
 
 
