@@ -92,6 +92,8 @@ def test_unnormalize_takes_the_predicted_inputs_statistics():
     np.testing.assert_array_equal(step.normalize_array("actions", remaining),
                                   ((remaining - shift) / scale).astype(np.float32))
     assert unbound.with_statistics(None) is None
+    again = step.with_statistics(STATS, {"actions": "mean_std"})  # bound again: same ports, new mode
+    assert again.port_of("chunk") == "actions" and again.modes == {"actions": "mean_std"}
 
 
 def test_the_normalizer_is_the_steps_math():

@@ -230,9 +230,10 @@ class Unnormalize(_Statistics, ProcessorStep):
         no output has one (nothing to un-normalize)."""
         if stats is None:
             return None
-        if self.bound:
-            raise ValueError("unnormalize: already bound to statistics")
         full = bind_modes(_plain_stats(stats), self.modes if modes is None else modes)
+        if self.bound:  # bound again (new statistics): each output keeps its port
+            outputs = {o: p for o, p in self.outputs.items() if p in full}
+            return Unnormalize(outputs, self.inputs, full, stats) if outputs else None
         outputs = {}
         for name, o in self.outputs.items():
             if o.get("input"):
