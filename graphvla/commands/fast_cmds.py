@@ -1,7 +1,5 @@
 """`graphvla fast-fit`: fit the FAST action tokenizer (head.fast) from a dataset's action chunks:
-a .npy/.npz of normalized chunks [N, H, A], or a LeRobot folder (every window of H frames of the
-action column inside an episode, padded past its end by repeating the last action, normalized
-with the dataset's own statistics as the trainer would)."""
+a .npy/.npz of normalized chunks [N, H, A], or a LeRobot folder (data/action_chunks.py reads them)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,51 +7,6 @@ from pathlib import Path
 import click
 
 from .options import UserError, handles_errors
-
-
-def load_chunks(path: Path):
-    """Action chunks [N, H, A] from a .npy array or a .npz archive (key 'actions', or its only array)."""
-    import numpy as np
-
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found")
-    if path.suffix == ".npy":
-        arr = np.load(path)
-    elif path.suffix == ".npz":
-        with np.load(path) as z:
-            keys = list(z.keys())
-            if "actions" in keys:
-                arr = z["actions"]
-            elif len(keys) == 1:
-                arr = z[keys[0]]
-            else:
-                raise UserError(f"{path}: holds arrays {keys}; name the action chunks 'actions'")
-    else:
-        raise UserError(f"{path}: expected a .npy or .npz file of action chunks [N, horizon, action_dim]")
-    if arr.ndim != 3:
-        raise UserError(f"{path}: expected action chunks [N, horizon, action_dim], got shape {list(arr.shape)}")
-    return arr
-
-
-def lerobot_chunks(root: Path, key: str, horizon: int, norm: str):
-    """Normalized action chunks [N, horizon, A] from a LeRobot (or packed shard) folder."""
-    import numpy as np
-
-    from ..data.api import open_source
-    from ..data.normalize import Normalizer
-    from ..data.stats import compute_stats
-
-    source = open_source(root)
-    if key not in source.columns:
-        raise UserError(f"{root}: no column '{key}'; numeric columns: {', '.join(sorted(source.columns))}")
-    actions = np.asarray(source.columns[key], dtype=np.float32)
-    actions = Normalizer({key: compute_stats(actions)}, {key: norm}).normalize_array(key, actions)
-    chunks = []
-    for start, end in source.episodes.values():
-        rows = np.arange(start, end)
-        windows = np.minimum(rows[:, None] + np.arange(horizon)[None, :], end - 1)
-        chunks.append(actions[windows])
-    return np.concatenate(chunks)
 
 
 @click.command(name="fast-fit")
@@ -74,13 +27,14 @@ def fast_fit(data, output, horizon, key, norm, vocab_size, scale):
     import numpy as np
 
     from ..blocks.heads.fast_tokenizer import FASTTokenizer
+    from ..data.action_chunks import lerobot_chunks, load_chunks
 
-    if data.is_dir():
-        if not horizon:
-            raise UserError(f"{data} is a dataset folder: give the chunk length with --horizon (the head's horizon)")
-        chunks = lerobot_chunks(data, key, horizon, norm)
-    else:
-        chunks = load_chunks(data)
+    if data.is_dir() and not horizon:
+        raise UserError(f"{data} is a dataset folder: give the chunk length with --horizon (the head's horizon)")
+    try:
+        chunks = lerobot_chunks(data, key, horizon, norm) if data.is_dir() else load_chunks(data)
+    except ValueError as e:  # the input is not action chunks
+        raise UserError(str(e)) from None
     _, horizon, action_dim = chunks.shape
     tok = FASTTokenizer(horizon, action_dim, scale=scale, vocab_size=vocab_size).fit(chunks)
     tok.save(output)
