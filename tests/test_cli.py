@@ -90,3 +90,21 @@ def test_blocks_lists_types_and_ports():
     result = run("blocks", "-v")
     assert result.exit_code == 0
     assert "head.mlp" in result.output and "in  context" in result.output and "out loss" in result.output
+
+
+def test_data_stats_writes_the_printed_json_with_o(tmp_path):
+    """`graphvla data stats -o FILE` writes (through data/stats_report.py) exactly what it prints."""
+    import numpy as np
+
+    from graphvla.data.lerobot_write import LeRobotWriter
+
+    writer = LeRobotWriter(tmp_path / "ds", fps=10, features={"action": ("float32", (2,))})
+    actions = np.arange(20, dtype=np.float32).reshape(10, 2)
+    writer.add_episode({"action": actions}, "reach")
+    writer.finalize()
+    result = run("data", "stats", tmp_path / "ds", "--keys", "action", "-o", tmp_path / "stats.json")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "stats.json").read_text() == result.output
+    assert json.loads(result.output)["action"]["mean"] == [9.0, 10.0]
+    missing = run("data", "stats", tmp_path / "ds", "--keys", "nope", "-o", tmp_path / "other.json")
+    assert missing.exit_code == 1 and "no numeric key 'nope'" in missing.output and not (tmp_path / "other.json").exists()
