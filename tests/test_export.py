@@ -117,7 +117,8 @@ def test_the_folder_holds_what_a_server_needs(mt10, exported):
     assert manifest["tokenizers"] == {}
     assert [d["name"] for d in manifest["inputs"]] == ["images", "state", "language.ids"]
     assert manifest["inputs"][2] == {"name": "language.ids", "kind": "step", "dtype": "int64",
-                                     "shape": ["batch", "tokens"], "step": "language", "max_length": 96}
+                                     "shape": ["batch", "tokens"], "step": "language", "max_length": 96,
+                                     "text": "instruction"}
     assert manifest["preprocess"]["steps"] == ["language: byte_tokens  instruction as text -> language.ids"]
     assert manifest["preprocess"]["folded"] == ["normalize  state (mean_std), actions (mean_std)"]
     steps = json.loads((exported / "preprocess.json").read_text())["steps"]
@@ -285,8 +286,14 @@ def test_the_traceable_qwen3vl_equals_the_eager_block():
     texts = ["reach the goal", "push the puck into the goal, then reach the goal again", "x"]
     made = processor_tensors(block.processor, images, texts, grid)
     assert made["pixel_values"].shape == (3, 2 * 60, 1536) and not made["attention_mask"].all()  # rows are padded
+    # the block's processor step makes the very tensors the exported graph takes
+    step = block.processor_step()
+    encoding = {k[len("vlm."):]: v for k, v in step({"images": images, "instruction": texts}).items()
+                if k.startswith("vlm.")}
+    for field in ("pixel_values", "input_ids", "attention_mask"):
+        assert torch.equal(encoding[field], made[field].to(encoding[field].dtype)), field
     with torch.no_grad():
-        want, got = block.predict(images, texts), tensors(**made)
+        want, got = block.predict(**encoding), tensors(**made)
     for name in ("hidden", "layers", "mask"):
         assert got[name].shape == want[name].shape
         assert float((got[name].float() - want[name].float()).abs().max()) <= 1e-5, name
@@ -318,15 +325,19 @@ def test_tiny_oft_exports_exactly(tiny_oft, tiny_oft_exported):
     assert max_diff(ex.infer_batch(other), policy.infer_batch(other)) <= 1e-5
     assert max_diff(ex.infer_batch(other), eager) > 1e-4
     manifest = ex.manifest
-    assert [d["name"] for d in manifest["inputs"]] == ["vlm.pixel_values", "vlm.input_ids", "vlm.attention_mask",
-                                                        "state"]
-    assert manifest["inputs"][0]["shape"] == ["batch", 64, 1536]
-    assert manifest["tokenizers"]["instruction"] == {"tokenizer": "processor", "processor": "vlm",
-                                                     "max_length": 2048, "blocks": ["vlm"]}
-    about = manifest["processors"]["vlm"]
-    assert (about["files"], about["images"], about["text"], about["image_grid_thw"], about["image_tokens"]) == \
-        ("processor-vlm", "images", "instruction", [1, 8, 8], 16)
-    assert (folder / "processor-vlm" / "tokenizer_config.json").is_file()
+    # the VLM's processor step runs before the graph (saved with its files); the graph takes its
+    # tensors, the image grid excepted (fixed by the declared image size)
+    assert [d["name"] for d in manifest["inputs"]] == ["state", "vlm.input_ids", "vlm.attention_mask",
+                                                        "vlm.pixel_values"]
+    assert manifest["inputs"][1] == {"name": "vlm.input_ids", "kind": "step", "dtype": "int64",
+                                     "shape": ["batch", "tokens"], "step": "vlm", "max_length": 2048,
+                                     "text": "instruction"}
+    assert manifest["inputs"][3]["shape"] == ["batch", 64, 1536]
+    assert manifest["tokenizers"] == {}
+    assert manifest["preprocess"]["steps"] == [
+        "vlm: hf_vlm_processor  images, instruction as text -> vlm.input_ids, vlm.attention_mask, "
+        "vlm.mm_token_type_ids, vlm.pixel_values, vlm.image_grid_thw"]
+    assert (folder / "preprocess" / "0-hf_vlm_processor" / "tokenizer_config.json").is_file()
 
 
 def test_a_vlm_export_refuses_what_the_checkpoint_refuses(tiny_oft, tiny_oft_exported):

@@ -256,16 +256,22 @@ class _CallRecorder:
         self._depth[owner] -= 1
 
     def by_block(self, cg, block_ids) -> dict:
-        """block id -> its recorded kwargs (the k-th call of a module is its k-th block in order)."""
-        seen, out = {}, {}
+        """block id -> its recorded kwargs (the k-th call of a module is its k-th block in order).
+        A block a session cache runs row by row (`infer: {every: k}`) is called once per row: its
+        rows' calls are joined back into one batch."""
+        blocks = {}
         for bid in block_ids:
             owner = cg.block(bid).owner
-            if owner not in self.calls:
-                continue
-            k = seen.get(owner, 0)
-            seen[owner] = k + 1
-            if k < len(self.calls[owner]):
-                out[bid] = self.calls[owner][k]
+            if owner in self.calls:
+                blocks.setdefault(owner, []).append(bid)
+        out = {}
+        for owner, bids in blocks.items():
+            calls = self.calls[owner]
+            per = len(calls) // len(bids) if len(calls) % len(bids) == 0 and calls else 1
+            for k, bid in enumerate(bids):
+                rows = calls[k * per:(k + 1) * per]
+                if rows:
+                    out[bid] = rows[0] if per == 1 else {key: _join([r.get(key) for r in rows]) for key in rows[0]}
         return out
 
     def close(self):
@@ -282,6 +288,25 @@ def _snapshot(value):
     if isinstance(value, (list, tuple)):
         return type(value)(_snapshot(v) for v in value)
     return value
+
+
+def _join(values: list):
+    """Per-row values (batches of one) -> one batch: tensors concatenated (zero-padded where the
+    rows' lengths differ, as a batch pads them), lists chained, dicts by key, the rest the first."""
+    first = values[0]
+    if isinstance(first, torch.Tensor) and first.dim() > 0 and all(isinstance(v, torch.Tensor) for v in values):
+        shape = [max(v.shape[d] for v in values) for d in range(1, first.dim())]
+        padded = []
+        for v in values:
+            out = v.new_zeros((v.shape[0], *shape))
+            out[(slice(None), *(slice(0, n) for n in v.shape[1:]))] = v
+            padded.append(out)
+        return torch.cat(padded)
+    if isinstance(first, list):
+        return [x for v in values for x in v]
+    if isinstance(first, dict):
+        return {k: _join([v[k] for v in values]) for k in first}
+    return first
 
 
 def _row_diffs(a, b, rows: int, where: str) -> list:
@@ -363,17 +388,21 @@ def _training_inputs(ckpt, policy, bundle, stream, indices, infer_ids) -> dict:
     """(a): the frames through the trainer's own feed (collate, normalization, the blocks' data work
     where the trainer does it) and its train graph, with the checkpoint's weights, in eval mode.
     Returns block id -> recorded kwargs."""
+    import copy
     import tempfile
 
-    from ..spec.loader import load_spec
+    from ..policy.assets import localized_values
+    from ..spec.loader import apply_overrides
     from .train.loop import Trainer, compile_for_training
 
     n = len(indices)
-    spec = load_spec(str(ckpt / "spec.yaml"))
+    spec = copy.deepcopy(policy.cg.spec)  # the trained spec, its files where the checkpoint keeps them
+    for (bid, key), path in localized_values(ckpt).items():
+        spec.data["blocks"][bid]["with"][key] = path
     overrides = [f"trainer.batch_size={n}", "trainer.num_workers=0"]
     if ((spec.section("trainer").get("streams") or {}).get(stream) or {}).get("batch_size"):
         overrides.append(f"trainer.streams.{stream}.batch_size={n}")
-    spec = load_spec(str(ckpt / "spec.yaml"), overrides)
+    apply_overrides(spec, overrides)
     cg = compile_for_training(spec)
     cg.model.load_state_dict(policy.cg.model.state_dict())
     with tempfile.TemporaryDirectory(prefix="graphvla-parity-") as run_dir:

@@ -1,30 +1,35 @@
 """Export a trained policy as a frozen inference graph: `export_policy(RUN, DIR, fmt)`.
 
-What is exported is the checkpoint's inference graph with the normalization folded in: the graph
-takes the raw state (it normalizes it itself) and returns un-normalized actions, so a runtime
-needs no statistics. Two formats:
+What is exported is the checkpoint's inference graph run as Policy runs it, between the
+checkpoint's own processing pipelines (compiler/pipelines.py, processors/): the preprocess
+pipeline's tensor steps (normalization) and the postprocess pipeline (un-normalization) are folded
+into the graph, called as they are, so the graph takes the raw state and returns actions in dataset
+units and a runtime needs no statistics. Two formats:
 - `torch-export`: a `torch.export` ExportedProgram (`policy.pt2`, `torch.export.load`);
 - `onnx`: the same program through torch.onnx's dynamo exporter (`policy.onnx`, onnxruntime).
 
 What stays in Python, before the graph (runners/exported.py does it when serving):
-- checking each observation value (runners/observation.py, as for the checkpoint) and turning
+- checking each observation value (policy/observation.py, as for the checkpoint) and turning
   uint8 frames into float [V, C, H, W] in [0, 1] (data/images.py), then stacking the batch;
-- tokenization: strings cannot pass through torch.export, so each text port becomes a tensor
-  input `PORT` of token ids [B, L] (int64, 0 = padding, L <= the encoder's max_length), made by the
-  tokenizer named in the manifest. encoder.text's byte-level tokenizer has no files: its
-  vocabulary is the 256 UTF-8 byte values + 1 (0 pads);
-- a backbone.hf_vlm's processor (chat template, tokenization, image resizing and patching;
-  runners/export_vlm.py): its images and instruction become the graph inputs `BLOCK.pixel_values`,
-  `BLOCK.input_ids` and `BLOCK.attention_mask`, and its files are saved in the folder
-  (`processor-BLOCK/`, the manifest's `processors` section). Only Qwen3-VL is traced, through
-  blocks/backbones/hf_vlm_export.py, for the graph's one declared image size.
+- the preprocess pipeline's other steps, in their order (`split_preprocess`): the blocks'
+  tokenizers and processors (encoder.text's byte tokens, glue.state_text's prompts, a
+  backbone.hf_vlm's chat template and processor), and any tensor step one of them reads. They are
+  saved in the folder as a pipeline (`preprocess.json` plus `preprocess/<i>-<kind>/` asset folders:
+  a VLM's processor files), which loads without the training code. What they make
+  (`language.ids`, `vlm.input_ids`, `vlm.pixel_values`, ...) are graph inputs named by their
+  batch keys; a token axis is dynamic up to the tokenizer's length (a VLM: its text model's
+  context). A backbone.hf_vlm's model is traced for the graph's one declared image size (only
+  Qwen3-VL, through blocks/backbones/hf_vlm_export.py);
+- text a block takes itself (backbone.world_model) is tokenized into byte ids by the manifest's
+  `tokenizers` (the 256 UTF-8 byte values + 1; 0 pads).
 
 The folder holds `graphvla-export.json` (the manifest: format, graph file and its sha256, the
-graph inputs in order with dtype and shape, the tokenizers, the outputs, the metadata the server
-publishes, the `serve:` section and the source checkpoint's fingerprint), the graph file, the
-VLMs' processor folders and the checkpoint's spec.yaml, graph.json and normalization.json (for
-reference: the graph already applies the statistics). It is written under a temporary name and
-renamed into place, so a failed export leaves no half-written folder.
+graph inputs in order with dtype and shape, the Python steps and the folded ones, the tokenizers,
+the outputs, the metadata the server publishes, the `serve:` section and the source checkpoint's
+fingerprint), the graph file, the Python steps' pipeline and the checkpoint's spec.yaml,
+graph.json and normalization.json (for reference: the graph already applies the statistics). It is
+written under a temporary name and renamed into place, so a failed export leaves no half-written
+folder.
 
 A sampling head (head.flow_matching, head.dual_system) takes its starting noise as an input of
 predict; in the exported graph that is the graph input `noise` [batch, H, A], which the server draws
@@ -34,9 +39,10 @@ from each session's generator as Policy does (runners/exported.py). The Euler lo
 A graph is refused, before anything is written, with an ExportError naming the graph, the block
 id, its type and why, when a block keeps state between calls (`infer: {every: k}`), draws noise
 inside predict (a `generator` argument: a generator per session, which an exported graph cannot
-hold), several blocks sample, decodes autoregressively (FAST, or a VLM with action tokens), is a VLM other than
-Qwen3-VL (export_vlm.refusal), takes text it cannot tokenize outside the graph, or makes text
-inside the graph; a block torch.export fails on is named the same way."""
+hold), several blocks sample, decodes autoregressively (FAST, or a VLM with action tokens), is a
+VLM other than Qwen3-VL (export_vlm.refusal), takes text it cannot tokenize outside the graph,
+makes text inside the graph, or has a postprocess step that is not a tensor step; a block
+torch.export fails on is named the same way."""
 from __future__ import annotations
 
 import copy
@@ -56,7 +62,7 @@ from ..blocks.base import Block
 from ..blocks.encoders import byte_tokenize
 from ..compiler.lower import graph_argument
 from ..processors.base import Pipeline
-from .export_vlm import VLM_TYPE, ProcessorInputVLM, onnx_refusal, refusal, vlm_exports
+from .export_vlm import VLM_TYPE, TensorVLM, onnx_refusal, refusal, vlm_exports
 from ..policy.loading import load_policy
 from ..policy.plain_data import plain_data
 from ..policy.checkpoint import resolve_checkpoint
@@ -64,7 +70,7 @@ from ..policy.checkpoint import resolve_checkpoint
 FORMATS = {"torch-export": "policy.pt2", "onnx": "policy.onnx"}
 MANIFEST = "graphvla-export.json"
 MANIFEST_FORMAT = "graphvla-export"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the processor steps run before the graph are saved as a pipeline
 EXAMPLE_BATCH = 2
 EXAMPLE_TEXTS = ("pick up the red block and place it", "open")  # two lengths: the token axis stays dynamic
 
@@ -94,10 +100,10 @@ PYTHON_STEPS = "preprocess"  # the saved pipeline of the processor steps run bef
 NOISE = "noise"  # the graph input that holds a sampling head's starting noise (its predict argument)
 
 
-def text_tokenizers(cg, inputs: dict, vlms: dict) -> dict:
+def text_tokenizers(cg, inputs: dict) -> dict:
     """{text port: tokenizer description} for the manifest; ExportError when a text port feeds a
-    block that cannot take token ids, or blocks that tokenize differently. A backbone.hf_vlm's
-    text is tokenized by its processor (`vlms`, runners/export_vlm.py)."""
+    block that cannot take token ids, or blocks that tokenize differently. Only text the graph
+    takes itself is here: what a processor step reads is tokenized by that step."""
     out = {}
     arguments = {n.target for n in cg.infer.graph.nodes if n.op == "placeholder"}
     for port, decl in inputs.items():
@@ -106,13 +112,10 @@ def text_tokenizers(cg, inputs: dict, vlms: dict) -> dict:
         found = {}
         for bid in cg.input_consumers(port):
             kind = cg.block(bid).type_name
-            if bid in vlms:
-                found[bid] = vlms[bid].tokenizer()
-                continue
             if kind not in BYTE_TEXT:
                 raise block_error(cg, bid, f"it takes the text input '{port}' itself; an exported graph takes token "
-                                           f"ids, made in Python only for {', '.join(BYTE_TEXT)} (byte ids) and "
-                                           f"{VLM_TYPE} (its processor)")
+                                           f"ids, made in Python by the blocks' processor steps, or as byte ids for "
+                                           f"{', '.join(BYTE_TEXT)}")
             found[bid] = {"tokenizer": "bytes", "max_length": int(cg.model[bid].params[BYTE_TEXT[kind]])}
         if len({v["max_length"] for v in found.values()}) > 1:
             lengths = ", ".join(f"{b}: {v['max_length']} bytes" for b, v in found.items())
@@ -159,8 +162,8 @@ def check_blocks(cg) -> None:
 
 
 def tensor_graph(cg, vlms: dict) -> fx.GraphModule:
-    """cg.infer with each backbone.hf_vlm taking its processor's tensors (same weights, same fx
-    code); the sampling head's `noise` is already a graph input."""
+    """cg.infer with each backbone.hf_vlm's model traced on its processor step's tensors (same
+    weights, same fx code); the sampling head's `noise` is already a graph input."""
     vlm_owners = {cg.block(bid).owner: vlm for bid, vlm in vlms.items()}
     root = nn.Module()
     for name, module in cg.infer.named_children():
@@ -194,22 +197,20 @@ class FoldedPolicy(nn.Module):
     what the Python steps made such as token ids, a VLM's processor tensors, noise) -> the outputs
     in `outputs` order. It runs the folded preprocess steps (normalization), the inference graph and
     the postprocess steps (un-normalization): the checkpoint's own steps, called as Policy calls
-    them. `packed` maps a port to the graph inputs that stand for it, {argument: input name}: a
-    backbone.hf_vlm's images are {pixel_values}, its text {input_ids, attention_mask}."""
+    them. `fixed`: graph arguments the traced blocks ignore (a VLM's image grid), passed as None."""
 
     def __init__(self, graph: fx.GraphModule, names: list, outputs: list, preprocess: list, postprocess: list,
-                 packed: dict | None = None):
+                 fixed=()):
         super().__init__()
         self.inner, self.names, self.outputs = graph, list(names), list(outputs)
         self.preprocess, self.postprocess = Pipeline("folded-preprocess", preprocess), Pipeline("postprocess", postprocess)
-        self.packed = dict(packed or {})
+        self.fixed = [graph_argument(k) for k in fixed]
         self.arguments = {n.target for n in graph.graph.nodes if n.op == "placeholder"}
 
     def forward(self, *tensors):
         batch = self.preprocess(dict(zip(self.names, tensors)))
-        for port, parts in self.packed.items():
-            batch[port] = {arg: batch.pop(name) for arg, name in parts.items()}
-        result = self.inner(**{graph_argument(k): v for k, v in batch.items() if graph_argument(k) in self.arguments})
+        args = {graph_argument(k): v for k, v in batch.items() if graph_argument(k) in self.arguments}
+        result = self.inner(**args, **{name: None for name in self.fixed})
         result = self.postprocess(dict(result))
         return tuple(result[name] for name in self.outputs)
 
@@ -248,20 +249,12 @@ def folded_policy(policy, tokenizers: dict, sampler: str | None, vlms: dict, pyt
     varying = _varying_axes(steps, raw, short)
     folded_reads = {k for step in folded for k in step.reads}
     folded_writes = {k for step in folded for k in step.writes} - folded_reads
-    made = {bid: vlm.tensors(vlm.block.processor, *vlm.example(EXAMPLE_TEXTS)) for bid, vlm in vlms.items()}
-    names, example, described, packed = [], [], [], {}
+    vlm_keys = {k: vlm for vlm in vlms.values() for k in vlm.keys()}
+    fixed = [k for k in batch if k.split(".", 1)[0] in vlms and k not in vlm_keys]  # fixed by the static grid
+    names, example, described = [], [], []
     for key, value in batch.items():
         wanted = key in folded_reads or (graph_argument(key) in arguments and key not in folded_writes)
-        if not wanted or key == NOISE:
-            continue
-        vlm = next((v for v in vlms.values() if key in (v.images, v.text)), None)
-        if vlm is not None:  # the processor's tensors stand for the port (runners/export_vlm.py)
-            packed[key] = vlm.parts(key)
-            about = vlm.described(made[vlm.bid])
-            for field, name in packed[key].items():
-                names.append(name)
-                example.append(made[vlm.bid][field])
-                described.append(about[field])
+        if not wanted or key == NOISE or key in fixed:
             continue
         if key in policy.inputs and policy.inputs[key]["kind"] == "text":  # a block takes the text itself
             t = tokenizers[key]
@@ -282,9 +275,14 @@ def folded_policy(policy, tokenizers: dict, sampler: str | None, vlms: dict, pyt
         if key in policy.inputs:
             about["port"] = key
         else:
-            about["step"] = next(s.block for s in python if key in s.writes)
-            if varying.get(key):
-                about["max_length"] = int(getattr(next(s for s in python if key in s.writes), "max_length", 1 << 16))
+            step = next(s for s in python if key in s.writes)
+            about["step"] = step.block
+            text = [k for k in step.reads if policy.inputs.get(k, {}).get("kind") == "text"]
+            if varying.get(key):  # a token axis: at most the tokenizer's (or the VLM's context) length
+                about["max_length"] = vlm_keys[key].max_tokens if key in vlm_keys else \
+                    int(getattr(step, "max_length", 1 << 16))
+                if text:
+                    about["text"] = text[0]
         described.append(about)
     if sampler is not None:
         head = cg.model[cg.block(sampler).owner]
@@ -298,7 +296,7 @@ def folded_policy(policy, tokenizers: dict, sampler: str | None, vlms: dict, pyt
         if not step.tensor_only:
             raise ExportError(f"graph '{cg.name}': the postprocess step {step.describe()} runs Python after the "
                               "graph; an exported graph folds only tensor steps")
-    module = FoldedPolicy(tensor_graph(cg, vlms), names, policy.outputs, folded, post, packed).eval()
+    module = FoldedPolicy(tensor_graph(cg, vlms), names, policy.outputs, folded, post, fixed).eval()
     return module, example, described
 
 
@@ -338,7 +336,7 @@ def _blamed_block(cg, tb):
         owner = tb.tb_frame.f_locals.get("self")
         if isinstance(owner, Block) and id(owner) in modules:
             found = modules[id(owner)]
-        elif isinstance(owner, ProcessorInputVLM):
+        elif isinstance(owner, TensorVLM):
             found = owner.block_id
         tb = tb.tb_next
     return found
@@ -390,7 +388,7 @@ def export_policy(run, out_dir, fmt: str = "torch-export") -> Path:
         why = onnx_refusal(cg, bid)
         if why is not None:
             raise block_error(cg, bid, why)
-    tokenizers = text_tokenizers(cg, policy.inputs, vlms)
+    tokenizers = text_tokenizers(cg, policy.inputs)
     sampler = sampling_block(cg)
     python, folded = split_preprocess(policy.preprocess)
     module, example, described = folded_policy(policy, tokenizers, sampler, vlms, python, folded)
@@ -413,11 +411,6 @@ def export_policy(run, out_dir, fmt: str = "torch-export") -> Path:
                 shutil.copy2(ckpt / name, tmp / name)
         if python:  # the steps the server runs before the graph, with their files
             Pipeline(PYTHON_STEPS, python).save(tmp)
-        for vlm in vlms.values():
-            try:
-                vlm.save(tmp, list(EXAMPLE_TEXTS))
-            except ValueError as e:
-                raise block_error(cg, vlm.bid, str(e)) from e
         manifest = {
             "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "graph_format": fmt, "graph_file": graph_file.name,
             "graph_sha256": hashlib.sha256(graph_file.read_bytes()).hexdigest(),
@@ -426,7 +419,6 @@ def export_policy(run, out_dir, fmt: str = "torch-export") -> Path:
                            "steps": [step.describe() for step in python],
                            "folded": [step.describe() for step in folded]},
             "postprocess": {"folded": [step.describe() for step in policy.postprocess or []]},
-            "processors": {bid: vlm.manifest() for bid, vlm in vlms.items()},
             "metadata": plain_data(policy.metadata, for_json=True),
             "serve": plain_data(dict(cg.spec.section("serve") or {}), for_json=True),
             "source": {"checkpoint": str(ckpt.resolve()), "fingerprint": cg.fingerprint, "torch": torch.__version__},

@@ -5,11 +5,12 @@ It speaks the Policy API the server and the eval clients use (`metadata`, `infer
 `infer_batch(observations, sessions=...)`, `new_session`, `reset`) with the metadata saved at
 export time, so `graphvla serve DIR` publishes the same metadata and answers the same actions as
 `graphvla serve RUN`. Each observation value is checked by the checkpoint's own validator
-(runners/observation.py); the checkpoint's processor steps that are not folded into the graph
-(tokenizers: saved in the folder as `preprocess.json` + `preprocess/`, loaded without the training
-code) run here, in Python, and make the token ids the graph takes; text a block takes itself is
-tokenized by the manifest's `tokenizers`; a backbone.hf_vlm's processor (saved in the folder, named in the manifest's `processors`) turns
-its images and instruction into the pixel values, token ids and attention mask its graph takes.
+(policy/observation.py); the checkpoint's processor steps that are not folded into the graph
+(tokenizers, a backbone.hf_vlm's processor: saved in the folder as `preprocess.json` plus
+`preprocess/`, loaded without the training code) run here, in Python, in their order, and make the
+token ids and pixel values the graph takes; text a block takes itself is tokenized by the
+manifest's `tokenizers`. A prompt longer than a graph input's token axis allows is refused naming
+the text port and the block.
 An exported graph keeps no state between calls (export refuses `every: k` caches). A flow head's
 starting noise is a graph input: it is drawn here, for each row from its session's generator (or
 from torch's global generator without sessions), exactly as the checkpoint's head draws it
@@ -28,7 +29,6 @@ from ..blocks.encoders import byte_tokenize
 from ..blocks.heads.flow_matching import initial_noise
 from ..processors.base import Pipeline
 from .export import FORMATS, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, NOISE, PYTHON_STEPS
-from .export_vlm import SavedProcessor
 from ..policy.observation import convert, describe
 from ..policy.rtc import RTCRequestError
 from ..protocol import RTC_KEY
@@ -100,19 +100,13 @@ class ExportedPolicy:
         self.noise = next((d for d in self.manifest["inputs"] if d["name"] == NOISE), None)
         self.outputs = list(self.manifest["outputs"])
         self.tokenizers = dict(self.manifest.get("tokenizers") or {})
-        self.processors = {bid: SavedProcessor(self.folder, bid, about)
-                           for bid, about in (self.manifest.get("processors") or {}).items()}
         # the checkpoint's processor steps that run before the graph (tokenizers), saved in the folder
         steps = (self.manifest.get("preprocess") or {}).get("file")
         self.preprocess = Pipeline.load(self.folder, PYTHON_STEPS) if steps else Pipeline(PYTHON_STEPS, [])
         for port, t in self.tokenizers.items():
-            if t.get("tokenizer") == "processor":
-                if t.get("processor") not in self.processors:
-                    raise ValueError(f"{self.folder / MANIFEST}: tokenizers.{port}: processor {t.get('processor')!r} "
-                                     f"is not in the manifest's processors ({', '.join(self.processors) or 'none'})")
-            elif t.get("tokenizer") not in TOKENIZERS:
+            if t.get("tokenizer") not in TOKENIZERS:
                 raise ValueError(f"{self.folder / MANIFEST}: tokenizers.{port}: unknown tokenizer "
-                                 f"{t.get('tokenizer')!r} (known: {', '.join([*TOKENIZERS, 'processor'])})")
+                                 f"{t.get('tokenizer')!r} (known: {', '.join(TOKENIZERS)})")
 
     @property
     def metadata(self) -> dict:
@@ -164,16 +158,15 @@ class ExportedPolicy:
             if missing:
                 raise ValueError(f"observation {missing[0]} lacks '{port}' (expected {describe(decl)})")
             values[port] = [convert(port, decl, o[port]) for o in observations]
-        made = {}
-        for processor in self.processors.values():
-            made.update(processor(values))
         batch = self.preprocess({port: v if self.inputs[port]["kind"] == "text" else torch.stack(v)
                                  for port, v in values.items()})
         out = []
         for d in self.manifest["inputs"]:
-            if d["name"] in made:
-                out.append(made[d["name"]])
-            elif d["name"] == NOISE:
+            value = batch.get(d["name"])
+            if "max_length" in d and isinstance(value, torch.Tensor) and value.shape[1] > int(d["max_length"]):
+                raise ValueError(f"'{d.get('text', d['name'])}': the prompt is {value.shape[1]} tokens long; block "
+                                 f"'{d['step']}' takes at most {d['max_length']}")
+            if d["name"] == NOISE:
                 continue
             elif d["kind"] == "text":
                 t = self.tokenizers[d["port"]]
