@@ -91,7 +91,7 @@ def net_input(states, task_ids, mean, std, n_tasks):
 
 
 class MLPPolicy:
-    """The Policy API (metadata / infer / infer_batch / reset) around a torch MLP."""
+    """The Policy API (metadata / new_session / infer / infer_batch / reset) around a torch MLP."""
 
     def __init__(self, net, mean, std, tasks, state_dim, horizon=HORIZON):
         self.net, self.mean, self.std = net.eval(), mean, std
@@ -110,14 +110,22 @@ class MLPPolicy:
             raise ValueError(f"instruction {instruction!r} is none of the dataset's {len(self.tasks)} tasks")
         return self.tasks[instruction]
 
+    def new_session(self, seed: int = 0):  # the server gives each connection one; the MLP keeps no state
+        from graphvla.policy.session import Session
+
+        return Session(seed)
+
+    def check_rtc_request(self, value):
+        raise ValueError("the MLP baseline does no real-time chunking")
+
     @torch.no_grad()
-    def infer_batch(self, observations):
+    def infer_batch(self, observations, sessions=None, **options):
         s = torch.from_numpy(np.stack([o["state"] for o in observations]).astype(np.float32))
         ids = torch.tensor([self.task_id(o["instruction"]) for o in observations] if self.tasks else [0] * len(s))
         out = self.net(net_input(s, ids, self.mean, self.std, len(self.tasks))).view(len(observations), -1, 4)
         return [{"actions": a.numpy()} for a in out]
 
-    def infer(self, obs):
+    def infer(self, obs, session=None, **options):
         return self.infer_batch([obs])[0]
 
     def reset(self):

@@ -84,6 +84,9 @@ class MLPStandIn:
 
         return Session(seed)
 
+    def check_rtc_request(self, value):
+        raise ValueError("the MLP stand-in does no real-time chunking")
+
     def infer_batch(self, observations, sessions=None, **options):
         with self.torch.no_grad():
             x = self.torch.zeros(len(observations), 260)
