@@ -127,9 +127,20 @@ def _keep_base_by_reference(ckpt, adapters_only: bool):
                                                      (["blocks.vlm.train.lora.r=4"], True)], ids=["frozen", "lora"])
 def test_a_base_kept_by_reference_is_read_checked_and_named_when_missing(tmp_path, monkeypatch, overrides, adapters_only):
     ckpt, weights, ref, expected = _referenced_run(tmp_path, monkeypatch, overrides)
+    complete = (ckpt / "model.safetensors").read_bytes()
     _keep_base_by_reference(ckpt, adapters_only)
     # the base file is there: the block's missing weights come from it, the rest from the checkpoint
     np.testing.assert_allclose(graphvla.load_policy(ckpt).infer(_obs())["actions"], expected, rtol=0, atol=1e-6)
+    if adapters_only:  # a base file holds no adapter: a missing one is refused, not filled with a fresh one
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(ckpt / "model.safetensors"))
+        adapter = sorted(k for k in state if ".lora_" in k)[0]
+        save_file({k: v for k, v in state.items() if k != adapter}, str(ckpt / "model.safetensors"))
+        with pytest.raises(ValueError, match=rf"do not fit .*missing {adapter}"):
+            graphvla.load_policy(ckpt)
+        (ckpt / "model.safetensors").write_bytes(complete)
+        _keep_base_by_reference(ckpt, adapters_only)
     original = weights.read_bytes()
     weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
     with pytest.raises(ValueError, match=rf"{weights.resolve()}.*changed.*{ref['sha256']}"):

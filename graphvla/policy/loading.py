@@ -66,10 +66,10 @@ def load_weights(cg, ckpt: Path, device="cpu", spec_dir: Path | None = None) -> 
     Every parameter and persistent buffer comes from model.safetensors, converted to the dtype the
     block declares (as copying into built weights did). Tied weights (an LM head sharing the token
     embeddings), which safetensors stores once, are tied again. Non-persistent buffers (rotary
-    inv_freq, index tables) are the constructors' own, built for real. Missing weights of a block
-    whose files reference base weights kept outside the run (assets.json) are read from those files,
-    after checking them (a missing or changed one is named with its sha256); missing weights of any
-    other block: the checkpoint does not fit the graph."""
+    inv_freq, index tables) are the constructors' own, built for real. Missing frozen weights of a
+    block whose files reference base weights kept outside the run (assets.json) are read from those
+    files, after checking them (a missing or changed one is named with its sha256); any other
+    missing tensor (a trained one, a LoRA adapter, another block's): the checkpoint does not fit."""
     from safetensors.torch import load_file
 
     ckpt = Path(ckpt)
@@ -86,7 +86,10 @@ def load_weights(cg, ckpt: Path, device="cpu", spec_dir: Path | None = None) -> 
             if stored is not None and n not in state:
                 state[n] = state[stored]
     missing = [n for n in expected if n not in state]
-    unfit = [n for n in missing if not has_references(ckpt, n.split(".", 1)[0])]
+    # only what a base file can hold may be missing: frozen weights (not LoRA adapters, not trained
+    # rows such as added action tokens) of a block whose files reference base weights
+    trained = {n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}
+    unfit = [n for n in missing if n in trained or ".lora_" in n or not has_references(ckpt, n.split(".", 1)[0])]
     if unexpected or unfit:
         raise ValueError(f"checkpoint {ckpt}: weights do not fit graph {cg.name}: "
                          + "; ".join(x for x in (_names("missing", unfit), _names("unexpected", unexpected)) if x))
