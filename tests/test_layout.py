@@ -91,8 +91,9 @@ def test_blocks_verbose_prints_each_defining_file():
 
 
 # --- commands/ only parses and prints ---------------------------------------------------------
-# A command module defines no class and writes no file: the work (and every file it writes, folders
-# included: mkdir counts) happens in runners/, data/ or policy/ functions it calls. Calling such a
+# A command module defines no class, writes no file and starts no process: the work (every file it
+# writes, folders included: mkdir counts; every stage run in a child process) happens in runners/,
+# data/ or policy/ functions it calls. Calling such a
 # function is fine; the file-system calls themselves are what is refused here.
 WRITING_CALLS = {  # module.function
     ("json", "dump"), ("pickle", "dump"), ("yaml", "dump"), ("yaml", "safe_dump"), ("torch", "save"),
@@ -105,6 +106,8 @@ WRITING_CALLS = {  # module.function
 WRITING_METHODS = {"write_text", "write_bytes", "mkdir", "touch", "unlink", "rmdir", "rename", "symlink_to",
                    "hardlink_to"}  # pathlib.Path's (no str or dict method has these names)
 WRITING_FUNCTIONS = {"write_text_atomic"}  # graphvla.fileio's, imported by name
+STARTING_CALLS = {("subprocess", "run"), ("subprocess", "Popen"), ("subprocess", "call"), ("subprocess", "check_call"),
+                  ("subprocess", "check_output"), ("os", "system")}  # a stage in a process is a runner's work too
 
 
 def _open_mode(call: ast.Call):
@@ -120,7 +123,8 @@ def _path_open_mode(call: ast.Call):
 
 
 def file_writes_and_classes(source: str, name: str) -> list[str]:
-    """'NAME:LINE: what' for each class definition and file-system write in a module's source."""
+    """'NAME:LINE: what' for each class definition, file-system write and process start in a module's
+    source."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ClassDef):
@@ -136,7 +140,7 @@ def file_writes_and_classes(source: str, name: str) -> list[str]:
             what = f"{f.id}()"
         elif isinstance(f, ast.Attribute):
             owner = f.value.id if isinstance(f.value, ast.Name) else None
-            if (owner, f.attr) in WRITING_CALLS:
+            if (owner, f.attr) in WRITING_CALLS | STARTING_CALLS:
                 what = f"{owner}.{f.attr}()"
             elif f.attr in WRITING_METHODS or f.attr in WRITING_FUNCTIONS:
                 what = f".{f.attr}()"
@@ -148,7 +152,7 @@ def file_writes_and_classes(source: str, name: str) -> list[str]:
     return found
 
 
-def test_command_modules_define_no_classes_and_write_no_files():
+def test_command_modules_define_no_classes_write_no_files_and_start_no_processes():
     found = []
     for path in sorted((REPO / "graphvla" / "commands").glob("*.py")):
         found += file_writes_and_classes(path.read_text(), str(path.relative_to(REPO)))
@@ -156,8 +160,9 @@ def test_command_modules_define_no_classes_and_write_no_files():
                        "functions:\n" + "\n".join(found))
 
 
-def test_the_commands_check_sees_classes_and_writes():
-    """The check above is not hollow: each kind of write, and a class, is found with its line."""
+def test_the_commands_check_sees_classes_writes_and_processes():
+    """The check above is not hollow: each kind of write, a class and a process start are found
+    with their lines."""
     source = textwrap.dedent("""\
         import json, os, shutil
         from pathlib import Path
@@ -168,11 +173,12 @@ def test_the_commands_check_sees_classes_and_writes():
             Path(p).write_text("x"); p.write_bytes(b""); p.mkdir(parents=True); p.open("w")
             json.dump(doc, p); shutil.copytree(p, p); os.replace(p, p); write_text_atomic(p, "x")
             open(p).read(); p.read_text(); json.dumps(doc); "a".replace("a", "b"); p.open()
+            subprocess.run(["graphvla", "train"])
         """)
     found = file_writes_and_classes(source, "m.py")
     assert found[0] == "m.py:3: class Adapter"
     lines = sorted(int(f.split(":")[1]) for f in found)
-    assert lines == [3, 6, 6, 6, 7, 7, 7, 7, 8, 8, 8, 8], found  # line 9 only reads
+    assert lines == [3, 6, 6, 6, 7, 7, 7, 7, 8, 8, 8, 8, 10], found  # line 9 only reads
 
 
 def cli_launches(source: str, name: str) -> list[str]:
