@@ -1,6 +1,6 @@
 """backbone.hf_vlm's Qwen3-VL as a tensor graph torch.export can trace, for one camera resolution
-(runners/export.py uses it): `TensorQwen3VL(block, grid)` and the Python pre-step that feeds it,
-`processor_tensors(processor, images, texts, grid)`.
+(runners/export.py uses it): `TensorQwen3VL(block, grid)`, fed by the block's processor step
+(processors/hf_vlm.py VLMProcessor), which runs before the graph.
 
 What transformers' Qwen3-VL forward does with data-dependent values, and what replaces it here
 (the weights and every other op are the model's own modules, so the result equals the eager block):
@@ -61,28 +61,6 @@ def static_grid(block, views: int, height: int, width: int) -> StaticGrid:
         raise ValueError(f"the processor gives the {views} views of {height}x{width} the grids {grid.tolist()}; "
                          "the exported path takes one equal grid [1, h, w] per image")
     return StaticGrid(views, t, h, w, int(block.model.config.vision_config.spatial_merge_size))
-
-
-def processor_tensors(processor, images: torch.Tensor, texts: list, grid: StaticGrid) -> dict:
-    """What the block's processor makes of a batch (images [B, V, C, H, W] in [0, 1], instructions),
-    as the exported graph takes it: pixel_values [B, V * patches, features], input_ids and
-    attention_mask [B, tokens] (int64, right-padded). ValueError when an image does not have the
-    grid the graph was exported for; the processor itself refuses text with image placeholders."""
-    import warnings
-
-    from .hf_vlm import encode_cpu
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        enc = encode_cpu(processor, images.detach().float().cpu().clamp(0, 1), list(texts))
-    want = [grid.t, grid.h, grid.w]
-    got = enc["image_grid_thw"].tolist()
-    if any(row != want for row in got):
-        raise ValueError(f"the processor made image grids {got}, but the graph was exported for {want} per image "
-                         f"(images of {tuple(images.shape[-2:])})")
-    b = images.shape[0]
-    return {"pixel_values": enc["pixel_values"].float().reshape(b, grid.views * grid.patches, -1),
-            "input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
 
 
 class TensorQwen3VL(nn.Module):
