@@ -204,12 +204,15 @@ class ParityReport:
     export: str | None = None
     atol: float = 1e-5
     mismatches: list = field(default_factory=list)  # messages naming the port and the frame
+    unmatched: list = field(default_factory=list)  # inference blocks training does not run
 
     def format(self) -> str:
         lines = [f"parity of {self.run} on {self.data}: {len(self.frames)} frames of stream '{self.stream}' "
                  f"(max |diff| per port, tolerance {self.atol:g})",
                  "block inputs, training collate vs Policy:"]
         lines += [f"  {port:32s} {_fmt(d)}" for port, (d, _) in self.inputs.items()]
+        if self.unmatched:
+            lines.append(f"  (not compared: {', '.join(self.unmatched)} run only at inference)")
         if self.export is not None:
             lines.append(f"actions, Policy vs export {self.export}:")
             lines += [f"  {name:32s} {_fmt(d)}" for name, (d, _) in self.actions.items()]
@@ -461,6 +464,8 @@ def run_parity(run, data=None, export=None, frames: int = 4, seed: int = 0, atol
         recorder.close()
     inferred = recorder.by_block(cg, infer_ids)
     for bid in infer_ids:
+        if bid in inferred and bid not in trained:
+            report.unmatched.append(f"{bid} ({cg.block(bid).type_name})")
         if bid not in inferred or bid not in trained:
             continue
         a, b = trained[bid], inferred[bid]
