@@ -53,8 +53,9 @@ def test_compile_prints_summary_and_code(write_spec):
     out = result.output
     assert "fingerprint" in out and "head.mlp" in out and "inputs.actions" in out
     assert "# train graph, stream 'action'" in out and "# inference graph" in out
-    assert "def forward(self, images, instruction, state, actions):" in out
-    assert "def forward(self, images, instruction, state):" in out
+    # the instruction reaches the graphs as the ids its text step made (the preprocess pipeline)
+    assert "def forward(self, images, state, actions, language_ids):" in out
+    assert "def forward(self, images, state, language_ids):" in out
 
 
 def test_warnings_go_to_stderr_and_keep_exit_0(write_spec):
