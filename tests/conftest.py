@@ -31,6 +31,34 @@ def graph_text(graph: str = "tiny/mlp", *overrides: str) -> str:
     return load_spec(graph, list(overrides), validate=False).to_yaml()
 
 
+def flow_yaml(data: dict) -> str:
+    """YAML text of spec data as the packaged graphs write it: every map that holds no map (a port,
+    a block's `in` and `with`, a loss) on one line in flow style, the rest in block style."""
+    import yaml
+
+    class Flow(dict):
+        pass
+
+    def mark(value, top=False):
+        if isinstance(value, dict):
+            marked = {k: mark(v) for k, v in value.items()}
+            return marked if top or any(isinstance(v, dict) for v in value.values()) else Flow(marked)
+        return [mark(v) for v in value] if isinstance(value, list) else value
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    Dumper.add_representer(Flow, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v.items(), flow_style=True))
+    Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+    return yaml.dump(mark(data, top=True), Dumper=Dumper, sort_keys=False)
+
+
+def line_of(text: str, snippet: str) -> int:
+    """The 1-based number of the first line of `text` that holds `snippet` (where a test expects a
+    located error)."""
+    return next(i for i, line in enumerate(text.splitlines(), 1) if snippet in line)
+
+
 def state_graph(dim: int, blocks: dict, outputs: dict, losses: dict | None = None) -> str:
     """The YAML text of a graph of one state input and `blocks`: for block types only a test
     registers, which no packaged graph holds. The one definition of such a graph."""

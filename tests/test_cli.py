@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from click.testing import CliRunner
+from conftest import line_of
 from test_spec import BASE
 
 from graphvla.cli import main
@@ -26,12 +27,14 @@ def test_validate_ok(write_spec):
 
 
 def test_validate_reports_every_error_with_location_and_exit_1(write_spec):
-    path = write_spec("bad.yaml", BASE.replace("    with: {hidden: 64}", "    wiht: {hidden: 64}").replace("type: glue.fuse", "type: glue.fus"))
+    bad = BASE.replace("    with: {hidden: 64}", "    wiht: {hidden: 64}").replace("type: glue.fuse", "type: glue.fus")
+    path = write_spec("bad.yaml", bad)
     result = run("validate", path)
     assert result.exit_code == 1
     assert "2 errors in spec:" in result.output
-    assert f"{path}:24:5: error: blocks.head.wiht: unknown key 'wiht' (did you mean 'with'?) [block head]" in result.output
-    assert f"{path}:18:11: error: blocks.fuse.type: unknown block type 'glue.fus' (did you mean 'glue.fuse'?)" in result.output
+    typo, kind = line_of(bad, "wiht:"), line_of(bad, "glue.fus")
+    assert f"{path}:{typo}:5: error: blocks.head.wiht: unknown key 'wiht' (did you mean 'with'?) [block head]" in result.output
+    assert f"{path}:{kind}:11: error: blocks.fuse.type: unknown block type 'glue.fus' (did you mean 'glue.fuse'?)" in result.output
     assert "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit)
 

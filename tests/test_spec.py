@@ -6,42 +6,17 @@ import textwrap
 
 import pytest
 import yaml
-from conftest import spec_issues
+from conftest import flow_yaml, line_of, spec_issues
 
 from graphvla import SpecError, load_spec, validate_graph
 
-BASE = """\
-graphvla: 1
-name: base
-inputs:
-  images: {kind: image, views: 1, size: [32, 32]}
-  instruction: {kind: text}
-  state: {kind: state, dim: 8}
-  actions: {kind: action, dim: 4, horizon: 8, train_only: true}
-blocks:
-  vision:
-    type: encoder.image
-    in: {images: inputs.images}
-    with: {width: 32, patch: 16, layers: 1}
-  language:
-    type: encoder.text
-    in: {text: inputs.instruction}
-    with: {width: 32}
-  fuse:
-    type: glue.fuse
-    in: {a: vision.hidden, b: language.pooled}
-    with: {width: 32}
-  head:
-    type: head.mlp
-    in: {context: fuse.hidden, state: inputs.state, target: inputs.actions}
-    with: {hidden: 64}
-losses:
-  action: {from: head.loss, weight: 1.0}
-outputs:
-  actions: head.actions
-trainer:
-  betas: [0.9, 0.95]
-"""
+# tiny/mlp at 32x32 with smaller blocks, no state in the fusion and a trainer section, as text
+# (leaf maps on one line): the document the loader, locator and did-you-mean tests edit and locate in
+BASE = flow_yaml(load_spec("tiny/mlp", [
+    "name=base", "inputs.images.size=[32, 32]", "blocks.vision.with={width: 32, patch: 16, layers: 1}",
+    "blocks.language.with.width=32", "blocks.fuse.in={a: vision.hidden, b: language.pooled}", "blocks.fuse.with.width=32",
+    "blocks.head={type: head.mlp, in: {context: fuse.hidden, state: inputs.state, target: inputs.actions}, "
+    "with: {hidden: 64}}", "trainer={betas: [0.9, 0.95]}"], validate=False).data)
 
 
 # --- extends ---------------------------------------------------------------------------------
@@ -68,7 +43,7 @@ def test_extends_deep_merges_maps_and_child_wins(write_spec):
     assert spec.locate(("blocks", "head", "with", "layers")).file == str(child)
     assert spec.locate(("blocks", "head", "with", "layers")).line == 5
     base_loc = spec.locate(("blocks", "head", "with", "hidden"))
-    assert base_loc.file.endswith("base.yaml") and base_loc.line == 24
+    assert base_loc.file.endswith("base.yaml") and base_loc.line == line_of(BASE, "with: {hidden: 64}")
 
 
 def test_extends_lists_replace_not_append(write_spec):
@@ -113,7 +88,7 @@ def test_extends_null_removal_of_a_wired_input_is_reported(write_spec):
     issues = spec_issues(validate_graph, child)
     [issue] = issues
     assert issue.path == ("blocks", "head", "in", "state") and "no input 'state'" in issue.message
-    assert issue.location.file.endswith("base.yaml") and issue.location.line == 23
+    assert issue.location.file.endswith("base.yaml") and issue.location.line == line_of(BASE, "state: inputs.state")
 
 
 def test_extends_list_of_bases_merges_in_order(write_spec):
@@ -206,12 +181,12 @@ def test_every_error_has_file_line_column_path_and_block(write_spec):
     issues = spec_issues(validate_graph, path)
     by_path = {i.path: i for i in issues}
     typo = by_path[("blocks", "head", "wiht")]
-    assert (typo.location.file, typo.location.line, typo.location.col) == (str(path), 24, 5)
+    assert (typo.location.file, typo.location.line, typo.location.col) == (str(path), line_of(bad, "wiht:"), 5)
     assert typo.block == "head" and typo.hint == "did you mean 'with'?"
     kind = by_path[("blocks", "fuse", "type")]
-    assert kind.block == "fuse" and "did you mean 'glue.fuse'" in kind.hint and kind.location.line == 18
+    assert kind.block == "fuse" and "did you mean 'glue.fuse'" in kind.hint and kind.location.line == line_of(bad, "glue.fusion")
     text = str(SpecError(issues))
-    assert f"{path}:24:5: error: blocks.head.wiht: unknown key 'wiht'" in text and "[block head]" in text
+    assert f"{path}:{typo.location.line}:5: error: blocks.head.wiht: unknown key 'wiht'" in text and "[block head]" in text
 
 
 def test_all_errors_are_reported_at_once():
@@ -259,9 +234,9 @@ def test_input_fields_are_checked_per_kind():
 def test_duplicate_keys_are_errors_with_both_lines(write_spec):
     path = write_spec("dup.yaml", BASE.replace("  head:\n", "  fuse:\n"))
     [issue] = spec_issues(validate_graph, path)
-    assert "duplicate key 'fuse'" in issue.message and "line 17" in issue.message
+    assert "duplicate key 'fuse'" in issue.message and f"line {line_of(BASE, '  fuse:')}" in issue.message
     assert issue.path == ("blocks", "fuse") and issue.block == "fuse"
-    assert issue.location.line == 21 and issue.location.file == str(path)
+    assert issue.location.line == line_of(BASE, "  head:") and issue.location.file == str(path)
 
 
 def test_mapping_keys_keep_their_text():
@@ -308,7 +283,8 @@ def test_nan_inf_and_oversized_numbers_are_errors():
 
 def test_names_must_be_identifiers_and_not_reserved():
     issues = spec_issues(validate_graph, BASE.replace("  head:\n", "  héad:\n"))
-    assert any(i.message == "name 'héad' must be an identifier (letters, digits, _)" and i.location.line == 21 for i in issues)
+    assert any(i.message == "name 'héad' must be an identifier (letters, digits, _)"
+               and i.location.line == line_of(BASE, "  head:") for i in issues)
     issues = spec_issues(validate_graph, BASE.replace("  head:\n", "  training:\n").replace("head.", "training."))
     assert any("reserved" in i.message and i.block == "training" for i in issues)
 
