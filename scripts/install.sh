@@ -24,4 +24,4 @@ if ! $PY -c "import torch" >/dev/null 2>&1; then
     $PY -m pip install -q torch==2.13.0  # elsewhere: point pip at a CPU wheel index to avoid the CUDA build
   fi
 fi
-$PY -m pip install -q -e ".[test,sim,deepspeed,export]"
+$PY -m pip install -q -e ".[test,sim,deepspeed,export,pretrained]"

@@ -20,6 +20,7 @@ BUILTIN_MODULES = [
     "graphvla.blocks.aux.lm_loss",
     "graphvla.blocks.backbones.hf_vlm",
     "graphvla.blocks.backbones.world_model",
+    "graphvla.blocks.encoder.efficientnet_lite",
     "graphvla.blocks.encoders",
     "graphvla.blocks.fast",
     "graphvla.blocks.glue.fuse",
