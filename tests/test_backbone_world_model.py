@@ -7,6 +7,7 @@ import torch
 
 from graphvla.blocks.backbones.world_model import WorldModel
 from graphvla.blocks.base import BuildContext, ParamError, PortError, PortInfo
+from vlm_samples import through_step
 
 TEXTS = ["move right", "move down"]
 
@@ -25,7 +26,7 @@ def test_shapes_of_every_output():
     torch.manual_seed(0)
     wm = make(frames=2, history=1)
     imgs, hist, fut = torch.rand(2, 2, 3, 32, 32), torch.rand(2, 1, 3, 32, 32), torch.rand(2, 1, 3, 32, 32)
-    out = wm(images=imgs, text=TEXTS, history=hist, future_images=fut)
+    out = through_step(wm, images=imgs, text=TEXTS, history=hist, future_images=fut)
     n = 16  # (32 / 8)^2 patches per frame
     t = out["mask"].shape[1]
     assert out["hidden"].shape == (2, t, 32)
@@ -36,7 +37,7 @@ def test_shapes_of_every_output():
     # instruction bytes + start token + 3 frames of patches; padding only in the instruction
     assert t == 1 + len("move right") + 3 * n
     assert out["mask"][1, 1 + len("move down")] == False  # noqa: E712 (the shorter instruction's padding)
-    assert "future_loss" not in wm.predict(images=imgs, text=TEXTS, history=hist)
+    assert "future_loss" not in through_step(wm, "predict", images=imgs, text=TEXTS, history=hist)
 
 
 def test_earlier_frames_do_not_see_later_ones():
@@ -46,7 +47,7 @@ def test_earlier_frames_do_not_see_later_ones():
     b = a.clone()
     b[:, 1] = torch.rand(2, 3, 32, 32)  # change only the last frame
     with torch.no_grad():
-        ha, hb = wm(images=a, text=TEXTS)["hidden"], wm(images=b, text=TEXTS)["hidden"]
+        ha, hb = through_step(wm, images=a, text=TEXTS)["hidden"], through_step(wm, images=b, text=TEXTS)["hidden"]
     first_frame = slice(1 + len("move right"), 1 + len("move right") + 16)
     assert torch.allclose(ha[:, first_frame], hb[:, first_frame], atol=1e-6)
     assert not torch.allclose(ha[:, first_frame.stop:], hb[:, first_frame.stop:])
@@ -69,15 +70,15 @@ def test_learns_to_predict_the_next_frame():
     eval_imgs, eval_future = brightening(32, torch.Generator().manual_seed(99))
     texts = ["watch the light"] * 32
     with torch.no_grad():
-        before = float(wm(images=eval_imgs, text=texts, future_images=eval_future)["future_loss"])
+        before = float(through_step(wm, images=eval_imgs, text=texts, future_images=eval_future)["future_loss"])
     for _ in range(50):
         imgs, future = brightening(32, gen)
-        loss = wm(images=imgs, text=texts, future_images=future)["future_loss"]
+        loss = through_step(wm, images=imgs, text=texts, future_images=future)["future_loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        after = float(wm(images=eval_imgs, text=texts, future_images=eval_future)["future_loss"])
+        after = float(through_step(wm, images=eval_imgs, text=texts, future_images=eval_future)["future_loss"])
     # "the next frame is the current one" is the baseline to beat: it needs the trend over time
     copy_last = float(torch.nn.functional.mse_loss(wm.future_target(eval_imgs[:, 1:]), wm.future_target(eval_future)))
     assert after < before / 3, (before, after)

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import Block, InPort, OutPort, ParamError, PortError
-from ..encoders import byte_tokenize
+from ..base import Block, InPort, OutPort, ParamError, PortError, StepPorts
+from ...processors.block import bind
+from ...processors.text import ByteTokens, byte_tokenize
 from ..registry import register
 
 
@@ -103,11 +104,22 @@ class WorldModel(Block):
         x = x.flatten(2).transpose(1, 2).reshape(b, k, self.tokens_per_frame, -1)
         return x + self.patch_pos + self.frame_pos[:, :k]
 
-    def forward(self, images, text, history=None, future_images=None):
+    # the instruction's bytes are made by the processor step (processors/text.py ByteTokens) in
+    # the preprocess pipeline; forward takes them as `ids`
+    def step_ports(self, wired):
+        return StepPorts(("text",), {"ids": OutPort("tokens", doc="[B, L] instruction bytes + 1, 0 = padding")})
+
+    def processor_step(self, node=None, sources=None):
+        return bind(ByteTokens, self, node, sources, ("text",), ("ids",), self.params["max_text"])
+
+    def meta_forward(self, images, text, history=None, future_images=None):
+        return self.forward(images, byte_tokenize(text, self.params["max_text"]), history, future_images)
+
+    def forward(self, images, ids, history=None, future_images=None):
         frames = self.frames(images, history)
         b, k = frames.shape[:2]
         latents = self.encode_frames(frames)
-        ids = byte_tokenize(text, self.params["max_text"], self.text_embed.weight.device)
+        ids = ids.to(self.text_embed.weight.device)
         text_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=ids.device), ids != 0], dim=1)
         t = torch.cat([self.start.expand(b, -1, -1), self.text_embed(ids) + self.text_pos[:, : ids.shape[1]]], dim=1)
         n_text = t.shape[1]
@@ -160,5 +172,5 @@ class WorldModel(Block):
         small = small.reshape(b, c, gh, r, gw, r).permute(0, 2, 4, 1, 3, 5)  # [B, gh, gw, C, r, r]
         return small.reshape(b, gh * gw, c * r * r)
 
-    def predict(self, images, text, history=None):
-        return self.forward(images, text, history)
+    def predict(self, images, ids, history=None):
+        return self.forward(images, ids, history)
