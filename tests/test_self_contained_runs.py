@@ -41,7 +41,8 @@ def _train_move_and_reload(spec_file, inputs, tmp_path):
     shutil.move(str(tmp_path / "run"), moved)
     policy = graphvla.load_policy(moved)
     assert policy.metadata["fingerprint"] == spec.fingerprint  # still the trained graph's identity
-    np.testing.assert_allclose(policy.infer(_obs())["actions"], expected, rtol=1e-5, atol=1e-6)
+    # the checkpoint's tensors assigned to blocks built on meta: bit-identical to the trained model
+    np.testing.assert_array_equal(policy.infer(_obs())["actions"], expected)
     return moved
 
 
