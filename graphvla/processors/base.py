@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import ClassVar
 
 STEP_KINDS: dict[str, type] = {}
-# modules whose import registers step kinds a saved pipeline may name (blocks' steps register when
-# their block module is imported; these are the ones no block module imports)
-STEP_MODULES = ["graphvla.processors.normalize"]
+# modules whose import registers the step kinds a saved pipeline may name (normalization and the
+# blocks' steps), so loading one imports no block
+STEP_MODULES = ["graphvla.processors.normalize", "graphvla.processors.text", "graphvla.processors.fast",
+                "graphvla.processors.hf_vlm"]
 FORMAT = "graphvla-pipeline"
 VERSION = 1
 
