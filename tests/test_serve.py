@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -315,21 +316,39 @@ print("clean exit", server.served, flush=True)
 
 def test_sigterm_is_graceful():
     script = SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent), key_map=LIBERO)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue = queue.Queue()  # the server's output, line by line (None at its end)
+
+    def read():
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+
+    def line_starting(prefix: str, timeout=60) -> str:
+        """The server's next output line that starts with `prefix` (warnings may come between)."""
+        while True:
+            try:
+                line = lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"the server said nothing for {timeout} s") from None
+            assert line is not None, f"the server exited before it printed {prefix!r}"
+            if line.startswith(prefix):
+                return line.strip()
+
     try:
-        ready = proc.stdout.readline().split()
-        assert ready[:1] == ["ready"], proc.stderr.read()
-        c = WebsocketClientPolicy("127.0.0.1", int(ready[1]))
+        c = WebsocketClientPolicy("127.0.0.1", int(line_starting("ready ").split()[1]))
         obs = libero_obs(4)
         got = {}
         t = threading.Thread(target=lambda: got.setdefault("out", c.infer(obs)))
         t.start()
-        assert proc.stdout.readline().strip() == "entered"  # the request is inside the policy
+        line_starting("entered")  # the request is inside the policy
         os.kill(proc.pid, signal.SIGTERM)
         t.join(10)
-        out, _ = proc.communicate(timeout=20)
+        assert proc.wait(timeout=20) == 0
+        assert line_starting("clean exit") == "clean exit 1"  # it served the request, then exited
     finally:
         if proc.poll() is None:
             proc.kill()
     np.testing.assert_array_equal(got["out"]["actions"], expected_actions(as_ports(obs)))
-    assert proc.returncode == 0 and "clean exit 1" in out
