@@ -215,3 +215,17 @@ def test_a_row_cut_from_a_batch_gives_the_vlm_what_it_gets_alone():
     made = left_padded(vlm.model_inputs(both))
     for key in ("input_ids", "attention_mask"):
         assert torch.equal(made[key], left[key]), key
+
+
+def test_a_saved_pipeline_loads_without_importing_a_block(tmp_path):
+    import subprocess
+    import sys
+
+    cg = compile_graph(_spec("fast-lm"), device="cpu")
+    _, _, _, preprocess = _collated(cg, TailSamples())
+    preprocess.save(tmp_path)
+    code = ("import sys; from graphvla.processors.base import Pipeline; "
+            f"p = Pipeline.load({str(tmp_path)!r}, 'preprocess'); "
+            "print(','.join(s.kind for s in p), any(m.startswith('graphvla.blocks') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [",".join(s.kind for s in preprocess), "False"]
