@@ -162,6 +162,13 @@ def test_reset_clears_inference_caches(trained):
     assert not np.allclose(stale, expected, atol=1e-6)
     cached.reset()
     np.testing.assert_allclose(cached.infer(second)["actions"], expected, rtol=0, atol=1e-6)
+    # the cache is the policy's: the compiled graph only marks the block, and a second policy over
+    # the same compiled graph (same blocks, no weight copied) starts with caches of its own
+    assert cached.cg.every_k == {"vision": ("vision", 4, "forward")} and cached.has_caches and not fresh.has_caches
+    cached.infer(first)
+    other = Policy.from_compiled(cached.cg)
+    np.testing.assert_allclose(other.infer(second)["actions"], expected, rtol=0, atol=1e-6)
+    assert other.cg.model["vision"] is cached.cg.model["vision"]
 
 
 def test_read_only_observation_arrays_are_accepted_without_warnings(trained):
