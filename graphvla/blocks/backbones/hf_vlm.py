@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from ...processors.block import bind
-from ...processors.hf_vlm import (  # noqa: F401 - chat_prompts, encode_cpu: their home moved
-    IGNORE, VLMProcessor, append_answers, batch_first, chat_prompts, encode_cpu, text_answers)
+from ...processors.hf_vlm import (  # noqa: F401 - chat_prompts: its home moved
+    VLMProcessor, append_answers, chat_prompts, encode_cpu, text_answers)
 from ..base import Block, InPort, OutPort, ParamError, PortError, StepPorts, parameters_are_placeholders
 from ..registry import register
 from . import hf_config
@@ -206,22 +206,6 @@ class HFVLM(Block):
         return out
 
     # inputs --------------------------------------------------------------------------------
-    def prompts(self, text, views: int) -> list[str]:
-        """The chat-template prompt of each sample: V images then the instruction, as the user turn."""
-        return chat_prompts(self.processor, text, views)
-
-    def encode(self, images, text, answers=None, padding_side="right") -> dict:
-        """Processor outputs (input_ids, attention_mask, pixel_values, ...) and, with answers (a
-        list of token-id lists), `labels` that supervise the answer tokens (and the end of turn) only.
-        Generation pads on the left so that every prompt ends where decoding starts."""
-        b, v = images.shape[:2]
-        if len(text) != b:
-            raise ValueError(f"{len(text)} instructions for a batch of {b} images")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            enc = self._encode_cpu(images.detach().float().cpu().clamp(0, 1), list(text), answers, padding_side)
-        return self._on_model(enc)
-
     def _on_model(self, enc: dict) -> dict:
         device = self.model.device
         dtype = self.model.dtype
