@@ -128,3 +128,21 @@ def test_a_run_without_recorded_data_needs_data(mlp_run, metaworld_data, tmp_pat
     assert result.exit_code == 1 and "no data.json says what it was trained on; pass --data DATA" in result.output
     result = invoke("check", "tiny/mlp", "--data", metaworld_data)
     assert result.exit_code == 1 and "--data and --export go with --parity" in result.output
+
+
+@pytest.mark.slow
+def test_a_co_training_graph_is_checked_on_its_action_stream(metaworld_data, tmp_path):
+    """Two streams (actions, and image-text answers for the VLM): the trainer sets up both, the
+    check draws its frames from the stream that trains the action head."""
+    from test_demo_vqa import robot_yaml
+
+    from graphvla.data.demo_vqa import write_demo_vqa
+    from graphvla.spec.library import graphs_root
+
+    write_demo_vqa(robot_yaml(tmp_path, metaworld_data), tmp_path / "vqa", every=10)
+    graph = graphs_root() / "sweeps" / "backbones" / "qwen3vl-oft-cotrain.yaml"
+    run = train(graph, tmp_path / "vqa" / "data.yaml", tmp_path / "run")
+    result = invoke("check", run, "--parity", "--frames", 2)
+    assert result.exit_code == 0, result.output
+    assert "2 frames of stream 'action'" in result.output and result.output.strip().endswith("ok")
+    assert {"vlm.input_ids", "vlm.pixel_values", "head.context", "head.state"} <= set(port_lines(result.output))

@@ -377,14 +377,15 @@ class _Sequential:
 
 
 class _FixedFrames:
-    """The run's DataBundle whose sampler yields the chosen frames in order."""
+    """The run's DataBundle whose samplers yield the chosen frames in order (the other streams of
+    a co-training graph are set up by the trainer but never drawn from)."""
 
-    def __init__(self, bundle, stream, indices):
-        self.streams, self.stats, self.warnings = {stream: bundle.streams[stream]}, bundle.stats, bundle.warnings
+    def __init__(self, bundle, indices):
+        self.streams, self.stats, self.warnings = bundle.streams, bundle.stats, bundle.warnings
         self._indices = indices
 
     def sampler(self, stream, **_):
-        return _Sequential(self._indices)
+        return _Sequential([i for i in self._indices if i < len(self.streams[stream])] or [0])
 
 
 def _training_inputs(ckpt, policy, bundle, stream, indices, infer_ids) -> dict:
@@ -409,7 +410,7 @@ def _training_inputs(ckpt, policy, bundle, stream, indices, infer_ids) -> dict:
     cg = compile_for_training(spec)
     cg.model.load_state_dict(policy.cg.model.state_dict())
     with tempfile.TemporaryDirectory(prefix="graphvla-parity-") as run_dir:
-        trainer = Trainer(cg, _FixedFrames(bundle, stream, indices), run_dir, progress=False)
+        trainer = Trainer(cg, _FixedFrames(bundle, indices), run_dir, progress=False)
         model = cg.model
         trainer.modes.apply = model.eval  # compare data paths, not dropout or augmentation
         trainer.schedule.stream_at = lambda step: stream
