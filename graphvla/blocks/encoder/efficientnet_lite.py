@@ -278,6 +278,10 @@ def pretrained_state(variant: str, weights: str, resolve=Path) -> dict[str, torc
 
 
 # the block --------------------------------------------------------------------------------------
+STAGE_LIST = {"oneOf": [{"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": LAST_STAGE}},
+                        {"enum": ["all", "none"]}]}
+
+
 def _stage_list(value, last: int, key: str) -> list[int]:
     if value == "all":
         return list(range(last + 1))
@@ -300,8 +304,6 @@ class EfficientNetLiteEncoder(Block):
         "pooled": OutPort("hidden", doc="per view, the mean feature [B, V*C] (pool: mean) or K keypoints "
                                         "[B, V*K*2] (pool: spatial_softmax, x and y in [-1, 1])"),
     }
-    _stages = {"oneOf": [{"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": LAST_STAGE}},
-                         {"enum": ["all", "none"]}]}
     params_schema = {
         "type": "object",
         "properties": {
@@ -311,7 +313,7 @@ class EfficientNetLiteEncoder(Block):
                                        "(random init), a .safetensors file or the published .pth"},
             "stage": {"type": "integer", "minimum": 0, "maximum": LAST_STAGE, "default": LAST_STAGE,
                       "description": "the stage whose features come out: 0 stem, 1-7 MBConv stages, 8 head conv"},
-            "trainable_stages": {**_stages, "default": "none",
+            "trainable_stages": {**STAGE_LIST, "default": "none",
                                  "description": "stages that fine-tune; the others are frozen (batch norm included)"},
             "pool": {"enum": ["mean", "spatial_softmax"], "default": "mean"},
             "keypoints": {"type": "integer", "minimum": 1, "default": 32,
