@@ -16,6 +16,7 @@ loading fails naming the file, the block key and the expected sha256."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -60,8 +61,6 @@ def sha256_of(path: Path, cache: dict | None = None) -> str:
 
 def write_assets(spec, ckpt_dir: Path, cache: dict | None = None) -> dict:
     """Copy the spec's files into ckpt_dir/assets and return the manifest (also written as assets.json)."""
-    from .checkpoint import write_json
-
     manifest = {}
     for bid, key, value, src in path_params(spec):
         dest = Path(ASSETS_DIR) / bid / key
@@ -84,14 +83,12 @@ def write_assets(spec, ckpt_dir: Path, cache: dict | None = None) -> dict:
             else:
                 shutil.copy2(f, target)
         manifest.setdefault(bid, {})[key] = entry
-    write_json(ckpt_dir / MANIFEST, manifest)
+    (ckpt_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")  # checkpoint.py writes through this module
     return manifest
 
 
 def _manifest(ckpt: Path) -> dict:
-    from .checkpoint import read_json
-
-    return read_json(ckpt / MANIFEST) if (ckpt / MANIFEST).is_file() else {}
+    return json.loads((ckpt / MANIFEST).read_text()) if (ckpt / MANIFEST).is_file() else {}
 
 
 def localized_values(ckpt: Path) -> dict:
