@@ -229,3 +229,14 @@ def test_a_saved_pipeline_loads_without_importing_a_block(tmp_path):
             "print(','.join(s.kind for s in p), any(m.startswith('graphvla.blocks') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == [",".join(s.kind for s in preprocess), "False"]
+
+
+def test_a_step_wired_to_a_value_the_graph_computes_is_a_compile_error():
+    from graphvla.errors import SpecError
+
+    with pytest.raises(SpecError) as e:
+        compile_graph("tiny/fast", ["blocks.guess={type: head.mlp, in: {context: vlm.hidden, target: inputs.actions}}",
+                                    "blocks.head.in.target=guess.actions", "losses.guess={from: guess.loss}"])
+    msg = str(e.value)
+    assert "blocks.head.in.target" in msg and "edge guess.actions -> head.target" in msg
+    assert "processor step reads 'target' before the graph runs" in msg
