@@ -167,3 +167,17 @@ def test_noise_of_the_wrong_shape_is_refused():
         for bad in (torch.zeros(N, H, A + 1), torch.zeros(N - 1, H, A), torch.zeros(N, H * A)):
             with pytest.raises(ValueError, match=f"noise must be \\[batch, horizon, action dim\\] = \\[{N}, {H}, {A}\\]"):
                 head.predict(context=context, noise=bad)
+
+
+def test_noise_is_a_reserved_name():
+    """`noise` is the inference graph's argument for a sampling head's starting noise: no input and
+    no block may take the name."""
+    from conftest import graph_text, spec_issues
+
+    from graphvla import validate_graph
+
+    text = graph_text("tiny/pi")
+    issues = spec_issues(validate_graph, text.replace("\n  state:", "\n  noise:").replace("inputs.state", "inputs.noise"))
+    assert any(i.message == "input name 'noise' is reserved; rename the input" for i in issues)
+    issues = spec_issues(validate_graph, text.replace("\n  head:", "\n  noise:").replace("head.", "noise."))
+    assert any("reserved" in i.message and i.block == "noise" for i in issues)

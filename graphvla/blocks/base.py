@@ -163,7 +163,7 @@ class Block(nn.Module):
     in_ports: ClassVar[dict] = {}
     out_ports: ClassVar[dict] = {}
     params_schema: ClassVar[dict] = {"type": "object", "properties": {}, "additionalProperties": False}
-    # Extra keyword arguments `predict` takes at run time (e.g. 'generator', 'num_steps'). The
+    # Extra keyword arguments `predict` takes at run time (e.g. 'noise', 'num_steps'). The
     # inference graph exposes them as optional arguments and passes them through.
     predict_kwargs: ClassVar[tuple] = ()
 

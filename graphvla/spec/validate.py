@@ -12,7 +12,7 @@ from ..errors import IssueList, article, did_you_mean
 from .schema import COMMON_INPUT_FIELDS, INPUT_FIELDS, SPEC_VERSION, spec_schema
 
 MAX_INT = 2**63 - 1
-RESERVED_BLOCK_IDS = {"inputs", "outputs", "losses", "loss", "self", "training", "generator"}
+RESERVED_BLOCK_IDS = {"inputs", "outputs", "losses", "loss", "self", "training", "generator", "noise"}
 
 
 def _is_reserved_attr(name: str) -> bool:
