@@ -139,6 +139,21 @@ def test_a_changed_graph_file_is_refused(mt10, exported, tmp_path):
         load_exported(copy)
 
 
+def test_an_export_from_before_the_saved_steps_is_refused_with_how_to_convert(exported, tmp_path):
+    """Version 1 folders tokenized by the manifest alone (no saved processor steps): refused, saying
+    to export the checkpoint again."""
+    import shutil
+
+    copy = tmp_path / "old"
+    shutil.copytree(exported, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["version"] = 1
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="version 1 is not supported \\(this graphvla reads version 2\\); export the "
+                                         "checkpoint again"):
+        load_exported(copy)
+
+
 def test_onnx_answers_what_the_checkpoint_answers(mt10):
     require_onnx()
     root, policy = mt10
