@@ -23,7 +23,7 @@ part of the previous one that has not run yet. At each Euler step the predicted 
 A1 = x + (1 - tau) v is pulled towards `target` by the vector-Jacobian product
 ((target - A1) * weights)^T dA1/dx, scaled by min(max_guidance, (1 - tau) / (tau r^2)) with
 r^2 = (1 - tau)^2 / (tau^2 + (1 - tau)^2) (their Pi-GDM weight, clipped at beta). The weights come
-from the runner (runners/rtc.py): 1 on the steps that run before the new chunk arrives, decaying
+from the policy (policy/rtc.py): 1 on the steps that run before the new chunk arrives, decaying
 over the rest of the overlap, 0 after. Rows whose weights are all 0 are sampled as without it.
 """
 from __future__ import annotations
