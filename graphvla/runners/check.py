@@ -456,7 +456,10 @@ def run_parity(run, data=None, export=None, frames: int = 4, seed: int = 0, atol
     infer_ids = cg.infer_block_ids()
 
     # (a) the trainer's path and (b) the policy's, recorded block by block
-    trained = _training_inputs(ckpt, policy, bundle, stream, indices, infer_ids)
+    try:
+        trained = _training_inputs(ckpt, policy, bundle, stream, indices, infer_ids)
+    except Exception as e:  # reported as the path it happened in
+        raise CheckFailed(f"the training collate path failed on frames {indices}: {type(e).__name__}: {e}") from e
     observations = _observations(policy, dataset, indices)
     recorder = _CallRecorder(cg.model, sorted({cg.block(b).owner for b in infer_ids}))
     try:
