@@ -2,8 +2,8 @@
 tokenizer, a VLM's model folder with its processor and tokenizer) live in a temporary folder,
 delete that folder, move the run, and load_policy must predict the same actions. Large base
 weights may be referenced instead of copied: a checkpoint holding every weight loads without them
-(bit-identical actions); one that keeps a block's base by reference reads it, and names a missing
-or changed file with its sha256."""
+(bit-identical actions); one that leaves a block's frozen base to them (trainer.base_weights:
+reference) reads it, and names a missing or changed file with its sha256."""
 import shutil
 from pathlib import Path
 
@@ -112,43 +112,40 @@ def test_a_checkpoint_with_every_weight_loads_without_its_referenced_base_weight
     assert not [n for n, t in policy.cg.model.state_dict().items() if t.is_meta]
 
 
-def _keep_base_by_reference(ckpt, adapters_only: bool):
-    """Drop from model.safetensors the VLM weights its base file holds, as a checkpoint that keeps a
-    frozen base by reference stores it (all of vlm.*, or all but the LoRA adapters)."""
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [["blocks.vlm.train.freeze=true"], ["blocks.vlm.train.lora.r=4"]],
+                         ids=["frozen", "lora"])
+def test_base_weights_reference_leaves_the_frozen_base_out_and_load_policy_reads_it(tmp_path, monkeypatch, overrides):
+    """trainer.base_weights=reference: model.safetensors holds the head and the adapters, not the VLM's
+    frozen base; load_policy and --resume read it from the referenced file, and name it (path and
+    sha256) when it is missing or changed."""
     from safetensors.torch import load_file, save_file
 
-    state = load_file(str(ckpt / "model.safetensors"))
-    kept = {k: v for k, v in state.items() if not k.startswith("vlm.") or (adapters_only and ".lora_" in k)}
-    assert len(kept) < len(state)
-    save_file(kept, str(ckpt / "model.safetensors"))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("overrides,adapters_only", [(["blocks.vlm.train.freeze=true"], False),
-                                                     (["blocks.vlm.train.lora.r=4"], True)], ids=["frozen", "lora"])
-def test_a_base_kept_by_reference_is_read_checked_and_named_when_missing(tmp_path, monkeypatch, overrides, adapters_only):
-    ckpt, weights, ref, expected = _referenced_run(tmp_path, monkeypatch, overrides)
-    complete = (ckpt / "model.safetensors").read_bytes()
-    _keep_base_by_reference(ckpt, adapters_only)
-    # the base file is there: the block's missing weights come from it, the rest from the checkpoint
-    np.testing.assert_allclose(graphvla.load_policy(ckpt).infer(_obs())["actions"], expected, rtol=0, atol=1e-6)
-    if adapters_only:  # a base file holds no adapter: a missing one is refused, not filled with a fresh one
-        from safetensors.torch import load_file, save_file
-
-        state = load_file(str(ckpt / "model.safetensors"))
-        adapter = sorted(k for k in state if ".lora_" in k)[0]
-        save_file({k: v for k, v in state.items() if k != adapter}, str(ckpt / "model.safetensors"))
+    lora = "lora" in overrides[0]
+    ckpt, weights, ref, expected = _referenced_run(tmp_path, monkeypatch, ["trainer.base_weights=reference", *overrides])
+    stored = load_file(str(ckpt / "model.safetensors"))
+    in_vlm = [k for k in stored if k.startswith("vlm.")]
+    assert any(k.startswith("head.") for k in stored)
+    assert (in_vlm and all(".lora_" in k for k in in_vlm)) if lora else not in_vlm
+    # the base file is there: the block's frozen weights come from it, the rest from the checkpoint
+    np.testing.assert_array_equal(graphvla.load_policy(ckpt).infer(_obs())["actions"], expected)
+    spec = load_spec(str(tmp_path / "inputs" / "graph.yaml"), ["trainer.max_steps=2", "trainer.batch_size=2",
+                                                               "trainer.warmup_steps=1", "trainer.base_weights=reference",
+                                                               *overrides])
+    resumed = Trainer.from_spec(spec, _bundle(Samples(4)), tmp_path / "run", progress=False, resume=True).run()
+    assert resumed.step == 2
+    if lora:  # a base file holds no adapter: a missing one is refused, not filled with a fresh one
+        adapter = sorted(in_vlm)[0]
+        save_file({k: v for k, v in stored.items() if k != adapter}, str(ckpt / "model.safetensors"))
         with pytest.raises(ValueError, match=rf"do not fit .*missing {adapter}"):
             graphvla.load_policy(ckpt)
-        (ckpt / "model.safetensors").write_bytes(complete)
-        _keep_base_by_reference(ckpt, adapters_only)
     original = weights.read_bytes()
     weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
     with pytest.raises(ValueError, match=rf"{weights.resolve()}.*changed.*{ref['sha256']}"):
-        graphvla.load_policy(ckpt)
+        graphvla.load_policy(tmp_path / "run")
     weights.unlink()
     with pytest.raises(FileNotFoundError, match=rf"{weights.resolve()} \(sha256 {ref['sha256']}.*blocks.vlm.with.model"):
-        graphvla.load_policy(ckpt)
+        graphvla.load_policy(tmp_path / "run")
 
 
 def test_a_checkpoint_missing_weights_of_a_block_without_references_does_not_fit(tmp_path):

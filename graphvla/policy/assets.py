@@ -87,7 +87,7 @@ def write_assets(spec, ckpt_dir: Path, cache: dict | None = None) -> dict:
     return manifest
 
 
-def _manifest(ckpt: Path) -> dict:
+def read_manifest(ckpt: Path) -> dict:
     return json.loads((ckpt / MANIFEST).read_text()) if (ckpt / MANIFEST).is_file() else {}
 
 
@@ -97,19 +97,19 @@ def localized_values(ckpt: Path) -> dict:
     a checkpoint that holds every weight loads without them (check_references when it does not)."""
     ckpt = Path(ckpt)
     return {(bid, key): str((ckpt / entry["path"]).resolve())
-            for bid, keys in _manifest(ckpt).items() for key, entry in keys.items()}
+            for bid, keys in read_manifest(ckpt).items() for key, entry in keys.items()}
 
 
 def has_references(ckpt: Path, bid: str) -> bool:
     """Whether block `bid`'s files in the checkpoint reference base weights kept outside it."""
-    return any(entry.get("referenced") for entry in _manifest(Path(ckpt)).get(bid, {}).values())
+    return any(entry.get("referenced") for entry in read_manifest(Path(ckpt)).get(bid, {}).values())
 
 
 def check_references(ckpt: Path, bid: str) -> None:
     """Check (path, size, sha256) every base weight file block `bid` references; raises naming the
     file, the block key and the expected sha256 when one is missing or changed."""
     ckpt = Path(ckpt)
-    for key, entry in _manifest(ckpt).get(bid, {}).items():
+    for key, entry in read_manifest(ckpt).get(bid, {}).items():
         for ref in entry.get("referenced", []):
             _check_reference(ckpt, bid, key, ref)
 

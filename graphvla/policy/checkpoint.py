@@ -138,25 +138,67 @@ def read_json(path: Path):
 
 # what load_policy reads ---------------------------------------------------------------------------
 def write_policy_files(d: Path, spec, preprocess, postprocess, normalization: dict | None = None,
-                       asset_hashes: dict | None = None, model=None) -> None:
+                       asset_hashes: dict | None = None, model=None, base_weights: str = "copy") -> None:
     """The inference half of a checkpoint, into folder `d`: model.safetensors (from `model`; a
     sharded engine gathers and writes its own), spec.yaml, graph.json (name, fingerprint, where the
     spec lived), normalization.json (when given), the pipelines and the files the blocks read
-    (assets.py). Training writes its runs through this; load_policy reads them back."""
+    (assets.py). base_weights='reference' (trainer.base_weights) leaves out of model.safetensors
+    the frozen weights of the blocks whose base weight files assets.json references. Training
+    writes its runs through this; load_policy reads them back."""
     from .assets import write_assets
 
     d = Path(d)
+    manifest = write_assets(spec, d, asset_hashes)  # tokenizers, processors, configs: the run is self-contained
     if model is not None:
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file, save_model
 
-        save_model(model, str(d / "model.safetensors"))  # tied tensors once; load_policy ties them again
+        if base_weights == "reference":
+            left = left_to_base_files(model, referenced_blocks(manifest))
+            save_file(_unique_tensors(model, left), str(d / "model.safetensors"), metadata={"format": "pt"})
+        else:
+            save_model(model, str(d / "model.safetensors"))  # tied tensors once; load_policy ties them again
     (d / "spec.yaml").write_text(spec.to_yaml())
     write_json(d / "graph.json", {"name": spec.name, "fingerprint": spec.fingerprint,
                                   "spec_file": str(Path(spec.file).resolve()) if spec.file else None})
     if normalization is not None:
         write_json(d / "normalization.json", normalization)
     write_pipelines(d, preprocess, postprocess)
-    write_assets(spec, d, asset_hashes)  # tokenizers, processors, configs: the run is self-contained
+
+
+def referenced_blocks(manifest: dict) -> set:
+    """The blocks whose files in an assets.json manifest reference base weight files."""
+    return {bid for bid, keys in manifest.items() if any(entry.get("referenced") for entry in keys.values())}
+
+
+def left_to_base_files(model, blocks) -> set:
+    """Names of the weights a base_weights='reference' checkpoint leaves to the base files of
+    `blocks`: their frozen parameters (a frozen block's, a LoRA block's base), never an adapter or
+    a trained tensor (added token rows train)."""
+    return {n for n, p in model.named_parameters(remove_duplicate=False)
+            if n.split(".", 1)[0] in blocks and not p.requires_grad and ".lora_" not in n}
+
+
+def weights_left_to_base_files(ckpt: Path, model) -> set:
+    """For resuming: the names `model`'s weights that checkpoint `ckpt` leaves to referenced base
+    files (their blocks were built from those files), after checking the files by sha256."""
+    from .assets import check_references, read_manifest
+
+    blocks = referenced_blocks(read_manifest(Path(ckpt)))
+    for bid in blocks:
+        check_references(ckpt, bid)
+    return left_to_base_files(model, blocks)
+
+
+def _unique_tensors(model, leave_out) -> dict:
+    """model's state, each tied tensor once (as safetensors' save_model writes it), without `leave_out`."""
+    seen, keep = set(), {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        if name not in leave_out:
+            keep[name] = t.detach().contiguous()
+    return keep
 
 
 # processing pipelines ---------------------------------------------------------------------------

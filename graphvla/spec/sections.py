@@ -23,6 +23,10 @@ TRAINER = {
         "log_every": {"type": "integer", "minimum": 1, "default": 10},
         "save_every": {"type": "integer", "minimum": 1, "default": 500},
         "keep_last": {"type": "integer", "minimum": 1, "default": 2, "description": "checkpoints kept on disk"},
+        "base_weights": {"enum": ["copy", "reference"], "default": "copy",
+                         "description": "reference: model.safetensors leaves out the frozen weights of a block whose "
+                                        "base weight files the checkpoint references (assets.json), and load_policy "
+                                        "reads them from those files, checked by sha256"},
         "num_workers": {"type": "integer", "minimum": 0, "default": 0},
         "streams": {
             "type": "object",

@@ -267,7 +267,8 @@ class Trainer:
                 torch.save(rngs, d / "rng.pt")
                 # the inference half (weights, spec, pipelines, assets), through the runtime's run format
                 C.write_policy_files(d, self.spec, self.preprocess, self.postprocess, plain_data(norm, for_json=True),
-                                     self._asset_hashes, model=None if sharded else self.cg.model)
+                                     self._asset_hashes, model=None if sharded else self.cg.model,
+                                     base_weights=self.cfg["base_weights"])
 
             path = C.write_checkpoint(self.run_dir, self.step, write, keep_last=self.cfg["keep_last"], tmp=tmp)
         acc.wait_for_everyone()
@@ -388,6 +389,7 @@ def load_resume_state(ckpt: Path, cg, optimizer, feeds: dict, engine: str, acc):
         raise ValueError(f"checkpoint {ckpt} was trained under {saved_engine}, this run is {engine}: "
                          "resume with the same accelerate config (its optimizer state is laid out per engine)")
     missing, unexpected = load_model(cg.model, str(ckpt / "model.safetensors"), strict=False)
+    missing = sorted(set(missing) - C.weights_left_to_base_files(ckpt, cg.model))  # trainer.base_weights: reference
     if missing or unexpected:
         raise ValueError(f"checkpoint {ckpt} does not fit the graph: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")
