@@ -240,3 +240,19 @@ def test_a_step_wired_to_a_value_the_graph_computes_is_a_compile_error():
     msg = str(e.value)
     assert "blocks.head.in.target" in msg and "edge guess.actions -> head.target" in msg
     assert "processor step reads 'target' before the graph runs" in msg
+
+
+@pytest.mark.parametrize("graph, node", [("tiny/mlp", "language"), ("tiny/worldmodel-pi", "wm")])
+def test_a_row_cut_from_a_batch_of_bytes_is_the_row_tokenized_alone(graph, node):
+    cg = compile_graph(graph, device="cpu")
+    block = cg.model[node].eval()
+    size = cg.spec.inputs["images"]["size"]
+    images = torch.rand(2, 1, 3, *size, generator=torch.Generator().manual_seed(0))
+    texts = ["go", "push the puck to the far goal"]
+    extra = {} if node == "language" else {"images": images[:1]}
+    step = cg.preprocess.steps[-1]
+    both, alone = step.run(text=texts)["ids"], step.run(text=texts[:1])["ids"]
+    assert both.shape[1] > alone.shape[1]
+    with torch.no_grad():
+        a, b = block(ids=both[:1], **extra), block(ids=alone, **extra)
+    assert torch.equal(a["hidden"], b["hidden"]) and torch.equal(a["mask"], b["mask"])

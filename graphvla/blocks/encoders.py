@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..processors.block import bind
-from ..processors.text import ByteTokens, byte_tokenize as bytes_of
+from ..processors.text import ByteTokens, byte_tokenize as bytes_of, trim_padding
 from .base import Block, InPort, OutPort, ParamError, PortError, StepPorts
 from .registry import register
 
@@ -106,7 +106,7 @@ class TextEncoder(Block):
         return self.forward(bytes_of(text, self.params["max_length"]))
 
     def forward(self, ids):
-        ids = ids.to(self.embed.weight.device)
+        ids = trim_padding(ids).to(self.embed.weight.device)
         mask = ids != 0
         x = self.embed(ids) + self.pos[:, : ids.shape[1]]
         for layer in self.layers:

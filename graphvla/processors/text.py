@@ -19,6 +19,16 @@ def byte_tokenize(texts, max_len: int) -> torch.Tensor:
     return ids
 
 
+def trim_padding(ids: torch.Tensor) -> torch.Tensor:
+    """Byte ids cut to the longest row: a row cut from a batch (the every-k caches run rows alone)
+    is then exactly the row tokenized alone; whole batches are unchanged. Skipped on meta and while
+    compiling or exporting, where a data-dependent length cannot be traced."""
+    if torch.compiler.is_compiling() or ids.is_meta or ids.dim() != 2 or ids.shape[1] <= 1:
+        return ids
+    longest = max(int((ids != 0).sum(dim=1).max()), 1)
+    return ids[:, :longest] if longest < ids.shape[1] else ids
+
+
 @register_step
 class ByteTokens(BlockStep):
     """encoder.text: `text` (B strings) -> `ids` [B, L] (bytes + 1, 0 = padding)."""

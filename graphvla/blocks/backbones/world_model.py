@@ -19,7 +19,7 @@ from torch import nn
 
 from ..base import Block, InPort, OutPort, ParamError, PortError, StepPorts
 from ...processors.block import bind
-from ...processors.text import ByteTokens, byte_tokenize
+from ...processors.text import ByteTokens, byte_tokenize, trim_padding
 from ..registry import register
 
 
@@ -119,7 +119,7 @@ class WorldModel(Block):
         frames = self.frames(images, history)
         b, k = frames.shape[:2]
         latents = self.encode_frames(frames)
-        ids = ids.to(self.text_embed.weight.device)
+        ids = trim_padding(ids).to(self.text_embed.weight.device)
         text_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=ids.device), ids != 0], dim=1)
         t = torch.cat([self.start.expand(b, -1, -1), self.text_embed(ids) + self.text_pos[:, : ids.shape[1]]], dim=1)
         n_text = t.shape[1]
