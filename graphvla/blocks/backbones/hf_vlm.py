@@ -279,8 +279,9 @@ class HFVLM(Block):
             answer_ids = [[i for i in row if i >= 0] for row in answers.tolist()]
         elif target_tokens is not None:
             answer_ids = action_answer_ids(target_tokens, *self._action_answers())
-        if answer_ids is not None:
-            enc = append_answers(self.processor.tokenizer, enc, answer_ids)
+        if answer_ids is not None:  # on the CPU, where the processor made the token columns
+            enc = append_answers(self.processor.tokenizer, {k: (v.cpu() if k in TOKEN_KEYS else v) for k, v in enc.items()},
+                                 answer_ids)
         enc = self._on_model(enc)
         out = self.model(**enc, output_hidden_states=True, use_cache=False)
         result = self._outputs(out.hidden_states, enc["attention_mask"])
