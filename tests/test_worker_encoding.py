@@ -257,3 +257,12 @@ def test_a_row_cut_from_a_batch_of_bytes_is_the_row_tokenized_alone(graph, node)
     with torch.no_grad():
         a, b = block(ids=both[:1], **extra), block(ids=alone, **extra)
     assert torch.equal(a["hidden"], b["hidden"]) and torch.equal(a["mask"], b["mask"])
+
+
+def test_on_meta_the_steps_describe_themselves_and_refuse_to_run():
+    """`graphvla compile` (meta) reads no tokenizer, yet lists every step; running one names its block."""
+    cg = compile_graph("tiny/fast-lm")
+    assert [s.block for s in cg.preprocess if s.block] == ["prompt", "action_tokens", "vlm"]
+    fast = cg.preprocess.steps[2]
+    with pytest.raises(RuntimeError, match="block 'action_tokens': its FAST tokenizer was not loaded"):
+        fast({"actions": torch.zeros(1, 8, 4)})

@@ -196,7 +196,8 @@ class Block(nn.Module):
     def processor_step(self, node: str | None = None, sources: dict | None = None):
         """The block's processor step (processors.base.ProcessorStep) bound to node `node` (default
         this block) reading `sources` (port -> batch key; default from this block's wiring), or
-        None: no step, or it cannot run (built on meta without its tokenizer)."""
+        None: no step. Built on meta, a step whose tokenizer or processor was not read only
+        describes itself (`graphvla compile`); running or saving it is an error naming the block."""
         return None
 
     def extra_repr(self) -> str:

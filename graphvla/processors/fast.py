@@ -72,15 +72,24 @@ def teacher_forcing_ids(tokenizer, target, eos: int, bos: int, max_tokens: int, 
 class _FASTStep(BlockStep):
     optional = ("mask",)
 
-    def __init__(self, block, sources, makes, tokenizer: FASTTokenizer):
+    def __init__(self, block, sources, makes, tokenizer: FASTTokenizer | None):
         super().__init__(block, sources, makes)
-        self.tokenizer = tokenizer  # picklable: its BPE model travels as JSON
+        # picklable: its BPE model travels as JSON. None: compiled on meta, where no tokenizer is
+        # read; the step then only describes itself
+        self.tokenizer = tokenizer
+
+    def _fitted(self) -> FASTTokenizer:
+        if self.tokenizer is None:
+            raise RuntimeError(f"block '{self.block}': its FAST tokenizer was not loaded (the graph was compiled "
+                               "on meta, for its shapes only); compile it on a device to run or save this step")
+        return self.tokenizer
 
     def save_assets(self, folder):
-        self.tokenizer.save(folder)
+        self._fitted().save(folder)
 
     def __eq__(self, other):
-        return super().__eq__(other) and other.tokenizer.config() == self.tokenizer.config()
+        mine, theirs = (None if t is None else t.config() for t in (self.tokenizer, other.tokenizer))
+        return super().__eq__(other) and mine == theirs
 
     __hash__ = None
 
@@ -92,7 +101,7 @@ class FASTTokens(_FASTStep):
     kind = "fast_tokens"
 
     def run(self, actions, mask=None):
-        return {"tokens": chunk_tokens(self.tokenizer, actions, mask)}
+        return {"tokens": chunk_tokens(self._fitted(), actions, mask)}
 
     @classmethod
     def from_settings(cls, config, folder, block, sources, makes):
@@ -111,7 +120,7 @@ class FASTTeacherForcing(_FASTStep):
         self.eos, self.bos, self.max_tokens = int(eos), int(bos), int(max_tokens)
 
     def run(self, target, mask=None):
-        inputs, labels = teacher_forcing_ids(self.tokenizer, hold_last_valid(target, mask), self.eos, self.bos,
+        inputs, labels = teacher_forcing_ids(self._fitted(), hold_last_valid(target, mask), self.eos, self.bos,
                                              self.max_tokens, self.block)
         return {"decoder_inputs": inputs, "labels": labels}
 

@@ -103,7 +103,15 @@ class VLMProcessor(BlockStep):
         super().__init__(block, sources, makes)
         self.processor, self.flat = processor, tuple(flat)
 
+    def _loaded(self):
+        if self.processor is None:
+            raise RuntimeError(f"block '{self.block}': its processor was not loaded (the graph was compiled on meta "
+                               "without a tokenizer on disk, for its shapes only); compile it on a device with "
+                               "with.model, with.processor or with.tiny to run or save this step")
+        return self.processor
+
     def run(self, images, text, target_text=None):
+        self._loaded()
         if len(text) != images.shape[0]:
             raise ValueError(f"{len(text)} instructions for a batch of {images.shape[0]} images")
         with warnings.catch_warnings():
@@ -118,9 +126,10 @@ class VLMProcessor(BlockStep):
         return {"flat": list(self.flat), "class": type(self.processor).__name__}
 
     def save_assets(self, folder):
+        processor = self._loaded()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.processor.save_pretrained(str(folder))
+            processor.save_pretrained(str(folder))
 
     @classmethod
     def from_settings(cls, config, folder, block, sources, makes):

@@ -254,8 +254,6 @@ class HFVLM(Block):
         return StepPorts(STEP_READS, made)
 
     def processor_step(self, node=None, sources=None):
-        if self.processor is None:
-            return None  # built on meta without a tokenizer: the graph compiles, nothing can be encoded
         step = bind(VLMProcessor, self, node, sources, STEP_READS, self.encoding_keys, self.processor, self.flat_keys)
         if "target_text" in step.sources:
             step = VLMProcessor(step.block, step.sources, self.encoding_keys + ("answers",), self.processor, self.flat_keys)

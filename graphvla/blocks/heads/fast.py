@@ -165,8 +165,6 @@ class FASTHead(HoldFallback, Block):
         return StepPorts(("target", "mask"), made if "target" in wired else {})
 
     def processor_step(self, node=None, sources=None):
-        if self.tokenizer is None:
-            return None  # built on meta: the graph compiles, but nothing can be tokenized
         step = bind(FASTTeacherForcing, self, node, sources, ("target", "mask"), ("decoder_inputs", "labels"),
                     self.tokenizer, self.eos, self.bos, self.max_tokens)
         return step if "target" in step.sources else None
