@@ -178,7 +178,7 @@ def test_full_size_graphs_compile_with_the_added_tokens():
 
     widths = {"qwen3vl": 2560, "qwen25vl": 2048}
     for backbone, width in widths.items():
-        cg = graphvla.compile_graph(ROOT / "starvla" / f"{backbone}-fast-lm.yaml")
+        cg = graphvla.compile_graph(ROOT / "fullsize" / f"{backbone}-fast-lm.yaml")
         vlm = cg.model["vlm"]
         # tied embeddings: 1024 new rows once, shared by the input embedding and the LM head
         assert cg.param_counts()["vlm"][0] == BACKBONE_PARAMS[backbone] + 1024 * width

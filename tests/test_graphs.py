@@ -18,8 +18,9 @@ from graphvla.spec.loader import load_spec
 warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parents[1] / "graphvla" / "graphs"
 BACKBONES = ["qwen3vl", "qwen25vl", "worldmodel"]
-HEADS = {"fast": "head.fast", "oft": "head.oft", "pi": "head.flow_matching", "gr00t": "head.dual_system"}
-STARVLA = [f"{b}-{h}" for b in BACKBONES for h in HEADS]
+# the full-size family's heads by file-name suffix (GraphVLA designs, named for what they are; docs/heads.md)
+HEADS = {"fast": "head.fast", "querytf": "head.oft", "flowdit": "head.flow_matching", "dualsystem": "head.dual_system"}
+FULLSIZE = [f"{b}-{h}" for b in BACKBONES for h in HEADS]
 TINY = ["fast", "oft", "pi", "gr00t", "worldmodel-pi", "fast-lm"]
 # backbone parameters: the published sizes of the checkpoints; the world model's is ours
 BACKBONE_PARAMS = {"qwen3vl": 4_437_815_808, "qwen25vl": 3_754_622_976}
@@ -30,10 +31,10 @@ LIBRARY = [f"{name}.yaml" for name in packaged_graphs()]
 
 # compiling a full-size graph on meta takes a second or two; the fast run (-m "not slow") keeps
 # the ones other tests here compile anyway, the whole library runs without the filter
-FAST_FULL_SIZE = {"starvla/qwen3vl-oft.yaml", "starvla/qwen25vl-pi.yaml", "starvla/worldmodel-gr00t.yaml",
-                  "starvla/qwen3vl-oft-cotrain.yaml"}
+FAST_FULL_SIZE = {"fullsize/qwen3vl-querytf.yaml", "fullsize/qwen25vl-flowdit.yaml", "fullsize/worldmodel-dualsystem.yaml",
+                  "fullsize/qwen3vl-querytf-cotrain.yaml"}
 LIBRARY_PARAMS = [pytest.param(rel, marks=pytest.mark.slow)
-                  if (rel.startswith("starvla/") or rel == "examples/big-4b.yaml") and rel not in FAST_FULL_SIZE
+                  if (rel.startswith("fullsize/") or rel == "examples/big-4b.yaml") and rel not in FAST_FULL_SIZE
                   else rel for rel in LIBRARY]
 
 
@@ -44,12 +45,12 @@ def compiled(rel: str):
 
 
 def test_the_library_has_every_variant():
-    for name in STARVLA:
-        assert (ROOT / "starvla" / f"{name}.yaml").exists(), name
+    for name in FULLSIZE:
+        assert (ROOT / "fullsize" / f"{name}.yaml").exists(), name
     for name in TINY:
         assert (ROOT / "tiny" / f"{name}.yaml").exists(), name
     # the discovery below reaches every folder of the library, and no base/ file
-    assert {rel.split("/")[0] for rel in LIBRARY} == {"examples", "metaworld", "starvla", "sweeps", "tiny"}
+    assert {rel.split("/")[0] for rel in LIBRARY} == {"examples", "fullsize", "metaworld", "sweeps", "tiny"}
     assert not [rel for rel in LIBRARY if rel.count("/") == 1 and rel.startswith("sweeps/")]  # sweep files
     assert {"metaworld/mt10-oft-privileged.yaml", "metaworld/mt10-small-privileged.yaml", "metaworld/mt50.yaml",
             "tiny/mlp.yaml"} <= set(LIBRARY)
@@ -79,19 +80,19 @@ def test_every_library_graph_validates_and_compiles_on_meta(rel):
     assert cg.shapes[(block, out_port)] == ("B", port["horizon"], port["dim"])
 
 
-@pytest.mark.parametrize("name", STARVLA)
-def test_starvla_graph_validates_with_its_head(name):
-    spec = load_spec(ROOT / "starvla" / f"{name}.yaml")
+@pytest.mark.parametrize("name", FULLSIZE)
+def test_fullsize_graph_validates_with_its_head(name):
+    spec = load_spec(ROOT / "fullsize" / f"{name}.yaml")
     assert spec.name == name
     assert spec.blocks["head"]["type"] == HEADS[name.split("-")[1]]
     assert spec.outputs == {"actions": "head.actions"}
     assert (spec.inputs["actions"]["horizon"], spec.inputs["actions"]["dim"]) == (8, 7)
 
 
-@pytest.mark.parametrize("backbone,head", [("qwen3vl", "oft"), ("qwen25vl", "pi"), ("worldmodel", "gr00t")])
+@pytest.mark.parametrize("backbone,head", [("qwen3vl", "querytf"), ("qwen25vl", "flowdit"), ("worldmodel", "dualsystem")])
 def test_full_size_graph_compiles_on_meta_without_weights(backbone, head):
-    assert not (ROOT / "starvla" / "weights").exists()  # nothing on disk: compile must not need it
-    cg = compiled(f"starvla/{backbone}-{head}.yaml")
+    assert not (ROOT / "fullsize" / "weights").exists()  # nothing on disk: compile must not need it
+    cg = compiled(f"fullsize/{backbone}-{head}.yaml")
     counts = cg.param_counts()
     if backbone in BACKBONE_PARAMS:
         assert counts["vlm"][0] == BACKBONE_PARAMS[backbone]
@@ -115,18 +116,18 @@ def _differences(a, b, path=()):
 
 # Beyond the head block: the dual system sets its System-2 rate (how often the backbone is
 # recomputed); FAST normalizes actions to [-1, 1] for its tokenizer.
-EXTRA = {"gr00t": ["blocks.vlm.infer"], "fast": ["trainer"]}
+EXTRA = {"gr00t": ["blocks.vlm.infer"], "dualsystem": ["blocks.vlm.infer"], "fast": ["trainer"]}
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_switching_the_head_changes_only_the_head_block(backbone):
-    specs = {h: load_spec(ROOT / "starvla" / f"{backbone}-{h}.yaml").data for h in HEADS}
+    specs = {h: load_spec(ROOT / "fullsize" / f"{backbone}-{h}.yaml").data for h in HEADS}
     for h, data in specs.items():
-        diff = _differences(specs["oft"], data)
+        diff = _differences(specs["querytf"], data)
         allowed = [d for d in diff if d.startswith("blocks.head") or d in ("name", "description")]
         extra = [d for d in diff if d not in allowed]
         assert extra == EXTRA.get(h, []), (h, extra)
-        assert data["losses"] == specs["oft"]["losses"]
+        assert data["losses"] == specs["querytf"]["losses"]
 
 
 # What `graphvla data metaworld` records: one 128x128 view, the instruction, a 4-d state
@@ -161,7 +162,7 @@ def test_tiny_heads_differ_only_in_the_head_block():
 
 
 def test_cotraining_example_shares_the_vlm_module():
-    cg = compiled("starvla/qwen3vl-oft-cotrain.yaml")
+    cg = compiled("fullsize/qwen3vl-querytf-cotrain.yaml")
     assert sorted(cg.train) == ["action", "vlm"]
     assert "vlm_cotrain" not in cg.model  # the shared node calls the same module
     code = cg.train["vlm"].code

@@ -40,7 +40,7 @@ def test_names_are_every_graph_in_the_package_but_not_the_bases():
                      if "base" not in p.relative_to(ROOT).parts and p.parent != ROOT / "sweeps")  # sweep files
     names = packaged_graphs()
     assert names == on_disk and names == sorted(names)
-    assert {"tiny/oft", "tiny/mlp", "metaworld/mt10-small-privileged", "metaworld/mt50", "starvla/qwen3vl-oft"} <= set(names)
+    assert {"tiny/oft", "tiny/mlp", "metaworld/mt10-small-privileged", "metaworld/mt50", "fullsize/qwen3vl-querytf"} <= set(names)
     assert not [n for n in names if "base" in n.split("/")]
     assert graphs_root().resolve() == ROOT
 
@@ -201,9 +201,10 @@ def test_copy_refuses_to_overwrite_and_writes_nothing_then(tmp_path):
 
 
 def test_copy_of_an_unknown_name_says_did_you_mean(tmp_path):
-    result = run("graphs", "copy", "starvla/qwen3vl-ofd", tmp_path / "x")
+    result = run("graphs", "copy", "fullsize/qwen3vl-querytd", tmp_path / "x")
     assert result.exit_code == 1
-    assert "starvla/qwen3vl-ofd: error: <root>: no packaged graph of that name (did you mean 'starvla/qwen3vl-oft'?)" \
+    assert ("fullsize/qwen3vl-querytd: error: <root>: no packaged graph of that name "
+            "(did you mean 'fullsize/qwen3vl-querytf'?)") \
         in result.output
     assert not (tmp_path / "x").exists()
     result = run("graphs", "copy", "tiny/base/qwen3vl", tmp_path / "x")

@@ -75,7 +75,7 @@ def test_the_wheel_carries_the_graphs_and_configs(installed):
     wheel, *_ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
     for must in ("graphvla/graphs/tiny/oft.yaml", "graphvla/graphs/tiny/base/qwen3vl.yaml",
-                 "graphvla/graphs/tiny/fast_tokenizer/tokenizer.json", "graphvla/graphs/starvla/base/ports.yaml",
+                 "graphvla/graphs/tiny/fast_tokenizer/tokenizer.json", "graphvla/graphs/fullsize/base/ports.yaml",
                  "graphvla/graphs/metaworld/mt10-small-privileged.yaml", "graphvla/configs/benchmarks/metaworld.yaml",
                  "graphvla/configs/accelerate/deepspeed_zero3.yaml", "graphvla/blocks/backbones/configs/qwen3_vl_4b/config.json"):
         assert must in names, must

@@ -14,7 +14,7 @@ what the frame shows:
 Answers use only what a VLA policy may read (frames, instruction, proprioception), never the
 simulator's privileged state. Next to llava.json a data YAML is written that feeds the robot
 datasets to the 'action' stream, exactly as the input YAML does, and llava.json to the 'vlm'
-stream under the input ports of a co-training graph (e.g. graphs/starvla/qwen3vl-oft-cotrain.yaml).
+stream under the input ports of a co-training graph (e.g. graphs/fullsize/qwen3vl-querytf-cotrain.yaml).
 Frames stored as files are referenced in place; others are written once under images/."""
 from __future__ import annotations
 
