@@ -126,6 +126,10 @@ class CompiledGraph:
                     out.append(name)
         return out
 
+    def port_consumers(self, bid: str, port: str) -> list[str]:
+        """The nodes (blocks, losses, outputs) that read output `port` of block `bid`."""
+        return [dst for _, dst, e in self.dag.out_edges(bid, data=True) if e["src_port"] == port]
+
     def in_edges(self, bid: str, inference: bool = False) -> list:
         """(port, source node, source port, edge data) wired into block `bid`."""
         return list(D.in_edges(self.dag, bid, inference=inference))

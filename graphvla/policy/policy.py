@@ -84,7 +84,7 @@ class Policy:
                            for name in self.outputs}
         self.rtc = R.RTCConfig.from_spec(cg.spec)
         self._action_output = "actions" if "actions" in self.outputs else next(
-            (o for o in self.outputs if self._output_source(o)[1]["kind"] == "action"), None)
+            (o for o in self.outputs if cg.output_source(o).kind == "action"), None)
         # a head that samples with guidance (head.flow_matching, head.dual_system) inpaints; others get blended
         self._guided = False
         if self._action_output is not None:
@@ -96,9 +96,6 @@ class Policy:
         return cls(cg, normalizer, preprocess, postprocess)
 
     # metadata ---------------------------------------------------------------------------------
-    def _output_source(self, name):
-        ((src, _, e),) = self.cg.dag.in_edges("output." + name, data=True)
-        return src, e
 
     def _hold_in_graph_units(self, port: str, hold):
         """A value in dataset units as the graph sees it: normalized by the preprocess step."""
@@ -114,8 +111,8 @@ class Policy:
         horizon = dim = None
         action_out = self._action_output
         if action_out is not None:
-            src, e = self._output_source(action_out)
-            shape = self.cg.shapes.get((src, e["src_port"]))
+            src = self.cg.output_source(action_out)
+            shape = self.cg.shapes.get((src.node, src.port))
             if shape and len(shape) == 3:
                 horizon, dim = int(shape[1]), int(shape[2])
         return {"name": self.cg.name, "fingerprint": self.cg.fingerprint, "action_horizon": horizon,

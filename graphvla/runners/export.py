@@ -11,7 +11,7 @@ units and a runtime needs no statistics. Two formats:
 What stays in Python, before the graph (runners/exported.py does it when serving):
 - checking each observation value (policy/observation.py, as for the checkpoint) and turning
   uint8 frames into float [V, C, H, W] in [0, 1] (data/images.py), then stacking the batch;
-- the preprocess pipeline's other steps, in their order (`split_preprocess`): the blocks'
+- the preprocess pipeline's other steps, in their order (`Pipeline.split_for_export`): the blocks'
   tokenizers and processors (encoder.text's byte tokens, glue.state_text's prompts, a
   backbone.hf_vlm's chat template and processor), and any tensor step one of them reads. They are
   saved in the folder as a pipeline (`preprocess.json` plus `preprocess/<i>-<kind>/` asset folders:
@@ -156,7 +156,7 @@ def check_blocks(cg) -> None:
         if why is not None:
             raise block_error(cg, bid, why)
         for port, spec in cls.out_ports.items():
-            if spec.kind == "text" and any(e["src_port"] == port for _, _, e in cg.dag.out_edges(bid, data=True)):
+            if spec.kind == "text" and cg.port_consumers(bid, port):
                 raise block_error(cg, bid, f"it makes text ('{port}') inside the graph; strings cannot pass "
                                            "through torch.export")
 
@@ -171,25 +171,6 @@ def tensor_graph(cg, vlms: dict) -> fx.GraphModule:
             module = vlm_owners[name].module()
         root.add_module(name, module)
     return fx.GraphModule(root, copy.deepcopy(cg.infer.graph), class_name=type(cg.infer).__name__ + "Tensors")
-
-
-def split_preprocess(pipeline) -> tuple[list, list]:
-    """(Python steps, folded steps) of a preprocess pipeline. The Python steps (tokenizers,
-    processors, and any tensor step a later one of them reads) run before the graph, in their
-    order; the other tensor steps (normalization) are folded into the exported graph after them,
-    in their order, which is the pipeline's result as long as no folded step reads or writes what
-    a Python step after it reads or writes; such a step stays in Python."""
-    python, folded = [], []
-    needed, written = set(), set()  # keys the Python steps after this one read / write
-    for step in reversed(list(pipeline or [])):
-        keys = set(step.reads) | set(step.writes)
-        if step.tensor_only and not (set(step.writes) & needed) and not (keys & written):
-            folded.insert(0, step)
-        else:
-            python.insert(0, step)
-            needed |= set(step.reads)
-            written |= set(step.writes)
-    return python, folded
 
 
 class FoldedPolicy(nn.Module):
@@ -310,7 +291,7 @@ def dynamic_shapes(described: list, tokenizers: dict):
     """The batch axis of every input, and the token axis of token ids (and of a VLM's attention
     mask, which has its ids' length), stay dynamic. The token axes are Dim.DYNAMIC within the
     tokenizer's range: a named Dim's range check cannot prove guards that hold for every length,
-    e.g. min(L + 9, 4 * (L + 9)) == L + 9 from head.oft's attention over a VLM's tokens."""
+    e.g. min(L + 9, 4 * (L + 9)) == L + 9 from head.query_transformer's attention over a VLM's tokens."""
     from torch.export import Dim
 
     batch = Dim("batch", min=1, max=4096)
@@ -390,7 +371,7 @@ def export_policy(run, out_dir, fmt: str = "torch-export") -> Path:
             raise block_error(cg, bid, why)
     tokenizers = text_tokenizers(cg, policy.inputs)
     sampler = sampling_block(cg)
-    python, folded = split_preprocess(policy.preprocess)
+    python, folded = (list(part) for part in policy.preprocess.split_for_export())
     module, example, described = folded_policy(policy, tokenizers, sampler, vlms, python, folded)
     for name in policy.outputs:
         if not isinstance(module(*example)[policy.outputs.index(name)], torch.Tensor):
