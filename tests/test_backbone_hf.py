@@ -178,7 +178,7 @@ EXPECTED_PARAMS = {"qwen3_vl_4b": 4_437_815_808, "qwen2_5_vl_3b": 3_754_622_976}
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
 def test_bundled_configs_build_on_meta_with_the_published_parameter_counts(name, tmp_path):
-    block = make({"model": "weights/absent", "config": name, "dtype": "bfloat16"}, meta=True, spec_dir=tmp_path,
+    block = make({"model": "./weights/absent", "config": name, "dtype": "bfloat16"}, meta=True, spec_dir=tmp_path,
                  views=2, size=224)
     assert sum(p.numel() for p in block.parameters()) == EXPECTED_PARAMS[name]
     assert all(p.device.type == "meta" for p in block.parameters())
@@ -189,7 +189,7 @@ def test_bundled_configs_build_on_meta_with_the_published_parameter_counts(name,
     assert out["layers"].shape[1] == 36 and out["hidden"].shape[2] == block.width
     # without weights on disk the config only compiles: building for real says why
     with pytest.raises(ParamError) as e:
-        make({"model": "weights/absent", "config": name}, spec_dir=tmp_path)
+        make({"model": "./weights/absent", "config": name}, spec_dir=tmp_path)
     assert e.value.key == "model" and "config.json missing" in str(e.value)
 
 

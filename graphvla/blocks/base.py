@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .. import hub
+
 # Kinds of values that travel on edges. `any` on an input port accepts every kind.
 KINDS = {
     "image": "float images in [0, 1], [B, views, C, H, W]",
@@ -83,9 +85,17 @@ class BuildContext:
     spec_dir: Path = Path(".")  # relative paths in `with:` resolve against the spec's folder
     device: Any = "cpu"
 
-    def resolve_path(self, path: str) -> Path:
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else (self.spec_dir / p)
+    def resolve_path(self, path: str, key: str | None = None) -> Path:
+        """A `with:` path, relative to the spec's folder. A Hugging Face Hub id (`org/name` or
+        `org/name@revision`, where no such local path exists) gives its snapshot folder in the Hub
+        cache (graphvla/hub.py); on meta no weight file is fetched. An id that cannot be resolved is
+        a ParamError on with.`key` (a HubError without a key)."""
+        try:
+            return hub.resolve(path, base=self.spec_dir, weights=not self.meta)
+        except hub.HubError as e:
+            if key is None:
+                raise
+            raise ParamError(key, str(e)) from None
 
 
 class parameters_on_meta:

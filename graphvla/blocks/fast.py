@@ -27,7 +27,8 @@ from .heads.common import ACTION_PARAMS, action_shape
 from .heads.fast import FIT_HINT, ON_MALFORMED, HoldFallback, decode_tokens, load_tokenizer
 
 TOKENIZER_PARAM = {"type": ["string", "null"], "default": None,
-                   "description": "folder of a fitted FAST tokenizer (relative to the spec's folder)"}
+                   "description": "folder of a fitted FAST tokenizer (relative to the spec's folder), or a "
+                                  "Hugging Face Hub id org/name[@revision] holding one"}
 
 
 class _FASTEnd(Block):

@@ -19,7 +19,7 @@ from .options import UserError, handles_errors, set_option
               help="seed of the synthetic batch; with --parity, frame i's session seed is SEED + i")
 @click.option("--parity", is_flag=True, help="RUN (a run or checkpoint folder): compare the training collate, "
                                               "the Policy and the export (--export) on the same frames")
-@click.option("--data", type=click.Path(exists=True), default=None,
+@click.option("--data", type=click.Path(), default=None,
               help="with --parity: the frames' data (default: the data RUN was trained on, RUN/data.json)")
 @click.option("--export", "export_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="with --parity: an export folder of RUN (graphvla export) whose actions must match too")

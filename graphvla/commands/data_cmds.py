@@ -56,7 +56,7 @@ def metaworld(out, protocol, tasks, episodes, size, camera, seed, workers):
 
 
 @data.command()
-@click.argument("dataset", type=click.Path(exists=True))
+@click.argument("dataset", type=click.Path())
 @click.option("--keys", default=None, help="comma-separated dataset keys (default: every numeric key)")
 @click.option("--spec", "spec", type=click.Path(dir_okay=False),
               help="instead: the statistics of SPEC's state/action ports, exactly as training computes them "
@@ -80,12 +80,13 @@ def stats(dataset, keys, spec, overrides, out):
 
 
 @data.command()
-@click.argument("dataset", type=click.Path(exists=True, file_okay=False))
+@click.argument("dataset", type=click.Path(file_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="new shard folder")
 @click.option("--frames-per-shard", default=2000, show_default=True, type=int)
 @handles_errors
 def pack(dataset, out, frames_per_shard):
-    """Write a LeRobot folder as webdataset tar shards (training reads either)."""
+    """Write a LeRobot folder (or Hugging Face dataset id org/name[@revision]) as webdataset tar
+    shards (training reads either)."""
     from ..data.api import open_source
     from ..data.shards import pack as pack_shards
 
@@ -121,10 +122,11 @@ def vqa(data_yaml, out, every, horizon, hand_dims, gripper_dim, no_motion):
 
 
 @data.command()
-@click.argument("dataset", type=click.Path(exists=True, file_okay=False))
+@click.argument("dataset", type=click.Path(file_okay=False))
 @handles_errors
 def info(dataset):
-    """Summarize a dataset: format, episodes, frames, tasks, keys and widths."""
+    """Summarize a dataset (a folder or a Hugging Face dataset id org/name[@revision]): format,
+    episodes, frames, tasks, keys and widths."""
     from ..data.api import open_source
 
     src = open_source(dataset)

@@ -22,17 +22,19 @@ from .options import UserError, handles_errors
 @handles_errors
 def fast_fit(data, output, horizon, key, norm, vocab_size, scale):
     """Fit the FAST action tokenizer (DCT + BPE) on the action chunks in DATA and save it to OUTPUT.
-    DATA is a .npy/.npz of normalized chunks [N, horizon, action_dim] or a LeRobot folder
-    (then --horizon is required)."""
+    DATA is a .npy/.npz of normalized chunks [N, horizon, action_dim] or a LeRobot folder or
+    Hugging Face dataset id org/name[@revision] (then --horizon is required)."""
     import numpy as np
 
     from ..blocks.heads.fast_tokenizer import FASTTokenizer
     from ..data.action_chunks import lerobot_chunks, load_chunks
+    from ..hub import is_hub_value
 
-    if data.is_dir() and not horizon:
+    dataset = data.is_dir() or is_hub_value(str(data))  # a folder, or a Hugging Face dataset id
+    if dataset and not horizon:
         raise UserError(f"{data} is a dataset folder: give the chunk length with --horizon (the head's horizon)")
     try:
-        chunks = lerobot_chunks(data, key, horizon, norm) if data.is_dir() else load_chunks(data)
+        chunks = lerobot_chunks(data, key, horizon, norm) if dataset else load_chunks(data)
     except ValueError as e:  # the input is not action chunks
         raise UserError(str(e)) from None
     _, horizon, action_dim = chunks.shape

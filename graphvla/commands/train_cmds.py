@@ -9,7 +9,8 @@ from .options import handles_errors, set_option
 
 @click.command(name="train")
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--data", required=True, metavar="DATA", help="a data YAML, a LeRobot dataset folder, or webdataset shards")
+@click.option("--data", required=True, metavar="DATA", help="a data YAML, a LeRobot dataset folder, webdataset shards, or a Hugging Face dataset "
+                                                        "id org/name[@revision] (read through the Hub cache)")
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False),
               help="run directory: checkpoints/ and logs/ (TensorBoard) go here")
 @set_option

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .. import hub
 from .config import Entry, read_data_config
 from .frames import ActionDataset, bind
 from .lerobot import DatasetError, FrameSource, open_lerobot
@@ -91,7 +92,9 @@ def _stack(vals: list) -> torch.Tensor:
 
 
 def open_source(path) -> FrameSource:
-    """A LeRobot folder (v2.1/v3.0) or a shard folder from `graphvla data pack`."""
+    """A LeRobot folder (v2.1/v3.0) or a shard folder from `graphvla data pack`; `path` may be a
+    Hugging Face dataset id `org/name[@revision]` (read through the Hub cache, graphvla/hub.py)."""
+    path = hub.resolve(path, repo_type="dataset")
     return open_shards(path) if is_shard_dir(path) else open_lerobot(path)
 
 

@@ -1,7 +1,7 @@
 """The data YAML: which datasets feed which training stream.
 
     datasets:                      # robot data -> the 'action' stream (LeRobot folders or shard folders)
-      - path: ../runs/data/mt10    # relative to this file
+      - path: ../runs/data/mt10    # relative to this file, or a Hub dataset id: lerobot/pusht@v2.1
         weight: 1.0                # mixture weight (sampling probability ~ weight)
         embodiment: sawyer         # tag; fills a text input named 'embodiment' if the graph has one
         keys: {images: [observation.images.corner], state: observation.state,
@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from .. import hub
 
 ROBOT_KEYS = {"path", "weight", "embodiment", "keys", "pad", "stream", "description"}
 VLM_KEYS = {"json", "image_root", "weight", "keys", "stream", "description"}
@@ -40,12 +42,14 @@ class Entry:
 
 
 def read_data_config(data) -> list[Entry]:
-    """Entries from a data YAML, or one robot entry for a dataset/shard folder."""
-    p = Path(data)
+    """Entries from a data YAML, or one robot entry for a dataset/shard folder (a local one, or a
+    Hugging Face dataset id `org/name[@revision]` read through the Hub cache: graphvla/hub.py)."""
+    p = hub.resolve(data, repo_type="dataset")
     if p.is_dir():
-        return [Entry("robot", p, "action", where=str(p))]
+        return [Entry("robot", p, "action", where=str(Path(data)) if p == Path(data) else f"{data} ({p})")]
     if not p.exists():
-        raise FileNotFoundError(f"data '{data}' not found (give a data YAML, a LeRobot folder or a shard folder)")
+        raise FileNotFoundError(f"data '{data}' not found (give a data YAML, a LeRobot folder, a shard folder or a "
+                                "Hugging Face dataset id org/name[@revision])")
     try:
         doc = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
@@ -72,12 +76,21 @@ def read_data_config(data) -> list[Entry]:
             keys = e.get("keys") or {}
             if not isinstance(keys, dict):
                 raise ValueError(f"{where}: keys must map input ports to dataset keys")
-            entries.append(Entry(kind, (p.parent / str(e[key])).resolve(), str(e.get("stream", default_stream)),
+            path = _dataset_path(p, e[key], where) if kind == "robot" else (p.parent / str(e[key])).resolve()
+            entries.append(Entry(kind, path, str(e.get("stream", default_stream)),
                                  float(weight), str(e.get("embodiment", "")), dict(keys), e.get("pad"),
                                  (p.parent / str(e["image_root"])).resolve() if e.get("image_root") else None, where))
     if not entries:
         raise ValueError(f"{p}: no datasets (add 'datasets:' or 'vlm:' entries)")
     return entries
+
+
+def _dataset_path(yaml_file: Path, value, where: str) -> Path:
+    """A dataset entry's path: relative to the YAML's folder, or a Hugging Face dataset id."""
+    try:
+        return hub.resolve(str(value), base=yaml_file.parent, repo_type="dataset").resolve()
+    except hub.HubError as e:
+        raise hub.HubError(f"{where}: path '{value}': {e}") from None
 
 
 def _unknown(d: dict, allowed: set, where: str) -> None:

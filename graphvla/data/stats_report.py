@@ -18,7 +18,7 @@ def stats_report(dataset, keys: list[str] | None = None, spec=None) -> dict:
     from .api import open_source
     from .stats import compute_stats
 
-    if not Path(dataset).is_dir():
+    if Path(dataset).is_file():
         raise ValueError(f"{dataset} is a file: statistics of a data YAML need --spec SPEC (they are per graph port)")
     src = open_source(dataset)
     want = keys or list(src.columns)

@@ -2,8 +2,10 @@
 
 Every `with:` value of a block that names an existing file or folder (relative to the spec's
 folder, or absolute) - a VLM's `model` / `processor` folder (config, tokenizer, processor, chat
-template), a FAST `tokenizer` folder, a config file - is copied into the checkpoint under
-`assets/<block>/<key>/`, and `assets.json` records where each came from. `load_policy` reads the
+template), a FAST `tokenizer` folder, a config file, or a Hugging Face Hub id (`org/name[@revision]`)
+whose snapshot the blocks were built from - is copied into the checkpoint under
+`assets/<block>/<key>/`, and `assets.json` records where each came from
+(for a Hub id also its repo id, revision and commit). `load_policy` reads the
 copies, so a run folder moved to another machine, or whose spec folder is gone, still loads.
 
 Large weight files (a base model's *.safetensors / *.bin above REFERENCE_ABOVE_BYTES, 256 MiB
@@ -21,6 +23,8 @@ import os
 import shutil
 from pathlib import Path
 
+from .. import hub
+
 ASSETS_DIR = "assets"
 MANIFEST = "assets.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
@@ -28,7 +32,9 @@ REFERENCE_ABOVE_BYTES = int(float(os.environ.get("GRAPHVLA_REFERENCE_WEIGHTS_ABO
 
 
 def path_params(spec):
-    """(block id, key, value, resolved path) of every `with:` string that names a file or folder."""
+    """(block id, key, value, resolved path) of every `with:` string that names a file or folder:
+    a local path, or a Hugging Face Hub id whose snapshot is in the Hub cache (the blocks were
+    built from it, so it is there; nothing is downloaded here)."""
     for bid, block in (spec.blocks or {}).items():
         for key, value in ((block or {}).get("with") or {}).items():
             if not isinstance(value, str) or not value.strip():
@@ -37,6 +43,8 @@ def path_params(spec):
             p = p if p.is_absolute() else spec.dir / p
             if p.exists():
                 yield bid, key, value, p.resolve()
+            elif hub.is_hub_value(value, spec.dir) and (snap := hub.cached_snapshot(value)) is not None:
+                yield bid, key, value, snap
 
 
 def _referenced(f: Path) -> bool:
@@ -65,6 +73,9 @@ def write_assets(spec, ckpt_dir: Path, cache: dict | None = None) -> dict:
     for bid, key, value, src in path_params(spec):
         dest = Path(ASSETS_DIR) / bid / key
         entry = {"value": value, "source": str(src), "referenced": []}
+        if hub.is_hub_value(value, spec.dir):  # the Hub id and the commit its files came from
+            entry["hub"] = {"repo_id": hub.parse_id(value).repo_id, "revision": hub.parse_id(value).revision,
+                            "commit": src.name}
         root = ckpt_dir / dest
         if src.is_file():
             root.mkdir(parents=True, exist_ok=True)

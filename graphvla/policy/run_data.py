@@ -5,7 +5,8 @@ a training scene without being told the data again. One home for both sides of t
     {"data": "/abs/path/given/to/--data", "datasets": ["/abs/dataset/folder", ...]}
 
 `datasets` lists a data YAML's dataset paths (resolved against the YAML's folder), or the one
-dataset folder given directly."""
+dataset folder given directly; a Hugging Face dataset id (`org/name[@revision]`) is noted as given
+in `data` and as its snapshot folder in the Hub cache in `datasets`."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import hub
 from ..fileio import write_text_atomic
 
 RUN_DATA = "data.json"
@@ -20,12 +22,15 @@ RUN_DATA = "data.json"
 
 def write_run_data(run_dir, data) -> Path:
     """Note in RUN_DIR/data.json what DATA (a data YAML or a dataset folder) trains on."""
-    data = Path(data).resolve()
+    given = data
+    data = hub.resolve(data, repo_type="dataset").resolve()  # a Hub dataset id: its snapshot folder
     roots = [str(data)]
     if data.is_file():
         doc = yaml.safe_load(data.read_text()) or {}
-        roots = [str((data.parent / d["path"]).resolve()) for d in doc.get("datasets") or []
-                 if isinstance(d, dict) and d.get("path")]
+        roots = [str(hub.resolve(str(d["path"]), base=data.parent, repo_type="dataset").resolve())
+                 for d in doc.get("datasets") or [] if isinstance(d, dict) and d.get("path")]
+    if hub.is_hub_value(str(given)):
+        data = given
     path = Path(run_dir) / RUN_DATA
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps({"data": str(data), "datasets": roots}, indent=2) + "\n")

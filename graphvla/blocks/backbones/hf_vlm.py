@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ... import hub
 from ...processors.block import bind
 from ...processors.hf_vlm import (  # noqa: F401 - chat_prompts: its home moved
     VLMProcessor, append_answers, chat_prompts, encode_cpu, text_answers)
@@ -61,12 +62,14 @@ class HFVLM(Block):
     params_schema = {
         "type": "object",
         "properties": {
-            "model": {"type": "string", "description": "folder of a checkpoint (from_pretrained), relative to the spec's folder"},
+            "model": {"type": "string", "description": "folder of a checkpoint (from_pretrained), relative to the spec's folder, "
+                                                        "or a Hugging Face Hub id org/name[@revision] (read through the Hub cache)"},
             "config": {"oneOf": [{"type": "string"}, {"type": "object"}],
                        "description": "a config dict (with model_type) or the name of a bundled config "
                                       "(qwen3_vl_4b, qwen2_5_vl_3b); used for compile when with.model has no weights on disk"},
             "tiny": {"enum": ["qwen3_vl", "qwen2_5_vl", "smolvlm"], "description": "a tiny model built offline (tests, CPU)"},
-            "processor": {"type": "string", "description": "folder of the processor/tokenizer when it is not with.model"},
+            "processor": {"type": "string", "description": "folder (or Hub id org/name[@revision]) of the processor/tokenizer "
+                                                            "when it is not with.model"},
             "layers": {"type": "array", "items": {"type": "integer"}, "minItems": 1,
                        "description": "decoder layers exposed on `layers` (0 = first, -1 = last); default all"},
             "dtype": {"enum": list(DTYPES), "default": "float32", "description": "dtype of the model's weights"},
@@ -105,8 +108,8 @@ class HFVLM(Block):
         if sum(k in p for k in ("model", "tiny")) + (("config" in p) and "model" not in p) != 1:
             raise ParamError("model", "give exactly one of with.model (a checkpoint folder, optionally with a config for "
                                       "compile), with.config or with.tiny")
-        self.model_dir = ctx.resolve_path(p["model"]) if "model" in p else None
-        self.processor_dir = ctx.resolve_path(p["processor"]) if "processor" in p else None
+        self.model_dir = self._model_dir(ctx) if "model" in p else None
+        self.processor_dir = ctx.resolve_path(p["processor"], "processor") if "processor" in p else None
         self.model, self.processor, self.settings = self._load(ctx)
         self.config = self.model.config
         text_config = self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
@@ -122,6 +125,20 @@ class HFVLM(Block):
             self.model.config.use_cache = False
 
     # loading -------------------------------------------------------------------------------
+    def _model_dir(self, ctx) -> Path:
+        """with.model as a folder: a path, or a Hub id through the Hub cache (graphvla/hub.py). On
+        meta with a with.config, a Hub id is read from the cache only (never downloaded): when the
+        cache lacks it, the graph compiles from the config."""
+        value = self.params["model"]
+        if ctx.meta and "config" in self.params and hub.is_hub_value(value, ctx.spec_dir):
+            return hub.cached_snapshot(value) or ctx.spec_dir / value
+        try:
+            return ctx.resolve_path(value, "model")
+        except ParamError as e:
+            if "config" not in self.params:
+                raise
+            raise ParamError("model", f"{e}; a config alone can compile the graph but not train it") from None
+
     def _load(self, ctx):
         p = self.params
         dtype = DTYPES[p["dtype"]]

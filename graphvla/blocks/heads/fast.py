@@ -92,7 +92,8 @@ class FASTHead(HoldFallback, Block):
         "type": "object",
         "properties": {
             "tokenizer": {"type": ["string", "null"], "default": None,
-                          "description": "folder of a fitted FAST tokenizer (relative to the spec's folder)"},
+                          "description": "folder of a fitted FAST tokenizer (relative to the spec's folder), or a "
+                                         "Hugging Face Hub id org/name[@revision] holding one"},
             "vocab_size": {"type": "integer", "minimum": 2, "default": 1024,
                            "description": "BPE vocabulary the decoder is sized for; the tokenizer's must not exceed it"},
             "max_tokens": {"type": ["integer", "null"], "minimum": 1, "default": None,
@@ -220,7 +221,7 @@ def load_tokenizer(block: Block, ctx) -> FASTTokenizer:
     path = block.params["tokenizer"]
     if not path:
         raise ParamError("tokenizer", f"is required to build {block.type_name}: {FIT_HINT}")
-    folder = ctx.resolve_path(path)
+    folder = ctx.resolve_path(path, "tokenizer")
     try:
         tok = FASTTokenizer.load(folder)
     except (FileNotFoundError, ValueError) as e:
