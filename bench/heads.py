@@ -29,7 +29,7 @@ from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
 from graphvla.policy.caches import CallRows, cached_infer, reset_caches
 
 ROOT = Path(__file__).resolve().parent.parent
-HEADS = ["head.mlp", "head.oft", "head.flow_matching", "head.dual_system", "head.fast"]
+HEADS = ["head.mlp", "head.query_transformer", "head.flow_matching", "head.dual_system", "head.fast"]
 
 SMALL = """
 graphvla: 1
@@ -54,12 +54,12 @@ outputs:
 """
 SMALL_PARAMS = {
     "head.mlp": "{hidden: 256}",
-    "head.oft": "{width: 128, layers: 2}",
+    "head.query_transformer": "{width: 128, layers: 2}",
     "head.flow_matching": "{width: 128, layers: 4, num_steps: 10}",
     "head.dual_system": "{width: 128, layers: 4, num_steps: 10}",
     "head.fast": "{tokenizer: tok, vocab_size: 512, width: 128, layers: 2}",
 }
-TINY_FILES = {"head.oft": "oft.yaml", "head.flow_matching": "pi.yaml", "head.dual_system": "gr00t.yaml", "head.fast": "fast.yaml",
+TINY_FILES = {"head.query_transformer": "oft.yaml", "head.flow_matching": "pi.yaml", "head.dual_system": "gr00t.yaml", "head.fast": "fast.yaml",
               "fast-lm (VLM decodes)": "fast-lm.yaml"}
 TINY_MLP = ["blocks.head.type=head.mlp", "blocks.head.with={hidden: 256}",
             "blocks.head.in={context: vlm.hidden, state: inputs.state, target: inputs.actions}"]

@@ -19,7 +19,7 @@ warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parents[1] / "graphvla" / "graphs"
 BACKBONES = ["qwen3vl", "qwen25vl", "worldmodel"]
 # the full-size family's heads by file-name suffix (GraphVLA designs, named for what they are; docs/heads.md)
-HEADS = {"fast": "head.fast", "querytf": "head.oft", "flowdit": "head.flow_matching", "dualsystem": "head.dual_system"}
+HEADS = {"fast": "head.fast", "querytf": "head.query_transformer", "flowdit": "head.flow_matching", "dualsystem": "head.dual_system"}
 FULLSIZE = [f"{b}-{h}" for b in BACKBONES for h in HEADS]
 TINY = ["fast", "oft", "pi", "gr00t", "worldmodel-pi", "fast-lm"]
 # backbone parameters: the published sizes of the checkpoints; the world model's is ours

@@ -11,7 +11,7 @@ from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
 H, A = 6, 3
 HEADS = {
     "head.mlp": "{hidden: 32}",
-    "head.oft": "{width: 32, layers: 1}",
+    "head.query_transformer": "{width: 32, layers: 1}",
     "head.flow_matching": "{width: 32, layers: 2, num_steps: 3}",
     "head.dual_system": "{width: 32, layers: 2, num_steps: 3}",
     "head.fast": "{tokenizer: tok, vocab_size: 128, width: 32, layers: 1}",

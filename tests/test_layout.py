@@ -64,7 +64,7 @@ def test_the_cycle_check_sees_a_cycle():
 
 def _home_modules(type_name: str) -> set[str]:
     """Where type `family.name` may live: blocks/<family>/<name>.py or blocks/<family>.py (the
-    folder or file may take the plural: blocks/heads/oft.py for head.oft)."""
+    folder or file may take the plural: blocks/heads/mlp.py for head.mlp)."""
     family, name = type_name.split(".", 1)
     homes = set()
     for folder in (family, family + "s"):
@@ -86,7 +86,7 @@ def test_blocks_verbose_prints_each_defining_file():
         assert f"    file {path}" in out.output, name
         if cls.__module__.startswith("graphvla."):
             assert (REPO / path).is_file() and importlib.import_module(cls.__module__).__file__.endswith(path)
-    assert "    file graphvla/blocks/heads/oft.py" in out.output
+    assert "    file graphvla/blocks/heads/query_transformer.py" in out.output
     assert "    file graphvla/blocks/glue/select_layers.py" in out.output
 
 

@@ -105,7 +105,7 @@ def test_commands_take_names(elsewhere):
     assert result.exit_code == 0 and "ok (tiny-qwen3vl-oft" in result.output
     result = run("diff", "tiny/oft", "tiny/pi")
     assert result.exit_code == 0, result.output
-    assert "head" in result.output and "head.oft" in result.output and "head.flow_matching" in result.output
+    assert "head" in result.output and "head.query_transformer" in result.output and "head.flow_matching" in result.output
     result = run("validate", "tiny/otf")
     assert result.exit_code == 1
     assert "tiny/otf: error: <root>: file not found (and no packaged graph of that name; did you mean 'tiny/oft'?)" \
@@ -142,7 +142,7 @@ def test_graphs_lists_every_name_with_its_description():
     lines = result.output.splitlines()
     assert [line.split()[0] for line in lines] == packaged_graphs()
     oft = next(line for line in lines if line.startswith("tiny/oft "))
-    assert oft.split(None, 1)[1] == "OpenVLA-OFT-style parallel regression on the tiny Qwen3-VL."
+    assert oft.split(None, 1)[1] == "GraphVLA's learned-query transformer head on the tiny Qwen3-VL (not OpenVLA-OFT)."
     assert describe("tiny/mlp") == "Small from-scratch encoders and an MLP head; trains in seconds on CPU."
     assert all(len(line) < 160 for line in lines)  # folded descriptions are cut to a line
     assert "base" not in result.output.split()

@@ -66,7 +66,7 @@ def test_entry_point_blocks_are_registered_and_compile(plugin_dist, caplog):
     with caplog.at_level(logging.WARNING):
         types = registry.registered()
     assert "demo.doubler" in types and "demo.negate" in types
-    assert "head.oft" in types  # built-ins still there
+    assert "head.query_transformer" in types  # built-ins still there
     assert any("demo_plugin_broken" in r.getMessage() or "broken" in r.getMessage() for r in caplog.records)
     spec = state_graph(3, {"twice": {"type": "demo.doubler", "in": {"x": "inputs.state"}},
                            "neg": {"type": "demo.negate", "in": {"x": "twice.y"}}}, {"y": "neg.y"})
@@ -77,8 +77,8 @@ def test_entry_point_blocks_are_registered_and_compile(plugin_dist, caplog):
 
 def test_unknown_type_lists_what_is_registered():
     with pytest.raises(KeyError) as e:
-        registry.get_block_type("head.ofts")
-    assert "did you mean 'head.oft'" in str(e.value)
+        registry.get_block_type("head.query_transformers")
+    assert "did you mean 'head.query_transformer'" in str(e.value)
 
 
 def test_register_refuses_bad_names_and_non_blocks():

@@ -44,7 +44,7 @@ def results(out: Path) -> dict:
 def test_smoke_sweep_reports_every_cell_with_intervals_and_plots(finished):
     report = results(finished)
     cells = {c["cell"]: c for c in report["cells"]}
-    assert list(cells) == ["mlp", "oft"]
+    assert list(cells) == ["mlp", "querytf"]
     for c in cells.values():
         assert c["complete"] and c["pooled"]["episodes"] == 1
         lo, hi = c["pooled"]["ci95"]
@@ -53,9 +53,9 @@ def test_smoke_sweep_reports_every_cell_with_intervals_and_plots(finished):
         assert c["final_losses"]["loss/action"]["mean"] > 0
         run = c["runs"][0]
         assert run["fingerprint"] and "head" in run["diff"] or c["cell"] == "mlp"
-    assert cells["oft"]["params_total"] != cells["mlp"]["params_total"]  # the head really changed
+    assert cells["querytf"]["params_total"] != cells["mlp"]["params_total"]  # the head really changed
     assert "no differences (same fingerprint)" in cells["mlp"]["runs"][0]["diff"]
-    assert "head.mlp -> head.oft" in cells["oft"]["runs"][0]["diff"]
+    assert "head.mlp -> head.query_transformer" in cells["querytf"]["runs"][0]["diff"]
     csv_rows = (finished / "results.csv").read_text().splitlines()
     assert len(csv_rows) == 3 and csv_rows[0].startswith("cell,head,seeds,params_total")
     for stem in ("success", "buckets", "losses"):
@@ -63,11 +63,11 @@ def test_smoke_sweep_reports_every_cell_with_intervals_and_plots(finished):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
         assert b"<svg" in svg.read_bytes()[:500]
     md = (finished / "results.md").read_text()
-    assert "| mlp | mlp |" in md and "| oft | oft |" in md and "graphvla train" in md
+    assert "| mlp | mlp |" in md and "| querytf | querytf |" in md and "graphvla train" in md
     # rerun commands name the packaged graph, not this checkout's path to it
     assert "graphvla train sweeps/smoke/tiny --data" in md and "graphvla/graphs/" not in md
     # each stage ran the runner functions in a child process; its log starts with the equivalent command
-    cell = finished / "cells" / "oft" / "seed0"
+    cell = finished / "cells" / "querytf" / "seed0"
     train_log, eval_log = (cell / "train.log").read_text(), (cell / "eval.log").read_text()
     assert train_log.startswith("$ graphvla train ") and "trained " in train_log and "; checkpoint " in train_log
     assert eval_log.startswith("$ graphvla eval ") and "reach-v3: " in eval_log
@@ -92,10 +92,10 @@ def test_interrupted_sweep_resumes_to_the_same_results(finished, tmp_path):
     mlp_state = (out / "cells/mlp/seed0/state.json").read_text()
     # the other cell's training is interrupted half way (as a killed job leaves it: a checkpoint, no eval)
     s = load_sweep("smoke", str(data))
-    oft = next(r for r in s.runs() if r.cell == "oft")
-    d = run_dir(out, oft)
+    querytf = next(r for r in s.runs() if r.cell == "querytf")
+    d = run_dir(out, querytf)
     d.mkdir(parents=True)
-    args = train_command(oft, str(data), d / "run") + ["--stop-after", "2"]
+    args = train_command(querytf, str(data), d / "run") + ["--stop-after", "2"]
     subprocess.run([sys.executable, "-m", "graphvla", *args], check=True, capture_output=True)
     result = sweep("smoke", "-o", out, "--data", data, "--no-progress")
     assert result.exit_code == 0, result.output
@@ -108,7 +108,7 @@ def test_interrupted_sweep_resumes_to_the_same_results(finished, tmp_path):
         ra, rb = ca["runs"][0], cb["runs"][0]
         assert ra["fingerprint"] == rb["fingerprint"]
         assert ra["final_losses"] == pytest.approx(rb["final_losses"], rel=1e-6)
-    la = json.loads((run_dir(finished, oft) / "state.json").read_text())["losses"]["loss/action"]
+    la = json.loads((run_dir(finished, querytf) / "state.json").read_text())["losses"]["loss/action"]
     lb = json.loads((d / "state.json").read_text())["losses"]["loss/action"]
     assert [s for s, _ in la] == [s for s, _ in lb]
     assert [v for _, v in la] == pytest.approx([v for _, v in lb], rel=1e-6)

@@ -115,7 +115,7 @@ def test_blocks_validate_and_compile_from_an_empty_folder(installed):
 
     blocks = _sh([graphvla, "blocks"], cwd=empty, env=env).stdout
     listed = [line.split()[0] for line in blocks.splitlines() if line.strip()]
-    assert {"backbone.hf_vlm", "encoder.image", "head.oft", "head.mlp"} <= set(listed)
+    assert {"backbone.hf_vlm", "encoder.image", "head.query_transformer", "head.mlp"} <= set(listed)
 
     validate = _sh([graphvla, "validate", "tiny/oft"], cwd=empty, env=env).stdout
     assert validate.startswith("tiny/oft: ok (tiny-qwen3vl-oft, fingerprint ")

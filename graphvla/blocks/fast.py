@@ -1,4 +1,4 @@
-"""FAST decoded by the VLM itself (pi0-FAST, starVLA's Qwen-FAST): the two ends around a
+"""FAST decoded by the VLM itself (after pi0-FAST and starVLA's QwenFast; not parity-tested): the two ends around a
 `backbone.hf_vlm` with `with.action_vocab`.
 
     inputs.actions -> fast.encode -> vlm.target_tokens   (training: the LM loss on action tokens)

@@ -1,4 +1,4 @@
-"""Block types by registered name ('head.oft'). Built-in blocks register on import of their
+"""Block types by registered name ('head.query_transformer'). Built-in blocks register on import of their
 module; third-party packages add theirs through the `graphvla.blocks` entry-point group
 (an entry point names a module, which registers on import, or a Block subclass)."""
 from __future__ import annotations
@@ -31,8 +31,17 @@ BUILTIN_MODULES = [
     "graphvla.blocks.heads.fast",
     "graphvla.blocks.heads.flow_matching",
     "graphvla.blocks.heads.mlp",
-    "graphvla.blocks.heads.oft",
+    "graphvla.blocks.heads.query_transformer",
 ]
+
+# Old type names -> the type they were renamed to. A spec (or a run's spec.yaml) with an old name
+# validates, compiles and loads exactly as before (its data, and so its fingerprint, are unchanged),
+# with a warning naming the new type. Renamed because the old name claimed a published model the block
+# is not (docs/heads.md, "Names and parity").
+ALIASES: dict[str, str] = {
+    "head.oft": "head.query_transformer",  # a learned-query transformer, not OpenVLA-OFT / starVLA QwenOFT
+}
+
 
 _REGISTRY: dict[str, type[Block]] = {}
 _loaded = False
@@ -70,13 +79,26 @@ def _load_all():
             register(obj)
 
 
-def registered() -> dict[str, type[Block]]:
+def registered(aliases: bool = False) -> dict[str, type[Block]]:
+    """Every block type by name; with aliases, the old names of renamed types too (what a spec may
+    say: validation, the DAG and diffs take them; listings and `graphvla blocks` show current names)."""
     _load_all()
-    return dict(sorted(_REGISTRY.items()))
+    types = dict(_REGISTRY)
+    if aliases:
+        types.update({old: _REGISTRY[new] for old, new in ALIASES.items() if new in _REGISTRY and old not in _REGISTRY})
+    return dict(sorted(types.items()))
+
+
+def renamed(name) -> str | None:
+    """The current name of an old block type name, else None (a registered plugin may reuse an old name)."""
+    if not isinstance(name, str) or name not in ALIASES:
+        return None
+    _load_all()
+    return None if name in _REGISTRY else ALIASES[name]
 
 
 def defining_file(cls: type[Block]) -> str:
-    """Where a block type is defined: 'graphvla/blocks/heads/oft.py' for a built-in (relative to the
+    """Where a block type is defined: 'graphvla/blocks/heads/mlp.py' for a built-in (relative to the
     installed package's parent), the absolute path of its module for a plugin, or the module's
     name when it has no file (a class made at run time)."""
     module = sys.modules.get(cls.__module__)
@@ -88,7 +110,7 @@ def defining_file(cls: type[Block]) -> str:
 
 
 def get_block_type(name: str) -> type[Block]:
-    types = registered()
+    types = registered(aliases=True)
     if name not in types:
         from ..errors import did_you_mean, known_list
 

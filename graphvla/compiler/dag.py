@@ -22,7 +22,7 @@ def build_dag(spec, issues: IssueList | None = None) -> nx.MultiDiGraph:
     """Build the DAG and check it; problems go into `issues` (errors and warnings)."""
     issues = issues if issues is not None else spec.issues()
     data = spec.data
-    types = registered()
+    types = registered(aliases=True)  # an old type name builds the block it was renamed to
     g = nx.MultiDiGraph(name=data.get("name", ""))
     inputs = data.get("inputs") if isinstance(data.get("inputs"), dict) else {}
     blocks = data.get("blocks") if isinstance(data.get("blocks"), dict) else {}

@@ -64,7 +64,7 @@ def _leaf_changes(a: dict, b: dict) -> list[str]:
 
 def _effective_with(block: dict, blocks: dict) -> dict:
     decl = blocks.get(block.get("share"), block) if "share" in block else block
-    cls = registered().get(decl.get("type"))
+    cls = registered(aliases=True).get(decl.get("type"))
     params = decl.get("with") or {}
     return with_defaults(cls.params_schema, params) if cls is not None else params
 

@@ -9,7 +9,7 @@ committed; the rest of the overlap (d <= i < R, R = len(remaining)) should conti
 - Flow heads (head.flow_matching, head.dual_system): the chunk is inpainted by guided sampling
   (blocks/heads/flow_matching.py Inpainting) with weights from `guidance_weights`: 1 for i < d,
   decaying over d <= i < R (Black et al. 2025's exponential schedule by default), 0 after.
-- Every other head (head.mlp, head.oft, head.fast, ...): `blend_prefix` on the returned chunk: the
+- Every other head (head.mlp, head.query_transformer, head.fast, ...): `blend_prefix` on the returned chunk: the
   first d actions are the remaining ones, then a linear blend from them to the new chunk over the
   rest of the overlap.
 With d = 0 nothing is committed before the new chunk arrives, and the chunk is left as sampled

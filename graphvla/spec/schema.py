@@ -104,7 +104,7 @@ BLOCK = {
     "type": "object",
     "description": "A block: `type` names a registered block; `share` reuses another block's module (same weights) with other inputs.",
     "properties": {
-        "type": {"type": "string", "description": "registered block type, e.g. head.oft (see `graphvla blocks`)"},
+        "type": {"type": "string", "description": "registered block type, e.g. head.query_transformer (see `graphvla blocks`)"},
         "share": {"type": "string", "pattern": IDENT, "description": "id of a block whose module (weights) this node calls"},
         "in": {
             "type": "object",
@@ -172,7 +172,7 @@ def spec_schema(block_types: dict | None = None) -> dict:
     if block_types is None:
         from ..blocks.registry import registered
 
-        block_types = registered()
+        block_types = registered(aliases=True)
     schema = base_schema()
     block = schema["properties"]["blocks"]["additionalProperties"]
     block["properties"]["type"]["enum"] = sorted(block_types)

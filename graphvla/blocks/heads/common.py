@@ -252,7 +252,7 @@ class AdaLNLayer(nn.Module):
 
 
 class MLPResNet(nn.Module):
-    """Residual MLP blocks then a linear read-out (OpenVLA-OFT's action decoder)."""
+    """Residual MLP blocks then a linear read-out (the shape of OpenVLA-OFT's action decoder)."""
 
     def __init__(self, width: int, out_dim: int, blocks: int = 2):
         super().__init__()

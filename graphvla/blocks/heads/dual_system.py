@@ -1,6 +1,8 @@
-"""head.dual_system ("GR00T"): System 2 is the backbone (its features arrive on `context`),
-adapted here by a projection and a few self-attention layers; System 1 is a flow-matching DiT over
-[state token; action tokens] whose every layer cross-attends to those System-2 features.
+"""head.dual_system: GraphVLA's dual-system head, after GR00T's design (not GR00T, and not
+parity-tested against it: docs/heads.md, "Names and parity"). System 2 is the backbone (its
+features arrive on `context`), adapted here by a projection and a few self-attention layers;
+System 1 is a flow-matching DiT over [state token; action tokens] whose every layer
+cross-attends to those System-2 features.
 
 The head keeps no state between calls. Running System 2 at a lower rate than System 1 is the
 compiler's job: `infer: {every: k}` on the backbone block reuses its outputs for k calls, and this
@@ -18,7 +20,8 @@ from .flow_matching import FLOW_PARAMS, FlowDiT, FlowHead
 @register
 class DualSystemHead(FlowHead):
     type_name = "head.dual_system"
-    description = "GR00T-style: System-2 features (backbone, projected) + a System-1 flow-matching DiT over [state; actions]."
+    description = ("Dual system after GR00T's design: System-2 features (backbone, projected) + a System-1 "
+                   "flow-matching DiT over [state; actions].")
     in_ports = HEAD_IN_PORTS
     out_ports = HEAD_OUT_PORTS
     params_schema = {

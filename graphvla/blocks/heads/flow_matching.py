@@ -1,6 +1,8 @@
-"""head.flow_matching ("pi"): a small DiT denoises the action chunk, each of its layers
-cross-attending to one backbone layer (a configurable layer map), with a state token in front of
-the action tokens and adaLN time conditioning.
+"""head.flow_matching: GraphVLA's flow-matching DiT head (pi0's flow conventions; not pi0, and not
+parity-tested against any published model: docs/heads.md, "Names and parity"). A small DiT
+denoises the action chunk, each of its layers cross-attending to one backbone layer (a
+configurable layer map), with a state token in front of the action tokens and adaLN time
+conditioning.
 
 Conventions (pi0's), used by every flow head here:
   x_tau = tau * actions + (1 - tau) * noise     tau = 0 is pure noise, tau = 1 the data
@@ -262,7 +264,8 @@ class FlowHead(Block):
 @register
 class FlowMatchingHead(FlowHead):
     type_name = "head.flow_matching"
-    description = "pi0-style flow matching: a DiT over [state; actions] whose layers cross-attend to backbone layers; Euler sampling."
+    description = ("Flow-matching DiT (pi0's flow conventions, not pi0): a DiT over [state; actions] whose layers "
+                   "cross-attend to backbone layers; Euler sampling.")
     in_ports = HEAD_IN_PORTS
     out_ports = HEAD_OUT_PORTS
     params_schema = {

@@ -1,5 +1,5 @@
 """A small MLP action head: pooled context (+ state) -> action chunk, L1 loss. The simplest
-head; the block library adds FAST, OFT, flow matching and dual-system heads.
+head; the block library adds FAST, learned-query transformer, flow-matching and dual-system heads.
 
 With `context_mask` wired, `pool: mean` averages the real tokens only, so a sample's actions do
 not depend on what else is in the batch (how far it was padded)."""

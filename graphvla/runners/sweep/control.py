@@ -33,7 +33,7 @@ def change_path(row: Change) -> str:
     if row.sign != "~" or not row.detail:
         return base
     first = row.detail.split(" ", 1)[0]
-    if row.section == "blocks" and "." not in first:  # 'head.mlp -> head.oft': the block's type
+    if row.section == "blocks" and "." not in first:  # 'head.mlp -> head.fast': the block's type
         return f"{base}.type"
     return f"{base}.{first}"
 

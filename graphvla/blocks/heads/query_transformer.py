@@ -1,6 +1,13 @@
-"""head.oft: OpenVLA-OFT-style parallel decoding. H learned action query tokens attend, with the
-(projected) context and an optional state token, through a small transformer; an MLP-ResNet maps
-each query to one action step. All H steps come out of one pass; masked L1 loss."""
+"""head.query_transformer: GraphVLA's learned-query transformer head. H learned action query tokens
+are appended to the (projected) context and an optional state token; a small transformer encoder
+runs over [context; state; queries] and an MLP-ResNet maps each query's output to one action step.
+All H steps come out of one pass; masked L1 loss.
+
+It was called head.oft (old specs and runs still load under that name, with a warning: see
+graphvla/blocks/registry.py ALIASES). It is not OpenVLA-OFT or starVLA's QwenOFT: those put the
+action placeholders into the VLM's own prompt and regress the VLM's hidden states there; this head
+runs its own transformer over the backbone's features. Only the parallel decoding, the L1 loss and
+the MLP-ResNet read-out follow OpenVLA-OFT's design (docs/heads.md, "Names and parity")."""
 from __future__ import annotations
 
 import torch
@@ -14,9 +21,10 @@ from .common import (ACTION_PARAMS, HEAD_IN_PORTS, HEAD_OUT_PORTS, WIDTH_PARAMS,
 
 
 @register
-class OFTHead(Block):
-    type_name = "head.oft"
-    description = "Learned action queries attend to the context; MLP-ResNet regresses all H steps in parallel, L1 loss."
+class QueryTransformerHead(Block):
+    type_name = "head.query_transformer"
+    description = ("GraphVLA's learned-query transformer (formerly head.oft): action queries attend to the context; "
+                   "MLP-ResNet regresses all H steps in parallel, L1 loss.")
     in_ports = HEAD_IN_PORTS
     out_ports = HEAD_OUT_PORTS
     params_schema = {

@@ -1,10 +1,10 @@
-"""head.oft: overfits, reads the chosen context layer, respects the context mask, and (being an L1
+"""head.query_transformer: overfits, reads the chosen context layer, respects the context mask, and (being an L1
 regressor) gives one answer per context where the data is bimodal."""
 import pytest
 import torch
 
 from graphvla.blocks.base import BuildContext, ParamError, PortInfo
-from graphvla.blocks.heads.oft import OFTHead
+from graphvla.blocks.heads.query_transformer import QueryTransformerHead
 
 N, T, D, H, A = 16, 6, 16, 4, 2
 
@@ -17,7 +17,7 @@ def make_head(params, context_shape=(N, T, D), with_state=False, with_mask=False
         infos["state"] = PortInfo("state", (context_shape[0], 5))
     if with_mask:
         infos["context_mask"] = PortInfo("mask", (context_shape[0], context_shape[-2]))
-    return OFTHead(params, infos, BuildContext("head"))
+    return QueryTransformerHead(params, infos, BuildContext("head"))
 
 
 def fit(head, steps, lr, **batch):
@@ -40,7 +40,7 @@ def test_overfits_fixed_dataset(seed):
     head = make_head({"width": 32, "layers": 1}, with_state=True)
     losses = fit(head, 250, 3e-3, context=context, state=state, target=target)
     first, last = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
-    print(f"oft L1 {first:.3f} -> {last:.4f} ({first / last:.0f}x)")
+    print(f"query_transformer L1 {first:.3f} -> {last:.4f} ({first / last:.0f}x)")
     assert first / last >= 10
     with torch.no_grad():
         pred = head.predict(context=context, state=state)["actions"]
@@ -105,7 +105,7 @@ def test_bimodal_targets_give_a_single_answer_between_the_modes():
     losses = fit(head, 150, 3e-3, context=context, target=sign)
     with torch.no_grad():
         pred = head.predict(context=context[:1])["actions"]
-    print(f"oft on bimodal +-1 data predicts {pred.flatten().tolist()}; final L1 {losses[-1]:.3f}")
+    print(f"query_transformer on bimodal +-1 data predicts {pred.flatten().tolist()}; final L1 {losses[-1]:.3f}")
     assert pred.abs().max() <= 1.05  # every value between the modes (each is an L1 minimizer)
     # any single answer in [-1, 1] costs L1 = 1 on this data: regression cannot do better
     assert sum(losses[-10:]) / 10 > 0.95

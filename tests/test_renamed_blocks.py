@@ -1,0 +1,99 @@
+"""Renamed block types (graphvla/blocks/registry.py ALIASES): `head.oft` is now
+`head.query_transformer` (GraphVLA's learned-query transformer, not OpenVLA-OFT). A spec or a run
+written with the old name validates, compiles and loads exactly as before (same data, so the same
+fingerprint), with a warning located at the block's `type` that names the new type. Listings show
+only current names, and the packaged graphs use them."""
+import warnings
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from conftest import graph_text
+
+import graphvla
+from graphvla.blocks import registry
+from graphvla.blocks.heads.query_transformer import QueryTransformerHead
+from graphvla.cli import main
+from graphvla.policy.policy import Policy
+from graphvla.runners.train import Trainer
+from graphvla.spec.library import graphs_root, packaged_graphs
+from graphvla.spec.loader import load_spec
+from vlm_samples import VLMSamples, vlm_bundle
+
+SHORT = ["trainer.max_steps=2", "trainer.batch_size=2", "trainer.warmup_steps=1"]
+
+
+def _obs():
+    rng = np.random.default_rng(1)
+    return {"images": rng.integers(0, 255, (128, 128, 3), dtype=np.uint8), "instruction": "reach the goal",
+            "state": rng.standard_normal(4).astype(np.float32)}
+
+
+def test_the_old_name_builds_the_renamed_block_and_listings_show_the_new_one():
+    assert registry.ALIASES == {"head.oft": "head.query_transformer"}
+    assert registry.renamed("head.oft") == "head.query_transformer"
+    assert registry.renamed("head.query_transformer") is None and registry.renamed(None) is None
+    assert "head.oft" not in registry.registered()
+    assert registry.registered(aliases=True)["head.oft"] is QueryTransformerHead
+    assert registry.get_block_type("head.oft") is QueryTransformerHead
+    listed = CliRunner().invoke(main, ["blocks"]).output
+    assert "head.query_transformer" in listed and "head.oft " not in listed
+
+
+def test_a_spec_with_the_old_name_warns_where_it_says_it(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text(graph_text("tiny/oft", "blocks.head.type=head.oft"))
+    line = next(i for i, t in enumerate(old.read_text().splitlines(), 1) if "type: head.oft" in t)
+    with pytest.warns(FutureWarning, match=r"blocks\.head\.type: block type 'head\.oft' was renamed 'head\.query_transformer'"):
+        spec = load_spec(str(old))
+    [w] = spec.warnings
+    assert w.severity == "warning" and w.path == ("blocks", "head", "type") and w.location.line == line
+    with pytest.warns(FutureWarning):
+        result = CliRunner().invoke(main, ["validate", str(old)])
+    assert result.exit_code == 0, result.output
+    assert f"old.yaml:{line}:" in result.output and "write 'head.query_transformer'" in result.output
+    # the same graph under the new name: the same model (same parameters, same initialization)
+    new = load_spec(str(old), ["blocks.head.type=head.query_transformer"])
+    assert not new.warnings and new.fingerprint != spec.fingerprint
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.manual_seed(0)
+        a = graphvla.compile_graph(spec, device="cpu")
+    torch.manual_seed(0)
+    b = graphvla.compile_graph(new, device="cpu")
+    assert type(a.model["head"]) is type(b.model["head"]) is QueryTransformerHead
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_run_trained_as_head_oft_still_loads_and_predicts_what_it_did(tmp_path):
+    """A run from before the rename: its checkpoint's spec.yaml says head.oft and its graph.json
+    holds that spec's fingerprint. It loads (with the warning) and predicts bit-identically."""
+    old = tmp_path / "old.yaml"
+    old.write_text(graph_text("tiny/oft", "blocks.head.type=head.oft"))
+    with pytest.warns(FutureWarning):
+        spec = load_spec(str(old), SHORT)
+    trainer = Trainer.from_spec(spec, vlm_bundle(VLMSamples()), tmp_path / "run", progress=False)
+    trainer.run()
+    expected = Policy.from_compiled(trainer.cg, trainer.normalizer).infer(_obs())["actions"]
+    ckpt = tmp_path / "run" / "checkpoints" / "step_0000002"
+    assert yaml.safe_load((ckpt / "spec.yaml").read_text())["blocks"]["head"]["type"] == "head.oft"
+    with pytest.warns(FutureWarning, match="head.query_transformer"):
+        policy = graphvla.load_policy(tmp_path / "run")
+    assert policy.metadata["fingerprint"] == spec.fingerprint
+    np.testing.assert_array_equal(policy.infer(_obs())["actions"], expected)
+
+
+def test_packaged_graphs_use_current_names_only():
+    """No packaged graph or sweep file uses an old block type name (each would warn on every use)."""
+    old_names = set(registry.ALIASES)
+    for name in packaged_graphs():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            spec = load_spec(name)
+        assert not {b.get("type") for b in spec.blocks.values()} & old_names, name
+    for sweep in (graphs_root() / "sweeps").glob("*.yaml"):
+        assert not [n for n in old_names if n + "," in sweep.read_text() or n + "\n" in sweep.read_text()], sweep
