@@ -50,7 +50,7 @@ def test_the_library_has_every_variant():
     for name in TINY:
         assert (ROOT / "tiny" / f"{name}.yaml").exists(), name
     # the discovery below reaches every folder of the library, and no base/ file
-    assert {rel.split("/")[0] for rel in LIBRARY} == {"examples", "fullsize", "metaworld", "sweeps", "tiny"}
+    assert {rel.split("/")[0] for rel in LIBRARY} == {"examples", "fullsize", "metaworld", "starvla", "sweeps", "tiny"}
     assert not [rel for rel in LIBRARY if rel.count("/") == 1 and rel.startswith("sweeps/")]  # sweep files
     assert {"metaworld/mt10-oft-privileged.yaml", "metaworld/mt10-small-privileged.yaml", "metaworld/mt50.yaml",
             "tiny/mlp.yaml"} <= set(LIBRARY)

@@ -31,6 +31,7 @@ BUILTIN_MODULES = [
     "graphvla.blocks.heads.fast",
     "graphvla.blocks.heads.flow_matching",
     "graphvla.blocks.heads.mlp",
+    "graphvla.blocks.heads.mlp_resnet",
     "graphvla.blocks.heads.query_transformer",
 ]
 

@@ -6,7 +6,10 @@ Every port it makes is batch first, so a batch can be cut into rows (the every-k
 row alone) and rows stacked (the server batches clients): the processor's flat per-image tensors
 (Qwen's pixel_values [B x patches, D], image_grid_thw [B x V, 3]) are reshaped to [B, ..., D] and
 the block flattens them back (`flat`). Token rows are padded on the right. The processor's files
-are the step's assets (save_pretrained), loaded back with processors/hf_processor.load_processor."""
+are the step's assets (save_pretrained), loaded back with processors/hf_processor.load_processor.
+A `suffix` (backbone.hf_vlm's action placeholders: "Please predict the next N robot actions: ...")
+is appended to every instruction, then a `template` (with.prompt_template, "... {instruction} ...")
+wraps it, before the chat template; both are saved with the step's settings."""
 from __future__ import annotations
 
 import warnings
@@ -19,6 +22,12 @@ from .hf_processor import load_processor
 
 IGNORE = -100  # label of tokens without loss (prompt, image, padding)
 PAD = -1  # padding of answer rows
+
+
+def user_text(instruction: str, suffix: str = "", template: str | None = None) -> str:
+    """The user turn's text: the instruction and `suffix`, put in place of {instruction} in `template`."""
+    text = instruction + suffix
+    return template.replace("{instruction}", text) if template else text
 
 
 def chat_prompts(processor, text, views: int) -> list[str]:
@@ -99,9 +108,9 @@ class VLMProcessor(BlockStep):
     kind = "hf_vlm_processor"
     optional = ("target_text",)
 
-    def __init__(self, block, sources, makes, processor, flat=()):
+    def __init__(self, block, sources, makes, processor, flat=(), suffix="", template=None):
         super().__init__(block, sources, makes)
-        self.processor, self.flat = processor, tuple(flat)
+        self.processor, self.flat, self.suffix, self.template = processor, tuple(flat), suffix, template
 
     def _loaded(self):
         if self.processor is None:
@@ -116,14 +125,19 @@ class VLMProcessor(BlockStep):
             raise ValueError(f"{len(text)} instructions for a batch of {images.shape[0]} images")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            enc = encode_cpu(self.processor, images.detach().float().cpu().clamp(0, 1), list(text))
+            enc = encode_cpu(self.processor, images.detach().float().cpu().clamp(0, 1), [user_text(t, self.suffix, self.template) for t in text])
         out = batch_first(enc, images.shape[0], self.flat)
         if target_text is not None:
             out["answers"] = padded_rows(text_answers(self.processor.tokenizer, target_text))
         return out
 
     def settings(self):
-        return {"flat": list(self.flat), "class": type(self.processor).__name__}
+        out = {"flat": list(self.flat), "class": type(self.processor).__name__}
+        if self.suffix:
+            out["suffix"] = self.suffix
+        if self.template:
+            out["template"] = self.template
+        return out
 
     def save_assets(self, folder):
         processor = self._loaded()
@@ -133,4 +147,5 @@ class VLMProcessor(BlockStep):
 
     @classmethod
     def from_settings(cls, config, folder, block, sources, makes):
-        return cls(block, sources, makes, load_processor(folder), config.get("flat", ()))
+        return cls(block, sources, makes, load_processor(folder), config.get("flat", ()), config.get("suffix", ""),
+                   config.get("template"))

@@ -41,6 +41,9 @@ def refusal(cg, bid) -> str | None:
     if p.get("action_vocab") is not None:
         return ("with.action_vocab: it decodes action tokens autoregressively (transformers' generate, a "
                 "data-dependent loop until the end token)")
+    if p.get("action_placeholders") is not None:
+        return ("with.action_placeholders: the exported Qwen3-VL path (blocks/backbones/hf_vlm_export.py) makes "
+                "hidden, layers and mask, not the placeholder states (action_hidden); not exportable yet")
     model_type = getattr(block.config, "model_type", None)
     if model_type not in EXPORTABLE_MODEL_TYPES:
         return (f"its model is {model_type!r}; only Qwen3-VL ({', '.join(EXPORTABLE_MODEL_TYPES)}) has a traceable "

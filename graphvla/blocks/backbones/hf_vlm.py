@@ -10,6 +10,14 @@ tokens are appended to its vocabulary (the embeddings are resized; id = old voca
 `target_tokens` (FAST ids from `fast.encode`) become the answer that `lm_loss` is taken on, and
 at inference `generated` holds the action tokens the LM decodes greedily after the prompt, with
 every other token masked out except the end of turn (for `fast.decode`).
+
+With `with.action_placeholders: N` (starVLA's QwenOFT) every instruction ends with
+" Please predict the next N robot actions: <action>PP...P<action>." (P = `with.placeholder`, N
+times, no spaces), written by the processor step, and `action_hidden` [B, N, D] holds the last
+layer's hidden states at the last N positions of P's token (its first token id if the tokenizer
+splits it), in sequence order: one query per action step for a head such as head.mlp_resnet.
+`with.prompt_template` ("Your task is {instruction}. ...", starVLA's datasets.vla_data.CoT_prompt)
+puts the instruction (with that suffix) in place of {instruction}.
 The processor and chat template run in the block's processor step (processors/hf_vlm.py
 VLMProcessor) in the preprocess pipeline: the compiled graphs take its tensors (NODE_input_ids,
 NODE_attention_mask, NODE_pixel_values, ...; NODE_answers for co-training text) in place of the
@@ -30,7 +38,7 @@ import torch
 from ... import hub
 from ...processors.block import bind
 from ...processors.hf_vlm import (  # noqa: F401 - chat_prompts: its home moved
-    VLMProcessor, append_answers, chat_prompts, encode_cpu, text_answers)
+    VLMProcessor, append_answers, chat_prompts, encode_cpu, text_answers, user_text)
 from ..base import Block, InPort, OutPort, ParamError, PortError, StepPorts, parameters_are_placeholders
 from ..registry import register
 from . import hf_config
@@ -40,6 +48,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 VISION_TOWERS = ("visual", "vision_tower", "vision_model")
 TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")  # per-token columns
 STEP_READS = ("images", "text", "target_text")
+PLACEHOLDER = "\U0001F50D"  # starVLA QwenOFT's action placeholder (a magnifying-glass emoji)
+
+
+def placeholder_suffix(count: int, placeholder: str) -> str:
+    """What starVLA's QwenOFT appends to each instruction (placeholders side by side: a space
+    between them would tokenize differently)."""
+    return f" Please predict the next {count} robot actions: <action>{placeholder * count}<action>."
 
 
 @register
@@ -83,6 +98,13 @@ class HFVLM(Block):
                                             "target_tokens input and the generated output (FAST through the VLM)"},
             "max_new_tokens": {"type": "integer", "minimum": 1, "default": 256,
                                "description": "longest generated action-token sequence, the end token included"},
+            "action_placeholders": {"type": "integer", "minimum": 1,
+                                    "description": "append N action placeholder tokens to the prompt and expose their "
+                                                   "last-layer hidden states on action_hidden [B, N, D] (starVLA QwenOFT)"},
+            "placeholder": {"type": "string", "minLength": 1, "default": PLACEHOLDER,
+                            "description": "the placeholder text with.action_placeholders repeats (starVLA's is U+1F50D)"},
+            "prompt_template": {"type": "string", "description": "the user turn's text, with {instruction} where the "
+                                                                 "instruction goes (starVLA's CoT_prompt)"},
         },
         "additionalProperties": False,
     }
@@ -92,8 +114,12 @@ class HFVLM(Block):
     ACTION_OUT = {"generated": OutPort("tokens", infer_only=True,
                                        doc="[B, max_new_tokens] generated action-token ids, -1 after the end")}
 
+    PLACEHOLDER_OUT = {"action_hidden": OutPort("hidden", doc="[B, N, D] last-layer hidden states at the N action placeholders")}
+
     @classmethod
     def ports_for(cls, params):
+        if params.get("action_placeholders") is not None:
+            return cls.in_ports, {**cls.out_ports, **cls.PLACEHOLDER_OUT}
         if params.get("action_vocab") is None:
             return cls.in_ports, cls.out_ports
         return {**cls.in_ports, **cls.ACTION_IN}, {**cls.out_ports, **cls.ACTION_OUT}
@@ -108,6 +134,10 @@ class HFVLM(Block):
         if sum(k in p for k in ("model", "tiny")) + (("config" in p) and "model" not in p) != 1:
             raise ParamError("model", "give exactly one of with.model (a checkpoint folder, optionally with a config for "
                                       "compile), with.config or with.tiny")
+        if "action_vocab" in p and "action_placeholders" in p:
+            raise ParamError("action_placeholders", "with.action_vocab (actions as generated tokens) and "
+                                                    "with.action_placeholders (actions read at placeholder tokens) "
+                                                    "are two ways to get actions: give one")
         self.model_dir = self._model_dir(ctx) if "model" in p else None
         self.processor_dir = ctx.resolve_path(p["processor"], "processor") if "processor" in p else None
         self.model, self.processor, self.settings = self._load(ctx)
@@ -118,6 +148,12 @@ class HFVLM(Block):
         self.layer_ids = self._layer_ids(p.get("layers"))
         self.encoding_keys, self.flat_keys = self._encoding_layout()
         self.action_base = self._add_action_tokens(p.get("action_vocab"), ctx.meta or parameters_are_placeholders())
+        self.placeholders = p.get("action_placeholders")
+        self.suffix = placeholder_suffix(self.placeholders, p["placeholder"]) if self.placeholders else ""
+        self.placeholder_id = self._placeholder_id()
+        self.template = p.get("prompt_template")
+        if self.template is not None and "{instruction}" not in self.template:
+            raise ParamError("prompt_template", f"{self.template!r} has no {{instruction}}: the instruction would be lost")
         if p["freeze_vision"]:
             vision_tower(self.model).requires_grad_(False)
         if p["gradient_checkpointing"] and not ctx.meta:
@@ -212,6 +248,16 @@ class HFVLM(Block):
             hf_logging.set_verbosity(verbosity)
         return base
 
+    def _placeholder_id(self) -> int | None:
+        """The token id the placeholders are found by: the first of the placeholder's tokens (None
+        without placeholders, or on meta without a tokenizer)."""
+        if not self.placeholders or self.processor is None:
+            return None
+        ids = self.processor.tokenizer(self.params["placeholder"], add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ParamError("placeholder", f"{self.params['placeholder']!r} tokenizes to nothing")
+        return int(ids[0])
+
     def _layer_ids(self, layers):
         if layers is None:
             return list(range(self.num_layers))
@@ -271,9 +317,11 @@ class HFVLM(Block):
         return StepPorts(STEP_READS, made)
 
     def processor_step(self, node=None, sources=None):
-        step = bind(VLMProcessor, self, node, sources, STEP_READS, self.encoding_keys, self.processor, self.flat_keys)
+        step = bind(VLMProcessor, self, node, sources, STEP_READS, self.encoding_keys, self.processor, self.flat_keys,
+                    self.suffix, self.template)
         if "target_text" in step.sources:
-            step = VLMProcessor(step.block, step.sources, self.encoding_keys + ("answers",), self.processor, self.flat_keys)
+            step = VLMProcessor(step.block, step.sources, self.encoding_keys + ("answers",), self.processor, self.flat_keys,
+                                self.suffix, self.template)
         return step
 
     def model_inputs(self, encoding: dict) -> dict:
@@ -300,6 +348,8 @@ class HFVLM(Block):
         enc = self._on_model(enc)
         out = self.model(**enc, output_hidden_states=True, use_cache=False)
         result = self._outputs(out.hidden_states, enc["attention_mask"])
+        if self.placeholders:
+            result["action_hidden"] = self.placeholder_states(result["hidden"], enc["input_ids"])
         if answer_ids is not None:
             result["lm_loss"] = out.loss.float()
             result["logits"] = out.logits
@@ -340,6 +390,20 @@ class HFVLM(Block):
         result["generated"] = generated
         return result
 
+    def placeholder_states(self, hidden, input_ids):
+        """[B, T, D] -> [B, N, D]: the hidden states at the last N placeholder tokens of each row, in
+        sequence order (starVLA's QwenOFT gather)."""
+        n = self.placeholders
+        found = input_ids == self.placeholder_id
+        counts = found.sum(dim=1)
+        if bool((counts < n).any()):
+            rows = (counts < n).nonzero().flatten().tolist()
+            raise ValueError(f"{self.block_id}: rows {rows} hold {counts[counts < n].tolist()} action placeholder tokens, "
+                             f"fewer than with.action_placeholders = {n} (was the prompt cut short?)")
+        positions = torch.arange(found.shape[1], device=found.device).expand_as(found)
+        last = torch.where(found, positions, -1).topk(n, dim=1).values.sort(dim=1).values
+        return hidden.gather(1, last.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
     def _outputs(self, hidden_states, attention_mask):
         dtype = DTYPES[self.params["output_dtype"]]
         # hidden_states[0] is the embedding output; layer i's output is hidden_states[i + 1]
@@ -357,6 +421,8 @@ class HFVLM(Block):
         }
         if self.action_base is not None:
             out["generated"] = torch.empty(b, self.params["max_new_tokens"], dtype=torch.long, device="meta")
+        if self.placeholders:
+            out["action_hidden"] = torch.empty(b, self.placeholders, self.width, dtype=dtype, device="meta")
         if target_text is not None or target_tokens is not None:
             out["lm_loss"] = torch.empty((), device="meta")
             out["logits"] = torch.empty(b, length, self.config.get_text_config().vocab_size, device="meta")
@@ -370,11 +436,11 @@ class HFVLM(Block):
             with torch.device("cpu"), warnings.catch_warnings():  # the processor makes real (CPU) tensors
                 warnings.simplefilter("ignore")
                 images = torch.zeros(len(text), views, 3, height, width)
-                enc = self._encode_cpu(images, list(text), answers)
+                enc = self._encode_cpu(images, [user_text(t, self.suffix, self.template) for t in text], answers)
             return int(enc["input_ids"].shape[1])
         per_image = hf_config.tokens_per_image(self.settings, self.config, height, width)
         template = 8 + 2 * views  # role markers, vision start/end tokens, generation prompt
-        longest = max(len(t.encode()) for t in text)
+        longest = max(len(user_text(t, self.suffix, self.template).encode()) for t in text)
         answer = max((len(a) + 1 for a in answers), default=0) if answers is not None else 0
         return views * per_image + template + math.ceil(longest / 4) + answer
 

@@ -1,0 +1,185 @@
+"""Parity fixtures from starVLA's own code (run OUTSIDE the package, in a side virtual environment).
+
+Builds a tiny Qwen3-VL checkpoint offline, constructs starVLA's QwenOFT framework on it with a fixed
+seed, runs its training forward (L1 loss) and its predict_action on a fixed batch, and writes under
+tests/fixtures/starvla/qwenoft/:
+
+  vlm/                    the tiny Qwen3-VL config, tokenizer and processor (no weights)
+  state.safetensors       QwenOFT's whole state_dict (float32), keys as starVLA names them
+  case.safetensors        inputs (uint8 images, actions) and outputs (loss, predicted actions)
+  case.json               instructions, horizon, starVLA commit, how the case was made
+
+Usage (see scripts/parity/README.md):
+  python3 scripts/parity/starvla.py --starvla /tmp/starvla [--out tests/fixtures/starvla]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ACTION_TOKEN = "\U0001F50D"  # starVLA's QwenOFT placeholder token ("magnifying glass" emoji)
+SEED = 0
+HORIZON = 4
+ACTION_DIM = 7
+VIEWS = 2
+SIZE = 64  # image side: a multiple of 32, so Qwen's resize leaves the images as they are
+INSTRUCTIONS = ["pick up the red cube and place it in the bowl", "open the top drawer"]
+# the prompt template starVLA's training files set as datasets.vla_data.CoT_prompt (second case)
+COT_PROMPT = ("Your task is {instruction}. To identify the key objects for your task. "
+              "Locate their bounding boxes in [x1,y1,x2,y2] format.")
+
+
+def stub_torchvision():
+    """starVLA's model/tools.py and trainer_tools.py import torchvision at module level for helpers
+    that QwenOFT's forward/predict never call (image transforms, box_iou). torchvision is not
+    installed (it would pull another torch); these stubs only satisfy the imports and fail loudly
+    if anything actually uses them. No math is stubbed. transformers' own check for torchvision
+    runs (and is cached) first, so transformers still sees that it is absent."""
+    from transformers.utils.import_utils import is_torchvision_available
+
+    assert not is_torchvision_available(), "torchvision is installed: no stub needed, remove stub_torchvision()"
+    import transformers
+
+    for name in ("PretrainedConfig", "PreTrainedModel", "AutoProcessor", "Qwen3VLForConditionalGeneration",
+                 "Qwen3VLProcessor"):
+        getattr(transformers, name)  # resolve transformers' lazy modules before the stub exists
+    def unused(name):
+        def fail(*a, **k):
+            raise RuntimeError(f"torchvision stub: {name} was called; install torchvision in the side venv")
+        return fail
+
+    tv = types.ModuleType("torchvision")
+    transforms = types.ModuleType("torchvision.transforms")
+    ops = types.ModuleType("torchvision.ops")
+    transforms.__getattr__ = lambda name: unused(f"transforms.{name}")
+    ops.box_iou = unused("ops.box_iou")
+    tv.transforms, tv.ops = transforms, ops
+    sys.modules.update({"torchvision": tv, "torchvision.transforms": transforms, "torchvision.ops": ops})
+
+
+def tiny_qwen3_vl(folder: Path):
+    """A tiny Qwen3-VL checkpoint (GraphVLA's offline tiny config) whose tokenizer has starVLA's
+    placeholder as one token, as the real Qwen tokenizer does. Returns the folder."""
+    from graphvla.blocks.backbones import tiny_hf
+
+    tokenizer = tiny_hf.make_tokenizer(tiny_hf.QWEN_SPECIALS)
+    tokenizer.add_tokens([ACTION_TOKEN])
+    torch.manual_seed(SEED)
+    model, processor = tiny_hf._qwen3_vl(tokenizer)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def run_case(model, examples, images) -> dict:
+    """starVLA's training loss (forward) and predict_action's actions on the examples, plus what its
+    forward fed the VLM (token ids, attention mask) and the placeholder hidden states it gathered,
+    recorded by wrapping those two methods (they run unchanged)."""
+    seen = {}
+    interface = model.qwen_vl_interface
+    build, gather = interface.build_qwenvl_inputs, model._gather_action_token_embeddings
+
+    def recording_build(*a, **k):
+        seen.setdefault("inputs", build(*a, **k))
+        return seen["inputs"]
+
+    def recording_gather(*a, **k):
+        seen.setdefault("queries", gather(*a, **k))
+        return seen["queries"]
+
+    interface.build_qwenvl_inputs, model._gather_action_token_embeddings = recording_build, recording_gather
+    try:
+        loss = model(examples)["action_loss"].detach()
+    finally:
+        del interface.build_qwenvl_inputs, model._gather_action_token_embeddings  # back to the class's methods
+    predicted = model.predict_action(examples=[{"image": list(images[i]), "lang": e["lang"]}
+                                               for i, e in enumerate(examples)])["normalized_actions"]
+    inputs = seen["inputs"]
+    return {"loss": loss.float().reshape(()), "predicted_actions": torch.from_numpy(np.asarray(predicted, dtype=np.float32)),
+            "action_queries": seen["queries"].detach().float().contiguous(),
+            "input_ids": inputs["input_ids"].long().contiguous(), "attention_mask": inputs["attention_mask"].long().contiguous()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--starvla", required=True, help="a checkout of github.com/starVLA/starVLA")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "starvla"))
+    ap.add_argument("--work", default="/tmp/starvla-parity", help="scratch folder for the tiny checkpoint")
+    args = ap.parse_args()
+    repo = Path(args.starvla).resolve()
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    sys.path.insert(0, str(repo))
+    stub_torchvision()
+    from omegaconf import OmegaConf
+    from PIL import Image
+    from safetensors.torch import save_file
+    from starVLA.model.framework.VLM4A.QwenOFT import Qwenvl_OFT
+    import starVLA.model.modules.vlm.QWen3 as qwen3_interface
+
+    # AutoProcessor cannot build Qwen3-VL's processor without a video processor (torchvision): the
+    # same processor class is assembled from the saved tokenizer, image processor and chat template.
+    from graphvla.processors.hf_processor import load_processor
+    qwen3_interface.AutoProcessor = types.SimpleNamespace(from_pretrained=lambda path: load_processor(Path(path)))
+
+    # starVLA picks the Qwen3-VL interface from the folder name
+    vlm_dir = tiny_qwen3_vl(Path(args.work) / "tiny-Qwen3-VL")
+    cfg = OmegaConf.create({
+        "framework": {
+            "name": "QwenOFT",
+            "qwenvl": {"base_vlm": str(vlm_dir), "attn_implementation": "sdpa"},
+            "action_model": {"action_model_type": "MLP", "action_dim": ACTION_DIM, "action_horizon": HORIZON},
+        },
+        "datasets": {"vla_data": {}},
+    })
+    torch.manual_seed(SEED)
+    model = Qwenvl_OFT(cfg)
+    # starVLA loads the VLM in bfloat16 (for its CUDA autocast); the fixture is float32 on the CPU,
+    # so the whole framework is cast to float32 here (the bf16-rounded VLM weights are what is saved).
+    model = model.float().eval()
+
+    rng = np.random.default_rng(SEED)
+    images = rng.integers(0, 256, size=(len(INSTRUCTIONS), VIEWS, SIZE, SIZE, 3), dtype=np.uint8)
+    actions = rng.uniform(-1, 1, size=(len(INSTRUCTIONS), HORIZON, ACTION_DIM)).astype(np.float32)
+    examples = [{"image": [Image.fromarray(v) for v in images[i]], "lang": INSTRUCTIONS[i], "action": actions[i]}
+                for i in range(len(INSTRUCTIONS))]
+
+    plain = run_case(model, examples, images)
+    model.config.datasets.vla_data.CoT_prompt = COT_PROMPT  # read by build_qwenvl_inputs on every call
+    cot = run_case(model, examples, images)
+    loss = plain["loss"]
+
+    out = Path(args.out) / "qwenoft"
+    out.mkdir(parents=True, exist_ok=True)
+    vlm_out = out / "vlm"
+    vlm_out.mkdir(exist_ok=True)
+    model.qwen_vl_interface.processor.save_pretrained(vlm_out)
+    cfg_json = json.loads((vlm_dir / "config.json").read_text())
+    cfg_json["dtype"] = "float32"
+    (vlm_out / "config.json").write_text(json.dumps(cfg_json, indent=2, sort_keys=True) + "\n")
+    state = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "state.safetensors"), metadata={"starvla_commit": commit})
+    save_file({"images": torch.from_numpy(images).contiguous(), "actions": torch.from_numpy(actions), **plain},
+              str(out / "case.safetensors"))
+    save_file(cot, str(out / "case_cot.safetensors"))
+    (out / "case.json").write_text(json.dumps({
+        "framework": "QwenOFT", "starvla_repo": "github.com/starVLA/starVLA", "starvla_commit": commit,
+        "vlm": "tiny Qwen3-VL (graphvla.blocks.backbones.tiny_hf config, tokenizer + placeholder token)",
+        "seed": SEED, "horizon": HORIZON, "action_dim": ACTION_DIM, "views": VIEWS, "image_size": SIZE,
+        "instructions": INSTRUCTIONS, "action_token": ACTION_TOKEN, "cot_prompt": COT_PROMPT, "dtype": "float32", "device": "cpu",
+        "loss": float(loss), "loss_cot": float(cot["loss"]), "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+    }, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {out}: loss {float(loss):.6f} (with CoT_prompt {float(cot['loss']):.6f})")
+
+
+if __name__ == "__main__":
+    main()
