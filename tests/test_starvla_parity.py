@@ -5,6 +5,7 @@ predicted actions on the same batch within 1e-5. No starVLA code is imported: on
 Every key of starVLA's state_dict maps to exactly one key of the graph's."""
 from __future__ import annotations
 
+import copy
 import json
 import re
 import warnings
@@ -21,10 +22,12 @@ from graphvla.blocks.backbones.hf_vlm import PLACEHOLDER, placeholder_suffix
 from graphvla.compiler.compile import compile_graph
 from graphvla.errors import SpecError
 from graphvla.processors.base import Pipeline
+from graphvla.spec.loader import load_spec
 
 warnings.filterwarnings("ignore")
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "starvla" / "qwenoft"
 GRAPH = Path(__file__).resolve().parents[1] / "graphvla" / "graphs" / "starvla" / "qwen3vl-oft.yaml"
+STATE_GRAPH = GRAPH.with_name("qwen3vl-oft-state.yaml")
 TOL = 1e-5
 
 # starVLA's module paths -> the graph's: the VLM wrapper holds the transformers model (as backbone.hf_vlm
@@ -60,10 +63,10 @@ def case(name="case"):
     return meta, data
 
 
-def fixture_spec(meta) -> dict:
+def fixture_spec(meta, graph=GRAPH) -> dict:
     """The packaged graph with the fixture's sizes: the tiny Qwen3-VL (its config and processor from
     the fixture, float32, weights to be loaded), the case's views, image size, horizon and action width."""
-    spec = yaml.safe_load(GRAPH.read_text())
+    spec = copy.deepcopy(load_spec(str(graph)).data)
     config = json.loads((FIXTURE / "vlm" / "config.json").read_text())
     vlm = spec["blocks"]["vlm"]["with"]
     for key in ("model", "dtype", "gradient_checkpointing"):
@@ -76,9 +79,9 @@ def fixture_spec(meta) -> dict:
     return spec
 
 
-def fixture_graph(**vlm_with):
+def fixture_graph(graph=GRAPH, **vlm_with):
     meta, _ = case()
-    spec = fixture_spec(meta)
+    spec = fixture_spec(meta, graph)
     spec["blocks"]["vlm"]["with"].update(vlm_with)
     cg = compile_graph(spec, device="cpu")
     state = load_file(str(FIXTURE / "state.safetensors"))
@@ -98,6 +101,8 @@ def graph():
 def batch(data, meta, targets=True):
     images = data["images"].permute(0, 1, 4, 2, 3).float() / 255  # uint8 [B, V, H, W, 3] -> [B, V, 3, H, W] in [0, 1]
     out = {"images": images, "instruction": list(meta["instructions"])}
+    if "state" in data:  # already in [-1, 1], as starVLA was given it (cg.feed does not normalize)
+        out["state"] = data["state"]
     if targets:
         out["actions"] = data["actions"]
         out["actions_mask"] = torch.ones(data["actions"].shape[:2], dtype=torch.bool)
@@ -230,7 +235,6 @@ def test_trains_saves_and_loads_as_a_policy(tmp_path):
     from graphvla.policy.loading import load_policy
     from graphvla.policy.policy import Policy
     from graphvla.runners.train import Trainer
-    from graphvla.spec.loader import load_spec
     from train_doubles import port_stats
 
     meta, data = case()
@@ -279,3 +283,20 @@ def test_prompt_template_is_starvlas_cot_prompt():
     spec["blocks"]["vlm"]["with"]["prompt_template"] = "Your task is the task."
     with pytest.raises(SpecError, match="prompt_template"):
         compile_graph(spec, device="cpu")
+
+
+def test_state_in_the_prompt_is_starvlas():
+    """starvla/qwen3vl-oft-state: starVLA's QwenOFT given a state writes "[STATE] bins [ACTION]" after
+    the instruction, before the placeholder suffix; token ids, loss and actions match starVLA's."""
+    meta, data = case("case_state")
+    cg = fixture_graph(STATE_GRAPH)
+    with torch.no_grad():
+        fed = cg.feed(batch(data, meta, targets=False))
+        ours, mask = fed["vlm_input_ids"], fed["vlm_attention_mask"].bool()
+        for i in range(len(meta["instructions"])):
+            assert ours[i][mask[i]].tolist() == data["input_ids"][i][data["attention_mask"][i].bool()].tolist(), i
+        actions = cg.infer(**fed)["actions"]
+        loss = cg.train["action"](**cg.feed(batch(data, meta), "action"))["loss"]
+    assert abs(loss.item() - data["loss"].item()) <= TOL
+    assert (actions - data["predicted_actions"]).abs().max().item() <= TOL
+    assert abs(data["loss"].item() - case()[1]["loss"].item()) > 1e-3  # the state changes the numbers

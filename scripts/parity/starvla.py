@@ -28,6 +28,7 @@ ACTION_TOKEN = "\U0001F50D"  # starVLA's QwenOFT placeholder token ("magnifying 
 SEED = 0
 HORIZON = 4
 ACTION_DIM = 7
+STATE_DIM = 8
 VIEWS = 2
 SIZE = 64  # image side: a multiple of 32, so Qwen's resize leaves the images as they are
 INSTRUCTIONS = ["pick up the red cube and place it in the bowl", "open the top drawer"]
@@ -100,7 +101,7 @@ def run_case(model, examples, images) -> dict:
         loss = model(examples)["action_loss"].detach()
     finally:
         del interface.build_qwenvl_inputs, model._gather_action_token_embeddings  # back to the class's methods
-    predicted = model.predict_action(examples=[{"image": list(images[i]), "lang": e["lang"]}
+    predicted = model.predict_action(examples=[{"image": list(images[i]), **{k: e[k] for k in ("lang", "state") if k in e}}
                                                for i, e in enumerate(examples)])["normalized_actions"]
     inputs = seen["inputs"]
     return {"loss": loss.float().reshape(()), "predicted_actions": torch.from_numpy(np.asarray(predicted, dtype=np.float32)),
@@ -155,6 +156,11 @@ def main():
     plain = run_case(model, examples, images)
     model.config.datasets.vla_data.CoT_prompt = COT_PROMPT  # read by build_qwenvl_inputs on every call
     cot = run_case(model, examples, images)
+    del model.config.datasets.vla_data.CoT_prompt
+    # third case: a proprioceptive state in the examples (starVLA writes it into the prompt as bins)
+    states = rng.uniform(-0.95, 0.95, size=(len(INSTRUCTIONS), 1, STATE_DIM)).astype(np.float32)
+    with_state = run_case(model, [{**e, "state": states[i]} for i, e in enumerate(examples)], images)
+    with_state["state"] = torch.from_numpy(states[:, 0])
     loss = plain["loss"]
 
     out = Path(args.out) / "qwenoft"
@@ -170,12 +176,13 @@ def main():
     save_file({"images": torch.from_numpy(images).contiguous(), "actions": torch.from_numpy(actions), **plain},
               str(out / "case.safetensors"))
     save_file(cot, str(out / "case_cot.safetensors"))
+    save_file(with_state, str(out / "case_state.safetensors"))
     (out / "case.json").write_text(json.dumps({
         "framework": "QwenOFT", "starvla_repo": "github.com/starVLA/starVLA", "starvla_commit": commit,
         "vlm": "tiny Qwen3-VL (graphvla.blocks.backbones.tiny_hf config, tokenizer + placeholder token)",
         "seed": SEED, "horizon": HORIZON, "action_dim": ACTION_DIM, "views": VIEWS, "image_size": SIZE,
         "instructions": INSTRUCTIONS, "action_token": ACTION_TOKEN, "cot_prompt": COT_PROMPT, "dtype": "float32", "device": "cpu",
-        "loss": float(loss), "loss_cot": float(cot["loss"]), "torch": torch.__version__,
+        "loss": float(loss), "loss_cot": float(cot["loss"]), "loss_state": float(with_state["loss"]), "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
     }, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {out}: loss {float(loss):.6f} (with CoT_prompt {float(cot['loss']):.6f})")
