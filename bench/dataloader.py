@@ -9,6 +9,7 @@ Prints one line per reader: samples/s and the ratio to the naive baseline."""
 from __future__ import annotations
 
 import argparse
+import io
 import tempfile
 import time
 from pathlib import Path
@@ -63,7 +64,9 @@ class NaiveDataset(torch.utils.data.Dataset):
         ep, t = self.index[i]
         df = pd.read_parquet(self.root / f"data/chunk-{ep // 1000:03d}/episode_{ep:06d}.parquet")
         row = df.iloc[t]
-        img = np.asarray(Image.open(self.root / row["observation.images.corner"]["path"]).convert("RGB"))
+        cell = row["observation.images.corner"]  # embedded PNG bytes (older recordings: a file path)
+        src = io.BytesIO(cell["bytes"]) if cell.get("bytes") else self.root / cell["path"]
+        img = np.asarray(Image.open(src).convert("RGB"))
         acts = np.stack(df["action"].iloc[t: t + self.h].map(np.asarray))
         mask = np.zeros(self.h, bool)
         mask[: len(acts)] = True

@@ -192,9 +192,10 @@ def protocol_label(info: dict) -> str:
 
 def protocol_scenes(root: Path) -> dict | None:
     """task -> scene vectors of a protocol recording's demonstrations (None: not a protocol recording)."""
+    from graphvla.data.lerobot import read_episode_records
     from graphvla.data.protocol_record import recorded_scene_vectors
 
-    if not (root / "meta" / "episodes.jsonl").is_file():
+    if not read_episode_records(root):  # neither episodes.jsonl (v2.x) nor meta/episodes/ (v3.0)
         return None
     return recorded_scene_vectors(root) or None
 

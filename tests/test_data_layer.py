@@ -3,6 +3,7 @@ LeRobot v2.1 and v3.0, chunks and masks, stats, shards, mixtures, the sampler, m
 normalization and the LLaVA stream."""
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import textwrap
@@ -93,7 +94,7 @@ def test_reader_round_trip_frames_chunks_and_masks(mw_root, spec):
             assert np.allclose(item["actions"][:valid].numpy(), expected)
             # steps past the episode end repeat its last action (masked out of the loss)
             assert torch.equal(item["actions"][valid:], item["actions"][valid - 1].expand(H - valid, -1))
-            png = mw_root / row["observation.images.corner"]["path"]
+            png = io.BytesIO(row["observation.images.corner"]["bytes"])  # embedded in the parquet
             from PIL import Image
 
             pixels = torch.from_numpy(np.array(Image.open(png).convert("RGB"))).permute(2, 0, 1).float() / 255
@@ -131,7 +132,7 @@ def write_v3(src_root, out):
     cols = {}
     for k in df.columns:
         if k == "observation.images.corner":
-            cols[k] = pa.array([{"bytes": (src_root / v["path"]).read_bytes(), "path": None} for v in df[k]],
+            cols[k] = pa.array([{"bytes": v["bytes"], "path": None} for v in df[k]],
                                type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
         else:
             cols[k] = pa.array(df[k].tolist())
@@ -313,11 +314,15 @@ def test_missing_data_file_is_named(broken, spec):
 
 
 def test_missing_info_and_image_are_named(broken, spec):
-    png = broken / "images" / "observation.images.corner" / "episode_000001" / "frame_000003.png"
-    png.unlink()
+    path = broken / "data" / "chunk-000" / "episode_000001.parquet"
+    table = pq.read_table(path)
+    cells = table.column("observation.images.corner").to_pylist()
+    cells[3] = {"bytes": b"not a png", "path": cells[3]["path"]}
+    i = table.column_names.index("observation.images.corner")
+    pq.write_table(table.set_column(i, "observation.images.corner", pa.array(cells, type=table.schema.field(i).type)), path)
     ds = load_data(broken, spec).streams["action"]
     n0 = len(pd.read_parquet(broken / "data" / "chunk-000" / "episode_000000.parquet"))
-    with pytest.raises(FileNotFoundError, match="frame_000003.png"):
+    with pytest.raises(DatasetError, match=r"observation.images.corner \(embedded image, row "):
         ds[n0 + 3]
     (broken / "meta" / "info.json").unlink()
     with pytest.raises(FileNotFoundError, match="info.json"):

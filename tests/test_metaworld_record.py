@@ -2,6 +2,7 @@
 that reproduce the episode, success flags, and the `graphvla data metaworld` command."""
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -26,7 +27,8 @@ def test_layout_and_metadata(mw_root):
     feats = info["features"]
     assert feats["observation.state"]["shape"] == [4] and feats["action"]["shape"] == [4]
     assert feats["observation.environment_state"]["shape"] == [39]
-    assert feats["observation.images.corner"] == {"dtype": "image", "shape": [64, 64, 3], "names": None}
+    assert feats["observation.images.corner"] == {"dtype": "image", "shape": [64, 64, 3],
+                                                  "names": ["height", "width", "channels"]}
     episodes = [json.loads(x) for x in (mw_root / "meta" / "episodes.jsonl").read_text().splitlines()]
     tasks = [json.loads(x) for x in (mw_root / "meta" / "tasks.jsonl").read_text().splitlines()]
     assert [t["task"] for t in tasks] == [mw.INSTRUCTIONS["reach-v3"], mw.INSTRUCTIONS["push-v3"]]
@@ -40,7 +42,7 @@ def test_layout_and_metadata(mw_root):
     assert np.allclose(stats["action"]["std"], acts.std(0), atol=1e-5)
     for e in episodes:  # only successful episodes, ending at the first success
         df = pd.read_parquet(mw_root / f"data/chunk-000/episode_{e['episode_index']:06d}.parquet")
-        success = np.stack(df["next.success"].map(np.asarray))[:, 0]
+        success = df["next.success"].to_numpy(dtype=bool)  # a shape-[1] feature is a scalar column, as in LeRobot
         assert success[-1] and not success[:-1].any() and len(df) == e["length"]
         env_state = np.stack(df["observation.environment_state"].map(np.asarray))
         assert np.allclose(np.stack(df["observation.state"].map(np.asarray)), env_state[:, :4])
@@ -62,7 +64,7 @@ def test_seed_reproduces_the_recorded_episode(mw_root):
             frame = mw.render(env)
             from PIL import Image
 
-            stored = np.asarray(Image.open(mw_root / df["observation.images.corner"].iloc[t]["path"]))
+            stored = np.asarray(Image.open(io.BytesIO(df["observation.images.corner"].iloc[t]["bytes"])))
             diff = np.abs(frame.astype(int) - stored.astype(int))
             assert diff.mean() < 0.5, (t, diff.mean(), diff.max())
             obs, *_ = env.step(a)

@@ -3,6 +3,7 @@ sees the evaluation's pixels, workers do not change results, and a tiny graph go
 through training to a protocol evaluation."""
 from __future__ import annotations
 
+import io
 import json
 import warnings
 
@@ -128,7 +129,7 @@ def test_recorded_frame_equals_the_evaluation_frame_of_that_scene(protocol, prot
     P = protocol
     episode = json.loads((protocol_data / "meta" / "episodes.jsonl").read_text().splitlines()[0])
     row = pd.read_parquet(protocol_data / "data" / "chunk-000" / "episode_000000.parquet").iloc[0]
-    recorded = np.asarray(Image.open(protocol_data / row["observation.images.corner2"]["path"]))
+    recorded = np.asarray(Image.open(io.BytesIO(row["observation.images.corner2"]["bytes"])))
     env = P.make_env(episode["env_task"], 32)
     try:
         # an evaluation env reaches the same scene by resetting until its generator draws it

@@ -43,7 +43,7 @@ class FrameSource:
     task_index: np.ndarray  # [N]
     tasks: dict  # task_index -> instruction text
     episodes: dict  # episode index -> (start row, end row)
-    image_refs: dict = field(default_factory=dict)  # image key -> list of bytes|path per row
+    image_refs: dict = field(default_factory=dict)  # image key -> bytes|path per row (ImageColumn or list)
     video_refs: dict = field(default_factory=dict)  # video key -> (list of file per row, offset seconds per row)
     strings: dict = field(default_factory=dict)  # string key -> list of str per row (e.g. per-frame instructions)
     info: dict = field(default_factory=dict)
@@ -68,7 +68,7 @@ class FrameSource:
     def image(self, key: str, row: int) -> np.ndarray:
         """HxWx3 uint8 frame of camera `key` at `row`."""
         if key in self.image_refs:
-            return decode_image(self.image_refs[key][row], self.root, key)
+            return decode_image(self.image_refs[key][row], self.root, key, row)
         if key in self.video_refs:
             files, offsets = self.video_refs[key]
             return self._video(files[row]).frame_at(float(offsets[row]) + float(self.timestamp[row]))
@@ -103,12 +103,12 @@ class FrameSource:
         return self._videos[k]
 
 
-def decode_image(ref, root: Path, key: str) -> np.ndarray:
+def decode_image(ref, root: Path, key: str, row: int | None = None) -> np.ndarray:
     from PIL import Image
 
     if isinstance(ref, (bytes, bytearray)):
         src = io.BytesIO(ref)
-        where = f"{root}: {key} (embedded image)"
+        where = f"{root}: {key} (embedded image" + (f", row {row})" if row is not None else ")")
     elif not isinstance(ref, str):  # a frame inside a webdataset shard (shards.TarRef)
         src = io.BytesIO(ref.read())
         where = f"{ref.shard} at offset {ref.offset} ({key})"
@@ -306,7 +306,7 @@ def _assemble(root, version, info, tables, eps, tasks, video_files) -> FrameSour
         for k in images:
             if k not in names:
                 raise DatasetError(f"{path}: missing image column '{k}'")
-            refs[k].extend(_image_ref(v, path, k) for v in t.column(k).to_pylist())
+            refs[k].append(_image_column(t.column(k), path, k))
         for k in INDEX_COLUMNS:
             if k in names:
                 idx[k].append(t.column(k).to_numpy().reshape(n, -1)[:, 0])
@@ -324,6 +324,7 @@ def _assemble(root, version, info, tables, eps, tasks, video_files) -> FrameSour
         start += n
     columns = {k: np.concatenate(v).astype(np.float32 if np.concatenate(v).dtype.kind in "fiu" else bool)
                for k, v in cols.items()}
+    refs = {k: ImageColumn(parts) for k, parts in refs.items()}
     video_refs = {}
     for k, per_ep in video_files.items():
         fl, off = [], []
@@ -359,15 +360,79 @@ def _numeric(col, n, path, key) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False).reshape(n, -1)
 
 
-def _image_ref(v, path, key):
-    if isinstance(v, dict):
-        if v.get("bytes"):
-            return v["bytes"]
-        if v.get("path"):
-            return v["path"]
-    elif isinstance(v, (bytes, str)):
-        return v
-    raise DatasetError(f"{path}: column '{key}' has a frame with neither image bytes nor a path")
+class ImageColumn:
+    """The frames of one camera, row by row, as stored: embedded image bytes, or a file path relative
+    to the dataset root (older GraphVLA recordings). Kept as Arrow arrays (one per episode table),
+    not as Python objects: memory is the encoded frames, shared by forked DataLoader workers."""
+
+    def __init__(self, parts: list):
+        self.parts = parts  # [(bytes array or None, path array or None)]
+        self.ends = np.cumsum([len(b if b is not None else p) for b, p in parts]) if parts else np.zeros(0, int)
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __getitem__(self, row):
+        row = int(row)
+        if row < 0:
+            row += len(self)
+        if not 0 <= row < len(self):
+            raise IndexError(f"frame row {row} out of range ({len(self)} frames)")
+        i = int(np.searchsorted(self.ends, row, side="right"))
+        j = row - (int(self.ends[i - 1]) if i else 0)
+        data, path = self.parts[i]
+        if data is not None and data[j].is_valid:
+            return data[j].as_py()
+        return path[j].as_py()
+
+
+def _image_column(col, path, key) -> tuple:
+    """(bytes array, path array) of an image column: a {bytes, path} struct, binary or string."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = col.combine_chunks() if hasattr(col, "combine_chunks") else col
+    if pa.types.is_struct(col.type):
+        names = [col.type.field(i).name for i in range(col.type.num_fields)]
+        data = col.field("bytes") if "bytes" in names else None
+        paths = col.field("path") if "path" in names else None
+        if data is not None and len(data):  # an empty bytes value counts as missing
+            data = pc.if_else(pc.greater(pc.binary_length(data), 0), data, pa.nulls(len(data), data.type))
+    elif pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+        data, paths = col, None
+    elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        data, paths = None, col
+    else:
+        raise DatasetError(f"{path}: image column '{key}' has type {col.type} (expected image bytes or a path)")
+    have = np.zeros(len(col), dtype=bool)
+    for a in (data, paths):
+        if a is not None:
+            have |= a.is_valid().to_numpy(zero_copy_only=False)
+    if not have.all():
+        raise DatasetError(f"{path}: column '{key}' has a frame with neither image bytes nor a path "
+                           f"(frame {int(np.argmin(have))})")
+    return data, paths
+
+
+def read_episode_records(root) -> list[dict]:
+    """The episodes' metadata rows (episode_index, tasks, length and whatever the recorder kept,
+    e.g. seed, env_task, variant, scene), from meta/episodes.jsonl (v2.x) or meta/episodes/*.parquet
+    (v3.0, without the per-episode statistics columns); [] when the folder has neither."""
+    root = Path(root)
+    jsonl = root / "meta" / "episodes.jsonl"
+    if jsonl.is_file():
+        return _read_jsonl(jsonl)
+    files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+    if not files:
+        return []
+    import pyarrow.parquet as pq
+
+    rows = []
+    for f in files:
+        t = pq.read_table(f)
+        t = t.select([c for c in t.column_names if not c.startswith("stats/")])
+        rows += t.to_pylist()
+    return sorted(rows, key=lambda r: int(r["episode_index"]))
 
 
 def _read_json(path: Path):

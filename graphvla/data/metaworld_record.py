@@ -1,11 +1,12 @@
-"""`graphvla data metaworld`: record Meta-World's scripted experts into a LeRobot v2.1 dataset.
+"""`graphvla data metaworld`: record Meta-World's scripted experts into a LeRobot dataset (v2.1, or
+v3.0 with `--format v3.0`; graphvla/data/lerobot_write.py).
 
 Only successful episodes are kept (the count of failures is reported and saved in info.json).
 Episode e of task k uses env seed `seed + 1000 * k + attempt`; the seeds are written to
-meta/episodes.jsonl so an evaluation can pick disjoint ones (see `recorded_seeds`)."""
+the episodes' metadata (meta/episodes.jsonl, or meta/episodes/ in v3.0) so an evaluation can pick
+disjoint ones (see `recorded_seeds`)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +27,11 @@ class RecordSummary:
 
 
 def record_metaworld(out, tasks, episodes: int, size: int = 128, camera: str = "corner", seed: int = 0,
-                     max_attempts: int | None = None, progress=None) -> RecordSummary:
+                     max_attempts: int | None = None, progress=None, format: str = "v2.1") -> RecordSummary:
     """Record `episodes` successful expert episodes of each task into `out`.
 
-    max_attempts: per task, give up after this many tries (default 3 x episodes + 5)."""
+    max_attempts: per task, give up after this many tries (default 3 x episodes + 5).
+    format: the LeRobot version written, 'v2.1' (LeRobot 0.3.x) or 'v3.0' (LeRobot >= 0.4)."""
     from ..sim import metaworld as mw
     from .lerobot_write import LeRobotWriter
 
@@ -38,14 +40,7 @@ def record_metaworld(out, tasks, episodes: int, size: int = 128, camera: str = "
         mw._check_task(t)
     if episodes < 1:
         raise ValueError(f"--episodes must be at least 1, got {episodes}")
-    writer = LeRobotWriter(out, fps=80, robot_type="sawyer", features={
-        f"observation.images.{camera}": ("image", (size, size, 3)),
-        "observation.state": ("float32", (mw.STATE_DIM,)),
-        "observation.environment_state": ("float32", (mw.OBS_DIM,)),
-        "action": ("float32", (mw.ACTION_DIM,)),
-        "next.reward": ("float32", (1,)),
-        "next.success": ("bool", (1,)),
-    })
+    writer = LeRobotWriter(out, fps=80, robot_type="sawyer", version=format, features=recorded_features(camera, size))
     summary = RecordSummary(str(out))
     max_attempts = max_attempts or 3 * episodes + 5
     for k, task in enumerate(tasks):
@@ -99,6 +94,20 @@ def _rollout(env, task, ep_seed, camera, mw, size: int):
     return episode_frames(cols, camera), success
 
 
+def recorded_features(camera: str, size: int) -> dict:
+    """The LeRobot features both recorders write: key -> (dtype, shape, names)."""
+    from ..sim import metaworld as mw
+
+    return {
+        f"observation.images.{camera}": ("image", (size, size, 3), None),
+        "observation.state": ("float32", (mw.STATE_DIM,), ["hand_x", "hand_y", "hand_z", "gripper"]),
+        "observation.environment_state": ("float32", (mw.OBS_DIM,), [f"obs_{i}" for i in range(mw.OBS_DIM)]),
+        "action": ("float32", (mw.ACTION_DIM,), ["delta_x", "delta_y", "delta_z", "gripper"]),
+        "next.reward": ("float32", (1,), ["reward"]),
+        "next.success": ("bool", (1,), ["success"]),
+    }
+
+
 def episode_frames(cols: dict, camera: str) -> dict:
     """An expert rollout's per-step lists (image, state, env, action, reward, success) as the
     LeRobot feature columns both recorders write."""
@@ -114,12 +123,12 @@ def episode_frames(cols: dict, camera: str) -> dict:
 
 def recorded_seeds(root) -> dict[str, list[int]]:
     """task -> env seeds used by the recorded episodes (evaluate on other seeds)."""
+    from .lerobot import read_episode_records
+
     out: dict[str, list[int]] = {}
-    for line in (Path(root) / "meta" / "episodes.jsonl").read_text().splitlines():
-        if line.strip():
-            e = json.loads(line)
-            if "seed" in e:
-                out.setdefault(e.get("env_task", e["tasks"][0]), []).append(int(e["seed"]))
+    for e in read_episode_records(root):
+        if e.get("seed") is not None:
+            out.setdefault(e.get("env_task") or e["tasks"][0], []).append(int(e["seed"]))
     return out
 
 
