@@ -5,8 +5,8 @@ be exported are refused naming the graph, block, type and why, and nothing is wr
 
 The small-encoder runs are untrained checkpoints (random weights, made-up statistics): parity needs
 no training, and the mean/std statistics make the folded normalization matter. tiny/oft (a tiny
-Qwen3-VL + head.oft) is trained two steps by the trainer: its processor runs in Python before the
-exported graph."""
+Qwen3-VL + head.query_transformer) is trained two steps by the trainer: its processor runs in
+Python before the exported graph."""
 from __future__ import annotations
 
 import json
