@@ -14,8 +14,9 @@ def eval_protocol(run, protocol, tasks, buckets, episodes, workers, data_dir, ou
                   execute, adapter_overrides, no_gif, key_map, overrides):
     from ..runners.eval.evaluate import default_out_dir, evaluate_run_protocol, protocol_label
     from ..runners.eval.protocol import format_protocol_table
-    from ..sim import starvla_mt50 as P
+    from ..sim import protocol_module
 
+    P = protocol_module(protocol)
     names = [t.strip() for t in (tasks or "").split(",") if t.strip()]
     bucket_list = [b.strip() for b in (buckets or "").split(",") if b.strip()]
     try:
@@ -29,7 +30,7 @@ def eval_protocol(run, protocol, tasks, buckets, episodes, workers, data_dir, ou
     summary = evaluate_run_protocol(run, task_list, episodes, workers, out_dir, data_dir=data_dir, server=server,
                                     api_key=api_key, adapter=adapter, execute=execute,
                                     adapter_overrides=adapter_overrides, gifs=not no_gif, section=section,
-                                    log=lambda m: click.echo(m, err=True))
+                                    log=lambda m: click.echo(m, err=True), protocol=protocol)
     click.echo(format_protocol_table(summary, label=protocol_label(summary)))
     click.echo(f"wrote {out_dir / 'results.json'}, results.md" + ("" if no_gif else f" and {len(task_list)} GIFs"))
 
@@ -66,7 +67,8 @@ def eval_protocol(run, protocol, tasks, buckets, episodes, workers, data_dir, ou
 def eval_cmd(run, protocol, suite, tasks, buckets, episodes, workers, seed_offset, data_dir, out, server, api_key,
              adapter, execute, adapter_sets, max_steps, no_gif, key_map, overrides):
     """Evaluate RUN in closed loop through the policy server: on a published protocol
-    (--protocol starvla-mt50: per task, per bucket and overall beside the peer's published rows)
+    (--protocol starvla-mt50 or lerobot-metaworld: per task, per bucket and overall beside the
+    peers' published rows)
     or on GraphVLA's own suite; success rates with Wilson 95% intervals, results.json + GIFs."""
     from ..client import load_adapter
     from ..runners.eval.evaluate import default_out_dir, evaluate_run_suite

@@ -26,29 +26,32 @@ def image_size(spec, graph) -> int:
     return int(next(iter(sizes))[0])
 
 
-def record_protocol_data(out, spec, graph: str, tasks: str, episodes: int, workers: int, log=print) -> Path:
+def record_protocol_data(out, spec, graph: str, tasks: str, episodes: int, workers: int, log=print,
+                         protocol: str = PROTOCOL) -> Path:
     """Record the protocol's demonstrations of `tasks` (comma-separated names, MT10, MT50 or buckets)
     into OUT/data at the graph's image size (skipped when already recorded) and bind them to the
-    graph's ports in OUT/data.yaml; returns that file."""
+    graph's ports in OUT/data.yaml; returns that file. protocol: starvla-mt50 (default) or
+    lerobot-metaworld."""
     import warnings
 
     from ..data.protocol_record import record_protocol
-    from ..sim import starvla_mt50 as P
+    from ..sim import protocol_module
     from ..spec.schema import privileged_ports
 
+    P = protocol_module(protocol)
     out = Path(out)
     size = image_size(spec, graph)
     state_key = "observation.environment_state" if privileged_ports(spec) else "observation.state"
     out.mkdir(parents=True, exist_ok=True)
     data_dir = out / "data"
     if not (data_dir / "meta" / "info.json").exists():
-        args = ["data", "metaworld", "--protocol", PROTOCOL, "-o", data_dir, "--tasks", tasks, "--episodes", episodes,
+        args = ["data", "metaworld", "--protocol", P.NAME, "-o", data_dir, "--tasks", tasks, "--episodes", episodes,
                 "--size", size, "--workers", workers]
         log("$ graphvla " + " ".join(shlex.quote(str(a)) for a in args))
         warnings.filterwarnings("ignore", module="gymnasium")
         names = P.select(names=[t.strip() for t in (tasks or "MT50").split(",") if t.strip()])
-        s = record_protocol(data_dir, names, int(episodes), size, workers=int(workers), log=log)
-        log(f"{data_dir}: {s['episodes']} episodes, {s['frames']} frames from {len(names)} task(s) of {PROTOCOL}; "
+        s = record_protocol(data_dir, names, int(episodes), size, workers=int(workers), log=log, protocol=P.NAME)
+        log(f"{data_dir}: {s['episodes']} episodes, {s['frames']} frames from {len(names)} task(s) of {P.NAME}; "
             f"{sum(s['failed'].values())} scene(s) the expert failed were skipped")
     data_yaml = out / "data.yaml"
     data_yaml.write_text(DATA_YAML.format(data=data_dir, state=state_key))

@@ -1,7 +1,9 @@
-"""Closed-loop evaluation on a published protocol (`graphvla eval RUN --protocol starvla-mt50`).
+"""Closed-loop evaluation on a published protocol (`graphvla eval RUN --protocol NAME`).
 
-Exactly the protocol's episodes (`graphvla.sim.starvla_mt50`): per task, a fresh protocol env reset
-in episode order, one zero action, at most 400 steps, success when `info["success"] == 1`. The
+Exactly the protocol's episodes, from the protocol's module (`graphvla.sim.protocol_module`):
+starvla-mt50 (`sim/starvla_mt50.py`: per task a fresh env reset in episode order, one zero action,
+at most 400 steps) or lerobot-metaworld (`sim/lerobot_metaworld.py`: per task one env reseeded
+with 1000 + episode, at most 500 steps); success when `info["success"] == 1`. The
 policy is reached through a client (`connect()` returns one), so what is measured is what any
 openpi-style client of the server gets. Tasks are independent (each env draws its scenes from its
 own generator), so `workers` processes may take tasks in any order and every episode comes out as
@@ -24,17 +26,28 @@ import numpy as np
 from .stats import wilson_interval
 
 PROTOCOLS = {"starvla-mt50": "Meta-World MT50 as starVLA evaluates it: corner2 camera, seed 4042, "
-                             "10 episodes per task, 400 steps, overall = mean of 4 bucket rates"}
+                             "10 episodes per task, 400 steps, overall = mean of 4 bucket rates",
+             "lerobot-metaworld": "Meta-World as LeRobot evaluates it (SmolVLA, Evo-1): MT1 envs, corner2 flipped, "
+                                  "reset seed 1000 + episode, 10 episodes per task, 500 steps, "
+                                  "overall = mean of 4 bucket rates"}
+DEFAULT = "starvla-mt50"
 
 
-def run_task(connect, make_adapter, task: str, episodes: int, gif_dir: str | None = None) -> dict:
+def _module(name: str | None):
+    from ...sim import protocol_module
+
+    return protocol_module(name or DEFAULT)
+
+
+def run_task(connect, make_adapter, task: str, episodes: int, gif_dir: str | None = None,
+             protocol: str | None = None) -> dict:
     """Every episode of one task: {task, episodes: [{episode, scene, success, steps, queries}]}."""
-    from ...sim import starvla_mt50 as P
     from .metaworld import RequestBuilder
 
+    P = _module(protocol)
     warnings.filterwarnings("ignore", module="gymnasium")
     with connect() as client:
-        builder = RequestBuilder(client.metadata, instruction=P.mw.instruction)
+        builder = RequestBuilder(client.metadata, instruction=getattr(P, "instruction", P.mw.instruction))
         adapter = make_adapter(client.metadata)
         size = builder.image_size or 64
         reset = client.reset if client.metadata.get("server") == "graphvla" else None
@@ -79,20 +92,21 @@ def _run_task_job(args):
 
 def evaluate_protocol(connect, make_adapter, tasks: list[str], episodes: int = 10, workers: int = 1,
                       out_dir: Path | None = None, gifs: bool = True, training_scenes: dict | None = None,
-                      graph: dict | None = None, log=print) -> dict:
+                      graph: dict | None = None, log=print, protocol: str | None = None) -> dict:
     """Run the protocol's episodes of `tasks`, return the summary (and write OUT/results.json).
 
     connect: a picklable factory of a client context manager (metadata, infer, reset).
     make_adapter: a picklable factory metadata -> benchmark adapter (a fresh one per task).
     training_scenes: task -> scene vectors of the training demonstrations, to count evaluation
-    episodes that start from a scene the policy was trained on (None: unknown)."""
-    from ...sim import starvla_mt50 as P
-
+    episodes that start from a scene the policy was trained on (None: unknown).
+    protocol: a name of PROTOCOLS (None: starvla-mt50)."""
+    P = _module(protocol)
     started = time.perf_counter()
     gif_dir = str(out_dir) if (gifs and out_dir is not None) else None
-    jobs = [(connect, make_adapter, t, episodes, gif_dir) for t in tasks]
+    jobs = [(connect, make_adapter, t, episodes, gif_dir, P.NAME) for t in tasks]
     results: dict[str, list] = {}
-    P._benchmark()  # build the scene cache once, before any worker reads it
+    if hasattr(P, "_benchmark"):
+        P._benchmark()  # build the scene cache once, before any worker reads it
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
 
@@ -105,9 +119,10 @@ def evaluate_protocol(connect, make_adapter, tasks: list[str], episodes: int = 1
             r = _run_task_job(job)
             results[r["task"]] = r["episodes"]
             _log_task(log, r)
-    summary = summarize_protocol({t: results[t] for t in tasks}, training_scenes)
+    summary = summarize_protocol({t: results[t] for t in tasks}, training_scenes, protocol=P.NAME)
     summary["config"] = {"protocol": P.NAME, "tasks": tasks, "episodes_per_task": episodes, "max_steps": P.MAX_STEPS,
                          "seed": P.SEED, "camera": P.CAMERA, "workers": workers, **(graph or {}),
+                         **({"metaworld": P.metaworld_version()} if hasattr(P, "metaworld_version") else {}),
                          "seconds": round(time.perf_counter() - started, 1)}
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -137,10 +152,13 @@ def stratified_interval(rates: list[float], ns: list[int], z: float = 1.959964) 
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def summarize_protocol(per_task: dict[str, list[dict]], training_scenes: dict | None = None) -> dict:
+def summarize_protocol(per_task: dict[str, list[dict]], training_scenes: dict | None = None,
+                       protocol: str | None = None) -> dict:
     """Per task, per bucket, the mean over the tasks run and (with all 50 tasks) the protocol's
-    overall; starVLA's published figures beside each; scenes shared with the training data."""
-    from ...sim import starvla_mt50 as P
+    overall; the peers' published figures beside each (None where they publish none: a row
+    published per bucket only has a figure for a complete bucket); scenes shared with the
+    training data."""
+    P = _module(protocol)
 
     tasks = {}
     for task, rows in per_task.items():
@@ -151,13 +169,15 @@ def summarize_protocol(per_task: dict[str, list[dict]], training_scenes: dict | 
         if not names:
             continue
         flags = [r["success"] for t in names for r in per_task[t]]
-        peer = {row: sum(P.peer_rates(t)[row] for t in names) / len(names) for row in P.PEER_ROWS}
+        peer = {row: _mean([P.peer_rates(t)[row] for t in names]) for row in P.PEER_ROWS}
+        if len(names) == len(P.bucket_tasks()[b]):  # a complete bucket: its published figure where given
+            peer = {row: v if v is not None else P.peer_rates()[row].get(b) for row, v in peer.items()}
         buckets[b] = {**_rate(flags), "tasks": len(names), "of": len(P.bucket_tasks()[b]), "peers": peer}
     all_flags = [r["success"] for rows in per_task.values() for r in rows]
     task_rates = [t["success_rate"] for t in tasks.values()]
     mean = {"success_rate": sum(task_rates) / len(task_rates), "successes": int(sum(all_flags)),
             "episodes": len(all_flags), "ci95": list(wilson_interval(int(sum(all_flags)), len(all_flags))),
-            "peers": {row: sum(t["peers"][row] for t in tasks.values()) / len(tasks) for row in P.PEER_ROWS}}
+            "peers": {row: _mean([t["peers"][row] for t in tasks.values()]) for row in P.PEER_ROWS}}
     out = {"protocol": P.NAME, "tasks": tasks, "buckets": buckets, "mean": mean}
     if set(per_task) == set(P.tasks()):
         rates = [buckets[b]["success_rate"] for b in P.BUCKETS]
@@ -176,9 +196,18 @@ def summarize_protocol(per_task: dict[str, list[dict]], training_scenes: dict | 
     return out
 
 
+def _mean(values):
+    """The mean, or None when some value is unknown."""
+    return None if any(v is None for v in values) else sum(values) / len(values)
+
+
+def _pct(v, digits: int = 1) -> str:
+    return "-" if v is None else f"{100 * v:.{digits}f}%"
+
+
 def format_protocol_table(summary: dict, label: str = "GraphVLA") -> str:
-    """Buckets (+ overall) beside starVLA's two published rows; then per task when not all 50 ran."""
-    from ...sim import starvla_mt50 as P
+    """Buckets (+ overall) beside the peers' published rows; then per task when not all 50 ran."""
+    P = _module(summary.get("protocol"))
 
     peers = list(P.PEER_ROWS)
     lines = []
@@ -191,17 +220,18 @@ def format_protocol_table(summary: dict, label: str = "GraphVLA") -> str:
     ours.append(f"{100 * tot['success_rate']:.1f}% [{100 * tot['ci95'][0]:.0f}, {100 * tot['ci95'][1]:.0f}]")
     rows = [head, ours]
     for row in peers:
-        rows.append([P.PEER_ROWS[row], *[f"{100 * v['peers'][row]:.1f}%" for v in summary["buckets"].values()],
-                     f"{100 * tot['peers'][row]:.1f}%"])
+        rows.append([P.PEER_ROWS[row], *[_pct(v['peers'][row]) for v in summary["buckets"].values()],
+                     _pct(tot['peers'][row])])
     lines += _table(rows)
     if not overall:
         lines.append("")
-        trows = [["task", "bucket", label, *(P.PEER_ROWS[r].replace("starVLA ", "") for r in peers)]]
+        per_task_peers = [r for r in peers if any(v["peers"][r] is not None for v in summary["tasks"].values())]
+        trows = [["task", "bucket", label, *(P.PEER_ROWS[r].replace("starVLA ", "") for r in per_task_peers)]]
         for task, v in summary["tasks"].items():
             trows.append([task, v["bucket"], f"{v['successes']}/{v['episodes']} [{100 * v['ci95'][0]:.0f}, "
-                          f"{100 * v['ci95'][1]:.0f}]", *(f"{100 * v['peers'][r]:.0f}%" for r in peers)])
+                          f"{100 * v['ci95'][1]:.0f}]", *(_pct(v['peers'][r], 0) for r in per_task_peers)])
         lines += _table(trows)
-    lines += ["", format_peer_differences(summary.get("versus_peers") or peer_differences(summary))]
+    lines += ["", format_peer_differences(summary.get("versus_peers") or peer_differences(summary), P.NAME)]
     seen = summary.get("episodes_from_training_scenes")
     lines.append("")
     lines.append("episodes starting from a scene in the training data: "
@@ -221,11 +251,9 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 def format_protocol_markdown(summary: dict, label: str = "GraphVLA") -> str:
     """The same figures as `format_protocol_table`, as Markdown: buckets (+ overall) beside
-    starVLA's rows, then every task with its interval and starVLA's per-task rates."""
-    from ...sim import starvla_mt50 as P
-
-    def pct(v):
-        return f"{100 * v:.1f}%"
+    the peers' rows, then every task with its interval and the peers' per-task rates."""
+    P = _module(summary.get("protocol"))
+    pct = _pct
 
     def ci(v):
         return f"{pct(v['success_rate'])} [{100 * v['ci95'][0]:.1f}, {100 * v['ci95'][1]:.1f}]"
@@ -239,13 +267,16 @@ def format_protocol_markdown(summary: dict, label: str = "GraphVLA") -> str:
     for row, name in P.PEER_ROWS.items():
         lines.append(f"| {name} | " + " | ".join(pct(v["peers"][row]) for v in buckets.values())
                      + f" | {pct(tot['peers'][row])} |")
-    lines += ["", f"| task | bucket | {label} | " + " | ".join(P.PEER_ROWS.values()) + " |", "|---" * 5 + "|"]
+    per_task_peers = [r for r in P.PEER_ROWS if any(v["peers"][r] is not None for v in summary["tasks"].values())]
+    lines += ["", f"| task | bucket | {label} | " + " | ".join(P.PEER_ROWS[r] for r in per_task_peers) + " |",
+              "|---" * (3 + len(per_task_peers)) + "|"]
     for task, v in summary["tasks"].items():
         lines.append(f"| {task} | {v['bucket']} | {v['successes']}/{v['episodes']} "
                      f"[{100 * v['ci95'][0]:.0f}, {100 * v['ci95'][1]:.0f}] | "
-                     + " | ".join(f"{100 * v['peers'][r]:.0f}%" for r in P.PEER_ROWS) + " |")
+                     + " | ".join(_pct(v['peers'][r], 0) for r in per_task_peers) + " |")
     lines += [""] + [f"- {line}" for line in
-                     format_peer_differences(summary.get("versus_peers") or peer_differences(summary)).splitlines()]
+                     format_peer_differences(summary.get("versus_peers") or peer_differences(summary),
+                                             P.NAME).splitlines()]
     seen = summary.get("episodes_from_training_scenes")
     lines += ["", "Episodes starting from a scene in the training data: "
               + ("unknown" if seen is None else f"{seen} of {summary['mean']['episodes']}") + "."]
@@ -257,9 +288,9 @@ def peer_differences(summary: dict, z: float = 1.959964) -> dict:
     p-value from a stratified two-sample z-test. The strata are the buckets for the protocol's
     overall (each weighs 1/4), else the tasks run (each weighs equally). starVLA's side counts
     10 episodes per task, as its protocol runs. The variance uses (s + 1) / (n + 2) per stratum
-    and side (Agresti-Caffo), so a stratum at 0/10 or 10/10 is not taken as certain."""
-    from ...sim import starvla_mt50 as P
-
+    and side (Agresti-Caffo), so a stratum at 0/10 or 10/10 is not taken as certain. A row without a
+    published figure for some stratum (LeRobot's rows are per bucket only) is not compared."""
+    P = _module(summary.get("protocol"))
     if summary.get("overall"):
         strata = [(summary["buckets"][b]["success_rate"], summary["buckets"][b]["episodes"],
                    summary["buckets"][b]["peers"], P.EPISODES * summary["buckets"][b]["tasks"]) for b in P.BUCKETS]
@@ -268,6 +299,8 @@ def peer_differences(summary: dict, z: float = 1.959964) -> dict:
     w = 1.0 / len(strata)
     out = {}
     for row in P.PEER_ROWS:
+        if any(peers[row] is None for _, _, peers, _ in strata):
+            continue
         diff = sum(w * (p - peers[row]) for p, _, peers, _ in strata)
         var = sum(w * w * (_smoothed_var(p, n) + _smoothed_var(peers[row], m)) for p, n, peers, m in strata)
         se = math.sqrt(var)
@@ -282,9 +315,11 @@ def _smoothed_var(rate: float, n: int) -> float:
     return p * (1 - p) / (n + 2)
 
 
-def format_peer_differences(diffs: dict) -> str:
-    from ...sim import starvla_mt50 as P
-
+def format_peer_differences(diffs: dict, protocol: str | None = None) -> str:
+    P = _module(protocol)
+    if not diffs:
+        return ("no difference tested: the published rows give bucket figures only; "
+                "run all 50 tasks for the overall comparison")
     lines = []
     for row, d in diffs.items():
         verdict = ("significant at 95%" if d["significant"] else "not significant at 95%")
