@@ -2,7 +2,7 @@
 
 Builds a checkpoint of each graph with random weights and mean/std statistics (by default
 metaworld/mt10: keypoint CNN + byte text encoder + MLP head, and tiny/oft: a tiny Qwen3-VL +
-OFT head), exports it with `graphvla export` in both formats, and times `infer_batch` of the same
+head.query_transformer), exports it with `graphvla export` in both formats, and times `infer_batch` of the same
 observations (a uint8 frame of the graph's image size, 4-d state, instruction) through the eager
 checkpoint Policy, the torch.export program and onnxruntime. Every path includes the Python-side
 work a server does (checks, uint8 -> float, tokenization or the VLM's processor,

@@ -1,7 +1,7 @@
 """load_policy time and peak memory on a tiny VLM run: the old path against the new, in one run.
 
-The run: tiny/oft (a tiny Qwen3-VL read from a model folder, as a real base model is, plus the OFT
-head) with random weights, written as training writes a checkpoint (policy/checkpoint.py
+The run: tiny/oft (a tiny Qwen3-VL read from a model folder, as a real base model is, plus
+head.query_transformer) with random weights, written as training writes a checkpoint (policy/checkpoint.py
 write_policy_files). `--width W --layers L` widen the VLM's language model (a ~100M-parameter
 model with --width 1024 --layers 8) to show how both paths scale with the weights.
 
