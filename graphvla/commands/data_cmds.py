@@ -13,7 +13,7 @@ def data():
 
 @data.command()
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="new dataset folder")
-@click.option("--protocol", type=click.Choice(["starvla-mt50", "lerobot-metaworld"]), default=None,
+@click.option("--protocol", type=click.Choice(["starvla-mt50"]), default=None,
               help="record for an evaluation protocol: its environments, camera pipeline and scenes "
                    "(never one of its evaluation scenes); resumable, parallel with --workers")
 @click.option("--tasks", default=None,
@@ -24,20 +24,21 @@ def data():
 @click.option("--camera", default="corner", show_default=True, help="camera (the protocol fixes its own)")
 @click.option("--seed", default=0, show_default=True, type=int, help="first env seed (task k uses seed + 1000k + attempt)")
 @click.option("--workers", default=1, show_default=True, type=int, help="processes recording tasks side by side (--protocol)")
+@click.option("--format", "fmt", type=click.Choice(["v2.1", "v3.0"]), default="v2.1", show_default=True,
+              help="LeRobot dataset version: v2.1 opens in LeRobot 0.3.x, v3.0 in LeRobot >= 0.4")
 @handles_errors
-def metaworld(out, protocol, tasks, episodes, size, camera, seed, workers):
-    """Record Meta-World scripted-expert demonstrations into a LeRobot v2.1 dataset."""
+def metaworld(out, protocol, tasks, episodes, size, camera, seed, workers, fmt):
+    """Record Meta-World scripted-expert demonstrations into a LeRobot dataset (v2.1 or v3.0)."""
     import warnings
 
     warnings.filterwarnings("ignore", module="gymnasium")
     if protocol:
         from ..data.protocol_record import record_protocol
-        from ..sim import protocol_module
+        from ..sim import starvla_mt50 as P
 
-        P = protocol_module(protocol)
         names = P.select(names=[t.strip() for t in (tasks or "MT50").split(",") if t.strip()])
         s = record_protocol(out, names, episodes, size or 64, workers=workers, log=lambda m: click.echo(m, err=True),
-                            protocol=protocol)
+                            format=fmt)
         failed = sum(s["failed"].values())
         click.echo(f"{out}: {s['episodes']} episodes, {s['frames']} frames from {len(names)} task(s) of {protocol}; "
                    f"{failed} scene(s) the expert failed were skipped")
@@ -51,7 +52,8 @@ def metaworld(out, protocol, tasks, episodes, size, camera, seed, workers):
     def progress(task, kept, length):
         click.echo(f"  {task}: episode {kept}/{episodes} ({length} frames)", err=True)
 
-    s = record_metaworld(out, names, episodes, size=size or 128, camera=camera, seed=seed, progress=progress)
+    s = record_metaworld(out, names, episodes, size=size or 128, camera=camera, seed=seed, progress=progress,
+                         format=fmt)
     failed = sum(s.failed.values())
     click.echo(f"{out}: {s.episodes} episodes, {s.frames} frames from {len(names)} task(s); "
                f"{failed} failed expert episode(s) discarded" + (f" {s.failed}" if failed else ""))
