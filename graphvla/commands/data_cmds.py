@@ -13,7 +13,7 @@ def data():
 
 @data.command()
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="new dataset folder")
-@click.option("--protocol", type=click.Choice(["starvla-mt50"]), default=None,
+@click.option("--protocol", type=click.Choice(["starvla-mt50", "lerobot-metaworld"]), default=None,
               help="record for an evaluation protocol: its environments, camera pipeline and scenes "
                    "(never one of its evaluation scenes); resumable, parallel with --workers")
 @click.option("--tasks", default=None,
@@ -34,11 +34,12 @@ def metaworld(out, protocol, tasks, episodes, size, camera, seed, workers, fmt):
     warnings.filterwarnings("ignore", module="gymnasium")
     if protocol:
         from ..data.protocol_record import record_protocol
-        from ..sim import starvla_mt50 as P
+        from ..sim import protocol_module
 
+        P = protocol_module(protocol)
         names = P.select(names=[t.strip() for t in (tasks or "MT50").split(",") if t.strip()])
         s = record_protocol(out, names, episodes, size or 64, workers=workers, log=lambda m: click.echo(m, err=True),
-                            format=fmt)
+                            protocol=protocol, format=fmt)
         failed = sum(s["failed"].values())
         click.echo(f"{out}: {s['episodes']} episodes, {s['frames']} frames from {len(names)} task(s) of {protocol}; "
                    f"{failed} scene(s) the expert failed were skipped")

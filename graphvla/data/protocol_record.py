@@ -1,5 +1,5 @@
-"""`graphvla data metaworld --protocol starvla-mt50`: scripted-expert demonstrations for the
-starVLA MT50 protocol, through the protocol's own environments and camera pipeline.
+"""`graphvla data metaworld --protocol starvla-mt50|lerobot-metaworld`: scripted-expert
+demonstrations for a protocol, through the protocol's own environments and camera pipeline.
 
 - Scenes: each task's 50 benchmark variants minus the ones the protocol's evaluation episodes start
   from (`starvla_mt50.eval_scenes`), in variant order; an expert that fails a scene is discarded and
@@ -9,7 +9,13 @@ starVLA MT50 protocol, through the protocol's own environments and camera pipeli
 - Parallel and resumable: each task is recorded into its own complete dataset under
   `OUT/.parts/<task>/` by one of `workers` processes (a task whose part has meta/info.json is done;
   a torn part is recorded again); when every task is done the parts are merged, in protocol order,
-  into one LeRobot v2.1 dataset at OUT and the parts are removed."""
+  into one LeRobot v2.1 dataset at OUT and the parts are removed.
+
+With `lerobot-metaworld` a scene is a reset seed (`lerobot_metaworld.recording_scenes`: 0, 1, ...,
+never one of the seeds its evaluation uses), the instruction is LeRobot's task description and the
+frames are `lerobot_metaworld.frame` after the same reseed and reset an evaluation episode starts
+with. The protocol is written to meta/info.json; `check_recording_protocol` refuses a recording
+made for another protocol."""
 from __future__ import annotations
 
 import json
@@ -22,30 +28,47 @@ from .lerobot_write import check_format
 
 PARTS = ".parts"
 FPS = 80  # Meta-World's control rate (frame_skip 5 x 2.5 ms)
+DEFAULT_PROTOCOL = "starvla-mt50"
 
 
-def features(size: int) -> dict:
-    from ..sim import starvla_mt50 as P
+def _module(protocol: str | None):
+    from ..sim import protocol_module
+
+    return protocol_module(protocol or DEFAULT_PROTOCOL)
+
+
+def _scenes(P, task: str, episodes: int) -> tuple[list[int], list[int]]:
+    """(scenes to try in order, the scenes evaluation starts from) for `task` of protocol P."""
+    if hasattr(P, "recording_scenes"):  # scenes named by seeds: as many as the expert may need
+        return P.recording_scenes(task, 2 * episodes + 10), list(P.eval_scenes(task))
+    held_out = set(P.eval_scenes(task))
+    return [v for v in range(len(P.variants(task))) if v not in held_out], sorted(held_out)
+
+
+def _instruction(P, task: str) -> str:
+    return P.instruction(task) if hasattr(P, "instruction") else P.mw.instruction(task)
+
+
+def features(size: int, protocol: str | None = None) -> dict:
     from .metaworld_record import recorded_features
 
-    return recorded_features(P.CAMERA, size)
+    return recorded_features(_module(protocol).CAMERA, size)
 
 
-def record_task(part: Path, task: str, episodes: int, size: int, position: int = 0, progress: bool = True) -> dict:
+def record_task(part: Path, task: str, episodes: int, size: int, position: int = 0, progress: bool = True,
+                protocol: str | None = None) -> dict:
     """Record up to `episodes` successful demonstrations of `task` into the dataset `part`."""
     import warnings
 
     from tqdm import tqdm
 
-    from ..sim import metaworld as mw
-    from ..sim import starvla_mt50 as P
     from .lerobot_write import LeRobotWriter
 
+    P = _module(protocol)
     warnings.filterwarnings("ignore", module="gymnasium")
     shutil.rmtree(part, ignore_errors=True)  # a part without info.json was cut off: start it again
-    held_out = set(P.eval_scenes(task))
-    scenes = [v for v in range(len(P.variants(task))) if v not in held_out]
-    writer = LeRobotWriter(part, fps=FPS, robot_type="sawyer", features=features(size))
+    scenes, held_out = _scenes(P, task, episodes)
+    writer = LeRobotWriter(part, fps=FPS, robot_type="sawyer", features=features(size, P.NAME))
     env = P.make_env(task, size)
     kept, failed = 0, []
     bar = tqdm(total=episodes, desc=f"{task:<28}", position=position, leave=False, disable=not progress)
@@ -53,11 +76,11 @@ def record_task(part: Path, task: str, episodes: int, size: int, position: int =
         for v in scenes:
             if kept == episodes:
                 break
-            frames, success = _rollout(env, task, v, size)
+            frames, success = _rollout(env, task, v, size, P.NAME)
             if not success:
                 failed.append(v)
                 continue
-            writer.add_episode(frames, mw.instruction(task), {
+            writer.add_episode(frames, _instruction(P, task), {
                 "env_task": task, "variant": v, "scene": P.scene_vector(env), "protocol": P.NAME, "success": True})
             kept += 1
             bar.update(1)
@@ -70,12 +93,12 @@ def record_task(part: Path, task: str, episodes: int, size: int, position: int =
     return {"task": task, "episodes": kept, "failed": failed, "available": len(scenes)}
 
 
-def _rollout(env, task: str, variant: int, size: int):
+def _rollout(env, task: str, variant: int, size: int, protocol: str | None = None):
     """One expert episode from scene `variant`, stopped at its first successful step (kept)."""
     from ..sim import metaworld as mw
-    from ..sim import starvla_mt50 as P
     from .metaworld_record import episode_frames
 
+    P = _module(protocol)
     obs, _ = P.start_scene(env, variant)
     cols = {k: [] for k in ("image", "state", "env", "action", "reward", "success")}
     success = False
@@ -95,14 +118,14 @@ def _rollout(env, task: str, variant: int, size: int):
 
 
 def _work(args):
-    part, task, episodes, size, position, progress = args
-    return record_task(Path(part), task, episodes, size, position, progress)
+    part, task, episodes, size, position, progress, protocol = args
+    return record_task(Path(part), task, episodes, size, position, progress, protocol)
 
 
 def record_protocol(out, tasks: list[str], episodes: int, size: int, workers: int = 1, progress: bool = True,
-                    log=print, format: str = "v2.1") -> dict:
+                    log=print, protocol: str | None = None, format: str = "v2.1") -> dict:
     """Record every task of `tasks` (protocol names) into OUT; resumable; returns a summary."""
-    from ..sim import starvla_mt50 as P
+    P = _module(protocol)
 
     out = Path(out)
     if (out / "meta" / "info.json").exists():
@@ -111,7 +134,10 @@ def record_protocol(out, tasks: list[str], episodes: int, size: int, workers: in
         raise ValueError(f"--episodes must be at least 1, got {episodes}")
     check_format(format)  # before hours of recording, not at the merge
     size = int(size)
-    P.render_size(size)  # an odd size fails here, before any process starts
+    if hasattr(P, "render_size"):
+        P.render_size(size)  # an odd size fails here, before any process starts
+    elif size < 1:
+        raise ValueError(f"--size must be at least 1, got {size}")
     parts = out / PARTS
     parts.mkdir(parents=True, exist_ok=True)
     settings = {"protocol": P.NAME, "episodes": episodes, "size": size}
@@ -120,11 +146,12 @@ def record_protocol(out, tasks: list[str], episodes: int, size: int, workers: in
         raise ValueError(f"{out} holds an interrupted recording made with {settings_file.read_text().strip()}; "
                          f"resume with those options or choose a new folder")
     settings_file.write_text(json.dumps(settings))
-    P._benchmark()  # build the variant cache once, before the workers read it
+    if hasattr(P, "_benchmark"):
+        P._benchmark()  # build the variant cache once, before the workers read it
     todo = [t for t in tasks if not (parts / t / "meta" / "info.json").exists()]
     if len(todo) < len(tasks):
         log(f"resuming: {len(tasks) - len(todo)} of {len(tasks)} task(s) already recorded")
-    jobs = [(str(parts / t), t, episodes, size, i % max(workers, 1), progress) for i, t in enumerate(todo)]
+    jobs = [(str(parts / t), t, episodes, size, i % max(workers, 1), progress, P.NAME) for i, t in enumerate(todo)]
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
 
@@ -135,18 +162,18 @@ def record_protocol(out, tasks: list[str], episodes: int, size: int, workers: in
         for job in jobs:
             r = _work(job)
             log(f"  {r['task']}: {r['episodes']} episode(s)" + (f", expert failed {len(r['failed'])}" if r["failed"] else ""))
-    return merge_parts(out, tasks, size, format)
+    return merge_parts(out, tasks, size, P.NAME, format)
 
 
-def merge_parts(out: Path, tasks: list[str], size: int, format: str = "v2.1") -> dict:
+def merge_parts(out: Path, tasks: list[str], size: int, protocol: str | None = None, format: str = "v2.1") -> dict:
     """Concatenate the finished per-task parts (in `tasks` order) into one dataset at `out`."""
     import pyarrow.parquet as pq
 
-    from ..sim import starvla_mt50 as P
     from .lerobot_write import CHUNKS_SIZE, DATA_PATH, LeRobotWriter
 
+    P = _module(protocol)
     parts = out / PARTS
-    writer = LeRobotWriter(out, fps=FPS, robot_type="sawyer", features=features(size), version=format)
+    writer = LeRobotWriter(out, fps=FPS, robot_type="sawyer", features=features(size, P.NAME), version=format)
     per_task, failed, held_out = {}, {}, {}
     for task in tasks:
         part = parts / task
@@ -183,6 +210,24 @@ def recorded_scenes(root) -> dict[str, set[int]]:
         if "variant" in e:
             out.setdefault(e["env_task"], set()).add(int(e["variant"]))
     return out
+
+
+def recording_protocol(root) -> str | None:
+    """The protocol a dataset was recorded for (meta/info.json), None when recorded without one."""
+    path = Path(root) / "meta" / "info.json"
+    if not path.is_file():
+        return None
+    return ((json.loads(path.read_text()).get("graphvla") or {}).get("protocol")) or None
+
+
+def check_recording_protocol(datasets, protocol: str) -> None:
+    """Refuse to evaluate on `protocol` against a recording made for another protocol: its scenes
+    and frames mean something else there."""
+    for root in datasets:
+        made_for = recording_protocol(root)
+        if made_for is not None and made_for != protocol:
+            raise ValueError(f"{root} was recorded for protocol '{made_for}'; it cannot be used to evaluate "
+                             f"protocol '{protocol}' (record one with `graphvla data metaworld --protocol {protocol}`)")
 
 
 def recorded_scene_vectors(root) -> dict[str, list]:

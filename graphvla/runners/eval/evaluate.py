@@ -77,7 +77,7 @@ def protocol_label(summary: dict) -> str:
 def evaluate_run_protocol(run, tasks: list[str], episodes: int, workers: int, out_dir, *, data_dir=None,
                           server: str | None = None, api_key: str | None = None, adapter: str | None = None,
                           execute: int | None = None, adapter_overrides: dict | None = None, gifs: bool = True,
-                          section: dict | None = None, log=print) -> dict:
+                          section: dict | None = None, log=print, protocol: str = "starvla-mt50") -> dict:
     """The protocol's episodes of TASKS for RUN (or a running SERVER); writes OUT_DIR/results.json
     and results.md and returns the summary. The training scenes come from DATA_DIR, else from
     RUN/data.json. SECTION: RUN's serve section (None: the checkpoint's own)."""
@@ -92,7 +92,11 @@ def evaluate_run_protocol(run, tasks: list[str], episodes: int, workers: int, ou
     make_adapter = ProtocolAdapter(adapter or "metaworld", adapter_overrides or {}, execute, declared)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    scenes = training_scenes([data_dir] if data_dir else (run_datasets(run) if run else []))
+    datasets = [data_dir] if data_dir else (run_datasets(run) if run else [])
+    from ...data.protocol_record import check_recording_protocol
+
+    check_recording_protocol(datasets, protocol)  # before any server starts
+    scenes = training_scenes(datasets)
     # one request at a time: batched forwards may round differently, and results must not depend
     # on how many workers' requests happened to meet
     with policy_server(run, server, section, 1) as (url, local):
@@ -103,7 +107,7 @@ def evaluate_run_protocol(run, tasks: list[str], episodes: int, workers: int, ou
                  "privileged": bool(meta.get("privileged")),
                  "execute_steps": getattr(make_adapter(meta).scheduler, "execute", None)}
         summary = evaluate_protocol(connect, make_adapter, tasks, episodes, workers, out_dir, gifs=gifs,
-                                    training_scenes=scenes, graph=graph, log=log)
+                                    training_scenes=scenes, graph=graph, log=log, protocol=protocol)
     label = protocol_label(summary)
     (out_dir / "results.md").write_text(format_protocol_markdown(summary, label=f"{label} {graph['graph']}"))
     return summary
