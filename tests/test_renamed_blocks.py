@@ -97,3 +97,19 @@ def test_packaged_graphs_use_current_names_only():
         assert not {b.get("type") for b in spec.blocks.values()} & old_names, name
     for sweep in (graphs_root() / "sweeps").glob("*.yaml"):
         assert not [n for n in old_names if n + "," in sweep.read_text() or n + "\n" in sweep.read_text()], sweep
+
+
+def test_an_old_graph_name_says_its_new_name_and_why(tmp_path):
+    """The full-size graphs left starvla/ (they were never proven equal to starVLA): looking one up by
+    its old name is an error naming where it went, not a did-you-mean to another starvla/ graph."""
+    from graphvla.spec.library import MOVED
+    from graphvla.errors import SpecError
+
+    names = set(packaged_graphs())
+    assert len(MOVED) == 14 and set(MOVED.values()) <= names and not set(MOVED) & names
+    assert "starvla/qwen3vl-oft" not in MOVED and "starvla/qwen3vl-oft" in names  # now starVLA's QwenOFT itself
+    with pytest.raises(SpecError, match=r"renamed 'fullsize/qwen3vl-flowdit': a GraphVLA design, never proven equal"):
+        load_spec("starvla/qwen3vl-pi")
+    result = CliRunner().invoke(main, ["graphs", "copy", "starvla/worldmodel-gr00t.yaml", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "renamed 'fullsize/worldmodel-dualsystem'" in result.output
+    assert not (tmp_path / "x").exists()

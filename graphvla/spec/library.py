@@ -19,6 +19,16 @@ SUFFIXES = (".yaml", ".yml")
 HIDDEN = "base"  # folders of shared bases: not user-facing graphs
 SWEEPS = "sweeps"  # sweep files, not graphs (see is_sweep_file)
 LEGACY_PREFIX = "graphvla/graphs/"  # a path into a source checkout, typed where there is none
+# Packaged graphs that were renamed, by old name: the lookup of an old name says where it went and
+# why, instead of suggesting a near name (in starvla/, a different model). starvla/ now holds only
+# graphs proven equal to starVLA's code; these were GraphVLA's own heads (docs/heads.md, "Names and
+# parity"). starvla/qwen3vl-oft is not here: that name is now starVLA's QwenOFT itself.
+MOVED = {f"starvla/{backbone}-{old}": f"fullsize/{backbone}-{new}"
+         for backbone in ("qwen3vl", "qwen25vl", "worldmodel")
+         for old, new in (("oft", "querytf"), ("pi", "flowdit"), ("gr00t", "dualsystem"), ("fast", "fast"))
+         if f"{backbone}-{old}" != "qwen3vl-oft"}
+MOVED.update({"starvla/qwen3vl-fast-lm": "fullsize/qwen3vl-fast-lm", "starvla/qwen25vl-fast-lm": "fullsize/qwen25vl-fast-lm",
+              "starvla/qwen3vl-oft-cotrain": "fullsize/qwen3vl-querytf-cotrain"})
 
 
 def graphs_root() -> Path:
@@ -86,7 +96,7 @@ def resolve_graph(source) -> Path:
         return found
     name, hint = _as_name(source), None
     if name is not None:
-        close = did_you_mean(name, packaged_graphs())
+        close = _moved(name) or did_you_mean(name, packaged_graphs())
         hint = "and no packaged graph of that name; " + (close or "`graphvla graphs` lists them")
     raise SpecError([SpecIssue("file not found", (), Location(str(source)), hint=hint)])
 
@@ -137,8 +147,14 @@ def graph_files(name: str) -> tuple[Path, list[Path]]:
     return graph, needed
 
 
+def _moved(name) -> str | None:
+    new = MOVED.get(name)
+    return (f"it was renamed '{new}': a GraphVLA design, never proven equal to starVLA's framework "
+            f"(docs/heads.md, \"Names and parity\")") if new else None
+
+
 def _raise_unknown(name):
-    close = did_you_mean(_as_name(name) or str(name), packaged_graphs())
+    close = _moved(_as_name(name)) or did_you_mean(_as_name(name) or str(name), packaged_graphs())
     raise SpecError([SpecIssue("no packaged graph of that name", (), Location(str(name)),
                                hint=close or "`graphvla graphs` lists them")])
 
