@@ -321,3 +321,29 @@ def test_cli_records_v3(tmp_path):
     assert src.image("observation.images.corner", 0).shape == (32, 32, 3)
     r = CliRunner().invoke(main, ["data", "metaworld", "-o", str(tmp_path / "x"), "--format", "v9"])
     assert r.exit_code != 0 and "v9" in r.output and not (tmp_path / "x").exists()
+
+
+def test_protocol_recording_merges_into_v3(tmp_path):
+    """--protocol records v2.1 parts per task and merges them into the chosen format."""
+    require_metaworld()
+    from graphvla.data.protocol_record import record_protocol, recorded_scenes, recorded_scene_vectors
+    from graphvla.sim import starvla_mt50 as P
+
+    root = tmp_path / "data"
+    with pytest.raises(ValueError, match="LeRobot format 'v2' is not written"):
+        record_protocol(root, ["reach-v3"], episodes=1, size=32, progress=False, log=lambda m: None, format="v2")
+    assert not (root / ".parts").exists()  # refused before anything was recorded
+    s = record_protocol(root, ["reach-v3", "dial-turn-v3"], episodes=1, size=32, progress=False,
+                        log=lambda m: None, format="v3.0")
+    info = json.loads((root / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and not (root / ".parts").exists()
+    assert info["features"]["observation.images.corner2"]["names"] == ["height", "width", "channels"]
+    src = open_lerobot(root)
+    assert len(src.episodes) == 2 and len(src) == s["frames"]
+    assert src.image("observation.images.corner2", len(src) - 1).shape == (32, 32, 3)
+    scenes = recorded_scenes(root)
+    assert set(scenes) == {"reach-v3", "dial-turn-v3"}
+    assert all(not v & set(P.eval_scenes(t)) for t, v in scenes.items())
+    assert all(len(v) == 1 for v in recorded_scene_vectors(root).values())
+    stats = json.loads((root / "meta" / "stats.json").read_text())
+    assert np.asarray(stats["observation.images.corner2"]["mean"]).shape == (3, 1, 1)
