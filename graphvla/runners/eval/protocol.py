@@ -288,8 +288,11 @@ def peer_differences(summary: dict, z: float = 1.959964) -> dict:
     p-value from a stratified two-sample z-test. The strata are the buckets for the protocol's
     overall (each weighs 1/4), else the tasks run (each weighs equally). starVLA's side counts
     10 episodes per task, as its protocol runs. The variance uses (s + 1) / (n + 2) per stratum
-    and side (Agresti-Caffo), so a stratum at 0/10 or 10/10 is not taken as certain. A row without a
-    published figure for some stratum (LeRobot's rows are per bucket only) is not compared."""
+    and side (Agresti-Caffo), so a stratum at 0/10 or 10/10 is not taken as certain. A row that
+    publishes only its overall figure (no per-bucket rates held) is compared on the overall, with
+    its side's variance bounded by p(1 - p) <= 1/4 in every stratum: a conservative test
+    ("bounded": true), whose "significant" holds whatever the row's bucket rates are. A row
+    without the figures a comparison needs (per-task rows, a subset of buckets) is not compared."""
     P = _module(summary.get("protocol"))
     if summary.get("overall"):
         strata = [(summary["buckets"][b]["success_rate"], summary["buckets"][b]["episodes"],
@@ -298,15 +301,21 @@ def peer_differences(summary: dict, z: float = 1.959964) -> dict:
         strata = [(v["success_rate"], v["episodes"], v["peers"], P.EPISODES) for v in summary["tasks"].values()]
     w = 1.0 / len(strata)
     out = {}
+    overall_peers = (summary.get("overall") or {}).get("peers") or {}
     for row in P.PEER_ROWS:
-        if any(peers[row] is None for _, _, peers, _ in strata):
+        bounded = any(peers[row] is None for _, _, peers, _ in strata)
+        if bounded and overall_peers.get(row) is None:
             continue
-        diff = sum(w * (p - peers[row]) for p, _, peers, _ in strata)
-        var = sum(w * w * (_smoothed_var(p, n) + _smoothed_var(peers[row], m)) for p, n, peers, m in strata)
+        if bounded:  # only the row's overall is published: bound its side's spread
+            diff = sum(w * p for p, _, _, _ in strata) - overall_peers[row]
+            var = sum(w * w * (_smoothed_var(p, n) + 0.25 / (m + 2)) for p, n, _, m in strata)
+        else:
+            diff = sum(w * (p - peers[row]) for p, _, peers, _ in strata)
+            var = sum(w * w * (_smoothed_var(p, n) + _smoothed_var(peers[row], m)) for p, n, peers, m in strata)
         se = math.sqrt(var)
         pval = math.erfc(abs(diff) / se / math.sqrt(2)) if se > 0 else (0.0 if diff else 1.0)
         out[row] = {"difference": diff, "ci95": [diff - z * se, diff + z * se], "p_value": pval,
-                    "significant": pval < 0.05}
+                    "significant": pval < 0.05, "bounded": bounded}
     return out
 
 
@@ -323,6 +332,8 @@ def format_peer_differences(diffs: dict, protocol: str | None = None) -> str:
     lines = []
     for row, d in diffs.items():
         verdict = ("significant at 95%" if d["significant"] else "not significant at 95%")
+        if d.get("bounded"):
+            verdict += "; the row publishes its overall only: conservative test"
         lines.append(f"GraphVLA - {P.PEER_ROWS[row]}: {100 * d['difference']:+.1f} points "
                      f"[{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}], p = {d['p_value']:.3g} ({verdict})")
     return "\n".join(lines)
