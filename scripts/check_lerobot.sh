@@ -22,6 +22,9 @@
 #   check_lerobot.py skips registering their meta kernels; ACT uses only torchvision's Python ResNet.
 # - LeRobot 0.4.1 needs datasets 4.x, which needs pyarrow >= 21 and so numpy 2: the 0.4.1 venv
 #   gets its own numpy 2.2 and pyarrow 21 (the project keeps numpy < 2 for openpi-client).
+# Not checked here: `--video` recordings. LeRobot decodes video with torchcodec (needs system FFmpeg
+# libraries, absent on this machine) or torchvision's VideoReader (gone from torchvision 0.28);
+# tests/test_lerobot_format.py reads them back with GraphVLA's PyAV reader.
 # The venvs use --system-site-packages (the installed torch and graphvla) and live outside the
 # repository; nothing here is a dependency of graphvla.
 set -euo pipefail

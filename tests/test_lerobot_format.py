@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import require_metaworld
+from conftest import require_metaworld, require_module
 from PIL import Image
 
 from graphvla.data.lerobot import DatasetError, open_lerobot, read_episode_records
@@ -246,7 +246,7 @@ def test_episode_tables_are_copied_as_they_are(tmp_path):
     ("observation.grid", ("float32", (2, 3)), "feature 'observation.grid': GraphVLA writes numeric features as vectors"),
     ("observation.state", ("float32", (3,), ["x", "y"]), "feature 'observation.state': names must be 3"),
     ("index", ("int64", (1,)), "feature 'index': 'index' is one of LeRobot's index columns"),
-    ("observation.images.cam", ("video", (8, 8, 3)), "feature 'observation.images.cam': dtype 'video'"),
+    ("observation.images.cam", ("video", (8, 8, 3)), "feature 'observation.images.cam': declare cameras as 'image'"),
 ])
 def test_a_feature_lerobot_cannot_represent_is_refused_by_key(tmp_path, version, key, spec, message):
     root = tmp_path / "ds"
@@ -321,6 +321,16 @@ def test_cli_records_v3(tmp_path):
     assert src.image("observation.images.corner", 0).shape == (32, 32, 3)
     r = CliRunner().invoke(main, ["data", "metaworld", "-o", str(tmp_path / "x"), "--format", "v9"])
     assert r.exit_code != 0 and "v9" in r.output and not (tmp_path / "x").exists()
+    require_module("av", "pip install av (the video encoder and reader)")
+    r = CliRunner().invoke(main, ["data", "metaworld", "-o", str(tmp_path / "v"), "--tasks", "reach-v3", "--episodes", "1",
+                                  "--size", "32", "--video"])
+    assert r.exit_code == 0, r.output
+    info = json.loads((tmp_path / "v" / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v2.1" and info["features"]["observation.images.corner"]["dtype"] == "video"
+    video = open_lerobot(tmp_path / "v")
+    assert np.array_equal(video.columns["action"], src.columns["action"])  # same seed, same episode
+    assert np.abs(video.image("observation.images.corner", 5).astype(int)
+                  - src.image("observation.images.corner", 5).astype(int)).mean() < 8
 
 
 def test_protocol_recording_merges_into_v3(tmp_path):
@@ -347,3 +357,64 @@ def test_protocol_recording_merges_into_v3(tmp_path):
     assert all(len(v) == 1 for v in recorded_scene_vectors(root).values())
     stats = json.loads((root / "meta" / "stats.json").read_text())
     assert np.asarray(stats["observation.images.corner2"]["mean"]).shape == (3, 1, 1)
+
+
+def smooth_frames(n: int, t0: int = 0) -> np.ndarray:
+    """Frames a video codec keeps close: gradients that move a little every frame."""
+    y, x = np.mgrid[0:16, 0:24]
+    return np.stack([np.stack([(x * 4 + t * 3) % 256, (y * 5 + t * 2) % 256, np.full_like(x, 40 + 10 * t)], -1)
+                     for t in range(t0, t0 + n)]).astype(np.uint8)
+
+
+@pytest.mark.parametrize("version", ["v2.1", "v3.0"])
+def test_cameras_as_video(tmp_path, version):
+    require_module("av", "pip install av (the video encoder and reader)")
+    feats = {CAM: ("image", (16, 24, 3)), "action": ("float32", (2,))}
+    w = LeRobotWriter(tmp_path / "ds", fps=10, features=feats, version=version, video=True)
+    eps = [smooth_frames(5), smooth_frames(7, 20)]
+    actions = [np.arange(10, dtype=np.float32).reshape(5, 2), -np.arange(14, dtype=np.float32).reshape(7, 2)]
+    for f, a in zip(eps, actions):
+        w.add_episode({CAM: f, "action": a}, "move")
+    info = w.finalize()
+    root = tmp_path / "ds"
+    cam = info["features"][CAM]
+    assert cam["dtype"] == "video" and cam["names"] == ["height", "width", "channels"]
+    assert cam["info"]["video.codec"] == "h264" and cam["info"]["video.fps"] == 10 and cam["info"]["video.height"] == 16
+    for f in data_files(root):  # the camera lives in the videos, not the parquet
+        schema = pq.read_schema(f)
+        assert CAM not in schema.names and CAM not in json.loads(schema.metadata[b"huggingface"])["info"]["features"]
+    if version == "v2.1":
+        assert info["total_videos"] == 2
+        files = [root / info["video_path"].format(episode_chunk=0, video_key=CAM, episode_index=e) for e in (0, 1)]
+    else:
+        files = [root / info["video_path"].format(video_key=CAM, chunk_index=0, file_index=0)]
+        e = pd.read_parquet(root / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
+        assert e[f"videos/{CAM}/from_timestamp"].tolist() == [0.0, 0.5]
+        assert e[f"videos/{CAM}/to_timestamp"].tolist() == [0.5, 1.2]
+    assert all(f.is_file() for f in files) and not list(root.rglob(".tmp-*"))
+    stats = json.loads((root / "meta" / "stats.json").read_text())
+    assert np.allclose(np.asarray(stats[CAM]["mean"])[:, 0, 0], _image_stats_of(eps)["mean"])  # of the source frames
+    src = open_lerobot(root)
+    assert src.video_refs and not src.image_refs and src.episodes == {0: (0, 5), 1: (5, 12)}
+    assert np.array_equal(src.columns["action"], np.concatenate(actions))
+    want = np.concatenate(eps).astype(int)
+    errors = [np.abs(src.image(CAM, r).astype(int) - want[r]).mean() for r in range(12)]
+    assert max(errors) < 6, errors  # lossy, but each frame is its own (a neighbour differs by ~10)
+    assert np.abs(src.image(CAM, 6).astype(int) - want[7]).mean() > 2 * max(errors)
+
+
+def test_video_needs_even_sizes_and_merges_png_parts(tmp_path):
+    require_module("av", "pip install av (the video encoder and reader)")
+    with pytest.raises(FeatureError, match=f"feature '{CAM}': h264 video .* even height and width"):
+        LeRobotWriter(tmp_path / "odd", fps=10, features={CAM: ("image", (15, 24, 3))}, video=True)
+    assert not (tmp_path / "odd").exists()
+    feats = {CAM: ("image", (16, 24, 3)), "action": ("float32", (2,))}
+    part = LeRobotWriter(tmp_path / "part", fps=10, features=feats)
+    part.add_episode({CAM: smooth_frames(6), "action": np.ones((6, 2), np.float32)}, "move")
+    part.finalize()
+    w = LeRobotWriter(tmp_path / "merged", fps=10, features=feats, version="v3.0", video=True)
+    w.add_episode_table(pq.read_table(tmp_path / "part" / "data" / "chunk-000" / "episode_000000.parquet"), "move",
+                        None, _episode_stats(tmp_path / "part", "v2.1")[0])
+    w.finalize()
+    src = open_lerobot(tmp_path / "merged")
+    assert np.abs(src.image(CAM, 3).astype(int) - smooth_frames(6)[3].astype(int)).mean() < 6

@@ -26,8 +26,10 @@ def data():
 @click.option("--workers", default=1, show_default=True, type=int, help="processes recording tasks side by side (--protocol)")
 @click.option("--format", "fmt", type=click.Choice(["v2.1", "v3.0"]), default="v2.1", show_default=True,
               help="LeRobot dataset version: v2.1 opens in LeRobot 0.3.x, v3.0 in LeRobot >= 0.4")
+@click.option("--video", is_flag=True,
+              help="store the camera as H.264 mp4 video (lossy, smaller) instead of PNG frames in the parquet")
 @handles_errors
-def metaworld(out, protocol, tasks, episodes, size, camera, seed, workers, fmt):
+def metaworld(out, protocol, tasks, episodes, size, camera, seed, workers, fmt, video):
     """Record Meta-World scripted-expert demonstrations into a LeRobot dataset (v2.1 or v3.0)."""
     import warnings
 
@@ -39,7 +41,7 @@ def metaworld(out, protocol, tasks, episodes, size, camera, seed, workers, fmt):
         P = protocol_module(protocol)
         names = P.select(names=[t.strip() for t in (tasks or "MT50").split(",") if t.strip()])
         s = record_protocol(out, names, episodes, size or 64, workers=workers, log=lambda m: click.echo(m, err=True),
-                            protocol=protocol, format=fmt)
+                            protocol=protocol, format=fmt, video=video)
         failed = sum(s["failed"].values())
         click.echo(f"{out}: {s['episodes']} episodes, {s['frames']} frames from {len(names)} task(s) of {protocol}; "
                    f"{failed} scene(s) the expert failed were skipped")
@@ -54,7 +56,7 @@ def metaworld(out, protocol, tasks, episodes, size, camera, seed, workers, fmt):
         click.echo(f"  {task}: episode {kept}/{episodes} ({length} frames)", err=True)
 
     s = record_metaworld(out, names, episodes, size=size or 128, camera=camera, seed=seed, progress=progress,
-                         format=fmt)
+                         format=fmt, video=video)
     failed = sum(s.failed.values())
     click.echo(f"{out}: {s.episodes} episodes, {s.frames} frames from {len(names)} task(s); "
                f"{failed} failed expert episode(s) discarded" + (f" {s.failed}" if failed else ""))

@@ -39,6 +39,9 @@ IMAGE_PATH = "images/{image_key}/episode_{episode_index:06d}/frame_{frame_index:
 V3_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 V3_EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 V3_TASKS_PATH = "meta/tasks.parquet"
+VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
+V3_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+VIDEO_CODEC = {"codec": "h264", "encoder": "libx264", "pix_fmt": "yuv420p", "options": {"crf": "18", "g": "2", "bf": "0"}}
 DATA_FILE_SIZE_MB = 100  # LeRobot 0.4's default size of one data file
 VIDEO_FILE_SIZE_MB = 500
 INDEX_FEATURES = {"timestamp": "float32", "frame_index": "int64", "episode_index": "int64",
@@ -96,8 +99,8 @@ def check_feature(key, dtype, shape, names=None) -> dict:
         if len(names) != shape[0] or not all(isinstance(n, str) and n for n in names):
             raise FeatureError(f"{where}: names must be {shape[0]} non-empty strings (one per dim), got {names}")
     elif dtype == "video":
-        raise FeatureError(f"{where}: dtype 'video' is not written by GraphVLA (cameras are 'image': PNG "
-                           "frames embedded in the parquet)")
+        raise FeatureError(f"{where}: declare cameras as 'image'; the writer's `video=True` (graphvla data "
+                           "metaworld --video) stores them as video")
     else:
         raise FeatureError(f"{where}: dtype '{dtype}' cannot be represented in a LeRobot dataset "
                            f"(use image, string or one of {', '.join(NUMERIC_DTYPES)})")
@@ -136,12 +139,23 @@ class LeRobotWriter:
     is checked before the folder is made."""
 
     def __init__(self, root, fps: int, features: dict, robot_type: str = "unknown", version: str = CODEBASE_VERSION,
-                 data_files_size_in_mb: float = DATA_FILE_SIZE_MB):
+                 data_files_size_in_mb: float = DATA_FILE_SIZE_MB, video: bool = False):
         self.version = check_format(version)
         self.root = Path(root)
         self.fps = int(fps)
         self.robot_type = robot_type
         self.features = {k: check_feature(k, *spec) for k, spec in features.items()}
+        if video:
+            for k, f in self.features.items():
+                if f["dtype"] == "image":
+                    if f["shape"][0] % 2 or f["shape"][1] % 2:
+                        raise FeatureError(f"feature '{k}': {VIDEO_CODEC['codec']} video ({VIDEO_CODEC['pix_fmt']}) needs "
+                                           f"an even height and width, got {f['shape'][:2]}")
+                    f["dtype"] = "video"
+                    f["info"] = {"video.height": f["shape"][0], "video.width": f["shape"][1],
+                                 "video.codec": VIDEO_CODEC["codec"], "video.pix_fmt": VIDEO_CODEC["pix_fmt"],
+                                 "video.is_depth_map": False, "video.fps": int(fps), "video.channels": 3,
+                                 "has_audio": False}
         for k, dt in INDEX_FEATURES.items():
             self.features[k] = {"dtype": dt, "shape": [1], "names": None}
         if (self.root / "meta" / "info.json").exists():
@@ -155,17 +169,25 @@ class LeRobotWriter:
         self._file = (0, 0)  # v3.0: (chunk, file) being written
         self._writer = None  # v3.0: the open ParquetWriter and its temporary path
         self._file_bytes = 0
+        self._videos: dict = {}  # v3.0: camera -> its open VideoFile (every episode back to back)
         (self.root / "meta").mkdir(parents=True, exist_ok=True)
 
     @property
     def image_keys(self) -> list[str]:
         return [k for k, f in self.features.items() if f["dtype"] == "image"]
 
+    @property
+    def video_keys(self) -> list[str]:
+        return [k for k, f in self.features.items() if f["dtype"] == "video"]
+
+    def _columns(self) -> list[str]:
+        return [k for k in self.features if k not in self.video_keys]
+
     def _schema(self):
         import pyarrow as pa
 
-        hf = {k: hf_feature(f, self.version) for k, f in self.features.items()}
-        fields = [pa.field(k, arrow_type(f)) for k, f in self.features.items()]
+        hf = {k: hf_feature(self.features[k], self.version) for k in self._columns()}
+        fields = [pa.field(k, arrow_type(self.features[k])) for k in self._columns()]
         return pa.schema(fields, metadata={"huggingface": json.dumps({"info": {"features": hf}})})
 
     # -- episodes ------------------------------------------------------------------------------
@@ -189,12 +211,15 @@ class LeRobotWriter:
             f = self.features[key]
             if key not in frames:
                 raise KeyError(f"episode {ep}: missing feature '{key}'")
-            if f["dtype"] == "image":
+            if f["dtype"] in ("image", "video"):
                 imgs = np.asarray(frames[key])
                 if imgs.dtype != np.uint8 or list(imgs.shape[1:]) != f["shape"]:
                     raise ValueError(f"episode {ep}: '{key}' must be uint8 frames of shape {f['shape']}, "
                                      f"got {imgs.dtype} {list(imgs.shape[1:])}")
-                cols[key] = pa.array([{"bytes": _png(img), "path": None} for img in imgs], type=arrow_type(f))
+                if f["dtype"] == "video":
+                    cols[key] = imgs  # encoded by _emit
+                else:
+                    cols[key] = pa.array([{"bytes": _png(img), "path": None} for img in imgs], type=arrow_type(f))
                 stats[key] = image_stats(imgs)
             elif f["dtype"] == "string":
                 cols[key] = pa.array([str(v) for v in frames[key]], type=pa.string())
@@ -213,6 +238,8 @@ class LeRobotWriter:
         if missing:
             raise ValueError(f"episode table lacks the feature '{missing[0]}'")
         cols = {k: table.column(k).combine_chunks() for k in self._data_keys()}
+        for k in self.video_keys:  # PNG frames of an image dataset, encoded into this one's video
+            cols[k] = np.stack([_unpng(c["bytes"]) for c in cols[k].to_pylist()])
         stats = {k: v for k, v in stats.items() if k not in INDEX_FEATURES}
         return self._emit(cols, table.num_rows, task, extra, stats)
 
@@ -238,14 +265,26 @@ class LeRobotWriter:
         for k, v in index.items():
             cols[k] = pa.array(v)
             stats[k] = vector_stats(v.astype(np.float64).reshape(n, 1))
-        table = pa.table([cols[k] for k in self.features], schema=self.schema)
+        table = pa.table([cols[k] for k in self._columns()], schema=self.schema)
         meta = {"episode_index": ep, "tasks": [task], "length": n}
         if self.version == "v2.1":
             _write_parquet(table, self.root / DATA_PATH.format(episode_chunk=ep // CHUNKS_SIZE, episode_index=ep))
+            for key in self.video_keys:
+                video = VideoFile(self.root / VIDEO_PATH.format(episode_chunk=ep // CHUNKS_SIZE, video_key=key,
+                                                                episode_index=ep), self.fps, self.features[key])
+                video.write(cols[key])
+                video.close()
         else:
             meta.update(self._append_v3(table))
             meta["dataset_from_index"] = self.total_frames
             meta["dataset_to_index"] = self.total_frames + n
+            for key in self.video_keys:
+                if key not in self._videos:
+                    self._videos[key] = VideoFile(self.root / V3_VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=0),
+                                                  self.fps, self.features[key])
+                t0 = self._videos[key].write(cols[key])
+                meta.update({f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": 0,
+                             f"videos/{key}/from_timestamp": t0, f"videos/{key}/to_timestamp": t0 + n / self.fps})
         self.episodes.append({**meta, **(extra or {})})
         self.episode_stats.append({"episode_index": ep, "stats": {k: stats[k] for k in self.features if k in stats}})
         self.total_frames += n
@@ -292,17 +331,22 @@ class LeRobotWriter:
             "total_tasks": len(self.tasks),
         }
         if self.version == "v2.1":
-            info.update({"total_videos": 0, "total_chunks": max(1, (n_ep + CHUNKS_SIZE - 1) // CHUNKS_SIZE),
+            info.update({"total_videos": n_ep * len(self.video_keys),
+                         "total_chunks": max(1, (n_ep + CHUNKS_SIZE - 1) // CHUNKS_SIZE),
                          "chunks_size": CHUNKS_SIZE, "fps": self.fps, "splits": {"train": f"0:{n_ep}"},
-                         "data_path": DATA_PATH, "video_path": None, "image_path": IMAGE_PATH})
+                         "data_path": DATA_PATH, "video_path": VIDEO_PATH if self.video_keys else None,
+                         "image_path": IMAGE_PATH})
             _write_jsonl(meta / "tasks.jsonl", [{"task_index": i, "task": t} for t, i in self.tasks.items()])
             _write_jsonl(meta / "episodes.jsonl", self.episodes)
             _write_jsonl(meta / "episodes_stats.jsonl", self.episode_stats)
         else:
             self._close_file()
+            for video in self._videos.values():
+                video.close()
             info.update({"chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": self.data_file_bytes / 2 ** 20,
                          "video_files_size_in_mb": VIDEO_FILE_SIZE_MB, "fps": self.fps,
-                         "splits": {"train": f"0:{n_ep}"}, "data_path": V3_DATA_PATH, "video_path": None})
+                         "splits": {"train": f"0:{n_ep}"}, "data_path": V3_DATA_PATH,
+                         "video_path": V3_VIDEO_PATH if self.video_keys else None})
             self._write_v3_meta()
         info["features"] = self.features
         info.update(extra_info or {})
@@ -327,6 +371,52 @@ class LeRobotWriter:
                     row[f"stats/{key}/{name}"] = value
             rows.append(row)
         _write_parquet(pa.Table.from_pylist(rows), self.root / V3_EPISODES_PATH.format(chunk_index=0, file_index=0))
+
+
+class VideoFile:
+    """One camera's frames encoded into an mp4 (H.264, yuv420p, a keyframe every 2 frames as
+    LeRobot encodes for random access), frame i at time i / fps. Written under a temporary name and
+    renamed into place when closed."""
+
+    def __init__(self, path: Path, fps: int, feature: dict):
+        import av
+
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
+        self.container = av.open(str(self.tmp), "w", format="mp4")
+        self.stream = self.container.add_stream(VIDEO_CODEC["encoder"], rate=int(fps), options=VIDEO_CODEC["options"])
+        self.stream.height, self.stream.width = feature["shape"][0], feature["shape"][1]
+        self.stream.pix_fmt = VIDEO_CODEC["pix_fmt"]
+        self.fps, self.frames = int(fps), 0
+
+    def write(self, frames: np.ndarray) -> float:
+        """Append frames; returns the time of the first one in the file (seconds)."""
+        import av
+
+        start = self.frames / self.fps
+        for f in frames:
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+            vf.pts = self.frames
+            self.frames += 1
+            for packet in self.stream.encode(vf):
+                self.container.mux(packet)
+        return start
+
+    def close(self) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+        os.replace(self.tmp, self.path)
+
+
+def _unpng(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 def _png(img: np.ndarray) -> bytes:

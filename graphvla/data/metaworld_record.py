@@ -27,11 +27,13 @@ class RecordSummary:
 
 
 def record_metaworld(out, tasks, episodes: int, size: int = 128, camera: str = "corner", seed: int = 0,
-                     max_attempts: int | None = None, progress=None, format: str = "v2.1") -> RecordSummary:
+                     max_attempts: int | None = None, progress=None, format: str = "v2.1",
+                     video: bool = False) -> RecordSummary:
     """Record `episodes` successful expert episodes of each task into `out`.
 
     max_attempts: per task, give up after this many tries (default 3 x episodes + 5).
-    format: the LeRobot version written, 'v2.1' (LeRobot 0.3.x) or 'v3.0' (LeRobot >= 0.4)."""
+    format: the LeRobot version written, 'v2.1' (LeRobot 0.3.x) or 'v3.0' (LeRobot >= 0.4).
+    video: store the camera as H.264 video (lossy) instead of PNG frames (lossless)."""
     from ..sim import metaworld as mw
     from .lerobot_write import LeRobotWriter
 
@@ -40,7 +42,8 @@ def record_metaworld(out, tasks, episodes: int, size: int = 128, camera: str = "
         mw._check_task(t)
     if episodes < 1:
         raise ValueError(f"--episodes must be at least 1, got {episodes}")
-    writer = LeRobotWriter(out, fps=80, robot_type="sawyer", version=format, features=recorded_features(camera, size))
+    writer = LeRobotWriter(out, fps=80, robot_type="sawyer", version=format, features=recorded_features(camera, size),
+                           video=video)
     summary = RecordSummary(str(out))
     max_attempts = max_attempts or 3 * episodes + 5
     for k, task in enumerate(tasks):

@@ -123,7 +123,7 @@ def _work(args):
 
 
 def record_protocol(out, tasks: list[str], episodes: int, size: int, workers: int = 1, progress: bool = True,
-                    log=print, protocol: str | None = None, format: str = "v2.1") -> dict:
+                    log=print, protocol: str | None = None, format: str = "v2.1", video: bool = False) -> dict:
     """Record every task of `tasks` (protocol names) into OUT; resumable; returns a summary."""
     P = _module(protocol)
 
@@ -134,6 +134,8 @@ def record_protocol(out, tasks: list[str], episodes: int, size: int, workers: in
         raise ValueError(f"--episodes must be at least 1, got {episodes}")
     check_format(format)  # before hours of recording, not at the merge
     size = int(size)
+    if video and size % 2:
+        raise ValueError(f"--video needs an even --size (H.264 in yuv420p), got {size}")
     if hasattr(P, "render_size"):
         P.render_size(size)  # an odd size fails here, before any process starts
     elif size < 1:
@@ -162,10 +164,11 @@ def record_protocol(out, tasks: list[str], episodes: int, size: int, workers: in
         for job in jobs:
             r = _work(job)
             log(f"  {r['task']}: {r['episodes']} episode(s)" + (f", expert failed {len(r['failed'])}" if r["failed"] else ""))
-    return merge_parts(out, tasks, size, P.NAME, format)
+    return merge_parts(out, tasks, size, P.NAME, format, video)
 
 
-def merge_parts(out: Path, tasks: list[str], size: int, protocol: str | None = None, format: str = "v2.1") -> dict:
+def merge_parts(out: Path, tasks: list[str], size: int, protocol: str | None = None, format: str = "v2.1",
+                video: bool = False) -> dict:
     """Concatenate the finished per-task parts (in `tasks` order) into one dataset at `out`."""
     import pyarrow.parquet as pq
 
@@ -173,7 +176,8 @@ def merge_parts(out: Path, tasks: list[str], size: int, protocol: str | None = N
 
     P = _module(protocol)
     parts = out / PARTS
-    writer = LeRobotWriter(out, fps=FPS, robot_type="sawyer", features=features(size, P.NAME), version=format)
+    writer = LeRobotWriter(out, fps=FPS, robot_type="sawyer", features=features(size, P.NAME), version=format,
+                           video=video)
     per_task, failed, held_out = {}, {}, {}
     for task in tasks:
         part = parts / task
