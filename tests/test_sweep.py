@@ -84,6 +84,31 @@ def test_report_rebuilds_the_same_markdown(finished, tmp_path):
     assert (copy / "results.md").read_bytes() == before
 
 
+REPO = Path(__file__).resolve().parent.parent
+COMMITTED = sorted((REPO / "docs" / "results" / "sweeps").glob("*/results.json"))
+
+
+@pytest.mark.parametrize("results", COMMITTED, ids=[p.parent.name for p in COMMITTED])
+def test_committed_reports_rebuild_byte_for_byte_from_their_results(results):
+    """The README's sweep tables come from these reports: the report code must still write them
+    exactly from the recorded results (label corrections are data in results.json)."""
+    from graphvla.runners.sweep.report import format_csv
+
+    report = json.loads(results.read_text())
+    assert format_markdown(report) == (results.parent / "results.md").read_text()
+    assert format_csv(report) == (results.parent / "results.csv").read_text()
+
+
+def test_corrections_relabel_without_touching_the_recorded_figures():
+    report = json.loads((REPO / "docs/results/sweeps/heads-mt10/results.json").read_text())
+    plain = format_markdown({k: v for k, v in report.items() if k != "corrections"})
+    fixed = format_markdown(report)
+    assert "| oft | oft |" in plain and "| oft | query_transformer |" in fixed
+    assert "### `oft` (head.query_transformer)" in fixed and "Labels corrected" in fixed
+    numbers = [line.split("|")[3:] for line in plain.splitlines() if line.startswith("| oft |")]
+    assert numbers == [line.split("|")[3:] for line in fixed.splitlines() if line.startswith("| oft |")]
+
+
 def test_interrupted_sweep_resumes_to_the_same_results(finished, tmp_path):
     out = tmp_path / "resumed"
     data = finished / "data.yaml"

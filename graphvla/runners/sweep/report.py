@@ -184,13 +184,22 @@ def buckets_of(report: dict) -> list[str]:
 
 
 def format_markdown(report: dict) -> str:
+    """results.md from results.json. A report's optional `corrections` (made after the runs, the
+    recorded data left as it is) add a note under the title, replace the description and relabel
+    axis values and cell headings: {"note", "description", "axis_labels": {axis: {value: label}},
+    "cell_titles": {cell: text}}."""
     axes = list(report["axes"])
     buckets = buckets_of(report)
     e = report["eval"]
     where = e.get("tasks") or e.get("buckets") or "all tasks"
+    fix = report.get("corrections") or {}
+    labels = fix.get("axis_labels") or {}
     lines = [f"# Sweep `{report['sweep']}`", ""]
-    if report["description"]:
-        lines += [report["description"].strip(), ""]
+    if fix.get("note"):
+        lines += [fix["note"].strip(), ""]
+    description = fix.get("description", report["description"])
+    if description:
+        lines += [description.strip(), ""]
     lines += [f"- Base graph: `{_short(report['base'])}`; axes: "
               + "; ".join(f"{a} = {', '.join(v)}" for a, v in report["axes"].items()),
               f"- Training seeds: {', '.join(map(str, report['seeds']))}; every cell: "
@@ -207,7 +216,7 @@ def format_markdown(report: dict) -> str:
             continue
         loss = c["final_losses"].get("loss/action") or next(iter(c["final_losses"].values()), None)
         flag = "" if c["complete"] else " (some seeds missing)"
-        rows.append([c["cell"] + flag, *[c["axes"][a] for a in axes],
+        rows.append([c["cell"] + flag, *[labels.get(a, {}).get(c["axes"][a], c["axes"][a]) for a in axes],
                      f"{_count(c['params_total'])} ({_count(c['params_trainable'])})",
                      f"{c['train_seconds']['mean'] / 60:.1f}", f"{c['samples_per_s']['mean']:.0f}",
                      f"{loss['mean']:.4f}" if loss else "-", _mean_std(c["success"]), _ci(c["pooled"]),
@@ -228,7 +237,8 @@ def format_markdown(report: dict) -> str:
     lines += ["## Cells", ""]
     for c in report["cells"]:
         done = [r for r in c["runs"] if r["finished"]]
-        lines += [f"### `{c['cell']}`", ""]
+        title = (fix.get("cell_titles") or {}).get(c["cell"])
+        lines += [f"### `{c['cell']}`" + (f" ({title})" if title else ""), ""]
         if not done:
             lines += ["not run yet", ""]
             continue
