@@ -228,6 +228,16 @@ def test_a_mistyped_dataset_id_is_one_clear_error_and_writes_nothing(tmp_path, h
     assert missing.exit_code == 1 and "revision 'v9'" in missing.output and "refs main" in missing.output
 
 
+def test_eval_data_names_a_missing_dataset_id_before_anything_runs(tmp_path, hub_cache):
+    put_in_cache(hub_cache, "dataset", "lerobot/tiny-reach", recording(tmp_path / "src" / "ds"), MAIN)
+    run = tmp_path / "run"
+    run.mkdir()
+    missing = cli("eval", run, "--protocol", "starvla-mt50", "--data", "lerobot/tiny-rech", "-o", tmp_path / "out")
+    assert missing.exit_code != 0
+    assert "'lerobot/tiny-rech'" in missing.output and "HF_HUB_OFFLINE=1" in missing.output
+    assert "did you mean 'lerobot/tiny-reach'" in missing.output and not (tmp_path / "out").exists()
+
+
 # -- models --------------------------------------------------------------------------------------
 
 def vlm_spec(tmp_path, model: str, extra: dict | None = None) -> Path:

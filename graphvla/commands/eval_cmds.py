@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 import yaml
 
+from ..hub import resolve
 from .options import UserError, handles_errors, set_option
 from .serve_cmds import key_map_option, serve_section
 
@@ -49,8 +50,9 @@ def eval_protocol(run, protocol, tasks, buckets, episodes, workers, data_dir, ou
 @click.option("--seed-offset", type=int, default=100000, show_default=True,
               help="episode i uses env seed OFFSET+i; the default lies above every seed `graphvla data metaworld` "
                    "uses unless it was given --seed near it")
-@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="the recorded dataset: refuse eval seeds that a demonstration of the same task used")
+@click.option("--data", "data_dir", default=None,
+              help="the recorded dataset (a folder or a Hub id org/name[@revision]): refuse eval seeds that a "
+                   "demonstration of the same task used")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="folder for results.json and one GIF per task [RUN/eval-SUITE]")
 @click.option("--server", default=None, help="use a running server (ws://host:port) instead of starting one")
@@ -86,6 +88,10 @@ def eval_cmd(run, protocol, suite, tasks, buckets, episodes, workers, seed_offse
         raise UserError("give a RUN folder or --server ws://HOST:PORT")
     if episodes < 1:
         raise UserError("--episodes must be >= 1")
+    if data_dir is not None:
+        data_dir = str(resolve(data_dir, repo_type="dataset"))  # a Hub id: its snapshot in the cache
+        if not Path(data_dir).is_dir():
+            raise UserError(f"--data {data_dir}: no such folder")
     adapter_overrides = {}
     for text in adapter_sets:
         if "=" not in text:
