@@ -141,6 +141,23 @@ def require_program(name: str, remedy: str) -> str:
     return path
 
 
+def train_protocol_run(base: Path, recording: Path, steps: int):
+    """A small metaworld/mt50 policy (32 px, head width 64) trained `steps` steps on a protocol
+    recording: (run folder, data YAML, training result)."""
+    from graphvla.runners.train import train
+    from graphvla.runners.train.dataio import load_bundle
+    from graphvla.spec.loader import load_spec
+
+    data_yaml = base / "data.yaml"
+    data_yaml.write_text(f"datasets:\n  - path: {recording}\n    keys: {{images: [observation.images.corner2], "
+                         "state: observation.state, actions: action, instruction: task}\n")
+    overrides = ["inputs.images.size=[32, 32]", f"trainer.max_steps={steps}", "trainer.batch_size=16",
+                 f"trainer.save_every={steps}", "trainer.warmup_steps=5", "blocks.head.with.hidden=64"]
+    spec = load_spec(REPO / "graphvla" / "graphs" / "metaworld" / "mt50.yaml", overrides)
+    result = train(spec, load_bundle(str(data_yaml), spec), base / "run", progress=False)
+    return base / "run", data_yaml, result
+
+
 def require_metaworld() -> None:
     """Return when Meta-World renders here. Otherwise skip the calling test or fixture, or, under
     CI=true, fail it."""

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import REPO, require_metaworld
+from conftest import REPO, require_metaworld, train_protocol_run
 
 TASKS = ["reach-v3", "dial-turn-v3"]
 NAME = "lerobot-metaworld"
@@ -187,20 +187,8 @@ def test_recorded_frames_equal_the_evaluation_frames_of_that_scene(protocol, ler
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, lerobot_data):
-    from graphvla.runners.train import train
-    from graphvla.runners.train.dataio import load_bundle
-    from graphvla.spec.loader import load_spec
-
-    base = tmp_path_factory.mktemp("run")
-    data_yaml = base / "data.yaml"
-    data_yaml.write_text(f"datasets:\n  - path: {lerobot_data}\n    keys: {{images: [observation.images.corner2], "
-                         "state: observation.state, actions: action, instruction: task}\n")
-    spec = REPO / "graphvla" / "graphs" / "metaworld" / "mt50.yaml"
-    overrides = ["inputs.images.size=[32, 32]", "trainer.max_steps=20", "trainer.batch_size=16",
-                 "trainer.save_every=20", "trainer.warmup_steps=5", "blocks.head.with.hidden=64"]
-    s = load_spec(spec, overrides)
-    train(s, load_bundle(str(data_yaml), s), base / "run", progress=False)
-    return base / "run"
+    run, _, _ = train_protocol_run(tmp_path_factory.mktemp("run"), lerobot_data, steps=20)
+    return run
 
 
 def _eval(run, out, workers, extra=()):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import REPO, require_metaworld
+from conftest import REPO, require_metaworld, train_protocol_run
 
 TASKS = ["reach-v3", "dial-turn-v3"]
 
@@ -164,21 +164,9 @@ def test_recording_resumes_and_refuses_other_options(tmp_path, protocol):
 
 @pytest.fixture(scope="module")
 def tiny_protocol_run(tmp_path_factory, protocol_data):
-    from graphvla.runners.train import train
-    from graphvla.runners.train.dataio import load_bundle
-    from graphvla.spec.loader import load_spec
-
-    base = tmp_path_factory.mktemp("run")
-    data_yaml = base / "data.yaml"
-    data_yaml.write_text(f"datasets:\n  - path: {protocol_data}\n    keys: {{images: [observation.images.corner2], "
-                         "state: observation.state, actions: action, instruction: task}\n")
-    spec = REPO / "graphvla" / "graphs" / "metaworld" / "mt50.yaml"
-    overrides = ["inputs.images.size=[32, 32]", "trainer.max_steps=30", "trainer.batch_size=16",
-                 "trainer.save_every=30", "trainer.warmup_steps=5", "blocks.head.with.hidden=64"]
-    s = load_spec(spec, overrides)
-    result = train(s, load_bundle(str(data_yaml), s), base / "run", progress=False)
+    run, data_yaml, result = train_protocol_run(tmp_path_factory.mktemp("run"), protocol_data, steps=30)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
-    return base / "run", data_yaml
+    return run, data_yaml
 
 
 def _eval(run, out, workers, data=None):

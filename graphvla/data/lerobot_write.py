@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import TMP_PREFIX, write_text_atomic
+from .stats import dataset_stats_from_episodes
 
 VERSIONS = ("v2.1", "v3.0")
 CODEBASE_VERSION = "v2.1"  # the default
@@ -322,7 +323,7 @@ class LeRobotWriter:
         if n_ep == 0:
             raise ValueError(f"{self.root}: no episode was added; nothing to finalize")
         meta = self.root / "meta"
-        stats = aggregate_stats(self.episode_stats)
+        stats = dataset_stats_from_episodes(self.episode_stats)
         info = {
             "codebase_version": self.version,
             "robot_type": self.robot_type,
@@ -451,24 +452,6 @@ def image_stats(frames: np.ndarray) -> dict:
     shaped = lambda v: v.reshape(-1, 1, 1).tolist()  # noqa: E731
     return {"min": shaped(x.min(0)), "max": shaped(x.max(0)), "mean": shaped(x.mean(0)), "std": shaped(x.std(0)),
             "count": [int(len(frames))]}
-
-
-def aggregate_stats(episode_stats: list[dict]) -> dict:
-    """Dataset statistics from per-episode ones (meta/stats.json): min of mins, max of maxes, the
-    count-weighted mean and the pooled variance, in each statistic's own shape."""
-    out: dict = {}
-    keys = [k for e in episode_stats for k in e["stats"]]
-    for k in dict.fromkeys(keys):
-        parts = [e["stats"][k] for e in episode_stats if k in e["stats"]]
-        mean = np.array([p["mean"] for p in parts], dtype=np.float64)
-        n = np.array([p["count"][0] for p in parts], dtype=np.float64).reshape((-1,) + (1,) * (mean.ndim - 1))
-        var = np.array([p["std"] for p in parts], dtype=np.float64) ** 2
-        total = n.sum()
-        m = (n * mean).sum(0) / total
-        v = (n * (var + (mean - m) ** 2)).sum(0) / total
-        out[k] = {"min": np.min([p["min"] for p in parts], 0).tolist(), "max": np.max([p["max"] for p in parts], 0).tolist(),
-                  "mean": m.tolist(), "std": np.sqrt(v).tolist(), "count": [int(total)]}
-    return out
 
 
 def _write_parquet(table, path: Path) -> None:

@@ -51,15 +51,16 @@ def _spans(widths: set, width: int) -> list[tuple[int, int]]:
 
 
 def dataset_stats_from_episodes(episode_stats: list[dict]) -> dict:
-    """Aggregate LeRobot per-episode stats (min/max/mean/std/count) into dataset stats, the way
-    meta/stats.json holds them (pooled mean and variance)."""
+    """Dataset statistics from LeRobot per-episode ones, the way meta/stats.json holds them: min of
+    mins, max of maxes, the count-weighted mean and the pooled variance, each in its statistic's own
+    shape (a vector [D], a camera's per-channel [3, 1, 1]); keys in first-seen order."""
     out: dict = {}
-    keys = {k for e in episode_stats for k in e["stats"]}
-    for k in sorted(keys):
+    keys = [k for e in episode_stats for k in e["stats"]]
+    for k in dict.fromkeys(keys):
         parts = [e["stats"][k] for e in episode_stats if k in e["stats"]]
-        n = np.array([p["count"][0] for p in parts], dtype=np.float64)[:, None]
-        mean = np.array([p["mean"] for p in parts])
-        var = np.array([p["std"] for p in parts]) ** 2
+        mean = np.array([p["mean"] for p in parts], dtype=np.float64)
+        n = np.array([p["count"][0] for p in parts], dtype=np.float64).reshape((-1,) + (1,) * (mean.ndim - 1))
+        var = np.array([p["std"] for p in parts], dtype=np.float64) ** 2
         total = n.sum()
         m = (n * mean).sum(0) / total
         v = (n * (var + (mean - m) ** 2)).sum(0) / total

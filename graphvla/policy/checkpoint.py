@@ -189,16 +189,21 @@ def weights_left_to_base_files(ckpt: Path, model) -> set:
     return left_to_base_files(model, blocks)
 
 
-def _unique_tensors(model, leave_out) -> dict:
-    """model's state, each tied tensor once (as safetensors' save_model writes it), without `leave_out`."""
-    seen, keep = set(), {}
+def untied_names(model) -> list[str]:
+    """model's state_dict names with each tied tensor under its first name only, as safetensors'
+    save_model writes them (so `load_model(strict=True)` accepts the file)."""
+    seen, names = set(), []
     for name, t in model.state_dict(keep_vars=True).items():
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        if name not in leave_out:
-            keep[name] = t.detach().contiguous()
-    return keep
+        if id(t) not in seen:
+            seen.add(id(t))
+            names.append(name)
+    return names
+
+
+def _unique_tensors(model, leave_out) -> dict:
+    """model's state, each tied tensor once, without `leave_out`."""
+    state = model.state_dict(keep_vars=True)
+    return {name: state[name].detach().contiguous() for name in untied_names(model) if name not in leave_out}
 
 
 # processing pipelines ---------------------------------------------------------------------------

@@ -99,29 +99,7 @@ def peer_rates(task: str | None = None) -> dict:
 def select(buckets: list[str] | None = None, names: list[str] | None = None) -> list[str]:
     """The protocol's tasks restricted to `buckets` and/or `names` (bucket names, task names, MT10
     or MT50), kept in protocol order."""
-    wanted = set()
-    for b in buckets or []:
-        if b not in BUCKETS:
-            raise ValueError(f"unknown bucket '{b}'; buckets: {', '.join(BUCKETS)}")
-        wanted.update(bucket_tasks()[b])
-    known = tasks()
-    for n in names or []:
-        if n.upper() == "MT10":
-            wanted.update(mw.MT10)
-        elif n.upper() == "MT50":
-            wanted.update(known)
-        elif n in BUCKETS:
-            wanted.update(bucket_tasks()[n])
-        elif n in known:
-            wanted.add(n)
-        else:
-            import difflib
-
-            hint = difflib.get_close_matches(n, known, n=1)
-            raise ValueError(f"'{n}' is not a task of the {NAME} protocol" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
-    if not buckets and not names:
-        return known
-    return [t for t in known if t in wanted]
+    return mw.select_tasks(NAME, tasks(), {b: bucket_tasks()[b] for b in BUCKETS}, buckets, names)
 
 
 # --- environments -----------------------------------------------------------------------------

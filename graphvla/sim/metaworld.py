@@ -91,6 +91,34 @@ BENCHMARK_SEED = 0  # fixes MT1's list of task variants; episodes differ by thei
 CAMERAS = ("corner", "corner2", "corner3", "topview", "behindGripper", "gripperPOV")
 
 
+def select_tasks(protocol: str, known: list[str], bucket_tasks: dict, buckets=None, names=None) -> list[str]:
+    """A protocol's tasks (`known`, in its order) restricted to `buckets` and/or `names` (bucket
+    names, task names, MT10: the protocol's tasks MT10 also has, MT50: all), kept in its order; an
+    unknown bucket or task is an error naming the protocol (and the nearest task)."""
+    wanted = set()
+    for b in buckets or []:
+        if b not in bucket_tasks:
+            raise ValueError(f"unknown bucket '{b}'; buckets: {', '.join(bucket_tasks)}")
+        wanted.update(bucket_tasks[b])
+    for n in names or []:
+        if n.upper() == "MT10":
+            wanted.update(MT10)
+        elif n.upper() == "MT50":
+            wanted.update(known)
+        elif n in bucket_tasks:
+            wanted.update(bucket_tasks[n])
+        elif n in known:
+            wanted.add(n)
+        else:
+            import difflib
+
+            hint = difflib.get_close_matches(n, known, n=1)
+            raise ValueError(f"'{n}' is not a task of the {protocol} protocol" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+    if not buckets and not names:
+        return list(known)
+    return [t for t in known if t in wanted]
+
+
 def _check_task(task: str) -> None:
     import metaworld
 

@@ -37,11 +37,10 @@ def save_full_state_dict(state: dict, model, path: Path) -> None:
     does, so `load_model(strict=True)` accepts the file."""
     from safetensors.torch import save_file
 
-    seen, keep = set(), {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
+    from ...policy.checkpoint import untied_names
+
+    keep = {}
+    for name in untied_names(model):
         if name not in state:
             raise KeyError(f"the gathered weights lack '{name}'")
         keep[name] = state[name].clone() if any(state[name] is t for t in keep.values()) else state[name]
