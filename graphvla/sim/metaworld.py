@@ -91,6 +91,14 @@ BENCHMARK_SEED = 0  # fixes MT1's list of task variants; episodes differ by thei
 CAMERAS = ("corner", "corner2", "corner3", "topview", "behindGripper", "gripperPOV")
 
 
+def bucket_of_task(protocol: str, bucket_tasks: dict, task: str) -> str:
+    """The bucket of a protocol's task; a task outside the protocol is an error naming it."""
+    for b, names in bucket_tasks.items():
+        if task in names:
+            return b
+    raise ValueError(f"'{task}' is not a task of the {protocol} protocol")
+
+
 def select_tasks(protocol: str, known: list[str], bucket_tasks: dict, buckets=None, names=None) -> list[str]:
     """A protocol's tasks (`known`, in its order) restricted to `buckets` and/or `names` (bucket
     names, task names, MT10: the protocol's tasks MT10 also has, MT50: all), kept in its order; an

@@ -59,10 +59,7 @@ def tasks() -> list[str]:
 
 
 def bucket_of(task: str) -> str:
-    for b, names in bucket_tasks().items():
-        if task in names:
-            return b
-    raise ValueError(f"'{task}' is not a task of the {NAME} protocol")
+    return mw.bucket_of_task(NAME, bucket_tasks(), task)
 
 
 def peer_rates(task: str | None = None) -> dict[str, dict | float]:
