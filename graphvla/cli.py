@@ -7,12 +7,12 @@ import sys
 
 import click
 
-from .commands import (check_cmds, data_cmds, eval_cmds, export_cmds, fast_cmds, graphs_cmds, quickstart_cmds,
-                       serve_cmds, spec_cmds, sweep_cmds, train_cmds)
+from .commands import (check_cmds, data_cmds, eval_cmds, export_cmds, fast_cmds, graphs_cmds, import_cmds,
+                       quickstart_cmds, serve_cmds, spec_cmds, sweep_cmds, train_cmds)
 
 # Modules that define commands (each exposes `commands`: a list of click commands).
 COMMAND_MODULES = [spec_cmds, graphs_cmds, check_cmds, train_cmds, serve_cmds, eval_cmds, fast_cmds, data_cmds,
-                   quickstart_cmds, sweep_cmds, export_cmds]
+                   quickstart_cmds, sweep_cmds, export_cmds, import_cmds]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

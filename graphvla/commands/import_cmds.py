@@ -1,0 +1,40 @@
+"""`graphvla import SOURCE CKPT_DIR -o RUN`: a checkpoint another project's trainer wrote, as a
+GraphVLA run folder (served, evaluated, swept like a trained one). SOURCE: starvla."""
+from __future__ import annotations
+
+import click
+
+from .options import handles_errors
+
+SOURCES = ("starvla",)
+
+
+@click.command(name="import")
+@click.argument("source")
+@click.argument("ckpt_dir", type=click.Path())
+@click.option("-o", "--output", "output", required=True, type=click.Path(), help="run folder to write (must not exist)")
+@click.option("--weights", type=click.Path(), default=None,
+              help="the weights file to import (default: final_model/, else the latest checkpoints/steps_N_*)")
+@click.option("--base-vlm", type=click.Path(), default=None,
+              help="the base VLM's folder (config.json, tokenizer, processor); default: config.yaml's framework.qwenvl.base_vlm")
+@click.option("--dataset-key", default=None, help="which dataset's statistics un-normalize actions (needed when there are several)")
+@click.option("--views", type=int, default=2, show_default=True, help="camera views per observation")
+@click.option("--image-size", type=int, default=224, show_default=True, help="side of the (square) camera images")
+@handles_errors
+def import_(source, ckpt_dir, output, weights, base_vlm, dataset_key, views, image_size):
+    """Import the starVLA run folder CKPT_DIR (config.yaml, dataset_statistics.json, checkpoints/) as
+    the GraphVLA run OUTPUT. Only starVLA's QwenOFT is representable; other frameworks are refused by name."""
+    if source not in SOURCES:
+        raise ValueError(f"import source '{source}' is not one GraphVLA imports from ({', '.join(SOURCES)})")
+    from ..policy.checkpoint import read_json
+    from ..runners.importers.starvla import import_starvla
+
+    run = import_starvla(ckpt_dir, output, weights=weights, base_vlm=base_vlm, dataset_key=dataset_key, views=views,
+                         image_size=image_size)
+    info = read_json(run / "imported.json")
+    click.echo(f"imported starVLA {info['framework']} ({info['tensors']} tensors, step {info['step']}, "
+               f"statistics '{info['statistics']['dataset_key']}') as graph {info['graph']} into {run}")
+    click.echo(f"serve it with: graphvla serve {run}")
+
+
+commands = [import_]

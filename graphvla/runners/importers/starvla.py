@@ -1,0 +1,357 @@
+"""`graphvla import starvla CKPT_DIR -o RUN`: a run folder written by starVLA's trainer
+(github.com/starVLA/starVLA, starVLA/training/train_starvla.py) -> a GraphVLA run.
+
+What starVLA's trainer leaves in its output_dir, and what becomes of it:
+
+  config.yaml                  framework.name (only QwenOFT is representable: graph starvla/qwen3vl-oft),
+                               framework.action_model.action_dim / action_horizon, framework.qwenvl.base_vlm,
+                               datasets.vla_data.CoT_prompt (-> the VLM block's prompt_template)
+  checkpoints/steps_N_model.safetensors | steps_N_pytorch_model.pt, or final_model/model.safetensors |
+  pytorch_model.pt             every tensor mapped to the graph's state_dict (a missing, extra or
+                               misshapen one is refused, naming the file and the key)
+  dataset_statistics.json      DATASET -> action -> q01 / q99 / mask: the run's q01_q99 normalization
+  base VLM folder              (config.yaml's base_vlm, or --base-vlm) its config.json, tokenizer and
+                               processor, copied into the run; the tokenizer must hold starVLA's
+                               placeholder token as one token
+
+starVLA serves un-normalized actions as FrameworkTools.unnormalize_actions does: clamp the
+normalized chunk to [-1, 1], threshold the gripper channel (6) at 0.5 to {0, 1}, rescale the
+dimensions whose mask is true by q01/q99 and leave the others as they are. The run's postprocess
+is that: an `action_bounds` step (clamp, channel 6 binarised; a dimension with q01 == q99 set to 0)
+before the graph's q01_q99 un-normalization, whose statistics for an unmasked dimension are
+q01 = -1, q99 = 1 (the identity). The run is written in a temporary folder renamed into place: on
+any error nothing is left at RUN."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ...fileio import TMP_PREFIX
+
+GRAPHS = {"QwenOFT": "starvla/qwen3vl-oft"}
+# starVLA's other registered frameworks at 0ed0aad: known, refused by name
+NOT_YET = ("ABot_M0", "ACT", "CosmoPredict2GR00T", "CosmoPredict2OFT", "CosmoPredict2PI", "CosmosGR00T",
+           "DiffusionPolicy", "EgoVLA", "Gemma4GR00T", "Gemma4PI", "InternVLA-M1", "LangForce", "MiniCPMGR00T",
+           "MiniCPMPI", "PI0", "PI05", "Pi0", "Pi05", "QwenAdapter", "QwenDiscreteDiffusion", "QwenDual", "QwenFM",
+           "QwenFast", "QwenGR00T", "QwenPI", "QwenPI_v3", "WanGR00T", "WanOFT", "WanPI")
+GRIPPER = 6  # FrameworkTools.unnormalize_actions' gripper_channel_idx
+THRESHOLD = 0.5
+_TINY = 1e-6  # processors/normalize's: a narrower q01..q99 is shifted, not scaled
+
+# starVLA QwenOFT module paths -> the graph's (the VLM wrapper holds the transformers model as
+# backbone.hf_vlm does; the action model's MLP-ResNet layers -> head.mlp_resnet's)
+HEAD_KEYS = [
+    (r"action_model\.model\.layer_norm1\.", "head.norm_in."),
+    (r"action_model\.model\.fc1\.", "head.linear_in."),
+    (r"action_model\.model\.mlp_resnet_blocks\.(\d+)\.ffn\.0\.", r"head.blocks.\1.norm."),
+    (r"action_model\.model\.mlp_resnet_blocks\.(\d+)\.ffn\.1\.", r"head.blocks.\1.linear."),
+    (r"action_model\.model\.layer_norm2\.", "head.norm_out."),
+    (r"action_model\.model\.fc2\.", "head.linear_out."),
+]
+
+
+class StarVLAImportError(ValueError):
+    """A starVLA checkpoint that cannot become a run; the message names the file and the key."""
+
+
+def graph_key(key: str) -> str | None:
+    """The graph's state_dict key of a starVLA QwenOFT key (None for one no graph tensor takes)."""
+    if key.startswith("qwen_vl_interface.model."):
+        return "vlm.model." + key[len("qwen_vl_interface.model."):]
+    for pattern, repl in HEAD_KEYS:
+        new, n = re.subn("^" + pattern, repl, key)
+        if n:
+            return new
+    return None
+
+
+# the graph's names -> starVLA's, for naming a missing tensor as the checkpoint would hold it
+GRAPH_KEYS = [
+    (r"head\.norm_in\.", "action_model.model.layer_norm1."),
+    (r"head\.linear_in\.", "action_model.model.fc1."),
+    (r"head\.blocks\.(\d+)\.norm\.", r"action_model.model.mlp_resnet_blocks.\1.ffn.0."),
+    (r"head\.blocks\.(\d+)\.linear\.", r"action_model.model.mlp_resnet_blocks.\1.ffn.1."),
+    (r"head\.norm_out\.", "action_model.model.layer_norm2."),
+    (r"head\.linear_out\.", "action_model.model.fc2."),
+    (r"vlm\.model\.", "qwen_vl_interface.model."),
+]
+
+
+def starvla_key(name: str) -> str:
+    """starVLA's state_dict key of a graph key (the inverse of graph_key)."""
+    for pattern, repl in GRAPH_KEYS:
+        new, n = re.subn("^" + pattern, repl, name)
+        if n:
+            return new
+    return name
+
+
+def _get(cfg: dict, dotted: str, file: Path, required: bool = True):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            if required:
+                raise StarVLAImportError(f"{file}: no '{dotted}'")
+            return None
+        node = node[part]
+    return node
+
+
+def read_config(ckpt_dir: Path) -> tuple[Path, dict]:
+    path = ckpt_dir / "config.yaml"
+    if not path.is_file():
+        raise StarVLAImportError(f"{ckpt_dir}: no config.yaml (starVLA's trainer writes it in its output_dir)")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise StarVLAImportError(f"{path}: not YAML: {e}") from None
+    if not isinstance(cfg, dict):
+        raise StarVLAImportError(f"{path}: not a mapping")
+    return path, cfg
+
+
+def check_framework(cfg: dict, path: Path) -> str:
+    name = _get(cfg, "framework.name", path)
+    if name in GRAPHS:
+        return name
+    if name in NOT_YET:
+        raise StarVLAImportError(f"{path}: framework.name '{name}' is a starVLA framework GraphVLA cannot represent yet "
+                           f"(importable: {', '.join(GRAPHS)})")
+    raise StarVLAImportError(f"{path}: framework.name '{name}' is not a starVLA framework GraphVLA knows "
+                       f"(importable: {', '.join(GRAPHS)}; not representable yet: {', '.join(NOT_YET)})")
+
+
+def find_weights(ckpt_dir: Path, weights: Path | None = None) -> tuple[Path, int]:
+    """(the weights file, its step): `weights` when given, else final_model/ or the latest checkpoints/steps_N_*."""
+    if weights is not None:
+        weights = Path(weights)
+        if not weights.is_file():
+            raise StarVLAImportError(f"{weights}: no such weights file")
+        m = re.match(r"steps_(\d+)_", weights.name)
+        return weights, int(m.group(1)) if m else 0
+    for name in ("model.safetensors", "pytorch_model.pt"):
+        if (ckpt_dir / "final_model" / name).is_file():
+            steps = [int(m.group(1)) for p in (ckpt_dir / "checkpoints").glob("steps_*")
+                     if (m := re.match(r"steps_(\d+)_", p.name))] if (ckpt_dir / "checkpoints").is_dir() else []
+            return ckpt_dir / "final_model" / name, max(steps, default=0)
+    found = []
+    for p in (ckpt_dir / "checkpoints").glob("steps_*") if (ckpt_dir / "checkpoints").is_dir() else []:
+        m = re.match(r"steps_(\d+)_(model\.safetensors|pytorch_model\.pt)$", p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    if not found:
+        raise StarVLAImportError(f"{ckpt_dir}: no weights (final_model/model.safetensors or pytorch_model.pt, "
+                           f"checkpoints/steps_N_model.safetensors or steps_N_pytorch_model.pt)")
+    step, path = max(found)
+    return path, step
+
+
+def read_weights(path: Path) -> dict:
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise StarVLAImportError(f"{path}: not a state_dict")
+    return state
+
+
+def read_statistics(ckpt_dir: Path, action_dim: int, dataset_key: str | None) -> tuple[Path, str, dict]:
+    """(the file, the dataset key, its action block with q01/q99/mask as float/bool arrays)."""
+    path = ckpt_dir / "dataset_statistics.json"
+    if not path.is_file():
+        raise StarVLAImportError(f"{ckpt_dir}: no dataset_statistics.json (starVLA's dataloader writes it in its output_dir)")
+    stats = json.loads(path.read_text())
+    if dataset_key is None:
+        if len(stats) != 1:
+            raise StarVLAImportError(f"{path}: statistics of {len(stats)} datasets ({', '.join(stats)}): "
+                               f"choose one with --dataset-key")
+        dataset_key = next(iter(stats))
+    if dataset_key not in stats:
+        raise StarVLAImportError(f"{path}: no dataset '{dataset_key}' (has {', '.join(stats)})")
+    action = (stats[dataset_key] or {}).get("action")
+    if not isinstance(action, dict):
+        raise StarVLAImportError(f"{path}: no '{dataset_key}.action'")
+    out = {}
+    for key in ("q01", "q99"):
+        if key not in action:
+            raise StarVLAImportError(f"{path}: no '{dataset_key}.action.{key}' (starVLA un-normalizes with q01/q99)")
+    for key, value in action.items():
+        arr = np.asarray(value, dtype=bool if key == "mask" else np.float64)
+        if arr.shape != (action_dim,):
+            raise StarVLAImportError(f"{path}: '{dataset_key}.action.{key}' has {arr.shape[0] if arr.ndim == 1 else arr.shape} "
+                               f"values, but config.yaml's framework.action_model.action_dim is {action_dim}")
+        out[key] = arr
+    out.setdefault("mask", np.ones(action_dim, dtype=bool))
+    return path, dataset_key, out
+
+
+def check_tokenizer(vlm_dir: Path, token: str) -> None:
+    from ...processors.hf_processor import load_processor
+
+    try:
+        tok = load_processor(vlm_dir).tokenizer
+    except Exception as e:  # noqa: BLE001 - re-raised naming the folder
+        raise StarVLAImportError(f"{vlm_dir}: the base VLM's processor does not load: {e}") from None
+    ids = tok.encode(token, add_special_tokens=False)
+    if len(ids) != 1 or tok.convert_ids_to_tokens(ids[0]) != token:
+        raise StarVLAImportError(f"{vlm_dir / 'tokenizer.json'}: starVLA QwenOFT's action token {token!r} "
+                           f"(U+{ord(token):X}) is not one token of this tokenizer (it encodes to {ids})")
+
+
+def build_spec(cfg: dict, cfg_path: Path, vlm_dir: Path, views: int, image_size: int) -> dict:
+    from ...spec.loader import load_spec
+
+    framework = cfg["framework"]
+    spec = copy.deepcopy(load_spec(GRAPHS[framework["name"]]).data)
+    action_model = framework.get("action_model") or {}
+    kind = action_model.get("action_model_type", "MLP")
+    if kind != "MLP":
+        raise StarVLAImportError(f"{cfg_path}: framework.action_model.action_model_type '{kind}' is not QwenOFT's MLP")
+    horizon = int(_get(cfg, "framework.action_model.action_horizon", cfg_path))
+    dim = int(_get(cfg, "framework.action_model.action_dim", cfg_path))
+    config_file = vlm_dir / "config.json"
+    if not config_file.is_file():
+        raise StarVLAImportError(f"{vlm_dir}: the base VLM folder has no config.json (config.yaml's framework.qwenvl.base_vlm)")
+    vlm = spec["blocks"]["vlm"]["with"]
+    for key in ("model", "dtype", "gradient_checkpointing"):
+        vlm.pop(key, None)
+    vlm.update(config=json.loads(config_file.read_text()), processor=str(vlm_dir.resolve()), action_placeholders=horizon,
+               dtype="float32")
+    template = _get(cfg, "datasets.vla_data.CoT_prompt", cfg_path, required=False)
+    if template:
+        vlm["prompt_template"] = template
+    spec["inputs"]["images"].update(views=views, size=[image_size, image_size])
+    spec["inputs"]["actions"].update(dim=dim, horizon=horizon)
+    spec["inputs"]["actions_mask"]["shape"] = [horizon]
+    spec["description"] = (f"starVLA {framework['name']} imported from {cfg_path.parent} "
+                           f"(graph {GRAPHS[framework['name']]})")
+    return spec
+
+
+def map_weights(state: dict, expected: dict, weights_path: Path) -> dict:
+    """starVLA's tensors under the graph's names, each checked: no unknown, extra, missing or misshapen key."""
+    mapped, unknown = {}, []
+    for key, tensor in state.items():
+        name = graph_key(key)
+        if name is None or name not in expected:
+            unknown.append(key)
+            continue
+        want = expected[name]
+        if tuple(tensor.shape) != tuple(want.shape):
+            raise StarVLAImportError(f"{weights_path}: '{key}' has shape {list(tensor.shape)}, the graph's {name} "
+                               f"needs {list(want.shape)}")
+        mapped[name] = tensor.to(want.dtype).contiguous()
+    if unknown:
+        raise StarVLAImportError(f"{weights_path}: {len(unknown)} tensor(s) the graph has no place for: "
+                           + ", ".join(sorted(unknown)[:8]) + (" ..." if len(unknown) > 8 else ""))
+    missing = sorted(k for k in expected if k not in mapped)
+    if missing:
+        named = [starvla_key(k) for k in missing]
+        raise StarVLAImportError(f"{weights_path}: {len(missing)} tensor(s) missing: " + ", ".join(named[:8])
+                           + (" ..." if len(missing) > 8 else ""))
+    return mapped
+
+
+def normalization(action: dict) -> tuple[dict, dict, list]:
+    """(statistics for the run's `actions` port, modes, the channels set to 0 before un-normalizing)."""
+    q01, q99, mask = action["q01"].copy(), action["q99"].copy(), action["mask"]
+    q01[~mask], q99[~mask] = -1.0, 1.0  # starVLA leaves an unmasked dimension normalized: the identity
+    constant = [int(i) for i in np.nonzero(mask & (q99 - q01 < _TINY))[0]]
+    stats = {"actions": {"q01": q01.tolist(), "q99": q99.tolist()}}
+    return stats, {"actions": "q01_q99"}, constant
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def import_starvla(ckpt_dir, out, *, weights=None, base_vlm=None, dataset_key=None, views: int = 2,
+                   image_size: int = 224) -> Path:
+    """Write GraphVLA run `out` from starVLA run folder `ckpt_dir`; returns `out`. Raises StarVLAImportError
+    (a ValueError) naming the file and key of what does not fit; nothing is left at `out` then."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ...blocks.base import parameters_on_meta
+    from ...blocks.backbones.hf_vlm import PLACEHOLDER
+    from ...compiler.compile import compile_graph
+    from ...data.normalize import Normalizer
+    from ...policy import checkpoint as C
+    from ...processors.action_bounds import ActionBounds
+    from ...processors.base import Pipeline
+    from ...spec.loader import load_spec
+
+    ckpt_dir, out = Path(ckpt_dir), Path(out)
+    if not ckpt_dir.is_dir():
+        raise StarVLAImportError(f"{ckpt_dir}: not a folder (a starVLA run's output_dir)")
+    if out.exists():
+        raise StarVLAImportError(f"{out}: already exists (the import writes a new run folder)")
+    cfg_path, cfg = read_config(ckpt_dir)
+    framework = check_framework(cfg, cfg_path)
+    dim = int(_get(cfg, "framework.action_model.action_dim", cfg_path))
+    vlm_dir = Path(base_vlm) if base_vlm else Path(str(_get(cfg, "framework.qwenvl.base_vlm", cfg_path)))
+    if not vlm_dir.is_dir():
+        raise StarVLAImportError(f"{cfg_path}: framework.qwenvl.base_vlm '{vlm_dir}' is not a folder here "
+                           f"(give the base VLM's folder - config.json, tokenizer, processor - with --base-vlm)")
+    check_tokenizer(vlm_dir, PLACEHOLDER)
+    stats_path, key, action = read_statistics(ckpt_dir, dim, dataset_key)
+    weights_path, step = find_weights(ckpt_dir, weights)
+    spec_data = build_spec(cfg, cfg_path, vlm_dir, views, image_size)
+
+    with tempfile.TemporaryDirectory(prefix="graphvla-import-") as scratch:
+        spec_file = Path(scratch) / "spec.yaml"
+        spec_file.write_text(yaml.safe_dump(spec_data, allow_unicode=True, sort_keys=False))
+        spec = load_spec(str(spec_file))
+        with parameters_on_meta():
+            cg = compile_graph(spec, device="cpu")
+        expected = cg.model.state_dict()
+        mapped = map_weights(read_weights(weights_path), expected, weights_path)
+        stats, modes, constant = normalization(action)
+        preprocess = cg.preprocess.with_statistics(stats, modes)
+        post = cg.postprocess.with_statistics(stats, modes)
+        bounds = ActionBounds(("actions",), -1.0, 1.0, {GRIPPER: THRESHOLD} if dim > GRIPPER else {}, zero=constant)
+        postprocess = Pipeline("postprocess", [bounds, *post])
+        norm = Normalizer(stats, modes).to_dict()
+        spec.file = None  # the scratch file goes away; every file the blocks read is copied into the run
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f"{TMP_PREFIX}{out.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            def write(d: Path):
+                C.write_policy_files(d, spec, preprocess, postprocess, json.loads(json.dumps(norm)))
+                names = C.untied_names(cg.model)
+                save_file({n: mapped[n] for n in names}, str(d / "model.safetensors"), metadata={"format": "pt"})
+
+            C.write_checkpoint(tmp, step, write)
+            C.write_json(tmp / "imported.json", {
+                "from": "starVLA", "framework": framework, "graph": GRAPHS[framework], "source": str(ckpt_dir.resolve()),
+                "config": str(cfg_path.resolve()), "weights": str(weights_path.resolve()),
+                "weights_sha256": _sha256(weights_path), "tensors": len(mapped), "step": step,
+                "statistics": {"file": str(stats_path.resolve()), "dataset_key": key,
+                               "mask": [bool(m) for m in action["mask"]]},
+                "base_vlm": str(vlm_dir.resolve()), "views": views, "image_size": image_size,
+                "postprocess": ["action_bounds (clamp [-1, 1], gripper channel binarised at 0.5)",
+                                "unnormalize q01_q99"]})
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return out
