@@ -25,7 +25,7 @@ from graphvla.policy.loading import load_policy
 from graphvla.policy.policy import Policy
 from graphvla.processors.action_bounds import ActionBounds
 from graphvla.processors.base import Pipeline
-from graphvla.runners.importers.starvla import StarVLAImportError, import_starvla
+from graphvla.runners.importers.starvla import StarVLAImportError, import_starvla, starvla_key
 
 warnings.filterwarnings("ignore")
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
@@ -220,3 +220,27 @@ def test_unknown_source_and_existing_output_are_refused(tmp_path):
     result = CliRunner().invoke(main, ["import", "starvla", str(d), "-o", str(tmp_path / "y")])
     assert result.exit_code == 1 and "framework.qwenvl.base_vlm" in result.output and "--base-vlm" in result.output
     assert not (tmp_path / "y").exists()
+
+
+def test_the_default_pt_format_and_several_datasets(tmp_path):
+    """starVLA's default save_format `pt` (checkpoints/steps_N_pytorch_model.pt) imports to the same
+    weights; statistics of several datasets need --dataset-key, and an unknown one is named."""
+    d = copy_ckpt(tmp_path)
+    path = d / "checkpoints" / WEIGHTS.name
+    torch.save(load_file(str(path)), d / "checkpoints" / "steps_2_pytorch_model.pt")
+    path.unlink()
+    stats_file = d / "dataset_statistics.json"
+    stats = json.loads(stats_file.read_text())
+    stats["other_robot"] = stats["tiny_libero"]
+    stats_file.write_text(json.dumps(stats))
+    with pytest.raises(StarVLAImportError, match=r"dataset_statistics\.json: statistics of 2 datasets .*--dataset-key"):
+        do_import(d, tmp_path / "a")
+    with pytest.raises(StarVLAImportError, match=r"dataset_statistics\.json: no dataset 'nope'"):
+        do_import(d, tmp_path / "b", dataset_key="nope")
+    run = do_import(d, tmp_path / "c", dataset_key="tiny_libero")
+    assert json.loads((run / "imported.json").read_text())["weights"].endswith("steps_2_pytorch_model.pt")
+    ours = load_file(str(run / "checkpoints" / "step_0000002" / "model.safetensors"))
+    theirs = load_file(str(WEIGHTS))
+    # the run stores a tied tensor (the LM head sharing the token embeddings) once, as training does
+    assert len(theirs) - len(ours) == 1 and all(torch.equal(ours[k], theirs[starvla_key(k)]) for k in ours)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
