@@ -244,3 +244,26 @@ def test_the_default_pt_format_and_several_datasets(tmp_path):
     # the run stores a tied tensor (the LM head sharing the token embeddings) once, as training does
     assert len(theirs) - len(ours) == 1 and all(torch.equal(ours[k], theirs[starvla_key(k)]) for k in ours)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_graphvla_eval_runs_an_imported_run(tmp_path):
+    """`graphvla eval` (GraphVLA's Meta-World suite, one short episode) on an imported run: the
+    fixture's checkpoint cut to Meta-World's 4-d actions (the head's last layer and the statistics,
+    action_dim 4 in config.yaml: a valid starVLA checkpoint; no gripper channel 6) and one view."""
+    from conftest import require_metaworld
+
+    require_metaworld()
+    d = copy_ckpt(tmp_path)
+    edit_config(d, lambda c: c["framework"]["action_model"].update(action_dim=4))
+    edit_weights(d, lambda s: s.update({k: s[k][:4].contiguous() for k in ("action_model.model.fc2.weight",
+                                                                          "action_model.model.fc2.bias")}))
+    edit_stats(d, lambda a: a.update({k: v[:4] for k, v in a.items()}))
+    run = import_starvla(d, tmp_path / "run", base_vlm=VLM, views=1, image_size=64)
+    assert not any(isinstance(s, ActionBounds) and s.binary for s in load_policy(run).postprocess)
+    result = CliRunner().invoke(main, ["eval", str(run), "--suite", "metaworld", "--tasks", "reach-v3", "--episodes", "1",
+                                       "--max-steps", "8", "-o", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["tasks"]["reach-v3"]["episodes"] == 1
+    episode = results["episodes"]["reach-v3"][0]
+    assert episode["steps"] == 8 and episode["queries"] == 2  # chunks of 4 executed 4 at a time, served by the run
