@@ -96,6 +96,18 @@ def test_policy_actions_equal_starvlas_served_actions(policy):
     assert np.abs(moved - data["actions"].numpy())[..., 6].max() > 100 * TOL
 
 
+def test_postprocess_is_starvlas_unnormalize_actions_on_every_branch(policy):
+    """The run's postprocess on chunks beyond [-1, 1], with the gripper above and below 0.5 and an
+    unmasked dimension (5), equals starVLA's FrameworkTools.unnormalize_actions on them."""
+    _, data = expected()
+    probe = data["probe_normalized"]
+    assert probe.abs().max() > 1.2 and (probe[..., 6] >= 0.5).any() and (probe[..., 6] < 0.5).any()
+    ours = policy.postprocess({"actions": probe.clone()})["actions"]
+    diff = (ours - data["probe_served"]).abs().max().item()
+    print(f"postprocess vs starVLA unnormalize_actions: max |diff| {diff:.2e}")
+    assert diff <= 1e-6
+
+
 def test_cli_import_serve_sessions_and_rtc(run, tmp_path):
     from graphvla.client import PolicyClient
     from graphvla.protocol import RTC_KEY

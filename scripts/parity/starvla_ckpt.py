@@ -117,7 +117,13 @@ def main():
     # ... and serves actions un-normalized with the checkpoint's statistics (its deployment's path)
     stats = FrameworkTools.get_action_stats(model.norm_stats)
     served = np.stack([FrameworkTools.unnormalize_actions(normalized[i].copy(), stats) for i in range(len(normalized))])
+    # the un-normalization alone, on chunks that reach every branch (beyond [-1, 1], gripper above
+    # and below 0.5, an unmasked dimension): starVLA's function's output for them
+    probe = rng.uniform(-1.6, 1.6, size=(3, meta["horizon"], meta["action_dim"])).astype(np.float32)
+    probe_served = np.stack([FrameworkTools.unnormalize_actions(c.copy(), stats) for c in probe])
     save_file({"images": torch.from_numpy(images).contiguous(),
+               "probe_normalized": torch.from_numpy(probe).contiguous(),
+               "probe_served": torch.from_numpy(probe_served.astype(np.float32)).contiguous(),
                "normalized_actions": torch.from_numpy(normalized).contiguous(),
                "actions": torch.from_numpy(served.astype(np.float32)).contiguous()}, str(out / "expected.safetensors"))
     (out / "expected.json").write_text(json.dumps({
