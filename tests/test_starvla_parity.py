@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import warnings
 from pathlib import Path
 
@@ -23,35 +22,13 @@ from graphvla.compiler.compile import compile_graph
 from graphvla.errors import SpecError
 from graphvla.processors.base import Pipeline
 from graphvla.spec.loader import load_spec
+from graphvla.runners.importers.starvla import graph_key
 
 warnings.filterwarnings("ignore")
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "starvla" / "qwenoft"
 GRAPH = Path(__file__).resolve().parents[1] / "graphvla" / "graphs" / "starvla" / "qwen3vl-oft.yaml"
 STATE_GRAPH = GRAPH.with_name("qwen3vl-oft-state.yaml")
 TOL = 1e-5
-
-# starVLA's module paths -> the graph's: the VLM wrapper holds the transformers model (as backbone.hf_vlm
-# does); the action model's MLP-ResNet layers -> head.mlp_resnet's
-HEAD_KEYS = [
-    (r"action_model\.model\.layer_norm1\.", "head.norm_in."),
-    (r"action_model\.model\.fc1\.", "head.linear_in."),
-    (r"action_model\.model\.mlp_resnet_blocks\.(\d+)\.ffn\.0\.", r"head.blocks.\1.norm."),
-    (r"action_model\.model\.mlp_resnet_blocks\.(\d+)\.ffn\.1\.", r"head.blocks.\1.linear."),
-    (r"action_model\.model\.layer_norm2\.", "head.norm_out."),
-    (r"action_model\.model\.fc2\.", "head.linear_out."),
-]
-
-
-def graph_key(key: str) -> str:
-    """The graph's state_dict key of a starVLA QwenOFT key (KeyError for one this does not know)."""
-    if key.startswith("qwen_vl_interface.model."):
-        return "vlm.model." + key[len("qwen_vl_interface.model."):]
-    for pattern, repl in HEAD_KEYS:
-        new, n = re.subn("^" + pattern, repl, key)
-        if n:
-            return new
-    raise KeyError(f"no mapping for starVLA key {key}")
-
 
 def case(name="case"):
     """(case.json, the tensors of a case): `case` (the plain instruction) or `case_cot` (starVLA's
@@ -85,8 +62,8 @@ def fixture_graph(graph=GRAPH, **vlm_with):
     spec["blocks"]["vlm"]["with"].update(vlm_with)
     cg = compile_graph(spec, device="cpu")
     state = load_file(str(FIXTURE / "state.safetensors"))
-    mapped = {graph_key(k): v for k, v in state.items()}
-    assert len(mapped) == len(state)  # no two starVLA keys land on one graph key
+    mapped = {graph_key(k): v for k, v in state.items()}  # the importer's mapping
+    assert None not in mapped and len(mapped) == len(state)  # no two starVLA keys land on one graph key
     assert set(mapped) == set(cg.model.state_dict())  # every key accounted for, both ways
     cg.model.load_state_dict(mapped, strict=True)
     cg.model.eval()

@@ -48,15 +48,17 @@ GRIPPER = 6  # FrameworkTools.unnormalize_actions' gripper_channel_idx
 THRESHOLD = 0.5
 _TINY = 1e-6  # processors/normalize's: a narrower q01..q99 is shifted, not scaled
 
-# starVLA QwenOFT module paths -> the graph's (the VLM wrapper holds the transformers model as
-# backbone.hf_vlm does; the action model's MLP-ResNet layers -> head.mlp_resnet's)
-HEAD_KEYS = [
-    (r"action_model\.model\.layer_norm1\.", "head.norm_in."),
-    (r"action_model\.model\.fc1\.", "head.linear_in."),
-    (r"action_model\.model\.mlp_resnet_blocks\.(\d+)\.ffn\.0\.", r"head.blocks.\1.norm."),
-    (r"action_model\.model\.mlp_resnet_blocks\.(\d+)\.ffn\.1\.", r"head.blocks.\1.linear."),
-    (r"action_model\.model\.layer_norm2\.", "head.norm_out."),
-    (r"action_model\.model\.fc2\.", "head.linear_out."),
+# starVLA QwenOFT module paths <-> the graph's, one table read both ways ({i}: a block index). The
+# VLM wrapper holds the transformers model as backbone.hf_vlm does; the action model's MLP-ResNet
+# layers are head.mlp_resnet's.
+KEY_PREFIXES = [
+    ("qwen_vl_interface.model.", "vlm.model."),
+    ("action_model.model.layer_norm1.", "head.norm_in."),
+    ("action_model.model.fc1.", "head.linear_in."),
+    ("action_model.model.mlp_resnet_blocks.{i}.ffn.0.", "head.blocks.{i}.norm."),
+    ("action_model.model.mlp_resnet_blocks.{i}.ffn.1.", "head.blocks.{i}.linear."),
+    ("action_model.model.layer_norm2.", "head.norm_out."),
+    ("action_model.model.fc2.", "head.linear_out."),
 ]
 
 
@@ -64,36 +66,24 @@ class StarVLAImportError(ValueError):
     """A starVLA checkpoint that cannot become a run; the message names the file and the key."""
 
 
-def graph_key(key: str) -> str | None:
-    """The graph's state_dict key of a starVLA QwenOFT key (None for one no graph tensor takes)."""
-    if key.startswith("qwen_vl_interface.model."):
-        return "vlm.model." + key[len("qwen_vl_interface.model."):]
-    for pattern, repl in HEAD_KEYS:
-        new, n = re.subn("^" + pattern, repl, key)
-        if n:
-            return new
+def _renamed(key: str, pairs) -> str | None:
+    """`key` with the first matching (source, target) prefix replaced; None when none matches."""
+    for source, target in pairs:
+        m = re.match(re.escape(source).replace(re.escape("{i}"), r"(\d+)"), key)
+        if m:
+            prefix = target.replace("{i}", m.group(1)) if m.groups() else target
+            return prefix + key[m.end():]
     return None
 
 
-# the graph's names -> starVLA's, for naming a missing tensor as the checkpoint would hold it
-GRAPH_KEYS = [
-    (r"head\.norm_in\.", "action_model.model.layer_norm1."),
-    (r"head\.linear_in\.", "action_model.model.fc1."),
-    (r"head\.blocks\.(\d+)\.norm\.", r"action_model.model.mlp_resnet_blocks.\1.ffn.0."),
-    (r"head\.blocks\.(\d+)\.linear\.", r"action_model.model.mlp_resnet_blocks.\1.ffn.1."),
-    (r"head\.norm_out\.", "action_model.model.layer_norm2."),
-    (r"head\.linear_out\.", "action_model.model.fc2."),
-    (r"vlm\.model\.", "qwen_vl_interface.model."),
-]
+def graph_key(key: str) -> str | None:
+    """The graph's state_dict key of a starVLA QwenOFT key (None for one no graph tensor takes)."""
+    return _renamed(key, KEY_PREFIXES)
 
 
 def starvla_key(name: str) -> str:
     """starVLA's state_dict key of a graph key (the inverse of graph_key)."""
-    for pattern, repl in GRAPH_KEYS:
-        new, n = re.subn("^" + pattern, repl, name)
-        if n:
-            return new
-    return name
+    return _renamed(name, [(b, a) for a, b in KEY_PREFIXES]) or name
 
 
 def _get(cfg: dict, dotted: str, file: Path, required: bool = True):
