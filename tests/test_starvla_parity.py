@@ -1,4 +1,4 @@
-"""graphs/starvla/qwen3vl-oft is starVLA's QwenOFT: with the weights starVLA's own code initialised
+"""graphs/starvla/qwen3vl-oft (and qwen25vl-oft, on fixtures/starvla/qwenoft_qwen25) is starVLA's QwenOFT: with the weights starVLA's own code initialised
 (tests/fixtures/starvla/qwenoft, written by scripts/parity/starvla.py from starVLA at commit 0ed0aad
 on a tiny Qwen3-VL, float32 on the CPU), the packaged graph gives starVLA's training loss and
 predicted actions on the same batch within 1e-5. No starVLA code is imported: only its numbers.
@@ -28,27 +28,30 @@ warnings.filterwarnings("ignore")
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "starvla" / "qwenoft"
 GRAPH = Path(__file__).resolve().parents[1] / "graphvla" / "graphs" / "starvla" / "qwen3vl-oft.yaml"
 STATE_GRAPH = GRAPH.with_name("qwen3vl-oft-state.yaml")
+# the same framework on Qwen2.5-VL (starVLA's QWen2_5 interface; scripts/parity/starvla.py --vlm qwen25)
+FIXTURE_25 = FIXTURE.with_name("qwenoft_qwen25")
+GRAPH_25 = GRAPH.with_name("qwen25vl-oft.yaml")
 TOL = 1e-5
 
-def case(name="case"):
+def case(name="case", fixture=FIXTURE):
     """(case.json, the tensors of a case): `case` (the plain instruction) or `case_cot` (starVLA's
     datasets.vla_data.CoT_prompt set; the same inputs, the same weights)."""
-    meta = json.loads((FIXTURE / "case.json").read_text())
-    data = load_file(str(FIXTURE / f"{name}.safetensors"))
+    meta = json.loads((fixture / "case.json").read_text())
+    data = load_file(str(fixture / f"{name}.safetensors"))
     if name != "case":
-        data.update({k: v for k, v in load_file(str(FIXTURE / "case.safetensors")).items() if k in ("images", "actions")})
+        data.update({k: v for k, v in load_file(str(fixture / "case.safetensors")).items() if k in ("images", "actions")})
     return meta, data
 
 
-def fixture_spec(meta, graph=GRAPH) -> dict:
+def fixture_spec(meta, graph=GRAPH, fixture=FIXTURE) -> dict:
     """The packaged graph with the fixture's sizes: the tiny Qwen3-VL (its config and processor from
     the fixture, float32, weights to be loaded), the case's views, image size, horizon and action width."""
     spec = copy.deepcopy(load_spec(str(graph)).data)
-    config = json.loads((FIXTURE / "vlm" / "config.json").read_text())
+    config = json.loads((fixture / "vlm" / "config.json").read_text())
     vlm = spec["blocks"]["vlm"]["with"]
     for key in ("model", "dtype", "gradient_checkpointing"):
         vlm.pop(key, None)
-    vlm.update(config=config, processor=str(FIXTURE / "vlm"), action_placeholders=meta["horizon"])
+    vlm.update(config=config, processor=str(fixture / "vlm"), action_placeholders=meta["horizon"])
     h, a = meta["horizon"], meta["action_dim"]
     spec["inputs"]["images"].update(views=meta["views"], size=[meta["image_size"]] * 2)
     spec["inputs"]["actions"].update(dim=a, horizon=h)
@@ -56,12 +59,12 @@ def fixture_spec(meta, graph=GRAPH) -> dict:
     return spec
 
 
-def fixture_graph(graph=GRAPH, **vlm_with):
-    meta, _ = case()
-    spec = fixture_spec(meta, graph)
+def fixture_graph(graph=GRAPH, fixture=FIXTURE, **vlm_with):
+    meta, _ = case(fixture=fixture)
+    spec = fixture_spec(meta, graph, fixture)
     spec["blocks"]["vlm"]["with"].update(vlm_with)
     cg = compile_graph(spec, device="cpu")
-    state = load_file(str(FIXTURE / "state.safetensors"))
+    state = load_file(str(fixture / "state.safetensors"))
     mapped = {graph_key(k): v for k, v in state.items()}  # the importer's mapping
     assert None not in mapped and len(mapped) == len(state)  # no two starVLA keys land on one graph key
     assert set(mapped) == set(cg.model.state_dict())  # every key accounted for, both ways
@@ -73,6 +76,14 @@ def fixture_graph(graph=GRAPH, **vlm_with):
 @pytest.fixture(scope="module")
 def graph():
     return fixture_graph()
+
+
+@pytest.fixture(scope="module", params=["qwen3vl", "qwen25vl"])
+def parity(request, graph):
+    """(compiled graph, its fixture folder): the plain-instruction case on Qwen3-VL and on Qwen2.5-VL."""
+    if request.param == "qwen3vl":
+        return graph, FIXTURE
+    return fixture_graph(GRAPH_25, FIXTURE_25), FIXTURE_25
 
 
 def batch(data, meta, targets=True):
@@ -95,10 +106,11 @@ def test_the_fixture_is_starvla_qwenoft_at_the_pinned_commit():
     assert data["predicted_actions"].shape == (len(meta["instructions"]), meta["horizon"], meta["action_dim"])
 
 
-def test_prompt_and_placeholders_are_starvlas(graph):
+def test_prompt_and_placeholders_are_starvlas(parity):
     """The processor step writes starVLA's prompt: the token ids equal those starVLA fed its VLM
     (starVLA pads on the left, the step on the right: the real tokens of each row are compared)."""
-    meta, data = case()
+    graph, fixture = parity
+    meta, data = case(fixture=fixture)
     made = graph.feed(batch(data, meta, targets=False))
     ours, our_mask = made["vlm_input_ids"], made["vlm_attention_mask"].bool()
     theirs, their_mask = data["input_ids"], data["attention_mask"].bool()
@@ -110,8 +122,9 @@ def test_prompt_and_placeholders_are_starvlas(graph):
     assert int((ours == vlm.placeholder_id).sum()) == h * len(meta["instructions"])
 
 
-def test_training_loss_and_placeholder_states_match_starvla(graph):
-    meta, data = case()
+def test_training_loss_and_placeholder_states_match_starvla(parity):
+    graph, fixture = parity
+    meta, data = case(fixture=fixture)
     b = batch(data, meta)
     with torch.no_grad():
         loss = graph.train["action"](**graph.feed(b, "action"))["loss"]
@@ -125,8 +138,9 @@ def test_training_loss_and_placeholder_states_match_starvla(graph):
     assert diff <= TOL
 
 
-def test_predicted_actions_match_starvla(graph):
-    meta, data = case()
+def test_predicted_actions_match_starvla(parity):
+    graph, fixture = parity
+    meta, data = case(fixture=fixture)
     with torch.no_grad():
         actions = graph.infer(**graph.feed(batch(data, meta, targets=False)))["actions"]
     diff = (actions - data["predicted_actions"]).abs().max().item()
@@ -152,6 +166,23 @@ def test_the_loss_is_l1_mean_and_a_changed_weight_breaks_parity(graph):
         finally:
             head.linear_out.bias.copy_(saved)
     assert (moved - data["predicted_actions"]).abs().max().item() > 100 * TOL
+
+
+def test_the_qwen25_fixture_is_starvlas_qwen25_interface_and_its_graph_compiles_at_full_size():
+    """The Qwen2.5-VL fixture went through starVLA's Qwen2.5-VL interface (picked by the base VLM's
+    name), on images whose side is a multiple of 28 (its qwen_vl_utils resize leaves them alone);
+    starvla/qwen25vl-oft is Qwen2.5-VL-3B (width 2048) with starVLA's 2 x width MLP-ResNet."""
+    meta, data = case(fixture=FIXTURE_25)
+    assert meta["framework"] == "QwenOFT" and meta["starvla_commit"].startswith("0ed0aad")
+    assert meta["vlm_interface"].endswith("QWen2_5._QWen_VL_Interface") and meta["image_size"] % 28 == 0
+    assert json.loads((FIXTURE_25 / "vlm" / "config.json").read_text())["model_type"] == "qwen2_5_vl"
+    with safe_open(str(FIXTURE_25 / "state.safetensors"), "pt") as f:
+        assert f.metadata()["starvla_commit"] == meta["starvla_commit"]
+    assert data["predicted_actions"].shape == (len(meta["instructions"]), meta["horizon"], meta["action_dim"])
+    cg = compile_graph(GRAPH_25)  # meta: Qwen2.5-VL-3B from the bundled config
+    assert cg.shapes[("vlm", "action_hidden")][1:] == (8, 2048)
+    head = cg.model["head"]
+    assert head.linear_in.weight.shape == (4096, 2048) and len(head.blocks) == 2
 
 
 def test_the_packaged_graph_compiles_at_full_size_and_errors_name_the_field():

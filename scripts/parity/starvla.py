@@ -59,21 +59,25 @@ def stub_torchvision():
     tv = types.ModuleType("torchvision")
     transforms = types.ModuleType("torchvision.transforms")
     ops = types.ModuleType("torchvision.ops")
+    io = types.ModuleType("torchvision.io")  # qwen_vl_utils (Qwen2.5-VL interface) reads videos with it
     transforms.__getattr__ = lambda name: unused(f"transforms.{name}")
+    io.__getattr__ = lambda name: unused(f"io.{name}")
     ops.box_iou = unused("ops.box_iou")
-    tv.transforms, tv.ops = transforms, ops
-    sys.modules.update({"torchvision": tv, "torchvision.transforms": transforms, "torchvision.ops": ops})
+    tv.transforms, tv.ops, tv.io = transforms, ops, io
+    sys.modules.update({"torchvision": tv, "torchvision.transforms": transforms, "torchvision.ops": ops,
+                        "torchvision.io": io})
 
 
-def tiny_qwen3_vl(folder: Path):
-    """A tiny Qwen3-VL checkpoint (GraphVLA's offline tiny config) whose tokenizer has starVLA's
-    placeholder as one token, as the real Qwen tokenizer does. Returns the folder."""
+def tiny_qwen3_vl(folder: Path, family: str = "qwen3_vl"):
+    """A tiny Qwen3-VL (or Qwen2.5-VL: family "qwen2_5_vl") checkpoint (GraphVLA's offline tiny
+    config) whose tokenizer has starVLA's placeholder as one token, as the real Qwen tokenizer does.
+    Returns the folder."""
     from graphvla.blocks.backbones import tiny_hf
 
     tokenizer = tiny_hf.make_tokenizer(tiny_hf.QWEN_SPECIALS)
     tokenizer.add_tokens([ACTION_TOKEN])
     torch.manual_seed(SEED)
-    model, processor = tiny_hf._qwen3_vl(tokenizer)
+    model, processor = {"qwen3_vl": tiny_hf._qwen3_vl, "qwen2_5_vl": tiny_hf._qwen2_5_vl}[family](tokenizer)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -114,7 +118,12 @@ def main():
     ap.add_argument("--starvla", required=True, help="a checkout of github.com/starVLA/starVLA")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "starvla"))
     ap.add_argument("--work", default="/tmp/starvla-parity", help="scratch folder for the tiny checkpoint")
+    ap.add_argument("--vlm", choices=("qwen3", "qwen25"), default="qwen3",
+                    help="qwen3: tiny Qwen3-VL -> qwenoft/ (three cases); qwen25: tiny Qwen2.5-VL, starVLA's "
+                         "Qwen2.5-VL interface -> qwenoft_qwen25/ (the plain-instruction case)")
     args = ap.parse_args()
+    if args.vlm == "qwen25":
+        return main_qwen25(args)
     repo = Path(args.starvla).resolve()
     commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                             check=True).stdout.strip()
@@ -186,6 +195,71 @@ def main():
         "transformers": __import__("transformers").__version__,
     }, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {out}: loss {float(loss):.6f} (with CoT_prompt {float(cot['loss']):.6f})")
+
+
+def main_qwen25(args):
+    """QwenOFT on a tiny Qwen2.5-VL: starVLA chooses its Qwen2.5-VL interface (QWen2_5.py) when the
+    base_vlm path contains "Qwen2.5-VL". That interface passes the images through qwen_vl_utils'
+    process_vision_info, which resizes each image to multiples of 28 pixels: the images are 56 x 56
+    (a multiple of 28, at its minimum of 4 merged tokens) so nothing is resampled."""
+    repo = Path(args.starvla).resolve()
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    sys.path.insert(0, str(repo))
+    stub_torchvision()
+    from omegaconf import OmegaConf
+    from PIL import Image
+    from safetensors.torch import save_file
+    from starVLA.model.framework.VLM4A.QwenOFT import Qwenvl_OFT
+    import starVLA.model.modules.vlm.QWen2_5 as qwen25_interface
+
+    from graphvla.processors.hf_processor import load_processor
+    qwen25_interface.AutoProcessor = types.SimpleNamespace(from_pretrained=lambda path: load_processor(Path(path)))
+
+    size = 56
+    vlm_dir = tiny_qwen3_vl(Path(args.work) / "tiny-Qwen2.5-VL", "qwen2_5_vl")  # the name picks the interface
+    cfg = OmegaConf.create({
+        "framework": {
+            "name": "QwenOFT",
+            "qwenvl": {"base_vlm": str(vlm_dir), "attn_implementation": "sdpa"},
+            "action_model": {"action_model_type": "MLP", "action_dim": ACTION_DIM, "action_horizon": HORIZON},
+        },
+        "datasets": {"vla_data": {}},
+    })
+    torch.manual_seed(SEED)
+    model = Qwenvl_OFT(cfg)
+    assert type(model.qwen_vl_interface) is qwen25_interface._QWen_VL_Interface, type(model.qwen_vl_interface)
+    model = model.float().eval()
+
+    rng = np.random.default_rng(SEED)
+    images = rng.integers(0, 256, size=(len(INSTRUCTIONS), VIEWS, size, size, 3), dtype=np.uint8)
+    actions = rng.uniform(-1, 1, size=(len(INSTRUCTIONS), HORIZON, ACTION_DIM)).astype(np.float32)
+    examples = [{"image": [Image.fromarray(v) for v in images[i]], "lang": INSTRUCTIONS[i], "action": actions[i]}
+                for i in range(len(INSTRUCTIONS))]
+    plain = run_case(model, examples, images)
+
+    out = Path(args.out) / "qwenoft_qwen25"
+    out.mkdir(parents=True, exist_ok=True)
+    vlm_out = out / "vlm"
+    vlm_out.mkdir(exist_ok=True)
+    model.qwen_vl_interface.processor.save_pretrained(vlm_out)
+    cfg_json = json.loads((vlm_dir / "config.json").read_text())
+    cfg_json["dtype"] = "float32"
+    (vlm_out / "config.json").write_text(json.dumps(cfg_json, indent=2, sort_keys=True) + "\n")
+    state = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "state.safetensors"), metadata={"starvla_commit": commit})
+    save_file({"images": torch.from_numpy(images).contiguous(), "actions": torch.from_numpy(actions), **plain},
+              str(out / "case.safetensors"))
+    (out / "case.json").write_text(json.dumps({
+        "framework": "QwenOFT", "starvla_repo": "github.com/starVLA/starVLA", "starvla_commit": commit,
+        "vlm": "tiny Qwen2.5-VL (graphvla.blocks.backbones.tiny_hf config, tokenizer + placeholder token)",
+        "vlm_interface": "starVLA.model.modules.vlm.QWen2_5._QWen_VL_Interface",
+        "seed": SEED, "horizon": HORIZON, "action_dim": ACTION_DIM, "views": VIEWS, "image_size": size,
+        "instructions": INSTRUCTIONS, "action_token": ACTION_TOKEN, "dtype": "float32", "device": "cpu",
+        "loss": float(plain["loss"]), "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+    }, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {out}: loss {float(plain['loss']):.6f}")
 
 
 if __name__ == "__main__":
