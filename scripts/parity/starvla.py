@@ -68,6 +68,24 @@ def stub_torchvision():
                         "torchvision.io": io})
 
 
+def open_starvla(checkout: str, interface: str):
+    """(the checkout's commit, starVLA's VLM interface module `interface`) with starVLA importable:
+    its repository on sys.path, torchvision stubbed, and the interface's AutoProcessor replaced by
+    the same processor class assembled from the saved tokenizer, image processor and chat template
+    (AutoProcessor cannot build a Qwen-VL processor without a video processor, i.e. torchvision)."""
+    import importlib
+
+    repo = Path(checkout).resolve()
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    sys.path.insert(0, str(repo))
+    stub_torchvision()
+    module = importlib.import_module(f"starVLA.model.modules.vlm.{interface}")
+    from graphvla.processors.hf_processor import load_processor
+    module.AutoProcessor = types.SimpleNamespace(from_pretrained=lambda path: load_processor(Path(path)))
+    return commit, module
+
+
 def tiny_qwen3_vl(folder: Path, family: str = "qwen3_vl"):
     """A tiny Qwen3-VL (or Qwen2.5-VL: family "qwen2_5_vl") checkpoint (GraphVLA's offline tiny
     config) whose tokenizer has starVLA's placeholder as one token, as the real Qwen tokenizer does.
@@ -124,21 +142,11 @@ def main():
     args = ap.parse_args()
     if args.vlm == "qwen25":
         return main_qwen25(args)
-    repo = Path(args.starvla).resolve()
-    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                            check=True).stdout.strip()
-    sys.path.insert(0, str(repo))
-    stub_torchvision()
+    commit, _ = open_starvla(args.starvla, "QWen3")
     from omegaconf import OmegaConf
     from PIL import Image
     from safetensors.torch import save_file
     from starVLA.model.framework.VLM4A.QwenOFT import Qwenvl_OFT
-    import starVLA.model.modules.vlm.QWen3 as qwen3_interface
-
-    # AutoProcessor cannot build Qwen3-VL's processor without a video processor (torchvision): the
-    # same processor class is assembled from the saved tokenizer, image processor and chat template.
-    from graphvla.processors.hf_processor import load_processor
-    qwen3_interface.AutoProcessor = types.SimpleNamespace(from_pretrained=lambda path: load_processor(Path(path)))
 
     # starVLA picks the Qwen3-VL interface from the folder name
     vlm_dir = tiny_qwen3_vl(Path(args.work) / "tiny-Qwen3-VL")
@@ -202,19 +210,11 @@ def main_qwen25(args):
     base_vlm path contains "Qwen2.5-VL". That interface passes the images through qwen_vl_utils'
     process_vision_info, which resizes each image to multiples of 28 pixels: the images are 56 x 56
     (a multiple of 28, at its minimum of 4 merged tokens) so nothing is resampled."""
-    repo = Path(args.starvla).resolve()
-    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                            check=True).stdout.strip()
-    sys.path.insert(0, str(repo))
-    stub_torchvision()
+    commit, qwen25_interface = open_starvla(args.starvla, "QWen2_5")
     from omegaconf import OmegaConf
     from PIL import Image
     from safetensors.torch import save_file
     from starVLA.model.framework.VLM4A.QwenOFT import Qwenvl_OFT
-    import starVLA.model.modules.vlm.QWen2_5 as qwen25_interface
-
-    from graphvla.processors.hf_processor import load_processor
-    qwen25_interface.AutoProcessor = types.SimpleNamespace(from_pretrained=lambda path: load_processor(Path(path)))
 
     size = 56
     vlm_dir = tiny_qwen3_vl(Path(args.work) / "tiny-Qwen2.5-VL", "qwen2_5_vl")  # the name picks the interface

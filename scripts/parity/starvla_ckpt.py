@@ -25,16 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from starvla import stub_torchvision  # noqa: E402
+from starvla import open_starvla  # noqa: E402
 
 STEPS = 2
 DATASET_KEY = "tiny_libero"
@@ -59,21 +57,13 @@ def main():
     ap.add_argument("--fixtures", default=str(fixtures))
     ap.add_argument("--work", default="/tmp/starvla-parity")
     args = ap.parse_args()
-    repo = Path(args.starvla).resolve()
-    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                            check=True).stdout.strip()
-    sys.path.insert(0, str(repo))
-    stub_torchvision()
+    commit, _ = open_starvla(args.starvla, "QWen3")
     from omegaconf import OmegaConf
     from PIL import Image
     from safetensors.torch import load_file, save_file
-    import starVLA.model.modules.vlm.QWen3 as qwen3_interface
     from starVLA.dataloader import save_dataset_statistics
     from starVLA.model.framework.VLM4A.QwenOFT import Qwenvl_OFT
     from starVLA.model.tools import FrameworkTools
-
-    from graphvla.processors.hf_processor import load_processor
-    qwen3_interface.AutoProcessor = types.SimpleNamespace(from_pretrained=lambda path: load_processor(Path(path)))
 
     src = Path(args.fixtures) / "qwenoft"
     meta = json.loads((src / "case.json").read_text())
