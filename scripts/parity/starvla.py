@@ -131,6 +131,24 @@ def run_case(model, examples, images) -> dict:
             "input_ids": inputs["input_ids"].long().contiguous(), "attention_mask": inputs["attention_mask"].long().contiguous()}
 
 
+def save_model_and_case(out: Path, model, vlm_dir: Path, commit: str, images, actions, plain: dict) -> None:
+    """The fixture's model half (the VLM's processor and fp32 config in vlm/, every weight of
+    starVLA's state_dict) and its plain case (inputs, loss, actions) under `out`."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    vlm_out = out / "vlm"
+    vlm_out.mkdir(exist_ok=True)
+    model.qwen_vl_interface.processor.save_pretrained(vlm_out)
+    cfg_json = json.loads((vlm_dir / "config.json").read_text())
+    cfg_json["dtype"] = "float32"
+    (vlm_out / "config.json").write_text(json.dumps(cfg_json, indent=2, sort_keys=True) + "\n")
+    state = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "state.safetensors"), metadata={"starvla_commit": commit})
+    save_file({"images": torch.from_numpy(images).contiguous(), "actions": torch.from_numpy(actions), **plain},
+              str(out / "case.safetensors"))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--starvla", required=True, help="a checkout of github.com/starVLA/starVLA")
@@ -181,17 +199,7 @@ def main():
     loss = plain["loss"]
 
     out = Path(args.out) / "qwenoft"
-    out.mkdir(parents=True, exist_ok=True)
-    vlm_out = out / "vlm"
-    vlm_out.mkdir(exist_ok=True)
-    model.qwen_vl_interface.processor.save_pretrained(vlm_out)
-    cfg_json = json.loads((vlm_dir / "config.json").read_text())
-    cfg_json["dtype"] = "float32"
-    (vlm_out / "config.json").write_text(json.dumps(cfg_json, indent=2, sort_keys=True) + "\n")
-    state = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "state.safetensors"), metadata={"starvla_commit": commit})
-    save_file({"images": torch.from_numpy(images).contiguous(), "actions": torch.from_numpy(actions), **plain},
-              str(out / "case.safetensors"))
+    save_model_and_case(out, model, vlm_dir, commit, images, actions, plain)
     save_file(cot, str(out / "case_cot.safetensors"))
     save_file(with_state, str(out / "case_state.safetensors"))
     (out / "case.json").write_text(json.dumps({
@@ -239,17 +247,7 @@ def main_qwen25(args):
     plain = run_case(model, examples, images)
 
     out = Path(args.out) / "qwenoft_qwen25"
-    out.mkdir(parents=True, exist_ok=True)
-    vlm_out = out / "vlm"
-    vlm_out.mkdir(exist_ok=True)
-    model.qwen_vl_interface.processor.save_pretrained(vlm_out)
-    cfg_json = json.loads((vlm_dir / "config.json").read_text())
-    cfg_json["dtype"] = "float32"
-    (vlm_out / "config.json").write_text(json.dumps(cfg_json, indent=2, sort_keys=True) + "\n")
-    state = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "state.safetensors"), metadata={"starvla_commit": commit})
-    save_file({"images": torch.from_numpy(images).contiguous(), "actions": torch.from_numpy(actions), **plain},
-              str(out / "case.safetensors"))
+    save_model_and_case(out, model, vlm_dir, commit, images, actions, plain)
     (out / "case.json").write_text(json.dumps({
         "framework": "QwenOFT", "starvla_repo": "github.com/starVLA/starVLA", "starvla_commit": commit,
         "vlm": "tiny Qwen2.5-VL (graphvla.blocks.backbones.tiny_hf config, tokenizer + placeholder token)",
