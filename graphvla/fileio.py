@@ -18,3 +18,23 @@ def write_text_atomic(path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def sha256_of(path, cache: dict | None = None) -> str:
+    """sha256 of a file, read in chunks; `cache` (path, size, mtime) -> digest saves re-reading a
+    large file (a base model at every save)."""
+    import hashlib
+
+    path = Path(path)
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if cache is not None and key in cache:
+        return cache[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    if cache is not None:
+        cache[key] = digest
+    return digest

@@ -17,13 +17,13 @@ builds on meta and takes every tensor from the checkpoint). One that lacks some 
 loading fails naming the file, the block key and the expected sha256."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
 from .. import hub
+from ..fileio import sha256_of
 
 ASSETS_DIR = "assets"
 MANIFEST = "assets.json"
@@ -49,22 +49,6 @@ def path_params(spec):
 
 def _referenced(f: Path) -> bool:
     return f.suffix in WEIGHT_SUFFIXES and f.stat().st_size > REFERENCE_ABOVE_BYTES
-
-
-def sha256_of(path: Path, cache: dict | None = None) -> str:
-    """sha256 of a file; `cache` (path, size, mtime) -> digest saves re-reading a base model at every save."""
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if cache is not None and key in cache:
-        return cache[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
-    if cache is not None:
-        cache[key] = digest
-    return digest
 
 
 def write_assets(spec, ckpt_dir: Path, cache: dict | None = None) -> dict:

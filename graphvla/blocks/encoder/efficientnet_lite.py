@@ -15,7 +15,6 @@ channels, what the classifier pools). Strides: 2, 2, 4, 8, 16, 16, 32, 32, 32.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import os
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...fileio import sha256_of
 from ..base import Block, InPort, OutPort, ParamError, PortError, parameters_are_placeholders
 from ..registry import register
 
@@ -192,14 +192,6 @@ def original_names(variant: str) -> dict[str, str]:
                 names.update({f"_blocks.{n}.{bn}.{k}": f"stages.{i}.{j}.{ours}.bn.{k}" for k in BN_KEYS})
             n += 1
     return names
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_sha256(path: Path, variant: str) -> None:

@@ -24,7 +24,6 @@ any error nothing is left at RUN."""
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import re
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ...fileio import TMP_PREFIX
+from ...fileio import TMP_PREFIX, sha256_of
 
 GRAPHS = {"QwenOFT": "starvla/qwen3vl-oft"}
 # starVLA's other registered frameworks at 0ed0aad: known, refused by name
@@ -264,14 +263,6 @@ def normalization(action: dict) -> tuple[dict, dict, list]:
     return stats, {"actions": "q01_q99"}, constant
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def import_starvla(ckpt_dir, out, *, weights=None, base_vlm=None, dataset_key=None, views: int = 2,
                    image_size: int = 224) -> Path:
     """Write GraphVLA run `out` from starVLA run folder `ckpt_dir`; returns `out`. Raises StarVLAImportError
@@ -334,7 +325,7 @@ def import_starvla(ckpt_dir, out, *, weights=None, base_vlm=None, dataset_key=No
             C.write_json(tmp / "imported.json", {
                 "from": "starVLA", "framework": framework, "graph": GRAPHS[framework], "source": str(ckpt_dir.resolve()),
                 "config": str(cfg_path.resolve()), "weights": str(weights_path.resolve()),
-                "weights_sha256": _sha256(weights_path), "tensors": len(mapped), "step": step,
+                "weights_sha256": sha256_of(weights_path), "tensors": len(mapped), "step": step,
                 "statistics": {"file": str(stats_path.resolve()), "dataset_key": key,
                                "mask": [bool(m) for m in action["mask"]]},
                 "base_vlm": str(vlm_dir.resolve()), "views": views, "image_size": image_size,
