@@ -131,6 +131,24 @@ def run_case(model, examples, images) -> dict:
             "input_ids": inputs["input_ids"].long().contiguous(), "attention_mask": inputs["attention_mask"].long().contiguous()}
 
 
+def build_qwenoft(vlm_dir: Path):
+    """starVLA's QwenOFT on the tiny VLM in `vlm_dir` (starVLA picks its VLM interface from the
+    folder's name), built after seeding with SEED."""
+    from omegaconf import OmegaConf
+    from starVLA.model.framework.VLM4A.QwenOFT import Qwenvl_OFT
+
+    cfg = OmegaConf.create({
+        "framework": {
+            "name": "QwenOFT",
+            "qwenvl": {"base_vlm": str(vlm_dir), "attn_implementation": "sdpa"},
+            "action_model": {"action_model_type": "MLP", "action_dim": ACTION_DIM, "action_horizon": HORIZON},
+        },
+        "datasets": {"vla_data": {}},
+    })
+    torch.manual_seed(SEED)
+    return Qwenvl_OFT(cfg)
+
+
 def save_model_and_case(out: Path, model, vlm_dir: Path, commit: str, images, actions, plain: dict) -> None:
     """The fixture's model half (the VLM's processor and fp32 config in vlm/, every weight of
     starVLA's state_dict) and its plain case (inputs, loss, actions) under `out`."""
@@ -161,23 +179,12 @@ def main():
     if args.vlm == "qwen25":
         return main_qwen25(args)
     commit, _ = open_starvla(args.starvla, "QWen3")
-    from omegaconf import OmegaConf
     from PIL import Image
     from safetensors.torch import save_file
-    from starVLA.model.framework.VLM4A.QwenOFT import Qwenvl_OFT
 
     # starVLA picks the Qwen3-VL interface from the folder name
     vlm_dir = tiny_qwen3_vl(Path(args.work) / "tiny-Qwen3-VL")
-    cfg = OmegaConf.create({
-        "framework": {
-            "name": "QwenOFT",
-            "qwenvl": {"base_vlm": str(vlm_dir), "attn_implementation": "sdpa"},
-            "action_model": {"action_model_type": "MLP", "action_dim": ACTION_DIM, "action_horizon": HORIZON},
-        },
-        "datasets": {"vla_data": {}},
-    })
-    torch.manual_seed(SEED)
-    model = Qwenvl_OFT(cfg)
+    model = build_qwenoft(vlm_dir)
     # starVLA loads the VLM in bfloat16 (for its CUDA autocast); the fixture is float32 on the CPU,
     # so the whole framework is cast to float32 here (the bf16-rounded VLM weights are what is saved).
     model = model.float().eval()
@@ -219,23 +226,11 @@ def main_qwen25(args):
     process_vision_info, which resizes each image to multiples of 28 pixels: the images are 56 x 56
     (a multiple of 28, at its minimum of 4 merged tokens) so nothing is resampled."""
     commit, qwen25_interface = open_starvla(args.starvla, "QWen2_5")
-    from omegaconf import OmegaConf
     from PIL import Image
-    from safetensors.torch import save_file
-    from starVLA.model.framework.VLM4A.QwenOFT import Qwenvl_OFT
 
     size = 56
     vlm_dir = tiny_qwen3_vl(Path(args.work) / "tiny-Qwen2.5-VL", "qwen2_5_vl")  # the name picks the interface
-    cfg = OmegaConf.create({
-        "framework": {
-            "name": "QwenOFT",
-            "qwenvl": {"base_vlm": str(vlm_dir), "attn_implementation": "sdpa"},
-            "action_model": {"action_model_type": "MLP", "action_dim": ACTION_DIM, "action_horizon": HORIZON},
-        },
-        "datasets": {"vla_data": {}},
-    })
-    torch.manual_seed(SEED)
-    model = Qwenvl_OFT(cfg)
+    model = build_qwenoft(vlm_dir)
     assert type(model.qwen_vl_interface) is qwen25_interface._QWen_VL_Interface, type(model.qwen_vl_interface)
     model = model.float().eval()
 
