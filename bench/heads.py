@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 import graphvla
-from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
+from graphvla.processors.fast_tokenizer import FASTTokenizer
 from graphvla.policy.caches import CallRows, cached_infer, reset_caches
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ def smooth_chunks(n: int, horizon: int, action_dim: int, seed: int = 0) -> np.nd
 
 
 def fit_tiny_fast(directory, horizon: int = 8, action_dim: int = 4, vocab_size: int = 256, scale: float = 10.0):
-    from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
+    from graphvla.processors.fast_tokenizer import FASTTokenizer
 
     # wide enough that N(0, 1)-ish synthetic targets (graphvla check) stay inside the fitted range
     data = np.concatenate([smooth_chunks(2000, horizon, action_dim), np.clip(np.random.default_rng(1).normal(

@@ -17,7 +17,7 @@ import graphvla
 from graphvla.blocks.backbones.hf_vlm import HFVLM, OnlyTokens
 from graphvla.blocks.base import BuildContext, PortError, PortInfo
 from graphvla.blocks.fast import FASTDecode, FASTEncode
-from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
+from graphvla.processors.fast_tokenizer import FASTTokenizer
 from graphvla.errors import SpecError
 from graphvla.compiler.validate import validate_graph
 from fast_fixture import smooth_chunks

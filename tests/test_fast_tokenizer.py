@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer, dct_matrix
+from graphvla.processors.fast_tokenizer import FASTTokenizer, dct_matrix
 from graphvla.cli import main
 
 H, A = 10, 3

@@ -6,7 +6,7 @@ import torch
 from conftest import graph_text
 
 import graphvla
-from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
+from graphvla.processors.fast_tokenizer import FASTTokenizer
 
 H, A = 6, 3
 HEADS = {

@@ -10,7 +10,7 @@ from conftest import graph_text
 import graphvla
 from graphvla.blocks.base import BuildContext, ParamError, PortInfo
 from graphvla.blocks.heads.fast import FASTHead, decode_tokens
-from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
+from graphvla.processors.fast_tokenizer import FASTTokenizer
 from graphvla.errors import SpecError
 
 N, T, D, H, A = 16, 6, 16, 8, 3

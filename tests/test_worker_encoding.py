@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from graphvla.blocks.heads.fast_tokenizer import FASTTokenizer
+from graphvla.processors.fast_tokenizer import FASTTokenizer
 from graphvla.compiler.compile import compile_graph
 from graphvla.data.api import collate
 from graphvla.data.normalize import Normalizer

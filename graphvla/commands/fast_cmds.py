@@ -26,7 +26,7 @@ def fast_fit(data, output, horizon, key, norm, vocab_size, scale):
     Hugging Face dataset id org/name[@revision] (then --horizon is required)."""
     import numpy as np
 
-    from ..blocks.heads.fast_tokenizer import FASTTokenizer
+    from ..processors.fast_tokenizer import FASTTokenizer
     from ..data.action_chunks import lerobot_chunks, load_chunks
     from ..hub import is_hub_value
 

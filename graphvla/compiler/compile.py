@@ -134,6 +134,11 @@ class CompiledGraph:
         """(port, source node, source port, edge data) wired into block `bid`."""
         return list(D.in_edges(self.dag, bid, inference=inference))
 
+    def bound_pipelines(self, stats: dict | None, modes: dict | None = None) -> tuple:
+        """(preprocess, postprocess) with the normalization steps bound to `stats` and `modes` (the
+        data's statistics); stats None leaves the normalization steps out."""
+        return self.preprocess.with_statistics(stats, modes), self.postprocess.with_statistics(stats, modes)
+
     def param_counts(self) -> dict:
         """block id -> (total, trainable)."""
         out = {}

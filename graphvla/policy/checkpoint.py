@@ -245,6 +245,6 @@ def read_pipelines(ckpt: Path, cg):
             raise ValueError(f"checkpoint {ckpt}: normalization does not match the graph's ports: {e}") from None
     if (ckpt / "preprocess.json").is_file():
         return pipelines
-    stats = None if normalizer is None else normalizer.stats
-    modes = None if normalizer is None else normalizer.modes
-    return cg.preprocess.with_statistics(stats, modes), cg.postprocess.with_statistics(stats, modes)
+    if normalizer is None:
+        return cg.bound_pipelines(None)
+    return cg.bound_pipelines(normalizer.stats, normalizer.modes)

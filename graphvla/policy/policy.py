@@ -32,7 +32,6 @@ from .caches import CallRows, RaggedRows, cached_infer, has_caches, reset_caches
 from ..protocol import RTC_KEY
 from ..spec.schema import privileged_ports
 from . import rtc as R
-from ..data.normalize import Normalizer
 from ..processors.normalize import normalization_steps
 from .observation import convert, describe
 from .session import Session
@@ -47,12 +46,10 @@ class Policy:
         given = None if preprocess is None else normalization_steps(preprocess)[0]
         if normalizer is None and given is not None:  # a postprocess to derive: the given statistics
             stats, modes = given.stats, given.modes
-        self.preprocess = cg.preprocess.with_statistics(stats, modes) if preprocess is None else preprocess
-        self.postprocess = cg.postprocess.with_statistics(stats, modes) if postprocess is None else postprocess
+        bound = cg.bound_pipelines(stats, modes)
+        self.preprocess = bound[0] if preprocess is None else preprocess
+        self.postprocess = bound[1] if postprocess is None else postprocess
         self._normalize, self._unnormalize = normalization_steps([self.preprocess, self.postprocess])
-        # the statistics as a Normalizer, for readers of the old attribute
-        self.normalizer = normalizer if normalizer is not None or self._normalize is None else \
-            Normalizer.from_step(self._normalize)
         self.device = device_of(cg.model)
         cg.model.eval()
         cg.infer.eval()

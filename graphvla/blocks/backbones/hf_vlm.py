@@ -42,7 +42,7 @@ from ...processors.hf_vlm import (  # noqa: F401 - chat_prompts: its home moved
 from ..base import Block, InPort, OutPort, ParamError, PortError, StepPorts, parameters_are_placeholders
 from ..registry import register
 from . import hf_config
-from .hf_processor import load_processor
+from ...processors.hf_processor import load_processor
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 VISION_TOWERS = ("visual", "vision_tower", "vision_model")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .hf_processor import image_text_processor
+from ...processors.hf_processor import image_text_processor
 
 FAMILIES = ("qwen3_vl", "qwen2_5_vl", "smolvlm")
 

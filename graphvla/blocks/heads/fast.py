@@ -1,4 +1,4 @@
-"""head.fast: autoregressive discrete action tokens. A fitted FAST tokenizer (fast_tokenizer.py,
+"""head.fast: autoregressive discrete action tokens. A fitted FAST tokenizer (processors/fast_tokenizer.py,
 `graphvla fast-fit`) turns the target chunk into BPE tokens; a small transformer decoder that
 cross-attends to the context (and state token) learns them with teacher forcing and
 cross-entropy. This is the "small decoder for non-LM backbones" path.
@@ -29,7 +29,7 @@ from ..base import Block, OutPort, ParamError, PortError, StepPorts
 from ..registry import register
 from .common import (ACTION_PARAMS, HEAD_IN_PORTS, WIDTH_PARAMS, ContextProjection, FeedForward, StateToken,
                      context_layers, layer_param, padding_mask, read_layer, state_width)
-from .fast_tokenizer import FASTTokenizer
+from ...processors.fast_tokenizer import FASTTokenizer
 
 log = logging.getLogger(__name__)
 FIT_HINT = "fit one with `graphvla fast-fit DATA -o DIR` and point with.tokenizer at DIR"

@@ -30,9 +30,9 @@ def pipelines(cg, normalizer):
     """(preprocess, postprocess) of the compiled graph with the normalizer's statistics and modes
     bound: what the training collate runs and what every checkpoint saves (policy/checkpoint.py
     write_pipelines). Without a normalizer the normalization steps are left out."""
-    stats = None if normalizer is None else normalizer.stats
-    modes = None if normalizer is None else normalizer.modes
-    return cg.preprocess.with_statistics(stats, modes), cg.postprocess.with_statistics(stats, modes)
+    if normalizer is None:
+        return cg.bound_pipelines(None)
+    return cg.bound_pipelines(normalizer.stats, normalizer.modes)
 
 
 def graph_inputs(gm) -> tuple[list[str], list[str]]:
@@ -58,11 +58,6 @@ def fit_batch(batch: dict, required: list, optional: list, stream: str) -> dict:
 
 def to_device(batch: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-
-
-def normalize(normalizer, batch: dict) -> dict:
-    """Run a preprocess pipeline (or a Normalizer's step) on a collated batch."""
-    return _preprocess_of(normalizer)(batch)
 
 
 def _preprocess_of(preprocess):
