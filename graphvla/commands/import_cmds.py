@@ -23,7 +23,7 @@ SOURCES = ("starvla",)
 @handles_errors
 def import_(source, ckpt_dir, output, weights, base_vlm, dataset_key, views, image_size):
     """Import the starVLA run folder CKPT_DIR (config.yaml, dataset_statistics.json, checkpoints/) as
-    the GraphVLA run OUTPUT. Only starVLA's QwenOFT is representable; other frameworks are refused by name."""
+    the GraphVLA run OUTPUT. starVLA frameworks GraphVLA cannot represent are refused by name."""
     if source not in SOURCES:
         raise ValueError(f"import source '{source}' is not one GraphVLA imports from ({', '.join(SOURCES)})")
     from ..policy.checkpoint import read_json

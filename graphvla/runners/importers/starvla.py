@@ -3,9 +3,11 @@
 
 What starVLA's trainer leaves in its output_dir, and what becomes of it:
 
-  config.yaml                  framework.name (only QwenOFT is representable: graph starvla/qwen3vl-oft),
+  config.yaml                  framework.name (one of FRAMEWORKS: its packaged graph for the base VLM's
+                               model_type, e.g. QwenOFT -> starvla/qwen3vl-oft or starvla/qwen25vl-oft),
                                framework.action_model.action_dim / action_horizon, framework.qwenvl.base_vlm,
-                               datasets.vla_data.CoT_prompt (-> the VLM block's prompt_template)
+                               datasets.vla_data.CoT_prompt (-> the VLM block's prompt_template), and what
+                               the framework's own entry reads (its `configure`)
   checkpoints/steps_N_model.safetensors | steps_N_pytorch_model.pt, or final_model/model.safetensors |
   pytorch_model.pt             every tensor mapped to the graph's state_dict (a missing, extra or
                                misshapen one is refused, naming the file and the key)
@@ -20,7 +22,11 @@ dimensions whose mask is true by q01/q99 and leave the others as they are. The r
 is that: an `action_bounds` step (clamp, channel 6 binarised; a dimension with q01 == q99 set to 0)
 before the graph's q01_q99 un-normalization, whose statistics for an unmasked dimension are
 q01 = -1, q99 = 1 (the identity). The run is written in a temporary folder renamed into place: on
-any error nothing is left at RUN."""
+any error nothing is left at RUN.
+
+Frameworks are a table (FRAMEWORKS, one `Framework` entry each: its graphs per base VLM, its key
+prefix table, its config checks and spec edits); a framework starVLA registers that has no entry is
+refused by name. Adding one is adding an entry whose parity fixture proves its graph."""
 from __future__ import annotations
 
 import copy
@@ -30,35 +36,64 @@ import re
 import shutil
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import yaml
 
 from ...fileio import TMP_PREFIX, sha256_of
 
-GRAPHS = {"QwenOFT": "starvla/qwen3vl-oft"}
-# starVLA's other registered frameworks at 0ed0aad: known, refused by name
-NOT_YET = ("ABot_M0", "ACT", "CosmoPredict2GR00T", "CosmoPredict2OFT", "CosmoPredict2PI", "CosmosGR00T",
-           "DiffusionPolicy", "EgoVLA", "Gemma4GR00T", "Gemma4PI", "InternVLA-M1", "LangForce", "MiniCPMGR00T",
-           "MiniCPMPI", "PI0", "PI05", "Pi0", "Pi05", "QwenAdapter", "QwenDiscreteDiffusion", "QwenDual", "QwenFM",
-           "QwenFast", "QwenGR00T", "QwenPI", "QwenPI_v3", "WanGR00T", "WanOFT", "WanPI")
+# every framework starVLA registers at 0ed0aad; those without a FRAMEWORKS entry are refused by name
+STARVLA_FRAMEWORKS = (
+    "ABot_M0", "ACT", "CosmoPredict2GR00T", "CosmoPredict2OFT", "CosmoPredict2PI", "CosmosGR00T", "DiffusionPolicy",
+    "EgoVLA", "Gemma4GR00T", "Gemma4PI", "InternVLA-M1", "LangForce", "MiniCPMGR00T", "MiniCPMPI", "PI0", "PI05", "Pi0",
+    "Pi05", "QwenAdapter", "QwenDiscreteDiffusion", "QwenDual", "QwenFM", "QwenFast", "QwenGR00T", "QwenOFT", "QwenPI",
+    "QwenPI_v3", "WanGR00T", "WanOFT", "WanPI")
 GRIPPER = 6  # FrameworkTools.unnormalize_actions' gripper_channel_idx
 THRESHOLD = 0.5
 _TINY = 1e-6  # processors/normalize's: a narrower q01..q99 is shifted, not scaled
 
-# starVLA QwenOFT module paths <-> the graph's, one table read both ways ({i}: a block index). The
-# VLM wrapper holds the transformers model as backbone.hf_vlm does; the action model's MLP-ResNet
-# layers are head.mlp_resnet's.
-KEY_PREFIXES = [
-    ("qwen_vl_interface.model.", "vlm.model."),
-    ("action_model.model.layer_norm1.", "head.norm_in."),
-    ("action_model.model.fc1.", "head.linear_in."),
-    ("action_model.model.mlp_resnet_blocks.{i}.ffn.0.", "head.blocks.{i}.norm."),
-    ("action_model.model.mlp_resnet_blocks.{i}.ffn.1.", "head.blocks.{i}.linear."),
-    ("action_model.model.layer_norm2.", "head.norm_out."),
-    ("action_model.model.fc2.", "head.linear_out."),
-]
+
+@dataclass(frozen=True)
+class Framework:
+    """One starVLA framework GraphVLA represents.
+
+    graphs:       the base VLM's config.json model_type -> the packaged graph (proven by a parity fixture)
+    key_prefixes: starVLA module paths <-> the graph's, one table read both ways ({i}: a block index)
+    configure:    configure(spec, cfg, cfg_path, horizon, dim): the framework's own checks of config.yaml
+                  (a StarVLAImportError naming the field) and edits of the graph's spec (widths, ports)
+    placeholder:  the prompt holds starVLA's action placeholder token (the tokenizer must hold it as one)"""
+    name: str
+    graphs: dict
+    key_prefixes: tuple
+    configure: Callable | None = None
+    placeholder: bool = True
+
+
+def _configure_oft(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: int) -> None:
+    kind = (cfg["framework"].get("action_model") or {}).get("action_model_type", "MLP")
+    if kind != "MLP":
+        raise StarVLAImportError(f"{cfg_path}: framework.action_model.action_model_type '{kind}' is not QwenOFT's MLP")
+    spec["blocks"]["vlm"]["with"]["action_placeholders"] = horizon
+
+
+# The VLM wrapper holds the transformers model as backbone.hf_vlm does; QwenOFT's MLP-ResNet layers
+# are head.mlp_resnet's.
+_VLM_PREFIX = ("qwen_vl_interface.model.", "vlm.model.")
+FRAMEWORKS = {f.name: f for f in [
+    Framework("QwenOFT", {"qwen3_vl": "starvla/qwen3vl-oft", "qwen2_5_vl": "starvla/qwen25vl-oft"}, (
+        _VLM_PREFIX,
+        ("action_model.model.layer_norm1.", "head.norm_in."),
+        ("action_model.model.fc1.", "head.linear_in."),
+        ("action_model.model.mlp_resnet_blocks.{i}.ffn.0.", "head.blocks.{i}.norm."),
+        ("action_model.model.mlp_resnet_blocks.{i}.ffn.1.", "head.blocks.{i}.linear."),
+        ("action_model.model.layer_norm2.", "head.norm_out."),
+        ("action_model.model.fc2.", "head.linear_out."),
+    ), _configure_oft),
+]}
+NOT_YET = tuple(n for n in STARVLA_FRAMEWORKS if n not in FRAMEWORKS)
 
 
 class StarVLAImportError(ValueError):
@@ -75,14 +110,14 @@ def _renamed(key: str, pairs) -> str | None:
     return None
 
 
-def graph_key(key: str) -> str | None:
-    """The graph's state_dict key of a starVLA QwenOFT key (None for one no graph tensor takes)."""
-    return _renamed(key, KEY_PREFIXES)
+def graph_key(key: str, framework: str = "QwenOFT") -> str | None:
+    """The graph's state_dict key of a starVLA key of `framework` (None for one no graph tensor takes)."""
+    return _renamed(key, FRAMEWORKS[framework].key_prefixes)
 
 
-def starvla_key(name: str) -> str:
-    """starVLA's state_dict key of a graph key (the inverse of graph_key)."""
-    return _renamed(name, [(b, a) for a, b in KEY_PREFIXES]) or name
+def starvla_key(name: str, framework: str = "QwenOFT") -> str:
+    """starVLA's state_dict key of a graph key of `framework` (the inverse of graph_key)."""
+    return _renamed(name, [(b, a) for a, b in FRAMEWORKS[framework].key_prefixes]) or name
 
 
 def _get(cfg: dict, dotted: str, file: Path, required: bool = True):
@@ -109,15 +144,24 @@ def read_config(ckpt_dir: Path) -> tuple[Path, dict]:
     return path, cfg
 
 
-def check_framework(cfg: dict, path: Path) -> str:
+def check_framework(cfg: dict, path: Path) -> Framework:
     name = _get(cfg, "framework.name", path)
-    if name in GRAPHS:
-        return name
+    if name in FRAMEWORKS:
+        return FRAMEWORKS[name]
     if name in NOT_YET:
         raise StarVLAImportError(f"{path}: framework.name '{name}' is a starVLA framework GraphVLA cannot represent yet "
-                           f"(importable: {', '.join(GRAPHS)})")
+                           f"(importable: {', '.join(FRAMEWORKS)})")
     raise StarVLAImportError(f"{path}: framework.name '{name}' is not a starVLA framework GraphVLA knows "
-                       f"(importable: {', '.join(GRAPHS)}; not representable yet: {', '.join(NOT_YET)})")
+                       f"(importable: {', '.join(FRAMEWORKS)}; not representable yet: {', '.join(NOT_YET)})")
+
+
+def graph_of(framework: Framework, vlm_config: dict, config_file: Path) -> str:
+    """The framework's packaged graph for the base VLM (its config.json's model_type)."""
+    kind = vlm_config.get("model_type")
+    if kind not in framework.graphs:
+        raise StarVLAImportError(f"{config_file}: model_type '{kind}': starVLA {framework.name} is importable on "
+                                 f"{', '.join(framework.graphs)} only")
+    return framework.graphs[kind]
 
 
 def find_weights(ckpt_dir: Path, weights: Path | None = None) -> tuple[Path, int]:
@@ -187,7 +231,7 @@ def read_statistics(ckpt_dir: Path, action_dim: int, dataset_key: str | None) ->
     return path, dataset_key, out
 
 
-def check_tokenizer(vlm_dir: Path, token: str) -> None:
+def check_tokenizer(vlm_dir: Path, token: str, framework: str) -> None:
     from ...processors.hf_processor import load_processor
 
     try:
@@ -196,45 +240,46 @@ def check_tokenizer(vlm_dir: Path, token: str) -> None:
         raise StarVLAImportError(f"{vlm_dir}: the base VLM's processor does not load: {e}") from None
     ids = tok.encode(token, add_special_tokens=False)
     if len(ids) != 1 or tok.convert_ids_to_tokens(ids[0]) != token:
-        raise StarVLAImportError(f"{vlm_dir / 'tokenizer.json'}: starVLA QwenOFT's action token {token!r} "
+        raise StarVLAImportError(f"{vlm_dir / 'tokenizer.json'}: starVLA {framework}'s action token {token!r} "
                            f"(U+{ord(token):X}) is not one token of this tokenizer (it encodes to {ids})")
 
 
-def build_spec(cfg: dict, cfg_path: Path, vlm_dir: Path, views: int, image_size: int) -> dict:
-    from ...spec.loader import load_spec
-
-    framework = cfg["framework"]
-    spec = copy.deepcopy(load_spec(GRAPHS[framework["name"]]).data)
-    action_model = framework.get("action_model") or {}
-    kind = action_model.get("action_model_type", "MLP")
-    if kind != "MLP":
-        raise StarVLAImportError(f"{cfg_path}: framework.action_model.action_model_type '{kind}' is not QwenOFT's MLP")
-    horizon = int(_get(cfg, "framework.action_model.action_horizon", cfg_path))
-    dim = int(_get(cfg, "framework.action_model.action_dim", cfg_path))
+def read_vlm_config(vlm_dir: Path) -> tuple[Path, dict]:
     config_file = vlm_dir / "config.json"
     if not config_file.is_file():
         raise StarVLAImportError(f"{vlm_dir}: the base VLM folder has no config.json (config.yaml's framework.qwenvl.base_vlm)")
+    return config_file, json.loads(config_file.read_text())
+
+
+def build_spec(cfg: dict, cfg_path: Path, framework: Framework, graph: str, vlm_dir: Path, vlm_config: dict,
+               views: int, image_size: int) -> dict:
+    from ...spec.loader import load_spec
+
+    spec = copy.deepcopy(load_spec(graph).data)
+    horizon = int(_get(cfg, "framework.action_model.action_horizon", cfg_path))
+    dim = int(_get(cfg, "framework.action_model.action_dim", cfg_path))
     vlm = spec["blocks"]["vlm"]["with"]
     for key in ("model", "dtype", "gradient_checkpointing"):
         vlm.pop(key, None)
-    vlm.update(config=json.loads(config_file.read_text()), processor=str(vlm_dir.resolve()), action_placeholders=horizon,
-               dtype="float32")
+    vlm.update(config=vlm_config, processor=str(vlm_dir.resolve()), dtype="float32")
     template = _get(cfg, "datasets.vla_data.CoT_prompt", cfg_path, required=False)
     if template:
         vlm["prompt_template"] = template
     spec["inputs"]["images"].update(views=views, size=[image_size, image_size])
     spec["inputs"]["actions"].update(dim=dim, horizon=horizon)
-    spec["inputs"]["actions_mask"]["shape"] = [horizon]
-    spec["description"] = (f"starVLA {framework['name']} imported from {cfg_path.parent} "
-                           f"(graph {GRAPHS[framework['name']]})")
+    if "actions_mask" in spec["inputs"]:
+        spec["inputs"]["actions_mask"]["shape"] = [horizon]
+    if framework.configure is not None:
+        framework.configure(spec, cfg, cfg_path, horizon, dim)
+    spec["description"] = f"starVLA {framework.name} imported from {cfg_path.parent} (graph {graph})"
     return spec
 
 
-def map_weights(state: dict, expected: dict, weights_path: Path) -> dict:
+def map_weights(state: dict, expected: dict, weights_path: Path, framework: str = "QwenOFT") -> dict:
     """starVLA's tensors under the graph's names, each checked: no unknown, extra, missing or misshapen key."""
     mapped, unknown = {}, []
     for key, tensor in state.items():
-        name = graph_key(key)
+        name = graph_key(key, framework)
         if name is None or name not in expected:
             unknown.append(key)
             continue
@@ -248,7 +293,7 @@ def map_weights(state: dict, expected: dict, weights_path: Path) -> dict:
                            + ", ".join(sorted(unknown)[:8]) + (" ..." if len(unknown) > 8 else ""))
     missing = sorted(k for k in expected if k not in mapped)
     if missing:
-        named = [starvla_key(k) for k in missing]
+        named = [starvla_key(k, framework) for k in missing]
         raise StarVLAImportError(f"{weights_path}: {len(missing)} tensor(s) missing: " + ", ".join(named[:8])
                            + (" ..." if len(missing) > 8 else ""))
     return mapped
@@ -291,10 +336,13 @@ def import_starvla(ckpt_dir, out, *, weights=None, base_vlm=None, dataset_key=No
     if not vlm_dir.is_dir():
         raise StarVLAImportError(f"{cfg_path}: framework.qwenvl.base_vlm '{vlm_dir}' is not a folder here "
                            f"(give the base VLM's folder - config.json, tokenizer, processor - with --base-vlm)")
-    check_tokenizer(vlm_dir, PLACEHOLDER)
+    config_file, vlm_config = read_vlm_config(vlm_dir)
+    graph = graph_of(framework, vlm_config, config_file)
+    if framework.placeholder:
+        check_tokenizer(vlm_dir, PLACEHOLDER, framework.name)
     stats_path, key, action = read_statistics(ckpt_dir, dim, dataset_key)
     weights_path, step = find_weights(ckpt_dir, weights)
-    spec_data = build_spec(cfg, cfg_path, vlm_dir, views, image_size)
+    spec_data = build_spec(cfg, cfg_path, framework, graph, vlm_dir, vlm_config, views, image_size)
 
     with tempfile.TemporaryDirectory(prefix="graphvla-import-") as scratch:
         spec_file = Path(scratch) / "spec.yaml"
@@ -303,7 +351,7 @@ def import_starvla(ckpt_dir, out, *, weights=None, base_vlm=None, dataset_key=No
         with parameters_on_meta():
             cg = compile_graph(spec, device="cpu")
         expected = cg.model.state_dict()
-        mapped = map_weights(read_weights(weights_path), expected, weights_path)
+        mapped = map_weights(read_weights(weights_path), expected, weights_path, framework.name)
         stats, modes, constant = normalization(action)
         preprocess, post = cg.bound_pipelines(stats, modes)
         bounds = ActionBounds(("actions",), -1.0, 1.0, {GRIPPER: THRESHOLD} if dim > GRIPPER else {}, zero=constant)
@@ -322,7 +370,7 @@ def import_starvla(ckpt_dir, out, *, weights=None, base_vlm=None, dataset_key=No
 
             C.write_checkpoint(tmp, step, write)
             C.write_json(tmp / "imported.json", {
-                "from": "starVLA", "framework": framework, "graph": GRAPHS[framework], "source": str(ckpt_dir.resolve()),
+                "from": "starVLA", "framework": framework.name, "graph": graph, "source": str(ckpt_dir.resolve()),
                 "config": str(cfg_path.resolve()), "weights": str(weights_path.resolve()),
                 "weights_sha256": sha256_of(weights_path), "tensors": len(mapped), "step": step,
                 "statistics": {"file": str(stats_path.resolve()), "dataset_key": key,
