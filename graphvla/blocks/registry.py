@@ -21,6 +21,7 @@ BUILTIN_MODULES = [
     "graphvla.blocks.backbones.hf_vlm",
     "graphvla.blocks.backbones.world_model",
     "graphvla.blocks.encoder.efficientnet_lite",
+    "graphvla.blocks.encoder.resnet",
     "graphvla.blocks.encoders",
     "graphvla.blocks.fast",
     "graphvla.blocks.glue.fuse",
