@@ -28,6 +28,7 @@ BUILTIN_MODULES = [
     "graphvla.blocks.glue.projector",
     "graphvla.blocks.glue.select_layers",
     "graphvla.blocks.glue.state_text",
+    "graphvla.blocks.heads.act",
     "graphvla.blocks.heads.dual_system",
     "graphvla.blocks.heads.fast",
     "graphvla.blocks.heads.flow_matching",
