@@ -1,0 +1,209 @@
+"""graphs/lerobot/diffusion is LeRobot's Diffusion Policy: on two tiny configurations
+(tests/fixtures/lerobot/diffusion, written by scripts/parity/lerobot_diffusion.py with LeRobot 0.4.1's
+own code, float32 on the CPU) the graph, sized by the importer's reading of LeRobot's config.json and
+loaded through the importer's key mapping, gives LeRobot's training loss, its denoised horizon and its
+returned actions within 1e-5 from the same draws (training noise and timesteps, starting noise, DDPM's
+per-step noise). `ddpm`: one encoder for two cameras, center crop, DDPM over all 20 timesteps, epsilon,
+FiLM scale and bias. `ddim`: an encoder per camera, no crop, environment state, DDIM in 5 of 50
+timesteps, sample prediction, FiLM bias only, linear betas, padding masked in the loss.
+No LeRobot code is imported: only its numbers. The parameters are the fixture recipe's (too large to
+commit for ResNet-18), checked against the sha256 LeRobot's own state_dict gave."""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from graphvla.blocks.heads import diffusion_schedule as schedule
+from graphvla.compiler.compile import compile_graph
+from graphvla.errors import SpecError
+from graphvla.runners.importers.lerobot_diffusion import GRID_KEY, fit_spec, graph_key, spec_with
+from graphvla.spec.loader import load_spec
+
+warnings.filterwarnings("ignore")
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lerobot" / "diffusion"
+GRAPH = Path(__file__).resolve().parents[1] / "graphvla" / "graphs" / "lerobot" / "diffusion.yaml"
+TOL = 1e-5
+CASES = ("ddpm", "ddim")
+
+
+def recipe_tensor(name: str, shape) -> torch.Tensor:
+    """scripts/parity/lerobot_diffusion.py's recipe: weights N(0, 1/fan_in), norm scales 1 + N(0, 0.01),
+    biases N(0, 0.01), each from a generator seeded by crc32 of LeRobot's parameter name."""
+    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    x = torch.randn(tuple(shape), generator=g, dtype=torch.float32)
+    if len(shape) > 1:
+        fan_in = 1
+        for d in shape[1:]:
+            fan_in *= int(d)
+        return x / fan_in ** 0.5
+    return 1 + 0.1 * x if name.endswith("weight") else 0.1 * x
+
+
+def load_case(name):
+    meta = json.loads((FIXTURES / f"{name}.json").read_text())
+    return meta, load_file(str(FIXTURES / f"{name}.safetensors"))
+
+
+def lerobot_state(meta) -> dict:
+    state = {k: recipe_tensor(k, shape) for k, shape in meta["parameters"].items()}
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].numpy().tobytes())
+    assert h.hexdigest() == meta["recipe_sha256"], "the recipe no longer makes LeRobot's parameters"
+    return state
+
+
+def build(name):
+    meta, data = load_case(name)
+    spec = fit_spec(load_spec(str(GRAPH)).data, meta["config"])
+    torch.manual_seed(0)
+    cg = compile_graph(spec, device="cpu")
+    state = lerobot_state(meta)
+    mapped = {graph_key(k): v for k, v in state.items()}
+    assert None not in mapped and len(mapped) == len(state)  # every LeRobot parameter has one graph name
+    assert set(mapped) == set(cg.model.state_dict())  # and every graph tensor comes from one
+    cg.model.load_state_dict(mapped, strict=True)
+    return cg, meta, data
+
+
+@pytest.fixture(scope="module", params=CASES)
+def case(request):
+    return (request.param, *build(request.param))
+
+
+def graph_images(data):
+    """LeRobot's [B, S, cameras, C, H, W] as the graph's [B, S * cameras, C, H, W], step-major."""
+    x = data["images"]
+    return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
+
+
+def inputs(data, targets=True):
+    out = {"images": graph_images(data), "state": data["state"]}
+    if "env_state" in data:
+        out["env_state"] = data["env_state"]
+    if targets:
+        out.update(actions=data["action"], actions_mask=~data["action_is_pad"])
+    return out
+
+
+def test_the_fixtures_are_lerobots_and_every_tensor_is_accounted_for(case):
+    name, cg, meta, data = case
+    assert meta["lerobot_version"] == "0.4.1" and meta["config"]["type"] == "diffusion"
+    # LeRobot's spatial-softmax grids (buffers, not parameters) are the grids the graph computes
+    grids = [k for k in meta["buffers"] if GRID_KEY.match(k)]
+    assert grids and len(grids) == len(meta["buffers"])
+    for enc in cg.model["vision"].encoders:
+        torch.testing.assert_close(enc.keypoints.grid, data["pos_grid"], atol=0, rtol=0)
+
+
+def test_training_loss_matches_lerobot_with_its_draws(case):
+    name, cg, meta, data = case
+    cg.model.train()  # the ddpm case has a center crop (crop_is_random false), the ddim case none
+    with torch.no_grad():
+        features = cg.model["vision"](graph_images(data))["features"]
+        extra = {"env_state": data["env_state"]} if "env_state" in data else {}
+        loss = cg.model["head"](state=data["state"], context=features, target=data["action"],
+                                mask=~data["action_is_pad"], noise=data["train_noise"],
+                                timesteps=data["train_timesteps"], **extra)["loss"]
+    assert abs(loss.item() - data["loss"].item()) <= TOL, (loss.item(), data["loss"].item())
+
+
+def test_the_training_graph_draws_noise_then_timesteps_as_lerobot_does(case):
+    """The compiled training stream, drawing for itself, gives the head's loss on the draws torch's
+    global generator makes in LeRobot's order (torch.randn of the chunk, then torch.randint)."""
+    name, cg, meta, data = case
+    cg.model.train()
+    b, h, a = data["action"].shape
+    with torch.no_grad():
+        torch.manual_seed(5)
+        loss = cg.train["action"](**cg.feed(inputs(data), "action"))["loss"]
+        torch.manual_seed(5)
+        noise = torch.randn((b, h, a))
+        t = torch.randint(0, meta["config"]["num_train_timesteps"], (b,))
+        features = cg.model["vision"](graph_images(data))["features"]
+        extra = {"env_state": data["env_state"]} if "env_state" in data else {}
+        direct = cg.model["head"](state=data["state"], context=features, target=data["action"],
+                                  mask=~data["action_is_pad"], noise=noise, timesteps=t, **extra)["loss"]
+    assert loss.item() == pytest.approx(direct.item(), abs=1e-6)
+
+
+def test_sampled_actions_match_lerobot_with_the_same_noise(case):
+    name, cg, meta, data = case
+    cg.model.eval()
+    head = cg.model["head"]
+    assert head.noise_shape(data["state"].shape[0]) == tuple(data["draws"].shape)
+    with torch.no_grad():
+        actions = cg.infer(**cg.feed(inputs(data, targets=False)), noise=data["draws"])["actions"]
+        features = cg.model["vision"](graph_images(data))["features"]
+        extra = {"env_state": data["env_state"]} if "env_state" in data else {}
+        chunk = head.chunk(data["state"], features, noise=data["draws"], **extra)
+    assert actions.shape == data["actions"].shape
+    assert (chunk - data["chunk"]).abs().max().item() <= TOL
+    assert (actions - data["actions"]).abs().max().item() <= TOL
+    # the noise is the only randomness: other noise, other actions
+    with torch.no_grad():
+        other = cg.infer(**cg.feed(inputs(data, targets=False)), noise=data["draws"] + 0.5)["actions"]
+    assert (other - data["actions"]).abs().max().item() > 1e-3
+
+
+def test_a_changed_weight_breaks_parity():
+    cg, meta, data = build("ddim")
+    cg.model.eval()
+    with torch.no_grad():
+        cg.model["head"].unet.out_proj.bias.add_(1e-3)
+        actions = cg.infer(**cg.feed(inputs(data, targets=False)), noise=data["draws"])["actions"]
+    assert (actions - data["actions"]).abs().max().item() > 1e-4
+
+
+def test_schedules_match_the_published_formulas():
+    # squaredcos_cap_v2 (Nichol & Dhariwal): alpha_bar_t / alpha_bar_0 follows cos^2, betas capped at 0.999
+    abar = schedule.alphas_cumprod("squaredcos_cap_v2", 100)
+    f = lambda t: torch.cos(torch.tensor((t / 100 + 0.008) / 1.008 * torch.pi / 2, dtype=torch.float64)) ** 2
+    assert abar[49].item() == pytest.approx((f(50) / f(0)).item(), rel=1e-5)
+    assert schedule.betas("squaredcos_cap_v2", 100).max().item() == pytest.approx(0.999)
+    assert schedule.inference_timesteps(100, 10) == [90, 80, 70, 60, 50, 40, 30, 20, 10, 0]
+    assert schedule.Sampler(abar, "DDPM", 10).draws == 10 and schedule.Sampler(abar, "DDIM", 10).draws == 1
+    # a perfect epsilon model recovers x0 in one DDIM step from t to 0
+    x0 = torch.rand(3, 4, 2) * 2 - 1
+    eps = torch.randn(3, 4, 2)
+    t = torch.full((3,), 60, dtype=torch.long)
+    xt = schedule.add_noise(abar, x0, eps, t)
+    s = schedule.Sampler(abar, "DDIM", 1, clip_sample=False)
+    s.timesteps = [60]
+    torch.testing.assert_close(s.step(eps, 0, xt, None), x0, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="inference steps must be in"):
+        schedule.inference_timesteps(10, 11)
+
+
+def test_the_packaged_graph_is_lerobots_default_and_bad_settings_are_named():
+    cg = compile_graph(load_spec(str(GRAPH)).data, device="meta")
+    head = cg.model["head"]
+    assert cg.shapes[("vision", "features")][1:] == (2, 64)  # 2 observation steps, 32 keypoints x (x, y)
+    assert cg.shapes[("head", "actions")][1:] == (8, 2)
+    assert head.noise_shape(1) == (1, 100, 16, 2)  # DDPM over the 100 training timesteps
+    # as many parameters as LeRobot's DiffusionPolicy at its default (PushT) configuration, as the
+    # parity script counted them (262,709,026)
+    meta, _ = load_case("ddpm")
+    assert sum(p.numel() for p in cg.model.parameters()) == meta["default_pusht_parameters"] == 262_709_026
+    bad = dict(meta["config"], use_group_norm=False)
+    with pytest.raises(ValueError, match="use_group_norm=False"):
+        spec_with(bad)
+    spec = fit_spec(load_spec(str(GRAPH)).data, meta["config"])
+    spec["blocks"]["vision"]["with"]["crop"] = [100, 100]
+    with pytest.raises(SpecError, match="crop"):
+        compile_graph(spec, device="meta")
+    spec = fit_spec(load_spec(str(GRAPH)).data, meta["config"])
+    spec["blocks"]["head"]["with"]["n_action_steps"] = 8
+    with pytest.raises(SpecError, match="n_action_steps"):
+        compile_graph(spec, device="meta")
+    cg, meta, data = build("ddpm")
+    with pytest.raises(ValueError, match="noise must be"):
+        cg.infer(**cg.feed(inputs(data, targets=False)), noise=data["draws"][:, :3])
