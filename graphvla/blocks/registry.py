@@ -34,6 +34,7 @@ BUILTIN_MODULES = [
     "graphvla.blocks.heads.dual_system",
     "graphvla.blocks.heads.fast",
     "graphvla.blocks.heads.flow_matching",
+    "graphvla.blocks.heads.gr00t",
     "graphvla.blocks.heads.mlp",
     "graphvla.blocks.heads.mlp_resnet",
     "graphvla.blocks.heads.query_transformer",

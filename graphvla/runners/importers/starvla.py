@@ -79,8 +79,68 @@ def _configure_oft(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: int
     spec["blocks"]["vlm"]["with"]["action_placeholders"] = horizon
 
 
+# QwenGR00T's action_model defaults at 0ed0aad (QwenGR00TDefaultConfig, merged under config.yaml's
+# values by starVLA's from_pretrained as well), the DiT sizes of its action_model_type
+# (GR00T_ActionHeader.DiTConfig) and the DiT settings head.gr00t_flow_matching has fixed.
+_GR00T_DEFAULTS = {"hidden_size": 1024, "add_pos_embed": True, "max_seq_len": 1024, "state_dim": 7,
+                   "repeated_diffusion_steps": 8, "noise_beta_alpha": 1.5, "noise_beta_beta": 1.0, "noise_s": 0.999,
+                   "num_timestep_buckets": 1000, "num_inference_timesteps": 4, "num_target_vision_tokens": 32}
+_GR00T_DIT_DEFAULTS = {"dropout": 0.2, "final_dropout": True, "interleave_self_attention": True, "num_layers": 16,
+                       "output_dim": 1024}
+_GR00T_DIT_SIZES = {"DiT-B": (768, 64, 12), "DiT-L": (1536, 48, 32)}  # width, head width, heads
+_GR00T_DIT_FIXED = {"norm_type": "ada_norm", "positional_embeddings": None, "activation_fn": "gelu-approximate",
+                    "attention_bias": True, "norm_elementwise_affine": False, "norm_eps": 1e-5}
+
+
+def _configure_gr00t(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: int) -> None:
+    model = dict(cfg["framework"].get("action_model") or {})
+    field = "framework.action_model"
+    kind = model.get("action_model_type", "DiT-B")
+    dit = {**_GR00T_DIT_DEFAULTS, **dict(model.get("diffusion_model_cfg") or {})}
+    if kind in _GR00T_DIT_SIZES:
+        width, head_width, heads = _GR00T_DIT_SIZES[kind]
+    elif "num_attention_heads" in dit and "attention_head_dim" in dit:
+        # a size added to starVLA's DiTConfig: its width is heads x head width (starVLA cannot run
+        # another), and the weights' shapes are checked against it
+        heads, head_width = int(dit["num_attention_heads"]), int(dit["attention_head_dim"])
+        width = heads * head_width
+    else:
+        raise StarVLAImportError(f"{cfg_path}: {field}.action_model_type '{kind}' is not one of QwenGR00T's DiT sizes "
+                                 f"({', '.join(_GR00T_DIT_SIZES)}) and diffusion_model_cfg does not give "
+                                 f"num_attention_heads and attention_head_dim")
+    for key, value in _GR00T_DIT_FIXED.items():
+        if key in dit and dit[key] != value:
+            raise StarVLAImportError(f"{cfg_path}: {field}.diffusion_model_cfg.{key} is {dit[key]!r}; GraphVLA's "
+                                     f"head.gr00t_flow_matching has starVLA's default {value!r} only")
+    heads, head_width = int(dit.get("num_attention_heads", heads)), int(dit.get("attention_head_dim", head_width))
+    if heads * head_width != width:
+        raise StarVLAImportError(f"{cfg_path}: {field}.diffusion_model_cfg: {heads} heads x {head_width} is not "
+                                 f"{kind}'s width {width} (starVLA itself cannot build that head)")
+    if dit.get("use_canonical_forward") is not None:  # starVLA's deprecated alias wins when set
+        dit["interleave_self_attention"] = bool(dit["use_canonical_forward"])
+    am = {**_GR00T_DEFAULTS, **model}
+    state_dim = int(am["state_dim"] or 0)
+    spec["blocks"]["head"]["with"].update(
+        width=width, heads=heads, layers=int(dit["num_layers"]), output_dim=int(dit["output_dim"]),
+        hidden=int(am["hidden_size"]), state_dim=state_dim, future_tokens=int(am["num_target_vision_tokens"]),
+        add_pos_embed=bool(am["add_pos_embed"]), max_seq_len=int(am["max_seq_len"]),
+        interleave_self_attention=bool(dit["interleave_self_attention"]), dropout=float(dit["dropout"]),
+        final_dropout=bool(dit["final_dropout"]), repeated_diffusion_steps=int(am["repeated_diffusion_steps"]),
+        noise_beta_alpha=float(am["noise_beta_alpha"]), noise_beta_beta=float(am["noise_beta_beta"]),
+        noise_s=float(am["noise_s"]), num_timestep_buckets=int(am["num_timestep_buckets"]),
+        num_steps=int(am["num_inference_timesteps"]))
+    # starVLA's predict_action takes the state as its client gives it (its deployment normalizes it
+    # with the robot's data-config transform): the run feeds it to the model unchanged
+    spec["trainer"]["normalization"] = {"actions": "q01_q99"}
+    if state_dim:
+        spec["inputs"]["state"]["dim"] = state_dim
+    else:  # no state encoder: no state port
+        del spec["inputs"]["state"]
+        del spec["blocks"]["head"]["in"]["state"]
+
+
 # The VLM wrapper holds the transformers model as backbone.hf_vlm does; QwenOFT's MLP-ResNet layers
-# are head.mlp_resnet's.
+# are head.mlp_resnet's; head.gr00t_flow_matching's modules carry starVLA's names.
 _VLM_PREFIX = ("qwen_vl_interface.model.", "vlm.model.")
 FRAMEWORKS = {f.name: f for f in [
     Framework("QwenOFT", {"qwen3_vl": "starvla/qwen3vl-oft", "qwen2_5_vl": "starvla/qwen25vl-oft"}, (
@@ -92,6 +152,10 @@ FRAMEWORKS = {f.name: f for f in [
         ("action_model.model.layer_norm2.", "head.norm_out."),
         ("action_model.model.fc2.", "head.linear_out."),
     ), _configure_oft),
+    Framework("QwenGR00T", {"qwen3_vl": "starvla/qwen3vl-gr00t", "qwen2_5_vl": "starvla/qwen25vl-gr00t"}, (
+        _VLM_PREFIX,
+        ("action_model.", "head."),
+    ), _configure_gr00t, placeholder=False),
 ]}
 NOT_YET = tuple(n for n in STARVLA_FRAMEWORKS if n not in FRAMEWORKS)
 
