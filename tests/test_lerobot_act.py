@@ -164,3 +164,152 @@ def test_the_packaged_graph_is_lerobots_default_act_on_meta():
     # LeRobot 0.3.2's ACTPolicy(ACTConfig) with one 3x480x640 camera, a 14-d state and 14-d actions: its
     # model has 51,613,582 parameters (counted in the side venv; the frozen batch norm is buffers there too)
     assert sum(p.numel() for p in cg.model.parameters()) == 51_613_582
+
+
+# `graphvla import lerobot` ------------------------------------------------------------------------
+def imported(saved_policy, out: Path, **config_changes) -> Path:
+    """The saved policy (config.json edited by `config_changes`) imported through the command line."""
+    from click.testing import CliRunner
+
+    from graphvla.cli import main
+
+    src = saved_policy
+    if config_changes:
+        src = out.parent / f"{out.name}-src"
+        shutil.copytree(saved_policy, src)
+        cfg = json.loads((src / "config.json").read_text())
+        cfg.update(config_changes)
+        (src / "config.json").write_text(json.dumps(cfg))
+    result = CliRunner().invoke(main, ["import", "lerobot", str(src), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "LeRobot act" in result.output and "observation.images.top" in result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(saved_policy, tmp_path_factory):
+    return imported(saved_policy, tmp_path_factory.mktemp("runs") / "act")
+
+
+def lerobot_obs(meta, data, i, prefix="image.", state="state"):
+    """One observation as a LeRobot client sends it: its keys, float CHW images in [0, 1], raw state."""
+    obs = {cam: data[f"{prefix}{cam}"][i].numpy() for cam in meta["cameras"]}
+    obs["observation.state"] = data[state][i].numpy()
+    return obs
+
+
+def served(run: Path, observations: list) -> tuple[dict, list]:
+    """(server metadata, the actions of each observation) from `graphvla serve RUN`'s server, one session."""
+    from graphvla.client import PolicyClient
+    from graphvla.policy.loading import load_policy
+    from graphvla.runners.serve import ServerThread
+    from graphvla.runners.serve.section import serve_options, serve_section
+
+    options = serve_options(serve_section(str(run)), "127.0.0.1", 0, None, 1, None, None)
+    with ServerThread(load_policy(run), options) as srv:
+        with PolicyClient("127.0.0.1", srv.port) as client:
+            client.reset(0)
+            actions = [client.infer(o)["actions"] for o in observations]
+            meta = client.metadata
+    return meta, actions
+
+
+def test_an_imported_policy_serves_lerobots_predict_action_chunk(run, case):
+    meta, data = case
+    info = json.loads((run / "imported.json").read_text())
+    state = load_file(str(FIXTURE / "small.safetensors"))
+    normalization = [k for k in state if k.split(".")[0] in ("normalize_inputs", "normalize_targets", "unnormalize_outputs")]
+    # every tensor accounted for: the weights, the statistics, and ACT's fixed CVAE position table
+    recipe = json.loads((FIXTURE / "backbone.json").read_text())["tensors"]
+    assert info["tensors"] + len(normalization) + 1 == len(state) + len(recipe)
+    server_meta, actions = served(run, [lerobot_obs(meta, data, i) for i in range(meta["batch"])])
+    assert set(meta["cameras"]) | {"observation.state"} <= set(server_meta["observation_keys"])
+    assert server_meta["execute_steps"] == meta["chunk_size"]  # n_action_steps
+    diff = max(np.abs(a - data["predict_action_chunk"][i].numpy()).max() for i, a in enumerate(actions))
+    print(f"served imported ACT vs LeRobot predict_action_chunk: max |diff| {diff:.2e}")
+    assert diff <= SERVE_TOL
+
+
+def test_select_action_is_the_served_chunk_executed_n_action_steps_at_a_time(run, case):
+    """LeRobot's select_action queue (n_action_steps = chunk) is what a client executing the served
+    metadata's execute_steps of each chunk runs."""
+    from graphvla.policy.loading import load_policy
+
+    meta, data = case
+    policy = load_policy(run)
+    session = policy.new_session(0)
+    ports = lambda t: {"images": np.stack([data[f"episode.image.{c}"][t].numpy() for c in meta["cameras"]]),  # noqa: E731
+                       "state": data["episode.state"][t].numpy()}
+    k = meta["chunk_size"]
+    executed = []
+    for t in range(meta["episode"]):
+        if t % k == 0:
+            chunk = policy.infer(ports(t), session)["actions"]
+        executed.append(chunk[t % k])
+    diff = np.abs(np.stack(executed) - data["episode.select_action"].numpy()).max()
+    assert diff <= SERVE_TOL, diff
+
+
+def test_temporal_ensembling_is_act_temporal_ensembler(saved_policy, case, tmp_path):
+    """On LeRobot's own chunks the ensemble equals ACTTemporalEnsembler's actions; an imported policy with
+    temporal_ensemble_coeff serves them (queried every step, execute_steps 1), and a reset starts over."""
+    from graphvla.policy.ensemble import TemporalEnsemble
+
+    meta, data = case
+    chunks, expected = data["episode.chunks"].numpy(), data["episode.ensembled"].numpy()
+    ens = TemporalEnsemble(meta["temporal_ensemble_coeff"], meta["chunk_size"])
+    ours = np.stack([ens.update(c)[0] for c in chunks])
+    assert np.abs(ours - expected).max() <= 1e-6
+    assert np.abs(ours[1:] - chunks[1:, 0]).max() > 1e-3  # it is not the newest chunk's first action
+    run = imported(saved_policy, tmp_path / "act-te", temporal_ensemble_coeff=meta["temporal_ensemble_coeff"],
+                   n_action_steps=1)
+    obs = [lerobot_obs(meta, data, t, "episode.image.", "episode.state") for t in range(meta["episode"])]
+    server_meta, actions = served(run, obs)
+    assert server_meta["execute_steps"] == 1 and server_meta["temporal_ensemble"] == {"coeff": meta["temporal_ensemble_coeff"]}
+    diff = np.abs(np.stack([a[0] for a in actions]) - expected).max()
+    print(f"served temporal ensemble vs ACTTemporalEnsembler: max |diff| {diff:.2e}")
+    assert diff <= SERVE_TOL
+    from graphvla.policy.loading import load_policy
+
+    policy = load_policy(run)
+    s = policy.new_session(0)
+    ports = lambda o: {"images": np.stack([o[c] for c in meta["cameras"]]), "state": o["observation.state"]}  # noqa: E731
+    first = policy.infer(ports(obs[3]), s)["actions"]
+    assert not np.allclose(policy.infer(ports(obs[4]), s)["actions"][0], first[1], atol=1e-4)  # folded in
+    s.reset()
+    assert np.array_equal(policy.infer(ports(obs[3]), s)["actions"], first)  # a new episode starts over
+
+
+def test_bad_policies_are_refused_by_name_and_leave_nothing(saved_policy, tmp_path):
+    def attempt(name, edit=None, files=None):
+        src = tmp_path / f"{name}-src"
+        shutil.copytree(saved_policy, src)
+        if edit:
+            cfg = json.loads((src / "config.json").read_text())
+            edit(cfg)
+            (src / "config.json").write_text(json.dumps(cfg))
+        if files:
+            files(src)
+        out = tmp_path / name
+        with pytest.raises(L.LeRobotImportError) as e:
+            L.import_lerobot(src, out)
+        assert not out.exists() and not list(tmp_path.glob(f".*{name}*"))
+        return str(e.value)
+
+    assert "type 'tdmpc' (a LeRobot policy type) cannot be imported" in attempt("tdmpc", lambda c: c.update(type="tdmpc"))
+    assert "type 'nope' (not a LeRobot policy type)" in attempt("nope", lambda c: c.update(type="nope"))
+    assert "vision_backbone 'resnet50'" in attempt("r50", lambda c: c.update(vision_backbone="resnet50"))
+    msg = attempt("v04", files=lambda d: (d / "policy_preprocessor.json").write_text("{}"))
+    assert "LeRobot 0.4+" in msg and "policy_preprocessor.json" in msg
+
+    def drop(d):
+        t = load_file(str(d / "model.safetensors"))
+        t.pop("model.action_head.bias")
+        save_file(t, str(d / "model.safetensors"))
+
+    assert "head.action_out.bias" in attempt("missing", files=drop)
+    msg = attempt("dims", lambda c: c["output_features"]["action"].update(shape=[5]))
+    assert "'model.action_head." in msg and "has shape [3" in msg and "head.action_out." in msg
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(L.LeRobotImportError, match="already exists"):
+        L.import_lerobot(saved_policy, tmp_path / "taken")

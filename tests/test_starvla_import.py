@@ -223,7 +223,7 @@ def test_a_tokenizer_without_the_action_token_is_named(tmp_path):
 
 def test_unknown_source_and_existing_output_are_refused(tmp_path):
     result = CliRunner().invoke(main, ["import", "openvla", str(CKPT), "-o", str(tmp_path / "x")])
-    assert result.exit_code == 1 and "import source 'openvla' is not one GraphVLA imports from (starvla)" in result.output
+    assert result.exit_code == 1 and "import source 'openvla' is not one GraphVLA imports from (starvla, lerobot)" in result.output
     (tmp_path / "taken").mkdir()
     with pytest.raises(StarVLAImportError, match="already exists"):
         do_import(out=tmp_path / "taken")

@@ -1,12 +1,12 @@
 """`graphvla import SOURCE CKPT_DIR -o RUN`: a checkpoint another project's trainer wrote, as a
-GraphVLA run folder (served, evaluated, swept like a trained one). SOURCE: starvla."""
+GraphVLA run folder (served, evaluated, swept like a trained one). SOURCE: starvla, lerobot."""
 from __future__ import annotations
 
 import click
 
 from .options import handles_errors
 
-SOURCES = ("starvla",)
+SOURCES = ("starvla", "lerobot")
 
 
 @click.command(name="import")
@@ -23,9 +23,22 @@ SOURCES = ("starvla",)
 @handles_errors
 def import_(source, ckpt_dir, output, weights, base_vlm, dataset_key, views, image_size):
     """Import the starVLA run folder CKPT_DIR (config.yaml, dataset_statistics.json, checkpoints/) as
-    the GraphVLA run OUTPUT. starVLA frameworks GraphVLA cannot represent are refused by name."""
+    the GraphVLA run OUTPUT. starVLA frameworks GraphVLA cannot represent are refused by name.
+    `lerobot`: CKPT_DIR is a policy LeRobot's save_pretrained wrote (a folder or a Hub id); policy
+    types and versions GraphVLA cannot import are refused by name."""
     if source not in SOURCES:
         raise ValueError(f"import source '{source}' is not one GraphVLA imports from ({', '.join(SOURCES)})")
+    if source == "lerobot":
+        from ..policy.checkpoint import read_json
+        from ..runners.importers.lerobot import import_lerobot
+
+        run = import_lerobot(ckpt_dir, output)
+        info = read_json(run / "imported.json")
+        click.echo(f"imported LeRobot {info['policy']} ({info['tensors']} tensors, {info['format']}.x format) as "
+                   f"graph {info['graph']} into {run}")
+        click.echo(f"observation keys: {', '.join(info['key_map'])}")
+        click.echo(f"serve it with: graphvla serve {run}")
+        return
     from ..policy.checkpoint import read_json
     from ..runners.importers.starvla import import_starvla
 

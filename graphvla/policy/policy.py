@@ -34,6 +34,7 @@ from ..spec.schema import privileged_ports
 from . import rtc as R
 from ..processors.normalize import normalization_steps
 from .observation import convert, describe
+from .ensemble import TemporalEnsemble
 from .session import Session
 
 
@@ -80,6 +81,9 @@ class Policy:
         self._norm_port = {name: None if self._unnormalize is None else self._unnormalize.port_of(name)
                            for name in self.outputs}
         self.rtc = R.RTCConfig.from_spec(cg.spec)
+        # temporal ensembling (infer.temporal_ensemble): each session's chunks folded into one action per step
+        self.temporal_ensemble = ((cg.spec.section("infer") or {}).get("temporal_ensemble") or {}).get("coeff")
+        self._ensembles = {}  # row -> TemporalEnsemble of calls without sessions (reset() clears them)
         self._action_output = "actions" if "actions" in self.outputs else next(
             (o for o in self.outputs if cg.output_source(o).kind == "action"), None)
         # a head that samples with guidance (head.flow_matching, head.dual_system) inpaints; others get blended
@@ -87,6 +91,9 @@ class Policy:
         if self._action_output is not None:
             src = cg.output_source(self._action_output)
             self._guided = src.is_block and "rtc" in cg.block(src.node).predict_kwargs
+        # guidance (flow heads) or the head's own (head.layerwise_discrete_diffusion: known-prefix inpainting)
+        self._rtc_method = "blend" if not self._guided else getattr(
+            cg.model[cg.block(cg.output_source(self._action_output).node).owner], "rtc_method", "guidance")
 
     @classmethod
     def from_compiled(cls, cg, normalizer=None, preprocess=None, postprocess=None) -> "Policy":
@@ -118,15 +125,17 @@ class Policy:
                 # the graph reads simulator state no robot has: its results are a privileged upper bound
                 "privileged": bool(privileged_ports(self.cg.spec)),
                 # real-time chunking: how a request's remaining actions shape the next chunk (runners/rtc.py)
-                "rtc": {"enabled": self.rtc.enabled, "method": "guidance" if self._guided else "blend",
+                "rtc": {"enabled": self.rtc.enabled, "method": self._rtc_method,
                         "max_delay": None if horizon is None else self.rtc.delay_limit(horizon),
-                        "schedule": self.rtc.schedule, "max_guidance": self.rtc.max_guidance}}
+                        "schedule": self.rtc.schedule, "max_guidance": self.rtc.max_guidance},
+                "temporal_ensemble": None if self.temporal_ensemble is None else {"coeff": self.temporal_ensemble}}
 
     # inference --------------------------------------------------------------------------------
     def reset(self) -> None:
         """Start a new episode: forget cached slow-system outputs (the policy's own caches, used
         by calls without a session; sessions reset themselves: Session.reset)."""
         reset_caches(self._infer)
+        self._ensembles = {}
 
     @property
     def has_caches(self) -> bool:
@@ -148,7 +157,7 @@ class Policy:
             raise ValueError(f"{len(sessions)} sessions for {len(observations)} observations")
         observations, rows = self._rtc_rows(observations, sessions)
         if sessions is None:
-            return self._forward(observations, options, rows)
+            return self._ensemble_rows(self._forward(observations, options, rows))
         if len({id(s) for s in sessions}) != len(sessions):
             raise ValueError("a session can have only one observation in a batch")
         computed = [{} for _ in sessions]
@@ -225,7 +234,7 @@ class Policy:
             applied = remaining is not None and delay > 0
             if applied and not self._guided:
                 out[name] = R.blend_prefix(out[name], remaining, delay)
-            out["rtc"] = {"applied": bool(applied), "method": "guidance" if self._guided else "blend",
+            out["rtc"] = {"applied": bool(applied), "method": self._rtc_method,
                           "delay": int(delay), "overlap": 0 if remaining is None else int(len(remaining))}
 
     def draw_noise(self, batch: int, generators=None) -> torch.Tensor:
@@ -233,6 +242,8 @@ class Policy:
         generator per row), or all rows from torch's global generator (None), in the head's dtype
         on its device, exactly as blocks/heads/flow_matching.initial_noise draws it."""
         head = self.cg.model[self.cg.block(self._samplers[0]).owner]
+        if callable(getattr(head, "draw_noise", None)):  # draws of its own kind (head.layerwise_discrete_diffusion)
+            return head.draw_noise(head.noise_shape(batch), generators, self.device, head.noise_dtype)
         return initial_noise(head.noise_shape(batch), generators, self.device, head.noise_dtype)
 
     def _session_forward(self, observations, sessions, computed, options, rows=None) -> list[dict]:
@@ -249,11 +260,28 @@ class Policy:
             for s, state in zip(sessions, generator_states):
                 s.generator.set_state(state)
             raise
+        for s, out in zip(sessions, outs):
+            if self.temporal_ensemble is not None and self._action_output in out:
+                if s.ensemble is None:
+                    s.ensemble = self._new_ensemble()
+                out[self._action_output] = s.ensemble.update(out[self._action_output])
         for s, c, out in zip(sessions, caches, outs):
             s.caches = c
             s.steps += 1
             if self._action_output in out:  # what a later request's `executed` refers to
                 s.previous_actions = np.array(out[self._action_output], dtype=np.float32)
+        return outs
+
+    def _new_ensemble(self) -> TemporalEnsemble:
+        return TemporalEnsemble(self.temporal_ensemble, int(self.metadata["action_horizon"]))
+
+    def _ensemble_rows(self, outs: list) -> list:
+        """Temporal ensembling of a call without sessions: row i continues the policy's own ensemble i."""
+        if self.temporal_ensemble is not None:
+            for i, out in enumerate(outs):
+                if self._action_output in out:
+                    ens = self._ensembles.setdefault(i, self._new_ensemble())
+                    out[self._action_output] = ens.update(out[self._action_output])
         return outs
 
     def _forward(self, observations: list, options: dict, rows=None) -> list[dict]:

@@ -8,7 +8,8 @@ A Session holds, for one client (one connection of the policy server):
   session's rows from it alone;
 - `steps`: how many observations it has been answered;
 - `previous_actions`: the last action chunk it returned ([H, A], None before the first), which a
-  real-time chunking request may continue from (runners/rtc.py: `executed`).
+  real-time chunking request may continue from (runners/rtc.py: `executed`);
+- `ensemble`: its temporal ensemble (policy/ensemble.py) when the graph asks for one, else None.
 
 `reset()` starts a new episode: empty caches, steps 0, the generator re-seeded with `seed` (or a
 new one). A session after reset() is exactly a fresh session with that seed, so an episode
@@ -55,6 +56,7 @@ class Session:
         self.caches: dict = {}
         self.steps = 0
         self.previous_actions = None
+        self.ensemble = None
 
     def __repr__(self):
         return f"Session(seed={self.seed}, steps={self.steps})"

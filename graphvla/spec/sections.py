@@ -94,6 +94,15 @@ INFER = {
             },
             "additionalProperties": False,
         },
+        "temporal_ensemble": {
+            "type": "object",
+            "description": "ACT's temporal ensembling (policy/ensemble.py): each session's executed action is the "
+                           "exp(-coeff * i)-weighted mean of every chunk's prediction for that step (i = 0 the "
+                           "oldest); the policy is queried every step (serve.execute_steps defaults to 1)",
+            "properties": {"coeff": {"type": "number", "description": "LeRobot's temporal_ensemble_coeff (ACT: 0.01)"}},
+            "required": ["coeff"],
+            "additionalProperties": False,
+        },
     },
     "additionalProperties": False,
 }

@@ -75,7 +75,8 @@ class PolicyServer:
             "normalization_keys": sorted((meta.get("normalization") or {}).keys()),
             "max_batch": self.options.max_batch,
             # how many actions of each chunk a client executes before it asks again
-            "execute_steps": self.options.execute_steps or meta.get("action_horizon"),
+            # (1 under temporal ensembling: every step's query folds a chunk into the executed action)
+            "execute_steps": self.options.execute_steps or (1 if meta.get("temporal_ensemble") else meta.get("action_horizon")),
             # each connection's noise generator starts from this seed (a reset may add session_seed)
             "seed": self.options.seed,
             "sessions": True,  # every connection has its own episode state (kept for older clients)
