@@ -139,6 +139,113 @@ def _configure_gr00t(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: i
         del spec["blocks"]["head"]["in"]["state"]
 
 
+# QwenPI_v3's action_model defaults at 0ed0aad (QwenPI_v3DefaultConfig, merged under config.yaml's values
+# by starVLA's from_pretrained as well), its DiT's (cross_attention_dit.DiT) and the DiT settings
+# head.layerwise_fm has fixed. The action decoder's and the state encoder's hidden width is 1024 in
+# starVLA's code, not a setting.
+_PI_V3_DEFAULTS = {"state_dim": 7, "num_inference_timesteps": 4, "add_pos_embed": True, "max_seq_len": 1024,
+                   "num_target_vision_tokens": 32, "noise_beta_alpha": 1.5, "noise_beta_beta": 1.0, "noise_s": 0.999,
+                   "num_timestep_buckets": 1000}
+_PI_V3_DIT_DEFAULTS = {"action_dit_hidden_dim": 1024, "dropout": 0.2, "final_dropout": True,
+                       "interleave_self_attention": False, "attention_head_dim": 64, "output_dim": 26}
+_PI_V3_DIT_FIXED = {"norm_type": "ada_norm", "positional_embeddings": None, "activation_fn": "gelu-approximate",
+                    "attention_bias": True, "norm_elementwise_affine": False, "norm_eps": 1e-5,
+                    "upcast_attention": False}
+
+
+def _configure_pi_v3(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: int) -> None:
+    model = {**_PI_V3_DEFAULTS, **dict(cfg["framework"].get("action_model") or {})}
+    field = "framework.action_model"
+    kind = model.get("action_model_type", "LayerwiseFM")
+    if kind != "LayerwiseFM":
+        raise StarVLAImportError(f"{cfg_path}: {field}.action_model_type '{kind}' is not QwenPI_v3's LayerwiseFM")
+    dit = {**_PI_V3_DIT_DEFAULTS, **dict(model.get("diffusion_model_cfg") or {})}
+    for key, value in _PI_V3_DIT_FIXED.items():
+        if key in dit and dit[key] != value:
+            raise StarVLAImportError(f"{cfg_path}: {field}.diffusion_model_cfg.{key} is {dit[key]!r}; GraphVLA's "
+                                     f"head.layerwise_fm has starVLA's default {value!r} only")
+    if dit.get("use_canonical_forward") is not None:  # starVLA's deprecated alias wins when set
+        dit["interleave_self_attention"] = bool(dit["use_canonical_forward"])
+    vlm_config = spec["blocks"]["vlm"]["with"]["config"]
+    vlm_width = int((vlm_config.get("text_config") or {}).get("hidden_size") or vlm_config["hidden_size"])
+    # QwenPI_v3 sizes its DiT from action_dit_hidden_dim (None: the VLM's width, and no projectors)
+    width = int(dit["action_dit_hidden_dim"] or vlm_width)
+    if width == vlm_width:
+        del spec["blocks"]["project"]
+        spec["blocks"]["head"]["in"]["context"] = "vlm.layers"
+    else:
+        spec["blocks"]["project"]["with"]["width"] = width
+    head_dim = int(dit["attention_head_dim"] or 64)
+    if width % head_dim:
+        raise StarVLAImportError(f"{cfg_path}: {field}.diffusion_model_cfg.attention_head_dim {head_dim} does not "
+                                 f"divide the DiT width {width}")
+    # starVLA's QwenPI_v3 reads the repeats from the trainer section (16 when it lacks the key)
+    trainer = cfg.get("trainer")
+    repeats = int(trainer.get("repeated_diffusion_steps", 16)) if trainer else 4
+    spec["blocks"]["head"]["with"].update(
+        attention_head_dim=head_dim, output_dim=int(dit["output_dim"]), state_dim=int(model["state_dim"] or 0),
+        future_tokens=int(model["num_target_vision_tokens"]), add_pos_embed=bool(model["add_pos_embed"]),
+        max_seq_len=int(model["max_seq_len"]), interleave_self_attention=bool(dit["interleave_self_attention"]),
+        dropout=float(dit["dropout"]), final_dropout=bool(dit["final_dropout"]), repeated_diffusion_steps=repeats,
+        noise_beta_alpha=float(model["noise_beta_alpha"]), noise_beta_beta=float(model["noise_beta_beta"]),
+        noise_s=float(model["noise_s"]), num_timestep_buckets=int(model["num_timestep_buckets"]),
+        num_steps=int(model["num_inference_timesteps"]))
+    include_state = (cfg.get("datasets") or {}).get("vla_data", {}).get("include_state", False)
+    if include_state not in ("False", False, None):
+        raise StarVLAImportError(f"{cfg_path}: datasets.vla_data.include_state is {include_state!r}: QwenPI_v3 then "
+                                 f"writes the state into the prompt, which the import does not set up yet")
+
+
+# QwenDiscreteDiffusion's action_model defaults at 0ed0aad (QwenDiscreteDiffusionDefaultConfig) and
+# the DiT settings head.layerwise_discrete_diffusion has fixed. Its head sets the DiT's depth and width
+# from the VLM and its attention heads to 64 wide whatever diffusion_model_cfg says.
+_DD_DEFAULTS = {"state_dim": 7, "repeated_diffusion_steps": 2, "add_pos_embed": True, "max_seq_len": 1024,
+                "num_target_vision_tokens": 32, "representation": "bin", "num_bins": 256, "action_low": -1.0,
+                "action_high": 1.0, "num_inference_steps": 8, "train_mask_schedule": "cosine",
+                "decode_schedule": "cosine", "no_mask_token_prob": 0.0, "l1_loss_weight": 0.1, "use_simple_max": False}
+_DD_DIT_DEFAULTS = {"dropout": 0.2, "final_dropout": True, "interleave_self_attention": True,
+                    "max_num_positional_embeddings": 512}
+_DD_DIT_FIXED = {"norm_type": "ada_norm", "positional_embeddings": "sinusoidal", "activation_fn": "gelu-approximate",
+                 "attention_bias": True, "norm_elementwise_affine": False, "norm_eps": 1e-5, "upcast_attention": False}
+
+
+def _configure_dd(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: int) -> None:
+    model = {**_DD_DEFAULTS, **dict(cfg["framework"].get("action_model") or {})}
+    field = "framework.action_model"
+    kind = model.get("action_model_type", "LayerwiseDD")
+    if kind != "LayerwiseDD":
+        raise StarVLAImportError(f"{cfg_path}: {field}.action_model_type '{kind}' is not QwenDiscreteDiffusion's LayerwiseDD")
+    dit = {**_DD_DIT_DEFAULTS, **dict(model.get("diffusion_model_cfg") or {})}
+    for key, value in _DD_DIT_FIXED.items():
+        if key in dit and dit[key] != value:
+            raise StarVLAImportError(f"{cfg_path}: {field}.diffusion_model_cfg.{key} is {dit[key]!r}; GraphVLA's "
+                                     f"head.layerwise_discrete_diffusion has starVLA's default {value!r} only")
+    if dit.get("use_canonical_forward") is not None:  # starVLA's deprecated alias wins when set
+        dit["interleave_self_attention"] = bool(dit["use_canonical_forward"])
+    for key, allowed in (("representation", ("bin", "bit")), ("train_mask_schedule", ("cosine", "linear")),
+                         ("decode_schedule", ("cosine", "linear"))):
+        if model[key] not in allowed:
+            raise StarVLAImportError(f"{cfg_path}: {field}.{key} is {model[key]!r}, not one of {', '.join(allowed)}")
+    state_dim = int(model["state_dim"] or 0)
+    spec["blocks"]["head"]["with"].update(
+        representation=model["representation"], num_bins=int(model["num_bins"]), action_low=float(model["action_low"]),
+        action_high=float(model["action_high"]), num_steps=int(model["num_inference_steps"]),
+        train_mask_schedule=model["train_mask_schedule"], decode_schedule=model["decode_schedule"],
+        no_mask_token_prob=float(model["no_mask_token_prob"]), l1_loss_weight=float(model["l1_loss_weight"]),
+        repeated_diffusion_steps=int(model["repeated_diffusion_steps"]), use_simple_max=bool(model["use_simple_max"]),
+        future_tokens=int(model["num_target_vision_tokens"]), add_pos_embed=bool(model["add_pos_embed"]),
+        max_seq_len=int(model["max_seq_len"]), max_positions=int(dit["max_num_positional_embeddings"]),
+        dropout=float(dit["dropout"]), final_dropout=bool(dit["final_dropout"]),
+        interleave_self_attention=bool(dit["interleave_self_attention"]), state_dim=state_dim)
+    # starVLA's predict_action takes the state as its client gives it: the run feeds it unchanged
+    spec["trainer"]["normalization"] = {"actions": "q01_q99"}
+    if state_dim:
+        spec["inputs"]["state"]["dim"] = state_dim
+    else:  # no state encoder: no state port
+        del spec["inputs"]["state"]
+        del spec["blocks"]["head"]["in"]["state"]
+
+
 # The VLM wrapper holds the transformers model as backbone.hf_vlm does; QwenOFT's MLP-ResNet layers
 # are head.mlp_resnet's; head.gr00t_flow_matching's modules carry starVLA's names.
 _VLM_PREFIX = ("qwen_vl_interface.model.", "vlm.model.")
@@ -156,6 +263,16 @@ FRAMEWORKS = {f.name: f for f in [
         _VLM_PREFIX,
         ("action_model.", "head."),
     ), _configure_gr00t, placeholder=False),
+    Framework("QwenPI_v3", {"qwen3_vl": "starvla/qwen3vl-pi-v3", "qwen2_5_vl": "starvla/qwen25vl-pi-v3"}, (
+        _VLM_PREFIX,
+        ("project_layers.", "project.layers."),
+        ("action_model.", "head."),
+    ), _configure_pi_v3, placeholder=False),
+    Framework("QwenDiscreteDiffusion", {"qwen3_vl": "starvla/qwen3vl-discrete-diffusion",
+                                        "qwen2_5_vl": "starvla/qwen25vl-discrete-diffusion"}, (
+        _VLM_PREFIX,
+        ("action_model.", "head."),
+    ), _configure_dd, placeholder=False),
 ]}
 NOT_YET = tuple(n for n in STARVLA_FRAMEWORKS if n not in FRAMEWORKS)
 

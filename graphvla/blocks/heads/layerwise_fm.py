@@ -1,0 +1,404 @@
+"""head.layerwise_fm: starVLA's layer-wise flow-matching action head (LayerwiseFlowmatchingActionHead,
+starVLA/model/modules/action_model/LayerwiseFM_ActionHeader.py, with the cross-attention DiT of
+flow_matching_head/cross_attention_dit.py, github.com/starVLA/starVLA at 0ed0aad) as starVLA's QwenPI_v3
+and QwenPI run it (starvla/qwen3vl-pi-v3, starvla/qwen25vl-pi-v3; fixture-tested in
+tests/test_starvla_pi.py). Submodules carry starVLA's names, so its `action_model.` keys map onto
+this block's one for one.
+
+  context   [B, L, T, W] one hidden-state stack per DiT block: DiT block i reads layer i (the VLM's
+            L decoder layers, after QwenPI_v3's per-layer projectors, glue.layer_projection), with
+            the VLM's attention mask as the key padding mask of every cross-attention. The DiT's width
+            is the context's W; its depth is L.
+  sequence  [state_encoder(state) (QwenPI only: one token); future_tokens (learned, `future_tokens`);
+            action_encoder(x_t, t) + position_embedding]
+  DiT       L blocks: AdaLayerNorm(W) on the time embedding (scale, shift) -> attention (biased q/k/v/out
+            projections, W / attention_head_dim heads) to layer i (or, with
+            `interleave_self_attention`, to the sequence itself in the odd blocks: QwenPI) -> + x ->
+            LayerNorm(W) -> GELU(tanh) feed-forward (4 W) -> + x. The DiT's own output projection is
+            not run (starVLA calls it with return_pre_output): its weights proj_out_1/proj_out_2 are
+            kept (`output_dim`) so a checkpoint maps key for key, and nothing trains them.
+  decoder   action_decoder: Linear(W, `hidden`) -> ReLU -> Linear(hidden, A) on the last H positions:
+            the velocity
+  time      t in [0, 1] (0 = noise, 1 = data), x_t = (1 - t) noise + t actions, velocity
+            actions - noise, discretised to (t * num_timestep_buckets).long() for both time encoders
+            (the action encoder's sinusoid over W and the DiT's 256-channel timestep embedding)
+
+Training: the batch is repeated `repeated_diffusion_steps` times (torch's .repeat: row r * B + b is
+example b), each row with its own noise (torch.randn) and then t = (s - b) / s, b ~ Beta(alpha, beta)
+(torch.distributions.Beta: the draws starVLA makes, in its order); loss = mean squared velocity
+error over every row, step and dimension (over the valid steps with `mask`). forward(noise=, time=)
+takes those draws ([R B, H, A] and [R B]) instead of drawing them (the parity test passes starVLA's).
+Inference: Euler from `noise` (predict's input, [B, H, A]) at t = 0 in `num_steps` steps of
+1 / num_steps, t discretised as int(i / num_steps * num_timestep_buckets). With `rtc` (real-time
+chunking, policy/rtc.py) each step is pulled towards the previous chunk as head.flow_matching does
+(an Inpainting; all-zero weights sample exactly as without it).
+Dropout (`dropout`, training only) where starVLA has it: after the attention's output projection,
+on the attention branch again with `final_dropout`, inside the feed-forward and after it.
+QwenPI_v3 builds a state encoder (framework.action_model.state_dim) that it never runs (the state
+goes into the prompt): `state_dim` without a wired state port keeps those weights, unused."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..base import Block, InPort, OutPort, ParamError, PortError
+from ..registry import register
+from .common import ACTION_PARAMS, action_shape
+from .flow_matching import Inpainting, _check_inpainting, _differ, guidance_scale, initial_noise
+
+TIME_CHANNELS = 256  # the DiT's timestep projection: diffusers' Timesteps(256, flip_sin_to_cos=True, shift 1)
+
+
+def timestep_projection(t: torch.Tensor, channels: int = TIME_CHANNELS) -> torch.Tensor:
+    """[N] -> [N, channels]: cos then sin of t * 10000^(-k / (channels/2 - 1)), k < channels/2."""
+    half = channels // 2
+    exponent = -math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - 1)
+    angles = t[:, None].float() * torch.exp(exponent)[None, :]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+def action_time_encoding(t: torch.Tensor, width: int) -> torch.Tensor:
+    """[N, H] -> [N, H, width]: sin then cos of t * 10000^(-k / (width/2)), k < width/2."""
+    half = width // 2
+    exponent = -torch.arange(half, dtype=torch.float, device=t.device) * (torch.log(torch.tensor(10000.0)) / half)
+    freqs = t.float().unsqueeze(-1) * exponent.exp()
+    return torch.cat([torch.sin(freqs), torch.cos(freqs)], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(TIME_CHANNELS, width)
+        self.linear_2 = nn.Linear(width, width)
+
+    def forward(self, t):
+        return self.linear_2(F.silu(self.linear_1(timestep_projection(t).to(self.linear_1.weight.dtype))))
+
+
+class TimestepEncoder(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.timestep_embedder = TimestepEmbedder(width)
+
+    def forward(self, t):
+        return self.timestep_embedder(t)
+
+
+class AdaLayerNorm(nn.Module):
+    """LayerNorm without affine, then x * (1 + scale) + shift from Linear(SiLU(temb)) (scale first)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.linear = nn.Linear(width, 2 * width)
+        self.norm = nn.LayerNorm(width, 1e-5, elementwise_affine=False)
+
+    def forward(self, x, temb):
+        scale, shift = self.linear(F.silu(temb)).chunk(2, dim=1)
+        return self.norm(x) * (1 + scale[:, None]) + shift[:, None]
+
+
+class Attention(nn.Module):
+    """Multi-head attention with biased q/k/v/out projections over `memory` (or x itself); `keep`
+    [B, S] is True on the keys to attend to."""
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.to_q, self.to_k, self.to_v = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, width)
+        self.to_out = nn.ModuleList([nn.Linear(width, width), nn.Dropout(dropout)])
+
+    def forward(self, x, memory=None, keep=None):
+        source = x if memory is None else memory
+        b = x.shape[0]
+        q, k, v = (t.view(b, -1, self.heads, t.shape[-1] // self.heads).transpose(1, 2)
+                   for t in (self.to_q(x), self.to_k(source), self.to_v(source)))
+        mask = None if keep is None else keep.bool()[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.to_out[1](self.to_out[0](out.transpose(1, 2).reshape(b, -1, q.shape[1] * q.shape[-1])))
+
+
+class GELUProjection(nn.Module):
+    def __init__(self, width: int, inner: int):
+        super().__init__()
+        self.proj = nn.Linear(width, inner)
+
+    def forward(self, x):
+        return F.gelu(self.proj(x), approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    def __init__(self, width: int, dropout: float, final_dropout: bool):
+        super().__init__()
+        layers = [GELUProjection(width, 4 * width), nn.Dropout(dropout), nn.Linear(4 * width, width)]
+        if final_dropout:
+            layers.append(nn.Dropout(dropout))
+        self.net = nn.ModuleList(layers)
+
+    def forward(self, x):
+        for layer in self.net:
+            x = layer(x)
+        return x
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, width: int, heads: int, dropout: float, final_dropout: bool):
+        super().__init__()
+        self.norm1 = AdaLayerNorm(width)
+        self.attn1 = Attention(width, heads, dropout)
+        self.norm3 = nn.LayerNorm(width, 1e-5, elementwise_affine=False)
+        self.ff = FeedForward(width, dropout, final_dropout)
+        self.final_dropout = nn.Dropout(dropout) if final_dropout else None
+
+    def forward(self, x, temb, memory=None, keep=None):
+        out = self.attn1(self.norm1(x, temb), memory, keep)
+        if self.final_dropout is not None:
+            out = self.final_dropout(out)
+        x = out + x
+        return self.ff(self.norm3(x)) + x
+
+
+class LayerwiseDiT(nn.Module):
+    """DiT block i attends to memories[i] (or, interleaved, the odd blocks to the sequence itself)."""
+
+    def __init__(self, width, heads, layers, output_dim, interleave, dropout, final_dropout):
+        super().__init__()
+        self.interleave = interleave
+        self.timestep_encoder = TimestepEncoder(width)
+        self.transformer_blocks = nn.ModuleList(DiTBlock(width, heads, dropout, final_dropout) for _ in range(layers))
+        if output_dim:  # built by starVLA's DiT, never run by this head (return_pre_output)
+            self.proj_out_1 = nn.Linear(width, 2 * width)
+            self.proj_out_2 = nn.Linear(width, output_dim)
+
+    def forward(self, x, memories, keep, timestep):
+        temb = self.timestep_encoder(timestep)
+        for i, block in enumerate(self.transformer_blocks):
+            x = block(x, temb) if self.interleave and i % 2 == 1 else block(x, temb, memories[i], keep)
+        return x
+
+
+class MLP(nn.Module):
+    def __init__(self, inp: int, hidden: int, out: int):
+        super().__init__()
+        self.layer1 = nn.Linear(inp, hidden)
+        self.layer2 = nn.Linear(hidden, out)
+
+    def forward(self, x):
+        return self.layer2(F.relu(self.layer1(x)))
+
+
+class ActionEncoder(nn.Module):
+    """(x_t [N, H, A], discretised t [N]) -> [N, H, W]: layer3(swish(layer2([layer1 x; sinusoid(t)])))."""
+
+    def __init__(self, action_dim: int, width: int):
+        super().__init__()
+        self.width = width
+        self.layer1 = nn.Linear(action_dim, width)
+        self.layer2 = nn.Linear(2 * width, width)
+        self.layer3 = nn.Linear(width, width)
+
+    def forward(self, actions, t):
+        a = self.layer1(actions)
+        tau = action_time_encoding(t[:, None].expand(-1, actions.shape[1]), self.width).to(a.dtype)
+        x = self.layer2(torch.cat([a, tau], dim=-1))
+        return self.layer3(x * torch.sigmoid(x))
+
+
+@register
+class LayerwiseFlowMatchingHead(Block):
+    type_name = "head.layerwise_fm"
+    description = ("starVLA's layer-wise flow-matching head (QwenPI_v3, QwenPI): DiT block i cross-attends to "
+                   "VLM layer i; [state;] future tokens; noisy actions; Beta time sampling, repeated noise draws, "
+                   "Euler sampling.")
+    in_ports = {
+        "context": InPort("layers", ndim=4, doc="[B, L, T, W]: DiT block i reads layer i"),
+        "context_mask": InPort("mask", optional=True, ndim=2, doc="[B, T], True on real tokens"),
+        "state": InPort("state", optional=True, ndim=(2, 3), doc="[B, S] or [B, 1, S]: one token (QwenPI)"),
+        "target": InPort("action", optional=True, target=True, doc="action chunk [B, H, A]"),
+        "mask": InPort("mask", optional=True, target=True, doc="[B, H] valid action steps"),
+    }
+    out_ports = {"actions": OutPort("action", doc="[B, H, A]"), "loss": OutPort("loss", train_only=True)}
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "attention_head_dim": {"type": "integer", "minimum": 1, "default": 64,
+                                   "description": "width of one attention head (heads = context width / this)"},
+            "output_dim": {"type": "integer", "minimum": 0, "default": 26,
+                           "description": "width of the DiT's output projection starVLA builds and never runs "
+                                          "(0: not built)"},
+            "hidden": {"type": "integer", "minimum": 1, "default": 1024,
+                       "description": "hidden width of the state encoder and the action decoder"},
+            "state_dim": {"type": "integer", "minimum": 0,
+                          "description": "state encoder input (0: none); default the state port's width, else 0. "
+                                         "Without a wired state the encoder is built and not run (QwenPI_v3)"},
+            "future_tokens": {"type": "integer", "minimum": 0, "default": 32, "description": "learned query tokens"},
+            "add_pos_embed": {"type": "boolean", "default": True, "description": "learned positions on the action tokens"},
+            "max_seq_len": {"type": "integer", "minimum": 1, "default": 1024, "description": "rows of the position table"},
+            "interleave_self_attention": {"type": "boolean", "default": False,
+                                          "description": "odd DiT blocks self-attend instead of reading their layer "
+                                                         "(QwenPI: true; QwenPI_v3: false)"},
+            "dropout": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.2},
+            "final_dropout": {"type": "boolean", "default": True},
+            "repeated_diffusion_steps": {"type": "integer", "minimum": 1, "default": 16,
+                                         "description": "noise draws per training example (QwenPI_v3 reads "
+                                                        "trainer.repeated_diffusion_steps, default 16; QwenPI uses 2)"},
+            "noise_beta_alpha": {"type": "number", "exclusiveMinimum": 0, "default": 1.5},
+            "noise_beta_beta": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
+            "noise_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.999},
+            "num_timestep_buckets": {"type": "integer", "minimum": 1, "default": 1000},
+            "num_steps": {"type": "integer", "minimum": 1, "default": 4,
+                          "description": "Euler steps at inference (predict(num_steps=...) overrides)"},
+            **ACTION_PARAMS,
+        },
+        "additionalProperties": False,
+    }
+    predict_kwargs = ("noise", "num_steps", "rtc")
+
+    def __init__(self, params, inputs, ctx):
+        super().__init__(params, inputs, ctx)
+        self.expect_ndim("context", 4)
+        self.horizon, self.action_dim = action_shape(self)
+        p = self.params
+        shape = inputs["context"].shape
+        layers, w = int(shape[1]), int(shape[-1])
+        if w % p["attention_head_dim"]:
+            raise ParamError("attention_head_dim", f"{p['attention_head_dim']} does not divide the context width {w} "
+                                                   f"({inputs['context'].source})")
+        if w % 2:
+            raise PortError("context", f"{inputs['context'].source} has odd width {w}: the time sinusoid needs an even one")
+        if p["add_pos_embed"] and self.horizon > p["max_seq_len"]:
+            raise ParamError("max_seq_len", f"{p['max_seq_len']} positions for a chunk of {self.horizon} steps")
+        info = self.port_info.get("state")
+        wired = int(info.shape[-1]) if info is not None else None
+        state_dim = p.get("state_dim")
+        if state_dim is None:
+            state_dim = wired or 0
+        elif wired is not None and wired != state_dim:
+            raise ParamError("state_dim", f"with.state_dim={state_dim} but {info.source} has {wired} values per row")
+        if wired is not None and state_dim == 0:
+            raise ParamError("state_dim", f"is 0 but {info.source} is wired to the state port")
+        self.state_dim, self.width, self.depth = state_dim, w, layers
+        self.model = LayerwiseDiT(w, w // p["attention_head_dim"], layers, p["output_dim"],
+                                  p["interleave_self_attention"], p["dropout"], p["final_dropout"])
+        self.state_encoder = MLP(state_dim, p["hidden"], w) if state_dim else None
+        self.action_encoder = ActionEncoder(self.action_dim, w)
+        self.action_decoder = MLP(w, p["hidden"], self.action_dim)
+        self.future_tokens = nn.Embedding(p["future_tokens"], w)
+        nn.init.normal_(self.future_tokens.weight, mean=0.0, std=0.02)
+        if p["add_pos_embed"]:
+            self.position_embedding = nn.Embedding(p["max_seq_len"], w)
+            nn.init.normal_(self.position_embedding.weight, mean=0.0, std=0.02)
+
+    # --- the velocity network ------------------------------------------------------------------
+
+    def velocity(self, x, buckets, memories, keep, state_features):
+        """x [N, H, A] at discretised times `buckets` [N] -> the predicted velocity [N, H, A]."""
+        h = self.action_encoder(x, buckets)
+        if self.params["add_pos_embed"]:
+            h = h + self.position_embedding(torch.arange(h.shape[1], device=h.device))[None]
+        parts = [self.future_tokens.weight[None].expand(x.shape[0], -1, -1), h]
+        if state_features is not None:
+            parts.insert(0, state_features)
+        out = self.model(torch.cat(parts, dim=1), memories, keep, buckets)
+        return self.action_decoder(out)[:, -x.shape[1]:]
+
+    def _state_features(self, state):
+        if state is None:
+            return None
+        if self.state_encoder is None:
+            raise PortError("state", "a state was given but the head has no state encoder (with.state_dim 0)")
+        return self.state_encoder(state[:, None] if state.dim() == 2 else state)
+
+    def _memories(self, context):
+        if context.shape[1] != self.depth:
+            raise PortError("context", f"expects {self.depth} layers (one per DiT block), got {context.shape[1]}")
+        return context.unbind(dim=1)
+
+    def sample_time(self, n: int, device, dtype) -> torch.Tensor:
+        """t = (s - b) / s, b ~ Beta(alpha, beta) (starVLA's sample_time)."""
+        p = self.params
+        if device.type == "meta":
+            return torch.empty(n, device=device, dtype=dtype)
+        beta = torch.distributions.Beta(float(p["noise_beta_alpha"]), float(p["noise_beta_beta"]))
+        return (p["noise_s"] - beta.sample([n]).to(device, dtype=dtype)) / p["noise_s"]
+
+    def forward(self, context, context_mask=None, state=None, target=None, mask=None, noise=None, time=None):
+        if target is None:
+            return self.predict(context, context_mask, state)
+        r = self.params["repeated_diffusion_steps"]
+        actions = target.to(context.dtype).repeat(r, 1, 1)
+        n = actions.shape[0]
+        if noise is None:
+            noise = (torch.empty if actions.device.type == "meta" else torch.randn)(
+                actions.shape, device=actions.device, dtype=actions.dtype)
+        elif tuple(noise.shape) != tuple(actions.shape):
+            raise ValueError(f"{self.type_name}: training noise must be [repeats x batch, horizon, action dim] = "
+                             f"{list(actions.shape)}, got {list(noise.shape)}")
+        if time is None:
+            time = self.sample_time(n, actions.device, actions.dtype)
+        elif tuple(time.shape) != (n,):
+            raise ValueError(f"{self.type_name}: training times must be [repeats x batch] = [{n}], got {list(time.shape)}")
+        t = time.to(actions.dtype)[:, None, None]
+        x = (1 - t) * noise + t * actions
+        buckets = (t[:, 0, 0] * self.params["num_timestep_buckets"]).long()
+        memories = [m.repeat(r, 1, 1) for m in self._memories(context)]
+        keep = None if context_mask is None else context_mask.bool().repeat(r, 1)
+        if state is not None:
+            state = state.to(context.dtype).repeat(r, *[1] * (state.dim() - 1))
+        v = self.velocity(x, buckets, memories, keep, self._state_features(state))
+        err = (v - (actions - noise)) ** 2
+        if mask is None:
+            return {"loss": err.mean()}
+        m = mask.to(err.dtype).repeat(r, 1)[:, :, None].expand_as(err)
+        return {"loss": (err * m).sum() / m.sum().clamp(min=1)}
+
+    def noise_shape(self, batch: int) -> tuple:
+        """The shape of predict's `noise` for a batch: [batch, horizon, action dim]."""
+        return (batch, int(self.horizon), int(self.action_dim))
+
+    @property
+    def noise_dtype(self) -> torch.dtype:
+        return self.action_encoder.layer1.weight.dtype
+
+    def predict(self, context, context_mask=None, state=None, noise=None, num_steps=None, rtc: Inpainting | None = None):
+        shape = self.noise_shape(context.shape[0])
+        if noise is None:
+            noise = initial_noise(shape, None, context.device, self.noise_dtype)
+        elif noise.dim() != 3 or tuple(noise.shape[1:]) != shape[1:] or _differ(noise.shape[0], shape[0]):
+            raise ValueError(f"{self.type_name}: noise must be [batch, horizon, action dim] = {list(shape)}, "
+                             f"got {list(noise.shape)}")
+        steps = int(num_steps or self.params["num_steps"])
+        x = noise.to(device=context.device, dtype=context.dtype)
+        memories = self._memories(context)
+        keep = None if context_mask is None else context_mask.bool()
+        state_features = self._state_features(None if state is None else state.to(context.dtype))
+        if rtc is not None:
+            _check_inpainting(rtc, tuple(x.shape))
+            if not bool((rtc.weights != 0).any()):
+                rtc = None
+        dt = 1.0 / steps
+        for i in range(steps):
+            bucket = int(i / float(steps) * self.params["num_timestep_buckets"])
+            buckets = torch.full((x.shape[0],), bucket, device=x.device, dtype=torch.long)
+            if rtc is None:
+                x = x + dt * self.velocity(x, buckets, memories, keep, state_features)
+                continue
+            t = i / float(steps)
+            target = rtc.target.to(device=x.device, dtype=x.dtype)
+            weights = rtc.weights.to(device=x.device, dtype=x.dtype)[:, :, None]
+            with torch.enable_grad():  # the guidance needs d A1 / d x, also under the server's no_grad
+                xg = x.detach().requires_grad_(True)
+                v = self.velocity(xg, buckets, [m.detach() for m in memories], keep,
+                                  None if state_features is None else state_features.detach())
+                clean = xg + (1 - t) * v
+                (pull,) = torch.autograd.grad(clean, xg, grad_outputs=(target - clean.detach()) * weights)
+            x = x.detach() + dt * (v.detach() + guidance_scale(t, rtc.max_guidance) * pull)
+        return {"actions": x}
+
+    def meta_forward(self, context, context_mask=None, state=None, target=None, mask=None):
+        out = self.predict(context, context_mask, state, num_steps=1)
+        if target is not None:
+            out.update(self.forward(context, context_mask, state, target, mask))
+        return out

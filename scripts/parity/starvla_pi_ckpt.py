@@ -1,0 +1,115 @@
+"""A tiny starVLA QwenPI_v3 checkpoint written the way starVLA's trainer writes one, and what starVLA
+serves from it (run OUTSIDE the package, in the side virtual environment of starvla_pi.py).
+
+The sibling of starvla_ckpt.py (QwenOFT) for QwenPI_v3: the trainer's layout (config.yaml,
+dataset_statistics.json, checkpoints/steps_N_model.safetensors) for the weights of
+tests/fixtures/starvla/qwenpi_v3/state.safetensors (starVLA's own QwenPI_v3 initialisation, see
+starvla_pi.py; config.yaml carries the same action_model settings), loaded back with starVLA's own
+`from_pretrained`, `predict_action` on the fixture's two observations from a seeded generator (the
+starting noise it drew is recorded by wrapping torch.randn while it runs) and starVLA's
+`FrameworkTools.unnormalize_actions`. Output: tests/fixtures/starvla/qwenpi_v3_ckpt/ (ckpt/ is the
+checkpoint folder, expected.safetensors and expected.json what starVLA served).
+
+Usage: /tmp/starvla-venv/bin/python scripts/parity/starvla_pi_ckpt.py --starvla /tmp/starvla
+(after starvla_pi.py has written tests/fixtures/starvla/qwenpi_v3 and its tiny VLM in --work)."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from starvla import open_starvla  # noqa: E402
+from starvla_ckpt import DATASET_KEY, STEPS, statistics  # noqa: E402
+from starvla_pi import HEAD_DIM, MAX_SEQ_LEN, PREDICT_SEED, REPEATS, Recorder  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--starvla", required=True)
+    fixtures = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "starvla"
+    ap.add_argument("--fixtures", default=str(fixtures))
+    ap.add_argument("--work", default="/tmp/starvla-parity-pi")
+    args = ap.parse_args()
+    import diffusers.models.attention  # noqa: F401 - before the torchvision stub (see starvla_pi.py)
+    import diffusers.models.embeddings  # noqa: F401
+    commit, _ = open_starvla(args.starvla, "QWen3")
+    from omegaconf import OmegaConf
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+    from starVLA.dataloader import save_dataset_statistics
+    from starVLA.model.framework.VLM4A.QwenPI_v3 import Qwen_PI_v3
+    from starVLA.model.tools import FrameworkTools
+
+    src = Path(args.fixtures) / "qwenpi_v3"
+    meta = json.loads((src / "case.json").read_text())
+    vlm_dir = Path(args.work) / "tiny-Qwen3-VL"
+    assert (vlm_dir / "config.json").is_file(), f"run starvla_pi.py first (it writes {vlm_dir})"
+    out = Path(args.fixtures) / "qwenpi_v3_ckpt"
+    shutil.rmtree(out, ignore_errors=True)
+    run_dir = out / "ckpt"
+    (run_dir / "checkpoints").mkdir(parents=True)
+
+    cfg = OmegaConf.create({
+        "run_id": "tiny_qwenpi_v3", "output_dir": str(run_dir), "seed": 42,
+        "framework": {"name": "QwenPI_v3", "qwenvl": {"base_vlm": str(vlm_dir), "attn_implementation": "sdpa"},
+                      "action_model": {"action_model_type": "LayerwiseFM", "action_dim": meta["action_dim"],
+                                       "state_dim": meta["state_dim"], "action_horizon": meta["horizon"],
+                                       "max_seq_len": MAX_SEQ_LEN,
+                                       "diffusion_model_cfg": {"action_dit_hidden_dim": meta["dit_width"],
+                                                               "attention_head_dim": HEAD_DIM}}},
+        "datasets": {"vla_data": {"dataset_py": "lerobot_datasets", "data_mix": DATASET_KEY, "per_device_batch_size": 2}},
+        "trainer": {"max_train_steps": STEPS, "save_interval": STEPS, "save_format": "safetensors",
+                    "repeated_diffusion_steps": REPEATS},
+    })
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    rng = np.random.default_rng(1)
+    __import__("accelerate").PartialState()  # starVLA's dataloader logs through accelerate, as in training
+    save_dataset_statistics(statistics(meta["action_dim"], rng), run_dir)
+    ckpt = run_dir / "checkpoints" / f"steps_{STEPS}_model.safetensors"
+    save_file(load_file(str(src / "state.safetensors")), str(ckpt))
+    (run_dir / "summary.jsonl").write_text(json.dumps({"steps": STEPS}) + "\n")
+
+    # starVLA loads it back (read_mode_config + build_framework + strict load_state_dict); its
+    # build_framework first imports every framework module (some need packages not installed here):
+    # QwenPI_v3 is registered by its import above, so that step is skipped and nothing else changes.
+    import starVLA.model.framework.base_framework as base_framework
+    base_framework._auto_import_framework_modules = lambda: None
+    model = Qwen_PI_v3.from_pretrained(str(ckpt)).float().eval()
+    images = load_file(str(src / "case.safetensors"))["images"].numpy()
+    examples = [{"image": [Image.fromarray(v) for v in images[i]], "lang": meta["instructions"][i]}
+                for i in range(len(meta["instructions"]))]
+    torch.manual_seed(PREDICT_SEED)
+    with torch.no_grad(), Recorder(model.action_model) as drawn:
+        normalized = np.asarray(model.predict_action(examples=examples)["normalized_actions"], dtype=np.float32)
+    assert len(drawn.noise) == 1
+    stats = FrameworkTools.get_action_stats(model.norm_stats)
+    served = np.stack([FrameworkTools.unnormalize_actions(normalized[i].copy(), stats) for i in range(len(normalized))])
+    save_file({"images": torch.from_numpy(images).contiguous(),
+               "noise": drawn.noise[0].float().contiguous(),
+               "normalized_actions": torch.from_numpy(normalized).contiguous(),
+               "actions": torch.from_numpy(served.astype(np.float32)).contiguous()}, str(out / "expected.safetensors"))
+    import hashlib
+
+    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    ckpt.unlink()  # rebuilt by the tests from qwenpi_v3/state.safetensors (module docstring)
+    (run_dir / "checkpoints" / ".keep").write_text("")
+    (out / "expected.json").write_text(json.dumps({
+        "framework": "QwenPI_v3", "starvla_commit": commit, "checkpoint": f"ckpt/checkpoints/{ckpt.name}",
+        "checkpoint_sha256": digest, "checkpoint_from": "qwenpi_v3/state.safetensors (save_file, no metadata)",
+        "base_vlm": "tests/fixtures/starvla/qwenpi_v3/vlm (config.yaml names the scratch folder it was built in)",
+        "instructions": meta["instructions"], "dataset_key": DATASET_KEY, "predict_seed": PREDICT_SEED,
+        "made_by": "starVLA from_pretrained + predict_action (noise recorded) + FrameworkTools.unnormalize_actions, "
+                   "float32 CPU",
+        "torch": torch.__version__,
+    }, indent=2) + "\n")
+    print(f"wrote {out}; normalized range [{normalized.min():.3f}, {normalized.max():.3f}]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""graphs/starvla/qwen3vl-pi-v3 and qwen25vl-pi-v3 are starVLA's QwenPI_v3: with the weights starVLA's
+own code initialised (tests/fixtures/starvla/qwenpi_v3 and qwenpi_v3_qwen25, written by
+scripts/parity/starvla_pi.py from starVLA at commit 0ed0aad on a tiny Qwen3-VL / Qwen2.5-VL, float32
+on the CPU), the packaged graphs give starVLA's training loss (on the noise and times starVLA drew)
+and predicted actions (from the starting noise starVLA drew) on the same batch within 1e-5. No
+starVLA code is imported: only its numbers. Every key of starVLA's state_dict maps to exactly one
+key of the graph's, through the importer's prefix table."""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from graphvla.compiler.compile import compile_graph
+from graphvla.errors import SpecError
+from graphvla.runners.importers.starvla import graph_key
+from graphvla.spec.loader import load_spec
+
+warnings.filterwarnings("ignore")
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "starvla"
+GRAPHS = Path(__file__).resolve().parents[1] / "graphvla" / "graphs" / "starvla"
+CASES = {"qwen3vl": (GRAPHS / "qwen3vl-pi-v3.yaml", FIXTURES / "qwenpi_v3"),
+         "qwen25vl": (GRAPHS / "qwen25vl-pi-v3.yaml", FIXTURES / "qwenpi_v3_qwen25")}
+TOL = 1e-5
+# QwenPI_v3 given a state writes it into the prompt (starVLA's add_discretized_state_to_instruction)
+STATE_PROMPT = {"type": "glue.state_text", "in": {"text": "inputs.instruction", "state": "inputs.state"},
+                "with": {"bins": 256, "low": -1.0, "high": 1.0, "template": "{text} [STATE] {state} [ACTION]"}}
+
+
+def case(fixture, name="case"):
+    """(case.json, the tensors of a case): `case` (plain instructions) or `case_state` (a state in
+    each example; the same images, actions and weights)."""
+    meta = json.loads((fixture / "case.json").read_text())
+    data = load_file(str(fixture / f"{name}.safetensors"))
+    if name != "case":
+        data.update({k: v for k, v in load_file(str(fixture / "case.safetensors")).items() if k in ("images", "actions")})
+    return meta, data
+
+
+def fixture_spec(graph, fixture, state=False) -> dict:
+    """The packaged graph at the fixture's sizes: the tiny VLM (config and processor from the
+    fixture, float32, weights to be loaded), its views and image size, the DiT's width and head
+    size, horizon, action width, repeats and position table as starVLA's config had them."""
+    meta, _ = case(fixture)
+    spec = copy.deepcopy(load_spec(str(graph)).data)
+    vlm = spec["blocks"]["vlm"]["with"]
+    for key in ("model", "dtype", "gradient_checkpointing"):
+        vlm.pop(key, None)
+    vlm.update(config=json.loads((fixture / "vlm" / "config.json").read_text()), processor=str(fixture / "vlm"))
+    spec["blocks"]["project"]["with"]["width"] = meta["dit_width"]
+    spec["blocks"]["head"]["with"].update(
+        attention_head_dim=meta["attention_head_dim"], state_dim=meta["state_dim"], max_seq_len=meta["max_seq_len"],
+        repeated_diffusion_steps=meta["repeated_diffusion_steps"], num_steps=meta["num_inference_timesteps"],
+        future_tokens=meta["future_tokens"], output_dim=meta["dit_output_dim"],
+        interleave_self_attention=meta["interleave_self_attention"])
+    h, a = meta["horizon"], meta["action_dim"]
+    spec["inputs"]["images"].update(views=meta["views"], size=[meta["image_size"]] * 2)
+    spec["inputs"]["actions"].update(dim=a, horizon=h)
+    spec["inputs"]["actions_mask"]["shape"] = [h]
+    if state:
+        spec["inputs"]["state"] = {"kind": "state", "dim": meta["state_dim"]}
+        spec["blocks"] = {"state_prompt": STATE_PROMPT, **spec["blocks"]}
+        spec["blocks"]["vlm"]["in"]["text"] = "state_prompt.text"
+    return spec
+
+
+def fixture_graph(name="qwen3vl", state=False):
+    graph, fixture = CASES[name]
+    cg = compile_graph(fixture_spec(graph, fixture, state), device="cpu")
+    weights = load_file(str(fixture / "state.safetensors"))
+    mapped = {graph_key(k, "QwenPI_v3"): v for k, v in weights.items()}  # the importer's mapping
+    assert None not in mapped and len(mapped) == len(weights)  # no two starVLA keys land on one graph key
+    assert set(mapped) == set(cg.model.state_dict())  # every key accounted for, both ways
+    cg.model.load_state_dict(mapped, strict=True)
+    cg.model.eval()
+    return cg
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def parity(request):
+    """(compiled graph, fixture folder): the plain-instruction case on Qwen3-VL and on Qwen2.5-VL."""
+    return fixture_graph(request.param), CASES[request.param][1]
+
+
+def batch(data, meta, targets=True):
+    images = data["images"].permute(0, 1, 4, 2, 3).float() / 255  # uint8 [B, V, H, W, 3] -> [B, V, 3, H, W] in [0, 1]
+    out = {"images": images, "instruction": list(meta["instructions"])}
+    if "state" in data:  # already in [-1, 1], as starVLA was given it (cg.feed does not normalize)
+        out["state"] = data["state"]
+    if targets:
+        out["actions"] = data["actions"]
+        out["actions_mask"] = torch.ones(data["actions"].shape[:2], dtype=torch.bool)
+    return out
+
+
+def head_inputs(cg, fed):
+    """What the head reads: the projected layer stack and the VLM's attention mask."""
+    vlm = cg.model["vlm"](**{k[len("vlm_"):]: v for k, v in fed.items() if k.startswith("vlm_")})
+    return cg.model["project"](vlm["layers"])["layers"], vlm["mask"]
+
+
+def check_case(cg, meta, data):
+    """Token ids, the training loss (on starVLA's recorded noise and times, and on the graph's own
+    draws from starVLA's seed) and the predicted actions (from starVLA's starting noise)."""
+    with torch.no_grad():
+        fed = cg.feed(batch(data, meta, targets=False))
+        ours, mask = fed["vlm_input_ids"], fed["vlm_attention_mask"].bool()
+        for i in range(len(meta["instructions"])):  # starVLA pads on the left, the step on the right
+            assert ours[i][mask[i]].tolist() == data["input_ids"][i][data["attention_mask"][i].bool()].tolist(), i
+        context, context_mask = head_inputs(cg, fed)
+        loss = cg.model["head"](context, context_mask, target=data["actions"], noise=data["train_noise"],
+                                time=data["train_time"])["loss"]
+        torch.manual_seed(meta["train_seed"])
+        graph_loss = cg.train["action"](**cg.feed(batch(data, meta), "action"))["loss"]
+        actions = cg.infer(**fed, noise=data["predict_noise"])["actions"]
+    diffs = (abs(loss.item() - data["loss"].item()), abs(graph_loss.item() - data["loss"].item()),
+             (actions - data["predicted_actions"]).abs().max().item())
+    print(f"loss {loss.item():.7f} vs starVLA {data['loss'].item():.7f}: |diff| {diffs[0]:.2e} (recorded draws), "
+          f"{diffs[1]:.2e} (the graph's draws from the seed); actions max |diff| {diffs[2]:.2e}")
+    assert actions.shape == data["predicted_actions"].shape
+    assert max(diffs) <= TOL
+    return fed
+
+
+def test_the_fixtures_are_starvla_qwenpi_v3_at_the_pinned_commit():
+    for name, (_, fixture) in CASES.items():
+        meta, data = case(fixture)
+        assert meta["framework"] == "QwenPI_v3" and meta["starvla_commit"].startswith("0ed0aad"), name
+        with safe_open(str(fixture / "state.safetensors"), "pt") as f:
+            assert f.metadata()["starvla_commit"] == meta["starvla_commit"]
+        b, h, a = len(meta["instructions"]), meta["horizon"], meta["action_dim"]
+        r = meta["repeated_diffusion_steps"]
+        assert data["predicted_actions"].shape == (b, h, a) and data["predict_noise"].shape == (b, h, a)
+        assert data["train_noise"].shape == (r * b, h, a) and data["train_time"].shape == (r * b,)
+        assert not meta["interleave_self_attention"] and meta["dit_width"] < 64  # the projectors are real layers
+    assert case(CASES["qwen25vl"][1])[0]["vlm_interface"].endswith("QWen2_5._QWen_VL_Interface")
+
+
+def test_loss_and_actions_match_starvla(parity):
+    cg, fixture = parity
+    check_case(cg, *case(fixture))
+
+
+def test_state_in_the_prompt_is_starvlas():
+    """QwenPI_v3 given a state writes "[STATE] bins [ACTION]" after the instruction and runs no state
+    encoder: the same graph with glue.state_text in front of the VLM matches starVLA's state case."""
+    meta, data = case(CASES["qwen3vl"][1], "case_state")
+    check_case(fixture_graph("qwen3vl", state=True), meta, data)
+    assert abs(data["loss"].item() - case(CASES["qwen3vl"][1])[1]["loss"].item()) > 1e-4  # the state changes the numbers
+
+
+def test_the_comparison_can_fail(parity):
+    """One decoder bias moved by 0.01 moves the actions far beyond the tolerance; other draws of the
+    noise and times give another loss."""
+    cg, fixture = parity
+    meta, data = case(fixture)
+    head = cg.model["head"]
+    with torch.no_grad():
+        fed = cg.feed(batch(data, meta, targets=False))
+        context, context_mask = head_inputs(cg, fed)
+        other = head(context, context_mask, target=data["actions"], noise=data["train_noise"].flip(0),
+                     time=data["train_time"].flip(0) * 0.5)["loss"]
+        saved = head.action_decoder.layer2.bias.clone()
+        try:
+            head.action_decoder.layer2.bias.add_(0.01)
+            moved = cg.infer(**fed, noise=data["predict_noise"])["actions"]
+        finally:
+            head.action_decoder.layer2.bias.copy_(saved)
+    assert (moved - data["predicted_actions"]).abs().max().item() > 100 * TOL
+    assert abs(other.item() - data["loss"].item()) > 100 * TOL
+
+
+def test_the_packaged_graphs_compile_at_full_size_with_starvlas_parameter_counts():
+    """On meta, from the bundled configs: Qwen3-VL-4B's 36 layers projected 2560 -> 1024, a 36-block
+    DiT of width 1024; the counts are those starVLA's QwenPI_v3 docstring gives for Qwen3-VL-4B with
+    action_dit_hidden_dim 1024 (action_model 538,678,305, project_layers 94,593,024)."""
+    cg = compile_graph(GRAPHS / "qwen3vl-pi-v3.yaml")
+    count = {b: sum(p.numel() for p in cg.model[b].parameters()) for b in ("vlm", "project", "head")}
+    assert count == {"vlm": 4_437_815_808, "project": 94_593_024, "head": 538_678_305}
+    assert cg.shapes[("project", "layers")][1] == 36 and cg.shapes[("project", "layers")][-1] == 1024
+    head = cg.model["head"]
+    assert len(head.model.transformer_blocks) == 36 and head.model.transformer_blocks[0].attn1.heads == 16
+    cg = compile_graph(GRAPHS / "qwen25vl-pi-v3.yaml")  # Qwen2.5-VL-3B: 36 layers of 2048
+    assert cg.shapes[("vlm", "layers")][1] == 36 and cg.shapes[("vlm", "layers")][-1] == 2048
+    assert sum(p.numel() for p in cg.model["project"].parameters()) == 36 * (2 * 2048 + 2048 * 1024 + 1024)
+
+
+def test_bad_values_are_named():
+    graph, fixture = CASES["qwen3vl"]
+    spec = fixture_spec(graph, fixture)
+    spec["blocks"]["head"]["with"]["attention_head_dim"] = 7  # does not divide the DiT width 32
+    with pytest.raises(SpecError, match="attention_head_dim"):
+        compile_graph(spec, device="cpu")
+    spec = fixture_spec(graph, fixture)
+    spec["blocks"]["head"]["with"]["max_seq_len"] = 2  # fewer positions than the chunk's 4 steps
+    with pytest.raises(SpecError, match="max_seq_len"):
+        compile_graph(spec, device="cpu")
+    cg = fixture_graph()
+    meta, data = case(fixture)
+    fed = cg.feed(batch(data, meta, targets=False))
+    with pytest.raises(ValueError, match=r"noise must be \[batch, horizon, action dim\]"):
+        cg.infer(**fed, noise=data["predict_noise"][:, :2])
+
+
+# --- graphvla import starvla: a QwenPI_v3 checkpoint as starVLA's trainer writes it ----------------
+
+CKPT_FIXTURE = FIXTURES / "qwenpi_v3_ckpt"  # scripts/parity/starvla_pi_ckpt.py
+IMPORT_TOL = 1e-4
+
+
+def expected():
+    return json.loads((CKPT_FIXTURE / "expected.json").read_text()), load_file(str(CKPT_FIXTURE / "expected.safetensors"))
+
+
+def starvla_run(tmp_path) -> Path:
+    """The trainer's folder with its weights file rebuilt from the parity fixture's state as the script
+    wrote it (the fixture keeps only its sha256): byte for byte the file starVLA loaded."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    meta, _ = expected()
+    d = tmp_path / "starvla-run"
+    shutil.copytree(CKPT_FIXTURE / "ckpt", d)
+    weights = d / meta["checkpoint"][len("ckpt/"):]
+    save_file(load_file(str(FIXTURES / "qwenpi_v3" / "state.safetensors")), str(weights))
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == meta["checkpoint_sha256"]
+    return d
+
+
+def observations():
+    meta, data = expected()
+    return [{"images": data["images"][i].numpy(), "instruction": meta["instructions"][i]}
+            for i in range(len(meta["instructions"]))]
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    from graphvla.runners.importers.starvla import import_starvla
+
+    tmp = tmp_path_factory.mktemp("pi-import")
+    d = starvla_run(tmp)
+    return d, import_starvla(d, tmp / "run", base_vlm=FIXTURES / "qwenpi_v3" / "vlm", image_size=64)
+
+
+def test_imported_run_serves_starvlas_actions(imported):
+    """load_policy on the imported run, given the starting noise starVLA's predict_action drew, serves
+    what starVLA served (predict_action + FrameworkTools.unnormalize_actions) within 1e-4; every tensor
+    of the checkpoint is in the run; sessions (their own noise) and real-time chunking (inpainting, a
+    sampling head) work on it."""
+    import numpy as np
+
+    from graphvla.policy.loading import load_policy
+    from graphvla.policy.session import Session
+
+    d, run = imported
+    meta, data = expected()
+    info = json.loads((run / "imported.json").read_text())
+    policy = load_policy(run)
+    weights = load_file(str(d / meta["checkpoint"][len("ckpt/"):]))
+    assert info["framework"] == "QwenPI_v3" and info["graph"] == "starvla/qwen3vl-pi-v3"
+    assert info["tensors"] == len(weights) == len(policy.cg.model.state_dict())
+    out = policy.infer_batch(observations(), noise=data["noise"])
+    actions = np.stack([o["actions"] for o in out])
+    diff = np.abs(actions - data["actions"].numpy()).max()
+    print(f"imported run vs starVLA served actions: max |diff| {diff:.2e}")
+    assert actions.shape == tuple(data["actions"].shape) and diff <= IMPORT_TOL
+    other = np.stack([o["actions"] for o in policy.infer_batch(observations(), noise=-data["noise"])])
+    assert np.abs(other - data["actions"].numpy()).max() > 100 * IMPORT_TOL  # the noise matters
+    assert policy.samples and policy._guided  # the policy draws the noise; real-time chunking inpaints
+    sessions = [Session(seed=1), Session(seed=2)]
+    first = policy.infer_batch(observations(), sessions)
+    assert all(np.isfinite(o["actions"]).all() and o["actions"].shape == actions.shape[1:] for o in first)
+
+
+def test_import_refuses_what_it_cannot_represent(tmp_path):
+    from graphvla.runners.importers.starvla import StarVLAImportError, import_starvla
+
+    vlm = FIXTURES / "qwenpi_v3" / "vlm"
+    for i, (edit, message) in enumerate([
+        (lambda c: c["framework"]["action_model"].update(action_model_type="DiT-B"),
+         r"framework\.action_model\.action_model_type 'DiT-B' is not QwenPI_v3's LayerwiseFM"),
+        (lambda c: c["framework"]["action_model"]["diffusion_model_cfg"].update(norm_type="layer_norm"),
+         r"diffusion_model_cfg\.norm_type is 'layer_norm'"),
+        (lambda c: c["datasets"]["vla_data"].update(include_state=True), r"datasets\.vla_data\.include_state"),
+    ]):
+        d = starvla_run(tmp_path / str(i))
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        edit(cfg)
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        with pytest.raises(StarVLAImportError, match=message):
+            import_starvla(d, tmp_path / str(i) / "run", base_vlm=vlm, image_size=64)
+        assert not (tmp_path / str(i) / "run").exists()
+
+
+def test_real_time_chunking_inpaints_the_committed_steps():
+    """predict(rtc=...) as head.flow_matching's: all-zero weights sample exactly as without it; weights
+    on the first two steps pull them towards the previous chunk and leave the sampler deterministic."""
+    from graphvla.blocks.heads.flow_matching import Inpainting
+
+    cg = fixture_graph()
+    meta, data = case(CASES["qwen3vl"][1])
+    noise = data["predict_noise"]
+    with torch.no_grad():
+        fed = cg.feed(batch(data, meta, targets=False))
+        context, context_mask = head_inputs(cg, fed)
+    head = cg.model["head"]
+    plain = head.predict(context, context_mask, noise=noise)["actions"]
+    target = torch.full_like(plain, 0.5)
+    zero = head.predict(context, context_mask, noise=noise, rtc=Inpainting(target, torch.zeros(plain.shape[:2])))["actions"]
+    weights = torch.zeros(plain.shape[:2])
+    weights[:, :2] = 1.0
+    guided = head.predict(context, context_mask, noise=noise, rtc=Inpainting(target, weights))["actions"]
+    assert torch.equal(zero, plain)
+    assert (guided[:, :2] - target[:, :2]).abs().mean() < 0.5 * (plain[:, :2] - target[:, :2]).abs().mean()
