@@ -8,6 +8,7 @@ import torch
 
 from .base import register_step
 from .block import BlockStep
+from .fast_hub import load_fast_tokenizer
 from .fast_tokenizer import FASTTokenizer
 
 PAD = -1  # padding of token rows: FAST ids are >= 0
@@ -105,7 +106,7 @@ class FASTTokens(_FASTStep):
 
     @classmethod
     def from_settings(cls, config, folder, block, sources, makes):
-        return cls(block, sources, makes, FASTTokenizer.load(folder))
+        return cls(block, sources, makes, load_fast_tokenizer(folder))
 
 
 @register_step
@@ -129,4 +130,4 @@ class FASTTeacherForcing(_FASTStep):
 
     @classmethod
     def from_settings(cls, config, folder, block, sources, makes):
-        return cls(block, sources, makes, FASTTokenizer.load(folder), config["eos"], config["bos"], config["max_tokens"])
+        return cls(block, sources, makes, load_fast_tokenizer(folder), config["eos"], config["bos"], config["max_tokens"])

@@ -41,29 +41,31 @@ def chat_prompts(processor, text, views: int) -> list[str]:
     return out
 
 
-def encode_cpu(processor, images, text, answers=None, padding_side="right") -> dict:
-    """The processor's outputs (chat template, image tokens, pixel values) on CPU, with the answers appended."""
+def encode_cpu(processor, images, text, answers=None, padding_side="right", tail=None) -> dict:
+    """The processor's outputs (chat template, image tokens, pixel values) on CPU, with the answers
+    appended (each followed by `tail`, see append_answers)."""
     pictures = [[img for img in row] for row in images]
     out = dict(processor(text=chat_prompts(processor, text, images.shape[1]), images=pictures, return_tensors="pt",
                          padding=True, padding_side=padding_side, do_rescale=False))
-    return append_answers(processor.tokenizer, out, answers) if answers is not None else out
+    return append_answers(processor.tokenizer, out, answers, tail) if answers is not None else out
 
 
 def text_answers(tokenizer, texts) -> list[list[int]]:
     return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
-def append_answers(tokenizer, enc, answers):
-    """`enc` (right-padded) with the answers (token-id lists) appended after each prompt, then the
-    end token, and `labels` on them only."""
+def append_answers(tokenizer, enc, answers, tail=None):
+    """`enc` (right-padded) with the answers (token-id lists) appended after each prompt, then
+    `tail` (default: the end token), and `labels` on them only."""
     end = tokenizer.eos_token_id
+    tail = ([end] if end is not None else []) if tail is None else list(tail)
     ids, mask = enc["input_ids"], enc["attention_mask"]
     rows = []
     for i, answer in enumerate(answers):
         n = int(mask[i].sum())
         if bool(mask[i, n:].any()) or (n and not bool(mask[i, :n].all())):
             raise ValueError("the tokenizer must pad on the right to append answers")
-        rows.append((ids[i, :n].tolist(), list(answer) + ([end] if end is not None else [])))
+        rows.append((ids[i, :n].tolist(), list(answer) + tail))
     length = max(len(p) + len(a) for p, a in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     new_ids = torch.full((len(rows), length), pad, dtype=ids.dtype)
@@ -84,6 +86,23 @@ def append_answers(tokenizer, enc, answers):
                 new[i, : len(prompt)] = old[i, : len(prompt)]
             enc[key] = new
     return enc
+
+
+def chat_answer_tail(processor) -> list[int]:
+    """The token ids the chat template writes after an assistant turn's text when the whole
+    conversation is rendered with its generation prompt (starVLA's QwenFast trains on exactly
+    that: "<|im_end|>\\n<|im_start|>assistant\\n" for Qwen). Raises ValueError when the template
+    does not render an assistant turn as the generation prompt followed by its text."""
+    mark = "\u2063ANSWER\u2063"
+    user = [{"role": "user", "content": [{"type": "text", "text": "u"}]}]
+    turn = user + [{"role": "assistant", "content": [{"type": "text", "text": mark}]}]
+    render = lambda messages: processor.tokenizer.apply_chat_template(  # noqa: E731
+        messages, chat_template=processor.chat_template, add_generation_prompt=True, tokenize=False)
+    prompt, whole = render(user), render(turn)
+    if whole.count(mark) != 1 or not whole.startswith(prompt + mark):
+        raise ValueError("the chat template does not render an assistant turn as its generation prompt followed by "
+                         f"the answer (rendered {whole!r})")
+    return processor.tokenizer(whole[len(prompt + mark):], add_special_tokens=False)["input_ids"]
 
 
 def padded_rows(rows, pad: int = PAD) -> torch.Tensor:

@@ -9,7 +9,15 @@ With `with.action_vocab: N` the LM also speaks actions (pi0-FAST, starVLA's Qwen
 tokens are appended to its vocabulary (the embeddings are resized; id = old vocabulary size + i),
 `target_tokens` (FAST ids from `fast.encode`) become the answer that `lm_loss` is taken on, and
 at inference `generated` holds the action tokens the LM decodes greedily after the prompt, with
-every other token masked out except the end of turn (for `fast.decode`).
+every other token masked out except the end of turn (for `fast.decode`). starVLA's QwenFast
+(graphs/starvla/qwen3vl-fast.yaml) sets three more: `with.action_token_base` (the tokenizer's id of
+action token 0, <robot_action_0> of starVLA's "-Action" checkpoints: 151669 on Qwen3-VL, 151665 on
+Qwen2.5-VL; when the embeddings end before base + N they grow by N, as starVLA's tool grows them), `with.answer_end:
+chat_template` (after the action tokens come, with loss, the tokens the chat template writes after
+an assistant turn followed by its generation prompt, as starVLA renders the whole conversation with
+add_generation_prompt) and `with.decode: free` (greedy decoding over the whole vocabulary until one
+of the generation config's end tokens; `generated` keeps the action tokens in order and drops the
+others, as starVLA's predict_action extracts them).
 
 With `with.action_placeholders: N` (starVLA's QwenOFT) every instruction ends with
 " Please predict the next N robot actions: <action>PP...P<action>." (P = `with.placeholder`, N
@@ -38,7 +46,7 @@ import torch
 from ... import hub
 from ...processors.block import bind
 from ...processors.hf_vlm import (  # noqa: F401 - chat_prompts: its home moved
-    VLMProcessor, append_answers, chat_prompts, encode_cpu, text_answers, user_text)
+    VLMProcessor, append_answers, chat_answer_tail, chat_prompts, encode_cpu, text_answers, user_text)
 from ..base import Block, InPort, OutPort, ParamError, PortError, StepPorts, parameters_are_placeholders
 from ..registry import register
 from . import hf_config
@@ -96,6 +104,17 @@ class HFVLM(Block):
             "action_vocab": {"type": "integer", "minimum": 1,
                              "description": "add this many action tokens to the LM's vocabulary: enables the "
                                             "target_tokens input and the generated output (FAST through the VLM)"},
+            "action_token_base": {"type": "integer", "minimum": 0,
+                                  "description": "token id of action token 0 (default: right after the embedding rows); "
+                                                 "starVLA's -Action checkpoints: 151669 (Qwen3-VL), 151665 (Qwen2.5-VL)"},
+            "answer_end": {"enum": ["eos", "chat_template"], "default": "eos",
+                           "description": "what follows the action tokens in training, with loss: the end token, or "
+                                          "what the chat template writes after an assistant turn plus its generation "
+                                          "prompt (starVLA's QwenFast)"},
+            "decode": {"enum": ["constrained", "free"], "default": "constrained",
+                       "description": "constrained: only action tokens and the end token can be generated; free: "
+                                      "any token, until an end token of the generation config, action tokens kept "
+                                      "in order (starVLA's QwenFast)"},
             "max_new_tokens": {"type": "integer", "minimum": 1, "default": 256,
                                "description": "longest generated action-token sequence, the end token included"},
             "action_placeholders": {"type": "integer", "minimum": 1,
@@ -147,7 +166,16 @@ class HFVLM(Block):
         self.num_layers = text_config.num_hidden_layers
         self.layer_ids = self._layer_ids(p.get("layers"))
         self.encoding_keys, self.flat_keys = self._encoding_layout()
+        for key in ("action_token_base", "answer_end", "decode"):
+            if key in p and "action_vocab" not in p and p[key] != self.params_schema["properties"][key].get("default"):
+                raise ParamError(key, "applies to action tokens: set with.action_vocab too")
         self.action_base = self._add_action_tokens(p.get("action_vocab"), ctx.meta or parameters_are_placeholders())
+        self.answer_tail = None  # what append_answers puts after each answer (None: the end token)
+        if p["answer_end"] == "chat_template" and self.processor is not None:
+            try:
+                self.answer_tail = chat_answer_tail(self.processor)
+            except ValueError as e:
+                raise ParamError("answer_end", str(e)) from None
         self.placeholders = p.get("action_placeholders")
         self.suffix = placeholder_suffix(self.placeholders, p["placeholder"]) if self.placeholders else ""
         self.placeholder_id = self._placeholder_id()
@@ -237,13 +265,19 @@ class HFVLM(Block):
             return None
         from transformers.utils import logging as hf_logging
 
-        base = self.model.get_input_embeddings().weight.shape[0]
+        rows = self.model.get_input_embeddings().weight.shape[0]
+        base = self.params.get("action_token_base", rows)
+        if base + count <= rows:  # the checkpoint has the rows already (a starVLA -Action model)
+            return base
+        # with an explicit base below the rows, the rows grow by `count` as starVLA's
+        # add_special_tokens_to_qwen does (151936 + 2048 on Qwen3-VL), so checkpoints line up
+        size = max(base, rows) + count
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # transformers logs a note about mean_resizing on every call
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.params["seed"])
-                self.model.resize_token_embeddings(base + count, mean_resizing=not meta)
+                self.model.resize_token_embeddings(size, mean_resizing=not meta)
         finally:
             hf_logging.set_verbosity(verbosity)
         return base
@@ -344,7 +378,7 @@ class HFVLM(Block):
             answer_ids = action_answer_ids(target_tokens, *self._action_answers())
         if answer_ids is not None:  # on the CPU, where the processor made the token columns
             enc = append_answers(self.processor.tokenizer, {k: (v.cpu() if k in TOKEN_KEYS else v) for k, v in enc.items()},
-                                 answer_ids)
+                                 answer_ids, self.answer_tail)
         enc = self._on_model(enc)
         out = self.model(**enc, output_hidden_states=True, use_cache=False)
         result = self._outputs(out.hidden_states, enc["attention_mask"])
@@ -372,6 +406,8 @@ class HFVLM(Block):
         tok = self.processor.tokenizer
         enc = self._on_model(left_padded(self.model_inputs(encoding)))
         n, limit = self.params["action_vocab"], self.params["max_new_tokens"]
+        if self.params["decode"] == "free":
+            return self._generate_free(enc, n, limit)
         allowed = torch.full((self.action_base + n,), float("-inf"))
         allowed[self.action_base:] = 0
         allowed[tok.eos_token_id] = 0
@@ -386,6 +422,27 @@ class HFVLM(Block):
         ended = torch.cumsum((new == tok.eos_token_id).int(), dim=1) > 0
         generated = torch.where(ended | (new < self.action_base), -1, new - self.action_base)
         generated = torch.nn.functional.pad(generated, (0, limit - generated.shape[1]), value=-1)
+        result = self._outputs(out.hidden_states[0], enc["attention_mask"])
+        result["generated"] = generated
+        return result
+
+    def _generate_free(self, enc: dict, n: int, limit: int) -> dict:
+        """with.decode: free (starVLA's QwenFast predict_action): greedy over the whole vocabulary
+        until an end token of the model's generation config (the tokenizer's when it has none) or
+        `limit` new tokens; `generated` holds the action tokens among them in order, -1 after."""
+        tok, config = self.processor.tokenizer, self.model.generation_config
+        eos = config.eos_token_id if config.eos_token_id is not None else tok.eos_token_id
+        pad = config.pad_token_id if config.pad_token_id is not None else tok.pad_token_id
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # generation_config flags that greedy decoding ignores
+            out = self.model.generate(**enc, max_new_tokens=limit, do_sample=False, use_cache=True, eos_token_id=eos,
+                                      pad_token_id=pad if pad is not None else (eos[0] if isinstance(eos, list) else eos),
+                                      return_dict_in_generate=True, output_hidden_states=True)
+        new = out.sequences[:, enc["input_ids"].shape[1]:]
+        rows = [[t - self.action_base for t in row if self.action_base <= t < self.action_base + n] for row in new.tolist()]
+        generated = torch.full((len(rows), limit), -1, dtype=torch.long, device=new.device)
+        for i, row in enumerate(rows):
+            generated[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         result = self._outputs(out.hidden_states[0], enc["attention_mask"])
         result["generated"] = generated
         return result
@@ -441,12 +498,13 @@ class HFVLM(Block):
         per_image = hf_config.tokens_per_image(self.settings, self.config, height, width)
         template = 8 + 2 * views  # role markers, vision start/end tokens, generation prompt
         longest = max(len(user_text(t, self.suffix, self.template).encode()) for t in text)
-        answer = max((len(a) + 1 for a in answers), default=0) if answers is not None else 0
+        end = len(self.answer_tail) if self.answer_tail is not None else 1
+        answer = max((len(a) + end for a in answers), default=0) if answers is not None else 0
         return views * per_image + template + math.ceil(longest / 4) + answer
 
     def _encode_cpu(self, images, text, answers, padding_side="right"):
         """Processor outputs on CPU, not moved to the model's device (which may be meta)."""
-        return encode_cpu(self.processor, images, text, answers, padding_side)
+        return encode_cpu(self.processor, images, text, answers, padding_side, self.answer_tail)
 
 
 def action_answer_ids(target_tokens, block_id, base, vocab, limit) -> list[list[int]]:

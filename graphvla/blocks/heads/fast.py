@@ -29,6 +29,7 @@ from ..base import Block, OutPort, ParamError, PortError, StepPorts
 from ..registry import register
 from .common import (ACTION_PARAMS, HEAD_IN_PORTS, WIDTH_PARAMS, ContextProjection, FeedForward, StateToken,
                      context_layers, layer_param, padding_mask, read_layer, state_width)
+from ...processors.fast_hub import load_fast_tokenizer
 from ...processors.fast_tokenizer import FASTTokenizer
 
 log = logging.getLogger(__name__)
@@ -223,9 +224,14 @@ def load_tokenizer(block: Block, ctx) -> FASTTokenizer:
         raise ParamError("tokenizer", f"is required to build {block.type_name}: {FIT_HINT}")
     folder = ctx.resolve_path(path, "tokenizer")
     try:
-        tok = FASTTokenizer.load(folder)
+        tok = load_fast_tokenizer(folder)
     except (FileNotFoundError, ValueError) as e:
         raise ParamError("tokenizer", f"{e}; {FIT_HINT}") from None
+    if getattr(tok, "with_shape", None) is not None:  # physical-intelligence/fast format: the graph gives the shape
+        try:
+            tok = tok.with_shape(block.horizon, block.action_dim)
+        except ValueError as e:
+            raise ParamError("tokenizer", f"{folder}: {e}") from None
     if (tok.horizon, tok.action_dim) != (block.horizon, block.action_dim):
         raise ParamError("tokenizer", f"{folder} was fitted on chunks [{tok.horizon}, {tok.action_dim}] but this graph's "
                                       f"chunks are [{block.horizon}, {block.action_dim}]; {FIT_HINT}")

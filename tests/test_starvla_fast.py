@@ -1,0 +1,222 @@
+"""graphs/starvla/qwen3vl-fast and qwen25vl-fast are starVLA's QwenFast: on the fixtures that
+scripts/parity/starvla_fast.py wrote with starVLA's own code at commit 0ed0aad (a tiny Qwen3-VL /
+Qwen2.5-VL given <robot_action_i> tokens by starVLA's add_special_tokens tool, a tiny FAST tokenizer
+fitted by physical-intelligence/fast's own code, float32 on the CPU), the packaged graph builds
+starVLA's token sequence and labels, gives its training loss and decodes its actions within 1e-5.
+No starVLA or FAST reference code is imported: only the numbers and files they produced."""
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from graphvla.compiler.compile import compile_graph
+from graphvla.errors import SpecError
+from graphvla.processors.fast_hub import HubFASTTokenizer, load_fast_tokenizer
+from graphvla.processors.hf_processor import load_processor
+from graphvla.processors.hf_vlm import chat_answer_tail
+from graphvla.spec.loader import load_spec
+
+warnings.filterwarnings("ignore")
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = {"qwen3vl": ROOT / "tests" / "fixtures" / "starvla" / "qwenfast",
+            "qwen25vl": ROOT / "tests" / "fixtures" / "starvla" / "qwenfast_qwen25"}
+GRAPHS = {"qwen3vl": ROOT / "graphvla" / "graphs" / "starvla" / "qwen3vl-fast.yaml",
+          "qwen25vl": ROOT / "graphvla" / "graphs" / "starvla" / "qwen25vl-fast.yaml"}
+TOL = 1e-5
+VLM_PREFIX = ("qwen_vl_interface.model.", "vlm.model.")  # starVLA's VLM wrapper -> backbone.hf_vlm's model
+
+
+def case(fixture):
+    return json.loads((fixture / "case.json").read_text()), load_file(str(fixture / "case.safetensors"))
+
+
+def fixture_spec(name: str, **vlm_with) -> dict:
+    """The packaged graph at the fixture's sizes: the tiny VLM (config and processor from the
+    fixture, float32, weights to be loaded), its action-token range, the fixture's FAST tokenizer."""
+    fixture = FIXTURES[name]
+    meta, _ = case(fixture)
+    spec = copy.deepcopy(load_spec(str(GRAPHS[name])).data)
+    vlm = spec["blocks"]["vlm"]["with"]
+    for key in ("model", "dtype", "gradient_checkpointing"):
+        vlm.pop(key, None)
+    vlm.update(config=json.loads((fixture / "vlm" / "config.json").read_text()), processor=str(fixture / "vlm"),
+               action_vocab=meta["fast"]["vocab_size"], action_token_base=meta["action_token_min"], **vlm_with)
+    for block in ("action_tokens", "head"):
+        spec["blocks"][block]["with"]["tokenizer"] = str(fixture / "fast")
+    spec["inputs"]["images"].update(views=meta["views"], size=[meta["image_size"]] * 2)
+    spec["inputs"]["actions"].update(dim=meta["action_dim"], horizon=meta["horizon"])
+    return spec
+
+
+def fixture_graph(name: str, **vlm_with):
+    cg = compile_graph(fixture_spec(name, **vlm_with), device="cpu")
+    state = load_file(str(FIXTURES[name] / "state.safetensors"))
+    assert all(k.startswith(VLM_PREFIX[0]) for k in state)  # QwenFast's only weights are its VLM's
+    mapped = {VLM_PREFIX[1] + k[len(VLM_PREFIX[0]):]: v for k, v in state.items()}
+    assert set(mapped) == set(cg.model.state_dict())  # every tensor accounted for, both ways
+    cg.model.load_state_dict(mapped, strict=True)
+    cg.model.eval()
+    return cg
+
+
+@pytest.fixture(scope="module", params=list(FIXTURES))
+def parity(request):
+    return request.param, fixture_graph(request.param)
+
+
+def batch(data, meta, targets=True):
+    out = {"images": data["images"].permute(0, 1, 4, 2, 3).float() / 255, "instruction": list(meta["instructions"])}
+    if targets:
+        out["actions"] = data["actions"]  # already in [-1, 1], as starVLA was given them (feed does not normalize)
+    return out
+
+
+def real(ids, mask):
+    return [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+
+
+@pytest.mark.parametrize("name", list(FIXTURES))
+def test_the_fixture_is_starvla_qwenfast_at_the_pinned_commit(name):
+    meta, data = case(FIXTURES[name])
+    assert meta["framework"] == "QwenFast" and meta["starvla_commit"].startswith("0ed0aad") and meta["dtype"] == "float32"
+    with safe_open(str(FIXTURES[name] / "state.safetensors"), "pt") as f:
+        assert f.metadata()["starvla_commit"] == meta["starvla_commit"]
+    # the fixture exercises decoding: starVLA's model wrote a full chunk for every sample
+    assert all(meta["decoded"]) and data["predicted_actions"].abs().sum(dim=(1, 2)).min() > 0
+    assert meta["action_token_max"] - meta["action_token_min"] + 1 == meta["fast"]["vocab_size"]
+
+
+@pytest.mark.parametrize("name", list(FIXTURES))
+def test_the_fast_tokenizer_reads_physical_intelligence_format_as_starvla_uses_it(name):
+    """processors/fast_hub.py on the fixture's tokenizer folder (fitted by FAST's own code): the
+    training chunks give the FAST ids starVLA put in its answer, and starVLA's generated ids decode
+    to starVLA's actions; a wrong count of coefficients gives zeros and ok False, as FAST's decoder."""
+    fixture = FIXTURES[name]
+    meta, data = case(fixture)
+    tok = load_fast_tokenizer(fixture / "fast")
+    assert isinstance(tok, HubFASTTokenizer) and tok.horizon is None
+    tok = tok.with_shape(meta["horizon"], meta["action_dim"])
+    base = meta["action_token_min"]
+    labels = data["labels"]
+    their_answers = [[t - base for t in row.tolist() if base <= t <= meta["action_token_max"]] for row in labels]
+    assert tok.encode(data["actions"].numpy()) == their_answers
+    rows = [[i for i in row if i >= 0] for row in data["fast_ids"].tolist()]
+    actions, ok = tok.decode(rows)
+    assert ok.all()
+    np.testing.assert_allclose(actions, data["predicted_actions"].numpy(), rtol=0, atol=1e-6)
+    # the model learnt the fitted chunks: decoding gives them back within FAST's rounding
+    assert np.abs(actions - data["fitted_actions"].numpy()).max() < 0.5 / meta["fast"]["scale"] * np.sqrt(meta["horizon"])
+    bad, ok = tok.decode([rows[0][:-1]])
+    assert not ok[0] and not bad.any()
+    with pytest.raises(ValueError, match="time_horizon"):
+        HubFASTTokenizer.load(fixture / "fast").with_shape(meta["horizon"], meta["action_dim"]).with_shape(3, 7)
+
+
+def test_the_fast_folder_survives_saving(tmp_path):
+    meta, data = case(FIXTURES["qwen3vl"])
+    tok = load_fast_tokenizer(FIXTURES["qwen3vl"] / "fast").with_shape(meta["horizon"], meta["action_dim"])
+    again = load_fast_tokenizer(tok.save(tmp_path / "fast"))
+    assert again.config() == tok.config() and (again.horizon, again.action_dim) == (meta["horizon"], meta["action_dim"])
+    assert again.encode(data["actions"].numpy()) == tok.encode(data["actions"].numpy())
+    (tmp_path / "fast" / "processor_config.json").write_text(json.dumps({"scale": 10}))
+    with pytest.raises(ValueError, match="processor_config.json.*min_token"):
+        load_fast_tokenizer(tmp_path / "fast")
+
+
+def test_token_sequence_labels_and_loss_match_starvla(parity):
+    """The prompt is starVLA's (the images and the instruction as the user turn, then the
+    generation prompt), the labelled part is starVLA's (the action tokens then what the chat
+    template writes after an assistant turn plus the generation prompt), and the LM loss equals
+    starVLA's training loss. starVLA pads on the left, the graph on the right: real tokens compare."""
+    name, cg = parity
+    meta, data = case(FIXTURES[name])
+    with torch.no_grad():
+        fed = cg.feed(batch(data, meta), "action")
+        ours_prompt = real(fed["vlm_input_ids"], fed["vlm_attention_mask"])
+        assert ours_prompt == real(data["prompt_ids"], data["prompt_mask"])
+        vlm = cg.model["vlm"]
+        encoding = {k[len("vlm_"):]: v for k, v in fed.items() if k.startswith("vlm_")}
+        out = vlm(target_tokens=fed["action_tokens_tokens"], **encoding)
+        loss = cg.train["action"](**fed)["loss"]
+    ours_labels = [row[row != -100].tolist() for row in out["labels"]]
+    theirs_labels = [row[row != -100].tolist() for row in data["labels"]]
+    assert ours_labels == theirs_labels
+    for i, (prompt, labelled) in enumerate(zip(ours_prompt, ours_labels)):  # starVLA's sequence is the two, in order
+        assert real(data["input_ids"], data["attention_mask"])[i] == prompt + labelled
+    diff = abs(loss.item() - data["loss"].item())
+    print(f"{name}: loss {loss.item():.7f} vs starVLA {data['loss'].item():.7f} (|diff| {diff:.2e})")
+    assert diff <= TOL
+    assert data["loss"].item() > 1.0  # unseen chunks: a loss far from 0, so the comparison means something
+
+
+def test_decoding_and_actions_match_starvla(parity):
+    """Free greedy decoding writes starVLA's action tokens and fast.decode gives its actions."""
+    name, cg = parity
+    meta, data = case(FIXTURES[name])
+    with torch.no_grad():
+        fed = cg.feed(batch(data, meta, targets=False))
+        encoding = {k[len("vlm_"):]: v for k, v in fed.items() if k.startswith("vlm_")}
+        generated = cg.model["vlm"].predict(**encoding)["generated"]
+        actions = cg.infer(**fed)["actions"]
+    ours = [[i for i in row if i >= 0] for row in generated.tolist()]
+    assert ours == [[i for i in row if i >= 0] for row in data["fast_ids"].tolist()]
+    diff = (actions - data["predicted_actions"]).abs().max().item()
+    print(f"{name}: predicted actions max |diff| {diff:.2e}")
+    assert actions.shape == data["predicted_actions"].shape and diff <= TOL
+
+
+def test_a_changed_weight_or_the_graphvla_defaults_break_parity():
+    """The comparison can fail: one changed embedding row of an action token changes the loss, and
+    the block's defaults (end token only, constrained decoding) are not starVLA's QwenFast."""
+    meta, data = case(FIXTURES["qwen3vl"])
+    cg = fixture_graph("qwen3vl")
+    with torch.no_grad():
+        fed = cg.feed(batch(data, meta), "action")
+        first = int(fed["action_tokens_tokens"][0, 0]) + meta["action_token_min"]
+        cg.model["vlm"].model.get_input_embeddings().weight[first] += 0.5
+        moved = cg.train["action"](**fed)["loss"]
+    assert abs(moved.item() - data["loss"].item()) > 100 * TOL
+    plain = fixture_graph("qwen3vl", answer_end="eos")
+    with torch.no_grad():
+        loss = plain.train["action"](**plain.feed(batch(data, meta), "action"))["loss"]
+    assert abs(loss.item() - data["loss"].item()) > 100 * TOL
+
+
+def test_chat_answer_tail_is_what_starvla_labels_after_the_actions():
+    meta, data = case(FIXTURES["qwen3vl"])
+    processor = load_processor(FIXTURES["qwen3vl"] / "vlm")
+    tail = chat_answer_tail(processor)
+    labels = data["labels"][0][data["labels"][0] != -100].tolist()
+    assert labels[-len(tail):] == tail and processor.tokenizer.decode(tail) == "<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.mark.parametrize("name", list(GRAPHS))
+def test_the_packaged_graph_compiles_at_full_size_and_errors_name_the_field(name):
+    from graphvla.compiler.compile import compile_graph as compile_
+
+    cg = compile_(load_spec(str(GRAPHS[name])), device="meta")
+    vlm = cg.model["vlm"]
+    base = {"qwen3vl": 151669, "qwen25vl": 151665}[name]
+    assert vlm.action_base == base
+    # starVLA's tool grows the rows by the action tokens: 151936 + 2048
+    assert vlm.model.get_input_embeddings().weight.shape[0] == 151936 + 2048
+    spec = fixture_spec(name)  # the action-token options on a VLM without action tokens (QwenOFT's placeholders)
+    meta, _ = case(FIXTURES[name])
+    del spec["blocks"]["vlm"]["with"]["action_vocab"], spec["blocks"]["vlm"]["in"]["target_tokens"], spec["blocks"]["action_tokens"]
+    spec["blocks"]["vlm"]["with"]["action_placeholders"] = meta["horizon"]
+    spec["blocks"]["head"] = {"type": "head.mlp_resnet", "in": {"tokens": "vlm.action_hidden", "target": "inputs.actions"}}
+    spec["losses"] = {"action": {"from": "head.loss", "weight": 1.0}}
+    with pytest.raises(SpecError, match="action_token_base"):
+        compile_graph(spec, device="cpu")
+    spec = fixture_spec(name)
+    spec["blocks"]["action_tokens"]["with"]["tokenizer"] = str(FIXTURES[name] / "vlm")
+    with pytest.raises(SpecError, match="tokenizer"):
+        compile_graph(spec, device="cpu")
