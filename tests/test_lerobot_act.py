@@ -278,6 +278,15 @@ def test_temporal_ensembling_is_act_temporal_ensembler(saved_policy, case, tmp_p
     assert not np.allclose(policy.infer(ports(obs[4]), s)["actions"][0], first[1], atol=1e-4)  # folded in
     s.reset()
     assert np.array_equal(policy.infer(ports(obs[3]), s)["actions"], first)  # a new episode starts over
+    # an export of the run (torch.export) ensembles the same way, per session
+    from graphvla.runners.export import export_policy
+    from graphvla.runners.exported import load_exported
+
+    exported = load_exported(export_policy(str(run), str(tmp_path / "act-te-export"), "torch-export"))
+    s = exported.new_session(0)
+    ours = np.stack([exported.infer(ports(o), s)["actions"][0] for o in obs])
+    assert exported.metadata["temporal_ensemble"] == {"coeff": meta["temporal_ensemble_coeff"]}
+    assert np.abs(ours - expected).max() <= SERVE_TOL
 
 
 def test_bad_policies_are_refused_by_name_and_leave_nothing(saved_policy, tmp_path):

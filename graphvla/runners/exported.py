@@ -32,6 +32,7 @@ from .export import FORMATS, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, NOISE,
 from ..policy.observation import convert, describe
 from ..policy.rtc import RTCRequestError
 from ..protocol import RTC_KEY
+from ..policy.ensemble import TemporalEnsemble
 from ..policy.session import Session
 
 TOKENIZERS = {"bytes": lambda texts, t: byte_tokenize(texts, int(t["max_length"]), "cpu")}
@@ -116,7 +117,10 @@ class ExportedPolicy:
         return Session(seed)
 
     def reset(self) -> None:
-        """Nothing to forget: an exported graph keeps no state between calls."""
+        """An exported graph keeps no state between calls; only the temporal ensembles of calls without
+        a session are forgotten."""
+        for key in [k for k in vars(self) if k.startswith("_ensemble_")]:
+            delattr(self, key)
 
     def check_rtc_request(self, value):
         """The server checks an observation's RTC_KEY here: an exported graph does no real-time chunking."""
@@ -147,7 +151,16 @@ class ExportedPolicy:
         for s in sessions or []:
             s.steps += 1
         per_output = dict(zip(self.outputs, outs))
-        return [{name: _row(value, i) for name, value in per_output.items()} for i in range(len(observations))]
+        rows = [{name: _row(value, i) for name, value in per_output.items()} for i in range(len(observations))]
+        ensemble = self.metadata.get("temporal_ensemble")
+        if ensemble and "actions" in per_output:  # the checkpoint's infer.temporal_ensemble, per session
+            for i, (row, s) in enumerate(zip(rows, sessions or [None] * len(rows))):
+                holder = s if s is not None else self
+                key = "ensemble" if s is not None else f"_ensemble_{i}"
+                if getattr(holder, key, None) is None:
+                    setattr(holder, key, TemporalEnsemble(ensemble["coeff"], int(self.metadata["action_horizon"])))
+                row["actions"] = getattr(holder, key).update(row["actions"])
+        return rows
 
     def tensors(self, observations: list) -> list:
         """The graph's inputs for a batch, in the manifest's order (the checks Policy makes), the
