@@ -36,6 +36,7 @@ BUILTIN_MODULES = [
     "graphvla.blocks.heads.fast",
     "graphvla.blocks.heads.flow_matching",
     "graphvla.blocks.heads.gr00t",
+    "graphvla.blocks.heads.layerwise_discrete_diffusion",
     "graphvla.blocks.heads.layerwise_fm",
     "graphvla.blocks.heads.mlp",
     "graphvla.blocks.heads.mlp_resnet",

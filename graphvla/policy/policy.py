@@ -91,6 +91,9 @@ class Policy:
         if self._action_output is not None:
             src = cg.output_source(self._action_output)
             self._guided = src.is_block and "rtc" in cg.block(src.node).predict_kwargs
+        # guidance (flow heads) or the head's own (head.layerwise_discrete_diffusion: known-prefix inpainting)
+        self._rtc_method = "blend" if not self._guided else getattr(
+            cg.model[cg.block(cg.output_source(self._action_output).node).owner], "rtc_method", "guidance")
 
     @classmethod
     def from_compiled(cls, cg, normalizer=None, preprocess=None, postprocess=None) -> "Policy":
@@ -122,7 +125,7 @@ class Policy:
                 # the graph reads simulator state no robot has: its results are a privileged upper bound
                 "privileged": bool(privileged_ports(self.cg.spec)),
                 # real-time chunking: how a request's remaining actions shape the next chunk (runners/rtc.py)
-                "rtc": {"enabled": self.rtc.enabled, "method": "guidance" if self._guided else "blend",
+                "rtc": {"enabled": self.rtc.enabled, "method": self._rtc_method,
                         "max_delay": None if horizon is None else self.rtc.delay_limit(horizon),
                         "schedule": self.rtc.schedule, "max_guidance": self.rtc.max_guidance},
                 "temporal_ensemble": None if self.temporal_ensemble is None else {"coeff": self.temporal_ensemble}}
@@ -231,7 +234,7 @@ class Policy:
             applied = remaining is not None and delay > 0
             if applied and not self._guided:
                 out[name] = R.blend_prefix(out[name], remaining, delay)
-            out["rtc"] = {"applied": bool(applied), "method": "guidance" if self._guided else "blend",
+            out["rtc"] = {"applied": bool(applied), "method": self._rtc_method,
                           "delay": int(delay), "overlap": 0 if remaining is None else int(len(remaining))}
 
     def draw_noise(self, batch: int, generators=None) -> torch.Tensor:
@@ -239,6 +242,8 @@ class Policy:
         generator per row), or all rows from torch's global generator (None), in the head's dtype
         on its device, exactly as blocks/heads/flow_matching.initial_noise draws it."""
         head = self.cg.model[self.cg.block(self._samplers[0]).owner]
+        if callable(getattr(head, "draw_noise", None)):  # draws of its own kind (head.layerwise_discrete_diffusion)
+            return head.draw_noise(head.noise_shape(batch), generators, self.device, head.noise_dtype)
         return initial_noise(head.noise_shape(batch), generators, self.device, head.noise_dtype)
 
     def _session_forward(self, observations, sessions, computed, options, rows=None) -> list[dict]:

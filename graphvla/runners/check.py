@@ -146,8 +146,9 @@ def run_check(spec, overrides=(), batch: int = 2, seed: int = 0, lr: float = 1e-
         args = {k: fed[k] for k in names if k in fed}
         if "noise" in names:  # the sampling head's starting noise, as Policy draws it for a seeded session
             head = cg.model[next(cg.block(b).owner for b in cg.infer_block_ids() if "noise" in cg.block(b).predict_kwargs)]
-            args["noise"] = initial_noise(head.noise_shape(batch), torch.Generator().manual_seed(seed),
-                                          torch.device("cpu"), head.noise_dtype)
+            draw = head.draw_noise if callable(getattr(head, "draw_noise", None)) else initial_noise
+            args["noise"] = draw(head.noise_shape(batch), torch.Generator().manual_seed(seed),
+                                 torch.device("cpu"), head.noise_dtype)
         start = time.perf_counter()
         try:
             with torch.no_grad():

@@ -196,6 +196,56 @@ def _configure_pi_v3(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: i
                                  f"writes the state into the prompt, which the import does not set up yet")
 
 
+# QwenDiscreteDiffusion's action_model defaults at 0ed0aad (QwenDiscreteDiffusionDefaultConfig) and
+# the DiT settings head.layerwise_discrete_diffusion has fixed. Its head sets the DiT's depth and width
+# from the VLM and its attention heads to 64 wide whatever diffusion_model_cfg says.
+_DD_DEFAULTS = {"state_dim": 7, "repeated_diffusion_steps": 2, "add_pos_embed": True, "max_seq_len": 1024,
+                "num_target_vision_tokens": 32, "representation": "bin", "num_bins": 256, "action_low": -1.0,
+                "action_high": 1.0, "num_inference_steps": 8, "train_mask_schedule": "cosine",
+                "decode_schedule": "cosine", "no_mask_token_prob": 0.0, "l1_loss_weight": 0.1, "use_simple_max": False}
+_DD_DIT_DEFAULTS = {"dropout": 0.2, "final_dropout": True, "interleave_self_attention": True,
+                    "max_num_positional_embeddings": 512}
+_DD_DIT_FIXED = {"norm_type": "ada_norm", "positional_embeddings": "sinusoidal", "activation_fn": "gelu-approximate",
+                 "attention_bias": True, "norm_elementwise_affine": False, "norm_eps": 1e-5, "upcast_attention": False}
+
+
+def _configure_dd(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: int) -> None:
+    model = {**_DD_DEFAULTS, **dict(cfg["framework"].get("action_model") or {})}
+    field = "framework.action_model"
+    kind = model.get("action_model_type", "LayerwiseDD")
+    if kind != "LayerwiseDD":
+        raise StarVLAImportError(f"{cfg_path}: {field}.action_model_type '{kind}' is not QwenDiscreteDiffusion's LayerwiseDD")
+    dit = {**_DD_DIT_DEFAULTS, **dict(model.get("diffusion_model_cfg") or {})}
+    for key, value in _DD_DIT_FIXED.items():
+        if key in dit and dit[key] != value:
+            raise StarVLAImportError(f"{cfg_path}: {field}.diffusion_model_cfg.{key} is {dit[key]!r}; GraphVLA's "
+                                     f"head.layerwise_discrete_diffusion has starVLA's default {value!r} only")
+    if dit.get("use_canonical_forward") is not None:  # starVLA's deprecated alias wins when set
+        dit["interleave_self_attention"] = bool(dit["use_canonical_forward"])
+    for key, allowed in (("representation", ("bin", "bit")), ("train_mask_schedule", ("cosine", "linear")),
+                         ("decode_schedule", ("cosine", "linear"))):
+        if model[key] not in allowed:
+            raise StarVLAImportError(f"{cfg_path}: {field}.{key} is {model[key]!r}, not one of {', '.join(allowed)}")
+    state_dim = int(model["state_dim"] or 0)
+    spec["blocks"]["head"]["with"].update(
+        representation=model["representation"], num_bins=int(model["num_bins"]), action_low=float(model["action_low"]),
+        action_high=float(model["action_high"]), num_steps=int(model["num_inference_steps"]),
+        train_mask_schedule=model["train_mask_schedule"], decode_schedule=model["decode_schedule"],
+        no_mask_token_prob=float(model["no_mask_token_prob"]), l1_loss_weight=float(model["l1_loss_weight"]),
+        repeated_diffusion_steps=int(model["repeated_diffusion_steps"]), use_simple_max=bool(model["use_simple_max"]),
+        future_tokens=int(model["num_target_vision_tokens"]), add_pos_embed=bool(model["add_pos_embed"]),
+        max_seq_len=int(model["max_seq_len"]), max_positions=int(dit["max_num_positional_embeddings"]),
+        dropout=float(dit["dropout"]), final_dropout=bool(dit["final_dropout"]),
+        interleave_self_attention=bool(dit["interleave_self_attention"]), state_dim=state_dim)
+    # starVLA's predict_action takes the state as its client gives it: the run feeds it unchanged
+    spec["trainer"]["normalization"] = {"actions": "q01_q99"}
+    if state_dim:
+        spec["inputs"]["state"]["dim"] = state_dim
+    else:  # no state encoder: no state port
+        del spec["inputs"]["state"]
+        del spec["blocks"]["head"]["in"]["state"]
+
+
 # The VLM wrapper holds the transformers model as backbone.hf_vlm does; QwenOFT's MLP-ResNet layers
 # are head.mlp_resnet's; head.gr00t_flow_matching's modules carry starVLA's names.
 _VLM_PREFIX = ("qwen_vl_interface.model.", "vlm.model.")
@@ -218,6 +268,11 @@ FRAMEWORKS = {f.name: f for f in [
         ("project_layers.", "project.layers."),
         ("action_model.", "head."),
     ), _configure_pi_v3, placeholder=False),
+    Framework("QwenDiscreteDiffusion", {"qwen3_vl": "starvla/qwen3vl-discrete-diffusion",
+                                        "qwen2_5_vl": "starvla/qwen25vl-discrete-diffusion"}, (
+        _VLM_PREFIX,
+        ("action_model.", "head."),
+    ), _configure_dd, placeholder=False),
 ]}
 NOT_YET = tuple(n for n in STARVLA_FRAMEWORKS if n not in FRAMEWORKS)
 

@@ -1,0 +1,271 @@
+"""graphs/starvla/qwen3vl-discrete-diffusion (and qwen25vl-discrete-diffusion) is starVLA's
+QwenDiscreteDiffusion: with the weights starVLA's own code initialised (tests/fixtures/starvla/qwendd
+and qwendd_qwen25, written by scripts/parity/starvla_dd.py from starVLA at 0ed0aad on tiny Qwen-VLs,
+float32 on the CPU), the packaged graph gives starVLA's training loss (with the masks starVLA drew)
+and its actions - MaskGIT decoding with temperatures 0.1 and the draws starVLA made, greedy decoding,
+known-prefix inpainting (predict_action_realtime), the 8-bit representation - within 1e-5. No
+starVLA code is imported: only its numbers. Every key of starVLA's state_dict maps to exactly one
+key of the graph's. Then: the head's RTC in a served session (tiny graph)."""
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from graphvla.blocks.heads.flow_matching import Inpainting
+from graphvla.compiler.compile import compile_graph
+from graphvla.errors import SpecError
+from graphvla.policy.policy import Policy
+from graphvla.protocol import RTC_KEY
+from graphvla.runners.importers.starvla import graph_key
+from graphvla.spec.loader import load_spec
+
+warnings.filterwarnings("ignore")
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "starvla"
+FIXTURE, FIXTURE_25 = FIXTURES / "qwendd", FIXTURES / "qwendd_qwen25"
+GRAPHS = Path(__file__).resolve().parents[1] / "graphvla" / "graphs" / "starvla"
+GRAPH, GRAPH_25 = GRAPHS / "qwen3vl-discrete-diffusion.yaml", GRAPHS / "qwen25vl-discrete-diffusion.yaml"
+TOL = 1e-5
+
+
+def meta_of(fixture=FIXTURE) -> dict:
+    return json.loads((fixture / "case.json").read_text())
+
+
+def load(fixture, name):
+    return load_file(str(fixture / f"{name}.safetensors"))
+
+
+def fixture_graph(graph=GRAPH, fixture=FIXTURE, state=None, **head_with):
+    """The packaged graph at the fixture's sizes (its tiny VLM's config and processor, float32; the
+    fixture's 64-row position tables), with starVLA's weights loaded through the importer's mapping."""
+    meta = meta_of(fixture)
+    spec = copy.deepcopy(load_spec(str(graph)).data)
+    vlm = spec["blocks"]["vlm"]["with"]
+    for key in ("model", "dtype", "gradient_checkpointing"):
+        vlm.pop(key, None)
+    vlm.update(config=json.loads((fixture / "vlm" / "config.json").read_text()), processor=str(fixture / "vlm"))
+    h, a = meta["horizon"], meta["action_dim"]
+    spec["inputs"]["images"].update(views=meta["views"], size=[meta["image_size"]] * 2)
+    spec["inputs"]["actions"].update(dim=a, horizon=h)
+    spec["inputs"]["actions_mask"]["shape"] = [h]
+    spec["inputs"]["state"]["dim"] = meta["state_dim"]
+    spec["blocks"]["head"]["with"].update(max_seq_len=64, max_positions=64, **head_with)
+    cg = compile_graph(spec, device="cpu")
+    state = load(fixture, "state") if state is None else state
+    mapped = {graph_key(k, "QwenDiscreteDiffusion"): v for k, v in state.items()}
+    assert None not in mapped and len(mapped) == len(state)  # no two starVLA keys land on one graph key
+    assert set(mapped) == set(cg.model.state_dict())  # every key accounted for, both ways
+    cg.model.load_state_dict(mapped, strict=True)
+    cg.model.eval()
+    return cg
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return fixture_graph()
+
+
+def observation(fixture=FIXTURE) -> dict:
+    meta, case = meta_of(fixture), load(fixture, "case")
+    images = case["images"].permute(0, 1, 4, 2, 3).float() / 255  # uint8 [B, V, H, W, 3] -> [B, V, 3, H, W]
+    # the state is given as starVLA was given it (cg.feed does not normalize)
+    return {"images": images, "instruction": list(meta["instructions"]), "state": load(fixture, "case_state")["state"]}
+
+
+def loss_of(cg, fixture=FIXTURE):
+    """The head's training loss on the fixture's batch with the uniforms starVLA's apply_mask drew."""
+    case = load(fixture, "case")
+    fed = cg.feed(observation(fixture))
+    with torch.no_grad():
+        vlm = cg.model["vlm"](**{k[len("vlm_"):]: v for k, v in fed.items() if k.startswith("vlm_")})
+        return cg.model["head"](context=vlm["layers"], context_mask=vlm["mask"], state=fed["state"],
+                                target=case["actions"], mask_noise=case["mask_noise"])["loss"], fed
+
+
+def test_the_fixtures_are_starvla_qwendiscretediffusion_at_the_pinned_commit():
+    for fixture in (FIXTURE, FIXTURE_25):
+        meta = meta_of(fixture)
+        assert meta["framework"] == "QwenDiscreteDiffusion" and meta["starvla_commit"].startswith("0ed0aad")
+        assert meta["dtype"] == "float32" and meta["num_inference_steps"] == 8
+        with safe_open(str(fixture / "state.safetensors"), "pt") as f:
+            assert f.metadata()["starvla_commit"] == meta["starvla_commit"]
+    assert json.loads((FIXTURE_25 / "vlm" / "config.json").read_text())["model_type"] == "qwen2_5_vl"
+    # starVLA's own 8-bit loss fails at this commit (its BCE compares [B, L, 8] with [B, H, A, 8])
+    assert "must be the same as input size" in meta_of()["bit_loss_error"]
+
+
+@pytest.mark.parametrize("which", ["qwen3vl", "qwen25vl"])
+def test_training_loss_and_greedy_actions_match_starvla(which, graph):
+    cg, fixture = (graph, FIXTURE) if which == "qwen3vl" else (fixture_graph(GRAPH_25, FIXTURE_25), FIXTURE_25)
+    loss, fed = loss_of(cg, fixture)
+    case = load(fixture, "case")
+    assert torch.equal(fed["vlm_input_ids"], case["input_ids"])  # starVLA's prompt, token for token
+    diff = abs(loss.item() - case["loss"].item())
+    head = cg.model["head"]
+    with torch.no_grad():
+        head.params.update(decode_temperature=0.0, choice_temperature=0.0)
+        try:
+            greedy = cg.infer(**fed)["actions"]
+        finally:
+            head.params.update(decode_temperature=0.1, choice_temperature=0.1)
+    diff_a = (greedy - load(fixture, "case_greedy")["actions"]).abs().max().item()
+    print(f"{which}: loss {loss.item():.7f} vs starVLA {case['loss'].item():.7f} (|diff| {diff:.2e}); greedy {diff_a:.2e}")
+    assert diff <= TOL and diff_a <= TOL
+
+
+def test_sampled_decoding_matches_starvla_with_its_draws(graph):
+    """predict_action at starVLA's temperatures (0.1, 0.1): the Exp(1) draws behind its
+    torch.multinomial and its ranking uniforms, passed as the graph's `noise`, give its actions."""
+    fed = graph.feed(observation())
+    case = load(FIXTURE, "case_predict")
+    with torch.no_grad():
+        actions = graph.infer(**fed, noise=case["noise"])["actions"]
+        other = graph.infer(**fed, noise=case["noise"].roll(1, dims=0))["actions"]  # the rows' draws swapped
+    diff = (actions - case["actions"]).abs().max().item()
+    print(f"sampled decode max |diff| {diff:.2e}")
+    assert diff <= TOL
+    assert (other - case["actions"]).abs().max().item() > 100 * TOL  # the draws matter: the check can fail
+
+
+def test_known_prefix_inpainting_matches_starvla_realtime(graph):
+    """predict_action_realtime(prev chunk of 2 steps, execution_horizon 2): the 2 steps are pinned to
+    the bins of the previous actions, the other 2 decoded in max(1, 8 x 14 / 28) = 4 rounds. Here
+    the pinned steps are those with an RTC weight > 0."""
+    meta, case = meta_of(), load(FIXTURE, "case_rtc")
+    h, a = meta["horizon"], meta["action_dim"]
+    target = torch.zeros(2, h, a)
+    target[:, :2] = case["previous"]
+    weights = torch.tensor([[1.0, 0.4, 0.0, 0.0]] * 2)
+    assert case["noise"].shape[1] == meta["rtc"]["rounds"] == 4
+    with torch.no_grad():
+        actions = graph.infer(**graph.feed(observation()), noise=case["noise"], rtc=Inpainting(target, weights))["actions"]
+    diff = (actions - case["actions"]).abs().max().item()
+    print(f"inpainting max |diff| {diff:.2e}")
+    assert diff <= TOL
+    centers = ((target[:, :2].clamp(-1 + 1e-6, 1 - 1e-6) + 1) / 2 * 256).floor() / 128 - 1 + 1 / 256
+    assert torch.allclose(actions[:, :2], centers, atol=1e-6)  # the pinned steps: their bins' centres
+
+
+def test_bit_representation_decodes_as_starvla():
+    """The 8-bit variant (BCE on 8 bit logits; bit_i = u_i < sigmoid(logit_i) when sampling): its
+    predict_action with starVLA's draws. Its loss is not compared (starVLA's raises at 0ed0aad)."""
+    state = {**load(FIXTURE, "state"), **load(FIXTURE, "state_bit")}
+    cg = fixture_graph(state=state, representation="bit")
+    case = load(FIXTURE, "case_bit")
+    with torch.no_grad():
+        actions = cg.infer(**cg.feed(observation()), noise=case["noise"])["actions"]
+    diff = (actions - case["actions"]).abs().max().item()
+    print(f"bit decode max |diff| {diff:.2e}")
+    assert diff <= TOL
+    loss, _ = loss_of(cg)
+    assert torch.isfinite(loss) and loss.item() > 0
+
+
+def test_the_loss_is_masked_token_ce_plus_l1_and_a_changed_weight_breaks_parity(graph):
+    """The reduction: per row the cross-entropy summed over the masked tokens / their count, mean over
+    the rows, + 0.1 x mean |argmax-decoded - actions|; and one head weight changed moves the loss."""
+    head = graph.model["head"]
+    case = load(FIXTURE, "case")
+    loss, fed = loss_of(graph)
+    with torch.no_grad():
+        vlm = graph.model["vlm"](**{k[len("vlm_"):]: v for k, v in fed.items() if k.startswith("vlm_")})
+        k = head.params["repeated_diffusion_steps"]
+        actions = case["actions"].repeat(k, 1, 1)
+        bins = head.binning.encode(actions)
+        tokens = head.apply_mask(bins, case["mask_noise"])
+        masked = tokens == -100
+        state = head._state(fed["state"].repeat(k, 1))
+        memories = [m.repeat(k, 1, 1) for m in head._memories(vlm["layers"], None)[0]]
+        logits = head.logits(memories, vlm["mask"].repeat(k, 1), tokens, state)
+        ce = torch.nn.functional.cross_entropy(logits.flatten(0, 2), bins.flatten(), reduction="none").view(bins.shape)
+        by_row = (ce * masked).sum(dim=(1, 2)) / masked.sum(dim=(1, 2))
+        decoded = head.binning.bin_centers[logits.argmax(-1)]
+        expected = by_row.mean() + 0.1 * (decoded - actions).abs().mean()
+        assert abs(loss.item() - expected.item()) <= 1e-5
+        # starVLA's training masks: the cosine share of the 28 tokens, at least one per row
+        r = case["mask_noise"][:, 0]
+        share = torch.clamp(1 - torch.cos(torch.pi * 0.5 * r), 1e-6, 1)
+        assert masked.sum(dim=(1, 2)).tolist() == (28 * share).round().long().clamp(1, 28).tolist()
+        saved = head.model.proj_out_2.bias.clone()
+        try:
+            head.model.proj_out_2.bias[0] += 1.0
+            moved, _ = loss_of(graph)
+        finally:
+            head.model.proj_out_2.bias.copy_(saved)
+    assert abs(moved.item() - case["loss"].item()) > 100 * TOL
+
+
+def test_training_graph_and_policy_run_and_the_packaged_graphs_compile_at_full_size(graph):
+    """The compiled training stream draws its own masks (finite loss, gradients reach the VLM); the
+    packaged graphs are Qwen3-VL-4B / Qwen2.5-VL-3B with a 36-block DiT at the VLM's width."""
+    obs = observation()
+    batch = {**obs, "actions": load(FIXTURE, "case")["actions"], "actions_mask": torch.ones(2, 4, dtype=torch.bool)}
+    graph.model.train()
+    try:
+        loss = graph.train["action"](**graph.feed(batch, "action"))["loss"]
+        loss.backward()
+    finally:
+        graph.model.eval()
+        graph.model.zero_grad(set_to_none=True)
+    assert torch.isfinite(loss)
+    for path, width in ((GRAPH, 2560), (GRAPH_25, 2048)):
+        cg = compile_graph(path)  # meta: the full-size VLM from the bundled config
+        head = cg.model["head"]
+        assert len(head.model.transformer_blocks) == 36 and head.model.proj_out_2.weight.shape == (256, width)
+        assert head.model.transformer_blocks[0].attn1.to_k.weight.shape == (width, width)
+        assert head.token_embedding.weight.shape == (257, width) and head.state_encoder.layer1.in_features == 7
+    spec = copy.deepcopy(load_spec(str(GRAPH)).data)
+    spec["blocks"]["head"]["with"].update(representation="bit", num_bins=128)
+    with pytest.raises(SpecError, match="num_bins"):
+        compile_graph(spec)
+
+
+# --- real-time chunking in a served session (tiny graph) ----------------------------------------------
+
+def tiny_policy(seed=0) -> Policy:
+    torch.manual_seed(seed)
+    return Policy.from_compiled(compile_graph(load_spec("tiny/discrete-diffusion"), device="cpu"))
+
+
+def tiny_obs(t=0) -> dict:
+    rng = np.random.default_rng(t)
+    return {"images": rng.integers(0, 256, (1, 128, 128, 3), dtype=np.uint8), "instruction": "push the puck",
+            "state": rng.standard_normal(4).astype(np.float32)}
+
+
+def test_a_served_session_inpaints_the_previous_chunk():
+    """Over the wire: the metadata says inpainting; a session's chunks are reproducible from its seed;
+    with RTC the steps of the previous chunk that overlap come back as their bins' centres (the
+    committed ones and the rest of the overlap: every step with a weight > 0), the others are decoded."""
+    from graphvla.client import PolicyClient
+    from graphvla.runners.serve import ServeOptions, ServerThread
+
+    policy = tiny_policy()
+    a, b = policy.new_session(3), policy.new_session(3)
+    first = policy.infer(tiny_obs(0), a)["actions"]
+    assert np.array_equal(first, policy.infer(tiny_obs(0), b)["actions"])  # the session's draws
+    assert first.shape == (8, 4) and np.all(np.abs(first) <= 1)
+    out = policy.infer({**tiny_obs(1), RTC_KEY: {"delay": 2, "executed": 3}}, a)
+    assert out["rtc"] == {"applied": True, "method": "inpainting", "delay": 2, "overlap": 5}
+    centres = (np.floor((np.clip(first[3:], -1 + 1e-6, 1 - 1e-6) + 1) / 2 * 256) + 0.5) / 128 - 1
+    np.testing.assert_allclose(out["actions"][:5], centres, atol=1e-6)
+    plain = policy.infer(tiny_obs(1), b)["actions"]
+    assert not np.allclose(plain[:5], out["actions"][:5])  # without RTC the steps are decoded anew
+    with ServerThread(policy, ServeOptions(port=0)) as srv:
+        with PolicyClient(srv.host, srv.port) as client:
+            assert client.metadata["rtc"]["method"] == "inpainting"
+            chunk = client.infer(tiny_obs(0))["actions"]
+            reply = client.infer({**tiny_obs(1), RTC_KEY: {"delay": 1, "remaining_actions": chunk[4:]}})
+            assert reply["rtc"]["applied"] and reply["rtc"]["overlap"] == 4
+            pinned = (np.floor((np.clip(chunk[4:], -1 + 1e-6, 1 - 1e-6) + 1) / 2 * 256) + 0.5) / 128 - 1
+            np.testing.assert_allclose(reply["actions"][:4], pinned, atol=1e-6)
+            reply = client.infer({**tiny_obs(2), RTC_KEY: {"delay": 0, "executed": 2}})
+            assert reply["rtc"]["applied"] is False  # delay 0: nothing committed, plain decoding
