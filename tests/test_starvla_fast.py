@@ -220,3 +220,55 @@ def test_the_packaged_graph_compiles_at_full_size_and_errors_name_the_field(name
     spec["blocks"]["action_tokens"]["with"]["tokenizer"] = str(FIXTURES[name] / "vlm")
     with pytest.raises(SpecError, match="tokenizer"):
         compile_graph(spec, device="cpu")
+
+
+class FixtureSamples(torch.utils.data.Dataset):
+    """The fixture's two samples, repeated: images [V, 3, H, W] in [0, 1], instruction, actions."""
+
+    def __init__(self, n=4):
+        self.meta, self.data = case(FIXTURES["qwen3vl"])
+        self.images = self.data["images"].permute(0, 1, 4, 2, 3).float() / 255
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        j = i % len(self.meta["instructions"])
+        return {"images": self.images[j], "instruction": self.meta["instructions"][j], "actions": self.data["actions"][j]}
+
+
+def test_trains_saves_and_loads_as_a_policy(tmp_path):
+    """End to end: two training steps from starVLA's weights; the run folder (its preprocess
+    pipeline carries the FAST tokenizer in physical-intelligence/fast's format) loaded back by
+    load_policy infers what the trained in-memory graph infers."""
+    import yaml
+
+    from graphvla.data.api import DataBundle, collate
+    from graphvla.data.normalize import Normalizer
+    from graphvla.policy.loading import load_policy
+    from graphvla.policy.policy import Policy
+    from graphvla.runners.train import Trainer
+    from train_doubles import port_stats
+
+    meta, data = case(FIXTURES["qwen3vl"])
+    spec_data = fixture_spec("qwen3vl")
+    spec_data["trainer"].update(max_steps=2, batch_size=2, num_workers=0, warmup_steps=1, save_every=100)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec_data, allow_unicode=True))
+    spec = load_spec(str(tmp_path / "spec.yaml"))
+    ds = FixtureSamples()
+    stats = port_stats(ds, ["actions"])
+    trainer = Trainer.from_spec(spec, DataBundle({"action": ds}, stats), tmp_path / "run", collate=collate, progress=False,
+                                normalizer=Normalizer(stats, spec.section("trainer")["normalization"]))
+    state = load_file(str(FIXTURES["qwen3vl"] / "state.safetensors"))
+    trainer.cg.model.load_state_dict({VLM_PREFIX[1] + k[len(VLM_PREFIX[0]):]: v for k, v in state.items()}, strict=True)
+    trainer.run()
+    saved = sorted(p.parent.name for p in (tmp_path / "run").rglob("processor_config.json") if (p.parent / "tokenizer.json").is_file()
+                   and json.loads(p.read_text()).get("min_token") is not None)
+    assert saved, "the run holds no FAST tokenizer in physical-intelligence/fast's format"
+    obs = [{"images": data["images"][i].numpy(), "instruction": meta["instructions"][i]} for i in range(2)]
+    loaded = load_policy(tmp_path / "run").infer_batch(obs)
+    in_memory = Policy.from_compiled(trainer.cg, trainer.normalizer).infer_batch(obs)
+    for x, y in zip(loaded, in_memory):
+        assert x["actions"].shape == (meta["horizon"], meta["action_dim"])
+        np.testing.assert_allclose(x["actions"], y["actions"], rtol=0, atol=1e-6)
