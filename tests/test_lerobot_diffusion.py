@@ -11,6 +11,7 @@ commit for ResNet-18), checked against the sha256 LeRobot's own state_dict gave.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import json
 import warnings
 import zlib
@@ -100,7 +101,7 @@ def test_the_fixtures_are_lerobots_and_every_tensor_is_accounted_for(case):
     # LeRobot's spatial-softmax grids (buffers, not parameters) are the grids the graph computes
     grids = [k for k in meta["buffers"] if GRID_KEY.match(k)]
     assert grids and len(grids) == len(meta["buffers"])
-    for enc in cg.model["vision"].encoders:
+    for enc in cg.model["backbone"].encoders:
         torch.testing.assert_close(enc.keypoints.grid, data["pos_grid"], atol=0, rtol=0)
 
 
@@ -108,7 +109,7 @@ def test_training_loss_matches_lerobot_with_its_draws(case):
     name, cg, meta, data = case
     cg.model.train()  # the ddpm case has a center crop (crop_is_random false), the ddim case none
     with torch.no_grad():
-        features = cg.model["vision"](graph_images(data))["features"]
+        features = cg.model["backbone"](graph_images(data))["features"]
         extra = {"env_state": data["env_state"]} if "env_state" in data else {}
         loss = cg.model["head"](state=data["state"], context=features, target=data["action"],
                                 mask=~data["action_is_pad"], noise=data["train_noise"],
@@ -128,7 +129,7 @@ def test_the_training_graph_draws_noise_then_timesteps_as_lerobot_does(case):
         torch.manual_seed(5)
         noise = torch.randn((b, h, a))
         t = torch.randint(0, meta["config"]["num_train_timesteps"], (b,))
-        features = cg.model["vision"](graph_images(data))["features"]
+        features = cg.model["backbone"](graph_images(data))["features"]
         extra = {"env_state": data["env_state"]} if "env_state" in data else {}
         direct = cg.model["head"](state=data["state"], context=features, target=data["action"],
                                   mask=~data["action_is_pad"], noise=noise, timesteps=t, **extra)["loss"]
@@ -142,7 +143,7 @@ def test_sampled_actions_match_lerobot_with_the_same_noise(case):
     assert head.noise_shape(data["state"].shape[0]) == tuple(data["draws"].shape)
     with torch.no_grad():
         actions = cg.infer(**cg.feed(inputs(data, targets=False)), noise=data["draws"])["actions"]
-        features = cg.model["vision"](graph_images(data))["features"]
+        features = cg.model["backbone"](graph_images(data))["features"]
         extra = {"env_state": data["env_state"]} if "env_state" in data else {}
         chunk = head.chunk(data["state"], features, noise=data["draws"], **extra)
     assert actions.shape == data["actions"].shape
@@ -186,7 +187,7 @@ def test_schedules_match_the_published_formulas():
 def test_the_packaged_graph_is_lerobots_default_and_bad_settings_are_named():
     cg = compile_graph(load_spec(str(GRAPH)).data, device="meta")
     head = cg.model["head"]
-    assert cg.shapes[("vision", "features")][1:] == (2, 64)  # 2 observation steps, 32 keypoints x (x, y)
+    assert cg.shapes[("backbone", "features")][1:] == (2, 64)  # 2 observation steps, 32 keypoints x (x, y)
     assert cg.shapes[("head", "actions")][1:] == (8, 2)
     assert head.noise_shape(1) == (1, 100, 16, 2)  # DDPM over the 100 training timesteps
     # as many parameters as LeRobot's DiffusionPolicy at its default (PushT) configuration, as the
@@ -197,7 +198,7 @@ def test_the_packaged_graph_is_lerobots_default_and_bad_settings_are_named():
     with pytest.raises(ValueError, match="use_group_norm=False"):
         spec_with(bad)
     spec = fit_spec(load_spec(str(GRAPH)).data, meta["config"])
-    spec["blocks"]["vision"]["with"]["crop"] = [100, 100]
+    spec["blocks"]["backbone"]["with"]["crop"] = [100, 100]
     with pytest.raises(SpecError, match="crop"):
         compile_graph(spec, device="meta")
     spec = fit_spec(load_spec(str(GRAPH)).data, meta["config"])
@@ -207,3 +208,113 @@ def test_the_packaged_graph_is_lerobots_default_and_bad_settings_are_named():
     cg, meta, data = build("ddpm")
     with pytest.raises(ValueError, match="noise must be"):
         cg.infer(**cg.feed(inputs(data, targets=False)), noise=data["draws"][:, :3])
+
+
+# `graphvla import lerobot` of a Diffusion Policy ---------------------------------------------------
+IMPORT = FIXTURES / "import"
+SERVE_TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def saved_policy(tmp_path_factory) -> Path:
+    """LeRobot 0.3.2's save_pretrained folder of the import case, rebuilt byte for byte (sha256 checked):
+    its config.json, and model.safetensors from the recipe's parameters plus the saved statistics and grids."""
+    from safetensors.torch import save_file
+
+    meta = json.loads((IMPORT / "case.json").read_text())
+    folder = tmp_path_factory.mktemp("lerobot") / "diffusion_tiny"
+    folder.mkdir()
+    (folder / "config.json").write_text((IMPORT / "config.json").read_text())
+    tensors = load_file(str(IMPORT / "small.safetensors"))
+    tensors.update({k: recipe_tensor(k, shape) for k, shape in meta["parameters"].items()})
+    save_file(tensors, str(folder / "model.safetensors"), metadata=meta["file_metadata"])
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == meta["model_safetensors_sha256"], "the rebuilt model.safetensors is not LeRobot's"
+    return folder
+
+
+def import_cli(src: Path, out: Path):
+    from click.testing import CliRunner
+
+    from graphvla.cli import main
+
+    return CliRunner().invoke(main, ["import", "lerobot", str(src), "-o", str(out)])
+
+
+@pytest.fixture(scope="module")
+def imported_run(saved_policy, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "diffusion"
+    result = import_cli(saved_policy, out)
+    assert result.exit_code == 0, result.output
+    assert "LeRobot diffusion" in result.output and "observation.images.top" in result.output
+    return out
+
+
+def window(data, frames):
+    """The served observation: LeRobot's keys, the n_obs_steps frames oldest first (raw: images in [0, 1])."""
+    return {"observation.images.top": torch.stack([data[f"image{i}"] for i in frames]).numpy(),
+            "observation.state": torch.stack([data[f"state{i}"] for i in frames]).numpy()}
+
+
+def test_an_imported_diffusion_policy_serves_lerobots_predict_action_chunk(imported_run):
+    """Served with seed 0 (a new connection's session draws the DDIM starting noise that
+    torch.manual_seed(0) gave LeRobot's sampler: graphvla/policy/session.py), the imported policy's actions are LeRobot's predict_action_chunk: for the first
+    step (LeRobot's queues hold frame 0 twice) and for the window [frame 0, frame 1]."""
+    from graphvla.client import PolicyClient
+    from graphvla.policy.loading import load_policy
+    from graphvla.runners.serve import ServerThread
+    from graphvla.runners.serve.section import serve_options, serve_section
+
+    meta = json.loads((IMPORT / "case.json").read_text())
+    data = load_file(str(IMPORT / "case.safetensors"))
+    info = json.loads((imported_run / "imported.json").read_text())
+    small = load_file(str(IMPORT / "small.safetensors"))
+    # every tensor accounted for: the recipe's parameters loaded; statistics and grids read and checked
+    assert info["tensors"] == len(meta["parameters"]) and info["normalization"] == {"state": "min_max", "actions": "min_max"}
+    assert sorted(k for k in small if not k.startswith(("normalize_", "unnormalize_"))) == ["diffusion.rgb_encoder.pool.pos_grid"]
+    options = serve_options(serve_section(str(imported_run)), "127.0.0.1", 0, None, 1, None, None)
+    out = []
+    with ServerThread(load_policy(imported_run), options) as srv:
+        for frames in ([0, 0], [0, 1]):  # a fresh connection's session generator is seeded with serve.seed
+            with PolicyClient("127.0.0.1", srv.port) as client:
+                assert client.metadata["seed"] == meta["serve_seed"]
+                out.append(client.infer(window(data, frames))["actions"])
+                server_meta = client.metadata
+    assert {"observation.images.top", "observation.state"} <= set(server_meta["observation_keys"])
+    assert server_meta["execute_steps"] == 4  # n_action_steps
+    first = abs(out[0] - data["chunk_first"][0].numpy()).max()
+    second = abs(out[1] - data["chunk_window"][0].numpy()).max()
+    print(f"served imported Diffusion Policy vs LeRobot predict_action_chunk: max |diff| {first:.2e}, {second:.2e}")
+    assert first <= SERVE_TOL and second <= SERVE_TOL
+    assert abs(out[0] - out[1]).max() > 1e-3  # the older frame matters
+    # LeRobot's select_action ran the first chunk's first two actions
+    assert abs(out[0][:2] - torch.cat([data["select0"], data["select1"]]).numpy()).max() <= SERVE_TOL
+
+
+def test_diffusion_policies_the_graph_cannot_take_are_refused_by_name(saved_policy, tmp_path):
+    def attempt(edit, match, weights=None):
+        from safetensors.torch import save_file
+
+        src = tmp_path / f"src-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(saved_policy, src)
+        cfg = json.loads((src / "config.json").read_text())
+        edit(cfg)
+        (src / "config.json").write_text(json.dumps(cfg))
+        if weights is not None:
+            tensors = load_file(str(src / "model.safetensors"))
+            weights(tensors)
+            save_file(tensors, str(src / "model.safetensors"))
+        out = tmp_path / "run"
+        result = import_cli(src, out)
+        assert result.exit_code != 0 and match in result.output, result.output
+        assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+    attempt(lambda c: c.update(use_group_norm=False), "use_group_norm=False")
+    attempt(lambda c: c.update(vision_backbone="resnet50"), "vision_backbone='resnet50'")
+
+    def two_cameras(c):
+        c["input_features"]["observation.images.side"] = c["input_features"]["observation.images.top"]
+    def side_statistics(t):
+        for k in [k for k in t if "observation_images_top" in k]:
+            t[k.replace("_top", "_side")] = t[k].clone()
+    attempt(two_cameras, "n_obs_steps=2 with 2 cameras", side_statistics)

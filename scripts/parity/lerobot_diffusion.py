@@ -15,8 +15,12 @@ tests/fixtures/lerobot/diffusion/:
   CASE.safetensors     inputs (normalized, as DiffusionModel sees them), the recorded draws, the
                        loss, the denoised horizon and the returned actions; LeRobot's spatial-softmax grids
 
-Usage:
+Run with LeRobot 0.3.2 it writes the import case instead (make_import_case: a save_pretrained folder
+of a tiny policy with dataset statistics, and LeRobot's actions on raw observations), under import/.
+
+Usage (diffusers 0.35.2 installed with --no-deps in both venvs):
   /tmp/lerobot-venvs/lerobot-0.4.1/bin/python scripts/parity/lerobot_diffusion.py [--out tests/fixtures/lerobot/diffusion]
+  /tmp/lerobot-venvs/lerobot-0.3.2/bin/python scripts/parity/lerobot_diffusion.py [--out ...]
 
 LeRobot 0.3.2's modeling_diffusion.py differs from 0.4.1's only in where normalization happens
 (inside the policy vs. processor files) and in 0.4.1's optional `noise` argument: the network, the
@@ -36,8 +40,17 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-LEROBOT_VERSION = "0.4.1"
+LEROBOT_VERSION = "0.4.1"  # the parity cases
+IMPORT_VERSION = "0.3.2"  # the import case: a save with the statistics inside model.safetensors
 BATCH = 2
+SERVE_SEED = 0  # the session seed the import test serves with (its noise: graphvla/policy/session.py)
+# the import case: one camera with observation history (the client sends the n_obs_steps window),
+# min/max state and actions, mean/std images, DDIM (its starting noise is its only draw)
+IMPORT_CASE = dict(n_obs_steps=2, horizon=8, n_action_steps=4, image=(3, 48, 48), cameras=1, state_dim=3, action_dim=2,
+                   env_dim=0, camera_names=["observation.images.top"],
+                   config=dict(crop_shape=(40, 40), crop_is_random=True, spatial_softmax_num_keypoints=4,
+                               down_dims=(16, 32), kernel_size=3, n_groups=4, diffusion_step_embed_dim=16,
+                               noise_scheduler_type="DDIM", num_train_timesteps=100, num_inference_steps=10))
 
 CASES = {
     # shared encoder for two cameras, center crop, DDPM with every training timestep, epsilon, FiLM scale+bias
@@ -110,22 +123,35 @@ class Recorder:
         return False
 
 
-def build(case: dict):
+STATISTICS = ("normalize_inputs.", "normalize_targets.", "unnormalize_outputs.")
+
+
+def recipe_parameters(policy) -> dict:
+    """The parameters the recipe fills: every one but LeRobot 0.3's normalization statistics (kept as
+    parameters without gradient there)."""
+    return {k: p for k, p in policy.named_parameters() if not k.startswith(STATISTICS)}
+
+
+def camera_name(case: dict, c: int) -> str:
+    return case.get("camera_names", [f"observation.images.cam{i}" for i in range(case["cameras"])])[c]
+
+
+def build(case: dict, stats: dict | None = None):
     from lerobot.configs.types import FeatureType, PolicyFeature
     from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
     from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
 
     inputs = {"observation.state": PolicyFeature(type=FeatureType.STATE, shape=(case["state_dim"],))}
     for c in range(case["cameras"]):
-        inputs[f"observation.images.cam{c}"] = PolicyFeature(type=FeatureType.VISUAL, shape=case["image"])
+        inputs[camera_name(case, c)] = PolicyFeature(type=FeatureType.VISUAL, shape=case["image"])
     if case["env_dim"]:
         inputs["observation.environment_state"] = PolicyFeature(type=FeatureType.ENV, shape=(case["env_dim"],))
     outputs = {"action": PolicyFeature(type=FeatureType.ACTION, shape=(case["action_dim"],))}
     config = DiffusionConfig(n_obs_steps=case["n_obs_steps"], horizon=case["horizon"],
                              n_action_steps=case["n_action_steps"], input_features=inputs, output_features=outputs,
                              device="cpu", push_to_hub=False, **case["config"])
-    policy = DiffusionPolicy(config)
-    params = dict(policy.named_parameters())
+    policy = DiffusionPolicy(config, **({"dataset_stats": stats} if stats is not None else {}))
+    params = recipe_parameters(policy)
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(recipe_tensor(name, p.shape))
@@ -165,7 +191,7 @@ def make_case(name: str, case: dict, out: Path):
         data["env_state"] = torch.randn(b, s, case["env_dim"], generator=g)
     batch = {"observation.state": data["state"], "action": data["action"], "action_is_pad": data["action_is_pad"]}
     for c in range(case["cameras"]):
-        batch[f"observation.images.cam{c}"] = data["images"][:, :, c]
+        batch[camera_name(case, c)] = data["images"][:, :, c]
     if case["env_dim"]:
         batch["observation.environment_state"] = data["env_state"]
 
@@ -198,7 +224,7 @@ def make_case(name: str, case: dict, out: Path):
     data["pos_grid"] = encoders[0].pool.pos_grid.clone()
 
     state = policy.state_dict()
-    params = dict(policy.named_parameters())
+    params = recipe_parameters(policy)
     with tempfile.TemporaryDirectory() as tmp:
         policy.config._save_pretrained(Path(tmp))
         config = json.loads((Path(tmp) / "config.json").read_text())
@@ -222,6 +248,82 @@ def make_case(name: str, case: dict, out: Path):
     print(f"{name}: loss {loss.item():.6f}, {data['draws'].shape[1]} draws, actions {list(actions.shape)}")
 
 
+def make_import_case(out: Path):
+    """LeRobot 0.3.2's save_pretrained folder of a tiny policy with dataset statistics, and LeRobot's
+    select_action / predict_action_chunk on raw observations. Written: import/config.json (LeRobot's),
+    import/small.safetensors (every tensor of LeRobot's model.safetensors but the recipe's parameters:
+    the normalization buffers and spatial-softmax grids), import/case.json (the sha256 of LeRobot's
+    model.safetensors, which the test rebuilds byte for byte), import/case.safetensors (observations and
+    LeRobot's actions)."""
+    from safetensors.torch import load_file, save_file
+
+    case = IMPORT_CASE
+    cam = case["camera_names"][0]
+    g = torch.Generator().manual_seed(3)
+    def stat(shape, lo, hi, mean, std):  # a dataset's statistics: LeRobot wants all four
+        return {"min": -torch.rand(shape, generator=g) * lo - 0.1, "max": torch.rand(shape, generator=g) * hi + 0.1,
+                "mean": torch.rand(shape, generator=g) * mean + 0.25, "std": torch.rand(shape, generator=g) * std + 0.1}
+    stats = {cam: stat((3, 1, 1), 0.0, 1.0, 0.5, 0.2), "observation.state": stat((3,), 1.0, 1.0, 0.1, 0.5),
+             "action": stat((2,), 2.0, 2.0, 0.1, 0.5)}
+    torch.manual_seed(1234)
+    policy = build(case, stats)
+    policy.eval()
+    frames = [{cam: torch.rand(1, *case["image"], generator=g),
+               "observation.state": (torch.rand(1, 3, generator=g) * 2 - 1) * 0.8} for _ in range(2)]
+    chunks = []
+    predict = policy.predict_action_chunk
+
+    def keep(batch):
+        chunks.append(predict(batch))
+        return chunks[-1]
+    policy.predict_action_chunk = keep
+    policy.reset()
+    steps = []
+    torch.manual_seed(SERVE_SEED)
+    with torch.no_grad():
+        steps.append(policy.select_action(dict(frames[0])))  # queues: [f0, f0]; a chunk is made
+        steps.append(policy.select_action(dict(frames[1])))  # queues: [f0, f1]; the next queued action
+        assert len(chunks) == 1
+        torch.manual_seed(SERVE_SEED)
+        policy.predict_action_chunk({"observation.state": None, "observation.images": None})  # window [f0, f1]
+    policy.predict_action_chunk = predict
+    folder = out / "import"
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        policy.save_pretrained(Path(tmp))
+        saved = Path(tmp) / "model.safetensors"
+        digest = hashlib.sha256(saved.read_bytes()).hexdigest()
+        tensors = load_file(str(saved))
+        params = set(recipe_parameters(policy))
+        small = {k: v for k, v in tensors.items() if k not in params}
+        for k in params:
+            assert torch.equal(tensors[k], recipe_tensor(k, tensors[k].shape)), k
+        rebuilt = Path(tmp) / "rebuilt.safetensors"
+        from safetensors import safe_open
+        with safe_open(str(saved), "pt") as f:
+            file_meta = f.metadata()
+        save_file({**small, **{k: recipe_tensor(k, tensors[k].shape) for k in params}}, str(rebuilt),
+                  metadata=file_meta)
+        assert hashlib.sha256(rebuilt.read_bytes()).hexdigest() == digest, "the rebuilt file is not LeRobot's"
+        (folder / "config.json").write_text((Path(tmp) / "config.json").read_text())
+    save_file(small, str(folder / "small.safetensors"))
+    from importlib.metadata import version
+    meta = {"lerobot_version": version("lerobot"), "diffusers_version": version("diffusers"),
+            "model_safetensors_sha256": digest, "rebuild": "save_file(small + recipe parameters, metadata=file_metadata)", "file_metadata": file_meta,
+            "parameters": {k: list(tensors[k].shape) for k in sorted(params)}, "serve_seed": SERVE_SEED,
+            "camera": cam, "made_by": "scripts/parity/lerobot_diffusion.py make_import_case: DiffusionPolicy(config, "
+            "dataset_stats) with the recipe's parameters, eval mode; policy.reset(); torch.manual_seed(serve_seed); "
+            "select_action(frame 0) (its predict_action_chunk kept: window [f0, f0]); select_action(frame 1); "
+            "torch.manual_seed(serve_seed); predict_action_chunk (window [f0, f1])"}
+    (folder / "case.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    save_file({"image0": frames[0][cam][0], "state0": frames[0]["observation.state"][0],
+               "image1": frames[1][cam][0], "state1": frames[1]["observation.state"][0],
+               "chunk_first": chunks[0].clone(), "chunk_window": chunks[1].clone(), "select0": steps[0].clone(),
+               "select1": steps[1].clone()},
+              str(folder / "case.safetensors"))
+    print(f"import: chunk_first {chunks[0].flatten()[:4].tolist()}, sha256 {digest[:12]}")
+
+
 def main():
     from check_lerobot import _torchvision_without_compiled_ops
 
@@ -230,9 +332,13 @@ def main():
     args = ap.parse_args()
     print(_torchvision_without_compiled_ops())
     from importlib.metadata import version
-    if version("lerobot") != LEROBOT_VERSION:
-        raise SystemExit(f"this script is pinned to LeRobot {LEROBOT_VERSION}, found {version('lerobot')}")
     torch.set_num_threads(1)
+    if version("lerobot") == IMPORT_VERSION:
+        make_import_case(Path(args.out))
+        return
+    if version("lerobot") != LEROBOT_VERSION:
+        raise SystemExit(f"this script is pinned to LeRobot {LEROBOT_VERSION} (parity cases) and "
+                         f"{IMPORT_VERSION} (import case), found {version('lerobot')}")
     for name, case in CASES.items():
         make_case(name, case, Path(args.out))
 

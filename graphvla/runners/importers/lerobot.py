@@ -64,6 +64,7 @@ class PolicyType:
     key_prefixes: tuple  # (LeRobot prefix, graph prefix): the first that matches renames; graph None: not a weight
     configure: Callable  # (spec, config, features, config_path) -> None: the policy's own fields into the spec
     fixed: Callable | None = None  # (graph key, our tensor, their tensor) -> None: checks a non-weight (a fixed table)
+    rename: Callable | None = None  # LeRobot key -> graph key (None: a fixed table, '': unknown) instead of key_prefixes
 
 
 # ACT --------------------------------------------------------------------------------------------
@@ -136,8 +137,34 @@ def _act_vae_pos(cg):
     return getattr(head, "vae_pos", None)
 
 
+# Diffusion Policy (runners/importers/lerobot_diffusion.py: names, sizes, the observation window) ---------
+def _configure_diffusion(spec: dict, cfg: dict, features: dict, path: Path) -> dict:
+    from . import lerobot_diffusion
+
+    try:
+        return lerobot_diffusion.configure(spec, cfg, features)
+    except (KeyError, ValueError) as e:
+        raise LeRobotImportError(f"{path}: {e.args[0] if isinstance(e, ValueError) else f'no field {e}'}") from None
+
+
+def _diffusion_fixed(key: str, ours, theirs) -> None:
+    import torch
+
+    if ours.shape != theirs.shape or not torch.allclose(ours.float(), theirs.float(), atol=1e-6, rtol=0):
+        raise LeRobotImportError(f"'{key}' is not the spatial-softmax grid of the graph's feature map "
+                                 f"({list(theirs.shape)} vs {list(ours.shape)})")
+
+
+def _diffusion_key(key: str):
+    from . import lerobot_diffusion
+
+    return lerobot_diffusion.importer_key(key)
+
+
 POLICIES = {
     "act": PolicyType("act", "lerobot/act", ACT_KEYS, _configure_act, _act_fixed),
+    "diffusion": PolicyType("diffusion", "lerobot/diffusion", (), _configure_diffusion, _diffusion_fixed,
+                            rename=_diffusion_key),
 }
 
 
@@ -204,7 +231,8 @@ def features_of(cfg: dict, path: Path) -> dict:
         raise LeRobotImportError(f"{path}: input_features: cameras of shape {image}, expected [3, H, W]")
     width = lambda k, d: int(d[k]["shape"][0]) if k in d else 0  # noqa: E731
     return {"cameras": cameras, "image": image, "state": width(STATE_KEY, inputs), "env_state": width(ENV_KEY, inputs),
-            "action": width(ACTION_KEY, outputs), "horizon": int(cfg.get("chunk_size", 0) or 0)}
+            "action": width(ACTION_KEY, outputs),
+            "horizon": int(cfg.get("chunk_size", 0) or cfg.get("horizon", 0) or 0)}  # ACT: chunk_size; diffusion: horizon
 
 
 def _buffer(key: str) -> str:
@@ -307,7 +335,7 @@ def build_spec(policy: PolicyType, cfg: dict, cfg_path: Path, features: dict, im
         head_in["env_state"] = "inputs.env_state"
         key_map[ENV_KEY] = "env_state"
     spec["trainer"]["normalization"] = {p: m for p, m in modes.items() if p in spec["inputs"]}
-    policy.configure(spec, cfg, features, cfg_path)
+    key_map = policy.configure(spec, cfg, features, cfg_path) or key_map  # a policy may serve other keys (diffusion's window)
     steps = int(cfg.get("n_action_steps", h) or h)
     if (spec.get("infer") or {}).get("temporal_ensemble"):
         steps = 1  # queried every step, the ensemble's action executed
@@ -319,6 +347,8 @@ def build_spec(policy: PolicyType, cfg: dict, cfg_path: Path, features: dict, im
 
 def graph_key(key: str, policy: str = "act") -> str | None:
     """LeRobot's state_dict key -> the graph's (None: not a weight of the graph, e.g. a fixed table)."""
+    if POLICIES[policy].rename is not None:
+        return POLICIES[policy].rename(key)
     for theirs, ours in POLICIES[policy].key_prefixes:
         if key == theirs or (theirs.endswith(".") and key.startswith(theirs)):
             if ours is None:
@@ -363,6 +393,10 @@ def fixed_tables(cg, policy: PolicyType) -> dict:
     if policy.name == "act":
         pos = _act_vae_pos(cg)
         return {} if pos is None else {"model.vae_encoder_pos_enc": pos}
+    if policy.name == "diffusion":
+        from . import lerobot_diffusion
+
+        return lerobot_diffusion.fixed_tables(cg)
     return {}
 
 

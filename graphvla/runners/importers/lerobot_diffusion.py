@@ -4,9 +4,9 @@ the LeRobot importer (runners/importers/lerobot.py) and by tests/test_lerobot_di
 mapping that imports a checkpoint is the one the parity fixture proves.
 
 Names (LeRobot -> graph):
-  diffusion.rgb_encoder[.C].backbone.{0,1,4,5,6,7}...  vision.encoders.C.trunk.{conv1,bn1,layer1..4}...
-  diffusion.rgb_encoder[.C].pool.nets.*                 vision.encoders.C.keypoints.proj.*
-  diffusion.rgb_encoder[.C].out.*                       vision.encoders.C.out.*
+  diffusion.rgb_encoder[.C].backbone.{0,1,4,5,6,7}...  backbone.encoders.C.trunk.{conv1,bn1,layer1..4}...
+  diffusion.rgb_encoder[.C].pool.nets.*                 backbone.encoders.C.keypoints.proj.*
+  diffusion.rgb_encoder[.C].out.*                       backbone.encoders.C.out.*
   diffusion.unet.diffusion_step_encoder.{1,3}.*         head.unet.time_mlp.{0,2}.*
   diffusion.unet.{down,up}_modules.I.{0,1,2}.*          head.unet.{down,up}.I.{res1,res2,resample}.*
   diffusion.unet.mid_modules.J.*                        head.unet.mid.J.*
@@ -36,7 +36,7 @@ def _residual(rest: str) -> str | None:
     return None
 
 
-def graph_key(key: str, encoder: str = "vision", head: str = "head") -> str | None:
+def graph_key(key: str, encoder: str = "backbone", head: str = "head") -> str | None:
     """The graph's name for LeRobot's parameter `key`; None for a name this mapping does not know."""
     m = ENCODER.match(key)
     if m:
@@ -77,7 +77,7 @@ def graph_key(key: str, encoder: str = "vision", head: str = "head") -> str | No
 
 def spec_with(config: dict) -> dict:
     """The `with:` of the graph's two blocks and the port sizes for a LeRobot DiffusionConfig (as its
-    config.json holds it): {"vision": {...}, "head": {...}, "images": (cameras, C, H, W) or None,
+    config.json holds it): {"backbone": {...}, "head": {...}, "images": (cameras, C, H, W) or None,
     "state_dim", "env_dim", "action_dim", "n_obs_steps", "horizon"}. A setting the graph does not
     have is a ValueError naming it."""
     def need(name, ok, why):
@@ -113,7 +113,7 @@ def spec_with(config: dict) -> dict:
             "prediction": config["prediction_type"], "sampler": config["noise_scheduler_type"],
             "inference_steps": config.get("num_inference_steps"), "clip_sample": bool(config["clip_sample"]),
             "clip_range": config["clip_sample_range"], "mask_padding": bool(config["do_mask_loss_for_padding"])}
-    return {"vision": vision, "head": head, "images": (len(images), *next(iter(shapes))) if images else None,
+    return {"backbone": vision, "head": head, "images": (len(images), *next(iter(shapes))) if images else None,
             "image_keys": list(images), "state_dim": state["shape"][0], "env_dim": env["shape"][0] if env else 0,
             "action_dim": action["shape"][0], "n_obs_steps": config["n_obs_steps"], "horizon": config["horizon"]}
 
@@ -134,10 +134,66 @@ def fit_spec(spec: dict, config: dict) -> dict:
     spec["inputs"]["state"].update(dim=w["state_dim"], history=s)
     spec["inputs"]["actions"].update(dim=w["action_dim"], horizon=w["horizon"])
     spec["inputs"]["actions_mask"]["shape"] = [w["horizon"]]
-    spec["blocks"]["vision"]["with"] = w["vision"]
+    spec["blocks"]["backbone"]["with"] = w["backbone"]
     spec["blocks"]["head"]["with"] = w["head"]
     if w["env_dim"]:
         spec["inputs"]["env_state"] = {"kind": "state", "dim": w["env_dim"], "history": s,
                                        "description": "observation.environment_state at the observation steps"}
         spec["blocks"]["head"]["in"]["env_state"] = "inputs.env_state"
     return spec
+
+
+# the LeRobot importer's entry (runners/importers/lerobot.py POLICIES["diffusion"]) -------------------
+def importer_key(key: str) -> str | None:
+    """graph_key in the importer's convention: None for a table that is not a weight (the grids),
+    '' for a name the graph has no place for."""
+    if GRID_KEY.match(key):
+        return None
+    return graph_key(key) or ""
+
+
+def configure(spec: dict, config: dict, features: dict) -> dict:
+    """The importer's spec (built for the graph's ports by runners/importers/lerobot.build_spec) sized
+    and set for this Diffusion Policy; returns the serve key map. With n_obs_steps > 1 a client
+    sends the window of the last n_obs_steps observations, oldest first (LeRobot's queues), so a
+    camera maps to the whole `images` port ([steps, 3, H, W]) and the state to [steps, dim]; then one
+    camera only (the key map feeds a port by one key or one key per view). ValueError names a setting
+    the graph or the server cannot take."""
+    w = spec_with(config)
+    steps, cameras = int(w["n_obs_steps"]), features["cameras"]
+    if steps > 1 and len(cameras) > 1:
+        raise ValueError(f"n_obs_steps={steps} with {len(cameras)} cameras is not supported: the served observation "
+                         "is the window of the last n_obs_steps frames, which one key per camera cannot carry for "
+                         "several cameras (n_obs_steps 1, or one camera)")
+    key_map = {}
+    head = spec["blocks"]["head"]
+    head["with"] = w["head"]
+    if cameras:
+        normalize = spec["blocks"]["backbone"]["with"].get("normalize", "none")
+        spec["blocks"]["backbone"]["with"] = {**w["backbone"], "normalize": normalize}
+        spec["inputs"]["images"]["views"] = steps * len(cameras)
+        key_map.update({cam: "images" if steps > 1 else f"images[{i}]" for i, cam in enumerate(cameras)})
+    else:
+        head["in"].pop("context", None)
+    if features["state"]:
+        spec["inputs"]["state"]["history"] = steps
+        key_map["observation.state"] = "state"
+    if features["env_state"]:
+        spec["inputs"]["env_state"]["history"] = steps
+        key_map["observation.environment_state"] = "env_state"
+    trainer = spec.setdefault("trainer", {})
+    trainer["lr"] = float(config.get("optimizer_lr", trainer.get("lr", 1e-4)))
+    trainer["weight_decay"] = float(config.get("optimizer_weight_decay", trainer.get("weight_decay", 1e-6)))
+    if config.get("optimizer_betas"):
+        trainer["betas"] = [float(b) for b in config["optimizer_betas"]]
+    return key_map
+
+
+def fixed_tables(cg) -> dict:
+    """LeRobot's spatial-softmax grid keys -> the graph's grids (compared on import, not loaded)."""
+    enc = cg.model["backbone"] if "backbone" in cg.model else None
+    if enc is None:
+        return {}
+    if not enc.params["separate_encoders"]:
+        return {"diffusion.rgb_encoder.pool.pos_grid": enc.encoders[0].keypoints.grid}
+    return {f"diffusion.rgb_encoder.{c}.pool.pos_grid": e.keypoints.grid for c, e in enumerate(enc.encoders)}
