@@ -159,14 +159,40 @@ def test_the_training_graph_runs_the_same_loss_and_the_comparison_can_fail():
         finally:
             head.action_decoder.layer2.bias.copy_(saved)
     assert (moved - data["predicted_actions"]).abs().max().item() > 100 * TOL
+    # a training step: the loss reaches the DiT, the encoders, the future tokens and the VLM; in
+    # training mode starVLA's dropout (0.2) changes the loss for the same draws
+    graph.model.train()
+    try:
+        torch.manual_seed(0)
+        loss = graph.train["action"](**graph.feed(batch(data, meta), "action"))["loss"]
+        loss.backward()
+        with torch.no_grad():
+            hidden, mask = context(graph, fed)
+            dropped = head(hidden, mask, None, data["actions"], noise=data["train_noise"], time=data["train_time"])["loss"]
+    finally:
+        graph.model.eval()
+    for name, p in [("head.model.transformer_blocks.0.attn1.to_k.weight", head.model.transformer_blocks[0].attn1.to_k.weight),
+                    ("head.action_encoder.layer1.weight", head.action_encoder.layer1.weight),
+                    ("head.future_tokens.weight", head.future_tokens.weight),
+                    ("vlm input embeddings", graph.model["vlm"].model.get_input_embeddings().weight)]:
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert abs(dropped.item() - data["loss"].item()) > 100 * TOL
+
+
+# parameters of starVLA's FlowmatchingActionHead built from QwenGR00TDefaultConfig at 0ed0aad with the
+# cross-attention width of Qwen3-VL-4B (2560) and Qwen2.5-VL-3B (2048), counted by starVLA's own
+# module in the side venv; the state_dict keys and shapes were the same as the graph head's
+STARVLA_HEAD_PARAMETERS = {"starvla/qwen3vl-gr00t": 161_472_775, "starvla/qwen25vl-gr00t": 155_181_319}
 
 
 def test_the_packaged_graphs_compile_at_full_size():
     """starVLA's QwenGR00T defaults: DiT-B (768 wide, 12 heads, 16 blocks, odd ones self-attending),
-    cross-attention keys from the VLM's width, 32 future tokens, 1024-wide MLPs; state of 7 optional."""
+    cross-attention keys from the VLM's width, 32 future tokens, 1024-wide MLPs; state of 7 optional;
+    as many head parameters as starVLA's own head of that configuration."""
     for name, vlm_width in (("starvla/qwen3vl-gr00t", 2560), ("starvla/qwen25vl-gr00t", 2048)):
         cg = compile_graph(name)  # meta tensors from the bundled config
         head = cg.model["head"]
+        assert sum(p.numel() for p in head.parameters()) == STARVLA_HEAD_PARAMETERS[name]
         blocks = head.model.transformer_blocks
         assert len(blocks) == 16 and blocks[0].attn1.heads == 12
         assert blocks[0].attn1.to_k.weight.shape == (768, vlm_width) and blocks[1].attn1.to_k.weight.shape == (768, 768)
@@ -230,6 +256,28 @@ def test_import_serves_starvlas_actions(imported):
     # the comparison can fail: another seed's noise gives other actions
     other = policy.infer_batch([observation(0, meta, data)], sessions=[Session(meta["seeds"][0] + 1)])[0]["actions"]
     assert np.abs(other - data["actions"][0].numpy()).max() > 1e-2
+
+
+def test_import_rtc_and_export(imported, tmp_path):
+    """Real-time chunking (blend: the head has no guided sampler) is served on the imported run; the
+    run exports, and the exported graph (its noise drawn from the session as the run's) serves
+    starVLA's actions for the observation with a state."""
+    from graphvla.protocol import RTC_KEY
+    from graphvla.runners.export import export_policy
+    from graphvla.runners.exported import load_exported
+
+    meta, data = expected()
+    policy = load_policy(imported)
+    old = data["actions"][1].numpy()[::-1].copy()
+    reply = policy.infer_batch([{**observation(0, meta, data), RTC_KEY: {"delay": 1, "remaining_actions": old}}],
+                               sessions=[Session(meta["seeds"][0])])[0]
+    assert reply["rtc"]["applied"] and reply["rtc"]["method"] == "blend"
+    assert np.allclose(reply["actions"][0], old[0], atol=1e-6)
+    exported = load_exported(export_policy(imported, tmp_path / "exported"))
+    actions = exported.infer_batch([observation(1, meta, data)], sessions=[Session(meta["seeds"][1])])[0]["actions"]
+    diff = np.abs(actions - data["actions"][1].numpy()).max()
+    print(f"exported run vs starVLA served actions max |diff| {diff:.2e}")
+    assert diff <= 1e-4
 
 
 def test_import_cli_and_server(imported, tmp_path):
