@@ -321,3 +321,46 @@ def test_real_time_chunking_inpaints_the_committed_steps():
     guided = head.predict(context, context_mask, noise=noise, rtc=Inpainting(target, weights))["actions"]
     assert torch.equal(zero, plain)
     assert (guided[:, :2] - target[:, :2]).abs().mean() < 0.5 * (plain[:, :2] - target[:, :2]).abs().mean()
+
+
+def test_imported_run_cli_server_rtc_and_export(imported, tmp_path):
+    """The CLI imports the same weights; the server serves the run (a seeded session gives what
+    load_policy gives for that seed); a real-time chunking request is inpainted (guidance); the run
+    exports, and the exported graph given starVLA's noise serves starVLA's actions."""
+    import numpy as np
+
+    from graphvla.client import PolicyClient
+    from graphvla.policy.loading import load_policy
+    from graphvla.policy.session import Session
+    from graphvla.protocol import RTC_KEY
+    from graphvla.runners.export import export_policy
+    from graphvla.runners.exported import load_exported
+    from graphvla.runners.serve import ServeOptions, ServerThread
+    from click.testing import CliRunner
+
+    from graphvla.cli import main
+
+    d, run = imported
+    meta, data = expected()
+    out = tmp_path / "cli-run"
+    result = CliRunner().invoke(main, ["import", "starvla", str(d), "-o", str(out), "--base-vlm",
+                                       str(FIXTURES / "qwenpi_v3" / "vlm"), "--image-size", "64"])
+    assert result.exit_code == 0 and "QwenPI_v3" in result.output and "starvla/qwen3vl-pi-v3" in result.output, result.output
+    step = "checkpoints/step_0000002/model.safetensors"
+    assert (out / step).read_bytes() == (run / step).read_bytes()
+    policy = load_policy(out)
+    obs = observations()
+    local = policy.infer_batch(obs[:1], sessions=[Session(5)])[0]["actions"]
+    old = data["actions"][1].numpy()[::-1].copy()
+    with ServerThread(policy, ServeOptions(port=0, max_batch=1, seed=5)) as srv:
+        with PolicyClient("127.0.0.1", srv.port) as client:
+            client.reset()  # the session's seed is the server's
+            served = client.infer(obs[0])["actions"]
+            reply = client.infer({**obs[0], RTC_KEY: {"delay": 1, "remaining_actions": old}})
+    assert np.abs(served - local).max() <= 1e-6
+    assert reply["rtc"]["applied"] and reply["rtc"]["method"] == "guidance"
+    exported = load_exported(export_policy(run, tmp_path / "exported"))
+    actions = exported.runner([*exported.tensors(obs), data["noise"]])[0]
+    diff = (actions - data["actions"]).abs().max().item()
+    print(f"exported run vs starVLA served actions max |diff| {diff:.2e}")
+    assert diff <= IMPORT_TOL
