@@ -269,3 +269,78 @@ def test_a_served_session_inpaints_the_previous_chunk():
             np.testing.assert_allclose(reply["actions"][:4], pinned, atol=1e-6)
             reply = client.infer({**tiny_obs(2), RTC_KEY: {"delay": 0, "executed": 2}})
             assert reply["rtc"]["applied"] is False  # delay 0: nothing committed, plain decoding
+
+
+# --- graphvla import starvla: a QwenDiscreteDiffusion checkpoint as starVLA's trainer writes it -------
+
+CKPT_FIXTURE = FIXTURES / "qwendd_ckpt"  # scripts/parity/starvla_dd_ckpt.py
+IMPORT_TOL = 1e-4
+
+
+def expected():
+    return json.loads((CKPT_FIXTURE / "expected.json").read_text()), load_file(str(CKPT_FIXTURE / "expected.safetensors"))
+
+
+def starvla_run(tmp_path) -> Path:
+    """The trainer's folder with its weights file rebuilt from the parity fixture's state as the script
+    wrote it (the fixture keeps only its sha256): byte for byte the file starVLA loaded."""
+    import hashlib
+    import shutil
+
+    from safetensors.torch import save_file
+
+    meta, _ = expected()
+    d = tmp_path / "starvla-run"
+    shutil.copytree(CKPT_FIXTURE / "ckpt", d)
+    weights = d / meta["checkpoint"][len("ckpt/"):]
+    save_file(load(FIXTURE, "state"), str(weights))
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == meta["checkpoint_sha256"]
+    return d
+
+
+def test_imported_run_serves_starvlas_actions(tmp_path):
+    """load_policy on the imported run, given the draws starVLA's predict_action made, serves what
+    starVLA served (from_pretrained + predict_action + FrameworkTools.unnormalize_actions) within 1e-4;
+    every tensor of the checkpoint is in the run; a session (its own draws) with RTC works on it; a
+    config the head cannot represent is refused naming the field."""
+    import yaml
+
+    from graphvla.policy.loading import load_policy
+    from graphvla.runners.importers.starvla import StarVLAImportError, import_starvla
+
+    d = starvla_run(tmp_path)
+    run = import_starvla(d, tmp_path / "run", base_vlm=FIXTURE / "vlm", image_size=64)
+    meta, data = expected()
+    info = json.loads((run / "imported.json").read_text())
+    policy = load_policy(run)
+    weights = load_file(str(d / meta["checkpoint"][len("ckpt/"):]))
+    assert info["framework"] == "QwenDiscreteDiffusion" and info["graph"] == "starvla/qwen3vl-discrete-diffusion"
+    assert info["tensors"] == len(weights) == len(policy.cg.model.state_dict())
+    obs = [{"images": data["images"][i].numpy(), "instruction": meta["instructions"][i], "state": data["state"][i].numpy()}
+           for i in range(len(meta["instructions"]))]
+    noise = load(FIXTURE, "case_predict")["noise"]
+    actions = np.stack([o["actions"] for o in policy.infer_batch(obs, noise=noise)])
+    diff = np.abs(actions - data["actions"].numpy()).max()
+    print(f"imported run vs starVLA served actions: max |diff| {diff:.2e}")
+    assert actions.shape == tuple(data["actions"].shape) and diff <= IMPORT_TOL
+    other = np.stack([o["actions"] for o in policy.infer_batch(obs, noise=noise.roll(1, dims=0))])
+    assert np.abs(other - data["actions"].numpy()).max() > 100 * IMPORT_TOL  # the draws matter
+    session = policy.new_session(4)
+    first = policy.infer(obs[0], session)["actions"]
+    again = policy.infer({**obs[1], RTC_KEY: {"delay": 1, "executed": 2}}, session)
+    assert again["rtc"]["applied"] and again["rtc"]["method"] == "inpainting" and np.isfinite(again["actions"]).all()
+    assert first.shape == again["actions"].shape == (meta_of()["horizon"], meta_of()["action_dim"])
+    for i, (edit, message) in enumerate([
+        (lambda c: c["framework"]["action_model"].update(action_model_type="LayerwiseFM"),
+         r"framework\.action_model\.action_model_type 'LayerwiseFM' is not QwenDiscreteDiffusion's LayerwiseDD"),
+        (lambda c: c["framework"]["action_model"]["diffusion_model_cfg"].update(positional_embeddings=None),
+         r"diffusion_model_cfg\.positional_embeddings is None"),
+        (lambda c: c["framework"]["action_model"].update(decode_schedule="exp"), r"decode_schedule is 'exp'"),
+    ]):
+        d = starvla_run(tmp_path / str(i))
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        edit(cfg)
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        with pytest.raises(StarVLAImportError, match=message):
+            import_starvla(d, tmp_path / str(i) / "run", base_vlm=FIXTURE / "vlm", image_size=64)
+        assert not (tmp_path / str(i) / "run").exists()
