@@ -364,3 +364,18 @@ def test_imported_run_cli_server_rtc_and_export(imported, tmp_path):
     diff = (actions - data["actions"]).abs().max().item()
     print(f"exported run vs starVLA served actions max |diff| {diff:.2e}")
     assert diff <= IMPORT_TOL
+
+
+def test_without_action_dit_hidden_dim_the_head_reads_the_vlm_layers(tmp_path):
+    """action_dit_hidden_dim null (QwenPI_v3's fallback: the DiT at the VLM's width, projectors are
+    nn.Identity with no weights): the imported graph's DiT runs at the VLM's width (64), so the
+    fixture's checkpoint (a DiT of width 32) is refused, naming the first tensor that does not fit."""
+    from graphvla.runners.importers.starvla import StarVLAImportError, import_starvla
+
+    d = starvla_run(tmp_path)
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    cfg["framework"]["action_model"]["diffusion_model_cfg"]["action_dit_hidden_dim"] = None
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(StarVLAImportError, match=r"'action_model\.[\w.]+' has shape \[[\d, ]*32\], the graph's head\.[\w.]+ needs \[[\d, ]*64\]"):
+        import_starvla(d, tmp_path / "run", base_vlm=FIXTURES / "qwenpi_v3" / "vlm", image_size=64)
+    assert not (tmp_path / "run").exists()
