@@ -9,6 +9,9 @@ committed; the rest of the overlap (d <= i < R, R = len(remaining)) should conti
 - Flow heads (head.flow_matching, head.dual_system): the chunk is inpainted by guided sampling
   (blocks/heads/flow_matching.py Inpainting) with weights from `guidance_weights`: 1 for i < d,
   decaying over d <= i < R (Black et al. 2025's exponential schedule by default), 0 after.
+- head.layerwise_discrete_diffusion (starVLA's MaskGIT head): every step with a weight > 0 is pinned
+  to the bin of the remaining action there (known-prefix inpainting, method "inpainting"); only the
+  other steps are decoded.
 - Every other head (head.mlp, head.query_transformer, head.fast, ...): `blend_prefix` on the returned chunk: the
   first d actions are the remaining ones, then a linear blend from them to the new chunk over the
   rest of the overlap.
