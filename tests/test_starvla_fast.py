@@ -272,3 +272,54 @@ def test_trains_saves_and_loads_as_a_policy(tmp_path):
     for x, y in zip(loaded, in_memory):
         assert x["actions"].shape == (meta["horizon"], meta["action_dim"])
         np.testing.assert_allclose(x["actions"], y["actions"], rtol=0, atol=1e-6)
+
+
+# `graphvla import starvla` on a QwenFast checkpoint as starVLA's trainer writes it
+# (tests/fixtures/starvla/qwenfast_ckpt, scripts/parity/starvla_fast_ckpt.py): the imported run
+# serves starVLA's from_pretrained + predict_action + unnormalize_actions.
+CKPT = ROOT / "tests" / "fixtures" / "starvla" / "qwenfast_ckpt"
+
+
+def do_import(out, **kw):
+    from graphvla.runners.importers.starvla import import_starvla
+
+    kw.setdefault("base_vlm", FIXTURES["qwen3vl"] / "vlm")  # config.yaml names the scratch folder it was built in
+    kw.setdefault("fast_tokenizer", FIXTURES["qwen3vl"] / "fast")  # QwenFast reads it from outside the checkpoint
+    return import_starvla(CKPT / "ckpt", out, image_size=case(FIXTURES["qwen3vl"])[0]["image_size"], **kw)
+
+
+def test_imported_checkpoint_serves_starvlas_actions(tmp_path):
+    from graphvla.policy.loading import load_policy
+
+    expected_meta = json.loads((CKPT / "expected.json").read_text())
+    expected = load_file(str(CKPT / "expected.safetensors"))
+    assert expected_meta["framework"] == "QwenFast" and expected_meta["starvla_commit"].startswith("0ed0aad")
+    run = do_import(tmp_path / "run")
+    info = json.loads((run / "imported.json").read_text())
+    weights = load_file(str(CKPT / "ckpt" / "checkpoints" / "steps_2_model.safetensors"))
+    policy = load_policy(run)
+    assert info["framework"] == "QwenFast" and info["graph"] == "starvla/qwen3vl-fast"
+    assert info["tensors"] == len(weights) == len(policy.cg.model.state_dict())  # every tensor accounted for
+    obs = [{"images": expected["images"][i].numpy(), "instruction": expected_meta["instructions"][i]}
+           for i in range(len(expected_meta["instructions"]))]
+    actions = np.stack([o["actions"] for o in policy.infer_batch(obs)])
+    diff = np.abs(actions - expected["actions"].numpy()).max()
+    print(f"imported QwenFast run vs starVLA served actions: max |diff| {diff:.2e}")
+    assert actions.shape == tuple(expected["actions"].shape) and diff <= 1e-4
+    assert (expected["actions"] - expected["normalized_actions"]).abs().max() > 0.1  # un-normalization is exercised
+
+
+def test_import_refuses_what_qwenfast_cannot_use_naming_it(tmp_path, monkeypatch):
+    from graphvla import hub
+    from graphvla.runners.importers.starvla import StarVLAImportError
+
+    monkeypatch.setattr(hub, "cached_snapshot", lambda *a, **k: None)  # no physical-intelligence/fast in the cache
+    with pytest.raises(StarVLAImportError, match="--fast-tokenizer"):
+        do_import(tmp_path / "a", fast_tokenizer=None)
+    graphvla_fast = ROOT / "graphvla" / "graphs" / "tiny" / "fast_tokenizer"  # GraphVLA's own format: not starVLA's
+    with pytest.raises(StarVLAImportError, match="physical-intelligence/fast's format"):
+        do_import(tmp_path / "b", fast_tokenizer=graphvla_fast)
+    oft_vlm = FIXTURES["qwen3vl"].with_name("qwenoft") / "vlm"  # a tokenizer without <robot_action_i>
+    with pytest.raises(StarVLAImportError, match=r"tokenizer.json.*robot_action_0"):
+        do_import(tmp_path / "c", base_vlm=oft_vlm)
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -177,7 +177,7 @@ def framework(name):
 
 
 BAD = {
-    "not representable yet": (framework("QwenFast"), r"config\.yaml: framework\.name 'QwenFast' is a starVLA framework GraphVLA cannot represent yet"),
+    "not representable yet": (framework("QwenAdapter"), r"config\.yaml: framework\.name 'QwenAdapter' is a starVLA framework GraphVLA cannot represent yet"),
     "unknown framework": (framework("NoSuchVLA"), r"config\.yaml: framework\.name 'NoSuchVLA' is not a starVLA framework"),
     "missing tensor": (lambda d: edit_weights(d, lambda s: s.pop("action_model.model.fc2.bias")),
                        r"steps_2_model\.safetensors: 1 tensor\(s\) missing: action_model\.model\.fc2\.bias"),

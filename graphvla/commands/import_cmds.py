@@ -20,8 +20,11 @@ SOURCES = ("starvla", "lerobot")
 @click.option("--dataset-key", default=None, help="which dataset's statistics un-normalize actions (needed when there are several)")
 @click.option("--views", type=int, default=2, show_default=True, help="camera views per observation")
 @click.option("--image-size", type=int, default=224, show_default=True, help="side of the (square) camera images")
+@click.option("--fast-tokenizer", type=click.Path(), default=None,
+              help="starVLA QwenFast: the FAST tokenizer folder (physical-intelligence/fast's format); default: "
+                   "physical-intelligence/fast from the Hugging Face Hub cache")
 @handles_errors
-def import_(source, ckpt_dir, output, weights, base_vlm, dataset_key, views, image_size):
+def import_(source, ckpt_dir, output, weights, base_vlm, dataset_key, views, image_size, fast_tokenizer):
     """Import the starVLA run folder CKPT_DIR (config.yaml, dataset_statistics.json, checkpoints/) as
     the GraphVLA run OUTPUT. starVLA frameworks GraphVLA cannot represent are refused by name.
     `lerobot`: CKPT_DIR is a policy LeRobot's save_pretrained wrote (a folder or a Hub id); policy
@@ -43,7 +46,7 @@ def import_(source, ckpt_dir, output, weights, base_vlm, dataset_key, views, ima
     from ..runners.importers.starvla import import_starvla
 
     run = import_starvla(ckpt_dir, output, weights=weights, base_vlm=base_vlm, dataset_key=dataset_key, views=views,
-                         image_size=image_size)
+                         image_size=image_size, fast_tokenizer=fast_tokenizer)
     info = read_json(run / "imported.json")
     click.echo(f"imported starVLA {info['framework']} ({info['tensors']} tensors, step {info['step']}, "
                f"statistics '{info['statistics']['dataset_key']}') as graph {info['graph']} into {run}")

@@ -64,12 +64,15 @@ class Framework:
     key_prefixes: starVLA module paths <-> the graph's, one table read both ways ({i}: a block index)
     configure:    configure(spec, cfg, cfg_path, horizon, dim): the framework's own checks of config.yaml
                   (a StarVLAImportError naming the field) and edits of the graph's spec (widths, ports)
-    placeholder:  the prompt holds starVLA's action placeholder token (the tokenizer must hold it as one)"""
+    placeholder:  the prompt holds starVLA's action placeholder token (the tokenizer must hold it as one)
+    action_tokens: the VLM writes FAST action tokens (QwenFast): the FAST tokenizer (--fast-tokenizer)
+                  and the base VLM's <robot_action_i> ids go into the spec (configure_action_tokens)"""
     name: str
     graphs: dict
     key_prefixes: tuple
     configure: Callable | None = None
     placeholder: bool = True
+    action_tokens: bool = False
 
 
 def _configure_oft(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: int) -> None:
@@ -246,6 +249,52 @@ def _configure_dd(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: int)
         del spec["blocks"]["head"]["in"]["state"]
 
 
+def _configure_fast(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: int) -> None:
+    kind = (cfg["framework"].get("action_model") or {}).get("action_model_type", "FAST")
+    if kind != "FAST":
+        raise StarVLAImportError(f"{cfg_path}: framework.action_model.action_model_type '{kind}' is not QwenFast's FAST")
+
+
+FAST_HUB_ID = "physical-intelligence/fast"  # what starVLA's playground/Pretrained_models/fast holds
+
+
+def configure_action_tokens(spec: dict, vlm_dir: Path, fast_tokenizer, framework: str) -> Path:
+    """QwenFast: the FAST tokenizer folder (`fast_tokenizer`, else physical-intelligence/fast from the
+    Hub cache; starVLA reads it from outside the checkpoint) and the base VLM tokenizer's
+    <robot_action_i> ids (consecutive, one per FAST id) set into the spec. Returns the folder."""
+    from ... import hub
+    from ...processors.fast_hub import HubFASTTokenizer, is_hub_fast
+    from ...processors.hf_processor import load_processor
+
+    folder = Path(fast_tokenizer) if fast_tokenizer is not None else hub.cached_snapshot(FAST_HUB_ID)
+    if folder is None:
+        raise StarVLAImportError(f"starVLA {framework} reads its FAST tokenizer from outside the checkpoint "
+                                 f"(playground/Pretrained_models/fast, i.e. {FAST_HUB_ID}): give that folder with "
+                                 f"--fast-tokenizer (the Hugging Face Hub cache has no {FAST_HUB_ID} either)")
+    if not is_hub_fast(folder):
+        raise StarVLAImportError(f"{folder}: not a FAST tokenizer in {FAST_HUB_ID}'s format (processor_config.json "
+                                 f"and tokenizer.json), which starVLA's {framework} loads")
+    try:
+        fast = HubFASTTokenizer.load(folder)
+    except (FileNotFoundError, ValueError) as e:
+        raise StarVLAImportError(str(e)) from None
+    try:
+        tok = load_processor(vlm_dir).tokenizer
+    except Exception as e:  # noqa: BLE001 - re-raised naming the folder
+        raise StarVLAImportError(f"{vlm_dir}: the base VLM's processor does not load: {e}") from None
+    n = fast.vocab_size
+    ids = tok.convert_tokens_to_ids([f"<robot_action_{i}>" for i in range(n)])
+    if ids[0] is None or ids[0] == tok.unk_token_id or ids != list(range(ids[0], ids[0] + n)):
+        raise StarVLAImportError(f"{vlm_dir / 'tokenizer.json'}: starVLA {framework} writes FAST id i as the token "
+                                 f"<robot_action_i>; this tokenizer does not hold <robot_action_0..{n - 1}> ({n}, the "
+                                 f"FAST vocabulary of {folder}) as consecutive tokens (an -Action checkpoint made by "
+                                 f"starVLA's add_special_tokens_to_qwen.py does)")
+    spec["blocks"]["vlm"]["with"].update(action_vocab=n, action_token_base=int(ids[0]))
+    for block in ("action_tokens", "head"):
+        spec["blocks"][block]["with"]["tokenizer"] = str(folder.resolve())
+    return folder
+
+
 # The VLM wrapper holds the transformers model as backbone.hf_vlm does; QwenOFT's MLP-ResNet layers
 # are head.mlp_resnet's; head.gr00t_flow_matching's modules carry starVLA's names.
 _VLM_PREFIX = ("qwen_vl_interface.model.", "vlm.model.")
@@ -274,6 +323,9 @@ FRAMEWORKS = {f.name: f for f in [
         ("action_model.", "head."),
     ), _configure_dd, placeholder=False),
 ]}
+FRAMEWORKS["QwenFast"] = Framework(  # the VLM's own LM head writes the actions: its weights are all there is
+    "QwenFast", {"qwen3_vl": "starvla/qwen3vl-fast", "qwen2_5_vl": "starvla/qwen25vl-fast"}, (_VLM_PREFIX,),
+    _configure_fast, placeholder=False, action_tokens=True)
 NOT_YET = tuple(n for n in STARVLA_FRAMEWORKS if n not in FRAMEWORKS)
 
 
@@ -490,7 +542,7 @@ def normalization(action: dict) -> tuple[dict, dict, list]:
 
 
 def import_starvla(ckpt_dir, out, *, weights=None, base_vlm=None, dataset_key=None, views: int = 2,
-                   image_size: int = 224) -> Path:
+                   image_size: int = 224, fast_tokenizer=None) -> Path:
     """Write GraphVLA run `out` from starVLA run folder `ckpt_dir`; returns `out`. Raises StarVLAImportError
     (a ValueError) naming the file and key of what does not fit; nothing is left at `out` then."""
     import torch
@@ -524,6 +576,7 @@ def import_starvla(ckpt_dir, out, *, weights=None, base_vlm=None, dataset_key=No
     stats_path, key, action = read_statistics(ckpt_dir, dim, dataset_key)
     weights_path, step = find_weights(ckpt_dir, weights)
     spec_data = build_spec(cfg, cfg_path, framework, graph, vlm_dir, vlm_config, views, image_size)
+    fast_dir = configure_action_tokens(spec_data, vlm_dir, fast_tokenizer, framework.name) if framework.action_tokens else None
 
     with tempfile.TemporaryDirectory(prefix="graphvla-import-") as scratch:
         spec_file = Path(scratch) / "spec.yaml"
@@ -557,6 +610,7 @@ def import_starvla(ckpt_dir, out, *, weights=None, base_vlm=None, dataset_key=No
                 "statistics": {"file": str(stats_path.resolve()), "dataset_key": key,
                                "mask": [bool(m) for m in action["mask"]]},
                 "base_vlm": str(vlm_dir.resolve()), "views": views, "image_size": image_size,
+                **({"fast_tokenizer": str(fast_dir.resolve())} if fast_dir is not None else {}),
                 "postprocess": ["action_bounds (clamp [-1, 1], gripper channel binarised at 0.5)",
                                 "unnormalize q01_q99"]})
             os.replace(tmp, out)
