@@ -50,7 +50,7 @@ def test_the_library_has_every_variant():
     for name in TINY:
         assert (ROOT / "tiny" / f"{name}.yaml").exists(), name
     # the discovery below reaches every folder of the library, and no base/ file
-    assert {rel.split("/")[0] for rel in LIBRARY} == {"examples", "fullsize", "metaworld", "starvla", "sweeps", "tiny"}
+    assert {rel.split("/")[0] for rel in LIBRARY} == {"examples", "fullsize", "lerobot", "metaworld", "starvla", "sweeps", "tiny"}
     assert not [rel for rel in LIBRARY if rel.count("/") == 1 and rel.startswith("sweeps/")]  # sweep files
     assert {"metaworld/mt10-oft-privileged.yaml", "metaworld/mt10-small-privileged.yaml", "metaworld/mt50.yaml",
             "tiny/mlp.yaml"} <= set(LIBRARY)
@@ -71,13 +71,15 @@ def test_every_library_graph_validates_and_compiles_on_meta(rel):
     total, trainable = (sum(c[i] for c in cg.param_counts().values()) for i in (0, 1))
     assert total > 0 and trainable > 0, (total, trainable)
     # the inference graph returns every declared output, needs no training-only input, and its
-    # actions are [B, horizon, dim] of the action port
+    # actions are [B, horizon, dim] of the action port (a head that returns n_action_steps of its
+    # denoised horizon, as Diffusion Policy does from the current observation step on: that many)
     out = next(n for n in cg.infer.graph.nodes if n.op == "output")
     assert set(out.args[0]) == set(spec.outputs)
     placeholders = {n.target for n in cg.infer.graph.nodes if n.op == "placeholder"}
     assert placeholders and not placeholders & {p for p, d in spec.inputs.items() if d.get("train_only")}
     block, _, out_port = spec.outputs["actions"].partition(".")
-    assert cg.shapes[(block, out_port)] == ("B", port["horizon"], port["dim"])
+    steps = (spec.blocks[block].get("with") or {}).get("n_action_steps", port["horizon"])
+    assert cg.shapes[(block, out_port)] == ("B", steps, port["dim"])
 
 
 @pytest.mark.parametrize("name", FULLSIZE)
