@@ -323,3 +323,36 @@ def test_import_refuses_what_qwenfast_cannot_use_naming_it(tmp_path, monkeypatch
     with pytest.raises(StarVLAImportError, match=r"tokenizer.json.*robot_action_0"):
         do_import(tmp_path / "c", base_vlm=oft_vlm)
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_cli_import_serve_sessions_rtc_and_export_refusal(tmp_path):
+    """After import the run is served like a trained one (sessions, real-time chunking by blending)
+    and `graphvla export` refuses it naming why (autoregressive decoding), writing nothing."""
+    from click.testing import CliRunner
+
+    from graphvla.cli import main
+    from graphvla.client import PolicyClient
+    from graphvla.policy.loading import load_policy
+    from graphvla.protocol import RTC_KEY
+    from graphvla.runners.serve import ServeOptions, ServerThread
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["import", "starvla", str(CKPT / "ckpt"), "-o", str(out), "--base-vlm",
+                                       str(FIXTURES["qwen3vl"] / "vlm"), "--fast-tokenizer", str(FIXTURES["qwen3vl"] / "fast"),
+                                       "--image-size", str(case(FIXTURES["qwen3vl"])[0]["image_size"])])
+    assert result.exit_code == 0 and "QwenFast (64 tensors" in result.output, result.output
+    meta = json.loads((CKPT / "expected.json").read_text())
+    data = load_file(str(CKPT / "expected.safetensors"))
+    obs = [{"images": data["images"][i].numpy(), "instruction": meta["instructions"][i]} for i in range(2)]
+    with ServerThread(load_policy(out), ServeOptions(port=0, max_batch=2, seed=0)) as srv:
+        with PolicyClient("127.0.0.1", srv.port) as client:
+            client.reset(3)
+            served = [client.infer(o)["actions"] for o in obs]
+            old = np.asarray(data["actions"][1].numpy()[::-1].copy())
+            reply = client.infer({**obs[0], RTC_KEY: {"delay": 1, "remaining_actions": old}})
+    for i, a in enumerate(served):
+        assert np.abs(a - data["actions"][i].numpy()).max() <= 1e-4
+    assert reply["rtc"]["applied"] and reply["rtc"]["method"] == "blend" and np.allclose(reply["actions"][0], old[0], atol=1e-6)
+    result = CliRunner().invoke(main, ["export", str(out), "-o", str(tmp_path / "exported")])
+    assert result.exit_code != 0 and "action_vocab" in result.output, result.output
+    assert not (tmp_path / "exported").exists()
