@@ -35,7 +35,7 @@ BUILTIN_MODULES = [
     "graphvla.blocks.heads.dual_system",
     "graphvla.blocks.heads.fast",
     "graphvla.blocks.heads.flow_matching",
-    "graphvla.blocks.heads.gr00t",
+    "graphvla.blocks.heads.gr00t_flow_matching",
     "graphvla.blocks.heads.layerwise_discrete_diffusion",
     "graphvla.blocks.heads.layerwise_fm",
     "graphvla.blocks.heads.mlp",
