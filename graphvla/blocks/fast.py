@@ -1,5 +1,7 @@
-"""FAST decoded by the VLM itself (after pi0-FAST and starVLA's QwenFast; not parity-tested): the two ends around a
-`backbone.hf_vlm` with `with.action_vocab`.
+"""FAST decoded by the VLM itself: the two ends around a `backbone.hf_vlm` with `with.action_vocab`.
+With GraphVLA's defaults (fullsize/*-fast-lm, tiny/fast-lm) a GraphVLA design after pi0-FAST, not
+parity-tested; with a physical-intelligence/fast tokenizer folder and the VLM's action_token_base,
+answer_end: chat_template and decode: free, starVLA's QwenFast (starvla/*-fast, fixture-tested).
 
     inputs.actions -> fast.encode -> vlm.target_tokens   (training: the LM loss on action tokens)
     vlm.generated  -> fast.decode -> actions, decode_ok  (inference: greedy, constrained decoding)
@@ -28,7 +30,8 @@ from .heads.fast import FIT_HINT, ON_MALFORMED, HoldFallback, decode_tokens, loa
 
 TOKENIZER_PARAM = {"type": ["string", "null"], "default": None,
                    "description": "folder of a fitted FAST tokenizer (relative to the spec's folder), or a "
-                                  "Hugging Face Hub id org/name[@revision] holding one"}
+                                  "Hugging Face Hub id org/name[@revision] holding one: GraphVLA's (graphvla "
+                                  "fast-fit) or in physical-intelligence/fast's format (processors/fast_hub.py)"}
 
 
 class _FASTEnd(Block):
