@@ -327,3 +327,36 @@ def test_bad_gr00t_checkpoints_are_named_and_leave_nothing(name, tmp_path):
         import_starvla(d, out, base_vlm=FIXTURE / "vlm", image_size=64)
     assert not out.exists()
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_graphvla_eval_runs_an_imported_gr00t_run(tmp_path):
+    """`graphvla eval` (GraphVLA's Meta-World suite, one short episode) on an imported QwenGR00T run:
+    the fixture's checkpoint cut to Meta-World's 4-d actions (the action encoder's input and the
+    decoder's output rows, the statistics, action_dim 4) and without a state encoder (state_dim 0,
+    its tensors dropped): a checkpoint starVLA itself builds, one view."""
+    from conftest import require_metaworld
+    from safetensors.torch import save_file
+
+    require_metaworld()
+    d = ckpt_folder(tmp_path)
+    edit_config(d, lambda m: m.update(action_dim=4, state_dim=0))
+    path = next((d / "checkpoints").glob("steps_*_model.safetensors"))
+    state = load_file(str(path))
+    state = {k: v for k, v in state.items() if not k.startswith("action_model.state_encoder.")}
+    state["action_model.action_encoder.layer1.weight"] = state["action_model.action_encoder.layer1.weight"][:, :4].contiguous()
+    for k in ("action_model.action_decoder.layer2.weight", "action_model.action_decoder.layer2.bias"):
+        state[k] = state[k][:4].contiguous()
+    save_file(state, str(path))
+    stats_file = d / "dataset_statistics.json"
+    stats = json.loads(stats_file.read_text())
+    for ds in stats.values():
+        ds["action"] = {k: v[:4] for k, v in ds["action"].items()}
+    stats_file.write_text(json.dumps(stats))
+    run = import_starvla(d, tmp_path / "run", base_vlm=FIXTURE / "vlm", views=1, image_size=64)
+    assert "state" not in load_policy(run).inputs
+    result = CliRunner().invoke(main, ["eval", str(run), "--suite", "metaworld", "--tasks", "reach-v3", "--episodes", "1",
+                                       "--max-steps", "8", "-o", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    episode = results["episodes"]["reach-v3"][0]
+    assert episode["steps"] == 8 and episode["queries"] == 2  # chunks of 4 executed 4 at a time, served by the run
