@@ -318,3 +318,22 @@ def test_diffusion_policies_the_graph_cannot_take_are_refused_by_name(saved_poli
         for k in [k for k in t if "observation_images_top" in k]:
             t[k.replace("_top", "_side")] = t[k].clone()
     attempt(two_cameras, "n_obs_steps=2 with 2 cameras", side_statistics)
+
+
+@pytest.mark.slow
+def test_an_export_of_the_imported_policy_gives_lerobots_actions(imported_run, tmp_path):
+    """graphvla export folds the normalization into a torch.export program that takes the noise as an
+    input; with a session seeded 0 it gives LeRobot's predict_action_chunk (about 50 s on 2 cores)."""
+    from graphvla.policy.session import Session
+    from graphvla.runners.export import export_policy
+    from graphvla.runners.exported import load_exported
+
+    data = load_file(str(IMPORT / "case.safetensors"))
+    exported = load_exported(export_policy(imported_run, tmp_path / "export"))
+    noise = next(d for d in exported.manifest["inputs"] if d["name"] == "noise")
+    assert noise["shape"] == ["batch", 1, 8, 2] and noise["num_steps"] == 10  # DDIM: one draw, 10 steps
+    for frames, key in (([0, 0], "chunk_first"), ([0, 1], "chunk_window")):
+        obs = window(data, frames)
+        actions = exported.infer({"images": obs["observation.images.top"], "state": obs["observation.state"]},
+                                 session=Session(0))["actions"]
+        assert abs(actions - data[key][0].numpy()).max() <= SERVE_TOL

@@ -271,7 +271,8 @@ def folded_policy(policy, tokenizers: dict, sampler: str | None, vlms: dict, pyt
         names.append(NOISE)
         example.append(torch.randn(EXAMPLE_BATCH, *shape))
         described.append({"name": NOISE, "kind": "noise", "dtype": "float32", "shape": ["batch", *shape],
-                          "block": sampler, "num_steps": int(head.params["num_steps"])})
+                          "block": sampler,
+                          "num_steps": int(head.params["num_steps"] if "num_steps" in head.params else head.sampling_steps)})
     post = list(policy.postprocess or [])
     for step in post:
         if not step.tensor_only:

@@ -243,6 +243,11 @@ class DiffusionUNetHead(Block):
         return (batch, self.sampler.draws, int(self.horizon), int(self.action_dim))
 
     @property
+    def sampling_steps(self) -> int:
+        """Denoising steps at inference (an export's metadata names them)."""
+        return len(self.sampler.timesteps)
+
+    @property
     def noise_dtype(self) -> torch.dtype:
         return self.unet.out_proj.weight.dtype
 
