@@ -253,6 +253,9 @@ def _configure_fast(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: in
     kind = (cfg["framework"].get("action_model") or {}).get("action_model_type", "FAST")
     if kind != "FAST":
         raise StarVLAImportError(f"{cfg_path}: framework.action_model.action_model_type '{kind}' is not QwenFast's FAST")
+    # the longest chunk: two byte-level BPE tokens per DCT coefficient at most, then the end token
+    vlm = spec["blocks"]["vlm"]["with"]
+    vlm["max_new_tokens"] = max(int(vlm.get("max_new_tokens", 0)), 2 * horizon * dim + 1)
 
 
 FAST_HUB_ID = "physical-intelligence/fast"  # what starVLA's playground/Pretrained_models/fast holds
