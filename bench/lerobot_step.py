@@ -82,7 +82,7 @@ def graphvla_side(policy, folder: Path):
     cfg_path, cfg = L.read_config(folder)
     features = L.features_of(cfg, cfg_path)
     state = load_file(str(folder / "model.safetensors"))
-    stats, modes, images = L.read_statistics(state, cfg, features, cfg_path)
+    stats, modes, images, _ = L.normalization_of(folder, "0.3", state, cfg, features, cfg_path)
     spec = L.build_spec(L.POLICIES["act"], cfg, cfg_path, features, images, modes)
     cg = compile_graph(spec, device="cpu")
     cg.model.load_state_dict(L.map_weights(state, cg.model.state_dict(), L.fixed_tables(cg, L.POLICIES["act"]),

@@ -63,7 +63,7 @@ def parity_spec(folder: Path) -> tuple[dict, dict, dict, dict]:
     cfg_path, cfg = L.read_config(folder)
     features = L.features_of(cfg, cfg_path)
     state = load_file(str(folder / "model.safetensors"))
-    stats, modes, images = L.read_statistics(state, cfg, features, cfg_path)
+    stats, modes, images, _ = L.normalization_of(folder, "0.3", state, cfg, features, cfg_path)
     spec = L.build_spec(L.POLICIES["act"], cfg, cfg_path, features, images, modes)
     spec["inputs"]["cvae_noise"] = {"kind": "state", "dim": cfg["latent_dim"], "train_only": True, "optional": True}
     spec["blocks"]["head"]["in"]["noise"] = "inputs.cvae_noise"
@@ -309,7 +309,7 @@ def test_bad_policies_are_refused_by_name_and_leave_nothing(saved_policy, tmp_pa
     assert "type 'nope' (not a LeRobot policy type)" in attempt("nope", lambda c: c.update(type="nope"))
     assert "vision_backbone 'resnet50'" in attempt("r50", lambda c: c.update(vision_backbone="resnet50"))
     msg = attempt("v04", files=lambda d: (d / "policy_preprocessor.json").write_text("{}"))
-    assert "LeRobot 0.4+" in msg and "policy_preprocessor.json" in msg
+    assert "policy_preprocessor.json without policy_postprocessor.json" in msg
 
     def drop(d):
         t = load_file(str(d / "model.safetensors"))
@@ -322,3 +322,77 @@ def test_bad_policies_are_refused_by_name_and_leave_nothing(saved_policy, tmp_pa
     (tmp_path / "taken").mkdir()
     with pytest.raises(L.LeRobotImportError, match="already exists"):
         L.import_lerobot(saved_policy, tmp_path / "taken")
+
+
+FIXTURE_04 = FIXTURE.with_name("act_04")
+
+
+@pytest.fixture(scope="module")
+def saved_policy_04(tmp_path_factory) -> Path:
+    """The same policy as LeRobot 0.4.1 saves it (model without normalization, processor files),
+    rebuilt byte for byte (sha256 checked)."""
+    folder = tmp_path_factory.mktemp("lerobot04") / "act_tiny"
+    folder.mkdir()
+    for f in FIXTURE_04.iterdir():
+        if f.name not in ("model.json", "case.safetensors"):
+            shutil.copy(f, folder / f.name)
+    recipe = json.loads((FIXTURE / "backbone.json").read_text())["tensors"]
+    tensors = {k: v for k, v in load_file(str(FIXTURE / "small.safetensors")).items()
+               if not k.startswith(("normalize_inputs.", "normalize_targets.", "unnormalize_outputs."))}
+    tensors.update({k: recipe_tensor(e) for k, e in recipe.items()})
+    save_file(tensors, str(folder / "model.safetensors"))
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == json.loads((FIXTURE_04 / "model.json").read_text())["model_safetensors_sha256"]
+    return folder
+
+
+def test_a_lerobot_04_save_with_processor_files_serves_its_predict_action_chunk(saved_policy_04, case, tmp_path):
+    meta, data = case
+    expected = load_file(str(FIXTURE_04 / "case.safetensors"))["predict_action_chunk"]
+    run = imported(saved_policy_04, tmp_path / "act04")
+    info = json.loads((run / "imported.json").read_text())
+    assert info["format"] == "0.4" and info["normalization"] == {"state": "mean_std", "actions": "mean_std"}
+    _, actions = served(run, [lerobot_obs(meta, data, i) for i in range(meta["batch"])])
+    diff = max(np.abs(a - expected[i].numpy()).max() for i, a in enumerate(actions))
+    print(f"served imported 0.4.1 ACT vs its predict_action_chunk (pre/post processors): max |diff| {diff:.2e}")
+    assert diff <= SERVE_TOL
+
+
+def test_04_processor_files_are_checked(saved_policy_04, tmp_path):
+    def attempt(name, edit):
+        src = tmp_path / f"{name}-src"
+        shutil.copytree(saved_policy_04, src)
+        edit(src)
+        with pytest.raises(L.LeRobotImportError) as e:
+            L.import_lerobot(src, tmp_path / name)
+        assert not (tmp_path / name).exists()
+        return str(e.value)
+
+    def add_step(d):
+        pre = json.loads((d / "policy_preprocessor.json").read_text())
+        pre["steps"].insert(1, {"registry_name": "tokenizer_processor", "config": {}})
+        (d / "policy_preprocessor.json").write_text(json.dumps(pre))
+
+    assert "steps[1] 'tokenizer_processor' is not supported" in attempt("step", add_step)
+    msg = attempt("state", lambda d: (d / "policy_postprocessor_step_0_unnormalizer_processor.safetensors").unlink())
+    assert "unnormalizer_processor" in msg and "state_file" in msg
+
+    def drop_stat(d):
+        f = d / "policy_preprocessor_step_3_normalizer_processor.safetensors"
+        t = load_file(str(f))
+        t.pop("observation.state.std")
+        save_file(t, str(f))
+
+    assert "observation.state.std" in attempt("stat", drop_stat)
+
+    def rename(d):  # a client that sends 'observation.images.cam_high' for the 'top' camera
+        pre = json.loads((d / "policy_preprocessor.json").read_text())
+        pre["steps"][0]["config"]["rename_map"] = {"observation.images.cam_high": "observation.images.top"}
+        (d / "policy_preprocessor.json").write_text(json.dumps(pre))
+
+    src = tmp_path / "renamed-src"
+    shutil.copytree(saved_policy_04, src)
+    rename(src)
+    run = L.import_lerobot(src, tmp_path / "renamed")
+    key_map = json.loads((run / "imported.json").read_text())["key_map"]
+    assert key_map["observation.images.cam_high"] == "images[0]" and "observation.images.top" not in key_map

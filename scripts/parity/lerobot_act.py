@@ -23,6 +23,7 @@ manual_seed(seed)) (abs() where marked: variances), float32. The test rebuilds t
 its sha256 before comparing anything.
 
     /tmp/lerobot-venvs/lerobot-0.3.2/bin/python scripts/parity/lerobot_act.py [--out tests/fixtures/lerobot/act]
+    /tmp/lerobot-venvs/lerobot-0.4.1/bin/python scripts/parity/lerobot_act.py --format-04   (then: main_04's doc)
 """
 from __future__ import annotations
 
@@ -210,5 +211,71 @@ def main() -> int:
     return 0
 
 
+def main_04() -> int:
+    """The same policy saved by LeRobot 0.4.x (run with that venv's Python): the weights and statistics of
+    the 0.3.2 fixture (tests/fixtures/lerobot/act), the model built by 0.4's ACTPolicy (normalization
+    moved out of the model into processor pipelines), saved with save_pretrained plus the pre- and
+    post-processor's save_pretrained; records preprocessor -> predict_action_chunk -> postprocessor on
+    the case's observations. Writes tests/fixtures/lerobot/act_04/: config.json, the processor files,
+    model.json (the sha256 of its model.safetensors, which the 0.3.2 fixture's tensors without the
+    normalization buffers plus the recipe rebuild) and case.safetensors."""
+    from importlib.metadata import version
+
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.act.configuration_act import ACTConfig
+    from lerobot.policies.act.modeling_act import ACTPolicy
+    from lerobot.policies.act.processor_act import make_act_pre_post_processors
+
+    src = HERE.parents[1] / "tests" / "fixtures" / "lerobot" / "act"
+    out = src.with_name("act_04")
+    lerobot_version = version("lerobot")
+    assert not lerobot_version.startswith("0.3"), f"run with a LeRobot 0.4+ venv, not {lerobot_version}"
+    small = load_file(str(src / "small.safetensors"))
+    recipe = json.loads((src / "backbone.json").read_text())["tensors"]
+    norm_prefixes = ("normalize_inputs.", "normalize_targets.", "unnormalize_outputs.")
+    weights = {k: v for k, v in small.items() if not k.startswith(norm_prefixes)}
+    weights.update({k: recipe_tensor(e) for k, e in recipe.items()})
+    buffer = lambda module, key, n: small[f"{module}.buffer_{key.replace('.', '_')}.{n}"]  # noqa: E731
+    stats = {k: {n: buffer("normalize_inputs", k, n) for n in ("mean", "std")} for k in (*CAMERAS, "observation.state")}
+    stats["action"] = {n: buffer("unnormalize_outputs", "action", n) for n in ("mean", "std")}
+    features_in = {k: PolicyFeature(FeatureType.VISUAL, IMAGE) for k in CAMERAS}
+    features_in["observation.state"] = PolicyFeature(FeatureType.STATE, (STATE_DIM,))
+    config = ACTConfig(input_features=features_in,
+                       output_features={"action": PolicyFeature(FeatureType.ACTION, (ACTION_DIM,))}, **TINY)
+    policy = ACTPolicy(config)
+    policy.load_state_dict(weights, strict=True)
+    policy.eval()
+    pre, post = make_act_pre_post_processors(config, dataset_stats=stats)
+    case = load_file(str(src / "case.safetensors"))
+    with torch.no_grad():
+        chunks = []
+        for i in range(BATCH):
+            obs = {k: case[f"image.{k}"][i] for k in CAMERAS}
+            obs["observation.state"] = case["state"][i]
+            chunks.append(post(policy.predict_action_chunk(pre(obs))))
+    chunk = torch.cat(chunks)
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = Path(tmp) / "act"
+        policy.save_pretrained(saved)
+        pre.save_pretrained(saved)
+        post.save_pretrained(saved)
+        digest = sha256(saved / "model.safetensors")
+        rebuilt = Path(tmp) / "rebuilt.safetensors"
+        save_file(weights, str(rebuilt))
+        assert sha256(rebuilt) == digest, "the 0.3.2 fixture's tensors do not rebuild the 0.4 model.safetensors"
+        out.mkdir(parents=True, exist_ok=True)
+        for f in sorted(saved.iterdir()):
+            if f.name != "model.safetensors":
+                shutil.copy(f, out / f.name)
+    (out / "model.json").write_text(json.dumps({
+        "model_safetensors_sha256": digest, "lerobot": lerobot_version,
+        "rule": "tests/fixtures/lerobot/act: small.safetensors without normalize_inputs / normalize_targets / "
+                "unnormalize_outputs, plus backbone.json's recipe"}, indent=1) + "\n")
+    save_file({"predict_action_chunk": chunk.contiguous()}, str(out / "case.safetensors"))
+    diff = (chunk - case["predict_action_chunk"]).abs().max().item()
+    print(f"lerobot {lerobot_version}: predict_action_chunk vs 0.3.2's on the same weights: max |diff| {diff:.2e}; wrote {out}")
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_04() if "--format-04" in sys.argv else main())

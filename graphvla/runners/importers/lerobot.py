@@ -15,8 +15,11 @@ What LeRobot 0.3.x leaves in a pretrained folder, and what becomes of it:
                      postprocess normalization steps (MEAN_STD -> mean_std, MIN_MAX -> min_max), each
                      camera's image statistics as the image encoder's per-view `normalize`
 
-LeRobot 0.4 and later save the statistics in policy_preprocessor.json / policy_postprocessor.json
-and their step files instead; such a folder is refused by name (not supported yet).
+LeRobot 0.4 and later save the model without them, and the statistics in policy_preprocessor.json /
+policy_postprocessor.json (steps rename_observations / to_batch / device / normalizer, and unnormalizer
+/ device; any other step is refused by name) with the normalizer steps' state files
+(`<feature>.<stat>` tensors). Modes: MEAN_STD -> mean_std, MIN_MAX -> min_max, QUANTILES -> q01_q99,
+QUANTILE10 -> min_max over [q10, q90] (the same map); a rename_map renames the served keys.
 
 The run's serve section maps LeRobot's observation keys to the graph's ports (serve.key_map:
 observation.images.<camera> -> images[i] in config order, observation.state -> state), so a client
@@ -199,16 +202,24 @@ def read_config(folder: Path) -> tuple[Path, dict]:
     return path, cfg
 
 
+PREPROCESSOR, POSTPROCESSOR = "policy_preprocessor.json", "policy_postprocessor.json"
+# the processor steps a 0.4+ save may hold, by registry name; any other is refused by name
+PRE_STEPS = ("rename_observations_processor", "to_batch_processor", "device_processor", "normalizer_processor")
+POST_STEPS = ("unnormalizer_processor", "device_processor")
+STAT_NAMES = {"MEAN_STD": ("mean", "std"), "MIN_MAX": ("min", "max"), "QUANTILES": ("q01", "q99"),
+              "QUANTILE10": ("q10", "q90")}
+
+
 def check_version(folder: Path) -> str:
-    """'0.3': statistics inside model.safetensors. 0.4 and later (processor files) are refused by name."""
-    processors = sorted(p.name for p in folder.glob("policy_*processor*.json"))
-    if processors:
-        raise LeRobotImportError(f"{folder}: a LeRobot 0.4+ save ({', '.join(processors)}: statistics in processor "
-                                 "files) is not supported yet; GraphVLA imports LeRobot 0.3.x saves (statistics "
-                                 "inside model.safetensors)")
+    """'0.3' (statistics inside model.safetensors) or '0.4' (policy_preprocessor.json /
+    policy_postprocessor.json and their normalizer step files)."""
     if not (folder / "model.safetensors").is_file():
         raise LeRobotImportError(f"{folder}: no model.safetensors")
-    return "0.3"
+    pre, post = (folder / PREPROCESSOR).is_file(), (folder / POSTPROCESSOR).is_file()
+    if pre != post:
+        raise LeRobotImportError(f"{folder}: {PREPROCESSOR if pre else POSTPROCESSOR} without "
+                                 f"{POSTPROCESSOR if pre else PREPROCESSOR} (a LeRobot 0.4+ save has both)")
+    return "0.4" if pre else "0.3"
 
 
 def features_of(cfg: dict, path: Path) -> dict:
@@ -239,72 +250,181 @@ def _buffer(key: str) -> str:
     return "buffer_" + key.replace(".", "_")
 
 
-def read_statistics(state: dict, cfg: dict, features: dict, path: Path) -> tuple[dict, dict, dict]:
-    """(statistics per port, modes per port, image normalization per camera {mean, std} lists) from the
-    normalization buffers of a 0.3.x save; all buffers are consumed from `state`."""
-    import torch
+def _norm_mode(kind: str, mapping: dict, path: Path, field: str = "normalization_mapping") -> str:
+    m = mapping.get(kind, "IDENTITY")
+    if m != "IDENTITY" and m not in STAT_NAMES:
+        raise LeRobotImportError(f"{path}: {field}.{kind} '{m}' is not supported ({', '.join(['IDENTITY', *STAT_NAMES])})")
+    return m
 
+
+def statistics_03(state: dict, cfg: dict, features: dict, path: Path) -> tuple[dict, dict]:
+    """({'inputs' | 'targets' | 'outputs': {feature: {stat: tensor}}}, norm_map) from a 0.3.x save's
+    normalization buffers, which are taken out of `state`."""
+    weights = path.parent / "model.safetensors"
     mapping = cfg.get("normalization_mapping") or {}
-    kinds = {STATE_KEY: "STATE", ENV_KEY: "ENV", ACTION_KEY: "ACTION"}
-
-    def mode_of(kind: str) -> str:
-        m = mapping.get(kind, "IDENTITY")
-        if m not in MODES:
-            raise LeRobotImportError(f"{path}: normalization_mapping.{kind} '{m}' is not one of {', '.join(MODES)}")
-        return MODES[m]
-
-    def take(module: str, key: str, mode: str) -> dict:
-        names = ("mean", "std") if mode == "mean_std" else ("min", "max")
-        out = {}
-        for n in names:
-            full = f"{module}.{_buffer(key)}.{n}"
-            if full not in state:
-                raise LeRobotImportError(f"{path.parent / 'model.safetensors'}: '{full}' missing ({kinds.get(key, 'VISUAL')} "
-                                         f"is {mode.upper()} in normalization_mapping)")
-            t = state.pop(full).float()
-            if not torch.isfinite(t).all():
-                raise LeRobotImportError(f"{path.parent / 'model.safetensors'}: '{full}' is not finite: the policy was "
-                                         "saved without dataset statistics")
-            out[n] = t
-        return out
-
-    stats, modes, images = {}, {}, []
-    for key in (STATE_KEY, ENV_KEY):
-        if features["state" if key == STATE_KEY else "env_state"]:
-            mode = mode_of(kinds[key])
-            modes[PORTS[key]] = mode
-            if mode != "identity":
-                stats[PORTS[key]] = {k: v.reshape(-1).tolist() for k, v in take("normalize_inputs", key, mode).items()}
-    mode = mode_of("ACTION")
-    modes["actions"] = mode
-    if mode != "identity":
-        target = take("normalize_targets", ACTION_KEY, mode)
-        output = take("unnormalize_outputs", ACTION_KEY, mode)
-        for n in target:
-            if not torch.equal(target[n], output[n]):
-                raise LeRobotImportError(f"{path.parent / 'model.safetensors'}: normalize_targets and unnormalize_outputs "
-                                         f"hold different action {n} statistics")
-        stats["actions"] = {k: v.reshape(-1).tolist() for k, v in output.items()}
-    vmode = mode_of("VISUAL")
-    for cam in features["cameras"]:
-        if vmode == "identity":
-            images.append(([0.0] * 3, [1.0] * 3))
-            continue
-        s = take("normalize_inputs", cam, vmode)
-        if vmode == "mean_std":
-            images.append((s["mean"].reshape(-1).tolist(), s["std"].reshape(-1).tolist()))
-        else:  # (x - min) / (max - min) * 2 - 1 == (x - (min + max) / 2) / ((max - min) / 2)
-            lo, hi = s["min"].reshape(-1), s["max"].reshape(-1)
-            images.append((((lo + hi) / 2).tolist(), ((hi - lo) / 2).tolist()))
+    kinds = {**{c: "VISUAL" for c in features["cameras"]}, STATE_KEY: "STATE", ENV_KEY: "ENV", ACTION_KEY: "ACTION"}
+    present = {STATE_KEY: features["state"], ENV_KEY: features["env_state"]}
+    modules = {"inputs": ("normalize_inputs", [k for k in kinds if k != ACTION_KEY and present.get(k, True)]),
+               "targets": ("normalize_targets", [ACTION_KEY]), "outputs": ("unnormalize_outputs", [ACTION_KEY])}
+    source = {}
+    for role, (module, keys) in modules.items():
+        source[role] = {}
+        for key in keys:
+            mode = _norm_mode(kinds[key], mapping, path)
+            if mode == "IDENTITY":
+                continue
+            source[role][key] = {}
+            for n in STAT_NAMES[mode]:
+                full = f"{module}.{_buffer(key)}.{n}"
+                if full not in state:
+                    raise LeRobotImportError(f"{weights}: '{full}' missing ({kinds[key]} is {mode} in normalization_mapping)")
+                source[role][key][n] = state.pop(full).float()
     left = sorted(k for k in state if k.startswith(("normalize_inputs.", "normalize_targets.", "unnormalize_outputs.")))
     if left:
-        raise LeRobotImportError(f"{path.parent / 'model.safetensors'}: normalization buffers of features the config "
-                                 f"does not normalize: {left[:4]}")
+        raise LeRobotImportError(f"{weights}: normalization buffers of features the config does not normalize: {left[:4]}")
+    return source, mapping
+
+
+def _processor(folder: Path, name: str, allowed: tuple) -> tuple[Path, list]:
+    path = folder / name
+    try:
+        steps = json.loads(path.read_text()).get("steps")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise LeRobotImportError(f"{path}: not a LeRobot processor pipeline ({e})") from None
+    if not isinstance(steps, list):
+        raise LeRobotImportError(f"{path}: no 'steps' list")
+    for i, step in enumerate(steps):
+        reg = step.get("registry_name") if isinstance(step, dict) else None
+        if reg not in allowed:
+            raise LeRobotImportError(f"{path}: steps[{i}] '{reg}' is not supported (supported: {', '.join(allowed)})")
+    return path, steps
+
+
+def _step_state(folder: Path, path: Path, i: int, step: dict) -> dict:
+    from safetensors.torch import load_file
+
+    name = step.get("state_file")
+    if not name or not (folder / name).is_file():
+        raise LeRobotImportError(f"{path}: steps[{i}] '{step['registry_name']}': its state_file '{name}' is missing")
+    return load_file(str(folder / name))
+
+
+def statistics_04(folder: Path, cfg: dict, features: dict, path: Path) -> tuple[dict, dict, dict]:
+    """(the same sources as statistics_03, norm_map, rename_map) from a 0.4+ save's processor files."""
+    pre_path, pre = _processor(folder, PREPROCESSOR, PRE_STEPS)
+    post_path, post = _processor(folder, POSTPROCESSOR, POST_STEPS)
+    rename, norm, unnorm = {}, None, None
+    for i, step in enumerate(pre):
+        if step["registry_name"] == "rename_observations_processor":
+            rename.update((step.get("config") or {}).get("rename_map") or {})
+        elif step["registry_name"] == "normalizer_processor":
+            if norm is not None:
+                raise LeRobotImportError(f"{pre_path}: more than one normalizer_processor step")
+            norm = (i, step, _step_state(folder, pre_path, i, step))
+    for i, step in enumerate(post):
+        if step["registry_name"] == "unnormalizer_processor":
+            if unnorm is not None:
+                raise LeRobotImportError(f"{post_path}: more than one unnormalizer_processor step")
+            unnorm = (i, step, _step_state(folder, post_path, i, step))
+    if norm is None or unnorm is None:
+        raise LeRobotImportError(f"{pre_path if norm is None else post_path}: no "
+                                 f"{'normalizer' if norm is None else 'unnormalizer'}_processor step")
+    mapping = (norm[1].get("config") or {}).get("norm_map") or {}
+    if mapping != ((unnorm[1].get("config") or {}).get("norm_map") or {}):
+        raise LeRobotImportError(f"{post_path}: the unnormalizer's norm_map differs from {pre_path.name}'s")
+    kinds = {**{c: "VISUAL" for c in features["cameras"]}, STATE_KEY: "STATE", ENV_KEY: "ENV", ACTION_KEY: "ACTION"}
+    present = {STATE_KEY: features["state"], ENV_KEY: features["env_state"]}
+
+    def collect(where, tensors, keys, file):
+        out = {}
+        for key in keys:
+            mode = _norm_mode(kinds[key], mapping, where, "norm_map")
+            if mode == "IDENTITY":
+                continue
+            missing = [f"{key}.{n}" for n in STAT_NAMES[mode] if f"{key}.{n}" not in tensors]
+            if missing:
+                raise LeRobotImportError(f"{folder / file}: {missing} missing ({kinds[key]} is {mode})")
+            out[key] = {n: tensors[f"{key}.{n}"].float() for n in STAT_NAMES[mode]}
+        return out
+
+    inputs = [k for k in kinds if k != ACTION_KEY and present.get(k, True)]
+    source = {"inputs": collect(pre_path, norm[2], inputs, norm[1]["state_file"]),
+              "targets": collect(pre_path, norm[2], [ACTION_KEY], norm[1]["state_file"]),
+              "outputs": collect(post_path, unnorm[2], [ACTION_KEY], unnorm[1]["state_file"])}
+    return source, mapping, rename
+
+
+def read_statistics(source: dict, mapping: dict, features: dict, path: Path) -> tuple[dict, dict, list]:
+    """(statistics per port, modes per port, image normalization per camera (mean, std) lists) from the
+    normalization sources (statistics_03 / statistics_04). Numbers must be finite; the action statistics
+    that normalize targets and those that un-normalize outputs must be equal."""
+    import torch
+
+    def finite(key, stats):
+        for n, t in stats.items():
+            if not torch.isfinite(t).all():
+                raise LeRobotImportError(f"{path.parent}: the {key} {n} statistics are not finite: the policy was "
+                                         "saved without dataset statistics")
+        return stats
+
+    def port_stats(key, stats):
+        mode = _norm_mode({STATE_KEY: "STATE", ENV_KEY: "ENV", ACTION_KEY: "ACTION"}[key], mapping, path)
+        flat = {n: t.reshape(-1).tolist() for n, t in finite(key, stats).items()}
+        if mode == "MEAN_STD":
+            return "mean_std", flat
+        if mode == "QUANTILES":
+            return "q01_q99", flat
+        lo, hi = STAT_NAMES[mode]  # MIN_MAX, and QUANTILE10 as min_max over [q10, q90] (the same map)
+        return "min_max", {"min": flat[lo], "max": flat[hi]}
+
+    stats, modes = {}, {}
+    for key in (STATE_KEY, ENV_KEY):
+        if features["state" if key == STATE_KEY else "env_state"]:
+            modes[PORTS[key]] = "identity"
+            if key in source["inputs"]:
+                modes[PORTS[key]], stats[PORTS[key]] = port_stats(key, source["inputs"][key])
+    modes["actions"] = "identity"
+    if ACTION_KEY in source["outputs"] or ACTION_KEY in source["targets"]:
+        target, output = source["targets"].get(ACTION_KEY) or {}, source["outputs"].get(ACTION_KEY) or {}
+        for n in set(target) | set(output):
+            if n not in target or n not in output or not torch.equal(target[n], output[n]):
+                raise LeRobotImportError(f"{path.parent}: the action {n} statistics that normalize training targets "
+                                         "differ from those that un-normalize the actions")
+        modes["actions"], stats["actions"] = port_stats(ACTION_KEY, output)
+    images = []
+    vmode = _norm_mode("VISUAL", mapping, path)
+    for cam in features["cameras"]:
+        if cam not in source["inputs"]:
+            images.append(([0.0] * 3, [1.0] * 3))
+            continue
+        s = finite(cam, source["inputs"][cam])
+        if vmode == "MEAN_STD":
+            images.append((s["mean"].reshape(-1).tolist(), s["std"].reshape(-1).tolist()))
+        else:  # (x - lo) / (hi - lo) * 2 - 1 == (x - (lo + hi) / 2) / ((hi - lo) / 2)
+            lo, hi = (s[n].reshape(-1) for n in STAT_NAMES[vmode])
+            images.append((((lo + hi) / 2).tolist(), ((hi - lo) / 2).tolist()))
     return stats, modes, images
 
 
-def build_spec(policy: PolicyType, cfg: dict, cfg_path: Path, features: dict, images: list, modes: dict) -> dict:
-    """The packaged graph of `policy` with the pretrained policy's sizes, options and image statistics."""
+def normalization_of(folder: Path, version: str, state: dict, cfg: dict, features: dict, cfg_path: Path):
+    """(statistics, modes, image normalization, rename_map) of a save of either format; a 0.3.x save's
+    normalization buffers are taken out of `state`."""
+    if version == "0.3":
+        source, mapping = statistics_03(state, cfg, features, cfg_path)
+        rename = {}
+    else:
+        source, mapping, rename = statistics_04(folder, cfg, features, cfg_path)
+        stray = sorted(k for k in state if k.startswith(("normalize_inputs.", "normalize_targets.", "unnormalize_outputs.")))
+        if stray:
+            raise LeRobotImportError(f"{folder / 'model.safetensors'}: normalization buffers {stray[:3]} beside processor "
+                                     "files: a save mixing LeRobot formats")
+    return (*read_statistics(source, mapping, features, cfg_path), rename)
+
+
+def build_spec(policy: PolicyType, cfg: dict, cfg_path: Path, features: dict, images: list, modes: dict,
+               rename: dict | None = None) -> dict:
+    """The packaged graph of `policy` with the pretrained policy's sizes, options and image statistics;
+    `rename` (a 0.4+ preprocessor's rename_map, client key -> feature key) renames the served keys."""
     from ...spec.loader import load_spec
 
     spec = copy.deepcopy(load_spec(policy.graph).data)
@@ -336,6 +456,9 @@ def build_spec(policy: PolicyType, cfg: dict, cfg_path: Path, features: dict, im
         key_map[ENV_KEY] = "env_state"
     spec["trainer"]["normalization"] = {p: m for p, m in modes.items() if p in spec["inputs"]}
     key_map = policy.configure(spec, cfg, features, cfg_path) or key_map  # a policy may serve other keys (diffusion's window)
+    for sent, feature in (rename or {}).items():  # the client sends `sent`, which LeRobot renames to `feature`
+        if feature in key_map and sent != feature:
+            key_map[sent] = key_map.pop(feature)
     steps = int(cfg.get("n_action_steps", h) or h)
     if (spec.get("infer") or {}).get("temporal_ensemble"):
         steps = 1  # queried every step, the ensemble's action executed
@@ -425,8 +548,8 @@ def import_lerobot(src, out) -> Path:
         state = load_file(str(weights_path))
     except Exception as e:  # a truncated or foreign file
         raise LeRobotImportError(f"{weights_path}: cannot read it as safetensors ({type(e).__name__}: {e})") from None
-    stats, modes, images = read_statistics(state, cfg, features, cfg_path)
-    spec_data = build_spec(policy, cfg, cfg_path, features, images, modes)
+    stats, modes, images, rename = normalization_of(folder, version, state, cfg, features, cfg_path)
+    spec_data = build_spec(policy, cfg, cfg_path, features, images, modes, rename)
 
     with tempfile.TemporaryDirectory(prefix="graphvla-import-") as scratch:
         spec_file = Path(scratch) / "spec.yaml"
