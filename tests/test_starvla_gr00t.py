@@ -48,12 +48,14 @@ def case(fixture, name="case"):
     return meta, data
 
 
-def fixture_graph(fixture):
+def fixture_graph(fixture, cot_prompt=None):
     """The packaged graph for the fixture's VLM, sized from the fixture's starVLA config by the
-    importer's own translation, with starVLA's weights loaded through the importer's key mapping."""
+    importer's own translation (with `cot_prompt` as datasets.vla_data.CoT_prompt), with starVLA's
+    weights loaded through the importer's key mapping."""
     meta, _ = case(fixture)
     vlm_config = json.loads((fixture / "vlm" / "config.json").read_text())
-    cfg = {"framework": {"name": "QwenGR00T", "action_model": meta["action_model"]}, "datasets": {"vla_data": {}}}
+    data = {"CoT_prompt": cot_prompt} if cot_prompt else {}
+    cfg = {"framework": {"name": "QwenGR00T", "action_model": meta["action_model"]}, "datasets": {"vla_data": data}}
     framework = importer.FRAMEWORKS["QwenGR00T"]
     graph = importer.graph_of(framework, vlm_config, fixture / "vlm" / "config.json")
     assert graph == GRAPHS[vlm_config["model_type"]]
@@ -108,6 +110,17 @@ def test_prompt_context_loss_and_actions_match_starvla(parity, name):
     left, the graph on the right: real tokens compared), its hidden states equal the context starVLA's
     head got, the loss with starVLA's noise and times and the actions from its noise are starVLA's."""
     graph, fixture = parity
+    check_case(graph, fixture, name)
+
+
+def test_cot_prompt_matches_starvla():
+    """starVLA's datasets.vla_data.CoT_prompt (read by the importer into the VLM's prompt_template):
+    the same tokens, context, loss and actions as starVLA's (tiny Qwen3-VL)."""
+    meta, _ = case(FIXTURE)
+    check_case(fixture_graph(FIXTURE, meta["cot_prompt"]), FIXTURE, "case_cot")
+
+
+def check_case(graph, fixture, name):
     meta, data = case(fixture, name)
     fed = graph.feed(batch(data, meta, targets=False))
     ours, our_mask = fed["vlm_input_ids"], fed["vlm_attention_mask"].bool()

@@ -10,6 +10,7 @@ tests/fixtures/starvla/qwengr00t/ (qwengr00t_qwen25/ for --vlm qwen25):
   state.safetensors       QwenGR00T's whole state_dict (float32), keys as starVLA names them
   case.safetensors        inputs, the randomness starVLA drew and its outputs (no state)
   case_state.safetensors  the same with a state [B, 1, S] in the examples
+  case_cot.safetensors    the same with starVLA's datasets.vla_data.CoT_prompt set (no state)
   case.json               sizes, instructions, the DiT config, starVLA commit
 
 The DiT is starVLA's at a tiny width: starVLA sizes it from a table (GR00T_ActionHeader.DiTConfig:
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from starvla import INSTRUCTIONS, SEED, VIEWS, open_starvla, save_model_and_case, tiny_qwen3_vl  # noqa: E402
+from starvla import COT_PROMPT, INSTRUCTIONS, SEED, VIEWS, open_starvla, save_model_and_case, tiny_qwen3_vl  # noqa: E402
 
 HORIZON = 4
 ACTION_DIM = 7
@@ -240,10 +241,14 @@ def main():
     plain = run_case(model, examples, images)
     with_state = run_case(model, [{**e, "state": states[i]} for i, e in enumerate(examples)], images)
     with_state["state"] = torch.from_numpy(states)
+    model.config.datasets.vla_data.CoT_prompt = COT_PROMPT  # read by build_qwenvl_inputs on every call
+    cot = run_case(model, examples, images)
+    del model.config.datasets.vla_data.CoT_prompt
 
     out = Path(args.out) / ("qwengr00t_qwen25" if qwen25 else "qwengr00t")
     save_model_and_case(out, model, vlm_dir, commit, images, actions, plain)
     save_file(with_state, str(out / "case_state.safetensors"))
+    save_file(cot, str(out / "case_cot.safetensors"))
     fw = model.config.framework.action_model
     (out / "case.json").write_text(json.dumps({
         "framework": "QwenGR00T", "starvla_repo": "github.com/starVLA/starVLA", "starvla_commit": commit,
@@ -253,7 +258,8 @@ def main():
         "image_size": size, "instructions": INSTRUCTIONS, "repeated_diffusion_steps": REPEATS,
         "dit": {"DiT-tiny": TINY_DIT}, "action_model": json.loads(json.dumps(
             __import__("omegaconf").OmegaConf.to_container(fw, resolve=True), default=str)),
-        "dtype": "float32", "device": "cpu", "loss": float(plain["loss"]), "loss_state": float(with_state["loss"]),
+        "cot_prompt": COT_PROMPT, "dtype": "float32", "device": "cpu", "loss": float(plain["loss"]),
+        "loss_state": float(with_state["loss"]), "loss_cot": float(cot["loss"]),
         "torch": torch.__version__, "transformers": __import__("transformers").__version__,
         "diffusers": __import__("diffusers").__version__,
     }, indent=2, ensure_ascii=False) + "\n")
