@@ -337,3 +337,25 @@ def test_an_export_of_the_imported_policy_gives_lerobots_actions(imported_run, t
         actions = exported.infer({"images": obs["observation.images.top"], "state": obs["observation.state"]},
                                  session=Session(0))["actions"]
         assert abs(actions - data[key][0].numpy()).max() <= SERVE_TOL
+
+
+def test_a_training_step_with_random_crops_reaches_every_parameter():
+    """In training the crop window is random (one per encoder and batch, in bounds) and the loss
+    reaches every parameter; at inference the crop is the center one, so predict is deterministic."""
+    meta, data = load_case("ddpm")
+    spec = fit_spec(load_spec(str(GRAPH)).data, dict(meta["config"], crop_is_random=True))
+    torch.manual_seed(0)
+    cg = compile_graph(spec, device="cpu")
+    enc = cg.model["backbone"]
+    assert enc.params["random_crop"] and enc.crop == (56, 56)
+    cg.model.train()
+    x = torch.arange(64.0).expand(1, 1, 64, 64)  # each pixel holds its column: a window's left edge
+    lefts = {int(enc._crop(x)[0, 0, 0, 0]) for _ in range(30)}
+    assert len(lefts) > 1 and lefts <= set(range(64 - 56 + 1))  # several windows drawn, all in bounds
+    cg.model.eval()
+    assert enc._crop(x).shape[-2:] == (56, 56) and enc._crop(x)[0, 0, 0, 0].item() == 4.0  # round((64 - 56) / 2)
+    cg.model.train()
+    loss = cg.train["action"](**cg.feed(inputs(data), "action"))["loss"]
+    loss.backward()
+    missing = [n for n, p in cg.model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert torch.isfinite(loss) and not missing, missing
