@@ -106,11 +106,12 @@ def test_an_old_graph_name_says_its_new_name_and_why(tmp_path):
     from graphvla.errors import SpecError
 
     names = set(packaged_graphs())
-    assert len(MOVED) == 13 and set(MOVED.values()) <= names and not set(MOVED) & names
-    for name in ("starvla/qwen3vl-oft", "starvla/qwen25vl-oft"):  # now starVLA's QwenOFT itself
-        assert name not in MOVED and name in names
-    with pytest.raises(SpecError, match=r"renamed 'fullsize/qwen3vl-flowdit': a GraphVLA design, never proven equal"):
-        load_spec("starvla/qwen3vl-pi")
+    assert len(MOVED) == 7 and set(MOVED.values()) <= names and not set(MOVED) & names
+    for name in ("oft", "gr00t", "fast", "pi"):  # now starVLA's QwenOFT, QwenGR00T, QwenFast, QwenPI themselves
+        for backbone in ("qwen3vl", "qwen25vl"):
+            assert f"starvla/{backbone}-{name}" not in MOVED and f"starvla/{backbone}-{name}" in names
+    with pytest.raises(SpecError, match=r"renamed 'fullsize/worldmodel-flowdit': a GraphVLA design, never proven equal"):
+        load_spec("starvla/worldmodel-pi")
     result = CliRunner().invoke(main, ["graphs", "copy", "starvla/worldmodel-gr00t.yaml", str(tmp_path / "x")])
     assert result.exit_code == 1 and "renamed 'fullsize/worldmodel-dualsystem'" in result.output
     assert not (tmp_path / "x").exists()

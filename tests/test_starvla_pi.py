@@ -1,8 +1,9 @@
-"""graphs/starvla/qwen3vl-pi-v3 and qwen25vl-pi-v3 are starVLA's QwenPI_v3: with the weights starVLA's
-own code initialised (tests/fixtures/starvla/qwenpi_v3 and qwenpi_v3_qwen25, written by
-scripts/parity/starvla_pi.py from starVLA at commit 0ed0aad on a tiny Qwen3-VL / Qwen2.5-VL, float32
-on the CPU), the packaged graphs give starVLA's training loss (on the noise and times starVLA drew)
-and predicted actions (from the starting noise starVLA drew) on the same batch within 1e-5. No
+"""graphs/starvla/qwen3vl-pi-v3 and qwen25vl-pi-v3 are starVLA's QwenPI_v3, and qwen3vl-pi and qwen25vl-pi
+its QwenPI: with the weights starVLA's own code initialised (tests/fixtures/starvla/qwenpi_v3,
+qwenpi_v3_qwen25, qwenpi and qwenpi_qwen25, written by scripts/parity/starvla_pi.py from starVLA at
+commit 0ed0aad on a tiny Qwen3-VL / Qwen2.5-VL, float32 on the CPU), the packaged graphs give
+starVLA's training loss (on the noise and times starVLA drew) and predicted actions (from the
+starting noise starVLA drew) on the same batch within 1e-5. No
 starVLA code is imported: only its numbers. Every key of starVLA's state_dict maps to exactly one
 key of the graph's, through the importer's prefix table."""
 from __future__ import annotations
@@ -29,6 +30,10 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "starvla"
 GRAPHS = Path(__file__).resolve().parents[1] / "graphvla" / "graphs" / "starvla"
 CASES = {"qwen3vl": (GRAPHS / "qwen3vl-pi-v3.yaml", FIXTURES / "qwenpi_v3"),
          "qwen25vl": (GRAPHS / "qwen25vl-pi-v3.yaml", FIXTURES / "qwenpi_v3_qwen25")}
+# starVLA's QwenPI (no projectors, interleaved self-attention, the state through the head, 2 repeats)
+PI_CASES = {"pi-qwen3vl": (GRAPHS / "qwen3vl-pi.yaml", FIXTURES / "qwenpi"),
+            "pi-qwen25vl": (GRAPHS / "qwen25vl-pi.yaml", FIXTURES / "qwenpi_qwen25")}
+ALL_CASES = {**CASES, **PI_CASES}
 TOL = 1e-5
 # QwenPI_v3 given a state writes it into the prompt (starVLA's add_discretized_state_to_instruction)
 STATE_PROMPT = {"type": "glue.state_text", "in": {"text": "inputs.instruction", "state": "inputs.state"},
@@ -55,7 +60,8 @@ def fixture_spec(graph, fixture, state=False) -> dict:
     for key in ("model", "dtype", "gradient_checkpointing"):
         vlm.pop(key, None)
     vlm.update(config=json.loads((fixture / "vlm" / "config.json").read_text()), processor=str(fixture / "vlm"))
-    spec["blocks"]["project"]["with"]["width"] = meta["dit_width"]
+    if "project" in spec["blocks"]:
+        spec["blocks"]["project"]["with"]["width"] = meta["dit_width"]
     spec["blocks"]["head"]["with"].update(
         attention_head_dim=meta["attention_head_dim"], state_dim=meta["state_dim"], max_seq_len=meta["max_seq_len"],
         repeated_diffusion_steps=meta["repeated_diffusion_steps"], num_steps=meta["num_inference_timesteps"],
@@ -65,18 +71,47 @@ def fixture_spec(graph, fixture, state=False) -> dict:
     spec["inputs"]["images"].update(views=meta["views"], size=[meta["image_size"]] * 2)
     spec["inputs"]["actions"].update(dim=a, horizon=h)
     spec["inputs"]["actions_mask"]["shape"] = [h]
-    if state:
+    if meta["framework"] == "QwenPI":  # the state (optional) goes to the head's state encoder
+        spec["inputs"]["state"]["dim"] = meta["state_dim"]
+    elif state:
         spec["inputs"]["state"] = {"kind": "state", "dim": meta["state_dim"]}
         spec["blocks"] = {"state_prompt": STATE_PROMPT, **spec["blocks"]}
         spec["blocks"]["vlm"]["in"]["text"] = "state_prompt.text"
     return spec
 
 
-def fixture_graph(name="qwen3vl", state=False):
-    graph, fixture = CASES[name]
-    cg = compile_graph(fixture_spec(graph, fixture, state), device="cpu")
+def vlm_digest(state: dict) -> str:
+    """sha256 over the VLM's tensors (names, shapes, float32 bytes in name order), as
+    scripts/parity/starvla_pi.py computes it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key in sorted(k for k in state if k.startswith("qwen_vl_interface.")):
+        t = state[key].float().contiguous()
+        h.update(key.encode() + str(tuple(t.shape)).encode() + t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def fixture_weights(fixture) -> dict:
+    """starVLA's state_dict of the fixture. QwenPI's fixture holds the weights outside the VLM; its
+    VLM is the QwenPI_v3 fixture's of the same VLM (case.json's vlm_weights_in), checked by digest."""
     weights = load_file(str(fixture / "state.safetensors"))
-    mapped = {graph_key(k, "QwenPI_v3"): v for k, v in weights.items()}  # the importer's mapping
+    shared = json.loads((fixture / "case.json").read_text()).get("vlm_weights_in")
+    if shared:
+        vlm = {k: v for k, v in load_file(str(FIXTURES / shared / "state.safetensors")).items()
+               if k.startswith("qwen_vl_interface.")}
+        with safe_open(str(fixture / "state.safetensors"), "pt") as f:
+            assert vlm_digest(vlm) == f.metadata()["vlm_sha256"]
+        weights.update(vlm)
+    return weights
+
+
+def fixture_graph(name="qwen3vl", state=False):
+    graph, fixture = ALL_CASES[name]
+    cg = compile_graph(fixture_spec(graph, fixture, state), device="cpu")
+    weights = fixture_weights(fixture)
+    framework = case(fixture)[0]["framework"]
+    mapped = {graph_key(k, framework): v for k, v in weights.items()}  # the importer's mapping
     assert None not in mapped and len(mapped) == len(weights)  # no two starVLA keys land on one graph key
     assert set(mapped) == set(cg.model.state_dict())  # every key accounted for, both ways
     cg.model.load_state_dict(mapped, strict=True)
@@ -84,10 +119,11 @@ def fixture_graph(name="qwen3vl", state=False):
     return cg
 
 
-@pytest.fixture(scope="module", params=list(CASES))
+@pytest.fixture(scope="module", params=list(ALL_CASES))
 def parity(request):
-    """(compiled graph, fixture folder): the plain-instruction case on Qwen3-VL and on Qwen2.5-VL."""
-    return fixture_graph(request.param), CASES[request.param][1]
+    """(compiled graph, fixture folder): the plain-instruction case of QwenPI_v3 and QwenPI on
+    Qwen3-VL and on Qwen2.5-VL."""
+    return fixture_graph(request.param), ALL_CASES[request.param][1]
 
 
 def batch(data, meta, targets=True):
@@ -102,9 +138,10 @@ def batch(data, meta, targets=True):
 
 
 def head_inputs(cg, fed):
-    """What the head reads: the projected layer stack and the VLM's attention mask."""
+    """What the head reads: the (projected, QwenPI_v3) layer stack and the VLM's attention mask."""
     vlm = cg.model["vlm"](**{k[len("vlm_"):]: v for k, v in fed.items() if k.startswith("vlm_")})
-    return cg.model["project"](vlm["layers"])["layers"], vlm["mask"]
+    layers = cg.model["project"](vlm["layers"])["layers"] if "project" in cg.model else vlm["layers"]
+    return layers, vlm["mask"]
 
 
 def check_case(cg, meta, data):
@@ -116,7 +153,8 @@ def check_case(cg, meta, data):
         for i in range(len(meta["instructions"])):  # starVLA pads on the left, the step on the right
             assert ours[i][mask[i]].tolist() == data["input_ids"][i][data["attention_mask"][i].bool()].tolist(), i
         context, context_mask = head_inputs(cg, fed)
-        loss = cg.model["head"](context, context_mask, target=data["actions"], noise=data["train_noise"],
+        head_state = data["state"] if meta["framework"] == "QwenPI" and "state" in data else None
+        loss = cg.model["head"](context, context_mask, head_state, target=data["actions"], noise=data["train_noise"],
                                 time=data["train_time"])["loss"]
         torch.manual_seed(meta["train_seed"])
         graph_loss = cg.train["action"](**cg.feed(batch(data, meta), "action"))["loss"]
@@ -130,18 +168,21 @@ def check_case(cg, meta, data):
     return fed
 
 
-def test_the_fixtures_are_starvla_qwenpi_v3_at_the_pinned_commit():
-    for name, (_, fixture) in CASES.items():
+def test_the_fixtures_are_starvla_qwenpi_v3_and_qwenpi_at_the_pinned_commit():
+    for name, (_, fixture) in ALL_CASES.items():
         meta, data = case(fixture)
-        assert meta["framework"] == "QwenPI_v3" and meta["starvla_commit"].startswith("0ed0aad"), name
+        framework = "QwenPI" if name in PI_CASES else "QwenPI_v3"
+        assert meta["framework"] == framework and meta["starvla_commit"].startswith("0ed0aad"), name
         with safe_open(str(fixture / "state.safetensors"), "pt") as f:
             assert f.metadata()["starvla_commit"] == meta["starvla_commit"]
         b, h, a = len(meta["instructions"]), meta["horizon"], meta["action_dim"]
         r = meta["repeated_diffusion_steps"]
         assert data["predicted_actions"].shape == (b, h, a) and data["predict_noise"].shape == (b, h, a)
         assert data["train_noise"].shape == (r * b, h, a) and data["train_time"].shape == (r * b,)
-        assert not meta["interleave_self_attention"] and meta["dit_width"] < 64  # the projectors are real layers
-    assert case(CASES["qwen25vl"][1])[0]["vlm_interface"].endswith("QWen2_5._QWen_VL_Interface")
+        if framework == "QwenPI_v3":
+            assert not meta["interleave_self_attention"] and meta["dit_width"] < 64  # the projectors are real layers
+    for name in ("qwen25vl", "pi-qwen25vl"):
+        assert case(ALL_CASES[name][1])[0]["vlm_interface"].endswith("QWen2_5._QWen_VL_Interface")
 
 
 def test_loss_and_actions_match_starvla(parity):
@@ -155,6 +196,22 @@ def test_state_in_the_prompt_is_starvlas():
     meta, data = case(CASES["qwen3vl"][1], "case_state")
     check_case(fixture_graph("qwen3vl", state=True), meta, data)
     assert abs(data["loss"].item() - case(CASES["qwen3vl"][1])[1]["loss"].item()) > 1e-4  # the state changes the numbers
+
+
+def test_qwenpi_takes_the_state_through_its_head():
+    """starVLA's QwenPI given a state feeds it to the head's state encoder (a token before the future
+    tokens), not to the prompt: starvla/qwen3vl-pi with the state wired matches starVLA's state case;
+    QwenPI differs from QwenPI_v3 as the graphs say (no projectors, interleaved self-attention, 2 repeats)."""
+    meta, data = case(PI_CASES["pi-qwen3vl"][1], "case_state")
+    cg = fixture_graph("pi-qwen3vl")
+    check_case(cg, meta, data)
+    assert abs(data["loss"].item() - case(PI_CASES["pi-qwen3vl"][1])[1]["loss"].item()) > 1e-4  # the state counts
+    assert meta["interleave_self_attention"] and meta["repeated_diffusion_steps"] == 2 and meta["dit_width"] == 64
+    assert "project" not in cg.model and cg.model["head"].state_encoder is not None
+    full = compile_graph(GRAPHS / "qwen3vl-pi.yaml")  # on meta: the DiT at Qwen3-VL-4B's width, 36 blocks
+    head = full.model["head"]
+    assert head.width == 2560 and len(head.model.transformer_blocks) == 36 and head.model.transformer_blocks[0].attn1.heads == 40
+    assert compile_graph(GRAPHS / "qwen25vl-pi.yaml").model["head"].width == 2048
 
 
 def test_the_comparison_can_fail(parity):

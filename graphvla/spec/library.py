@@ -22,12 +22,13 @@ LEGACY_PREFIX = "graphvla/graphs/"  # a path into a source checkout, typed where
 # Packaged graphs that were renamed, by old name: the lookup of an old name says where it went and
 # why, instead of suggesting a near name (in starvla/, a different model). starvla/ now holds only
 # graphs proven equal to starVLA's code; these were GraphVLA's own heads (docs/heads.md, "Names and
-# parity"). starvla/qwen3vl-oft and starvla/qwen25vl-oft are not here: those names are now starVLA's
-# QwenOFT itself (on Qwen3-VL and on Qwen2.5-VL).
+# parity"). The old names in PROVEN are not here: they now name starVLA's QwenOFT, QwenGR00T, QwenFast
+# and QwenPI themselves (on Qwen3-VL and on Qwen2.5-VL), each proven by a parity fixture.
+PROVEN = {f"{backbone}-{name}" for backbone in ("qwen3vl", "qwen25vl") for name in ("oft", "gr00t", "fast", "pi")}
 MOVED = {f"starvla/{backbone}-{old}": f"fullsize/{backbone}-{new}"
          for backbone in ("qwen3vl", "qwen25vl", "worldmodel")
          for old, new in (("oft", "querytf"), ("pi", "flowdit"), ("gr00t", "dualsystem"), ("fast", "fast"))
-         if f"{backbone}-{old}" not in ("qwen3vl-oft", "qwen25vl-oft")}
+         if f"{backbone}-{old}" not in PROVEN}
 MOVED.update({"starvla/qwen3vl-fast-lm": "fullsize/qwen3vl-fast-lm", "starvla/qwen25vl-fast-lm": "fullsize/qwen25vl-fast-lm",
               "starvla/qwen3vl-oft-cotrain": "fullsize/qwen3vl-querytf-cotrain"})
 

@@ -135,6 +135,37 @@ def run_case(model, examples, images) -> dict:
             "attention_mask": inputs["attention_mask"].long().contiguous()}
 
 
+VLM_KEYS = "qwen_vl_interface."
+
+
+def vlm_digest(state: dict) -> str:
+    """sha256 over the VLM's tensors (names, shapes and float32 bytes, in name order)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key in sorted(k for k in state if k.startswith(VLM_KEYS)):
+        t = state[key].float().contiguous()
+        h.update(key.encode() + str(tuple(t.shape)).encode() + t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def drop_shared_vlm(out: Path, v3: Path) -> str:
+    """QwenPI's fixture keeps only the weights outside the VLM: the tiny VLM is the one the QwenPI_v3
+    fixture of the same VLM already holds (the same folder, loaded the same way), checked here tensor
+    for tensor. Returns that fixture's folder name (case.json's vlm_weights_in)."""
+    from safetensors.torch import load_file, save_file
+
+    ours, theirs = load_file(str(out / "state.safetensors")), load_file(str(v3 / "state.safetensors"))
+    vlm = sorted(k for k in ours if k.startswith(VLM_KEYS))
+    assert vlm == sorted(k for k in theirs if k.startswith(VLM_KEYS)), "run starvla_pi.py for QwenPI_v3 first"
+    assert all(torch.equal(ours[k], theirs[k]) for k in vlm), f"the VLM differs from {v3}'s"
+    with __import__("safetensors").safe_open(str(out / "state.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    metadata["vlm_sha256"] = vlm_digest(ours)
+    save_file({k: v for k, v in ours.items() if not k.startswith(VLM_KEYS)}, str(out / "state.safetensors"), metadata=metadata)
+    return v3.name
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--starvla", required=True, help="a checkout of github.com/starVLA/starVLA")
@@ -180,6 +211,9 @@ def main():
     out = Path(args.out) / name
     save_model_and_case(out, model, vlm_dir, commit, images, actions, plain)
     save_file(with_state, str(out / "case_state.safetensors"))
+    shared = None
+    if args.framework == "QwenPI":
+        shared = drop_shared_vlm(out, Path(args.out) / ("qwenpi_v3" + ("_qwen25" if qwen25 else "")))
     head = model.action_model
     dit = head.model.config
     (out / "case.json").write_text(json.dumps({
@@ -192,9 +226,11 @@ def main():
         "instructions": INSTRUCTIONS, "dtype": "float32", "device": "cpu",
         "dit_width": int(dit.num_attention_heads * dit.attention_head_dim), "attention_head_dim": int(dit.attention_head_dim),
         "dit_layers": int(dit.num_layers), "interleave_self_attention": bool(head.model._interleave_self_attention),
-        "repeated_diffusion_steps": REPEATS, "num_inference_timesteps": int(head.num_inference_timesteps),
+        # the repeats the framework used (QwenPI_v3 reads trainer.repeated_diffusion_steps; QwenPI always 2)
+        "repeated_diffusion_steps": int(plain["train_noise"].shape[0]) // len(INSTRUCTIONS), "num_inference_timesteps": int(head.num_inference_timesteps),
         "future_tokens": int(head.future_tokens.weight.shape[0]), "max_seq_len": int(head.position_embedding.weight.shape[0]),
         "dit_output_dim": int(dit.output_dim),
+        "vlm_weights_in": shared,
         "loss": float(plain["loss"]), "loss_state": float(with_state["loss"]), "torch": torch.__version__,
         "transformers": __import__("transformers").__version__, "diffusers": __import__("diffusers").__version__,
     }, indent=2, ensure_ascii=False) + "\n")

@@ -142,28 +142,29 @@ def _configure_gr00t(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: i
         del spec["blocks"]["head"]["in"]["state"]
 
 
-# QwenPI_v3's action_model defaults at 0ed0aad (QwenPI_v3DefaultConfig, merged under config.yaml's values
-# by starVLA's from_pretrained as well), its DiT's (cross_attention_dit.DiT) and the DiT settings
-# head.layerwise_fm has fixed. The action decoder's and the state encoder's hidden width is 1024 in
-# starVLA's code, not a setting.
-_PI_V3_DEFAULTS = {"state_dim": 7, "num_inference_timesteps": 4, "add_pos_embed": True, "max_seq_len": 1024,
-                   "num_target_vision_tokens": 32, "noise_beta_alpha": 1.5, "noise_beta_beta": 1.0, "noise_s": 0.999,
-                   "num_timestep_buckets": 1000}
-_PI_V3_DIT_DEFAULTS = {"action_dit_hidden_dim": 1024, "dropout": 0.2, "final_dropout": True,
-                       "interleave_self_attention": False, "attention_head_dim": 64, "output_dim": 26}
-_PI_V3_DIT_FIXED = {"norm_type": "ada_norm", "positional_embeddings": None, "activation_fn": "gelu-approximate",
-                    "attention_bias": True, "norm_elementwise_affine": False, "norm_eps": 1e-5,
-                    "upcast_attention": False}
+# QwenPI_v3's and QwenPI's action_model defaults at 0ed0aad (QwenPI_v3DefaultConfig / QwenPIDefaultConfig,
+# merged under config.yaml's values by starVLA's from_pretrained as well), their DiT's
+# (cross_attention_dit.DiT) and the DiT settings head.layerwise_fm has fixed. The action decoder's and
+# the state encoder's hidden width is 1024 in starVLA's code, not a setting.
+_PI_DEFAULTS = {"state_dim": 7, "num_inference_timesteps": 4, "add_pos_embed": True, "max_seq_len": 1024,
+                "num_target_vision_tokens": 32, "noise_beta_alpha": 1.5, "noise_beta_beta": 1.0, "noise_s": 0.999,
+                "num_timestep_buckets": 1000}
+_PI_DIT_DEFAULTS = {"QwenPI_v3": {"action_dit_hidden_dim": 1024, "interleave_self_attention": False},
+                    "QwenPI": {"interleave_self_attention": True}}
+_PI_DIT_COMMON = {"dropout": 0.2, "final_dropout": True, "attention_head_dim": 64, "output_dim": 26}
+_PI_DIT_FIXED = {"norm_type": "ada_norm", "positional_embeddings": None, "activation_fn": "gelu-approximate",
+                 "attention_bias": True, "norm_elementwise_affine": False, "norm_eps": 1e-5, "upcast_attention": False}
 
 
-def _configure_pi_v3(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: int) -> None:
-    model = {**_PI_V3_DEFAULTS, **dict(cfg["framework"].get("action_model") or {})}
+def _configure_layerwise(spec: dict, cfg: dict, cfg_path: Path, name: str) -> None:
+    """QwenPI_v3 and QwenPI: starvla/*-pi-v3 and starvla/*-pi, head.layerwise_fm."""
+    model = {**_PI_DEFAULTS, **dict(cfg["framework"].get("action_model") or {})}
     field = "framework.action_model"
     kind = model.get("action_model_type", "LayerwiseFM")
     if kind != "LayerwiseFM":
-        raise StarVLAImportError(f"{cfg_path}: {field}.action_model_type '{kind}' is not QwenPI_v3's LayerwiseFM")
-    dit = {**_PI_V3_DIT_DEFAULTS, **dict(model.get("diffusion_model_cfg") or {})}
-    for key, value in _PI_V3_DIT_FIXED.items():
+        raise StarVLAImportError(f"{cfg_path}: {field}.action_model_type '{kind}' is not {name}'s LayerwiseFM")
+    dit = {**_PI_DIT_COMMON, **_PI_DIT_DEFAULTS[name], **dict(model.get("diffusion_model_cfg") or {})}
+    for key, value in _PI_DIT_FIXED.items():
         if key in dit and dit[key] != value:
             raise StarVLAImportError(f"{cfg_path}: {field}.diffusion_model_cfg.{key} is {dit[key]!r}; GraphVLA's "
                                      f"head.layerwise_fm has starVLA's default {value!r} only")
@@ -171,32 +172,54 @@ def _configure_pi_v3(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: i
         dit["interleave_self_attention"] = bool(dit["use_canonical_forward"])
     vlm_config = spec["blocks"]["vlm"]["with"]["config"]
     vlm_width = int((vlm_config.get("text_config") or {}).get("hidden_size") or vlm_config["hidden_size"])
-    # QwenPI_v3 sizes its DiT from action_dit_hidden_dim (None: the VLM's width, and no projectors)
-    width = int(dit["action_dit_hidden_dim"] or vlm_width)
-    if width == vlm_width:
-        del spec["blocks"]["project"]
-        spec["blocks"]["head"]["in"]["context"] = "vlm.layers"
-    else:
-        spec["blocks"]["project"]["with"]["width"] = width
+    width = vlm_width
+    if name == "QwenPI_v3":  # its DiT width: action_dit_hidden_dim (None: the VLM's width, and no projectors)
+        width = int(dit.get("action_dit_hidden_dim") or vlm_width)
+        if width == vlm_width:
+            del spec["blocks"]["project"]
+            spec["blocks"]["head"]["in"]["context"] = "vlm.layers"
+        else:
+            spec["blocks"]["project"]["with"]["width"] = width
     head_dim = int(dit["attention_head_dim"] or 64)
     if width % head_dim:
         raise StarVLAImportError(f"{cfg_path}: {field}.diffusion_model_cfg.attention_head_dim {head_dim} does not "
                                  f"divide the DiT width {width}")
-    # starVLA's QwenPI_v3 reads the repeats from the trainer section (16 when it lacks the key)
-    trainer = cfg.get("trainer")
-    repeats = int(trainer.get("repeated_diffusion_steps", 16)) if trainer else 4
+    if name == "QwenPI_v3":  # it reads the repeats from the trainer section (16 when it lacks the key)
+        trainer = cfg.get("trainer")
+        repeats = int(trainer.get("repeated_diffusion_steps", 16)) if trainer else 4
+    else:  # QwenPI's forward sets 2 whatever the config says
+        repeats = 2
+    state_dim = int(model["state_dim"] or 0)
     spec["blocks"]["head"]["with"].update(
-        attention_head_dim=head_dim, output_dim=int(dit["output_dim"]), state_dim=int(model["state_dim"] or 0),
+        attention_head_dim=head_dim, output_dim=int(dit["output_dim"]), state_dim=state_dim,
         future_tokens=int(model["num_target_vision_tokens"]), add_pos_embed=bool(model["add_pos_embed"]),
         max_seq_len=int(model["max_seq_len"]), interleave_self_attention=bool(dit["interleave_self_attention"]),
         dropout=float(dit["dropout"]), final_dropout=bool(dit["final_dropout"]), repeated_diffusion_steps=repeats,
         noise_beta_alpha=float(model["noise_beta_alpha"]), noise_beta_beta=float(model["noise_beta_beta"]),
         noise_s=float(model["noise_s"]), num_timestep_buckets=int(model["num_timestep_buckets"]),
         num_steps=int(model["num_inference_timesteps"]))
+    if name == "QwenPI":
+        # the state (optional) reaches the head's state encoder as starVLA's predict_action is given it
+        # (its deployment normalizes it with the robot's data-config transform): fed unchanged
+        spec["trainer"]["normalization"] = {"actions": "q01_q99"}
+        if state_dim:
+            spec["inputs"]["state"]["dim"] = state_dim
+        else:  # no state encoder: no state port
+            del spec["inputs"]["state"]
+            del spec["blocks"]["head"]["in"]["state"]
+        return
     include_state = (cfg.get("datasets") or {}).get("vla_data", {}).get("include_state", False)
     if include_state not in ("False", False, None):
         raise StarVLAImportError(f"{cfg_path}: datasets.vla_data.include_state is {include_state!r}: QwenPI_v3 then "
                                  f"writes the state into the prompt, which the import does not set up yet")
+
+
+def _configure_pi_v3(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: int) -> None:
+    _configure_layerwise(spec, cfg, cfg_path, "QwenPI_v3")
+
+
+def _configure_pi(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: int) -> None:
+    _configure_layerwise(spec, cfg, cfg_path, "QwenPI")
 
 
 # QwenDiscreteDiffusion's action_model defaults at 0ed0aad (QwenDiscreteDiffusionDefaultConfig) and
@@ -320,6 +343,10 @@ FRAMEWORKS = {f.name: f for f in [
         ("project_layers.", "project.layers."),
         ("action_model.", "head."),
     ), _configure_pi_v3, placeholder=False),
+    *[Framework(name, {"qwen3_vl": "starvla/qwen3vl-pi", "qwen2_5_vl": "starvla/qwen25vl-pi"}, (
+        _VLM_PREFIX,
+        ("action_model.", "head."),
+    ), _configure_pi, placeholder=False) for name in ("QwenPI", "QwenFM")],  # QwenFM: QwenPI's other registered name
     Framework("QwenDiscreteDiffusion", {"qwen3_vl": "starvla/qwen3vl-discrete-diffusion",
                                         "qwen2_5_vl": "starvla/qwen25vl-discrete-diffusion"}, (
         _VLM_PREFIX,
