@@ -256,15 +256,29 @@ def window(data, frames):
             "observation.state": torch.stack([data[f"state{i}"] for i in frames]).numpy()}
 
 
-def test_an_imported_diffusion_policy_serves_lerobots_predict_action_chunk(imported_run):
-    """Served with seed 0 (a new connection's session draws the DDIM starting noise that
-    torch.manual_seed(0) gave LeRobot's sampler: graphvla/policy/session.py), the imported policy's actions are LeRobot's predict_action_chunk: for the first
-    step (LeRobot's queues hold frame 0 twice) and for the window [frame 0, frame 1]."""
+def served_windows(run: Path, data) -> tuple[dict, list]:
+    """(server metadata, actions for the windows [f0, f0] and [f0, f1]), each on a fresh connection: its
+    session generator is seeded with serve.seed (0), and so draws the DDIM starting noise that
+    torch.manual_seed(0) gave LeRobot's sampler (graphvla/policy/session.py)."""
     from graphvla.client import PolicyClient
     from graphvla.policy.loading import load_policy
     from graphvla.runners.serve import ServerThread
     from graphvla.runners.serve.section import serve_options, serve_section
 
+    out = []
+    options = serve_options(serve_section(str(run)), "127.0.0.1", 0, None, 1, None, None)
+    with ServerThread(load_policy(run), options) as srv:
+        for frames in ([0, 0], [0, 1]):
+            with PolicyClient("127.0.0.1", srv.port) as client:
+                assert client.metadata["seed"] == 0
+                out.append(client.infer(window(data, frames))["actions"])
+                server_meta = client.metadata
+    return server_meta, out
+
+
+def test_an_imported_diffusion_policy_serves_lerobots_predict_action_chunk(imported_run):
+    """The imported LeRobot 0.3.2 save's served actions are LeRobot's predict_action_chunk: for the first
+    step (LeRobot's queues hold frame 0 twice) and for the window [frame 0, frame 1]."""
     meta = json.loads((IMPORT / "case.json").read_text())
     data = load_file(str(IMPORT / "case.safetensors"))
     info = json.loads((imported_run / "imported.json").read_text())
@@ -272,14 +286,8 @@ def test_an_imported_diffusion_policy_serves_lerobots_predict_action_chunk(impor
     # every tensor accounted for: the recipe's parameters loaded; statistics and grids read and checked
     assert info["tensors"] == len(meta["parameters"]) and info["normalization"] == {"state": "min_max", "actions": "min_max"}
     assert sorted(k for k in small if not k.startswith(("normalize_", "unnormalize_"))) == ["diffusion.rgb_encoder.pool.pos_grid"]
-    options = serve_options(serve_section(str(imported_run)), "127.0.0.1", 0, None, 1, None, None)
-    out = []
-    with ServerThread(load_policy(imported_run), options) as srv:
-        for frames in ([0, 0], [0, 1]):  # a fresh connection's session generator is seeded with serve.seed
-            with PolicyClient("127.0.0.1", srv.port) as client:
-                assert client.metadata["seed"] == meta["serve_seed"]
-                out.append(client.infer(window(data, frames))["actions"])
-                server_meta = client.metadata
+    assert meta["serve_seed"] == 0
+    server_meta, out = served_windows(imported_run, data)
     assert {"observation.images.top", "observation.state"} <= set(server_meta["observation_keys"])
     assert server_meta["execute_steps"] == 4  # n_action_steps
     first = abs(out[0] - data["chunk_first"][0].numpy()).max()
@@ -289,6 +297,38 @@ def test_an_imported_diffusion_policy_serves_lerobots_predict_action_chunk(impor
     assert abs(out[0] - out[1]).max() > 1e-3  # the older frame matters
     # LeRobot's select_action ran the first chunk's first two actions
     assert abs(out[0][:2] - torch.cat([data["select0"], data["select1"]]).numpy()).max() <= SERVE_TOL
+
+
+IMPORT_04 = FIXTURES / "import_04"
+
+
+def test_a_lerobot_04_save_with_processor_files_serves_its_predict_action_chunk(tmp_path):
+    """The same policy as LeRobot 0.4.1 saves it (the model without normalization, the statistics in
+    policy_preprocessor / policy_postprocessor files), rebuilt byte for byte, imported and served: LeRobot
+    0.4.1's preprocessor -> predict_action_chunk -> postprocessor on the same frames and seed."""
+    from safetensors.torch import save_file
+
+    model = json.loads((IMPORT_04 / "model.json").read_text())
+    folder = tmp_path / "diffusion_04"
+    folder.mkdir()
+    for f in IMPORT_04.iterdir():
+        if f.name not in ("model.json", "case.safetensors"):
+            shutil.copy(f, folder / f.name)
+    meta = json.loads((IMPORT / "case.json").read_text())
+    tensors = {k: v for k, v in load_file(str(IMPORT / "small.safetensors")).items()
+               if not k.startswith(("normalize_inputs.", "normalize_targets.", "unnormalize_outputs."))}
+    tensors.update({k: recipe_tensor(k, shape) for k, shape in meta["parameters"].items()})
+    save_file(tensors, str(folder / "model.safetensors"), metadata=model["file_metadata"])
+    assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == model["model_safetensors_sha256"]
+    result = import_cli(folder, tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "run" / "imported.json").read_text())
+    assert info["format"] == "0.4" and info["normalization"] == {"state": "min_max", "actions": "min_max"}
+    expected = load_file(str(IMPORT_04 / "case.safetensors"))
+    _, out = served_windows(tmp_path / "run", load_file(str(IMPORT / "case.safetensors")))
+    diffs = [abs(out[i] - expected[k][0].numpy()).max() for i, k in enumerate(("chunk_first", "chunk_window"))]
+    print(f"served imported 0.4.1 Diffusion Policy vs its predict_action_chunk: max |diff| {max(diffs):.2e}")
+    assert max(diffs) <= SERVE_TOL
 
 
 def test_diffusion_policies_the_graph_cannot_take_are_refused_by_name(saved_policy, tmp_path):

@@ -21,6 +21,7 @@ of a tiny policy with dataset statistics, and LeRobot's actions on raw observati
 Usage (diffusers 0.35.2 installed with --no-deps in both venvs):
   /tmp/lerobot-venvs/lerobot-0.4.1/bin/python scripts/parity/lerobot_diffusion.py [--out tests/fixtures/lerobot/diffusion]
   /tmp/lerobot-venvs/lerobot-0.3.2/bin/python scripts/parity/lerobot_diffusion.py [--out ...]
+  /tmp/lerobot-venvs/lerobot-0.4.1/bin/python scripts/parity/lerobot_diffusion.py --import-04   (after 0.3.2's)
 
 LeRobot 0.3.2's modeling_diffusion.py differs from 0.4.1's only in where normalization happens
 (inside the policy vs. processor files) and in 0.4.1's optional `noise` argument: the network, the
@@ -324,10 +325,83 @@ def make_import_case(out: Path):
     print(f"import: chunk_first {chunks[0].flatten()[:4].tolist()}, sha256 {digest[:12]}")
 
 
+def make_import_case_04(out: Path):
+    """The import case's policy saved by LeRobot 0.4.1 (run with that venv's Python, after the 0.3.2
+    run wrote import/): the same weights (import/small.safetensors without the normalization buffers,
+    plus the recipe), the statistics of import/'s buffers in make_diffusion_pre_post_processors, saved
+    with save_pretrained plus the processors' save_pretrained; records preprocessor -> select_action /
+    predict_action_chunk -> postprocessor on the same frames and seeds as the 0.3.2 case. Writes
+    import_04/: config.json, the processor files, model.json (the sha256 of its model.safetensors,
+    which the recipe and small.safetensors rebuild), case.safetensors."""
+    import shutil
+    from importlib.metadata import version
+
+    from safetensors.torch import load_file, save_file
+    from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors
+
+    src, dst = out / "import", out / "import_04"
+    case = IMPORT_CASE
+    cam = case["camera_names"][0]
+    small = load_file(str(src / "small.safetensors"))
+    buf = lambda module, key, n: small[f"{module}.buffer_{key.replace('.', '_')}.{n}"]  # noqa: E731
+    stats = {cam: {n: buf("normalize_inputs", cam, n) for n in ("mean", "std")},
+             "observation.state": {n: buf("normalize_inputs", "observation.state", n) for n in ("min", "max")},
+             "action": {n: buf("unnormalize_outputs", "action", n) for n in ("min", "max")}}
+    torch.manual_seed(1234)
+    policy = build(case)
+    weights = {k: v for k, v in small.items() if not k.startswith(STATISTICS)}
+    weights.update({k: recipe_tensor(k, p.shape) for k, p in recipe_parameters(policy).items()})
+    policy.load_state_dict(weights, strict=True)
+    policy.eval()
+    pre, post = make_diffusion_pre_post_processors(policy.config, dataset_stats=stats)
+    frames = load_file(str(src / "case.safetensors"))
+    obs = [{cam: frames[f"image{i}"], "observation.state": frames[f"state{i}"]} for i in range(2)]
+    chunks = []
+    predict = policy.predict_action_chunk
+
+    def keep(batch, *a, **k):
+        chunks.append(predict(batch, *a, **k))
+        return chunks[-1]
+    policy.predict_action_chunk = keep
+    policy.reset()
+    torch.manual_seed(SERVE_SEED)
+    with torch.no_grad():
+        policy.select_action(pre(obs[0]))
+        policy.select_action(pre(obs[1]))
+        torch.manual_seed(SERVE_SEED)
+        policy.predict_action_chunk({"observation.state": None, "observation.images": None})
+    policy.predict_action_chunk = predict
+    chunks = [post(c) for c in chunks]
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = Path(tmp) / "diffusion"
+        policy.save_pretrained(saved)
+        pre.save_pretrained(saved)
+        post.save_pretrained(saved)
+        digest = hashlib.sha256((saved / "model.safetensors").read_bytes()).hexdigest()
+        from safetensors import safe_open
+        with safe_open(str(saved / "model.safetensors"), "pt") as f:
+            file_meta = f.metadata()
+        rebuilt = Path(tmp) / "rebuilt.safetensors"
+        save_file(weights, str(rebuilt), metadata=file_meta)
+        assert hashlib.sha256(rebuilt.read_bytes()).hexdigest() == digest, "the weights do not rebuild the 0.4 save"
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in sorted(saved.iterdir()):
+            if f.name != "model.safetensors":
+                shutil.copy(f, dst / f.name)
+    (dst / "model.json").write_text(json.dumps({
+        "model_safetensors_sha256": digest, "file_metadata": file_meta, "lerobot_version": version("lerobot"),
+        "rule": "import/small.safetensors without normalize_inputs / normalize_targets / unnormalize_outputs, "
+                "plus the recipe's parameters"}, indent=1, sort_keys=True) + "\n")
+    save_file({"chunk_first": chunks[0].clone(), "chunk_window": chunks[1].clone()}, str(dst / "case.safetensors"))
+    first = (chunks[0] - load_file(str(src / "case.safetensors"))["chunk_first"]).abs().max().item()
+    print(f"import_04: predict_action_chunk vs 0.3.2's on the same weights and seed: max |diff| {first:.2e}")
+
+
 def main():
     from check_lerobot import _torchvision_without_compiled_ops
 
     ap = argparse.ArgumentParser()
+    ap.add_argument("--import-04", action="store_true", help="with LeRobot 0.4.1: the import case saved by 0.4.1")
     ap.add_argument("--out", default=str(HERE.parents[1] / "tests" / "fixtures" / "lerobot" / "diffusion"))
     args = ap.parse_args()
     print(_torchvision_without_compiled_ops())
@@ -335,6 +409,9 @@ def main():
     torch.set_num_threads(1)
     if version("lerobot") == IMPORT_VERSION:
         make_import_case(Path(args.out))
+        return
+    if "--import-04" in sys.argv[1:]:
+        make_import_case_04(Path(args.out))
         return
     if version("lerobot") != LEROBOT_VERSION:
         raise SystemExit(f"this script is pinned to LeRobot {LEROBOT_VERSION} (parity cases) and "
