@@ -356,3 +356,24 @@ def test_cli_import_serve_sessions_rtc_and_export_refusal(tmp_path):
     result = CliRunner().invoke(main, ["export", str(out), "-o", str(tmp_path / "exported")])
     assert result.exit_code != 0 and "action_vocab" in result.output, result.output
     assert not (tmp_path / "exported").exists()
+
+
+def test_head_fast_takes_a_physical_intelligence_fast_folder_too():
+    """GraphVLA's own head.fast (tiny/fast) builds, trains and predicts with the reference-format
+    tokenizer folder: its teacher-forcing ids are that tokenizer's."""
+    meta, data = case(FIXTURES["qwen3vl"])
+    spec = copy.deepcopy(load_spec("tiny/fast").data)
+    spec["blocks"]["head"]["with"]["tokenizer"] = str(FIXTURES["qwen3vl"] / "fast")
+    spec["inputs"]["actions"].update(horizon=meta["horizon"], dim=meta["action_dim"])
+    spec["inputs"]["actions_mask"]["shape"] = [meta["horizon"]]
+    cg = compile_graph(spec, device="cpu")
+    b = {"images": torch.rand(2, 1, 3, 128, 128), "instruction": ["a", "b"], "state": torch.zeros(2, 4),
+         "actions": data["actions"], "actions_mask": torch.ones(2, meta["horizon"], dtype=torch.bool)}
+    fed = cg.feed(b, "action")
+    labels = fed["head_labels"]
+    tok = load_fast_tokenizer(FIXTURES["qwen3vl"] / "fast").with_shape(meta["horizon"], meta["action_dim"])
+    assert [row[row >= 0].tolist()[:-1] for row in labels] == tok.encode(data["actions"].numpy())  # then the end token
+    assert torch.isfinite(cg.train["action"](**fed)["loss"])
+    with torch.no_grad():
+        out = cg.infer(**cg.feed({k: v for k, v in b.items() if k not in ("actions", "actions_mask")}))
+    assert out["actions"].shape == (2, meta["horizon"], meta["action_dim"])
