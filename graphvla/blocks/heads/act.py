@@ -71,12 +71,15 @@ class EncoderLayer(nn.Module):
         self.dropout, self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
         self.act, self.pre_norm = ACTIVATIONS[activation], pre_norm
 
-    def forward(self, x, pos, key_padding=None):
-        skip = x
+    def forward(self, x, pos, key_padding=None, rows=None):
+        """`rows`: compute only the first `rows` tokens' outputs (still attending to every token): the
+        CVAE's last layer, of which only the CLS token is read, does 1 row of queries and FFN, not all."""
+        skip = x if rows is None else x[:, :rows]
         if self.pre_norm:
             x = self.norm1(x)
-        qk = x + pos
-        x = skip + self.dropout1(self.self_attn(qk, qk, x, key_padding_mask=key_padding, need_weights=False)[0])
+        k = x + pos
+        q = k if rows is None else k[:, :rows]
+        x = skip + self.dropout1(self.self_attn(q, k, x, key_padding_mask=key_padding, need_weights=False)[0])
         if self.pre_norm:
             skip, x = x, self.norm2(x)
         else:
@@ -230,8 +233,9 @@ class ACTHead(Block):
                 raise PortError("mask", f"expects [B, {self.horizon}] (True on real steps), got {list(mask.shape)}")
             padding = torch.cat([mask.new_zeros(b, x.shape[1] - self.horizon, dtype=torch.bool), ~mask.bool()], dim=1)
         pos = self.vae_pos.to(x.dtype)
-        for layer in self.vae_encoder.layers:
-            x = layer(x, pos, padding)
+        last = len(self.vae_encoder.layers) - 1
+        for i, layer in enumerate(self.vae_encoder.layers):
+            x = layer(x, pos, padding, rows=1 if i == last else None)  # only CLS is read after the last layer
         stats = self.vae_to_latent(self.vae_encoder.norm(x)[:, 0])
         mu, logvar = stats.chunk(2, dim=-1)
         if noise is None:
