@@ -13,6 +13,8 @@ decode: ids -> the BPE's text (its byte-level decoder) -> ord + min_token -> [H,
 malformed: ok False and the fallback (zeros by default, which is what the reference decoder
 returns for it). Unlike GraphVLA's own FASTTokenizer (fast_tokenizer.py) nothing is clipped
 above and the BPE's pre-tokenizer is the byte-level one, so token ids differ between the two.
+The DCT runs in float64; the reference's scipy DCT keeps float32 chunks in float32, so a
+coefficient within float32 rounding of a half-integer (times the scale) may round the other way.
 """
 from __future__ import annotations
 
