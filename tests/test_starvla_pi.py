@@ -267,35 +267,37 @@ def test_bad_values_are_named():
         cg.infer(**fed, noise=data["predict_noise"][:, :2])
 
 
-# --- graphvla import starvla: a QwenPI_v3 checkpoint as starVLA's trainer writes it ----------------
+# --- graphvla import starvla: QwenPI_v3 / QwenPI checkpoints as starVLA's trainer writes them -------
 
-CKPT_FIXTURE = FIXTURES / "qwenpi_v3_ckpt"  # scripts/parity/starvla_pi_ckpt.py
 IMPORT_TOL = 1e-4
 
 
-def expected():
-    return json.loads((CKPT_FIXTURE / "expected.json").read_text()), load_file(str(CKPT_FIXTURE / "expected.safetensors"))
+def expected(name="qwenpi_v3"):
+    """What starVLA served from the checkpoint fixture `name`_ckpt (scripts/parity/starvla_pi_ckpt.py)."""
+    folder = FIXTURES / f"{name}_ckpt"
+    return json.loads((folder / "expected.json").read_text()), load_file(str(folder / "expected.safetensors"))
 
 
-def starvla_run(tmp_path) -> Path:
+def starvla_run(tmp_path, name="qwenpi_v3") -> Path:
     """The trainer's folder with its weights file rebuilt from the parity fixture's state as the script
     wrote it (the fixture keeps only its sha256): byte for byte the file starVLA loaded."""
     import hashlib
 
     from safetensors.torch import save_file
 
-    meta, _ = expected()
+    meta, _ = expected(name)
     d = tmp_path / "starvla-run"
-    shutil.copytree(CKPT_FIXTURE / "ckpt", d)
+    shutil.copytree(FIXTURES / f"{name}_ckpt" / "ckpt", d)
     weights = d / meta["checkpoint"][len("ckpt/"):]
-    save_file(load_file(str(FIXTURES / "qwenpi_v3" / "state.safetensors")), str(weights))
+    save_file(fixture_weights(FIXTURES / name), str(weights))
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == meta["checkpoint_sha256"]
     return d
 
 
-def observations():
-    meta, data = expected()
-    return [{"images": data["images"][i].numpy(), "instruction": meta["instructions"][i]}
+def observations(name="qwenpi_v3"):
+    meta, data = expected(name)
+    return [{"images": data["images"][i].numpy(), "instruction": meta["instructions"][i],
+             **({"state": data["state"][i].numpy()} if "state" in data else {})}
             for i in range(len(meta["instructions"]))]
 
 
@@ -336,6 +338,32 @@ def test_imported_run_serves_starvlas_actions(imported):
     sessions = [Session(seed=1), Session(seed=2)]
     first = policy.infer_batch(observations(), sessions)
     assert all(np.isfinite(o["actions"]).all() and o["actions"].shape == actions.shape[1:] for o in first)
+
+
+def test_imported_qwenpi_run_serves_starvlas_actions(tmp_path):
+    """A QwenPI checkpoint (framework.name QwenPI; QwenFM is the same entry) imports to
+    starvla/qwen3vl-pi: with the state each observation carried and starVLA's starting noise, the run
+    serves what starVLA served within 1e-4, every tensor mapped."""
+    import numpy as np
+
+    from graphvla.policy.loading import load_policy
+    from graphvla.runners.importers.starvla import import_starvla
+
+    meta, data = expected("qwenpi")
+    d = starvla_run(tmp_path, "qwenpi")
+    run = import_starvla(d, tmp_path / "run", base_vlm=FIXTURES / "qwenpi" / "vlm", image_size=64)
+    info = json.loads((run / "imported.json").read_text())
+    assert info["framework"] == "QwenPI" and info["graph"] == "starvla/qwen3vl-pi"
+    policy = load_policy(run)
+    assert info["tensors"] == len(fixture_weights(FIXTURES / "qwenpi")) == len(policy.cg.model.state_dict())
+    assert policy.inputs["state"]["dim"] == meta.get("state_dim", data["state"].shape[1])
+    actions = np.stack([o["actions"] for o in policy.infer_batch(observations("qwenpi"), noise=data["noise"])])
+    diff = np.abs(actions - data["actions"].numpy()).max()
+    print(f"imported QwenPI run vs starVLA served actions: max |diff| {diff:.2e}")
+    assert diff <= IMPORT_TOL
+    stateless = [{k: v for k, v in o.items() if k != "state"} for o in observations("qwenpi")]
+    moved = np.stack([o["actions"] for o in policy.infer_batch(stateless, noise=data["noise"])])
+    assert np.abs(moved - data["actions"].numpy()).max() > 10 * IMPORT_TOL  # the state reaches the head
 
 
 def test_import_refuses_what_it_cannot_represent(tmp_path):

@@ -11,7 +11,11 @@ starting noise it drew is recorded by wrapping torch.randn while it runs) and st
 checkpoint folder, expected.safetensors and expected.json what starVLA served).
 
 Usage: /tmp/starvla-venv/bin/python scripts/parity/starvla_pi_ckpt.py --starvla /tmp/starvla
-(after starvla_pi.py has written tests/fixtures/starvla/qwenpi_v3 and its tiny VLM in --work)."""
+(after starvla_pi.py has written tests/fixtures/starvla/qwenpi_v3 and its tiny VLM in --work).
+`--framework QwenPI` does the same for starVLA's QwenPI (tests/fixtures/starvla/qwenpi, after
+`starvla_pi.py --framework QwenPI`) into qwenpi_ckpt/, both observations carrying a state (QwenPI
+feeds it to its head's state encoder); the weights are qwenpi/state.safetensors with the VLM of
+qwenpi_v3/state.safetensors, as the tests assemble them."""
 from __future__ import annotations
 
 import argparse
@@ -26,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from starvla import open_starvla  # noqa: E402
 from starvla_ckpt import DATASET_KEY, STEPS, statistics  # noqa: E402
-from starvla_pi import HEAD_DIM, MAX_SEQ_LEN, PREDICT_SEED, REPEATS, Recorder  # noqa: E402
+from starvla_pi import HEAD_DIM, MAX_SEQ_LEN, PREDICT_SEED, REPEATS, VLM_KEYS, Recorder  # noqa: E402
 
 
 def main():
@@ -35,7 +39,9 @@ def main():
     fixtures = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "starvla"
     ap.add_argument("--fixtures", default=str(fixtures))
     ap.add_argument("--work", default="/tmp/starvla-parity-pi")
+    ap.add_argument("--framework", choices=("QwenPI_v3", "QwenPI"), default="QwenPI_v3")
     args = ap.parse_args()
+    v3 = args.framework == "QwenPI_v3"
     import diffusers.models.attention  # noqa: F401 - before the torchvision stub (see starvla_pi.py)
     import diffusers.models.embeddings  # noqa: F401
     commit, _ = open_starvla(args.starvla, "QWen3")
@@ -43,26 +49,27 @@ def main():
     from PIL import Image
     from safetensors.torch import load_file, save_file
     from starVLA.dataloader import save_dataset_statistics
+    from starVLA.model.framework.VLM4A.QwenPI import Qwen_PI
     from starVLA.model.framework.VLM4A.QwenPI_v3 import Qwen_PI_v3
     from starVLA.model.tools import FrameworkTools
 
-    src = Path(args.fixtures) / "qwenpi_v3"
+    src = Path(args.fixtures) / ("qwenpi_v3" if v3 else "qwenpi")
     meta = json.loads((src / "case.json").read_text())
     vlm_dir = Path(args.work) / "tiny-Qwen3-VL"
     assert (vlm_dir / "config.json").is_file(), f"run starvla_pi.py first (it writes {vlm_dir})"
-    out = Path(args.fixtures) / "qwenpi_v3_ckpt"
+    out = Path(args.fixtures) / (src.name + "_ckpt")
     shutil.rmtree(out, ignore_errors=True)
     run_dir = out / "ckpt"
     (run_dir / "checkpoints").mkdir(parents=True)
 
     cfg = OmegaConf.create({
-        "run_id": "tiny_qwenpi_v3", "output_dir": str(run_dir), "seed": 42,
-        "framework": {"name": "QwenPI_v3", "qwenvl": {"base_vlm": str(vlm_dir), "attn_implementation": "sdpa"},
+        "run_id": f"tiny_{src.name}", "output_dir": str(run_dir), "seed": 42,
+        "framework": {"name": args.framework, "qwenvl": {"base_vlm": str(vlm_dir), "attn_implementation": "sdpa"},
                       "action_model": {"action_model_type": "LayerwiseFM", "action_dim": meta["action_dim"],
                                        "state_dim": meta["state_dim"], "action_horizon": meta["horizon"],
                                        "max_seq_len": MAX_SEQ_LEN,
-                                       "diffusion_model_cfg": {"action_dit_hidden_dim": meta["dit_width"],
-                                                               "attention_head_dim": HEAD_DIM}}},
+                                       "diffusion_model_cfg": ({"action_dit_hidden_dim": meta["dit_width"]} if v3 else {})
+                                       | {"attention_head_dim": HEAD_DIM}}},
         "datasets": {"vla_data": {"dataset_py": "lerobot_datasets", "data_mix": DATASET_KEY, "per_device_batch_size": 2}},
         "trainer": {"max_train_steps": STEPS, "save_interval": STEPS, "save_format": "safetensors",
                     "repeated_diffusion_steps": REPEATS},
@@ -72,7 +79,11 @@ def main():
     __import__("accelerate").PartialState()  # starVLA's dataloader logs through accelerate, as in training
     save_dataset_statistics(statistics(meta["action_dim"], rng), run_dir)
     ckpt = run_dir / "checkpoints" / f"steps_{STEPS}_model.safetensors"
-    save_file(load_file(str(src / "state.safetensors")), str(ckpt))
+    weights = load_file(str(src / "state.safetensors"))
+    if meta.get("vlm_weights_in"):  # QwenPI's fixture takes its VLM from the QwenPI_v3 fixture's
+        weights.update({k: v for k, v in load_file(str(Path(args.fixtures) / meta["vlm_weights_in"] / "state.safetensors")).items()
+                        if k.startswith(VLM_KEYS)})
+    save_file(weights, str(ckpt))
     (run_dir / "summary.jsonl").write_text(json.dumps({"steps": STEPS}) + "\n")
 
     # starVLA loads it back (read_mode_config + build_framework + strict load_state_dict); its
@@ -80,10 +91,14 @@ def main():
     # QwenPI_v3 is registered by its import above, so that step is skipped and nothing else changes.
     import starVLA.model.framework.base_framework as base_framework
     base_framework._auto_import_framework_modules = lambda: None
-    model = Qwen_PI_v3.from_pretrained(str(ckpt)).float().eval()
+    model = (Qwen_PI_v3 if v3 else Qwen_PI).from_pretrained(str(ckpt)).float().eval()
     images = load_file(str(src / "case.safetensors"))["images"].numpy()
     examples = [{"image": [Image.fromarray(v) for v in images[i]], "lang": meta["instructions"][i]}
                 for i in range(len(meta["instructions"]))]
+    state = None
+    if not v3:  # QwenPI: a state for its head's state encoder, as starVLA's predict_action takes it
+        state = np.random.default_rng(2).uniform(-0.9, 0.9, size=(len(examples), meta["state_dim"])).astype(np.float32)
+        examples = [{**e, "state": state[i][None]} for i, e in enumerate(examples)]
     torch.manual_seed(PREDICT_SEED)
     with torch.no_grad(), Recorder(model.action_model) as drawn:
         normalized = np.asarray(model.predict_action(examples=examples)["normalized_actions"], dtype=np.float32)
@@ -92,17 +107,20 @@ def main():
     served = np.stack([FrameworkTools.unnormalize_actions(normalized[i].copy(), stats) for i in range(len(normalized))])
     save_file({"images": torch.from_numpy(images).contiguous(),
                "noise": drawn.noise[0].float().contiguous(),
+               **({} if state is None else {"state": torch.from_numpy(state)}),
                "normalized_actions": torch.from_numpy(normalized).contiguous(),
                "actions": torch.from_numpy(served.astype(np.float32)).contiguous()}, str(out / "expected.safetensors"))
     import hashlib
 
     digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    ckpt.unlink()  # rebuilt by the tests from qwenpi_v3/state.safetensors (module docstring)
+    ckpt.unlink()  # rebuilt by the tests from the parity fixture's state (module docstring)
     (run_dir / "checkpoints" / ".keep").write_text("")
     (out / "expected.json").write_text(json.dumps({
-        "framework": "QwenPI_v3", "starvla_commit": commit, "checkpoint": f"ckpt/checkpoints/{ckpt.name}",
-        "checkpoint_sha256": digest, "checkpoint_from": "qwenpi_v3/state.safetensors (save_file, no metadata)",
-        "base_vlm": "tests/fixtures/starvla/qwenpi_v3/vlm (config.yaml names the scratch folder it was built in)",
+        "framework": args.framework, "starvla_commit": commit, "checkpoint": f"ckpt/checkpoints/{ckpt.name}",
+        "checkpoint_sha256": digest,
+        "checkpoint_from": f"{src.name}/state.safetensors" + (f" with the VLM of {meta['vlm_weights_in']}/state.safetensors"
+                                                             if meta.get("vlm_weights_in") else "") + " (save_file, no metadata)",
+        "base_vlm": f"tests/fixtures/starvla/{src.name}/vlm (config.yaml names the scratch folder it was built in)",
         "instructions": meta["instructions"], "dataset_key": DATASET_KEY, "predict_seed": PREDICT_SEED,
         "made_by": "starVLA from_pretrained + predict_action (noise recorded) + FrameworkTools.unnormalize_actions, "
                    "float32 CPU",
