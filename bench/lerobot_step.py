@@ -4,6 +4,8 @@ weights, same batch, on the CPU; the figure is the ratio GraphVLA / LeRobot of s
 
     /tmp/lerobot-venvs/lerobot-0.3.2/bin/python bench/lerobot_step.py [--batch 8] [--image 96 128]
         [--steps 3] [--rounds 5] [--threads 1]
+    /tmp/lerobot-venvs/lerobot-0.3.2/bin/python bench/lerobot_step.py --policy diffusion [--batch 8] ...
+        (LeRobot's DiffusionPolicy at its default config beside lerobot/diffusion: diffusion_main)
 
 Run with the Python of a side virtual environment that holds LeRobot (scripts/check_lerobot.sh makes
 /tmp/lerobot-venvs/lerobot-0.3.2 with --system-site-packages, so graphvla imports there too); LeRobot
@@ -93,8 +95,129 @@ def graphvla_side(policy, folder: Path):
     return cg, module, preprocess, optimizer
 
 
+# Diffusion Policy (--policy diffusion) ------------------------------------------------------------
+def diffusion_sides(args, folder: Path):
+    """LeRobot 0.3.2's DiffusionPolicy at its default config (PushT's sizes: one 96 x 96 camera, 2-d state
+    and actions, n_obs_steps 2, horizon 16, UNet 512/1024/2048; 262,709,026 parameters) with dataset
+    statistics, and graphs/lerobot/diffusion with its weights through `graphvla import lerobot`'s mapping."""
+    from safetensors.torch import load_file
+
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+
+    from graphvla.compiler.compile import compile_graph
+    from graphvla.runners.importers import lerobot as L
+    from graphvla.runners.train.loop import GraphTrainModule, block_optimizer
+
+    torch.manual_seed(0)
+    image = (3, 96, 96)
+    config = DiffusionConfig(input_features={"observation.image": PolicyFeature(FeatureType.VISUAL, image),
+                                             "observation.state": PolicyFeature(FeatureType.STATE, (2,))},
+                             output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))})
+    g = torch.Generator().manual_seed(1)
+
+    def stat(shape):
+        return {"mean": torch.rand(shape, generator=g) * 0.5 + 0.25, "std": torch.rand(shape, generator=g) * 0.2 + 0.1,
+                "min": -torch.rand(shape, generator=g) - 0.1, "max": torch.rand(shape, generator=g) + 0.1}
+    stats = {"observation.image": stat((3, 1, 1)), "observation.state": stat((2,)), "action": stat((2,))}
+    policy = DiffusionPolicy(config, dataset_stats=stats)
+    b, s, h = args.batch, config.n_obs_steps, config.horizon
+    raw = {"observation.image": torch.rand(b, s, *image, generator=g), "observation.state": torch.rand(b, s, 2, generator=g) - 0.5,
+           "action": torch.rand(b, h, 2, generator=g) - 0.5, "action_is_pad": torch.zeros(b, h, dtype=torch.bool)}
+    policy.save_pretrained(folder)
+    cfg_path, cfg = L.read_config(folder)
+    features = L.features_of(cfg, cfg_path)
+    state = load_file(str(folder / "model.safetensors"))
+    stats_, modes, images, _ = L.normalization_of(folder, "0.3", state, cfg, features, cfg_path)
+    policy_type = L.POLICIES["diffusion"]
+    spec = L.build_spec(policy_type, cfg, cfg_path, features, images, modes)
+    cg = compile_graph(spec, device="cpu")
+    cg.model.load_state_dict(L.map_weights(state, cg.model.state_dict(), L.fixed_tables(cg, policy_type),
+                                           folder / "model.safetensors", policy_type), strict=True)
+    preprocess, _ = cg.bound_pipelines(stats_, modes)
+    module = GraphTrainModule(cg)
+    optimizer = block_optimizer(cg, {**spec["trainer"], "betas": spec["trainer"]["betas"]})
+    ours = {"images": raw["observation.image"], "state": raw["observation.state"], "actions": raw["action"],
+            "actions_mask": ~raw["action_is_pad"]}
+    return policy, raw, cg, module, preprocess, optimizer, ours
+
+
+def diffusion_main(args) -> None:
+    """--policy diffusion: the same protocol as ACT's (same weights and batch, one check that both
+    compute the same loss, then alternating timed rounds). The check seeds torch's generator before
+    each side's forward: both draw the random crop (two randint), the noise (randn) and the timesteps
+    (randint) in the same order and shapes, so the same seed is the same draws."""
+    from importlib.metadata import version
+
+    from lerobot.scripts.train import update_policy
+    from lerobot.utils.logging_utils import AverageMeter, MetricsTracker
+
+    with tempfile.TemporaryDirectory() as tmp:
+        policy, raw, cg, module, preprocess, optimizer, ours_batch = diffusion_sides(args, Path(tmp) / "diffusion")
+    lr_cfg = policy.config.get_optimizer_preset()
+    lerobot_optimizer = lr_cfg.build(policy.get_optim_params())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    metrics = MetricsTracker(args.batch, 1000, 10, {k: AverageMeter(k, ":.3f") for k in ("loss", "grad_norm", "lr", "update_s")})
+    policy.train()
+    module.train()
+    with torch.no_grad():
+        torch.manual_seed(7)
+        theirs = policy.forward(dict(raw))[0].item()
+        torch.manual_seed(7)
+        ours = module("action", preprocess(dict(ours_batch)))["loss"].item()
+    print(f"same step, same seed (crop, noise, timesteps): loss LeRobot {theirs:.6f}, GraphVLA {ours:.6f}")
+    if abs(theirs - ours) > 1e-4 * max(1.0, abs(theirs)):
+        raise SystemExit("the two sides do not compute the same loss: not timing")
+    params = [p for grp in optimizer.param_groups for p in grp["params"]]
+    spec_clip = float(cg.spec.section("trainer")["grad_clip"])
+    assert spec_clip == lr_cfg.grad_clip_norm, (spec_clip, lr_cfg.grad_clip_norm)
+
+    def lerobot_step():
+        update_policy(metrics, policy, dict(raw), lerobot_optimizer, lr_cfg.grad_clip_norm, scaler)
+
+    def graphvla_step():
+        module.train()
+        out = module("action", preprocess(dict(ours_batch)))
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, spec_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    rounds(args, lerobot_step, graphvla_step, f"LeRobot {version('lerobot')}, torch {torch.__version__}, threads "
+           f"{args.threads}, batch {args.batch}, Diffusion Policy default (96 x 96, horizon 16)", "Diffusion Policy")
+
+
+def rounds(args, lerobot_step, graphvla_step, header: str, label: str) -> None:
+    """Warm-up, then --rounds rounds of --steps steps of each side, the order alternating; prints each
+    round's samples/s and the median ratio GraphVLA / LeRobot (wall and process CPU time)."""
+    def timed(step):
+        start, cpu = time.perf_counter(), time.process_time()
+        for _ in range(args.steps):
+            step()
+        n = args.batch * args.steps
+        return n / (time.perf_counter() - start), n / (time.process_time() - cpu)
+
+    lerobot_step(), graphvla_step()  # warm-up
+    print(f"{header}, load {os.getloadavg()[0]:.2f}")
+    ratios, cpu_ratios = [], []
+    for r in range(args.rounds):
+        if r % 2 == 0:
+            theirs, ours = timed(lerobot_step), timed(graphvla_step)
+        else:
+            ours, theirs = timed(graphvla_step), timed(lerobot_step)
+        ratios.append(ours[0] / theirs[0])
+        cpu_ratios.append(ours[1] / theirs[1])
+        print(f"round {r}: LeRobot {theirs[0]:.2f} samples/s, GraphVLA {ours[0]:.2f} samples/s, ratio {ratios[-1]:.3f} "
+              f"(CPU time: {cpu_ratios[-1]:.3f})")
+    print(f"median ratio GraphVLA / LeRobot (training step, {label}): {statistics.median(ratios):.3f} wall, "
+          f"{statistics.median(cpu_ratios):.3f} CPU time (load {os.getloadavg()[0]:.2f})")
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--policy", choices=("act", "diffusion"), default="act",
+                    help="act: lerobot/act (--image sets its camera); diffusion: lerobot/diffusion at PushT's sizes")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--image", type=int, nargs=2, default=[96, 128])
     ap.add_argument("--steps", type=int, default=3)
@@ -102,6 +225,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.policy == "diffusion":
+        return diffusion_main(args)
 
     from importlib.metadata import version
 

@@ -399,3 +399,23 @@ def test_a_training_step_with_random_crops_reaches_every_parameter():
     loss.backward()
     missing = [n for n, p in cg.model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert torch.isfinite(loss) and not missing, missing
+
+
+def test_pushts_single_camera_key_is_served_under_its_name(saved_policy, tmp_path):
+    """LeRobot's PushT policies name their one camera `observation.image` (OBS_IMAGE), not
+    observation.images.<name>: imported, the served key is that name."""
+    from safetensors.torch import save_file
+
+    src = tmp_path / "src"
+    shutil.copytree(saved_policy, src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["input_features"] = {("observation.image" if k == "observation.images.top" else k): v
+                             for k, v in cfg["input_features"].items()}
+    (src / "config.json").write_text(json.dumps(cfg))
+    tensors = load_file(str(src / "model.safetensors"))
+    tensors = {k.replace("observation_images_top", "observation_image"): v for k, v in tensors.items()}
+    save_file(tensors, str(src / "model.safetensors"))
+    result = import_cli(src, tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "run" / "imported.json").read_text())
+    assert info["key_map"] == {"observation.image": "images", "observation.state": "state"}

@@ -51,6 +51,7 @@ from ...fileio import TMP_PREFIX, sha256_of
 LEROBOT_POLICIES = ("act", "diffusion", "groot", "pi0", "pi05", "pi0fast", "reward_classifier", "sac", "smolvla",
                     "tdmpc", "vqbet", "xvla")
 IMAGE_PREFIX = "observation.images."
+SINGLE_IMAGE_KEY = "observation.image"  # LeRobot's OBS_IMAGE: one camera, as PushT's policies name it
 STATE_KEY, ENV_KEY, ACTION_KEY = "observation.state", "observation.environment_state", "action"
 MODES = {"MEAN_STD": "mean_std", "MIN_MAX": "min_max", "IDENTITY": "identity"}
 PORTS = {STATE_KEY: "state", ENV_KEY: "env_state", ACTION_KEY: "actions"}
@@ -229,9 +230,10 @@ def features_of(cfg: dict, path: Path) -> dict:
     shapes = {tuple(inputs[k]["shape"]) for k in cameras}
     if len(shapes) > 1:
         raise LeRobotImportError(f"{path}: input_features: the cameras have different shapes {sorted(shapes)}")
-    bad = [k for k in cameras if not k.startswith(IMAGE_PREFIX)]
+    bad = [k for k in cameras if not (k.startswith(IMAGE_PREFIX) or k == SINGLE_IMAGE_KEY)]
     if bad:
-        raise LeRobotImportError(f"{path}: input_features: camera keys {bad} do not start with '{IMAGE_PREFIX}'")
+        raise LeRobotImportError(f"{path}: input_features: camera keys {bad} do not start with '{IMAGE_PREFIX}' "
+                                 f"(nor are '{SINGLE_IMAGE_KEY}')")
     other = [k for k, f in inputs.items() if f.get("type") != "VISUAL" and k not in (STATE_KEY, ENV_KEY)]
     if other:
         raise LeRobotImportError(f"{path}: input_features {other} are not supported")
