@@ -396,3 +396,54 @@ def test_04_processor_files_are_checked(saved_policy_04, tmp_path):
     run = L.import_lerobot(src, tmp_path / "renamed")
     key_map = json.loads((run / "imported.json").read_text())["key_map"]
     assert key_map["observation.images.cam_high"] == "images[0]" and "observation.images.top" not in key_map
+
+
+def test_rtc_and_graphvla_eval_on_an_imported_act(saved_policy, case, tmp_path):
+    """Real-time chunking on the served import (ACT regresses: the committed prefix, then a blend), and
+    `graphvla eval` (GraphVLA's Meta-World suite, one short episode) on the saved policy cut to
+    Meta-World's sizes: one 64 x 64 camera, 4-d actions (the action head and statistics padded by a row)."""
+    from click.testing import CliRunner
+
+    from conftest import require_metaworld
+    from graphvla.cli import main
+    from graphvla.client import PolicyClient
+    from graphvla.policy.loading import load_policy
+    from graphvla.protocol import RTC_KEY
+    from graphvla.runners.serve import ServerThread
+    from graphvla.runners.serve.section import serve_options, serve_section
+
+    meta, data = case
+    run = imported(saved_policy, tmp_path / "act")
+    obs = lerobot_obs(meta, data, 0)
+    old = data["predict_action_chunk"][1].numpy()
+    options = serve_options(serve_section(str(run)), "127.0.0.1", 0, None, 1, None, None)
+    with ServerThread(load_policy(run), options) as srv:
+        with PolicyClient("127.0.0.1", srv.port) as client:
+            plain = client.infer(obs)["actions"]
+            reply = client.infer({**obs, RTC_KEY: {"delay": 2, "remaining_actions": old}})
+    assert reply["rtc"]["applied"] and reply["rtc"]["method"] == "blend"
+    assert np.allclose(reply["actions"][:2], old[:2], atol=1e-6) and not np.allclose(reply["actions"][2], plain[2], atol=1e-4)
+
+    require_metaworld()
+    src = tmp_path / "mw-src"
+    shutil.copytree(saved_policy, src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["input_features"] = {"observation.images.top": {"type": "VISUAL", "shape": [3, 64, 64]},
+                             "observation.state": {"type": "STATE", "shape": [4]}}
+    cfg["output_features"]["action"]["shape"] = [4]
+    (src / "config.json").write_text(json.dumps(cfg))
+    state = {k: v for k, v in load_file(str(src / "model.safetensors")).items() if "wrist" not in k}
+    pad = lambda t, dim: torch.cat([t, t.narrow(dim, 0, 1) * 0.5], dim=dim)  # noqa: E731
+    for key, dim in (("model.action_head.weight", 0), ("model.action_head.bias", 0),
+                     ("model.vae_encoder_action_input_proj.weight", 1)):
+        state[key] = pad(state[key], dim)
+    for module in ("normalize_targets", "unnormalize_outputs"):
+        for n in ("mean", "std"):
+            state[f"{module}.buffer_action.{n}"] = pad(state[f"{module}.buffer_action.{n}"], 0)
+    save_file(state, str(src / "model.safetensors"))
+    mw = L.import_lerobot(src, tmp_path / "mw")
+    result = CliRunner().invoke(main, ["eval", str(mw), "--suite", "metaworld", "--tasks", "reach-v3", "--episodes", "1",
+                                       "--max-steps", "8", "-o", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    episode = json.loads((tmp_path / "eval" / "results.json").read_text())["episodes"]["reach-v3"][0]
+    assert episode["steps"] == 8 and episode["queries"] == 2  # chunks of 5 executed 5 at a time (n_action_steps)
