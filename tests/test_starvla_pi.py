@@ -464,3 +464,60 @@ def test_without_action_dit_hidden_dim_the_head_reads_the_vlm_layers(tmp_path):
     with pytest.raises(StarVLAImportError, match=r"'action_model\.[\w.]+' has shape \[[\d, ]*32\], the graph's head\.[\w.]+ needs \[[\d, ]*64\]"):
         import_starvla(d, tmp_path / "run", base_vlm=FIXTURES / "qwenpi_v3" / "vlm", image_size=64)
     assert not (tmp_path / "run").exists()
+
+
+class FixtureSamples(torch.utils.data.Dataset):
+    """The fixture's two samples, repeated: images [V, 3, H, W] in [0, 1], instruction, actions."""
+
+    def __init__(self, fixture, n=4):
+        self.meta, self.data = case(fixture)
+        self.images = self.data["images"].permute(0, 1, 4, 2, 3).float() / 255
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        j = i % len(self.meta["instructions"])
+        return {"images": self.images[j], "instruction": self.meta["instructions"][j], "actions": self.data["actions"][j],
+                "actions_mask": torch.ones(self.meta["horizon"], dtype=torch.bool)}
+
+
+def test_trains_from_starvlas_weights_saves_and_loads_as_a_policy(tmp_path):
+    """End to end: two training steps of starvla/qwen3vl-pi-v3 from starVLA's weights (dropout on,
+    the projectors at their own lr), and the run folder loaded back by load_policy infers what the
+    trained in-memory graph infers for the same noise."""
+    import numpy as np
+
+    from graphvla.data.api import DataBundle, collate
+    from graphvla.data.normalize import Normalizer
+    from graphvla.policy.loading import load_policy
+    from graphvla.policy.policy import Policy
+    from graphvla.runners.train import Trainer
+    from train_doubles import port_stats
+
+    graph, fixture = CASES["qwen3vl"]
+    spec_data = fixture_spec(graph, fixture)
+    spec_data["trainer"].update(max_steps=2, batch_size=2, num_workers=0, warmup_steps=1, save_every=100)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec_data, allow_unicode=True))
+    spec = load_spec(str(tmp_path / "spec.yaml"))
+    ds = FixtureSamples(fixture)
+    stats = port_stats(ds, ["actions"])
+    trainer = Trainer.from_spec(spec, DataBundle({"action": ds}, stats), tmp_path / "run", collate=collate, progress=False,
+                                normalizer=Normalizer(stats, spec.section("trainer")["normalization"]))
+    weights = {graph_key(k, "QwenPI_v3"): v for k, v in fixture_weights(fixture).items()}
+    trainer.cg.model.load_state_dict(weights, strict=True)
+    before = {k: v.clone() for k, v in trainer.cg.model.state_dict().items() if k.startswith(("head.", "project."))}
+    trainer.run()
+    after = trainer.cg.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the head and the projectors trained
+    unused = ("head.state_encoder.", "head.model.proj_out_")  # built by starVLA, never run by QwenPI_v3
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(unused))
+    meta, data = case(fixture)
+    obs = [{"images": data["images"][i].numpy(), "instruction": meta["instructions"][i]} for i in range(2)]
+    noise = data["predict_noise"]
+    loaded = load_policy(tmp_path / "run").infer_batch(obs, noise=noise)
+    in_memory = Policy.from_compiled(trainer.cg, trainer.normalizer).infer_batch(obs, noise=noise)
+    for x, y in zip(loaded, in_memory):
+        assert x["actions"].shape == (meta["horizon"], meta["action_dim"])
+        np.testing.assert_allclose(x["actions"], y["actions"], rtol=0, atol=1e-6)
