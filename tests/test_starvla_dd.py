@@ -22,7 +22,6 @@ from safetensors.torch import load_file
 from graphvla.blocks.heads.flow_matching import Inpainting
 from graphvla.compiler.compile import compile_graph
 from graphvla.errors import SpecError
-from graphvla.policy.policy import Policy
 from graphvla.protocol import RTC_KEY
 from graphvla.runners.importers.starvla import graph_key
 from graphvla.spec.loader import load_spec
@@ -228,11 +227,23 @@ def test_training_graph_and_policy_run_and_the_packaged_graphs_compile_at_full_s
         compile_graph(spec)
 
 
-# --- real-time chunking in a served session (tiny graph) ----------------------------------------------
+# --- a trained discrete-diffusion run: served sessions with real-time chunking, export (tiny graph) ---
 
-def tiny_policy(seed=0) -> Policy:
-    torch.manual_seed(seed)
-    return Policy.from_compiled(compile_graph(load_spec("tiny/discrete-diffusion"), device="cpu"))
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """tiny/discrete-diffusion trained two steps by the trainer (its own checkpoint); 2 decoding rounds
+    so that tracing the export stays short."""
+    from vlm_samples import VLMSamples, vlm_bundle
+
+    from graphvla.runners.train import Trainer
+
+    root = tmp_path_factory.mktemp("dd-run")
+    torch.manual_seed(0)
+    spec = load_spec("tiny/discrete-diffusion", ["trainer.max_steps=2", "trainer.batch_size=2", "trainer.warmup_steps=1",
+                                                 "trainer.num_workers=0", "trainer.save_every=100",
+                                                 "blocks.head.with.num_steps=2"])
+    Trainer.from_spec(spec, vlm_bundle(VLMSamples()), root / "run", progress=False).run()
+    return root
 
 
 def tiny_obs(t=0) -> dict:
@@ -241,34 +252,60 @@ def tiny_obs(t=0) -> dict:
             "state": rng.standard_normal(4).astype(np.float32)}
 
 
-def test_a_served_session_inpaints_the_previous_chunk():
-    """Over the wire: the metadata says inpainting; a session's chunks are reproducible from its seed;
-    with RTC the steps of the previous chunk that overlap come back as their bins' centres (the
-    committed ones and the rest of the overlap: every step with a weight > 0), the others are decoded."""
+def bins_of(policy, actions):
+    """Actions in dataset units -> the index of their bin (256 over [-1, 1], normalized as the head sees them)."""
+    x = np.asarray(policy._unnormalize.normalize_array("actions", np.asarray(actions, dtype=np.float32)))
+    return np.floor((np.clip(x, -1 + 1e-6, 1 - 1e-6) + 1) / 2 * 256)
+
+
+def test_a_served_session_of_a_trained_run_inpaints_the_previous_chunk(tiny_run):
+    """load_policy on the run: a session's chunks are reproducible from its seed; with RTC the steps of
+    the previous chunk that overlap (the committed ones and the rest of the overlap: every step with a
+    weight > 0) come back in their bins, the others are decoded; the same over the wire."""
     from graphvla.client import PolicyClient
+    from graphvla.policy.loading import load_policy
     from graphvla.runners.serve import ServeOptions, ServerThread
 
-    policy = tiny_policy()
+    policy = load_policy(tiny_run / "run")
     a, b = policy.new_session(3), policy.new_session(3)
     first = policy.infer(tiny_obs(0), a)["actions"]
-    assert np.array_equal(first, policy.infer(tiny_obs(0), b)["actions"])  # the session's draws
-    assert first.shape == (8, 4) and np.all(np.abs(first) <= 1)
+    assert np.array_equal(first, policy.infer(tiny_obs(0), b)["actions"]) and first.shape == (8, 4)  # the session's draws
     out = policy.infer({**tiny_obs(1), RTC_KEY: {"delay": 2, "executed": 3}}, a)
     assert out["rtc"] == {"applied": True, "method": "inpainting", "delay": 2, "overlap": 5}
-    centres = (np.floor((np.clip(first[3:], -1 + 1e-6, 1 - 1e-6) + 1) / 2 * 256) + 0.5) / 128 - 1
-    np.testing.assert_allclose(out["actions"][:5], centres, atol=1e-6)
+    np.testing.assert_array_equal(bins_of(policy, out["actions"][:5]), bins_of(policy, first[3:]))
+    # remaining actions in other bins than the run decodes (two training steps: it answers one bin)
+    normalized = np.random.default_rng(1).uniform(-0.9, 0.9, (4, 4)).astype(np.float32)
+    remaining = policy._unnormalize({"actions": torch.from_numpy(normalized)[None]})["actions"][0].numpy()
     plain = policy.infer(tiny_obs(1), b)["actions"]
-    assert not np.allclose(plain[:5], out["actions"][:5])  # without RTC the steps are decoded anew
+    assert (bins_of(policy, plain[:4]) != bins_of(policy, remaining)).mean() > 0.9
     with ServerThread(policy, ServeOptions(port=0)) as srv:
         with PolicyClient(srv.host, srv.port) as client:
             assert client.metadata["rtc"]["method"] == "inpainting"
-            chunk = client.infer(tiny_obs(0))["actions"]
-            reply = client.infer({**tiny_obs(1), RTC_KEY: {"delay": 1, "remaining_actions": chunk[4:]}})
+            client.infer(tiny_obs(0))
+            reply = client.infer({**tiny_obs(1), RTC_KEY: {"delay": 1, "remaining_actions": remaining}})
             assert reply["rtc"]["applied"] and reply["rtc"]["overlap"] == 4
-            pinned = (np.floor((np.clip(chunk[4:], -1 + 1e-6, 1 - 1e-6) + 1) / 2 * 256) + 0.5) / 128 - 1
-            np.testing.assert_allclose(reply["actions"][:4], pinned, atol=1e-6)
+            np.testing.assert_array_equal(bins_of(policy, reply["actions"][:4]), bins_of(policy, remaining))
             reply = client.infer({**tiny_obs(2), RTC_KEY: {"delay": 0, "executed": 2}})
             assert reply["rtc"]["applied"] is False  # delay 0: nothing committed, plain decoding
+
+
+def test_the_run_exports_with_its_draws_as_an_input(tiny_run):
+    """The decoding rounds unroll into the exported graph; its `noise` input is drawn per session as
+    the checkpoint draws it (the manifest says which kind), so seeded sessions get the same actions."""
+    from graphvla.policy.loading import load_policy
+    from graphvla.runners.export import export_policy
+    from graphvla.runners.exported import load_exported
+
+    policy = load_policy(tiny_run / "run")
+    ex = load_exported(export_policy(tiny_run / "run", tiny_run / "exported"))
+    noise = [d for d in ex.manifest["inputs"] if d["name"] == "noise"]
+    assert noise[0]["shape"] == ["batch", 2, 8, 4, 257] and noise[0]["distribution"] == "maskgit-exponential"
+    obs = [tiny_obs(5), tiny_obs(6)]
+    eager = policy.infer_batch(obs, sessions=[policy.new_session(10), policy.new_session(11)])
+    exported = ex.infer_batch(obs, sessions=[ex.new_session(10), ex.new_session(11)])
+    other = ex.infer_batch(obs, sessions=[ex.new_session(12), ex.new_session(13)])
+    assert max(float(np.abs(x["actions"] - y["actions"]).max()) for x, y in zip(eager, exported)) <= 1e-5
+    assert max(float(np.abs(x["actions"] - y["actions"]).max()) for x, y in zip(eager, other)) > 1e-3
 
 
 # --- graphvla import starvla: a QwenDiscreteDiffusion checkpoint as starVLA's trainer writes it -------

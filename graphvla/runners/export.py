@@ -34,7 +34,9 @@ folder.
 A sampling head (head.flow_matching, head.dual_system) takes its starting noise as an input of
 predict; in the exported graph that is the graph input `noise` [batch, H, A], which the server draws
 from each session's generator as Policy does (runners/exported.py). The Euler loop is unrolled
-(with.num_steps steps).
+(with.num_steps steps). head.layerwise_discrete_diffusion's `noise` holds its decoding draws (the
+manifest's `distribution` says which kind) and its rounds are unrolled; real-time chunking is not
+part of an export.
 
 A graph is refused, before anything is written, with an ExportError naming the graph, the block
 id, its type and why, when a block keeps state between calls (`infer: {every: k}`), draws noise
@@ -273,6 +275,8 @@ def folded_policy(policy, tokenizers: dict, sampler: str | None, vlms: dict, pyt
         described.append({"name": NOISE, "kind": "noise", "dtype": "float32", "shape": ["batch", *shape],
                           "block": sampler,
                           "num_steps": int(head.params["num_steps"] if "num_steps" in head.params else head.sampling_steps)})
+        if getattr(head, "noise_distribution", "normal") != "normal":  # not standard normal: the head's own draws
+            described[-1]["distribution"] = head.noise_distribution
     post = list(policy.postprocess or [])
     for step in post:
         if not step.tensor_only:

@@ -27,6 +27,7 @@ import torch
 
 from ..blocks.encoders import byte_tokenize
 from ..blocks.heads.flow_matching import initial_noise
+from ..blocks.heads.layerwise_discrete_diffusion import draw_maskgit_noise
 from ..processors.base import Pipeline
 from .export import FORMATS, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, NOISE, PYTHON_STEPS
 from ..policy.observation import convert, describe
@@ -111,7 +112,16 @@ class ExportedPolicy:
 
     @property
     def metadata(self) -> dict:
-        return {**self.manifest["metadata"], "exported": self.manifest["graph_format"]}
+        meta = {**self.manifest["metadata"], "exported": self.manifest["graph_format"]}
+        if getattr(self, "_temporal_ensemble", None) is not None:  # set_temporal_ensemble (serve.temporal_ensemble)
+            meta["temporal_ensemble"] = {"coeff": self._temporal_ensemble}
+        return meta
+
+    def set_temporal_ensemble(self, coeff: float) -> None:
+        """Serve with temporal ensembling (policy/ensemble.py) whatever the checkpoint's infer section says."""
+        TemporalEnsemble(coeff, int(self.metadata["action_horizon"] or 0))  # checks the value
+        self._temporal_ensemble = float(coeff)
+        self.reset()
 
     def new_session(self, seed: int = 0) -> Session:
         return Session(seed)
@@ -141,7 +151,11 @@ class ExportedPolicy:
         if self.noise is not None:
             shape = (len(observations), *self.noise["shape"][1:])
             generators = [s.generator for s in sessions] if sessions is not None else None
-            tensors.append(initial_noise(shape, generators, torch.device("cpu"), torch.float32))
+            distribution = self.noise.get("distribution", "normal")
+            if distribution == "normal":
+                tensors.append(initial_noise(shape, generators, torch.device("cpu"), torch.float32))
+            else:  # a discrete-diffusion head's draws (head.layerwise_discrete_diffusion)
+                tensors.append(draw_maskgit_noise(distribution, shape, generators, torch.device("cpu"), torch.float32))
         try:
             outs = self.runner(tensors)
         except BaseException:  # as Policy: a failed batch moves no session

@@ -275,6 +275,30 @@ def rank_of(values):
     return torch.argsort(torch.argsort(values, dim=1), dim=1)
 
 
+NOISE_BIN, NOISE_BIT = "maskgit-exponential", "maskgit-uniform"
+
+
+def draw_maskgit_noise(distribution: str, shape, generator, device, dtype=torch.float32) -> torch.Tensor:
+    """The decoding's draws [B, S, H, A, K + 1]: [..., :K] Exp(1) (NOISE_BIN) or U(0, 1) (NOISE_BIT),
+    then [..., K] the ranking uniform. `generator`: None (torch's global), one generator, or one per
+    row (row i from generator i alone, on its device, then moved), as flow_matching.initial_noise."""
+    if distribution not in (NOISE_BIN, NOISE_BIT):
+        raise ValueError(f"unknown noise distribution {distribution!r} (expected {NOISE_BIN} or {NOISE_BIT})")
+    if device.type == "meta":
+        return torch.empty(shape, device=device, dtype=dtype)
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        rows = [draw_maskgit_noise(distribution, (1, *shape[1:]), g, g.device) for g in generator]
+        return torch.cat([r.to(device) for r in rows]).to(dtype)
+    kw = {} if generator is None else {"generator": generator}
+    dev = device if generator is None else generator.device
+    draws = torch.empty((*shape[:-1], shape[-1] - 1), device=dev)
+    draws = draws.exponential_(1, **kw) if distribution == NOISE_BIN else draws.uniform_(0, 1, **kw)
+    choice = torch.rand((*shape[:-1], 1), device=dev, **kw)
+    return torch.cat([draws, choice], dim=-1).to(device=device, dtype=dtype)
+
+
 # ---- the block -----------------------------------------------------------------------------------
 
 SCHEDULE = {"enum": ["cosine", "linear"], "default": "cosine"}
@@ -476,24 +500,14 @@ class LayerwiseDiscreteDiffusionHead(Block):
     def noise_dtype(self) -> torch.dtype:
         return torch.float32
 
+    @property
+    def noise_distribution(self) -> str:
+        """How predict's `noise` is drawn (an export's manifest records it): NOISE_BIN or NOISE_BIT."""
+        return NOISE_BIT if self.binning.representation == "bit" else NOISE_BIN
+
     def draw_noise(self, shape, generator, device, dtype=torch.float32) -> torch.Tensor:
-        """The sampling draws for `shape` (noise_shape): Exp(1) (bin) or U(0, 1) (bit) draws then the
-        ranking uniform. `generator`: None (torch's global), one generator, or one per row (row i
-        from generator i alone, on its device, then moved)."""
-        if device.type == "meta":
-            return torch.empty(shape, device=device, dtype=dtype)
-        if isinstance(generator, (list, tuple)):
-            if len(generator) != shape[0]:
-                raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
-            rows = [self.draw_noise((1, *shape[1:]), g, g.device) for g in generator]
-            return torch.cat([r.to(device) for r in rows]).to(dtype)
-        kw = {} if generator is None else {"generator": generator}
-        dev = device if generator is None else generator.device
-        k = shape[-1] - 1
-        draws = torch.empty((*shape[:-1], k), device=dev)
-        draws = draws.exponential_(1, **kw) if self.binning.representation == "bin" else draws.uniform_(0, 1, **kw)
-        choice = torch.rand((*shape[:-1], 1), device=dev, **kw)
-        return torch.cat([draws, choice], dim=-1).to(device=device, dtype=dtype)
+        """The decoding's draws for `shape` (noise_shape), see draw_maskgit_noise."""
+        return draw_maskgit_noise(self.noise_distribution, shape, generator, device, dtype)
 
     def predict(self, context, context_mask=None, state=None, noise=None, num_steps=None, rtc=None):
         memories, mem_mask = self._memories(context, context_mask)
@@ -521,13 +535,14 @@ class LayerwiseDiscreteDiffusionHead(Block):
             cur = torch.where(pinned, prefix, cur)
         unknown = (cur == self.mask_token_id).sum(dim=(1, 2))  # [B]
         if rtc is None or self.params["fixed_steps"]:
-            rounds = torch.full_like(unknown, steps)
+            rounds, total = torch.full_like(unknown, steps), steps  # no data-dependent count: exportable
         else:
             rounds = (steps * unknown // L).clamp(min=1)  # int(S * unknown / L), at least one
-        if noise.shape[1] < int(rounds.max()):
-            raise ValueError(f"{self.block_id}: noise has {noise.shape[1]} rounds, the decoding runs {int(rounds.max())}")
+            total = int(rounds.max())
+        if noise.shape[1] < total:
+            raise ValueError(f"{self.block_id}: noise has {noise.shape[1]} rounds, the decoding runs {total}")
         decode_t, choice_t = self.params["decode_temperature"], self.params["choice_temperature"]
-        for s in range(int(rounds.max())):
+        for s in range(total):
             active = s < rounds  # rows still decoding
             logits = self.logits(memories, mem_mask, cur, state_feat)
             round_noise = noise[:, s].to(device)
