@@ -419,3 +419,25 @@ def test_pushts_single_camera_key_is_served_under_its_name(saved_policy, tmp_pat
     assert result.exit_code == 0, result.output
     info = json.loads((tmp_path / "run" / "imported.json").read_text())
     assert info["key_map"] == {"observation.image": "images", "observation.state": "state"}
+
+
+def test_real_time_chunking_on_the_served_import(imported_run):
+    """A real-time chunking request on the served import: the committed prefix of the previous chunk,
+    then a blend into the new one (the diffusion head samples without guidance)."""
+    from graphvla.client import PolicyClient
+    from graphvla.policy.loading import load_policy
+    from graphvla.protocol import RTC_KEY
+    from graphvla.runners.serve import ServerThread
+    from graphvla.runners.serve.section import serve_options, serve_section
+
+    data = load_file(str(IMPORT / "case.safetensors"))
+    obs = window(data, [0, 1])
+    old = data["chunk_first"][0].numpy()
+    options = serve_options(serve_section(str(imported_run)), "127.0.0.1", 0, None, 1, None, None)
+    with ServerThread(load_policy(imported_run), options) as srv:
+        with PolicyClient("127.0.0.1", srv.port) as client:
+            plain = client.infer(obs)["actions"]
+            reply = client.infer({**obs, RTC_KEY: {"delay": 2, "remaining_actions": old}})
+    assert reply["rtc"]["applied"] and reply["rtc"]["method"] == "blend"
+    assert abs(reply["actions"][:2] - old[:2]).max() <= 1e-6
+    assert abs(reply["actions"][2:] - plain[2:]).max() > 1e-4
