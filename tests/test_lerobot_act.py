@@ -198,14 +198,15 @@ def lerobot_obs(meta, data, i, prefix="image.", state="state"):
     return obs
 
 
-def served(run: Path, observations: list) -> tuple[dict, list]:
-    """(server metadata, the actions of each observation) from `graphvla serve RUN`'s server, one session."""
+def served(run: Path, observations: list, overrides=()) -> tuple[dict, list]:
+    """(server metadata, the actions of each observation) from `graphvla serve RUN [--set serve.K=V ...]`'s
+    server, one session."""
     from graphvla.client import PolicyClient
     from graphvla.policy.loading import load_policy
     from graphvla.runners.serve import ServerThread
     from graphvla.runners.serve.section import serve_options, serve_section
 
-    options = serve_options(serve_section(str(run)), "127.0.0.1", 0, None, 1, None, None)
+    options = serve_options(serve_section(str(run), overrides), "127.0.0.1", 0, None, 1, None, None)
     with ServerThread(load_policy(run), options) as srv:
         with PolicyClient("127.0.0.1", srv.port) as client:
             client.reset(0)
@@ -248,6 +249,18 @@ def test_select_action_is_the_served_chunk_executed_n_action_steps_at_a_time(run
         executed.append(chunk[t % k])
     diff = np.abs(np.stack(executed) - data["episode.select_action"].numpy()).max()
     assert diff <= SERVE_TOL, diff
+
+
+def test_temporal_ensembling_as_a_serve_option(run, case):
+    """`graphvla serve RUN --set serve.temporal_ensemble=C` ensembles a run imported without it."""
+    meta, data = case
+    obs = [lerobot_obs(meta, data, t, "episode.image.", "episode.state") for t in range(meta["episode"])]
+    server_meta, actions = served(run, obs, [f"serve.temporal_ensemble={meta['temporal_ensemble_coeff']}"])
+    assert server_meta["execute_steps"] == 1 and server_meta["temporal_ensemble"] == {"coeff": meta["temporal_ensemble_coeff"]}
+    assert np.abs(np.stack([a[0] for a in actions]) - data["episode.ensembled"].numpy()).max() <= SERVE_TOL
+    plain_meta, plain = served(run, obs[:2])
+    assert plain_meta["temporal_ensemble"] is None and plain_meta["execute_steps"] == meta["chunk_size"]
+    assert np.abs(plain[1] - data["episode.chunks"][1].numpy()).max() <= SERVE_TOL  # the raw chunk
 
 
 def test_temporal_ensembling_is_act_temporal_ensembler(saved_policy, case, tmp_path):

@@ -272,6 +272,13 @@ class Policy:
                 s.previous_actions = np.array(out[self._action_output], dtype=np.float32)
         return outs
 
+    def set_temporal_ensemble(self, coeff: float) -> None:
+        """Serve with temporal ensembling (serve.temporal_ensemble) whatever the graph's infer section says;
+        sessions made before start over."""
+        TemporalEnsemble(coeff, int(self.metadata["action_horizon"] or 0))  # checks the value
+        self.temporal_ensemble = float(coeff)
+        self._ensembles = {}
+
     def _new_ensemble(self) -> TemporalEnsemble:
         return TemporalEnsemble(self.temporal_ensemble, int(self.metadata["action_horizon"]))
 

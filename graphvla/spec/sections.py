@@ -66,6 +66,10 @@ SERVE = {
                         "description": "how long a batch waits for more requests (never when every connected client is already in it)"},
         "max_message_mb": {"type": "number", "exclusiveMinimum": 0, "default": 64,
                            "description": "largest request accepted; a bigger one closes that connection (code 1009)"},
+        "temporal_ensemble": {"type": ["number", "null"], "default": None,
+                              "description": "serve with ACT's temporal ensembling at this coefficient (LeRobot's "
+                                             "temporal_ensemble_coeff; policy/ensemble.py) whatever the graph's "
+                                             "infer.temporal_ensemble says; execute_steps then defaults to 1"},
         "seed": {"type": "integer", "minimum": 0, "maximum": 2 ** 64 - 1, "default": 0,
                  "description": "seed of every client session's noise generator (a client may mix in its own "
                                 "session_seed with a reset request); the same seed and observations replay the same actions"},

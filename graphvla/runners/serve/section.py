@@ -66,4 +66,5 @@ def serve_options(section, host, port, api_key, max_batch, max_wait_ms, max_mess
                         max_batch=max_batch if max_batch is not None else section["max_batch"],
                         max_wait_ms=max_wait_ms if max_wait_ms is not None else section["max_wait_ms"],
                         max_message_mb=max_message_mb if max_message_mb is not None else section["max_message_mb"],
-                        key_map=section.get("key_map") or {}, execute_steps=section.get("execute_steps"))
+                        key_map=section.get("key_map") or {}, execute_steps=section.get("execute_steps"),
+                        temporal_ensemble=section.get("temporal_ensemble"))

@@ -49,6 +49,7 @@ class ServeOptions:
     max_message_mb: float = 64.0
     key_map: dict = field(default_factory=dict)
     execute_steps: int | None = None  # the graph's serve.execute_steps (None: the whole chunk)
+    temporal_ensemble: float | None = None  # serve.temporal_ensemble: the policy's set_temporal_ensemble
     seed: int = 0  # every session's noise generator starts from it (see session_seed)
     shutdown_timeout_s: float = 30.0
     # batches computed at once: with 2, the next batch is collected and runs while one computes
@@ -65,6 +66,10 @@ class PolicyServer:
         self.policy = policy
         self.options = options or ServeOptions()
         self.options.seed = check_seed(self.options.seed, "serve.seed")
+        if self.options.temporal_ensemble is not None:
+            if not hasattr(policy, "set_temporal_ensemble"):
+                raise ValueError("serve.temporal_ensemble: this policy cannot ensemble its chunks")
+            policy.set_temporal_ensemble(self.options.temporal_ensemble)
         meta = dict(policy.metadata)
         self.mapper = ObservationMapper(meta.get("inputs") or {}, self.options.key_map or None)
         self.metadata = plain_data({
@@ -76,7 +81,7 @@ class PolicyServer:
             "max_batch": self.options.max_batch,
             # how many actions of each chunk a client executes before it asks again
             # (1 under temporal ensembling: every step's query folds a chunk into the executed action)
-            "execute_steps": self.options.execute_steps or (1 if meta.get("temporal_ensemble") else meta.get("action_horizon")),
+            "execute_steps": 1 if meta.get("temporal_ensemble") else (self.options.execute_steps or meta.get("action_horizon")),
             # each connection's noise generator starts from this seed (a reset may add session_seed)
             "seed": self.options.seed,
             "sessions": True,  # every connection has its own episode state (kept for older clients)
