@@ -202,6 +202,51 @@ def test_the_loss_is_masked_token_ce_plus_l1_and_a_changed_weight_breaks_parity(
     assert abs(moved.item() - case["loss"].item()) > 100 * TOL
 
 
+def test_the_other_settings_follow_starvlas_formulas(graph):
+    """Settings the fixtures leave at starVLA's defaults: the linear masking schedule, no_mask_token_prob,
+    use_simple_max, and GraphVLA's actions_mask (padded steps never counted)."""
+    head = graph.model["head"]
+    case = load(FIXTURE, "case")
+    noise = case["mask_noise"].clone()
+    rows, L = noise.shape[0], 28
+    noise[:, 1 + L:] = torch.rand(rows, L, generator=torch.Generator().manual_seed(0))
+    bins = head.binning.encode(case["actions"].repeat(2, 1, 1))
+    saved = dict(head.params)
+    try:
+        head.params.update(train_mask_schedule="linear")
+        masked = head.apply_mask(bins, noise) == -100
+        assert masked.sum(dim=(1, 2)).tolist() == (L * noise[:, 0].clamp(1e-6, 1)).round().long().clamp(1, L).tolist()
+        head.params.update(train_mask_schedule="cosine", no_mask_token_prob=0.5)
+        kept = head.apply_mask(bins, noise) == -100
+        before = head.params.update(no_mask_token_prob=0.0) or head.apply_mask(bins, noise) == -100
+        assert torch.equal(kept, before & ~(noise[:, 1 + L:].reshape(bins.shape) < 0.5)) and kept.sum() < before.sum()
+        head.params.update(use_simple_max=True)
+        fed = graph.feed(observation())
+        with torch.no_grad():
+            simple = graph.infer(**fed)["actions"]
+            vlm = graph.model["vlm"](**{k[len("vlm_"):]: v for k, v in fed.items() if k.startswith("vlm_")})
+            memories, mem_mask = head._memories(vlm["layers"], vlm["mask"])
+            all_masked = torch.full((2, 4, 7), 256)
+            logits = head.logits(memories, mem_mask, all_masked, head._state(fed["state"]))
+        assert torch.equal(simple, head.binning.bin_centers[logits.argmax(-1)])
+    finally:
+        head.params.clear()
+        head.params.update(saved)
+    with torch.no_grad():  # a padded last step: the loss of the first three steps only
+        valid = torch.tensor([[True, True, True, False]] * 2)
+        layers = vlm["layers"]
+        padded = head(context=layers, context_mask=vlm["mask"], state=fed["state"], target=case["actions"],
+                      mask=valid, mask_noise=case["mask_noise"])["loss"]
+        full = head(context=layers, context_mask=vlm["mask"], state=fed["state"], target=case["actions"],
+                    mask=torch.ones(2, 4, dtype=torch.bool), mask_noise=case["mask_noise"])["loss"]
+        logits = head.logits([m.repeat(2, 1, 1) for m in memories], mem_mask.repeat(2, 1),
+                             head.apply_mask(bins, case["mask_noise"]), head._state(fed["state"].repeat(2, 1)))
+        expected = head.loss(logits[:, :3], bins[:, :3], head.apply_mask(bins, case["mask_noise"])[:, :3] == -100,
+                             case["actions"].repeat(2, 1, 1)[:, :3])
+    assert abs(full.item() - case["loss"].item()) <= TOL
+    assert abs(padded.item() - expected.item()) <= 1e-5 and abs(padded.item() - full.item()) > 1e-4
+
+
 def test_training_graph_and_policy_run_and_the_packaged_graphs_compile_at_full_size(graph):
     """The compiled training stream draws its own masks (finite loss, gradients reach the VLM); the
     packaged graphs are Qwen3-VL-4B / Qwen2.5-VL-3B with a 36-block DiT at the VLM's width."""
