@@ -484,3 +484,23 @@ def test_graphvla_trains_the_act_graph_and_serves_it(tmp_path, metaworld_data):
     policy = load_policy(tmp_path / "run")
     out = policy.infer({"images": np.zeros((64, 64, 3), np.uint8), "state": np.zeros(4, np.float32)})
     assert out["actions"].shape == (5, 4) and np.isfinite(out["actions"]).all()
+
+
+def test_a_hub_id_imports_from_the_hub_cache(saved_policy, tmp_path, monkeypatch):
+    """`graphvla import lerobot org/name -o RUN` reads the snapshot in the Hugging Face cache (offline),
+    the way a policy pushed by LeRobot is read; an id the cache lacks is named and leaves nothing."""
+    from test_hub import put_in_cache
+
+    cache = tmp_path / "hf" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    put_in_cache(cache, "model", "someone/act_tiny", saved_policy, "a" * 40)
+    run = L.import_lerobot("someone/act_tiny", tmp_path / "from-hub")
+    info = json.loads((run / "imported.json").read_text())
+    assert info["source"] == "someone/act_tiny" and info["folder"].endswith("a" * 40)
+    with pytest.raises(L.LeRobotImportError, match="someone/act_tinny"):
+        L.import_lerobot("someone/act_tinny", tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()
