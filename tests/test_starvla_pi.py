@@ -366,6 +366,34 @@ def test_imported_qwenpi_run_serves_starvlas_actions(tmp_path):
     assert np.abs(moved - data["actions"].numpy()).max() > 10 * IMPORT_TOL  # the state reaches the head
 
 
+def test_a_run_trained_with_a_state_imports_with_the_state_prompt(tmp_path):
+    """datasets.vla_data.include_state: QwenPI_v3 wrote the state into the prompt. The imported run
+    puts glue.state_text in front of the VLM and takes a state_dim-wide state; given starVLA's noise,
+    it serves what starVLA served for the same observations with their states."""
+    import numpy as np
+
+    from graphvla.policy.loading import load_policy
+    from graphvla.runners.importers.starvla import import_starvla
+
+    meta, data = expected()
+    d = starvla_run(tmp_path)
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    cfg["datasets"]["vla_data"]["include_state"] = True
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    run = import_starvla(d, tmp_path / "run", base_vlm=FIXTURES / "qwenpi_v3" / "vlm", image_size=64)
+    policy = load_policy(run)
+    assert policy.inputs["state"]["dim"] == cfg["framework"]["action_model"]["state_dim"]
+    assert policy.cg.block("state_prompt") is not None
+    obs = [{**o, "state": data["state_prompt_state"][i].numpy()} for i, o in enumerate(observations())]
+    actions = np.stack([o["actions"] for o in policy.infer_batch(obs, noise=data["state_prompt_noise"])])
+    diff = np.abs(actions - data["state_prompt_actions"].numpy()).max()
+    print(f"imported run with the state prompt vs starVLA served actions: max |diff| {diff:.2e}")
+    assert diff <= IMPORT_TOL
+    plain = np.stack([o["actions"] for o in policy.infer_batch([{**o, "state": np.zeros_like(o["state"])} for o in obs],
+                                                               noise=data["state_prompt_noise"])])
+    assert np.abs(plain - data["state_prompt_actions"].numpy()).max() > 10 * IMPORT_TOL  # the state is read
+
+
 def test_import_refuses_what_it_cannot_represent(tmp_path):
     from graphvla.runners.importers.starvla import StarVLAImportError, import_starvla
 
@@ -375,7 +403,8 @@ def test_import_refuses_what_it_cannot_represent(tmp_path):
          r"framework\.action_model\.action_model_type 'DiT-B' is not QwenPI_v3's LayerwiseFM"),
         (lambda c: c["framework"]["action_model"]["diffusion_model_cfg"].update(norm_type="layer_norm"),
          r"diffusion_model_cfg\.norm_type is 'layer_norm'"),
-        (lambda c: c["datasets"]["vla_data"].update(include_state=True), r"datasets\.vla_data\.include_state"),
+        (lambda c: (c["datasets"]["vla_data"].update(include_state=True), c["framework"]["action_model"].update(state_dim=0)),
+         r"datasets\.vla_data\.include_state is set but framework\.action_model\.state_dim is 0"),
     ]):
         d = starvla_run(tmp_path / str(i))
         cfg = yaml.safe_load((d / "config.yaml").read_text())

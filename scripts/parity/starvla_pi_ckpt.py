@@ -7,7 +7,8 @@ tests/fixtures/starvla/qwenpi_v3/state.safetensors (starVLA's own QwenPI_v3 init
 starvla_pi.py; config.yaml carries the same action_model settings), loaded back with starVLA's own
 `from_pretrained`, `predict_action` on the fixture's two observations from a seeded generator (the
 starting noise it drew is recorded by wrapping torch.randn while it runs) and starVLA's
-`FrameworkTools.unnormalize_actions`. Output: tests/fixtures/starvla/qwenpi_v3_ckpt/ (ckpt/ is the
+`FrameworkTools.unnormalize_actions`; then the same with a state in each observation (QwenPI_v3
+writes it into the prompt: a run trained with datasets.vla_data.include_state), from its own seed. Output: tests/fixtures/starvla/qwenpi_v3_ckpt/ (ckpt/ is the
 checkpoint folder, expected.safetensors and expected.json what starVLA served).
 
 Usage: /tmp/starvla-venv/bin/python scripts/parity/starvla_pi_ckpt.py --starvla /tmp/starvla
@@ -105,9 +106,22 @@ def main():
     assert len(drawn.noise) == 1
     stats = FrameworkTools.get_action_stats(model.norm_stats)
     served = np.stack([FrameworkTools.unnormalize_actions(normalized[i].copy(), stats) for i in range(len(normalized))])
+    extra = {}
+    if v3:  # the same observations with a state, which QwenPI_v3 writes into the prompt (a run trained
+        # with datasets.vla_data.include_state): the actions it serves then, from their own noise
+        state_v3 = np.random.default_rng(3).uniform(-0.9, 0.9, size=(len(examples), meta["state_dim"])).astype(np.float32)
+        torch.manual_seed(PREDICT_SEED + 1)
+        with torch.no_grad(), Recorder(model.action_model) as drawn_v3:
+            with_state = np.asarray(model.predict_action(examples=[{**e, "state": state_v3[i][None]}
+                                                                   for i, e in enumerate(examples)])["normalized_actions"],
+                                    dtype=np.float32)
+        extra = {"state_prompt_state": torch.from_numpy(state_v3), "state_prompt_noise": drawn_v3.noise[0].float().contiguous(),
+                 "state_prompt_actions": torch.from_numpy(np.stack([
+                     FrameworkTools.unnormalize_actions(with_state[i].copy(), stats) for i in range(len(with_state))
+                 ]).astype(np.float32))}
     save_file({"images": torch.from_numpy(images).contiguous(),
                "noise": drawn.noise[0].float().contiguous(),
-               **({} if state is None else {"state": torch.from_numpy(state)}),
+               **({} if state is None else {"state": torch.from_numpy(state)}), **extra,
                "normalized_actions": torch.from_numpy(normalized).contiguous(),
                "actions": torch.from_numpy(served.astype(np.float32)).contiguous()}, str(out / "expected.safetensors"))
     import hashlib

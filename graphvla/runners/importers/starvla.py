@@ -208,10 +208,22 @@ def _configure_layerwise(spec: dict, cfg: dict, cfg_path: Path, name: str) -> No
             del spec["inputs"]["state"]
             del spec["blocks"]["head"]["in"]["state"]
         return
-    include_state = (cfg.get("datasets") or {}).get("vla_data", {}).get("include_state", False)
+    include_state = ((cfg.get("datasets") or {}).get("vla_data") or {}).get("include_state", False)
     if include_state not in ("False", False, None):
-        raise StarVLAImportError(f"{cfg_path}: datasets.vla_data.include_state is {include_state!r}: QwenPI_v3 then "
-                                 f"writes the state into the prompt, which the import does not set up yet")
+        # trained with a state in its examples: QwenPI_v3 writes it into the prompt (256 bins over
+        # [-1, 1] after the instruction) and drops the tensor; the state port is state_dim wide (the
+        # config's only record of it) and fed as starVLA's predict_action takes it (not normalized)
+        if not state_dim:
+            raise StarVLAImportError(f"{cfg_path}: datasets.vla_data.include_state is set but {field}.state_dim is "
+                                     f"{model['state_dim']!r}: the state's width is unknown")
+        spec["inputs"]["state"] = {"kind": "state", "dim": state_dim}
+        spec["blocks"] = {"state_prompt": {"type": "glue.state_text",
+                                           "in": {"text": "inputs.instruction", "state": "inputs.state"},
+                                           "with": {"bins": 256, "low": -1.0, "high": 1.0,
+                                                    "template": "{text} [STATE] {state} [ACTION]"}},
+                          **spec["blocks"]}
+        spec["blocks"]["vlm"]["in"]["text"] = "state_prompt.text"
+        spec["trainer"]["normalization"] = {"actions": "q01_q99", "state": "identity"}
 
 
 def _configure_pi_v3(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: int) -> None:
@@ -617,6 +629,10 @@ def import_starvla(ckpt_dir, out, *, weights=None, base_vlm=None, dataset_key=No
         expected = cg.model.state_dict()
         mapped = map_weights(read_weights(weights_path), expected, weights_path, framework.name)
         stats, modes, constant = normalization(action)
+        for port, decl in spec_data["inputs"].items():  # a state the run feeds on unchanged (identity)
+            if decl.get("kind") == "state" and not decl.get("optional") and port not in stats:
+                stats[port] = {"mean": [0.0] * int(decl["dim"]), "std": [1.0] * int(decl["dim"])}
+                modes[port] = "identity"
         preprocess, post = cg.bound_pipelines(stats, modes)
         bounds = ActionBounds(("actions",), -1.0, 1.0, {GRIPPER: THRESHOLD} if dim > GRIPPER else {}, zero=constant)
         postprocess = Pipeline("postprocess", [bounds, *post])
