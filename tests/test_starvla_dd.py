@@ -248,8 +248,8 @@ def test_the_other_settings_follow_starvlas_formulas(graph):
 
 
 def test_training_graph_and_policy_run_and_the_packaged_graphs_compile_at_full_size(graph):
-    """The compiled training stream draws its own masks (finite loss, gradients reach the VLM); the
-    packaged graphs are Qwen3-VL-4B / Qwen2.5-VL-3B with a 36-block DiT at the VLM's width."""
+    """The compiled training stream draws its own masks (finite loss); the packaged graphs are
+    Qwen3-VL-4B / Qwen2.5-VL-3B with a 36-block DiT at the VLM's width, with starVLA's parameter counts."""
     obs = observation()
     batch = {**obs, "actions": load(FIXTURE, "case")["actions"], "actions_mask": torch.ones(2, 4, dtype=torch.bool)}
     graph.model.train()
@@ -260,9 +260,14 @@ def test_training_graph_and_policy_run_and_the_packaged_graphs_compile_at_full_s
         graph.model.eval()
         graph.model.zero_grad(set_to_none=True)
     assert torch.isfinite(loss)
+    # starVLA's own counts: its LayerwiseDiscreteDiffusionActionHead built on meta with the framework's
+    # defaults for a 36-layer VLM of width 2560 (Qwen3-VL-4B) / 2048 (Qwen2.5-VL-3B), horizon 8
+    starvla_counts = {2560: (3_334_948_096, 47_186_176), 2048: (2_135_281_920, 37_748_992)}  # parameters, buffers
     for path, width in ((GRAPH, 2560), (GRAPH_25, 2048)):
         cg = compile_graph(path)  # meta: the full-size VLM from the bundled config
         head = cg.model["head"]
+        counts = (sum(p.numel() for p in head.parameters()), sum(b.numel() for b in head.buffers()))
+        assert counts == starvla_counts[width], (path.name, counts)
         assert len(head.model.transformer_blocks) == 36 and head.model.proj_out_2.weight.shape == (256, width)
         assert head.model.transformer_blocks[0].attn1.to_k.weight.shape == (width, width)
         assert head.token_embedding.weight.shape == (257, width) and head.state_encoder.layer1.in_features == 7
