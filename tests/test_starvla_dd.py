@@ -417,9 +417,19 @@ def test_imported_run_serves_starvlas_actions(tmp_path):
     again = policy.infer({**obs[1], RTC_KEY: {"delay": 1, "executed": 2}}, session)
     assert again["rtc"]["applied"] and again["rtc"]["method"] == "inpainting" and np.isfinite(again["actions"]).all()
     assert first.shape == again["actions"].shape == (meta_of()["horizon"], meta_of()["action_dim"])
+    # starVLA's own training file (starvla_train_discrete_diffusion.yaml) says action_model_type DiT-B and
+    # sizes the DiT in diffusion_model_cfg; QwenDiscreteDiffusion ignores both (its head follows the VLM)
+    d = starvla_run(tmp_path / "dit-b")
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    cfg["framework"]["action_model"].update(action_model_type="DiT-B", hidden_size=1024, inpainting_mask=False)
+    cfg["framework"]["action_model"]["diffusion_model_cfg"].update(num_layers=12, num_attention_heads=32, output_dim=256,
+                                                                   attention_head_dim=64, norm_type="ada_norm")
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    again = load_policy(import_starvla(d, tmp_path / "dit-b" / "run", base_vlm=FIXTURE / "vlm", image_size=64))
+    same = np.stack([o["actions"] for o in again.infer_batch(obs, noise=noise)])
+    assert np.array_equal(same, actions)
     for i, (edit, message) in enumerate([
-        (lambda c: c["framework"]["action_model"].update(action_model_type="LayerwiseFM"),
-         r"framework\.action_model\.action_model_type 'LayerwiseFM' is not QwenDiscreteDiffusion's LayerwiseDD"),
+        (lambda c: c["framework"]["action_model"].update(representation="bytes"), r"representation is 'bytes'"),
         (lambda c: c["framework"]["action_model"]["diffusion_model_cfg"].update(positional_embeddings=None),
          r"diffusion_model_cfg\.positional_embeddings is None"),
         (lambda c: c["framework"]["action_model"].update(decode_schedule="exp"), r"decode_schedule is 'exp'"),

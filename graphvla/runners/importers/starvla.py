@@ -250,9 +250,8 @@ _DD_DIT_FIXED = {"norm_type": "ada_norm", "positional_embeddings": "sinusoidal",
 def _configure_dd(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: int) -> None:
     model = {**_DD_DEFAULTS, **dict(cfg["framework"].get("action_model") or {})}
     field = "framework.action_model"
-    kind = model.get("action_model_type", "LayerwiseDD")
-    if kind != "LayerwiseDD":
-        raise StarVLAImportError(f"{cfg_path}: {field}.action_model_type '{kind}' is not QwenDiscreteDiffusion's LayerwiseDD")
+    # action_model_type is not read: QwenDiscreteDiffusion always builds its LayerwiseDD head (starVLA's own
+    # training files say DiT-B), sized from the VLM, so diffusion_model_cfg's num_layers / widths are unused too
     dit = {**_DD_DIT_DEFAULTS, **dict(model.get("diffusion_model_cfg") or {})}
     for key, value in _DD_DIT_FIXED.items():
         if key in dit and dit[key] != value:
