@@ -38,7 +38,12 @@ per session (`draw_noise`); without it, predict draws it from torch's global gen
 Known-prefix inpainting (starVLA's predict_action_realtime; real-time chunking, policy/rtc.py):
 `rtc` (an Inpainting) pins every step whose weight is > 0 to the bins of the previous chunk's
 action there; only the other steps are masked and decoded, in max(1, floor(S x masked / L)) rounds
-per row (`fixed_steps`: always S). The pinned steps come back as their bins' centres."""
+per row (`fixed_steps`: always S). The pinned steps come back as their bins' centres.
+
+Padding: with `context_mask` wired (vlm.mask) the DiT does not attend to the batch's padding
+tokens; starVLA's does (its left padding), so the two agree on batches without padding (one
+observation at serve time; the fixtures). Without RTC the number of rounds is fixed, so the
+decoding unrolls in an export (the draws stay a graph input)."""
 from __future__ import annotations
 
 import math
@@ -47,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import Block, InPort, OutPort, ParamError, PortError
+from ..base import Block, InPort, ParamError, PortError
 from ..registry import register
 from .common import ACTION_PARAMS, HEAD_IN_PORTS, HEAD_OUT_PORTS, action_shape, context_geometry, state_width
 
@@ -263,11 +268,6 @@ def train_mask_ratio(r, schedule: str):
     if schedule == "cosine":
         return torch.clamp(1.0 - torch.cos(torch.pi * 0.5 * r), 1e-6, 1.0)
     return torch.clamp(r, 1e-6, 1.0)
-
-
-def decode_mask_ratio(ratio: float, schedule: str, device):
-    ratio = torch.tensor(ratio, device=device)
-    return 0.5 * (1.0 + torch.cos(torch.pi * ratio)) if schedule == "cosine" else 1.0 - ratio
 
 
 def rank_of(values):
