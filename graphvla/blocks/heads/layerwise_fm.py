@@ -38,126 +38,16 @@ QwenPI_v3 builds a state encoder (framework.action_model.state_dim) that it neve
 goes into the prompt): `state_dim` without a wired state port keeps those weights, unused."""
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..base import Block, InPort, OutPort, ParamError, PortError
 from ..registry import register
 from .common import ACTION_PARAMS, action_shape
 from .flow_matching import Inpainting, _check_inpainting, _differ, guidance_scale, initial_noise
-
-TIME_CHANNELS = 256  # the DiT's timestep projection: diffusers' Timesteps(256, flip_sin_to_cos=True, shift 1)
-
-
-def timestep_projection(t: torch.Tensor, channels: int = TIME_CHANNELS) -> torch.Tensor:
-    """[N] -> [N, channels]: cos then sin of t * 10000^(-k / (channels/2 - 1)), k < channels/2."""
-    half = channels // 2
-    exponent = -math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - 1)
-    angles = t[:, None].float() * torch.exp(exponent)[None, :]
-    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
-
-
-def action_time_encoding(t: torch.Tensor, width: int) -> torch.Tensor:
-    """[N, H] -> [N, H, width]: sin then cos of t * 10000^(-k / (width/2)), k < width/2."""
-    half = width // 2
-    exponent = -torch.arange(half, dtype=torch.float, device=t.device) * (torch.log(torch.tensor(10000.0)) / half)
-    freqs = t.float().unsqueeze(-1) * exponent.exp()
-    return torch.cat([torch.sin(freqs), torch.cos(freqs)], dim=-1)
-
-
-class TimestepEmbedder(nn.Module):
-    def __init__(self, width: int):
-        super().__init__()
-        self.linear_1 = nn.Linear(TIME_CHANNELS, width)
-        self.linear_2 = nn.Linear(width, width)
-
-    def forward(self, t):
-        return self.linear_2(F.silu(self.linear_1(timestep_projection(t).to(self.linear_1.weight.dtype))))
-
-
-class TimestepEncoder(nn.Module):
-    def __init__(self, width: int):
-        super().__init__()
-        self.timestep_embedder = TimestepEmbedder(width)
-
-    def forward(self, t):
-        return self.timestep_embedder(t)
-
-
-class AdaLayerNorm(nn.Module):
-    """LayerNorm without affine, then x * (1 + scale) + shift from Linear(SiLU(temb)) (scale first)."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.linear = nn.Linear(width, 2 * width)
-        self.norm = nn.LayerNorm(width, 1e-5, elementwise_affine=False)
-
-    def forward(self, x, temb):
-        scale, shift = self.linear(F.silu(temb)).chunk(2, dim=1)
-        return self.norm(x) * (1 + scale[:, None]) + shift[:, None]
-
-
-class Attention(nn.Module):
-    """Multi-head attention with biased q/k/v/out projections over `memory` (or x itself); `keep`
-    [B, S] is True on the keys to attend to."""
-
-    def __init__(self, width: int, heads: int, dropout: float):
-        super().__init__()
-        self.heads = heads
-        self.to_q, self.to_k, self.to_v = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, width)
-        self.to_out = nn.ModuleList([nn.Linear(width, width), nn.Dropout(dropout)])
-
-    def forward(self, x, memory=None, keep=None):
-        source = x if memory is None else memory
-        b = x.shape[0]
-        q, k, v = (t.view(b, -1, self.heads, t.shape[-1] // self.heads).transpose(1, 2)
-                   for t in (self.to_q(x), self.to_k(source), self.to_v(source)))
-        mask = None if keep is None else keep.bool()[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.to_out[1](self.to_out[0](out.transpose(1, 2).reshape(b, -1, q.shape[1] * q.shape[-1])))
-
-
-class GELUProjection(nn.Module):
-    def __init__(self, width: int, inner: int):
-        super().__init__()
-        self.proj = nn.Linear(width, inner)
-
-    def forward(self, x):
-        return F.gelu(self.proj(x), approximate="tanh")
-
-
-class FeedForward(nn.Module):
-    def __init__(self, width: int, dropout: float, final_dropout: bool):
-        super().__init__()
-        layers = [GELUProjection(width, 4 * width), nn.Dropout(dropout), nn.Linear(4 * width, width)]
-        if final_dropout:
-            layers.append(nn.Dropout(dropout))
-        self.net = nn.ModuleList(layers)
-
-    def forward(self, x):
-        for layer in self.net:
-            x = layer(x)
-        return x
-
-
-class DiTBlock(nn.Module):
-    def __init__(self, width: int, heads: int, dropout: float, final_dropout: bool):
-        super().__init__()
-        self.norm1 = AdaLayerNorm(width)
-        self.attn1 = Attention(width, heads, dropout)
-        self.norm3 = nn.LayerNorm(width, 1e-5, elementwise_affine=False)
-        self.ff = FeedForward(width, dropout, final_dropout)
-        self.final_dropout = nn.Dropout(dropout) if final_dropout else None
-
-    def forward(self, x, temb, memory=None, keep=None):
-        out = self.attn1(self.norm1(x, temb), memory, keep)
-        if self.final_dropout is not None:
-            out = self.final_dropout(out)
-        x = out + x
-        return self.ff(self.norm3(x)) + x
+# the DiT's blocks, time encoders and MLPs are those of starVLA's cross_attention_dit / action heads,
+# which head.gr00t_flow_matching already has under starVLA's names
+from .gr00t_flow_matching import ActionEncoder, DiTBlock, MLP, TimestepEncoder
 
 
 class LayerwiseDiT(nn.Module):
@@ -167,7 +57,9 @@ class LayerwiseDiT(nn.Module):
         super().__init__()
         self.interleave = interleave
         self.timestep_encoder = TimestepEncoder(width)
-        self.transformer_blocks = nn.ModuleList(DiTBlock(width, heads, dropout, final_dropout) for _ in range(layers))
+        # every block's keys and values are width wide (the context is projected to the DiT's width)
+        self.transformer_blocks = nn.ModuleList(DiTBlock(width, heads, None if interleave and i % 2 else width, dropout,
+                                                         final_dropout) for i in range(layers))
         if output_dim:  # built by starVLA's DiT, never run by this head (return_pre_output)
             self.proj_out_1 = nn.Linear(width, 2 * width)
             self.proj_out_2 = nn.Linear(width, output_dim)
@@ -177,33 +69,6 @@ class LayerwiseDiT(nn.Module):
         for i, block in enumerate(self.transformer_blocks):
             x = block(x, temb) if self.interleave and i % 2 == 1 else block(x, temb, memories[i], keep)
         return x
-
-
-class MLP(nn.Module):
-    def __init__(self, inp: int, hidden: int, out: int):
-        super().__init__()
-        self.layer1 = nn.Linear(inp, hidden)
-        self.layer2 = nn.Linear(hidden, out)
-
-    def forward(self, x):
-        return self.layer2(F.relu(self.layer1(x)))
-
-
-class ActionEncoder(nn.Module):
-    """(x_t [N, H, A], discretised t [N]) -> [N, H, W]: layer3(swish(layer2([layer1 x; sinusoid(t)])))."""
-
-    def __init__(self, action_dim: int, width: int):
-        super().__init__()
-        self.width = width
-        self.layer1 = nn.Linear(action_dim, width)
-        self.layer2 = nn.Linear(2 * width, width)
-        self.layer3 = nn.Linear(width, width)
-
-    def forward(self, actions, t):
-        a = self.layer1(actions)
-        tau = action_time_encoding(t[:, None].expand(-1, actions.shape[1]), self.width).to(a.dtype)
-        x = self.layer2(torch.cat([a, tau], dim=-1))
-        return self.layer3(x * torch.sigmoid(x))
 
 
 @register
