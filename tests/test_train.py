@@ -366,3 +366,30 @@ def test_precision_bf16_autocasts_and_fp32_does_not(tmp_path):
     assert losses["fp32"][0] == losses["fp32"][1]  # deterministic
     a, b = losses["fp32"][0], losses["bf16"][0]
     assert a != b and all(abs(x - y) < 0.05 for x, y in zip(a, b))  # bf16 matmuls: close, not equal
+
+
+def test_trainer_fused_optimizer_runs_adamws_fused_kernel_with_the_same_steps_up_to_rounding():
+    """trainer.fused_optimizer (graphs/lerobot/diffusion sets it): AdamW's fused kernel, whose weights
+    follow the default per-tensor loop's to rounding; off by default."""
+    from graphvla.runners.train.optim import block_param_groups, build_optimizer
+
+    trainer = {"lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.01}
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.ModuleDict({"a": torch.nn.Linear(37, 19), "b": torch.nn.Conv1d(5, 7, 3)})
+
+    fused, plain = model(), model()
+    opts = [build_optimizer(block_param_groups(fused, {}, trainer), {**trainer, "fused_optimizer": True}),
+            build_optimizer(block_param_groups(plain, {}, trainer), trainer)]
+    assert opts[0].param_groups[0]["fused"] is True and not opts[1].param_groups[0]["fused"]
+    g = torch.Generator().manual_seed(1)
+    for step in range(12):
+        for pa, pb in zip(fused.parameters(), plain.parameters()):
+            pa.grad = torch.randn(pa.shape, generator=g) * 10.0 ** (step % 4 - 2)
+            pb.grad = pa.grad.clone()
+        for o in opts:
+            o.step()
+    moved = max((pa - p0).abs().max().item() for pa, p0 in zip(fused.parameters(), model().parameters()))
+    diff = max((pa - pb).abs().max().item() for pa, pb in zip(fused.parameters(), plain.parameters()))
+    assert moved > 1e-3 and diff <= 1e-6
