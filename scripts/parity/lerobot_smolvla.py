@@ -1,0 +1,182 @@
+"""Parity fixtures from LeRobot's own SmolVLA (run OUTSIDE the package, in a side virtual environment
+holding a pinned LeRobot: scripts/check_lerobot.sh makes /tmp/lerobot-venvs/lerobot-0.4.1, whose
+transformers is 4.57.1).
+
+Builds LeRobot's SmolVLAPolicy on a tiny SmolVLM (Idefics3 family) config written to a temporary
+folder (SigLIP vision tower of width 32 on 32 x 32 images in 8 x 8 patches, pixel-shuffle connector
+with scale factor 2, a Llama text model of width 64 with 6 layers, 4 query / 2 key-value heads of 16,
+of which SmolVLA keeps the first 4), an action expert at 0.75 of the width with self-attention every
+2nd layer and cross-attention between, max_state_dim / max_action_dim 6 (padding a 4-d state and
+3-d actions), chunks of 5 and 10 Euler steps. Two cameras of 24 x 40 (resized with padding to 32 x
+32 by SmolVLA), language tokens with right padding. Every parameter is redrawn with a fixed seed
+(scaled normal draws) so the numbers are not transformers' init. LeRobot's processor (AutoProcessor
+of the VLM folder) is only read for two special-token ids SmolVLA keeps but does not use with
+add_image_special_tokens false: a stub stands in (no tokenizer is needed: tokens are inputs).
+
+Records on a fixed batch, with LeRobot's own code: the training loss with noise and time passed
+explicitly (time drawn by LeRobot's own sample_time, Beta(1.5, 1) * 0.999 + 0.001, under a seed),
+its per-element losses, the prefix embeddings and masks (embed_prefix), and predict_action_chunk
+with explicit noise (eval mode, 10 Euler steps through the KV cache). Writes
+tests/fixtures/lerobot/smolvla/:
+
+  config.json            the config.json LeRobot's save_pretrained wrote (verbatim)
+  vlm_config.json        the tiny SmolVLM config (vlm_model_name's folder)
+  model.safetensors      LeRobot's saved weights (verbatim)
+  case.safetensors       inputs and LeRobot's outputs
+  case.json              sizes, versions, how the case was made
+
+    /tmp/lerobot-venvs/lerobot-0.4.1/bin/python scripts/parity/lerobot_smolvla.py [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # scripts/: check_lerobot's torchvision workaround
+from check_lerobot import _torchvision_without_compiled_ops  # noqa: E402
+
+print(_torchvision_without_compiled_ops())
+
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+SEED = 0
+BATCH = 2
+CAMERAS = ("observation.images.top", "observation.images.wrist")
+IMAGE = (3, 24, 40)
+STATE_DIM, ACTION_DIM, CHUNK = 4, 3, 5
+LANG = 6
+VLM_CONFIG = {
+    "model_type": "smolvlm",
+    "scale_factor": 2,
+    "image_token_id": 90,
+    "tie_word_embeddings": False,
+    "vision_config": {"model_type": "smolvlm_vision", "hidden_size": 32, "intermediate_size": 64,
+                      "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
+                      "num_channels": 3, "layer_norm_eps": 1e-6},
+    "text_config": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 6,
+                    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 96,
+                    "rms_norm_eps": 1e-5, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+                    "max_position_embeddings": 256, "rope_theta": 100000.0},
+}
+TINY = dict(chunk_size=CHUNK, n_action_steps=CHUNK, max_state_dim=6, max_action_dim=6,
+            resize_imgs_with_padding=(32, 32), num_steps=10, num_vlm_layers=4, num_expert_layers=-1,
+            self_attn_every_n_layers=2, expert_width_multiplier=0.75, load_vlm_weights=False,
+            tokenizer_max_length=LANG, device="cpu")
+
+
+class _StubProcessor:
+    """SmolVLA reads processor.tokenizer.fake_image_token_id / global_image_token_id only."""
+
+    @staticmethod
+    def from_pretrained(*a, **k):
+        return SimpleNamespace(tokenizer=SimpleNamespace(fake_image_token_id=91, global_image_token_id=92))
+
+
+def redraw(module: torch.nn.Module, seed: int) -> None:
+    """Every parameter redrawn: matrices N(0, 1/fan_in), norm weights 1 + 0.1 N, biases 0.1 N."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(module.named_parameters()):
+            if p.ndim >= 2:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g) / fan_in ** 0.5)
+            elif "norm" in name or "layernorm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(HERE.parents[1] / "tests" / "fixtures" / "lerobot" / "smolvla"))
+    args = ap.parse_args()
+    out = Path(args.out)
+
+    from importlib.metadata import version
+
+    import transformers
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.smolvla import smolvlm_with_expert
+    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy, make_att_2d_masks
+
+    smolvlm_with_expert.AutoProcessor = _StubProcessor
+    with tempfile.TemporaryDirectory() as tmp:
+        vlm_dir = Path(tmp) / "vlm"
+        vlm_dir.mkdir()
+        (vlm_dir / "config.json").write_text(json.dumps(VLM_CONFIG, indent=1))
+        torch.manual_seed(SEED)
+        features_in = {k: PolicyFeature(FeatureType.VISUAL, IMAGE) for k in CAMERAS}
+        features_in["observation.state"] = PolicyFeature(FeatureType.STATE, (STATE_DIM,))
+        config = SmolVLAConfig(input_features=features_in,
+                               output_features={"action": PolicyFeature(FeatureType.ACTION, (ACTION_DIM,))},
+                               vlm_model_name=str(vlm_dir), **TINY)
+        policy = SmolVLAPolicy(config)
+        redraw(policy, SEED + 7)
+        model = policy.model
+
+        g = torch.Generator().manual_seed(SEED + 1)
+        images = {k: torch.rand(BATCH, *IMAGE, generator=g) for k in CAMERAS}
+        state = torch.randn(BATCH, STATE_DIM, generator=g)
+        action = torch.randn(BATCH, CHUNK, ACTION_DIM, generator=g)
+        tokens = torch.randint(3, 90, (BATCH, LANG), generator=g)
+        lang_mask = torch.ones(BATCH, LANG, dtype=torch.bool)
+        lang_mask[1, 4:] = False  # right padding: the second prompt is 4 tokens
+        tokens[1, 4:] = 0
+        noise = torch.randn(BATCH, CHUNK, TINY["max_action_dim"], generator=g)
+        infer_noise = torch.randn(BATCH, CHUNK, TINY["max_action_dim"], generator=g)
+        torch.manual_seed(SEED + 2)
+        time = model.sample_time(BATCH, "cpu")  # LeRobot's own Beta(1.5, 1) draw, recorded
+
+        batch = {**images, "observation.state": state, "action": action,
+                 "observation.language.tokens": tokens, "observation.language.attention_mask": lang_mask}
+        policy.train()
+        loss, parts = policy.forward(dict(batch), noise=noise.clone(), time=time.clone())
+        losses = parts["losses_after_forward"]
+        with torch.no_grad():
+            imgs, img_masks = policy.prepare_images(dict(batch))
+            prefix, prefix_pad, prefix_att = model.embed_prefix(imgs, img_masks, tokens, lang_mask,
+                                                                state=policy.prepare_state(batch))
+            prefix_2d = make_att_2d_masks(prefix_pad, prefix_att)
+
+        policy.eval()
+        policy.reset()
+        obs = {k: v for k, v in batch.items() if k != "action"}
+        with torch.no_grad():
+            chunk = policy.predict_action_chunk(dict(obs), noise=infer_noise.clone())
+
+        saved = Path(tmp) / "smolvla"
+        policy.save_pretrained(saved)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(saved / "config.json", out / "config.json")
+        shutil.copy(saved / "model.safetensors", out / "model.safetensors")
+        (out / "vlm_config.json").write_text(json.dumps(VLM_CONFIG, indent=1) + "\n")
+
+    case = {**{f"image.{k}": v for k, v in images.items()}, "state": state, "action": action,
+            "tokens": tokens, "tokens_mask": lang_mask, "noise": noise, "time": time,
+            "loss": loss.detach().reshape(()), "losses": losses.detach(),
+            "prefix_embs": prefix, "prefix_pad_masks": prefix_pad, "prefix_att_2d": prefix_2d,
+            "infer_noise": infer_noise, "predict_action_chunk": chunk}
+    save_file({k: v.contiguous() for k, v in case.items()}, str(out / "case.safetensors"))
+    (out / "case.json").write_text(json.dumps({
+        "policy": "smolvla", "lerobot": version("lerobot"), "transformers": transformers.__version__,
+        "torch": torch.__version__, "seed": SEED, "cameras": list(CAMERAS), "image": list(IMAGE),
+        "state_dim": STATE_DIM, "action_dim": ACTION_DIM, "chunk_size": CHUNK, "batch": BATCH,
+        "tiny": {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()},
+        "made_by": "scripts/parity/lerobot_smolvla.py",
+        "loss": float(loss), "noise": "passed to SmolVLAPolicy.forward / predict_action_chunk",
+        "time": "LeRobot's VLAFlowMatching.sample_time under torch.manual_seed(1), passed to forward"},
+        indent=1) + "\n")
+    print("loss", float(loss), "chunk", chunk.shape, "prefix", prefix.shape)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""backbone.smolvla_vlm + head.smolvla_expert are LeRobot's SmolVLA: with the weights of a policy
+LeRobot 0.4.1's own code built and saved (tests/fixtures/lerobot/smolvla, written by
+scripts/parity/lerobot_smolvla.py: a tiny SmolVLM config, two cameras, fp32 on the CPU), a graph of
+the two blocks gives LeRobot's prefix embeddings, its training loss (with the noise and the Beta time
+LeRobot used, passed as inputs) and its predict_action_chunk (10 Euler steps from the noise given)
+within 1e-5. graphs/lerobot/smolvla.yaml compiles on meta at LeRobot's default SmolVLAConfig on
+SmolVLM2-500M-Video-Instruct's config. No LeRobot code is imported: only its numbers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from graphvla.blocks.base import ParamError
+from graphvla.compiler.compile import compile_graph
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lerobot" / "smolvla"
+GRAPH = Path(__file__).resolve().parents[1] / "graphvla" / "graphs" / "lerobot" / "smolvla.yaml"
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def case():
+    return json.loads((FIXTURE / "case.json").read_text()), load_file(str(FIXTURE / "case.safetensors"))
+
+
+def tiny_spec(weights=str(FIXTURE), **head) -> dict:
+    """The fixture's config as a graph: the two blocks read LeRobot's saved model.safetensors."""
+    meta = json.loads((FIXTURE / "case.json").read_text())
+    tiny, lang = meta["tiny"], meta["tiny"]["tokenizer_max_length"]
+    vlm_config = json.loads((FIXTURE / "vlm_config.json").read_text())
+    return {
+        "graphvla": 1, "name": "smolvla-tiny",
+        "inputs": {
+            "images": {"kind": "image", "views": len(meta["cameras"]), "size": meta["image"][1:]},
+            "tokens": {"kind": "tokens", "shape": [lang]},
+            "tokens_mask": {"kind": "mask", "shape": [lang]},
+            "state": {"kind": "state", "dim": meta["state_dim"]},
+            "actions": {"kind": "action", "dim": meta["action_dim"], "horizon": meta["chunk_size"], "train_only": True},
+            "flow_noise": {"kind": "action", "dim": tiny["max_action_dim"], "horizon": meta["chunk_size"],
+                      "train_only": True, "optional": True},
+            "flow_time": {"kind": "state", "dim": 1, "train_only": True, "optional": True},
+        },
+        "blocks": {
+            "vlm": {"type": "backbone.smolvla_vlm",
+                    "in": {"images": "inputs.images", "tokens": "inputs.tokens", "tokens_mask": "inputs.tokens_mask",
+                           "state": "inputs.state"},
+                    "with": {"config": vlm_config, "num_vlm_layers": tiny["num_vlm_layers"],
+                             "image_size": tiny["resize_imgs_with_padding"][0], "max_state_dim": tiny["max_state_dim"],
+                             "weights": weights}},
+            "head": {"type": "head.smolvla_expert",
+                     "in": {"keys": "vlm.keys", "values": "vlm.values", "mask": "vlm.mask", "target": "inputs.actions",
+                            "noise": "inputs.flow_noise", "time": "inputs.flow_time"},
+                     "with": {"width": 48, "heads": 4, "head_dim": 16, "max_action_dim": tiny["max_action_dim"],
+                              "num_steps": tiny["num_steps"], "self_attn_every": tiny["self_attn_every_n_layers"],
+                              "weights": weights, **head}},
+        },
+        "losses": {"action": {"from": "head.loss", "weight": 1.0}},
+        "outputs": {"actions": "head.actions"},
+    }
+
+
+@pytest.fixture(scope="module")
+def graph():
+    cg = compile_graph(tiny_spec(), device="cpu")
+    cg.model.eval()
+    return cg
+
+
+def images_of(meta, data):
+    return torch.stack([data[f"image.{cam}"] for cam in meta["cameras"]], dim=1)  # [B, V, 3, H, W]
+
+
+def observation(meta, data):
+    return {"images": images_of(meta, data), "tokens": data["tokens"], "tokens_mask": data["tokens_mask"],
+            "state": data["state"]}
+
+
+def train_batch(meta, data):
+    return {**observation(meta, data), "actions": data["action"], "flow_noise": data["noise"], "flow_time": data["time"][:, None]}
+
+
+def test_the_fixture_is_lerobot_041_smolvla(case):
+    meta, data = case
+    assert meta["policy"] == "smolvla" and meta["lerobot"] == "0.4.1"
+    cfg = json.loads((FIXTURE / "config.json").read_text())
+    assert cfg["type"] == "smolvla" and cfg["attention_mode"] == "cross_attn" and cfg["num_expert_layers"] == -1
+    assert data["predict_action_chunk"].shape == (meta["batch"], meta["chunk_size"], meta["action_dim"])
+    assert not bool(data["tokens_mask"].all()), "the case right-pads a prompt"
+    assert sum(f.stat().st_size for f in FIXTURE.iterdir()) < 3 * 2 ** 20
+
+
+def test_every_saved_tensor_is_read_or_known_unused(graph):
+    """The blocks take every tensor of LeRobot's save but the VLM's LM head and final text norm,
+    which SmolVLA's actions never reach."""
+    saved = set(load_file(str(FIXTURE / "model.safetensors")))
+    unused = {k for k in saved if k.startswith(("model.vlm_with_expert.vlm.lm_head.",
+                                                 "model.vlm_with_expert.vlm.model.text_model.norm."))}
+    assert unused and len(saved) - len(unused) == len(graph.model.state_dict())
+
+
+def test_prefix_matches_lerobots_embed_prefix(graph, case):
+    meta, data = case
+    vlm = graph.model["vlm"]
+    with torch.no_grad():
+        emb, mask, _ = vlm.prefix(images_of(meta, data), data["tokens"], data["tokens_mask"], data["state"])
+    scale = data["prefix_embs"].abs().max().item()  # image tokens are scaled by sqrt(width): values up to ~30
+    assert (emb - data["prefix_embs"]).abs().max().item() <= TOL * max(1.0, scale)
+    assert torch.equal(mask, data["prefix_pad_masks"])
+
+
+def test_training_loss_matches_lerobot(graph, case):
+    meta, data = case
+    with torch.no_grad():
+        loss = graph.train["action"](**graph.feed(train_batch(meta, data), "action"))["loss"]
+    diff = abs(loss.item() - data["loss"].item())
+    print(f"loss {loss.item():.7f} vs LeRobot {data['loss'].item():.7f}: |diff| {diff:.1e}")
+    assert diff <= TOL
+    with torch.no_grad():  # the per-element losses too
+        out = graph.model["vlm"](**graph.feed(observation(meta, data)))
+        head = graph.model["head"]
+        actions = torch.nn.functional.pad(data["action"], (0, head.params["max_action_dim"] - meta["action_dim"]))
+        t = data["time"][:, None, None]
+        x_t = t * data["noise"] + (1 - t) * actions
+        v = head.velocity(out["keys"], out["values"], out["mask"], x_t, data["time"])
+    assert ((v - (data["noise"] - actions)) ** 2 - data["losses"]).abs().max().item() <= TOL
+
+
+def test_predicted_chunk_matches_lerobot(graph, case):
+    meta, data = case
+    with torch.no_grad():
+        actions = graph.infer(**graph.feed(observation(meta, data)), noise=data["infer_noise"])["actions"]
+    diff = (actions - data["predict_action_chunk"]).abs().max().item()
+    print(f"predict_action_chunk max |diff| {diff:.2e}")
+    assert diff <= TOL
+
+
+def test_a_changed_noise_time_or_weight_breaks_parity(graph, case):
+    """The comparisons can fail: other noise, another time, one weight each move the numbers."""
+    meta, data = case
+    with torch.no_grad():
+        b = train_batch(meta, data)
+        b["flow_time"] = b["flow_time"] * 0.5
+        assert abs(graph.train["action"](**graph.feed(b, "action"))["loss"].item() - data["loss"].item()) > 100 * TOL
+        fed = graph.feed(observation(meta, data))
+        other = graph.infer(**fed, noise=data["infer_noise"] + 0.5)["actions"]
+        assert (other - data["predict_action_chunk"]).abs().max().item() > 100 * TOL
+        layer = graph.model["head"].layers[1].self_attn.k_proj  # a cross-attention layer's key projection
+        saved = layer.weight.clone()
+        try:
+            layer.weight.add_(0.05)
+            moved = graph.infer(**fed, noise=data["infer_noise"])["actions"]
+        finally:
+            layer.weight.copy_(saved)
+    assert (moved - data["predict_action_chunk"]).abs().max().item() > 100 * TOL
+
+
+def test_noise_of_the_wrong_shape_is_refused_by_name(graph, case):
+    meta, data = case
+    with pytest.raises(Exception, match="noise"):
+        with torch.no_grad():
+            graph.infer(**graph.feed(observation(meta, data)), noise=data["infer_noise"][..., :3])
+
+
+def test_bad_weights_and_layer_counts_are_refused_by_name(tmp_path):
+    with pytest.raises(Exception, match="weights") as e:
+        compile_graph(tiny_spec(weights=str(tmp_path)), device="cpu")
+    assert str(tmp_path) in str(e.value)
+    with pytest.raises(Exception, match="layers"):
+        compile_graph(tiny_spec(layers=3), device="cpu")  # 4 VLM layers are not a multiple of 3
+
+
+def test_the_packaged_graph_is_lerobots_default_smolvla_on_meta():
+    """lerobot/smolvla at LeRobot's default SmolVLAConfig on SmolVLM2-500M-Video-Instruct: 16 of its
+    32 text layers kept, an expert of width 720 (0.75 x 960) with one layer per kept VLM layer,
+    chunks of 50, 32-d padded state and actions, 512 x 512 images (64 tokens each)."""
+    cg = compile_graph(GRAPH)
+    vlm, head = cg.model["vlm"], cg.model["head"]
+    assert len(vlm.layers) == 16 and vlm.width == 960 and (vlm.heads, vlm.kv_heads, vlm.head_dim) == (15, 5, 64)
+    assert len(head.layers) == 16 and head.params["width"] == 720 and head.cross == [j % 2 == 1 for j in range(16)]
+    assert head.layers[0].mlp.gate_proj.weight.shape == (2048, 720)
+    assert head.layers[1].self_attn.k_proj.weight.shape == (320, 320)
+    assert vlm.image_tokens() == 64
+    assert cg.shapes[("head", "actions")][1:] == (50, 6)
+    vision = sum(p.numel() for p in vlm.vision_model.parameters()) + sum(p.numel() for p in vlm.connector.parameters())
+    text = sum(p.numel() for n, p in vlm.named_parameters() if n.startswith(("layers.", "embed_tokens.")))
+    expert = sum(p.numel() for p in head.parameters())
+    print(f"vision+connector {vision:,}, text {text:,}, expert {expert:,}")
+    assert text == 49280 * 960 + 16 * (2 * 960 * 960 + 2 * 960 * 320 + 3 * 960 * 2560 + 2 * 960)
