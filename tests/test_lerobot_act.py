@@ -335,6 +335,13 @@ def test_bad_policies_are_refused_by_name_and_leave_nothing(saved_policy, tmp_pa
     (tmp_path / "taken").mkdir()
     with pytest.raises(L.LeRobotImportError, match="already exists"):
         L.import_lerobot(saved_policy, tmp_path / "taken")
+    from click.testing import CliRunner
+
+    from graphvla.cli import main
+
+    result = CliRunner().invoke(main, ["import", "lerobot", str(saved_policy), "-o", str(tmp_path / "o"), "--base-vlm", "x"])
+    assert result.exit_code == 1 and "--base-vlm: options of `graphvla import starvla`" in result.output
+    assert not (tmp_path / "o").exists()
 
 
 FIXTURE_04 = FIXTURE.with_name("act_04")

@@ -32,6 +32,11 @@ def import_(source, ckpt_dir, output, weights, base_vlm, dataset_key, views, ima
     if source not in SOURCES:
         raise ValueError(f"import source '{source}' is not one GraphVLA imports from ({', '.join(SOURCES)})")
     if source == "lerobot":
+        given = [name for name, value in (("--weights", weights), ("--base-vlm", base_vlm),
+                                          ("--dataset-key", dataset_key)) if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: options of `graphvla import starvla`; a LeRobot save is one folder "
+                             "(config.json, model.safetensors and its statistics)")
         from ..policy.checkpoint import read_json
         from ..runners.importers.lerobot import import_lerobot
 
