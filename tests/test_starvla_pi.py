@@ -93,8 +93,8 @@ def vlm_digest(state: dict) -> str:
 
 
 def fixture_weights(fixture) -> dict:
-    """starVLA's state_dict of the fixture. QwenPI's fixture holds the weights outside the VLM; its
-    VLM is the QwenPI_v3 fixture's of the same VLM (case.json's vlm_weights_in), checked by digest."""
+    """starVLA's state_dict of the fixture. The fixture holds the weights outside the VLM; its tiny
+    VLM is the QwenOFT fixture's of the same VLM (case.json's vlm_weights_in), checked by digest."""
     weights = load_file(str(fixture / "state.safetensors"))
     shared = json.loads((fixture / "case.json").read_text()).get("vlm_weights_in")
     if shared:

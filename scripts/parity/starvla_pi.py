@@ -9,7 +9,9 @@ Qwen2.5-VL) with a fixed seed, runs its training forward and its predict_action 
 and writes under tests/fixtures/starvla/<name>/:
 
   vlm/                    the tiny VLM's config, tokenizer and processor (no weights)
-  state.safetensors       the framework's whole state_dict (float32), keys as starVLA names them
+  state.safetensors       the framework's state_dict (float32, keys as starVLA names them) but the VLM's
+                          tensors: the tiny VLM is the QwenOFT fixture's (qwenoft/ or qwenoft_qwen25/,
+                          made by starvla.py), checked equal here and recorded by digest
   case.safetensors        inputs (uint8 images, actions), the noise and times starVLA drew (recorded,
                           see below), and outputs (loss, predicted actions, the prompt's token ids)
   case.json               instructions, sizes, the seeds, starVLA commit, how the case was made
@@ -149,21 +151,22 @@ def vlm_digest(state: dict) -> str:
     return h.hexdigest()
 
 
-def drop_shared_vlm(out: Path, v3: Path) -> str:
-    """QwenPI's fixture keeps only the weights outside the VLM: the tiny VLM is the one the QwenPI_v3
-    fixture of the same VLM already holds (the same folder, loaded the same way), checked here tensor
-    for tensor. Returns that fixture's folder name (case.json's vlm_weights_in)."""
+def drop_shared_vlm(out: Path, oft: Path) -> str:
+    """The fixture keeps only the weights outside the VLM: the tiny VLM is the one the QwenOFT fixture
+    of the same VLM already holds (starvla.py builds the same folder with the same seed, and starVLA
+    loads it the same way), checked here tensor for tensor. Returns that fixture's folder name
+    (case.json's vlm_weights_in)."""
     from safetensors.torch import load_file, save_file
 
-    ours, theirs = load_file(str(out / "state.safetensors")), load_file(str(v3 / "state.safetensors"))
+    ours, theirs = load_file(str(out / "state.safetensors")), load_file(str(oft / "state.safetensors"))
     vlm = sorted(k for k in ours if k.startswith(VLM_KEYS))
-    assert vlm == sorted(k for k in theirs if k.startswith(VLM_KEYS)), "run starvla_pi.py for QwenPI_v3 first"
-    assert all(torch.equal(ours[k], theirs[k]) for k in vlm), f"the VLM differs from {v3}'s"
+    assert vlm == sorted(k for k in theirs if k.startswith(VLM_KEYS)), f"{oft} has another VLM: run starvla.py first"
+    assert all(torch.equal(ours[k], theirs[k]) for k in vlm), f"the VLM differs from {oft}'s"
     with __import__("safetensors").safe_open(str(out / "state.safetensors"), "pt") as f:
         metadata = f.metadata()
     metadata["vlm_sha256"] = vlm_digest(ours)
     save_file({k: v for k, v in ours.items() if not k.startswith(VLM_KEYS)}, str(out / "state.safetensors"), metadata=metadata)
-    return v3.name
+    return oft.name
 
 
 def main():
@@ -211,9 +214,7 @@ def main():
     out = Path(args.out) / name
     save_model_and_case(out, model, vlm_dir, commit, images, actions, plain)
     save_file(with_state, str(out / "case_state.safetensors"))
-    shared = None
-    if args.framework == "QwenPI":
-        shared = drop_shared_vlm(out, Path(args.out) / ("qwenpi_v3" + ("_qwen25" if qwen25 else "")))
+    shared = drop_shared_vlm(out, Path(args.out) / ("qwenoft_qwen25" if qwen25 else "qwenoft"))
     head = model.action_model
     dit = head.model.config
     (out / "case.json").write_text(json.dumps({

@@ -15,8 +15,8 @@ Usage: /tmp/starvla-venv/bin/python scripts/parity/starvla_pi_ckpt.py --starvla 
 (after starvla_pi.py has written tests/fixtures/starvla/qwenpi_v3 and its tiny VLM in --work).
 `--framework QwenPI` does the same for starVLA's QwenPI (tests/fixtures/starvla/qwenpi, after
 `starvla_pi.py --framework QwenPI`) into qwenpi_ckpt/, both observations carrying a state (QwenPI
-feeds it to its head's state encoder); the weights are qwenpi/state.safetensors with the VLM of
-qwenpi_v3/state.safetensors, as the tests assemble them."""
+feeds it to its head's state encoder). Either way the weights are the parity fixture's
+state.safetensors with the VLM of the QwenOFT fixture's (qwenoft/), as the tests assemble them."""
 from __future__ import annotations
 
 import argparse
@@ -81,7 +81,7 @@ def main():
     save_dataset_statistics(statistics(meta["action_dim"], rng), run_dir)
     ckpt = run_dir / "checkpoints" / f"steps_{STEPS}_model.safetensors"
     weights = load_file(str(src / "state.safetensors"))
-    if meta.get("vlm_weights_in"):  # QwenPI's fixture takes its VLM from the QwenPI_v3 fixture's
+    if meta.get("vlm_weights_in"):  # the fixture takes its VLM from the QwenOFT fixture's
         weights.update({k: v for k, v in load_file(str(Path(args.fixtures) / meta["vlm_weights_in"] / "state.safetensors")).items()
                         if k.startswith(VLM_KEYS)})
     save_file(weights, str(ckpt))
