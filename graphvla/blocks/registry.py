@@ -19,6 +19,7 @@ BUILTIN_MODULES = [
     "graphvla.blocks.aux.future_obs",
     "graphvla.blocks.aux.lm_loss",
     "graphvla.blocks.backbones.hf_vlm",
+    "graphvla.blocks.backbones.paligemma",
     "graphvla.blocks.backbones.smolvla_vlm",
     "graphvla.blocks.backbones.world_model",
     "graphvla.blocks.encoder.efficientnet_lite",
@@ -41,6 +42,7 @@ BUILTIN_MODULES = [
     "graphvla.blocks.heads.layerwise_fm",
     "graphvla.blocks.heads.mlp",
     "graphvla.blocks.heads.mlp_resnet",
+    "graphvla.blocks.heads.pi0",
     "graphvla.blocks.heads.query_transformer",
     "graphvla.blocks.heads.smolvla_expert",
 ]

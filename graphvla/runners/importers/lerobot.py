@@ -165,10 +165,35 @@ def _diffusion_key(key: str):
     return lerobot_diffusion.importer_key(key)
 
 
+# pi0 (runners/importers/lerobot_pi0.py: LeRobot 0.4's openpi port; sizes from the weights, tokens as inputs) ------
+def _configure_pi0(spec: dict, cfg: dict, features: dict, path: Path) -> dict:
+    from . import lerobot_pi0
+
+    try:
+        return lerobot_pi0.configure(spec, cfg, features, path.parent)
+    except (KeyError, ValueError) as e:
+        raise LeRobotImportError(f"{path}: {e.args[0] if isinstance(e, ValueError) else f'no tensor {e}'}") from None
+
+
+def _pi0_fixed(key: str, ours, theirs) -> None:
+    from . import lerobot_pi0
+
+    try:
+        lerobot_pi0.fixed(key, ours, theirs)
+    except ValueError as e:
+        raise LeRobotImportError(str(e)) from None
+
+
+def _pi0_key(key: str):
+    from . import lerobot_pi0
+
+    return lerobot_pi0.importer_key(key)
+
+
 POLICIES = {
     "act": PolicyType("act", "lerobot/act", ACT_KEYS, _configure_act, _act_fixed),
     "diffusion": PolicyType("diffusion", "lerobot/diffusion", (), _configure_diffusion, _diffusion_fixed,
-                            rename=_diffusion_key),
+                            rename=_diffusion_key),    "pi0": PolicyType("pi0", "lerobot/pi0", (), _configure_pi0, _pi0_fixed, rename=_pi0_key),
 }
 
 
@@ -207,6 +232,8 @@ PREPROCESSOR, POSTPROCESSOR = "policy_preprocessor.json", "policy_postprocessor.
 # the processor steps a 0.4+ save may hold, by registry name; any other is refused by name
 PRE_STEPS = ("rename_observations_processor", "to_batch_processor", "device_processor", "normalizer_processor")
 POST_STEPS = ("unnormalizer_processor", "device_processor")
+# steps a policy's preprocessor may add (read by its importer, not run: pi0's tokens are graph inputs)
+POLICY_PRE_STEPS = {"pi0": ("pi0_new_line_processor", "tokenizer_processor")}
 STAT_NAMES = {"MEAN_STD": ("mean", "std"), "MIN_MAX": ("min", "max"), "QUANTILES": ("q01", "q99"),
               "QUANTILE10": ("q10", "q90")}
 
@@ -313,7 +340,7 @@ def _step_state(folder: Path, path: Path, i: int, step: dict) -> dict:
 
 def statistics_04(folder: Path, cfg: dict, features: dict, path: Path) -> tuple[dict, dict, dict]:
     """(the same sources as statistics_03, norm_map, rename_map) from a 0.4+ save's processor files."""
-    pre_path, pre = _processor(folder, PREPROCESSOR, PRE_STEPS)
+    pre_path, pre = _processor(folder, PREPROCESSOR, PRE_STEPS + POLICY_PRE_STEPS.get(cfg.get("type"), ()))
     post_path, post = _processor(folder, POSTPROCESSOR, POST_STEPS)
     rename, norm, unnorm = {}, None, None
     for i, step in enumerate(pre):
@@ -522,6 +549,10 @@ def fixed_tables(cg, policy: PolicyType) -> dict:
         from . import lerobot_diffusion
 
         return lerobot_diffusion.fixed_tables(cg)
+    if policy.name == "pi0":
+        from . import lerobot_pi0
+
+        return lerobot_pi0.fixed_tables(cg)
     return {}
 
 

@@ -1,0 +1,240 @@
+"""graphs/lerobot/pi0 is LeRobot's pi0 (LeRobot 0.4.1's port of openpi's PyTorch model): with the weights
+of a tiny pi0 that LeRobot's own code built and saved (tests/fixtures/lerobot/pi0, written by
+scripts/parity/lerobot_pi0.py: SigLIP + Gemma + a Gemma expert of the same families at tiny sizes, fp32
+on the CPU), the graph gives LeRobot's prefix embeddings, training loss (with the noise and flow time
+LeRobot drew) and predict_action_chunk (with its noise) within 1e-5; `graphvla import lerobot` of
+LeRobot 0.4.1's save with its processor files, served, gives preprocessor -> predict_action_chunk ->
+postprocessor within 1e-4 from LeRobot's observation keys. No LeRobot code is imported: only its numbers."""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from graphvla.blocks.base import parameters_on_meta
+from graphvla.compiler.compile import compile_graph
+from graphvla.runners.importers import lerobot as L
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lerobot" / "pi0"
+IMPORT_04 = FIXTURE / "import_04"
+TOL = 1e-5
+SERVE_TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def saved_policy(tmp_path_factory) -> Path:
+    """LeRobot 0.4.1's save_pretrained folder (config, weights, processor files)."""
+    folder = tmp_path_factory.mktemp("lerobot") / "pi0_tiny"
+    shutil.copytree(IMPORT_04, folder)
+    (folder / "case.safetensors").unlink()
+    (folder / "case.json").unlink()
+    shutil.copy(FIXTURE / "model.safetensors", folder / "model.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def case():
+    return json.loads((FIXTURE / "case.json").read_text()), load_file(str(FIXTURE / "case.safetensors"))
+
+
+def parity_spec(folder: Path) -> dict:
+    """The importer's spec for the saved policy, with inputs for the training noise and flow time wired to
+    the head (the parity test feeds LeRobot's draws)."""
+    cfg_path, cfg = L.read_config(folder)
+    features = L.features_of(cfg, cfg_path)
+    state = load_file(str(folder / "model.safetensors"))
+    _, modes, images, rename = L.normalization_of(folder, "0.4", state, cfg, features, cfg_path)
+    spec = L.build_spec(L.POLICIES["pi0"], cfg, cfg_path, features, images, modes, rename)
+    h, d = features["horizon"], cfg["max_action_dim"]
+    spec["inputs"]["flow_noise"] = {"kind": "action", "dim": d, "horizon": h, "train_only": True, "optional": True}
+    spec["inputs"]["flow_time"] = {"kind": "state", "dim": 1, "train_only": True, "optional": True}
+    spec["blocks"]["head"]["in"].update(noise="inputs.flow_noise", time="inputs.flow_time")
+    return spec
+
+
+@pytest.fixture(scope="module")
+def graph(saved_policy):
+    spec = parity_spec(saved_policy)
+    cg = compile_graph(spec, device="cpu")
+    state = load_file(str(saved_policy / "model.safetensors"))
+    mapped = L.map_weights(state, cg.model.state_dict(), L.fixed_tables(cg, L.POLICIES["pi0"]),
+                           saved_policy / "model.safetensors", L.POLICIES["pi0"])
+    assert set(mapped) == set(cg.model.state_dict())  # every graph tensor from LeRobot's
+    assert len(state) == len(mapped) + 1  # ... and every LeRobot tensor used but the expert's lm_head
+    cg.model.load_state_dict(mapped, strict=True)
+    cg.model.eval()
+    return cg
+
+
+def images_of(data) -> torch.Tensor:
+    return torch.stack([data["image0"], data["image1"]], dim=1)
+
+
+def test_the_prefix_is_lerobots_embed_prefix(graph, case):
+    """SigLIP + projector per camera (after LeRobot's resize with padding) and the scaled language
+    embeddings: LeRobot's embed_prefix and its mask."""
+    _, data = case
+    bb = graph.model["backbone"]
+    with torch.no_grad():
+        x, pad = bb.embed(images_of(data), None, data["tokens"], data["tokens_mask"])
+    diff = (x - data["prefix"]).abs().max().item()
+    print(f"pi0 prefix embeddings vs LeRobot's embed_prefix: max |diff| {diff:.2e}")
+    assert diff <= TOL and torch.equal(pad, data["prefix_mask"])
+    assert data["images_resized"].min().item() == pytest.approx(-3.0)  # LeRobot pads with -1 before scaling
+
+
+def test_training_loss_is_lerobots(graph, case):
+    """PI0Policy.forward's loss with the noise and time LeRobot drew; a different time moves it."""
+    _, data = case
+    fed = graph.feed({"images": images_of(data), "state": data["state"], "tokens": data["tokens"],
+                      "tokens_mask": data["tokens_mask"], "actions": data["actions"],
+                      "flow_noise": data["train_noise"], "flow_time": data["train_time"]}, "action")
+    with torch.no_grad():
+        loss = graph.train["action"](**fed)["loss"].item()
+        other = graph.train["action"](**{**fed, "flow_time": data["train_time"] * 0.5})["loss"].item()
+    want = data["loss"].item()
+    # LeRobot averages over the real action dims only: its per-element losses, cut, give the same
+    assert abs(data["losses"][:, :, :3].mean().item() - want) <= 1e-6
+    print(f"pi0 training loss {loss:.6f} vs LeRobot {want:.6f}: |diff| {abs(loss - want):.2e}")
+    assert abs(loss - want) <= TOL
+    assert abs(other - want) > 100 * TOL
+
+
+def test_predicted_chunk_is_lerobots_predict_action_chunk(graph, case):
+    """10 Euler steps from LeRobot's noise through the prefix keys and values."""
+    _, data = case
+    batch = {"images": images_of(data), "state": data["state"], "tokens": data["tokens"],
+             "tokens_mask": data["tokens_mask"]}
+    with torch.no_grad():
+        out = graph.infer(**graph.feed(batch), noise=data["infer_noise"])["actions"]
+        other = graph.infer(**graph.feed(batch), noise=data["infer_noise"] * 0.5)["actions"]
+    diff = (out - data["chunk"]).abs().max().item()
+    print(f"pi0 predict_action_chunk: max |diff| {diff:.2e}")
+    assert out.shape == data["chunk"].shape and diff <= TOL
+    assert (other - data["chunk"]).abs().max().item() > 100 * TOL
+
+
+def test_the_default_graph_compiles_at_lerobots_sizes():
+    """lerobot/pi0 at LeRobot's default sizes (PaliGemma 3B + the 300M expert), on meta."""
+    from graphvla.spec.loader import load_spec
+
+    with parameters_on_meta():
+        cg = compile_graph(load_spec("lerobot/pi0"), device="cpu")
+    bb, head = cg.model["backbone"], cg.model["head"]
+    assert len(bb.layers) == len(head.layers) == 18 and len(bb.vision.layers) == 27
+    assert bb.vision.num_patches == 256 and head.norm.weight.shape[0] == 1024
+    assert bb.embed_tokens.weight.shape == (257152, 2048)
+    assert sum(p.numel() for p in cg.model.parameters()) == 3_238_048_528
+
+
+def import_cli(src: Path, out: Path):
+    from click.testing import CliRunner
+
+    from graphvla.cli import main
+
+    return CliRunner().invoke(main, ["import", "lerobot", str(src), "-o", str(out)])
+
+
+def test_an_imported_lerobot_04_pi0_serves_its_predict_action_chunk(saved_policy, tmp_path):
+    """LeRobot 0.4.1's save (processor files with dataset statistics), imported through the command line
+    and served: each observation (LeRobot's keys: cameras, state, the tokens its tokenizer step made) on
+    a fresh connection, whose session seeded 0 draws the noise torch.manual_seed(0) gave LeRobot."""
+    from graphvla.client import PolicyClient
+    from graphvla.policy.loading import load_policy
+    from graphvla.runners.serve import ServerThread
+    from graphvla.runners.serve.section import serve_options, serve_section
+
+    run = tmp_path / "run"
+    result = import_cli(saved_policy, run)
+    assert result.exit_code == 0, result.output
+    info = json.loads((run / "imported.json").read_text())
+    assert info["format"] == "0.4" and info["normalization"] == {"state": "mean_std", "actions": "mean_std"}
+    data = load_file(str(IMPORT_04 / "case.safetensors"))
+    cams = ("observation.images.top", "observation.images.wrist")
+    out = []
+    options = serve_options(serve_section(str(run)), "127.0.0.1", 0, None, 1, None, None)
+    with ServerThread(load_policy(run), options) as srv:
+        for i in range(2):
+            with PolicyClient("127.0.0.1", srv.port) as client:
+                assert client.metadata["seed"] == 0
+                keys = set(client.metadata["observation_keys"])
+                assert {*cams, "observation.state", "observation.language.tokens",
+                        "observation.language.attention_mask"} <= keys
+                obs = {**{c: data[f"image{i}_{k}"].numpy() for k, c in enumerate(cams)},
+                       "observation.state": data[f"state{i}"].numpy(),
+                       "observation.language.tokens": data[f"tokens{i}"][0].numpy(),
+                       "observation.language.attention_mask": data[f"tokens_mask{i}"][0].numpy()}
+                out.append(client.infer(obs)["actions"])
+    diffs = [abs(out[i] - data[f"chunk{i}"][0].numpy()).max() for i in range(2)]
+    print(f"served imported pi0 vs LeRobot 0.4.1 predict_action_chunk: max |diff| {max(diffs):.2e}")
+    assert max(diffs) <= SERVE_TOL
+    assert abs(out[0] - out[1]).max() > 1e-3  # the observation matters
+
+
+def test_pi0_saves_the_graph_cannot_take_are_refused_by_name(saved_policy, tmp_path):
+    def attempt(edit, match, files=None):
+        src = tmp_path / f"src-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(saved_policy, src)
+        cfg = json.loads((src / "config.json").read_text())
+        edit(cfg)
+        (src / "config.json").write_text(json.dumps(cfg))
+        if files is not None:
+            files(src)
+        out = tmp_path / "run"
+        result = import_cli(src, out)
+        assert result.exit_code != 0 and match in result.output, result.output
+        assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+    def as_03(c):  # LeRobot 0.3.x's pi0 config
+        c.pop("paligemma_variant")
+        c["resize_imgs_with_padding"] = [16, 16]
+    attempt(as_03, "LeRobot 0.3.x")
+    attempt(lambda c: c.update(image_resolution=[16, 24]), "image_resolution [16, 24]")
+    attempt(lambda c: c.update(image_resolution=[32, 32]), "image_resolution [32, 32]")
+    attempt(lambda c: c.update(empty_cameras=1), "empty_cameras 1")
+    attempt(lambda c: c.update(max_action_dim=2), "max_action_dim 2")
+    attempt(lambda c: c["normalization_mapping"].update(VISUAL="MEAN_STD"), "normalization_mapping.VISUAL")
+
+    def other_tokenizer(src):
+        pre = json.loads((src / "policy_preprocessor.json").read_text())
+        for step in pre["steps"]:
+            if step["registry_name"] == "tokenizer_processor":
+                step["config"]["max_length"] = 9
+        (src / "policy_preprocessor.json").write_text(json.dumps(pre))
+    attempt(lambda c: None, "tokenizer_processor max_length 9", other_tokenizer)
+
+    def extra_tensor(src):
+        from safetensors.torch import save_file
+
+        t = load_file(str(src / "model.safetensors"))
+        t["model.extra_proj.weight"] = torch.zeros(2, 2)
+        save_file(t, str(src / "model.safetensors"))
+    attempt(lambda c: None, "model.extra_proj.weight", extra_tensor)
+
+    def unknown_step(src):
+        pre = json.loads((src / "policy_preprocessor.json").read_text())
+        pre["steps"].insert(2, {"registry_name": "image_crop_processor", "config": {}})
+        (src / "policy_preprocessor.json").write_text(json.dumps(pre))
+    attempt(lambda c: None, "image_crop_processor", unknown_step)
+
+
+def test_head_refuses_bad_noise_and_wiring(graph, case, saved_policy):
+    _, data = case
+    head, bb = graph.model["head"], graph.model["backbone"]
+    with torch.no_grad():
+        out = bb(images_of(data), data["tokens"], tokens_mask=data["tokens_mask"])
+        with pytest.raises(ValueError, match="max_action_dim"):
+            head.predict(out["kv"], out["prefix_mask"], data["state"], noise=torch.zeros(2, 5, 3))
+    spec = parity_spec(saved_policy)
+    spec["blocks"]["head"]["with"]["head_dim"] = 8  # the expert cannot attend to PaliGemma's keys
+    with pytest.raises(Exception, match="kv_heads x head_dim"):
+        compile_graph(spec, device="cpu")
+    spec = parity_spec(saved_policy)
+    spec["blocks"]["backbone"]["with"]["resize"] = False  # 12 x 20 cameras, a 16 x 16 tower
+    with pytest.raises(Exception, match="resize is false"):
+        compile_graph(spec, device="cpu")
