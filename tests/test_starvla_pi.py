@@ -394,13 +394,24 @@ def test_a_run_trained_with_a_state_imports_with_the_state_prompt(tmp_path):
     assert np.abs(plain - data["state_prompt_actions"].numpy()).max() > 10 * IMPORT_TOL  # the state is read
 
 
+def test_action_model_type_is_not_read(tmp_path):
+    """starVLA's QwenPI_v3 builds its LayerwiseFM head whatever action_model_type says (its framework
+    calls LayerwiseFM_ActionHeader.get_action_model): a config naming another type imports the same."""
+    from graphvla.runners.importers.starvla import import_starvla
+
+    d = starvla_run(tmp_path)
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    cfg["framework"]["action_model"]["action_model_type"] = "DiT-B"
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    run = import_starvla(d, tmp_path / "run", base_vlm=FIXTURES / "qwenpi_v3" / "vlm", image_size=64)
+    assert json.loads((run / "imported.json").read_text())["graph"] == "starvla/qwen3vl-pi-v3"
+
+
 def test_import_refuses_what_it_cannot_represent(tmp_path):
     from graphvla.runners.importers.starvla import StarVLAImportError, import_starvla
 
     vlm = FIXTURES / "qwenpi_v3" / "vlm"
     for i, (edit, message) in enumerate([
-        (lambda c: c["framework"]["action_model"].update(action_model_type="DiT-B"),
-         r"framework\.action_model\.action_model_type 'DiT-B' is not QwenPI_v3's LayerwiseFM"),
         (lambda c: c["framework"]["action_model"]["diffusion_model_cfg"].update(norm_type="layer_norm"),
          r"diffusion_model_cfg\.norm_type is 'layer_norm'"),
         (lambda c: (c["datasets"]["vla_data"].update(include_state=True), c["framework"]["action_model"].update(state_dim=0)),

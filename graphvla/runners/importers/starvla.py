@@ -160,9 +160,7 @@ def _configure_layerwise(spec: dict, cfg: dict, cfg_path: Path, name: str) -> No
     """QwenPI_v3 and QwenPI: starvla/*-pi-v3 and starvla/*-pi, head.layerwise_fm."""
     model = {**_PI_DEFAULTS, **dict(cfg["framework"].get("action_model") or {})}
     field = "framework.action_model"
-    kind = model.get("action_model_type", "LayerwiseFM")
-    if kind != "LayerwiseFM":
-        raise StarVLAImportError(f"{cfg_path}: {field}.action_model_type '{kind}' is not {name}'s LayerwiseFM")
+    # action_model_type is not read: both frameworks always build LayerwiseFlowmatchingActionHead
     dit = {**_PI_DIT_COMMON, **_PI_DIT_DEFAULTS[name], **dict(model.get("diffusion_model_cfg") or {})}
     for key, value in _PI_DIT_FIXED.items():
         if key in dit and dit[key] != value:
