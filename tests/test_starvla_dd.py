@@ -58,13 +58,22 @@ def fixture_graph(graph=GRAPH, fixture=FIXTURE, state=None, **head_with):
     spec["inputs"]["state"]["dim"] = meta["state_dim"]
     spec["blocks"]["head"]["with"].update(max_seq_len=64, max_positions=64, **head_with)
     cg = compile_graph(spec, device="cpu")
-    state = load(fixture, "state") if state is None else state
+    state = starvla_state(fixture) if state is None else state
     mapped = {graph_key(k, "QwenDiscreteDiffusion"): v for k, v in state.items()}
     assert None not in mapped and len(mapped) == len(state)  # no two starVLA keys land on one graph key
     assert set(mapped) == set(cg.model.state_dict())  # every key accounted for, both ways
     cg.model.load_state_dict(mapped, strict=True)
     cg.model.eval()
     return cg
+
+
+def starvla_state(fixture=FIXTURE) -> dict:
+    """starVLA's state_dict of a fixture. The Qwen2.5-VL fixture keeps only its VLM: its head came out of
+    the same seed as the Qwen3-VL fixture's, tensor for tensor (checked by the script), and is read there."""
+    state = load(fixture, "state")
+    if fixture == FIXTURE_25:
+        state.update({k: v for k, v in load(FIXTURE, "state").items() if k.startswith("action_model.")})
+    return state
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +106,9 @@ def test_the_fixtures_are_starvla_qwendiscretediffusion_at_the_pinned_commit():
         with safe_open(str(fixture / "state.safetensors"), "pt") as f:
             assert f.metadata()["starvla_commit"] == meta["starvla_commit"]
     assert json.loads((FIXTURE_25 / "vlm" / "config.json").read_text())["model_type"] == "qwen2_5_vl"
+    with safe_open(str(FIXTURE_25 / "state.safetensors"), "pt") as f:
+        assert f.metadata()["action_model"] == "qwendd/state.safetensors"
+        assert not any(k.startswith("action_model.") for k in f.keys())
     # starVLA's own 8-bit loss fails at this commit (its BCE compares [B, L, 8] with [B, H, A, 8])
     assert "must be the same as input size" in meta_of()["bit_loss_error"]
 

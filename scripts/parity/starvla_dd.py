@@ -15,6 +15,9 @@ on a fixed batch (2 samples, 2 views, equal-length prompts, horizon 4, 7-d actio
                       bit variant's training loss raises inside starVLA at this commit (its
                       BCE compares [B, L, 8] logits with [B, H, A, 8] targets): recorded as such
 
+With --vlm qwen25 the state file keeps only the VLM: the head is the Qwen3-VL fixture's, tensor for
+tensor (same seed; checked), so run the script without --vlm first.
+
 Randomness is recorded, not replaced: torch.rand is wrapped to keep what it returns, and
 torch.multinomial (one draw per row) is computed as torch does it internally (argmax of p / E,
 E from exponential_) after checking, on a copy of the generator state, that this equals the real
@@ -186,6 +189,17 @@ def main():
 
     out = Path(args.out) / ("qwendd_qwen25" if qwen25 else "qwendd")
     save_model_and_case(out, model, vlm_dir, commit, images, actions, case)
+    if qwen25:
+        # the head comes out of the same seed as on Qwen3-VL, tensor for tensor: only the VLM is kept
+        # here (checked against qwendd/, which the run without --vlm writes first)
+        from safetensors.torch import load_file
+        qwen3 = Path(args.out) / "qwendd" / "state.safetensors"
+        assert qwen3.is_file(), f"run starvla_dd.py without --vlm first (it writes {qwen3})"
+        head3, state = load_file(str(qwen3)), load_file(str(out / "state.safetensors"))
+        heads = [k for k in state if k.startswith("action_model.")]
+        assert all(k in head3 and torch.equal(state[k], head3[k]) for k in heads), "the Qwen2.5-VL head differs"
+        save_file({k: v for k, v in state.items() if not k.startswith("action_model.")}, str(out / "state.safetensors"),
+                  metadata={"starvla_commit": commit, "action_model": "qwendd/state.safetensors"})
     save_file({"actions": torch.from_numpy(np.asarray(greedy, dtype=np.float32))}, str(out / "case_greedy.safetensors"))
     if not qwen25:  # the sampled decodes (their draws are most of a fixture's size) once, on Qwen3-VL
         save_file({k: v.contiguous() for k, v in predict.items()}, str(out / "case_predict.safetensors"))
@@ -199,7 +213,8 @@ def main():
         "decode_temperature": 0.1, "choice_temperature": 0.1, "num_inference_steps": STEPS,
         "repeated_diffusion_steps": 2, "rtc": {"inference_delay": 1, "execution_horizon": 2, "pinned_steps": 2,
                                                "rounds": int(rtc["noise"].shape[1])},
-        "loss": float(loss), "torch": torch.__version__, "transformers": __import__("transformers").__version__,
+        "loss": float(loss), "torch": torch.__version__,
+        "action_model_weights": "qwendd/state.safetensors (identical, checked)" if qwen25 else "state.safetensors", "transformers": __import__("transformers").__version__,
     }
 
     if not qwen25:  # the 8-bit representation: a second head on the same VLM
