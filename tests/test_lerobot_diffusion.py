@@ -81,8 +81,8 @@ def case(request):
 
 
 def graph_images(data):
-    """LeRobot's [B, S, cameras, C, H, W] as the graph's [B, S * cameras, C, H, W], step-major."""
-    x = data["images"]
+    """LeRobot's [B, S, cameras, C, H, W] as the graph's [B, cameras * S, C, H, W], camera-major."""
+    x = data["images"].transpose(1, 2)
     return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
 
 

@@ -5,9 +5,10 @@ DiffusionRgbEncoder, graphs/lerobot/diffusion.yaml): per image a crop, a ResNet 
 channels, a softmax over each channel's map, the expected (x, y) on a [-1, 1] grid), then
 Linear(2K, 2K) and ReLU.
 
-Input: images [B, V, 3, H, W] with V = observation steps x `cameras`, step-major (view
-s * cameras + c is camera c at step s, the oldest step first), already normalized (`normalize`:
-'none', or per-camera {mean, std} applied before the crop). Output `features` [B, S, cameras * 2K]:
+Input: images [B, V, 3, H, W] with V = `cameras` x observation steps, camera-major (view
+c * steps + s is camera c at step s, the oldest step first: what a data YAML's
+`{camera: [KEYS], offsets: [-1, 0]}` binds, graphvla/data/frames.py), raw in [0, 1] and normalized
+here (`normalize`: 'none', or per-camera {mean, std} applied before the crop). Output `features` [B, S, cameras * 2K]:
 per step, the cameras' features one after the other. `separate_encoders` gives every camera its own
 trunk and keypoint layers (LeRobot's use_separate_rgb_encoder_per_camera); otherwise one encoder
 sees every image.
@@ -69,13 +70,13 @@ class ResNetKeypointsEncoder(Block):
     type_name = "encoder.resnet_keypoints"
     description = ("Per observation step and camera: crop, ResNet trunk (group norm), spatial-softmax keypoints, "
                    "linear + ReLU (Diffusion Policy's image encoder, as LeRobot builds it).")
-    in_ports = {"images": InPort("image", ndim=5, doc="[B, steps * cameras, 3, H, W], step-major, normalized")}
+    in_ports = {"images": InPort("image", ndim=5, doc="[B, cameras * steps, 3, H, W], camera-major, oldest step first")}
     out_ports = {"features": OutPort("hidden", doc="[B, steps, cameras * 2 * keypoints]")}
     params_schema = {
         "type": "object",
         "properties": {
             "cameras": {"type": "integer", "minimum": 1, "default": 1,
-                        "description": "cameras per observation step (the views are steps x cameras, step-major)"},
+                        "description": "cameras (the views are cameras x observation steps, camera-major)"},
             "depth": {"enum": sorted(DEPTHS), "default": 18},
             "norm": {"enum": list(NORMS), "default": "group_norm"},
             "keypoints": {"type": "integer", "minimum": 1, "default": 32},
@@ -104,7 +105,7 @@ class ResNetKeypointsEncoder(Block):
         self.cameras = p["cameras"]
         if views % self.cameras:
             raise ParamError("cameras", f"the images have {views} views, not a multiple of {self.cameras} cameras "
-                                        f"(views = observation steps x cameras)")
+                                        f"(views = cameras x observation steps)")
         self.steps = views // self.cameras
         self.crop = tuple(p["crop"]) if p["crop"] else None
         if self.crop and (self.crop[0] > h or self.crop[1] > w):
@@ -119,8 +120,8 @@ class ResNetKeypointsEncoder(Block):
             std = _triples(p["normalize"]["std"], self.cameras, "normalize.std")
             if any(s <= 0 for v in std for s in v):
                 raise ParamError("normalize.std", f"every std must be > 0, got {p['normalize']['std']}")
-        self.register_buffer("mean", torch.tensor(mean).view(1, 1, self.cameras, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 1, self.cameras, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, self.cameras, 1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, self.cameras, 1, 3, 1, 1), persistent=False)
 
     def _crop(self, x):
         if self.crop is None:
@@ -136,11 +137,11 @@ class ResNetKeypointsEncoder(Block):
     def forward(self, images):
         b = images.shape[0]
         s, n = self.steps, self.cameras
-        x = images.reshape(b, s, n, *images.shape[2:])
+        x = images.reshape(b, n, s, *images.shape[2:])
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        if len(self.encoders) == 1:
-            f = self.encoders[0](self._crop(x.reshape(b * s * n, *x.shape[3:])))
-            return {"features": f.reshape(b, s, -1)}
-        per_camera = [enc(self._crop(x[:, :, c].reshape(b * s, *x.shape[3:]))).reshape(b, s, -1)
+        if len(self.encoders) == 1:  # per step, the cameras' features one after the other
+            x = x.transpose(1, 2).reshape(b * s * n, *x.shape[3:])
+            return {"features": self.encoders[0](self._crop(x)).reshape(b, s, -1)}
+        per_camera = [enc(self._crop(x[:, c].reshape(b * s, *x.shape[3:]))).reshape(b, s, -1)
                       for c, enc in enumerate(self.encoders)]
         return {"features": torch.cat(per_camera, dim=-1)}
