@@ -441,3 +441,30 @@ def test_real_time_chunking_on_the_served_import(imported_run):
     assert reply["rtc"]["applied"] and reply["rtc"]["method"] == "blend"
     assert abs(reply["actions"][:2] - old[:2]).max() <= 1e-6
     assert abs(reply["actions"][2:] - plain[2:]).max() > 1e-4
+
+
+def test_graphvla_trains_the_diffusion_graph_on_a_recording_with_the_observation_window(tmp_path, metaworld_data):
+    """lerobot/diffusion (tiny sizes, n_obs_steps 2) trains with `graphvla train`'s trainer on a
+    Meta-World recording: the data YAML binds the camera at offsets [-1, 0] (the window, oldest first)
+    and the state has history 2; the run loads and answers a window."""
+    import numpy as np
+
+    from graphvla.policy.loading import load_policy
+    from graphvla.runners.train import train
+    from graphvla.runners.train.dataio import load_bundle
+
+    data_yaml = tmp_path / "data.yaml"
+    data_yaml.write_text(f"datasets:\n  - path: {metaworld_data}\n    keys: {{images: {{camera: observation.images.corner, "
+                         "offsets: [-1, 0]}, state: observation.state, actions: action}\n")
+    overrides = ["inputs.images.size=[64, 64]", "inputs.state.dim=4", "inputs.actions.dim=4", "inputs.actions.horizon=8",
+                 "inputs.actions_mask.shape=[8]", "blocks.backbone.with.crop=[56, 56]", "blocks.backbone.with.keypoints=4",
+                 "blocks.head.with.down_dims=[16, 32]", "blocks.head.with.kernel_size=3", "blocks.head.with.groups=4",
+                 "blocks.head.with.step_embed_dim=16", "blocks.head.with.n_action_steps=4",
+                 "blocks.head.with.train_timesteps=10", "trainer.max_steps=2", "trainer.batch_size=4",
+                 "trainer.save_every=2", "trainer.warmup_steps=1"]
+    spec = load_spec(str(GRAPH), overrides)
+    result = train(spec, load_bundle(str(data_yaml), spec), tmp_path / "run", progress=False)
+    assert result.step == 2 and all(np.isfinite(r["loss"]) for r in result.history)
+    policy = load_policy(tmp_path / "run")
+    out = policy.infer({"images": np.zeros((2, 64, 64, 3), np.uint8), "state": np.zeros((2, 4), np.float32)})
+    assert out["actions"].shape == (4, 4) and np.isfinite(out["actions"]).all()
