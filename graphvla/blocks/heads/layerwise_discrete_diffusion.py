@@ -55,47 +55,13 @@ from torch import nn
 from ..base import Block, InPort, ParamError, PortError
 from ..registry import register
 from .common import ACTION_PARAMS, HEAD_IN_PORTS, HEAD_OUT_PORTS, action_shape, context_geometry, state_width
+from .gr00t_flow_matching import MLP, DiTBlock, TimestepEncoder
 
 IGNORE = -100  # starVLA's masked-token marker in training inputs
 
 
-# ---- starVLA's DiT (cross_attention_dit.py), module names as starVLA's so the keys map 1:1 --------
-
-class _TimestepEmbedder(nn.Module):
-    def __init__(self, width: int):
-        super().__init__()
-        self.linear_1 = nn.Linear(256, width)
-        self.linear_2 = nn.Linear(width, width)
-
-    def forward(self, t):
-        return self.linear_2(F.silu(self.linear_1(t)))
-
-
-class _TimestepEncoder(nn.Module):
-    """diffusers' Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=1) + TimestepEmbedding."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.timestep_embedder = _TimestepEmbedder(width)
-
-    def forward(self, timesteps):
-        half = 128
-        exponent = -math.log(10000) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / (half - 1)
-        args = timesteps[:, None].float() * torch.exp(exponent)[None, :]
-        proj = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-        return self.timestep_embedder(proj.to(self.timestep_embedder.linear_1.weight.dtype))
-
-
-class _AdaLayerNorm(nn.Module):
-    def __init__(self, width: int):
-        super().__init__()
-        self.linear = nn.Linear(width, 2 * width)
-        self.norm = nn.LayerNorm(width, 1e-5, elementwise_affine=False)
-
-    def forward(self, x, temb):
-        scale, shift = self.linear(F.silu(temb)).chunk(2, dim=1)
-        return self.norm(x) * (1 + scale[:, None]) + shift[:, None]
-
+# ---- starVLA's DiT (cross_attention_dit.py), with the modules head.gr00t_flow_matching has under ------
+# starVLA's names (so the keys map 1:1), plus the sinusoidal positions this head's DiT adds in every block
 
 class _SinusoidalPositions(nn.Module):
     """diffusers' SinusoidalPositionalEmbedding: x + pe[:T] (a saved buffer, as in starVLA's state)."""
@@ -113,71 +79,20 @@ class _SinusoidalPositions(nn.Module):
         return x + self.pe[:, : x.shape[1]]
 
 
-class _Attention(nn.Module):
-    """diffusers' Attention with AttnProcessor2_0 (biases on q/k/v and out, dropout after out)."""
+class _DiTBlock(DiTBlock):
+    """starVLA's BasicTransformerBlock with norm_type ada_norm and positional_embeddings sinusoidal:
+    adaLN -> + sinusoidal positions -> attention (cross to the memory, or self) -> dropout ->
+    residual; LayerNorm -> MLP -> residual."""
 
-    def __init__(self, width: int, heads: int, head_dim: int, kv_dim: int, dropout: float):
-        super().__init__()
-        self.heads = heads
-        inner = heads * head_dim
-        self.to_q = nn.Linear(width, inner)
-        self.to_k = nn.Linear(kv_dim, inner)
-        self.to_v = nn.Linear(kv_dim, inner)
-        self.to_out = nn.ModuleList([nn.Linear(inner, width), nn.Dropout(dropout)])
-
-    def forward(self, x, memory=None, memory_mask=None):
-        memory = x if memory is None else memory
-        b = x.shape[0]
-        q, k, v = self.to_q(x), self.to_k(memory), self.to_v(memory)
-        d = k.shape[-1] // self.heads
-        q, k, v = (t.view(b, -1, self.heads, d).transpose(1, 2) for t in (q, k, v))
-        mask = None if memory_mask is None else memory_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
-        out = out.transpose(1, 2).reshape(b, -1, self.heads * d).to(q.dtype)
-        return self.to_out[1](self.to_out[0](out))
-
-
-class _GELUProj(nn.Module):
-    def __init__(self, width: int, inner: int):
-        super().__init__()
-        self.proj = nn.Linear(width, inner)
-
-    def forward(self, x):
-        return F.gelu(self.proj(x), approximate="tanh")
-
-
-class _FeedForward(nn.Module):
-    def __init__(self, width: int, dropout: float, final_dropout: bool):
-        super().__init__()
-        layers = [_GELUProj(width, 4 * width), nn.Dropout(dropout), nn.Linear(4 * width, width)]
-        if final_dropout:
-            layers.append(nn.Dropout(dropout))
-        self.net = nn.ModuleList(layers)
-
-    def forward(self, x):
-        for layer in self.net:
-            x = layer(x)
-        return x
-
-
-class _DiTBlock(nn.Module):
-    """starVLA's BasicTransformerBlock with norm_type ada_norm: adaLN -> (+ sinusoidal positions) ->
-    attention (cross to the memory, or self) -> dropout -> residual; LayerNorm -> MLP -> residual."""
-
-    def __init__(self, width, heads, head_dim, kv_dim, dropout, final_dropout, max_positions, sinusoidal):
-        super().__init__()
+    def __init__(self, width, heads, kv_dim, dropout, final_dropout, max_positions, sinusoidal):
+        super().__init__(width, heads, kv_dim, dropout, final_dropout)
         self.pos_embed = _SinusoidalPositions(width, max_positions) if sinusoidal else None
-        self.norm1 = _AdaLayerNorm(width)
-        self.attn1 = _Attention(width, heads, head_dim, kv_dim, dropout)
-        self.norm3 = nn.LayerNorm(width, 1e-5, elementwise_affine=False)
-        self.ff = _FeedForward(width, dropout, final_dropout)
-        self.final_dropout = nn.Dropout(dropout) if final_dropout else None
 
-    def forward(self, x, temb, memory=None, memory_mask=None):
+    def forward(self, x, temb, context=None, keep=None):
         h = self.norm1(x, temb)
         if self.pos_embed is not None:
             h = self.pos_embed(h)
-        a = self.attn1(h, memory, memory_mask)
+        a = self.attn1(h, context, keep)
         if self.final_dropout is not None:
             a = self.final_dropout(a)
         x = a + x
@@ -189,15 +104,14 @@ class LayerwiseDiT(nn.Module):
     cross-attends to memories[i] (the self-attention blocks, odd i when interleaved, to nothing)."""
 
     def __init__(self, width, layers, out_dim, head_dim=64, dropout=0.2, final_dropout=True,
-                 interleave_self_attention=True, max_positions=512, sinusoidal=True, kv_dim=None):
+                 interleave_self_attention=True, max_positions=512, sinusoidal=True):
         super().__init__()
-        heads = width // head_dim
+        inner = (width // head_dim) * head_dim
         self.interleave = interleave_self_attention
-        self.timestep_encoder = _TimestepEncoder(heads * head_dim)
-        inner = heads * head_dim
+        self.timestep_encoder = TimestepEncoder(inner)
         self.transformer_blocks = nn.ModuleList(
-            _DiTBlock(inner, heads, head_dim, inner if (self.interleave and i % 2 == 1) else (kv_dim or width),
-                      dropout, final_dropout, max_positions, sinusoidal)
+            _DiTBlock(inner, width // head_dim, None if self.self_attends(i) else width, dropout, final_dropout,
+                      max_positions, sinusoidal)
             for i in range(layers))
         self.norm_out = nn.LayerNorm(inner, eps=1e-6, elementwise_affine=False)
         self.proj_out_1 = nn.Linear(inner, 2 * inner)
@@ -209,10 +123,7 @@ class LayerwiseDiT(nn.Module):
     def forward(self, x, memories, memory_mask=None):
         temb = self.timestep_encoder(torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
         for i, block in enumerate(self.transformer_blocks):
-            if self.self_attends(i):
-                x = block(x, temb)
-            else:
-                x = block(x, temb, memories[i], memory_mask)
+            x = block(x, temb) if self.self_attends(i) else block(x, temb, memories[i], memory_mask)
         shift, scale = self.proj_out_1(F.silu(temb)).chunk(2, dim=1)
         x = self.norm_out(x) * (1 + scale[:, None]) + shift[:, None]
         return self.proj_out_2(x)
@@ -389,7 +300,7 @@ class LayerwiseDiscreteDiffusionHead(Block):
         inner = (width // head_dim) * head_dim
         self.token_embedding = nn.Embedding(p["num_bins"] + 1, inner)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
-        self.state_encoder = _StateMLP(state_dim, inner) if state_dim else None
+        self.state_encoder = MLP(state_dim, inner, inner) if state_dim else None  # starVLA's MLP: layer1, ReLU, layer2
         self.future_tokens = nn.Embedding(p["future_tokens"], inner) if p["future_tokens"] else None
         if self.future_tokens is not None:
             nn.init.normal_(self.future_tokens.weight, std=0.02)
@@ -582,15 +493,3 @@ class LayerwiseDiscreteDiffusionHead(Block):
         if target is not None:
             out["loss"] = logits.sum()
         return out
-
-
-class _StateMLP(nn.Module):
-    """starVLA's MLP (layer1 -> ReLU -> layer2): the state as one token."""
-
-    def __init__(self, state_dim: int, width: int):
-        super().__init__()
-        self.layer1 = nn.Linear(state_dim, width)
-        self.layer2 = nn.Linear(width, width)
-
-    def forward(self, x):
-        return self.layer2(F.relu(self.layer1(x)))
