@@ -468,3 +468,47 @@ def test_graphvla_trains_the_diffusion_graph_on_a_recording_with_the_observation
     policy = load_policy(tmp_path / "run")
     out = policy.infer({"images": np.zeros((2, 64, 64, 3), np.uint8), "state": np.zeros((2, 4), np.float32)})
     assert out["actions"].shape == (4, 4) and np.isfinite(out["actions"]).all()
+
+
+def test_graphvla_eval_runs_an_imported_diffusion_policy(tmp_path):
+    """`graphvla eval` (GraphVLA's Meta-World suite, one short episode) on an imported Diffusion Policy
+    with n_obs_steps 1 (the eval client sends one frame a step) at Meta-World's sizes: the import case's
+    architecture with one 64 x 64 camera and 4-d state and actions, its parameters from the recipe in the
+    shapes these sizes give, saved in LeRobot 0.3's format (statistics as buffers)."""
+    from click.testing import CliRunner
+    from safetensors.torch import save_file
+
+    from conftest import require_metaworld
+    from graphvla.cli import main
+
+    require_metaworld()
+    meta = json.loads((IMPORT / "case.json").read_text())
+    cfg = json.loads((IMPORT / "config.json").read_text())
+    cfg.update(n_obs_steps=1, crop_shape=[56, 56])
+    cfg["input_features"] = {"observation.images.top": {"type": "VISUAL", "shape": [3, 64, 64]},
+                             "observation.state": {"type": "STATE", "shape": [4]}}
+    cfg["output_features"]["action"]["shape"] = [4]
+    from graphvla.blocks.base import parameters_on_meta
+
+    with parameters_on_meta():  # shapes only; the grids (buffers) are real
+        cg = compile_graph(fit_spec(load_spec(str(GRAPH)).data, cfg), device="cpu")
+    shapes = {k: v.shape for k, v in cg.model.state_dict().items()}
+    tensors = {k: recipe_tensor(k, shapes[graph_key(k)]) for k in meta["parameters"]}
+    assert {graph_key(k) for k in tensors} == set(shapes)  # the same architecture: every tensor has its key
+    tensors["diffusion.rgb_encoder.pool.pos_grid"] = cg.model["backbone"].encoders[0].keypoints.grid
+    for key, stats in (("observation_images_top", {"mean": torch.full((3, 1, 1), 0.4), "std": torch.full((3, 1, 1), 0.25)}),
+                       ("observation_state", {"min": -torch.ones(4), "max": torch.ones(4)})):
+        tensors.update({f"normalize_inputs.buffer_{key}.{n}": v for n, v in stats.items()})
+    for module in ("normalize_targets", "unnormalize_outputs"):
+        tensors.update({f"{module}.buffer_action.min": -torch.ones(4), f"{module}.buffer_action.max": torch.ones(4)})
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps(cfg))
+    save_file(tensors, str(src / "model.safetensors"))
+    result = import_cli(src, tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["eval", str(tmp_path / "run"), "--suite", "metaworld", "--tasks", "reach-v3",
+                                       "--episodes", "1", "--max-steps", "8", "-o", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    episode = json.loads((tmp_path / "eval" / "results.json").read_text())["episodes"]["reach-v3"][0]
+    assert episode["steps"] == 8 and episode["queries"] == 2  # 4 actions executed per chunk (n_action_steps)
