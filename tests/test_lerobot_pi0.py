@@ -140,40 +140,78 @@ def import_cli(src: Path, out: Path):
     return CliRunner().invoke(main, ["import", "lerobot", str(src), "-o", str(out)])
 
 
-def test_an_imported_lerobot_04_pi0_serves_its_predict_action_chunk(saved_policy, tmp_path):
+@pytest.fixture(scope="module")
+def imported_run(saved_policy, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "pi0"
+    result = import_cli(saved_policy, run)
+    assert result.exit_code == 0, result.output
+    assert "LeRobot pi0" in result.output and "observation.language.tokens" in result.output
+    return run
+
+
+CAMS = ("observation.images.top", "observation.images.wrist")
+
+
+def observation(data, i: int) -> dict:
+    """Observation i as a LeRobot client sends it: raw cameras and state, the tokens LeRobot's tokenizer
+    step made for its task."""
+    return {**{c: data[f"image{i}_{k}"].numpy() for k, c in enumerate(CAMS)},
+            "observation.state": data[f"state{i}"].numpy(),
+            "observation.language.tokens": data[f"tokens{i}"][0].numpy(),
+            "observation.language.attention_mask": data[f"tokens_mask{i}"][0].numpy()}
+
+
+def test_an_imported_lerobot_04_pi0_serves_its_predict_action_chunk(imported_run):
     """LeRobot 0.4.1's save (processor files with dataset statistics), imported through the command line
     and served: each observation (LeRobot's keys: cameras, state, the tokens its tokenizer step made) on
-    a fresh connection, whose session seeded 0 draws the noise torch.manual_seed(0) gave LeRobot."""
+    a fresh connection, whose session seeded 0 draws the noise torch.manual_seed(0) gave LeRobot; the
+    result is LeRobot's preprocessor -> predict_action_chunk -> postprocessor."""
     from graphvla.client import PolicyClient
     from graphvla.policy.loading import load_policy
     from graphvla.runners.serve import ServerThread
     from graphvla.runners.serve.section import serve_options, serve_section
 
-    run = tmp_path / "run"
-    result = import_cli(saved_policy, run)
-    assert result.exit_code == 0, result.output
+    run = imported_run
     info = json.loads((run / "imported.json").read_text())
     assert info["format"] == "0.4" and info["normalization"] == {"state": "mean_std", "actions": "mean_std"}
+    assert info["tensors"] == 88  # every LeRobot tensor but the expert's unused lm_head
     data = load_file(str(IMPORT_04 / "case.safetensors"))
-    cams = ("observation.images.top", "observation.images.wrist")
     out = []
     options = serve_options(serve_section(str(run)), "127.0.0.1", 0, None, 1, None, None)
     with ServerThread(load_policy(run), options) as srv:
         for i in range(2):
             with PolicyClient("127.0.0.1", srv.port) as client:
-                assert client.metadata["seed"] == 0
-                keys = set(client.metadata["observation_keys"])
-                assert {*cams, "observation.state", "observation.language.tokens",
-                        "observation.language.attention_mask"} <= keys
-                obs = {**{c: data[f"image{i}_{k}"].numpy() for k, c in enumerate(cams)},
-                       "observation.state": data[f"state{i}"].numpy(),
-                       "observation.language.tokens": data[f"tokens{i}"][0].numpy(),
-                       "observation.language.attention_mask": data[f"tokens_mask{i}"][0].numpy()}
-                out.append(client.infer(obs)["actions"])
+                assert client.metadata["seed"] == 0 and client.metadata["execute_steps"] == 5  # n_action_steps
+                assert client.metadata["rtc"]["method"] == "guidance"  # head.pi0's own real-time chunking
+                assert {*CAMS, "observation.state", "observation.language.tokens",
+                        "observation.language.attention_mask"} <= set(client.metadata["observation_keys"])
+                out.append(client.infer(observation(data, i))["actions"])
     diffs = [abs(out[i] - data[f"chunk{i}"][0].numpy()).max() for i in range(2)]
     print(f"served imported pi0 vs LeRobot 0.4.1 predict_action_chunk: max |diff| {max(diffs):.2e}")
     assert max(diffs) <= SERVE_TOL
     assert abs(out[0] - out[1]).max() > 1e-3  # the observation matters
+
+
+@pytest.mark.slow
+def test_an_export_of_the_imported_pi0_gives_lerobots_actions(imported_run, tmp_path):
+    """graphvla export of the imported run (noise an input, normalization folded in) with a session
+    seeded 0 gives LeRobot's chunks (about 35 s on 2 cores)."""
+    import numpy as np
+
+    from graphvla.policy.session import Session
+    from graphvla.runners.export import export_policy
+    from graphvla.runners.exported import load_exported
+
+    data = load_file(str(IMPORT_04 / "case.safetensors"))
+    exported = load_exported(export_policy(imported_run, tmp_path / "export"))
+    noise = next(d for d in exported.manifest["inputs"] if d["name"] == "noise")
+    assert noise["shape"] == ["batch", 5, 6] and noise["num_steps"] == 10
+    for i in range(2):
+        o = observation(data, i)
+        ports = {"images": np.stack([o[c] for c in CAMS]), "state": o["observation.state"],
+                 "tokens": o["observation.language.tokens"], "tokens_mask": o["observation.language.attention_mask"]}
+        actions = exported.infer(ports, session=Session(0))["actions"]
+        assert abs(actions - data[f"chunk{i}"][0].numpy()).max() <= SERVE_TOL
 
 
 def test_pi0_saves_the_graph_cannot_take_are_refused_by_name(saved_policy, tmp_path):
@@ -238,3 +276,26 @@ def test_head_refuses_bad_noise_and_wiring(graph, case, saved_policy):
     spec["blocks"]["backbone"]["with"]["resize"] = False  # 12 x 20 cameras, a 16 x 16 tower
     with pytest.raises(Exception, match="resize is false"):
         compile_graph(spec, device="cpu")
+
+
+def test_real_time_chunking_guidance_pulls_toward_the_previous_chunk(graph, case):
+    """head.pi0's rtc: all-zero weights give the plain chunk exactly; weights on the first steps pull
+    those steps toward the target (the previous chunk's remaining actions)."""
+    from graphvla.blocks.heads.flow_matching import Inpainting
+
+    _, data = case
+    head, bb = graph.model["head"], graph.model["backbone"]
+    with torch.no_grad():
+        out = bb(images_of(data), data["tokens"], tokens_mask=data["tokens_mask"])
+        args = (out["kv"], out["prefix_mask"], data["state"])
+        plain = head.predict(*args, noise=data["infer_noise"])["actions"]
+        target = plain + 0.5
+        zero = Inpainting(target, torch.zeros(2, 5))
+        assert torch.equal(head.predict(*args, noise=data["infer_noise"], rtc=zero)["actions"], plain)
+        weights = torch.tensor([[1.0, 1.0, 0.5, 0.0, 0.0]] * 2)
+        guided = head.predict(*args, noise=data["infer_noise"], rtc=Inpainting(target, weights, 5.0))["actions"]
+    before = (plain[:, :2] - target[:, :2]).abs().mean().item()
+    after = (guided[:, :2] - target[:, :2]).abs().mean().item()
+    assert after < 0.5 * before, (before, after)
+    with pytest.raises(ValueError, match="rtc.weights"):
+        head.predict(*args, noise=data["infer_noise"], rtc=Inpainting(target, torch.zeros(2, 4)))

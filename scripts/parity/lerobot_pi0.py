@@ -20,8 +20,8 @@ action dims with action_is_pad masking, padding on the top/left when resizing): 
 Tiny config of the same families: LeRobot hard-wires the sizes (get_gemma_config's gemma_2b /
 gemma_300m, PaliGemma's default SigLIP so400m, vocabulary 257152, projection 2048), so this script
 substitutes a tiny Gemma (width 32, 2 layers, MLP 64) for the VLM, a tiny Gemma expert (width 16, MLP
-32), a SigLIP of width 72 (one head of 72, so400m's head width; 2 layers, MLP 32, 4 x 4 patches on 16 x 16 images: 16 tokens per
-camera), vocabulary 64, through get_gemma_config and the configs PaliGemmaWithExpertModel builds.
+32), a SigLIP of width 72 (one head of 72, so400m's head width; 2 layers, MLP 32, 4 x 4 patches on
+16 x 16 images: 16 tokens per camera), vocabulary 64, through get_gemma_config and the configs PaliGemmaWithExpertModel builds.
 Attention keeps pi0's 8 query heads and 1 key-value head (LeRobot reshapes with 1 * 8 * head_dim),
 head_dim 4. Every parameter is redrawn (normal, seeded by the crc32 of its name, std 0.2; norms
 around 0) so numbers are not transformers' init.
@@ -160,8 +160,8 @@ def import_case(policy, out: Path) -> None:
 
     tokenizer_processor.AutoTokenizer = WordTokenizer
     g = torch.Generator().manual_seed(2)
-    stats = {"observation.state": {"mean": torch.randn(STATE_DIM, generator=g), "std": torch.rand(STATE_DIM, generator=g) + 0.5},
-             "action": {"mean": torch.randn(ACTION_DIM, generator=g), "std": torch.rand(ACTION_DIM, generator=g) + 0.5}}
+    stats = {key: {"mean": torch.randn(dim, generator=g), "std": torch.rand(dim, generator=g) + 0.5}
+             for key, dim in (("observation.state", STATE_DIM), ("action", ACTION_DIM))}
     pre, post = processor_pi0.make_pi0_pre_post_processors(policy.config, dataset_stats=stats)
     tasks = ["pick up the red cube", "open it"]
     obs = [{**{k: torch.rand(IMAGE, generator=g) for k in CAMERAS},

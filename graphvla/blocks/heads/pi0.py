@@ -19,7 +19,8 @@ squared error over the real action dims (padding dims dropped, every step counte
 PI0Policy.forward). Inference integrates from t = 1 to 0 in `num_steps` Euler steps of -1 / num_steps
 (t kept in float32 as LeRobot steps it), from `noise` [B, H, max_action_dim] (an input of predict:
 graphvla.policy.Policy draws it from each session's generator; an export takes it as an input), and
-returns the first action_dim dims.
+returns the first action_dim dims. Real-time chunking (`rtc`): GraphVLA's guidance
+(flow_matching.py's module docstring) in pi0's time direction.
 
 Training takes `noise` and `time` as inputs when wired (a parity test feeds LeRobot's draws), else
 draws them from torch's generator (Beta(1.5, 1) as u ** (2/3), its inverse CDF).
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.paligemma import RMSNorm, GemmaLayer, attention, rope
+from .flow_matching import Inpainting, _check_inpainting, guidance_scale
 from ..base import Block, InPort, OutPort, ParamError, PortError
 from ..registry import register
 from .common import ACTION_PARAMS, action_shape
@@ -92,7 +94,7 @@ class Pi0Head(Block):
         },
         "additionalProperties": False,
     }
-    predict_kwargs = ("noise", "num_steps")
+    predict_kwargs = ("noise", "num_steps", "rtc")
 
     def __init__(self, params, inputs, ctx):
         super().__init__(params, inputs, ctx)
@@ -189,7 +191,9 @@ class Pi0Head(Block):
         loss = F.mse_loss(u_t, v_t, reduction="none")[:, :, :self.action_dim].mean()
         return {"loss": loss}
 
-    def predict(self, kv, prefix_mask, state=None, noise=None, num_steps=None):
+    def predict(self, kv, prefix_mask, state=None, noise=None, num_steps=None, rtc: Inpainting | None = None):
+        """noise: the starting noise [B, H, max_action_dim] (None: drawn from torch's generator); rtc:
+        real-time chunking guidance (flow_matching.Inpainting over the first action_dim dims), or None."""
         b = kv.shape[0]
         shape = self.noise_shape(b)
         if noise is None:
@@ -199,13 +203,37 @@ class Pi0Head(Block):
                              f"got {list(noise.shape)}")
         steps = int(num_steps or self.params["num_steps"])
         state = self._state(state, kv)
+        if rtc is not None:
+            _check_inpainting(rtc, (b, self.horizon, self.action_dim))
+            if not bool((rtc.weights != 0).any()):
+                rtc = None
         dt = torch.tensor(-1.0 / steps, dtype=torch.float32, device=kv.device)
         t = torch.tensor(1.0, dtype=torch.float32, device=kv.device)
         x = noise.float()
         for _ in range(steps):  # LeRobot's `while time >= -dt / 2` runs exactly `steps` times
-            x = x + dt * self.velocity(kv, prefix_mask, state, x, t.expand(b))
+            if rtc is None:
+                x = x + dt * self.velocity(kv, prefix_mask, state, x, t.expand(b))
+            else:
+                x = self._guided_step(kv.detach(), prefix_mask, state.detach(), x, t, dt, rtc, steps)
             t = t + dt
         return {"actions": x[:, :, :self.action_dim]}
+
+    def _guided_step(self, kv, prefix_mask, state, x, t, dt, rtc: Inpainting, steps: int):
+        """One Euler step with real-time chunking guidance (flow_matching's, in pi0's time: tau = 1 - t,
+        the clean estimate x - t v): the previous chunk's remaining actions pull the clean estimate's
+        real action dims, weighted by rtc.weights."""
+        a = self.action_dim
+        target = rtc.target.to(x.device, x.dtype)
+        weights = rtc.weights.to(x.device, x.dtype)[:, :, None]
+        with torch.enable_grad():  # d clean / d x, also under the server's no_grad
+            xg = x.detach().requires_grad_(True)
+            v = self.velocity(kv, prefix_mask, state, xg, t.expand(x.shape[0]))
+            clean = xg - t * v
+            pulled = torch.zeros_like(clean)
+            pulled[:, :, :a] = (target - clean[:, :, :a].detach()) * weights
+            (pull,) = torch.autograd.grad(clean, xg, grad_outputs=pulled)
+        scale = guidance_scale(1.0 - float(t), rtc.max_guidance)
+        return (x + dt * v.detach() + (scale / steps) * pull).detach()
 
     def meta_forward(self, kv, prefix_mask, state=None, target=None, noise=None, time=None):
         out = self.predict(kv, prefix_mask, state, num_steps=1)

@@ -165,7 +165,7 @@ def _diffusion_key(key: str):
     return lerobot_diffusion.importer_key(key)
 
 
-# pi0 (runners/importers/lerobot_pi0.py: LeRobot 0.4's openpi port; sizes from the weights, tokens as inputs) ------
+# pi0 (runners/importers/lerobot_pi0.py: LeRobot 0.4's openpi port; sizes from the weights; tokens are inputs) --
 def _configure_pi0(spec: dict, cfg: dict, features: dict, path: Path) -> dict:
     from . import lerobot_pi0
 
@@ -193,7 +193,8 @@ def _pi0_key(key: str):
 POLICIES = {
     "act": PolicyType("act", "lerobot/act", ACT_KEYS, _configure_act, _act_fixed),
     "diffusion": PolicyType("diffusion", "lerobot/diffusion", (), _configure_diffusion, _diffusion_fixed,
-                            rename=_diffusion_key),    "pi0": PolicyType("pi0", "lerobot/pi0", (), _configure_pi0, _pi0_fixed, rename=_pi0_key),
+                            rename=_diffusion_key),
+    "pi0": PolicyType("pi0", "lerobot/pi0", (), _configure_pi0, _pi0_fixed, rename=_pi0_key),
 }
 
 

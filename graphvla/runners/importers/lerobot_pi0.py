@@ -167,7 +167,8 @@ def configure(spec: dict, cfg: dict, features: dict, folder) -> dict:
     head.update(max_state_dim=cfg["max_state_dim"], max_action_dim=cfg["max_action_dim"],
                 num_steps=int(cfg.get("num_inference_steps", 10)),
                 min_period=float(cfg.get("min_period", 0.004)), max_period=float(cfg.get("max_period", 4.0)),
-                time_beta=[float(cfg.get("time_sampling_beta_alpha", 1.5)), float(cfg.get("time_sampling_beta_beta", 1.0))],
+                time_beta=[float(cfg.get("time_sampling_beta_alpha", 1.5)),
+                           float(cfg.get("time_sampling_beta_beta", 1.0))],
                 time_scale=float(cfg.get("time_sampling_scale", 0.999)),
                 time_offset=float(cfg.get("time_sampling_offset", 0.001)))
     if not features["state"]:
