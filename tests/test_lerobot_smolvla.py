@@ -8,6 +8,7 @@ SmolVLM2-500M-Video-Instruct's config. No LeRobot code is imported: only its num
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -45,14 +46,14 @@ def tiny_spec(weights=str(FIXTURE), **head) -> dict:
             "flow_time": {"kind": "state", "dim": 1, "train_only": True, "optional": True},
         },
         "blocks": {
-            "vlm": {"type": "backbone.smolvla_vlm",
+            "backbone": {"type": "backbone.smolvla_vlm",
                     "in": {"images": "inputs.images", "tokens": "inputs.tokens", "tokens_mask": "inputs.tokens_mask",
                            "state": "inputs.state"},
                     "with": {"config": vlm_config, "num_vlm_layers": tiny["num_vlm_layers"],
                              "image_size": tiny["resize_imgs_with_padding"][0], "max_state_dim": tiny["max_state_dim"],
                              "weights": weights}},
             "head": {"type": "head.smolvla_expert",
-                     "in": {"keys": "vlm.keys", "values": "vlm.values", "mask": "vlm.mask", "target": "inputs.actions",
+                     "in": {"keys": "backbone.keys", "values": "backbone.values", "mask": "backbone.mask", "target": "inputs.actions",
                             "noise": "inputs.flow_noise", "time": "inputs.flow_time"},
                      "with": {"width": 48, "heads": 4, "head_dim": 16, "max_action_dim": tiny["max_action_dim"],
                               "num_steps": tiny["num_steps"], "self_attn_every": tiny["self_attn_every_n_layers"],
@@ -104,7 +105,7 @@ def test_every_saved_tensor_is_read_or_known_unused(graph):
 
 def test_prefix_matches_lerobots_embed_prefix(graph, case):
     meta, data = case
-    vlm = graph.model["vlm"]
+    vlm = graph.model["backbone"]
     with torch.no_grad():
         emb, mask, _ = vlm.prefix(images_of(meta, data), data["tokens"], data["tokens_mask"], data["state"])
     scale = data["prefix_embs"].abs().max().item()  # image tokens are scaled by sqrt(width): values up to ~30
@@ -120,7 +121,7 @@ def test_training_loss_matches_lerobot(graph, case):
     print(f"loss {loss.item():.7f} vs LeRobot {data['loss'].item():.7f}: |diff| {diff:.1e}")
     assert diff <= TOL
     with torch.no_grad():  # the per-element losses too
-        out = graph.model["vlm"](**graph.feed(observation(meta, data)))
+        out = graph.model["backbone"](**graph.feed(observation(meta, data)))
         head = graph.model["head"]
         actions = torch.nn.functional.pad(data["action"], (0, head.params["max_action_dim"] - meta["action_dim"]))
         t = data["time"][:, None, None]
@@ -178,7 +179,7 @@ def test_the_packaged_graph_is_lerobots_default_smolvla_on_meta():
     32 text layers kept, an expert of width 720 (0.75 x 960) with one layer per kept VLM layer,
     chunks of 50, 32-d padded state and actions, 512 x 512 images (64 tokens each)."""
     cg = compile_graph(GRAPH)
-    vlm, head = cg.model["vlm"], cg.model["head"]
+    vlm, head = cg.model["backbone"], cg.model["head"]
     assert len(vlm.layers) == 16 and vlm.width == 960 and (vlm.heads, vlm.kv_heads, vlm.head_dim) == (15, 5, 64)
     assert len(head.layers) == 16 and head.params["width"] == 720 and head.cross == [j % 2 == 1 for j in range(16)]
     assert head.layers[0].mlp.gate_proj.weight.shape == (2048, 720)
@@ -190,3 +191,115 @@ def test_the_packaged_graph_is_lerobots_default_smolvla_on_meta():
     expert = sum(p.numel() for p in head.parameters())
     print(f"vision+connector {vision:,}, text {text:,}, expert {expert:,}")
     assert text == 49280 * 960 + 16 * (2 * 960 * 960 + 2 * 960 * 320 + 3 * 960 * 2560 + 2 * 960)
+
+
+# the import: LeRobot 0.4.1's save (config, weights, processor files) --------------------------------
+SERVE_TOL = 1e-4
+CAMS = ("observation.images.top", "observation.images.wrist")
+
+
+@pytest.fixture(scope="module")
+def saved_policy(tmp_path_factory) -> Path:
+    """LeRobot's save_pretrained folder beside the VLM folder it names (vlm_model_name and the tokenizer
+    step's tokenizer_name pointed at it: LeRobot wrote a temporary folder's path there)."""
+    root = tmp_path_factory.mktemp("lerobot")
+    vlm = root / "SmolVLM-tiny"
+    shutil.copytree(FIXTURE / "tokenizer", vlm)
+    shutil.copy(FIXTURE / "vlm_config.json", vlm / "config.json")
+    folder = root / "smolvla_tiny"
+    shutil.copytree(FIXTURE / "processors", folder)
+    shutil.copy(FIXTURE / "model.safetensors", folder / "model.safetensors")
+    cfg = json.loads((FIXTURE / "config.json").read_text())
+    cfg["vlm_model_name"] = str(vlm)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    pre = json.loads((folder / "policy_preprocessor.json").read_text())
+    for step in pre["steps"]:
+        if step["registry_name"] == "tokenizer_processor":
+            step["config"]["tokenizer_name"] = str(vlm)
+    (folder / "policy_preprocessor.json").write_text(json.dumps(pre, indent=1))
+    return folder
+
+
+def import_cli(src: Path, out: Path):
+    from click.testing import CliRunner
+
+    from graphvla.cli import main
+
+    return CliRunner().invoke(main, ["import", "lerobot", str(src), "-o", str(out)])
+
+
+@pytest.fixture(scope="module")
+def imported_run(saved_policy, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "smolvla"
+    result = import_cli(saved_policy, run)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def client_observation(meta, data, i: int) -> dict:
+    """Observation i as a LeRobot client sends it: raw cameras, state and the task string."""
+    return {**{c: data[f"import.image.{c}"][i].numpy() for c in CAMS},
+            "observation.state": data["import.state"][i].numpy(), "task": meta["import_tasks"][i]}
+
+
+def test_an_imported_lerobot_04_smolvla_serves_its_predict_action_chunk(imported_run, case):
+    """Imported through the command line and served: each observation (LeRobot's keys, the task as a
+    string) on a fresh connection, whose session seeded 0 draws the noise LeRobot was given; the result
+    is LeRobot's preprocessor (newline, tokenizer, normalizer) -> predict_action_chunk -> postprocessor."""
+    from graphvla.client import PolicyClient
+    from graphvla.policy.loading import load_policy
+    from graphvla.runners.serve import ServerThread
+    from graphvla.runners.serve.section import serve_options, serve_section
+
+    meta, data = case
+    info = json.loads((imported_run / "imported.json").read_text())
+    assert info["format"] == "0.4" and info["normalization"] == {"state": "mean_std", "actions": "mean_std"}
+    saved = load_file(str(FIXTURE / "model.safetensors"))
+    assert info["tensors"] == len(saved) - 2  # all but the VLM's lm_head and final norm
+    out = []
+    options = serve_options(serve_section(str(imported_run)), "127.0.0.1", 0, None, 1, None, None)
+    policy = load_policy(imported_run)
+    with ServerThread(policy, options) as srv:
+        for i in range(meta["batch"]):
+            with PolicyClient("127.0.0.1", srv.port) as client:
+                assert client.metadata["execute_steps"] == meta["chunk_size"]
+                assert {*CAMS, "observation.state", "task"} <= set(client.metadata["observation_keys"])
+                out.append(client.infer(client_observation(meta, data, i))["actions"])
+    diffs = [abs(out[i] - data["import.predict_action_chunk"][i].numpy()).max() for i in range(meta["batch"])]
+    print(f"served imported SmolVLA vs LeRobot 0.4.1 predict_action_chunk: max |diff| {max(diffs):.2e}")
+    assert max(diffs) <= SERVE_TOL
+    # the run's tokenizer step gives LeRobot's tokens (one longer prompt truncated, one padded)
+    step, = [s for s in policy.preprocess if getattr(s, "kind", "") == "smolvla_tokens"]  # loaded from the run
+    made = step({"text": list(meta["import_tasks"])})
+    assert torch.equal(made["backbone.tokens"], data["import.tokens"])
+    assert torch.equal(made["backbone.tokens_mask"], data["import.tokens_mask"])
+    assert not bool(data["import.tokens_mask"].all()) and len(meta["import_tasks"][1]) > 6  # padded, truncated
+
+
+def test_smolvla_saves_the_graph_cannot_take_are_refused_by_name(saved_policy, tmp_path):
+    def attempt(edit, match, files=None):
+        src = tmp_path / f"src-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(saved_policy, src)
+        cfg = json.loads((src / "config.json").read_text())
+        edit(cfg)
+        (src / "config.json").write_text(json.dumps(cfg))
+        if files is not None:
+            files(src)
+        out = tmp_path / "run"
+        result = import_cli(src, out)
+        assert result.exit_code != 0 and match in result.output, result.output
+        assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+    attempt(lambda c: c.update(add_image_special_tokens=True), "add_image_special_tokens")
+    attempt(lambda c: c.update(empty_cameras=1), "empty_cameras")
+    attempt(lambda c: c.update(resize_imgs_with_padding=[32, 48]), "resize_imgs_with_padding")
+    attempt(lambda c: c.update(vlm_model_name=str(tmp_path / "nowhere")), "vlm_model_name")
+
+    def padded_to_max(src):
+        pre = json.loads((src / "policy_preprocessor.json").read_text())
+        for step in pre["steps"]:
+            if step["registry_name"] == "tokenizer_processor":
+                step["config"]["padding"] = "max_length"
+        (src / "policy_preprocessor.json").write_text(json.dumps(pre))
+
+    attempt(lambda c: None, "tokenizer_processor", padded_to_max)

@@ -24,6 +24,11 @@ tests/fixtures/lerobot/smolvla/:
   model.safetensors      LeRobot's saved weights (verbatim)
   case.safetensors       inputs and LeRobot's outputs
   case.json              sizes, versions, how the case was made
+  processors/            LeRobot's policy_preprocessor.json / policy_postprocessor.json and their
+                         normalizer state files (the import case: raw observations with task
+                         strings through LeRobot's own processors and predict_action_chunk)
+  tokenizer/             the tokenizer (read, not written: a tiny byte-level BPE GraphVLA's
+                         blocks/backbones/tiny_hf.py trained offline), copied into the VLM folder
 
     /tmp/lerobot-venvs/lerobot-0.4.1/bin/python scripts/parity/lerobot_smolvla.py [--out DIR]
 """
@@ -52,6 +57,7 @@ CAMERAS = ("observation.images.top", "observation.images.wrist")
 IMAGE = (3, 24, 40)
 STATE_DIM, ACTION_DIM, CHUNK = 4, 3, 5
 LANG = 6
+TASKS = ("pick the cube", "open the top drawer and put the bowl inside")  # the second is truncated
 VLM_CONFIG = {
     "model_type": "smolvlm",
     "scale_factor": 2,
@@ -61,7 +67,7 @@ VLM_CONFIG = {
                       "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
                       "num_channels": 3, "layer_norm_eps": 1e-6},
     "text_config": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 6,
-                    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 96,
+                    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 400,
                     "rms_norm_eps": 1e-5, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
                     "max_position_embeddings": 256, "rope_theta": 100000.0},
 }
@@ -112,6 +118,8 @@ def main() -> int:
         vlm_dir = Path(tmp) / "vlm"
         vlm_dir.mkdir()
         (vlm_dir / "config.json").write_text(json.dumps(VLM_CONFIG, indent=1))
+        for f in (out / "tokenizer").iterdir():  # the tiny byte-level BPE tokenizer (tokenizer/ in the fixture)
+            shutil.copy(f, vlm_dir / f.name)
         torch.manual_seed(SEED)
         features_in = {k: PolicyFeature(FeatureType.VISUAL, IMAGE) for k in CAMERAS}
         features_in["observation.state"] = PolicyFeature(FeatureType.STATE, (STATE_DIM,))
@@ -152,8 +160,34 @@ def main() -> int:
         with torch.no_grad():
             chunk = policy.predict_action_chunk(dict(obs), noise=infer_noise.clone())
 
+        # the import case: LeRobot 0.4.1's own pre/post processors (newline, tokenizer, normalizer)
+        # around predict_action_chunk, from raw observations with task strings
+        from lerobot.policies.smolvla.processor_smolvla import make_smolvla_pre_post_processors
+
+        stats = {"observation.state": {"mean": torch.randn(STATE_DIM, generator=g), "std": 0.5 + torch.rand(STATE_DIM, generator=g)},
+                 "action": {"mean": torch.randn(ACTION_DIM, generator=g), "std": 0.5 + torch.rand(ACTION_DIM, generator=g)}}
+        pre, post = make_smolvla_pre_post_processors(config, dataset_stats=stats)
+        raw_images = {k: torch.rand(BATCH, *IMAGE, generator=g) for k in CAMERAS}
+        raw_state = stats["observation.state"]["mean"] + torch.randn(BATCH, STATE_DIM, generator=g)
+        raw = {**raw_images, "observation.state": raw_state, "task": list(TASKS)}
+        # each row's noise as a GraphVLA session seeded 0 draws it (a served client's first chunk)
+        import_noise = torch.cat([torch.randn(1, CHUNK, TINY["max_action_dim"], generator=torch.Generator().manual_seed(0))
+                                  for _ in range(BATCH)])
+        processed = pre(dict(raw))
+        policy.reset()
+        with torch.no_grad():
+            import_chunk = post(policy.predict_action_chunk(dict(processed), noise=import_noise.clone()))
+
         saved = Path(tmp) / "smolvla"
         policy.save_pretrained(saved)
+        pre.save_pretrained(saved)
+        post.save_pretrained(saved)
+        proc = out / "processors"
+        shutil.rmtree(proc, ignore_errors=True)
+        proc.mkdir(parents=True)
+        for f in saved.iterdir():
+            if f.name not in ("config.json", "model.safetensors"):
+                shutil.copy(f, proc / f.name)
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy(saved / "config.json", out / "config.json")
         shutil.copy(saved / "model.safetensors", out / "model.safetensors")
@@ -163,7 +197,11 @@ def main() -> int:
             "tokens": tokens, "tokens_mask": lang_mask, "noise": noise, "time": time,
             "loss": loss.detach().reshape(()), "losses": losses.detach(),
             "prefix_embs": prefix, "prefix_pad_masks": prefix_pad, "prefix_att_2d": prefix_2d,
-            "infer_noise": infer_noise, "predict_action_chunk": chunk}
+            "infer_noise": infer_noise, "predict_action_chunk": chunk,
+            **{f"import.image.{k}": v for k, v in raw_images.items()}, "import.state": raw_state,
+            "import.tokens": processed["observation.language.tokens"],
+            "import.tokens_mask": processed["observation.language.attention_mask"],
+            "import.noise": import_noise, "import.predict_action_chunk": import_chunk}
     save_file({k: v.contiguous() for k, v in case.items()}, str(out / "case.safetensors"))
     (out / "case.json").write_text(json.dumps({
         "policy": "smolvla", "lerobot": version("lerobot"), "transformers": transformers.__version__,
@@ -171,8 +209,11 @@ def main() -> int:
         "state_dim": STATE_DIM, "action_dim": ACTION_DIM, "chunk_size": CHUNK, "batch": BATCH,
         "tiny": {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()},
         "made_by": "scripts/parity/lerobot_smolvla.py",
-        "loss": float(loss), "noise": "passed to SmolVLAPolicy.forward / predict_action_chunk",
-        "time": "LeRobot's VLAFlowMatching.sample_time under torch.manual_seed(1), passed to forward"},
+        "loss": float(loss.detach()), "noise": "passed to SmolVLAPolicy.forward / predict_action_chunk",
+        "time": "LeRobot's VLAFlowMatching.sample_time under torch.manual_seed(1), passed to forward",
+        "import_tasks": list(TASKS),
+        "import": "processors/: LeRobot's policy_preprocessor / policy_postprocessor save (tokenizer_name and the "
+                  "config's vlm_model_name name a temporary folder holding vlm_config.json and tokenizer/)"},
         indent=1) + "\n")
     print("loss", float(loss), "chunk", chunk.shape, "prefix", prefix.shape)
     return 0

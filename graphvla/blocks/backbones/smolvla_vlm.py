@@ -21,6 +21,10 @@ and the values ([B, layers, T, kv_heads * head_dim]) and the prefix mask [B, T].
 not depend on the expert (SmolVLA masks the action tokens from it), so this split computes what
 LeRobot's joint forward and its KV cache compute.
 
+Language: `text` (B instructions) is tokenized by the block's processor step as LeRobot's
+preprocessor does (a newline appended, the VLM's tokenizer `with.tokenizer`, right padded to the
+longest row, truncated to `max_length`: processors/smolvla.py), or `tokens` / `tokens_mask` are wired.
+
 `weights`: a LeRobot SmolVLA save (folder, its model.safetensors, or a Hub id such as
 lerobot/smolvla_base) whose `model.vlm_with_expert.vlm.model.*` and `model.state_proj.*` tensors are
 read; 'none' leaves the parameters initialized (a run's checkpoint fills them).
@@ -34,9 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import Block, InPort, OutPort, ParamError, PortError, parameters_are_placeholders
+from ..base import Block, InPort, OutPort, ParamError, PortError, StepPorts, parameters_are_placeholders
 from ..registry import register
 from . import hf_config
+from ...processors.block import bind
+from ...processors.smolvla import SmolVLATokens
 
 VLM_PREFIX = "model.vlm_with_expert.vlm.model."
 EXPERT_PREFIX = "model.vlm_with_expert.lm_expert."
@@ -167,6 +173,20 @@ def take(tensors: dict, prefix: str, module: nn.Module, key: str, skip=()) -> No
     module.load_state_dict(own, strict=True)
 
 
+def _tokenizer(ctx, source: str):
+    """The tokenizer at `source` (folder or Hub id); None on meta when it is not on disk (the step then
+    only describes itself)."""
+    from transformers import AutoTokenizer
+
+    try:
+        path = ctx.resolve_path(source, "tokenizer")
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        if ctx.meta or parameters_are_placeholders():
+            return None
+        raise ParamError("tokenizer", f"cannot load a tokenizer from '{source}': {e}") from None
+
+
 def _vision_modules(config):
     from transformers.models.smolvlm.modeling_smolvlm import SmolVLMConnector, SmolVLMVisionTransformer
 
@@ -181,8 +201,9 @@ class SmolVLAVLM(Block):
                    "through the first N text layers -> every layer's keys and values for the action expert.")
     in_ports = {
         "images": InPort("image", ndim=5, doc="[B, V, C, H, W] in [0, 1]"),
-        "tokens": InPort("tokens", ndim=2, doc="[B, L] language token ids (right padded)"),
-        "tokens_mask": InPort("mask", ndim=2, doc="[B, L] True on real tokens"),
+        "text": InPort("text", optional=True, doc="B instructions: the block's step tokenizes them (with.tokenizer)"),
+        "tokens": InPort("tokens", optional=True, ndim=2, doc="[B, L] language token ids (right padded), instead of text"),
+        "tokens_mask": InPort("mask", optional=True, ndim=2, doc="[B, L] True on real tokens (with tokens)"),
         "state": InPort("state", ndim=(2, 3), doc="[B, D] or [B, history, D] (normalized)"),
     }
     out_ports = {
@@ -198,6 +219,9 @@ class SmolVLAVLM(Block):
             "image_size": {"type": "integer", "minimum": 1, "default": 512, "description": "resize_imgs_with_padding's side"},
             "max_state_dim": {"type": "integer", "minimum": 1, "default": 32, "description": "the state is zero-padded to it"},
             "weights": {"type": "string", "default": "none", "description": "'none' or a LeRobot SmolVLA save (folder, file or Hub id)"},
+            "tokenizer": {"type": "string", "default": "none",
+                          "description": "the VLM's tokenizer (folder or Hub id) for the text step; 'none' with tokens wired"},
+            "max_length": {"type": "integer", "minimum": 1, "default": 48, "description": "tokenizer_max_length"},
             "train_vlm": {"type": "boolean", "default": False,
                           "description": "train the VLM's layers and embeddings (SmolVLA's train_expert_only: false)"},
             "train_vision": {"type": "boolean", "default": False,
@@ -225,6 +249,13 @@ class SmolVLAVLM(Block):
         state = inputs.get("state")
         if state is not None and state.shape is not None and state.shape[-1] > p["max_state_dim"]:
             raise PortError("state", f"dim {state.shape[-1]} > with.max_state_dim={p['max_state_dim']}")
+        if ("text" in inputs) == ("tokens" in inputs) or ("tokens" in inputs) != ("tokens_mask" in inputs):
+            raise PortError("text", "wire either text (tokenized by the block's step) or tokens and tokens_mask")
+        self.tokenizer = None
+        if "text" in inputs:
+            if p["tokenizer"] == "none":
+                raise ParamError("tokenizer", "text is wired: with.tokenizer must name the VLM's tokenizer (folder or Hub id)")
+            self.tokenizer = _tokenizer(ctx, p["tokenizer"])
         self.width = text.hidden_size
         self.heads, self.kv_heads = text.num_attention_heads, text.num_key_value_heads
         self.head_dim = getattr(text, "head_dim", None) or self.width // self.heads
@@ -241,6 +272,18 @@ class SmolVLAVLM(Block):
             module.requires_grad_(bool(train))
         if p["weights"] != "none" and not ctx.meta and not parameters_are_placeholders():
             self.load_lerobot(read_weights(ctx.resolve_path(p["weights"], "weights"), "weights"))
+
+    def step_ports(self, wired):
+        if "text" not in wired:
+            return None
+        return StepPorts(("text",), {"tokens": OutPort("tokens", doc="[B, L] token ids, right padded"),
+                                     "tokens_mask": OutPort("mask", doc="[B, L] True on real tokens")})
+
+    def processor_step(self, node=None, sources=None):
+        if "text" not in self.port_info:
+            return None
+        return bind(SmolVLATokens, self, node, sources, ("text",), ("tokens", "tokens_mask"), self.tokenizer,
+                    self.params["max_length"])
 
     def load_lerobot(self, tensors: dict, key: str = "weights") -> None:
         """This block's tensors from a LeRobot SmolVLA state dict (LeRobot's names)."""
@@ -322,9 +365,9 @@ class SmolVLAVLM(Block):
             x = layer.finish(x, attend(q, k, v, allowed, self.heads, self.kv_heads, self.head_dim).to(x.dtype))
         return {"keys": torch.stack(keys, dim=1), "values": torch.stack(values, dim=1), "mask": mask}
 
-    def meta_forward(self, images=None, tokens=None, tokens_mask=None, state=None):
+    def meta_forward(self, images=None, tokens=None, tokens_mask=None, state=None, text=None):
         b = images.shape[0]
-        n = images.shape[1] * self.image_tokens() + tokens.shape[1] + 1
+        n = images.shape[1] * self.image_tokens() + (self.params["max_length"] if tokens is None else tokens.shape[1]) + 1
         kv = self.kv_heads * self.head_dim
         shape = (b, len(self.layers), n, kv)
         return {"keys": torch.empty(shape, device="meta"), "values": torch.empty(shape, device="meta"),

@@ -175,6 +175,14 @@ class SmolVLAExpert(Block):
             h = layer.finish(h, att.to(h.dtype))
         return self.action_out_proj(self.norm(h).float())
 
+    def noise_shape(self, batch: int) -> tuple:
+        """The starting noise of `predict` (graphvla.policy draws it per session)."""
+        return (batch, self.horizon, self.params["max_action_dim"])
+
+    @property
+    def noise_dtype(self) -> torch.dtype:
+        return torch.float32
+
     def _padded(self, target):
         return F.pad(target.float(), (0, self.params["max_action_dim"] - target.shape[-1]))
 

@@ -190,11 +190,37 @@ def _pi0_key(key: str):
     return lerobot_pi0.importer_key(key)
 
 
+# SmolVLA (runners/importers/lerobot_smolvla.py: the VLM's config and tokenizer, expert sizes from the weights) ---
+def _configure_smolvla(spec: dict, cfg: dict, features: dict, path: Path) -> dict:
+    from . import lerobot_smolvla
+
+    try:
+        return lerobot_smolvla.configure(spec, cfg, features, path.parent)
+    except (KeyError, ValueError) as e:
+        raise LeRobotImportError(f"{path}: {e.args[0] if isinstance(e, ValueError) else f'no field {e}'}") from None
+
+
+def _smolvla_fixed(key: str, ours, theirs) -> None:
+    from . import lerobot_smolvla
+
+    try:
+        lerobot_smolvla.fixed(key, ours, theirs)
+    except ValueError as e:
+        raise LeRobotImportError(str(e)) from None
+
+
+def _smolvla_key(key: str):
+    from . import lerobot_smolvla
+
+    return lerobot_smolvla.importer_key(key)
+
+
 POLICIES = {
     "act": PolicyType("act", "lerobot/act", ACT_KEYS, _configure_act, _act_fixed),
     "diffusion": PolicyType("diffusion", "lerobot/diffusion", (), _configure_diffusion, _diffusion_fixed,
                             rename=_diffusion_key),
     "pi0": PolicyType("pi0", "lerobot/pi0", (), _configure_pi0, _pi0_fixed, rename=_pi0_key),
+    "smolvla": PolicyType("smolvla", "lerobot/smolvla", (), _configure_smolvla, _smolvla_fixed, rename=_smolvla_key),
 }
 
 
@@ -234,7 +260,8 @@ PREPROCESSOR, POSTPROCESSOR = "policy_preprocessor.json", "policy_postprocessor.
 PRE_STEPS = ("rename_observations_processor", "to_batch_processor", "device_processor", "normalizer_processor")
 POST_STEPS = ("unnormalizer_processor", "device_processor")
 # steps a policy's preprocessor may add (read by its importer, not run: pi0's tokens are graph inputs)
-POLICY_PRE_STEPS = {"pi0": ("pi0_new_line_processor", "tokenizer_processor")}
+POLICY_PRE_STEPS = {"pi0": ("pi0_new_line_processor", "tokenizer_processor"),
+                    "smolvla": ("smolvla_new_line_processor", "tokenizer_processor")}
 STAT_NAMES = {"MEAN_STD": ("mean", "std"), "MIN_MAX": ("min", "max"), "QUANTILES": ("q01", "q99"),
               "QUANTILE10": ("q10", "q90")}
 
@@ -554,6 +581,10 @@ def fixed_tables(cg, policy: PolicyType) -> dict:
         from . import lerobot_pi0
 
         return lerobot_pi0.fixed_tables(cg)
+    if policy.name == "smolvla":
+        from . import lerobot_smolvla
+
+        return lerobot_smolvla.fixed_tables(cg)
     return {}
 
 

@@ -1,0 +1,54 @@
+"""SmolVLA's language step (backbone.smolvla_vlm with `text` wired): the instruction with a newline
+appended when it has none (LeRobot's smolvla_new_line_processor), tokenized with the VLM's tokenizer
+right padded to the longest row and truncated to `max_length` (LeRobot's tokenizer_processor with
+SmolVLA's settings) -> `tokens` [B, L] int64 and `tokens_mask` [B, L] bool."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .base import register_step
+from .block import BlockStep
+
+
+def newline_ended(texts) -> list[str]:
+    return [t if t.endswith("\n") else t + "\n" for t in texts]
+
+
+@register_step
+class SmolVLATokens(BlockStep):
+    kind = "smolvla_tokens"
+
+    def __init__(self, block, sources, makes=("tokens", "tokens_mask"), tokenizer=None, max_length: int = 48):
+        super().__init__(block, sources, makes)
+        self.tokenizer, self.max_length = tokenizer, int(max_length)
+
+    def _loaded(self):
+        if self.tokenizer is None:
+            raise RuntimeError(f"block '{self.block}': its tokenizer was not loaded (the graph was compiled on meta "
+                               "without the tokenizer on disk, for its shapes only); set with.tokenizer to a folder "
+                               "or Hub id holding it")
+        return self.tokenizer
+
+    def run(self, text):
+        tok = self._loaded()
+        if isinstance(text, str):
+            text = [text]
+        enc = tok(newline_ended(list(text)), max_length=self.max_length, truncation=True, padding="longest",
+                  padding_side="right", return_tensors="pt")
+        return {"tokens": enc["input_ids"].to(torch.long), "tokens_mask": enc["attention_mask"].to(torch.bool)}
+
+    def settings(self):
+        return {"max_length": self.max_length}
+
+    def save_assets(self, folder):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._loaded().save_pretrained(str(folder))
+
+    @classmethod
+    def from_settings(cls, config, folder, block, sources, makes):
+        from transformers import AutoTokenizer
+
+        return cls(block, sources, makes, AutoTokenizer.from_pretrained(str(folder)), config["max_length"])
