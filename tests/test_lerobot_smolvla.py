@@ -303,3 +303,68 @@ def test_smolvla_saves_the_graph_cannot_take_are_refused_by_name(saved_policy, t
         (src / "policy_preprocessor.json").write_text(json.dumps(pre))
 
     attempt(lambda c: None, "tokenizer_processor", padded_to_max)
+
+
+def test_real_time_chunking_guidance_pulls_toward_the_previous_chunk(graph, case):
+    """head.smolvla_expert's rtc: all-zero weights give the plain chunk exactly; weights on the first
+    steps pull those steps toward the target (the previous chunk's remaining actions)."""
+    from graphvla.blocks.heads.flow_matching import Inpainting
+
+    meta, data = case
+    head = graph.model["head"]
+    with torch.no_grad():
+        out = graph.model["backbone"](**graph.feed(observation(meta, data)))
+        args = (out["keys"], out["values"], out["mask"])
+        plain = head.predict(*args, noise=data["infer_noise"])["actions"]
+        target = plain + 0.5
+        zero = Inpainting(target, torch.zeros(2, 5))
+        assert torch.equal(head.predict(*args, noise=data["infer_noise"], rtc=zero)["actions"], plain)
+        weights = torch.tensor([[1.0, 1.0, 0.5, 0.0, 0.0]] * 2)
+        guided = head.predict(*args, noise=data["infer_noise"], rtc=Inpainting(target, weights, 5.0))["actions"]
+    before = (plain[:, :2] - target[:, :2]).abs().mean().item()
+    after = (guided[:, :2] - target[:, :2]).abs().mean().item()
+    assert after < 0.5 * before, (before, after)
+    with pytest.raises(ValueError, match="rtc.weights"):
+        head.predict(*args, noise=data["infer_noise"], rtc=Inpainting(target, torch.zeros(2, 4)))
+
+
+def test_the_imported_run_serves_sessions_and_real_time_chunking(imported_run, case):
+    """Sessions replay (the same seed, the same chunk) and a real-time chunking request (guidance) with
+    a delay pulls the committed steps toward the previous chunk's remaining actions."""
+    from graphvla.policy.loading import load_policy
+    from graphvla.protocol import RTC_DELAY_KEY, RTC_KEY, RTC_REMAINING_KEY
+
+    meta, data = case
+    policy = load_policy(imported_run)
+    obs = {"images": torch.stack([data[f"import.image.{c}"][0] for c in CAMS]).numpy(),
+           "state": data["import.state"][0].numpy(), "text": meta["import_tasks"][0]}  # the graph's ports
+    s1, s2 = policy.new_session(3), policy.new_session(3)
+    first = policy.infer(dict(obs), s1)["actions"]
+    assert abs(first - policy.infer(dict(obs), s2)["actions"]).max() == 0.0
+    s3, s4 = policy.new_session(5), policy.new_session(5)
+    plain = policy.infer(dict(obs), s3)["actions"]
+    remaining = plain + 0.5
+    out = policy.infer({**obs, RTC_KEY: {RTC_DELAY_KEY: 2, RTC_REMAINING_KEY: remaining.tolist()}}, s4)
+    assert out["rtc"]["method"] == "guidance" and out["rtc"]["applied"]
+    guided = out["actions"]
+    assert abs(guided[:2] - remaining[:2]).mean() < 0.5 * abs(plain[:2] - remaining[:2]).mean()
+
+
+@pytest.mark.slow
+def test_an_export_of_the_imported_smolvla_gives_lerobots_actions(imported_run, case, tmp_path):
+    """graphvla export of the imported run (the tokenizer step in front, tokens of any length, noise an
+    input, normalization folded in) with a session seeded 0 gives LeRobot's chunks (about 2 minutes on
+    2 busy cores)."""
+    from graphvla.policy.session import Session
+    from graphvla.runners.export import export_policy
+    from graphvla.runners.exported import load_exported
+
+    meta, data = case
+    exported = load_exported(export_policy(imported_run, tmp_path / "export"))
+    noise = next(d for d in exported.manifest["inputs"] if d["name"] == "noise")
+    assert noise["shape"] == ["batch", meta["chunk_size"], meta["tiny"]["max_action_dim"]]
+    for i in range(meta["batch"]):
+        ports = {"images": torch.stack([data[f"import.image.{c}"][i] for c in CAMS]).numpy(),
+                 "state": data["import.state"][i].numpy(), "text": meta["import_tasks"][i]}
+        actions = exported.infer(ports, session=Session(0))["actions"]
+        assert abs(actions - data["import.predict_action_chunk"][i].numpy()).max() <= SERVE_TOL

@@ -19,6 +19,7 @@ max_period, computed in float64), through action_time_mlp_in, SiLU, action_time_
 Inference integrates from the `noise` ([B, horizon, max_action_dim], a predict input; drawn when
 absent) at t = 1 with `num_steps` Euler steps of -1/num_steps, then keeps the first action_dim.
 The training `noise` and `time` are inputs too (a parity test feeds LeRobot's); drawn when absent.
+Real-time chunking (`rtc`): GraphVLA's guidance (flow_matching.py) in SmolVLA's time direction.
 
 `weights`: a LeRobot SmolVLA save whose `model.vlm_with_expert.lm_expert.*` and
 `model.action_*` tensors are read ('none': initialized, a checkpoint fills them).
@@ -35,6 +36,7 @@ from ..backbones.smolvla_vlm import EXPERT_PREFIX, Layer, RMSNorm, attend, read_
 from ..base import Block, InPort, OutPort, ParamError, PortError, parameters_are_placeholders
 from ..registry import register
 from .common import ACTION_PARAMS, action_shape
+from .flow_matching import Inpainting, _check_inpainting, guidance_scale
 
 
 def time_embedding(t: torch.Tensor, width: int, min_period: float, max_period: float) -> torch.Tensor:
@@ -71,7 +73,7 @@ class SmolVLAExpert(Block):
         "actions": OutPort("action", doc="[B, H, A]"),
         "loss": OutPort("loss", train_only=True, doc="mean squared velocity error"),
     }
-    predict_kwargs = ("noise", "num_steps")
+    predict_kwargs = ("noise", "num_steps", "rtc")
     params_schema = {
         "type": "object",
         "properties": {
@@ -213,15 +215,41 @@ class SmolVLAExpert(Block):
         loss = F.mse_loss(v, noise - actions)
         return {"loss": loss, "actions": (x_t - t * v)[..., : self.action_dim]}
 
-    def sample(self, keys, values, mask, noise=None, num_steps=None):
+    def sample(self, keys, values, mask, noise=None, num_steps=None, rtc: Inpainting | None = None):
         steps = int(num_steps or self.params["num_steps"])
-        x = self._noise(noise, keys.shape[0], keys.device).clone()
+        b = keys.shape[0]
+        x = self._noise(noise, b, keys.device).clone()
+        if rtc is not None:
+            _check_inpainting(rtc, (b, self.horizon, self.action_dim))
+            if not bool((rtc.weights != 0).any()):
+                rtc = None  # nothing committed: the plain chunk, bitwise
         dt = torch.tensor(-1.0 / steps, dtype=torch.float32)
         t = torch.tensor(1.0, dtype=torch.float32)
         for _ in range(steps):
-            x = x + dt * self.velocity(keys, values, mask, x, t.expand(keys.shape[0]).to(keys.device))
+            tb = t.expand(b).to(keys.device)
+            if rtc is None:
+                x = x + dt * self.velocity(keys, values, mask, x, tb)
+            else:
+                x = self._guided_step(keys.detach(), values.detach(), mask, x, t, tb, dt, rtc, steps)
             t = t + dt
         return x[..., : self.action_dim]
+
+    def _guided_step(self, keys, values, mask, x, t, tb, dt, rtc: Inpainting, steps: int):
+        """One Euler step with real-time chunking guidance (flow_matching.py's, in SmolVLA's time
+        direction: tau = 1 - t, the clean estimate x - t v): the previous chunk's remaining actions
+        pull the clean estimate's real action dims, weighted by rtc.weights."""
+        a = self.action_dim
+        target = rtc.target.to(x.device, x.dtype)
+        weights = rtc.weights.to(x.device, x.dtype)[:, :, None]
+        with torch.enable_grad():  # d clean / d x, also under the server's no_grad
+            xg = x.detach().requires_grad_(True)
+            v = self.velocity(keys, values, mask, xg, tb)
+            clean = xg - t.to(x.device) * v
+            pulled = torch.zeros_like(clean)
+            pulled[:, :, :a] = (target - clean[:, :, :a].detach()) * weights
+            (pull,) = torch.autograd.grad(clean, xg, grad_outputs=pulled)
+        scale = guidance_scale(1.0 - float(t), rtc.max_guidance)
+        return (x + dt * v.detach() + (scale / steps) * pull).detach()
 
     def meta_forward(self, keys=None, values=None, mask=None, target=None, noise=None, time=None):
         out = {"actions": torch.empty(keys.shape[0], self.horizon, self.action_dim, device="meta")}
@@ -229,5 +257,5 @@ class SmolVLAExpert(Block):
             out["loss"] = torch.empty((), device="meta")
         return out
 
-    def predict(self, keys=None, values=None, mask=None, noise=None, num_steps=None):
-        return {"actions": self.sample(keys, values, mask, noise, num_steps)}
+    def predict(self, keys=None, values=None, mask=None, noise=None, num_steps=None, rtc=None):
+        return {"actions": self.sample(keys, values, mask, noise, num_steps, rtc)}
