@@ -79,7 +79,9 @@ class EncoderLayer(nn.Module):
             x = self.norm1(x)
         k = x + pos
         q = k if rows is None else k[:, :rows]
-        x = skip + self.dropout1(self.self_attn(q, k, x, key_padding_mask=key_padding, need_weights=False)[0])
+        # need_weights=True: torch's explicit attention (not the fused kernel), LeRobot's path: the CVAE's mu
+        # and log variance come out bit-equal to LeRobot's, so the KL (weighted 10x) does not drift
+        x = skip + self.dropout1(self.self_attn(q, k, x, key_padding_mask=key_padding, need_weights=True)[0])
         if self.pre_norm:
             skip, x = x, self.norm2(x)
         else:
