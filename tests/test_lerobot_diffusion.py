@@ -250,35 +250,40 @@ def imported_run(saved_policy, tmp_path_factory):
     return out
 
 
+def frame(data, i):
+    """One observation as a LeRobot client sends it to select_action: its keys, raw values (images in [0, 1])."""
+    return {"observation.images.top": data[f"image{i}"].numpy(), "observation.state": data[f"state{i}"].numpy()}
+
+
 def window(data, frames):
-    """The served observation: LeRobot's keys, the n_obs_steps frames oldest first (raw: images in [0, 1])."""
-    return {"observation.images.top": torch.stack([data[f"image{i}"] for i in frames]).numpy(),
-            "observation.state": torch.stack([data[f"state{i}"] for i in frames]).numpy()}
+    """The graph's window of those frames, oldest first: what the policy assembles (cameras x steps)."""
+    return {"images": torch.stack([data[f"image{i}"] for i in frames]).numpy(),
+            "state": torch.stack([data[f"state{i}"] for i in frames]).numpy()}
 
 
 def served_windows(run: Path, data) -> tuple[dict, list]:
-    """(server metadata, actions for the windows [f0, f0] and [f0, f1]), each on a fresh connection: its
-    session generator is seeded with serve.seed (0), and so draws the DDIM starting noise that
-    torch.manual_seed(0) gave LeRobot's sampler (graphvla/policy/session.py)."""
+    """(server metadata, the actions for frame 0 then frame 1) from one connection, as a LeRobot client
+    calls select_action: the run keeps the window (infer.observation_window), [f0, f0] then [f0, f1].
+    The session's generator is seeded with serve.seed (0): it draws the DDIM starting noises that
+    torch.manual_seed(0) gave LeRobot's sampler, in the same order (graphvla/policy/session.py)."""
     from graphvla.client import PolicyClient
     from graphvla.policy.loading import load_policy
     from graphvla.runners.serve import ServerThread
     from graphvla.runners.serve.section import serve_options, serve_section
 
-    out = []
     options = serve_options(serve_section(str(run)), "127.0.0.1", 0, None, 1, None, None)
     with ServerThread(load_policy(run), options) as srv:
-        for frames in ([0, 0], [0, 1]):
-            with PolicyClient("127.0.0.1", srv.port) as client:
-                assert client.metadata["seed"] == 0
-                out.append(client.infer(window(data, frames))["actions"])
-                server_meta = client.metadata
+        with PolicyClient("127.0.0.1", srv.port) as client:
+            assert client.metadata["seed"] == 0
+            out = [client.infer(frame(data, i))["actions"] for i in (0, 1)]
+            server_meta = client.metadata
     return server_meta, out
 
 
 def test_an_imported_diffusion_policy_serves_lerobots_predict_action_chunk(imported_run):
-    """The imported LeRobot 0.3.2 save's served actions are LeRobot's predict_action_chunk: for the first
-    step (LeRobot's queues hold frame 0 twice) and for the window [frame 0, frame 1]."""
+    """The imported LeRobot 0.3.2 save, served, answers one frame at a time with LeRobot's
+    predict_action_chunk: for the first step (LeRobot's queues hold frame 0 twice) and for the second
+    (the window [frame 0, frame 1])."""
     meta = json.loads((IMPORT / "case.json").read_text())
     data = load_file(str(IMPORT / "case.safetensors"))
     info = json.loads((imported_run / "imported.json").read_text())
@@ -290,6 +295,8 @@ def test_an_imported_diffusion_policy_serves_lerobots_predict_action_chunk(impor
     server_meta, out = served_windows(imported_run, data)
     assert {"observation.images.top", "observation.state"} <= set(server_meta["observation_keys"])
     assert server_meta["execute_steps"] == 4  # n_action_steps
+    assert server_meta["observation_window"] == {"steps": 2, "ports": ["images", "state"]}
+    assert server_meta["inputs"]["images"]["views"] == 1 and server_meta["inputs"]["state"].get("history", 1) == 1
     first = abs(out[0] - data["chunk_first"][0].numpy()).max()
     second = abs(out[1] - data["chunk_window"][0].numpy()).max()
     print(f"served imported Diffusion Policy vs LeRobot predict_action_chunk: max |diff| {first:.2e}, {second:.2e}")
@@ -354,10 +361,7 @@ def test_diffusion_policies_the_graph_cannot_take_are_refused_by_name(saved_poli
 
     def two_cameras(c):
         c["input_features"]["observation.images.side"] = c["input_features"]["observation.images.top"]
-    def side_statistics(t):
-        for k in [k for k in t if "observation_images_top" in k]:
-            t[k.replace("_top", "_side")] = t[k].clone()
-    attempt(two_cameras, "n_obs_steps=2 with 2 cameras", side_statistics)
+    attempt(two_cameras, "observation_images_side")  # a camera without statistics is named
 
 
 @pytest.mark.slow
@@ -372,10 +376,12 @@ def test_an_export_of_the_imported_policy_gives_lerobots_actions(imported_run, t
     exported = load_exported(export_policy(imported_run, tmp_path / "export"))
     noise = next(d for d in exported.manifest["inputs"] if d["name"] == "noise")
     assert noise["shape"] == ["batch", 1, 8, 2] and noise["num_steps"] == 10  # DDIM: one draw, 10 steps
-    for frames, key in (([0, 0], "chunk_first"), ([0, 1], "chunk_window")):
-        obs = window(data, frames)
-        actions = exported.infer({"images": obs["observation.images.top"], "state": obs["observation.state"]},
-                                 session=Session(0))["actions"]
+    assert exported.window is not None and exported.window.steps == 2  # the export keeps the window too
+    session = Session(0)
+    for i, key in ((0, "chunk_first"), (1, "chunk_window")):  # one frame a step, as to select_action
+        obs = frame(data, i)
+        actions = exported.infer({"images": obs["observation.images.top"][None], "state": obs["observation.state"]},
+                                 session=session)["actions"]
         assert abs(actions - data[key][0].numpy()).max() <= SERVE_TOL
 
 
@@ -418,7 +424,7 @@ def test_pushts_single_camera_key_is_served_under_its_name(saved_policy, tmp_pat
     result = import_cli(src, tmp_path / "run")
     assert result.exit_code == 0, result.output
     info = json.loads((tmp_path / "run" / "imported.json").read_text())
-    assert info["key_map"] == {"observation.image": "images", "observation.state": "state"}
+    assert info["key_map"] == {"observation.image": "images[0]", "observation.state": "state"}
 
 
 def test_real_time_chunking_on_the_served_import(imported_run):
@@ -431,7 +437,7 @@ def test_real_time_chunking_on_the_served_import(imported_run):
     from graphvla.runners.serve.section import serve_options, serve_section
 
     data = load_file(str(IMPORT / "case.safetensors"))
-    obs = window(data, [0, 1])
+    obs = frame(data, 1)
     old = data["chunk_first"][0].numpy()
     options = serve_options(serve_section(str(imported_run)), "127.0.0.1", 0, None, 1, None, None)
     with ServerThread(load_policy(imported_run), options) as srv:
@@ -472,7 +478,8 @@ def test_graphvla_trains_the_diffusion_graph_on_a_recording_with_the_observation
 
 def test_graphvla_eval_runs_an_imported_diffusion_policy(tmp_path):
     """`graphvla eval` (GraphVLA's Meta-World suite, one short episode) on an imported Diffusion Policy
-    with n_obs_steps 1 (the eval client sends one frame a step) at Meta-World's sizes: the import case's
+    with n_obs_steps 2 (the eval client sends one frame a step; the run keeps the window) at
+    Meta-World's sizes: the import case's
     architecture with one 64 x 64 camera and 4-d state and actions, its parameters from the recipe in the
     shapes these sizes give, saved in LeRobot 0.3's format (statistics as buffers)."""
     from click.testing import CliRunner
@@ -484,7 +491,7 @@ def test_graphvla_eval_runs_an_imported_diffusion_policy(tmp_path):
     require_metaworld()
     meta = json.loads((IMPORT / "case.json").read_text())
     cfg = json.loads((IMPORT / "config.json").read_text())
-    cfg.update(n_obs_steps=1, crop_shape=[56, 56])
+    cfg.update(crop_shape=[56, 56])  # n_obs_steps 2: the run keeps the window, the eval client sends frames
     cfg["input_features"] = {"observation.images.top": {"type": "VISUAL", "shape": [3, 64, 64]},
                              "observation.state": {"type": "STATE", "shape": [4]}}
     cfg["output_features"]["action"]["shape"] = [4]
@@ -512,3 +519,27 @@ def test_graphvla_eval_runs_an_imported_diffusion_policy(tmp_path):
     assert result.exit_code == 0, result.output
     episode = json.loads((tmp_path / "eval" / "results.json").read_text())["episodes"]["reach-v3"][0]
     assert episode["steps"] == 8 and episode["queries"] == 2  # 4 actions executed per chunk (n_action_steps)
+
+
+def test_the_observation_window_is_lerobots_queue_camera_major():
+    """policy/window.py: after a reset the first frame fills the window, then each frame pushes the
+    oldest out; two cameras' windows come out camera-major (view c * steps + s), as the encoder reads them;
+    a graph with no port the window fits is refused naming infer.observation_window."""
+    from graphvla.policy.window import ObservationWindow
+
+    inputs = {"images": {"kind": "image", "views": 4, "size": [2, 2]}, "state": {"kind": "state", "dim": 3, "history": 2},
+              "instruction": {"kind": "text"}}
+    w = ObservationWindow.for_graph(2, inputs)
+    assert sorted(w.ports) == ["images", "state"] and w.client_inputs(inputs)["images"]["views"] == 2
+    assert w.client_inputs(inputs)["state"]["history"] == 1 and w.client_inputs(inputs)["instruction"] == inputs["instruction"]
+    frames = {}
+    img = lambda t: torch.stack([torch.full((3, 2, 2), 10.0 * t + c) for c in range(2)])  # noqa: E731 [cameras, 3, 2, 2]
+    first = w.push("images", img(0), frames)
+    assert first[:, 0, 0, 0].tolist() == [0.0, 0.0, 1.0, 1.0]  # [cam0 t0, cam0 t0, cam1 t0, cam1 t0]
+    second = w.push("images", img(1), frames)
+    assert second[:, 0, 0, 0].tolist() == [0.0, 10.0, 1.0, 11.0]  # camera-major, oldest first
+    state = [w.push("state", torch.full((3,), float(t)), frames) for t in range(3)][-1]
+    assert state[:, 0].tolist() == [1.0, 2.0]
+    assert ObservationWindow.for_graph(1, inputs) is None
+    with pytest.raises(ValueError, match="infer.observation_window: 3"):
+        ObservationWindow.for_graph(3, inputs)

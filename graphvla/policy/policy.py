@@ -28,6 +28,7 @@ import torch
 from ..blocks.base import device_of
 from ..compiler.lower import graph_argument
 from ..blocks.heads.flow_matching import Inpainting, initial_noise
+from .window import ObservationWindow
 from .caches import CallRows, RaggedRows, cached_infer, has_caches, reset_caches
 from ..protocol import RTC_KEY
 from ..spec.schema import privileged_ports
@@ -84,6 +85,10 @@ class Policy:
         # temporal ensembling (infer.temporal_ensemble): each session's chunks folded into one action per step
         self.temporal_ensemble = ((cg.spec.section("infer") or {}).get("temporal_ensemble") or {}).get("coeff")
         self._ensembles = {}  # row -> TemporalEnsemble of calls without sessions (reset() clears them)
+        # infer.observation_window (policy/window.py): the policy keeps each session's last N frames
+        self.window = ObservationWindow.for_graph(int((cg.spec.section("infer") or {}).get("observation_window") or 1),
+                                                  self.inputs)
+        self._windows = {}  # row -> frames of calls without sessions (reset() clears them)
         self._action_output = "actions" if "actions" in self.outputs else next(
             (o for o in self.outputs if cg.output_source(o).kind == "action"), None)
         # a head that samples with guidance (head.flow_matching, head.dual_system) inpaints; others get blended
@@ -120,7 +125,8 @@ class Policy:
             if shape and len(shape) == 3:
                 horizon, dim = int(shape[1]), int(shape[2])
         return {"name": self.cg.name, "fingerprint": self.cg.fingerprint, "action_horizon": horizon,
-                "action_dim": dim, "inputs": {k: dict(v) for k, v in self.inputs.items()},
+                "action_dim": dim, "inputs": self.client_inputs(),
+                "observation_window": None if self.window is None else self.window.describe(),
                 "outputs": list(self.outputs), "normalization": self.normalization_modes(),
                 # the graph reads simulator state no robot has: its results are a privileged upper bound
                 "privileged": bool(privileged_ports(self.cg.spec)),
@@ -130,12 +136,18 @@ class Policy:
                         "schedule": self.rtc.schedule, "max_guidance": self.rtc.max_guidance},
                 "temporal_ensemble": None if self.temporal_ensemble is None else {"coeff": self.temporal_ensemble}}
 
+    def client_inputs(self) -> dict:
+        """The ports an observation holds (the graph's inputs; windowed ports per frame)."""
+        inputs = {k: dict(v) for k, v in self.inputs.items()}
+        return inputs if self.window is None else self.window.client_inputs(inputs)
+
     # inference --------------------------------------------------------------------------------
     def reset(self) -> None:
         """Start a new episode: forget cached slow-system outputs (the policy's own caches, used
         by calls without a session; sessions reset themselves: Session.reset)."""
         reset_caches(self._infer)
         self._ensembles = {}
+        self._windows = {}
 
     @property
     def has_caches(self) -> bool:
@@ -157,7 +169,11 @@ class Policy:
             raise ValueError(f"{len(sessions)} sessions for {len(observations)} observations")
         observations, rows = self._rtc_rows(observations, sessions)
         if sessions is None:
-            return self._ensemble_rows(self._forward(observations, options, rows))
+            frames = [dict(self._windows.get(i, {})) for i in range(len(observations))]
+            outs = self._ensemble_rows(self._forward(observations, options, rows, frames))
+            if self.window is not None:
+                self._windows = dict(enumerate(frames))
+            return outs
         if len({id(s) for s in sessions}) != len(sessions):
             raise ValueError("a session can have only one observation in a batch")
         computed = [{} for _ in sessions]
@@ -251,11 +267,12 @@ class Policy:
         when it succeeds."""
         generator_states = [s.generator.get_state() for s in sessions]
         caches = [dict(s.caches) for s in sessions]
+        frames = [dict(getattr(s, "window", None) or {}) for s in sessions]
         try:
             if self.samples and "noise" not in options:
                 options = {**options, "noise": self.draw_noise(len(observations), [s.generator for s in sessions])}
             with self._rows.use(caches, computed):
-                outs = self._forward(observations, options, rows)
+                outs = self._forward(observations, options, rows, frames)
         except BaseException:
             for s, state in zip(sessions, generator_states):
                 s.generator.set_state(state)
@@ -265,8 +282,9 @@ class Policy:
                 if s.ensemble is None:
                     s.ensemble = self._new_ensemble()
                 out[self._action_output] = s.ensemble.update(out[self._action_output])
-        for s, c, out in zip(sessions, caches, outs):
+        for s, c, f, out in zip(sessions, caches, frames, outs):
             s.caches = c
+            s.window = f
             s.steps += 1
             if self._action_output in out:  # what a later request's `executed` refers to
                 s.previous_actions = np.array(out[self._action_output], dtype=np.float32)
@@ -291,9 +309,12 @@ class Policy:
                     out[self._action_output] = ens.update(out[self._action_output])
         return outs
 
-    def _forward(self, observations: list, options: dict, rows=None) -> list[dict]:
+    def _forward(self, observations: list, options: dict, rows=None, frames=None) -> list[dict]:
+        """frames: per row, its observation window (port -> frames), updated in place (observation_window)."""
         batch = {}
+        windowed = {} if self.window is None else self.window.ports
         for port, decl in self.inputs.items():
+            decl = windowed.get(port, decl)
             present = [port in o and o[port] is not None for o in observations]
             if not any(present) and port in self.optional:
                 continue
@@ -301,6 +322,9 @@ class Policy:
                 i = present.index(False)
                 raise ValueError(f"observation {i} lacks '{port}' (expected {describe(decl)})")
             values = [convert(port, decl, o[port]) for o in observations]
+            if port in windowed:
+                frames = frames if frames is not None else [{} for _ in observations]
+                values = [self.window.push(port, v, f) for v, f in zip(values, frames)]
             batch[port] = values if decl["kind"] == "text" else torch.stack(values).to(self.device)
         batch = self.preprocess(batch)  # normalization, then the blocks' processor steps
         # the graph's arguments: a step's NODE.PORT is NODE_PORT; raw inputs only steps read are left out

@@ -10,6 +10,7 @@ A Session holds, for one client (one connection of the policy server):
 - `previous_actions`: the last action chunk it returned ([H, A], None before the first), which a
   real-time chunking request may continue from (runners/rtc.py: `executed`);
 - `ensemble`: its temporal ensemble (policy/ensemble.py) when the graph asks for one, else None.
+- `window`: its last observations when the graph has an observation window (policy/window.py).
 
 `reset()` starts a new episode: empty caches, steps 0, the generator re-seeded with `seed` (or a
 new one). A session after reset() is exactly a fresh session with that seed, so an episode
@@ -57,6 +58,7 @@ class Session:
         self.steps = 0
         self.previous_actions = None
         self.ensemble = None
+        self.window = {}  # infer.observation_window: port -> this episode's last frames (policy/window.py)
 
     def __repr__(self):
         return f"Session(seed={self.seed}, steps={self.steps})"

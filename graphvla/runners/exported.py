@@ -35,6 +35,7 @@ from ..policy.rtc import RTCRequestError
 from ..protocol import RTC_KEY
 from ..policy.ensemble import TemporalEnsemble
 from ..policy.session import Session
+from ..policy.window import ObservationWindow
 
 TOKENIZERS = {"bytes": lambda texts, t: byte_tokenize(texts, int(t["max_length"]), "cpu")}
 
@@ -99,6 +100,8 @@ class ExportedPolicy:
         self.runner = (_TorchRunner if self.manifest["graph_format"] == "torch-export" else _OnnxRunner)(graph)
         meta = self.manifest["metadata"]
         self.inputs = {port: dict(decl) for port, decl in meta["inputs"].items()}  # what an observation holds
+        self.window = ObservationWindow.from_metadata(meta)  # infer.observation_window: frames kept here
+        self._windows = {}  # row -> frames of calls without sessions
         self.noise = next((d for d in self.manifest["inputs"] if d["name"] == NOISE), None)
         self.outputs = list(self.manifest["outputs"])
         self.tokenizers = dict(self.manifest.get("tokenizers") or {})
@@ -131,6 +134,7 @@ class ExportedPolicy:
         a session are forgotten."""
         for key in [k for k in vars(self) if k.startswith("_ensemble_")]:
             delattr(self, key)
+        self._windows = {}
 
     def check_rtc_request(self, value):
         """The server checks an observation's RTC_KEY here: an exported graph does no real-time chunking."""
@@ -146,7 +150,9 @@ class ExportedPolicy:
             return []
         if sessions is not None and len(sessions) != len(observations):
             raise ValueError(f"{len(sessions)} sessions for {len(observations)} observations")
-        tensors = self.tensors(observations)
+        frames = ([dict(getattr(s, "window", None) or {}) for s in sessions] if sessions is not None
+                  else [dict(self._windows.get(i, {})) for i in range(len(observations))])
+        tensors = self.tensors(observations, frames)
         states = [s.generator.get_state() for s in sessions] if sessions is not None else None
         if self.noise is not None:
             shape = (len(observations), *self.noise["shape"][1:])
@@ -162,8 +168,11 @@ class ExportedPolicy:
             for s, state in zip(sessions or [], states or []):
                 s.generator.set_state(state)
             raise
-        for s in sessions or []:
+        for s, f in zip(sessions or [], frames):
             s.steps += 1
+            s.window = f
+        if sessions is None and self.window is not None:
+            self._windows = dict(enumerate(frames))
         per_output = dict(zip(self.outputs, outs))
         rows = [{name: _row(value, i) for name, value in per_output.items()} for i in range(len(observations))]
         ensemble = self.metadata.get("temporal_ensemble")
@@ -176,15 +185,18 @@ class ExportedPolicy:
                 row["actions"] = getattr(holder, key).update(row["actions"])
         return rows
 
-    def tensors(self, observations: list) -> list:
+    def tensors(self, observations: list, frames: list | None = None) -> list:
         """The graph's inputs for a batch, in the manifest's order (the checks Policy makes), the
-        noise excepted (infer_batch draws it)."""
+        noise excepted (infer_batch draws it). frames: per row, its observation window (updated in place)."""
         values = {}
         for port, decl in self.inputs.items():
             missing = [i for i, o in enumerate(observations) if o.get(port) is None]
             if missing:
                 raise ValueError(f"observation {missing[0]} lacks '{port}' (expected {describe(decl)})")
             values[port] = [convert(port, decl, o[port]) for o in observations]
+            if self.window is not None and port in self.window.ports:
+                frames = frames if frames is not None else [{} for _ in observations]
+                values[port] = [self.window.push(port, v, f) for v, f in zip(values[port], frames)]
         batch = self.preprocess({port: v if self.inputs[port]["kind"] == "text" else torch.stack(v)
                                  for port, v in values.items()})
         out = []

@@ -101,6 +101,11 @@ INFER = {
             },
             "additionalProperties": False,
         },
+        "observation_window": {
+            "type": "integer", "minimum": 1, "default": 1,
+            "description": "N > 1: the policy keeps each session's last N observations (LeRobot's n_obs_steps "
+                           "queues, policy/window.py): a client sends one frame per step; state ports with "
+                           "history N and image ports with cameras x N views (camera-major) get the window"},
         "temporal_ensemble": {
             "type": "object",
             "description": "ACT's temporal ensembling (policy/ensemble.py): each session's executed action is the "

@@ -285,8 +285,8 @@ def make_import_case(out: Path):
         steps.append(policy.select_action(dict(frames[0])))  # queues: [f0, f0]; a chunk is made
         steps.append(policy.select_action(dict(frames[1])))  # queues: [f0, f1]; the next queued action
         assert len(chunks) == 1
-        torch.manual_seed(SERVE_SEED)
-        policy.predict_action_chunk({"observation.state": None, "observation.images": None})  # window [f0, f1]
+        # window [f0, f1], the generator continuing (a served session's second request draws the same)
+        policy.predict_action_chunk({"observation.state": None, "observation.images": None})
     policy.predict_action_chunk = predict
     folder = out / "import"
     folder.mkdir(parents=True, exist_ok=True)
@@ -315,7 +315,7 @@ def make_import_case(out: Path):
             "camera": cam, "made_by": "scripts/parity/lerobot_diffusion.py make_import_case: DiffusionPolicy(config, "
             "dataset_stats) with the recipe's parameters, eval mode; policy.reset(); torch.manual_seed(serve_seed); "
             "select_action(frame 0) (its predict_action_chunk kept: window [f0, f0]); select_action(frame 1); "
-            "torch.manual_seed(serve_seed); predict_action_chunk (window [f0, f1])"}
+            "predict_action_chunk (window [f0, f1]; the generator continuing, as a served session's)"}
     (folder / "case.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     save_file({"image0": frames[0][cam][0], "state0": frames[0]["observation.state"][0],
                "image1": frames[1][cam][0], "state1": frames[1]["observation.state"][0],
@@ -368,7 +368,6 @@ def make_import_case_04(out: Path):
     with torch.no_grad():
         policy.select_action(pre(obs[0]))
         policy.select_action(pre(obs[1]))
-        torch.manual_seed(SERVE_SEED)
         policy.predict_action_chunk({"observation.state": None, "observation.images": None})
     policy.predict_action_chunk = predict
     chunks = [post(c) for c in chunks]

@@ -154,25 +154,20 @@ def importer_key(key: str) -> str | None:
 
 def configure(spec: dict, config: dict, features: dict) -> dict:
     """The importer's spec (built for the graph's ports by runners/importers/lerobot.build_spec) sized
-    and set for this Diffusion Policy; returns the serve key map. With n_obs_steps > 1 a client
-    sends the window of the last n_obs_steps observations, oldest first (LeRobot's queues), so a
-    camera maps to the whole `images` port ([steps, 3, H, W]) and the state to [steps, dim]; then one
-    camera only (the key map feeds a port by one key or one key per view). ValueError names a setting
-    the graph or the server cannot take."""
+    and set for this Diffusion Policy; returns the serve key map. With n_obs_steps > 1 the run keeps
+    LeRobot's observation queues itself (`infer.observation_window`, policy/window.py): a client
+    sends one frame per step under LeRobot's keys, as to select_action. ValueError names a setting the
+    graph cannot take."""
     w = spec_with(config)
     steps, cameras = int(w["n_obs_steps"]), features["cameras"]
-    if steps > 1 and len(cameras) > 1:
-        raise ValueError(f"n_obs_steps={steps} with {len(cameras)} cameras is not supported: the served observation "
-                         "is the window of the last n_obs_steps frames, which one key per camera cannot carry for "
-                         "several cameras (n_obs_steps 1, or one camera)")
     key_map = {}
     head = spec["blocks"]["head"]
     head["with"] = w["head"]
     if cameras:
         normalize = spec["blocks"]["backbone"]["with"].get("normalize", "none")
         spec["blocks"]["backbone"]["with"] = {**w["backbone"], "normalize": normalize}
-        spec["inputs"]["images"]["views"] = steps * len(cameras)
-        key_map.update({cam: "images" if steps > 1 else f"images[{i}]" for i, cam in enumerate(cameras)})
+        spec["inputs"]["images"]["views"] = len(cameras) * steps
+        key_map.update({cam: f"images[{i}]" for i, cam in enumerate(cameras)})
     else:
         head["in"].pop("context", None)
     if features["state"]:
@@ -181,6 +176,8 @@ def configure(spec: dict, config: dict, features: dict) -> dict:
     if features["env_state"]:
         spec["inputs"]["env_state"]["history"] = steps
         key_map["observation.environment_state"] = "env_state"
+    if steps > 1:
+        spec.setdefault("infer", {})["observation_window"] = steps
     trainer = spec.setdefault("trainer", {})
     trainer["lr"] = float(config.get("optimizer_lr", trainer.get("lr", 1e-4)))
     trainer["weight_decay"] = float(config.get("optimizer_weight_decay", trainer.get("weight_decay", 1e-6)))
