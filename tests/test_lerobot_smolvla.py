@@ -368,3 +368,39 @@ def test_an_export_of_the_imported_smolvla_gives_lerobots_actions(imported_run, 
                  "state": data["import.state"][i].numpy(), "text": meta["import_tasks"][i]}
         actions = exported.infer(ports, session=Session(0))["actions"]
         assert abs(actions - data["import.predict_action_chunk"][i].numpy()).max() <= SERVE_TOL
+
+
+def test_graphvla_eval_runs_an_imported_smolvla(saved_policy, tmp_path):
+    """`graphvla eval` (GraphVLA's Meta-World suite, one short episode) on an imported SmolVLA at
+    Meta-World's sizes: the fixture's weights (state and actions within its max dims of 6, any camera
+    size: SmolVLA resizes) with one 64 x 64 camera and 4-d state and actions, saved in LeRobot 0.3's
+    format (statistics as buffers in model.safetensors); the instruction is the task's."""
+    from click.testing import CliRunner
+    from safetensors.torch import save_file
+
+    from conftest import require_metaworld
+    from graphvla.cli import main
+
+    require_metaworld()
+    cfg = json.loads((saved_policy / "config.json").read_text())
+    cfg["input_features"] = {"observation.images.top": {"type": "VISUAL", "shape": [3, 64, 64]},
+                             "observation.state": {"type": "STATE", "shape": [4]}}
+    cfg["output_features"]["action"]["shape"] = [4]
+    tensors = load_file(str(saved_policy / "model.safetensors"))
+    tensors["normalize_inputs.buffer_observation_state.mean"] = torch.zeros(4)
+    tensors["normalize_inputs.buffer_observation_state.std"] = torch.ones(4)
+    for module in ("normalize_targets", "unnormalize_outputs"):
+        tensors[f"{module}.buffer_action.mean"] = torch.zeros(4)
+        tensors[f"{module}.buffer_action.std"] = torch.full((4,), 0.5)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps(cfg))
+    save_file(tensors, str(src / "model.safetensors"))
+    result = import_cli(src, tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "imported.json").read_text())["format"] == "0.3"
+    result = CliRunner().invoke(main, ["eval", str(tmp_path / "run"), "--suite", "metaworld", "--tasks", "reach-v3",
+                                       "--episodes", "1", "--max-steps", "8", "-o", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    episode = json.loads((tmp_path / "eval" / "results.json").read_text())["episodes"]["reach-v3"][0]
+    assert episode["steps"] == 8 and episode["queries"] == 2  # chunks of 5 executed 5 at a time (n_action_steps)
