@@ -404,3 +404,24 @@ def test_graphvla_eval_runs_an_imported_smolvla(saved_policy, tmp_path):
     assert result.exit_code == 0, result.output
     episode = json.loads((tmp_path / "eval" / "results.json").read_text())["episodes"]["reach-v3"][0]
     assert episode["steps"] == 8 and episode["queries"] == 2  # chunks of 5 executed 5 at a time (n_action_steps)
+
+
+def test_a_training_step_reaches_the_expert_and_state_projection_only(case):
+    """SmolVLA's defaults (train_expert_only, freeze_vision_encoder): the loss's gradient reaches every
+    expert parameter and state_proj; the VLM's layers, embeddings, vision tower and connector do not
+    train. With train_vlm the text layers train too."""
+    meta, data = case
+    cg = compile_graph(tiny_spec(), device="cpu")
+    cg.model.train()
+    loss = cg.train["action"](**cg.feed(train_batch(meta, data), "action"))["loss"]
+    loss.backward()
+    grads = {n: p.grad for n, p in cg.model.named_parameters()}
+    trainable = {n for n, p in cg.model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n in grads if n.startswith(("head.", "backbone.state_proj."))}
+    assert all(grads[n] is not None and grads[n].abs().sum() > 0 for n in trainable)
+    spec = tiny_spec()
+    spec["blocks"]["backbone"]["with"]["train_vlm"] = True
+    cg = compile_graph(spec, device="cpu")
+    trainable = {n for n, p in cg.model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("backbone.layers.") for n in trainable)
+    assert not any(n.startswith("backbone.vision_model.") for n in trainable)
