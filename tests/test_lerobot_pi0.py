@@ -299,3 +299,44 @@ def test_real_time_chunking_guidance_pulls_toward_the_previous_chunk(graph, case
     assert after < 0.5 * before, (before, after)
     with pytest.raises(ValueError, match="rtc.weights"):
         head.predict(*args, noise=data["infer_noise"], rtc=Inpainting(target, torch.zeros(2, 4)))
+
+
+def test_an_import_whose_tokenizer_is_on_disk_tokenizes_the_task_itself(saved_policy, tmp_path):
+    """When the tokenizer step's tokenizer_name is on this machine (here the folder of the stand-in
+    tokenizer LeRobot's step ran with), the run takes LeRobot's `task` string: backbone.paligemma's step
+    appends the newline and tokenizes as LeRobot's preprocessor did (its tokens, exactly), the run carries
+    the tokenizer's files, and the served chunks are LeRobot's."""
+    from graphvla.client import PolicyClient
+    from graphvla.policy.loading import load_policy
+    from graphvla.runners.serve import ServerThread
+    from graphvla.runners.serve.section import serve_options, serve_section
+
+    src = tmp_path / "src"
+    shutil.copytree(saved_policy, src)
+    pre = json.loads((src / "policy_preprocessor.json").read_text())
+    for step in pre["steps"]:
+        if step["registry_name"] == "tokenizer_processor":
+            step["config"]["tokenizer_name"] = str(FIXTURE / "tokenizer")
+    (src / "policy_preprocessor.json").write_text(json.dumps(pre))
+    run = tmp_path / "run"
+    result = import_cli(src, run)
+    assert result.exit_code == 0, result.output
+    data = load_file(str(IMPORT_04 / "case.safetensors"))
+    tasks = json.loads((IMPORT_04 / "case.json").read_text())["tasks"]
+    policy = load_policy(run)
+    made = policy.preprocess({"instruction": tasks})  # the run's own pipeline, read from its files
+    for i in range(2):
+        assert torch.equal(made["backbone.tokens"][i], data[f"tokens{i}"][0])
+        assert torch.equal(made["backbone.tokens_mask"][i], data[f"tokens_mask{i}"][0])
+    assert list(run.rglob("tokenizer.json")), "the run does not carry the tokenizer"
+    out = []
+    options = serve_options(serve_section(str(run)), "127.0.0.1", 0, None, 1, None, None)
+    with ServerThread(policy, options) as srv:
+        for i in range(2):
+            with PolicyClient("127.0.0.1", srv.port) as client:
+                assert "task" in client.metadata["observation_keys"]
+                obs = {k: v for k, v in observation(data, i).items() if not k.startswith("observation.language")}
+                out.append(client.infer({**obs, "task": tasks[i]})["actions"])
+    diffs = [abs(out[i] - data[f"chunk{i}"][0].numpy()).max() for i in range(2)]
+    print(f"served imported pi0 (task strings) vs LeRobot 0.4.1: max |diff| {max(diffs):.2e}")
+    assert max(diffs) <= SERVE_TOL

@@ -40,6 +40,7 @@ Writes tests/fixtures/lerobot/pi0/:
   model.safetensors      LeRobot's saved weights (verbatim)
   case.safetensors       inputs and LeRobot's outputs
   case.json              sizes, versions, how the case was made
+  tokenizer/             the stand-in tokenizer's files
   import_04/             the same policy saved with dataset statistics through LeRobot 0.4.1's
                          make_pi0_pre_post_processors + save_pretrained (config.json, the processor
                          files; its model.safetensors is the one above, byte for byte), and
@@ -48,8 +49,8 @@ Writes tests/fixtures/lerobot/pi0/:
                          the noise its sample_noise drew)
 
 The tokenizer step names google/paligemma-3b-pt-224 (as LeRobot's own saves do); nothing is
-downloaded: a small word-level tokenizer stands in for it while the step runs (`WordTokenizer`), and
-the tokens it made are recorded (GraphVLA takes tokens as inputs).
+downloaded: a small word-level tokenizer in transformers' format (`make_tokenizer`, saved as
+tokenizer/) stands in for it while the step runs, and the tokens it made are recorded.
 """
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ import sys
 import tempfile
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # scripts/: check_lerobot's torchvision workaround
@@ -132,38 +134,42 @@ def tiny_configs(mp):
     return real
 
 
-class WordTokenizer:
-    """Stands in for PaliGemma's tokenizer (a Hub download): words -> ids (crc32 mod the vocabulary,
-    0 kept for padding), BOS 2 first, padded / truncated like the HF call LeRobot's step makes."""
+WORDS = ("pick", "up", "the", "red", "cube", "open", "it", "drawer", "place", "on", "a", "plate")
 
-    @staticmethod
-    def from_pretrained(*a, **k):
-        return WordTokenizer()
 
-    def __call__(self, text, max_length, truncation, padding, padding_side, return_tensors):
-        assert padding == "max_length" and padding_side == "right" and return_tensors == "pt"
-        text = [text] if isinstance(text, str) else text
-        ids = [[2] + [3 + zlib.crc32(w.encode()) % (VOCAB - 4) for w in t.replace("\n", " \n").split(" ") if w]
-               for t in text]
-        ids = [i[:max_length] for i in ids]
-        out = torch.zeros(len(ids), max_length, dtype=torch.long)
-        mask = torch.zeros(len(ids), max_length, dtype=torch.long)
-        for r, i in enumerate(ids):
-            out[r, :len(i)] = torch.tensor(i)
-            mask[r, :len(i)] = 1
-        return {"input_ids": out, "attention_mask": mask}
+def make_tokenizer(folder: Path):
+    """A small word-level tokenizer in transformers' format standing in for PaliGemma's (a Hub download):
+    <pad> 0, <eos> 1, <bos> 2 (prepended, as PaliGemma's), <unk> 3, then WORDS; split on whitespace (the
+    trailing newline pi0 appends is dropped, as a word split). Saved to `folder` (tokenizer.json and
+    its config), which GraphVLA's test loads too."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{w: 4 + i for i, w in enumerate(WORDS)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>")
+    fast.save_pretrained(str(folder))
+    return fast
 
 
 def import_case(policy, out: Path) -> None:
     from lerobot.policies.pi0 import processor_pi0
     from lerobot.processor import tokenizer_processor
 
-    tokenizer_processor.AutoTokenizer = WordTokenizer
+    tok_dir = out / "tokenizer"
+    make_tokenizer(tok_dir)
+    from transformers import AutoTokenizer
+
+    tokenizer_processor.AutoTokenizer = SimpleNamespace(from_pretrained=lambda name, **k: AutoTokenizer.from_pretrained(
+        str(tok_dir)))  # google/paligemma-3b-pt-224 is named in the saved step; these files stand in for it
     g = torch.Generator().manual_seed(2)
     stats = {key: {"mean": torch.randn(dim, generator=g), "std": torch.rand(dim, generator=g) + 0.5}
              for key, dim in (("observation.state", STATE_DIM), ("action", ACTION_DIM))}
     pre, post = processor_pi0.make_pi0_pre_post_processors(policy.config, dataset_stats=stats)
-    tasks = ["pick up the red cube", "open it"]
+    tasks = ["pick up the red cube", "open the drawer"]
     obs = [{**{k: torch.rand(IMAGE, generator=g) for k in CAMERAS},
             "observation.state": torch.randn(STATE_DIM, generator=g), "task": t} for t in tasks]
     model = policy.model

@@ -19,8 +19,11 @@ Facts of that model, written here in torch:
 Outputs: `kv` [B, layers, 2, T, kv_heads * head_dim] (every layer's keys after the rotary embedding
 and values: what pi0's action expert attends to, LeRobot's prefix KV cache), `prefix_mask` [B, T]
 (valid prefix tokens), `hidden` [B, T, width] (the decoder's last layer after the final norm).
-Tokens are inputs (PaliGemma's tokenizer runs before the graph: the task with a trailing newline,
-right-padded to the graph's length, as LeRobot's preprocessor does).
+Language: either `tokens` / `tokens_mask` are wired (made before the graph, e.g. by LeRobot's tokenizer
+step on a client), or `text` (B instructions) is, and the block's processor step makes them as
+LeRobot's preprocessor does: a newline appended, PaliGemma's tokenizer (`with.tokenizer`, a folder or
+Hub id; its files become the run's assets), truncated and right-padded to `with.max_length`
+(processors/paligemma.py).
 """
 from __future__ import annotations
 
@@ -30,8 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import Block, InPort, OutPort, ParamError, PortError
+from ..base import Block, InPort, OutPort, ParamError, PortError, StepPorts, parameters_are_placeholders
 from ..registry import register
+from ...processors.block import bind
+from ...processors.paligemma import PaliGemmaTokens
 
 MASK_VALUE = -2.3819763e38  # openpi's (big_vision's) attention mask value
 
@@ -203,6 +208,19 @@ TEXT_SCHEMA = {
 }
 
 
+def _tokenizer(ctx, source: str):
+    """The tokenizer at `source` (folder or Hub id); None on meta when it is not on disk (the step then
+    only describes itself)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(ctx.resolve_path(source, "tokenizer")))
+    except (OSError, ValueError) as e:
+        if ctx.meta or parameters_are_placeholders():
+            return None
+        raise ParamError("tokenizer", f"cannot load a tokenizer from '{source}': {e}") from None
+
+
 def _filled(schema, value):
     out = {k: s["default"] for k, s in schema["properties"].items()}
     out.update(value or {})
@@ -218,7 +236,8 @@ class PaliGemmaPrefix(Block):
     in_ports = {
         "images": InPort("image", ndim=5, doc="[B, V, 3, H, W] in [0, 1]"),
         "image_mask": InPort("mask", optional=True, ndim=2, doc="[B, V] False: an empty camera (masked out)"),
-        "tokens": InPort("tokens", ndim=2, doc="[B, L] PaliGemma token ids"),
+        "text": InPort("text", optional=True, doc="B instructions: the block's step tokenizes them (with.tokenizer)"),
+        "tokens": InPort("tokens", optional=True, ndim=2, doc="[B, L] PaliGemma token ids, instead of text"),
         "tokens_mask": InPort("mask", optional=True, ndim=2, doc="[B, L] True on real tokens (right padding)"),
     }
     out_ports = {
@@ -231,6 +250,9 @@ class PaliGemmaPrefix(Block):
         "properties": {
             "vision": {**VISION_SCHEMA, "default": {}, "description": "SigLIP sizes (default: so400m/14 at 224)"},
             "text": {**TEXT_SCHEMA, "default": {}, "description": "Gemma sizes (default: Gemma 2B)"},
+            "tokenizer": {"type": "string", "default": "none",
+                          "description": "PaliGemma's tokenizer (folder or Hub id) for the text step; 'none' with tokens"},
+            "max_length": {"type": "integer", "minimum": 1, "default": 48, "description": "tokenizer_max_length"},
             "resize": {"type": "boolean", "default": True,
                        "description": "resize with padding to vision.image_size (LeRobot's); false: images "
                                       "must already have that size"},
@@ -248,6 +270,14 @@ class PaliGemmaPrefix(Block):
             raise ParamError("vision.heads", f"vision width {v['width']} is not divisible by {v['heads']} heads")
         if t["heads"] % t["kv_heads"]:
             raise ParamError("text.kv_heads", f"{t['heads']} heads are not a multiple of {t['kv_heads']} kv heads")
+        if ("text" in inputs) == ("tokens" in inputs):
+            raise PortError("text", "wire either text (tokenized by the block's step) or tokens (and tokens_mask)")
+        self.tokenizer = None
+        if "text" in inputs:
+            if self.params["tokenizer"] == "none":
+                raise ParamError("tokenizer", "text is wired: with.tokenizer must name PaliGemma's tokenizer "
+                                              "(a folder or Hub id)")
+            self.tokenizer = _tokenizer(ctx, self.params["tokenizer"])
         img = inputs["images"]
         if img.shape is not None and len(img.shape) == 5 and not self.params["resize"]:
             if tuple(img.shape[-2:]) != (v["image_size"], v["image_size"]):
@@ -259,6 +289,18 @@ class PaliGemmaPrefix(Block):
         self.layers = nn.ModuleList(GemmaLayer(t["width"], t["mlp"], t["heads"], t["kv_heads"], t["head_dim"])
                                     for _ in range(t["layers"]))
         self.norm = RMSNorm(t["width"])
+
+    def step_ports(self, wired):
+        if "text" not in wired:
+            return None
+        return StepPorts(("text",), {"tokens": OutPort("tokens", doc="[B, L] token ids, right padded"),
+                                     "tokens_mask": OutPort("mask", doc="[B, L] True on real tokens")})
+
+    def processor_step(self, node=None, sources=None):
+        if "text" not in self.port_info:
+            return None
+        return bind(PaliGemmaTokens, self, node, sources, ("text",), ("tokens", "tokens_mask"), self.tokenizer,
+                    self.params["max_length"])
 
     def embed(self, images, image_mask, tokens, tokens_mask):
         """(prefix embeddings [B, T, width], valid mask [B, T]): LeRobot's embed_prefix."""
@@ -280,6 +322,15 @@ class PaliGemmaPrefix(Block):
         lang = lang * math.sqrt(lang.shape[-1])
         lang_pad = (torch.ones_like(tokens, dtype=torch.bool) if tokens_mask is None else tokens_mask.bool())
         return torch.cat([patches, lang.to(patches.dtype)], dim=1), torch.cat([img_pad, lang_pad], dim=1)
+
+    def meta_forward(self, images, tokens=None, image_mask=None, tokens_mask=None, text=None):
+        """Shape probing: with `text` wired the probe holds the raw instructions, so the step's tokens are
+        stood in for by [B, max_length] zeros."""
+        if tokens is None:
+            b = images.shape[0]
+            tokens = torch.zeros(b, self.params["max_length"], dtype=torch.long, device=images.device)
+            tokens_mask = torch.ones(b, self.params["max_length"], dtype=torch.bool, device=images.device)
+        return self.forward(images, tokens, image_mask, tokens_mask)
 
     def forward(self, images, tokens, image_mask=None, tokens_mask=None):
         x, pad = self.embed(images, image_mask, tokens, tokens_mask)

@@ -112,6 +112,19 @@ def tokenizer_of(folder) -> dict | None:
     return tok[0] if tok else None
 
 
+def local_tokenizer(name: str, folder):
+    """The tokenizer step's tokenizer_name as a folder on this machine (a path, absolute or relative to the
+    save, or a Hub id the Hugging Face cache holds), else None (nothing is downloaded)."""
+    from pathlib import Path
+
+    from ... import hub
+
+    for path in (Path(name).expanduser(), Path(folder) / name):
+        if path.is_dir() and (path / "tokenizer_config.json").is_file():
+            return path.resolve()
+    return hub.cached_snapshot(name)
+
+
 def configure(spec: dict, cfg: dict, features: dict, folder) -> dict:
     """Sizes and options of a LeRobot 0.4 pi0 save (config.json, the weights' shapes, the tokenizer step)
     into the lerobot/pi0 spec; returns the served key map. ValueError names what cannot be imported."""
@@ -147,8 +160,6 @@ def configure(spec: dict, cfg: dict, features: dict, folder) -> dict:
         raise ValueError(f"max_state_dim {cfg['max_state_dim']} / max_action_dim {cfg['max_action_dim']} are "
                          f"smaller than the state ({features['state']}) / actions ({features['action']})")
     length = int(cfg.get("tokenizer_max_length", 48))
-    spec["inputs"]["tokens"] = {"kind": "tokens", "shape": [length], "vocab": s["text"]["vocab"]}
-    spec["inputs"]["tokens_mask"] = {"kind": "mask", "shape": [length]}
     tok = tokenizer_of(folder)
     if tok is not None:
         if int(tok.get("max_length", length)) != length or tok.get("padding_side", "right") != "right" \
@@ -157,11 +168,23 @@ def configure(spec: dict, cfg: dict, features: dict, folder) -> dict:
                              f"padding '{tok.get('padding')}' on the '{tok.get('padding_side')}' differ from "
                              f"tokenizer_max_length {length}, 'max_length' padding on the right")
     name = (tok or {}).get("tokenizer_name", "google/paligemma-3b-pt-224")
-    spec["inputs"]["tokens"]["description"] = (
-        f"{TOKENS_KEY}: what LeRobot's tokenizer_processor makes (tokenizer {name}: the task plus a newline, "
-        f"right-padded to {length}); {TOKENS_MASK_KEY} its attention mask")
+    tokenizer = local_tokenizer(name, Path(folder))
+    if tokenizer is None:  # the client tokenizes: LeRobot's tokenizer step's outputs are the inputs
+        spec["inputs"].pop("instruction", None)
+        spec["inputs"]["tokens"] = {"kind": "tokens", "shape": [length], "vocab": s["text"]["vocab"],
+                                    "description": f"{TOKENS_KEY}: what LeRobot's tokenizer_processor makes (tokenizer "
+                                                   f"{name}: the task plus a newline, right-padded to {length}); "
+                                                   f"{TOKENS_MASK_KEY} its attention mask"}
+        spec["inputs"]["tokens_mask"] = {"kind": "mask", "shape": [length]}
+        bb_in = spec["blocks"]["backbone"]["in"]
+        bb_in.pop("text", None)
+        bb_in.update(tokens="inputs.tokens", tokens_mask="inputs.tokens_mask")
+    else:  # the run tokenizes the task itself (the tokenizer's files become its assets)
+        spec["inputs"]["instruction"] = {"kind": "text", "description": f"the task (tokenized with {name})"}
     bb = spec["blocks"]["backbone"]
     bb["with"] = {"vision": s["vision"], "text": s["text"], "resize": True}
+    if tokenizer is not None:
+        bb["with"].update(tokenizer=str(tokenizer), max_length=length)
     head = spec["blocks"]["head"]["with"]
     head.update({k: s["expert"][k] for k in ("width", "layers", "mlp", "heads", "kv_heads", "head_dim")})
     head.update(max_state_dim=cfg["max_state_dim"], max_action_dim=cfg["max_action_dim"],
@@ -184,7 +207,10 @@ def configure(spec: dict, cfg: dict, features: dict, folder) -> dict:
     key_map = {cam: f"images[{i}]" for i, cam in enumerate(features["cameras"])}
     if features["state"]:
         key_map["observation.state"] = "state"
-    key_map.update({TOKENS_KEY: "tokens", TOKENS_MASK_KEY: "tokens_mask"})
+    if tokenizer is None:
+        key_map.update({TOKENS_KEY: "tokens", TOKENS_MASK_KEY: "tokens_mask"})
+    else:
+        key_map["task"] = "instruction"
     return key_map
 
 
