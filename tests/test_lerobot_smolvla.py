@@ -51,7 +51,7 @@ def tiny_spec(weights=str(FIXTURE), **head) -> dict:
                            "state": "inputs.state"},
                     "with": {"config": vlm_config, "num_vlm_layers": tiny["num_vlm_layers"],
                              "image_size": tiny["resize_imgs_with_padding"][0], "max_state_dim": tiny["max_state_dim"],
-                             "weights": weights}},
+                             "patch_positions": "shifted", "weights": weights}},  # transformers 4.57.1's
             "head": {"type": "head.smolvla_expert",
                      "in": {"keys": "backbone.keys", "values": "backbone.values", "mask": "backbone.mask", "target": "inputs.actions",
                             "noise": "inputs.flow_noise", "time": "inputs.flow_time"},
@@ -425,3 +425,50 @@ def test_a_training_step_reaches_the_expert_and_state_projection_only(case):
     trainable = {n for n, p in cg.model.named_parameters() if p.requires_grad}
     assert any(n.startswith("backbone.layers.") for n in trainable)
     assert not any(n.startswith("backbone.vision_model.") for n in trainable)
+
+
+def test_an_imported_lerobot_03_smolvla_serves_its_predict_action_chunk(saved_policy, tmp_path):
+    """LeRobot 0.3.2's save of the same weights (normalization buffers inside model.safetensors, no
+    processor files; its policy tokenizes the task itself, without truncation): imported and served,
+    each observation on a fresh connection (session seeded 0: the noise LeRobot was given) gives
+    LeRobot 0.3.2's predict_action_chunk, and the run's step gives its tokens (13 of them: longer than
+    tokenizer_max_length 6, as 0.3.2 leaves them)."""
+    from safetensors.torch import save_file
+
+    from graphvla.client import PolicyClient
+    from graphvla.policy.loading import load_policy
+    from graphvla.runners.serve import ServerThread
+    from graphvla.runners.serve.section import serve_options, serve_section
+
+    case03 = FIXTURE / "import_03"
+    meta = json.loads((case03 / "case.json").read_text())
+    data = load_file(str(case03 / "case.safetensors"))
+    assert meta["lerobot"] == "0.3.2"
+    src = tmp_path / "src"
+    src.mkdir()
+    cfg = json.loads((case03 / "config.json").read_text())
+    cfg["vlm_model_name"] = json.loads((saved_policy / "config.json").read_text())["vlm_model_name"]
+    (src / "config.json").write_text(json.dumps(cfg))
+    tensors = {**load_file(str(FIXTURE / "model.safetensors")), **load_file(str(case03 / "buffers.safetensors"))}
+    assert sorted(tensors) == meta["saved_keys"]  # LeRobot 0.3.2's model.safetensors, key for key
+    save_file(tensors, str(src / "model.safetensors"))
+    run = tmp_path / "run"
+    result = import_cli(src, run)
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "imported.json").read_text())["format"] == "0.3"
+    policy = load_policy(run)
+    step, = [s for s in policy.preprocess if getattr(s, "kind", "") == "smolvla_tokens"]
+    made = step({"text": list(meta["tasks"])})
+    assert made["backbone.tokens"].shape[1] == 13 and torch.equal(made["backbone.tokens"], data["tokens"])
+    assert torch.equal(made["backbone.tokens_mask"], data["tokens_mask"])
+    out = []
+    options = serve_options(serve_section(str(run)), "127.0.0.1", 0, None, 1, None, None)
+    with ServerThread(policy, options) as srv:
+        for i in range(2):
+            with PolicyClient("127.0.0.1", srv.port) as client:
+                obs = {**{c: data[f"image.{c}"][i].numpy() for c in CAMS},
+                       "observation.state": data["state"][i].numpy(), "task": meta["tasks"][i]}
+                out.append(client.infer(obs)["actions"])
+    diffs = [abs(out[i] - data["predict_action_chunk"][i].numpy()).max() for i in range(2)]
+    print(f"served imported SmolVLA vs LeRobot 0.3.2 predict_action_chunk: max |diff| {max(diffs):.2e}")
+    assert max(diffs) <= SERVE_TOL

@@ -1,7 +1,7 @@
 """SmolVLA's language step (backbone.smolvla_vlm with `text` wired): the instruction with a newline
 appended when it has none (LeRobot's smolvla_new_line_processor), tokenized with the VLM's tokenizer
-right padded to the longest row and truncated to `max_length` (LeRobot's tokenizer_processor with
-SmolVLA's settings) -> `tokens` [B, L] int64 and `tokens_mask` [B, L] bool."""
+right padded to the longest row and truncated to `max_length` (LeRobot 0.4's tokenizer_processor with
+SmolVLA's settings; LeRobot 0.3.2's policy tokenized without truncation: `truncate` false) -> `tokens` [B, L] int64 and `tokens_mask` [B, L] bool."""
 from __future__ import annotations
 
 import warnings
@@ -20,9 +20,10 @@ def newline_ended(texts) -> list[str]:
 class SmolVLATokens(BlockStep):
     kind = "smolvla_tokens"
 
-    def __init__(self, block, sources, makes=("tokens", "tokens_mask"), tokenizer=None, max_length: int = 48):
+    def __init__(self, block, sources, makes=("tokens", "tokens_mask"), tokenizer=None, max_length: int = 48,
+                 truncate: bool = True):
         super().__init__(block, sources, makes)
-        self.tokenizer, self.max_length = tokenizer, int(max_length)
+        self.tokenizer, self.max_length, self.truncate = tokenizer, int(max_length), bool(truncate)
 
     def _loaded(self):
         if self.tokenizer is None:
@@ -35,12 +36,14 @@ class SmolVLATokens(BlockStep):
         tok = self._loaded()
         if isinstance(text, str):
             text = [text]
-        enc = tok(newline_ended(list(text)), max_length=self.max_length, truncation=True, padding="longest",
-                  padding_side="right", return_tensors="pt")
+        with warnings.catch_warnings():  # without truncation the tokenizer warns of rows over max_length
+            warnings.simplefilter("ignore")
+            enc = tok(newline_ended(list(text)), max_length=self.max_length, truncation=self.truncate, padding="longest",
+                      padding_side="right", return_tensors="pt")
         return {"tokens": enc["input_ids"].to(torch.long), "tokens_mask": enc["attention_mask"].to(torch.bool)}
 
     def settings(self):
-        return {"max_length": self.max_length}
+        return {"max_length": self.max_length, "truncate": self.truncate}
 
     def save_assets(self, folder):
         with warnings.catch_warnings():
@@ -51,4 +54,5 @@ class SmolVLATokens(BlockStep):
     def from_settings(cls, config, folder, block, sources, makes):
         from transformers import AutoTokenizer
 
-        return cls(block, sources, makes, AutoTokenizer.from_pretrained(str(folder)), config["max_length"])
+        return cls(block, sources, makes, AutoTokenizer.from_pretrained(str(folder)), config["max_length"],
+                   config.get("truncate", True))

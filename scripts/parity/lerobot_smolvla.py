@@ -31,6 +31,11 @@ tests/fixtures/lerobot/smolvla/:
                          blocks/backbones/tiny_hf.py trained offline), copied into the VLM folder
 
     /tmp/lerobot-venvs/lerobot-0.4.1/bin/python scripts/parity/lerobot_smolvla.py [--out DIR]
+    /tmp/smolvla032-venv/bin/python scripts/parity/lerobot_smolvla.py --format-03   (then: main_03's doc)
+
+LeRobot 0.3.2's SmolVLA needs transformers < 4.52, which its venv lacks: /tmp/smolvla032-venv is
+`python3 -m venv --system-site-packages` with `pip install --no-deps transformers==4.51.3
+tokenizers==0.21.1` and a .pth file naming /tmp/lerobot-venvs/lerobot-0.3.2's site-packages.
 """
 from __future__ import annotations
 
@@ -99,11 +104,91 @@ def redraw(module: torch.nn.Module, seed: int) -> None:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
+def main_03(out: Path) -> int:
+    """The 0.3.x import case, with LeRobot 0.3.2 (normalization buffers inside the model, the tokenizer
+    inside the policy: no truncation there). Weights: the same seeded redraw as the 0.4.1 fixture (the
+    same parameter names), checked equal to out/model.safetensors, so only the buffers are kept:
+    out/import_03/ holds config.json, buffers.safetensors (the normalize_* tensors of LeRobot's
+    model.safetensors), case.safetensors / case.json (raw observations with task strings, the tokens
+    prepare_language made and predict_action_chunk with the noise given)."""
+    from importlib.metadata import version
+
+    import transformers
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.smolvla import modeling_smolvla, smolvlm_with_expert
+    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    dest = out / "import_03"
+    with tempfile.TemporaryDirectory() as tmp:
+        vlm_dir = Path(tmp) / "vlm"
+        vlm_dir.mkdir()
+        (vlm_dir / "config.json").write_text(json.dumps(VLM_CONFIG, indent=1))
+        for f in (out / "tokenizer").iterdir():
+            shutil.copy(f, vlm_dir / f.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(vlm_dir))
+
+        class Processor(_StubProcessor):  # 0.3.2 reads .tokenizer to tokenize the task
+            @staticmethod
+            def from_pretrained(*a, **k):
+                return SimpleNamespace(tokenizer=tokenizer)
+
+        smolvlm_with_expert.AutoProcessor = _StubProcessor
+        modeling_smolvla.AutoProcessor = Processor
+        torch.manual_seed(SEED)
+        features_in = {k: PolicyFeature(FeatureType.VISUAL, IMAGE) for k in CAMERAS}
+        features_in["observation.state"] = PolicyFeature(FeatureType.STATE, (STATE_DIM,))
+        tiny = {k: v for k, v in TINY.items()}
+        config = SmolVLAConfig(input_features=features_in,
+                               output_features={"action": PolicyFeature(FeatureType.ACTION, (ACTION_DIM,))},
+                               vlm_model_name=str(vlm_dir), **tiny)
+        g = torch.Generator().manual_seed(SEED + 30)
+        stats = {"observation.state": {"mean": torch.randn(STATE_DIM, generator=g), "std": 0.5 + torch.rand(STATE_DIM, generator=g)},
+                 "action": {"mean": torch.randn(ACTION_DIM, generator=g), "std": 0.5 + torch.rand(ACTION_DIM, generator=g)}}
+        policy = SmolVLAPolicy(config, dataset_stats=stats)
+        redraw(policy.model, SEED + 7)  # 0.3.2's normalization buffers are parameters too: leave them
+        reference = load_file(str(out / "model.safetensors"))
+        own = {k: v for k, v in policy.state_dict().items() if not k.startswith(("normalize_", "unnormalize_"))}
+        assert set(own) == set(reference) and all(torch.equal(own[k], reference[k]) for k in own), \
+            "the 0.3.2 redraw differs from the 0.4.1 fixture's weights"
+        images = {k: torch.rand(BATCH, *IMAGE, generator=g) for k in CAMERAS}
+        state = stats["observation.state"]["mean"] + torch.randn(BATCH, STATE_DIM, generator=g)
+        noise = torch.cat([torch.randn(1, CHUNK, TINY["max_action_dim"], generator=torch.Generator().manual_seed(0))
+                           for _ in range(BATCH)])
+        batch = {**images, "observation.state": state, "task": list(TASKS)}
+        policy.eval()
+        policy.reset()
+        tokens, mask = policy.prepare_language(dict(batch))
+        with torch.no_grad():
+            chunk = policy.predict_action_chunk(dict(batch), noise=noise.clone())
+        saved = Path(tmp) / "smolvla"
+        policy.save_pretrained(saved)
+        tensors = load_file(str(saved / "model.safetensors"))
+        buffers = {k: v for k, v in tensors.items() if k.startswith(("normalize_", "unnormalize_"))}
+        assert all(torch.equal(tensors[k], reference[k]) for k in reference)
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(saved / "config.json", dest / "config.json")
+        save_file(buffers, str(dest / "buffers.safetensors"))
+    save_file({**{f"image.{k}": v.contiguous() for k, v in images.items()}, "state": state, "noise": noise,
+               "tokens": tokens, "tokens_mask": mask, "predict_action_chunk": chunk}, str(dest / "case.safetensors"))
+    (dest / "case.json").write_text(json.dumps({
+        "policy": "smolvla", "lerobot": version("lerobot"), "transformers": transformers.__version__,
+        "torch": torch.__version__, "tasks": list(TASKS), "made_by": "scripts/parity/lerobot_smolvla.py --format-03",
+        "saved_keys": sorted(tensors)}, indent=1) + "\n")
+    print("0.3 chunk", chunk.shape, "tokens", tokens.shape)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(HERE.parents[1] / "tests" / "fixtures" / "lerobot" / "smolvla"))
+    ap.add_argument("--format-03", action="store_true", help="the 0.3.x import case (LeRobot 0.3.2; see main_03)")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.format_03:
+        return main_03(out)
 
     from importlib.metadata import version
 

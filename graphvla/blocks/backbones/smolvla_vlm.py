@@ -222,6 +222,10 @@ class SmolVLAVLM(Block):
             "tokenizer": {"type": "string", "default": "none",
                           "description": "the VLM's tokenizer (folder or Hub id) for the text step; 'none' with tokens wired"},
             "max_length": {"type": "integer", "minimum": 1, "default": 48, "description": "tokenizer_max_length"},
+            "patch_positions": {"enum": ["index", "shifted"], "default": "index",
+                                "description": "vision patch positions as transformers 4.51 / 5.x (index) or 4.57 (shifted) compute them"},
+            "truncate": {"type": "boolean", "default": True,
+                         "description": "cut prompts to max_length (LeRobot 0.4; LeRobot 0.3.2 did not)"},
             "train_vlm": {"type": "boolean", "default": False,
                           "description": "train the VLM's layers and embeddings (SmolVLA's train_expert_only: false)"},
             "train_vision": {"type": "boolean", "default": False,
@@ -283,7 +287,7 @@ class SmolVLAVLM(Block):
         if "text" not in self.port_info:
             return None
         return bind(SmolVLATokens, self, node, sources, ("text",), ("tokens", "tokens_mask"), self.tokenizer,
-                    self.params["max_length"])
+                    self.params["max_length"], self.params["truncate"])
 
     def load_lerobot(self, tensors: dict, key: str = "weights") -> None:
         """This block's tensors from a LeRobot SmolVLA state dict (LeRobot's names)."""
@@ -312,10 +316,12 @@ class SmolVLAVLM(Block):
         return tokens.unflatten(0, (b, v)).flatten(1, 2)  # [B, V*n, W], views in order
 
     def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """SigLIP over whole images [N, C, S, S] -> [N, patches, width]. The patches' position ids
-        as transformers 4.57 computes them (SmolVLA's pinned stack): patch k of n per side at
-        bucket(k / n * (1 - 1e-6)) among the side's n_max equal buckets, which puts patch 1 in
-        bucket 0 when n == n_max (transformers 5 gives bucket k: other numbers)."""
+        """SigLIP over whole images [N, C, S, S] -> [N, patches, width]. Patch k of n per side takes
+        the position bucket of a fraction of the side among its `num_patches_per_side` equal buckets;
+        transformers versions differ in that fraction (with.patch_positions): `index` k / n (4.51,
+        which LeRobot 0.3.x pins and SmolVLA was trained with, and 5.x: patch k in bucket k when
+        n is the full side), `shifted` k / n * (1 - 1e-6) (4.57, what LeRobot 0.4 installs: patch k
+        in bucket k - 1 for k >= 1)."""
         tower = self.vision_model
         emb = tower.embeddings
         x = emb.patch_embedding(pixels).flatten(2).transpose(1, 2)
@@ -323,8 +329,12 @@ class SmolVLAVLM(Block):
         side = emb.num_patches_per_side
         bounds = torch.arange(1 / side, 1.0, 1 / side, device=pixels.device)
 
+        shifted = self.params["patch_positions"] == "shifted"
+
         def buckets(n):
-            return torch.bucketize(torch.arange(n, device=pixels.device, dtype=pixels.dtype) / n * (1 - 1e-6), bounds, right=True)
+            k = torch.arange(n, device=pixels.device, dtype=pixels.dtype)
+            frac = k / n * (1 - 1e-6) if shifted else (k * (1.0 / n)).clamp(max=1 - 1e-6)
+            return torch.bucketize(frac, bounds, right=True)
 
         ids = (buckets(n_h)[:, None] * side + buckets(n_w)[None, :]).flatten()
         x = x + emb.position_embedding(ids)[None]

@@ -14,7 +14,11 @@ saved by LeRobot becomes the graph lerobot/smolvla (backbone.smolvla_vlm + head.
   model.action_* -> head. The VLM's lm_head and final text norm are never read by SmolVLA: accounted
   for by name and shape, not loaded.
 - The instruction is served under LeRobot's key `task` and tokenized by the backbone's step as
-  LeRobot's smolvla_new_line_processor + tokenizer_processor do.
+  LeRobot's smolvla_new_line_processor + tokenizer_processor do (0.4+), or as the 0.3.x policy's own
+  prepare_language does (no truncation to tokenizer_max_length: a 0.3.x save without processor files).
+- SigLIP's patch positions differ across transformers versions (backbone.smolvla_vlm's
+  patch_positions): a 0.3.x save gets 4.51's (`index`, what LeRobot 0.3.x pins), a 0.4+ save 4.57's
+  (`shifted`, what LeRobot 0.4 installs); edit the run's spec.yaml for another.
 - Refused by name: add_image_special_tokens, adapt_to_pi_aloha, empty_cameras, prefix_length > 0,
   n_obs_steps != 1, a non-square resize, a VISUAL normalization other than IDENTITY, a tokenizer
   step that does not pad on the right to the longest.
@@ -158,6 +162,10 @@ def configure(spec: dict, cfg: dict, features: dict, folder: Path) -> dict:
     bb["in"] = {"images": "inputs.images", "text": "inputs.text", "state": "inputs.state"}
     bb["with"] = {"config": vlm_config, "num_vlm_layers": cfg["num_vlm_layers"], "image_size": size[0],
                   "max_state_dim": cfg["max_state_dim"], "tokenizer": tokenizer, "max_length": length,
+                  "truncate": tok is not None,  # LeRobot 0.3.2's policy tokenized without truncation
+                  # the vision patch positions of the transformers each LeRobot installs: 0.3.x pins 4.51
+                  # (index), 0.4 takes the newest 4.x, 4.57 (shifted)
+                  "patch_positions": "shifted" if tok is not None else "index",
                   "train_vlm": not cfg.get("train_expert_only", True),
                   "train_vision": not cfg.get("freeze_vision_encoder", True)}
     if not features["state"]:
