@@ -472,3 +472,23 @@ def test_an_imported_lerobot_03_smolvla_serves_its_predict_action_chunk(saved_po
     diffs = [abs(out[i] - data["predict_action_chunk"][i].numpy()).max() for i in range(2)]
     print(f"served imported SmolVLA vs LeRobot 0.3.2 predict_action_chunk: max |diff| {max(diffs):.2e}")
     assert max(diffs) <= SERVE_TOL
+
+
+def test_the_language_wiring_is_checked_by_name():
+    """text or tokens + tokens_mask, not both, not neither; text needs with.tokenizer (a folder that
+    holds one)."""
+    spec = tiny_spec()
+    spec["inputs"]["text"] = {"kind": "text"}
+    spec["blocks"]["backbone"]["in"]["text"] = "inputs.text"
+    with pytest.raises(Exception, match="either text"):
+        compile_graph(spec, device="cpu")
+    del spec["blocks"]["backbone"]["in"]["tokens"], spec["blocks"]["backbone"]["in"]["tokens_mask"]
+    with pytest.raises(Exception, match="tokenizer"):
+        compile_graph(spec, device="cpu")
+    spec["blocks"]["backbone"]["with"]["tokenizer"] = str(FIXTURE / "processors")  # no tokenizer there
+    with pytest.raises(Exception, match="cannot load a tokenizer"):
+        compile_graph(spec, device="cpu")
+    spec["blocks"]["backbone"]["with"]["tokenizer"] = str(FIXTURE / "tokenizer")
+    cg = compile_graph(spec, device="cpu")
+    made = cg.feed({"images": torch.zeros(1, 2, 3, 24, 40), "state": torch.zeros(1, 4), "text": ["pick the cube"]})
+    assert made["backbone_tokens"].tolist() == [[339, 265, 387, 205]]  # "pick the cube\n"
