@@ -1,7 +1,7 @@
 """Exported against eager predict latency on CPU, measured in the same run.
 
 Builds a checkpoint of each graph with random weights and mean/std statistics (by default
-metaworld/mt10: keypoint CNN + byte text encoder + MLP head, and tiny/oft: a tiny Qwen3-VL +
+metaworld/mt10: keypoint CNN + byte text encoder + MLP head, and tiny/querytf: a tiny Qwen3-VL +
 head.query_transformer), exports it with `graphvla export` in both formats, and times `infer_batch` of the same
 observations (a uint8 frame of the graph's image size, 4-d state, instruction) through the eager
 checkpoint Policy, the torch.export program and onnxruntime. Every path includes the Python-side
@@ -9,7 +9,7 @@ work a server does (checks, uint8 -> float, tokenization or the VLM's processor,
 un-normalization), so the ratios are what a served request sees. Median of `--repeats` calls after
 a warm-up, per batch size; the ratio is eager / exported (> 1: the export is faster).
 
-    python bench/export_latency.py [--graphs metaworld/mt10 tiny/oft] [--batches 1 8] [--repeats 200] [--threads 1]
+    python bench/export_latency.py [--graphs metaworld/mt10 tiny/querytf] [--batches 1 8] [--repeats 200] [--threads 1]
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def median_ms(fn, repeats: int) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--graphs", nargs="+", default=["metaworld/mt10", "tiny/oft"])
+    ap.add_argument("--graphs", nargs="+", default=["metaworld/mt10", "tiny/querytf"])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads")
@@ -58,7 +58,7 @@ def bench_graph(graph: str, tmp: Path, args) -> None:
     from graphvla.policy.loading import load_policy
     from graphvla.spec.library import resolve_graph
 
-    make_run(str(resolve_graph(graph)), tmp / "run", STATS)  # metaworld/mt10 and tiny/oft: 4-d state and actions
+    make_run(str(resolve_graph(graph)), tmp / "run", STATS)  # metaworld/mt10 and tiny/querytf: 4-d state and actions
     eager = load_policy(tmp / "run")
     size = int(eager.inputs["images"]["size"][0])
     paths = {"eager": eager, "torch-export": load_exported(export_policy(tmp / "run", tmp / "pt2"))}

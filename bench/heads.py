@@ -59,7 +59,7 @@ SMALL_PARAMS = {
     "head.dual_system": "{width: 128, layers: 4, num_steps: 10}",
     "head.fast": "{tokenizer: tok, vocab_size: 512, width: 128, layers: 2}",
 }
-TINY_FILES = {"head.query_transformer": "oft.yaml", "head.flow_matching": "pi.yaml", "head.dual_system": "gr00t.yaml", "head.fast": "fast.yaml",
+TINY_FILES = {"head.query_transformer": "querytf.yaml", "head.flow_matching": "flowdit.yaml", "head.dual_system": "dualsystem.yaml", "head.fast": "fast.yaml",
               "fast-lm (VLM decodes)": "fast-lm.yaml"}
 TINY_MLP = ["blocks.head.type=head.mlp", "blocks.head.with={hidden: 256}",
             "blocks.head.in={context: vlm.hidden, state: inputs.state, target: inputs.actions}"]
@@ -218,7 +218,7 @@ def compile_variants(graph: str, folder: Path):
     else:
         tiny = ROOT / "graphvla" / "graphs" / "tiny"
         torch.manual_seed(0)
-        out["head.mlp"] = graphvla.compile_graph(tiny / "oft.yaml", TINY_MLP, device="cpu")
+        out["head.mlp"] = graphvla.compile_graph(tiny / "querytf.yaml", TINY_MLP, device="cpu")
         for head, name in TINY_FILES.items():
             torch.manual_seed(0)
             out[head] = graphvla.compile_graph(tiny / name, device="cpu")
@@ -227,7 +227,7 @@ def compile_variants(graph: str, folder: Path):
         every = int(cached.spec.blocks["vlm"].get("infer", {}).get("every", 1))
         if every == 1:
             every = 4
-            cached = graphvla.compile_graph(tiny / "gr00t.yaml", ["blocks.vlm.infer.every=4"], device="cpu")
+            cached = graphvla.compile_graph(tiny / "dualsystem.yaml", ["blocks.vlm.infer.every=4"], device="cpu")
     return out, cached, every
 
 

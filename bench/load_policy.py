@@ -1,6 +1,6 @@
 """load_policy time and peak memory on a tiny VLM run: the old path against the new, in one run.
 
-The run: tiny/oft (a tiny Qwen3-VL read from a model folder, as a real base model is, plus
+The run: tiny/querytf (a tiny Qwen3-VL read from a model folder, as a real base model is, plus
 head.query_transformer) with random weights, written as training writes a checkpoint (policy/checkpoint.py
 write_policy_files). `--width W --layers L` widen the VLM's language model (a ~100M-parameter
 model with --width 1024 --layers 8) to show how both paths scale with the weights.
@@ -40,7 +40,7 @@ STATS = {"state": {"mean": [0.1, -0.2, 0.3, 0.5], "std": [0.5, 2.0, 1.5, 0.25]},
 
 
 def make_run(folder: Path, width: int | None, layers: int | None) -> Path:
-    """A checkpoint of tiny/oft whose VLM is read from folder/model (weights, config, processor)."""
+    """A checkpoint of tiny/querytf whose VLM is read from folder/model (weights, config, processor)."""
     import torch
     import yaml
     from transformers import AutoConfig, AutoModelForImageTextToText
@@ -60,9 +60,9 @@ def make_run(folder: Path, width: int | None, layers: int | None) -> Path:
         torch.manual_seed(0)
         AutoModelForImageTextToText.from_config(config).save_pretrained(model_dir)
     doc = yaml.safe_load((TINY / "base" / "qwen3vl.yaml").read_text())
-    doc["name"] = "tiny-qwen3vl-oft-from-folder"
+    doc["name"] = "tiny-qwen3vl-querytf-from-folder"
     doc["blocks"]["vlm"]["with"] = {"model": "model"}
-    doc["blocks"]["head"] = yaml.safe_load((TINY / "oft.yaml").read_text())["blocks"]["head"]
+    doc["blocks"]["head"] = yaml.safe_load((TINY / "querytf.yaml").read_text())["blocks"]["head"]
     (folder / "graph.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     torch.manual_seed(0)
     cg = compile_graph(str(folder / "graph.yaml"), device="cpu")
@@ -179,7 +179,7 @@ def main(argv=None):
         assert np.array_equal(old, new), f"old and new loads predict differently (max diff {np.abs(old - new).max()})"
     print(f"load average after:  {os.getloadavg()}")
     params = rows["new"][0]["params"]
-    print(f"tiny/oft from a model folder: {params / 1e6:.2f}M parameters, model.safetensors {size / 2**20:.1f} MiB; "
+    print(f"tiny/querytf from a model folder: {params / 1e6:.2f}M parameters, model.safetensors {size / 2**20:.1f} MiB; "
           f"{args.threads} thread(s), median of {args.repeats} fresh processes each; same actions: yes")
     keys = ("seconds", "peak_mb", "served_mb")
     med = {p: {k: statistics.median(r[k] for r in rs) for k in keys} for p, rs in rows.items()}

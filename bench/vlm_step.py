@@ -3,7 +3,7 @@ the DataLoader workers (after), measured in the same run. The data work is the n
 HF processor and chat template, and on the FAST graphs the FAST BPE (fast.encode's tokens for the
 VLM's answers in tiny/fast-lm, head.fast's targets in tiny/fast) and glue.state_text's prompt.
 
-    python bench/vlm_step.py [--graphs tiny/oft tiny/pi tiny/fast tiny/fast-lm] [--steps 20] [--batch 4]
+    python bench/vlm_step.py [--graphs tiny/querytf tiny/flowdit tiny/fast tiny/fast-lm] [--steps 20] [--batch 4]
                              [--rounds 3] [--workers 1] [--threads 1]
 
 Both sides are `Trainer` sessions over the same synthetic samples with `trainer.num_workers`
@@ -52,7 +52,7 @@ def session_seconds_per_step(spec, bundle, run_dir, steps, in_workers) -> tuple[
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--graphs", nargs="+", default=["tiny/oft", "tiny/pi", "tiny/fast", "tiny/fast-lm"])
+    ap.add_argument("--graphs", nargs="+", default=["tiny/querytf", "tiny/flowdit", "tiny/fast", "tiny/fast-lm"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)

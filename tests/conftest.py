@@ -72,7 +72,7 @@ def state_graph(dim: int, blocks: dict, outputs: dict, losses: dict | None = Non
 
 
 def vqa_cotraining(size: int, weight: float) -> list[str]:
-    """--set overrides that add a co-training stream to a packaged VLM graph (tiny/oft): image,
+    """--set overrides that add a co-training stream to a packaged VLM graph (tiny/querytf): image,
     question and answer ports, a node that `share:`s the VLM on them, and its LM loss as the
     stream 'vlm' (a weight of `weight`)."""
     return [f"inputs.vqa_images={{kind: image, views: 1, size: [{size}, {size}]}}", "inputs.vqa_question={kind: text}",

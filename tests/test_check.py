@@ -20,7 +20,7 @@ warnings.filterwarnings("ignore")
 TINY = Path(__file__).resolve().parents[1] / "graphvla" / "graphs" / "tiny"
 
 
-@pytest.mark.parametrize("name", ["oft", "pi", "gr00t", "fast", "worldmodel-pi", "fast-lm"])
+@pytest.mark.parametrize("name", ["querytf", "flowdit", "dualsystem", "fast", "worldmodel-flowdit", "fast-lm"])
 def test_check_passes_on_every_tiny_graph(name):
     result = CliRunner().invoke(main, ["check", str(TINY / f"{name}.yaml")])
     assert result.exit_code == 0, result.output
@@ -32,19 +32,19 @@ def test_check_passes_on_every_tiny_graph(name):
 
 def test_the_training_step_changes_the_weights_and_losses_are_finite():
     torch.manual_seed(0)
-    report = run_check(TINY / "oft.yaml", batch=3)
+    report = run_check(TINY / "querytf.yaml", batch=3)
     assert report.outputs == {"actions": (3, 8, 4)}
     assert all(torch.isfinite(torch.tensor(v)) for v in report.losses["action"].values())
     assert report.params > 100_000
     # backbone and head both receive gradients and move
     from graphvla.compiler.compile import compile_graph
 
-    n_tensors = sum(1 for p in compile_graph(TINY / "oft.yaml").model.parameters() if p.requires_grad)
+    n_tensors = sum(1 for p in compile_graph(TINY / "querytf.yaml").model.parameters() if p.requires_grad)
     assert report.changed["action"] > n_tensors // 2, (report.changed, n_tensors)
 
 
 def test_synthetic_batch_follows_the_declared_ports():
-    spec = load_spec(TINY / "worldmodel-pi.yaml")
+    spec = load_spec(TINY / "worldmodel-flowdit.yaml")
     batch = synthetic_batch(spec, batch=3)
     assert batch["images"].shape == (3, 1, 3, 128, 128) and 0 <= batch["images"].min() and batch["images"].max() <= 1
     assert len(batch["instruction"]) == 3 and all(isinstance(t, str) for t in batch["instruction"])
@@ -100,7 +100,7 @@ def test_a_non_finite_loss_fails(tmp_path):
 
 def test_cotraining_stream_shares_the_backbone_and_trains_its_lm_loss():
     """A second node `share:`s the VLM with image-text inputs; its LM loss is a second stream."""
-    report = run_check("tiny/oft", [
+    report = run_check("tiny/querytf", [
         *vqa_cotraining(64, 0.1),
         "blocks.lm={type: aux.lm_loss, in: {logits: vlm_cotrain.logits, labels: vlm_cotrain.labels}, "
         "with: {label_smoothing: 0.0}}",
@@ -114,7 +114,7 @@ def test_cotraining_stream_shares_the_backbone_and_trains_its_lm_loss():
 
 def test_world_model_with_its_next_frame_objective():
     """The tiny world-model graph trains both its action loss and its next-frame loss."""
-    spec = TINY / "worldmodel-pi.yaml"
+    spec = TINY / "worldmodel-flowdit.yaml"
     report = run_check(spec)
     assert set(report.losses["action"]) == {"action", "future"}
     assert report.losses["action"]["future"] > 0

@@ -466,7 +466,7 @@ def test_shipped_data_yamls(mw_root, tmp_path):
     narrow_dataset(tmp_path / "runs" / "data" / "other-robot")
     for name in ("metaworld-mt10.yaml", "mixture.yaml"):
         shutil.copy(repo / "data" / name, tmp_path / "data" / name)
-    tiny = repo / "graphvla" / "graphs" / "tiny" / "oft.yaml"
+    tiny = repo / "graphvla" / "graphs" / "tiny" / "querytf.yaml"
     single = load_data(tmp_path / "data" / "metaworld-mt10.yaml", tiny)
     item = single.streams["action"][0]
     assert item["images"].shape == (1, 3, 128, 128) and item["actions"].shape == (8, 4) and item["state"].shape == (4,)
@@ -492,8 +492,8 @@ def test_time_shifted_image_ports_for_world_models(mw_root, tmp_path):
     """`future_images` defaults to the frame after the action chunk, `history` to the frames
     before t (both clamped to the episode); a data YAML can set the offsets."""
     spec_path = tmp_path / "wm.yaml"
-    spec_path.write_text(graph_text(  # tiny/worldmodel-pi at 64x64 with a two-frame history port
-        "tiny/worldmodel-pi", "name=wm-data", "inputs.images.size=[64, 64]", "inputs.future_images.size=[64, 64]",
+    spec_path.write_text(graph_text(  # tiny/worldmodel-flowdit at 64x64 with a two-frame history port
+        "tiny/worldmodel-flowdit", "name=wm-data", "inputs.images.size=[64, 64]", "inputs.future_images.size=[64, 64]",
         "inputs.history={kind: image, views: 2, size: [64, 64]}", "blocks.wm.in.history=inputs.history",
         "blocks.wm.with={width: 32, layers: 1, heads: 2, patch: 16, future_res: 4}"))
     ds = load_data(mw_root, spec_path).streams["action"]

@@ -4,7 +4,7 @@ formats; `graphvla serve DIR` speaks the same protocol with the same metadata; g
 be exported are refused naming the graph, block, type and why, and nothing is written.
 
 The small-encoder runs are untrained checkpoints (random weights, made-up statistics): parity needs
-no training, and the mean/std statistics make the folded normalization matter. tiny/oft (a tiny
+no training, and the mean/std statistics make the folded normalization matter. tiny/querytf (a tiny
 Qwen3-VL + head.query_transformer) is trained two steps by the trainer: its processor runs in
 Python before the exported graph."""
 from __future__ import annotations
@@ -257,13 +257,13 @@ def test_a_cached_block_is_refused_by_name(tmp_path):
 
 # --- backbone.hf_vlm (tiny Qwen3-VL): the processor runs in Python, the model in the graph ------------
 
-TINY_OFT = "graphvla/graphs/tiny/oft.yaml"
+TINY_QUERYTF = "graphvla/graphs/tiny/querytf.yaml"
 VLM_STATS = {"state": {"mean": [0.0] * 4, "std": [1.0] * 4}, "actions": {"mean": [0.0] * 4, "std": [1.0] * 4}}
 
 
 @pytest.fixture(scope="module")
-def tiny_oft(tmp_path_factory):
-    """tiny/oft trained two steps (the trainer's own checkpoint) and its checkpoint policy."""
+def tiny_querytf(tmp_path_factory):
+    """tiny/querytf trained two steps (the trainer's own checkpoint) and its checkpoint policy."""
     from vlm_samples import VLMSamples, vlm_bundle
 
     from graphvla.runners.train import Trainer
@@ -271,15 +271,15 @@ def tiny_oft(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("vlm-export")
     torch.manual_seed(0)
-    spec = load_spec(TINY_OFT, ["trainer.max_steps=2", "trainer.batch_size=2", "trainer.warmup_steps=1",
+    spec = load_spec(TINY_QUERYTF, ["trainer.max_steps=2", "trainer.batch_size=2", "trainer.warmup_steps=1",
                                 "trainer.num_workers=0", "trainer.save_every=100"])
     Trainer.from_spec(spec, vlm_bundle(VLMSamples()), root / "run", progress=False).run()
     return root, load_policy(root / "run")
 
 
 @pytest.fixture(scope="module")
-def tiny_oft_exported(tiny_oft):
-    root, _ = tiny_oft
+def tiny_querytf_exported(tiny_querytf):
+    root, _ = tiny_querytf
     return export_policy(root / "run", root / "exported")
 
 
@@ -291,7 +291,7 @@ def test_the_traceable_qwen3vl_equals_the_eager_block():
     from graphvla.blocks.backbones.hf_vlm import encode_cpu
     from graphvla.blocks.backbones.hf_vlm_export import TensorQwen3VL, static_grid
 
-    cg = compile_graph(TINY_OFT, ["inputs.images.views=2", "inputs.images.size=[96, 160]",
+    cg = compile_graph(TINY_QUERYTF, ["inputs.images.views=2", "inputs.images.size=[96, 160]",
                                   "blocks.vlm.with.layers=[0, 1]"], device="cpu")
     block = cg.model["vlm"].eval()
     grid = static_grid(block, 2, 96, 160)
@@ -321,11 +321,11 @@ def vlm_observations(n=None):
     return observations(n, size=128)
 
 
-def test_tiny_oft_exports_exactly(tiny_oft, tiny_oft_exported):
-    """The trained tiny/oft through torch.export answers the checkpoint's actions; the processor
+def test_tiny_querytf_exports_exactly(tiny_querytf, tiny_querytf_exported):
+    """The trained tiny/querytf through torch.export answers the checkpoint's actions; the processor
     is saved in the folder and named in the manifest, and the graph takes its tensors."""
-    _, policy = tiny_oft
-    folder = tiny_oft_exported
+    _, policy = tiny_querytf
+    folder = tiny_querytf_exported
     ex = load_exported(folder)
     obs = vlm_observations()
     eager = policy.infer_batch(obs)
@@ -353,12 +353,12 @@ def test_tiny_oft_exports_exactly(tiny_oft, tiny_oft_exported):
     assert (folder / "preprocess" / "0-hf_vlm_processor" / "tokenizer_config.json").is_file()
 
 
-def test_a_vlm_export_refuses_what_the_checkpoint_refuses(tiny_oft, tiny_oft_exported):
+def test_a_vlm_export_refuses_what_the_checkpoint_refuses(tiny_querytf, tiny_querytf_exported):
     """The processor runs before the graph as it runs in the block: an instruction holding the
     image placeholder is refused by both with the processor's message."""
-    _, policy = tiny_oft
+    _, policy = tiny_querytf
     bad = {**vlm_observations(1)[0], "instruction": "look <|image_pad|> here"}
-    exported = load_exported(tiny_oft_exported)
+    exported = load_exported(tiny_querytf_exported)
     for p in (policy, exported):
         with pytest.raises(ValueError, match="Found total 2 <\\|image_pad\\|> tokens and 1 images"):
             p.infer(bad)
@@ -368,18 +368,18 @@ def test_a_vlm_export_refuses_what_the_checkpoint_refuses(tiny_oft, tiny_oft_exp
         exported.infer({**bad, "instruction": "zq " * 2100})
 
 
-def test_tiny_oft_onnx_exports_exactly(tiny_oft):
+def test_tiny_querytf_onnx_exports_exactly(tiny_querytf):
     require_onnx()
-    root, policy = tiny_oft
+    root, policy = tiny_querytf
     ex = load_exported(export_policy(root / "run", root / "onnx", "onnx"))
     obs = vlm_observations()
     assert max_diff(ex.infer_batch(obs), policy.infer_batch(obs)) <= 1e-5
     assert max_diff([ex.infer(obs[2])], [policy.infer(obs[2])]) <= 1e-5
 
 
-def test_serve_dir_of_a_vlm_export_answers_the_checkpoints_actions(tiny_oft, tiny_oft_exported):
-    _, policy = tiny_oft
-    with served_side_by_side(policy, tiny_oft_exported) as (eager, client):
+def test_serve_dir_of_a_vlm_export_answers_the_checkpoints_actions(tiny_querytf, tiny_querytf_exported):
+    _, policy = tiny_querytf
+    with served_side_by_side(policy, tiny_querytf_exported) as (eager, client):
         for o in vlm_observations(3):
             assert np.abs(client.infer(o)["actions"] - eager.infer(o)["actions"]).max() <= 1e-5
 
@@ -389,7 +389,7 @@ def test_a_bfloat16_vlm_exports_for_torch_only(tmp_path):
     --format onnx is refused by name: onnxruntime's CPU Conv has no bfloat16 kernel."""
     from graphvla.spec.loader import load_spec
 
-    make_run(load_spec(TINY_OFT, ["blocks.vlm.with.dtype=bfloat16"]), tmp_path / "run", VLM_STATS)
+    make_run(load_spec(TINY_QUERYTF, ["blocks.vlm.with.dtype=bfloat16"]), tmp_path / "run", VLM_STATS)
     with pytest.raises(ExportError, match="block 'vlm' \\(backbone.hf_vlm\\) cannot be exported: --format onnx: "
                                           "with.dtype=bfloat16: onnxruntime's CPU kernels have no bfloat16 Conv"):
         export_policy(tmp_path / "run", tmp_path / "onnx", "onnx")
@@ -408,8 +408,8 @@ def test_other_vlms_are_refused_by_name(tmp_path, change, why):
     naming the block, and nothing is written."""
     from graphvla.spec.loader import load_spec
 
-    make_run(load_spec(TINY_OFT, [change]), tmp_path / "run", VLM_STATS)
-    with pytest.raises(ExportError, match=f"graph 'tiny-qwen3vl-oft': block 'vlm' \\(backbone.hf_vlm\\) cannot be "
+    make_run(load_spec(TINY_QUERYTF, [change]), tmp_path / "run", VLM_STATS)
+    with pytest.raises(ExportError, match=f"graph 'tiny-qwen3vl-querytf': block 'vlm' \\(backbone.hf_vlm\\) cannot be "
                                           f"exported: {why}"):
         export_policy(tmp_path / "run", tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -24,7 +24,7 @@ from graphvla import SpecError, compile_graph, load_spec
 from graphvla.blocks.registry import registered
 
 REPO = Path(__file__).resolve().parent.parent
-SEEDS = ["mlp.yaml", "oft.yaml", "fast.yaml", "pi.yaml", "gr00t.yaml", "worldmodel-pi.yaml"]
+SEEDS = ["mlp.yaml", "querytf.yaml", "fast.yaml", "flowdit.yaml", "dualsystem.yaml", "worldmodel-flowdit.yaml"]
 MUTANTS_PER_OPERATOR = 95
 LAYER_LIKE = re.compile(r"layers|depth|draws|steps|tokens|max_|vocab|history|views|horizon|size|shape|layer_map")
 

@@ -21,7 +21,7 @@ BACKBONES = ["qwen3vl", "qwen25vl", "worldmodel"]
 # the full-size family's heads by file-name suffix (GraphVLA designs, named for what they are; docs/heads.md)
 HEADS = {"fast": "head.fast", "querytf": "head.query_transformer", "flowdit": "head.flow_matching", "dualsystem": "head.dual_system"}
 FULLSIZE = [f"{b}-{h}" for b in BACKBONES for h in HEADS]
-TINY = ["fast", "oft", "pi", "gr00t", "worldmodel-pi", "fast-lm"]
+TINY = ["fast", "querytf", "flowdit", "dualsystem", "worldmodel-flowdit", "fast-lm"]
 # backbone parameters: the published sizes of the checkpoints; the world model's is ours
 BACKBONE_PARAMS = {"qwen3vl": 4_437_815_808, "qwen25vl": 3_754_622_976}
 # every user-facing graph: all YAML under graphvla/graphs/ except the base/ files they extend,
@@ -118,7 +118,7 @@ def _differences(a, b, path=()):
 
 # Beyond the head block: the dual system sets its System-2 rate (how often the backbone is
 # recomputed); FAST normalizes actions to [-1, 1] for its tokenizer.
-EXTRA = {"gr00t": ["blocks.vlm.infer"], "dualsystem": ["blocks.vlm.infer"], "fast": ["trainer"]}
+EXTRA = {"dualsystem": ["blocks.vlm.infer"], "fast": ["trainer"]}
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -156,9 +156,9 @@ def test_tiny_graphs_take_the_metaworld_ports(name):
 
 
 def test_tiny_heads_differ_only_in_the_head_block():
-    specs = {h: load_spec(ROOT / "tiny" / f"{h}.yaml").data for h in ["fast", "oft", "pi", "gr00t"]}
+    specs = {h: load_spec(ROOT / "tiny" / f"{h}.yaml").data for h in ["fast", "querytf", "flowdit", "dualsystem"]}
     for h, data in specs.items():
-        extra = [d for d in _differences(specs["oft"], data)
+        extra = [d for d in _differences(specs["querytf"], data)
                  if not d.startswith("blocks.head") and d not in ("name", "description")]
         assert extra == EXTRA.get(h, []), (h, extra)
 

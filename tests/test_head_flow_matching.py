@@ -176,7 +176,7 @@ def test_noise_is_a_reserved_name():
 
     from graphvla import validate_graph
 
-    text = graph_text("tiny/pi")
+    text = graph_text("tiny/flowdit")
     issues = spec_issues(validate_graph, text.replace("\n  state:", "\n  noise:").replace("inputs.state", "inputs.noise"))
     assert any(i.message == "input name 'noise' is reserved; rename the input" for i in issues)
     issues = spec_issues(validate_graph, text.replace("\n  head:", "\n  noise:").replace("head.", "noise."))

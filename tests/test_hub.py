@@ -241,11 +241,11 @@ def test_eval_data_names_a_missing_dataset_id_before_anything_runs(tmp_path, hub
 # -- models --------------------------------------------------------------------------------------
 
 def vlm_spec(tmp_path, model: str, extra: dict | None = None) -> Path:
-    """tiny/oft.yaml with the VLM read from `model` (a Hub id here)."""
+    """tiny/querytf.yaml with the VLM read from `model` (a Hub id here)."""
     doc = yaml.safe_load((TINY / "base" / "qwen3vl.yaml").read_text())
-    doc["name"] = "tiny-qwen3vl-oft-from-hub"
+    doc["name"] = "tiny-qwen3vl-querytf-from-hub"
     doc["blocks"]["vlm"]["with"] = {"model": model, **(extra or {})}
-    doc["blocks"]["head"] = yaml.safe_load((TINY / "oft.yaml").read_text())["blocks"]["head"]
+    doc["blocks"]["head"] = yaml.safe_load((TINY / "querytf.yaml").read_text())["blocks"]["head"]
     (tmp_path / "spec").mkdir(exist_ok=True)
     path = tmp_path / "spec" / "graph.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -26,7 +26,7 @@ TINY = Path(__file__).parent.parent / "graphvla" / "graphs" / "tiny"
 LORA = ["blocks.vlm.train.lora.r=8"]
 
 
-@pytest.mark.parametrize("graph", ["oft", "pi", "gr00t", "fast", "fast-lm"])
+@pytest.mark.parametrize("graph", ["querytf", "flowdit", "dualsystem", "fast", "fast-lm"])
 def test_r_alone_puts_adapters_on_every_tiny_vlm_graph(graph):
     cg = compile_graph(str(TINY / f"{graph}.yaml"), LORA)  # meta: no weights
     total, trainable = cg.param_counts()["vlm"]
@@ -50,7 +50,7 @@ def test_r_alone_puts_adapters_on_every_tiny_vlm_graph(graph):
 ])
 def test_bad_lora_keys_name_the_field(overrides, field, message):
     with pytest.raises(SpecError) as err:
-        compile_graph(str(TINY / "oft.yaml"), overrides)
+        compile_graph(str(TINY / "querytf.yaml"), overrides)
     text = str(err.value)
     assert f"{field}:" in text and message in text, text
 
@@ -72,7 +72,7 @@ def lora_run(tmp_path_factory):
     """A short LoRA run of the tiny OFT graph (adapters on the VLM, the head trained in full)."""
     tmp = tmp_path_factory.mktemp("lora")
     torch.manual_seed(0)
-    spec = load_spec(str(TINY / "oft.yaml"), LORA + ["blocks.vlm.train.lr=3.0e-3", "trainer.max_steps=30",
+    spec = load_spec(str(TINY / "querytf.yaml"), LORA + ["blocks.vlm.train.lr=3.0e-3", "trainer.max_steps=30",
                                                      "trainer.batch_size=4", "trainer.warmup_steps=2",
                                                      "trainer.save_every=100"])
     ds = SyntheticActions(16, size=128, state_dim=4, horizon=8, action_dim=4)
@@ -146,7 +146,7 @@ def test_checkpoint_holds_the_adapters_and_serving_merges_them(lora_run):
 
 
 def test_graphvla_train_with_r_alone_prints_parameters_and_adapters(tmp_path):
-    """`graphvla train tiny/oft --set blocks.vlm.train.lora.r=8` on a small LeRobot folder: the run
+    """`graphvla train tiny/querytf --set blocks.vlm.train.lora.r=8` on a small LeRobot folder: the run
     starts with trainable/total parameters and the adapters, and writes them into its checkpoint."""
     import numpy as np
     from click.testing import CliRunner
@@ -165,7 +165,7 @@ def test_graphvla_train_with_r_alone_prints_parameters_and_adapters(tmp_path):
                             "observation.state": rng.normal(size=(n, 4)).astype(np.float32),
                             "action": rng.normal(size=(n, 4)).astype(np.float32)}, task)
     writer.finalize()
-    args = ["train", str(TINY / "oft.yaml"), "--data", str(tmp_path / "data"), "-o", str(tmp_path / "run"),
+    args = ["train", str(TINY / "querytf.yaml"), "--data", str(tmp_path / "data"), "-o", str(tmp_path / "run"),
             "--no-progress", "--set", "blocks.vlm.train.lora.r=8", "--set", "trainer.max_steps=2",
             "--set", "trainer.batch_size=2", "--set", "trainer.warmup_steps=1"]
     res = CliRunner().invoke(main, args)

@@ -15,7 +15,7 @@ from graphvla.runners.train import Trainer
 from graphvla.spec.loader import load_spec
 from train_doubles import TINY_SPEC, SyntheticActions, port_stats
 
-TINY_OFT = "graphvla/graphs/tiny/oft.yaml"
+TINY_QUERYTF = "graphvla/graphs/tiny/querytf.yaml"
 
 
 def trainer(tmp_path, spec_path, overrides=(), vlm_data=False):
@@ -43,7 +43,7 @@ def test_trainable_blocks_train_frozen_ones_eval_even_after_a_policy(tmp_path):
 
 
 def test_a_frozen_vision_tower_is_eval_inside_a_training_vlm(tmp_path):
-    t = trainer(tmp_path, TINY_OFT, ["blocks.vlm.with.freeze_vision=true"], vlm_data=True)
+    t = trainer(tmp_path, TINY_QUERYTF, ["blocks.vlm.with.freeze_vision=true"], vlm_data=True)
     vlm = t.cg.model["vlm"]
     assert not vlm.model.training  # transformers builds models in eval mode
     t.train_step()
@@ -66,7 +66,7 @@ def test_gradient_checkpointing_recomputes_the_layers_in_backward(tmp_path):
     silently off (transformers checkpoints only when module.training)."""
     per_step = {}
     for on in (False, True):
-        t = trainer(tmp_path / str(on), TINY_OFT, [f"blocks.vlm.with.gradient_checkpointing={str(on).lower()}"],
+        t = trainer(tmp_path / str(on), TINY_QUERYTF, [f"blocks.vlm.with.gradient_checkpointing={str(on).lower()}"],
                     vlm_data=True)
         calls, handles, n = count_layer_calls(t.cg.model["vlm"].model)
         t.train_step()
@@ -77,7 +77,7 @@ def test_gradient_checkpointing_recomputes_the_layers_in_backward(tmp_path):
 
 
 def test_bf16_block_trains_fp32_masters_so_a_1e5_step_is_kept(tmp_path):
-    t = trainer(tmp_path, TINY_OFT, ["blocks.vlm.with.dtype=bfloat16", "blocks.vlm.with.freeze_vision=true",
+    t = trainer(tmp_path, TINY_QUERYTF, ["blocks.vlm.with.dtype=bfloat16", "blocks.vlm.with.freeze_vision=true",
                                      "blocks.vlm.train.lr=1.0e-5", "trainer.warmup_steps=0", "trainer.grad_clip=0"],
                 vlm_data=True)
     vlm = t.cg.model["vlm"].model

@@ -1,4 +1,4 @@
-"""Packaged graph names (`tiny/oft` for graphvla/graphs/tiny/oft.yaml) wherever a command takes a
+"""Packaged graph names (`tiny/querytf` for graphvla/graphs/tiny/querytf.yaml) wherever a command takes a
 graph, `graphvla graphs` (the list) and `graphvla graphs copy NAME DIR` (a copy to edit that still
 validates from DIR, never overwriting)."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ from graphvla.spec.schema import privileged_ports
 
 PACKAGE = Path(graphvla.__file__).resolve().parent
 ROOT = PACKAGE / "graphs"
-OFT = ROOT / "tiny" / "oft.yaml"
+QUERYTF = ROOT / "tiny" / "querytf.yaml"
 
 
 def run(*args):
@@ -40,7 +40,7 @@ def test_names_are_every_graph_in_the_package_but_not_the_bases():
                      if "base" not in p.relative_to(ROOT).parts and p.parent != ROOT / "sweeps")  # sweep files
     names = packaged_graphs()
     assert names == on_disk and names == sorted(names)
-    assert {"tiny/oft", "tiny/mlp", "metaworld/mt10-small-privileged", "metaworld/mt50", "fullsize/qwen3vl-querytf"} <= set(names)
+    assert {"tiny/querytf", "tiny/mlp", "metaworld/mt10-small-privileged", "metaworld/mt50", "fullsize/qwen3vl-querytf"} <= set(names)
     assert not [n for n in names if "base" in n.split("/")]
     assert graphs_root().resolve() == ROOT
 
@@ -59,31 +59,31 @@ def test_a_graph_is_named_privileged_exactly_when_it_has_a_privileged_port():
 
 
 def test_a_name_with_or_without_yaml_or_as_a_checkout_path_is_the_packaged_file(elsewhere):
-    for given in ("tiny/oft", "tiny/oft.yaml", "graphvla/graphs/tiny/oft.yaml"):
-        assert resolve_graph(given).resolve() == OFT, given
-    spec = load_spec("tiny/oft")
-    assert spec.name == "tiny-qwen3vl-oft" and Path(spec.file).resolve() == OFT
+    for given in ("tiny/querytf", "tiny/querytf.yaml", "graphvla/graphs/tiny/querytf.yaml"):
+        assert resolve_graph(given).resolve() == QUERYTF, given
+    spec = load_spec("tiny/querytf")
+    assert spec.name == "tiny-qwen3vl-querytf" and Path(spec.file).resolve() == QUERYTF
     # its `extends: base/qwen3vl.yaml` still resolves next to the packaged file
-    assert spec.blocks["vlm"]["type"] == "backbone.hf_vlm" and spec.dir == OFT.parent
-    assert spec.fingerprint == load_spec(OFT).fingerprint
+    assert spec.blocks["vlm"]["type"] == "backbone.hf_vlm" and spec.dir == QUERYTF.parent
+    assert spec.fingerprint == load_spec(QUERYTF).fingerprint
 
 
 def test_an_existing_path_wins_over_a_packaged_name(elsewhere):
-    mine = elsewhere / "tiny" / "oft.yaml"
+    mine = elsewhere / "tiny" / "querytf.yaml"
     mine.parent.mkdir()
-    mine.write_text((ROOT / "tiny" / "mlp.yaml").read_text().replace("name: tiny-mlp", "name: my-own-oft"))
-    assert load_spec("tiny/oft.yaml").name == "my-own-oft"
-    result = run("validate", "tiny/oft.yaml")
-    assert result.exit_code == 0 and "ok (my-own-oft" in result.output
+    mine.write_text((ROOT / "tiny" / "mlp.yaml").read_text().replace("name: tiny-mlp", "name: my-own-querytf"))
+    assert load_spec("tiny/querytf.yaml").name == "my-own-querytf"
+    result = run("validate", "tiny/querytf.yaml")
+    assert result.exit_code == 0 and "ok (my-own-querytf" in result.output
     # no file of that exact path here: the packaged graph
-    assert load_spec("tiny/oft").name == "tiny-qwen3vl-oft"
+    assert load_spec("tiny/querytf").name == "tiny-qwen3vl-querytf"
     assert load_spec("tiny/mlp.yaml").name == "tiny-mlp"
 
 
 def test_an_unknown_name_says_did_you_mean_over_the_packaged_names(elsewhere):
-    [issue] = spec_issues(load_spec, "tiny/otf")
-    assert issue.location.file == "tiny/otf" and issue.message == "file not found"
-    assert "did you mean 'tiny/oft'?" in issue.hint
+    [issue] = spec_issues(load_spec, "tiny/queryft")
+    assert issue.location.file == "tiny/queryft" and issue.message == "file not found"
+    assert "did you mean 'tiny/querytf'?" in issue.hint
     [issue] = spec_issues(load_spec, "metaworld/mt10-small-privilegd.yaml")
     assert "did you mean 'metaworld/mt10-small-privileged'?" in issue.hint
     [issue] = spec_issues(load_spec, "zzz/qqq")
@@ -98,17 +98,17 @@ def test_bases_are_not_names_but_a_missing_absolute_path_is_just_missing(elsewhe
 
 
 def test_commands_take_names(elsewhere):
-    result = run("validate", "tiny/oft")
+    result = run("validate", "tiny/querytf")
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("tiny/oft: ok (tiny-qwen3vl-oft, fingerprint ")
-    result = run("validate", "--set", "blocks.head.with.layers=3", "tiny/oft.yaml")
-    assert result.exit_code == 0 and "ok (tiny-qwen3vl-oft" in result.output
-    result = run("diff", "tiny/oft", "tiny/pi")
+    assert result.output.startswith("tiny/querytf: ok (tiny-qwen3vl-querytf, fingerprint ")
+    result = run("validate", "--set", "blocks.head.with.layers=3", "tiny/querytf.yaml")
+    assert result.exit_code == 0 and "ok (tiny-qwen3vl-querytf" in result.output
+    result = run("diff", "tiny/querytf", "tiny/flowdit")
     assert result.exit_code == 0, result.output
     assert "head" in result.output and "head.query_transformer" in result.output and "head.flow_matching" in result.output
-    result = run("validate", "tiny/otf")
+    result = run("validate", "tiny/queryft")
     assert result.exit_code == 1
-    assert "tiny/otf: error: <root>: file not found (and no packaged graph of that name; did you mean 'tiny/oft'?)" \
+    assert "tiny/queryft: error: <root>: file not found (and no packaged graph of that name; did you mean 'tiny/querytf'?)" \
         in result.output
     assert "Traceback" not in result.output
 
@@ -141,13 +141,13 @@ def test_graphs_lists_every_name_with_its_description():
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert [line.split()[0] for line in lines] == packaged_graphs()
-    oft = next(line for line in lines if line.startswith("tiny/oft "))
-    assert oft.split(None, 1)[1] == "GraphVLA's learned-query transformer head on the tiny Qwen3-VL (not OpenVLA-OFT)."
+    querytf = next(line for line in lines if line.startswith("tiny/querytf "))
+    assert querytf.split(None, 1)[1] == "GraphVLA's learned-query transformer head on the tiny Qwen3-VL (not OpenVLA-OFT)."
     assert describe("tiny/mlp") == "Small from-scratch encoders and an MLP head; trains in seconds on CPU."
     assert all(len(line) < 160 for line in lines)  # folded descriptions are cut to a line
     assert "base" not in result.output.split()
     paths = run("graphs", "--paths")
-    assert str(OFT) in paths.output
+    assert str(QUERYTF) in paths.output
 
 
 def test_copy_writes_the_graph_its_base_and_its_tokenizer(tmp_path):
@@ -177,7 +177,7 @@ def test_copy_keeps_a_chain_that_leaves_its_folder_at_the_same_relative_paths(tm
     result = run("graphs", "copy", "metaworld/mt10-oft-privileged.yaml", dest)
     assert result.exit_code == 0, result.output
     written = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
-    assert written == ["metaworld/mt10-oft-privileged.yaml", "tiny/base/qwen3vl.yaml", "tiny/oft.yaml"]
+    assert written == ["metaworld/mt10-oft-privileged.yaml", "tiny/base/qwen3vl.yaml", "tiny/querytf.yaml"]
     assert load_spec(dest / "metaworld" / "mt10-oft-privileged.yaml").fingerprint == \
         load_spec("metaworld/mt10-oft-privileged").fingerprint
 
@@ -186,11 +186,11 @@ def test_copy_refuses_to_overwrite_and_writes_nothing_then(tmp_path):
     dest = tmp_path / "mine"
     (dest / "base").mkdir(parents=True)
     (dest / "base" / "qwen3vl.yaml").write_text("# my own base\n")
-    result = run("graphs", "copy", "tiny/oft", dest)
+    result = run("graphs", "copy", "tiny/querytf", dest)
     assert result.exit_code == 1
     assert f"will not overwrite existing file: {dest / 'base' / 'qwen3vl.yaml'}" in result.output
     assert (dest / "base" / "qwen3vl.yaml").read_text() == "# my own base\n"
-    assert not (dest / "oft.yaml").exists()
+    assert not (dest / "querytf.yaml").exists()
     # a second copy of the same graph is refused too, and the first is kept as edited
     again = tmp_path / "again"
     assert run("graphs", "copy", "tiny/mlp", again).exit_code == 0

@@ -15,7 +15,7 @@ from graphvla.cli import main
 from graphvla.spec.library import packaged_graphs
 
 GRAPHS = [n for n in packaged_graphs() if n.split("/")[0] in ("tiny", "metaworld")]
-EXPORTED = ("tiny/mlp", "tiny/pi", "metaworld/mt10")  # small encoders; flow head + Qwen3-VL (noise); keypoints
+EXPORTED = ("tiny/mlp", "tiny/flowdit", "metaworld/mt10")  # small encoders; flow head + Qwen3-VL (noise); keypoints
 ONE_STEP = ["--set", "trainer.max_steps=1", "--set", "trainer.batch_size=2", "--set", "trainer.num_workers=0",
             "--set", "trainer.warmup_steps=1"]
 # per graph: what makes it train on the recording (tiny/mlp declares an 8-d state; the recording's is 4-d)
@@ -46,7 +46,7 @@ def port_lines(output: str) -> dict:
 
 
 def test_the_graph_families_are_all_here():
-    assert {"tiny/mlp", "tiny/oft", "tiny/pi", "tiny/gr00t", "tiny/fast", "tiny/fast-lm", "tiny/worldmodel-pi",
+    assert {"tiny/mlp", "tiny/querytf", "tiny/flowdit", "tiny/dualsystem", "tiny/fast", "tiny/fast-lm", "tiny/worldmodel-flowdit",
             "metaworld/mt10", "metaworld/mt50", "metaworld/mt10-small-privileged"} <= set(GRAPHS)
 
 

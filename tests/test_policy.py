@@ -196,12 +196,12 @@ SMALL_MT10 = ["blocks.vision.with={channels: [8, 8], keypoints: 8}", "blocks.fus
 
 
 @pytest.mark.parametrize("graph, overrides", [
-    ("tiny/oft", []),  # tied LM head, rotary tables (non-persistent buffers)
-    ("tiny/oft", ["blocks.vlm.with.dtype=bfloat16"]),
+    ("tiny/querytf", []),  # tied LM head, rotary tables (non-persistent buffers)
+    ("tiny/querytf", ["blocks.vlm.with.dtype=bfloat16"]),
     ("tiny/fast-lm", []),  # action tokens added to the VLM's vocabulary
-    ("tiny/pi", []),  # a flow head: the session's noise
+    ("tiny/flowdit", []),  # a flow head: the session's noise
     ("metaworld/mt10", SMALL_MT10),  # the keypoint encoder's grid (a non-persistent buffer)
-], ids=["tiny-oft", "tiny-oft-bf16", "tiny-fast-lm", "tiny-pi", "mt10"])
+], ids=["tiny-querytf", "tiny-querytf-bf16", "tiny-fast-lm", "tiny-flowdit", "mt10"])
 def test_a_run_in_the_earlier_format_loads_on_meta_with_the_in_memory_actions(tmp_path, graph, overrides):
     """A checkpoint as runs were written before pipelines and assets were saved (model.safetensors,
     spec.yaml, graph.json, normalization.json) loads: the blocks built with parameters on meta get

@@ -2,7 +2,10 @@
 `head.query_transformer` (GraphVLA's learned-query transformer, not OpenVLA-OFT). A spec or a run
 written with the old name validates, compiles and loads exactly as before (same data, so the same
 fingerprint), with a warning located at the block's `type` that names the new type. Listings show
-only current names, and the packaged graphs use them."""
+only current names, and the packaged graphs use them. Renamed packaged graphs (starvla/* GraphVLA
+designs -> fullsize/*, tiny/{oft,pi,gr00t,worldmodel-pi} -> tiny/{querytf,flowdit,dualsystem,
+worldmodel-flowdit}): the old name is refused with the new one and the reason."""
+import re
 import warnings
 
 import numpy as np
@@ -43,7 +46,7 @@ def test_the_old_name_builds_the_renamed_block_and_listings_show_the_new_one():
 
 def test_a_spec_with_the_old_name_warns_where_it_says_it(tmp_path):
     old = tmp_path / "old.yaml"
-    old.write_text(graph_text("tiny/oft", "blocks.head.type=head.oft"))
+    old.write_text(graph_text("tiny/querytf", "blocks.head.type=head.oft"))
     line = next(i for i, t in enumerate(old.read_text().splitlines(), 1) if "type: head.oft" in t)
     with pytest.warns(FutureWarning, match=r"blocks\.head\.type: block type 'head\.oft' was renamed 'head\.query_transformer'"):
         spec = load_spec(str(old))
@@ -70,10 +73,12 @@ def test_a_spec_with_the_old_name_warns_where_it_says_it(tmp_path):
 
 
 def test_a_run_trained_as_head_oft_still_loads_and_predicts_what_it_did(tmp_path):
-    """A run from before the rename: its checkpoint's spec.yaml says head.oft and its graph.json
-    holds that spec's fingerprint. It loads (with the warning) and predicts bit-identically."""
+    """A run from before the renames: its checkpoint's spec.yaml says head.oft (and the graph's old
+    name tiny-qwen3vl-oft, from the file tiny/oft.yaml) and its graph.json holds that spec's
+    fingerprint. It loads (with the warning) and predicts bit-identically: a run keeps its own resolved
+    spec, so renaming the packaged file changes nothing for it."""
     old = tmp_path / "old.yaml"
-    old.write_text(graph_text("tiny/oft", "blocks.head.type=head.oft"))
+    old.write_text(graph_text("tiny/querytf", "blocks.head.type=head.oft", "name=tiny-qwen3vl-oft"))
     with pytest.warns(FutureWarning):
         spec = load_spec(str(old), SHORT)
     trainer = Trainer.from_spec(spec, vlm_bundle(VLMSamples()), tmp_path / "run", progress=False)
@@ -83,7 +88,7 @@ def test_a_run_trained_as_head_oft_still_loads_and_predicts_what_it_did(tmp_path
     assert yaml.safe_load((ckpt / "spec.yaml").read_text())["blocks"]["head"]["type"] == "head.oft"
     with pytest.warns(FutureWarning, match="head.query_transformer"):
         policy = graphvla.load_policy(tmp_path / "run")
-    assert policy.metadata["fingerprint"] == spec.fingerprint
+    assert policy.metadata["fingerprint"] == spec.fingerprint and policy.metadata["name"] == "tiny-qwen3vl-oft"
     np.testing.assert_array_equal(policy.infer(_obs())["actions"], expected)
 
 
@@ -106,7 +111,7 @@ def test_an_old_graph_name_says_its_new_name_and_why(tmp_path):
     from graphvla.errors import SpecError
 
     names = set(packaged_graphs())
-    assert len(MOVED) == 7 and set(MOVED.values()) <= names and not set(MOVED) & names
+    assert len(MOVED) == 11 and set(MOVED.values()) <= names and not set(MOVED) & names
     for name in ("oft", "gr00t", "fast", "pi"):  # now starVLA's QwenOFT, QwenGR00T, QwenFast, QwenPI themselves
         for backbone in ("qwen3vl", "qwen25vl"):
             assert f"starvla/{backbone}-{name}" not in MOVED and f"starvla/{backbone}-{name}" in names
@@ -115,3 +120,33 @@ def test_an_old_graph_name_says_its_new_name_and_why(tmp_path):
     result = CliRunner().invoke(main, ["graphs", "copy", "starvla/worldmodel-gr00t.yaml", str(tmp_path / "x")])
     assert result.exit_code == 1 and "renamed 'fullsize/worldmodel-dualsystem'" in result.output
     assert not (tmp_path / "x").exists()
+
+
+TINY_RENAMED = {"tiny/oft": ("tiny/querytf", "OpenVLA-OFT", "tiny-qwen3vl-querytf", "head.query_transformer"),
+                "tiny/pi": ("tiny/flowdit", "pi0", "tiny-qwen3vl-flowdit", "head.flow_matching"),
+                "tiny/gr00t": ("tiny/dualsystem", "GR00T", "tiny-qwen3vl-dualsystem", "head.dual_system"),
+                "tiny/worldmodel-pi": ("tiny/worldmodel-flowdit", "pi0", "tiny-worldmodel-flowdit", "head.flow_matching")}
+
+
+@pytest.mark.parametrize("old", sorted(TINY_RENAMED))
+def test_an_old_tiny_graph_name_says_its_new_name_and_the_model_it_is_not(old, tmp_path):
+    """The tiny graphs named after published models (OpenVLA-OFT, pi0, GR00T) hold GraphVLA's own heads:
+    they carry names of their own, and the old name - as a name, with .yaml, or as a checkout path - is
+    an error naming the new one and what the graph is not, in every command that takes a graph."""
+    from graphvla.errors import SpecError
+    from graphvla.spec.library import MOVED, packaged_path
+
+    new, model, name, head = TINY_RENAMED[old]
+    assert MOVED[old] == new and packaged_path(old) is None
+    spec = load_spec(new)
+    assert spec.name == name and spec.blocks["head"]["type"] == head and model not in spec.name
+    hint = f"renamed '{new}': a GraphVLA design, never proven equal to {model} "
+    for given in (old, old + ".yaml", "graphvla/graphs/" + old + ".yaml"):
+        with pytest.raises(SpecError, match=re.escape(hint)):
+            load_spec(given)
+    result = CliRunner().invoke(main, ["validate", old])
+    assert result.exit_code == 1 and hint in result.output and "did you mean" not in result.output
+    result = CliRunner().invoke(main, ["graphs", "copy", old, str(tmp_path / "x")])
+    assert result.exit_code == 1 and f"renamed '{new}'" in result.output and not (tmp_path / "x").exists()
+    result = CliRunner().invoke(main, ["train", old, "--data", str(tmp_path / "none.yaml"), "-o", str(tmp_path / "run")])
+    assert result.exit_code != 0 and f"renamed '{new}'" in result.output and not (tmp_path / "run").exists()

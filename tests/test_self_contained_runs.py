@@ -59,14 +59,14 @@ def test_a_fast_graph_loads_without_its_spec_folder_or_tokenizer(tmp_path):
 
 
 def _vlm_from_folder_spec(inputs):
-    """tiny/oft.yaml with the VLM read from a model folder (weights, config, processor, tokenizer,
+    """tiny/querytf.yaml with the VLM read from a model folder (weights, config, processor, tokenizer,
     chat template) instead of built in memory."""
     from graphvla.blocks.backbones.tiny_hf import save_tiny
 
     save_tiny("qwen3_vl", inputs / "tiny-qwen3vl")
     doc = yaml.safe_load((TINY / "base" / "qwen3vl.yaml").read_text())
-    head = yaml.safe_load((TINY / "oft.yaml").read_text())["blocks"]["head"]
-    doc["name"] = "tiny-qwen3vl-oft-from-folder"
+    head = yaml.safe_load((TINY / "querytf.yaml").read_text())["blocks"]["head"]
+    doc["name"] = "tiny-qwen3vl-querytf-from-folder"
     doc["blocks"]["vlm"]["with"] = {"model": "tiny-qwen3vl"}
     doc["blocks"]["head"] = head
     (inputs / "graph.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -85,7 +85,7 @@ def test_a_vlm_graph_loads_without_its_model_processor_or_tokenizer_folder(tmp_p
 
 
 def _referenced_run(tmp_path, monkeypatch, overrides=()):
-    """Train tiny/oft from a model folder whose weight file is referenced (as for a 4B model);
+    """Train tiny/querytf from a model folder whose weight file is referenced (as for a 4B model);
     returns (checkpoint, the base weights file, its manifest entry, the in-memory actions)."""
     monkeypatch.setattr(assets, "REFERENCE_ABOVE_BYTES", 0)  # reference every weight file
     spec_file = _vlm_from_folder_spec(tmp_path / "inputs")

@@ -1,7 +1,7 @@
 """One session per client: the every-k System-2 cache, the call counter and the noise generator
 belong to a connection, not to the server. Three clients interleaved on one batching server get
 exactly what each gets alone on a fresh server; a reset is one client's; a seeded session
-replays. The graph is tiny/gr00t (a dual-system flow head: it samples noise, and its VLM runs
+replays. The graph is tiny/dualsystem (a dual-system flow head: it samples noise, and its VLM runs
 `infer: {every: 4}`), with random weights and no normalizer, on CPU."""
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ STEPS = 9  # every client's script length: the VLM refreshes at calls 0, 4 and 8
 @pytest.fixture(scope="module")
 def policy():
     torch.manual_seed(0)
-    policy = Policy.from_compiled(compile_graph("tiny/gr00t", device="cpu"))
+    policy = Policy.from_compiled(compile_graph("tiny/dualsystem", device="cpu"))
     with torch.no_grad():  # the untrained DiT's adaLN gates are zero, so it would ignore System 2
         for p in policy.cg.model["head"].parameters():
             if not p.any():

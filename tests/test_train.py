@@ -325,7 +325,7 @@ def test_data_position_is_exact_with_prefetching_workers():
 
 @pytest.mark.slow
 def test_cotraining_vlm_and_action_streams_on_real_data(tmp_path, metaworld_data):
-    """graphvla/graphs/tiny/oft.yaml plus a node sharing its tiny Qwen3-VL on a LLaVA-JSON stream: steps
+    """graphvla/graphs/tiny/querytf.yaml plus a node sharing its tiny Qwen3-VL on a LLaVA-JSON stream: steps
     alternate 2:1, each loss is logged under its own name and both fall."""
     from PIL import Image
 
@@ -342,7 +342,7 @@ def test_cotraining_vlm_and_action_streams_on_real_data(tmp_path, metaworld_data
                                         f"vlm:\n  - json: {tmp_path / 'llava.json'}\n    image_root: {tmp_path / 'imgs'}\n")
     from graphvla.runners.train.dataio import load_bundle
 
-    spec = load_spec("tiny/oft", [*vqa_cotraining(128, 0.5), "name=tiny-oft-cotrain",
+    spec = load_spec("tiny/querytf", [*vqa_cotraining(128, 0.5), "name=tiny-querytf-cotrain",
                                   "trainer.streams={action: {ratio: 2}, vlm: {ratio: 1}}", "trainer.max_steps=24",
                                   "trainer.batch_size=4", "trainer.warmup_steps=2", "trainer.save_every=100"])
     result = train(spec, load_bundle(str(tmp_path / "data.yaml"), spec), tmp_path / "run", progress=False)

@@ -74,7 +74,7 @@ def installed(tmp_path_factory):
 def test_the_wheel_carries_the_graphs_and_configs(installed):
     wheel, *_ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
-    for must in ("graphvla/graphs/tiny/oft.yaml", "graphvla/graphs/tiny/base/qwen3vl.yaml",
+    for must in ("graphvla/graphs/tiny/querytf.yaml", "graphvla/graphs/tiny/base/qwen3vl.yaml",
                  "graphvla/graphs/tiny/fast_tokenizer/tokenizer.json", "graphvla/graphs/fullsize/base/ports.yaml",
                  "graphvla/graphs/metaworld/mt10-small-privileged.yaml", "graphvla/configs/benchmarks/metaworld.yaml",
                  "graphvla/configs/accelerate/deepspeed_zero3.yaml", "graphvla/blocks/backbones/configs/qwen3_vl_4b/config.json"):
@@ -117,8 +117,8 @@ def test_blocks_validate_and_compile_from_an_empty_folder(installed):
     listed = [line.split()[0] for line in blocks.splitlines() if line.strip()]
     assert {"backbone.hf_vlm", "encoder.image", "head.query_transformer", "head.mlp"} <= set(listed)
 
-    validate = _sh([graphvla, "validate", "tiny/oft"], cwd=empty, env=env).stdout
-    assert validate.startswith("tiny/oft: ok (tiny-qwen3vl-oft, fingerprint ")
+    validate = _sh([graphvla, "validate", "tiny/querytf"], cwd=empty, env=env).stdout
+    assert validate.startswith("tiny/querytf: ok (tiny-qwen3vl-querytf, fingerprint ")
 
     compiled = _sh([graphvla, "compile", "metaworld/mt10-small-privileged"], cwd=empty, env=env).stdout
     assert compiled.startswith("graph metaworld-mt10-small-privileged")

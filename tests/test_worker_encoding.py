@@ -65,11 +65,11 @@ def _train_counting_main_process_calls(tmp_path, graph, monkeypatch, in_workers)
     return [r["loss"] for r in history], calls, t
 
 
-@pytest.mark.parametrize("graph", ["oft", "fast", "fast-lm"])
+@pytest.mark.parametrize("graph", ["querytf", "fast", "fast-lm"])
 def test_data_work_runs_in_the_workers_with_the_same_losses_and_weights(tmp_path, monkeypatch, graph):
     before, in_step, t0 = _train_counting_main_process_calls(tmp_path, graph, monkeypatch, in_workers=False)
     after, in_main, t1 = _train_counting_main_process_calls(tmp_path, graph, monkeypatch, in_workers=True)
-    fast = graph != "oft"
+    fast = graph != "querytf"
     assert in_step == {"processor": STEPS, "bpe": STEPS if fast else 0}  # the pipeline ran in the step
     assert in_main == {"processor": 0, "bpe": 0}  # the step receives tensors
     assert after == before  # the same computation, wherever it runs: exactly equal
@@ -140,11 +140,11 @@ def test_graphs_take_the_step_made_tensors_and_inference_needs_no_targets():
 
 def test_training_collate_and_policy_give_the_vlm_the_same_tensors(tmp_path):
     """The same frames through the training collate and through Policy's preprocess: identical
-    inputs of the inference graph (oft: the VLM's processor tensors and the state)."""
+    inputs of the inference graph (querytf: the VLM's processor tensors and the state)."""
     from graphvla.policy.policy import Policy
 
     ds = TailSamples()
-    cg = compile_graph(_spec("oft"), device="cpu")
+    cg = compile_graph(_spec("querytf"), device="cpu")
     batch, samples, norm, _ = _collated(cg, ds)
     seen = {}
     policy = Policy(cg, norm)
@@ -198,7 +198,7 @@ def test_a_row_cut_from_a_batch_gives_the_vlm_what_it_gets_alone():
     every-k caches rely on). Generation pads on the left as the processor would."""
     from graphvla.blocks.backbones.hf_vlm import left_padded
 
-    cg = compile_graph(_spec("oft"), device="cpu")
+    cg = compile_graph(_spec("querytf"), device="cpu")
     vlm = cg.model["vlm"].eval()
     step = cg.preprocess.steps[-1]
     images = torch.rand(2, 1, 3, 128, 128, generator=torch.Generator().manual_seed(3))
@@ -243,7 +243,7 @@ def test_a_step_wired_to_a_value_the_graph_computes_is_a_compile_error():
     assert "processor step reads 'target' before the graph runs" in msg
 
 
-@pytest.mark.parametrize("graph, node", [("tiny/mlp", "language"), ("tiny/worldmodel-pi", "wm")])
+@pytest.mark.parametrize("graph, node", [("tiny/mlp", "language"), ("tiny/worldmodel-flowdit", "wm")])
 def test_a_row_cut_from_a_batch_of_bytes_is_the_row_tokenized_alone(graph, node):
     cg = compile_graph(graph, device="cpu")
     block = cg.model[node].eval()

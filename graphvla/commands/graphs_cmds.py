@@ -1,5 +1,5 @@
 """`graphvla graphs`: the graph library that ships with the package. Every command that takes a
-graph accepts these names (`graphvla validate tiny/oft`); `graphvla graphs copy NAME DIR` writes
+graph accepts these names (`graphvla validate tiny/querytf`); `graphvla graphs copy NAME DIR` writes
 one out to edit, with the bases and files it needs to still validate from DIR."""
 from __future__ import annotations
 

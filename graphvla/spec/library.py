@@ -1,5 +1,5 @@
 """The graph library that ships inside the package (graphvla/graphs): every command that takes a
-graph also takes a packaged name such as `tiny/oft` or `metaworld/mt50` (`.yaml` optional).
+graph also takes a packaged name such as `tiny/querytf` or `metaworld/mt50` (`.yaml` optional).
 
 A path that exists always wins; a name is looked up only when no such file exists. `base/` folders
 hold the shared halves that graphs `extends:`; they are not graphs of their own, so they are neither
@@ -31,6 +31,11 @@ MOVED = {f"starvla/{backbone}-{old}": f"fullsize/{backbone}-{new}"
          if f"{backbone}-{old}" not in PROVEN}
 MOVED.update({"starvla/qwen3vl-fast-lm": "fullsize/qwen3vl-fast-lm", "starvla/qwen25vl-fast-lm": "fullsize/qwen25vl-fast-lm",
               "starvla/qwen3vl-oft-cotrain": "fullsize/qwen3vl-querytf-cotrain"})
+# The tiny graphs carried the published models' names too (OpenVLA-OFT, pi0, GR00T) over GraphVLA's heads.
+MOVED.update({f"tiny/{old}": f"tiny/{new}" for old, new in (("oft", "querytf"), ("pi", "flowdit"), ("gr00t", "dualsystem"),
+                                                         ("worldmodel-pi", "worldmodel-flowdit"))})
+# What each renamed graph's old name claimed to be, for the hint.
+NAMED_AFTER = {"tiny/oft": "OpenVLA-OFT", "tiny/pi": "pi0", "tiny/gr00t": "GR00T", "tiny/worldmodel-pi": "pi0"}
 
 
 def graphs_root() -> Path:
@@ -43,7 +48,7 @@ def graphs_root() -> Path:
 
 
 def packaged_graphs() -> list[str]:
-    """Every packaged graph's name ('tiny/oft'), sorted; bases are left out."""
+    """Every packaged graph's name ('tiny/querytf'), sorted; bases are left out."""
     root = graphs_root()
     names = []
     for path in root.rglob("*"):
@@ -151,7 +156,8 @@ def graph_files(name: str) -> tuple[Path, list[Path]]:
 
 def _moved(name) -> str | None:
     new = MOVED.get(name)
-    return (f"it was renamed '{new}': a GraphVLA design, never proven equal to starVLA's framework "
+    model = NAMED_AFTER.get(name, "starVLA's framework")
+    return (f"it was renamed '{new}': a GraphVLA design, never proven equal to {model} "
             f"(docs/heads.md, \"Names and parity\")") if new else None
 
 

@@ -81,7 +81,7 @@ def fingerprint(data: dict) -> str:
 
 
 def load_spec(source, overrides=(), validate: bool = True) -> Spec:
-    """Load a spec from a path, a packaged graph name ('tiny/oft', see spec/library.py), a YAML
+    """Load a spec from a path, a packaged graph name ('tiny/querytf', see spec/library.py), a YAML
     string (containing a newline) or a dict.
 
     overrides: 'a.b.c=value' strings (value parsed as YAML), applied after `extends`.
