@@ -340,3 +340,23 @@ def test_an_import_whose_tokenizer_is_on_disk_tokenizes_the_task_itself(saved_po
     diffs = [abs(out[i] - data[f"chunk{i}"][0].numpy()).max() for i in range(2)]
     print(f"served imported pi0 (task strings) vs LeRobot 0.4.1: max |diff| {max(diffs):.2e}")
     assert max(diffs) <= SERVE_TOL
+
+
+def test_a_training_step_reaches_every_parameter_the_loss_depends_on(saved_policy, case):
+    """Backward through the training graph: every parameter gets a gradient but those after PaliGemma's
+    last keys and values (pi0 reads the prefix's keys and values only: the last layer's queries, output
+    projection and MLP and the final norm reach nothing, in LeRobot's joint computation too) and the
+    embedding rows of tokens not in the batch (or only in its padding)."""
+    _, data = case
+    cg = compile_graph(parity_spec(saved_policy), device="cpu")
+    fed = cg.feed({"images": images_of(data), "state": data["state"], "tokens": data["tokens"],
+                   "tokens_mask": data["tokens_mask"], "actions": data["actions"]}, "action")
+    cg.train["action"](**fed)["loss"].backward()
+    none = sorted(n for n, p in cg.model.named_parameters() if p.grad is None or not p.grad.abs().sum())
+    last = f"backbone.layers.{len(cg.model['backbone'].layers) - 1}."
+    assert none == sorted(["backbone.norm.weight"] + [last + n for n in (
+        "self_attn.q_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
+        "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")]), none
+    used = data["tokens"][data["tokens_mask"]].unique()  # padding tokens are masked out of every attention
+    grad = cg.model["backbone"].embed_tokens.weight.grad
+    assert grad[used].abs().sum(-1).gt(0).all() and not grad[[i for i in range(64) if i not in used.tolist()]].any()

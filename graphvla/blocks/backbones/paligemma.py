@@ -18,7 +18,8 @@ Facts of that model, written here in torch:
 
 Outputs: `kv` [B, layers, 2, T, kv_heads * head_dim] (every layer's keys after the rotary embedding
 and values: what pi0's action expert attends to, LeRobot's prefix KV cache), `prefix_mask` [B, T]
-(valid prefix tokens), `hidden` [B, T, width] (the decoder's last layer after the final norm).
+(valid prefix tokens), and with `with.hidden` `hidden` [B, T, width] (the decoder's last layer after
+the final norm; without it the last layer stops at its keys and values, all pi0 reads).
 Language: either `tokens` / `tokens_mask` are wired (made before the graph, e.g. by LeRobot's tokenizer
 step on a client), or `text` (B instructions) is, and the block's processor step makes them as
 LeRobot's preprocessor does: a newline appended, PaliGemma's tokenizer (`with.tokenizer`, a folder or
@@ -243,8 +244,8 @@ class PaliGemmaPrefix(Block):
     out_ports = {
         "kv": OutPort("latent", doc="[B, layers, 2, T, kv_heads * head_dim]: keys (rotary applied) and values"),
         "prefix_mask": OutPort("mask", doc="[B, T] valid prefix tokens"),
-        "hidden": OutPort("hidden", doc="[B, T, width] the last layer after the final norm"),
     }
+    HIDDEN = {"hidden": OutPort("hidden", doc="[B, T, width] the last layer after the final norm (with.hidden)")}
     params_schema = {
         "type": "object",
         "properties": {
@@ -253,6 +254,10 @@ class PaliGemmaPrefix(Block):
             "tokenizer": {"type": "string", "default": "none",
                           "description": "PaliGemma's tokenizer (folder or Hub id) for the text step; 'none' with tokens"},
             "max_length": {"type": "integer", "minimum": 1, "default": 48, "description": "tokenizer_max_length"},
+            "hidden": {"type": "boolean", "default": False,
+                       "description": "output `hidden` (the last layer's states after the final norm); pi0 reads only "
+                                      "the keys and values, so by default the last layer's attention output and "
+                                      "MLP are not computed"},
             "resize": {"type": "boolean", "default": True,
                        "description": "resize with padding to vision.image_size (LeRobot's); false: images "
                                       "must already have that size"},
@@ -289,6 +294,12 @@ class PaliGemmaPrefix(Block):
         self.layers = nn.ModuleList(GemmaLayer(t["width"], t["mlp"], t["heads"], t["kv_heads"], t["head_dim"])
                                     for _ in range(t["layers"]))
         self.norm = RMSNorm(t["width"])
+
+    @classmethod
+    def ports_for(cls, params):
+        if (params or {}).get("hidden"):
+            return cls.in_ports, {**cls.out_ports, **cls.HIDDEN}
+        return cls.in_ports, cls.out_ports
 
     def step_ports(self, wired):
         if "text" not in wired:
@@ -338,8 +349,13 @@ class PaliGemmaPrefix(Block):
         cos, sin = rope(prefix_positions(pad), t["head_dim"], t["rope_theta"], x.dtype)
         mask = pad[:, None, :] & pad[:, :, None]
         kv = []
-        for layer in self.layers:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
             q, k, v = layer.qkv(x, cos, sin)
             kv.append(torch.stack([k.transpose(1, 2).flatten(2), v.transpose(1, 2).flatten(2)], dim=1))
-            x = layer.finish(x, attention(q, k, v, mask, t["head_dim"] ** -0.5))
-        return {"kv": torch.stack(kv, dim=1), "prefix_mask": pad, "hidden": self.norm(x)}
+            if i < last or self.params["hidden"]:  # the last layer's output feeds only `hidden`
+                x = layer.finish(x, attention(q, k, v, mask, t["head_dim"] ** -0.5))
+        out = {"kv": torch.stack(kv, dim=1), "prefix_mask": pad}
+        if self.params["hidden"]:
+            out["hidden"] = self.norm(x)
+        return out
