@@ -360,3 +360,21 @@ def test_a_training_step_reaches_every_parameter_the_loss_depends_on(saved_polic
     used = data["tokens"][data["tokens_mask"]].unique()  # padding tokens are masked out of every attention
     grad = cg.model["backbone"].embed_tokens.weight.grad
     assert grad[used].abs().sum(-1).gt(0).all() and not grad[[i for i in range(64) if i not in used.tolist()]].any()
+
+
+def test_openpi_style_names_import_to_the_same_weights(saved_policy, imported_run, tmp_path):
+    """Weights named as openpi's conversions name them (no `model.` prefix, time_mlp_in / time_mlp_out)
+    import to the same run tensors."""
+    from safetensors.torch import save_file
+
+    src = tmp_path / "src"
+    shutil.copytree(saved_policy, src)
+    t = load_file(str(src / "model.safetensors"))
+    renamed = {k[len("model."):].replace("action_time_mlp_", "time_mlp_"): v for k, v in t.items()}
+    assert any(k.startswith("time_mlp_in.") for k in renamed)
+    save_file(renamed, str(src / "model.safetensors"))
+    result = import_cli(src, tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    a = load_file(str(next((tmp_path / "run").rglob("model.safetensors"))))
+    b = load_file(str(next(imported_run.rglob("model.safetensors"))))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

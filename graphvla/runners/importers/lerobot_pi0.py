@@ -45,7 +45,10 @@ RULES = (
 
 
 def importer_key(key: str) -> str | None:
-    """LeRobot key -> graph key; None for the expert's unused lm_head; '' for an unknown key."""
+    """LeRobot key -> graph key; None for the expert's unused lm_head; '' for an unknown key. Keys without
+    LeRobot's `model.` prefix (openpi's conversions; LeRobot's from_pretrained adds it) are read with it."""
+    if not key.startswith("model."):
+        key = "model." + key
     if key == EXPERT_LM_HEAD:
         return None
     for theirs, ours in RULES:
@@ -71,7 +74,7 @@ def shapes_of(weights_path) -> dict:
     from safetensors import safe_open
 
     with safe_open(str(weights_path), "pt") as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        return {(k if k.startswith("model.") else "model." + k): tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
 def sizes_of(state: dict) -> dict:
@@ -217,4 +220,5 @@ def configure(spec: dict, cfg: dict, features: dict, folder) -> dict:
 def fixed_tables(cg) -> dict:
     head = cg.model["head"]
     bb = cg.model["backbone"]
-    return {EXPERT_LM_HEAD: (bb.embed_tokens.weight.shape[0], head.norm.weight.shape[0])}
+    shape = (bb.embed_tokens.weight.shape[0], head.norm.weight.shape[0])
+    return {EXPERT_LM_HEAD: shape, EXPERT_LM_HEAD[len("model."):]: shape}
