@@ -15,7 +15,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from graphvla.blocks.base import ParamError
 from graphvla.compiler.compile import compile_graph
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lerobot" / "smolvla"

@@ -1,7 +1,8 @@
 """SmolVLA's language step (backbone.smolvla_vlm with `text` wired): the instruction with a newline
 appended when it has none (LeRobot's smolvla_new_line_processor), tokenized with the VLM's tokenizer
 right padded to the longest row and truncated to `max_length` (LeRobot 0.4's tokenizer_processor with
-SmolVLA's settings; LeRobot 0.3.2's policy tokenized without truncation: `truncate` false) -> `tokens` [B, L] int64 and `tokens_mask` [B, L] bool."""
+SmolVLA's settings; LeRobot 0.3.2's policy tokenized without truncation: `truncate` false)
+-> `tokens` [B, L] int64 and `tokens_mask` [B, L] bool."""
 from __future__ import annotations
 
 import warnings
