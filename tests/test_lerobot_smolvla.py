@@ -527,3 +527,17 @@ def test_graphvla_trains_a_smolvla_graph_on_instructions_and_serves_it(tmp_path,
     out = policy.infer({"images": np.zeros((64, 64, 3), np.uint8), "state": np.zeros(4, np.float32),
                         "text": "reach the goal"})
     assert out["actions"].shape == (5, 4) and np.isfinite(out["actions"]).all()
+
+
+def test_weights_of_a_compiled_policy_save_are_read(tmp_path, case):
+    """with.weights of a save whose tensors are named model._orig_mod.* (a torch.compile'd policy, as
+    LeRobot's loader renames them) gives the same model."""
+    from safetensors.torch import save_file
+
+    meta, data = case
+    tensors = load_file(str(FIXTURE / "model.safetensors"))
+    save_file({"model._orig_mod." + k[len("model."):]: v for k, v in tensors.items()}, str(tmp_path / "model.safetensors"))
+    cg = compile_graph(tiny_spec(weights=str(tmp_path / "model.safetensors")), device="cpu")
+    with torch.no_grad():
+        actions = cg.infer(**cg.feed(observation(meta, data)), noise=data["infer_noise"])["actions"]
+    assert (actions - data["predict_action_chunk"]).abs().max().item() <= TOL

@@ -46,6 +46,7 @@ from ...processors.smolvla import SmolVLATokens
 
 VLM_PREFIX = "model.vlm_with_expert.vlm.model."
 EXPERT_PREFIX = "model.vlm_with_expert.lm_expert."
+COMPILED = "model._orig_mod."
 
 
 def rotate(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
@@ -154,13 +155,19 @@ def resize_with_pad(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def read_weights(path: Path, key: str) -> dict:
-    """The tensors of a LeRobot save: a folder holding model.safetensors, or the file."""
+    """The tensors of a LeRobot save: a folder holding model.safetensors, or the file. A save of a
+    torch.compile'd policy names its tensors model._orig_mod.*: read as model.* (LeRobot's own loader
+    renames them so)."""
     from safetensors.torch import load_file
 
     file = path / "model.safetensors" if path.is_dir() else path
     if not file.exists():
         raise ParamError(key, f"{path} holds no model.safetensors (a LeRobot SmolVLA save is expected)")
-    return load_file(str(file))
+    return {uncompiled(k): v for k, v in load_file(str(file)).items()}
+
+
+def uncompiled(name: str) -> str:
+    return "model." + name[len(COMPILED):] if name.startswith(COMPILED) else name
 
 
 def take(tensors: dict, prefix: str, module: nn.Module, key: str, skip=()) -> None:
