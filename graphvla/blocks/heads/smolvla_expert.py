@@ -41,8 +41,8 @@ from .flow_matching import Inpainting, _check_inpainting, guidance_scale
 
 def time_embedding(t: torch.Tensor, width: int, min_period: float, max_period: float) -> torch.Tensor:
     """[B] -> [B, width]: sin then cos of t * 2 pi / period, periods geometric from min to max
-    (float64 on CPU, as SmolVLA computes it)."""
-    dtype = torch.float64 if t.device.type == "cpu" else torch.float32
+    (in float64, as SmolVLA computes it, except on devices without it: mps)."""
+    dtype = torch.float32 if t.device.type == "mps" else torch.float64
     frac = torch.linspace(0.0, 1.0, width // 2, dtype=dtype, device=t.device)
     period = min_period * (max_period / min_period) ** frac
     angle = (1.0 / period * 2 * math.pi)[None, :] * t[:, None]
