@@ -24,7 +24,8 @@ STEP_KINDS: dict[str, type] = {}
 # modules whose import registers the step kinds a saved pipeline may name (normalization and the
 # blocks' steps), so loading one imports no block
 STEP_MODULES = ["graphvla.processors.normalize", "graphvla.processors.text", "graphvla.processors.fast",
-                "graphvla.processors.hf_vlm", "graphvla.processors.action_bounds", "graphvla.processors.smolvla"]
+                "graphvla.processors.hf_vlm", "graphvla.processors.action_bounds", "graphvla.processors.smolvla",
+                "graphvla.processors.paligemma"]
 FORMAT = "graphvla-pipeline"
 VERSION = 1
 
