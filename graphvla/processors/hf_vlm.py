@@ -43,11 +43,32 @@ def chat_prompts(processor, text, views: int) -> list[str]:
 
 def encode_cpu(processor, images, text, answers=None, padding_side="right", tail=None) -> dict:
     """The processor's outputs (chat template, image tokens, pixel values) on CPU, with the answers
-    appended (each followed by `tail`, see append_answers)."""
+    appended (each followed by `tail`, see append_answers). Images in [0, 1], or uint8 (see
+    pil_uint8: the processor then rescales them)."""
     pictures = [[img for img in row] for row in images]
     out = dict(processor(text=chat_prompts(processor, text, images.shape[1]), images=pictures, return_tensors="pt",
-                         padding=True, padding_side=padding_side, do_rescale=False))
+                         padding=True, padding_side=padding_side, do_rescale=images.dtype == torch.uint8))
     return append_answers(processor.tokenizer, out, answers, tail) if answers is not None else out
+
+
+def pil_uint8(processor, images):
+    """`images` (float, [0, 1]) as the uint8 values Qwen-VL's PIL image processor makes of them
+    itself, where that is what it does: it resizes every image through PIL, converting a float
+    image to uint8 first (float64 x * 255 to float32, truncated) and back (rescale by 1/255) after.
+    Handing it those uint8 values with do_rescale gives the same pixel values without its per-image
+    float checks and conversions (about 0.1 ms an image on one core). Anything else (another image
+    processor, no resize, another rescale factor, or an image whose every value is 0 or 1, which
+    transformers would treat as integers) is returned as it is."""
+    try:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    except ImportError:  # another transformers: its own path
+        return images
+    ip = getattr(processor, "image_processor", None)
+    if not (isinstance(ip, Qwen2VLImageProcessorPil) and ip.do_resize and ip.rescale_factor == 1 / 255):
+        return images
+    if ((images <= 1e-8) | (images == 1)).flatten(2).all(-1).any():  # np.allclose(image, image.astype(int))
+        return images
+    return (images.double() * 255).float().to(torch.uint8)
 
 
 def text_answers(tokenizer, texts) -> list[list[int]]:
@@ -144,7 +165,8 @@ class VLMProcessor(BlockStep):
             raise ValueError(f"{len(text)} instructions for a batch of {images.shape[0]} images")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            enc = encode_cpu(self.processor, images.detach().float().cpu().clamp(0, 1), [user_text(t, self.suffix, self.template) for t in text])
+            pixels = pil_uint8(self.processor, images.detach().float().cpu().clamp(0, 1))
+            enc = encode_cpu(self.processor, pixels, [user_text(t, self.suffix, self.template) for t in text])
         out = batch_first(enc, images.shape[0], self.flat)
         if target_text is not None:
             out["answers"] = padded_rows(text_answers(self.processor.tokenizer, target_text))
