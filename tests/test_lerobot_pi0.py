@@ -193,9 +193,10 @@ def test_an_imported_lerobot_04_pi0_serves_its_predict_action_chunk(imported_run
 
 
 @pytest.mark.slow
-def test_an_export_of_the_imported_pi0_gives_lerobots_actions(imported_run, tmp_path):
-    """graphvla export of the imported run (noise an input, normalization folded in) with a session
-    seeded 0 gives LeRobot's chunks (about 35 s on 2 cores)."""
+def test_an_export_of_the_imported_pi0_gives_lerobots_actions(text_run, tmp_path):
+    """graphvla export of the imported run that tokenizes its task (noise an input, normalization folded
+    in, the tokenizer step saved with the export) with a session seeded 0 gives LeRobot's chunks (about
+    35 s on 2 cores)."""
     import numpy as np
 
     from graphvla.policy.session import Session
@@ -203,13 +204,13 @@ def test_an_export_of_the_imported_pi0_gives_lerobots_actions(imported_run, tmp_
     from graphvla.runners.exported import load_exported
 
     data = load_file(str(IMPORT_04 / "case.safetensors"))
-    exported = load_exported(export_policy(imported_run, tmp_path / "export"))
+    exported = load_exported(export_policy(text_run, tmp_path / "export"))
+    tasks = json.loads((IMPORT_04 / "case.json").read_text())["tasks"]
     noise = next(d for d in exported.manifest["inputs"] if d["name"] == "noise")
     assert noise["shape"] == ["batch", 5, 6] and noise["num_steps"] == 10
     for i in range(2):
         o = observation(data, i)
-        ports = {"images": np.stack([o[c] for c in CAMS]), "state": o["observation.state"],
-                 "tokens": o["observation.language.tokens"], "tokens_mask": o["observation.language.attention_mask"]}
+        ports = {"images": np.stack([o[c] for c in CAMS]), "state": o["observation.state"], "instruction": tasks[i]}
         actions = exported.infer(ports, session=Session(0))["actions"]
         assert abs(actions - data[f"chunk{i}"][0].numpy()).max() <= SERVE_TOL
 
@@ -301,7 +302,24 @@ def test_real_time_chunking_guidance_pulls_toward_the_previous_chunk(graph, case
         head.predict(*args, noise=data["infer_noise"], rtc=Inpainting(target, torch.zeros(2, 4)))
 
 
-def test_an_import_whose_tokenizer_is_on_disk_tokenizes_the_task_itself(saved_policy, tmp_path):
+@pytest.fixture(scope="module")
+def text_run(saved_policy, tmp_path_factory) -> Path:
+    """The save with its tokenizer step's tokenizer_name pointing at the stand-in tokenizer's folder (the
+    tokenizer LeRobot's step ran with), imported: the run tokenizes the task itself."""
+    src = tmp_path_factory.mktemp("text") / "src"
+    shutil.copytree(saved_policy, src)
+    pre = json.loads((src / "policy_preprocessor.json").read_text())
+    for step in pre["steps"]:
+        if step["registry_name"] == "tokenizer_processor":
+            step["config"]["tokenizer_name"] = str(FIXTURE / "tokenizer")
+    (src / "policy_preprocessor.json").write_text(json.dumps(pre))
+    run = src.parent / "run"
+    result = import_cli(src, run)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_an_import_whose_tokenizer_is_on_disk_tokenizes_the_task_itself(text_run):
     """When the tokenizer step's tokenizer_name is on this machine (here the folder of the stand-in
     tokenizer LeRobot's step ran with), the run takes LeRobot's `task` string: backbone.paligemma's step
     appends the newline and tokenizes as LeRobot's preprocessor did (its tokens, exactly), the run carries
@@ -311,16 +329,7 @@ def test_an_import_whose_tokenizer_is_on_disk_tokenizes_the_task_itself(saved_po
     from graphvla.runners.serve import ServerThread
     from graphvla.runners.serve.section import serve_options, serve_section
 
-    src = tmp_path / "src"
-    shutil.copytree(saved_policy, src)
-    pre = json.loads((src / "policy_preprocessor.json").read_text())
-    for step in pre["steps"]:
-        if step["registry_name"] == "tokenizer_processor":
-            step["config"]["tokenizer_name"] = str(FIXTURE / "tokenizer")
-    (src / "policy_preprocessor.json").write_text(json.dumps(pre))
-    run = tmp_path / "run"
-    result = import_cli(src, run)
-    assert result.exit_code == 0, result.output
+    run = text_run
     data = load_file(str(IMPORT_04 / "case.safetensors"))
     tasks = json.loads((IMPORT_04 / "case.json").read_text())["tasks"]
     policy = load_policy(run)
