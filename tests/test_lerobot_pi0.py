@@ -261,6 +261,19 @@ def test_pi0_saves_the_graph_cannot_take_are_refused_by_name(saved_policy, tmp_p
         (src / "policy_preprocessor.json").write_text(json.dumps(pre))
     attempt(lambda c: None, "image_crop_processor", unknown_step)
 
+    def relative_actions(enabled):
+        def edit(src):
+            pre = json.loads((src / "policy_preprocessor.json").read_text())
+            pre["steps"].insert(5, {"registry_name": "relative_actions_processor",
+                                    "config": {"enabled": enabled, "exclude_joints": ["gripper"], "action_names": None}})
+            (src / "policy_preprocessor.json").write_text(json.dumps(pre))
+        return edit
+    attempt(lambda c: None, "relative_actions_processor is enabled", relative_actions(True))
+    src = tmp_path / "disabled"
+    shutil.copytree(saved_policy, src)
+    relative_actions(False)(src)
+    assert import_cli(src, tmp_path / "run_disabled").exit_code == 0  # a disabled one is a no-op
+
 
 def test_head_refuses_bad_noise_and_wiring(graph, case, saved_policy):
     _, data = case

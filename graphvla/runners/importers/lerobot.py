@@ -260,7 +260,7 @@ PREPROCESSOR, POSTPROCESSOR = "policy_preprocessor.json", "policy_postprocessor.
 PRE_STEPS = ("rename_observations_processor", "to_batch_processor", "device_processor", "normalizer_processor")
 POST_STEPS = ("unnormalizer_processor", "device_processor")
 # steps a policy's preprocessor may add (read by its importer, not run: pi0's tokens are graph inputs)
-POLICY_PRE_STEPS = {"pi0": ("pi0_new_line_processor", "tokenizer_processor"),
+POLICY_PRE_STEPS = {"pi0": ("pi0_new_line_processor", "tokenizer_processor", "relative_actions_processor"),
                     "smolvla": ("smolvla_new_line_processor", "tokenizer_processor")}
 STAT_NAMES = {"MEAN_STD": ("mean", "std"), "MIN_MAX": ("min", "max"), "QUANTILES": ("q01", "q99"),
               "QUANTILE10": ("q10", "q90")}

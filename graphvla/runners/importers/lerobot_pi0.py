@@ -11,6 +11,8 @@ becomes the graph lerobot/pi0 (backbone.paligemma + head.pi0).
   projections -> head; openpi's time_mlp_in / time_mlp_out names read as action_time_mlp_*). PaliGemma's
   lm_head is its tied embedding table (LeRobot's save keeps that name); the expert's lm_head is a
   tensor pi0 never reads: accounted for by name and shape, not loaded.
+- Newer LeRobot's relative_actions_processor step is read when disabled (a no-op) and refused when
+  enabled (relative actions are not supported).
 - A pi0 saved by LeRobot 0.3.x is refused by name: that port is a different model (bfloat16 wired into
   its activations, loss over the padded dims with action_is_pad, padding on one side when resizing).
 - The preprocessor's pi0_new_line_processor and tokenizer_processor steps are read, not run: the
@@ -102,16 +104,20 @@ def sizes_of(state: dict) -> dict:
     return {"vision": vision, "text": text, "expert": expert, "n_pos": n_pos, "side": side}
 
 
-def tokenizer_of(folder) -> dict | None:
-    """The preprocessor's tokenizer_processor config (None: a save without processor files)."""
+def processor_steps(folder) -> list:
+    """The preprocessor's steps ([] for a save without processor files)."""
     import json
     from pathlib import Path
 
     path = Path(folder) / "policy_preprocessor.json"
     if not path.is_file():
-        return None
-    steps = [s for s in json.loads(path.read_text()).get("steps") or [] if isinstance(s, dict)]
-    tok = [s.get("config") or {} for s in steps if s.get("registry_name") == "tokenizer_processor"]
+        return []
+    return [s for s in json.loads(path.read_text()).get("steps") or [] if isinstance(s, dict)]
+
+
+def tokenizer_of(folder) -> dict | None:
+    """The preprocessor's tokenizer_processor config (None: none there)."""
+    tok = [s.get("config") or {} for s in processor_steps(folder) if s.get("registry_name") == "tokenizer_processor"]
     return tok[0] if tok else None
 
 
@@ -164,6 +170,12 @@ def configure(spec: dict, cfg: dict, features: dict, folder) -> dict:
                          f"smaller than the state ({features['state']}) / actions ({features['action']})")
     length = int(cfg.get("tokenizer_max_length", 48))
     tok = tokenizer_of(folder)
+    for step in processor_steps(folder):
+        if step.get("registry_name") == "relative_actions_processor" and (step.get("config") or {}).get("enabled"):
+            raise ValueError("policy_preprocessor.json: relative_actions_processor is enabled (relative actions, "
+                             "newer LeRobot's use_relative_actions) and not supported; a disabled one is read as a no-op")
+    if cfg.get("use_relative_actions"):
+        raise ValueError("use_relative_actions true is not supported")
     if tok is not None:
         if int(tok.get("max_length", length)) != length or tok.get("padding_side", "right") != "right" \
                 or tok.get("padding", "max_length") != "max_length":
