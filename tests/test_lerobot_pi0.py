@@ -235,7 +235,6 @@ def test_pi0_saves_the_graph_cannot_take_are_refused_by_name(saved_policy, tmp_p
     attempt(as_03, "LeRobot 0.3.x")
     attempt(lambda c: c.update(image_resolution=[16, 24]), "image_resolution [16, 24]")
     attempt(lambda c: c.update(image_resolution=[32, 32]), "image_resolution [32, 32]")
-    attempt(lambda c: c.update(empty_cameras=1), "empty_cameras 1")
     attempt(lambda c: c.update(max_action_dim=2), "max_action_dim 2")
     attempt(lambda c: c["normalization_mapping"].update(VISUAL="MEAN_STD"), "normalization_mapping.VISUAL")
 
@@ -400,3 +399,30 @@ def test_openpi_style_names_import_to_the_same_weights(saved_policy, imported_ru
     a = load_file(str(next((tmp_path / "run").rglob("model.safetensors"))))
     b = load_file(str(next(imported_run.rglob("model.safetensors"))))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_empty_cameras_are_left_out_and_change_nothing(saved_policy, tmp_path):
+    """A save with LeRobot's empty_cameras (its config lists observation.images.empty_camera_0, which
+    LeRobot fills with -1 and masks out) imports without it and serves, from the real cameras, the chunk
+    LeRobot's predict_action_chunk gave with the empty camera."""
+    from graphvla.client import PolicyClient
+    from graphvla.policy.loading import load_policy
+    from graphvla.runners.serve import ServerThread
+    from graphvla.runners.serve.section import serve_options, serve_section
+
+    src = tmp_path / "src"
+    shutil.copytree(saved_policy, src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["empty_cameras"] = 1
+    cfg["input_features"]["observation.images.empty_camera_0"] = {"type": "VISUAL", "shape": [3, 16, 16]}
+    (src / "config.json").write_text(json.dumps(cfg))
+    run = tmp_path / "run"
+    result = import_cli(src, run)
+    assert result.exit_code == 0, result.output
+    data = load_file(str(IMPORT_04 / "case.safetensors"))
+    options = serve_options(serve_section(str(run)), "127.0.0.1", 0, None, 1, None, None)
+    with ServerThread(load_policy(run), options) as srv, PolicyClient("127.0.0.1", srv.port) as client:
+        assert "observation.images.empty_camera_0" not in client.metadata["observation_keys"]
+        out = client.infer(observation(data, 0))["actions"]
+    assert abs(out - data["chunk0_empty_camera"][0].numpy()).max() <= SERVE_TOL
+

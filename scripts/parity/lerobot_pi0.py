@@ -202,6 +202,14 @@ def import_case(policy, out: Path) -> None:
         for f in sorted(Path(tmp).iterdir()):
             if f.name != "model.safetensors":
                 shutil.copy(f, dst / f.name)
+    # LeRobot's empty_cameras: a camera in input_features the batch lacks becomes an image of -1 whose
+    # tokens are masked out; observation 0 again with one such camera, the same seed
+    from lerobot.configs.types import FeatureType, PolicyFeature
+
+    policy.config.input_features["observation.images.empty_camera_0"] = PolicyFeature(FeatureType.VISUAL, (3, *RES))
+    torch.manual_seed(0)
+    rec["chunk0_empty_camera"] = post(policy.predict_action_chunk(pre(dict(obs[0]))))
+    del policy.config.input_features["observation.images.empty_camera_0"]
     save_file({k: v.contiguous() for k, v in rec.items()}, str(dst / "case.safetensors"))
     (dst / "case.json").write_text(json.dumps({"tasks": tasks, "noise_seed": 0,
                                                "model": "../model.safetensors (identical bytes)"}, indent=1) + "\n")

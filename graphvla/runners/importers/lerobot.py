@@ -281,7 +281,10 @@ def check_version(folder: Path) -> str:
 def features_of(cfg: dict, path: Path) -> dict:
     """Cameras (in config order), their shape [C, H, W], the state / environment / action widths."""
     inputs, outputs = cfg.get("input_features") or {}, cfg.get("output_features") or {}
-    cameras = [k for k, f in inputs.items() if f.get("type") == "VISUAL"]
+    # pi0's empty cameras (images of -1 LeRobot adds for them) are masked out of every attention: left out
+    empty = {f"{IMAGE_PREFIX}empty_camera_{i}" for i in range(int(cfg.get("empty_cameras") or 0))} \
+        if cfg.get("type") == "pi0" else set()
+    cameras = [k for k, f in inputs.items() if f.get("type") == "VISUAL" and k not in empty]
     shapes = {tuple(inputs[k]["shape"]) for k in cameras}
     if len(shapes) > 1:
         raise LeRobotImportError(f"{path}: input_features: the cameras have different shapes {sorted(shapes)}")

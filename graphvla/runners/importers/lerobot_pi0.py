@@ -11,6 +11,9 @@ becomes the graph lerobot/pi0 (backbone.paligemma + head.pi0).
   projections -> head; openpi's time_mlp_in / time_mlp_out names read as action_time_mlp_*). PaliGemma's
   lm_head is its tied embedding table (LeRobot's save keeps that name); the expert's lm_head is a
   tensor pi0 never reads: accounted for by name and shape, not loaded.
+- empty_cameras: LeRobot gives each an image of -1 whose tokens are masked out of every attention (and
+  take no position), so they change nothing: the run leaves them out (lerobot.features_of), and a
+  client sends the real cameras only.
 - Newer LeRobot's relative_actions_processor step is read when disabled (a no-op) and refused when
   enabled (relative actions are not supported).
 - A pi0 saved by LeRobot 0.3.x is refused by name: that port is a different model (bfloat16 wired into
@@ -142,8 +145,6 @@ def configure(spec: dict, cfg: dict, features: dict, folder) -> dict:
     if "paligemma_variant" not in cfg or "resize_imgs_with_padding" in cfg:
         raise ValueError("a pi0 saved by LeRobot 0.3.x (its bfloat16 port, a different model from LeRobot 0.4's "
                          "openpi port) is not supported: save it with LeRobot >= 0.4")
-    if cfg.get("empty_cameras"):
-        raise ValueError(f"empty_cameras {cfg['empty_cameras']} is not supported (0)")
     if int(cfg.get("n_obs_steps", 1)) != 1:
         raise ValueError(f"n_obs_steps {cfg['n_obs_steps']} is not supported (1)")
     if not features["cameras"]:
