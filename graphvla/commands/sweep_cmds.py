@@ -51,14 +51,15 @@ def sweep_cmd(sweep_file, out, data, only, workers, report_dir, check, no_progre
     specs = check_controls(sweep, runs)  # every cell, so a bad one is found before any trains
     if check:
         for run in runs:
-            click.echo(f"{run.key}: {run.graph} " + " ".join(f"--set {s}" for s in run.sets))
+            click.echo(f"{run.key}: {run.graph} " + " ".join(f"--set {s}" for s in run.sets)
+                       + "".join(f" (recording: {o.text})" for o in run.record))
         click.echo(f"{len(cells)} cells x {len(sweep.seeds)} seeds = {len(runs)} runs; controls hold")
         return
     if not out:
         raise UserError("give -o OUT, the sweep's output folder")
     log = lambda m: click.echo(m, err=True)  # noqa: E731
-    out = start_output(sweep, specs[runs[0].key][0], Path(out).resolve(), log=log)
     todo = [r for r in runs if not only or r.cell in only]
+    out = start_output(sweep, specs[runs[0].key][0], Path(out).resolve(), log=log, runs=runs, specs=specs, todo=todo)
     failed = execute_sweep(sweep, todo, specs, sweep.data, out, workers=workers, progress=not no_progress,
                            log=log)
     write_report(sweep, runs, out)

@@ -4,7 +4,10 @@ unknown keys refused with "did you mean"), then expanded into runs: one per cell
 variant per axis) and seed.
 
 A variant is a graph file and/or `set:` overrides in `--set` form; `changes:` on its axis names
-the spec paths its variants may change (checked in control.py before anything trains)."""
+the spec paths its variants may change (checked in control.py before anything trains). A variant
+may also name its own `changes:` (one-factor-at-a-time axes), and may set recording settings
+(`data.record.size`, `data.record.episodes`): data axes (data_axes.py), each distinct recording
+made once and shared by the cells that use it."""
 from __future__ import annotations
 
 import itertools
@@ -20,6 +23,9 @@ from ...spec.yaml_source import load_yaml_file
 IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
 PROTOCOL_NAMES = ["starvla-mt50"]
 SWEEPS_FOLDER = "sweeps"  # packaged sweep files: graphvla/graphs/sweeps/NAME.yaml
+DATA_PREFIX = "data.record."  # a variant's `set:` keys that vary the recording, not the graph
+DATA_KEYS = ("size", "episodes")  # the recording settings an axis may vary
+CHANGES = {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}
 
 SCHEMA = {
     "type": "object",
@@ -41,18 +47,22 @@ SCHEMA = {
                     "protocol": {"enum": PROTOCOL_NAMES},
                     "tasks": {"type": "string"},
                     "episodes": {"type": "integer", "minimum": 1},
+                    "size": {"type": "integer", "minimum": 8,
+                             "description": "image side; by default (and necessarily) the graph's image input size"},
                     "workers": {"type": "integer", "minimum": 1}}}}}]},
         "axes": {
             "type": "object", "minProperties": 1, "propertyNames": {"pattern": IDENT},
             "additionalProperties": {
-                "type": "object", "additionalProperties": False, "required": ["changes", "variants"],
+                "type": "object", "additionalProperties": False, "required": ["variants"],
                 "properties": {
-                    "changes": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+                    "changes": CHANGES,
                     "variants": {
                         "type": "object", "minProperties": 1, "propertyNames": {"pattern": IDENT},
                         "additionalProperties": {
                             "type": ["object", "null"], "additionalProperties": False,
-                            "properties": {"graph": {"type": "string"}, "set": {"type": "object"}}}}}}},
+                            "properties": {"graph": {"type": "string"}, "set": {"type": "object"},
+                                           "changes": {**CHANGES, "description": "this variant's own `changes:` "
+                                                       "(instead of its axis's)"}}}}}}},
         "seeds": {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"type": "integer", "minimum": 0}},
         "trainer": {"type": "object"},
         "eval": {
@@ -89,6 +99,7 @@ class Run:
     graph: str  # the graph source to load: base or a variant's graph
     overrides: tuple  # Override, applied in order: trainer, variants, seed
     allowed: tuple  # spec paths the cell's axes may change
+    record: tuple = ()  # Override of `data.record.KEY` (recording settings, not graph settings)
 
     @property
     def key(self) -> str:
@@ -112,6 +123,9 @@ class Sweep:
     trainer: dict
     eval: dict
     source: object = field(default=None, repr=False)  # SourceMap of the file
+    # data axes (data_axes.py), filled in by start_output when the cells use any recording but the base's alone:
+    recordings: dict = field(default_factory=dict)  # label -> {'settings': {...}, 'data': data.yaml path}
+    cell_recording: dict = field(default_factory=dict)  # cell -> label
 
     def base_overrides(self, seed: int) -> tuple:
         return self._graph_sets() + self._trainer_sets(seed)
@@ -128,20 +142,21 @@ class Sweep:
         names = list(self.axes)
         out = []
         for combo in itertools.product(*[list(self.axes[a]["variants"]) for a in names]):
-            graph, sets, allowed = self.base, [], []
+            graph, sets, allowed, record = self.base, [], [], []
             for axis, variant in zip(names, combo):
                 v = self.axes[axis]["variants"][variant] or {}
                 if v.get("graph"):
                     graph = v["graph"]
                 for key, value in (v.get("set") or {}).items():
-                    sets.append(Override.of(key, value, ("axes", axis, "variants", variant, "set", key)))
-                allowed += self.axes[axis]["changes"]
+                    o = Override.of(key, value, ("axes", axis, "variants", variant, "set", key))
+                    (record if key.startswith(DATA_PREFIX) else sets).append(o)
+                allowed += v.get("changes") or self.axes[axis]["changes"]
             cell = "_".join(combo)
             for seed in self.seeds:
                 own = () if graph != self.base else self._graph_sets()
                 trainer = self._trainer_sets(seed)
                 out.append(Run(cell, dict(zip(names, combo)), seed, graph,
-                               own + trainer[:-1] + tuple(sets) + trainer[-1:], tuple(allowed)))
+                               own + trainer[:-1] + tuple(sets) + trainer[-1:], tuple(allowed), tuple(record)))
         return out
 
     def cells(self) -> list[str]:
@@ -156,13 +171,18 @@ class Sweep:
 
     def to_dict(self) -> dict:
         """Plain data (OUT/sweep.json), enough to rebuild the report without the sweep file."""
-        return {"file": self.file, "name": self.name, "description": self.description, "base": self.base,
-                "base_set": self.base_set, "data": self.data, "axes": self.axes, "seeds": self.seeds, "trainer": self.trainer, "eval": self.eval}
+        d = {"file": self.file, "name": self.name, "description": self.description, "base": self.base,
+             "base_set": self.base_set, "data": self.data, "axes": self.axes, "seeds": self.seeds, "trainer": self.trainer,
+             "eval": self.eval}
+        if self.recordings:
+            d.update(recordings=self.recordings, cell_recording=self.cell_recording)
+        return d
 
     @staticmethod
     def from_dict(d: dict) -> "Sweep":
         return Sweep(**{k: d[k] for k in ("file", "name", "description", "base", "base_set", "data", "axes", "seeds",
-                                          "trainer", "eval")})
+                                          "trainer", "eval")},
+                     recordings=d.get("recordings") or {}, cell_recording=d.get("cell_recording") or {})
 
 
 def resolve_sweep(source) -> Path:
@@ -207,8 +227,9 @@ def load_sweep(source, data_override: str | None = None) -> Sweep:
             if v.get("graph"):
                 v["graph"] = graph_path(v["graph"], ("axes", axis, "variants", name, "graph"))
             variants[name] = v
-        axes[axis] = {"changes": list(decl["changes"]), "variants": variants}
+        axes[axis] = {"changes": list(decl.get("changes") or []), "variants": variants}
     _check_one_graph_per_cell(axes, issues)
+    _check_changes_and_data_sets(axes, doc["data"], data_override, issues)
     data = data_override or doc["data"]
     if isinstance(data, str) and data_override is None:
         resolved = path.parent / data
@@ -233,6 +254,33 @@ def _check_one_graph_per_cell(axes: dict, issues: IssueList) -> None:
         a, n = next((a, n) for a, n in with_graph if a == axes_with_graph[1])
         issues.add(f"variants of axes {axes_with_graph} both name a graph, so a cell would have two; "
                    "give graphs on one axis and `set:` overrides on the others", ("axes", a, "variants", n, "graph"))
+
+
+def _check_changes_and_data_sets(axes: dict, data, data_override, issues: IssueList) -> None:
+    """Every variant that changes something has `changes:` (its own or its axis's); a variant's `data.record.KEY` names a
+    recording setting an axis may vary, and needs a sweep that records its data."""
+    for axis, decl in axes.items():
+        for name, v in decl["variants"].items():
+            if not decl["changes"] and not v.get("changes") and (v.get("set") or v.get("graph")):
+                issues.add(f"variant '{name}' of axis '{axis}' declares no `changes:` and neither does its axis",
+                           ("axes", axis, "variants", name),
+                           hint="list the spec paths the variant may change, on the axis or on the variant")
+            for key in v.get("set") or {}:
+                where = ("axes", axis, "variants", name, "set", key)
+                if key.startswith("data.") and not key.startswith(DATA_PREFIX):
+                    issues.add(f"'{key}': a variant may vary the recording's settings only, as "
+                               f"{', '.join(DATA_PREFIX + k for k in DATA_KEYS)}", where)
+                elif key.startswith(DATA_PREFIX):
+                    setting = key[len(DATA_PREFIX):]
+                    if setting not in DATA_KEYS:
+                        issues.add(f"'{key}' is not a recording setting an axis may vary", where,
+                                   hint=f"one of {', '.join(DATA_PREFIX + k for k in DATA_KEYS)}")
+                    elif data_override is not None or not isinstance(data, dict):
+                        issues.add(f"'{key}' varies the recording, but the sweep trains on "
+                                   f"{'--data ' + str(data_override) if data_override else 'the dataset ' + repr(data)}",
+                                   where, hint="a data axis needs the sweep's `data: {record: ...}`")
+                    elif not isinstance(v["set"][key], int) or isinstance(v["set"][key], bool) or v["set"][key] < 1:
+                        issues.add(f"'{key}': {v['set'][key]!r} is not a positive integer", where)
 
 
 def _check_eval(evaluation: dict, issues: IssueList) -> None:

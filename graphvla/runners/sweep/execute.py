@@ -27,6 +27,7 @@ from ...fileio import write_text_atomic
 from ...policy.checkpoint import latest_checkpoint
 from .config import Run, Sweep
 from .control import describe_refusal, uncontrolled
+from .data_axes import RECORDINGS, data_refusals, label, plan_recordings, recording
 
 
 class SweepRefused(ValueError):
@@ -62,10 +63,17 @@ def check_controls(sweep: Sweep, runs: list[Run]) -> dict:
         rows = uncontrolled(base, cell, run.allowed)
         if rows:
             refusals.append(describe_refusal(run, base, cell, rows))
+        refusals += data_refusals(sweep, run, base, cell)  # the recording is controlled too
         specs[run.key] = (base, cell)
     if refusals:
         raise SweepRefused(f"{sweep.file}: the sweep is not controlled; nothing was trained.\n" + "\n\n".join(refusals))
     return specs
+
+
+def data_of(sweep: Sweep, run: Run, data: str) -> str:
+    """The data a run trains on: its cell's recording under data axes, else DATA."""
+    label = sweep.cell_recording.get(run.cell)
+    return sweep.recordings[label]["data"] if label else data
 
 
 def train_command(run: Run, data: str, out_dir: Path) -> list[str]:
@@ -188,7 +196,11 @@ def write_cell(sweep: Sweep, run: Run, specs: tuple, data: str, out) -> None:
     graph, and concurrent first imports of transformers' lazy modules fail ("cannot import name")."""
     d = run_dir(out, run)
     d.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(d / "cell.json", json.dumps(describe_run(sweep, run, *specs, data, d), indent=2) + "\n")
+    meta = describe_run(sweep, run, *specs, data_of(sweep, run, data), d)
+    if sweep.cell_recording:
+        label = sweep.cell_recording[run.cell]
+        meta["recording"] = {"label": label, **sweep.recordings[label]["settings"]}
+    write_text_atomic(d / "cell.json", json.dumps(meta, indent=2) + "\n")
 
 
 def execute_run(sweep: Sweep, run: Run, specs: tuple, data: str, out, threads: int | None = None) -> dict:
@@ -198,6 +210,7 @@ def execute_run(sweep: Sweep, run: Run, specs: tuple, data: str, out, threads: i
     state = read_state(d)
     if state.get("finished"):
         return state
+    data = data_of(sweep, run, data)
     train_dir = d / "run"
     before = _checkpoint_step(train_dir)
     if before < int(specs[1].section("trainer")["max_steps"]):
@@ -256,10 +269,13 @@ def execute_sweep(sweep: Sweep, runs: list[Run], specs: dict, data: str, out, wo
 SWEEP_JSON = "sweep.json"  # the resolved sweep, so `graphvla sweep --report DIR` needs only the output folder
 
 
-def start_output(sweep: Sweep, base_spec, out, log=print) -> Path:
+def start_output(sweep: Sweep, base_spec, out, log=print, runs: list[Run] | None = None,
+                 specs: dict | None = None, todo: list[Run] | None = None) -> Path:
     """Make the sweep's output folder OUT: a `data: {record: ...}` sweep records the protocol's
     demonstrations into OUT/data once (and trains on OUT/data.yaml from then on), and OUT/sweep.json
-    keeps the resolved sweep. Returns OUT."""
+    keeps the resolved sweep. With RUNS and their SPECS (check_controls) whose cells use any
+    recording but the base's alone (data axes), each distinct recording that a run of TODO (default: RUNS) needs is
+    made once into OUT/recordings/LABEL/ and the cells are mapped to theirs. Returns OUT."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(sweep.data, dict):
@@ -267,8 +283,24 @@ def start_output(sweep: Sweep, base_spec, out, log=print) -> Path:
 
         rec = sweep.data["record"]
         tasks = rec.get("tasks") or sweep.eval.get("tasks") or "MT50"
+        planned, cells = plan_recordings(sweep, runs or [], specs or {})
+        several = bool(planned) and set(planned) != {label(recording(sweep, base_spec))}
+        if several:
+            needed = {cells[r.cell] for r in (todo if todo is not None else runs)}
+            example = {cells[r.cell]: r for r in reversed(runs)}  # a run of each recording (its graph's size)
+            for name, settings in planned.items():
+                folder = out / RECORDINGS / name
+                settings = {"protocol": rec.get("protocol") or "starvla-mt50", "tasks": tasks, **settings}
+                path = folder / "data.yaml"
+                if name in needed:
+                    run = example[name]
+                    path = record_protocol_data(folder, specs[run.key][1], run.graph, tasks, settings["episodes"],
+                                                int(rec.get("workers", 1)), log=log)
+                sweep.recordings[name] = {"settings": settings, "data": str(path)}
+            sweep.cell_recording = cells
         sweep.data = str(record_protocol_data(out, base_spec, sweep.base, tasks, int(rec.get("episodes", 20)),
-                                              int(rec.get("workers", 1)), log=log))
+                                              int(rec.get("workers", 1)), log=log)) if not several else \
+            {"record": rec}
     write_text_atomic(out / SWEEP_JSON, json.dumps(sweep.to_dict(), indent=2) + "\n")
     return out
 

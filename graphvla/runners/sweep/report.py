@@ -63,6 +63,8 @@ def collect(sweep: Sweep, runs: list[Run], out) -> dict:
         d = run_dir(out, run)
         state = read_state(d)
         cell = cells.setdefault(run.cell, {"cell": run.cell, "axes": run.axes, "runs": []})
+        if sweep.cell_recording:  # data axes: the recording the cell was trained on
+            cell["recording"] = sweep.cell_recording[run.cell]
         if not state.get("finished"):
             cell["runs"].append({"seed": run.seed, "finished": False})
             continue
@@ -86,10 +88,13 @@ def collect(sweep: Sweep, runs: list[Run], out) -> dict:
     for cell in cells.values():
         _aggregate(cell)
     comparisons = _compare(cells)
-    return {"sweep": sweep.name, "description": sweep.description, "file": sweep.file, "base": sweep.base,
-            "data": sweep.data if isinstance(sweep.data, str) else {"record": sweep.data.get("record")},
-            "axes": {a: list(d["variants"]) for a, d in sweep.axes.items()}, "seeds": sweep.seeds,
-            "trainer": sweep.trainer, "eval": sweep.eval, "cells": list(cells.values()), "comparisons": comparisons}
+    report = {"sweep": sweep.name, "description": sweep.description, "file": sweep.file, "base": sweep.base,
+              "data": sweep.data if isinstance(sweep.data, str) else {"record": sweep.data.get("record")},
+              "axes": {a: list(d["variants"]) for a, d in sweep.axes.items()}, "seeds": sweep.seeds,
+              "trainer": sweep.trainer, "eval": sweep.eval, "cells": list(cells.values()), "comparisons": comparisons}
+    if sweep.recordings:
+        report["recordings"] = {name: r["settings"] for name, r in sweep.recordings.items()}
+    return report
 
 
 def _aggregate(cell: dict) -> None:
@@ -206,7 +211,13 @@ def format_markdown(report: dict) -> str:
               + (", ".join(f"trainer.{k}={v}" for k, v in report["trainer"].items()) or "the graphs' own trainer"),
               (f"- Evaluation: protocol {e['protocol']}, {where}, {e['episodes']} episodes per task per seed; "
               "success = mean over tasks (or the protocol's overall when all its tasks ran); "
-              "± is the std over seeds, [ ] the Wilson 95% interval of the pooled episodes"), ""]
+              "± is the std over seeds, [ ] the Wilson 95% interval of the pooled episodes")]
+    if report.get("recordings"):  # data axes: each recording made once, shared by the cells using it
+        users = {name: [c["cell"] for c in report["cells"] if c.get("recording") == name] for name in report["recordings"]}
+        lines += ["- Recordings (each made once; a cell is trained on one): " + "; ".join(
+            f"`{name}` ({r['protocol']} {r['tasks']}, {r['size']}x{r['size']} px, {r['episodes']} demonstrations "
+            f"per task): {', '.join(users[name]) or 'no cell'}" for name, r in report["recordings"].items())]
+    lines += [""]
     head = ["cell", *axes, "params (trainable)", "train min", "samples/s", "final loss", "success ± std",
             "pooled [95% CI]", *buckets]
     rows = [head]
@@ -243,6 +254,8 @@ def format_markdown(report: dict) -> str:
             lines += ["not run yet", ""]
             continue
         r0 = done[0]
+        if c.get("recording"):
+            lines += [f"- trained on the recording `{c['recording']}`"]
         lines += [f"- rerun the cell (every seed): `graphvla sweep {_short(report['file'])} -o DIR --only {c['cell']}`",
                   f"- fingerprint `{r0['fingerprint'][:16]}`; its seed {r0['seed']} alone is:", "",
                   "```", r0["train_command"], r0["eval_command"], "```", "", "Diff against the base:", "",
@@ -272,14 +285,15 @@ def format_csv(report: dict) -> str:
     buckets = buckets_of(report)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["cell", *axes, "seeds", "params_total", "params_trainable", "train_seconds_mean", "samples_per_s_mean",
+    rec = ["recording"] if report.get("recordings") else []  # data axes only: old reports keep their columns
+    w.writerow(["cell", *axes, *rec, "seeds", "params_total", "params_trainable", "train_seconds_mean", "samples_per_s_mean",
                 "final_loss_action_mean", "success_mean", "success_std", "pooled_rate", "pooled_ci_low",
                 "pooled_ci_high", *[f"{b}_{k}" for b in buckets for k in ("mean", "std", "ci_low", "ci_high")]])
     for c in report["cells"]:
         if not c.get("pooled"):
             continue
         loss = c["final_losses"].get("loss/action") or next(iter(c["final_losses"].values()), {"mean": ""})
-        row = [c["cell"], *[c["axes"][a] for a in axes], len([r for r in c["runs"] if r["finished"]]),
+        row = [c["cell"], *[c["axes"][a] for a in axes], *[c.get("recording", "") for _ in rec], len([r for r in c["runs"] if r["finished"]]),
                c["params_total"], c["params_trainable"], round(c["train_seconds"]["mean"], 1),
                round(c["samples_per_s"]["mean"], 1), loss["mean"], c["success"]["mean"], c["success"]["std"],
                c["pooled"]["rate"], *c["pooled"]["ci95"]]
