@@ -23,7 +23,7 @@ from graphvla.data.lerobot import DatasetError
 from graphvla.spec.loader import load_spec
 
 GRAPHS = Path(__file__).parent.parent / "graphvla" / "graphs"
-COTRAIN = GRAPHS / "sweeps" / "backbones" / "qwen3vl-oft-cotrain.yaml"
+COTRAIN = GRAPHS / "sweeps" / "backbones" / "qwen3vl-querytf-cotrain.yaml"
 
 
 def robot_yaml(tmp_path, dataset) -> Path:

@@ -52,7 +52,7 @@ def test_the_library_has_every_variant():
     # the discovery below reaches every folder of the library, and no base/ file
     assert {rel.split("/")[0] for rel in LIBRARY} == {"examples", "fullsize", "lerobot", "metaworld", "starvla", "sweeps", "tiny"}
     assert not [rel for rel in LIBRARY if rel.count("/") == 1 and rel.startswith("sweeps/")]  # sweep files
-    assert {"metaworld/mt10-oft-privileged.yaml", "metaworld/mt10-small-privileged.yaml", "metaworld/mt50.yaml",
+    assert {"metaworld/mt10-querytf-privileged.yaml", "metaworld/mt10-small-privileged.yaml", "metaworld/mt50.yaml",
             "tiny/mlp.yaml"} <= set(LIBRARY)
     assert not [rel for rel in LIBRARY if "/base/" in rel]
     names = [load_spec(ROOT / rel).name for rel in LIBRARY]
@@ -190,7 +190,7 @@ def test_metaworld_graphs_train_and_infer_on_what_graphvla_data_metaworld_record
     from graphvla.spec.schema import privileged_ports
 
     graphs = [rel for rel in LIBRARY if rel.startswith("metaworld/")]
-    assert sorted(graphs) == ["metaworld/mt10-efficientnet.yaml", "metaworld/mt10-oft-privileged.yaml",
+    assert sorted(graphs) == ["metaworld/mt10-efficientnet.yaml", "metaworld/mt10-querytf-privileged.yaml",
                               "metaworld/mt10-small-privileged.yaml", "metaworld/mt10.yaml", "metaworld/mt50-privileged.yaml", "metaworld/mt50.yaml"]
     size = quickstart_size(load_spec(resolve_graph(DEFAULT_GRAPH)), DEFAULT_GRAPH)  # what the quickstart records
     for rel in graphs:

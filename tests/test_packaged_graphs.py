@@ -54,7 +54,7 @@ def test_a_graph_is_named_privileged_exactly_when_it_has_a_privileged_port():
         assert name.endswith("-privileged") == privileged, (name, privileged_ports(spec))
         assert spec.name.endswith("-privileged") == privileged, (name, spec.name)
     assert privileged_ports(load_spec("metaworld/mt10-small-privileged")) == ["state"]
-    assert privileged_ports(load_spec("metaworld/mt10-oft-privileged")) == ["state"]
+    assert privileged_ports(load_spec("metaworld/mt10-querytf-privileged")) == ["state"]
     assert privileged_ports(load_spec("metaworld/mt50")) == []
 
 
@@ -174,12 +174,12 @@ def test_copy_writes_the_graph_its_base_and_its_tokenizer(tmp_path):
 
 def test_copy_keeps_a_chain_that_leaves_its_folder_at_the_same_relative_paths(tmp_path):
     dest = tmp_path / "mt10"
-    result = run("graphs", "copy", "metaworld/mt10-oft-privileged.yaml", dest)
+    result = run("graphs", "copy", "metaworld/mt10-querytf-privileged.yaml", dest)
     assert result.exit_code == 0, result.output
     written = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
-    assert written == ["metaworld/mt10-oft-privileged.yaml", "tiny/base/qwen3vl.yaml", "tiny/querytf.yaml"]
-    assert load_spec(dest / "metaworld" / "mt10-oft-privileged.yaml").fingerprint == \
-        load_spec("metaworld/mt10-oft-privileged").fingerprint
+    assert written == ["metaworld/mt10-querytf-privileged.yaml", "tiny/base/qwen3vl.yaml", "tiny/querytf.yaml"]
+    assert load_spec(dest / "metaworld" / "mt10-querytf-privileged.yaml").fingerprint == \
+        load_spec("metaworld/mt10-querytf-privileged").fingerprint
 
 
 def test_copy_refuses_to_overwrite_and_writes_nothing_then(tmp_path):

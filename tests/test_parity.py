@@ -140,7 +140,7 @@ def test_a_co_training_graph_is_checked_on_its_action_stream(metaworld_data, tmp
     from graphvla.spec.library import graphs_root
 
     write_demo_vqa(robot_yaml(tmp_path, metaworld_data), tmp_path / "vqa", every=10)
-    graph = graphs_root() / "sweeps" / "backbones" / "qwen3vl-oft-cotrain.yaml"
+    graph = graphs_root() / "sweeps" / "backbones" / "qwen3vl-querytf-cotrain.yaml"
     run = train(graph, tmp_path / "vqa" / "data.yaml", tmp_path / "run")
     result = invoke("check", run, "--parity", "--frames", 2)
     assert result.exit_code == 0, result.output

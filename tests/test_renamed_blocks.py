@@ -4,7 +4,8 @@ written with the old name validates, compiles and loads exactly as before (same 
 fingerprint), with a warning located at the block's `type` that names the new type. Listings show
 only current names, and the packaged graphs use them. Renamed packaged graphs (starvla/* GraphVLA
 designs -> fullsize/*, tiny/{oft,pi,gr00t,worldmodel-pi} -> tiny/{querytf,flowdit,dualsystem,
-worldmodel-flowdit}): the old name is refused with the new one and the reason."""
+worldmodel-flowdit}, metaworld/mt10-oft-privileged and sweeps/backbones/*-oft* -> *-querytf*): the old
+name is refused with the new one and the reason; the recorded sweep reports say what they were recorded as."""
 import re
 import warnings
 
@@ -111,7 +112,7 @@ def test_an_old_graph_name_says_its_new_name_and_why(tmp_path):
     from graphvla.errors import SpecError
 
     names = set(packaged_graphs())
-    assert len(MOVED) == 11 and set(MOVED.values()) <= names and not set(MOVED) & names
+    assert len(MOVED) == 15 and set(MOVED.values()) <= names and not set(MOVED) & names
     for name in ("oft", "gr00t", "fast", "pi"):  # now starVLA's QwenOFT, QwenGR00T, QwenFast, QwenPI themselves
         for backbone in ("qwen3vl", "qwen25vl"):
             assert f"starvla/{backbone}-{name}" not in MOVED and f"starvla/{backbone}-{name}" in names
@@ -150,3 +151,89 @@ def test_an_old_tiny_graph_name_says_its_new_name_and_the_model_it_is_not(old, t
     assert result.exit_code == 1 and f"renamed '{new}'" in result.output and not (tmp_path / "x").exists()
     result = CliRunner().invoke(main, ["train", old, "--data", str(tmp_path / "none.yaml"), "-o", str(tmp_path / "run")])
     assert result.exit_code != 0 and f"renamed '{new}'" in result.output and not (tmp_path / "run").exists()
+
+
+QUERYTF_RENAMED = {"metaworld/mt10-oft-privileged": ("metaworld/mt10-querytf-privileged", "metaworld-mt10-querytf-privileged"),
+                   "sweeps/backbones/qwen3vl-oft": ("sweeps/backbones/qwen3vl-querytf", "sweep-backbone-qwen3vl-querytf"),
+                   "sweeps/backbones/qwen3vl-oft-cotrain": ("sweeps/backbones/qwen3vl-querytf-cotrain",
+                                                            "sweep-backbone-qwen3vl-querytf-cotrain"),
+                   "sweeps/backbones/worldmodel-oft": ("sweeps/backbones/worldmodel-querytf", "sweep-backbone-worldmodel-querytf")}
+
+
+@pytest.mark.parametrize("old", sorted(QUERYTF_RENAMED))
+def test_graphs_on_the_query_transformer_no_longer_say_oft(old, tmp_path):
+    """The privileged upper bound and the backbones/cotrain/aux sweeps' graphs hold GraphVLA's
+    head.query_transformer: their names say so, and the old name is refused with the new one."""
+    from graphvla.errors import SpecError
+    from graphvla.spec.library import MOVED, packaged_path
+
+    new, name = QUERYTF_RENAMED[old]
+    assert MOVED[old] == new and packaged_path(old) is None
+    spec = load_spec(new)
+    assert spec.name == name and spec.blocks["head"]["type"] == "head.query_transformer" and "oft" not in spec.name
+    hint = f"renamed '{new}': a GraphVLA design, never proven equal to OpenVLA-OFT "
+    for given in (old, old + ".yaml", "graphvla/graphs/" + old + ".yaml"):
+        with pytest.raises(SpecError, match=re.escape(hint)):
+            load_spec(given)
+    result = CliRunner().invoke(main, ["validate", old])
+    assert result.exit_code == 1 and hint in result.output and "did you mean" not in result.output
+
+
+def test_no_packaged_graph_or_sweep_names_a_graph_after_a_published_model_it_is_not():
+    """Outside starvla/ and lerobot/ (each graph there proven by a parity fixture), no packaged graph's
+    path or name says oft, pi or gr00t, and no sweep file points at a renamed graph."""
+    from graphvla.spec.library import MOVED
+
+    claims = re.compile(r"(^|[-/_])(oft|pi|gr00t)($|[-/_])")
+    for name in packaged_graphs():
+        if name.startswith(("starvla/", "lerobot/")):
+            continue
+        assert not claims.search(name) and not claims.search(load_spec(name).name), name
+    old = {o.rsplit("/", 1)[-1] for o in MOVED if o.startswith("sweeps/")}
+    for sweep in (graphs_root() / "sweeps").glob("*.yaml"):
+        text = sweep.read_text()
+        assert not [o for o in old if f"/{o}.yaml" in text], sweep
+
+
+def test_the_recorded_sweep_reports_say_what_their_renamed_graphs_were_recorded_as():
+    """docs/results/sweeps: the figures, commands and fingerprints stay as recorded (old graph paths
+    included); the corrections name the current graph of every cell whose graph was renamed, and the
+    old path its commands still show is refused with a hint naming that graph."""
+    import json
+    from pathlib import Path
+
+    from graphvla.spec.library import MOVED
+    from graphvla.runners.sweep.report import format_markdown
+
+    root = Path(__file__).resolve().parent.parent / "docs" / "results" / "sweeps"
+    seen = 0
+    for results in sorted(root.glob("*/results.json")):
+        report = json.loads(results.read_text())
+        titles = (report.get("corrections") or {}).get("cell_titles") or {}
+        for cell in report["cells"]:
+            for run in cell["runs"]:
+                graph = run["graph"].removeprefix("graphvla/graphs/").removesuffix(".yaml")
+                if graph not in MOVED:
+                    continue
+                seen += 1
+                assert run["train_command"].startswith(f"graphvla train {run['graph']} ")  # as recorded
+                assert titles[cell["cell"]] == f"graph `{MOVED[graph]}`, recorded as `{graph}`"
+        text = format_markdown(report)
+        assert text == (results.parent / "results.md").read_text()
+        if titles and report["sweep"] != "heads-mt10":
+            assert "were renamed after the runs" in text and "OpenVLA-OFT" in text
+    assert seen == 12  # backbones-mt10: 2 cells x 2 seeds; cotrain-mt10 and aux-mt10: 2 x 2 each
+
+
+def test_the_plots_label_relabelled_cells_as_the_table_does():
+    import json
+    from pathlib import Path
+
+    from graphvla.runners.sweep.plots import cell_label
+
+    report = json.loads((Path(__file__).resolve().parent.parent / "docs/results/sweeps/heads-mt10/results.json").read_text())
+    labels = {c["cell"]: cell_label(report, c) for c in report["cells"]}
+    assert labels == {"mlp": "mlp", "oft": "oft (query_transformer)", "pi": "pi (flow_matching)",
+                      "gr00t": "gr00t (dual_system)", "fast": "fast"}
+    report.pop("corrections")
+    assert [cell_label(report, c) for c in report["cells"]] == ["mlp", "oft", "pi", "gr00t", "fast"]

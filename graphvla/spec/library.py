@@ -34,8 +34,14 @@ MOVED.update({"starvla/qwen3vl-fast-lm": "fullsize/qwen3vl-fast-lm", "starvla/qw
 # The tiny graphs carried the published models' names too (OpenVLA-OFT, pi0, GR00T) over GraphVLA's heads.
 MOVED.update({f"tiny/{old}": f"tiny/{new}" for old, new in (("oft", "querytf"), ("pi", "flowdit"), ("gr00t", "dualsystem"),
                                                          ("worldmodel-pi", "worldmodel-flowdit"))})
+# So did the graphs that extend tiny/querytf or use its head: the privileged upper bound and the
+# backbones/cotrain/aux sweeps' graphs (their recorded reports name them as they were: docs/results/sweeps).
+MOVED.update({"metaworld/mt10-oft-privileged": "metaworld/mt10-querytf-privileged",
+              **{f"sweeps/backbones/{old}": f"sweeps/backbones/{old.replace('-oft', '-querytf')}"
+                 for old in ("qwen3vl-oft", "qwen3vl-oft-cotrain", "worldmodel-oft")}})
 # What each renamed graph's old name claimed to be, for the hint.
-NAMED_AFTER = {"tiny/oft": "OpenVLA-OFT", "tiny/pi": "pi0", "tiny/gr00t": "GR00T", "tiny/worldmodel-pi": "pi0"}
+NAMED_AFTER = {"tiny/oft": "OpenVLA-OFT", "tiny/pi": "pi0", "tiny/gr00t": "GR00T", "tiny/worldmodel-pi": "pi0",
+               **{old: "OpenVLA-OFT" for old in MOVED if old.startswith(("metaworld/", "sweeps/"))}}
 
 
 def graphs_root() -> Path:

@@ -14,6 +14,15 @@ def _save(fig, out: Path, stem: str) -> None:
     fig.savefig(out / f"{stem}.svg", metadata=SVG_META)
 
 
+def cell_label(report: dict, cell: dict) -> str:
+    """A cell's name in the plots: its key, and beside it the axis values a report's `corrections`
+    relabel (heads-mt10's cell `oft` is drawn as "oft (query_transformer)"), so a plot says what the
+    table says."""
+    labels = (report.get("corrections") or {}).get("axis_labels") or {}
+    fixed = [labels[a][v] for a, v in (cell.get("axes") or {}).items() if v in labels.get(a, {})]
+    return f"{cell['cell']} ({', '.join(fixed)})" if fixed else cell["cell"]
+
+
 def write_plots(report: dict, out) -> list[Path]:
     import matplotlib
 
@@ -24,7 +33,7 @@ def write_plots(report: dict, out) -> list[Path]:
     cells = [c for c in report["cells"] if c.get("pooled")]
     if not cells:
         return []
-    names = [c["cell"] for c in cells]
+    names = [cell_label(report, c) for c in cells]
     x = list(range(len(cells)))
     written = []
 
@@ -52,7 +61,7 @@ def write_plots(report: dict, out) -> list[Path]:
     for i, c in enumerate(cells):
         xs = [j + (i - (len(cells) - 1) / 2) * width for j in range(len(buckets))]
         vals = [100 * c["buckets"][b]["pooled"]["rate"] if b in c["buckets"] else 0 for b in buckets]
-        ax.bar(xs, vals, width=width, label=c["cell"])
+        ax.bar(xs, vals, width=width, label=cell_label(report, c))
     ax.set_xticks(range(len(buckets)), buckets)
     ax.set_ylabel("success % (pooled episodes)")
     ax.set_ylim(0, 100)
@@ -70,7 +79,8 @@ def write_plots(report: dict, out) -> list[Path]:
             continue
         by_step = [{int(t): v for t, v in cv} for cv in curves]
         common = sorted(set.intersection(*[set(d) for d in by_step]))  # steps every seed logged
-        ax.plot(common, [sum(d[s] for d in by_step) / len(by_step) for s in common], label=c["cell"], lw=1.2)
+        ax.plot(common, [sum(d[s] for d in by_step) / len(by_step) for s in common], label=cell_label(report, c),
+                lw=1.2)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (action term, mean over seeds)")
     ax.set_yscale("log")
