@@ -3,7 +3,8 @@ layer4 feature map comes out, with the normalization layer LeRobot's policies pu
 
 The architecture is He et al. 2016's basic-block ResNet as torchvision builds it: a 7x7 stride-2
 stem conv, a 3x3 stride-2 max pool, four stages of basic blocks (64, 128, 256, 512 channels; stride
-2 and a 1x1 projection shortcut at the start of stages 2-4). Module names follow torchvision's
+2 and a 1x1 projection shortcut at the start of stages 2-4). `width` 16 or 32 narrows every stage
+by the same factor (a GraphVLA-sized network, not the published one; no torchvision weights fit it). Module names follow torchvision's
 (`conv1`, `bn1`, `layer1.0.conv1`, `layer2.0.downsample.0`, ...), so a torchvision or LeRobot state
 dict loads under the block's prefix without renaming.
 
@@ -38,6 +39,9 @@ WIDTHS = (64, 128, 256, 512)
 NORMS = ("frozen_batch_norm", "batch_norm", "group_norm")
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 GROUP_SIZE = 16  # group_norm: channels per group
+WIDTH_PARAM = {"enum": [16, 32, 64], "default": 64,
+               "description": "stem and first-stage channels; the stages have width x 1, 2, 4, 8 (64: the "
+                              "published ResNet, 512 channels out; 16 or 32: a narrower network, for small CPUs)"}
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -89,14 +93,15 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """The convolutional trunk up to layer4 (no pooling, no classifier): [N, 3, H, W] -> [N, 512, h, w]."""
+    """The convolutional trunk up to layer4 (no pooling, no classifier): [N, 3, H, W] -> [N, 8 x width, h, w]."""
 
-    def __init__(self, depth: int = 18, norm: str = "frozen_batch_norm"):
+    def __init__(self, depth: int = 18, norm: str = "frozen_batch_norm", width: int = 64):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = norm_layer(norm, 64)
-        c_in = 64
-        for i, (repeats, width) in enumerate(zip(DEPTHS[depth], WIDTHS)):
+        widths = tuple(w * width // WIDTHS[0] for w in WIDTHS)  # 64: torchvision's 64/128/256/512
+        self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)
+        self.bn1 = norm_layer(norm, widths[0])
+        c_in = widths[0]
+        for i, (repeats, width) in enumerate(zip(DEPTHS[depth], widths)):
             blocks = [BasicBlock(c_in if j == 0 else width, width, 2 if (j == 0 and i > 0) else 1, norm)
                       for j in range(repeats)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
@@ -130,7 +135,7 @@ class ResNetEncoder(Block):
                    "(ACT), batch norm or group norm (Diffusion Policy).")
     in_ports = {"images": InPort("image", ndim=5, doc="images [B, V, 3, H, W] in [0, 1], RGB")}
     out_ports = {
-        "features": OutPort("hidden", doc="layer4 feature map per view [B, V, C, h, w] (C = 512)"),
+        "features": OutPort("hidden", doc="layer4 feature map per view [B, V, C, h, w] (C = 8 x width: 512)"),
         "hidden": OutPort("hidden", doc="the feature maps as tokens [B, V*h*w, C], view by view, row-major"),
         "pooled": OutPort("hidden", doc="per view, the mean feature [B, V*C]"),
     }
@@ -138,6 +143,7 @@ class ResNetEncoder(Block):
         "type": "object",
         "properties": {
             "depth": {"enum": sorted(DEPTHS), "default": 18},
+            "width": WIDTH_PARAM,
             "norm": {"enum": list(NORMS), "default": "frozen_batch_norm",
                      "description": "after each conv: frozen_batch_norm (ACT), batch_norm, or group_norm with "
                                     "channels // 16 groups (Diffusion Policy)"},
@@ -162,7 +168,7 @@ class ResNetEncoder(Block):
             raise PortError("images", f"ResNet takes RGB images (3 channels), got {shape[2]}")
         views = shape[1] if shape is not None else 1
         p = self.params
-        self.net = ResNet(p["depth"], p["norm"])
+        self.net = ResNet(p["depth"], p["norm"], p["width"])
         norm = p["normalize"]
         if norm == "none":
             mean, std = [[0.0] * 3] * views, [[1.0] * 3] * views

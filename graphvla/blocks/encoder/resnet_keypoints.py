@@ -25,7 +25,7 @@ from torch import nn
 
 from ..base import Block, InPort, OutPort, ParamError, PortError
 from ..registry import register
-from .resnet import DEPTHS, NORMS, ResNet, TRIPLES, _triples
+from .resnet import DEPTHS, NORMS, TRIPLES, WIDTH_PARAM, ResNet, _triples
 
 
 def trunk_size(n: int) -> int:
@@ -55,9 +55,9 @@ class SpatialKeypoints(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    def __init__(self, depth: int, norm: str, keypoints: int, h: int, w: int):
+    def __init__(self, depth: int, norm: str, keypoints: int, h: int, w: int, width: int = 64):
         super().__init__()
-        self.trunk = ResNet(depth, norm)
+        self.trunk = ResNet(depth, norm, width)
         self.keypoints = SpatialKeypoints(self.trunk.channels, keypoints, trunk_size(h), trunk_size(w))
         self.out = nn.Linear(2 * keypoints, 2 * keypoints)
 
@@ -78,6 +78,7 @@ class ResNetKeypointsEncoder(Block):
             "cameras": {"type": "integer", "minimum": 1, "default": 1,
                         "description": "cameras (the views are cameras x observation steps, camera-major)"},
             "depth": {"enum": sorted(DEPTHS), "default": 18},
+            "width": WIDTH_PARAM,
             "norm": {"enum": list(NORMS), "default": "group_norm"},
             "keypoints": {"type": "integer", "minimum": 1, "default": 32},
             "crop": {"type": ["array", "null"], "items": {"type": "integer", "minimum": 1}, "minItems": 2,
@@ -112,7 +113,7 @@ class ResNetKeypointsEncoder(Block):
             raise ParamError("crop", f"{list(self.crop)} does not fit in the {h}x{w} images")
         ch, cw = self.crop or (h, w)
         n = self.cameras if p["separate_encoders"] else 1
-        self.encoders = nn.ModuleList(ImageEncoder(p["depth"], p["norm"], p["keypoints"], ch, cw) for _ in range(n))
+        self.encoders = nn.ModuleList(ImageEncoder(p["depth"], p["norm"], p["keypoints"], ch, cw, p["width"]) for _ in range(n))
         if p["normalize"] == "none":
             mean, std = [[0.0] * 3] * self.cameras, [[1.0] * 3] * self.cameras
         else:

@@ -144,7 +144,9 @@ class ACTHead(Block):
     in_ports = {
         "features": InPort("hidden", optional=True, ndim=5, doc="camera feature maps [B, V, C, h, w] (encoder.resnet)"),
         "state": InPort("state", optional=True, ndim=2, doc="robot state [B, S] (normalized)"),
-        "env_state": InPort("state", optional=True, ndim=2, doc="environment state [B, E] (normalized)"),
+        "env_state": InPort(("state", "hidden"), optional=True, ndim=2,
+                             doc="environment state [B, E] (normalized), or any [B, E] vector (e.g. a pooled "
+                                 "instruction): one more encoder token"),
         "target": InPort("action", optional=True, target=True, doc="action chunk [B, H, A] (normalized)"),
         "mask": InPort("mask", optional=True, target=True, doc="[B, H] True on real steps (False: padding)"),
         "noise": InPort(("state", "latent", "any"), optional=True, target=True,

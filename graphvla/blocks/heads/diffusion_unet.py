@@ -140,7 +140,9 @@ class DiffusionUNetHead(Block):
         "context": InPort("hidden", optional=True, ndim=(2, 3),
                           doc="observation features per step [B, S, D] (or [B, D]), e.g. image keypoint features"),
         "state": InPort("state", ndim=(2, 3), doc="robot state per observation step [B, S, D] (or [B, D])"),
-        "env_state": InPort("state", optional=True, ndim=(2, 3), doc="environment state per step [B, S, D]"),
+        "env_state": InPort(("state", "hidden"), optional=True, ndim=(2, 3),
+                            doc="environment state per step [B, S, D], or any vector (e.g. a pooled instruction, [B, D]): "
+                                "part of the global condition"),
         "target": InPort("action", optional=True, target=True, doc="action chunk [B, horizon, A], normalized"),
         "mask": InPort("mask", optional=True, target=True, doc="[B, horizon] valid (not padded) steps"),
     }
