@@ -180,3 +180,52 @@ def test_a_sweep_with_a_data_axis_end_to_end(tmp_path):
     again = CliRunner().invoke(main, ["sweep", "--report", str(out)], catch_exceptions=False)
     assert again.exit_code == 0, again.output
     assert (out / "results.md").read_text() == md
+
+
+def test_each_recording_is_made_once_and_only_when_a_run_needs_it(tmp_path, monkeypatch):
+    """start_output records each distinct recording once (at its graph's size), only those the runs
+    to do need, and a sweep whose cells all use one recording that is not the base's still gets it."""
+    from graphvla.runners import protocol_data
+    from graphvla.runners.sweep.execute import data_of, start_output
+
+    made = []
+
+    def fake_record(out, spec, graph, tasks, episodes, workers, log=print):
+        made.append((Path(out).relative_to(tmp_path).as_posix(), protocol_data.image_size(spec, graph), episodes))
+        return Path(out) / "data.yaml"
+
+    monkeypatch.setattr(protocol_data, "record_protocol_data", fake_record)
+    s = load_sweep(write(tmp_path, f"""\
+        size:
+          changes: [inputs.images.size, data.record]
+          variants:
+            px64: {{}}
+            px32: {{set: {{inputs.images.size: [32, 32]}}}}
+            demos2: {{set: {{data.record.episodes: 2}}}}
+        head:
+          changes: [blocks.head]
+          variants:
+            keep: {{}}
+            small: {{set: {{{HEAD}}}}}
+        """))
+    runs = s.runs()
+    specs = check_controls(s, runs)
+    todo = [r for r in runs if r.cell in ("px32_keep", "px32_small", "demos2_small")]
+    start_output(s, specs[runs[0].key][0], tmp_path / "out", log=lambda m: None, runs=runs, specs=specs, todo=todo)
+    assert sorted(made) == [("out/recordings/32px-1ep", 32, 1), ("out/recordings/64px-2ep", 64, 2)]
+    assert data_of(s, todo[0], "unused") == str(tmp_path / "out/recordings/32px-1ep/data.yaml")
+    saved = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert saved["cell_recording"]["px64_keep"] == "64px-1ep" and saved["recordings"]["64px-1ep"]["settings"] == {
+        "protocol": "starvla-mt50", "tasks": "reach-v3", "size": 64, "episodes": 1}
+    # one axis whose only variant leaves the base's recording: not the base's folder OUT/data
+    made.clear()
+    s = load_sweep(write(tmp_path, """\
+        size:
+          changes: [inputs.images.size, data.record.size]
+          variants:
+            px32: {set: {inputs.images.size: [32, 32]}}
+        """, name="one.yaml"))
+    runs = s.runs()
+    specs = check_controls(s, runs)
+    start_output(s, specs[runs[0].key][0], tmp_path / "one", log=lambda m: None, runs=runs, specs=specs)
+    assert made == [("one/recordings/32px-1ep", 32, 1)]
