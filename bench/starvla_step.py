@@ -99,7 +99,7 @@ def fixture_batch(framework: str, batch: int):
 
 def fixture_state(framework: str) -> dict:
     """starVLA's state_dict of the fixture; where the fixture keeps only the weights outside its VLM
-    (QwenPI_v3, QwenPI), the VLM's are read from the fixture case.json names (the QwenOFT one)."""
+    (QwenPI_v3, QwenPI), the VLM's come from the fixture its case.json names (vlm_weights_in: qwenoft)."""
     from safetensors.torch import load_file
 
     fixture = FIXTURES / FRAMEWORKS[framework]["fixture"]
