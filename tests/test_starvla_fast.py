@@ -276,27 +276,36 @@ def test_trains_saves_and_loads_as_a_policy(tmp_path):
 
 # `graphvla import starvla` on a QwenFast checkpoint as starVLA's trainer writes it
 # (tests/fixtures/starvla/qwenfast_ckpt, scripts/parity/starvla_fast_ckpt.py): the imported run
-# serves starVLA's from_pretrained + predict_action + unnormalize_actions.
+# serves starVLA's from_pretrained + predict_action + unnormalize_actions. The fixture keeps no
+# weights file: tests/starvla_ckpt.py rebuilds it from qwenfast/state.safetensors (sha256 checked).
 CKPT = ROOT / "tests" / "fixtures" / "starvla" / "qwenfast_ckpt"
 
 
-def do_import(out, **kw):
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """The trainer's folder, its weights file rebuilt byte for byte (sha256 checked)."""
+    from starvla_ckpt import starvla_run
+
+    return starvla_run(CKPT, tmp_path_factory.mktemp("qwenfast-ckpt") / "ckpt")
+
+
+def do_import(ckpt, out, **kw):
     from graphvla.runners.importers.starvla import import_starvla
 
     kw.setdefault("base_vlm", FIXTURES["qwen3vl"] / "vlm")  # config.yaml names the scratch folder it was built in
     kw.setdefault("fast_tokenizer", FIXTURES["qwen3vl"] / "fast")  # QwenFast reads it from outside the checkpoint
-    return import_starvla(CKPT / "ckpt", out, image_size=case(FIXTURES["qwen3vl"])[0]["image_size"], **kw)
+    return import_starvla(ckpt, out, image_size=case(FIXTURES["qwen3vl"])[0]["image_size"], **kw)
 
 
-def test_imported_checkpoint_serves_starvlas_actions(tmp_path):
+def test_imported_checkpoint_serves_starvlas_actions(ckpt, tmp_path):
     from graphvla.policy.loading import load_policy
 
     expected_meta = json.loads((CKPT / "expected.json").read_text())
     expected = load_file(str(CKPT / "expected.safetensors"))
     assert expected_meta["framework"] == "QwenFast" and expected_meta["starvla_commit"].startswith("0ed0aad")
-    run = do_import(tmp_path / "run")
+    run = do_import(ckpt, tmp_path / "run")
     info = json.loads((run / "imported.json").read_text())
-    weights = load_file(str(CKPT / "ckpt" / "checkpoints" / "steps_2_model.safetensors"))
+    weights = load_file(str(ckpt / "checkpoints" / "steps_2_model.safetensors"))
     policy = load_policy(run)
     assert info["framework"] == "QwenFast" and info["graph"] == "starvla/qwen3vl-fast"
     assert info["tensors"] == len(weights) == len(policy.cg.model.state_dict())  # every tensor accounted for
@@ -309,23 +318,23 @@ def test_imported_checkpoint_serves_starvlas_actions(tmp_path):
     assert (expected["actions"] - expected["normalized_actions"]).abs().max() > 0.1  # un-normalization is exercised
 
 
-def test_import_refuses_what_qwenfast_cannot_use_naming_it(tmp_path, monkeypatch):
+def test_import_refuses_what_qwenfast_cannot_use_naming_it(ckpt, tmp_path, monkeypatch):
     from graphvla import hub
     from graphvla.runners.importers.starvla import StarVLAImportError
 
     monkeypatch.setattr(hub, "cached_snapshot", lambda *a, **k: None)  # no physical-intelligence/fast in the cache
     with pytest.raises(StarVLAImportError, match="--fast-tokenizer"):
-        do_import(tmp_path / "a", fast_tokenizer=None)
+        do_import(ckpt, tmp_path / "a", fast_tokenizer=None)
     graphvla_fast = ROOT / "graphvla" / "graphs" / "tiny" / "fast_tokenizer"  # GraphVLA's own format: not starVLA's
     with pytest.raises(StarVLAImportError, match="physical-intelligence/fast's format"):
-        do_import(tmp_path / "b", fast_tokenizer=graphvla_fast)
+        do_import(ckpt, tmp_path / "b", fast_tokenizer=graphvla_fast)
     oft_vlm = FIXTURES["qwen3vl"].with_name("qwenoft") / "vlm"  # a tokenizer without <robot_action_i>
     with pytest.raises(StarVLAImportError, match=r"tokenizer.json.*robot_action_0"):
-        do_import(tmp_path / "c", base_vlm=oft_vlm)
+        do_import(ckpt, tmp_path / "c", base_vlm=oft_vlm)
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_cli_import_serve_sessions_rtc_and_export_refusal(tmp_path):
+def test_cli_import_serve_sessions_rtc_and_export_refusal(ckpt, tmp_path):
     """After import the run is served like a trained one (sessions, real-time chunking by blending)
     and `graphvla export` refuses it naming why (autoregressive decoding), writing nothing."""
     from click.testing import CliRunner
@@ -337,7 +346,7 @@ def test_cli_import_serve_sessions_rtc_and_export_refusal(tmp_path):
     from graphvla.runners.serve import ServeOptions, ServerThread
 
     out = tmp_path / "run"
-    result = CliRunner().invoke(main, ["import", "starvla", str(CKPT / "ckpt"), "-o", str(out), "--base-vlm",
+    result = CliRunner().invoke(main, ["import", "starvla", str(ckpt), "-o", str(out), "--base-vlm",
                                        str(FIXTURES["qwen3vl"] / "vlm"), "--fast-tokenizer", str(FIXTURES["qwen3vl"] / "fast"),
                                        "--image-size", str(case(FIXTURES["qwen3vl"])[0]["image_size"])])
     assert result.exit_code == 0 and "QwenFast (64 tensors" in result.output, result.output

@@ -1,7 +1,8 @@
 """`graphvla import starvla`: a checkpoint folder written the way starVLA's trainer writes one
 (tests/fixtures/starvla/qwenoft_ckpt/ckpt: config.yaml, dataset_statistics.json,
 checkpoints/steps_2_model.safetensors; made by scripts/parity/starvla_ckpt.py with starVLA's own code
-at 0ed0aad) becomes a GraphVLA run whose actions - through load_policy and through the server -
+at 0ed0aad; the weights file is rebuilt from qwenoft/state.safetensors and checked against its
+recorded sha256 by tests/starvla_ckpt.py) becomes a GraphVLA run whose actions - through load_policy and through the server -
 equal what starVLA serves for the same observations (its from_pretrained + predict_action +
 FrameworkTools.unnormalize_actions, recorded in expected.safetensors) within 1e-4. Sessions and
 real-time chunking (blend: a regression head) work on the run; export refuses it as it refuses the
@@ -26,19 +27,20 @@ from graphvla.policy.policy import Policy
 from graphvla.processors.action_bounds import ActionBounds
 from graphvla.processors.base import Pipeline
 from graphvla.runners.importers.starvla import StarVLAImportError, import_starvla, starvla_key
+from starvla_ckpt import starvla_run
 
 warnings.filterwarnings("ignore")
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "starvla"
-CKPT = FIXTURES / "qwenoft_ckpt" / "ckpt"
+CKPT_FIXTURE = FIXTURES / "qwenoft_ckpt"
 VLM = FIXTURES / "qwenoft" / "vlm"  # the tiny base VLM's config, tokenizer and processor (config.yaml names a scratch folder)
-WEIGHTS = CKPT / "checkpoints" / "steps_2_model.safetensors"
+WEIGHTS = "steps_2_model.safetensors"  # under checkpoints/
 TOL = 1e-4
 
 
 def expected():
-    meta = json.loads((FIXTURES / "qwenoft_ckpt" / "expected.json").read_text())
-    return meta, load_file(str(FIXTURES / "qwenoft_ckpt" / "expected.safetensors"))
+    meta = json.loads((CKPT_FIXTURE / "expected.json").read_text())
+    return meta, load_file(str(CKPT_FIXTURE / "expected.safetensors"))
 
 
 def observations():
@@ -47,14 +49,20 @@ def observations():
             for i in range(len(meta["instructions"]))]
 
 
-def do_import(ckpt=CKPT, out=None, **kw):
+def do_import(ckpt, out, **kw):
     kw.setdefault("base_vlm", VLM)
     return import_starvla(ckpt, out, image_size=64, **kw)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return do_import(out=tmp_path_factory.mktemp("import") / "run")
+def ckpt(tmp_path_factory):
+    """The trainer's folder, its weights file rebuilt byte for byte (sha256 checked)."""
+    return starvla_run(CKPT_FIXTURE, tmp_path_factory.mktemp("qwenoft-ckpt") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def run(ckpt, tmp_path_factory):
+    return do_import(ckpt, tmp_path_factory.mktemp("import") / "run")
 
 
 @pytest.fixture(scope="module")
@@ -62,19 +70,19 @@ def policy(run):
     return load_policy(run)
 
 
-def test_the_fixture_is_starvlas_trainer_layout_at_the_pinned_commit():
+def test_the_fixture_is_starvlas_trainer_layout_at_the_pinned_commit(ckpt):
     meta, data = expected()
     assert meta["framework"] == "QwenOFT" and meta["starvla_commit"].startswith("0ed0aad")
-    cfg = yaml.safe_load((CKPT / "config.yaml").read_text())
+    cfg = yaml.safe_load((ckpt / "config.yaml").read_text())
     assert cfg["framework"]["name"] == "QwenOFT" and cfg["trainer"]["save_format"] == "safetensors"
-    assert (CKPT / "dataset_statistics.json").is_file() and WEIGHTS.is_file()
+    assert (ckpt / "dataset_statistics.json").is_file() and (ckpt / "checkpoints" / WEIGHTS).is_file()
     # the served actions are not the normalized ones: clamped, gripper binarised, rescaled
     assert (data["actions"] - data["normalized_actions"]).abs().max() > 0.1
 
 
-def test_every_tensor_is_accounted_for(run, policy):
+def test_every_tensor_is_accounted_for(ckpt, run, policy):
     info = json.loads((run / "imported.json").read_text())
-    state = load_file(str(WEIGHTS))
+    state = load_file(str(ckpt / "checkpoints" / WEIGHTS))
     assert info["tensors"] == len(state) == len(policy.cg.model.state_dict())
     assert info["framework"] == "QwenOFT" and info["graph"] == "starvla/qwen3vl-oft" and info["step"] == 2
 
@@ -108,13 +116,13 @@ def test_postprocess_is_starvlas_unnormalize_actions_on_every_branch(policy):
     assert diff <= 1e-6
 
 
-def test_cli_import_serve_sessions_and_rtc(run, tmp_path):
+def test_cli_import_serve_sessions_and_rtc(ckpt, run, tmp_path):
     from graphvla.client import PolicyClient
     from graphvla.protocol import RTC_KEY
     from graphvla.runners.serve import ServeOptions, ServerThread
 
     out = tmp_path / "cli-run"
-    result = CliRunner().invoke(main, ["import", "starvla", str(CKPT), "-o", str(out), "--base-vlm", str(VLM),
+    result = CliRunner().invoke(main, ["import", "starvla", str(ckpt), "-o", str(out), "--base-vlm", str(VLM),
                                        "--image-size", "64"])
     assert result.exit_code == 0, result.output
     assert "QwenOFT" in result.output and "80 tensors" in result.output
@@ -147,9 +155,7 @@ def test_export_refuses_the_run_as_it_refuses_the_graph(run, tmp_path):
 # --- bad inputs: named errors, nothing written ------------------------------------------------------
 
 def copy_ckpt(tmp_path) -> Path:
-    dst = tmp_path / "starvla-run"
-    shutil.copytree(CKPT, dst)
-    return dst
+    return starvla_run(CKPT_FIXTURE, tmp_path / "starvla-run")
 
 
 def edit_config(d: Path, fn):
@@ -159,7 +165,7 @@ def edit_config(d: Path, fn):
 
 
 def edit_weights(d: Path, fn):
-    path = d / "checkpoints" / WEIGHTS.name
+    path = d / "checkpoints" / WEIGHTS
     state = load_file(str(path))
     fn(state)
     save_file(state, str(path))
@@ -205,7 +211,7 @@ def test_bad_checkpoints_are_named_and_leave_nothing(case, tmp_path):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # no temporary left either
 
 
-def test_a_tokenizer_without_the_action_token_is_named(tmp_path):
+def test_a_tokenizer_without_the_action_token_is_named(ckpt, tmp_path):
     vlm = tmp_path / "vlm"
     shutil.copytree(VLM, vlm)
     token = "\U0001F50D"
@@ -217,16 +223,16 @@ def test_a_tokenizer_without_the_action_token_is_named(tmp_path):
     (vlm / "tokenizer_config.json").write_text(json.dumps(cfg))
     out = tmp_path / "run"
     with pytest.raises(StarVLAImportError, match=r"vlm/tokenizer\.json: starVLA QwenOFT's action token .* is not one token"):
-        do_import(out=out, base_vlm=vlm)
+        do_import(ckpt, out, base_vlm=vlm)
     assert not out.exists()
 
 
-def test_unknown_source_and_existing_output_are_refused(tmp_path):
-    result = CliRunner().invoke(main, ["import", "openvla", str(CKPT), "-o", str(tmp_path / "x")])
+def test_unknown_source_and_existing_output_are_refused(ckpt, tmp_path):
+    result = CliRunner().invoke(main, ["import", "openvla", str(ckpt), "-o", str(tmp_path / "x")])
     assert result.exit_code == 1 and "import source 'openvla' is not one GraphVLA imports from (starvla, lerobot)" in result.output
     (tmp_path / "taken").mkdir()
     with pytest.raises(StarVLAImportError, match="already exists"):
-        do_import(out=tmp_path / "taken")
+        do_import(ckpt, tmp_path / "taken")
     d = copy_ckpt(tmp_path)  # config.yaml's base_vlm: a folder this machine does not have
     edit_config(d, lambda c: c["framework"]["qwenvl"].update(base_vlm=str(tmp_path / "elsewhere" / "Qwen3-VL")))
     result = CliRunner().invoke(main, ["import", "starvla", str(d), "-o", str(tmp_path / "y")])
@@ -238,7 +244,7 @@ def test_the_default_pt_format_and_several_datasets(tmp_path):
     """starVLA's default save_format `pt` (checkpoints/steps_N_pytorch_model.pt) imports to the same
     weights; statistics of several datasets need --dataset-key, and an unknown one is named."""
     d = copy_ckpt(tmp_path)
-    path = d / "checkpoints" / WEIGHTS.name
+    path = d / "checkpoints" / WEIGHTS
     torch.save(load_file(str(path)), d / "checkpoints" / "steps_2_pytorch_model.pt")
     path.unlink()
     stats_file = d / "dataset_statistics.json"
@@ -252,7 +258,7 @@ def test_the_default_pt_format_and_several_datasets(tmp_path):
     run = do_import(d, tmp_path / "c", dataset_key="tiny_libero")
     assert json.loads((run / "imported.json").read_text())["weights"].endswith("steps_2_pytorch_model.pt")
     ours = load_file(str(run / "checkpoints" / "step_0000002" / "model.safetensors"))
-    theirs = load_file(str(WEIGHTS))
+    theirs = load_file(str(FIXTURES / "qwenoft" / "state.safetensors"))  # the weights file's tensors
     # the run stores a tied tensor (the LM head sharing the token embeddings) once, as training does
     assert len(theirs) - len(ours) == 1 and all(torch.equal(ours[k], theirs[starvla_key(k)]) for k in ours)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -16,13 +16,16 @@ This script writes such a folder for the weights of tests/fixtures/starvla/qweno
 starVLA's `FrameworkTools.unnormalize_actions` (clip to [-1, 1], gripper channel 6 thresholded at
 0.5, q01/q99 rescale of the masked dimensions): the actions a starVLA deployment serves. Output:
 tests/fixtures/starvla/qwenoft_ckpt/ (ckpt/ is the checkpoint folder, expected.safetensors and
-expected.json what starVLA served).
+expected.json what starVLA served). The weights file is qwenoft/state.safetensors saved again, so it
+is not stored twice: after starVLA has loaded it the script records its sha256 in expected.json
+(checkpoint_sha256, checkpoint_from) and removes it; tests/starvla_ckpt.py rebuilds it byte for byte.
 
 Usage: /tmp/starvla-venv/bin/python scripts/parity/starvla_ckpt.py --starvla /tmp/starvla
 (after starvla.py has written tests/fixtures/starvla/qwenoft and its tiny VLM in --work)."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -116,8 +119,12 @@ def main():
                "probe_served": torch.from_numpy(probe_served.astype(np.float32)).contiguous(),
                "normalized_actions": torch.from_numpy(normalized).contiguous(),
                "actions": torch.from_numpy(served.astype(np.float32)).contiguous()}, str(out / "expected.safetensors"))
+    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    ckpt.unlink()  # rebuilt by the tests from qwenoft/state.safetensors (module docstring)
+    (run_dir / "checkpoints" / ".keep").write_text("")
     (out / "expected.json").write_text(json.dumps({
         "framework": "QwenOFT", "starvla_commit": commit, "checkpoint": f"ckpt/checkpoints/{ckpt.name}",
+        "checkpoint_sha256": digest, "checkpoint_from": "qwenoft/state.safetensors (save_file, no metadata)",
         "base_vlm": "tests/fixtures/starvla/qwenoft/vlm (config.yaml names the scratch folder it was built in)",
         "instructions": meta["instructions"], "dataset_key": DATASET_KEY,
         "made_by": "starVLA from_pretrained + predict_action + FrameworkTools.unnormalize_actions, float32 CPU",

@@ -7,6 +7,9 @@ The QwenFast sibling of starvla_ckpt.py: after starvla_fast.py (it reuses its we
 checkpoints/steps_2_model.safetensors), loads it back with starVLA's own Qwenvl_Fast.from_pretrained,
 runs predict_action on the fixture's observations and un-normalizes with
 FrameworkTools.unnormalize_actions: expected.safetensors holds what a starVLA deployment serves.
+The weights file is qwenfast/state.safetensors saved again, so it is not stored twice: after starVLA
+has loaded it the script records its sha256 in expected.json (checkpoint_sha256, checkpoint_from) and
+removes it; tests/starvla_ckpt.py rebuilds it byte for byte.
 The FAST tokenizer is not part of a starVLA checkpoint (QwenFast reads playground/Pretrained_models/fast):
 the importer takes it with --fast-tokenizer. As in starvla_fast.py, starVLA's action-token range
 constants are set to the tiny tokenizer's ids and its FAST AutoProcessor path points at the folder.
@@ -16,6 +19,7 @@ Usage: /tmp/starvla-venv/bin/python scripts/parity/starvla_fast_ckpt.py --starvl
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -95,8 +99,12 @@ def main():
     save_file({"images": torch.from_numpy(images).contiguous(),
                "normalized_actions": torch.from_numpy(normalized).contiguous(),
                "actions": torch.from_numpy(served.astype(np.float32)).contiguous()}, str(out / "expected.safetensors"))
+    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    ckpt.unlink()  # rebuilt by the tests from the state fixture (module docstring)
+    (run_dir / "checkpoints" / ".keep").write_text("")
     (out / "expected.json").write_text(json.dumps({
         "framework": "QwenFast", "starvla_commit": commit, "checkpoint": f"ckpt/checkpoints/{ckpt.name}",
+        "checkpoint_sha256": digest, "checkpoint_from": f"{fixture}/state.safetensors (save_file, no metadata)",
         "base_vlm": f"tests/fixtures/starvla/{fixture}/vlm (config.yaml names the scratch folder it was built in)",
         "fast_tokenizer": f"tests/fixtures/starvla/{fixture}/fast", "instructions": meta["instructions"],
         "dataset_key": DATASET_KEY,

@@ -1,0 +1,37 @@
+"""starVLA checkpoint fixtures without a second copy of their weights.
+
+A `tests/fixtures/starvla/<name>_ckpt/` fixture keeps the trainer's folder (`ckpt/`: config.yaml,
+dataset_statistics.json, summary.jsonl) and what starVLA served from it (expected.json,
+expected.safetensors), but not its weights file when that file is a parity fixture's
+state.safetensors saved again (`save_file(load_file(state))`, as the parity script wrote it before
+starVLA loaded it). expected.json names that file (`checkpoint`), where it came from
+(`checkpoint_from`: a path under tests/fixtures/starvla, then a note) and its sha256
+(`checkpoint_sha256`); `starvla_run` rebuilds the folder and checks the digest, so the tests read
+byte for byte the file starVLA loaded."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from graphvla.fileio import sha256_of
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "starvla"
+
+
+def starvla_run(fixture: Path, dst: Path) -> Path:
+    """The trainer's folder of `fixture` (a *_ckpt fixture) at `dst`, its weights file rebuilt."""
+    meta = json.loads((fixture / "expected.json").read_text())
+    shutil.copytree(fixture / "ckpt", dst)
+    (dst / "checkpoints" / ".keep").unlink(missing_ok=True)  # only there so git keeps the folder
+    weights = dst / Path(meta["checkpoint"]).relative_to("ckpt")
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    source = FIXTURES / meta["checkpoint_from"].split()[0]
+    save_file(load_file(str(source)), str(weights))
+    digest = sha256_of(weights)
+    assert digest == meta["checkpoint_sha256"], (
+        f"{fixture.name}/expected.json: checkpoint_sha256 {meta['checkpoint_sha256']}, but {weights.name} "
+        f"rebuilt from {source.relative_to(FIXTURES)} hashes to {digest} (regenerate both with the parity script)")
+    return dst
