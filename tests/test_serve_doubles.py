@@ -70,6 +70,10 @@ class PolicyDouble:
     def reset(self) -> None:
         self.resets += 1
 
+    def set_temporal_ensemble(self, coeff: float) -> None:
+        # the double computes no ensemble; it keeps the coefficient so serve's option can be checked
+        self.temporal_ensemble = float(coeff)
+
     @property
     def has_caches(self) -> bool:
         return False  # nothing is kept between calls but what sessions hold

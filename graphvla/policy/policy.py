@@ -125,7 +125,7 @@ class Policy:
             if shape and len(shape) == 3:
                 horizon, dim = int(shape[1]), int(shape[2])
         return {"name": self.cg.name, "fingerprint": self.cg.fingerprint, "action_horizon": horizon,
-                "action_dim": dim, "inputs": self.client_inputs(),
+                "action_dim": dim, "inputs": self._client_inputs(),
                 "observation_window": None if self.window is None else self.window.describe(),
                 "outputs": list(self.outputs), "normalization": self.normalization_modes(),
                 # the graph reads simulator state no robot has: its results are a privileged upper bound
@@ -136,7 +136,7 @@ class Policy:
                         "schedule": self.rtc.schedule, "max_guidance": self.rtc.max_guidance},
                 "temporal_ensemble": None if self.temporal_ensemble is None else {"coeff": self.temporal_ensemble}}
 
-    def client_inputs(self) -> dict:
+    def _client_inputs(self) -> dict:
         """The ports an observation holds (the graph's inputs; windowed ports per frame)."""
         inputs = {k: dict(v) for k, v in self.inputs.items()}
         return inputs if self.window is None else self.window.client_inputs(inputs)
