@@ -165,54 +165,44 @@ def _diffusion_key(key: str):
     return lerobot_diffusion.importer_key(key)
 
 
+def _delegated(loaded, missing: str):
+    """(configure, fixed, rename) of a policy whose importer is the module `loaded()` returns (imported on
+    first use); its KeyError/ValueError become LeRobotImportError naming the file (`missing`: what a
+    KeyError lacks, 'tensor' or 'field')."""
+    def configure(spec: dict, cfg: dict, features: dict, path: Path) -> dict:
+        try:
+            return loaded().configure(spec, cfg, features, path.parent)
+        except (KeyError, ValueError) as e:
+            raise LeRobotImportError(f"{path}: {e.args[0] if isinstance(e, ValueError) else f'no {missing} {e}'}") from None
+
+    def fixed(key: str, ours, theirs) -> None:
+        try:
+            loaded().fixed(key, ours, theirs)
+        except ValueError as e:
+            raise LeRobotImportError(str(e)) from None
+
+    def rename(key: str):
+        return loaded().importer_key(key)
+
+    return configure, fixed, rename
+
+
 # pi0 (runners/importers/lerobot_pi0.py: LeRobot 0.4's openpi port; sizes from the weights; tokens are inputs) --
-def _configure_pi0(spec: dict, cfg: dict, features: dict, path: Path) -> dict:
+def _pi0():
     from . import lerobot_pi0
 
-    try:
-        return lerobot_pi0.configure(spec, cfg, features, path.parent)
-    except (KeyError, ValueError) as e:
-        raise LeRobotImportError(f"{path}: {e.args[0] if isinstance(e, ValueError) else f'no tensor {e}'}") from None
-
-
-def _pi0_fixed(key: str, ours, theirs) -> None:
-    from . import lerobot_pi0
-
-    try:
-        lerobot_pi0.fixed(key, ours, theirs)
-    except ValueError as e:
-        raise LeRobotImportError(str(e)) from None
-
-
-def _pi0_key(key: str):
-    from . import lerobot_pi0
-
-    return lerobot_pi0.importer_key(key)
+    return lerobot_pi0
 
 
 # SmolVLA (runners/importers/lerobot_smolvla.py: the VLM's config and tokenizer, expert sizes from the weights) ---
-def _configure_smolvla(spec: dict, cfg: dict, features: dict, path: Path) -> dict:
+def _smolvla():
     from . import lerobot_smolvla
 
-    try:
-        return lerobot_smolvla.configure(spec, cfg, features, path.parent)
-    except (KeyError, ValueError) as e:
-        raise LeRobotImportError(f"{path}: {e.args[0] if isinstance(e, ValueError) else f'no field {e}'}") from None
+    return lerobot_smolvla
 
 
-def _smolvla_fixed(key: str, ours, theirs) -> None:
-    from . import lerobot_smolvla
-
-    try:
-        lerobot_smolvla.fixed(key, ours, theirs)
-    except ValueError as e:
-        raise LeRobotImportError(str(e)) from None
-
-
-def _smolvla_key(key: str):
-    from . import lerobot_smolvla
-
-    return lerobot_smolvla.importer_key(key)
+_configure_pi0, _pi0_fixed, _pi0_key = _delegated(_pi0, "tensor")
+_configure_smolvla, _smolvla_fixed, _smolvla_key = _delegated(_smolvla, "field")
 
 
 POLICIES = {
