@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import re
 
+from .checkpoint_keys import by_rules, header_shapes
+
 TOKENS_KEY, TOKENS_MASK_KEY = "observation.language.tokens", "observation.language.attention_mask"
 PRE_STEPS = ("pi0_new_line_processor", "tokenizer_processor")
 P = "model.paligemma_with_expert."
@@ -56,10 +58,7 @@ def importer_key(key: str) -> str | None:
         key = "model." + key
     if key == EXPERT_LM_HEAD:
         return None
-    for theirs, ours in RULES:
-        if key.startswith(theirs):
-            return ours + key[len(theirs):]
-    return ""
+    return by_rules(key, RULES)
 
 
 def fixed(key: str, ours, theirs) -> None:
@@ -76,10 +75,7 @@ def _count(state: dict, prefix: str) -> int:
 
 def shapes_of(weights_path) -> dict:
     """LeRobot key -> shape, read from the safetensors header (no tensor is loaded)."""
-    from safetensors import safe_open
-
-    with safe_open(str(weights_path), "pt") as f:
-        return {(k if k.startswith("model.") else "model." + k): tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    return {(k if k.startswith("model.") else "model." + k): shape for k, shape in header_shapes(weights_path).items()}
 
 
 def sizes_of(state: dict) -> dict:

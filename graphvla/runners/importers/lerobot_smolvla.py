@@ -29,6 +29,8 @@ import json
 import re
 from pathlib import Path
 
+from .checkpoint_keys import by_rules, header_shapes
+
 V = "model.vlm_with_expert.vlm."
 E = "model.vlm_with_expert.lm_expert."
 TASK_KEY = "task"
@@ -49,10 +51,7 @@ def importer_key(key: str) -> str | None:
     """LeRobot key -> graph key; None for the tensors SmolVLA never reads; '' for an unknown key."""
     if key in UNUSED:
         return None
-    for theirs, ours in RULES:
-        if key.startswith(theirs):
-            return ours + key[len(theirs):]
-    return ""
+    return by_rules(key, RULES)
 
 
 def fixed(key: str, ours, theirs) -> None:
@@ -64,13 +63,6 @@ def fixed_tables(cg) -> dict:
     bb = cg.model["backbone"]
     vocab, width = bb.embed_tokens.weight.shape
     return {UNUSED[0]: (vocab, width), UNUSED[1]: (width,)}
-
-
-def _shapes(weights_path: Path) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(weights_path), "pt") as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
 def tokenizer_step(folder: Path) -> dict | None:
@@ -141,7 +133,7 @@ def configure(spec: dict, cfg: dict, features: dict, folder: Path) -> dict:
                              "longest on the right, truncated")
     tokenizer = str(_local((tok or {}).get("tokenizer_name") or vlm_name, "tokenizer_name"))
 
-    shapes = _shapes(folder / "model.safetensors")
+    shapes = header_shapes(folder / "model.safetensors")
     norm = shapes.get(E + "norm.weight")
     gate = shapes.get(E + "layers.0.mlp.gate_proj.weight")
     if norm is None or gate is None:
