@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fast_tokenizer import FASTTokenizer, dct_matrix
+from .fast_tokenizer import FASTTokenizer, action_chunks, dct_matrix
 
 PROCESSOR_CONFIG = "processor_config.json"
 BPE_FILE = "tokenizer.json"
@@ -82,13 +82,7 @@ class HubFASTTokenizer:
     def to_ints(self, actions) -> np.ndarray:
         """[N, H, A] -> [N, H*A] rounded, scaled DCT coefficients, frequency-major."""
         self._need_shape()
-        a = np.asarray(actions, dtype=np.float64)
-        if a.ndim == 2:
-            a = a[None]
-        if a.ndim != 3 or a.shape[1:] != (self.horizon, self.action_dim):
-            raise ValueError(f"expected action chunks [N, {self.horizon}, {self.action_dim}], got shape {list(a.shape)}")
-        if not np.isfinite(a).all():
-            raise ValueError("action chunks contain NaN or inf")
+        a = action_chunks(actions, self.horizon, self.action_dim)
         coef = np.einsum("kt,nta->nka", self._dct, a)
         return np.rint(coef * self.scale).astype(np.int64).reshape(len(a), -1)
 

@@ -35,6 +35,18 @@ def dct_matrix(n: int) -> np.ndarray:
     return c
 
 
+def action_chunks(actions, horizon: int, action_dim: int) -> np.ndarray:
+    """[N, H, A] (or one [H, A]) float64 action chunks; ValueError on another shape or a NaN/inf."""
+    a = np.asarray(actions, dtype=np.float64)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3 or a.shape[1:] != (horizon, action_dim):
+        raise ValueError(f"expected action chunks [N, {horizon}, {action_dim}], got shape {list(a.shape)}")
+    if not np.isfinite(a).all():
+        raise ValueError("action chunks contain NaN or inf")
+    return a
+
+
 class FASTTokenizer:
     def __init__(self, horizon: int, action_dim: int, scale: float = 10.0, vocab_size: int = 1024):
         if horizon < 1 or action_dim < 1:
@@ -49,19 +61,9 @@ class FASTTokenizer:
         self._dct = dct_matrix(self.horizon)
 
     # --- the integer stage ---------------------------------------------------------------
-    def _chunks(self, actions) -> np.ndarray:
-        a = np.asarray(actions, dtype=np.float64)
-        if a.ndim == 2:
-            a = a[None]
-        if a.ndim != 3 or a.shape[1:] != (self.horizon, self.action_dim):
-            raise ValueError(f"expected action chunks [N, {self.horizon}, {self.action_dim}], got shape {list(a.shape)}")
-        if not np.isfinite(a).all():
-            raise ValueError("action chunks contain NaN or inf")
-        return a
-
     def to_ints(self, actions) -> np.ndarray:
         """[N, H, A] -> [N, H*A] integers, frequency-major."""
-        coef = np.einsum("kt,nta->nka", self._dct, self._chunks(actions))
+        coef = np.einsum("kt,nta->nka", self._dct, action_chunks(actions, self.horizon, self.action_dim))
         return np.rint(coef * self.scale).astype(np.int64).reshape(len(coef), -1)
 
     def from_ints(self, ints) -> np.ndarray:
