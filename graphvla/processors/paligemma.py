@@ -17,20 +17,32 @@ def newline_ended(texts) -> list[str]:
     return [t if t.endswith("\n") else t + "\n" for t in texts]
 
 
-@register_step
-class PaliGemmaTokens(BlockStep):
-    kind = "paligemma_tokens"
-
-    def __init__(self, block, sources, makes=("tokens", "tokens_mask"), tokenizer=None, max_length: int = 48):
-        super().__init__(block, sources, makes)
-        self.tokenizer, self.max_length = tokenizer, int(max_length)
+class TokenizerStep(BlockStep):
+    """A language step around a Hugging Face tokenizer (self.tokenizer; None when compiled on meta without
+    it): the tokenizer's files are its assets. `holder` names whose tokenizer with.tokenizer must hold."""
+    holder = "the model's"
 
     def _loaded(self):
         if self.tokenizer is None:
             raise RuntimeError(f"block '{self.block}': its tokenizer was not loaded (the graph was compiled on meta "
-                               "without a tokenizer on disk, for its shapes only); set with.tokenizer to a folder "
-                               "or Hub id holding PaliGemma's tokenizer")
+                               "without its tokenizer on disk, for its shapes only); set with.tokenizer to a folder "
+                               f"or Hub id holding {self.holder} tokenizer")
         return self.tokenizer
+
+    def save_assets(self, folder):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._loaded().save_pretrained(str(folder))
+
+
+@register_step
+class PaliGemmaTokens(TokenizerStep):
+    kind = "paligemma_tokens"
+    holder = "PaliGemma's"
+
+    def __init__(self, block, sources, makes=("tokens", "tokens_mask"), tokenizer=None, max_length: int = 48):
+        super().__init__(block, sources, makes)
+        self.tokenizer, self.max_length = tokenizer, int(max_length)
 
     def run(self, text):
         tok = self._loaded()
@@ -41,11 +53,6 @@ class PaliGemmaTokens(BlockStep):
 
     def settings(self):
         return {"max_length": self.max_length}
-
-    def save_assets(self, folder):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self._loaded().save_pretrained(str(folder))
 
     @classmethod
     def from_settings(cls, config, folder, block, sources, makes):

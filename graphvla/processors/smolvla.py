@@ -10,28 +10,18 @@ import warnings
 import torch
 
 from .base import register_step
-from .block import BlockStep
-
-
-def newline_ended(texts) -> list[str]:
-    return [t if t.endswith("\n") else t + "\n" for t in texts]
+from .paligemma import TokenizerStep, newline_ended
 
 
 @register_step
-class SmolVLATokens(BlockStep):
+class SmolVLATokens(TokenizerStep):
     kind = "smolvla_tokens"
+    holder = "SmolVLA's VLM's"
 
     def __init__(self, block, sources, makes=("tokens", "tokens_mask"), tokenizer=None, max_length: int = 48,
                  truncate: bool = True):
         super().__init__(block, sources, makes)
         self.tokenizer, self.max_length, self.truncate = tokenizer, int(max_length), bool(truncate)
-
-    def _loaded(self):
-        if self.tokenizer is None:
-            raise RuntimeError(f"block '{self.block}': its tokenizer was not loaded (the graph was compiled on meta "
-                               "without the tokenizer on disk, for its shapes only); set with.tokenizer to a folder "
-                               "or Hub id holding it")
-        return self.tokenizer
 
     def run(self, text):
         tok = self._loaded()
@@ -45,11 +35,6 @@ class SmolVLATokens(BlockStep):
 
     def settings(self):
         return {"max_length": self.max_length, "truncate": self.truncate}
-
-    def save_assets(self, folder):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self._loaded().save_pretrained(str(folder))
 
     @classmethod
     def from_settings(cls, config, folder, block, sources, makes):
