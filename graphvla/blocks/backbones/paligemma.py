@@ -209,7 +209,7 @@ TEXT_SCHEMA = {
 }
 
 
-def _tokenizer(ctx, source: str):
+def load_tokenizer(ctx, source: str):
     """The tokenizer at `source` (folder or Hub id); None on meta when it is not on disk (the step then
     only describes itself)."""
     from transformers import AutoTokenizer
@@ -220,6 +220,14 @@ def _tokenizer(ctx, source: str):
         if ctx.meta or parameters_are_placeholders():
             return None
         raise ParamError("tokenizer", f"cannot load a tokenizer from '{source}': {e}") from None
+
+
+def text_token_ports(wired):
+    """step_ports of a backbone whose language step (with `text` wired) makes right-padded tokens."""
+    if "text" not in wired:
+        return None
+    return StepPorts(("text",), {"tokens": OutPort("tokens", doc="[B, L] token ids, right padded"),
+                                 "tokens_mask": OutPort("mask", doc="[B, L] True on real tokens")})
 
 
 def _filled(schema, value):
@@ -282,7 +290,7 @@ class PaliGemmaPrefix(Block):
             if self.params["tokenizer"] == "none":
                 raise ParamError("tokenizer", "text is wired: with.tokenizer must name PaliGemma's tokenizer "
                                               "(a folder or Hub id)")
-            self.tokenizer = _tokenizer(ctx, self.params["tokenizer"])
+            self.tokenizer = load_tokenizer(ctx, self.params["tokenizer"])
         img = inputs["images"]
         if img.shape is not None and len(img.shape) == 5 and not self.params["resize"]:
             if tuple(img.shape[-2:]) != (v["image_size"], v["image_size"]):
@@ -302,10 +310,7 @@ class PaliGemmaPrefix(Block):
         return cls.in_ports, cls.out_ports
 
     def step_ports(self, wired):
-        if "text" not in wired:
-            return None
-        return StepPorts(("text",), {"tokens": OutPort("tokens", doc="[B, L] token ids, right padded"),
-                                     "tokens_mask": OutPort("mask", doc="[B, L] True on real tokens")})
+        return text_token_ports(wired)
 
     def processor_step(self, node=None, sources=None):
         if "text" not in self.port_info:

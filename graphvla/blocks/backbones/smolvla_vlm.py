@@ -38,9 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import Block, InPort, OutPort, ParamError, PortError, StepPorts, parameters_are_placeholders
+from ..base import Block, InPort, OutPort, ParamError, PortError, parameters_are_placeholders
 from ..registry import register
 from . import hf_config
+from .paligemma import load_tokenizer, text_token_ports
 from ...processors.block import bind
 from ...processors.smolvla import SmolVLATokens
 
@@ -180,20 +181,6 @@ def take(tensors: dict, prefix: str, module: nn.Module, key: str, skip=()) -> No
     module.load_state_dict(own, strict=True)
 
 
-def _tokenizer(ctx, source: str):
-    """The tokenizer at `source` (folder or Hub id); None on meta when it is not on disk (the step then
-    only describes itself)."""
-    from transformers import AutoTokenizer
-
-    try:
-        path = ctx.resolve_path(source, "tokenizer")
-        return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as e:
-        if ctx.meta or parameters_are_placeholders():
-            return None
-        raise ParamError("tokenizer", f"cannot load a tokenizer from '{source}': {e}") from None
-
-
 def _vision_modules(config):
     from transformers.models.smolvlm.modeling_smolvlm import SmolVLMConnector, SmolVLMVisionTransformer
 
@@ -266,7 +253,7 @@ class SmolVLAVLM(Block):
         if "text" in inputs:
             if p["tokenizer"] == "none":
                 raise ParamError("tokenizer", "text is wired: with.tokenizer must name the VLM's tokenizer (folder or Hub id)")
-            self.tokenizer = _tokenizer(ctx, p["tokenizer"])
+            self.tokenizer = load_tokenizer(ctx, p["tokenizer"])
         self.width = text.hidden_size
         self.heads, self.kv_heads = text.num_attention_heads, text.num_key_value_heads
         self.head_dim = getattr(text, "head_dim", None) or self.width // self.heads
@@ -285,10 +272,7 @@ class SmolVLAVLM(Block):
             self.load_lerobot(read_weights(ctx.resolve_path(p["weights"], "weights"), "weights"))
 
     def step_ports(self, wired):
-        if "text" not in wired:
-            return None
-        return StepPorts(("text",), {"tokens": OutPort("tokens", doc="[B, L] token ids, right padded"),
-                                     "tokens_mask": OutPort("mask", doc="[B, L] True on real tokens")})
+        return text_token_ports(wired)
 
     def processor_step(self, node=None, sources=None):
         if "text" not in self.port_info:
