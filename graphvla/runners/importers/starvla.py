@@ -132,12 +132,17 @@ def _configure_gr00t(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: i
         noise_beta_alpha=float(am["noise_beta_alpha"]), noise_beta_beta=float(am["noise_beta_beta"]),
         noise_s=float(am["noise_s"]), num_timestep_buckets=int(am["num_timestep_buckets"]),
         num_steps=int(am["num_inference_timesteps"]))
-    # starVLA's predict_action takes the state as its client gives it (its deployment normalizes it
-    # with the robot's data-config transform): the run feeds it to the model unchanged
+    _raw_state(spec, state_dim)
+
+
+def _raw_state(spec: dict, state_dim: int) -> None:
+    """GR00T's and QwenPI's state port: `state_dim` wide, fed to the head's state encoder unchanged, as
+    starVLA's predict_action takes it from its client (its deployment normalizes it with the robot's
+    data-config transform); no state encoder (state_dim 0): no state port. Only the actions are normalized."""
     spec["trainer"]["normalization"] = {"actions": "q01_q99"}
     if state_dim:
         spec["inputs"]["state"]["dim"] = state_dim
-    else:  # no state encoder: no state port
+    else:
         del spec["inputs"]["state"]
         del spec["blocks"]["head"]["in"]["state"]
 
@@ -197,14 +202,7 @@ def _configure_layerwise(spec: dict, cfg: dict, cfg_path: Path, name: str) -> No
         noise_s=float(model["noise_s"]), num_timestep_buckets=int(model["num_timestep_buckets"]),
         num_steps=int(model["num_inference_timesteps"]))
     if name == "QwenPI":
-        # the state (optional) reaches the head's state encoder as starVLA's predict_action is given it
-        # (its deployment normalizes it with the robot's data-config transform): fed unchanged
-        spec["trainer"]["normalization"] = {"actions": "q01_q99"}
-        if state_dim:
-            spec["inputs"]["state"]["dim"] = state_dim
-        else:  # no state encoder: no state port
-            del spec["inputs"]["state"]
-            del spec["blocks"]["head"]["in"]["state"]
+        _raw_state(spec, state_dim)
         return
     include_state = ((cfg.get("datasets") or {}).get("vla_data") or {}).get("include_state", False)
     if include_state not in ("False", False, None):
