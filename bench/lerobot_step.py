@@ -150,15 +150,8 @@ def diffusion_main(args) -> None:
     (randint) in the same order and shapes, so the same seed is the same draws."""
     from importlib.metadata import version
 
-    from lerobot.scripts.train import update_policy
-    from lerobot.utils.logging_utils import AverageMeter, MetricsTracker
-
     with tempfile.TemporaryDirectory() as tmp:
         policy, raw, cg, module, preprocess, optimizer, ours_batch = diffusion_sides(args, Path(tmp) / "diffusion")
-    lr_cfg = policy.config.get_optimizer_preset()
-    lerobot_optimizer = lr_cfg.build(policy.get_optim_params())
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    metrics = MetricsTracker(args.batch, 1000, 10, {k: AverageMeter(k, ":.3f") for k in ("loss", "grad_norm", "lr", "update_s")})
     policy.train()
     module.train()
     with torch.no_grad():
@@ -169,6 +162,21 @@ def diffusion_main(args) -> None:
     print(f"same step, same seed (crop, noise, timesteps): loss LeRobot {theirs:.6f}, GraphVLA {ours:.6f}")
     if abs(theirs - ours) > 1e-4 * max(1.0, abs(theirs)):
         raise SystemExit("the two sides do not compute the same loss: not timing")
+    lerobot_step, graphvla_step = training_steps(args, policy, raw, cg, module, preprocess, optimizer, ours_batch)
+    rounds(args, lerobot_step, graphvla_step, f"LeRobot {version('lerobot')}, torch {torch.__version__}, threads "
+           f"{args.threads}, batch {args.batch}, Diffusion Policy default (96 x 96, horizon 16)", "Diffusion Policy")
+
+
+def training_steps(args, policy, raw, cg, module, preprocess, optimizer, ours_batch):
+    """(LeRobot's training step: its update_policy with its optimizer preset, GraphVLA's: forward,
+    backward, the trainer section's grad clip (asserted equal to LeRobot's), optimizer step) on one batch."""
+    from lerobot.scripts.train import update_policy
+    from lerobot.utils.logging_utils import AverageMeter, MetricsTracker
+
+    lr_cfg = policy.config.get_optimizer_preset()
+    lerobot_optimizer = lr_cfg.build(policy.get_optim_params())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    metrics = MetricsTracker(args.batch, 1000, 10, {k: AverageMeter(k, ":.3f") for k in ("loss", "grad_norm", "lr", "update_s")})
     params = [p for grp in optimizer.param_groups for p in grp["params"]]
     spec_clip = float(cg.spec.section("trainer")["grad_clip"])
     assert spec_clip == lr_cfg.grad_clip_norm, (spec_clip, lr_cfg.grad_clip_norm)
@@ -184,14 +192,14 @@ def diffusion_main(args) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    rounds(args, lerobot_step, graphvla_step, f"LeRobot {version('lerobot')}, torch {torch.__version__}, threads "
-           f"{args.threads}, batch {args.batch}, Diffusion Policy default (96 x 96, horizon 16)", "Diffusion Policy")
+    return lerobot_step, graphvla_step
 
 
 def rounds(args, lerobot_step, graphvla_step, header: str, label: str) -> None:
     """Warm-up, then --rounds rounds of --steps steps of each side, the order alternating; prints each
     round's samples/s and the median ratio GraphVLA / LeRobot (wall and process CPU time)."""
     def timed(step):
+        """(samples/s of wall time, samples/s of this process's CPU time: less blurred by other jobs)."""
         start, cpu = time.perf_counter(), time.process_time()
         for _ in range(args.steps):
             step()
@@ -231,17 +239,11 @@ def main():
     from importlib.metadata import version
 
     from lerobot.optim.optimizers import AdamWConfig
-    from lerobot.scripts.train import update_policy
-    from lerobot.utils.logging_utils import AverageMeter, MetricsTracker
 
     policy, raw = lerobot_side(args)
     with tempfile.TemporaryDirectory() as tmp:
         cg, module, preprocess, optimizer = graphvla_side(policy, Path(tmp) / "act")
-    lr_cfg = policy.config.get_optimizer_preset()
-    assert isinstance(lr_cfg, AdamWConfig)
-    lerobot_optimizer = lr_cfg.build(policy.get_optim_params())
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    metrics = MetricsTracker(args.batch, 1000, 10, {k: AverageMeter(k, ":.3f") for k in ("loss", "grad_norm", "lr", "update_s")})
+    assert isinstance(policy.config.get_optimizer_preset(), AdamWConfig)
     ours_batch = {"images": raw["observation.images.top"][:, None], "state": raw["observation.state"],
                   "actions": raw["action"], "actions_mask": ~raw["action_is_pad"]}
 
@@ -269,45 +271,10 @@ def main():
     print(f"same step, dropout off, same eps: loss LeRobot {theirs:.6f}, GraphVLA {ours:.6f}")
     if abs(theirs - ours) > 1e-4 * max(1.0, abs(theirs)):
         raise SystemExit("the two sides do not compute the same loss: not timing")
-
-    def lerobot_step():
-        update_policy(metrics, policy, dict(raw), lerobot_optimizer, lr_cfg.grad_clip_norm, scaler)
-
-    params = [p for grp in optimizer.param_groups for p in grp["params"]]
-    spec_clip = float(cg.spec.section("trainer")["grad_clip"])
-    assert spec_clip == lr_cfg.grad_clip_norm, (spec_clip, lr_cfg.grad_clip_norm)
-
-    def graphvla_step():
-        module.train()
-        out = module("action", preprocess(dict(ours_batch)))
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(params, spec_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def timed(step):
-        """(samples/s of wall time, samples/s of this process's CPU time: less blurred by other jobs)."""
-        start, cpu = time.perf_counter(), time.process_time()
-        for _ in range(args.steps):
-            step()
-        n = args.batch * args.steps
-        return n / (time.perf_counter() - start), n / (time.process_time() - cpu)
-
-    lerobot_step(), graphvla_step()  # warm-up
-    print(f"LeRobot {version('lerobot')}, torch {torch.__version__}, threads {args.threads}, batch {args.batch}, "
-          f"image {args.image}, chunk {policy.config.chunk_size}, load {os.getloadavg()[0]:.2f}")
-    ratios, cpu_ratios = [], []
-    for r in range(args.rounds):
-        if r % 2 == 0:
-            theirs, ours = timed(lerobot_step), timed(graphvla_step)
-        else:
-            ours, theirs = timed(graphvla_step), timed(lerobot_step)
-        ratios.append(ours[0] / theirs[0])
-        cpu_ratios.append(ours[1] / theirs[1])
-        print(f"round {r}: LeRobot {theirs[0]:.2f} samples/s, GraphVLA {ours[0]:.2f} samples/s, ratio {ratios[-1]:.3f} "
-              f"(CPU time: {cpu_ratios[-1]:.3f})")
-    print(f"median ratio GraphVLA / LeRobot (training step, ACT): {statistics.median(ratios):.3f} wall, "
-          f"{statistics.median(cpu_ratios):.3f} CPU time (load {os.getloadavg()[0]:.2f})")
+    lerobot_step, graphvla_step = training_steps(args, policy, raw, cg, module, preprocess, optimizer, ours_batch)
+    rounds(args, lerobot_step, graphvla_step,
+           f"LeRobot {version('lerobot')}, torch {torch.__version__}, threads {args.threads}, batch {args.batch}, "
+           f"image {args.image}, chunk {policy.config.chunk_size}", "ACT")
 
 
 if __name__ == "__main__":
