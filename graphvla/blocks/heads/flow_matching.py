@@ -198,6 +198,19 @@ def _differ(a, b) -> bool:
     return isinstance(a, int) and isinstance(b, int) and a != b
 
 
+def starting_noise(head: Block, noise: torch.Tensor | None, batch, device) -> torch.Tensor:
+    """A flow head's predict(noise=...): None draws it (initial_noise, torch's global generator) as
+    head.noise_shape(batch) in head.noise_dtype; a given one must be that shape (the batch compared
+    only where both are concrete) and is returned as it is."""
+    shape = head.noise_shape(batch)
+    if noise is None:
+        return initial_noise(shape, None, device, head.noise_dtype)
+    if noise.dim() != 3 or tuple(noise.shape[1:]) != shape[1:] or _differ(noise.shape[0], shape[0]):
+        raise ValueError(f"{head.type_name}: noise must be [batch, horizon, action dim] = {list(shape)}, "
+                         f"got {list(noise.shape)}")
+    return noise
+
+
 def default_layer_map(dit_layers: int, context_layers: int) -> list[int]:
     """Spread the DiT layers evenly over the context layers, first to first and last to last."""
     if dit_layers == 1:
@@ -243,12 +256,7 @@ class FlowHead(Block):
         """noise: the starting noise [B, H, A] (module docstring; None: drawn from torch's global
         generator); rtc: an Inpainting (real-time chunking) or None (plain sampling)."""
         memories, pad = self.memories(context, context_mask)
-        shape = self.noise_shape(context.shape[0])
-        if noise is None:
-            noise = initial_noise(shape, None, context.device, self.noise_dtype)
-        elif noise.dim() != 3 or tuple(noise.shape[1:]) != shape[1:] or _differ(noise.shape[0], shape[0]):
-            raise ValueError(f"{self.type_name}: noise must be [batch, horizon, action dim] = {list(shape)}, "
-                             f"got {list(noise.shape)}")
+        noise = starting_noise(self, noise, context.shape[0], context.device)
         steps = int(num_steps or self.params["num_steps"])
         if rtc is not None:
             return {"actions": guided_euler_sample(self.dit, memories, pad, state, noise, rtc, steps)}

@@ -39,7 +39,7 @@ from torch import nn
 from ..base import Block, InPort, OutPort, ParamError, PortError
 from ..registry import register
 from .common import ACTION_PARAMS, action_shape
-from .flow_matching import _differ, initial_noise
+from .flow_matching import Inpainting, _check_inpainting, guidance_scale, starting_noise
 
 TIME_CHANNELS = 256  # the DiT's timestep projection (diffusers Timesteps(256, flip_sin_to_cos, shift 1))
 
@@ -206,8 +206,151 @@ class ActionEncoder(nn.Module):
         return self.layer3(F.silu(self.layer2(torch.cat([a, tau], dim=-1))))
 
 
+class StarVLAFlowHead(Block):
+    """What starVLA's two flow-matching action heads share (GR00T_ActionHeader.py and
+    LayerwiseFM_ActionHeader.py: the same tokens, training draws, loss and Euler sampler): the
+    state-encoder width, the token modules (built after the subclass's `model`, in starVLA's order,
+    under its names), the velocity network around `model`, the repeated-draw loss and the sampler.
+    A subclass sets self.model (called as model(tokens, context, keep, buckets)) and sample_time; where
+    its context is not one tensor it overrides _context (what the DiT reads) and _repeat_context."""
+
+    def _state_dim(self) -> int:
+        p = self.params
+        if p["add_pos_embed"] and self.horizon > p["max_seq_len"]:
+            raise ParamError("max_seq_len", f"{p['max_seq_len']} positions for a chunk of {self.horizon} steps")
+        info = self.port_info.get("state")
+        wired = int(info.shape[-1]) if info is not None else None
+        state_dim = p.get("state_dim")
+        if state_dim is None:
+            state_dim = wired or 0
+        elif wired is not None and wired != state_dim:
+            raise ParamError("state_dim", f"with.state_dim={state_dim} but {info.source} has {wired} values per row")
+        if wired is not None and state_dim == 0:
+            raise ParamError("state_dim", f"is 0 but {info.source} is wired to the state port")
+        return state_dim
+
+    def _build_tokens(self, width: int, decoder_in: int):
+        """state_encoder, action_encoder, action_decoder (decoder_in -> hidden -> A), future_tokens and
+        position_embedding, created in this order (the parameter draws of starVLA's __init__)."""
+        p = self.params
+        self.state_encoder = MLP(self.state_dim, p["hidden"], width) if self.state_dim else None
+        self.action_encoder = ActionEncoder(self.action_dim, width)
+        self.action_decoder = MLP(decoder_in, p["hidden"], self.action_dim)
+        self.future_tokens = nn.Embedding(p["future_tokens"], width)
+        nn.init.normal_(self.future_tokens.weight, mean=0.0, std=0.02)
+        if p["add_pos_embed"]:
+            self.position_embedding = nn.Embedding(p["max_seq_len"], width)
+            nn.init.normal_(self.position_embedding.weight, mean=0.0, std=0.02)
+
+    def _context(self, context):
+        """What the DiT reads of the context port (GR00T: the hidden states themselves)."""
+        return context
+
+    def _repeat_context(self, context, r: int):
+        """The DiT's context for the batch repeated r times (torch's .repeat)."""
+        return self._context(context).repeat(r, 1, 1)
+
+    # --- the velocity network ------------------------------------------------------------------
+
+    def velocity(self, x, buckets, context, keep, state_features):
+        """x [N, H, A] at discretised times `buckets` [N] -> the predicted velocity [N, H, A]."""
+        h = self.action_encoder(x, buckets)
+        if self.params["add_pos_embed"]:
+            h = h + self.position_embedding(torch.arange(h.shape[1], device=h.device))[None]
+        parts = [self.future_tokens.weight[None].expand(x.shape[0], -1, -1), h]
+        if state_features is not None:
+            parts.insert(0, state_features)
+        out = self.model(torch.cat(parts, dim=1), context, keep, buckets)
+        return self.action_decoder(out)[:, -x.shape[1]:]
+
+    def _state_features(self, state):
+        if state is None:
+            return None
+        if self.state_encoder is None:
+            raise PortError("state", "a state was given but the head has no state encoder (with.state_dim 0)")
+        return self.state_encoder(state[:, None] if state.dim() == 2 else state)
+
+    def forward(self, context, context_mask=None, state=None, target=None, mask=None, noise=None, time=None):
+        if target is None:
+            return self.predict(context, context_mask, state)
+        r = self.params["repeated_diffusion_steps"]
+        actions = target.to(context.dtype).repeat(r, 1, 1)
+        n = actions.shape[0]
+        if noise is None:
+            noise = (torch.empty if actions.device.type == "meta" else torch.randn)(
+                actions.shape, device=actions.device, dtype=actions.dtype)
+        elif tuple(noise.shape) != tuple(actions.shape):
+            raise ValueError(f"{self.type_name}: training noise must be [repeats x batch, horizon, action dim] = "
+                             f"{list(actions.shape)}, got {list(noise.shape)}")
+        if time is None:
+            time = self.sample_time(n, actions.device, actions.dtype)
+        elif tuple(time.shape) != (n,):
+            raise ValueError(f"{self.type_name}: training times must be [repeats x batch] = [{n}], got {list(time.shape)}")
+        t = time.to(actions.dtype)[:, None, None]
+        x = (1 - t) * noise + t * actions
+        buckets = (t[:, 0, 0] * self.params["num_timestep_buckets"]).long()
+        repeated = self._repeat_context(context, r)
+        keep = None if context_mask is None else context_mask.bool().repeat(r, 1)
+        if state is not None:
+            state = state.to(context.dtype).repeat(r, *[1] * (state.dim() - 1))
+        v = self.velocity(x, buckets, repeated, keep, self._state_features(state))
+        err = (v - (actions - noise)) ** 2
+        if mask is None:
+            return {"loss": err.mean()}
+        m = mask.to(err.dtype).repeat(r, 1)[:, :, None].expand_as(err)
+        return {"loss": (err * m).sum() / m.sum().clamp(min=1)}
+
+    def noise_shape(self, batch: int) -> tuple:
+        """The shape of predict's `noise` for a batch: [batch, horizon, action dim]."""
+        return (batch, int(self.horizon), int(self.action_dim))
+
+    @property
+    def noise_dtype(self) -> torch.dtype:
+        return self.action_encoder.layer1.weight.dtype
+
+    def _sample(self, context, context_mask, state, noise, num_steps, rtc: Inpainting | None = None):
+        """Euler from `noise` at t = 0 in num_steps steps; with rtc each step is pulled towards the
+        previous chunk as head.flow_matching does (all-zero weights: exactly the plain sampler)."""
+        noise = starting_noise(self, noise, context.shape[0], context.device)
+        steps = int(num_steps or self.params["num_steps"])
+        x = noise.to(device=context.device, dtype=context.dtype)
+        memories = self._context(context)
+        keep = None if context_mask is None else context_mask.bool()
+        state_features = self._state_features(None if state is None else state.to(context.dtype))
+        if rtc is not None:
+            _check_inpainting(rtc, tuple(x.shape))
+            if not bool((rtc.weights != 0).any()):
+                rtc = None
+        dt = 1.0 / steps
+        for i in range(steps):
+            bucket = int(i / float(steps) * self.params["num_timestep_buckets"])
+            buckets = torch.full((x.shape[0],), bucket, device=x.device, dtype=torch.long)
+            if rtc is None:
+                x = x + dt * self.velocity(x, buckets, memories, keep, state_features)
+                continue
+            t = i / float(steps)
+            target = rtc.target.to(device=x.device, dtype=x.dtype)
+            weights = rtc.weights.to(device=x.device, dtype=x.dtype)[:, :, None]
+            with torch.enable_grad():  # the guidance needs d A1 / d x, also under the server's no_grad
+                xg = x.detach().requires_grad_(True)
+                detached = ([m.detach() for m in memories] if isinstance(memories, (list, tuple))
+                            else memories.detach())
+                v = self.velocity(xg, buckets, detached, keep,
+                                  None if state_features is None else state_features.detach())
+                clean = xg + (1 - t) * v
+                (pull,) = torch.autograd.grad(clean, xg, grad_outputs=(target - clean.detach()) * weights)
+            x = x.detach() + dt * (v.detach() + guidance_scale(t, rtc.max_guidance) * pull)
+        return {"actions": x}
+
+    def meta_forward(self, context, context_mask=None, state=None, target=None, mask=None):
+        out = self.predict(context, context_mask, state, num_steps=1)
+        if target is not None:
+            out.update(self.forward(context, context_mask, state, target, mask))
+        return out
+
+
 @register
-class GR00TFlowMatchingHead(Block):
+class GR00TFlowMatchingHead(StarVLAFlowHead):
     type_name = "head.gr00t_flow_matching"
     description = ("GR00T N1.5's flow-matching head as starVLA's QwenGR00T has it: a cross-attention DiT over "
                    "[state; future tokens; noisy actions] reading every VLM token; Beta time sampling, repeated "
@@ -261,49 +404,11 @@ class GR00TFlowMatchingHead(Block):
         w, heads = p["width"], p["heads"]
         if w % heads:
             raise ParamError("heads", f"width {w} is not divisible by heads {heads}")
-        if p["add_pos_embed"] and self.horizon > p["max_seq_len"]:
-            raise ParamError("max_seq_len", f"{p['max_seq_len']} positions for a chunk of {self.horizon} steps")
-        info = self.port_info.get("state")
-        wired = int(info.shape[-1]) if info is not None else None
-        state_dim = p.get("state_dim")
-        if state_dim is None:
-            state_dim = wired or 0
-        elif wired is not None and wired != state_dim:
-            raise ParamError("state_dim", f"with.state_dim={state_dim} but {info.source} has {wired} values per row")
-        if wired is not None and state_dim == 0:
-            raise ParamError("state_dim", f"is 0 but {info.source} is wired to the state port")
-        self.state_dim = state_dim
+        self.state_dim = self._state_dim()
         context_dim = inputs["context"].dim
         self.model = CrossAttentionDiT(w, heads, p["layers"], p["output_dim"], context_dim,
                                        p["interleave_self_attention"], p["dropout"], p["final_dropout"])
-        self.state_encoder = MLP(state_dim, p["hidden"], w) if state_dim else None
-        self.action_encoder = ActionEncoder(self.action_dim, w)
-        self.action_decoder = MLP(p["output_dim"], p["hidden"], self.action_dim)
-        self.future_tokens = nn.Embedding(p["future_tokens"], w)
-        nn.init.normal_(self.future_tokens.weight, mean=0.0, std=0.02)
-        if p["add_pos_embed"]:
-            self.position_embedding = nn.Embedding(p["max_seq_len"], w)
-            nn.init.normal_(self.position_embedding.weight, mean=0.0, std=0.02)
-
-    # --- the velocity network ------------------------------------------------------------------
-
-    def velocity(self, x, buckets, context, keep, state_features):
-        """x [N, H, A] at discretised times `buckets` [N] -> the predicted velocity [N, H, A]."""
-        h = self.action_encoder(x, buckets)
-        if self.params["add_pos_embed"]:
-            h = h + self.position_embedding(torch.arange(h.shape[1], device=h.device))[None]
-        parts = [self.future_tokens.weight[None].expand(x.shape[0], -1, -1), h]
-        if state_features is not None:
-            parts.insert(0, state_features)
-        out = self.model(torch.cat(parts, dim=1), context, keep, buckets)
-        return self.action_decoder(out)[:, -x.shape[1]:]
-
-    def _state_features(self, state):
-        if state is None:
-            return None
-        if self.state_encoder is None:
-            raise PortError("state", "a state was given but the head has no state encoder (with.state_dim 0)")
-        return self.state_encoder(state[:, None] if state.dim() == 2 else state)
+        self._build_tokens(w, p["output_dim"])
 
     def sample_time(self, n: int, device, dtype) -> torch.Tensor:
         """t = (s - b) / s, b ~ Beta(alpha, beta) clamped at s (starVLA's sample_time)."""
@@ -314,60 +419,5 @@ class GR00TFlowMatchingHead(Block):
         b = beta.sample([n]).to(device, dtype=dtype).clamp(max=p["noise_s"])
         return (p["noise_s"] - b) / p["noise_s"]
 
-    def forward(self, context, context_mask=None, state=None, target=None, mask=None, noise=None, time=None):
-        if target is None:
-            return self.predict(context, context_mask, state)
-        r = self.params["repeated_diffusion_steps"]
-        actions = target.to(context.dtype).repeat(r, 1, 1)
-        n = actions.shape[0]
-        if noise is None:
-            noise = torch.randn(actions.shape, device=actions.device, dtype=actions.dtype)
-        elif tuple(noise.shape) != tuple(actions.shape):
-            raise ValueError(f"{self.type_name}: training noise must be [repeats x batch, horizon, action dim] = "
-                             f"{list(actions.shape)}, got {list(noise.shape)}")
-        if time is None:
-            time = self.sample_time(n, actions.device, actions.dtype)
-        elif tuple(time.shape) != (n,):
-            raise ValueError(f"{self.type_name}: training times must be [repeats x batch] = [{n}], got {list(time.shape)}")
-        t = time.to(actions.dtype)[:, None, None]
-        x = (1 - t) * noise + t * actions
-        buckets = (t[:, 0, 0] * self.params["num_timestep_buckets"]).long()
-        keep = None if context_mask is None else context_mask.bool().repeat(r, 1)
-        state_features = self._state_features(None if state is None else state.to(context.dtype).repeat(r, *[1] * (state.dim() - 1)))
-        v = self.velocity(x, buckets, context.repeat(r, 1, 1), keep, state_features)
-        err = (v - (actions - noise)) ** 2
-        if mask is None:
-            return {"loss": err.mean()}
-        m = mask.to(err.dtype).repeat(r, 1)[:, :, None].expand_as(err)
-        return {"loss": (err * m).sum() / m.sum().clamp(min=1)}
-
-    def noise_shape(self, batch: int) -> tuple:
-        return (batch, int(self.horizon), int(self.action_dim))
-
-    @property
-    def noise_dtype(self) -> torch.dtype:
-        return self.action_encoder.layer1.weight.dtype
-
     def predict(self, context, context_mask=None, state=None, noise=None, num_steps=None):
-        shape = self.noise_shape(context.shape[0])
-        if noise is None:
-            noise = initial_noise(shape, None, context.device, self.noise_dtype)
-        elif noise.dim() != 3 or tuple(noise.shape[1:]) != shape[1:] or _differ(noise.shape[0], shape[0]):
-            raise ValueError(f"{self.type_name}: noise must be [batch, horizon, action dim] = {list(shape)}, "
-                             f"got {list(noise.shape)}")
-        steps = int(num_steps or self.params["num_steps"])
-        x = noise.to(device=context.device, dtype=context.dtype)
-        keep = None if context_mask is None else context_mask.bool()
-        state_features = self._state_features(None if state is None else state.to(context.dtype))
-        dt = 1.0 / steps
-        for i in range(steps):
-            bucket = int(i / float(steps) * self.params["num_timestep_buckets"])
-            buckets = torch.full((x.shape[0],), bucket, device=x.device, dtype=torch.long)
-            x = x + dt * self.velocity(x, buckets, context, keep, state_features)
-        return {"actions": x}
-
-    def meta_forward(self, context, context_mask=None, state=None, target=None, mask=None):
-        out = self.predict(context, context_mask, state, num_steps=1)
-        if target is not None:
-            out.update(self.forward(context, context_mask, state, target, mask))
-        return out
+        return self._sample(context, context_mask, state, noise, num_steps)

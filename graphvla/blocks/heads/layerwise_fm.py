@@ -41,13 +41,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..base import Block, InPort, OutPort, ParamError, PortError
+from ..base import InPort, OutPort, ParamError, PortError
 from ..registry import register
 from .common import ACTION_PARAMS, action_shape
-from .flow_matching import Inpainting, _check_inpainting, _differ, guidance_scale, initial_noise
-# the DiT's blocks, time encoders and MLPs are those of starVLA's cross_attention_dit / action heads,
-# which head.gr00t_flow_matching already has under starVLA's names
-from .gr00t_flow_matching import ActionEncoder, DiTBlock, MLP, TimestepEncoder
+from .flow_matching import Inpainting
+# the DiT's blocks, time encoders, MLPs and the head's tokens, loss and sampler are those of starVLA's
+# cross_attention_dit / action heads, which head.gr00t_flow_matching already has under starVLA's names
+from .gr00t_flow_matching import DiTBlock, StarVLAFlowHead, TimestepEncoder
 
 
 class LayerwiseDiT(nn.Module):
@@ -72,7 +72,7 @@ class LayerwiseDiT(nn.Module):
 
 
 @register
-class LayerwiseFlowMatchingHead(Block):
+class LayerwiseFlowMatchingHead(StarVLAFlowHead):
     type_name = "head.layerwise_fm"
     description = ("starVLA's layer-wise flow-matching head (QwenPI_v3, QwenPI): DiT block i cross-attends to "
                    "VLM layer i; [state;] future tokens; noisy actions; Beta time sampling, repeated noise draws, "
@@ -133,53 +133,19 @@ class LayerwiseFlowMatchingHead(Block):
                                                    f"({inputs['context'].source})")
         if w % 2:
             raise PortError("context", f"{inputs['context'].source} has odd width {w}: the time sinusoid needs an even one")
-        if p["add_pos_embed"] and self.horizon > p["max_seq_len"]:
-            raise ParamError("max_seq_len", f"{p['max_seq_len']} positions for a chunk of {self.horizon} steps")
-        info = self.port_info.get("state")
-        wired = int(info.shape[-1]) if info is not None else None
-        state_dim = p.get("state_dim")
-        if state_dim is None:
-            state_dim = wired or 0
-        elif wired is not None and wired != state_dim:
-            raise ParamError("state_dim", f"with.state_dim={state_dim} but {info.source} has {wired} values per row")
-        if wired is not None and state_dim == 0:
-            raise ParamError("state_dim", f"is 0 but {info.source} is wired to the state port")
-        self.state_dim, self.width, self.depth = state_dim, w, layers
+        self.state_dim, self.width, self.depth = self._state_dim(), w, layers
         self.model = LayerwiseDiT(w, w // p["attention_head_dim"], layers, p["output_dim"],
                                   p["interleave_self_attention"], p["dropout"], p["final_dropout"])
-        self.state_encoder = MLP(state_dim, p["hidden"], w) if state_dim else None
-        self.action_encoder = ActionEncoder(self.action_dim, w)
-        self.action_decoder = MLP(w, p["hidden"], self.action_dim)
-        self.future_tokens = nn.Embedding(p["future_tokens"], w)
-        nn.init.normal_(self.future_tokens.weight, mean=0.0, std=0.02)
-        if p["add_pos_embed"]:
-            self.position_embedding = nn.Embedding(p["max_seq_len"], w)
-            nn.init.normal_(self.position_embedding.weight, mean=0.0, std=0.02)
+        self._build_tokens(w, w)
 
-    # --- the velocity network ------------------------------------------------------------------
-
-    def velocity(self, x, buckets, memories, keep, state_features):
-        """x [N, H, A] at discretised times `buckets` [N] -> the predicted velocity [N, H, A]."""
-        h = self.action_encoder(x, buckets)
-        if self.params["add_pos_embed"]:
-            h = h + self.position_embedding(torch.arange(h.shape[1], device=h.device))[None]
-        parts = [self.future_tokens.weight[None].expand(x.shape[0], -1, -1), h]
-        if state_features is not None:
-            parts.insert(0, state_features)
-        out = self.model(torch.cat(parts, dim=1), memories, keep, buckets)
-        return self.action_decoder(out)[:, -x.shape[1]:]
-
-    def _state_features(self, state):
-        if state is None:
-            return None
-        if self.state_encoder is None:
-            raise PortError("state", "a state was given but the head has no state encoder (with.state_dim 0)")
-        return self.state_encoder(state[:, None] if state.dim() == 2 else state)
-
-    def _memories(self, context):
+    def _context(self, context):
+        """[B, L, T, W] -> the L memories [B, T, W], one per DiT block."""
         if context.shape[1] != self.depth:
             raise PortError("context", f"expects {self.depth} layers (one per DiT block), got {context.shape[1]}")
         return context.unbind(dim=1)
+
+    def _repeat_context(self, context, r: int):
+        return [m.repeat(r, 1, 1) for m in self._context(context)]
 
     def sample_time(self, n: int, device, dtype) -> torch.Tensor:
         """t = (s - b) / s, b ~ Beta(alpha, beta) (starVLA's sample_time)."""
@@ -189,81 +155,5 @@ class LayerwiseFlowMatchingHead(Block):
         beta = torch.distributions.Beta(float(p["noise_beta_alpha"]), float(p["noise_beta_beta"]))
         return (p["noise_s"] - beta.sample([n]).to(device, dtype=dtype)) / p["noise_s"]
 
-    def forward(self, context, context_mask=None, state=None, target=None, mask=None, noise=None, time=None):
-        if target is None:
-            return self.predict(context, context_mask, state)
-        r = self.params["repeated_diffusion_steps"]
-        actions = target.to(context.dtype).repeat(r, 1, 1)
-        n = actions.shape[0]
-        if noise is None:
-            noise = (torch.empty if actions.device.type == "meta" else torch.randn)(
-                actions.shape, device=actions.device, dtype=actions.dtype)
-        elif tuple(noise.shape) != tuple(actions.shape):
-            raise ValueError(f"{self.type_name}: training noise must be [repeats x batch, horizon, action dim] = "
-                             f"{list(actions.shape)}, got {list(noise.shape)}")
-        if time is None:
-            time = self.sample_time(n, actions.device, actions.dtype)
-        elif tuple(time.shape) != (n,):
-            raise ValueError(f"{self.type_name}: training times must be [repeats x batch] = [{n}], got {list(time.shape)}")
-        t = time.to(actions.dtype)[:, None, None]
-        x = (1 - t) * noise + t * actions
-        buckets = (t[:, 0, 0] * self.params["num_timestep_buckets"]).long()
-        memories = [m.repeat(r, 1, 1) for m in self._memories(context)]
-        keep = None if context_mask is None else context_mask.bool().repeat(r, 1)
-        if state is not None:
-            state = state.to(context.dtype).repeat(r, *[1] * (state.dim() - 1))
-        v = self.velocity(x, buckets, memories, keep, self._state_features(state))
-        err = (v - (actions - noise)) ** 2
-        if mask is None:
-            return {"loss": err.mean()}
-        m = mask.to(err.dtype).repeat(r, 1)[:, :, None].expand_as(err)
-        return {"loss": (err * m).sum() / m.sum().clamp(min=1)}
-
-    def noise_shape(self, batch: int) -> tuple:
-        """The shape of predict's `noise` for a batch: [batch, horizon, action dim]."""
-        return (batch, int(self.horizon), int(self.action_dim))
-
-    @property
-    def noise_dtype(self) -> torch.dtype:
-        return self.action_encoder.layer1.weight.dtype
-
     def predict(self, context, context_mask=None, state=None, noise=None, num_steps=None, rtc: Inpainting | None = None):
-        shape = self.noise_shape(context.shape[0])
-        if noise is None:
-            noise = initial_noise(shape, None, context.device, self.noise_dtype)
-        elif noise.dim() != 3 or tuple(noise.shape[1:]) != shape[1:] or _differ(noise.shape[0], shape[0]):
-            raise ValueError(f"{self.type_name}: noise must be [batch, horizon, action dim] = {list(shape)}, "
-                             f"got {list(noise.shape)}")
-        steps = int(num_steps or self.params["num_steps"])
-        x = noise.to(device=context.device, dtype=context.dtype)
-        memories = self._memories(context)
-        keep = None if context_mask is None else context_mask.bool()
-        state_features = self._state_features(None if state is None else state.to(context.dtype))
-        if rtc is not None:
-            _check_inpainting(rtc, tuple(x.shape))
-            if not bool((rtc.weights != 0).any()):
-                rtc = None
-        dt = 1.0 / steps
-        for i in range(steps):
-            bucket = int(i / float(steps) * self.params["num_timestep_buckets"])
-            buckets = torch.full((x.shape[0],), bucket, device=x.device, dtype=torch.long)
-            if rtc is None:
-                x = x + dt * self.velocity(x, buckets, memories, keep, state_features)
-                continue
-            t = i / float(steps)
-            target = rtc.target.to(device=x.device, dtype=x.dtype)
-            weights = rtc.weights.to(device=x.device, dtype=x.dtype)[:, :, None]
-            with torch.enable_grad():  # the guidance needs d A1 / d x, also under the server's no_grad
-                xg = x.detach().requires_grad_(True)
-                v = self.velocity(xg, buckets, [m.detach() for m in memories], keep,
-                                  None if state_features is None else state_features.detach())
-                clean = xg + (1 - t) * v
-                (pull,) = torch.autograd.grad(clean, xg, grad_outputs=(target - clean.detach()) * weights)
-            x = x.detach() + dt * (v.detach() + guidance_scale(t, rtc.max_guidance) * pull)
-        return {"actions": x}
-
-    def meta_forward(self, context, context_mask=None, state=None, target=None, mask=None):
-        out = self.predict(context, context_mask, state, num_steps=1)
-        if target is not None:
-            out.update(self.forward(context, context_mask, state, target, mask))
-        return out
+        return self._sample(context, context_mask, state, noise, num_steps, rtc)
