@@ -46,6 +46,7 @@ from typing import Callable
 import yaml
 
 from ...fileio import TMP_PREFIX, sha256_of
+from .checkpoint_keys import fitted, listed
 
 # the policy types LeRobot registers (0.3.2 and 0.4.x); those without a POLICIES entry are refused by name
 LEROBOT_POLICIES = ("act", "diffusion", "groot", "pi0", "pi05", "pi0fast", "reward_classifier", "sac", "smolvla",
@@ -546,18 +547,14 @@ def map_weights(state: dict, expected: dict, fixed: dict, weights_path: Path, po
         if name not in expected:
             unknown.append(key)
             continue
-        want = expected[name]
-        if tuple(tensor.shape) != tuple(want.shape):
-            raise LeRobotImportError(f"{weights_path}: '{key}' has shape {list(tensor.shape)}, the graph's {name} "
-                                     f"needs {list(want.shape)}")
-        mapped[name] = tensor.to(want.dtype).contiguous()
+        mapped[name] = fitted(key, tensor, name, expected[name], weights_path, LeRobotImportError)
     if unknown:
         raise LeRobotImportError(f"{weights_path}: {len(unknown)} tensor(s) the graph has no place for: "
-                                 + ", ".join(sorted(unknown)[:8]) + (" ..." if len(unknown) > 8 else ""))
+                                 + listed(sorted(unknown)))
     missing = sorted(k for k in expected if k not in mapped)
     if missing:
         raise LeRobotImportError(f"{weights_path}: {len(missing)} tensor(s) of graph {policy.graph} missing: "
-                                 + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
+                                 + listed(missing))
     return mapped
 
 

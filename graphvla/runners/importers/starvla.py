@@ -44,6 +44,7 @@ import numpy as np
 import yaml
 
 from ...fileio import TMP_PREFIX, sha256_of
+from .checkpoint_keys import fitted, listed
 
 # every framework starVLA registers at 0ed0aad; those without a FRAMEWORKS entry are refused by name
 STARVLA_FRAMEWORKS = (
@@ -553,19 +554,14 @@ def map_weights(state: dict, expected: dict, weights_path: Path, framework: str 
         if name is None or name not in expected:
             unknown.append(key)
             continue
-        want = expected[name]
-        if tuple(tensor.shape) != tuple(want.shape):
-            raise StarVLAImportError(f"{weights_path}: '{key}' has shape {list(tensor.shape)}, the graph's {name} "
-                               f"needs {list(want.shape)}")
-        mapped[name] = tensor.to(want.dtype).contiguous()
+        mapped[name] = fitted(key, tensor, name, expected[name], weights_path, StarVLAImportError)
     if unknown:
         raise StarVLAImportError(f"{weights_path}: {len(unknown)} tensor(s) the graph has no place for: "
-                           + ", ".join(sorted(unknown)[:8]) + (" ..." if len(unknown) > 8 else ""))
+                                 + listed(sorted(unknown)))
     missing = sorted(k for k in expected if k not in mapped)
     if missing:
-        named = [starvla_key(k, framework) for k in missing]
-        raise StarVLAImportError(f"{weights_path}: {len(missing)} tensor(s) missing: " + ", ".join(named[:8])
-                           + (" ..." if len(missing) > 8 else ""))
+        raise StarVLAImportError(f"{weights_path}: {len(missing)} tensor(s) missing: "
+                                 + listed(starvla_key(k, framework) for k in missing))
     return mapped
 
 
