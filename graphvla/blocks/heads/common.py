@@ -69,14 +69,18 @@ ACTION_PARAMS = {
 }
 
 
+# The training ports of every action head that reads an action chunk (and its valid steps).
+TARGET_PORTS = {
+    "target": InPort("action", optional=True, target=True, doc="action chunk [B, H, A]"),
+    "mask": InPort("mask", optional=True, target=True, doc="[B, H] valid action steps"),
+}
 # Every action head has these ports, so swapping heads is one line of YAML.
 HEAD_IN_PORTS = {
     "context": InPort(("hidden", "layers", "latent"), ndim=(2, 3, 4),
                       doc="[B, T, D] tokens, [B, L, T, D] hidden states of L backbone layers, or [B, D]"),
     "context_mask": InPort("mask", optional=True, ndim=2, doc="[B, T], True on real tokens"),
     "state": InPort("state", optional=True, doc="[B, D] or [B, history, D]"),
-    "target": InPort("action", optional=True, target=True, doc="action chunk [B, H, A]"),
-    "mask": InPort("mask", optional=True, target=True, doc="[B, H] valid action steps"),
+    **TARGET_PORTS,
 }
 HEAD_OUT_PORTS = {"actions": OutPort("action", doc="[B, H, A]"), "loss": OutPort("loss", train_only=True)}
 

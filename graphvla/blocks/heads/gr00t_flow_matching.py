@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import Block, InPort, OutPort, ParamError, PortError
+from ..base import Block, InPort, ParamError, PortError
 from ..registry import register
-from .common import ACTION_PARAMS, action_shape
+from .common import ACTION_PARAMS, HEAD_OUT_PORTS, TARGET_PORTS, action_shape
 from .flow_matching import Inpainting, _check_inpainting, guidance_scale, starting_noise
 
 TIME_CHANNELS = 256  # the DiT's timestep projection (diffusers Timesteps(256, flip_sin_to_cos, shift 1))
@@ -359,10 +359,9 @@ class GR00TFlowMatchingHead(StarVLAFlowHead):
         "context": InPort("hidden", ndim=3, doc="[B, T, D] the VLM's last-layer hidden states"),
         "context_mask": InPort("mask", optional=True, ndim=2, doc="[B, T], True on real tokens"),
         "state": InPort("state", optional=True, ndim=(2, 3), doc="[B, S] or [B, N, S]: one token per row"),
-        "target": InPort("action", optional=True, target=True, doc="action chunk [B, H, A]"),
-        "mask": InPort("mask", optional=True, target=True, doc="[B, H] valid action steps"),
+        **TARGET_PORTS,
     }
-    out_ports = {"actions": OutPort("action", doc="[B, H, A]"), "loss": OutPort("loss", train_only=True)}
+    out_ports = HEAD_OUT_PORTS
     params_schema = {
         "type": "object",
         "properties": {

@@ -41,9 +41,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..base import InPort, OutPort, ParamError, PortError
+from ..base import InPort, ParamError, PortError
 from ..registry import register
-from .common import ACTION_PARAMS, action_shape
+from .common import ACTION_PARAMS, HEAD_OUT_PORTS, TARGET_PORTS, action_shape
 from .flow_matching import Inpainting
 # the DiT's blocks, time encoders, MLPs and the head's tokens, loss and sampler are those of starVLA's
 # cross_attention_dit / action heads, which head.gr00t_flow_matching already has under starVLA's names
@@ -81,10 +81,9 @@ class LayerwiseFlowMatchingHead(StarVLAFlowHead):
         "context": InPort("layers", ndim=4, doc="[B, L, T, W]: DiT block i reads layer i"),
         "context_mask": InPort("mask", optional=True, ndim=2, doc="[B, T], True on real tokens"),
         "state": InPort("state", optional=True, ndim=(2, 3), doc="[B, S] or [B, 1, S]: one token (QwenPI)"),
-        "target": InPort("action", optional=True, target=True, doc="action chunk [B, H, A]"),
-        "mask": InPort("mask", optional=True, target=True, doc="[B, H] valid action steps"),
+        **TARGET_PORTS,
     }
-    out_ports = {"actions": OutPort("action", doc="[B, H, A]"), "loss": OutPort("loss", train_only=True)}
+    out_ports = HEAD_OUT_PORTS
     params_schema = {
         "type": "object",
         "properties": {

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..base import Block, InPort, OutPort, PortError
+from ..base import Block, InPort, PortError
 from ..registry import register
-from .common import ACTION_PARAMS, action_shape, masked_l1
+from .common import ACTION_PARAMS, HEAD_OUT_PORTS, TARGET_PORTS, action_shape, masked_l1
 
 
 class ResidualBlock(nn.Module):
@@ -35,10 +35,9 @@ class MLPResNetHead(Block):
     description = "Per-step MLP-ResNet over one token per action step (a VLM's placeholder tokens), L1 loss."
     in_ports = {
         "tokens": InPort("hidden", ndim=3, doc="[B, H, D]: one feature vector per action step"),
-        "target": InPort("action", optional=True, target=True, doc="action chunk [B, H, A]"),
-        "mask": InPort("mask", optional=True, target=True, doc="[B, H] valid action steps"),
+        **TARGET_PORTS,
     }
-    out_ports = {"actions": OutPort("action", doc="[B, H, A]"), "loss": OutPort("loss", train_only=True)}
+    out_ports = HEAD_OUT_PORTS
     params_schema = {
         "type": "object",
         "properties": {
