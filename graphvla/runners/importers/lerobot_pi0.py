@@ -73,6 +73,18 @@ def _count(state: dict, prefix: str) -> int:
     return max(ids) + 1 if ids else 0
 
 
+def optimizer_settings(tr: dict, cfg: dict) -> None:
+    """The trainer section from a pi0/SmolVLA config's optimizer and scheduler presets (AdamW, cosine
+    decay with warmup to scheduler_decay_lr); a field the config lacks keeps the graph's value."""
+    tr["lr"] = float(cfg.get("optimizer_lr", tr["lr"]))
+    tr["weight_decay"] = float(cfg.get("optimizer_weight_decay", tr["weight_decay"]))
+    tr["betas"] = [float(b) for b in cfg.get("optimizer_betas", tr["betas"])]
+    tr["grad_clip"] = float(cfg.get("optimizer_grad_clip_norm", tr["grad_clip"]))
+    tr["warmup_steps"] = int(cfg.get("scheduler_warmup_steps", tr["warmup_steps"]))
+    if tr["lr"]:
+        tr["min_lr_ratio"] = float(cfg.get("scheduler_decay_lr", 2.5e-6)) / tr["lr"]
+
+
 def shapes_of(weights_path) -> dict:
     """LeRobot key -> shape, read from the safetensors header (no tensor is loaded)."""
     return {(k if k.startswith("model.") else "model." + k): shape for k, shape in header_shapes(weights_path).items()}
@@ -209,13 +221,8 @@ def configure(spec: dict, cfg: dict, features: dict, folder) -> dict:
     if not features["state"]:
         spec["blocks"]["head"]["in"].pop("state", None)
     tr = spec["trainer"]
-    tr["lr"] = float(cfg.get("optimizer_lr", tr["lr"]))
-    tr["weight_decay"] = float(cfg.get("optimizer_weight_decay", tr["weight_decay"]))
-    tr["betas"] = [float(b) for b in cfg.get("optimizer_betas", tr["betas"])]
-    tr["grad_clip"] = float(cfg.get("optimizer_grad_clip_norm", tr["grad_clip"]))
-    tr["warmup_steps"] = int(cfg.get("scheduler_warmup_steps", tr["warmup_steps"]))
+    optimizer_settings(tr, cfg)
     tr["max_steps"] = int(cfg.get("scheduler_decay_steps", tr["max_steps"]))
-    tr["min_lr_ratio"] = float(cfg.get("scheduler_decay_lr", 2.5e-6)) / tr["lr"] if tr["lr"] else tr["min_lr_ratio"]
     key_map = {cam: f"images[{i}]" for i, cam in enumerate(features["cameras"])}
     if features["state"]:
         key_map["observation.state"] = "state"

@@ -30,6 +30,7 @@ import re
 from pathlib import Path
 
 from .checkpoint_keys import by_rules, header_shapes
+from .lerobot_pi0 import optimizer_settings
 
 V = "model.vlm_with_expert.vlm."
 E = "model.vlm_with_expert.lm_expert."
@@ -169,14 +170,7 @@ def configure(spec: dict, cfg: dict, features: dict, folder: Path) -> dict:
                 max_action_dim=cfg["max_action_dim"], num_steps=int(cfg.get("num_steps", 10)),
                 min_period=float(cfg.get("min_period", 0.004)), max_period=float(cfg.get("max_period", 4.0)),
                 rms_eps=float(text.get("rms_norm_eps", 1e-5)))
-    tr = spec["trainer"]
-    tr["lr"] = float(cfg.get("optimizer_lr", tr["lr"]))
-    tr["weight_decay"] = float(cfg.get("optimizer_weight_decay", tr["weight_decay"]))
-    tr["betas"] = [float(b) for b in cfg.get("optimizer_betas", tr["betas"])]
-    tr["grad_clip"] = float(cfg.get("optimizer_grad_clip_norm", tr["grad_clip"]))
-    tr["warmup_steps"] = int(cfg.get("scheduler_warmup_steps", tr["warmup_steps"]))
-    if tr["lr"]:
-        tr["min_lr_ratio"] = float(cfg.get("scheduler_decay_lr", 2.5e-6)) / tr["lr"]
+    optimizer_settings(spec["trainer"], cfg)
     key_map = {cam: f"images[{i}]" for i, cam in enumerate(features["cameras"])}
     key_map["observation.state"] = "state"
     key_map[TASK_KEY] = "text"
