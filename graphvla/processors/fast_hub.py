@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fast_tokenizer import FASTTokenizer, action_chunks, dct_matrix
+from .fast_tokenizer import FASTTokenizer, action_chunks, dct_matrix, read_bpe
 
 PROCESSOR_CONFIG = "processor_config.json"
 BPE_FILE = "tokenizer.json"
@@ -127,8 +127,6 @@ class HubFASTTokenizer:
     @classmethod
     def load(cls, directory) -> "HubFASTTokenizer":
         """Raises FileNotFoundError / ValueError naming the file when the folder is not one."""
-        from tokenizers import Tokenizer
-
         d = Path(directory)
         cfg_path = d / PROCESSOR_CONFIG
         bpe_path = next((d / p for p in (BPE_FILE, f"{BPE_SUBFOLDER}/{BPE_FILE}") if (d / p).is_file()), d / BPE_FILE)
@@ -147,8 +145,5 @@ class HubFASTTokenizer:
                 raise ValueError(f"scale must be > 0, got {tok.scale}")
         except (ValueError, TypeError, json.JSONDecodeError) as e:
             raise ValueError(f"{cfg_path}: invalid FAST processor config ({e})") from None
-        try:
-            tok.bpe = Tokenizer.from_file(str(bpe_path))
-        except Exception as e:
-            raise ValueError(f"{bpe_path}: cannot read the BPE model ({e})") from None
+        tok.bpe = read_bpe(bpe_path)
         return tok

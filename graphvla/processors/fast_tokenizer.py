@@ -47,6 +47,16 @@ def action_chunks(actions, horizon: int, action_dim: int) -> np.ndarray:
     return a
 
 
+def read_bpe(path):
+    """The BPE model (a tokenizers.Tokenizer) saved at `path`; ValueError naming the file when it cannot be read."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read the BPE model ({e})") from None
+
+
 class FASTTokenizer:
     def __init__(self, horizon: int, action_dim: int, scale: float = 10.0, vocab_size: int = 1024):
         if horizon < 1 or action_dim < 1:
@@ -171,8 +181,6 @@ class FASTTokenizer:
     @classmethod
     def load(cls, directory) -> "FASTTokenizer":
         """Raises FileNotFoundError / ValueError naming the file when the folder is not a fitted tokenizer."""
-        from tokenizers import Tokenizer
-
         d = Path(directory)
         cfg_path, bpe_path = d / CONFIG_FILE, d / BPE_FILE
         for p in (cfg_path, bpe_path):
@@ -188,8 +196,5 @@ class FASTTokenizer:
             tok.min_token, tok.max_token = int(cfg["min_token"]), int(cfg["max_token"])
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{cfg_path}: invalid FAST tokenizer config ({e})") from None
-        try:
-            tok.bpe = Tokenizer.from_file(str(bpe_path))
-        except Exception as e:
-            raise ValueError(f"{bpe_path}: cannot read the BPE model ({e})") from None
+        tok.bpe = read_bpe(bpe_path)
         return tok
