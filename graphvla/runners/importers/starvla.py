@@ -162,18 +162,25 @@ _PI_DIT_FIXED = {"norm_type": "ada_norm", "positional_embeddings": None, "activa
                  "attention_bias": True, "norm_elementwise_affine": False, "norm_eps": 1e-5, "upcast_attention": False}
 
 
+def _check_dit(dit: dict, fixed: dict, head: str, cfg_path: Path, field: str) -> None:
+    """A layer-wise head's diffusion_model_cfg (`dit`, defaults merged): StarVLAImportError when a setting
+    `head` has fixed differs from starVLA's default; starVLA's deprecated alias use_canonical_forward,
+    when set, wins over interleave_self_attention (updated in place)."""
+    for key, value in fixed.items():
+        if key in dit and dit[key] != value:
+            raise StarVLAImportError(f"{cfg_path}: {field}.diffusion_model_cfg.{key} is {dit[key]!r}; GraphVLA's "
+                                     f"{head} has starVLA's default {value!r} only")
+    if dit.get("use_canonical_forward") is not None:
+        dit["interleave_self_attention"] = bool(dit["use_canonical_forward"])
+
+
 def _configure_layerwise(spec: dict, cfg: dict, cfg_path: Path, name: str) -> None:
     """QwenPI_v3 and QwenPI: starvla/*-pi-v3 and starvla/*-pi, head.layerwise_fm."""
     model = {**_PI_DEFAULTS, **dict(cfg["framework"].get("action_model") or {})}
     field = "framework.action_model"
     # action_model_type is not read: both frameworks always build LayerwiseFlowmatchingActionHead
     dit = {**_PI_DIT_COMMON, **_PI_DIT_DEFAULTS[name], **dict(model.get("diffusion_model_cfg") or {})}
-    for key, value in _PI_DIT_FIXED.items():
-        if key in dit and dit[key] != value:
-            raise StarVLAImportError(f"{cfg_path}: {field}.diffusion_model_cfg.{key} is {dit[key]!r}; GraphVLA's "
-                                     f"head.layerwise_fm has starVLA's default {value!r} only")
-    if dit.get("use_canonical_forward") is not None:  # starVLA's deprecated alias wins when set
-        dit["interleave_self_attention"] = bool(dit["use_canonical_forward"])
+    _check_dit(dit, _PI_DIT_FIXED, "head.layerwise_fm", cfg_path, field)
     vlm_config = spec["blocks"]["vlm"]["with"]["config"]
     vlm_width = int((vlm_config.get("text_config") or {}).get("hidden_size") or vlm_config["hidden_size"])
     width = vlm_width
@@ -250,12 +257,7 @@ def _configure_dd(spec: dict, cfg: dict, cfg_path: Path, horizon: int, dim: int)
     # action_model_type is not read: QwenDiscreteDiffusion always builds its LayerwiseDD head (starVLA's own
     # training files say DiT-B), sized from the VLM, so diffusion_model_cfg's num_layers / widths are unused too
     dit = {**_DD_DIT_DEFAULTS, **dict(model.get("diffusion_model_cfg") or {})}
-    for key, value in _DD_DIT_FIXED.items():
-        if key in dit and dit[key] != value:
-            raise StarVLAImportError(f"{cfg_path}: {field}.diffusion_model_cfg.{key} is {dit[key]!r}; GraphVLA's "
-                                     f"head.layerwise_discrete_diffusion has starVLA's default {value!r} only")
-    if dit.get("use_canonical_forward") is not None:  # starVLA's deprecated alias wins when set
-        dit["interleave_self_attention"] = bool(dit["use_canonical_forward"])
+    _check_dit(dit, _DD_DIT_FIXED, "head.layerwise_discrete_diffusion", cfg_path, field)
     for key, allowed in (("representation", ("bin", "bit")), ("train_mask_schedule", ("cosine", "linear")),
                          ("decode_schedule", ("cosine", "linear"))):
         if model[key] not in allowed:
