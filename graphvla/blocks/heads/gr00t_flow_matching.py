@@ -39,7 +39,7 @@ from torch import nn
 from ..base import Block, InPort, ParamError, PortError
 from ..registry import register
 from .common import ACTION_PARAMS, HEAD_OUT_PORTS, TARGET_PORTS, action_shape
-from .flow_matching import Inpainting, _check_inpainting, guidance_scale, starting_noise
+from .flow_matching import FlowHead, Inpainting, _check_inpainting, guidance_scale, starting_noise
 
 TIME_CHANNELS = 256  # the DiT's timestep projection (diffusers Timesteps(256, flip_sin_to_cos, shift 1))
 
@@ -206,6 +206,27 @@ class ActionEncoder(nn.Module):
         return self.layer3(F.silu(self.layer2(torch.cat([a, tau], dim=-1))))
 
 
+# the parameters both starVLA flow heads (StarVLAFlowHead's subclasses) take, as three runs so that each
+# head's schema keeps its order
+STARVLA_TOKEN_PARAMS = {
+    "future_tokens": {"type": "integer", "minimum": 0, "default": 32, "description": "learned query tokens"},
+    "add_pos_embed": {"type": "boolean", "default": True, "description": "learned positions on the action tokens"},
+    "max_seq_len": {"type": "integer", "minimum": 1, "default": 1024, "description": "rows of the position table"},
+}
+STARVLA_DROPOUT_PARAMS = {
+    "dropout": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.2},
+    "final_dropout": {"type": "boolean", "default": True},
+}
+STARVLA_TIME_PARAMS = {
+    "noise_beta_alpha": {"type": "number", "exclusiveMinimum": 0, "default": 1.5},
+    "noise_beta_beta": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
+    "noise_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.999},
+    "num_timestep_buckets": {"type": "integer", "minimum": 1, "default": 1000},
+    "num_steps": {"type": "integer", "minimum": 1, "default": 4,
+                  "description": "Euler steps at inference (predict(num_steps=...) overrides)"},
+}
+
+
 class StarVLAFlowHead(Block):
     """What starVLA's two flow-matching action heads share (GR00T_ActionHeader.py and
     LayerwiseFM_ActionHeader.py: the same tokens, training draws, loss and Euler sampler): the
@@ -300,9 +321,7 @@ class StarVLAFlowHead(Block):
         m = mask.to(err.dtype).repeat(r, 1)[:, :, None].expand_as(err)
         return {"loss": (err * m).sum() / m.sum().clamp(min=1)}
 
-    def noise_shape(self, batch: int) -> tuple:
-        """The shape of predict's `noise` for a batch: [batch, horizon, action dim]."""
-        return (batch, int(self.horizon), int(self.action_dim))
+    noise_shape = FlowHead.noise_shape  # [batch, horizon, action dim], as head.flow_matching's
 
     @property
     def noise_dtype(self) -> torch.dtype:
@@ -342,11 +361,7 @@ class StarVLAFlowHead(Block):
             x = x.detach() + dt * (v.detach() + guidance_scale(t, rtc.max_guidance) * pull)
         return {"actions": x}
 
-    def meta_forward(self, context, context_mask=None, state=None, target=None, mask=None):
-        out = self.predict(context, context_mask, state, num_steps=1)
-        if target is not None:
-            out.update(self.forward(context, context_mask, state, target, mask))
-        return out
+    meta_forward = FlowHead.meta_forward  # a one-step predict, then the loss where a target is given
 
 
 @register
@@ -374,21 +389,13 @@ class GR00TFlowMatchingHead(StarVLAFlowHead):
                        "description": "hidden width of the state encoder and the action decoder"},
             "state_dim": {"type": "integer", "minimum": 0,
                           "description": "state encoder input (0: none); default the state port's width, else 0"},
-            "future_tokens": {"type": "integer", "minimum": 0, "default": 32, "description": "learned query tokens"},
-            "add_pos_embed": {"type": "boolean", "default": True, "description": "learned positions on the action tokens"},
-            "max_seq_len": {"type": "integer", "minimum": 1, "default": 1024, "description": "rows of the position table"},
+            **STARVLA_TOKEN_PARAMS,
             "interleave_self_attention": {"type": "boolean", "default": True,
                                           "description": "odd DiT blocks self-attend instead of cross-attending"},
-            "dropout": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.2},
-            "final_dropout": {"type": "boolean", "default": True},
+            **STARVLA_DROPOUT_PARAMS,
             "repeated_diffusion_steps": {"type": "integer", "minimum": 1, "default": 8,
                                          "description": "noise draws per training example"},
-            "noise_beta_alpha": {"type": "number", "exclusiveMinimum": 0, "default": 1.5},
-            "noise_beta_beta": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
-            "noise_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.999},
-            "num_timestep_buckets": {"type": "integer", "minimum": 1, "default": 1000},
-            "num_steps": {"type": "integer", "minimum": 1, "default": 4,
-                          "description": "Euler steps at inference (predict(num_steps=...) overrides)"},
+            **STARVLA_TIME_PARAMS,
             **ACTION_PARAMS,
         },
         "additionalProperties": False,

@@ -47,7 +47,8 @@ from .common import ACTION_PARAMS, HEAD_OUT_PORTS, TARGET_PORTS, action_shape
 from .flow_matching import Inpainting
 # the DiT's blocks, time encoders, MLPs and the head's tokens, loss and sampler are those of starVLA's
 # cross_attention_dit / action heads, which head.gr00t_flow_matching already has under starVLA's names
-from .gr00t_flow_matching import DiTBlock, StarVLAFlowHead, TimestepEncoder
+from .gr00t_flow_matching import (STARVLA_DROPOUT_PARAMS, STARVLA_TIME_PARAMS, STARVLA_TOKEN_PARAMS, DiTBlock,
+                                  StarVLAFlowHead, TimestepEncoder)
 
 
 class LayerwiseDiT(nn.Module):
@@ -97,23 +98,15 @@ class LayerwiseFlowMatchingHead(StarVLAFlowHead):
             "state_dim": {"type": "integer", "minimum": 0,
                           "description": "state encoder input (0: none); default the state port's width, else 0. "
                                          "Without a wired state the encoder is built and not run (QwenPI_v3)"},
-            "future_tokens": {"type": "integer", "minimum": 0, "default": 32, "description": "learned query tokens"},
-            "add_pos_embed": {"type": "boolean", "default": True, "description": "learned positions on the action tokens"},
-            "max_seq_len": {"type": "integer", "minimum": 1, "default": 1024, "description": "rows of the position table"},
+            **STARVLA_TOKEN_PARAMS,
             "interleave_self_attention": {"type": "boolean", "default": False,
                                           "description": "odd DiT blocks self-attend instead of reading their layer "
                                                          "(QwenPI: true; QwenPI_v3: false)"},
-            "dropout": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.2},
-            "final_dropout": {"type": "boolean", "default": True},
+            **STARVLA_DROPOUT_PARAMS,
             "repeated_diffusion_steps": {"type": "integer", "minimum": 1, "default": 16,
                                          "description": "noise draws per training example (QwenPI_v3 reads "
                                                         "trainer.repeated_diffusion_steps, default 16; QwenPI uses 2)"},
-            "noise_beta_alpha": {"type": "number", "exclusiveMinimum": 0, "default": 1.5},
-            "noise_beta_beta": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
-            "noise_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.999},
-            "num_timestep_buckets": {"type": "integer", "minimum": 1, "default": 1000},
-            "num_steps": {"type": "integer", "minimum": 1, "default": 4,
-                          "description": "Euler steps at inference (predict(num_steps=...) overrides)"},
+            **STARVLA_TIME_PARAMS,
             **ACTION_PARAMS,
         },
         "additionalProperties": False,
