@@ -148,9 +148,13 @@ class DiTBlock(nn.Module):
         self.norm3 = nn.LayerNorm(width, 1e-5, elementwise_affine=False)
         self.ff = FeedForward(width, dropout, final_dropout)
         self.final_dropout = nn.Dropout(dropout) if final_dropout else None
+        self.pos_embed = None  # positions added after norm1 (head.layerwise_discrete_diffusion's blocks set it)
 
     def forward(self, x, temb, context=None, keep=None):
-        out = self.attn1(self.norm1(x, temb), context, keep)
+        h = self.norm1(x, temb)
+        if self.pos_embed is not None:
+            h = self.pos_embed(h)
+        out = self.attn1(h, context, keep)
         if self.final_dropout is not None:
             out = self.final_dropout(out)
         x = out + x

@@ -86,17 +86,7 @@ class _DiTBlock(DiTBlock):
 
     def __init__(self, width, heads, kv_dim, dropout, final_dropout, max_positions, sinusoidal):
         super().__init__(width, heads, kv_dim, dropout, final_dropout)
-        self.pos_embed = _SinusoidalPositions(width, max_positions) if sinusoidal else None
-
-    def forward(self, x, temb, context=None, keep=None):
-        h = self.norm1(x, temb)
-        if self.pos_embed is not None:
-            h = self.pos_embed(h)
-        a = self.attn1(h, context, keep)
-        if self.final_dropout is not None:
-            a = self.final_dropout(a)
-        x = a + x
-        return self.ff(self.norm3(x)) + x
+        self.pos_embed = _SinusoidalPositions(width, max_positions) if sinusoidal else None  # DiTBlock runs it
 
 
 class LayerwiseDiT(nn.Module):
