@@ -21,17 +21,18 @@ from graphvla.fileio import sha256_of
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "starvla"
 
 
-def starvla_run(fixture: Path, dst: Path) -> Path:
-    """The trainer's folder of `fixture` (a *_ckpt fixture) at `dst`, its weights file rebuilt."""
+def starvla_run(fixture: Path, dst: Path, weights: dict | None = None) -> Path:
+    """The trainer's folder of `fixture` (a *_ckpt fixture) at `dst`, its weights file rebuilt from
+    `weights` (the state dict the parity script saved; by default the file `checkpoint_from` names)."""
     meta = json.loads((fixture / "expected.json").read_text())
     shutil.copytree(fixture / "ckpt", dst)
     (dst / "checkpoints" / ".keep").unlink(missing_ok=True)  # only there so git keeps the folder
-    weights = dst / Path(meta["checkpoint"]).relative_to("ckpt")
-    weights.parent.mkdir(parents=True, exist_ok=True)
+    path = dst / Path(meta["checkpoint"]).relative_to("ckpt")
+    path.parent.mkdir(parents=True, exist_ok=True)
     source = FIXTURES / meta["checkpoint_from"].split()[0]
-    save_file(load_file(str(source)), str(weights))
-    digest = sha256_of(weights)
+    save_file(load_file(str(source)) if weights is None else weights, str(path))
+    digest = sha256_of(path)
     assert digest == meta["checkpoint_sha256"], (
-        f"{fixture.name}/expected.json: checkpoint_sha256 {meta['checkpoint_sha256']}, but {weights.name} "
-        f"rebuilt from {source.relative_to(FIXTURES)} hashes to {digest} (regenerate both with the parity script)")
+        f"{fixture.name}/expected.json: checkpoint_sha256 {meta['checkpoint_sha256']}, but {path.name} "
+        f"rebuilt from {meta['checkpoint_from']} hashes to {digest} (regenerate both with the parity script)")
     return dst

@@ -383,18 +383,9 @@ def expected():
 def starvla_run(tmp_path) -> Path:
     """The trainer's folder with its weights file rebuilt from the parity fixture's state as the script
     wrote it (the fixture keeps only its sha256): byte for byte the file starVLA loaded."""
-    import hashlib
-    import shutil
+    from starvla_ckpt import starvla_run as rebuilt
 
-    from safetensors.torch import save_file
-
-    meta, _ = expected()
-    d = tmp_path / "starvla-run"
-    shutil.copytree(CKPT_FIXTURE / "ckpt", d)
-    weights = d / meta["checkpoint"][len("ckpt/"):]
-    save_file(load(FIXTURE, "state"), str(weights))
-    assert hashlib.sha256(weights.read_bytes()).hexdigest() == meta["checkpoint_sha256"]
-    return d
+    return rebuilt(CKPT_FIXTURE, tmp_path / "starvla-run")
 
 
 def test_imported_run_serves_starvlas_actions(tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import warnings
 from pathlib import Path
 
@@ -279,19 +278,11 @@ def expected(name="qwenpi_v3"):
 
 
 def starvla_run(tmp_path, name="qwenpi_v3") -> Path:
-    """The trainer's folder with its weights file rebuilt from the parity fixture's state as the script
-    wrote it (the fixture keeps only its sha256): byte for byte the file starVLA loaded."""
-    import hashlib
+    """The trainer's folder with its weights file rebuilt from the parity fixture's state and the shared
+    VLM, as the script wrote it (the fixture keeps only its sha256): byte for byte the file starVLA loaded."""
+    from starvla_ckpt import starvla_run as rebuilt
 
-    from safetensors.torch import save_file
-
-    meta, _ = expected(name)
-    d = tmp_path / "starvla-run"
-    shutil.copytree(FIXTURES / f"{name}_ckpt" / "ckpt", d)
-    weights = d / meta["checkpoint"][len("ckpt/"):]
-    save_file(fixture_weights(FIXTURES / name), str(weights))
-    assert hashlib.sha256(weights.read_bytes()).hexdigest() == meta["checkpoint_sha256"]
-    return d
+    return rebuilt(FIXTURES / f"{name}_ckpt", tmp_path / "starvla-run", fixture_weights(FIXTURES / name))
 
 
 def observations(name="qwenpi_v3"):
