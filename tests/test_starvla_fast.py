@@ -23,6 +23,7 @@ from graphvla.processors.fast_hub import HubFASTTokenizer, load_fast_tokenizer
 from graphvla.processors.hf_processor import load_processor
 from graphvla.processors.hf_vlm import chat_answer_tail
 from graphvla.spec.loader import load_spec
+from starvla_samples import FixtureSamples
 
 warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,22 +223,6 @@ def test_the_packaged_graph_compiles_at_full_size_and_errors_name_the_field(name
         compile_graph(spec, device="cpu")
 
 
-class FixtureSamples(torch.utils.data.Dataset):
-    """The fixture's two samples, repeated: images [V, 3, H, W] in [0, 1], instruction, actions."""
-
-    def __init__(self, n=4):
-        self.meta, self.data = case(FIXTURES["qwen3vl"])
-        self.images = self.data["images"].permute(0, 1, 4, 2, 3).float() / 255
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        j = i % len(self.meta["instructions"])
-        return {"images": self.images[j], "instruction": self.meta["instructions"][j], "actions": self.data["actions"][j]}
-
-
 def test_trains_saves_and_loads_as_a_policy(tmp_path):
     """End to end: two training steps from starVLA's weights; the run folder (its preprocess
     pipeline carries the FAST tokenizer in physical-intelligence/fast's format) loaded back by
@@ -256,7 +241,7 @@ def test_trains_saves_and_loads_as_a_policy(tmp_path):
     spec_data["trainer"].update(max_steps=2, batch_size=2, num_workers=0, warmup_steps=1, save_every=100)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec_data, allow_unicode=True))
     spec = load_spec(str(tmp_path / "spec.yaml"))
-    ds = FixtureSamples()
+    ds = FixtureSamples(*case(FIXTURES["qwen3vl"]), mask=False)
     stats = port_stats(ds, ["actions"])
     trainer = Trainer.from_spec(spec, DataBundle({"action": ds}, stats), tmp_path / "run", collate=collate, progress=False,
                                 normalizer=Normalizer(stats, spec.section("trainer")["normalization"]))

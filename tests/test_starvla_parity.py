@@ -23,6 +23,7 @@ from graphvla.errors import SpecError
 from graphvla.processors.base import Pipeline
 from graphvla.spec.loader import load_spec
 from graphvla.runners.importers.starvla import graph_key
+from starvla_samples import FixtureSamples
 
 warnings.filterwarnings("ignore")
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "starvla" / "qwenoft"
@@ -217,23 +218,6 @@ def test_the_prompt_survives_saving_the_pipeline_and_too_few_placeholders_are_na
         vlm.placeholder_states(torch.zeros(*ids.shape, vlm.width), cut)
 
 
-class FixtureSamples(torch.utils.data.Dataset):
-    """The fixture's two samples, repeated: images [V, 3, H, W] in [0, 1], instruction, actions."""
-
-    def __init__(self, n=4):
-        self.meta, self.data = case()
-        self.images = self.data["images"].permute(0, 1, 4, 2, 3).float() / 255
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        j = i % len(self.meta["instructions"])
-        return {"images": self.images[j], "instruction": self.meta["instructions"][j], "actions": self.data["actions"][j],
-                "actions_mask": torch.ones(self.meta["horizon"], dtype=torch.bool)}
-
-
 def test_trains_saves_and_loads_as_a_policy(tmp_path):
     """End to end: two training steps from starVLA's weights, the run folder loaded back by
     load_policy infers what the trained in-memory graph infers (the placeholder prompt comes back
@@ -250,7 +234,7 @@ def test_trains_saves_and_loads_as_a_policy(tmp_path):
     spec_data["trainer"].update(max_steps=2, batch_size=2, num_workers=0, warmup_steps=1, save_every=100)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec_data, allow_unicode=True))
     spec = load_spec(str(tmp_path / "spec.yaml"))
-    ds = FixtureSamples()
+    ds = FixtureSamples(*case())
     stats = port_stats(ds, ["actions"])
     trainer = Trainer.from_spec(spec, DataBundle({"action": ds}, stats), tmp_path / "run", collate=collate, progress=False,
                                 normalizer=Normalizer(stats, spec.section("trainer")["normalization"]))

@@ -23,6 +23,7 @@ from graphvla.compiler.compile import compile_graph
 from graphvla.errors import SpecError
 from graphvla.runners.importers.starvla import graph_key
 from graphvla.spec.loader import load_spec
+from starvla_samples import FixtureSamples
 
 warnings.filterwarnings("ignore")
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "starvla"
@@ -497,23 +498,6 @@ def test_without_action_dit_hidden_dim_the_head_reads_the_vlm_layers(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-class FixtureSamples(torch.utils.data.Dataset):
-    """The fixture's two samples, repeated: images [V, 3, H, W] in [0, 1], instruction, actions."""
-
-    def __init__(self, fixture, n=4):
-        self.meta, self.data = case(fixture)
-        self.images = self.data["images"].permute(0, 1, 4, 2, 3).float() / 255
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        j = i % len(self.meta["instructions"])
-        return {"images": self.images[j], "instruction": self.meta["instructions"][j], "actions": self.data["actions"][j],
-                "actions_mask": torch.ones(self.meta["horizon"], dtype=torch.bool)}
-
-
 def test_trains_from_starvlas_weights_saves_and_loads_as_a_policy(tmp_path):
     """End to end: two training steps of starvla/qwen3vl-pi-v3 from starVLA's weights (dropout on,
     the projectors at their own lr), and the run folder loaded back by load_policy infers what the
@@ -532,7 +516,7 @@ def test_trains_from_starvlas_weights_saves_and_loads_as_a_policy(tmp_path):
     spec_data["trainer"].update(max_steps=2, batch_size=2, num_workers=0, warmup_steps=1, save_every=100)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec_data, allow_unicode=True))
     spec = load_spec(str(tmp_path / "spec.yaml"))
-    ds = FixtureSamples(fixture)
+    ds = FixtureSamples(*case(fixture))
     stats = port_stats(ds, ["actions"])
     trainer = Trainer.from_spec(spec, DataBundle({"action": ds}, stats), tmp_path / "run", collate=collate, progress=False,
                                 normalizer=Normalizer(stats, spec.section("trainer")["normalization"]))
