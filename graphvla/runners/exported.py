@@ -102,6 +102,7 @@ class ExportedPolicy:
         self.inputs = {port: dict(decl) for port, decl in meta["inputs"].items()}  # what an observation holds
         self.window = ObservationWindow.from_metadata(meta)  # infer.observation_window: frames kept here
         self._windows = {}  # row -> frames of calls without sessions
+        self._ensembles = {}  # row -> TemporalEnsemble of calls without sessions (reset() clears them)
         self.noise = next((d for d in self.manifest["inputs"] if d["name"] == NOISE), None)
         self.outputs = list(self.manifest["outputs"])
         self.tokenizers = dict(self.manifest.get("tokenizers") or {})
@@ -132,8 +133,7 @@ class ExportedPolicy:
     def reset(self) -> None:
         """An exported graph keeps no state between calls; only the temporal ensembles of calls without
         a session are forgotten."""
-        for key in [k for k in vars(self) if k.startswith("_ensemble_")]:
-            delattr(self, key)
+        self._ensembles = {}
         self._windows = {}
 
     def check_rtc_request(self, value):
@@ -177,12 +177,16 @@ class ExportedPolicy:
         rows = [{name: _row(value, i) for name, value in per_output.items()} for i in range(len(observations))]
         ensemble = self.metadata.get("temporal_ensemble")
         if ensemble and "actions" in per_output:  # the checkpoint's infer.temporal_ensemble, per session
+            horizon = int(self.metadata["action_horizon"])
             for i, (row, s) in enumerate(zip(rows, sessions or [None] * len(rows))):
-                holder = s if s is not None else self
-                key = "ensemble" if s is not None else f"_ensemble_{i}"
-                if getattr(holder, key, None) is None:
-                    setattr(holder, key, TemporalEnsemble(ensemble["coeff"], int(self.metadata["action_horizon"])))
-                row["actions"] = getattr(holder, key).update(row["actions"])
+                ens = s.ensemble if s is not None else self._ensembles.get(i)
+                if ens is None:
+                    ens = TemporalEnsemble(ensemble["coeff"], horizon)
+                    if s is not None:
+                        s.ensemble = ens
+                    else:
+                        self._ensembles[i] = ens
+                row["actions"] = ens.update(row["actions"])
         return rows
 
     def tensors(self, observations: list, frames: list | None = None) -> list:
