@@ -193,6 +193,25 @@ def guided_euler_sample(dit: FlowDiT, memories, memory_padding, state, noise, rt
     return x.detach()
 
 
+def reversed_guided_step(velocity, x, t, dt, rtc: Inpainting, steps: int, action_dim: int):
+    """One Euler step with real-time chunking guidance in LeRobot's time direction (pi0, SmolVLA: t from
+    1 (noise) to 0, tau = 1 - t, the clean estimate x - t v): the previous chunk's remaining actions pull
+    the clean estimate's first `action_dim` dims, weighted by rtc.weights. velocity(x) is the head's
+    velocity at the time t (a 0-d tensor); dt < 0."""
+    a = action_dim
+    target = rtc.target.to(x.device, x.dtype)
+    weights = rtc.weights.to(x.device, x.dtype)[:, :, None]
+    with torch.enable_grad():  # d clean / d x, also under the server's no_grad
+        xg = x.detach().requires_grad_(True)
+        v = velocity(xg)
+        clean = xg - t.to(x.device) * v
+        pulled = torch.zeros_like(clean)
+        pulled[:, :, :a] = (target - clean[:, :, :a].detach()) * weights
+        (pull,) = torch.autograd.grad(clean, xg, grad_outputs=pulled)
+    scale = guidance_scale(1.0 - float(t), rtc.max_guidance)
+    return (x + dt * v.detach() + (scale / steps) * pull).detach()
+
+
 def _differ(a, b) -> bool:
     """Two batch sizes that differ; symbolic ones (torch.export's batch axis) are not compared."""
     return isinstance(a, int) and isinstance(b, int) and a != b

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.paligemma import RMSNorm, GemmaLayer, attention, rope
-from .flow_matching import Inpainting, _check_inpainting, guidance_scale
+from .flow_matching import Inpainting, _check_inpainting, reversed_guided_step
 from ..base import Block, InPort, OutPort, ParamError, PortError
 from ..registry import register
 from .common import ACTION_PARAMS, action_shape
@@ -214,26 +214,11 @@ class Pi0Head(Block):
             if rtc is None:
                 x = x + dt * self.velocity(kv, prefix_mask, state, x, t.expand(b))
             else:
-                x = self._guided_step(kv.detach(), prefix_mask, state.detach(), x, t, dt, rtc, steps)
+                kv_d, state_d = kv.detach(), state.detach()
+                x = reversed_guided_step(lambda xg: self.velocity(kv_d, prefix_mask, state_d, xg, t.expand(b)),
+                                         x, t, dt, rtc, steps, self.action_dim)
             t = t + dt
         return {"actions": x[:, :, :self.action_dim]}
-
-    def _guided_step(self, kv, prefix_mask, state, x, t, dt, rtc: Inpainting, steps: int):
-        """One Euler step with real-time chunking guidance (flow_matching's, in pi0's time: tau = 1 - t,
-        the clean estimate x - t v): the previous chunk's remaining actions pull the clean estimate's
-        real action dims, weighted by rtc.weights."""
-        a = self.action_dim
-        target = rtc.target.to(x.device, x.dtype)
-        weights = rtc.weights.to(x.device, x.dtype)[:, :, None]
-        with torch.enable_grad():  # d clean / d x, also under the server's no_grad
-            xg = x.detach().requires_grad_(True)
-            v = self.velocity(kv, prefix_mask, state, xg, t.expand(x.shape[0]))
-            clean = xg - t * v
-            pulled = torch.zeros_like(clean)
-            pulled[:, :, :a] = (target - clean[:, :, :a].detach()) * weights
-            (pull,) = torch.autograd.grad(clean, xg, grad_outputs=pulled)
-        scale = guidance_scale(1.0 - float(t), rtc.max_guidance)
-        return (x + dt * v.detach() + (scale / steps) * pull).detach()
 
     def meta_forward(self, kv, prefix_mask, state=None, target=None, noise=None, time=None):
         out = self.predict(kv, prefix_mask, state, num_steps=1)

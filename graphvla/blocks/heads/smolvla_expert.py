@@ -36,7 +36,7 @@ from ..backbones.smolvla_vlm import EXPERT_PREFIX, Layer, RMSNorm, attend, read_
 from ..base import Block, InPort, OutPort, ParamError, PortError, parameters_are_placeholders
 from ..registry import register
 from .common import ACTION_PARAMS, action_shape
-from .flow_matching import Inpainting, _check_inpainting, guidance_scale
+from .flow_matching import Inpainting, _check_inpainting, reversed_guided_step
 
 
 def time_embedding(t: torch.Tensor, width: int, min_period: float, max_period: float) -> torch.Tensor:
@@ -230,26 +230,11 @@ class SmolVLAExpert(Block):
             if rtc is None:
                 x = x + dt * self.velocity(keys, values, mask, x, tb)
             else:
-                x = self._guided_step(keys.detach(), values.detach(), mask, x, t, tb, dt, rtc, steps)
+                keys_d, values_d = keys.detach(), values.detach()
+                x = reversed_guided_step(lambda xg: self.velocity(keys_d, values_d, mask, xg, tb),
+                                         x, t, dt, rtc, steps, self.action_dim)
             t = t + dt
         return x[..., : self.action_dim]
-
-    def _guided_step(self, keys, values, mask, x, t, tb, dt, rtc: Inpainting, steps: int):
-        """One Euler step with real-time chunking guidance (flow_matching.py's, in SmolVLA's time
-        direction: tau = 1 - t, the clean estimate x - t v): the previous chunk's remaining actions
-        pull the clean estimate's real action dims, weighted by rtc.weights."""
-        a = self.action_dim
-        target = rtc.target.to(x.device, x.dtype)
-        weights = rtc.weights.to(x.device, x.dtype)[:, :, None]
-        with torch.enable_grad():  # d clean / d x, also under the server's no_grad
-            xg = x.detach().requires_grad_(True)
-            v = self.velocity(keys, values, mask, xg, tb)
-            clean = xg - t.to(x.device) * v
-            pulled = torch.zeros_like(clean)
-            pulled[:, :, :a] = (target - clean[:, :, :a].detach()) * weights
-            (pull,) = torch.autograd.grad(clean, xg, grad_outputs=pulled)
-        scale = guidance_scale(1.0 - float(t), rtc.max_guidance)
-        return (x + dt * v.detach() + (scale / steps) * pull).detach()
 
     def meta_forward(self, keys=None, values=None, mask=None, target=None, noise=None, time=None):
         out = {"actions": torch.empty(keys.shape[0], self.horizon, self.action_dim, device="meta")}
