@@ -92,13 +92,12 @@ class Policy:
         self._action_output = "actions" if "actions" in self.outputs else next(
             (o for o in self.outputs if cg.output_source(o).kind == "action"), None)
         # a head that samples with guidance (head.flow_matching, head.dual_system) inpaints; others get blended
-        self._guided = False
+        self._guided, self._rtc_method = False, "blend"
         if self._action_output is not None:
             src = cg.output_source(self._action_output)
             self._guided = src.is_block and "rtc" in cg.block(src.node).predict_kwargs
-        # guidance (flow heads) or the head's own (head.layerwise_discrete_diffusion: known-prefix inpainting)
-        self._rtc_method = "blend" if not self._guided else getattr(
-            cg.model[cg.block(cg.output_source(self._action_output).node).owner], "rtc_method", "guidance")
+            if self._guided:  # guidance (flow heads) or the head's own (head.layerwise_discrete_diffusion: known-prefix inpainting)
+                self._rtc_method = getattr(cg.model[cg.block(src.node).owner], "rtc_method", "guidance")
 
     @classmethod
     def from_compiled(cls, cg, normalizer=None, preprocess=None, postprocess=None) -> "Policy":
