@@ -30,7 +30,7 @@ import re
 from pathlib import Path
 
 from .checkpoint_keys import by_rules, header_shapes
-from .lerobot_pi0 import optimizer_settings
+from .lerobot_pi0 import optimizer_settings, tokenizer_of
 
 V = "model.vlm_with_expert.vlm."
 E = "model.vlm_with_expert.lm_expert."
@@ -64,15 +64,6 @@ def fixed_tables(cg) -> dict:
     bb = cg.model["backbone"]
     vocab, width = bb.embed_tokens.weight.shape
     return {UNUSED[0]: (vocab, width), UNUSED[1]: (width,)}
-
-
-def tokenizer_step(folder: Path) -> dict | None:
-    path = folder / "policy_preprocessor.json"
-    if not path.is_file():
-        return None
-    steps = [s for s in json.loads(path.read_text()).get("steps") or [] if isinstance(s, dict)]
-    tok = [s.get("config") or {} for s in steps if s.get("registry_name") == "tokenizer_processor"]
-    return tok[0] if tok else None
 
 
 def _local(value: str, what: str) -> Path:
@@ -124,7 +115,7 @@ def configure(spec: dict, cfg: dict, features: dict, folder: Path) -> dict:
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"vlm_model_name '{vlm_name}': no readable config.json ({e})") from None
     length = int(cfg.get("tokenizer_max_length", 48))
-    tok = tokenizer_step(folder)
+    tok = tokenizer_of(folder)
     if tok is not None:
         if int(tok.get("max_length", length)) != length or tok.get("padding_side", "right") != "right" \
                 or tok.get("padding", "longest") != "longest" or not tok.get("truncation", True):
