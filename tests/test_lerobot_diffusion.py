@@ -26,6 +26,7 @@ from graphvla.compiler.compile import compile_graph
 from graphvla.errors import SpecError
 from graphvla.runners.importers.lerobot_diffusion import GRID_KEY, fit_spec, graph_key, spec_with
 from graphvla.spec.loader import load_spec
+from lerobot_import import import_cli
 
 warnings.filterwarnings("ignore")
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lerobot" / "diffusion"
@@ -231,14 +232,6 @@ def saved_policy(tmp_path_factory) -> Path:
     digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     assert digest == meta["model_safetensors_sha256"], "the rebuilt model.safetensors is not LeRobot's"
     return folder
-
-
-def import_cli(src: Path, out: Path):
-    from click.testing import CliRunner
-
-    from graphvla.cli import main
-
-    return CliRunner().invoke(main, ["import", "lerobot", str(src), "-o", str(out)])
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from graphvla.blocks.base import parameters_on_meta
 from graphvla.compiler.compile import compile_graph
 from graphvla.runners.importers import lerobot as L
+from lerobot_import import import_cli, refused
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lerobot" / "pi0"
 IMPORT_04 = FIXTURE / "import_04"
@@ -132,14 +133,6 @@ def test_the_default_graph_compiles_at_lerobots_sizes():
     assert sum(p.numel() for p in cg.model.parameters()) == 3_238_048_528
 
 
-def import_cli(src: Path, out: Path):
-    from click.testing import CliRunner
-
-    from graphvla.cli import main
-
-    return CliRunner().invoke(main, ["import", "lerobot", str(src), "-o", str(out)])
-
-
 @pytest.fixture(scope="module")
 def imported_run(saved_policy, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "pi0"
@@ -217,17 +210,7 @@ def test_an_export_of_the_imported_pi0_gives_lerobots_actions(text_run, tmp_path
 
 def test_pi0_saves_the_graph_cannot_take_are_refused_by_name(saved_policy, tmp_path):
     def attempt(edit, match, files=None):
-        src = tmp_path / f"src-{len(list(tmp_path.iterdir()))}"
-        shutil.copytree(saved_policy, src)
-        cfg = json.loads((src / "config.json").read_text())
-        edit(cfg)
-        (src / "config.json").write_text(json.dumps(cfg))
-        if files is not None:
-            files(src)
-        out = tmp_path / "run"
-        result = import_cli(src, out)
-        assert result.exit_code != 0 and match in result.output, result.output
-        assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+        refused(saved_policy, tmp_path, edit, match, files)
 
     def as_03(c):  # LeRobot 0.3.x's pi0 config
         c.pop("paligemma_variant")

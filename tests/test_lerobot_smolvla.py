@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from graphvla.compiler.compile import compile_graph
+from lerobot_import import import_cli, refused
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lerobot" / "smolvla"
 GRAPH = Path(__file__).resolve().parents[1] / "graphvla" / "graphs" / "lerobot" / "smolvla.yaml"
@@ -219,14 +220,6 @@ def saved_policy(tmp_path_factory) -> Path:
     return folder
 
 
-def import_cli(src: Path, out: Path):
-    from click.testing import CliRunner
-
-    from graphvla.cli import main
-
-    return CliRunner().invoke(main, ["import", "lerobot", str(src), "-o", str(out)])
-
-
 @pytest.fixture(scope="module")
 def imported_run(saved_policy, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "smolvla"
@@ -277,17 +270,7 @@ def test_an_imported_lerobot_04_smolvla_serves_its_predict_action_chunk(imported
 
 def test_smolvla_saves_the_graph_cannot_take_are_refused_by_name(saved_policy, tmp_path):
     def attempt(edit, match, files=None):
-        src = tmp_path / f"src-{len(list(tmp_path.iterdir()))}"
-        shutil.copytree(saved_policy, src)
-        cfg = json.loads((src / "config.json").read_text())
-        edit(cfg)
-        (src / "config.json").write_text(json.dumps(cfg))
-        if files is not None:
-            files(src)
-        out = tmp_path / "run"
-        result = import_cli(src, out)
-        assert result.exit_code != 0 and match in result.output, result.output
-        assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+        refused(saved_policy, tmp_path, edit, match, files)
 
     attempt(lambda c: c.update(add_image_special_tokens=True), "add_image_special_tokens")
     attempt(lambda c: c.update(empty_cameras=1), "empty_cameras")
