@@ -14,7 +14,11 @@ The FAST tokenizer is not part of a starVLA checkpoint (QwenFast reads playgroun
 the importer takes it with --fast-tokenizer. As in starvla_fast.py, starVLA's action-token range
 constants are set to the tiny tokenizer's ids and its FAST AutoProcessor path points at the folder.
 
+With --vlm qwen25 (after starvla_fast.py --vlm qwen25 with the same --work) it does the same from
+qwenfast_qwen25/ on the tiny Qwen2.5-VL and writes tests/fixtures/starvla/qwenfast_qwen25_ckpt/.
+
 Usage: /tmp/starvla-venv/bin/python scripts/parity/starvla_fast_ckpt.py --starvla /tmp/starvla
+       [--vlm qwen25 --work /tmp/starvla-parity-fast25]
 """
 from __future__ import annotations
 
@@ -43,8 +47,9 @@ def main():
     fixtures = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "starvla"
     ap.add_argument("--fixtures", default=str(fixtures))
     ap.add_argument("--work", default="/tmp/starvla-parity-fast", help="starvla_fast.py's scratch folder")
+    ap.add_argument("--vlm", choices=tuple(VLMS), default="qwen3", help="qwen25: from qwenfast_qwen25/ -> qwenfast_qwen25_ckpt/")
     args = ap.parse_args()
-    module_name, _, folder_name, _, fixture = VLMS["qwen3"]
+    module_name, _, folder_name, _, fixture = VLMS[args.vlm]
     commit, interface = open_starvla(args.starvla, module_name)
     from omegaconf import OmegaConf
     from PIL import Image
@@ -65,7 +70,7 @@ def main():
     header.AutoProcessor = types.SimpleNamespace(
         from_pretrained=lambda name, **kw: AutoProcessor.from_pretrained(str(fast_dir), **kw))
 
-    out = Path(args.fixtures) / "qwenfast_ckpt"
+    out = Path(args.fixtures) / f"{fixture}_ckpt"
     shutil.rmtree(out, ignore_errors=True)
     run_dir = out / "ckpt"
     (run_dir / "checkpoints").mkdir(parents=True)

@@ -119,8 +119,9 @@ def run_case(model, examples, images) -> dict:
 CKPT_SEEDS = [11, 12]  # torch's seed before each observation's predict_action (a served session's seed)
 
 
-def write_ckpt(fixtures: Path, work: Path) -> None:
-    """tests/fixtures/starvla/qwengr00t_ckpt/: a QwenGR00T run folder as starVLA's trainer writes it
+def write_ckpt(fixtures: Path, work: Path, qwen25: bool = False) -> None:
+    """tests/fixtures/starvla/qwengr00t_ckpt/ (qwengr00t_qwen25_ckpt/ from qwengr00t_qwen25/ with
+    qwen25): a QwenGR00T run folder as starVLA's trainer writes it
     (ckpt/config.yaml, ckpt/dataset_statistics.json; its weights file checkpoints/steps_2_model.safetensors
     is byte for byte qwengr00t/state.safetensors, so it is not stored twice: the test puts it back),
     loaded back with starVLA's from_pretrained, and what starVLA serves for two observations (the
@@ -138,11 +139,12 @@ def write_ckpt(fixtures: Path, work: Path) -> None:
     from graphvla.fileio import sha256_of
 
     GR00T_ActionHeader.DiTConfig["DiT-tiny"] = dict(TINY_DIT)
-    src = fixtures / "qwengr00t"
+    name = "qwengr00t_qwen25" if qwen25 else "qwengr00t"
+    src = fixtures / name
     meta = json.loads((src / "case.json").read_text())
-    vlm_dir = work / "tiny-Qwen3-VL"
+    vlm_dir = work / ("tiny-Qwen2.5-VL" if qwen25 else "tiny-Qwen3-VL")
     assert (vlm_dir / "config.json").is_file(), f"run this script without --ckpt first (it writes {vlm_dir})"
-    out = fixtures / "qwengr00t_ckpt"
+    out = fixtures / f"{name}_ckpt"
     import shutil
     shutil.rmtree(out, ignore_errors=True)
     run_dir = out / "ckpt"
@@ -181,15 +183,15 @@ def write_ckpt(fixtures: Path, work: Path) -> None:
     normalized = np.stack(normalized)
     stats = FrameworkTools.get_action_stats(model.norm_stats)
     served = np.stack([FrameworkTools.unnormalize_actions(c.copy(), stats) for c in normalized])
-    shutil.move(str(ckpt), str(work / ckpt.name))  # stored once, as qwengr00t/state.safetensors
+    shutil.move(str(ckpt), str(work / ckpt.name))  # stored once, as {name}/state.safetensors
     save_file({"images": torch.from_numpy(images[: len(CKPT_SEEDS)]).contiguous(), "state": torch.from_numpy(states),
                "noise": torch.cat(noises).contiguous(), "normalized_actions": torch.from_numpy(normalized).contiguous(),
                "actions": torch.from_numpy(served.astype(np.float32)).contiguous()}, str(out / "expected.safetensors"))
     (out / "expected.json").write_text(json.dumps({
         "framework": "QwenGR00T", "starvla_commit": meta["starvla_commit"],
-        "checkpoint": f"ckpt/checkpoints/{ckpt.name}", "weights_from": "qwengr00t/state.safetensors",
+        "checkpoint": f"ckpt/checkpoints/{ckpt.name}", "weights_from": f"{name}/state.safetensors",
         "weights_sha256": sha256_of(src / "state.safetensors"),
-        "base_vlm": "tests/fixtures/starvla/qwengr00t/vlm (config.yaml names the scratch folder it was built in)",
+        "base_vlm": f"tests/fixtures/starvla/{name}/vlm (config.yaml names the scratch folder it was built in)",
         "instructions": meta["instructions"][: len(CKPT_SEEDS)], "seeds": CKPT_SEEDS, "state_on": [1],
         "dataset_key": DATASET_KEY, "dit": {"DiT-tiny": TINY_DIT},
         "made_by": "starVLA from_pretrained + predict_action (torch.manual_seed(seed) first) + "
@@ -208,7 +210,8 @@ def main():
                     help="qwen3: tiny Qwen3-VL -> qwengr00t/; qwen25: tiny Qwen2.5-VL (starVLA's Qwen2.5-VL interface, "
                          "56 x 56 images so its qwen_vl_utils resize is a no-op) -> qwengr00t_qwen25/")
     ap.add_argument("--ckpt", action="store_true", help="write qwengr00t_ckpt/ (a trainer's run folder and what "
-                                                         "starVLA serves from it) from qwengr00t/")
+                                                         "starVLA serves from it) from qwengr00t/ (with --vlm qwen25: "
+                                                         "qwengr00t_qwen25_ckpt/ from qwengr00t_qwen25/)")
     args = ap.parse_args()
     qwen25 = args.vlm == "qwen25"
     # diffusers (the DiT's attention and embeddings) probes for torchvision when first imported: import
@@ -218,7 +221,7 @@ def main():
     from diffusers.models import attention, embeddings  # noqa: F401
     commit, interface = open_starvla(args.starvla, "QWen2_5" if qwen25 else "QWen3")
     if args.ckpt:
-        return write_ckpt(Path(args.out), Path(args.work))
+        return write_ckpt(Path(args.out), Path(args.work), qwen25)
     from PIL import Image
     from safetensors.torch import save_file
 
