@@ -43,6 +43,7 @@ BUILTIN_MODULES = [
     "graphvla.blocks.heads.mlp",
     "graphvla.blocks.heads.mlp_resnet",
     "graphvla.blocks.heads.pi0",
+    "graphvla.blocks.heads.pi05",
     "graphvla.blocks.heads.query_transformer",
     "graphvla.blocks.heads.smolvla_expert",
 ]

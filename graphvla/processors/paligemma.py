@@ -1,5 +1,5 @@
 """pi0's language step (backbone.paligemma with `text` wired): each instruction with a newline appended
-when it has none (LeRobot's pi0_new_line_processor), tokenized with PaliGemma's tokenizer (or the one in
+when it has none (LeRobot's pi0_new_line_processor; not for pi0.5, `newline` false), tokenized with PaliGemma's tokenizer (or the one in
 with.tokenizer), truncated and right-padded to `max_length` (LeRobot's tokenizer_processor with pi0's
 settings: padding 'max_length', side 'right') -> `tokens` [B, L] int64 and `tokens_mask` [B, L] bool.
 The tokenizer's files are the step's assets: a run carries them, nothing is fetched at serve time."""
@@ -40,22 +40,24 @@ class PaliGemmaTokens(TokenizerStep):
     kind = "paligemma_tokens"
     holder = "PaliGemma's"
 
-    def __init__(self, block, sources, makes=("tokens", "tokens_mask"), tokenizer=None, max_length: int = 48):
+    def __init__(self, block, sources, makes=("tokens", "tokens_mask"), tokenizer=None, max_length: int = 48,
+                 newline: bool = True):
         super().__init__(block, sources, makes)
-        self.tokenizer, self.max_length = tokenizer, int(max_length)
+        self.tokenizer, self.max_length, self.newline = tokenizer, int(max_length), bool(newline)
 
     def run(self, text):
         tok = self._loaded()
         text = [text] if isinstance(text, str) else list(text)
-        enc = tok(newline_ended(text), max_length=self.max_length, truncation=True, padding="max_length",
+        enc = tok(newline_ended(text) if self.newline else text, max_length=self.max_length, truncation=True, padding="max_length",
                   padding_side="right", return_tensors="pt")
         return {"tokens": enc["input_ids"].to(torch.long), "tokens_mask": enc["attention_mask"].to(torch.bool)}
 
     def settings(self):
-        return {"max_length": self.max_length}
+        return {"max_length": self.max_length, "newline": self.newline}
 
     @classmethod
     def from_settings(cls, config, folder, block, sources, makes):
         from transformers import AutoTokenizer
 
-        return cls(block, sources, makes, AutoTokenizer.from_pretrained(str(folder)), config["max_length"])
+        return cls(block, sources, makes, AutoTokenizer.from_pretrained(str(folder)), config["max_length"],
+                   config.get("newline", True))

@@ -50,15 +50,39 @@ class ByteTokens(BlockStep):
         return cls(block, sources, makes, config["max_length"])
 
 
+STATE_PROMPT_DEFAULTS = {"pad_to": 0, "binning": "clip", "clean_text": False}
+
+
+def state_bins(params: dict, state: torch.Tensor) -> torch.Tensor:
+    """[B, D'] integer bins of a (normalized) state [B, D], zero-padded to `pad_to` dims first.
+    binning 'clip': each value clipped to [low, high] and cut into `bins` equal bins (0 .. bins-1).
+    binning 'digitize': numpy's digitize over the bins' left edges (float64) minus 1, as openpi's and
+    LeRobot's pi0.5 write it: a value below `low` gives -1, one at or above the last edge bins-1."""
+    p = {**STATE_PROMPT_DEFAULTS, **params}
+    if p["pad_to"] and state.shape[-1] < p["pad_to"]:
+        state = torch.nn.functional.pad(state, (0, p["pad_to"] - state.shape[-1]))
+    if p["binning"] == "digitize":
+        edges = torch.linspace(p["low"], p["high"], p["bins"] + 1, dtype=torch.float64)[:-1]
+        return torch.bucketize(state.double().cpu(), edges, right=True) - 1
+    unit = (state.float().clamp(p["low"], p["high"]) - p["low"]) / (p["high"] - p["low"])
+    return (unit * p["bins"]).long().clamp(max=p["bins"] - 1)
+
+
+def clean_text(text: str) -> str:
+    """pi0.5's cleaning of a task: stripped, underscores and newlines as spaces."""
+    return text.strip().replace("_", " ").replace("\n", " ")
+
+
 def state_prompts(params: dict, text, state: torch.Tensor) -> list[str]:
     """The instruction of each sample with its (normalized) state written as integer bins (the last
-    step of a history): each value clipped to [low, high] and cut into `bins` equal bins."""
+    step of a history; `state_bins`), cleaned first when `clean_text`."""
     if len(text) != state.shape[0]:
         raise ValueError(f"{len(text)} instructions for a batch of {state.shape[0]} states")
     if state.dim() == 3:
         state = state[:, -1]
-    unit = (state.float().clamp(params["low"], params["high"]) - params["low"]) / (params["high"] - params["low"])
-    rows = (unit * params["bins"]).long().clamp(max=params["bins"] - 1).tolist()
+    rows = state_bins(params, state).tolist()
+    if params.get("clean_text"):
+        text = [clean_text(t) for t in text]
     return [params["template"].format(text=t, state=" ".join(map(str, r))) for t, r in zip(text, rows)]
 
 
@@ -67,10 +91,11 @@ class StatePrompt(BlockStep):
     """glue.state_text: `text` + normalized `state` -> the prompts `text` (B strings)."""
 
     kind = "state_prompt"
-    PARAMS = ("bins", "low", "high", "template")
+    PARAMS = ("bins", "low", "high", "template", *STATE_PROMPT_DEFAULTS)
 
     def __init__(self, block, sources, makes=("text",), params: dict | None = None):
         super().__init__(block, sources, makes)
+        params = {**STATE_PROMPT_DEFAULTS, **params}  # a run saved before pad_to / binning / clean_text
         self.params = {k: params[k] for k in self.PARAMS}
 
     def run(self, text, state):

@@ -22,7 +22,7 @@ and values: what pi0's action expert attends to, LeRobot's prefix KV cache), `pr
 the final norm; without it the last layer stops at its keys and values, all pi0 reads).
 Language: either `tokens` / `tokens_mask` are wired (made before the graph, e.g. by LeRobot's tokenizer
 step on a client), or `text` (B instructions) is, and the block's processor step makes them as
-LeRobot's preprocessor does: a newline appended, PaliGemma's tokenizer (`with.tokenizer`, a folder or
+LeRobot's preprocessor does: a newline appended (pi0's; `with.newline: false` for pi0.5), PaliGemma's tokenizer (`with.tokenizer`, a folder or
 Hub id; its files become the run's assets), truncated and right-padded to `with.max_length`
 (processors/paligemma.py).
 """
@@ -111,19 +111,25 @@ class GemmaLayer(nn.Module):
 
     def qkv(self, x, cos, sin):
         """(q [B, H, T, d], k [B, Hkv, T, d], v [B, Hkv, T, d]) with the rotary embedding applied."""
-        b, t, _ = x.shape
-        h = self.input_layernorm(x)
+        return self.project(self.input_layernorm(x), cos, sin)
+
+    def project(self, h, cos, sin):
+        """The normed states' queries, keys and values (rotary applied to q and k)."""
+        b, t, _ = h.shape
         a = self.self_attn
         q = a["q_proj"](h).view(b, t, -1, self.head_dim).transpose(1, 2)
         k = a["k_proj"](h).view(b, t, -1, self.head_dim).transpose(1, 2)
         v = a["v_proj"](h).view(b, t, -1, self.head_dim).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
+    def feed_forward(self, h):
+        """The GELU (tanh)-gated MLP of the normed states."""
+        m = self.mlp
+        return m["down_proj"](F.gelu(m["gate_proj"](h), approximate="tanh") * m["up_proj"](h))
+
     def finish(self, x, attended):
         x = x + self.self_attn["o_proj"](attended)
-        h = self.post_attention_layernorm(x)
-        m = self.mlp
-        return x + m["down_proj"](F.gelu(m["gate_proj"](h), approximate="tanh") * m["up_proj"](h))
+        return x + self.feed_forward(self.post_attention_layernorm(x))
 
 
 class SiglipLayer(nn.Module):
@@ -262,6 +268,9 @@ class PaliGemmaPrefix(Block):
             "tokenizer": {"type": "string", "default": "none",
                           "description": "PaliGemma's tokenizer (folder or Hub id) for the text step; 'none' with tokens"},
             "max_length": {"type": "integer", "minimum": 1, "default": 48, "description": "tokenizer_max_length"},
+            "newline": {"type": "boolean", "default": True,
+                        "description": "append a newline to each text before tokenizing (pi0's "
+                                       "pi0_new_line_processor); false for pi0.5, whose prompt is complete"},
             "hidden": {"type": "boolean", "default": False,
                        "description": "output `hidden` (the last layer's states after the final norm); pi0 reads only "
                                       "the keys and values, so by default the last layer's attention output and "
@@ -316,7 +325,7 @@ class PaliGemmaPrefix(Block):
         if "text" not in self.port_info:
             return None
         return bind(PaliGemmaTokens, self, node, sources, ("text",), ("tokens", "tokens_mask"), self.tokenizer,
-                    self.params["max_length"])
+                    self.params["max_length"], self.params["newline"])
 
     def embed(self, images, image_mask, tokens, tokens_mask):
         """(prefix embeddings [B, T, width], valid mask [B, T]): LeRobot's embed_prefix."""

@@ -15,7 +15,9 @@ from ..registry import register
 @register
 class StateText(Block):
     """pi0-FAST's way of giving an LM the robot state: each (normalized) state value is clipped to
-    [low, high], cut into `bins` equal bins and written as the bin's integer in the prompt."""
+    [low, high], cut into `bins` equal bins and written as the bin's integer in the prompt. pi0.5's
+    (openpi / LeRobot's Pi05PrepareStateTokenizerProcessorStep): `pad_to` max_state_dim, `binning:
+    digitize`, `clean_text`, template "Task: {text}, State: {state};\nAction: "."""
 
     type_name = "glue.state_text"
     description = "Instruction + state -> one prompt with the state discretized into integer bins (pi0-FAST)."
@@ -32,6 +34,13 @@ class StateText(Block):
             "high": {"type": "number", "default": 1.0, "description": "values above are clipped (normalized units)"},
             "template": {"type": "string", "default": "{text}, State: {state};",
                          "description": "Python format string with {text} and {state}"},
+            "pad_to": {"type": "integer", "minimum": 0, "default": 0,
+                       "description": "zero-pad the state to this many dims before binning (pi0.5: max_state_dim); 0: no padding"},
+            "binning": {"enum": ["clip", "digitize"], "default": "clip",
+                        "description": "clip: values clipped to [low, high] (pi0-FAST); digitize: numpy's digitize over "
+                                       "the bins' left edges, a value below low written as -1 (pi0.5, openpi / LeRobot)"},
+            "clean_text": {"type": "boolean", "default": False,
+                           "description": "strip each instruction and write underscores and newlines as spaces (pi0.5)"},
         },
         "additionalProperties": False,
     }
@@ -61,5 +70,5 @@ class StateText(Block):
 
     def meta_forward(self, text, state):
         width = len(str(self.params["bins"] - 1))
-        placeholder = " ".join(["0" * width] * state.shape[-1])  # the longest prompt: every bin at full width
+        placeholder = " ".join(["0" * width] * max(state.shape[-1], self.params["pad_to"]))  # the longest prompt: every bin at full width
         return {"text": [self.params["template"].format(text=t, state=placeholder) for t in text]}

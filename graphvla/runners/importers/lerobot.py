@@ -195,6 +195,13 @@ def _pi0():
     return lerobot_pi0
 
 
+# pi0.5 (runners/importers/lerobot_pi05.py: pi0's reading with pi0.5's expert, prompt and tokenizer settings) -----
+def _pi05():
+    from . import lerobot_pi05
+
+    return lerobot_pi05
+
+
 # SmolVLA (runners/importers/lerobot_smolvla.py: the VLM's config and tokenizer, expert sizes from the weights) ---
 def _smolvla():
     from . import lerobot_smolvla
@@ -204,6 +211,7 @@ def _smolvla():
 
 _configure_pi0, _pi0_fixed, _pi0_key = _delegated(_pi0, "tensor")
 _configure_smolvla, _smolvla_fixed, _smolvla_key = _delegated(_smolvla, "field")
+_configure_pi05, _pi05_fixed, _pi05_key = _delegated(_pi05, "tensor")
 
 
 POLICIES = {
@@ -211,6 +219,7 @@ POLICIES = {
     "diffusion": PolicyType("diffusion", "lerobot/diffusion", (), _configure_diffusion, _diffusion_fixed,
                             rename=_diffusion_key),
     "pi0": PolicyType("pi0", "lerobot/pi0", (), _configure_pi0, _pi0_fixed, rename=_pi0_key),
+    "pi05": PolicyType("pi05", "lerobot/pi05", (), _configure_pi05, _pi05_fixed, rename=_pi05_key),
     "smolvla": PolicyType("smolvla", "lerobot/smolvla", (), _configure_smolvla, _smolvla_fixed, rename=_smolvla_key),
 }
 
@@ -252,6 +261,8 @@ PRE_STEPS = ("rename_observations_processor", "to_batch_processor", "device_proc
 POST_STEPS = ("unnormalizer_processor", "device_processor")
 # steps a policy's preprocessor may add (read by its importer, not run: pi0's tokens are graph inputs)
 POLICY_PRE_STEPS = {"pi0": ("pi0_new_line_processor", "tokenizer_processor", "relative_actions_processor"),
+                    "pi05": ("pi05_prepare_state_tokenizer_processor_step", "tokenizer_processor",
+                             "relative_actions_processor"),
                     "smolvla": ("smolvla_new_line_processor", "tokenizer_processor")}
 STAT_NAMES = {"MEAN_STD": ("mean", "std"), "MIN_MAX": ("min", "max"), "QUANTILES": ("q01", "q99"),
               "QUANTILE10": ("q10", "q90")}
@@ -274,7 +285,7 @@ def features_of(cfg: dict, path: Path) -> dict:
     inputs, outputs = cfg.get("input_features") or {}, cfg.get("output_features") or {}
     # pi0's empty cameras (images of -1 LeRobot adds for them) are masked out of every attention: left out
     empty = {f"{IMAGE_PREFIX}empty_camera_{i}" for i in range(int(cfg.get("empty_cameras") or 0))} \
-        if cfg.get("type") == "pi0" else set()
+        if cfg.get("type") in ("pi0", "pi05") else set()
     cameras = [k for k, f in inputs.items() if f.get("type") == "VISUAL" and k not in empty]
     shapes = {tuple(inputs[k]["shape"]) for k in cameras}
     if len(shapes) > 1:
@@ -571,6 +582,10 @@ def fixed_tables(cg, policy: PolicyType) -> dict:
         from . import lerobot_pi0
 
         return lerobot_pi0.fixed_tables(cg)
+    if policy.name == "pi05":
+        from . import lerobot_pi05
+
+        return lerobot_pi05.fixed_tables(cg)
     if policy.name == "smolvla":
         from . import lerobot_smolvla
 

@@ -109,7 +109,8 @@ def sizes_of(state: dict) -> dict:
     text = {"width": int(emb[1]), "layers": _count(state, t + "layers."),
             "mlp": int(state[t + "layers.0.mlp.gate_proj.weight"][0]), "heads": 8, "kv_heads": 1,
             "head_dim": head_dim, "vocab": int(emb[0])}
-    expert = {"width": int(state[e + "norm.weight"][0]), "layers": _count(state, e + "layers."),
+    width = state[e + "norm.weight"][0] if e + "norm.weight" in state else state[e + "norm.dense.weight"][1]  # pi0.5: adaRMS
+    expert = {"width": int(width), "layers": _count(state, e + "layers."),
               "mlp": int(state[e + "layers.0.mlp.gate_proj.weight"][0]), "heads": 8, "kv_heads": 1,
               "head_dim": head_dim}
     return {"vision": vision, "text": text, "expert": expert, "n_pos": n_pos, "side": side}
