@@ -13,7 +13,6 @@ import torch
 
 from graphvla.blocks.encoder.resnet import ResNet
 from graphvla.compiler.compile import compile_graph
-from graphvla.blocks.heads.flow_matching import initial_noise
 from graphvla.compiler.diff import diff_specs
 from graphvla.runners.check import graph_arguments, synthetic_batch
 from graphvla.runners.sweep import SweepRefused, check_controls, load_sweep
@@ -97,9 +96,7 @@ def test_the_instruction_reaches_the_actions(graph):
         args = {k: fed[k] for k in names if k in fed}
         if "noise" in names:  # the diffusion head's initial noise: the same draw for every call
             head = cg.model["head"]
-            draw = head.draw_noise if callable(getattr(head, "draw_noise", None)) else initial_noise
-            args["noise"] = draw(head.noise_shape(2), torch.Generator().manual_seed(1), torch.device("cpu"),
-                                 head.noise_dtype)
+            args["noise"] = head.draw_noise(2, torch.Generator().manual_seed(1), torch.device("cpu"))
         with torch.no_grad():
             return cg.infer(**args)["actions"]
 

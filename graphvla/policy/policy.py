@@ -27,7 +27,7 @@ import torch
 
 from ..blocks.base import device_of
 from ..compiler.lower import graph_argument
-from ..blocks.heads.flow_matching import Inpainting, initial_noise
+from ..blocks.heads.flow_matching import Inpainting
 from .window import ObservationWindow
 from .caches import CallRows, RaggedRows, cached_infer, has_caches, reset_caches
 from ..protocol import RTC_KEY
@@ -254,12 +254,9 @@ class Policy:
 
     def draw_noise(self, batch: int, generators=None) -> torch.Tensor:
         """The sampling head's starting noise for a batch: row i from generators[i] (one session's
-        generator per row), or all rows from torch's global generator (None), in the head's dtype
-        on its device, exactly as blocks/heads/flow_matching.initial_noise draws it."""
-        head = self.cg.model[self.cg.block(self._samplers[0]).owner]
-        if callable(getattr(head, "draw_noise", None)):  # draws of its own kind (head.layerwise_discrete_diffusion)
-            return head.draw_noise(head.noise_shape(batch), generators, self.device, head.noise_dtype)
-        return initial_noise(head.noise_shape(batch), generators, self.device, head.noise_dtype)
+        generator per row), or all rows from torch's global generator (None), on the policy's device,
+        as the head draws it (its draw_noise, blocks/heads/noise.py)."""
+        return self.cg.model[self.cg.block(self._samplers[0]).owner].draw_noise(batch, generators, self.device)
 
     def _session_forward(self, observations, sessions, computed, options, rows=None) -> list[dict]:
         """One forward pass with per-session caches and generators; the sessions advance only

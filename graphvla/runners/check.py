@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..blocks.heads.flow_matching import initial_noise
 from ..compiler.compile import compile_graph
 from ..spec.loader import load_spec
 
@@ -146,9 +145,7 @@ def run_check(spec, overrides=(), batch: int = 2, seed: int = 0, lr: float = 1e-
         args = {k: fed[k] for k in names if k in fed}
         if "noise" in names:  # the sampling head's starting noise, as Policy draws it for a seeded session
             head = cg.model[next(cg.block(b).owner for b in cg.infer_block_ids() if "noise" in cg.block(b).predict_kwargs)]
-            draw = head.draw_noise if callable(getattr(head, "draw_noise", None)) else initial_noise
-            args["noise"] = draw(head.noise_shape(batch), torch.Generator().manual_seed(seed),
-                                 torch.device("cpu"), head.noise_dtype)
+            args["noise"] = head.draw_noise(batch, torch.Generator().manual_seed(seed), torch.device("cpu"))
         start = time.perf_counter()
         try:
             with torch.no_grad():

@@ -62,6 +62,7 @@ from torch import fx, nn
 
 from ..blocks.base import Block
 from ..blocks.encoders import byte_tokenize
+from ..blocks.heads.noise import NORMAL
 from ..compiler.lower import graph_argument
 from ..processors.base import Pipeline
 from .export_vlm import VLM_TYPE, TensorVLM, onnx_refusal, refusal, vlm_exports
@@ -139,8 +140,9 @@ def sampling_block(cg) -> str | None:
         raise ExportError(f"graph '{cg.name}': blocks {', '.join(found)} all sample; an export takes the noise of "
                           "one block as its input")
     for bid in found:
-        if not callable(getattr(cg.model[bid], "noise_shape", None)):
-            raise block_error(cg, bid, "it takes `noise` but does not say its shape (noise_shape)")
+        if not callable(getattr(cg.model[bid], "draw_noise", None)):
+            raise block_error(cg, bid, "it takes `noise` but does not say how it is drawn (draw_noise, "
+                                       "blocks/heads/noise.SamplingHead)")
     return found[0] if found else None
 
 
@@ -275,7 +277,7 @@ def folded_policy(policy, tokenizers: dict, sampler: str | None, vlms: dict, pyt
         described.append({"name": NOISE, "kind": "noise", "dtype": "float32", "shape": ["batch", *shape],
                           "block": sampler,
                           "num_steps": int(head.params["num_steps"] if "num_steps" in head.params else head.sampling_steps)})
-        if getattr(head, "noise_distribution", "normal") != "normal":  # not standard normal: the head's own draws
+        if head.noise_distribution != NORMAL:  # not standard normal: the head's own draws (blocks/heads/noise.py)
             described[-1]["distribution"] = head.noise_distribution
     post = list(policy.postprocess or [])
     for step in post:

@@ -11,11 +11,11 @@ export time, so `graphvla serve DIR` publishes the same metadata and answers the
 token ids and pixel values the graph takes; text a block takes itself is tokenized by the
 manifest's `tokenizers`. A prompt longer than a graph input's token axis allows is refused naming
 the text port and the block.
-An exported graph keeps no state between calls (export refuses `every: k` caches). A flow head's
+An exported graph keeps no state between calls (export refuses `every: k` caches). A sampling head's
 starting noise is a graph input: it is drawn here, for each row from its session's generator (or
-from torch's global generator without sessions), exactly as the checkpoint's head draws it
-(blocks/heads/flow_matching.initial_noise), so a session replays and its actions equal those of
-`graphvla serve RUN` with the same seed."""
+from torch's global generator without sessions), exactly as the checkpoint's head draws it (the
+distribution the manifest records, blocks/heads/noise.py), so a session replays and its actions
+equal those of `graphvla serve RUN` with the same seed."""
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from ..blocks.encoders import byte_tokenize
-from ..blocks.heads.flow_matching import initial_noise
-from ..blocks.heads.layerwise_discrete_diffusion import draw_maskgit_noise
+from ..blocks.heads.noise import NORMAL, draw as draw_noise
 from ..processors.base import Pipeline
 from .export import FORMATS, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, NOISE, PYTHON_STEPS
 from ..policy.observation import convert, describe
@@ -157,11 +156,9 @@ class ExportedPolicy:
         if self.noise is not None:
             shape = (len(observations), *self.noise["shape"][1:])
             generators = [s.generator for s in sessions] if sessions is not None else None
-            distribution = self.noise.get("distribution", "normal")
-            if distribution == "normal":
-                tensors.append(initial_noise(shape, generators, torch.device("cpu"), torch.float32))
-            else:  # a discrete-diffusion head's draws (head.layerwise_discrete_diffusion)
-                tensors.append(draw_maskgit_noise(distribution, shape, generators, torch.device("cpu"), torch.float32))
+            # drawn as the head draws it: the distribution its export recorded (blocks/heads/noise.py)
+            tensors.append(draw_noise(self.noise.get("distribution", NORMAL), shape, generators, torch.device("cpu"),
+                                      torch.float32))
         try:
             outs = self.runner(tensors)
         except BaseException:  # as Policy: a failed batch moves no session

@@ -41,6 +41,7 @@ from ..base import Block, InPort, OutPort, ParamError, PortError
 from ..registry import register
 from . import diffusion_schedule as schedule
 from .common import action_shape
+from .noise import SamplingHead
 
 
 OUT_GROUPS = 8  # the output conv block's GroupNorm groups: 8 whatever `groups` says, as LeRobot builds it
@@ -132,7 +133,7 @@ def _steps(info, port) -> int:
 
 
 @register
-class DiffusionUNetHead(Block):
+class DiffusionUNetHead(SamplingHead, Block):
     type_name = "head.diffusion_unet"
     description = ("Denoising-diffusion action head with a FiLM-conditioned 1-D temporal UNet (Diffusion Policy's "
                    "CNN variant, as LeRobot builds it); DDPM/DDIM sampling.")

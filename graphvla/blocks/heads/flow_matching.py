@@ -11,11 +11,11 @@ Conventions (pi0's), used by every flow head here:
   inference: Euler from tau = 0 to 1 in `num_steps` equal steps, x += v / num_steps.
 Beta(1.5, 1) has CDF x**1.5, so b = r**(2/3) with r ~ U(0, 1): no sampler needed, works on meta.
 
-The starting noise is an input of `predict` (`noise`, [B, H, A]): the caller draws it
-(`initial_noise`; graphvla.policy.Policy from each row's session generator), so the sampler itself is
-deterministic and an exported graph takes the noise as a plain tensor input. Called without it
-(a direct `cg.infer(...)`), predict draws it from torch's global generator as Policy does without
-sessions.
+The starting noise is an input of `predict` (`noise`, [B, H, A]): the caller draws it (the head's
+`draw_noise`, blocks/heads/noise.py; graphvla.policy.Policy from each row's session generator), so
+the sampler itself is deterministic and an exported graph takes the noise as a plain tensor input.
+Called without it (a direct `cg.infer(...)`), predict draws it from torch's global generator as
+Policy does without sessions.
 
 `FlowDiT`, `flow_matching_loss` and `euler_sample` are also what head.dual_system runs.
 
@@ -41,6 +41,7 @@ from ..registry import register
 from .common import (ACTION_PARAMS, AdaLNLayer, ContextProjection, HEAD_IN_PORTS, HEAD_OUT_PORTS, StateToken,
                      WIDTH_PARAMS, context_layers, head_geometry, padding_mask, resolve_layer, sinusoidal,
                      state_width)
+from .noise import SamplingHead, initial_noise
 
 TIME_SCALE = 0.999  # s above
 
@@ -107,21 +108,6 @@ def flow_matching_loss(dit: FlowDiT, memories, memory_padding, state, target, ma
         return err.mean()
     m = _repeat(mask, k).to(err.dtype)[:, :, None].expand_as(err)
     return (err * m).sum() / m.sum().clamp(min=1)
-
-
-def initial_noise(shape, generator, device, dtype) -> torch.Tensor:
-    """The starting noise of the sampler. `generator` is None (torch's global generator), one
-    torch.Generator for the whole batch, or a list of one generator per row: row i is then drawn
-    from generator i alone (float32 on the generator's device, then moved), so a row gets the
-    same noise whatever else is in its batch (one client session per row on the server)."""
-    if device.type == "meta":
-        return torch.empty(shape, device=device, dtype=dtype)
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != shape[0]:
-            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
-        rows = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=torch.float32) for g in generator]
-        return torch.cat([r.to(device) for r in rows]).to(dtype)
-    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
 def euler_sample(dit: FlowDiT, memories, memory_padding, state, noise, num_steps: int = 10):
@@ -246,7 +232,7 @@ FLOW_PARAMS = {
 }
 
 
-class FlowHead(Block):
+class FlowHead(SamplingHead, Block):
     """Training, sampling and shape probing shared by the flow-matching heads. A subclass sets
     `self.dit` (a FlowDiT) and implements `memories(context, context_mask)` -> (one memory per
     DiT layer, key padding mask)."""

@@ -40,6 +40,7 @@ from ..base import Block, InPort, ParamError, PortError
 from ..registry import register
 from .common import ACTION_PARAMS, HEAD_OUT_PORTS, TARGET_PORTS, action_shape
 from .flow_matching import FlowHead, Inpainting, _check_inpainting, guidance_scale, starting_noise
+from .noise import SamplingHead
 
 TIME_CHANNELS = 256  # the DiT's timestep projection (diffusers Timesteps(256, flip_sin_to_cos, shift 1))
 
@@ -231,7 +232,7 @@ STARVLA_TIME_PARAMS = {
 }
 
 
-class StarVLAFlowHead(Block):
+class StarVLAFlowHead(SamplingHead, Block):
     """What starVLA's two flow-matching action heads share (GR00T_ActionHeader.py and
     LayerwiseFM_ActionHeader.py: the same tokens, training draws, loss and Euler sampler): the
     state-encoder width, the token modules (built after the subclass's `model`, in starVLA's order,

@@ -56,6 +56,7 @@ from ..base import Block, InPort, ParamError, PortError
 from ..registry import register
 from .common import ACTION_PARAMS, HEAD_IN_PORTS, HEAD_OUT_PORTS, action_shape, context_geometry, state_width
 from .gr00t_flow_matching import MLP, DiTBlock, TimestepEncoder
+from .noise import NOISE_BIN, NOISE_BIT, SamplingHead, draw_maskgit_noise
 
 IGNORE = -100  # starVLA's masked-token marker in training inputs
 
@@ -176,37 +177,13 @@ def rank_of(values):
     return torch.argsort(torch.argsort(values, dim=1), dim=1)
 
 
-NOISE_BIN, NOISE_BIT = "maskgit-exponential", "maskgit-uniform"
-
-
-def draw_maskgit_noise(distribution: str, shape, generator, device, dtype=torch.float32) -> torch.Tensor:
-    """The decoding's draws [B, S, H, A, K + 1]: [..., :K] Exp(1) (NOISE_BIN) or U(0, 1) (NOISE_BIT),
-    then [..., K] the ranking uniform. `generator`: None (torch's global), one generator, or one per
-    row (row i from generator i alone, on its device, then moved), as flow_matching.initial_noise."""
-    if distribution not in (NOISE_BIN, NOISE_BIT):
-        raise ValueError(f"unknown noise distribution {distribution!r} (expected {NOISE_BIN} or {NOISE_BIT})")
-    if device.type == "meta":
-        return torch.empty(shape, device=device, dtype=dtype)
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != shape[0]:
-            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
-        rows = [draw_maskgit_noise(distribution, (1, *shape[1:]), g, g.device) for g in generator]
-        return torch.cat([r.to(device) for r in rows]).to(dtype)
-    kw = {} if generator is None else {"generator": generator}
-    dev = device if generator is None else generator.device
-    draws = torch.empty((*shape[:-1], shape[-1] - 1), device=dev)
-    draws = draws.exponential_(1, **kw) if distribution == NOISE_BIN else draws.uniform_(0, 1, **kw)
-    choice = torch.rand((*shape[:-1], 1), device=dev, **kw)
-    return torch.cat([draws, choice], dim=-1).to(device=device, dtype=dtype)
-
-
 # ---- the block -----------------------------------------------------------------------------------
 
 SCHEDULE = {"enum": ["cosine", "linear"], "default": "cosine"}
 
 
 @register
-class LayerwiseDiscreteDiffusionHead(Block):
+class LayerwiseDiscreteDiffusionHead(SamplingHead, Block):
     type_name = "head.layerwise_discrete_diffusion"
     description = ("starVLA's MaskGIT discrete-diffusion head (QwenDiscreteDiffusion): a layer-wise DiT over "
                    "[state; future tokens; action bin tokens], bin cross-entropy or 8-bit BCE + L1, iterative "
@@ -406,10 +383,6 @@ class LayerwiseDiscreteDiffusionHead(Block):
         """How predict's `noise` is drawn (an export's manifest records it): NOISE_BIN or NOISE_BIT."""
         return NOISE_BIT if self.binning.representation == "bit" else NOISE_BIN
 
-    def draw_noise(self, shape, generator, device, dtype=torch.float32) -> torch.Tensor:
-        """The decoding's draws for `shape` (noise_shape), see draw_maskgit_noise."""
-        return draw_maskgit_noise(self.noise_distribution, shape, generator, device, dtype)
-
     def predict(self, context, context_mask=None, state=None, noise=None, num_steps=None, rtc=None):
         memories, mem_mask = self._memories(context, context_mask)
         state_feat = self._state(state)
@@ -418,7 +391,7 @@ class LayerwiseDiscreteDiffusionHead(Block):
         steps = int(num_steps or self.params["num_steps"])
         shape = (b, steps, H, A, self.binning.logits_dim + 1)
         if noise is None:
-            noise = self.draw_noise(shape, None, device)
+            noise = draw_maskgit_noise(self.noise_distribution, shape, None, device)
         elif noise.dim() != 5 or tuple(noise.shape[2:]) != shape[2:] or noise.shape[0] != b:
             raise ValueError(f"{self.block_id}: noise must be [batch, rounds, horizon, action dim, "
                              f"{shape[-1]}] = {list(shape)}, got {list(noise.shape)}")

@@ -38,6 +38,7 @@ from .flow_matching import Inpainting, _check_inpainting, reversed_guided_step
 from ..base import Block, InPort, OutPort, ParamError, PortError
 from ..registry import register
 from .common import ACTION_PARAMS, action_shape
+from .noise import SamplingHead
 
 
 def time_embedding(time: torch.Tensor, width: int, min_period: float, max_period: float) -> torch.Tensor:
@@ -54,7 +55,7 @@ def pad_last(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 @register
-class Pi0Head(Block):
+class Pi0Head(SamplingHead, Block):
     type_name = "head.pi0"
     description = ("pi0's action expert: a Gemma over [state token; action+time tokens] attending layer by layer "
                    "to PaliGemma's prefix keys/values; flow matching (Beta time), Euler sampling from t=1 to 0.")

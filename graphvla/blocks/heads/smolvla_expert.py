@@ -37,6 +37,7 @@ from ..base import Block, InPort, OutPort, ParamError, PortError, parameters_are
 from ..registry import register
 from .common import ACTION_PARAMS, action_shape
 from .flow_matching import Inpainting, _check_inpainting, reversed_guided_step
+from .noise import SamplingHead
 
 
 def time_embedding(t: torch.Tensor, width: int, min_period: float, max_period: float) -> torch.Tensor:
@@ -56,7 +57,7 @@ def intermediate_size(width: int) -> int:
 
 
 @register
-class SmolVLAExpert(Block):
+class SmolVLAExpert(SamplingHead, Block):
     type_name = "head.smolvla_expert"
     description = ("LeRobot SmolVLA's action expert: interleaved self-/cross-attention layers over the VLM prefix's keys "
                    "and values, flow matching (Beta time, Euler sampling from the noise input).")
