@@ -12,20 +12,25 @@ by the same policy server and driven through the same client, adapter and seeds 
 positions): privileged information a camera policy does not get, so its result is an upper bound,
 not a baseline, and is labelled so.
 
-`--protocol starvla-mt50` evaluates it instead on exactly that protocol's episodes of --tasks
-(default MT10; task names, MT10, MT50 or bucket names), with --workers processes, through the
-same `evaluate_protocol` and `ProtocolAdapter` as `graphvla eval --protocol`, each chunk executed
-the compared graph's serve.execute_steps at a time (else the adapter's; --execute overrides).
-Train it on a dataset recorded with `graphvla data metaworld --protocol starvla-mt50` (it reads
-no images). With --compare of a `graphvla eval --protocol` results.json it prints both per task,
-both means with Wilson intervals, an exact McNemar test over the paired episodes and a
-two-proportion test.
+`--protocol NAME` (any protocol `graphvla eval --protocol` takes: starvla-mt50, lerobot-metaworld;
+the names come from the same registry, `graphvla.sim.protocol_module`) evaluates it instead on
+exactly that protocol's episodes of --tasks (default MT10; task names, MT10, MT50 or bucket names),
+with --workers processes, through the same `evaluate_protocol` and `ProtocolAdapter` as
+`graphvla eval --protocol`: the protocol's environments, seeds, episode length and instructions
+(lerobot-metaworld: LeRobot's task descriptions, matched against the dataset's meta/tasks.jsonl),
+each chunk executed the compared graph's serve.execute_steps at a time (else the adapter's;
+--execute overrides). Train it on a dataset recorded with `graphvla data metaworld --protocol NAME`
+(it reads no images); a recording made for another protocol is refused naming both, and the
+evaluation episodes that start from a recorded scene are counted. With --compare of a
+`graphvla eval --protocol NAME` results.json it prints both per task, both means (and with all 50
+tasks the bucket-mean overall) with Wilson intervals, an exact McNemar test over the paired
+episodes and a two-proportion test.
 
     python bench/mlp_baseline.py DATASET [--graph metaworld/mt10] [--steps N | --minutes M]
         [--state-key observation.state] [--no-task] [--tasks mt10] [--episodes 10]
         [--compare RUN/eval-metaworld/results.json] [-o OUT]
-    python bench/mlp_baseline.py DATASET --protocol starvla-mt50 [--tasks MT10] [--workers 2]
-        [--compare RUN/eval-starvla-mt50/results.json] [-o OUT]
+    python bench/mlp_baseline.py DATASET --protocol starvla-mt50|lerobot-metaworld [--tasks MT10] [--workers 2]
+        [--graph RUN] [--compare RUN/eval-PROTOCOL/results.json] [-o OUT]
     python bench/mlp_baseline.py --from-results OUT/results.json --compare RUN/eval-metaworld/results.json
 
 The graph whose budget it takes: --graph (a graph path or packaged name, or a run or checkpoint
@@ -46,6 +51,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from graphvla.runners.eval.protocol import PROTOCOLS
 from graphvla.runners.eval.stats import mcnemar_exact
 
 HORIZON = 8
@@ -181,7 +187,7 @@ def graph_budget(graph, compare: Path | None, default: str = DEFAULT_GRAPH):
     return source, int(trainer["max_steps"]), int(trainer["batch_size"])
 
 
-# --- the protocol path (--protocol starvla-mt50) ------------------------------------------------
+# --- the protocol path (--protocol NAME) --------------------------------------------------------
 
 def protocol_label(info: dict) -> str:
     """The baseline's row label in the protocol's tables."""
@@ -190,14 +196,18 @@ def protocol_label(info: dict) -> str:
     return "MLP baseline (state + task, no camera)" if info.get("task_one_hot") else "MLP baseline (state only, no camera)"
 
 
-def protocol_scenes(root: Path) -> dict | None:
-    """task -> scene vectors of a protocol recording's demonstrations (None: not a protocol recording)."""
-    from graphvla.data.lerobot import read_episode_records
-    from graphvla.data.protocol_record import recorded_scene_vectors
+def protocol_scenes(root: Path, protocol: str) -> dict | None:
+    """task -> scene vectors of a protocol recording's demonstrations (None: not a protocol
+    recording), as `graphvla eval --protocol --data` reads them; a recording made for another
+    protocol is refused naming both."""
+    from graphvla.data.protocol_record import check_recording_protocol
+    from graphvla.runners.eval.evaluate import training_scenes
 
-    if not read_episode_records(root):  # neither episodes.jsonl (v2.x) nor meta/episodes/ (v3.0)
-        return None
-    return recorded_scene_vectors(root) or None
+    try:
+        check_recording_protocol([root], protocol)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    return training_scenes([root]) or None
 
 
 def two_proportion(s1: int, n1: int, s2: int, n2: int) -> tuple[float, float]:
@@ -317,7 +327,7 @@ def evaluate_on_protocol(policy, args, tasks: list[str], execute_steps: int | No
                  "privileged": bool(meta.get("privileged")),
                  "execute_steps": getattr(make_adapter(meta).scheduler, "execute", None)}
         return evaluate_protocol(connect, make_adapter, tasks, args.episodes, args.workers, args.out, gifs=False,
-                                 training_scenes=scenes, graph=graph)
+                                 training_scenes=scenes, graph=graph, protocol=args.protocol)
 
 
 def describe(info: dict) -> str:
@@ -357,7 +367,7 @@ def main():
     ap.add_argument("--state-key", default="observation.state", choices=sorted(STATE_KEYS),
                     help=f"the dataset column the MLP reads; {PRIVILEGED} is privileged (an upper bound)")
     ap.add_argument("--no-task", action="store_true", help="state only: no task one-hot (the baseline before)")
-    ap.add_argument("--protocol", default=None, choices=["starvla-mt50"],
+    ap.add_argument("--protocol", default=None, choices=list(PROTOCOLS),
                     help="evaluate on a published protocol's episodes, as `graphvla eval --protocol`")
     ap.add_argument("--tasks", default="mt10",
                     help="comma-separated tasks or mt10 (--protocol: also MT50 and bucket names)")
@@ -389,10 +399,13 @@ def main():
     protocol = args.protocol or (json.loads(args.from_results.read_text()).get("protocol") if args.from_results else None)
     compared = json.loads(args.compare.read_text()).get("protocol") if args.compare else None
     if args.compare and compared != protocol:  # refuse before training, not after
-        ap.error(f"--compare {args.compare}: " + (f"a --protocol {compared} result; evaluate the baseline on the "
-                 f"same episodes with --protocol {compared}" if compared else
+        ap.error(f"--compare {args.compare}: " + (f"a --protocol {compared} result, not {protocol}; evaluate the "
+                 f"baseline on the same episodes with --protocol {compared}" if compared and protocol else
+                 f"a --protocol {compared} result; evaluate the baseline on the same episodes with "
+                 f"--protocol {compared}" if compared else
                  "a `graphvla eval --suite` result; with --protocol, compare a `graphvla eval --protocol` one"))
     if protocol:
+        args.protocol = protocol
         return protocol_main(args)
 
     from graphvla.client import PolicyClient, load_adapter
@@ -442,25 +455,28 @@ def main():
 def protocol_main(args):
     """--protocol: train as main() does, evaluate on the protocol's episodes, print its tables."""
     from graphvla.runners.eval.protocol import format_protocol_table
-    from graphvla.sim import metaworld as mw
-    from graphvla.sim import starvla_mt50 as P
+    from graphvla.sim import protocol_module
 
+    P = protocol_module(args.protocol)
     if args.from_results:
         summary = json.loads(args.from_results.read_text())
         if args.protocol and summary.get("protocol") != args.protocol:
-            raise SystemExit(f"{args.from_results}: not a --protocol {args.protocol} result")
+            raise SystemExit(f"{args.from_results}: a --protocol {summary.get('protocol')} result, not a "
+                             f"--protocol {args.protocol} one")
         info = summary["training"]
     else:
         try:
             tasks = P.select([], [t.strip() for t in args.tasks.split(",") if t.strip()])
         except ValueError as e:
             raise SystemExit(f"--tasks: {e}") from None
+        scenes = protocol_scenes(args.dataset, args.protocol)  # refuses another protocol's recording first
         names = [] if args.no_task else load_tasks(args.dataset)
-        lacking = [t for t in tasks if names and mw.instruction(t) not in names]
+        instruction = getattr(P, "instruction", P.mw.instruction)  # what the protocol's client sends, as run_task
+        lacking = [t for t in tasks if names and instruction(t) not in names]
         if lacking:
             raise SystemExit(f"{args.dataset}: no demonstrations of {', '.join(lacking)} (meta/tasks.jsonl lacks "
-                             f"their instructions); record them with `graphvla data metaworld --protocol {args.protocol}`")
-        scenes = protocol_scenes(args.dataset)
+                             f"their {args.protocol} instructions); record them with "
+                             f"`graphvla data metaworld --protocol {args.protocol}`")
         if scenes is None:
             print(f"  NOTE: {args.dataset} was not recorded with --protocol {args.protocol} (no scenes in "
                   f"meta/episodes.jsonl): evaluation episodes may start from its training scenes")
