@@ -328,3 +328,29 @@ def test_empty_cameras_are_left_out_and_change_nothing(saved_policy, tmp_path):
     out = serve_chunks(run, [obs], set(CAMS))
     assert abs(out[0] - data["chunk0_empty_camera"][0].numpy()).max() <= SERVE_TOL
     assert abs(out[0] - data["chunk0"][0].numpy()).max() <= SERVE_TOL  # the empty camera changed nothing
+
+
+@pytest.mark.slow
+def test_an_export_of_the_imported_pi05_gives_lerobots_actions(imported_run, text_run, tmp_path):
+    """graphvla export of the imported run that takes LeRobot's tokens (noise an input, normalization
+    folded in) with a session seeded 0 gives LeRobot's chunks; the run that writes its prompt is refused
+    by name (glue.state_text makes strings inside the graph, which torch.export cannot carry)."""
+    import numpy as np
+
+    from graphvla.policy.session import Session
+    from graphvla.runners.export import ExportError, export_policy
+    from graphvla.runners.exported import load_exported
+
+    data = load_file(str(IMPORT_04 / "case.safetensors"))
+    exported = load_exported(export_policy(imported_run, tmp_path / "export"))
+    noise = next(d for d in exported.manifest["inputs"] if d["name"] == "noise")
+    assert noise["shape"] == ["batch", 5, 6] and noise["num_steps"] == 10
+    for i in range(2):
+        o = observation(data, i)
+        ports = {"images": np.stack([o[c] for c in CAMS]), "tokens": o["observation.language.tokens"],
+                 "tokens_mask": o["observation.language.attention_mask"]}
+        actions = exported.infer(ports, session=Session(0))["actions"]
+        assert abs(actions - data[f"chunk{i}"][0].numpy()).max() <= SERVE_TOL
+    with pytest.raises(ExportError, match="glue.state_text"):
+        export_policy(text_run, tmp_path / "export_text")
+    assert not (tmp_path / "export_text").exists()
