@@ -153,11 +153,20 @@ def _check_inpainting(rtc: Inpainting, shape):
         raise ValueError(f"rtc.weights: expected [{b}, {h}] (batch, horizon), got {list(rtc.weights.shape)}")
 
 
+def active_inpainting(rtc: Inpainting | None, shape) -> Inpainting | None:
+    """A flow head's `rtc` argument checked against its sampler's [B, H, A] (`shape`), or None when
+    there is none or no step is weighted (nothing committed: the plain sampler runs, bitwise)."""
+    if rtc is None:
+        return None
+    _check_inpainting(rtc, shape)
+    return rtc if bool((rtc.weights != 0).any()) else None
+
+
 def guided_euler_sample(dit: FlowDiT, memories, memory_padding, state, noise, rtc: Inpainting, num_steps: int = 10):
     """euler_sample from the same `noise` with real-time chunking guidance; with all weights 0 it
     returns euler_sample's result exactly (no guidance is run)."""
-    _check_inpainting(rtc, tuple(noise.shape))
-    if not bool((rtc.weights != 0).any()):
+    rtc = active_inpainting(rtc, tuple(noise.shape))
+    if rtc is None:
         return euler_sample(dit, memories, memory_padding, state, noise, num_steps)
     device = memories[0].device
     dtype = dit.action_in.weight.dtype

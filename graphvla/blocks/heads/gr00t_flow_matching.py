@@ -39,7 +39,7 @@ from torch import nn
 from ..base import Block, InPort, ParamError, PortError
 from ..registry import register
 from .common import ACTION_PARAMS, HEAD_OUT_PORTS, TARGET_PORTS, action_shape
-from .flow_matching import FlowHead, Inpainting, _check_inpainting, guidance_scale, starting_noise
+from .flow_matching import FlowHead, Inpainting, active_inpainting, guidance_scale, starting_noise
 from .noise import SamplingHead
 
 TIME_CHANNELS = 256  # the DiT's timestep projection (diffusers Timesteps(256, flip_sin_to_cos, shift 1))
@@ -341,10 +341,7 @@ class StarVLAFlowHead(SamplingHead, Block):
         memories = self._context(context)
         keep = None if context_mask is None else context_mask.bool()
         state_features = self._state_features(None if state is None else state.to(context.dtype))
-        if rtc is not None:
-            _check_inpainting(rtc, tuple(x.shape))
-            if not bool((rtc.weights != 0).any()):
-                rtc = None
+        rtc = active_inpainting(rtc, tuple(x.shape))
         dt = 1.0 / steps
         for i in range(steps):
             bucket = int(i / float(steps) * self.params["num_timestep_buckets"])

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.paligemma import RMSNorm, GemmaLayer, attention, rope
-from .flow_matching import Inpainting, _check_inpainting, reversed_guided_step
+from .flow_matching import Inpainting, active_inpainting, reversed_guided_step
 from ..base import Block, InPort, OutPort, ParamError, PortError
 from ..registry import register
 from .common import ACTION_PARAMS, action_shape
@@ -204,10 +204,7 @@ class Pi0Head(SamplingHead, Block):
                              f"got {list(noise.shape)}")
         steps = int(num_steps or self.params["num_steps"])
         state = self._state(state, kv)
-        if rtc is not None:
-            _check_inpainting(rtc, (b, self.horizon, self.action_dim))
-            if not bool((rtc.weights != 0).any()):
-                rtc = None
+        rtc = active_inpainting(rtc, (b, self.horizon, self.action_dim))
         dt = torch.tensor(-1.0 / steps, dtype=torch.float32, device=kv.device)
         t = torch.tensor(1.0, dtype=torch.float32, device=kv.device)
         x = noise.float()

@@ -36,7 +36,7 @@ from ..backbones.smolvla_vlm import EXPERT_PREFIX, Layer, RMSNorm, attend, read_
 from ..base import Block, InPort, OutPort, ParamError, PortError, parameters_are_placeholders
 from ..registry import register
 from .common import ACTION_PARAMS, action_shape
-from .flow_matching import Inpainting, _check_inpainting, reversed_guided_step
+from .flow_matching import Inpainting, active_inpainting, reversed_guided_step
 from .noise import SamplingHead
 
 
@@ -220,10 +220,7 @@ class SmolVLAExpert(SamplingHead, Block):
         steps = int(num_steps or self.params["num_steps"])
         b = keys.shape[0]
         x = self._noise(noise, b, keys.device).clone()
-        if rtc is not None:
-            _check_inpainting(rtc, (b, self.horizon, self.action_dim))
-            if not bool((rtc.weights != 0).any()):
-                rtc = None  # nothing committed: the plain chunk, bitwise
+        rtc = active_inpainting(rtc, (b, self.horizon, self.action_dim))  # None: the plain chunk, bitwise
         dt = torch.tensor(-1.0 / steps, dtype=torch.float32)
         t = torch.tensor(1.0, dtype=torch.float32)
         for _ in range(steps):
