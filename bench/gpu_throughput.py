@@ -205,12 +205,12 @@ def measure(head: str, checkpointing: bool, args, vlm_config, processor: Path, d
         opt.zero_grad(set_to_none=True)
         return loss.detach()
 
-    losses = []
-    t = time.perf_counter()
-    for _ in range(args.warmup):
+    losses, warm = [], 0.0
+    for _ in range(args.warmup):  # the last warm-up step estimates a step (the first carries one-off costs)
+        t = time.perf_counter()
         losses.append(step())
-    synchronize(device)
-    warm = (time.perf_counter() - t) / max(args.warmup, 1)
+        synchronize(device)
+        warm = time.perf_counter() - t
     # the time left, shared with the configurations after this one (each needing about this one's build too)
     share = (deadline - time.perf_counter() - left * (row["build_s"] + args.warmup * warm)) / (left + 1)
     steps = max(1, min(args.steps, int(share / warm))) if warm > 0 else args.steps
