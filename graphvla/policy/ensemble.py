@@ -49,3 +49,29 @@ class TemporalEnsemble:
             counts = np.concatenate([np.minimum(c + 1, self.horizon), [1]])
         self.means, self.counts = means[1:], counts[1:]
         return means.astype(np.float32)
+
+
+def checked_coeff(coeff, horizon) -> float:
+    """`coeff` as a float, checked as a TemporalEnsemble over chunks of `horizon` steps checks it (a
+    policy without an action chunk, horizon None, is refused): serve.temporal_ensemble set on a policy."""
+    TemporalEnsemble(coeff, int(horizon or 0))
+    return float(coeff)
+
+
+def fold_rows(outs: list, key: str, sessions, own: dict, new) -> None:
+    """Temporal ensembling of one batch's outputs, in place (Policy and the export's ExportedPolicy):
+    row i's chunk out[key] is folded into its episode's ensemble and replaced by the ensembled chunk.
+    The episode is sessions[i]'s (its `ensemble`), or without sessions (None) the caller's own for row i
+    (own[i]); either is made by new() on first use. Rows without `key` are left as they are."""
+    for i, out in enumerate(outs):
+        if key not in out:
+            continue
+        session = None if sessions is None else sessions[i]
+        ensemble = own.get(i) if session is None else session.ensemble
+        if ensemble is None:
+            ensemble = new()
+            if session is None:
+                own[i] = ensemble
+            else:
+                session.ensemble = ensemble
+        out[key] = ensemble.update(out[key])

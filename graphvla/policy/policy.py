@@ -35,7 +35,7 @@ from ..spec.schema import privileged_ports
 from . import rtc as R
 from ..processors.normalize import normalization_steps
 from .observation import convert, describe
-from .ensemble import TemporalEnsemble
+from .ensemble import TemporalEnsemble, checked_coeff, fold_rows
 from .session import Session
 
 
@@ -273,11 +273,7 @@ class Policy:
             for s, state in zip(sessions, generator_states):
                 s.generator.set_state(state)
             raise
-        for s, out in zip(sessions, outs):
-            if self.temporal_ensemble is not None and self._action_output in out:
-                if s.ensemble is None:
-                    s.ensemble = self._new_ensemble()
-                out[self._action_output] = s.ensemble.update(out[self._action_output])
+        self._ensemble_rows(outs, sessions)
         for s, c, f, out in zip(sessions, caches, frames, outs):
             s.caches = c
             s.window = f
@@ -289,20 +285,17 @@ class Policy:
     def set_temporal_ensemble(self, coeff: float) -> None:
         """Serve with temporal ensembling (serve.temporal_ensemble) whatever the graph's infer section says;
         sessions made before start over."""
-        TemporalEnsemble(coeff, int(self.metadata["action_horizon"] or 0))  # checks the value
-        self.temporal_ensemble = float(coeff)
+        self.temporal_ensemble = checked_coeff(coeff, self.metadata["action_horizon"])
         self._ensembles = {}
 
     def _new_ensemble(self) -> TemporalEnsemble:
         return TemporalEnsemble(self.temporal_ensemble, int(self.metadata["action_horizon"]))
 
-    def _ensemble_rows(self, outs: list) -> list:
-        """Temporal ensembling of a call without sessions: row i continues the policy's own ensemble i."""
+    def _ensemble_rows(self, outs: list, sessions=None) -> list:
+        """Temporal ensembling (policy/ensemble.py): each row continues its session's ensemble, or
+        without sessions row i the policy's own ensemble i."""
         if self.temporal_ensemble is not None:
-            for i, out in enumerate(outs):
-                if self._action_output in out:
-                    ens = self._ensembles.setdefault(i, self._new_ensemble())
-                    out[self._action_output] = ens.update(out[self._action_output])
+            fold_rows(outs, self._action_output, sessions, self._ensembles, self._new_ensemble)
         return outs
 
     def _forward(self, observations: list, options: dict, rows=None, frames=None) -> list[dict]:

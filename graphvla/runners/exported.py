@@ -32,7 +32,7 @@ from .export import FORMATS, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, NOISE,
 from ..policy.observation import convert, describe
 from ..policy.rtc import RTCRequestError
 from ..protocol import RTC_KEY
-from ..policy.ensemble import TemporalEnsemble
+from ..policy.ensemble import TemporalEnsemble, checked_coeff, fold_rows
 from ..policy.session import Session
 from ..policy.window import ObservationWindow
 
@@ -122,8 +122,7 @@ class ExportedPolicy:
 
     def set_temporal_ensemble(self, coeff: float) -> None:
         """Serve with temporal ensembling (policy/ensemble.py) whatever the checkpoint's infer section says."""
-        TemporalEnsemble(coeff, int(self.metadata["action_horizon"] or 0))  # checks the value
-        self._temporal_ensemble = float(coeff)
+        self._temporal_ensemble = checked_coeff(coeff, self.metadata["action_horizon"])
         self.reset()
 
     def new_session(self, seed: int = 0) -> Session:
@@ -175,15 +174,7 @@ class ExportedPolicy:
         ensemble = self.metadata.get("temporal_ensemble")
         if ensemble and "actions" in per_output:  # the checkpoint's infer.temporal_ensemble, per session
             horizon = int(self.metadata["action_horizon"])
-            for i, (row, s) in enumerate(zip(rows, sessions or [None] * len(rows))):
-                ens = s.ensemble if s is not None else self._ensembles.get(i)
-                if ens is None:
-                    ens = TemporalEnsemble(ensemble["coeff"], horizon)
-                    if s is not None:
-                        s.ensemble = ens
-                    else:
-                        self._ensembles[i] = ens
-                row["actions"] = ens.update(row["actions"])
+            fold_rows(rows, "actions", sessions, self._ensembles, lambda: TemporalEnsemble(ensemble["coeff"], horizon))
         return rows
 
     def tensors(self, observations: list, frames: list | None = None) -> list:
