@@ -98,17 +98,11 @@ def fixture_batch(framework: str, batch: int):
 
 
 def fixture_state(framework: str) -> dict:
-    """starVLA's state_dict of the fixture; where the fixture keeps only the weights outside its VLM
-    (QwenPI_v3, QwenPI), the VLM's come from the fixture its case.json names (vlm_weights_in: qwenoft)."""
-    from safetensors.torch import load_file
+    """starVLA's state_dict of the fixture: its state.json in the fixtures' weights store, rebuilt and
+    checked against its sha256 by bench/starvla_weights.py (which the tests read it with too)."""
+    from starvla_weights import load_state
 
-    fixture = FIXTURES / FRAMEWORKS[framework]["fixture"]
-    state = load_file(str(fixture / "state.safetensors"))
-    shared = json.loads((fixture / "case.json").read_text()).get("vlm_weights_in")
-    if shared:
-        state.update({k: v for k, v in load_file(str(FIXTURES / shared / "state.safetensors")).items()
-                      if k.startswith("qwen_vl_interface.")})
-    return state
+    return load_state(FIXTURES / FRAMEWORKS[framework]["fixture"])
 
 
 def grad_norm(params) -> float:

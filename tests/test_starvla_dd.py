@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from graphvla.blocks.heads.flow_matching import Inpainting
@@ -25,6 +25,9 @@ from graphvla.errors import SpecError
 from graphvla.protocol import RTC_KEY
 from graphvla.runners.importers.starvla import graph_key
 from graphvla.spec.loader import load_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from starvla_weights import load_state, read_part, state_index, state_metadata  # noqa: E402  (bench/: the weights store)
 
 warnings.filterwarnings("ignore")
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "starvla"
@@ -68,12 +71,10 @@ def fixture_graph(graph=GRAPH, fixture=FIXTURE, state=None, **head_with):
 
 
 def starvla_state(fixture=FIXTURE) -> dict:
-    """starVLA's state_dict of a fixture. The Qwen2.5-VL fixture keeps only its VLM: its head came out of
-    the same seed as the Qwen3-VL fixture's, tensor for tensor (checked by the script), and is read there."""
-    state = load(fixture, "state")
-    if fixture == FIXTURE_25:
-        state.update({k: v for k, v in load(FIXTURE, "state").items() if k.startswith("action_model.")})
-    return state
+    """starVLA's state_dict of a fixture (its state.json in the weights store, sha256 checked). The
+    Qwen2.5-VL fixture's head came out of the same seed as the Qwen3-VL fixture's, tensor for tensor
+    (checked by the script): the store holds it once for both."""
+    return load_state(fixture)
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +104,12 @@ def test_the_fixtures_are_starvla_qwendiscretediffusion_at_the_pinned_commit():
         meta = meta_of(fixture)
         assert meta["framework"] == "QwenDiscreteDiffusion" and meta["starvla_commit"].startswith("0ed0aad")
         assert meta["dtype"] == "float32" and meta["num_inference_steps"] == 8
-        with safe_open(str(fixture / "state.safetensors"), "pt") as f:
-            assert f.metadata()["starvla_commit"] == meta["starvla_commit"]
+        assert state_metadata(fixture)["starvla_commit"] == meta["starvla_commit"]
     assert json.loads((FIXTURE_25 / "vlm" / "config.json").read_text())["model_type"] == "qwen2_5_vl"
-    with safe_open(str(FIXTURE_25 / "state.safetensors"), "pt") as f:
-        assert f.metadata()["action_model"] == "qwendd/state.safetensors"
-        assert not any(k.startswith("action_model.") for k in f.keys())
+    # the same head on both VLMs: one part of the weights store, named by both fixtures
+    heads = [{p for p in state_index(f)["parts"] if read_part(FIXTURES / p).keys() >= {"action_model.model.proj_out_2.weight"}}
+             for f in (FIXTURE, FIXTURE_25)]
+    assert len(heads[0]) == 1 and heads[0] == heads[1], heads
     # starVLA's own 8-bit loss fails at this commit (its BCE compares [B, L, 8] with [B, H, A, 8])
     assert "must be the same as input size" in meta_of()["bit_loss_error"]
 
@@ -168,7 +169,7 @@ def test_known_prefix_inpainting_matches_starvla_realtime(graph):
 def test_bit_representation_decodes_as_starvla():
     """The 8-bit variant (BCE on 8 bit logits; bit_i = u_i < sigmoid(logit_i) when sampling): its
     predict_action with starVLA's draws. Its loss is not compared (starVLA's raises at 0ed0aad)."""
-    state = {**load(FIXTURE, "state"), **load(FIXTURE, "state_bit")}
+    state = {**load_state(FIXTURE), **load_state(FIXTURE, "state_bit")}
     cg = fixture_graph(state=state, representation="bit")
     case = load(FIXTURE, "case_bit")
     with torch.no_grad():
@@ -377,7 +378,9 @@ IMPORT_TOL = 1e-4
 
 
 def expected():
-    return json.loads((CKPT_FIXTURE / "expected.json").read_text()), load_file(str(CKPT_FIXTURE / "expected.safetensors"))
+    from starvla_ckpt import expected as of
+
+    return of(CKPT_FIXTURE)
 
 
 def starvla_run(tmp_path) -> Path:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from graphvla.compiler.compile import compile_graph
@@ -24,6 +24,9 @@ from graphvla.processors.hf_processor import load_processor
 from graphvla.processors.hf_vlm import chat_answer_tail
 from graphvla.spec.loader import load_spec
 from starvla_samples import FixtureSamples
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from starvla_weights import load_state, state_metadata  # noqa: E402  (bench/: the fixtures' weights store)
 
 warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +62,7 @@ def fixture_spec(name: str, **vlm_with) -> dict:
 
 def fixture_graph(name: str, **vlm_with):
     cg = compile_graph(fixture_spec(name, **vlm_with), device="cpu")
-    state = load_file(str(FIXTURES[name] / "state.safetensors"))
+    state = load_state(FIXTURES[name])
     assert all(k.startswith(VLM_PREFIX[0]) for k in state)  # QwenFast's only weights are its VLM's
     mapped = {VLM_PREFIX[1] + k[len(VLM_PREFIX[0]):]: v for k, v in state.items()}
     assert set(mapped) == set(cg.model.state_dict())  # every tensor accounted for, both ways
@@ -88,8 +91,7 @@ def real(ids, mask):
 def test_the_fixture_is_starvla_qwenfast_at_the_pinned_commit(name):
     meta, data = case(FIXTURES[name])
     assert meta["framework"] == "QwenFast" and meta["starvla_commit"].startswith("0ed0aad") and meta["dtype"] == "float32"
-    with safe_open(str(FIXTURES[name] / "state.safetensors"), "pt") as f:
-        assert f.metadata()["starvla_commit"] == meta["starvla_commit"]
+    assert state_metadata(FIXTURES[name])["starvla_commit"] == meta["starvla_commit"]
     # the fixture exercises decoding: starVLA's model wrote a full chunk for every sample
     assert all(meta["decoded"]) and data["predicted_actions"].abs().sum(dim=(1, 2)).min() > 0
     assert meta["action_token_max"] - meta["action_token_min"] + 1 == meta["fast"]["vocab_size"]
@@ -245,7 +247,7 @@ def test_trains_saves_and_loads_as_a_policy(tmp_path):
     stats = port_stats(ds, ["actions"])
     trainer = Trainer.from_spec(spec, DataBundle({"action": ds}, stats), tmp_path / "run", collate=collate, progress=False,
                                 normalizer=Normalizer(stats, spec.section("trainer")["normalization"]))
-    state = load_file(str(FIXTURES["qwen3vl"] / "state.safetensors"))
+    state = load_state(FIXTURES["qwen3vl"])
     trainer.cg.model.load_state_dict({VLM_PREFIX[1] + k[len(VLM_PREFIX[0]):]: v for k, v in state.items()}, strict=True)
     trainer.run()
     saved = sorted(p.parent.name for p in (tmp_path / "run").rglob("processor_config.json") if (p.parent / "tokenizer.json").is_file()
@@ -262,7 +264,7 @@ def test_trains_saves_and_loads_as_a_policy(tmp_path):
 # `graphvla import starvla` on a QwenFast checkpoint as starVLA's trainer writes it
 # (tests/fixtures/starvla/qwenfast_ckpt, scripts/parity/starvla_fast_ckpt.py): the imported run
 # serves starVLA's from_pretrained + predict_action + unnormalize_actions. The fixture keeps no
-# weights file: tests/starvla_ckpt.py rebuilds it from qwenfast/state.safetensors (sha256 checked).
+# weights file: tests/starvla_ckpt.py rebuilds it from qwenfast/state.json (sha256 checked).
 CKPT = ROOT / "tests" / "fixtures" / "starvla" / "qwenfast_ckpt"
 
 
@@ -285,8 +287,9 @@ def do_import(ckpt, out, **kw):
 def test_imported_checkpoint_serves_starvlas_actions(ckpt, tmp_path):
     from graphvla.policy.loading import load_policy
 
-    expected_meta = json.loads((CKPT / "expected.json").read_text())
-    expected = load_file(str(CKPT / "expected.safetensors"))
+    from starvla_ckpt import expected as of
+
+    expected_meta, expected = of(CKPT)
     assert expected_meta["framework"] == "QwenFast" and expected_meta["starvla_commit"].startswith("0ed0aad")
     run = do_import(ckpt, tmp_path / "run")
     info = json.loads((run / "imported.json").read_text())
@@ -335,8 +338,9 @@ def test_cli_import_serve_sessions_rtc_and_export_refusal(ckpt, tmp_path):
                                        str(FIXTURES["qwen3vl"] / "vlm"), "--fast-tokenizer", str(FIXTURES["qwen3vl"] / "fast"),
                                        "--image-size", str(case(FIXTURES["qwen3vl"])[0]["image_size"])])
     assert result.exit_code == 0 and "QwenFast (64 tensors" in result.output, result.output
-    meta = json.loads((CKPT / "expected.json").read_text())
-    data = load_file(str(CKPT / "expected.safetensors"))
+    from starvla_ckpt import expected as of
+
+    meta, data = of(CKPT)
     obs = [{"images": data["images"][i].numpy(), "instruction": meta["instructions"][i]} for i in range(2)]
     with ServerThread(load_policy(out), ServeOptions(port=0, max_batch=2, seed=0)) as srv:
         with PolicyClient("127.0.0.1", srv.port) as client:

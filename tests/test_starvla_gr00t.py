@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -19,16 +19,17 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from graphvla.cli import main
 from graphvla.compiler.compile import compile_graph
-from graphvla.fileio import sha256_of
 from graphvla.policy.loading import load_policy
 from graphvla.policy.session import Session
 from graphvla.runners.importers import starvla as importer
 from graphvla.runners.importers.starvla import StarVLAImportError, graph_key, import_starvla
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from starvla_weights import load_state, state_metadata  # noqa: E402  (bench/: the fixtures' weights store)
 
 warnings.filterwarnings("ignore")
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
@@ -62,7 +63,7 @@ def fixture_graph(fixture, cot_prompt=None):
     spec = importer.build_spec(cfg, fixture / "case.json", framework, graph, fixture / "vlm", vlm_config,
                                meta["views"], meta["image_size"])
     cg = compile_graph(spec, device="cpu")
-    state = load_file(str(fixture / "state.safetensors"))
+    state = load_state(fixture)
     mapped = {graph_key(k, "QwenGR00T"): v for k, v in state.items()}
     assert None not in mapped and len(mapped) == len(state)
     assert set(mapped) == set(cg.model.state_dict())  # every key accounted for, both ways
@@ -96,8 +97,7 @@ def test_the_fixtures_are_starvla_qwengr00t_at_the_pinned_commit():
         meta, data = case(fixture)
         assert meta["framework"] == "QwenGR00T" and meta["starvla_commit"].startswith("0ed0aad")
         assert json.loads((fixture / "vlm" / "config.json").read_text())["model_type"] == vlm
-        with safe_open(str(fixture / "state.safetensors"), "pt") as f:
-            assert f.metadata()["starvla_commit"] == meta["starvla_commit"]
+        assert state_metadata(fixture)["starvla_commit"] == meta["starvla_commit"]
         b, r, h, a = len(meta["instructions"]), meta["repeated_diffusion_steps"], meta["horizon"], meta["action_dim"]
         assert data["train_noise"].shape == (r * b, h, a) and data["train_time"].shape == (r * b,)
         assert data["noise"].shape == data["predicted_actions"].shape == (b, h, a)
@@ -223,19 +223,17 @@ def test_the_packaged_graphs_compile_at_full_size():
 
 def ckpt_folder(tmp: Path) -> Path:
     """The run folder as starVLA's trainer wrote it: the committed config and statistics, and the
-    weights file, which is byte for byte qwengr00t/state.safetensors (stored once)."""
-    meta = json.loads((CKPT_FIXTURE / "expected.json").read_text())
-    d = tmp / "starvla-run"
-    shutil.copytree(CKPT_FIXTURE / "ckpt", d)
-    weights = d / meta["checkpoint"][len("ckpt/"):]
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(FIXTURE / "state.safetensors", weights)
-    assert sha256_of(weights) == meta["weights_sha256"]
-    return d
+    weights file, qwengr00t/state.json's state dict saved again (stored once; tests/starvla_ckpt.py
+    rebuilds it and checks its sha256)."""
+    from starvla_ckpt import starvla_run
+
+    return starvla_run(CKPT_FIXTURE, tmp / "starvla-run")
 
 
 def expected():
-    return json.loads((CKPT_FIXTURE / "expected.json").read_text()), load_file(str(CKPT_FIXTURE / "expected.safetensors"))
+    from starvla_ckpt import expected as of
+
+    return of(CKPT_FIXTURE)
 
 
 def observation(i, meta, data):
@@ -258,7 +256,7 @@ def test_import_serves_starvlas_actions(imported):
     info = json.loads((imported / "imported.json").read_text())
     assert info["framework"] == "QwenGR00T" and info["graph"] == "starvla/qwen3vl-gr00t"
     policy = load_policy(imported)
-    assert info["tensors"] == len(load_file(str(FIXTURE / "state.safetensors"))) == len(policy.cg.model.state_dict())
+    assert info["tensors"] == len(load_state(FIXTURE)) == len(policy.cg.model.state_dict())
     for i, seed in enumerate(meta["seeds"]):
         session = Session(seed)
         assert torch.equal(policy.draw_noise(1, [Session(seed).generator]), data["noise"][i:i + 1])

@@ -1,7 +1,7 @@
 """`graphvla import starvla`: a checkpoint folder written the way starVLA's trainer writes one
 (tests/fixtures/starvla/qwenoft_ckpt/ckpt: config.yaml, dataset_statistics.json,
 checkpoints/steps_2_model.safetensors; made by scripts/parity/starvla_ckpt.py with starVLA's own code
-at 0ed0aad; the weights file is rebuilt from qwenoft/state.safetensors and checked against its
+at 0ed0aad; the weights file is rebuilt from qwenoft/state.json and checked against its
 recorded sha256 by tests/starvla_ckpt.py) becomes a GraphVLA run whose actions - through load_policy and through the server -
 equal what starVLA serves for the same observations (its from_pretrained + predict_action +
 FrameworkTools.unnormalize_actions, recorded in expected.safetensors) within 1e-4. Sessions and
@@ -28,6 +28,7 @@ from graphvla.processors.action_bounds import ActionBounds
 from graphvla.processors.base import Pipeline
 from graphvla.runners.importers.starvla import StarVLAImportError, import_starvla, starvla_key
 from starvla_ckpt import starvla_run
+from starvla_weights import load_state  # bench/ (on the path since starvla_ckpt): the fixtures' weights store
 
 warnings.filterwarnings("ignore")
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
@@ -39,8 +40,9 @@ TOL = 1e-4
 
 
 def expected():
-    meta = json.loads((CKPT_FIXTURE / "expected.json").read_text())
-    return meta, load_file(str(CKPT_FIXTURE / "expected.safetensors"))
+    from starvla_ckpt import expected as of
+
+    return of(CKPT_FIXTURE)
 
 
 def observations():
@@ -258,7 +260,7 @@ def test_the_default_pt_format_and_several_datasets(tmp_path):
     run = do_import(d, tmp_path / "c", dataset_key="tiny_libero")
     assert json.loads((run / "imported.json").read_text())["weights"].endswith("steps_2_pytorch_model.pt")
     ours = load_file(str(run / "checkpoints" / "step_0000002" / "model.safetensors"))
-    theirs = load_file(str(FIXTURES / "qwenoft" / "state.safetensors"))  # the weights file's tensors
+    theirs = load_state(FIXTURES / "qwenoft")  # the weights file's tensors
     # the run stores a tied tensor (the LM head sharing the token embeddings) once, as training does
     assert len(theirs) - len(ours) == 1 and all(torch.equal(ours[k], theirs[starvla_key(k)]) for k in ours)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -3,7 +3,7 @@ writes them (tests/fixtures/starvla/qwengr00t_qwen25_ckpt, written by
 scripts/parity/starvla_gr00t.py --vlm qwen25 --ckpt; qwenfast_qwen25_ckpt, by
 scripts/parity/starvla_fast_ckpt.py --vlm qwen25; starVLA's own code at 0ed0aad through its Qwen2.5-VL
 interface, float32 on the CPU). Neither fixture stores its weights file: it is the Qwen2.5-VL parity
-fixture's state.safetensors saved again, rebuilt here and checked against the recorded sha256. The
+fixture's state (state.json, in the weights store) saved again, rebuilt here and checked against the recorded sha256. The
 imported runs (graphs starvla/qwen25vl-gr00t and starvla/qwen25vl-fast, picked from the base VLM's
 model_type) serve what starVLA's from_pretrained + predict_action + FrameworkTools.unnormalize_actions
 served for the same observations (and, for GR00T, the same seed) within 1e-4, and every tensor of the
@@ -12,7 +12,6 @@ framework only in the VLM's tensors and config.yaml's base_vlm: that is asserted
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 
@@ -24,11 +23,11 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from graphvla.cli import main
-from graphvla.fileio import sha256_of
 from graphvla.policy.loading import load_policy
 from graphvla.policy.session import Session
 from graphvla.runners.importers.starvla import graph_key, import_starvla
 from starvla_ckpt import starvla_run
+from starvla_weights import load_state  # bench/ (on the path since starvla_ckpt): the fixtures' weights store
 
 warnings.filterwarnings("ignore")
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "starvla"
@@ -40,7 +39,9 @@ TOL = 1e-4
 
 
 def expected(fixture: Path):
-    return json.loads((fixture / "expected.json").read_text()), load_file(str(fixture / "expected.safetensors"))
+    from starvla_ckpt import expected as of
+
+    return of(fixture)
 
 
 def image_size(parity_fixture: Path) -> int:
@@ -48,17 +49,9 @@ def image_size(parity_fixture: Path) -> int:
 
 
 def gr00t_folder(dst: Path) -> Path:
-    """The QwenGR00T trainer's folder, its weights file put back from qwengr00t_qwen25/state.safetensors
-    (the file starVLA loaded, byte for byte: sha256 checked)."""
-    meta, _ = expected(GR00T_CKPT)
-    shutil.copytree(GR00T_CKPT / "ckpt", dst)
-    weights = dst / Path(meta["checkpoint"]).relative_to("ckpt")
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(FIXTURES / meta["weights_from"], weights)
-    assert sha256_of(weights) == meta["weights_sha256"], (
-        f"{GR00T_CKPT.name}/expected.json: weights_sha256 differs from {meta['weights_from']} "
-        "(regenerate with scripts/parity/starvla_gr00t.py --vlm qwen25 --ckpt)")
-    return dst
+    """The QwenGR00T trainer's folder, its weights file rebuilt from qwengr00t_qwen25/state.json
+    (the file starVLA loaded, byte for byte: sha256 checked by starvla_run)."""
+    return starvla_run(GR00T_CKPT, dst)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +87,7 @@ def test_a_qwen25_checkpoint_is_the_qwen3_one_apart_from_the_vlm(framework):
     """Same action-model tensors (names and shapes), same config.yaml apart from the base VLM (and the
     folder it was written to), same statistics: only the VLM's tensors differ."""
     q3, q25 = {"QwenGR00T": ("qwengr00t", "qwengr00t_qwen25"), "QwenFast": ("qwenfast", "qwenfast_qwen25")}[framework]
-    states = [load_file(str(FIXTURES / name / "state.safetensors")) for name in (q3, q25)]
+    states = [load_state(FIXTURES / name) for name in (q3, q25)]
     heads = [{k: tuple(v.shape) for k, v in s.items() if not k.startswith(VLM_PREFIX)} for s in states]
     assert heads[0] == heads[1]
     assert {k for s in states for k in s if not k.startswith(VLM_PREFIX)} == set(heads[0])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -14,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from graphvla.blocks.backbones.hf_vlm import PLACEHOLDER, placeholder_suffix
@@ -24,6 +24,9 @@ from graphvla.processors.base import Pipeline
 from graphvla.spec.loader import load_spec
 from graphvla.runners.importers.starvla import graph_key
 from starvla_samples import FixtureSamples
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from starvla_weights import load_state, state_metadata  # noqa: E402  (bench/: the fixtures' weights store)
 
 warnings.filterwarnings("ignore")
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "starvla" / "qwenoft"
@@ -65,7 +68,7 @@ def fixture_graph(graph=GRAPH, fixture=FIXTURE, **vlm_with):
     spec = fixture_spec(meta, graph, fixture)
     spec["blocks"]["vlm"]["with"].update(vlm_with)
     cg = compile_graph(spec, device="cpu")
-    state = load_file(str(fixture / "state.safetensors"))
+    state = load_state(fixture)
     mapped = {graph_key(k): v for k, v in state.items()}  # the importer's mapping
     assert None not in mapped and len(mapped) == len(state)  # no two starVLA keys land on one graph key
     assert set(mapped) == set(cg.model.state_dict())  # every key accounted for, both ways
@@ -102,8 +105,7 @@ def test_the_fixture_is_starvla_qwenoft_at_the_pinned_commit():
     meta, data = case()
     assert meta["framework"] == "QwenOFT" and meta["starvla_commit"].startswith("0ed0aad")
     assert meta["dtype"] == "float32" and meta["action_token"] == PLACEHOLDER
-    with safe_open(str(FIXTURE / "state.safetensors"), "pt") as f:
-        assert f.metadata()["starvla_commit"] == meta["starvla_commit"]
+    assert state_metadata(FIXTURE)["starvla_commit"] == meta["starvla_commit"]
     assert data["predicted_actions"].shape == (len(meta["instructions"]), meta["horizon"], meta["action_dim"])
 
 
@@ -177,8 +179,7 @@ def test_the_qwen25_fixture_is_starvlas_qwen25_interface_and_its_graph_compiles_
     assert meta["framework"] == "QwenOFT" and meta["starvla_commit"].startswith("0ed0aad")
     assert meta["vlm_interface"].endswith("QWen2_5._QWen_VL_Interface") and meta["image_size"] % 28 == 0
     assert json.loads((FIXTURE_25 / "vlm" / "config.json").read_text())["model_type"] == "qwen2_5_vl"
-    with safe_open(str(FIXTURE_25 / "state.safetensors"), "pt") as f:
-        assert f.metadata()["starvla_commit"] == meta["starvla_commit"]
+    assert state_metadata(FIXTURE_25)["starvla_commit"] == meta["starvla_commit"]
     assert data["predicted_actions"].shape == (len(meta["instructions"]), meta["horizon"], meta["action_dim"])
     cg = compile_graph(GRAPH_25)  # meta: Qwen2.5-VL-3B from the bundled config
     assert cg.shapes[("vlm", "action_hidden")][1:] == (8, 2048)
@@ -238,7 +239,7 @@ def test_trains_saves_and_loads_as_a_policy(tmp_path):
     stats = port_stats(ds, ["actions"])
     trainer = Trainer.from_spec(spec, DataBundle({"action": ds}, stats), tmp_path / "run", collate=collate, progress=False,
                                 normalizer=Normalizer(stats, spec.section("trainer")["normalization"]))
-    state = load_file(str(FIXTURE / "state.safetensors"))
+    state = load_state(FIXTURE)
     trainer.cg.model.load_state_dict({graph_key(k): v for k, v in state.items()}, strict=True)
     trainer.run()
     obs = [{"images": data["images"][i].numpy(), "instruction": meta["instructions"][i]} for i in range(2)]

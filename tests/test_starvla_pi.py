@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from graphvla.compiler.compile import compile_graph
@@ -24,6 +24,9 @@ from graphvla.errors import SpecError
 from graphvla.runners.importers.starvla import graph_key
 from graphvla.spec.loader import load_spec
 from starvla_samples import FixtureSamples
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from starvla_weights import load_state, state_metadata  # noqa: E402  (bench/: the fixtures' weights store)
 
 warnings.filterwarnings("ignore")
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "starvla"
@@ -80,30 +83,10 @@ def fixture_spec(graph, fixture, state=False) -> dict:
     return spec
 
 
-def vlm_digest(state: dict) -> str:
-    """sha256 over the VLM's tensors (names, shapes, float32 bytes in name order), as
-    scripts/parity/starvla_pi.py computes it."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for key in sorted(k for k in state if k.startswith("qwen_vl_interface.")):
-        t = state[key].float().contiguous()
-        h.update(key.encode() + str(tuple(t.shape)).encode() + t.numpy().tobytes())
-    return h.hexdigest()
-
-
 def fixture_weights(fixture) -> dict:
-    """starVLA's state_dict of the fixture. The fixture holds the weights outside the VLM; its tiny
-    VLM is the QwenOFT fixture's of the same VLM (case.json's vlm_weights_in), checked by digest."""
-    weights = load_file(str(fixture / "state.safetensors"))
-    shared = json.loads((fixture / "case.json").read_text()).get("vlm_weights_in")
-    if shared:
-        vlm = {k: v for k, v in load_file(str(FIXTURES / shared / "state.safetensors")).items()
-               if k.startswith("qwen_vl_interface.")}
-        with safe_open(str(fixture / "state.safetensors"), "pt") as f:
-            assert vlm_digest(vlm) == f.metadata()["vlm_sha256"]
-        weights.update(vlm)
-    return weights
+    """starVLA's state_dict of the fixture: its state.json in the weights store (the tiny VLM stored
+    once for every fixture on it), rebuilt and checked against its sha256."""
+    return load_state(fixture)
 
 
 def fixture_graph(name="qwen3vl", state=False):
@@ -173,8 +156,7 @@ def test_the_fixtures_are_starvla_qwenpi_v3_and_qwenpi_at_the_pinned_commit():
         meta, data = case(fixture)
         framework = "QwenPI" if name in PI_CASES else "QwenPI_v3"
         assert meta["framework"] == framework and meta["starvla_commit"].startswith("0ed0aad"), name
-        with safe_open(str(fixture / "state.safetensors"), "pt") as f:
-            assert f.metadata()["starvla_commit"] == meta["starvla_commit"]
+        assert state_metadata(fixture)["starvla_commit"] == meta["starvla_commit"]
         b, h, a = len(meta["instructions"]), meta["horizon"], meta["action_dim"]
         r = meta["repeated_diffusion_steps"]
         assert data["predicted_actions"].shape == (b, h, a) and data["predict_noise"].shape == (b, h, a)
@@ -274,13 +256,14 @@ IMPORT_TOL = 1e-4
 
 def expected(name="qwenpi_v3"):
     """What starVLA served from the checkpoint fixture `name`_ckpt (scripts/parity/starvla_pi_ckpt.py)."""
-    folder = FIXTURES / f"{name}_ckpt"
-    return json.loads((folder / "expected.json").read_text()), load_file(str(folder / "expected.safetensors"))
+    from starvla_ckpt import expected as of
+
+    return of(FIXTURES / f"{name}_ckpt")
 
 
 def starvla_run(tmp_path, name="qwenpi_v3") -> Path:
-    """The trainer's folder with its weights file rebuilt from the parity fixture's state and the shared
-    VLM, as the script wrote it (the fixture keeps only its sha256): byte for byte the file starVLA loaded."""
+    """The trainer's folder with its weights file rebuilt from the parity fixture's state, as the script
+    wrote it (the fixture keeps only its sha256): byte for byte the file starVLA loaded."""
     from starvla_ckpt import starvla_run as rebuilt
 
     return rebuilt(FIXTURES / f"{name}_ckpt", tmp_path / "starvla-run", fixture_weights(FIXTURES / name))

@@ -5,7 +5,8 @@ seed, runs its training forward (L1 loss) and its predict_action on a fixed batc
 tests/fixtures/starvla/qwenoft/:
 
   vlm/                    the tiny Qwen3-VL config, tokenizer and processor (no weights)
-  state.safetensors       QwenOFT's whole state_dict (float32), keys as starVLA names them
+  state.json              QwenOFT's whole state_dict, every weight a bfloat16 number (bf16_values)
+                          (float32, keys as starVLA names them; its tensors in the shared weights/ store, bench/starvla_weights.py)
   case.safetensors        inputs (uint8 images, actions) and outputs (loss, predicted actions)
   case.json               instructions, horizon, starVLA commit, how the case was made
 
@@ -23,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+# the fixture weights format (save_state below) is bench/starvla_weights.py, which the tests read
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 ACTION_TOKEN = "\U0001F50D"  # starVLA's QwenOFT placeholder token ("magnifying glass" emoji)
 SEED = 0
@@ -149,6 +153,28 @@ def build_qwenoft(vlm_dir: Path):
     return Qwenvl_OFT(cfg)
 
 
+def bf16_values(model):
+    """Every parameter of `model` rounded to the nearest bfloat16 number, kept in float32 (in place;
+    returns the model). The fixtures' weights are then what a bfloat16 checkpoint holds: the
+    computation stays float32, and bench/starvla_weights.py stores each weight in two bytes instead
+    of four without changing a value. Buffers (fixed tables) are left as they are."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.bfloat16().float())
+    return model
+
+
+def save_state(out: Path, model_or_state, metadata: dict, name: str = "state") -> None:
+    """starVLA's state_dict (float32) as the fixture's state.json, its tensors in the shared,
+    content-addressed tests/fixtures/starvla/weights/ (bench/starvla_weights.py); parts no fixture
+    names any more are removed."""
+    from starvla_weights import prune, save_state as save
+
+    state = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
+    save(out, {k: v.detach().float().contiguous().clone() for k, v in state.items()}, metadata, name)
+    prune(out.parent)
+
+
 def save_model_and_case(out: Path, model, vlm_dir: Path, commit: str, images, actions, plain: dict) -> None:
     """The fixture's model half (the VLM's processor and fp32 config in vlm/, every weight of
     starVLA's state_dict) and its plain case (inputs, loss, actions) under `out`."""
@@ -161,8 +187,7 @@ def save_model_and_case(out: Path, model, vlm_dir: Path, commit: str, images, ac
     cfg_json = json.loads((vlm_dir / "config.json").read_text())
     cfg_json["dtype"] = "float32"
     (vlm_out / "config.json").write_text(json.dumps(cfg_json, indent=2, sort_keys=True) + "\n")
-    state = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "state.safetensors"), metadata={"starvla_commit": commit})
+    save_state(out, model, {"starvla_commit": commit})
     save_file({"images": torch.from_numpy(images).contiguous(), "actions": torch.from_numpy(actions), **plain},
               str(out / "case.safetensors"))
 
@@ -187,7 +212,7 @@ def main():
     model = build_qwenoft(vlm_dir)
     # starVLA loads the VLM in bfloat16 (for its CUDA autocast); the fixture is float32 on the CPU,
     # so the whole framework is cast to float32 here (the bf16-rounded VLM weights are what is saved).
-    model = model.float().eval()
+    model = bf16_values(model.float().eval())  # the head's weights too are bfloat16 numbers (bf16_values)
 
     rng = np.random.default_rng(SEED)
     images = rng.integers(0, 256, size=(len(INSTRUCTIONS), VIEWS, SIZE, SIZE, 3), dtype=np.uint8)
@@ -232,7 +257,7 @@ def main_qwen25(args):
     vlm_dir = tiny_qwen3_vl(Path(args.work) / "tiny-Qwen2.5-VL", "qwen2_5_vl")  # the name picks the interface
     model = build_qwenoft(vlm_dir)
     assert type(model.qwen_vl_interface) is qwen25_interface._QWen_VL_Interface, type(model.qwen_vl_interface)
-    model = model.float().eval()
+    model = bf16_values(model.float().eval())
 
     rng = np.random.default_rng(SEED)
     images = rng.integers(0, 256, size=(len(INSTRUCTIONS), VIEWS, size, size, 3), dtype=np.uint8)

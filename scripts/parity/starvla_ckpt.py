@@ -10,13 +10,13 @@ starVLA's trainer (starVLA/training/train_starvla.py) leaves in its output_dir:
 The base VLM's tokenizer and processor are not copied: config.yaml names them
 (framework.qwenvl.base_vlm).
 
-This script writes such a folder for the weights of tests/fixtures/starvla/qwenoft/state.safetensors
+This script writes such a folder for the weights of tests/fixtures/starvla/qwenoft/state.json
 (starVLA's own QwenOFT initialisation, see starvla.py), loads it back with starVLA's own
 `from_pretrained`, runs `predict_action` on the fixture's two observations and un-normalizes with
 starVLA's `FrameworkTools.unnormalize_actions` (clip to [-1, 1], gripper channel 6 thresholded at
 0.5, q01/q99 rescale of the masked dimensions): the actions a starVLA deployment serves. Output:
 tests/fixtures/starvla/qwenoft_ckpt/ (ckpt/ is the checkpoint folder, expected.safetensors and
-expected.json what starVLA served). The weights file is qwenoft/state.safetensors saved again, so it
+expected.json what starVLA served). The weights file is qwenoft/state.json's state dict saved again, so it
 is not stored twice: after starVLA has loaded it the script records its sha256 in expected.json
 (checkpoint_sha256, checkpoint_from) and removes it; tests/starvla_ckpt.py rebuilds it byte for byte.
 
@@ -90,7 +90,7 @@ def main():
     rng = np.random.default_rng(1)
     __import__("accelerate").PartialState()  # starVLA's dataloader logs through accelerate, as in training
     save_dataset_statistics(statistics(meta["action_dim"], rng), run_dir)
-    state = load_file(str(src / "state.safetensors"))
+    state = __import__("starvla_weights").load_state(src)  # the parity fixture's weights
     ckpt = run_dir / "checkpoints" / f"steps_{STEPS}_model.safetensors"
     save_file(state, str(ckpt))
     (run_dir / "summary.jsonl").write_text(json.dumps({"steps": STEPS}) + "\n")
@@ -114,18 +114,19 @@ def main():
     # and below 0.5, an unmasked dimension): starVLA's function's output for them
     probe = rng.uniform(-1.6, 1.6, size=(3, meta["horizon"], meta["action_dim"])).astype(np.float32)
     probe_served = np.stack([FrameworkTools.unnormalize_actions(c.copy(), stats) for c in probe])
-    save_file({"images": torch.from_numpy(images).contiguous(),
-               "probe_normalized": torch.from_numpy(probe).contiguous(),
+    # the observations' images are the parity case's (not stored again: expected.json's images_from)
+    save_file({"probe_normalized": torch.from_numpy(probe).contiguous(),
                "probe_served": torch.from_numpy(probe_served.astype(np.float32)).contiguous(),
                "normalized_actions": torch.from_numpy(normalized).contiguous(),
                "actions": torch.from_numpy(served.astype(np.float32)).contiguous()}, str(out / "expected.safetensors"))
     digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    ckpt.unlink()  # rebuilt by the tests from qwenoft/state.safetensors (module docstring)
+    ckpt.unlink()  # rebuilt by the tests from qwenoft/state.json (module docstring)
     (run_dir / "checkpoints" / ".keep").write_text("")
     (out / "expected.json").write_text(json.dumps({
         "framework": "QwenOFT", "starvla_commit": commit, "checkpoint": f"ckpt/checkpoints/{ckpt.name}",
-        "checkpoint_sha256": digest, "checkpoint_from": "qwenoft/state.safetensors (save_file, no metadata)",
+        "checkpoint_sha256": digest, "checkpoint_from": "qwenoft/state.json (its tensors in weights/; save_file, no metadata)",
         "base_vlm": "tests/fixtures/starvla/qwenoft/vlm (config.yaml names the scratch folder it was built in)",
+        "images_from": "qwenoft/case.safetensors",
         "instructions": meta["instructions"], "dataset_key": DATASET_KEY,
         "made_by": "starVLA from_pretrained + predict_action + FrameworkTools.unnormalize_actions, float32 CPU",
         "torch": torch.__version__,

@@ -15,8 +15,8 @@ on a fixed batch (2 samples, 2 views, equal-length prompts, horizon 4, 7-d actio
                       bit variant's training loss raises inside starVLA at this commit (its
                       BCE compares [B, L, 8] logits with [B, H, A, 8] targets): recorded as such
 
-With --vlm qwen25 the state file keeps only the VLM: the head is the Qwen3-VL fixture's, tensor for
-tensor (same seed; checked), so run the script without --vlm first.
+With --vlm qwen25 the head is the Qwen3-VL fixture's, tensor for tensor (same seed; checked), so
+run the script without --vlm first; the weights store (bench/starvla_weights.py) keeps it once.
 
 Randomness is recorded, not replaced: torch.rand is wrapped to keep what it returns, and
 torch.multinomial (one draw per row) is computed as torch does it internally (argmax of p / E,
@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from starvla import ACTION_DIM, HORIZON, SEED, STATE_DIM, VIEWS, open_starvla, save_model_and_case, tiny_qwen3_vl  # noqa: E402
+from starvla import (ACTION_DIM, HORIZON, SEED, STATE_DIM, VIEWS, bf16_values, open_starvla,  # noqa: E402
+                     save_model_and_case, save_state, tiny_qwen3_vl)
 
 # equal token counts in the tiny tokenizer (checked below): no padding, so starVLA's DiT (which
 # cross-attends to every token, padding included) and GraphVLA's (which masks padding) agree
@@ -97,7 +98,7 @@ def build(vlm_dir: Path, representation: str = "bin"):
     cfg = apply_config_compat(cfg)  # as starVLA's trainer does (fills future_action_window_size)
     torch.manual_seed(SEED)
     model = Qwen_DiscreteDiffusion(cfg)
-    return model.float().eval()
+    return bf16_values(model.float().eval())  # weights that are bfloat16 numbers (starvla.bf16_values)
 
 
 def decode_noise(rec: Recorder, b: int) -> torch.Tensor:
@@ -190,16 +191,13 @@ def main():
     out = Path(args.out) / ("qwendd_qwen25" if qwen25 else "qwendd")
     save_model_and_case(out, model, vlm_dir, commit, images, actions, case)
     if qwen25:
-        # the head comes out of the same seed as on Qwen3-VL, tensor for tensor: only the VLM is kept
-        # here (checked against qwendd/, which the run without --vlm writes first)
-        from safetensors.torch import load_file
-        qwen3 = Path(args.out) / "qwendd" / "state.safetensors"
-        assert qwen3.is_file(), f"run starvla_dd.py without --vlm first (it writes {qwen3})"
-        head3, state = load_file(str(qwen3)), load_file(str(out / "state.safetensors"))
+        # the head comes out of the same seed as on Qwen3-VL, tensor for tensor (checked against qwendd/,
+        # which the run without --vlm writes first), so the weights store holds it once for both
+        from starvla_weights import load_state
+        assert (Path(args.out) / "qwendd" / "state.json").is_file(), "run starvla_dd.py without --vlm first"
+        head3, state = load_state(Path(args.out) / "qwendd"), model.state_dict()
         heads = [k for k in state if k.startswith("action_model.")]
-        assert all(k in head3 and torch.equal(state[k], head3[k]) for k in heads), "the Qwen2.5-VL head differs"
-        save_file({k: v for k, v in state.items() if not k.startswith("action_model.")}, str(out / "state.safetensors"),
-                  metadata={"starvla_commit": commit, "action_model": "qwendd/state.safetensors"})
+        assert all(k in head3 and torch.equal(state[k].float(), head3[k]) for k in heads), "the Qwen2.5-VL head differs"
     save_file({"actions": torch.from_numpy(np.asarray(greedy, dtype=np.float32))}, str(out / "case_greedy.safetensors"))
     if not qwen25:  # the sampled decodes (their draws are most of a fixture's size) once, on Qwen3-VL
         save_file({k: v.contiguous() for k, v in predict.items()}, str(out / "case_predict.safetensors"))
@@ -214,7 +212,7 @@ def main():
         "repeated_diffusion_steps": 2, "rtc": {"inference_delay": 1, "execution_horizon": 2, "pinned_steps": 2,
                                                "rounds": int(rtc["noise"].shape[1])},
         "loss": float(loss), "torch": torch.__version__,
-        "action_model_weights": "qwendd/state.safetensors (identical, checked)" if qwen25 else "state.safetensors", "transformers": __import__("transformers").__version__,
+        "action_model_weights": "qwendd's (identical, checked)" if qwen25 else "state.json", "transformers": __import__("transformers").__version__,
     }
 
     if not qwen25:  # the 8-bit representation: a second head on the same VLM
@@ -238,13 +236,13 @@ def main():
                 torch.rand_like = rand_like
         assert len(rec.rand) == 2 * STEPS and not rec.exp
         # only the tensors that differ from the bin model's are saved (the VLM and the first DiT
-        # weights come out of the same seed identical); the test takes the rest from state.safetensors
+        # weights come out of the same seed identical): state_bit.json; the test takes the rest from state.json
         bin_state, bit_state = model.state_dict(), bit.state_dict()
         assert set(bin_state) <= set(bit_state), set(bin_state) - set(bit_state)
         differ = {k: v.detach().float().contiguous().clone() for k, v in bit_state.items()
                   if k not in bin_state or v.shape != bin_state[k].shape or not torch.equal(v.float(), bin_state[k].float())}
         assert not any(k.startswith("qwen_vl_interface.") for k in differ), "the bit model's VLM differs"
-        save_file(differ, str(out / "state_bit.safetensors"), metadata={"starvla_commit": commit})
+        save_state(out, differ, {"starvla_commit": commit}, name="state_bit")
         meta["bit_keys_saved"] = len(differ)
         save_file({"actions": torch.from_numpy(np.asarray(bit_actions, dtype=np.float32)), "noise": bit_noise(rec, b)},
                   str(out / "case_bit.safetensors"))

@@ -3,14 +3,14 @@ what starVLA serves from it (run OUTSIDE the package, in the side virtual enviro
 
 The sibling of starvla_ckpt.py (QwenOFT) for QwenDiscreteDiffusion: the trainer's layout
 (config.yaml, dataset_statistics.json, checkpoints/steps_N_model.safetensors) for the weights of
-tests/fixtures/starvla/qwendd/state.safetensors (starVLA's own initialisation, see starvla_dd.py;
+tests/fixtures/starvla/qwendd/state.json (starVLA's own initialisation, see starvla_dd.py;
 config.yaml carries the same action_model settings), loaded back with starVLA's own
 `from_pretrained`, `predict_action` on the fixture's two observations (with their states) at its
 default temperatures from the seed starvla_dd.py used (the draws, checked equal to those of
 qwendd/case_predict.safetensors, are not stored again), and starVLA's
 `FrameworkTools.unnormalize_actions`. Output: tests/fixtures/starvla/qwendd_ckpt/ (ckpt/ is the
 checkpoint folder without its weights file, which the tests rebuild byte for byte from
-qwendd/state.safetensors; expected.safetensors and expected.json what starVLA served).
+qwendd/state.json; expected.safetensors and expected.json what starVLA served).
 
 Usage: /tmp/starvla-venv/bin/python scripts/parity/starvla_dd_ckpt.py --starvla /tmp/starvla
 (after starvla_dd.py has written tests/fixtures/starvla/qwendd and its tiny VLM in --work)."""
@@ -73,7 +73,7 @@ def main():
     __import__("accelerate").PartialState()  # starVLA's dataloader logs through accelerate, as in training
     save_dataset_statistics(statistics(meta["action_dim"], rng), run_dir)
     ckpt = run_dir / "checkpoints" / f"steps_{STEPS}_model.safetensors"
-    save_file(load_file(str(src / "state.safetensors")), str(ckpt))
+    save_file(__import__("starvla_weights").load_state(src), str(ckpt))  # the parity fixture's weights
     (run_dir / "summary.jsonl").write_text(json.dumps({"steps": STEPS}) + "\n")
 
     # starVLA loads it back (read_mode_config + build_framework + strict load_state_dict); its
@@ -97,16 +97,18 @@ def main():
     assert np.array_equal(normalized, case["actions"].numpy()), "the reloaded model decoded differently"
     stats = FrameworkTools.get_action_stats(model.norm_stats)
     served = np.stack([FrameworkTools.unnormalize_actions(normalized[i].copy(), stats) for i in range(b)])
-    save_file({"images": torch.from_numpy(images).contiguous(), "state": torch.from_numpy(states).contiguous(),
+    # the observations' images are the parity case's (not stored again: expected.json's images_from)
+    save_file({"state": torch.from_numpy(states).contiguous(),
                "normalized_actions": torch.from_numpy(normalized).contiguous(),
                "actions": torch.from_numpy(served.astype(np.float32)).contiguous()}, str(out / "expected.safetensors"))
     digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    ckpt.unlink()  # rebuilt by the tests from qwendd/state.safetensors (module docstring)
+    ckpt.unlink()  # rebuilt by the tests from qwendd/state.json (module docstring)
     (run_dir / "checkpoints" / ".keep").write_text("")
     (out / "expected.json").write_text(json.dumps({
         "framework": "QwenDiscreteDiffusion", "starvla_commit": commit, "checkpoint": f"ckpt/checkpoints/{ckpt.name}",
-        "checkpoint_sha256": digest, "checkpoint_from": "qwendd/state.safetensors (save_file, no metadata)",
+        "checkpoint_sha256": digest, "checkpoint_from": "qwendd/state.json (its tensors in weights/; save_file, no metadata)",
         "base_vlm": "tests/fixtures/starvla/qwendd/vlm (config.yaml names the scratch folder it was built in)",
+        "images_from": "qwendd/case.safetensors",
         "instructions": meta["instructions"], "dataset_key": DATASET_KEY,
         "noise": "qwendd/case_predict.safetensors (the same draws, checked)",
         "made_by": "starVLA from_pretrained + predict_action + FrameworkTools.unnormalize_actions, "

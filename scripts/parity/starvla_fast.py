@@ -25,7 +25,8 @@ starVLA's own forward loss) on the prediction case's targets; the saved weights 
   case.safetensors   the training loss on other (unseen) action chunks, with the token ids, mask
                      and labels starVLA built; predict_action's actions on the fitted images and
                      instructions, with the generated ids and the action tokens it extracted
-  state.safetensors  every weight of the framework's state_dict (float32)
+  state.json         every weight of the framework's state_dict, bfloat16 numbers in float32
+                     (float32, keys as starVLA names them; its tensors in the shared weights/ store, bench/starvla_weights.py)
   vlm/               the tiny VLM's processor (tokenizer with the action tokens), config and
                      generation config;  fast/  the fitted FAST tokenizer (no code)
 
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from starvla import INSTRUCTIONS, SEED, open_starvla, tiny_qwen3_vl  # noqa: E402
+from starvla import INSTRUCTIONS, SEED, bf16_values, open_starvla, save_state, tiny_qwen3_vl  # noqa: E402
 
 HORIZON = 4
 ACTION_DIM = 7
@@ -179,14 +180,22 @@ def record(model, examples, images):
 
 
 def fit_to(model, examples, steps: int, lr: float) -> list[float]:
-    """A few Adam steps on starVLA's own training loss, so that greedy decoding writes actions."""
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    """A few Adam steps on starVLA's own training loss, so that greedy decoding writes actions. Only
+    the token embedding matrix (tied to the LM head), the language model's last layer and its final
+    norm are trained: the vision tower and the other layers stay the tiny VLM's that the other
+    fixtures hold, so the weights store (bench/starvla_weights.py) keeps them once."""
+    vlm = model.qwen_vl_interface.model
+    assert vlm.get_input_embeddings().weight is vlm.get_output_embeddings().weight, "the tiny VLM's embeddings are not tied"
+    last = f"language_model.layers.{vlm.config.text_config.num_hidden_layers - 1}."
+    params = [p for n, p in vlm.named_parameters()
+              if last in n or n.endswith(("language_model.embed_tokens.weight", "language_model.norm.weight"))]
+    optimizer = torch.optim.Adam(params, lr=lr)
     losses = []
     model.train()
     torch.manual_seed(SEED)
     for _ in range(steps):
         loss = model(examples)["action_loss"]
-        optimizer.zero_grad()
+        model.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(float(loss))
@@ -225,6 +234,7 @@ def main():
                 for i in range(len(INSTRUCTIONS))]
 
     losses = fit_to(model, examples(fitted), FIT_STEPS, FIT_LR)
+    bf16_values(model)  # the fitted weights rounded to bfloat16 numbers (starvla.bf16_values), then recorded
     case = record(model, examples(unseen), images)
     decoded_ok = [bool(np.abs(case["predicted_actions"][i].numpy()).sum() > 0) for i in range(len(INSTRUCTIONS))]
 
@@ -239,8 +249,7 @@ def main():
     (out / "fast").mkdir()
     for name in ("tokenizer.json", "processor_config.json"):
         shutil.copy(fast_dir / name, out / "fast" / name)
-    state = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "state.safetensors"), metadata={"starvla_commit": commit})
+    save_state(out, model, {"starvla_commit": commit})
     save_file({"images": torch.from_numpy(images).contiguous(), "actions": torch.from_numpy(unseen),
                "fitted_actions": torch.from_numpy(fitted), **case}, str(out / "case.safetensors"))
     (out / "case.json").write_text(json.dumps({

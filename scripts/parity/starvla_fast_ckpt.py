@@ -7,7 +7,7 @@ The QwenFast sibling of starvla_ckpt.py: after starvla_fast.py (it reuses its we
 checkpoints/steps_2_model.safetensors), loads it back with starVLA's own Qwenvl_Fast.from_pretrained,
 runs predict_action on the fixture's observations and un-normalizes with
 FrameworkTools.unnormalize_actions: expected.safetensors holds what a starVLA deployment serves.
-The weights file is qwenfast/state.safetensors saved again, so it is not stored twice: after starVLA
+The weights file is qwenfast/state.json's state dict saved again, so it is not stored twice: after starVLA
 has loaded it the script records its sha256 in expected.json (checkpoint_sha256, checkpoint_from) and
 removes it; tests/starvla_ckpt.py rebuilds it byte for byte.
 The FAST tokenizer is not part of a starVLA checkpoint (QwenFast reads playground/Pretrained_models/fast):
@@ -87,7 +87,7 @@ def main():
     __import__("accelerate").PartialState()  # starVLA's dataloader logs through accelerate, as in training
     save_dataset_statistics(statistics(meta["action_dim"], rng), run_dir)
     ckpt = run_dir / "checkpoints" / f"steps_{STEPS}_model.safetensors"
-    save_file(load_file(str(src / "state.safetensors")), str(ckpt))
+    save_file(__import__("starvla_weights").load_state(src), str(ckpt))  # the parity fixture's weights
     (run_dir / "summary.jsonl").write_text(json.dumps({"steps": STEPS}) + "\n")
 
     # build_framework first imports every framework module (some need diffusers, not installed
@@ -101,16 +101,17 @@ def main():
         normalized = np.asarray(model.predict_action(examples=examples)["normalized_actions"], dtype=np.float32)
     stats = FrameworkTools.get_action_stats(model.norm_stats)
     served = np.stack([FrameworkTools.unnormalize_actions(normalized[i].copy(), stats) for i in range(len(normalized))])
-    save_file({"images": torch.from_numpy(images).contiguous(),
-               "normalized_actions": torch.from_numpy(normalized).contiguous(),
+    # the observations' images are the parity case's (not stored again: expected.json's images_from)
+    save_file({"normalized_actions": torch.from_numpy(normalized).contiguous(),
                "actions": torch.from_numpy(served.astype(np.float32)).contiguous()}, str(out / "expected.safetensors"))
     digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
     ckpt.unlink()  # rebuilt by the tests from the state fixture (module docstring)
     (run_dir / "checkpoints" / ".keep").write_text("")
     (out / "expected.json").write_text(json.dumps({
         "framework": "QwenFast", "starvla_commit": commit, "checkpoint": f"ckpt/checkpoints/{ckpt.name}",
-        "checkpoint_sha256": digest, "checkpoint_from": f"{fixture}/state.safetensors (save_file, no metadata)",
+        "checkpoint_sha256": digest, "checkpoint_from": f"{fixture}/state.json (its tensors in weights/; save_file, no metadata)",
         "base_vlm": f"tests/fixtures/starvla/{fixture}/vlm (config.yaml names the scratch folder it was built in)",
+        "images_from": f"{fixture}/case.safetensors",
         "fast_tokenizer": f"tests/fixtures/starvla/{fixture}/fast", "instructions": meta["instructions"],
         "dataset_key": DATASET_KEY,
         "made_by": "starVLA from_pretrained + predict_action + FrameworkTools.unnormalize_actions, float32 CPU",

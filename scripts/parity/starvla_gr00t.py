@@ -7,7 +7,8 @@ and its predict_action on a fixed batch, without and with a proprioceptive state
 tests/fixtures/starvla/qwengr00t/ (qwengr00t_qwen25/ for --vlm qwen25):
 
   vlm/                    the tiny VLM's config, tokenizer and processor (no weights)
-  state.safetensors       QwenGR00T's whole state_dict (float32), keys as starVLA names them
+  state.json              QwenGR00T's whole state_dict, every weight a bfloat16 number (starvla.bf16_values)
+                          (float32, keys as starVLA names them; its tensors in the shared weights/ store, bench/starvla_weights.py)
   case.safetensors        inputs, the randomness starVLA drew and its outputs (no state)
   case_state.safetensors  the same with a state [B, 1, S] in the examples
   case_cot.safetensors    the same with starVLA's datasets.vla_data.CoT_prompt set (no state)
@@ -34,7 +35,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from starvla import COT_PROMPT, INSTRUCTIONS, SEED, VIEWS, open_starvla, save_model_and_case, tiny_qwen3_vl  # noqa: E402
+from starvla import (COT_PROMPT, INSTRUCTIONS, SEED, VIEWS, bf16_values, open_starvla, save_model_and_case,  # noqa: E402
+                     tiny_qwen3_vl)
 
 HORIZON = 4
 ACTION_DIM = 7
@@ -123,7 +125,7 @@ def write_ckpt(fixtures: Path, work: Path, qwen25: bool = False) -> None:
     """tests/fixtures/starvla/qwengr00t_ckpt/ (qwengr00t_qwen25_ckpt/ from qwengr00t_qwen25/ with
     qwen25): a QwenGR00T run folder as starVLA's trainer writes it
     (ckpt/config.yaml, ckpt/dataset_statistics.json; its weights file checkpoints/steps_2_model.safetensors
-    is byte for byte qwengr00t/state.safetensors, so it is not stored twice: the test puts it back),
+    is qwengr00t/state.json's state dict saved again, so it is not stored twice: the test rebuilds it),
     loaded back with starVLA's from_pretrained, and what starVLA serves for two observations (the
     second with a state): predict_action after torch.manual_seed(seed) per observation, then
     FrameworkTools.unnormalize_actions (expected.safetensors)."""
@@ -131,6 +133,7 @@ def write_ckpt(fixtures: Path, work: Path, qwen25: bool = False) -> None:
     from PIL import Image
     from safetensors.torch import load_file, save_file
     from starvla_ckpt import DATASET_KEY, STEPS, statistics
+    from starvla_weights import load_state
     from starVLA.dataloader import save_dataset_statistics
     from starVLA.model.framework.VLM4A.QwenGR00T import Qwen_GR00T
     from starVLA.model.modules.action_model import GR00T_ActionHeader
@@ -161,7 +164,7 @@ def write_ckpt(fixtures: Path, work: Path, qwen25: bool = False) -> None:
     __import__("accelerate").PartialState()  # starVLA's dataloader logs through accelerate, as in training
     save_dataset_statistics(statistics(ACTION_DIM, rng), run_dir)
     ckpt = run_dir / "checkpoints" / f"steps_{STEPS}_model.safetensors"
-    shutil.copyfile(src / "state.safetensors", ckpt)
+    save_file(load_state(src), str(ckpt))  # the parity fixture's weights (save_file, no metadata)
     (run_dir / "summary.jsonl").write_text(json.dumps({"steps": STEPS}) + "\n")
 
     import starVLA.model.framework.base_framework as base_framework
@@ -183,15 +186,19 @@ def write_ckpt(fixtures: Path, work: Path, qwen25: bool = False) -> None:
     normalized = np.stack(normalized)
     stats = FrameworkTools.get_action_stats(model.norm_stats)
     served = np.stack([FrameworkTools.unnormalize_actions(c.copy(), stats) for c in normalized])
-    shutil.move(str(ckpt), str(work / ckpt.name))  # stored once, as {name}/state.safetensors
-    save_file({"images": torch.from_numpy(images[: len(CKPT_SEEDS)]).contiguous(), "state": torch.from_numpy(states),
+    digest = sha256_of(ckpt)
+    ckpt.unlink()  # stored once, as {name}/state.json; tests/starvla_ckpt.py rebuilds it
+    (run_dir / "checkpoints" / ".keep").write_text("")
+    # the observations' images are the parity case's (not stored again: expected.json's images_from)
+    save_file({"state": torch.from_numpy(states),
                "noise": torch.cat(noises).contiguous(), "normalized_actions": torch.from_numpy(normalized).contiguous(),
                "actions": torch.from_numpy(served.astype(np.float32)).contiguous()}, str(out / "expected.safetensors"))
     (out / "expected.json").write_text(json.dumps({
         "framework": "QwenGR00T", "starvla_commit": meta["starvla_commit"],
-        "checkpoint": f"ckpt/checkpoints/{ckpt.name}", "weights_from": f"{name}/state.safetensors",
-        "weights_sha256": sha256_of(src / "state.safetensors"),
+        "checkpoint": f"ckpt/checkpoints/{ckpt.name}", "checkpoint_sha256": digest,
+        "checkpoint_from": f"{name}/state.json (its tensors in weights/; save_file, no metadata)",
         "base_vlm": f"tests/fixtures/starvla/{name}/vlm (config.yaml names the scratch folder it was built in)",
+        "images_from": f"{name}/case.safetensors",
         "instructions": meta["instructions"][: len(CKPT_SEEDS)], "seeds": CKPT_SEEDS, "state_on": [1],
         "dataset_key": DATASET_KEY, "dit": {"DiT-tiny": TINY_DIT},
         "made_by": "starVLA from_pretrained + predict_action (torch.manual_seed(seed) first) + "
@@ -233,6 +240,7 @@ def main():
     interface_class = "_QWen_VL_Interface" if qwen25 else "_QWen3_VL_Interface"
     assert type(model.qwen_vl_interface) is getattr(interface, interface_class), type(model.qwen_vl_interface)
     model = model.float().eval()  # starVLA loads the VLM in bf16 for CUDA autocast; the fixture is fp32 on CPU
+    bf16_values(model)  # the head's weights rounded to bfloat16 numbers too (starvla.bf16_values)
 
     rng = np.random.default_rng(SEED)
     images = rng.integers(0, 256, size=(len(INSTRUCTIONS), VIEWS, size, size, 3), dtype=np.uint8)

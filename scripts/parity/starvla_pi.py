@@ -9,9 +9,9 @@ Qwen2.5-VL) with a fixed seed, runs its training forward and its predict_action 
 and writes under tests/fixtures/starvla/<name>/:
 
   vlm/                    the tiny VLM's config, tokenizer and processor (no weights)
-  state.safetensors       the framework's state_dict (float32, keys as starVLA names them) but the VLM's
-                          tensors: the tiny VLM is the QwenOFT fixture's (qwenoft/ or qwenoft_qwen25/,
-                          made by starvla.py), checked equal here and recorded by digest
+  state.json              the framework's state_dict, every weight a bfloat16 number (starvla.bf16_values)
+                          (float32, keys as starVLA names them; its tensors in the shared weights/ store, bench/starvla_weights.py): the tiny VLM's
+                          tensors are the QwenOFT fixture's, stored once
   case.safetensors        inputs (uint8 images, actions), the noise and times starVLA drew (recorded,
                           see below), and outputs (loss, predicted actions, the prompt's token ids)
   case.json               instructions, sizes, the seeds, starVLA commit, how the case was made
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from starvla import (ACTION_DIM, HORIZON, INSTRUCTIONS, SEED, STATE_DIM, VIEWS, open_starvla,  # noqa: E402
+from starvla import (ACTION_DIM, HORIZON, INSTRUCTIONS, SEED, STATE_DIM, VIEWS, bf16_values, open_starvla,  # noqa: E402
                      save_model_and_case, tiny_qwen3_vl)
 
 DIT_WIDTH = 32  # action_dit_hidden_dim: below the tiny VLM's 64, so QwenPI_v3's projectors are real layers
@@ -140,35 +140,6 @@ def run_case(model, examples, images) -> dict:
 VLM_KEYS = "qwen_vl_interface."
 
 
-def vlm_digest(state: dict) -> str:
-    """sha256 over the VLM's tensors (names, shapes and float32 bytes, in name order)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for key in sorted(k for k in state if k.startswith(VLM_KEYS)):
-        t = state[key].float().contiguous()
-        h.update(key.encode() + str(tuple(t.shape)).encode() + t.numpy().tobytes())
-    return h.hexdigest()
-
-
-def drop_shared_vlm(out: Path, oft: Path) -> str:
-    """The fixture keeps only the weights outside the VLM: the tiny VLM is the one the QwenOFT fixture
-    of the same VLM already holds (starvla.py builds the same folder with the same seed, and starVLA
-    loads it the same way), checked here tensor for tensor. Returns that fixture's folder name
-    (case.json's vlm_weights_in)."""
-    from safetensors.torch import load_file, save_file
-
-    ours, theirs = load_file(str(out / "state.safetensors")), load_file(str(oft / "state.safetensors"))
-    vlm = sorted(k for k in ours if k.startswith(VLM_KEYS))
-    assert vlm == sorted(k for k in theirs if k.startswith(VLM_KEYS)), f"{oft} has another VLM: run starvla.py first"
-    assert all(torch.equal(ours[k], theirs[k]) for k in vlm), f"the VLM differs from {oft}'s"
-    with __import__("safetensors").safe_open(str(out / "state.safetensors"), "pt") as f:
-        metadata = f.metadata()
-    metadata["vlm_sha256"] = vlm_digest(ours)
-    save_file({k: v for k, v in ours.items() if not k.startswith(VLM_KEYS)}, str(out / "state.safetensors"), metadata=metadata)
-    return oft.name
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--starvla", required=True, help="a checkout of github.com/starVLA/starVLA")
@@ -196,7 +167,8 @@ def main():
         assert type(model.qwen_vl_interface) is interface._QWen_VL_Interface, type(model.qwen_vl_interface)
     # starVLA loads the VLM in bfloat16; the fixture is float32 on the CPU (the bf16-rounded VLM
     # weights are what is saved). eval(): the DiT's dropout (p = 0.2) off, as for any comparison.
-    model = model.float().eval()
+    # The head's weights are rounded to bfloat16 numbers too (starvla.bf16_values).
+    model = bf16_values(model.float().eval())
 
     rng = np.random.default_rng(SEED)
     images = rng.integers(0, 256, size=(len(INSTRUCTIONS), VIEWS, size, size, 3), dtype=np.uint8)
@@ -214,7 +186,6 @@ def main():
     out = Path(args.out) / name
     save_model_and_case(out, model, vlm_dir, commit, images, actions, plain)
     save_file(with_state, str(out / "case_state.safetensors"))
-    shared = drop_shared_vlm(out, Path(args.out) / ("qwenoft_qwen25" if qwen25 else "qwenoft"))
     head = model.action_model
     dit = head.model.config
     (out / "case.json").write_text(json.dumps({
@@ -231,7 +202,6 @@ def main():
         "repeated_diffusion_steps": int(plain["train_noise"].shape[0]) // len(INSTRUCTIONS), "num_inference_timesteps": int(head.num_inference_timesteps),
         "future_tokens": int(head.future_tokens.weight.shape[0]), "max_seq_len": int(head.position_embedding.weight.shape[0]),
         "dit_output_dim": int(dit.output_dim),
-        "vlm_weights_in": shared,
         "loss": float(plain["loss"]), "loss_state": float(with_state["loss"]), "torch": torch.__version__,
         "transformers": __import__("transformers").__version__, "diffusers": __import__("diffusers").__version__,
     }, indent=2, ensure_ascii=False) + "\n")

@@ -15,8 +15,8 @@ Usage: /tmp/starvla-venv/bin/python scripts/parity/starvla_pi_ckpt.py --starvla 
 (after starvla_pi.py has written tests/fixtures/starvla/qwenpi_v3 and its tiny VLM in --work).
 `--framework QwenPI` does the same for starVLA's QwenPI (tests/fixtures/starvla/qwenpi, after
 `starvla_pi.py --framework QwenPI`) into qwenpi_ckpt/, both observations carrying a state (QwenPI
-feeds it to its head's state encoder). Either way the weights are the parity fixture's
-state.safetensors with the VLM of the QwenOFT fixture's (qwenoft/), as the tests assemble them."""
+feeds it to its head's state encoder). Either way the weights are the parity fixture's state
+(state.json, read from the weights store as the tests read it)."""
 from __future__ import annotations
 
 import argparse
@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from starvla import open_starvla  # noqa: E402
 from starvla_ckpt import DATASET_KEY, STEPS, statistics  # noqa: E402
-from starvla_pi import HEAD_DIM, MAX_SEQ_LEN, PREDICT_SEED, REPEATS, VLM_KEYS, Recorder  # noqa: E402
+from starvla_pi import HEAD_DIM, MAX_SEQ_LEN, PREDICT_SEED, REPEATS, Recorder  # noqa: E402
 
 
 def main():
@@ -80,11 +80,7 @@ def main():
     __import__("accelerate").PartialState()  # starVLA's dataloader logs through accelerate, as in training
     save_dataset_statistics(statistics(meta["action_dim"], rng), run_dir)
     ckpt = run_dir / "checkpoints" / f"steps_{STEPS}_model.safetensors"
-    weights = load_file(str(src / "state.safetensors"))
-    if meta.get("vlm_weights_in"):  # the fixture takes its VLM from the QwenOFT fixture's
-        weights.update({k: v for k, v in load_file(str(Path(args.fixtures) / meta["vlm_weights_in"] / "state.safetensors")).items()
-                        if k.startswith(VLM_KEYS)})
-    save_file(weights, str(ckpt))
+    save_file(__import__("starvla_weights").load_state(src), str(ckpt))  # the parity fixture's weights
     (run_dir / "summary.jsonl").write_text(json.dumps({"steps": STEPS}) + "\n")
 
     # starVLA loads it back (read_mode_config + build_framework + strict load_state_dict); its
@@ -119,8 +115,8 @@ def main():
                  "state_prompt_actions": torch.from_numpy(np.stack([
                      FrameworkTools.unnormalize_actions(with_state[i].copy(), stats) for i in range(len(with_state))
                  ]).astype(np.float32))}
-    save_file({"images": torch.from_numpy(images).contiguous(),
-               "noise": drawn.noise[0].float().contiguous(),
+    # the observations' images are the parity case's (not stored again: expected.json's images_from)
+    save_file({"noise": drawn.noise[0].float().contiguous(),
                **({} if state is None else {"state": torch.from_numpy(state)}), **extra,
                "normalized_actions": torch.from_numpy(normalized).contiguous(),
                "actions": torch.from_numpy(served.astype(np.float32)).contiguous()}, str(out / "expected.safetensors"))
@@ -132,9 +128,9 @@ def main():
     (out / "expected.json").write_text(json.dumps({
         "framework": args.framework, "starvla_commit": commit, "checkpoint": f"ckpt/checkpoints/{ckpt.name}",
         "checkpoint_sha256": digest,
-        "checkpoint_from": f"{src.name}/state.safetensors" + (f" with the VLM of {meta['vlm_weights_in']}/state.safetensors"
-                                                             if meta.get("vlm_weights_in") else "") + " (save_file, no metadata)",
+        "checkpoint_from": f"{src.name}/state.json (its tensors in weights/; save_file, no metadata)",
         "base_vlm": f"tests/fixtures/starvla/{src.name}/vlm (config.yaml names the scratch folder it was built in)",
+        "images_from": f"{src.name}/case.safetensors",
         "instructions": meta["instructions"], "dataset_key": DATASET_KEY, "predict_seed": PREDICT_SEED,
         "made_by": "starVLA from_pretrained + predict_action (noise recorded) + FrameworkTools.unnormalize_actions, "
                    "float32 CPU",
