@@ -82,8 +82,10 @@ def save_state(folder: Path, state: dict, metadata: dict | None = None, name: st
                 bf16.append(key)
                 t = t.bfloat16()
             stored[key] = t
-        save_file(stored, str(store / file), metadata={
-            "format": FORMAT, "part": part, "aliases": json.dumps(aliases, sort_keys=True), "bf16": json.dumps(bf16)})
+        # one metadata entry: safetensors writes its metadata map in no fixed order, one key keeps
+        # the file's bytes the same from run to run
+        save_file(stored, str(store / file), metadata={"graphvla": json.dumps(
+            {"format": FORMAT, "part": part, "aliases": aliases, "bf16": bf16}, sort_keys=True)})
         parts.append(file)
     index = {"format": FORMAT, "sha256": digest(state), "tensors": len(state),
              "parts": [f"{store.name}/{p}" for p in parts], "metadata": dict(metadata or {})}
@@ -95,13 +97,13 @@ def save_state(folder: Path, state: dict, metadata: dict | None = None, name: st
 def read_part(path: Path) -> dict:
     """The float32 (or original dtype) tensors of one part file, aliases restored."""
     with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+        meta = json.loads((f.metadata() or {}).get("graphvla", "{}"))
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not a starVLA fixture weights part (format {meta.get('format')!r}, expected {FORMAT!r})")
     tensors = load_file(str(path))
-    for key in json.loads(meta["bf16"]):
+    for key in meta["bf16"]:
         tensors[key] = tensors[key].float()
-    for key, source in json.loads(meta["aliases"]).items():
+    for key, source in meta["aliases"].items():
         tensors[key] = tensors[source].clone()
     return tensors
 

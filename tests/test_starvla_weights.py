@@ -40,9 +40,9 @@ def test_round_trip_is_bit_exact_and_stores_repeats_once(tmp_path):
     for k, v in state.items():
         assert back[k].dtype == v.dtype and torch.equal(back[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), k
     # the same state saved by a second fixture adds no file: its parts are the first one's
-    files = sorted(p.name for p in (tmp_path / "weights").iterdir())
+    files = {p.name: p.read_bytes() for p in (tmp_path / "weights").iterdir()}
     save_state(tmp_path / "b", state, {})
-    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == files
+    assert {p.name: p.read_bytes() for p in (tmp_path / "weights").iterdir()} == files  # same names, same bytes
     assert state_index(tmp_path / "b")["parts"] == index["parts"]
     embeddings = next(p for p in index["parts"] if "qwen_vl_interface.model.lm_head.weight" in read_part(tmp_path / p))
     stored = load_file(str(tmp_path / embeddings))
