@@ -3,7 +3,7 @@ serves from it (run OUTSIDE the package, in the side virtual environment of star
 
 The sibling of starvla_ckpt.py (QwenOFT) for QwenPI_v3: the trainer's layout (config.yaml,
 dataset_statistics.json, checkpoints/steps_N_model.safetensors) for the weights of
-tests/fixtures/starvla/qwenpi_v3/state.safetensors (starVLA's own QwenPI_v3 initialisation, see
+tests/fixtures/starvla/qwenpi_v3/state.json (starVLA's own QwenPI_v3 initialisation, see
 starvla_pi.py; config.yaml carries the same action_model settings), loaded back with starVLA's own
 `from_pretrained`, `predict_action` on the fixture's two observations from a seeded generator (the
 starting noise it drew is recorded by wrapping torch.randn while it runs) and starVLA's
