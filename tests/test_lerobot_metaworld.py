@@ -279,6 +279,10 @@ def test_overall_is_the_bucket_mean_beside_the_published_rows():
     table = format_protocol_table(s)
     assert "overall" in table and "Evo-1 0.77B" in table and "80.6%" in table
     assert "Evo-1 0.77B" in format_protocol_markdown(s)
+    # no peer publishes per-task rates: the task table has exactly task, bucket and ours, no empty columns
+    task_table = format_protocol_markdown(s).split("| task |")[1].split("\n\n")[0]
+    widths = {line.count("|") for line in ("| task |" + task_table).splitlines() if line.startswith("|")}
+    assert widths == {4}, widths
     subset = summarize_protocol({t: per_task[t] for t in P.bucket_tasks()["hard"]}, protocol=NAME)
     assert subset["buckets"]["hard"]["peers"]["tinyvla"] is None  # bucket figures not held
     assert subset["mean"]["peers"]["tinyvla"] is None and subset["versus_peers"] == {}

@@ -268,12 +268,12 @@ def format_protocol_markdown(summary: dict, label: str = "GraphVLA") -> str:
         lines.append(f"| {name} | " + " | ".join(pct(v["peers"][row]) for v in buckets.values())
                      + f" | {pct(tot['peers'][row])} |")
     per_task_peers = [r for r in P.PEER_ROWS if any(v["peers"][r] is not None for v in summary["tasks"].values())]
-    lines += ["", f"| task | bucket | {label} | " + " | ".join(P.PEER_ROWS[r] for r in per_task_peers) + " |",
+    # a protocol whose peers publish no per-task rates (lerobot-metaworld) gets no empty peer columns
+    lines += ["", "| " + " | ".join(["task", "bucket", label] + [P.PEER_ROWS[r] for r in per_task_peers]) + " |",
               "|---" * (3 + len(per_task_peers)) + "|"]
     for task, v in summary["tasks"].items():
-        lines.append(f"| {task} | {v['bucket']} | {v['successes']}/{v['episodes']} "
-                     f"[{100 * v['ci95'][0]:.0f}, {100 * v['ci95'][1]:.0f}] | "
-                     + " | ".join(_pct(v['peers'][r], 0) for r in per_task_peers) + " |")
+        cells = [task, v["bucket"], f"{v['successes']}/{v['episodes']} [{100 * v['ci95'][0]:.0f}, {100 * v['ci95'][1]:.0f}]"]
+        lines.append("| " + " | ".join(cells + [_pct(v["peers"][r], 0) for r in per_task_peers]) + " |")
     lines += [""] + [f"- {line}" for line in
                      format_peer_differences(summary.get("versus_peers") or peer_differences(summary),
                                              P.NAME).splitlines()]
