@@ -49,8 +49,8 @@ def parity_spec(folder: Path) -> dict:
     cfg_path, cfg = L.read_config(folder)
     features = L.features_of(cfg, cfg_path)
     state = load_file(str(folder / "model.safetensors"))
-    _, modes, images, rename = L.normalization_of(folder, "0.4", state, cfg, features, cfg_path)
-    spec = L.build_spec(L.POLICIES["pi0"], cfg, cfg_path, features, images, modes, rename)
+    _, modes, images, pre = L.normalization_of(folder, "0.4", state, cfg, features, cfg_path)
+    spec = L.build_spec(L.POLICIES["pi0"], cfg, cfg_path, features, images, modes, pre)
     h, d = features["horizon"], cfg["max_action_dim"]
     spec["inputs"]["flow_noise"] = {"kind": "action", "dim": d, "horizon": h, "train_only": True, "optional": True}
     spec["inputs"]["flow_time"] = {"kind": "state", "dim": 1, "train_only": True, "optional": True}

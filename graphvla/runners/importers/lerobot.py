@@ -39,7 +39,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -67,7 +67,7 @@ class PolicyType:
     name: str  # LeRobot's config `type`
     graph: str  # the packaged graph it becomes
     key_prefixes: tuple  # (LeRobot prefix, graph prefix): the first that matches renames; graph None: not a weight
-    configure: Callable  # (spec, config, features, config_path) -> None: the policy's own fields into the spec
+    configure: Callable  # (spec, config, features, config_path, preprocessor steps) -> None: the policy's own fields
     fixed: Callable | None = None  # (graph key, our tensor, their tensor) -> None: checks a non-weight (a fixed table)
     rename: Callable | None = None  # LeRobot key -> graph key (None: a fixed table, '': unknown) instead of key_prefixes
 
@@ -97,7 +97,7 @@ def _act_key(key: str) -> str:
     return key.replace(".multihead_attn.", ".cross_attn.")
 
 
-def _configure_act(spec: dict, cfg: dict, features: dict, path: Path) -> None:
+def _configure_act(spec: dict, cfg: dict, features: dict, path: Path, steps: list) -> None:
     backbone = str(cfg.get("vision_backbone", "resnet18"))
     if features["cameras"]:
         m = re.fullmatch(r"resnet(18|34)", backbone)
@@ -143,7 +143,7 @@ def _act_vae_pos(cg):
 
 
 # Diffusion Policy (runners/importers/lerobot_diffusion.py: names, sizes, the observation window) ---------
-def _configure_diffusion(spec: dict, cfg: dict, features: dict, path: Path) -> dict:
+def _configure_diffusion(spec: dict, cfg: dict, features: dict, path: Path, steps: list) -> dict:
     from . import lerobot_diffusion
 
     try:
@@ -170,9 +170,9 @@ def _delegated(loaded, missing: str):
     """(configure, fixed, rename) of a policy whose importer is the module `loaded()` returns (imported on
     first use); its KeyError/ValueError become LeRobotImportError naming the file (`missing`: what a
     KeyError lacks, 'tensor' or 'field')."""
-    def configure(spec: dict, cfg: dict, features: dict, path: Path) -> dict:
+    def configure(spec: dict, cfg: dict, features: dict, path: Path, steps: list) -> dict:
         try:
-            return loaded().configure(spec, cfg, features, path.parent)
+            return loaded().configure(spec, cfg, features, path.parent, steps)
         except (KeyError, ValueError) as e:
             raise LeRobotImportError(f"{path}: {e.args[0] if isinstance(e, ValueError) else f'no {missing} {e}'}") from None
 
@@ -371,8 +371,17 @@ def _step_state(folder: Path, path: Path, i: int, step: dict) -> dict:
     return load_file(str(folder / name))
 
 
-def statistics_04(folder: Path, cfg: dict, features: dict, path: Path) -> tuple[dict, dict, dict]:
-    """(the same sources as statistics_03, norm_map, rename_map) from a 0.4+ save's processor files."""
+@dataclass(frozen=True)
+class Preprocessor:
+    """What a 0.4+ save's policy_preprocessor.json holds, read once (statistics_04) and handed on: its steps
+    (a policy's importer reads its own, e.g. pi0's tokenizer_processor) and the rename_map (client key ->
+    feature key). A 0.3.x save has none: empty."""
+    steps: list = field(default_factory=list)
+    rename: dict = field(default_factory=dict)
+
+
+def statistics_04(folder: Path, cfg: dict, features: dict, path: Path) -> tuple[dict, dict, Preprocessor]:
+    """(the same sources as statistics_03, norm_map, the preprocessor) from a 0.4+ save's processor files."""
     pre_path, pre = _processor(folder, PREPROCESSOR, PRE_STEPS + POLICY_PRE_STEPS.get(cfg.get("type"), ()))
     post_path, post = _processor(folder, POSTPROCESSOR, POST_STEPS)
     rename, norm, unnorm = {}, None, None
@@ -413,7 +422,7 @@ def statistics_04(folder: Path, cfg: dict, features: dict, path: Path) -> tuple[
     source = {"inputs": collect(pre_path, norm[2], inputs, norm[1]["state_file"]),
               "targets": collect(pre_path, norm[2], [ACTION_KEY], norm[1]["state_file"]),
               "outputs": collect(post_path, unnorm[2], [ACTION_KEY], unnorm[1]["state_file"])}
-    return source, mapping, rename
+    return source, mapping, Preprocessor(pre, rename)
 
 
 def read_statistics(source: dict, mapping: dict, features: dict, path: Path) -> tuple[dict, dict, list]:
@@ -469,24 +478,26 @@ def read_statistics(source: dict, mapping: dict, features: dict, path: Path) -> 
 
 
 def normalization_of(folder: Path, version: str, state: dict, cfg: dict, features: dict, cfg_path: Path):
-    """(statistics, modes, image normalization, rename_map) of a save of either format; a 0.3.x save's
+    """(statistics, modes, image normalization, Preprocessor) of a save of either format; a 0.3.x save's
     normalization buffers are taken out of `state`."""
     if version == "0.3":
         source, mapping = statistics_03(state, cfg, features, cfg_path)
-        rename = {}
+        pre = Preprocessor()
     else:
-        source, mapping, rename = statistics_04(folder, cfg, features, cfg_path)
+        source, mapping, pre = statistics_04(folder, cfg, features, cfg_path)
         stray = sorted(k for k in state if k.startswith(("normalize_inputs.", "normalize_targets.", "unnormalize_outputs.")))
         if stray:
             raise LeRobotImportError(f"{folder / 'model.safetensors'}: normalization buffers {stray[:3]} beside processor "
                                      "files: a save mixing LeRobot formats")
-    return (*read_statistics(source, mapping, features, cfg_path), rename)
+    return (*read_statistics(source, mapping, features, cfg_path), pre)
 
 
 def build_spec(policy: PolicyType, cfg: dict, cfg_path: Path, features: dict, images: list, modes: dict,
-               rename: dict | None = None) -> dict:
+               pre: Preprocessor | None = None) -> dict:
     """The packaged graph of `policy` with the pretrained policy's sizes, options and image statistics;
-    `rename` (a 0.4+ preprocessor's rename_map, client key -> feature key) renames the served keys."""
+    `pre` (a 0.4+ save's Preprocessor, from normalization_of) gives the policy's importer the preprocessor's
+    steps, and its rename_map (client key -> feature key) renames the served keys."""
+    pre = pre or Preprocessor()
     from ...spec.loader import load_spec
 
     spec = copy.deepcopy(load_spec(policy.graph).data)
@@ -517,8 +528,8 @@ def build_spec(policy: PolicyType, cfg: dict, cfg_path: Path, features: dict, im
         head_in["env_state"] = "inputs.env_state"
         key_map[ENV_KEY] = "env_state"
     spec["trainer"]["normalization"] = {p: m for p, m in modes.items() if p in spec["inputs"]}
-    key_map = policy.configure(spec, cfg, features, cfg_path) or key_map  # a policy may serve other keys (diffusion's window)
-    for sent, feature in (rename or {}).items():  # the client sends `sent`, which LeRobot renames to `feature`
+    key_map = policy.configure(spec, cfg, features, cfg_path, pre.steps) or key_map  # a policy may serve other keys (diffusion's window)
+    for sent, feature in pre.rename.items():  # the client sends `sent`, which LeRobot renames to `feature`
         if feature in key_map and sent != feature:
             key_map[sent] = key_map.pop(feature)
     steps = int(cfg.get("n_action_steps", h) or h)
@@ -618,8 +629,8 @@ def import_lerobot(src, out) -> Path:
         state = load_file(str(weights_path))
     except Exception as e:  # a truncated or foreign file
         raise LeRobotImportError(f"{weights_path}: cannot read it as safetensors ({type(e).__name__}: {e})") from None
-    stats, modes, images, rename = normalization_of(folder, version, state, cfg, features, cfg_path)
-    spec_data = build_spec(policy, cfg, cfg_path, features, images, modes, rename)
+    stats, modes, images, pre = normalization_of(folder, version, state, cfg, features, cfg_path)
+    spec_data = build_spec(policy, cfg, cfg_path, features, images, modes, pre)
 
     with tempfile.TemporaryDirectory(prefix="graphvla-import-") as scratch:
         spec_file = Path(scratch) / "spec.yaml"

@@ -116,20 +116,10 @@ def sizes_of(state: dict) -> dict:
     return {"vision": vision, "text": text, "expert": expert, "n_pos": n_pos, "side": side}
 
 
-def processor_steps(folder) -> list:
-    """The preprocessor's steps ([] for a save without processor files)."""
-    import json
-    from pathlib import Path
-
-    path = Path(folder) / "policy_preprocessor.json"
-    if not path.is_file():
-        return []
-    return [s for s in json.loads(path.read_text()).get("steps") or [] if isinstance(s, dict)]
-
-
-def tokenizer_of(folder) -> dict | None:
-    """The preprocessor's tokenizer_processor config (None: none there)."""
-    tok = [s.get("config") or {} for s in processor_steps(folder) if s.get("registry_name") == "tokenizer_processor"]
+def tokenizer_of(steps: list) -> dict | None:
+    """The tokenizer_processor config among the preprocessor's steps (lerobot.Preprocessor.steps, read once
+    by the importer; [] for a save without processor files), or None: none there."""
+    tok = [s.get("config") or {} for s in steps if s.get("registry_name") == "tokenizer_processor"]
     return tok[0] if tok else None
 
 
@@ -146,9 +136,10 @@ def local_tokenizer(name: str, folder):
     return hub.cached_snapshot(name)
 
 
-def configure(spec: dict, cfg: dict, features: dict, folder) -> dict:
-    """Sizes and options of a LeRobot 0.4 pi0 save (config.json, the weights' shapes, the tokenizer step)
-    into the lerobot/pi0 spec; returns the served key map. ValueError names what cannot be imported."""
+def configure(spec: dict, cfg: dict, features: dict, folder, steps: list) -> dict:
+    """Sizes and options of a LeRobot 0.4 pi0 save (config.json, the weights' shapes, the tokenizer step among
+    the preprocessor's `steps`) into the lerobot/pi0 spec; returns the served key map. ValueError names what
+    cannot be imported."""
     from pathlib import Path
 
     if "paligemma_variant" not in cfg or "resize_imgs_with_padding" in cfg:
@@ -179,8 +170,8 @@ def configure(spec: dict, cfg: dict, features: dict, folder) -> dict:
         raise ValueError(f"max_state_dim {cfg['max_state_dim']} / max_action_dim {cfg['max_action_dim']} are "
                          f"smaller than the state ({features['state']}) / actions ({features['action']})")
     length = int(cfg.get("tokenizer_max_length", 48))
-    tok = tokenizer_of(folder)
-    for step in processor_steps(folder):
+    tok = tokenizer_of(steps)
+    for step in steps:
         if step.get("registry_name") == "relative_actions_processor" and (step.get("config") or {}).get("enabled"):
             raise ValueError("policy_preprocessor.json: relative_actions_processor is enabled (relative actions, "
                              "newer LeRobot's use_relative_actions) and not supported; a disabled one is read as a no-op")

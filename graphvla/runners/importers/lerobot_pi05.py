@@ -48,12 +48,12 @@ def importer_key(key: str) -> str | None:
 fixed = pi0.fixed
 
 
-def configure(spec: dict, cfg: dict, features: dict, folder) -> dict:
+def configure(spec: dict, cfg: dict, features: dict, folder, steps: list) -> dict:
     """Sizes and options of a LeRobot 0.4 pi05 save into the lerobot/pi05 spec; returns the served key map.
     ValueError names what cannot be imported."""
     if not features["state"]:
         raise ValueError("input_features: pi0.5 needs observation.state (LeRobot's pi05 writes it into the prompt)")
-    key_map = pi0.configure(spec, cfg, features, folder)
+    key_map = pi0.configure(spec, cfg, features, folder, steps)
     head = spec["blocks"]["head"]["with"]
     head.pop("max_state_dim", None)
     spec["blocks"]["head"]["in"].pop("state", None)
@@ -63,7 +63,7 @@ def configure(spec: dict, cfg: dict, features: dict, folder) -> dict:
         spec["inputs"].pop("state", None)
         spec["trainer"]["normalization"].pop("state", None)
         key_map.pop("observation.state", None)
-        name = (pi0.tokenizer_of(folder) or {}).get("tokenizer_name", "google/paligemma-3b-pt-224")
+        name = (pi0.tokenizer_of(steps) or {}).get("tokenizer_name", "google/paligemma-3b-pt-224")
         spec["inputs"]["tokens"]["description"] = (
             f"{pi0.TOKENS_KEY}: what LeRobot's pi05 preprocessor makes (its prompt 'Task: ..., State: ...;\\nAction: ' "
             f"with the normalized state in 256 bins, tokenized with {name}, right-padded to "

@@ -78,9 +78,9 @@ def _local(value: str, what: str) -> Path:
         raise ValueError(f"{what} '{value}': {e}") from None
 
 
-def configure(spec: dict, cfg: dict, features: dict, folder: Path) -> dict:
-    """Sizes and options of a SmolVLA save into the lerobot/smolvla spec; returns the served key map.
-    ValueError names what cannot be imported."""
+def configure(spec: dict, cfg: dict, features: dict, folder: Path, steps: list) -> dict:
+    """Sizes and options of a SmolVLA save (with its preprocessor's `steps`: the tokenizer step) into the
+    lerobot/smolvla spec; returns the served key map. ValueError names what cannot be imported."""
     for key, ok in (("add_image_special_tokens", False), ("adapt_to_pi_aloha", False),
                     ("use_delta_joint_actions_aloha", False)):
         if bool(cfg.get(key, ok)) != ok:
@@ -115,7 +115,7 @@ def configure(spec: dict, cfg: dict, features: dict, folder: Path) -> dict:
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"vlm_model_name '{vlm_name}': no readable config.json ({e})") from None
     length = int(cfg.get("tokenizer_max_length", 48))
-    tok = tokenizer_of(folder)
+    tok = tokenizer_of(steps)
     if tok is not None:
         if int(tok.get("max_length", length)) != length or tok.get("padding_side", "right") != "right" \
                 or tok.get("padding", "longest") != "longest" or not tok.get("truncation", True):
