@@ -97,8 +97,10 @@ class Pi0Head(SamplingHead, Block):
     }
     predict_kwargs = ("noise", "num_steps", "rtc")
 
-    def __init__(self, params, inputs, ctx):
-        super().__init__(params, inputs, ctx)
+    def _check_expert(self, inputs) -> None:
+        """The expert's checks shared with head.pi05: an even width, the action dim within
+        max_action_dim, and prefix keys/values shaped for its layers and heads. Sets horizon and
+        action_dim."""
         p = self.params
         w = p["width"]
         if w % 2:
@@ -113,6 +115,12 @@ class Pi0Head(SamplingHead, Block):
             if info.shape[4] != p["kv_heads"] * p["head_dim"]:
                 raise PortError("kv", f"prefix keys are {info.shape[4]} wide but kv_heads x head_dim is "
                                       f"{p['kv_heads']} x {p['head_dim']}")
+
+    def __init__(self, params, inputs, ctx):
+        super().__init__(params, inputs, ctx)
+        self._check_expert(inputs)
+        p = self.params
+        w = p["width"]
         st = inputs.get("state")
         if st is not None and st.shape is not None and st.shape[-1] > p["max_state_dim"]:
             raise ParamError("max_state_dim", f"{p['max_state_dim']} < the state dim {st.shape[-1]}")

@@ -20,9 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.paligemma import GemmaLayer, attention, rope
-from ..base import ParamError, PortError
 from ..registry import register
-from .common import action_shape
 from .pi0 import Pi0Head, time_embedding
 
 
@@ -71,21 +69,10 @@ class Pi05Head(Pi0Head):
                                     if k != "max_state_dim"}}
 
     def __init__(self, params, inputs, ctx):
-        super(Pi0Head, self).__init__(params, inputs, ctx)  # head.pi0's checks below, without its state projection
+        super(Pi0Head, self).__init__(params, inputs, ctx)  # head.pi0's checks, without its state projection
+        self._check_expert(inputs)
         p = self.params
         w = p["width"]
-        if w % 2:
-            raise ParamError("width", f"width {w} must be even (sin/cos time embedding)")
-        self.horizon, self.action_dim = action_shape(self)
-        if self.action_dim > p["max_action_dim"]:
-            raise ParamError("max_action_dim", f"{p['max_action_dim']} < the action dim {self.action_dim}")
-        info = inputs["kv"]
-        if info.shape is not None:
-            if len(info.shape) != 5 or info.shape[1] != p["layers"] or info.shape[2] != 2:
-                raise PortError("kv", f"expects [B, {p['layers']} layers, 2, T, kv_heads * head_dim], got {info.shape}")
-            if info.shape[4] != p["kv_heads"] * p["head_dim"]:
-                raise PortError("kv", f"prefix keys are {info.shape[4]} wide but kv_heads x head_dim is "
-                                      f"{p['kv_heads']} x {p['head_dim']}")
         self.action_in_proj = nn.Linear(p["max_action_dim"], w)
         self.time_mlp_in = nn.Linear(w, w)
         self.time_mlp_out = nn.Linear(w, w)
