@@ -226,7 +226,7 @@ def configure(spec: dict, cfg: dict, features: dict, folder, steps: list) -> dic
 
 
 def fixed_tables(cg) -> dict:
-    head = cg.model["head"]
-    bb = cg.model["backbone"]
-    shape = (bb.embed_tokens.weight.shape[0], head.norm.weight.shape[0])
+    """The action expert's LM head (vocab x expert width), saved by LeRobot but never read: checked by shape.
+    The same for pi0.5, whose expert has the same width parameter."""
+    shape = (cg.model["backbone"].embed_tokens.weight.shape[0], cg.model["head"].params["width"])
     return {EXPERT_LM_HEAD: shape, EXPERT_LM_HEAD[len("model."):]: shape}

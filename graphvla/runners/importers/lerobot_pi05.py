@@ -75,8 +75,4 @@ def configure(spec: dict, cfg: dict, features: dict, folder, steps: list) -> dic
     return key_map
 
 
-def fixed_tables(cg) -> dict:
-    head = cg.model["head"]
-    bb = cg.model["backbone"]
-    shape = (bb.embed_tokens.weight.shape[0], head.time_mlp_in.weight.shape[0])
-    return {EXPERT_LM_HEAD: shape, EXPERT_LM_HEAD[len("model."):]: shape}
+fixed_tables = pi0.fixed_tables  # the expert's unused LM head, checked by shape as for pi0
