@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from graphvla.blocks.base import parameters_on_meta
 from graphvla.compiler.compile import compile_graph
 from graphvla.runners.importers import lerobot as L
-from lerobot_import import import_cli, refused
+from lerobot_import import import_cli, refused, renamed_weights_import_the_same
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lerobot" / "pi0"
 IMPORT_04 = FIXTURE / "import_04"
@@ -369,19 +369,9 @@ def test_a_training_step_reaches_every_parameter_the_loss_depends_on(saved_polic
 def test_openpi_style_names_import_to_the_same_weights(saved_policy, imported_run, tmp_path):
     """Weights named as openpi's conversions name them (no `model.` prefix, time_mlp_in / time_mlp_out)
     import to the same run tensors."""
-    from safetensors.torch import save_file
-
-    src = tmp_path / "src"
-    shutil.copytree(saved_policy, src)
-    t = load_file(str(src / "model.safetensors"))
-    renamed = {k[len("model."):].replace("action_time_mlp_", "time_mlp_"): v for k, v in t.items()}
-    assert any(k.startswith("time_mlp_in.") for k in renamed)
-    save_file(renamed, str(src / "model.safetensors"))
-    result = import_cli(src, tmp_path / "run")
-    assert result.exit_code == 0, result.output
-    a = load_file(str(next((tmp_path / "run").rglob("model.safetensors"))))
-    b = load_file(str(next(imported_run.rglob("model.safetensors"))))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    renamed_weights_import_the_same(saved_policy, imported_run, tmp_path,
+                                    lambda k: k[len("model."):].replace("action_time_mlp_", "time_mlp_"),
+                                    "time_mlp_in.")
 
 
 def test_empty_cameras_are_left_out_and_change_nothing(saved_policy, tmp_path):

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from graphvla.blocks.base import parameters_on_meta
 from graphvla.compiler.compile import compile_graph
 from graphvla.runners.importers import lerobot as L
-from lerobot_import import import_cli, refused
+from lerobot_import import import_cli, refused, renamed_weights_import_the_same
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lerobot" / "pi05"
 IMPORT_04 = FIXTURE / "import_04"
@@ -295,19 +295,9 @@ def test_pi05_saves_the_graph_cannot_take_are_refused_by_name(saved_policy, tmp_
 def test_pi0_style_time_mlp_names_import_to_the_same_weights(saved_policy, imported_run, tmp_path):
     """Weights with pi0's action_time_mlp_* names and no `model.` prefix (LeRobot's loader remaps both)
     import to the same run tensors."""
-    from safetensors.torch import save_file
-
-    src = tmp_path / "src"
-    shutil.copytree(saved_policy, src)
-    t = load_file(str(src / "model.safetensors"))
-    renamed = {k[len("model."):].replace("time_mlp_", "action_time_mlp_"): v for k, v in t.items()}
-    assert any(k.startswith("action_time_mlp_in.") for k in renamed)
-    save_file(renamed, str(src / "model.safetensors"))
-    result = import_cli(src, tmp_path / "run")
-    assert result.exit_code == 0, result.output
-    a = load_file(str(next((tmp_path / "run").rglob("model.safetensors"))))
-    b = load_file(str(next(imported_run.rglob("model.safetensors"))))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    renamed_weights_import_the_same(saved_policy, imported_run, tmp_path,
+                                    lambda k: k[len("model."):].replace("time_mlp_", "action_time_mlp_"),
+                                    "action_time_mlp_in.")
 
 
 def test_empty_cameras_are_left_out_and_change_nothing(saved_policy, tmp_path):
