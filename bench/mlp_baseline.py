@@ -471,8 +471,7 @@ def protocol_main(args):
             raise SystemExit(f"--tasks: {e}") from None
         scenes = protocol_scenes(args.dataset, args.protocol)  # refuses another protocol's recording first
         names = [] if args.no_task else load_tasks(args.dataset)
-        instruction = getattr(P, "instruction", P.mw.instruction)  # what the protocol's client sends, as run_task
-        lacking = [t for t in tasks if names and instruction(t) not in names]
+        lacking = [t for t in tasks if names and P.instruction(t) not in names]  # what the protocol's client sends
         if lacking:
             raise SystemExit(f"{args.dataset}: no demonstrations of {', '.join(lacking)} (meta/tasks.jsonl lacks "
                              f"their {args.protocol} instructions); record them with "

@@ -124,7 +124,7 @@ def run_job(job: dict) -> dict:
 
     warnings.filterwarnings("ignore", module="gymnasium")
     policy = _policy(job["run"])
-    builder = RequestBuilder(policy.metadata, instruction=P.mw.instruction)
+    builder = RequestBuilder(policy.metadata, instruction=P.instruction)
     size = builder.image_size or 64
     env = P.make_env(job["task"], size)
     session = policy.new_session(0)

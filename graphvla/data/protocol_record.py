@@ -45,10 +45,6 @@ def _scenes(P, task: str, episodes: int) -> tuple[list[int], list[int]]:
     return [v for v in range(len(P.variants(task))) if v not in held_out], sorted(held_out)
 
 
-def _instruction(P, task: str) -> str:
-    return P.instruction(task) if hasattr(P, "instruction") else P.mw.instruction(task)
-
-
 def features(size: int, protocol: str | None = None) -> dict:
     from .metaworld_record import recorded_features
 
@@ -80,7 +76,7 @@ def record_task(part: Path, task: str, episodes: int, size: int, position: int =
             if not success:
                 failed.append(v)
                 continue
-            writer.add_episode(frames, _instruction(P, task), {
+            writer.add_episode(frames, P.instruction(task), {
                 "env_task": task, "variant": v, "scene": P.scene_vector(env), "protocol": P.NAME, "success": True})
             kept += 1
             bar.update(1)

@@ -39,6 +39,7 @@ CAMERA = "corner2"
 BUCKETS = ("easy", "medium", "hard", "very_hard")
 ANCHOR_FILE = "starvla_metaworld_mt50.json"
 PEER_ROWS = {"la_finetune": "starVLA LA-pretrained finetune", "baseline_finetune": "starVLA baseline finetune"}
+instruction = mw.instruction  # starVLA's client sends GraphVLA's Meta-World instructions (every protocol has one)
 
 
 @lru_cache(maxsize=1)

@@ -47,7 +47,7 @@ def run_task(connect, make_adapter, task: str, episodes: int, gif_dir: str | Non
     P = _module(protocol)
     warnings.filterwarnings("ignore", module="gymnasium")
     with connect() as client:
-        builder = RequestBuilder(client.metadata, instruction=getattr(P, "instruction", P.mw.instruction))
+        builder = RequestBuilder(client.metadata, instruction=P.instruction)
         adapter = make_adapter(client.metadata)
         size = builder.image_size or 64
         reset = client.reset if client.metadata.get("server") == "graphvla" else None
