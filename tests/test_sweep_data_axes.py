@@ -190,7 +190,8 @@ def test_each_recording_is_made_once_and_only_when_a_run_needs_it(tmp_path, monk
 
     made = []
 
-    def fake_record(out, spec, graph, tasks, episodes, workers, log=print):
+    def fake_record(out, spec, graph, tasks, episodes, workers, log=print, protocol=protocol_data.PROTOCOL):
+        assert protocol == "starvla-mt50"  # the sweep's data.record.protocol
         made.append((Path(out).relative_to(tmp_path).as_posix(), protocol_data.image_size(spec, graph), episodes))
         return Path(out) / "data.yaml"
 

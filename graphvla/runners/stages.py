@@ -66,15 +66,16 @@ def eval_stage(run_dir, eval_dir, protocol: str, episodes: int, workers: int, ta
                buckets: str | None = None, gifs: bool = False, note=_note, say=_say) -> dict:
     """Evaluate RUN_DIR on PROTOCOL's episodes of TASKS/BUCKETS (comma-separated) into EVAL_DIR, as
     `graphvla eval RUN --protocol` does; says the table and the files written. Returns the summary."""
-    from ..sim import starvla_mt50 as P
+    from ..sim import protocol_module
     from .eval.evaluate import evaluate_run_protocol, protocol_label
     from .eval.protocol import PROTOCOLS, format_protocol_table
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol {protocol}: unknown (known: {', '.join(PROTOCOLS)})")
     split = lambda text: [t.strip() for t in str(text or "").split(",") if t.strip()]  # noqa: E731
-    task_list = P.select(split(buckets), split(tasks))
-    summary = evaluate_run_protocol(run_dir, task_list, int(episodes), int(workers), eval_dir, gifs=gifs, log=note)
+    task_list = protocol_module(protocol).select(split(buckets), split(tasks))  # the protocol's own task names
+    summary = evaluate_run_protocol(run_dir, task_list, int(episodes), int(workers), eval_dir, gifs=gifs, log=note,
+                                    protocol=protocol)
     say(format_protocol_table(summary, label=protocol_label(summary)))
     say(f"wrote {Path(eval_dir) / 'results.json'}, results.md" + (f" and {len(task_list)} GIFs" if gifs else ""))
     return summary

@@ -295,11 +295,12 @@ def start_output(sweep: Sweep, base_spec, out, log=print, runs: list[Run] | None
                 if name in needed:
                     run = example[name]
                     path = record_protocol_data(folder, specs[run.key][1], run.graph, tasks, settings["episodes"],
-                                                int(rec.get("workers", 1)), log=log)
+                                                int(rec.get("workers", 1)), log=log, protocol=settings["protocol"])
                 sweep.recordings[name] = {"settings": settings, "data": str(path)}
             sweep.cell_recording = cells
         sweep.data = str(record_protocol_data(out, base_spec, sweep.base, tasks, int(rec.get("episodes", 20)),
-                                              int(rec.get("workers", 1)), log=log)) if not several else \
+                                              int(rec.get("workers", 1)), log=log,
+                                              protocol=rec.get("protocol") or "starvla-mt50")) if not several else \
             {"record": rec}
     write_text_atomic(out / SWEEP_JSON, json.dumps(sweep.to_dict(), indent=2) + "\n")
     return out
