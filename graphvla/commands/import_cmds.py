@@ -7,6 +7,7 @@ import click
 from .options import handles_errors
 
 SOURCES = ("starvla", "lerobot")
+STARVLA_OPTIONS = ("weights", "base_vlm", "dataset_key", "views", "image_size", "fast_tokenizer")
 
 
 @click.command(name="import")
@@ -25,15 +26,17 @@ SOURCES = ("starvla", "lerobot")
                    "physical-intelligence/fast from the Hugging Face Hub cache")
 @handles_errors
 def import_(source, ckpt_dir, output, weights, base_vlm, dataset_key, views, image_size, fast_tokenizer):
-    """Import the starVLA run folder CKPT_DIR (config.yaml, dataset_statistics.json, checkpoints/) as
-    the GraphVLA run OUTPUT. starVLA frameworks GraphVLA cannot represent are refused by name.
-    `lerobot`: CKPT_DIR is a policy LeRobot's save_pretrained wrote (a folder or a Hub id); policy
-    types and versions GraphVLA cannot import are refused by name."""
+    """Import CKPT_DIR, a checkpoint SOURCE's trainer wrote (starvla or lerobot), as the GraphVLA run
+    OUTPUT. `starvla`: a starVLA run folder (config.yaml, dataset_statistics.json, checkpoints/);
+    starVLA frameworks GraphVLA cannot represent are refused by name. `lerobot`: a policy LeRobot's
+    save_pretrained wrote (a folder or a Hub id); the other options are starVLA's and refused;
+    policy types and versions GraphVLA cannot import are refused by name."""
     if source not in SOURCES:
         raise ValueError(f"import source '{source}' is not one GraphVLA imports from ({', '.join(SOURCES)})")
     if source == "lerobot":
-        given = [name for name, value in (("--weights", weights), ("--base-vlm", base_vlm),
-                                          ("--dataset-key", dataset_key)) if value is not None]
+        ctx = click.get_current_context()
+        given = ["--" + name.replace("_", "-") for name in STARVLA_OPTIONS
+                 if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)]
         if given:
             raise ValueError(f"{', '.join(given)}: options of `graphvla import starvla`; a LeRobot save is one folder "
                              "(config.json, model.safetensors and its statistics)")
