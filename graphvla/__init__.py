@@ -20,7 +20,7 @@ def validate_graph(source, overrides=()):
 
 
 def load_policy(path, device="cpu"):
-    """A ready inference policy from a run or checkpoint directory. See runners.loading.load_policy."""
+    """A ready inference policy from a run or checkpoint directory. See policy.loading.load_policy."""
     from .policy.loading import load_policy as _load
 
     return _load(path, device=device)
