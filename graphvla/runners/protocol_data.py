@@ -8,6 +8,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from ..fileio import write_text_atomic
+
 PROTOCOL = "starvla-mt50"
 
 DATA_YAML = """# written by `graphvla quickstart`: the recorded demonstrations, bound to the graph's ports
@@ -54,5 +56,5 @@ def record_protocol_data(out, spec, graph: str, tasks: str, episodes: int, worke
         log(f"{data_dir}: {s['episodes']} episodes, {s['frames']} frames from {len(names)} task(s) of {P.NAME}; "
             f"{sum(s['failed'].values())} scene(s) the expert failed were skipped")
     data_yaml = out / "data.yaml"
-    data_yaml.write_text(DATA_YAML.format(data=data_dir, state=state_key))
+    write_text_atomic(data_yaml, DATA_YAML.format(data=data_dir, state=state_key))
     return data_yaml

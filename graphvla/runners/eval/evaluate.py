@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+from ...fileio import write_text_atomic
 from ...policy.run_data import run_datasets
 
 
@@ -109,7 +110,7 @@ def evaluate_run_protocol(run, tasks: list[str], episodes: int, workers: int, ou
         summary = evaluate_protocol(connect, make_adapter, tasks, episodes, workers, out_dir, gifs=gifs,
                                     training_scenes=scenes, graph=graph, log=log, protocol=protocol)
     label = protocol_label(summary)
-    (out_dir / "results.md").write_text(format_protocol_markdown(summary, label=f"{label} {graph['graph']}"))
+    write_text_atomic(out_dir / "results.md", format_protocol_markdown(summary, label=f"{label} {graph['graph']}"))
     return summary
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...fileio import write_text_atomic
 from .stats import wilson_interval
 
 PROTOCOLS = {"starvla-mt50": "Meta-World MT50 as starVLA evaluates it: corner2 camera, seed 4042, "
@@ -126,7 +127,7 @@ def evaluate_protocol(connect, make_adapter, tasks: list[str], episodes: int = 1
                          "seconds": round(time.perf_counter() - started, 1)}
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "results.json").write_text(json.dumps(summary, indent=2))
+        write_text_atomic(Path(out_dir) / "results.json", json.dumps(summary, indent=2))
     return summary
 
 

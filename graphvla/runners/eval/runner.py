@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...fileio import write_text_atomic
 from .stats import format_table, summarize
 
 SUITES = ("metaworld",)
@@ -84,7 +85,7 @@ def evaluate_metaworld(query, metadata: dict, adapter, tasks: list[str], episode
                          "fingerprint": metadata.get("fingerprint"), "privileged": bool(metadata.get("privileged")),
                          "seconds": round(time.perf_counter() - started, 1)}
     if out_dir is not None:
-        (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
+        write_text_atomic(out_dir / "results.json", json.dumps(summary, indent=2))
     return summary
 
 

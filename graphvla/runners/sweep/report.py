@@ -15,6 +15,7 @@ import re
 import statistics
 from pathlib import Path
 
+from ...fileio import write_text_atomic
 from ..eval.stats import holm_adjust, mcnemar_exact, wilson_interval
 from .config import Run, Sweep
 from .execute import read_state, run_dir
@@ -313,9 +314,9 @@ def write_report(sweep: Sweep, runs: list[Run], out, plots: bool = True) -> dict
         for r in c["runs"]:
             r.pop("outcomes", None)
             r.pop("losses", None)
-    (out / "results.json").write_text(json.dumps(slim, indent=2) + "\n")
-    (out / "results.csv").write_text(format_csv(report))
-    (out / "results.md").write_text(format_markdown(report))
+    write_text_atomic(out / "results.json", json.dumps(slim, indent=2) + "\n")
+    write_text_atomic(out / "results.csv", format_csv(report))
+    write_text_atomic(out / "results.md", format_markdown(report))
     if plots:
         from .plots import write_plots
 
