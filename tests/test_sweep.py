@@ -254,3 +254,42 @@ def test_every_cell_is_described_before_any_run_starts(tmp_path, monkeypatch):
     monkeypatch.setattr(execute, "execute_run", run_once)
     assert execute.execute_sweep(s, runs, specs, str(tmp_path), tmp_path / "out", workers=2, progress=False) == []
     assert seen == [True] * len(runs)
+
+
+def test_a_seed_not_in_the_sweep_is_refused_by_name():
+    result = CliRunner().invoke(main, ["sweep", "smoke", "-o", "unused", "--seed", "3"])
+    assert result.exit_code != 0
+    assert "--seed 3" in result.output and "smoke.yaml trains seeds 0" in result.output
+
+
+def test_a_run_another_process_holds_is_left_to_it(finished, tmp_path):
+    """Several `graphvla sweep` processes may share one output folder (--only, --seed): a run held
+    by one is refused by the others, which run the rest, never trained or evaluated twice at once."""
+    from filelock import FileLock
+
+    from graphvla.runners.sweep.execute import RUN_LOCK
+
+    out = tmp_path / "shared"
+    s = load_sweep("smoke", str(finished / "data.yaml"))
+    held = run_dir(out, next(r for r in s.runs() if r.cell == "querytf"))
+    held.mkdir(parents=True)
+    with FileLock(held / RUN_LOCK):
+        result = sweep("smoke", "-o", out, "--data", finished / "data.yaml", "--seed", "0", "--no-progress")
+    assert result.exit_code != 0
+    assert "querytf/seed0: another `graphvla sweep` process is running it" in result.output
+    assert not (held / "run").exists() and not (held / "state.json").exists()  # nothing done to the held run
+    assert json.loads((out / "cells/mlp/seed0/state.json").read_text())["finished"]  # the other run ran
+
+
+def test_runs_share_the_cores_and_honour_a_smaller_omp_num_threads(monkeypatch):
+    from graphvla.runners.sweep.execute import threads_per_run
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [threads_per_run(w) for w in (1, 2, 3, 16)] == [8, 4, 2, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads_per_run(1) == 1 and threads_per_run(2) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    assert threads_per_run(1) == 6 and threads_per_run(2) == 4  # never more than the share
+    monkeypatch.setenv("OMP_NUM_THREADS", "")
+    assert threads_per_run(2) == 4

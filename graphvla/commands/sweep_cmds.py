@@ -17,6 +17,8 @@ from .options import UserError, handles_errors
               help="output folder: cells/, results.md/json/csv and plots")
 @click.option("--data", default=None, help="train on this data YAML or dataset instead of the sweep's `data:`")
 @click.option("--only", multiple=True, metavar="CELL", help="run only this cell (all its seeds); repeatable")
+@click.option("--seed", "seeds", multiple=True, type=int, metavar="N",
+              help="run only this training seed of the sweep's seeds; repeatable (with --only: those cells' runs at it)")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="runs trained and evaluated side by side (each also uses the sweep's eval workers)")
 @click.option("--report", "report_dir", type=click.Path(exists=True, file_okay=False), default=None, metavar="DIR",
@@ -24,7 +26,7 @@ from .options import UserError, handles_errors
 @click.option("--check", is_flag=True, help="validate the file and the controls, print the cells, train nothing")
 @click.option("--no-progress", is_flag=True, help="no progress bar over the runs")
 @handles_errors
-def sweep_cmd(sweep_file, out, data, only, workers, report_dir, check, no_progress):
+def sweep_cmd(sweep_file, out, data, only, seeds, workers, report_dir, check, no_progress):
     """Train and evaluate every cell of SWEEP.yaml (a path or a packaged sweep: `smoke`, `heads-mt10`, ...)
     into OUT; finished runs are skipped and an interrupted one resumes from its last checkpoint."""
     from ..runners.sweep import check_controls, execute_sweep, load_sweep, write_report
@@ -48,6 +50,9 @@ def sweep_cmd(sweep_file, out, data, only, workers, report_dir, check, no_progre
         if name not in cells:
             raise UserError(f"--only {name}: no such cell in {sweep.file} "
                             f"({did_you_mean(name, cells) or 'cells: ' + ', '.join(cells)})")
+    for seed in seeds:
+        if seed not in sweep.seeds:
+            raise UserError(f"--seed {seed}: {sweep.file} trains seeds {', '.join(map(str, sweep.seeds))}")
     specs = check_controls(sweep, runs)  # every cell, so a bad one is found before any trains
     if check:
         for run in runs:
@@ -58,7 +63,7 @@ def sweep_cmd(sweep_file, out, data, only, workers, report_dir, check, no_progre
     if not out:
         raise UserError("give -o OUT, the sweep's output folder")
     log = lambda m: click.echo(m, err=True)  # noqa: E731
-    todo = [r for r in runs if not only or r.cell in only]
+    todo = [r for r in runs if (not only or r.cell in only) and (not seeds or r.seed in seeds)]
     out = start_output(sweep, specs[runs[0].key][0], Path(out).resolve(), log=log, runs=runs, specs=specs, todo=todo)
     failed = execute_sweep(sweep, todo, specs, sweep.data, out, workers=workers, progress=not no_progress,
                            log=log)

@@ -131,8 +131,11 @@ def _checkpoint_step(train_dir: Path) -> int:
 
 def threads_per_run(workers: int) -> int:
     """CPU threads each run may use: the cores shared out between the runs side by side (more
-    threads than cores slows every run down)."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+    threads than cores slows every run down), or fewer where the user set OMP_NUM_THREADS (other
+    jobs share the machine)."""
+    share = max(1, (os.cpu_count() or 1) // max(1, workers))
+    asked = os.environ.get("OMP_NUM_THREADS", "")
+    return min(share, int(asked)) if asked.isdigit() and int(asked) > 0 else share
 
 
 def _run_stage(stage: str, kwargs: dict, shown: list[str], log: Path, what: str, threads: int | None = None) -> float:
@@ -203,10 +206,28 @@ def write_cell(sweep: Sweep, run: Run, specs: tuple, data: str, out) -> None:
     write_text_atomic(d / "cell.json", json.dumps(meta, indent=2) + "\n")
 
 
+RUN_LOCK = ".lock"  # held while a process trains or evaluates the run (several may share OUT: --only, --seed)
+
+
 def execute_run(sweep: Sweep, run: Run, specs: tuple, data: str, out, threads: int | None = None) -> dict:
     """Train (or resume) and evaluate one run whose cell.json is written; returns its state. A
-    finished run is left as is."""
+    finished run is left as is; one that another process holds is refused, not run twice."""
+    from filelock import FileLock, Timeout
+
     d = run_dir(out, run)
+    lock = FileLock(d / RUN_LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RuntimeError(f"{run.key}: another `graphvla sweep` process is running it ({d / RUN_LOCK} is held); "
+                           f"left to that process") from None
+    try:
+        return _execute_locked(sweep, run, specs, data, d, threads)
+    finally:
+        lock.release()
+
+
+def _execute_locked(sweep: Sweep, run: Run, specs: tuple, data: str, d: Path, threads: int | None) -> dict:
     state = read_state(d)
     if state.get("finished"):
         return state
