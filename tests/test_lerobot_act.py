@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -345,15 +346,21 @@ def test_bad_policies_are_refused_by_name_and_leave_nothing(saved_policy, tmp_pa
 
 
 FIXTURE_04 = FIXTURE.with_name("act_04")
+# other releases' saves of the same policy (scripts/parity/lerobot_act.py --format-04 --out DIR in that
+# release's venv), compared the same way: GRAPHVLA_LEROBOT_ACT_SAVES=DIR[:DIR...] (docs/lerobot.md,
+# "Which LeRobot versions"); their files are not committed where they equal act_04's but for config.json
+SAVES_04 = [FIXTURE_04] + [Path(p) for p in os.environ.get("GRAPHVLA_LEROBOT_ACT_SAVES", "").split(os.pathsep) if p]
+MADE_BY = {}  # a rebuilt save's folder -> (the LeRobot release that wrote it, its fixture folder)
 
 
-@pytest.fixture(scope="module")
-def saved_policy_04(tmp_path_factory) -> Path:
-    """The same policy as LeRobot 0.4.1 saves it (model without normalization, processor files),
-    rebuilt byte for byte (sha256 checked)."""
+@pytest.fixture(scope="module", params=SAVES_04, ids=lambda p: p.name)
+def saved_policy_04(request, tmp_path_factory) -> Path:
+    """The same policy as LeRobot 0.4.1 (or a later release) saves it (model without normalization,
+    processor files), rebuilt byte for byte (sha256 checked)."""
+    fixture_04 = request.param
     folder = tmp_path_factory.mktemp("lerobot04") / "act_tiny"
     folder.mkdir()
-    for f in FIXTURE_04.iterdir():
+    for f in fixture_04.iterdir():
         if f.name not in ("model.json", "case.safetensors"):
             shutil.copy(f, folder / f.name)
     recipe = json.loads((FIXTURE / "backbone.json").read_text())["tensors"]
@@ -362,19 +369,22 @@ def saved_policy_04(tmp_path_factory) -> Path:
     tensors.update({k: recipe_tensor(e) for k, e in recipe.items()})
     save_file(tensors, str(folder / "model.safetensors"))
     digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
-    assert digest == json.loads((FIXTURE_04 / "model.json").read_text())["model_safetensors_sha256"]
+    made = json.loads((fixture_04 / "model.json").read_text())
+    assert digest == made["model_safetensors_sha256"]
+    MADE_BY[folder] = (made["lerobot"], fixture_04)
     return folder
 
 
 def test_a_lerobot_04_save_with_processor_files_serves_its_predict_action_chunk(saved_policy_04, case, tmp_path):
     meta, data = case
-    expected = load_file(str(FIXTURE_04 / "case.safetensors"))["predict_action_chunk"]
+    release, fixture_04 = MADE_BY[saved_policy_04]
+    expected = load_file(str(fixture_04 / "case.safetensors"))["predict_action_chunk"]
     run = imported(saved_policy_04, tmp_path / "act04")
     info = json.loads((run / "imported.json").read_text())
     assert info["format"] == "0.4" and info["normalization"] == {"state": "mean_std", "actions": "mean_std"}
     _, actions = served(run, [lerobot_obs(meta, data, i) for i in range(meta["batch"])])
     diff = max(np.abs(a - expected[i].numpy()).max() for i, a in enumerate(actions))
-    print(f"served imported 0.4.1 ACT vs its predict_action_chunk (pre/post processors): max |diff| {diff:.2e}")
+    print(f"served imported {release} ACT vs its predict_action_chunk (pre/post processors): max |diff| {diff:.2e}")
     assert diff <= SERVE_TOL
 
 
@@ -416,6 +426,27 @@ def test_04_processor_files_are_checked(saved_policy_04, tmp_path):
     run = L.import_lerobot(src, tmp_path / "renamed")
     key_map = json.loads((run / "imported.json").read_text())["key_map"]
     assert key_map["observation.images.cam_high"] == "images[0]" and "observation.images.top" not in key_map
+
+
+def test_config_fields_of_releases_not_compared_are_refused_by_name(saved_policy_04, tmp_path):
+    """LeRobot 0.4.4 and 0.6.1 save this policy with the same weights and processor files and two more
+    config.json fields (use_peft false, pretrained_revision null): such a save imports to the same run. A
+    field of no release the import was compared with, or a PEFT adapter save, is refused by name."""
+    from lerobot_import import refused
+
+    base = L.import_lerobot(saved_policy_04, tmp_path / "base")
+    newer = tmp_path / "newer-src"
+    shutil.copytree(saved_policy_04, newer)
+    cfg = json.loads((newer / "config.json").read_text())
+    cfg.update(use_peft=False, pretrained_revision=None)
+    (newer / "config.json").write_text(json.dumps(cfg))
+    run = L.import_lerobot(newer, tmp_path / "newer")
+    a, b = (load_file(str(next(r.rglob("model.safetensors")))) for r in (base, run))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    (tmp_path / "r").mkdir()
+    refused(saved_policy_04, tmp_path / "r", lambda c: c.update(use_peft=True), "use_peft True is not supported")
+    refused(saved_policy_04, tmp_path / "r", lambda c: c.update(action_delta_mode="joint"),
+            "field(s) ['action_delta_mode'] are not in the config of LeRobot's 'act'")
 
 
 def test_rtc_and_graphvla_eval_on_an_imported_act(saved_policy, case, tmp_path):

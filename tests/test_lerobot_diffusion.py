@@ -11,6 +11,7 @@ commit for ResNet-18), checked against the sha256 LeRobot's own state_dict gave.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import json
 import warnings
@@ -195,9 +196,9 @@ def test_the_packaged_graph_is_lerobots_default_and_bad_settings_are_named():
     # parity script counted them (262,709,026)
     meta, _ = load_case("ddpm")
     assert sum(p.numel() for p in cg.model.parameters()) == meta["default_pusht_parameters"] == 262_709_026
-    bad = dict(meta["config"], use_group_norm=False)
-    with pytest.raises(ValueError, match="use_group_norm=False"):
-        spec_with(bad)
+    assert spec_with(dict(meta["config"], use_group_norm=False))["backbone"]["norm"] == "batch_norm"  # LeRobot 0.6's default
+    with pytest.raises(ValueError, match="use_group_norm='yes'"):
+        spec_with(dict(meta["config"], use_group_norm="yes"))
     spec = fit_spec(load_spec(str(GRAPH)).data, meta["config"])
     spec["blocks"]["backbone"]["with"]["crop"] = [100, 100]
     with pytest.raises(SpecError, match="crop"):
@@ -300,34 +301,48 @@ def test_an_imported_diffusion_policy_serves_lerobots_predict_action_chunk(impor
 
 
 IMPORT_04 = FIXTURES / "import_04"
+# LeRobot 0.6.1's save of the import case's sizes at 0.6's image-encoder defaults (batch-norm trunks with
+# running statistics, an encoder per camera): `--import-04 --variant batch_norm --dst .../import_06_batch_norm`
+IMPORT_06_BN = FIXTURES / "import_06_batch_norm"
+# other releases' saves (`--import-04 --dst DIR [--variant batch_norm]` in that release's venv), compared the
+# same way: GRAPHVLA_LEROBOT_DIFFUSION_SAVES=DIR[:DIR...] (docs/lerobot.md, "Which LeRobot versions")
+SAVES_04 = [IMPORT_04, IMPORT_06_BN] + [
+    Path(p) for p in os.environ.get("GRAPHVLA_LEROBOT_DIFFUSION_SAVES", "").split(os.pathsep) if p]
 
 
-def test_a_lerobot_04_save_with_processor_files_serves_its_predict_action_chunk(tmp_path):
-    """The same policy as LeRobot 0.4.1 saves it (the model without normalization, the statistics in
-    policy_preprocessor / policy_postprocessor files), rebuilt byte for byte, imported and served: LeRobot
-    0.4.1's preprocessor -> predict_action_chunk -> postprocessor on the same frames and seed."""
+@pytest.mark.parametrize("fixture", SAVES_04, ids=lambda p: p.name)
+def test_a_lerobot_04_save_with_processor_files_serves_its_predict_action_chunk(fixture, tmp_path):
+    """The same policy as LeRobot 0.4.1 (or a later release) saves it (the model without normalization, the
+    statistics in policy_preprocessor / policy_postprocessor files), rebuilt byte for byte, imported and
+    served: that release's preprocessor -> predict_action_chunk -> postprocessor on the same frames and
+    seed. The batch_norm variant's trunks hold batch norm, its running statistics and counters."""
     from safetensors.torch import save_file
 
-    model = json.loads((IMPORT_04 / "model.json").read_text())
+    model = json.loads((fixture / "model.json").read_text())
     folder = tmp_path / "diffusion_04"
     folder.mkdir()
-    for f in IMPORT_04.iterdir():
-        if f.name not in ("model.json", "case.safetensors"):
+    for f in fixture.iterdir():
+        if f.name not in ("model.json", "case.safetensors", "small.safetensors"):
             shutil.copy(f, folder / f.name)
-    meta = json.loads((IMPORT / "case.json").read_text())
-    tensors = {k: v for k, v in load_file(str(IMPORT / "small.safetensors")).items()
-               if not k.startswith(("normalize_inputs.", "normalize_targets.", "unnormalize_outputs."))}
-    tensors.update({k: recipe_tensor(k, shape) for k, shape in meta["parameters"].items()})
+    if model.get("variant"):  # its own small tensors (grids, batch-norm buffers) and parameter names
+        tensors, parameters = load_file(str(fixture / "small.safetensors")), model["parameters"]
+        assert any(k.endswith("running_var") for k in tensors)
+    else:
+        tensors = {k: v for k, v in load_file(str(IMPORT / "small.safetensors")).items()
+                   if not k.startswith(("normalize_inputs.", "normalize_targets.", "unnormalize_outputs."))}
+        parameters = json.loads((IMPORT / "case.json").read_text())["parameters"]
+    tensors.update({k: recipe_tensor(k, shape) for k, shape in parameters.items()})
     save_file(tensors, str(folder / "model.safetensors"), metadata=model["file_metadata"])
     assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == model["model_safetensors_sha256"]
     result = import_cli(folder, tmp_path / "run")
     assert result.exit_code == 0, result.output
     info = json.loads((tmp_path / "run" / "imported.json").read_text())
     assert info["format"] == "0.4" and info["normalization"] == {"state": "min_max", "actions": "min_max"}
-    expected = load_file(str(IMPORT_04 / "case.safetensors"))
+    expected = load_file(str(fixture / "case.safetensors"))
     _, out = served_windows(tmp_path / "run", load_file(str(IMPORT / "case.safetensors")))
     diffs = [abs(out[i] - expected[k][0].numpy()).max() for i, k in enumerate(("chunk_first", "chunk_window"))]
-    print(f"served imported 0.4.1 Diffusion Policy vs its predict_action_chunk: max |diff| {max(diffs):.2e}")
+    print(f"served imported {model['lerobot_version']} Diffusion Policy ({fixture.name}) vs its "
+          f"predict_action_chunk: max |diff| {max(diffs):.2e}")
     assert max(diffs) <= SERVE_TOL
 
 
@@ -342,8 +357,10 @@ def test_diffusion_policies_the_graph_cannot_take_are_refused_by_name(saved_poli
 
         refused(saved_policy, tmp_path, edit, match, None if weights is None else edit_weights)
 
-    attempt(lambda c: c.update(use_group_norm=False), "use_group_norm=False")
+    # batch-norm trunks are imported (LeRobot 0.6's default), but a group-norm save has none of their statistics
+    attempt(lambda c: c.update(use_group_norm=False), "running_mean")
     attempt(lambda c: c.update(vision_backbone="resnet50"), "vision_backbone='resnet50'")
+    attempt(lambda c: c.update(resize_shape=[32, 32]), "resize_shape [32, 32] is not supported")  # LeRobot 0.4.4+
 
     def two_cameras(c):
         c["input_features"]["observation.images.side"] = c["input_features"]["observation.images.top"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from graphvla.compiler.compile import compile_graph
 from graphvla.runners.importers import lerobot as L
 from lerobot_import import import_cli, refused, renamed_weights_import_the_same
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lerobot" / "pi0"
+# GRAPHVLA_LEROBOT_PI0_FIXTURE=DIR: the same tests on another LeRobot release's fixture (scripts/parity/
+# lerobot_pi0.py --out DIR in that release's venv; docs/lerobot.md, "Which LeRobot versions")
+FIXTURE = Path(os.environ.get("GRAPHVLA_LEROBOT_PI0_FIXTURE") or Path(__file__).resolve().parent / "fixtures" / "lerobot" / "pi0")
 IMPORT_04 = FIXTURE / "import_04"
 TOL = 1e-5
 SERVE_TOL = 1e-4

@@ -9,6 +9,7 @@ or the tokens LeRobot's preprocessor made). No LeRobot code is imported: only it
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from graphvla.compiler.compile import compile_graph
 from graphvla.runners.importers import lerobot as L
 from lerobot_import import import_cli, refused, renamed_weights_import_the_same
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lerobot" / "pi05"
+# GRAPHVLA_LEROBOT_PI05_FIXTURE=DIR: the same tests on another LeRobot release's fixture (scripts/parity/
+# lerobot_pi05.py --out DIR in that release's venv; docs/lerobot.md, "Which LeRobot versions")
+FIXTURE = Path(os.environ.get("GRAPHVLA_LEROBOT_PI05_FIXTURE") or Path(__file__).resolve().parent / "fixtures" / "lerobot" / "pi05")
 IMPORT_04 = FIXTURE / "import_04"
 TOL = 1e-5
 SERVE_TOL = 1e-4

@@ -8,6 +8,7 @@ SmolVLM2-500M-Video-Instruct's config. No LeRobot code is imported: only its num
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from safetensors.torch import load_file
 from graphvla.compiler.compile import compile_graph
 from lerobot_import import import_cli, refused
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lerobot" / "smolvla"
+# GRAPHVLA_LEROBOT_SMOLVLA_FIXTURE=DIR: the same tests on another LeRobot release's fixture (scripts/parity/
+# lerobot_smolvla.py --out DIR in that release's venv; docs/lerobot.md, "Which LeRobot versions")
+FIXTURE = Path(os.environ.get("GRAPHVLA_LEROBOT_SMOLVLA_FIXTURE") or Path(__file__).resolve().parent / "fixtures" / "lerobot" / "smolvla")
 GRAPH = Path(__file__).resolve().parents[1] / "graphvla" / "graphs" / "lerobot" / "smolvla.yaml"
 TOL = 1e-5
 

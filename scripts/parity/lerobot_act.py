@@ -24,6 +24,8 @@ its sha256 before comparing anything.
 
     /tmp/lerobot-venvs/lerobot-0.3.2/bin/python scripts/parity/lerobot_act.py [--out tests/fixtures/lerobot/act]
     /tmp/lerobot-venvs/lerobot-0.4.1/bin/python scripts/parity/lerobot_act.py --format-04   (then: main_04's doc)
+    /tmp/lerobot-venvs/lerobot-X/bin/python scripts/parity/lerobot_act.py --format-04 --out DIR   (any 0.4+:
+        the same policy saved by that version; docs/lerobot.md "Which LeRobot versions")
 """
 from __future__ import annotations
 
@@ -211,8 +213,8 @@ def main() -> int:
     return 0
 
 
-def main_04() -> int:
-    """The same policy saved by LeRobot 0.4.x (run with that venv's Python): the weights and statistics of
+def main_04(out: Path | None = None) -> int:
+    """The same policy saved by LeRobot 0.4 or later (run with that venv's Python): the weights and statistics of
     the 0.3.2 fixture (tests/fixtures/lerobot/act), the model built by 0.4's ACTPolicy (normalization
     moved out of the model into processor pipelines), saved with save_pretrained plus the pre- and
     post-processor's save_pretrained; records preprocessor -> predict_action_chunk -> postprocessor on
@@ -227,7 +229,7 @@ def main_04() -> int:
     from lerobot.policies.act.processor_act import make_act_pre_post_processors
 
     src = HERE.parents[1] / "tests" / "fixtures" / "lerobot" / "act"
-    out = src.with_name("act_04")
+    out = out or src.with_name("act_04")
     lerobot_version = version("lerobot")
     assert not lerobot_version.startswith("0.3"), f"run with a LeRobot 0.4+ venv, not {lerobot_version}"
     small = load_file(str(src / "small.safetensors"))
@@ -278,4 +280,10 @@ def main_04() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main_04() if "--format-04" in sys.argv else main())
+    if "--format-04" in sys.argv:
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--format-04", action="store_true")
+        ap.add_argument("--out", default=None, help="where the save goes (default tests/fixtures/lerobot/act_04)")
+        args = ap.parse_args()
+        sys.exit(main_04(Path(args.out) if args.out else None))
+    sys.exit(main())

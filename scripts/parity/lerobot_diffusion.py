@@ -22,6 +22,8 @@ Usage (diffusers 0.35.2 installed with --no-deps in both venvs):
   /tmp/lerobot-venvs/lerobot-0.4.1/bin/python scripts/parity/lerobot_diffusion.py [--out tests/fixtures/lerobot/diffusion]
   /tmp/lerobot-venvs/lerobot-0.3.2/bin/python scripts/parity/lerobot_diffusion.py [--out ...]
   /tmp/lerobot-venvs/lerobot-0.4.1/bin/python scripts/parity/lerobot_diffusion.py --import-04   (after 0.3.2's)
+  /tmp/lerobot-venvs/lerobot-X/bin/python scripts/parity/lerobot_diffusion.py --import-04 --dst DIR [--variant batch_norm]
+      (any 0.4+: the same policy saved by that version; docs/lerobot.md "Which LeRobot versions")
 
 LeRobot 0.3.2's modeling_diffusion.py differs from 0.4.1's only in where normalization happens
 (inside the policy vs. processor files) and in 0.4.1's optional `noise` argument: the network, the
@@ -49,9 +51,16 @@ SERVE_SEED = 0  # the session seed the import test serves with (its noise: graph
 # min/max state and actions, mean/std images, DDIM (its starting noise is its only draw)
 IMPORT_CASE = dict(n_obs_steps=2, horizon=8, n_action_steps=4, image=(3, 48, 48), cameras=1, state_dim=3, action_dim=2,
                    env_dim=0, camera_names=["observation.images.top"],
-                   config=dict(crop_shape=(40, 40), crop_is_random=True, spatial_softmax_num_keypoints=4,
+                   # the three settings LeRobot 0.6 changed the defaults of, at 0.3-0.4's values, explicitly
+                   config=dict(use_group_norm=True, use_separate_rgb_encoder_per_camera=False,
+                               pretrained_backbone_weights=None,
+                               crop_shape=(40, 40), crop_is_random=True, spatial_softmax_num_keypoints=4,
                                down_dims=(16, 32), kernel_size=3, n_groups=4, diffusion_step_embed_dim=16,
                                noise_scheduler_type="DDIM", num_train_timesteps=100, num_inference_steps=10))
+
+# the import case's policy at LeRobot 0.6's image-encoder defaults: batch-norm ResNet trunks (use_group_norm
+# false; running statistics drawn, not 0 / 1), one encoder per camera (`--import-04 --variant batch_norm`)
+BATCH_NORM_CONFIG = dict(use_group_norm=False, use_separate_rgb_encoder_per_camera=True)
 
 CASES = {
     # shared encoder for two cameras, center crop, DDPM with every training timestep, epsilon, FiLM scale+bias
@@ -325,22 +334,26 @@ def make_import_case(out: Path):
     print(f"import: chunk_first {chunks[0].flatten()[:4].tolist()}, sha256 {digest[:12]}")
 
 
-def make_import_case_04(out: Path):
-    """The import case's policy saved by LeRobot 0.4.1 (run with that venv's Python, after the 0.3.2
+def make_import_case_04(out: Path, dst: Path | None = None, variant: str = "import"):
+    """The import case's policy saved by LeRobot 0.4 or later (run with that venv's Python, after the 0.3.2
     run wrote import/): the same weights (import/small.safetensors without the normalization buffers,
     plus the recipe), the statistics of import/'s buffers in make_diffusion_pre_post_processors, saved
     with save_pretrained plus the processors' save_pretrained; records preprocessor -> select_action /
-    predict_action_chunk -> postprocessor on the same frames and seeds as the 0.3.2 case. Writes
-    import_04/: config.json, the processor files, model.json (the sha256 of its model.safetensors,
-    which the recipe and small.safetensors rebuild), case.safetensors."""
+    predict_action_chunk -> postprocessor on the same frames and seeds as the 0.3.2 case. Writes `dst`
+    (default import_04/): config.json, the processor files, model.json (the sha256 of its model.safetensors,
+    which the recipe and small.safetensors rebuild), case.safetensors.
+
+    variant "batch_norm": the same sizes with BATCH_NORM_CONFIG (LeRobot 0.6's defaults for the image
+    encoder): the recipe's parameters, the trunks' running statistics drawn from a seeded generator; `dst`
+    then also holds small.safetensors (every saved tensor but the recipe's parameters)."""
     import shutil
     from importlib.metadata import version
 
     from safetensors.torch import load_file, save_file
     from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors
 
-    src, dst = out / "import", out / "import_04"
-    case = IMPORT_CASE
+    src, dst = out / "import", dst or out / "import_04"
+    case = IMPORT_CASE if variant == "import" else {**IMPORT_CASE, "config": {**IMPORT_CASE["config"], **BATCH_NORM_CONFIG}}
     cam = case["camera_names"][0]
     small = load_file(str(src / "small.safetensors"))
     buf = lambda module, key, n: small[f"{module}.buffer_{key.replace('.', '_')}.{n}"]  # noqa: E731
@@ -349,7 +362,19 @@ def make_import_case_04(out: Path):
              "action": {n: buf("unnormalize_outputs", "action", n) for n in ("min", "max")}}
     torch.manual_seed(1234)
     policy = build(case)
-    weights = {k: v for k, v in small.items() if not k.startswith(STATISTICS)}
+    if variant == "import":
+        weights = {k: v for k, v in small.items() if not k.startswith(STATISTICS)}
+    else:  # the grids as LeRobot made them; batch-norm running statistics drawn (the counter as after 100 steps)
+        g = torch.Generator().manual_seed(5)
+        weights = {}
+        for k, v in policy.state_dict().items():
+            if k.endswith("running_mean"):
+                v = 0.1 * torch.randn(v.shape, generator=g)
+            elif k.endswith("running_var"):
+                v = 0.5 + torch.rand(v.shape, generator=g)
+            elif k.endswith("num_batches_tracked"):
+                v = torch.tensor(100)
+            weights[k] = v
     weights.update({k: recipe_tensor(k, p.shape) for k, p in recipe_parameters(policy).items()})
     policy.load_state_dict(weights, strict=True)
     policy.eval()
@@ -387,21 +412,33 @@ def make_import_case_04(out: Path):
         for f in sorted(saved.iterdir()):
             if f.name != "model.safetensors":
                 shutil.copy(f, dst / f.name)
-    (dst / "model.json").write_text(json.dumps({
+    extra = {}
+    if variant != "import":
+        params = recipe_parameters(policy)
+        save_file({k: v for k, v in weights.items() if k not in params}, str(dst / "small.safetensors"))
+        extra = {"variant": variant, "parameters": {k: list(p.shape) for k, p in sorted(params.items())}}
+    (dst / "model.json").write_text(json.dumps({**extra,
         "model_safetensors_sha256": digest, "file_metadata": file_meta, "lerobot_version": version("lerobot"),
         "rule": "import/small.safetensors without normalize_inputs / normalize_targets / unnormalize_outputs, "
-                "plus the recipe's parameters"}, indent=1, sort_keys=True) + "\n")
+                "plus the recipe's parameters" if variant == "import" else
+                "small.safetensors (this folder) plus the recipe's parameters"}, indent=1, sort_keys=True) + "\n")
     save_file({"chunk_first": chunks[0].clone(), "chunk_window": chunks[1].clone()}, str(dst / "case.safetensors"))
-    first = (chunks[0] - load_file(str(src / "case.safetensors"))["chunk_first"]).abs().max().item()
-    print(f"import_04: predict_action_chunk vs 0.3.2's on the same weights and seed: max |diff| {first:.2e}")
+    if variant == "import":
+        first = (chunks[0] - load_file(str(src / "case.safetensors"))["chunk_first"]).abs().max().item()
+        print(f"{dst.name}: predict_action_chunk vs 0.3.2's on the same weights and seed: max |diff| {first:.2e}")
+    else:
+        print(f"{dst.name}: {variant}, lerobot {version('lerobot')}, chunk_first {chunks[0].flatten()[:4].tolist()}")
 
 
 def main():
     from check_lerobot import _torchvision_without_compiled_ops
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--import-04", action="store_true", help="with LeRobot 0.4.1: the import case saved by 0.4.1")
+    ap.add_argument("--import-04", action="store_true", help="with LeRobot 0.4+: the import case saved by that version")
     ap.add_argument("--out", default=str(HERE.parents[1] / "tests" / "fixtures" / "lerobot" / "diffusion"))
+    ap.add_argument("--dst", default=None, help="--import-04: where the save goes (default OUT/import_04)")
+    ap.add_argument("--variant", choices=("import", "batch_norm"), default="import",
+                    help="--import-04: the import case as is, or at LeRobot 0.6's encoder defaults (BATCH_NORM_CONFIG)")
     args = ap.parse_args()
     print(_torchvision_without_compiled_ops())
     from importlib.metadata import version
@@ -410,7 +447,7 @@ def main():
         make_import_case(Path(args.out))
         return
     if "--import-04" in sys.argv[1:]:
-        make_import_case_04(Path(args.out))
+        make_import_case_04(Path(args.out), Path(args.dst) if args.dst else None, args.variant)
         return
     if version("lerobot") != LEROBOT_VERSION:
         raise SystemExit(f"this script is pinned to LeRobot {LEROBOT_VERSION} (parity cases) and "

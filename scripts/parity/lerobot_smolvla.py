@@ -233,6 +233,12 @@ def main() -> int:
         policy.train()
         loss, parts = policy.forward(dict(batch), noise=noise.clone(), time=time.clone())
         losses = parts["losses_after_forward"]
+        if not torch.is_tensor(losses):  # LeRobot 0.4.4+ reports their mean only: the model's forward again
+            b = dict(batch)
+            imgs, img_masks = policy.prepare_images(b)
+            losses = model.forward(imgs, img_masks, tokens, lang_mask, policy.prepare_state(b), policy.prepare_action(b),
+                                   noise.clone(), time.clone())
+            assert abs(losses.mean().item() - parts["losses_after_forward"]) < 1e-6
         with torch.no_grad():
             imgs, img_masks = policy.prepare_images(dict(batch))
             prefix, prefix_pad, prefix_att = model.embed_prefix(imgs, img_masks, tokens, lang_mask,

@@ -46,6 +46,7 @@ from typing import Callable
 import yaml
 
 from ...fileio import TMP_PREFIX, sha256_of
+from . import lerobot_versions
 from .checkpoint_keys import fitted, listed
 
 # the policy types LeRobot registers (0.3.2 and 0.4.x); those without a POLICIES entry are refused by name
@@ -631,6 +632,9 @@ def import_lerobot(src, out) -> Path:
         raise LeRobotImportError(f"{weights_path}: cannot read it as safetensors ({type(e).__name__}: {e})") from None
     stats, modes, images, pre = normalization_of(folder, version, state, cfg, features, cfg_path)
     spec_data = build_spec(policy, cfg, cfg_path, features, images, modes, pre)
+    why = lerobot_versions.check_fields(cfg, policy.name)  # after the policy's own refusals, which say more
+    if why:
+        raise LeRobotImportError(f"{cfg_path}: {why}")
 
     with tempfile.TemporaryDirectory(prefix="graphvla-import-") as scratch:
         spec_file = Path(scratch) / "spec.yaml"

@@ -86,7 +86,7 @@ def spec_with(config: dict) -> dict:
 
     need("vision_backbone", config.get("vision_backbone", "resnet18") in ("resnet18", "resnet34"),
          "ResNet-18 or ResNet-34 only")
-    need("use_group_norm", config.get("use_group_norm", True) is True, "the graph's trunk uses group norm")
+    need("use_group_norm", config.get("use_group_norm", True) in (True, False), "true or false")
     feats = config.get("input_features") or {}
     images = {k: v for k, v in feats.items() if v.get("type") == "VISUAL"}
     shapes = {tuple(v["shape"]) for v in images.values()}
@@ -101,7 +101,10 @@ def spec_with(config: dict) -> dict:
         raise ValueError("config.json: output_features has no action")
     crop = config.get("crop_shape")
     vision = {"cameras": max(len(images), 1), "depth": int(config.get("vision_backbone", "resnet18")[6:]),
-              "norm": "group_norm", "keypoints": config["spatial_softmax_num_keypoints"],
+              # LeRobot's trunk: torchvision's BatchNorm2d layers, each replaced by GroupNorm(C // 16, C) when
+              # use_group_norm (the default up to 0.4.x; 0.6 defaults to false)
+              "norm": "group_norm" if config.get("use_group_norm", True) else "batch_norm",
+              "keypoints": config["spatial_softmax_num_keypoints"],
               "crop": list(crop) if crop else None, "random_crop": bool(config.get("crop_is_random", True)),
               "separate_encoders": bool(config.get("use_separate_rgb_encoder_per_camera", False))}
     head = {"n_action_steps": config["n_action_steps"], "down_dims": list(config["down_dims"]),
