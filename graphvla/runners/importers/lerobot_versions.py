@@ -21,6 +21,7 @@ FIELDS = {
                  "vision_backbone",
         "0.4.1": "pretrained_path",
         "0.4.4": "use_peft",
+        "0.5.1": "",  # none added
         "0.6.1": "pretrained_revision",
     },
     "diffusion": {
@@ -34,6 +35,7 @@ FIELDS = {
                  "vision_backbone",
         "0.4.1": "pretrained_path",
         "0.4.4": "compile_mode compile_model crop_ratio resize_shape use_peft",
+        "0.5.1": "",  # none added
         "0.6.1": "gradient_checkpointing pretrained_revision",
     },
     "smolvla": {
