@@ -7,12 +7,12 @@ import shutil
 from pathlib import Path
 
 
-def import_cli(src: Path, out: Path):
+def import_cli(src: Path, out: Path, *options: str):
     from click.testing import CliRunner
 
     from graphvla.cli import main
 
-    return CliRunner().invoke(main, ["import", "lerobot", str(src), "-o", str(out)])
+    return CliRunner().invoke(main, ["import", "lerobot", str(src), "-o", str(out), *options])
 
 
 def refused(saved_policy: Path, tmp_path: Path, edit, match: str, files=None):

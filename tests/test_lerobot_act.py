@@ -447,6 +447,9 @@ def test_config_fields_of_releases_not_compared_are_refused_by_name(saved_policy
     refused(saved_policy_04, tmp_path / "r", lambda c: c.update(use_peft=True), "use_peft True is not supported")
     refused(saved_policy_04, tmp_path / "r", lambda c: c.update(action_delta_mode="joint"),
             "field(s) ['action_delta_mode'] are not in the config of LeRobot's 'act'")
+    with pytest.raises(L.LeRobotImportError, match="patch_positions is SmolVLA's option"):
+        L.import_lerobot(saved_policy_04, tmp_path / "pp", patch_positions="index")
+    assert not (tmp_path / "pp").exists()
 
 
 def test_rtc_and_graphvla_eval_on_an_imported_act(saved_policy, case, tmp_path):

@@ -271,6 +271,48 @@ def test_an_imported_lerobot_04_smolvla_serves_its_predict_action_chunk(imported
     assert not bool(data["import.tokens_mask"].all()) and len(meta["import_tasks"][1]) > 6  # padded, truncated
 
 
+def served_chunks(run: Path, meta, data) -> list:
+    """The served actions of each import observation, each on a fresh connection (session seed 0)."""
+    from graphvla.client import PolicyClient
+    from graphvla.policy.loading import load_policy
+    from graphvla.runners.serve import ServerThread
+    from graphvla.runners.serve.section import serve_options, serve_section
+
+    options = serve_options(serve_section(str(run)), "127.0.0.1", 0, None, 1, None, None)
+    with ServerThread(load_policy(run), options) as srv:
+        out = []
+        for i in range(meta["batch"]):
+            with PolicyClient("127.0.0.1", srv.port) as client:
+                out.append(client.infer(client_observation(meta, data, i))["actions"])
+    return out
+
+
+def test_a_lerobot_051_save_imports_with_index_patch_positions(saved_policy, imported_run, case, tmp_path):
+    """LeRobot 0.5.1 saves this policy with the same files (its config gaining 0.4.4's fields), but runs
+    transformers 5.3, whose SigLIP patch positions are `index`: imported with --patch-positions index it
+    serves 0.5.1's preprocessor -> predict_action_chunk -> postprocessor (import_051/, measured 2.1e-5: 0.5's
+    Euler time steps, docs/lerobot.md); the default import (shifted, LeRobot 0.4.x's) is far off."""
+    meta, data = case
+    made = json.loads((FIXTURE / "import_051" / "case.json").read_text())
+    assert made["lerobot"] == "0.5.1" and all(made["same_files_as_the_fixture"].values())
+    expected = load_file(str(FIXTURE / "import_051" / "case.safetensors"))["import.predict_action_chunk"]
+    src = tmp_path / "smolvla_051"
+    shutil.copytree(saved_policy, src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(use_peft=False, rtc_config=None, compile_model=False, compile_mode="max-autotune")  # 0.5.1's fields
+    (src / "config.json").write_text(json.dumps(cfg))
+    result = import_cli(src, tmp_path / "run", "--patch-positions", "index")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "imported.json").read_text())["patch_positions"] == "index"
+    diff = max(abs(a - expected[i].numpy()).max() for i, a in enumerate(served_chunks(tmp_path / "run", meta, data)))
+    print(f"served SmolVLA imported with index patch positions vs LeRobot 0.5.1: max |diff| {diff:.2e}")
+    assert diff <= SERVE_TOL
+    default = max(abs(a - expected[i].numpy()).max() for i, a in enumerate(served_chunks(imported_run, meta, data)))
+    assert default > 0.05  # shifted positions: LeRobot 0.4.x's transformers, not 0.5.1's
+    result = import_cli(src, tmp_path / "bad", "--patch-positions", "middle")
+    assert result.exit_code != 0 and "middle" in result.output and not (tmp_path / "bad").exists()
+
+
 def test_smolvla_saves_the_graph_cannot_take_are_refused_by_name(saved_policy, tmp_path):
     def attempt(edit, match, files=None):
         refused(saved_policy, tmp_path, edit, match, files)

@@ -24,8 +24,11 @@ STARVLA_OPTIONS = ("weights", "base_vlm", "dataset_key", "views", "image_size", 
 @click.option("--fast-tokenizer", type=click.Path(), default=None,
               help="starVLA QwenFast: the FAST tokenizer folder (physical-intelligence/fast's format); default: "
                    "physical-intelligence/fast from the Hugging Face Hub cache")
+@click.option("--patch-positions", type=click.Choice(["index", "shifted"]), default=None,
+              help="lerobot, SmolVLA: the SigLIP patch positions of the transformers the policy ran with (default "
+                   "by save format: 0.3.x index, 0.4+ shifted; a LeRobot 0.5.x save needs index)")
 @handles_errors
-def import_(source, ckpt_dir, output, weights, base_vlm, dataset_key, views, image_size, fast_tokenizer):
+def import_(source, ckpt_dir, output, weights, base_vlm, dataset_key, views, image_size, fast_tokenizer, patch_positions):
     """Import CKPT_DIR, a checkpoint SOURCE's trainer wrote (starvla or lerobot), as the GraphVLA run
     OUTPUT. `starvla`: a starVLA run folder (config.yaml, dataset_statistics.json, checkpoints/);
     starVLA frameworks GraphVLA cannot represent are refused by name. `lerobot`: a policy LeRobot's
@@ -43,13 +46,15 @@ def import_(source, ckpt_dir, output, weights, base_vlm, dataset_key, views, ima
         from ..policy.checkpoint import read_json
         from ..runners.importers.lerobot import import_lerobot
 
-        run = import_lerobot(ckpt_dir, output)
+        run = import_lerobot(ckpt_dir, output, patch_positions=patch_positions)
         info = read_json(run / "imported.json")
         click.echo(f"imported LeRobot {info['policy']} ({info['tensors']} tensors, {info['format']}.x format) as "
                    f"graph {info['graph']} into {run}")
         click.echo(f"observation keys: {', '.join(info['key_map'])}")
         click.echo(f"serve it with: graphvla serve {run}")
         return
+    if patch_positions is not None:
+        raise ValueError("--patch-positions: an option of `graphvla import lerobot` (SmolVLA)")
     from ..policy.checkpoint import read_json
     from ..runners.importers.starvla import import_starvla
 

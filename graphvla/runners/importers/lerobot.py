@@ -605,10 +605,15 @@ def fixed_tables(cg, policy: PolicyType) -> dict:
     return {}
 
 
-def import_lerobot(src, out) -> Path:
+PATCH_POSITIONS = ("index", "shifted")
+
+
+def import_lerobot(src, out, patch_positions: str | None = None) -> Path:
     """Write GraphVLA run `out` from LeRobot pretrained folder (or Hub id) `src`; returns `out`. Raises
     LeRobotImportError (a ValueError) naming the file and key of what does not fit; nothing is left
-    at `out` then."""
+    at `out` then. `patch_positions` (SmolVLA only): the SigLIP patch positions of the transformers the
+    policy ran with, instead of the save format's guess (0.3.x: index; 0.4+: shifted, LeRobot 0.4.x's
+    transformers 4.57); a LeRobot 0.5.x save (transformers 5) needs index, and its files do not say so."""
     from safetensors.torch import load_file, save_file
 
     from ...blocks.base import parameters_on_meta
@@ -632,6 +637,12 @@ def import_lerobot(src, out) -> Path:
         raise LeRobotImportError(f"{weights_path}: cannot read it as safetensors ({type(e).__name__}: {e})") from None
     stats, modes, images, pre = normalization_of(folder, version, state, cfg, features, cfg_path)
     spec_data = build_spec(policy, cfg, cfg_path, features, images, modes, pre)
+    if patch_positions is not None:
+        if policy.name != "smolvla":
+            raise LeRobotImportError(f"patch_positions is SmolVLA's option; {cfg_path} is a '{policy.name}' policy")
+        if patch_positions not in PATCH_POSITIONS:
+            raise LeRobotImportError(f"patch_positions '{patch_positions}' is not one of {', '.join(PATCH_POSITIONS)}")
+        spec_data["blocks"]["backbone"]["with"]["patch_positions"] = patch_positions
     why = lerobot_versions.check_fields(cfg, policy.name)  # after the policy's own refusals, which say more
     if why:
         raise LeRobotImportError(f"{cfg_path}: {why}")
@@ -664,7 +675,9 @@ def import_lerobot(src, out) -> Path:
                 "source": str(src), "folder": str(folder.resolve()), "config": str(cfg_path.resolve()),
                 "weights": str(weights_path.resolve()), "weights_sha256": sha256_of(weights_path),
                 "tensors": len(mapped), "cameras": features["cameras"],
-                "normalization": modes, "key_map": spec_data["serve"]["key_map"]})
+                "normalization": modes, "key_map": spec_data["serve"]["key_map"],
+                **({"patch_positions": spec_data["blocks"]["backbone"]["with"]["patch_positions"]}
+                   if policy.name == "smolvla" else {})})
             os.replace(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -18,7 +18,8 @@ saved by LeRobot becomes the graph lerobot/smolvla (backbone.smolvla_vlm + head.
   prepare_language does (no truncation to tokenizer_max_length: a 0.3.x save without processor files).
 - SigLIP's patch positions differ across transformers versions (backbone.smolvla_vlm's
   patch_positions): a 0.3.x save gets 4.51's (`index`, what LeRobot 0.3.x pins), a 0.4+ save 4.57's
-  (`shifted`, what LeRobot 0.4 installs); edit the run's spec.yaml for another.
+  (`shifted`, what LeRobot 0.4 installs); `graphvla import lerobot --patch-positions index` for a LeRobot 0.5.x
+  save (transformers 5), whose files are 0.4.x's.
 - Refused by name: add_image_special_tokens, adapt_to_pi_aloha, empty_cameras, prefix_length > 0,
   n_obs_steps != 1, a non-square resize, a VISUAL normalization other than IDENTITY, a tokenizer
   step that does not pad on the right to the longest.
