@@ -288,8 +288,8 @@ def served_chunks(run: Path, meta, data) -> list:
 
 
 def test_a_lerobot_051_save_imports_with_index_patch_positions(saved_policy, imported_run, case, tmp_path):
-    """LeRobot 0.5.1 saves this policy with the same files (its config gaining 0.4.4's fields), but runs
-    transformers 5.3, whose SigLIP patch positions are `index`: imported with --patch-positions index it
+    """LeRobot 0.5.1 and 0.6.1 save this policy with the same files (the config gaining fields), but run
+    transformers 5, whose SigLIP patch positions are `index`: imported with --patch-positions index it
     serves 0.5.1's preprocessor -> predict_action_chunk -> postprocessor (import_051/, measured 2.1e-5: 0.5's
     Euler time steps, docs/lerobot.md); the default import (shifted, LeRobot 0.4.x's) is far off."""
     meta, data = case
@@ -299,7 +299,8 @@ def test_a_lerobot_051_save_imports_with_index_patch_positions(saved_policy, imp
     src = tmp_path / "smolvla_051"
     shutil.copytree(saved_policy, src)
     cfg = json.loads((src / "config.json").read_text())
-    cfg.update(use_peft=False, rtc_config=None, compile_model=False, compile_mode="max-autotune")  # 0.5.1's fields
+    # 0.6.1's fields (0.5.1's but pretrained_revision); 0.6.1's chunks are 0.5.1's bit for bit (import_051/case.json)
+    cfg.update(use_peft=False, rtc_config=None, compile_model=False, compile_mode="max-autotune", pretrained_revision=None)
     (src / "config.json").write_text(json.dumps(cfg))
     result = import_cli(src, tmp_path / "run", "--patch-positions", "index")
     assert result.exit_code == 0, result.output

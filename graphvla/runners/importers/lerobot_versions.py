@@ -51,6 +51,7 @@ FIELDS = {
         "0.4.1": "pretrained_path",
         "0.4.4": "compile_mode compile_model rtc_config use_peft",
         "0.5.1": "",  # none added; imported with patch_positions index (its transformers 5.3)
+        "0.6.1": "pretrained_revision",  # index too (transformers 5.5)
     },
     "pi0": {
         "0.4.1": "action_expert_variant chunk_size compile_mode compile_model device dtype empty_cameras "
