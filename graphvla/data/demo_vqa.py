@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..fileio import write_text_atomic
+from ..fileio import write_bytes_atomic, write_text_atomic
 from .api import open_source
 from .config import read_data_config
 from .lerobot import DatasetError
@@ -139,7 +139,7 @@ def _image_path(src, camera: str, row: int, out: Path, n: int) -> str:
     path = out / "images" / f"{n}" / f"{row:08d}.{ext}"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        write_bytes_atomic(path, data)  # a crash leaves no half image that a rerun would reuse
     return str(path.resolve())
 
 

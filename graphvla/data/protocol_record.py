@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import write_text_atomic
 from .lerobot_write import check_format
 
 PARTS = ".parts"
@@ -143,7 +144,7 @@ def record_protocol(out, tasks: list[str], episodes: int, size: int, workers: in
     if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
         raise ValueError(f"{out} holds an interrupted recording made with {settings_file.read_text().strip()}; "
                          f"resume with those options or choose a new folder")
-    settings_file.write_text(json.dumps(settings))
+    write_text_atomic(settings_file, json.dumps(settings))
     if hasattr(P, "_benchmark"):
         P._benchmark()  # build the variant cache once, before the workers read it
     todo = [t for t in tasks if not (parts / t / "meta" / "info.json").exists()]

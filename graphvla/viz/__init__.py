@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..fileio import write_text_atomic
+
 FORMATS = (".dot", ".svg", ".mmd", ".html")
 
 
@@ -35,5 +37,5 @@ def render_text(cg, fmt: str) -> str:
 def render(cg, path) -> Path:
     path = Path(path)
     text = render_text(cg, path.suffix.lower())
-    path.write_text(text, encoding="utf-8")
+    write_text_atomic(path, text)
     return path
