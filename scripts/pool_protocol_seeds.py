@@ -18,7 +18,8 @@ from graphvla.runners.eval.protocol import (format_peer_differences, format_prot
                                             summarize_protocol)
 
 
-def pool(results: list[dict], names: list[str]) -> dict:
+def pool(results: list[dict], names: list[str]) -> tuple[dict, dict]:
+    """(what seeds.json holds, the protocol summary of the pooled episodes)."""
     protocols = {r["protocol"] for r in results}
     if len(protocols) != 1:
         raise SystemExit(f"evaluations of different protocols: {', '.join(sorted(protocols))}")
@@ -32,7 +33,7 @@ def pool(results: list[dict], names: list[str]) -> dict:
     return {"seeds": names, "per_seed": headline, "mean_of_seeds": statistics.mean(headline),
             "std_of_seeds": statistics.stdev(headline) if len(headline) > 1 else 0.0,
             "pooled": {k: summary[k] for k in ("protocol", "buckets", "overall", "mean") if k in summary},
-            "versus_peers": peer_differences(summary), "_summary": summary}
+            "versus_peers": peer_differences(summary)}, summary
 
 
 def main() -> None:
@@ -40,8 +41,7 @@ def main() -> None:
     ap.add_argument("results", nargs="+", type=Path)
     ap.add_argument("-o", "--out", type=Path, required=True)
     args = ap.parse_args()
-    pooled = pool([json.loads(p.read_text()) for p in args.results], [str(p) for p in args.results])
-    summary = pooled.pop("_summary")
+    pooled, summary = pool([json.loads(p.read_text()) for p in args.results], [str(p) for p in args.results])
     lines = [f"# {len(args.results)} training seeds pooled ({summary['protocol']})", ""]
     lines += [f"- {name}: {100 * rate:.1f}%" for name, rate in zip(pooled["seeds"], pooled["per_seed"])]
     lines += [f"- mean of seeds {100 * pooled['mean_of_seeds']:.1f}% ± {100 * pooled['std_of_seeds']:.1f} (std)", "",

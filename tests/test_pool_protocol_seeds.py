@@ -16,7 +16,7 @@ SEED0 = json.loads((REPO / "docs/results/lerobot-metaworld/results.json").read_t
 
 
 def test_a_seed_pooled_with_itself_keeps_its_rates_with_a_narrower_interval():
-    pooled = pool_seeds.pool([SEED0, copy.deepcopy(SEED0)], ["a", "b"])
+    pooled, _ = pool_seeds.pool([SEED0, copy.deepcopy(SEED0)], ["a", "b"])
     assert pooled["per_seed"] == [SEED0["overall"]["success_rate"]] * 2 and pooled["std_of_seeds"] == 0.0
     overall = pooled["pooled"]["overall"]
     assert overall["success_rate"] == pytest.approx(SEED0["overall"]["success_rate"])
@@ -31,7 +31,7 @@ def test_one_flipped_episode_moves_the_pool_by_it():
     first = other["episodes"]["button-press-v3"][0]
     assert first["success"]
     first["success"] = False
-    pooled = pool_seeds.pool([SEED0, other], ["a", "b"])
+    pooled, _ = pool_seeds.pool([SEED0, other], ["a", "b"])
     easy = pooled["pooled"]["buckets"]["easy"]
     assert easy["successes"] == 2 * SEED0["buckets"]["easy"]["successes"] - 1
 

@@ -304,6 +304,7 @@ def start_output(sweep: Sweep, base_spec, out, log=print, runs: list[Run] | None
 
         rec = sweep.data["record"]
         tasks = rec.get("tasks") or sweep.eval.get("tasks") or "MT50"
+        protocol = rec.get("protocol") or "starvla-mt50"
         planned, cells = plan_recordings(sweep, runs or [], specs or {})
         several = bool(planned) and set(planned) != {label(recording(sweep, base_spec))}
         if several:
@@ -311,7 +312,7 @@ def start_output(sweep: Sweep, base_spec, out, log=print, runs: list[Run] | None
             example = {cells[r.cell]: r for r in reversed(runs)}  # a run of each recording (its graph's size)
             for name, settings in planned.items():
                 folder = out / RECORDINGS / name
-                settings = {"protocol": rec.get("protocol") or "starvla-mt50", "tasks": tasks, **settings}
+                settings = {"protocol": protocol, "tasks": tasks, **settings}
                 path = folder / "data.yaml"
                 if name in needed:
                     run = example[name]
@@ -321,7 +322,7 @@ def start_output(sweep: Sweep, base_spec, out, log=print, runs: list[Run] | None
             sweep.cell_recording = cells
         sweep.data = str(record_protocol_data(out, base_spec, sweep.base, tasks, int(rec.get("episodes", 20)),
                                               int(rec.get("workers", 1)), log=log,
-                                              protocol=rec.get("protocol") or "starvla-mt50")) if not several else \
+                                              protocol=protocol)) if not several else \
             {"record": rec}
     write_text_atomic(out / SWEEP_JSON, json.dumps(sweep.to_dict(), indent=2) + "\n")
     return out
