@@ -123,6 +123,17 @@ def test_recording_seeds_avoid_every_evaluation_seed(protocol):
     assert not set(seeds) & set(P.eval_scenes("reach-v3", 1000))
 
 
+def test_validation_seeds_follow_the_recorded_ones_and_avoid_evaluation(protocol):
+    from graphvla.data.protocol_record import validation_scenes
+
+    P = protocol
+    recorded = set(range(35))  # a 35-demonstration recording whose expert never failed
+    assert validation_scenes(NAME, "reach-v3", recorded, 7) == list(range(35, 42))
+    many = validation_scenes(NAME, "reach-v3", set(range(990)), 30)
+    assert many == list(range(990, 1000)) + list(range(2000, 2020))  # skips every reserved evaluation seed
+    assert not set(many) & set(range(P.SEED, P.SEED + P.RESERVED))
+
+
 @pytest.fixture(scope="module")
 def lerobot_data(tmp_path_factory, protocol):
     from graphvla.data.protocol_record import record_protocol

@@ -194,6 +194,39 @@ def test_tiny_graph_trains_on_protocol_data_and_workers_change_nothing(tmp_path,
     assert "| reach-v3 | easy | " in (tmp_path / "w1" / "results.md").read_text()
 
 
+def test_validation_scenes_avoid_the_evaluation_and_the_recording(tmp_path, protocol, tiny_protocol_run, protocol_data):
+    """`graphvla eval --protocol P --validation`: each episode starts from a scene of the protocol's
+    env that neither its evaluation nor the recording starts from, in the recorder's order; the
+    summary is marked and set beside no published row; without the recording it is refused."""
+    from graphvla.cli import main
+    from graphvla.data.protocol_record import recorded_scenes, validation_scenes
+
+    P = protocol
+    recorded = recorded_scenes(protocol_data)
+    expected = {}
+    for task in TASKS:
+        free = [v for v in range(len(P.variants(task))) if v not in recorded[task] and v not in P.eval_scenes(task)]
+        expected[task] = free[:2]
+        assert validation_scenes(P.NAME, task, recorded[task], 2) == expected[task]
+        assert validation_scenes(P.NAME, task, set(range(50)), 2) == []  # nothing left
+    run, _ = tiny_protocol_run
+    args = ["eval", str(run), "--protocol", "starvla-mt50", "--tasks", ",".join(TASKS), "--episodes", "2",
+            "--validation", "--no-gif"]
+    result = CliRunner().invoke(main, args + ["--data", str(protocol_data), "-o", str(tmp_path / "v")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "v" / "results.json").read_text())
+    assert {t: [r["scene"] for r in rows] for t, rows in summary["episodes"].items()} == expected
+    assert summary["validation"] is True and summary["versus_peers"] is None
+    assert summary["episodes_from_training_scenes"] == 0
+    markdown = (tmp_path / "v" / "results.md").read_text()
+    assert markdown.startswith("Validation scenes") and "starVLA" not in markdown and "starVLA" not in result.output
+    committed = REPO / "docs" / "results" / "mt50" / "run"  # a committed run names no recording
+    refused = CliRunner().invoke(main, ["eval", str(committed)] + args[2:] + ["-o", str(tmp_path / "none")])
+    assert refused.exit_code == 1 and "--validation needs the starvla-mt50 recording" in refused.output
+    suite = CliRunner().invoke(main, ["eval", str(run), "--validation"])
+    assert suite.exit_code == 1 and "--validation need --protocol" in suite.output
+
+
 def test_suite_eval_of_a_run_serves_it_locally_and_refuses_other_set_keys(tmp_path, tiny_protocol_run):
     """`graphvla eval RUN` without --protocol: the run is served from a thread of the command with its
     serve section, evaluated on GraphVLA's own suite, and the server is gone afterwards."""

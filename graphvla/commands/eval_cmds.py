@@ -12,7 +12,7 @@ from .serve_cmds import key_map_option, serve_section
 
 
 def eval_protocol(run, protocol, tasks, buckets, episodes, workers, data_dir, out, server, api_key, adapter,
-                  execute, adapter_overrides, no_gif, key_map, overrides):
+                  execute, adapter_overrides, no_gif, key_map, overrides, validation=False):
     from ..runners.eval.evaluate import default_out_dir, evaluate_run_protocol, protocol_label
     from ..runners.eval.protocol import format_protocol_table
     from ..sim import protocol_module
@@ -27,11 +27,12 @@ def eval_protocol(run, protocol, tasks, buckets, episodes, workers, data_dir, ou
     if workers < 1:
         raise UserError("--workers must be >= 1")
     section = serve_section(run, overrides, key_map) if run else {}
-    out_dir = Path(out) if out else default_out_dir(run, protocol)
+    out_dir = Path(out) if out else default_out_dir(run, f"{protocol}-validation" if validation else protocol)
     summary = evaluate_run_protocol(run, task_list, episodes, workers, out_dir, data_dir=data_dir, server=server,
                                     api_key=api_key, adapter=adapter, execute=execute,
                                     adapter_overrides=adapter_overrides, gifs=not no_gif, section=section,
-                                    log=lambda m: click.echo(m, err=True), protocol=protocol)
+                                    log=lambda m: click.echo(m, err=True), protocol=protocol,
+                                    validation=validation)
     click.echo(format_protocol_table(summary, label=protocol_label(summary)))
     click.echo(f"wrote {out_dir / 'results.json'}, results.md" + ("" if no_gif else f" and {len(task_list)} GIFs"))
 
@@ -63,11 +64,14 @@ def eval_protocol(run, protocol, tasks, buckets, episodes, workers, data_dir, ou
               help="override an adapter key, e.g. actions.ensemble={decay: 0.01} (repeatable)")
 @click.option("--max-steps", type=int, default=None, help="episode length cap [from the adapter's env.max_steps]")
 @click.option("--no-gif", is_flag=True, help="do not record GIFs")
+@click.option("--validation", is_flag=True,
+              help="--protocol: instead of its episodes, up to --episodes scenes per task that neither its evaluation "
+                   "nor the recording (--data or the run's) starts from; to choose settings without the test episodes")
 @key_map_option
 @set_option
 @handles_errors
 def eval_cmd(run, protocol, suite, tasks, buckets, episodes, workers, seed_offset, data_dir, out, server, api_key,
-             adapter, execute, adapter_sets, max_steps, no_gif, key_map, overrides):
+             adapter, execute, adapter_sets, max_steps, no_gif, validation, key_map, overrides):
     """Evaluate RUN in closed loop through the policy server: on a published protocol
     (--protocol starvla-mt50 or lerobot-metaworld: per task, per bucket and overall beside the
     peers' published rows)
@@ -102,9 +106,9 @@ def eval_cmd(run, protocol, suite, tasks, buckets, episodes, workers, seed_offse
         if max_steps is not None or seed_offset != 100000:
             raise UserError("--max-steps and --seed-offset belong to --suite; a protocol fixes its own episodes")
         return eval_protocol(run, protocol, tasks, buckets, episodes, workers, data_dir, out, server, api_key, adapter,
-                             execute, adapter_overrides, no_gif, key_map, overrides)
-    if buckets or workers != 1:
-        raise UserError("--buckets and --workers need --protocol")
+                             execute, adapter_overrides, no_gif, key_map, overrides, validation)
+    if buckets or workers != 1 or validation:
+        raise UserError("--buckets, --workers and --validation need --protocol")
     from ..sim.metaworld import MT10
 
     tasks = tasks or "mt10"

@@ -239,3 +239,14 @@ def recorded_scene_vectors(root) -> dict[str, list]:
         if "scene" in e:
             out.setdefault(e["env_task"], []).append(e["scene"])
     return out
+
+
+def validation_scenes(protocol: str, task: str, recorded: set[int], count: int) -> list[int]:
+    """Up to `count` scenes of `task` that neither the protocol's evaluation nor a recorded
+    demonstration starts from (`recorded`: `recorded_scenes(DATA)[task]`), in the recorder's order
+    (scenes whose expert failed come first: the policy never saw them either). starvla-mt50 has 50
+    variants per task, 8 of them evaluated, so 35 demonstrations leave at most 7."""
+    P = _module(protocol)
+    candidates, held_out = _scenes(P, task, len(recorded) + int(count))
+    held = set(held_out)
+    return [s for s in candidates if s not in recorded and s not in held][:int(count)]

@@ -71,6 +71,30 @@ def training_scenes(datasets: list) -> dict | None:
     return scenes
 
 
+def validation_plan(datasets: list, protocol: str, tasks: list[str], episodes: int, log=print) -> dict[str, list[int]]:
+    """task -> its validation scenes (at most EPISODES), from the recordings in DATASETS. Refused
+    without a recording that lists its episodes' scenes, or when a task has no scene left."""
+    from ...data.protocol_record import recorded_scenes, validation_scenes
+
+    recorded: dict[str, set[int]] = {}
+    for d in datasets:
+        for task, found in recorded_scenes(d).items():
+            recorded.setdefault(task, set()).update(found)
+    if not recorded:
+        raise ValueError(f"--validation needs the {protocol} recording the run was trained on, to keep its scenes "
+                         f"out (pass --data DATA; found {[str(d) for d in datasets] or 'none'})")
+    plan = {t: validation_scenes(protocol, t, recorded.get(t, set()), episodes) for t in tasks}
+    empty = [t for t, s in plan.items() if not s]
+    if empty:
+        raise ValueError(f"--validation: no scene of {', '.join(empty)} is left outside the protocol's evaluation "
+                         f"and the recording; leave {'it' if len(empty) == 1 else 'them'} out of --tasks")
+    short = {t: len(s) for t, s in plan.items() if len(s) < episodes}
+    if short:
+        log(f"validation: fewer than {episodes} free scenes for {len(short)} task(s): "
+            + ", ".join(f"{t} {n}" for t, n in short.items()))
+    return plan
+
+
 def protocol_label(summary: dict) -> str:
     return "GraphVLA (privileged upper bound)" if summary["config"].get("privileged") else "GraphVLA"
 
@@ -78,10 +102,13 @@ def protocol_label(summary: dict) -> str:
 def evaluate_run_protocol(run, tasks: list[str], episodes: int, workers: int, out_dir, *, data_dir=None,
                           server: str | None = None, api_key: str | None = None, adapter: str | None = None,
                           execute: int | None = None, adapter_overrides: dict | None = None, gifs: bool = True,
-                          section: dict | None = None, log=print, protocol: str = "starvla-mt50") -> dict:
+                          section: dict | None = None, log=print, protocol: str = "starvla-mt50",
+                          validation: bool = False) -> dict:
     """The protocol's episodes of TASKS for RUN (or a running SERVER); writes OUT_DIR/results.json
     and results.md and returns the summary. The training scenes come from DATA_DIR, else from
-    RUN/data.json. SECTION: RUN's serve section (None: the checkpoint's own)."""
+    RUN/data.json. SECTION: RUN's serve section (None: the checkpoint's own). validation: instead,
+    up to EPISODES validation scenes per task (`protocol_record.validation_scenes`), which needs
+    the recording to know which scenes it used."""
     from ...client import PolicyClient
     from .protocol import evaluate_protocol, format_protocol_markdown
 
@@ -98,6 +125,7 @@ def evaluate_run_protocol(run, tasks: list[str], episodes: int, workers: int, ou
 
     check_recording_protocol(datasets, protocol)  # before any server starts
     scenes = training_scenes(datasets)
+    chosen = validation_plan(datasets, protocol, tasks, episodes, log) if validation else None
     # one request at a time: batched forwards may round differently, and results must not depend
     # on how many workers' requests happened to meet
     with policy_server(run, server, section, 1) as (url, local):
@@ -108,7 +136,8 @@ def evaluate_run_protocol(run, tasks: list[str], episodes: int, workers: int, ou
                  "privileged": bool(meta.get("privileged")),
                  "execute_steps": getattr(make_adapter(meta).scheduler, "execute", None)}
         summary = evaluate_protocol(connect, make_adapter, tasks, episodes, workers, out_dir, gifs=gifs,
-                                    training_scenes=scenes, graph=graph, log=log, protocol=protocol)
+                                    training_scenes=scenes, graph=graph, log=log, protocol=protocol,
+                                    validation=chosen)
     label = protocol_label(summary)
     write_text_atomic(out_dir / "results.md", format_protocol_markdown(summary, label=f"{label} {graph['graph']}"))
     return summary

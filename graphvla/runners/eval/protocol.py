@@ -34,6 +34,10 @@ PROTOCOLS = {"starvla-mt50": "Meta-World MT50 as starVLA evaluates it: corner2 c
 DEFAULT = "starvla-mt50"
 
 
+VALIDATION_NOTE = ("Validation scenes (`--validation`): scenes neither the protocol's evaluation nor the recording "
+                   "starts from; not the protocol's episodes, so no published row stands beside them.")
+
+
 def _module(name: str | None):
     from ...sim import protocol_module
 
@@ -41,8 +45,9 @@ def _module(name: str | None):
 
 
 def run_task(connect, make_adapter, task: str, episodes: int, gif_dir: str | None = None,
-             protocol: str | None = None) -> dict:
-    """Every episode of one task: {task, episodes: [{episode, scene, success, steps, queries}]}."""
+             protocol: str | None = None, scenes: list[int] | None = None) -> dict:
+    """Every episode of one task: {task, episodes: [{episode, scene, success, steps, queries}]}.
+    scenes: instead of the protocol's episodes, one episode from each of these scenes (validation)."""
     from .metaworld import RequestBuilder
 
     P = _module(protocol)
@@ -55,8 +60,8 @@ def run_task(connect, make_adapter, task: str, episodes: int, gif_dir: str | Non
         env = P.make_env(task, size)
         rows, frames = [], []
         try:
-            for ep in range(episodes):
-                obs, _ = P.start_episode(env, ep)
+            for ep in range(episodes if scenes is None else len(scenes)):
+                obs, _ = P.start_episode(env, ep) if scenes is None else P.start_scene(env, scenes[ep])
                 scene = P.scene_of(env)
                 scene_vec = P.scene_vector(env)
                 if reset:
@@ -93,18 +98,22 @@ def _run_task_job(args):
 
 def evaluate_protocol(connect, make_adapter, tasks: list[str], episodes: int = 10, workers: int = 1,
                       out_dir: Path | None = None, gifs: bool = True, training_scenes: dict | None = None,
-                      graph: dict | None = None, log=print, protocol: str | None = None) -> dict:
+                      graph: dict | None = None, log=print, protocol: str | None = None,
+                      validation: dict[str, list[int]] | None = None) -> dict:
     """Run the protocol's episodes of `tasks`, return the summary (and write OUT/results.json).
 
     connect: a picklable factory of a client context manager (metadata, infer, reset).
     make_adapter: a picklable factory metadata -> benchmark adapter (a fresh one per task).
     training_scenes: task -> scene vectors of the training demonstrations, to count evaluation
     episodes that start from a scene the policy was trained on (None: unknown).
-    protocol: a name of PROTOCOLS (None: starvla-mt50)."""
+    protocol: a name of PROTOCOLS (None: starvla-mt50).
+    validation: task -> scenes (`protocol_record.validation_scenes`) to run instead of the protocol's
+    episodes; the summary is then marked as validation and set beside no published row."""
     P = _module(protocol)
     started = time.perf_counter()
     gif_dir = str(out_dir) if (gifs and out_dir is not None) else None
-    jobs = [(connect, make_adapter, t, episodes, gif_dir, P.NAME) for t in tasks]
+    jobs = [(connect, make_adapter, t, episodes, gif_dir, P.NAME, None if validation is None else validation[t])
+            for t in tasks]
     results: dict[str, list] = {}
     if hasattr(P, "_benchmark"):
         P._benchmark()  # build the scene cache once, before any worker reads it
@@ -120,7 +129,8 @@ def evaluate_protocol(connect, make_adapter, tasks: list[str], episodes: int = 1
             r = _run_task_job(job)
             results[r["task"]] = r["episodes"]
             _log_task(log, r)
-    summary = summarize_protocol({t: results[t] for t in tasks}, training_scenes, protocol=P.NAME)
+    summary = summarize_protocol({t: results[t] for t in tasks}, training_scenes, protocol=P.NAME,
+                                 validation=validation is not None)
     summary["config"] = {"protocol": P.NAME, "tasks": tasks, "episodes_per_task": episodes, "max_steps": P.MAX_STEPS,
                          "seed": P.SEED, "camera": P.CAMERA, "workers": workers, **(graph or {}),
                          **({"metaworld": P.metaworld_version()} if hasattr(P, "metaworld_version") else {}),
@@ -154,11 +164,12 @@ def stratified_interval(rates: list[float], ns: list[int], z: float = 1.959964) 
 
 
 def summarize_protocol(per_task: dict[str, list[dict]], training_scenes: dict | None = None,
-                       protocol: str | None = None) -> dict:
+                       protocol: str | None = None, validation: bool = False) -> dict:
     """Per task, per bucket, the mean over the tasks run and (with all 50 tasks) the protocol's
     overall; the peers' published figures beside each (None where they publish none: a row
     published per bucket only has a figure for a complete bucket); scenes shared with the
-    training data."""
+    training data. validation: the episodes are validation scenes, not the protocol's, so no
+    difference from a published row is computed (`validation: true` marks the summary)."""
     P = _module(protocol)
 
     tasks = {}
@@ -192,7 +203,9 @@ def summarize_protocol(per_task: dict[str, list[dict]], training_scenes: dict | 
             known = [np.asarray(v) for v in training_scenes.get(task, [])]
             seen += sum(any(np.allclose(np.asarray(r["scene_vector"]), k) for k in known) for r in rows)
     out["episodes_from_training_scenes"] = seen
-    out["versus_peers"] = peer_differences(out)
+    if validation:
+        out["validation"] = True
+    out["versus_peers"] = None if validation else peer_differences(out)
     out["episodes"] = per_task
     return out
 
@@ -210,8 +223,9 @@ def format_protocol_table(summary: dict, label: str = "GraphVLA") -> str:
     """Buckets (+ overall) beside the peers' published rows; then per task when not all 50 ran."""
     P = _module(summary.get("protocol"))
 
-    peers = list(P.PEER_ROWS)
-    lines = []
+    validation = bool(summary.get("validation"))
+    peers = [] if validation else list(P.PEER_ROWS)  # validation scenes are not the peers' episodes
+    lines = [VALIDATION_NOTE, ""] if validation else []
     head = ["", *[f"{b} ({v['tasks']}/{v['of']})" for b, v in summary["buckets"].items()]]
     overall = summary.get("overall")
     head.append("overall" if overall else f"mean of {len(summary['tasks'])} tasks")
@@ -232,7 +246,8 @@ def format_protocol_table(summary: dict, label: str = "GraphVLA") -> str:
             trows.append([task, v["bucket"], f"{v['successes']}/{v['episodes']} [{100 * v['ci95'][0]:.0f}, "
                           f"{100 * v['ci95'][1]:.0f}]", *(_pct(v['peers'][r], 0) for r in per_task_peers)])
         lines += _table(trows)
-    lines += ["", format_peer_differences(summary.get("versus_peers") or peer_differences(summary), P.NAME)]
+    if not validation:
+        lines += ["", format_peer_differences(summary.get("versus_peers") or peer_differences(summary), P.NAME)]
     seen = summary.get("episodes_from_training_scenes")
     lines.append("")
     lines.append("episodes starting from a scene in the training data: "
@@ -255,6 +270,8 @@ def format_protocol_markdown(summary: dict, label: str = "GraphVLA") -> str:
     the peers' rows, then every task with its interval and the peers' per-task rates."""
     P = _module(summary.get("protocol"))
     pct = _pct
+    validation = bool(summary.get("validation"))
+    peer_rows = {} if validation else P.PEER_ROWS
 
     def ci(v):
         return f"{pct(v['success_rate'])} [{100 * v['ci95'][0]:.1f}, {100 * v['ci95'][1]:.1f}]"
@@ -262,22 +279,24 @@ def format_protocol_markdown(summary: dict, label: str = "GraphVLA") -> str:
     buckets = summary["buckets"]
     tot = summary.get("overall") or summary["mean"]
     last = "overall (mean of buckets)" if summary.get("overall") else f"mean of {len(summary['tasks'])} tasks"
-    lines = ["| | " + " | ".join(f"{b} ({v['tasks']}/{v['of']})" for b, v in buckets.items()) + f" | {last} |",
+    lines = [VALIDATION_NOTE, ""] if validation else []
+    lines += ["| | " + " | ".join(f"{b} ({v['tasks']}/{v['of']})" for b, v in buckets.items()) + f" | {last} |",
              "|---" * (len(buckets) + 2) + "|",
              f"| {label} | " + " | ".join(ci(v) for v in buckets.values()) + f" | **{ci(tot)}** |"]
-    for row, name in P.PEER_ROWS.items():
+    for row, name in peer_rows.items():
         lines.append(f"| {name} | " + " | ".join(pct(v["peers"][row]) for v in buckets.values())
                      + f" | {pct(tot['peers'][row])} |")
-    per_task_peers = [r for r in P.PEER_ROWS if any(v["peers"][r] is not None for v in summary["tasks"].values())]
+    per_task_peers = [r for r in peer_rows if any(v["peers"][r] is not None for v in summary["tasks"].values())]
     # a protocol whose peers publish no per-task rates (lerobot-metaworld) gets no empty peer columns
     lines += ["", "| " + " | ".join(["task", "bucket", label] + [P.PEER_ROWS[r] for r in per_task_peers]) + " |",
               "|---" * (3 + len(per_task_peers)) + "|"]
     for task, v in summary["tasks"].items():
         cells = [task, v["bucket"], f"{v['successes']}/{v['episodes']} [{100 * v['ci95'][0]:.0f}, {100 * v['ci95'][1]:.0f}]"]
         lines.append("| " + " | ".join(cells + [_pct(v["peers"][r], 0) for r in per_task_peers]) + " |")
-    lines += [""] + [f"- {line}" for line in
-                     format_peer_differences(summary.get("versus_peers") or peer_differences(summary),
-                                             P.NAME).splitlines()]
+    if not validation:
+        lines += [""] + [f"- {line}" for line in
+                         format_peer_differences(summary.get("versus_peers") or peer_differences(summary),
+                                                 P.NAME).splitlines()]
     seen = summary.get("episodes_from_training_scenes")
     lines += ["", "Episodes starting from a scene in the training data: "
               + ("unknown" if seen is None else f"{seen} of {summary['mean']['episodes']}") + "."]
