@@ -146,7 +146,9 @@ def test_cells_share_each_distinct_recording(tmp_path):
 
 def test_a_sweep_with_a_data_axis_end_to_end(tmp_path):
     """A cell at another image size and demonstration count: two recordings, each made once and
-    trained on by its cell; the report names them and rebuilds byte for byte."""
+    trained on by its cell; the report names them and rebuilds byte for byte. The two runs go side
+    by side (--workers 2: the recordings are made before either starts), which on two cores takes
+    about the time of one; nothing here depends on the order they finish in."""
     require_metaworld()
     path = write(tmp_path, """\
         data:
@@ -156,7 +158,8 @@ def test_a_sweep_with_a_data_axis_end_to_end(tmp_path):
             small: {set: {inputs.images.size: [32, 32], data.record.episodes: 2}}
         """)
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["sweep", str(path), "-o", str(out), "--no-progress"], catch_exceptions=False)
+    result = CliRunner().invoke(main, ["sweep", str(path), "-o", str(out), "--workers", "2", "--no-progress"],
+                                catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert not (out / "data").exists()
     assert sorted(p.name for p in (out / "recordings").iterdir()) == ["32px-2ep", "64px-1ep"]
