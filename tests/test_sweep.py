@@ -109,17 +109,37 @@ def test_corrections_relabel_without_touching_the_recorded_figures():
     assert numbers == [line.split("|")[3:] for line in fixed.splitlines() if line.startswith("| oft |")]
 
 
-def test_interrupted_sweep_resumes_to_the_same_results(finished, tmp_path):
+def test_a_held_run_is_left_to_its_process_and_an_interrupted_sweep_resumes_to_the_same_results(finished, tmp_path):
+    """Two stories on one output folder, sharing their first session (it used to be trained twice,
+    once per test):
+
+    Several `graphvla sweep` processes may share one output folder (--only, --seed): a run held
+    by one is refused by the others, which run the rest, never trained or evaluated twice at once.
+    The first session finds querytf held by another process: it runs mlp only.
+
+    An interrupted sweep resumes to the same results: querytf's training is then interrupted half
+    way (as a killed job leaves it: a checkpoint, no eval), and the next session resumes it (not
+    restarting it), leaves the finished mlp run alone, and ends with the uninterrupted sweep's
+    results. (`--only` choosing the runs is checked in test_only_and_seed_choose_the_runs.)"""
+    from filelock import FileLock
+
+    from graphvla.runners.sweep.execute import RUN_LOCK
+
     out = tmp_path / "resumed"
     data = finished / "data.yaml"
-    # first session: only one cell
-    assert sweep("smoke", "-o", out, "--data", data, "--only", "mlp", "--no-progress").exit_code == 0
-    mlp_state = (out / "cells/mlp/seed0/state.json").read_text()
-    # the other cell's training is interrupted half way (as a killed job leaves it: a checkpoint, no eval)
     s = load_sweep("smoke", str(data))
     querytf = next(r for r in s.runs() if r.cell == "querytf")
     d = run_dir(out, querytf)
     d.mkdir(parents=True)
+    # first session: another process holds querytf
+    with FileLock(d / RUN_LOCK):
+        result = sweep("smoke", "-o", out, "--data", data, "--seed", "0", "--no-progress")
+    assert result.exit_code != 0
+    assert "querytf/seed0: another `graphvla sweep` process is running it" in result.output
+    assert not (d / "run").exists() and not (d / "state.json").exists()  # nothing done to the held run
+    assert json.loads((out / "cells/mlp/seed0/state.json").read_text())["finished"]  # the other run ran
+    mlp_state = (out / "cells/mlp/seed0/state.json").read_text()
+    # the other cell's training is interrupted half way (as a killed job leaves it: a checkpoint, no eval)
     args = train_command(querytf, str(data), d / "run") + ["--stop-after", "2"]
     subprocess.run([sys.executable, "-m", "graphvla", *args], check=True, capture_output=True)
     result = sweep("smoke", "-o", out, "--data", data, "--no-progress")
@@ -137,6 +157,26 @@ def test_interrupted_sweep_resumes_to_the_same_results(finished, tmp_path):
     lb = json.loads((d / "state.json").read_text())["losses"]["loss/action"]
     assert [s for s, _ in la] == [s for s, _ in lb]
     assert [v for _, v in la] == pytest.approx([v for _, v in lb], rel=1e-6)
+
+
+def test_only_and_seed_choose_the_runs(tmp_path, monkeypatch):
+    """`--only CELL` runs that cell's runs and no other (with `--seed N`: those at seed N); the runs
+    themselves are stubbed here (the first session of the resume test above runs one for real)."""
+    from graphvla.runners.sweep import execute
+
+    ran = []
+
+    def run_once(sweep_, run, specs_, data, out, threads=None):
+        ran.append(run.key)
+        return {}
+
+    monkeypatch.setattr(execute, "execute_run", run_once)
+    sweep("smoke", "-o", tmp_path / "only", "--data", tmp_path, "--only", "mlp", "--no-progress")
+    assert ran == [r.key for r in load_sweep("smoke", str(tmp_path)).runs() if r.cell == "mlp"] and ran
+    ran.clear()
+    sweep("smoke", "-o", tmp_path / "both", "--data", tmp_path, "--only", "querytf", "--seed", "0", "--no-progress")
+    assert ran == [r.key for r in load_sweep("smoke", str(tmp_path)).runs() if r.cell == "querytf" and r.seed == 0]
+    assert ran
 
 
 def _write_sweep(tmp_path: Path, body: str) -> Path:
@@ -260,25 +300,6 @@ def test_a_seed_not_in_the_sweep_is_refused_by_name():
     result = CliRunner().invoke(main, ["sweep", "smoke", "-o", "unused", "--seed", "3"])
     assert result.exit_code != 0
     assert "--seed 3" in result.output and "smoke.yaml trains seeds 0" in result.output
-
-
-def test_a_run_another_process_holds_is_left_to_it(finished, tmp_path):
-    """Several `graphvla sweep` processes may share one output folder (--only, --seed): a run held
-    by one is refused by the others, which run the rest, never trained or evaluated twice at once."""
-    from filelock import FileLock
-
-    from graphvla.runners.sweep.execute import RUN_LOCK
-
-    out = tmp_path / "shared"
-    s = load_sweep("smoke", str(finished / "data.yaml"))
-    held = run_dir(out, next(r for r in s.runs() if r.cell == "querytf"))
-    held.mkdir(parents=True)
-    with FileLock(held / RUN_LOCK):
-        result = sweep("smoke", "-o", out, "--data", finished / "data.yaml", "--seed", "0", "--no-progress")
-    assert result.exit_code != 0
-    assert "querytf/seed0: another `graphvla sweep` process is running it" in result.output
-    assert not (held / "run").exists() and not (held / "state.json").exists()  # nothing done to the held run
-    assert json.loads((out / "cells/mlp/seed0/state.json").read_text())["finished"]  # the other run ran
 
 
 def test_runs_share_the_cores_and_honour_a_smaller_omp_num_threads(monkeypatch):
