@@ -68,7 +68,7 @@ def test_first_scenes_equal_make_vec_with_seed_4042(protocol, monkeypatch):
     make_vec is called exactly as the protocol names it (so Meta-World's MT50(seed=4042) benchmark,
     the ~30 s part, is generated as make_vec generates it), with its SyncVectorEnv replaced by
     _KeptConstructors: the 50 sub-environment constructors are kept, not all called (building 50
-    rendering envs took a further ~15 s). Checked for every one of the 50 tasks: its name and
+    rendering envs took a further ~8 s of CPU). Checked for every one of the 50 tasks: its name and
     position in MT50's order, the constructor's arguments that decide the scenes (class, seed 4042,
     env_id, 50 tasks, rgb_array, corner2: those make_env passes) and its 50 Tasks (scene vectors),
     which must equal the ones P.variants rebuilds from the cached vectors. Built by that constructor (as
