@@ -14,8 +14,7 @@ import statistics
 from pathlib import Path
 
 from graphvla.fileio import write_text_atomic
-from graphvla.runners.eval.protocol import (format_peer_differences, format_protocol_markdown, peer_differences,
-                                            summarize_protocol)
+from graphvla.runners.eval.protocol import format_protocol_markdown, peer_differences, summarize_protocol
 
 
 def pool(results: list[dict], names: list[str]) -> tuple[dict, dict]:
@@ -29,10 +28,13 @@ def pool(results: list[dict], names: list[str]) -> tuple[dict, dict]:
             raise SystemExit(f"{name}: its episodes are not {names[0]}'s scenes")
     per_task = {t: [e for r in results for e in r["episodes"][t]] for t in results[0]["episodes"]}
     summary = summarize_protocol(per_task, protocol=protocols.pop())
+    seen = [r.get("episodes_from_training_scenes") for r in results]  # same scenes, so the counts add up
+    summary["episodes_from_training_scenes"] = None if None in seen else sum(seen)
     headline = [r["overall"]["success_rate"] if r.get("overall") else r["mean"]["success_rate"] for r in results]
     return {"seeds": names, "per_seed": headline, "mean_of_seeds": statistics.mean(headline),
             "std_of_seeds": statistics.stdev(headline) if len(headline) > 1 else 0.0,
-            "pooled": {k: summary[k] for k in ("protocol", "buckets", "overall", "mean") if k in summary},
+            "pooled": {k: summary[k] for k in ("protocol", "buckets", "overall", "mean", "episodes_from_training_scenes")
+                       if k in summary},
             "versus_peers": peer_differences(summary)}, summary
 
 
@@ -46,8 +48,7 @@ def main() -> None:
     lines += [f"- {name}: {100 * rate:.1f}%" for name, rate in zip(pooled["seeds"], pooled["per_seed"])]
     lines += [f"- mean of seeds {100 * pooled['mean_of_seeds']:.1f}% ± {100 * pooled['std_of_seeds']:.1f} (std)", "",
               "Pooled episodes (Wilson 95% intervals; the overall's at the stratified mean's effective size):", "",
-              format_protocol_markdown(summary, label=f"GraphVLA, {len(args.results)} seeds pooled").rstrip(), "",
-              format_peer_differences(pooled["versus_peers"], summary["protocol"]).rstrip(), ""]
+              format_protocol_markdown(summary, label=f"GraphVLA, {len(args.results)} seeds pooled").rstrip(), ""]
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / "seeds.json", json.dumps(pooled, indent=2) + "\n")
     write_text_atomic(args.out / "seeds.md", "\n".join(lines))

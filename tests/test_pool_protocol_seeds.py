@@ -24,6 +24,10 @@ def test_a_seed_pooled_with_itself_keeps_its_rates_with_a_narrower_interval():
     assert SEED0["overall"]["ci95"][0] < lo < overall["success_rate"] < hi < SEED0["overall"]["ci95"][1]
     for b, v in pooled["pooled"]["buckets"].items():
         assert v["episodes"] == 2 * SEED0["buckets"][b]["episodes"]
+    assert pooled["pooled"]["episodes_from_training_scenes"] == 2 * SEED0["episodes_from_training_scenes"]
+    unknown = copy.deepcopy(SEED0)
+    unknown["episodes_from_training_scenes"] = None  # evaluated without the recording: the pool cannot know
+    assert pool_seeds.pool([SEED0, unknown], ["a", "b"])[0]["pooled"]["episodes_from_training_scenes"] is None
 
 
 def test_one_flipped_episode_moves_the_pool_by_it():
