@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 
 from graphvla.fileio import write_text_atomic
-from graphvla.runners.eval.protocol import format_protocol_markdown, peer_differences, summarize_protocol
+from graphvla.runners.eval.protocol import format_protocol_markdown, summarize_protocol
 
 
 def pool(results: list[dict], names: list[str]) -> tuple[dict, dict]:
@@ -35,7 +35,7 @@ def pool(results: list[dict], names: list[str]) -> tuple[dict, dict]:
             "std_of_seeds": statistics.stdev(headline) if len(headline) > 1 else 0.0,
             "pooled": {k: summary[k] for k in ("protocol", "buckets", "overall", "mean", "episodes_from_training_scenes")
                        if k in summary},
-            "versus_peers": peer_differences(summary)}, summary
+            "versus_peers": summary["versus_peers"]}, summary
 
 
 def main() -> None:
