@@ -12,6 +12,7 @@ OUT=${OUT:-runs/mt50}
 EPISODES=${EPISODES:-35}
 STEPS=${STEPS:-20000}
 SEED=${SEED:-0}
+GRAPH=${GRAPH:-metaworld/mt50}
 WORKERS=${WORKERS:-2}
 mkdir -p "$OUT"
 data="$OUT/data-$PROTOCOL"
@@ -23,7 +24,7 @@ run="$OUT/run-seed$SEED"
 resume=()
 [ -f "$run/checkpoints/latest" ] && resume=(--resume)
 if [ ! -f "$run/.trained" ]; then
-  python3 -m graphvla train metaworld/mt50 --data "$data" -o "$run" \
+  python3 -m graphvla train "$GRAPH" --data "$data" -o "$run" \
     --set trainer.max_steps="$STEPS" --set trainer.seed="$SEED" --no-progress "${resume[@]}"
   touch "$run/.trained"
 fi

@@ -202,6 +202,37 @@ def test_frozen_stages_get_no_grad_and_keep_their_statistics():
     assert all(p.requires_grad for p in block.parameters())
 
 
+def test_film_by_the_instruction_starts_at_identity_and_the_mean_feature_follows_the_keypoints():
+    torch.manual_seed(0)
+    cond = PortInfo("hidden", (1, 6), torch.float32, "language.pooled")
+    info = {"images": PortInfo("image", (1, 1, 3, 64, 64), torch.float32, "inputs.images"), "condition": cond}
+    params = dict(weights="none", stage=5, pool="spatial_softmax", keypoints=8, append_mean=True, shift=4)
+    block = E.EfficientNetLiteEncoder(params, info, BuildContext("image")).eval()
+    images, condition = torch.rand(3, 1, 3, 64, 64), torch.randn(3, 6)
+    out = block(images, condition)
+    assert out["pooled"].shape == (3, 8 * 2 + 112)
+    assert torch.allclose(out["pooled"][:, 16:], out["hidden"].mean(dim=1))  # keypoints, then the mean feature
+    assert torch.equal(block(images)["pooled"], out["pooled"])  # zero-initialised FiLM: the pretrained features
+    # FiLM moves the features per instruction, and it trains while every frozen stage gets no gradient
+    torch.nn.init.normal_(block.film.weight)
+    other = block(images, -condition)["pooled"]
+    assert not torch.allclose(block(images, condition)["pooled"], other)
+    block.train()
+    block(images, condition)["pooled"].square().sum().backward()
+    assert block.film.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in block.net.parameters())
+    # shift augments only while training (batch norm of frozen stages stays in eval mode)
+    assert not torch.equal(block(images, condition)["pooled"], block(images, condition)["pooled"])
+    block.eval()
+    assert torch.equal(block(images, condition)["pooled"], block(images, condition)["pooled"])
+
+
+def test_append_mean_without_keypoints_is_an_error_naming_the_key():
+    with pytest.raises(ParamError, match="pool: spatial_softmax") as info:
+        encoder((64, 64), weights="none", stage=5, pool="mean", append_mean=True)
+    assert info.value.key == "append_mean"
+
+
 def test_trainable_stages_after_the_output_stage_are_an_error_naming_the_key():
     with pytest.raises(ParamError, match=r"stages \[6\] are after the output stage 5") as info:
         encoder((64, 64), weights="none", stage=5, trainable_stages=[5, 6])

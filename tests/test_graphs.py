@@ -191,7 +191,8 @@ def test_metaworld_graphs_train_and_infer_on_what_graphvla_data_metaworld_record
 
     graphs = [rel for rel in LIBRARY if rel.startswith("metaworld/")]
     assert sorted(graphs) == ["metaworld/mt10-efficientnet.yaml", "metaworld/mt10-querytf-privileged.yaml",
-                              "metaworld/mt10-small-privileged.yaml", "metaworld/mt10.yaml", "metaworld/mt50-privileged.yaml", "metaworld/mt50.yaml"]
+                              "metaworld/mt10-small-privileged.yaml", "metaworld/mt10.yaml", "metaworld/mt50-efficientnet.yaml",
+                              "metaworld/mt50-privileged.yaml", "metaworld/mt50.yaml"]
     size = quickstart_size(load_spec(resolve_graph(DEFAULT_GRAPH)), DEFAULT_GRAPH)  # what the quickstart records
     for rel in graphs:
         spec = load_spec(ROOT / rel)

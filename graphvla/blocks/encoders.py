@@ -171,23 +171,11 @@ class KeypointEncoder(Block):
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, fh), torch.linspace(-1, 1, fw), indexing="ij")
         self.register_buffer("grid", torch.stack([xs.flatten(), ys.flatten()], dim=-1), persistent=False)  # [N, 2]
 
-    def _shift(self, x):
-        """Pad by `shift` (edge pixels) and crop back at a random offset per image (DrQ)."""
-        s = self.params["shift"]
-        n, _, h, w = x.shape
-        padded = F.pad(x, (s, s, s, s), mode="replicate")
-        dy = torch.randint(0, 2 * s + 1, (n,), device=x.device)
-        dx = torch.randint(0, 2 * s + 1, (n,), device=x.device)
-        rows = (dy[:, None] + torch.arange(h, device=x.device)[None])  # [n, h]
-        cols = (dx[:, None] + torch.arange(w, device=x.device)[None])  # [n, w]
-        idx = torch.arange(n, device=x.device)[:, None, None]
-        return padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-
     def forward(self, images, condition=None):
         b, v, c, h, w = images.shape
         x = images.reshape(b * v, c, h, w)
         if self.training and self.params["shift"] > 0:
-            x = self._shift(x)
+            x = random_shift(x, self.params["shift"])
         x = x * 2 - 1
         last = len(self.convs) - 1
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
@@ -201,6 +189,18 @@ class KeypointEncoder(Block):
         tokens = x.flatten(2).transpose(1, 2)  # [B*V, N, C]
         pooled = torch.cat([keypoints.flatten(1), tokens.mean(dim=1)], dim=-1).reshape(b, -1)
         return {"hidden": tokens.reshape(b, -1, self.width), "pooled": pooled}
+
+
+def random_shift(x, s: int):
+    """Pad [N, C, H, W] by s edge pixels and crop back at a random offset per image (DrQ's augmentation)."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (s, s, s, s), mode="replicate")
+    dy = torch.randint(0, 2 * s + 1, (n,), device=x.device)
+    dx = torch.randint(0, 2 * s + 1, (n,), device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device)[None])  # [n, h]
+    cols = (dx[:, None] + torch.arange(w, device=x.device)[None])  # [n, w]
+    idx = torch.arange(n, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 def _scalar_temperature_as_1d(state_dict, prefix, *args):

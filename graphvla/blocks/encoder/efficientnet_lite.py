@@ -27,6 +27,7 @@ from torch import nn
 
 from ...fileio import sha256_of
 from ..base import Block, InPort, OutPort, ParamError, PortError, parameters_are_placeholders
+from ..encoders import random_shift
 from ..registry import register
 
 EXTRA = "pretrained"
@@ -296,11 +297,17 @@ class EfficientNetLiteEncoder(Block):
     type_name = "encoder.efficientnet_lite"
     description = ("ImageNet-pretrained EfficientNet-Lite (lite0-2; extra 'pretrained'): features of a chosen stage, "
                    "mean-pooled or as spatial-softmax keypoints; stages frozen or fine-tuned.")
-    in_ports = {"images": InPort("image", ndim=5, doc="images [B, V, C, H, W] in [0, 1], RGB")}
+    in_ports = {
+        "images": InPort("image", ndim=5, doc="images [B, V, C, H, W] in [0, 1], RGB"),
+        "condition": InPort(("hidden", "state"), optional=True, ndim=2,
+                            doc="[B, D] vector (e.g. the instruction) the stage's features are FiLM-ed by "
+                                "before pooling; the FiLM layer starts at identity and always trains"),
+    }
     out_ports = {
         "hidden": OutPort("hidden", doc="the stage's feature map as tokens [B, V*N, C]"),
         "pooled": OutPort("hidden", doc="per view, the mean feature [B, V*C] (pool: mean) or K keypoints "
-                                        "[B, V*K*2] (pool: spatial_softmax, x and y in [-1, 1])"),
+                                        "[B, V*K*2] (pool: spatial_softmax, x and y in [-1, 1]), followed by "
+                                        "the mean feature when append_mean is set"),
     }
     params_schema = {
         "type": "object",
@@ -319,6 +326,11 @@ class EfficientNetLiteEncoder(Block):
                           "description": "K, for pool: spatial_softmax (a new 1x1 conv, always trained)"},
             "normalize": {"enum": sorted(NORMALIZATION), "default": "lite",
                           "description": "input normalization; 'lite' is what the weights were trained with"},
+            "append_mean": {"type": "boolean", "default": False,
+                            "description": "pool: spatial_softmax also passes each view's mean feature, which says "
+                                           "what is seen where the keypoints say where"},
+            "shift": {"type": "integer", "minimum": 0, "default": 0,
+                      "description": "random-shift augmentation in pixels while training (0: off)"},
             "batchnorm": {"enum": ["frozen", "train"], "default": "frozen",
                           "description": "batch statistics of trainable stages: kept (frozen) or updated while training"},
         },
@@ -343,6 +355,13 @@ class EfficientNetLiteEncoder(Block):
         if p["pool"] == "spatial_softmax":
             self.to_keypoints = nn.Conv2d(self.width, p["keypoints"], 1)
             self.log_temperature = nn.Parameter(torch.zeros(1))
+        elif p["append_mean"]:
+            raise ParamError("append_mean", "applies to pool: spatial_softmax (pool: mean is the mean feature already)")
+        self.film = None
+        if "condition" in inputs:
+            self.film = nn.Linear(inputs["condition"].dim, 2 * self.width)
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
         if p["weights"] != "none" and not ctx.meta and not parameters_are_placeholders():
             self._load(pretrained_state(p["variant"], p["weights"], lambda v: ctx.resolve_path(v, "weights")))
         for i, module in enumerate(self.net.stage_modules()):
@@ -375,10 +394,15 @@ class EfficientNetLiteEncoder(Block):
         """[N, 3, H, W] floats in [0, 1] -> the network's input."""
         return (images * 255 - self.mean) / self.std
 
-    def forward(self, images):
+    def forward(self, images, condition=None):
         b, v, c, h, w = images.shape
-        x = self.normalize(images.reshape(b * v, c, h, w))
-        x = self.net(x)  # [B*V, C, h', w']
+        x = images.reshape(b * v, c, h, w)
+        if self.training and self.params["shift"] > 0:
+            x = random_shift(x, self.params["shift"])
+        x = self.net(self.normalize(x))  # [B*V, C, h', w']
+        if self.film is not None and condition is not None:
+            gamma, beta = self.film(condition).repeat_interleave(v, dim=0).chunk(2, dim=-1)
+            x = x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
         tokens = x.flatten(2).transpose(1, 2)  # [B*V, N, C]
         if self.to_keypoints is None:
             pooled = tokens.mean(dim=1).reshape(b, -1)
@@ -388,5 +412,8 @@ class EfficientNetLiteEncoder(Block):
                                     torch.linspace(-1, 1, fw, device=x.device, dtype=x.dtype), indexing="ij")
             grid = torch.stack([xs.flatten(), ys.flatten()], dim=-1)  # [N, 2]
             logits = self.to_keypoints(x).flatten(2) * torch.exp(-self.log_temperature)  # [B*V, K, N]
-            pooled = (torch.softmax(logits, dim=-1) @ grid).reshape(b, -1)
+            pooled = (torch.softmax(logits, dim=-1) @ grid).flatten(1)  # [B*V, K*2]
+            if self.params["append_mean"]:
+                pooled = torch.cat([pooled, tokens.mean(dim=1)], dim=-1)
+            pooled = pooled.reshape(b, -1)
         return {"hidden": tokens.reshape(b, -1, self.width), "pooled": pooled}
