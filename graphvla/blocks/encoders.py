@@ -158,10 +158,7 @@ class KeypointEncoder(Block):
             c_in = c
         self.convs, self.norms = nn.ModuleList(convs), nn.ModuleList(norms)
         self.width = c_in
-        self.film = nn.Linear(inputs["condition"].dim, 2 * c_in) if "condition" in inputs else None
-        if self.film is not None:
-            nn.init.zeros_(self.film.weight)
-            nn.init.zeros_(self.film.bias)
+        self.film = identity_film(inputs["condition"].dim, c_in) if "condition" in inputs else None
         k = self.params["keypoints"]
         self.to_keypoints = nn.Conv2d(c_in, k, 1)
         # shape [1], not a 0-d scalar: ZeRO and FSDP cannot shard 0-d parameters
@@ -181,14 +178,27 @@ class KeypointEncoder(Block):
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             x = norm(conv(x))
             if i == last and self.film is not None and condition is not None:
-                gamma, beta = self.film(condition).repeat_interleave(v, dim=0).chunk(2, dim=-1)
-                x = x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+                x = apply_film(self.film, x, condition, v)
             x = F.gelu(x)
         logits = self.to_keypoints(x).flatten(2) * torch.exp(-self.log_temperature)  # [B*V, K, N]
         keypoints = torch.softmax(logits, dim=-1) @ self.grid  # [B*V, K, 2]
         tokens = x.flatten(2).transpose(1, 2)  # [B*V, N, C]
         pooled = torch.cat([keypoints.flatten(1), tokens.mean(dim=1)], dim=-1).reshape(b, -1)
         return {"hidden": tokens.reshape(b, -1, self.width), "pooled": pooled}
+
+
+def identity_film(condition_dim: int, channels: int) -> nn.Linear:
+    """A FiLM layer (a scale and a bias per channel from a condition vector) that starts at identity."""
+    film = nn.Linear(condition_dim, 2 * channels)
+    nn.init.zeros_(film.weight)
+    nn.init.zeros_(film.bias)
+    return film
+
+
+def apply_film(film: nn.Linear, x, condition, views: int):
+    """x [B*V, C, H, W] scaled by (1 + gamma) and shifted by beta, both from condition [B, D]."""
+    gamma, beta = film(condition).repeat_interleave(views, dim=0).chunk(2, dim=-1)
+    return x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
 
 
 def random_shift(x, s: int):

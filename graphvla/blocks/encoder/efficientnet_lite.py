@@ -27,7 +27,7 @@ from torch import nn
 
 from ...fileio import sha256_of
 from ..base import Block, InPort, OutPort, ParamError, PortError, parameters_are_placeholders
-from ..encoders import random_shift
+from ..encoders import apply_film, identity_film, random_shift
 from ..registry import register
 
 EXTRA = "pretrained"
@@ -357,11 +357,7 @@ class EfficientNetLiteEncoder(Block):
             self.log_temperature = nn.Parameter(torch.zeros(1))
         elif p["append_mean"]:
             raise ParamError("append_mean", "applies to pool: spatial_softmax (pool: mean is the mean feature already)")
-        self.film = None
-        if "condition" in inputs:
-            self.film = nn.Linear(inputs["condition"].dim, 2 * self.width)
-            nn.init.zeros_(self.film.weight)
-            nn.init.zeros_(self.film.bias)
+        self.film = identity_film(inputs["condition"].dim, self.width) if "condition" in inputs else None
         if p["weights"] != "none" and not ctx.meta and not parameters_are_placeholders():
             self._load(pretrained_state(p["variant"], p["weights"], lambda v: ctx.resolve_path(v, "weights")))
         for i, module in enumerate(self.net.stage_modules()):
@@ -401,8 +397,7 @@ class EfficientNetLiteEncoder(Block):
             x = random_shift(x, self.params["shift"])
         x = self.net(self.normalize(x))  # [B*V, C, h', w']
         if self.film is not None and condition is not None:
-            gamma, beta = self.film(condition).repeat_interleave(v, dim=0).chunk(2, dim=-1)
-            x = x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+            x = apply_film(self.film, x, condition, v)
         tokens = x.flatten(2).transpose(1, 2)  # [B*V, N, C]
         if self.to_keypoints is None:
             pooled = tokens.mean(dim=1).reshape(b, -1)
