@@ -18,6 +18,7 @@ from pathlib import Path
 
 from graphvla.fileio import write_text_atomic
 from graphvla.sim import protocol_module
+from graphvla.runners.eval.protocol import same_scenes
 from graphvla.runners.eval.stats import mcnemar_exact
 
 Z95 = 1.959964
@@ -27,19 +28,16 @@ def paired_flags(a: list[dict], b: list[dict], names_a: list[str], names_b: list
     """(protocol, {task: [(a_success, b_success), ...]}) over all seed pairs."""
     if len(a) != len(b):
         raise SystemExit(f"--a has {len(a)} results and --b {len(b)}: pair them seed by seed")
-    protocols = {r.get("protocol") for r in a + b}
-    if len(protocols) != 1:
-        raise SystemExit(f"results of different protocols: {', '.join(sorted(map(str, protocols)))}")
+    try:
+        protocol = same_scenes(a + b, names_a + names_b)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     pairs: dict[str, list[tuple[bool, bool]]] = {}
-    for ra, rb, na, nb in zip(a, b, names_a, names_b):
-        if set(ra["episodes"]) != set(rb["episodes"]):
-            raise SystemExit(f"{nb}: its tasks are not {na}'s")
+    for ra, rb in zip(a, b):
         for task, eps_a in ra["episodes"].items():
-            eps_b = rb["episodes"][task]
-            if [e["scene"] for e in eps_a] != [e["scene"] for e in eps_b]:
-                raise SystemExit(f"{nb}: the episodes of {task} are not {na}'s scenes")
-            pairs.setdefault(task, []).extend((bool(x["success"]), bool(y["success"])) for x, y in zip(eps_a, eps_b))
-    return protocols.pop(), pairs
+            pairs.setdefault(task, []).extend(
+                (bool(x["success"]), bool(y["success"])) for x, y in zip(eps_a, rb["episodes"][task]))
+    return protocol, pairs
 
 
 def _difference(groups: list[list[tuple[bool, bool]]]) -> dict:

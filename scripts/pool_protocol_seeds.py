@@ -14,20 +14,17 @@ import statistics
 from pathlib import Path
 
 from graphvla.fileio import write_text_atomic
-from graphvla.runners.eval.protocol import format_protocol_markdown, summarize_protocol
+from graphvla.runners.eval.protocol import format_protocol_markdown, same_scenes, summarize_protocol
 
 
 def pool(results: list[dict], names: list[str]) -> tuple[dict, dict]:
     """(what seeds.json holds, the protocol summary of the pooled episodes)."""
-    protocols = {r["protocol"] for r in results}
-    if len(protocols) != 1:
-        raise SystemExit(f"evaluations of different protocols: {', '.join(sorted(protocols))}")
-    scenes = [{t: [e["scene"] for e in eps] for t, eps in r["episodes"].items()} for r in results]
-    for name, s in zip(names[1:], scenes[1:]):
-        if s != scenes[0]:
-            raise SystemExit(f"{name}: its episodes are not {names[0]}'s scenes")
+    try:
+        protocol = same_scenes(results, names)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     per_task = {t: [e for r in results for e in r["episodes"][t]] for t in results[0]["episodes"]}
-    summary = summarize_protocol(per_task, protocol=protocols.pop())
+    summary = summarize_protocol(per_task, protocol=protocol)
     seen = [r.get("episodes_from_training_scenes") for r in results]  # same scenes, so the counts add up
     summary["episodes_from_training_scenes"] = None if None in seen else sum(seen)
     headline = [r["overall"]["success_rate"] if r.get("overall") else r["mean"]["success_rate"] for r in results]

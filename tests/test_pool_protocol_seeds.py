@@ -43,7 +43,7 @@ def test_one_flipped_episode_moves_the_pool_by_it():
 def test_other_scenes_or_protocols_are_refused():
     other = copy.deepcopy(SEED0)
     other["episodes"]["reach-v3"][3]["scene"] += 1
-    with pytest.raises(SystemExit, match="b: its episodes are not a's scenes"):
+    with pytest.raises(SystemExit, match="b: the episodes of reach-v3 are not a's scenes"):
         pool_seeds.pool([SEED0, other], ["a", "b"])
     other = copy.deepcopy(SEED0)
     other["protocol"] = "starvla-mt50"

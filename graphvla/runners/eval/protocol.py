@@ -210,6 +210,23 @@ def summarize_protocol(per_task: dict[str, list[dict]], training_scenes: dict | 
     return out
 
 
+def same_scenes(results: list[dict], names: list[str]) -> str:
+    """The protocol that every evaluation (`graphvla eval --protocol` results.json) ran, after
+    checking they ran the same tasks from the same scenes, so their episodes can be pooled or
+    paired one to one. Raises ValueError naming the first evaluation that differs from names[0]."""
+    protocols = {str(r.get("protocol")) for r in results}
+    if len(protocols) != 1:
+        raise ValueError(f"evaluations of different protocols: {', '.join(sorted(protocols))}")
+    first = results[0]["episodes"]
+    for name, r in zip(names[1:], results[1:]):
+        if set(r["episodes"]) != set(first):
+            raise ValueError(f"{name}: its tasks are not {names[0]}'s")
+        for task, eps in r["episodes"].items():
+            if [e["scene"] for e in eps] != [e["scene"] for e in first[task]]:
+                raise ValueError(f"{name}: the episodes of {task} are not {names[0]}'s scenes")
+    return protocols.pop()
+
+
 def _mean(values):
     """The mean, or None when some value is unknown."""
     return None if any(v is None for v in values) else sum(values) / len(values)
