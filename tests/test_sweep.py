@@ -233,6 +233,19 @@ def test_sweep_file_errors_all_at_once_with_locations(tmp_path):
     assert f"{path}:8:22: error: trainer.max_stepz: unknown key 'max_stepz' (did you mean 'max_steps'?)" in out
 
 
+PACKAGED_SWEEPS = sorted(p.stem for p in (REPO / "graphvla" / "graphs" / "sweeps").glob("*.yaml")
+                         if "record:" in p.read_text())
+
+
+@pytest.mark.parametrize("name", PACKAGED_SWEEPS)
+def test_packaged_sweeps_that_record_their_data_validate_and_hold_their_controls(name):
+    """A packaged sweep is a published experiment: it must keep loading as the graphs under it
+    change, and every one of its cells must still change only what its axes declare."""
+    result = sweep(name, "--check")
+    assert result.exit_code == 0, result.output
+    assert "controls hold" in result.output
+
+
 def test_change_paths_name_what_a_diff_touches():
     s = load_sweep("smoke")
     base = load_run_spec(s, s.base, s.base_overrides(0))
