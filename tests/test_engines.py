@@ -70,7 +70,7 @@ def test_zero3_cli_trains_resumes_and_exports_what_load_policy_serves(tmp_path, 
 
     import graphvla
 
-    spec = REPO / "graphvla" / "graphs" / "metaworld" / "mt10.yaml"  # the quickstart graph (keypoint CNN)
+    spec = REPO / "graphvla" / "graphs" / "metaworld" / "mt10.yaml"  # the earlier quickstart graph (keypoint CNN)
     run = tmp_path / "run"
     args = ["-m", "graphvla", "train", spec, "--data", metaworld_data, "-o", run, "--no-progress",
             "--set", "trainer.batch_size=4", "--set", "trainer.max_steps=4", "--set", "trainer.warmup_steps=1",

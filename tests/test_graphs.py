@@ -190,9 +190,10 @@ def test_metaworld_graphs_train_and_infer_on_what_graphvla_data_metaworld_record
     from graphvla.spec.schema import privileged_ports
 
     graphs = [rel for rel in LIBRARY if rel.startswith("metaworld/")]
-    assert sorted(graphs) == ["metaworld/mt10-efficientnet.yaml", "metaworld/mt10-querytf-privileged.yaml",
-                              "metaworld/mt10-small-privileged.yaml", "metaworld/mt10.yaml", "metaworld/mt50-efficientnet.yaml",
-                              "metaworld/mt50-privileged.yaml", "metaworld/mt50.yaml"]
+    assert sorted(graphs) == ["metaworld/mt10-efficientnet.yaml", "metaworld/mt10-pretrained.yaml",
+                              "metaworld/mt10-querytf-privileged.yaml", "metaworld/mt10-small-privileged.yaml",
+                              "metaworld/mt10.yaml", "metaworld/mt50-efficientnet-noshift.yaml",
+                              "metaworld/mt50-efficientnet.yaml", "metaworld/mt50-privileged.yaml", "metaworld/mt50.yaml"]
     size = quickstart_size(load_spec(resolve_graph(DEFAULT_GRAPH)), DEFAULT_GRAPH)  # what the quickstart records
     for rel in graphs:
         spec = load_spec(ROOT / rel)

@@ -17,7 +17,7 @@ from ..errors import SpecError
 from ..spec.library import resolve_graph
 from .options import UserError
 
-DEFAULT_GRAPH = "metaworld/mt10"  # a packaged graph (`graphvla graphs` lists them)
+DEFAULT_GRAPH = "metaworld/mt10-pretrained"  # a packaged graph (`graphvla graphs` lists them)
 
 
 def _log(message: str) -> None:
