@@ -17,6 +17,7 @@ from conftest import require_metaworld
 from graphvla.cli import main
 from graphvla.runners.eval.stats import holm_adjust, mcnemar_exact
 from graphvla.runners.sweep import load_sweep
+from graphvla.runners.sweep.config import Sweep
 from graphvla.runners.sweep.control import change_path, uncontrolled
 from graphvla.runners.sweep.execute import load_run_spec, run_dir, train_command
 from graphvla.runners.sweep.report import _compare, format_markdown
@@ -287,6 +288,51 @@ def test_the_report_calls_a_difference_only_when_the_paired_test_holds():
                           "eval": {"protocol": "starvla-mt50", "episodes": 1}, "cells": [], "comparisons": comp})
     assert "| b | 40 | 22 | 0 |" in md and "a higher, significant at 95%" in md
     assert "| c | 40 | 2 | 0 | 0.5000 | 0.5000 | no significant difference at 95% |" in md
+
+
+def test_a_reference_cell_is_compared_with_every_other_in_both_directions():
+    """A one-factor sweep names its recipe as `reference:`; a cell may then beat it or lose to it,
+    and the report says which, where a best-cell comparison can only go one way."""
+    recipe = [True] * 20 + [False] * 20
+    better = [True] * 40  # 20 episodes only it won
+    worse = [False] * 40  # 20 episodes only the recipe won
+    comp = _compare({"recipe": _cell("recipe", recipe), "better": _cell("better", better),
+                     "worse": _cell("worse", worse)}, reference="recipe")
+    rows = {r["cell"]: r for r in comp["rows"]}
+    assert comp["reference"] == "recipe" and "best" not in comp and set(rows) == {"better", "worse"}
+    assert (rows["better"]["only_reference"], rows["better"]["only_other"]) == (0, 20)
+    assert (rows["worse"]["only_reference"], rows["worse"]["only_other"]) == (20, 0)
+    assert rows["better"]["significant"] and rows["worse"]["significant"]
+    md = format_markdown({"sweep": "x", "description": "", "base": "g", "axes": {}, "seeds": [0], "trainer": {},
+                          "eval": {"protocol": "starvla-mt50", "episodes": 1}, "cells": [], "comparisons": comp})
+    assert "## Against the sweep's reference cell, `recipe`" in md
+    assert "| better | 40 | 0 | 20 |" in md and "better higher, significant at 95%" in md
+    assert "| worse | 40 | 20 | 0 |" in md and "recipe higher, significant at 95%" in md
+    # a reference with no finished runs yet compares nothing rather than picking another anchor
+    assert _compare({"better": _cell("better", better), "worse": _cell("worse", worse)},
+                    reference="recipe") == {"reference": "recipe", "rows": []}
+
+
+def test_a_reference_that_is_not_a_cell_is_refused_by_name(tmp_path):
+    path = _write_sweep(tmp_path, """\
+        base: sweeps/smoke/tiny
+        data: {record: {protocol: starvla-mt50, tasks: reach-v3, episodes: 1}}
+        reference: recipee
+        axes:
+          head:
+            changes: [blocks.head]
+            variants:
+              recipe: {}
+              wider: {set: {blocks.head.with.hidden: 64}}
+        eval: {protocol: starvla-mt50, tasks: reach-v3, episodes: 1}
+        """)
+    out = sweep(path, "--check").output
+    assert "reference: reference 'recipee' is not a cell of this sweep" in out and "did you mean 'recipe'?" in out
+    path.write_text(path.read_text().replace("recipee", "recipe"))
+    result = sweep(path, "--check")
+    assert result.exit_code == 0, result.output
+    assert load_sweep(path).reference == "recipe"
+    assert Sweep.from_dict(load_sweep(path).to_dict()).reference == "recipe"  # kept in OUT/sweep.json
 
 
 def test_every_cell_is_described_before_any_run_starts(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...errors import IssueList, Location, SpecError, SpecIssue
+from ...errors import IssueList, Location, SpecError, SpecIssue, did_you_mean
 from ...spec.library import graphs_root, resolve_graph
 from ...spec.validate import report_schema_errors
 from ...spec.yaml_source import load_yaml_file
@@ -63,6 +63,9 @@ SCHEMA = {
                             "properties": {"graph": {"type": "string"}, "set": {"type": "object"},
                                            "changes": {**CHANGES, "description": "this variant's own `changes:` "
                                                        "(instead of its axis's)"}}}}}}},
+        "reference": {"type": "string", "pattern": IDENT,
+                      "description": "a cell the report compares every other cell with (a one-factor sweep's "
+                                     "recipe); by default, the best cell"},
         "seeds": {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"type": "integer", "minimum": 0}},
         "trainer": {"type": "object"},
         "eval": {
@@ -123,6 +126,7 @@ class Sweep:
     trainer: dict
     eval: dict
     source: object = field(default=None, repr=False)  # SourceMap of the file
+    reference: str | None = None  # the cell the report compares others with; None: the best cell
     # data axes (data_axes.py), filled in by start_output when the cells use any recording but the base's alone:
     recordings: dict = field(default_factory=dict)  # label -> {'settings': {...}, 'data': data.yaml path}
     cell_recording: dict = field(default_factory=dict)  # cell -> label
@@ -176,13 +180,16 @@ class Sweep:
              "eval": self.eval}
         if self.recordings:
             d.update(recordings=self.recordings, cell_recording=self.cell_recording)
+        if self.reference is not None:
+            d["reference"] = self.reference
         return d
 
     @staticmethod
     def from_dict(d: dict) -> "Sweep":
         return Sweep(**{k: d[k] for k in ("file", "name", "description", "base", "base_set", "data", "axes", "seeds",
                                           "trainer", "eval")},
-                     recordings=d.get("recordings") or {}, cell_recording=d.get("cell_recording") or {})
+                     recordings=d.get("recordings") or {}, cell_recording=d.get("cell_recording") or {},
+                     reference=d.get("reference"))
 
 
 def resolve_sweep(source) -> Path:
@@ -229,6 +236,7 @@ def load_sweep(source, data_override: str | None = None) -> Sweep:
             variants[name] = v
         axes[axis] = {"changes": list(decl.get("changes") or []), "variants": variants}
     _check_one_graph_per_cell(axes, issues)
+    _check_reference(doc.get("reference"), axes, issues)
     _check_changes_and_data_sets(axes, doc["data"], data_override, issues)
     data = data_override or doc["data"]
     if isinstance(data, str) and data_override is None:
@@ -244,7 +252,7 @@ def load_sweep(source, data_override: str | None = None) -> Sweep:
     issues.raise_if_errors()
     return Sweep(file=str(path), name=doc.get("name") or path.stem, description=doc.get("description", ""),
                  base=base, base_set=dict(base_doc.get("set") or {}), data=data, axes=axes, seeds=list(doc.get("seeds") or [0]),
-                 trainer=dict(doc.get("trainer") or {}), eval=evaluation, source=smap)
+                 trainer=dict(doc.get("trainer") or {}), eval=evaluation, source=smap, reference=doc.get("reference"))
 
 
 def _check_one_graph_per_cell(axes: dict, issues: IssueList) -> None:
@@ -254,6 +262,13 @@ def _check_one_graph_per_cell(axes: dict, issues: IssueList) -> None:
         a, n = next((a, n) for a, n in with_graph if a == axes_with_graph[1])
         issues.add(f"variants of axes {axes_with_graph} both name a graph, so a cell would have two; "
                    "give graphs on one axis and `set:` overrides on the others", ("axes", a, "variants", n, "graph"))
+
+
+def _check_reference(reference: str | None, axes: dict, issues: IssueList) -> None:
+    cells = ["_".join(combo) for combo in itertools.product(*[list(d["variants"]) for d in axes.values()])]
+    if reference is not None and reference not in cells:
+        issues.add(f"reference '{reference}' is not a cell of this sweep", ("reference",),
+                   hint=did_you_mean(reference, cells) or f"one of: {', '.join(cells)}")
 
 
 def _check_changes_and_data_sets(axes: dict, data, data_override, issues: IssueList) -> None:

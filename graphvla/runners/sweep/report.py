@@ -3,9 +3,9 @@ gives the same results.md byte for byte): results.json, results.csv, results.md.
 
 Per cell: parameters, training time and samples/s, the final training losses, and success per
 bucket and overall as mean +- std over seeds plus the Wilson interval of the pooled episodes.
-Between the best cell and each other one, an exact McNemar test over the same episodes (same
-seed, task and episode), Holm-adjusted over the comparisons: a difference is called only when
-the adjusted p is below 0.05."""
+Between the best cell (or the sweep's `reference:` cell, when it names one) and each other one, an
+exact McNemar test over the same episodes (same seed, task and episode), Holm-adjusted over the
+comparisons: a difference is called only when the adjusted p is below 0.05."""
 from __future__ import annotations
 
 import csv
@@ -88,7 +88,7 @@ def collect(sweep: Sweep, runs: list[Run], out) -> dict:
             "eval_command": meta["eval_command"], "overrides": meta["overrides"], "graph": portable(meta["graph"])})
     for cell in cells.values():
         _aggregate(cell)
-    comparisons = _compare(cells)
+    comparisons = _compare(cells, sweep.reference)
     report = {"sweep": sweep.name, "description": sweep.description, "file": sweep.file, "base": sweep.base,
               "data": sweep.data if isinstance(sweep.data, str) else {"record": sweep.data.get("record")},
               "axes": {a: list(d["variants"]) for a, d in sweep.axes.items()}, "seeds": sweep.seeds,
@@ -135,23 +135,32 @@ def _paired(a: dict, b: dict) -> tuple[int, int, int]:
     return pairs, only_a, only_b
 
 
-def _compare(cells: dict) -> dict:
+def _compare(cells: dict, reference: str | None = None) -> dict:
+    """Each cell against the best one, or against `reference` (a one-factor sweep's recipe) when the
+    sweep names it: a reference row can then go either way, a best-cell row only one."""
     ranked = [c for c in cells.values() if c.get("pooled")]
-    if len(ranked) < 2:
-        return {"best": ranked[0]["cell"] if ranked else None, "rows": []}
-    best = max(ranked, key=lambda c: c["pooled"]["rate"])  # first of equals: cells keep the sweep's order
+    if reference is not None:
+        anchor = next((c for c in ranked if c["cell"] == reference), None)
+        if anchor is None or len(ranked) < 2:
+            return {"reference": reference, "rows": []}
+    else:
+        if len(ranked) < 2:
+            return {"best": ranked[0]["cell"] if ranked else None, "rows": []}
+        anchor = max(ranked, key=lambda c: c["pooled"]["rate"])  # first of equals: cells keep the sweep's order
+    only = "only_reference" if reference is not None else "only_best"
     rows = []
     for other in ranked:
-        if other is best:
+        if other is anchor:
             continue
-        pairs, only_best, only_other = _paired(best, other)
-        rows.append({"cell": other["cell"], "pairs": pairs, "only_best": only_best, "only_other": only_other,
-                     "p": mcnemar_exact(only_best, only_other),
-                     "difference": best["pooled"]["rate"] - other["pooled"]["rate"]})
+        pairs, only_anchor, only_other = _paired(anchor, other)
+        rows.append({"cell": other["cell"], "pairs": pairs, only: only_anchor, "only_other": only_other,
+                     "p": mcnemar_exact(only_anchor, only_other),
+                     "difference": anchor["pooled"]["rate"] - other["pooled"]["rate"]})
     for row, adjusted in zip(rows, holm_adjust([r["p"] for r in rows])):
         row["p_holm"] = adjusted
-        row["significant"] = adjusted < ALPHA and row["only_best"] != row["only_other"]
-    return {"best": best["cell"], "alpha": ALPHA, "test": "exact McNemar, Holm-adjusted", "rows": rows}
+        row["significant"] = adjusted < ALPHA and row[only] != row["only_other"]
+    kind = {"reference": reference} if reference is not None else {"best": anchor["cell"]}
+    return {**kind, "alpha": ALPHA, "test": "exact McNemar, Holm-adjusted", "rows": rows}
 
 
 # text ----------------------------------------------------------------------------------------
@@ -236,14 +245,18 @@ def format_markdown(report: dict) -> str:
     lines += _table(rows) + [""]
     comp = report["comparisons"]
     if comp["rows"]:
-        lines += [f"## Against the best cell, `{comp['best']}`", "",
+        anchor = comp.get("reference") or comp["best"]
+        only = "only_reference" if "reference" in comp else "only_best"
+        title = "the sweep's reference cell" if "reference" in comp else "the best cell"
+        lines += [f"## Against {title}, `{anchor}`", "",
                   (f"Paired over the same episodes (same seed, task and episode); {comp['test']}; "
                   f"a difference is called only when the adjusted p < {comp['alpha']}."), ""]
-        rows = [["cell", "pairs", f"only {comp['best']}", "only cell", "McNemar p", "Holm p", "verdict"]]
+        rows = [["cell", "pairs", f"only {anchor}", "only cell", "McNemar p", "Holm p", "verdict"]]
         for r in comp["rows"]:
-            verdict = (f"{comp['best']} higher, significant at 95%" if r["significant"]
+            higher = anchor if r[only] > r["only_other"] else r["cell"]
+            verdict = (f"{higher} higher, significant at 95%" if r["significant"]
                        else "no significant difference at 95%")
-            rows.append([r["cell"], str(r["pairs"]), str(r["only_best"]), str(r["only_other"]), _p(r["p"]),
+            rows.append([r["cell"], str(r["pairs"]), str(r[only]), str(r["only_other"]), _p(r["p"]),
                          _p(r["p_holm"]), verdict])
         lines += _table(rows) + [""]
     lines += ["## Cells", ""]
