@@ -268,6 +268,29 @@ def test_validation_scenes_avoid_the_evaluation_and_the_recording(tmp_path, prot
     assert suite.exit_code == 1 and "--validation need --protocol" in suite.output
 
 
+def test_the_inference_thread_count_is_set_recorded_and_checked(tmp_path, tiny_protocol_run):
+    """Closed-loop episodes depend on the forward passes' thread count, so `--threads` sets it for the
+    server the command starts and results.json records it; a count it cannot apply is refused."""
+    from graphvla.cli import main
+
+    import torch
+
+    run, _ = tiny_protocol_run
+    args = ["eval", str(run), "--protocol", "starvla-mt50", "--tasks", TASKS[0], "--episodes", "1", "--no-gif"]
+    mine = torch.get_num_threads()
+    asked = 1 if mine != 1 else 2
+    result = CliRunner().invoke(main, args + ["--threads", str(asked), "-o", str(tmp_path / "t")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "t" / "results.json").read_text())["config"]["inference_threads"] == asked
+    assert torch.get_num_threads() == mine  # the caller's count is given back
+    zero = CliRunner().invoke(main, args + ["--threads", "0"])
+    assert zero.exit_code == 1 and "--threads 0: must be >= 1" in zero.output
+    remote = CliRunner().invoke(main, ["eval", "--server", "ws://127.0.0.1:9", *args[2:], "--threads", "2"])
+    assert remote.exit_code == 1 and "--server names one already running" in remote.output
+    suite = CliRunner().invoke(main, ["eval", str(run), "--threads", "2"])
+    assert suite.exit_code == 1 and "--threads and --validation need --protocol" in suite.output
+
+
 def test_suite_eval_of_a_run_serves_it_locally_and_refuses_other_set_keys(tmp_path, tiny_protocol_run):
     """`graphvla eval RUN` without --protocol: the run is served from a thread of the command with its
     serve section, evaluated on GraphVLA's own suite, and the server is gone afterwards."""

@@ -12,7 +12,7 @@ from .serve_cmds import key_map_option, serve_section
 
 
 def eval_protocol(run, protocol, tasks, buckets, episodes, workers, data_dir, out, server, api_key, adapter,
-                  execute, adapter_overrides, no_gif, key_map, overrides, validation=False):
+                  execute, adapter_overrides, no_gif, key_map, overrides, validation=False, threads=None):
     from ..runners.eval.evaluate import default_out_dir, evaluate_run_protocol, protocol_label
     from ..runners.eval.protocol import format_protocol_table
     from ..sim import protocol_module
@@ -26,13 +26,16 @@ def eval_protocol(run, protocol, tasks, buckets, episodes, workers, data_dir, ou
         raise UserError(f"--tasks/--buckets: {e}") from None
     if workers < 1:
         raise UserError("--workers must be >= 1")
+    if threads is not None and (threads < 1 or server):
+        raise UserError(f"--threads {threads}: " + ("must be >= 1" if threads < 1 else
+                        "sets the threads of the server this command starts; --server names one already running"))
     section = serve_section(run, overrides, key_map) if run else {}
     out_dir = Path(out) if out else default_out_dir(run, f"{protocol}-validation" if validation else protocol)
     summary = evaluate_run_protocol(run, task_list, episodes, workers, out_dir, data_dir=data_dir, server=server,
                                     api_key=api_key, adapter=adapter, execute=execute,
                                     adapter_overrides=adapter_overrides, gifs=not no_gif, section=section,
                                     log=lambda m: click.echo(m, err=True), protocol=protocol,
-                                    validation=validation)
+                                    validation=validation, threads=threads)
     click.echo(format_protocol_table(summary, label=protocol_label(summary)))
     click.echo(f"wrote {out_dir / 'results.json'}, results.md" + ("" if no_gif else f" and {len(task_list)} GIFs"))
 
@@ -48,6 +51,10 @@ def eval_protocol(run, protocol, tasks, buckets, episodes, workers, data_dir, ou
 @click.option("--episodes", type=int, default=10, show_default=True, help="episodes per task")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="--protocol: processes taking tasks side by side (same per-episode results as 1)")
+@click.option("--threads", type=int, default=None,
+              help="--protocol: CPU threads of the policy's forward passes [torch's default: OMP_NUM_THREADS or the "
+                   "cores]; closed-loop episodes depend on it (float sums in another order), so results.json records "
+                   "it: rerun with the recorded count to reproduce a table episode for episode")
 @click.option("--seed-offset", type=int, default=100000, show_default=True,
               help="episode i uses env seed OFFSET+i; the default lies above every seed `graphvla data metaworld` "
                    "uses unless it was given --seed near it")
@@ -70,8 +77,8 @@ def eval_protocol(run, protocol, tasks, buckets, episodes, workers, data_dir, ou
 @key_map_option
 @set_option
 @handles_errors
-def eval_cmd(run, protocol, suite, tasks, buckets, episodes, workers, seed_offset, data_dir, out, server, api_key,
-             adapter, execute, adapter_sets, max_steps, no_gif, validation, key_map, overrides):
+def eval_cmd(run, protocol, suite, tasks, buckets, episodes, workers, threads, seed_offset, data_dir, out, server,
+             api_key, adapter, execute, adapter_sets, max_steps, no_gif, validation, key_map, overrides):
     """Evaluate RUN in closed loop through the policy server: on a published protocol
     (--protocol starvla-mt50 or lerobot-metaworld: per task, per bucket and overall beside the
     peers' published rows)
@@ -106,9 +113,9 @@ def eval_cmd(run, protocol, suite, tasks, buckets, episodes, workers, seed_offse
         if max_steps is not None or seed_offset != 100000:
             raise UserError("--max-steps and --seed-offset belong to --suite; a protocol fixes its own episodes")
         return eval_protocol(run, protocol, tasks, buckets, episodes, workers, data_dir, out, server, api_key, adapter,
-                             execute, adapter_overrides, no_gif, key_map, overrides, validation)
-    if buckets or workers != 1 or validation:
-        raise UserError("--buckets, --workers and --validation need --protocol")
+                             execute, adapter_overrides, no_gif, key_map, overrides, validation, threads)
+    if buckets or workers != 1 or validation or threads is not None:
+        raise UserError("--buckets, --workers, --threads and --validation need --protocol")
     from ..sim.metaworld import MT10
 
     tasks = tasks or "mt10"

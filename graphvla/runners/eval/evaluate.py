@@ -103,12 +103,14 @@ def evaluate_run_protocol(run, tasks: list[str], episodes: int, workers: int, ou
                           server: str | None = None, api_key: str | None = None, adapter: str | None = None,
                           execute: int | None = None, adapter_overrides: dict | None = None, gifs: bool = True,
                           section: dict | None = None, log=print, protocol: str = "starvla-mt50",
-                          validation: bool = False) -> dict:
+                          validation: bool = False, threads: int | None = None) -> dict:
     """The protocol's episodes of TASKS for RUN (or a running SERVER); writes OUT_DIR/results.json
     and results.md and returns the summary. The training scenes come from DATA_DIR, else from
     RUN/data.json. SECTION: RUN's serve section (None: the checkpoint's own). validation: instead,
     up to EPISODES validation scenes per task (`protocol_record.validation_scenes`), which needs
-    the recording to know which scenes it used."""
+    the recording to know which scenes it used. THREADS: torch's CPU threads for the local
+    server's forward passes (None: as they are); recorded as config.inference_threads, because the
+    closed-loop episodes depend on it."""
     from ...client import PolicyClient
     from .protocol import evaluate_protocol, format_protocol_markdown
 
@@ -128,19 +130,42 @@ def evaluate_run_protocol(run, tasks: list[str], episodes: int, workers: int, ou
     chosen = validation_plan(datasets, protocol, tasks, episodes, log) if validation else None
     # one request at a time: batched forwards may round differently, and results must not depend
     # on how many workers' requests happened to meet
-    with policy_server(run, server, section, 1) as (url, local):
+    with forward_threads(threads), policy_server(run, server, section, 1) as (url, local):
         connect = partial(PolicyClient, url, None, api_key=None if local else api_key)
         with connect() as probe:
             meta = probe.metadata
         graph = {"graph": meta.get("name"), "fingerprint": meta.get("fingerprint"),
                  "privileged": bool(meta.get("privileged")),
-                 "execute_steps": getattr(make_adapter(meta).scheduler, "execute", None)}
+                 "execute_steps": getattr(make_adapter(meta).scheduler, "execute", None),
+                 "inference_threads": _torch_threads() if local else None}
         summary = evaluate_protocol(connect, make_adapter, tasks, episodes, workers, out_dir, gifs=gifs,
                                     training_scenes=scenes, graph=graph, log=log, protocol=protocol,
                                     validation=chosen)
     label = protocol_label(summary)
     write_text_atomic(out_dir / "results.md", format_protocol_markdown(summary, label=f"{label} {graph['graph']}"))
     return summary
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+@contextmanager
+def forward_threads(threads: int | None):
+    """torch's CPU threads set to THREADS (None: left as they are) while the local server runs, and
+    given back after, so an in-process caller (a test, a notebook) keeps its own count."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads is not None:
+            torch.set_num_threads(before)
 
 
 def evaluate_run_suite(run, tasks: list[str], episodes: int, seed_offset: int, out_dir, *, adapter,
