@@ -118,8 +118,9 @@ def test_a_committed_run_loads_and_reproduces_its_episodes(run, tmp_path):
 
 def threads_to_try(config: dict) -> list[int]:
     """The forward passes' thread count the table was evaluated with (float sums in another order
-    change closed-loop episodes). Tables evaluated before `graphvla eval` recorded it came from the
-    2-core machine at 2 threads or, under OMP_NUM_THREADS=1, at 1: either must reproduce exactly."""
+    change closed-loop episodes). Tables evaluated before `graphvla eval` recorded it, and for which
+    probes could not tell, came from the 2-core machine at 2 threads or, under OMP_NUM_THREADS=1,
+    at 1: one of the two must reproduce exactly."""
     recorded = config.get("inference_threads")
     return [recorded] if recorded else [2, 1]
 
