@@ -130,14 +130,14 @@ def evaluate_run_protocol(run, tasks: list[str], episodes: int, workers: int, ou
     chosen = validation_plan(datasets, protocol, tasks, episodes, log) if validation else None
     # one request at a time: batched forwards may round differently, and results must not depend
     # on how many workers' requests happened to meet
-    with forward_threads(threads), policy_server(run, server, section, 1) as (url, local):
+    with forward_threads(threads) as threads_in_use, policy_server(run, server, section, 1) as (url, local):
         connect = partial(PolicyClient, url, None, api_key=None if local else api_key)
         with connect() as probe:
             meta = probe.metadata
         graph = {"graph": meta.get("name"), "fingerprint": meta.get("fingerprint"),
                  "privileged": bool(meta.get("privileged")),
                  "execute_steps": getattr(make_adapter(meta).scheduler, "execute", None),
-                 "inference_threads": _torch_threads() if local else None}
+                 "inference_threads": threads_in_use if local else None}
         summary = evaluate_protocol(connect, make_adapter, tasks, episodes, workers, out_dir, gifs=gifs,
                                     training_scenes=scenes, graph=graph, log=log, protocol=protocol,
                                     validation=chosen)
@@ -146,23 +146,18 @@ def evaluate_run_protocol(run, tasks: list[str], episodes: int, workers: int, ou
     return summary
 
 
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
 @contextmanager
 def forward_threads(threads: int | None):
     """torch's CPU threads set to THREADS (None: left as they are) while the local server runs, and
-    given back after, so an in-process caller (a test, a notebook) keeps its own count."""
+    given back after, so an in-process caller (a test, a notebook) keeps its own count. Yields the
+    count in effect."""
     import torch
 
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        yield
+        yield torch.get_num_threads()
     finally:
         if threads is not None:
             torch.set_num_threads(before)

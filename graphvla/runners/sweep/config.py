@@ -236,7 +236,6 @@ def load_sweep(source, data_override: str | None = None) -> Sweep:
             variants[name] = v
         axes[axis] = {"changes": list(decl.get("changes") or []), "variants": variants}
     _check_one_graph_per_cell(axes, issues)
-    _check_reference(doc.get("reference"), axes, issues)
     _check_changes_and_data_sets(axes, doc["data"], data_override, issues)
     data = data_override or doc["data"]
     if isinstance(data, str) and data_override is None:
@@ -249,10 +248,16 @@ def load_sweep(source, data_override: str | None = None) -> Sweep:
         issues.add(f"--data {data}: not found", ())
     evaluation = {"tasks": None, "buckets": None, "episodes": 10, "workers": 1, **doc["eval"]}
     _check_eval(evaluation, issues)
+    sweep = Sweep(file=str(path), name=doc.get("name") or path.stem, description=doc.get("description", ""),
+                  base=base, base_set=dict(base_doc.get("set") or {}), data=data, axes=axes,
+                  seeds=list(doc.get("seeds") or [0]), trainer=dict(doc.get("trainer") or {}), eval=evaluation,
+                  source=smap, reference=doc.get("reference"))
+    cells = sweep.cells()
+    if sweep.reference is not None and sweep.reference not in cells:
+        issues.add(f"reference '{sweep.reference}' is not a cell of this sweep", ("reference",),
+                   hint=did_you_mean(sweep.reference, cells) or f"one of: {', '.join(cells)}")
     issues.raise_if_errors()
-    return Sweep(file=str(path), name=doc.get("name") or path.stem, description=doc.get("description", ""),
-                 base=base, base_set=dict(base_doc.get("set") or {}), data=data, axes=axes, seeds=list(doc.get("seeds") or [0]),
-                 trainer=dict(doc.get("trainer") or {}), eval=evaluation, source=smap, reference=doc.get("reference"))
+    return sweep
 
 
 def _check_one_graph_per_cell(axes: dict, issues: IssueList) -> None:
@@ -262,13 +267,6 @@ def _check_one_graph_per_cell(axes: dict, issues: IssueList) -> None:
         a, n = next((a, n) for a, n in with_graph if a == axes_with_graph[1])
         issues.add(f"variants of axes {axes_with_graph} both name a graph, so a cell would have two; "
                    "give graphs on one axis and `set:` overrides on the others", ("axes", a, "variants", n, "graph"))
-
-
-def _check_reference(reference: str | None, axes: dict, issues: IssueList) -> None:
-    cells = ["_".join(combo) for combo in itertools.product(*[list(d["variants"]) for d in axes.values()])]
-    if reference is not None and reference not in cells:
-        issues.add(f"reference '{reference}' is not a cell of this sweep", ("reference",),
-                   hint=did_you_mean(reference, cells) or f"one of: {', '.join(cells)}")
 
 
 def _check_changes_and_data_sets(axes: dict, data, data_override, issues: IssueList) -> None:
